@@ -1,0 +1,251 @@
+import Dispatch
+import FleetClient
+import FleetCore
+import Logging
+import ServiceLifecycle
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct AgentOptions: Sendable {
+    public var controllerURL: String
+    public var stateDirectory: String
+    public var modelsDirectory: String
+    public var factsFile: String?
+    public var rootFile: String?
+    public var deviceId: String?
+    public var pollSeconds: Double
+    public var healthCommand: String?
+    public var healthTimeoutSeconds: Double
+    public var rateLimitBytesPerSecond: Int64?
+    public var once: Bool
+
+    public init(controllerURL: String, stateDirectory: String, modelsDirectory: String, factsFile: String? = nil, rootFile: String? = nil,
+                deviceId: String? = nil, pollSeconds: Double = 30, healthCommand: String? = nil, healthTimeoutSeconds: Double = 30,
+                rateLimitBytesPerSecond: Int64? = nil, once: Bool = false) {
+        self.controllerURL = controllerURL; self.stateDirectory = stateDirectory; self.modelsDirectory = modelsDirectory
+        self.factsFile = factsFile; self.rootFile = rootFile; self.deviceId = deviceId; self.pollSeconds = pollSeconds
+        self.healthCommand = healthCommand; self.healthTimeoutSeconds = healthTimeoutSeconds
+        self.rateLimitBytesPerSecond = rateLimitBytesPerSecond; self.once = once
+    }
+}
+
+public struct AgentError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// One device's agent: check in, verify, install, report. `cycle()` is blocking and is run off
+/// the cooperative thread pool by `AgentService`.
+public final class Agent: @unchecked Sendable {
+    public static let version = "0.1.0"
+    let options: AgentOptions
+    let logger: Logger
+    let state: AgentState
+    let slots: ModelSlots
+    let deviceId: String
+    var trust: TrustedState
+    let installer: Installer
+    private let stopFlag = StopFlag()
+
+    public init(options: AgentOptions, logger: Logger) throws {
+        self.options = options
+        self.logger = logger
+        state = try AgentState(root: options.stateDirectory)
+        try FS.makeDirectories(options.modelsDirectory)
+        slots = ModelSlots(root: options.modelsDirectory)
+
+        let facts = try Self.readFacts(options)
+        if let stored = try state.load("identity.json", as: Identity.self) {
+            if let wanted = options.deviceId ?? facts?.deviceId, wanted != stored.deviceId {
+                throw AgentError("state directory belongs to device \(stored.deviceId), not \(wanted)")
+            }
+            deviceId = stored.deviceId
+        } else {
+            deviceId = options.deviceId ?? facts?.deviceId ?? "dev-" + UUID().uuidString.lowercased().prefix(13)
+            guard Name.isValid(deviceId) else { throw AgentError("device id '\(deviceId)' is not a valid name") }
+            try state.save("identity.json", Identity(deviceId: deviceId))
+        }
+
+        // Enrollment pins root: from then on only a root signed by it is followed.
+        if let pinned = try state.load("trust.json", as: TrustedState.self) {
+            trust = pinned
+        } else {
+            guard let rootFile = options.rootFile else {
+                throw AgentError("no trusted root pinned yet: pass --root ROOT.json (from `fleetctl keys init`) on the first run")
+            }
+            let env = try Envelope.parse(Data(try FS.read(rootFile, limit: MetadataLimits.root * 2)))
+            trust = try TrustedState(pinning: env, now: Clock.wall())
+            try state.save("trust.json", trust)
+            logger.info("root pinned", metadata: ["device": "\(deviceId)", "root_version": "\(trust.root.version)"])
+        }
+
+        let stop = stopFlag
+        let http = HTTPClient()
+        http.userAgent = "edgefleet-agent/\(Self.version)"
+        installer = Installer(slots: slots, state: state, http: http,
+                              health: HealthCheck(command: options.healthCommand, timeoutSeconds: options.healthTimeoutSeconds),
+                              controllerURL: options.controllerURL, rateLimit: options.rateLimitBytesPerSecond, logger: logger,
+                              shouldStop: { stop.isSet },
+                              journal: try state.load("journal.json", as: Journal.self) ?? Journal(),
+                              outbox: try state.load("outbox.json", as: Outbox.self) ?? Outbox())
+        installer.link = try? state.load("link.json", as: LinkStats.self)
+    }
+
+    public var id: String { deviceId }
+
+    /// Asks a running cycle to stop at the next safe point (downloads are cut and resumed later).
+    public func requestStop() { stopFlag.set() }
+
+    static func readFacts(_ options: AgentOptions) throws -> DeviceFacts? {
+        guard let file = options.factsFile else { return nil }
+        do {
+            return try FleetJSON.decode(DeviceFacts.self, from: Data(try FS.read(file, limit: 1 << 20)), limit: 1 << 20)
+        } catch {
+            throw AgentError("facts file \(file): \(error)")
+        }
+    }
+
+    func currentFacts() throws -> DeviceFacts {
+        var facts = try Self.readFacts(options) ?? Probe.facts(modelsDirectory: options.modelsDirectory)
+        facts.deviceId = deviceId
+        if facts.downlinkMbps == nil { facts.downlinkMbps = installer.link?.mbps }
+        return facts
+    }
+
+    public struct CycleResult: Sendable {
+        public var ok: Bool
+        public var pollSeconds: Double?
+        public var message: String
+    }
+
+    /// One check-in: resume what was interrupted, check in, verify and install what is assigned,
+    /// send status events.
+    public func cycle() -> CycleResult {
+        do {
+            for (model, s) in installer.journal.installs where !s.phase.isTerminal {
+                _ = try installer.resume(model: model)
+            }
+            let facts = try currentFacts()
+            let request = CheckInRequest(facts: facts, installed: slots.installed(), agentVersion: Self.version,
+                                         phase: installer.journal.installs.values.first { !$0.phase.isTerminal }?.phase.rawValue)
+            let response = try installer.http.json("POST", "\(options.controllerURL)/v1/devices/\(deviceId)/checkin", body: request,
+                                                   as: CheckInResponse.self, maxResponseBytes: MetadataLimits.checkInResponse)
+            if !response.rootChain.isEmpty {
+                var next = trust
+                try next.rotate(through: response.rootChain, now: Clock.wall())
+                if next != trust { trust = next; try state.save("trust.json", trust) }
+            }
+            for update in response.updates {
+                try handle(update, timestamp: response.timestamp, facts: facts)
+            }
+            if let link = installer.link { try? state.save("link.json", link) }
+            flushOutbox()
+            return CycleResult(ok: true, pollSeconds: Double(response.pollSeconds), message: "checked in")
+        } catch {
+            logger.warning("cycle failed", metadata: ["device": "\(deviceId)", "error": "\(error)"])
+            flushOutbox()
+            return CycleResult(ok: false, pollSeconds: nil, message: "\(error)")
+        }
+    }
+
+    private func handle(_ update: ModelUpdate, timestamp: Envelope?, facts: DeviceFacts) throws {
+        let verified: VerifiedUpdate
+        do {
+            guard let timestamp else { throw TrustError(.missingSignature, "check-in response carries no timestamp") }
+            verified = try UpdateVerifier.verify(catalog: update.catalog, assignment: update.assignment, timestamp: timestamp,
+                                                 state: trust, deviceId: deviceId, facts: facts, now: Clock.wall())
+        } catch let e as TrustError {
+            logger.error("update rejected", metadata: ["model": "\(update.model)", "fault": "\(e.fault.rawValue)", "error": "\(e.message)"])
+            installer.outbox.append(kind: "rejected", time: Clock.wall(), model: update.model, detail: "\(e.fault.rawValue): \(e.message)")
+            try state.save("outbox.json", installer.outbox)
+            return
+        }
+        if verified.state != trust {
+            trust = verified.state
+            try state.save("trust.json", trust)
+        }
+        let a = verified.assignment
+        if slots.current(a.model) == a.sha256 { return }
+        if installer.journal.failedCounters[a.model] == a.counter { return }
+        if let s = installer.journal.installs[a.model], !s.phase.isTerminal {
+            guard s.job?.sha256 != a.sha256 else { return }   // resumed above; paused again
+            // A newer assignment replaces an unfinished download; the live model was not touched.
+            guard !s.phase.touchesLiveModel else { return }
+            installer.journal.installs[a.model] = .idle
+            if let old = s.job { unlink(state.downloadPath(old.sha256)) }
+        }
+        let job = InstallJob(model: a.model, release: a.release, variant: a.variant, sha256: a.sha256, size: a.size,
+                             fileName: verified.variant.fileName, url: a.package.url, counter: a.counter,
+                             previousSha256: slots.current(a.model))
+        logger.info("installing", metadata: ["model": "\(a.model)", "variant": "\(a.variant)", "release": "\(a.release)"])
+        let outcome = try installer.start(job)
+        logger.info("install outcome", metadata: ["model": "\(a.model)", "outcome": "\(outcome)"])
+    }
+
+    func flushOutbox() {
+        while !installer.outbox.pending.isEmpty {
+            let batch = Array(installer.outbox.pending.prefix(EventBatch.maxEvents))
+            do {
+                let ack = try installer.http.json("POST", "\(options.controllerURL)/v1/devices/\(deviceId)/events",
+                                                  body: EventBatch(events: batch), as: EventAck.self)
+                installer.outbox.acknowledge(through: ack.ackedThrough)
+                try state.save("outbox.json", installer.outbox)
+                if ack.ackedThrough < batch.last!.seq { break }
+            } catch {
+                logger.debug("events not sent; kept for later", metadata: ["error": "\(error)"])
+                return
+            }
+        }
+    }
+}
+
+/// The agent's long-lived loop: poll with jitter, back off on errors, stop cleanly on SIGTERM.
+public struct AgentService: Service {
+    let agent: Agent
+    let options: AgentOptions
+    let logger: Logger
+
+    public init(agent: Agent, options: AgentOptions, logger: Logger) {
+        self.agent = agent; self.options = options; self.logger = logger
+    }
+
+    public func run() async throws {
+        var failures = 0
+        try await withGracefulShutdownHandler {
+            while !Task.isCancelled && !Task.isShuttingDownGracefully {
+                let agent = self.agent
+                let result = await withCheckedContinuation { (c: CheckedContinuation<Agent.CycleResult, Never>) in
+                    DispatchQueue.global().async { c.resume(returning: agent.cycle()) }
+                }
+                if options.once {
+                    if !result.ok { throw AgentError(result.message) }
+                    return
+                }
+                let delay: Double
+                if result.ok {
+                    failures = 0
+                    let poll = options.pollSeconds
+                    delay = poll * Double.random(in: 0.8...1.2)
+                } else {
+                    failures += 1
+                    delay = min(300, options.pollSeconds * pow2(failures)) * Double.random(in: 0.5...1.0)
+                }
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(Int(delay * 1000))) }
+            }
+        } onGracefulShutdown: {
+            agent.requestStop()
+        }
+        logger.info("agent stopped", metadata: ["device": "\(agent.id)"])
+    }
+
+    private func pow2(_ n: Int) -> Double { Double(1 << min(n, 10)) }
+}
+
+final class StopFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    var isSet: Bool { value.load(ordering: .relaxed) }
+    func set() { value.store(true, ordering: .relaxed) }
+}

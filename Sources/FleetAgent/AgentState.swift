@@ -1,0 +1,62 @@
+import FleetCore
+
+/// The agent's state folder: identity, pinned trust, install journal, telemetry outbox, partial
+/// downloads. Every file is replaced atomically.
+struct AgentState {
+    let root: String
+    var downloads: String { root + "/downloads" }
+
+    init(root: String) throws(AgentIOError) {
+        self.root = root
+        try FS.makeDirectories(root)
+        try FS.makeDirectories(root + "/downloads")
+    }
+
+    func load<T: Decodable>(_ name: String, as type: T.Type, limit: Int = 4 << 20) throws -> T? {
+        let path = root + "/" + name
+        guard FS.exists(path) else { return nil }
+        let bytes = try FS.read(path, limit: limit)
+        return try FleetJSON.decode(type, from: Data(bytes), limit: limit)
+    }
+
+    func save<T: Encodable>(_ name: String, _ value: T) throws {
+        try FS.writeAtomically(root + "/" + name, [UInt8](try FleetJSON.encode(value)))
+    }
+
+    func downloadPath(_ sha256: String) -> String { "\(downloads)/\(sha256).part" }
+}
+
+struct Identity: Codable { var deviceId: String }
+
+/// Per-model install journals, and the assignment counters that already failed (so a bad
+/// artifact is not fetched again and again; a new assignment is tried).
+struct Journal: Codable, Equatable {
+    var installs: [String: InstallState] = [:]
+    var failedCounters: [String: UInt64] = [:]
+}
+
+/// The link measurement the agent reports as its downlink.
+struct LinkStats: Codable { var mbps: Double; var bytes: Int64 }
+
+/// Status events waiting to be acknowledged by the controller. Bounded: when it is full the
+/// oldest events are dropped and counted.
+struct Outbox: Codable, Equatable {
+    var nextSeq: UInt64 = 1
+    var pending: [StatusEvent] = []
+    var dropped: UInt64 = 0
+    static let capacity = 1000
+
+    mutating func append(kind: String, time: Int64, model: String? = nil, sha256: String? = nil, release: String? = nil, detail: String? = nil) {
+        pending.append(StatusEvent(seq: nextSeq, time: time, kind: kind, model: model, sha256: sha256, release: release,
+                                   detail: detail.map { String($0.prefix(1000)) }))
+        nextSeq += 1
+        if pending.count > Self.capacity {
+            dropped += UInt64(pending.count - Self.capacity)
+            pending.removeFirst(pending.count - Self.capacity)
+        }
+    }
+
+    mutating func acknowledge(through seq: UInt64) {
+        pending.removeAll { $0.seq <= seq }
+    }
+}

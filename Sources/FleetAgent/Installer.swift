@@ -1,0 +1,204 @@
+import FleetClient
+import FleetCore
+import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Drives the install state machine for one job: journals every new state before it performs
+/// the state's action, and turns each action's outcome into the next event.
+final class Installer {
+    let slots: ModelSlots
+    let state: AgentState
+    let http: HTTPClient
+    let health: HealthCheck
+    let controllerURL: String
+    let rateLimit: Int64?
+    let logger: Logger
+    let shouldStop: @Sendable () -> Bool
+    var journal: Journal
+    var outbox: Outbox
+    /// Measured on the last download big enough to say something about the link.
+    var link: LinkStats?
+    /// Test hook for crash tests: `journal:PHASE` or `action:NAME` makes the agent SIGKILL itself there.
+    let crashPoint = ProcessEnvironment.get("EDGEFLEET_CRASH_POINT")
+
+    init(slots: ModelSlots, state: AgentState, http: HTTPClient, health: HealthCheck, controllerURL: String, rateLimit: Int64?,
+         logger: Logger, shouldStop: @escaping @Sendable () -> Bool, journal: Journal, outbox: Outbox) {
+        self.slots = slots; self.state = state; self.http = http; self.health = health; self.controllerURL = controllerURL
+        self.rateLimit = rateLimit; self.logger = logger; self.shouldStop = shouldStop; self.journal = journal; self.outbox = outbox
+    }
+
+    enum Outcome: Equatable { case finished(InstallPhase), paused(String) }
+
+    /// Starts a new job for a model.
+    func start(_ job: InstallJob) throws -> Outcome {
+        let current = journal.installs[job.model] ?? .idle
+        let (next, actions) = try InstallStateMachine.transition(current, .start(job))
+        try record(job.model, next)
+        return try drive(model: job.model, actions: actions)
+    }
+
+    /// Continues a job a crash or a cut connection interrupted.
+    func resume(model: String) throws -> Outcome {
+        let s = journal.installs[model] ?? .idle
+        let actions = InstallStateMachine.recoveryActions(s)
+        if actions.isEmpty { return .finished(s.phase) }
+        logger.info("resuming install", metadata: ["model": "\(model)", "phase": "\(s.phase.rawValue)"])
+        return try drive(model: model, actions: actions)
+    }
+
+    private func record(_ model: String, _ s: InstallState) throws {
+        journal.installs[model] = s
+        if s.phase == .failed, let job = s.job { journal.failedCounters[model] = job.counter }
+        try state.save("journal.json", journal)
+        crash(at: "journal:\(s.phase.rawValue)")
+    }
+
+    private func crash(at point: String) {
+        if crashPoint == point {
+            logger.warning("injected crash", metadata: ["point": "\(point)"])
+            kill(getpid(), SIGKILL)
+        }
+    }
+
+    private func drive(model: String, actions initial: [InstallAction]) throws -> Outcome {
+        var queue = initial
+        while !queue.isEmpty {
+            let action = queue.removeFirst()
+            let result = try perform(action)
+            crash(at: "action:\(Self.name(action))")
+            switch result {
+            case .none: continue
+            case .pause(let why): return .paused(why)
+            case .event(let event):
+                let (next, more) = try InstallStateMachine.transition(journal.installs[model] ?? .idle, event)
+                try record(model, next)
+                queue = more + queue
+            }
+        }
+        return .finished(journal.installs[model]?.phase ?? .idle)
+    }
+
+    enum StepResult { case none, event(InstallEvent), pause(String) }
+
+    static func name(_ a: InstallAction) -> String {
+        switch a {
+        case .download: "download"
+        case .verify: "verify"
+        case .stage: "stage"
+        case .activate: "activate"
+        case .checkHealth: "checkHealth"
+        case .commit: "commit"
+        case .rollback: "rollback"
+        case .discard: "discard"
+        case .report: "report"
+        }
+    }
+
+    private func perform(_ action: InstallAction) throws -> StepResult {
+        switch action {
+        case .report(let r):
+            outbox.append(kind: r.kind, time: Clock.wall(), model: r.model, sha256: r.sha256, release: r.release, detail: r.detail)
+            try state.save("outbox.json", outbox)
+            logger.info("install \(r.kind)", metadata: ["model": "\(r.model)", "sha256": "\(r.sha256.prefix(12))", "detail": "\(r.detail ?? "")"])
+            return .none
+        case .download(let job): return download(job)
+        case .verify(let job): return verify(job)
+        case .stage(let job):
+            do {
+                try slots.stage(model: job.model, sha256: job.sha256, fileName: job.fileName, size: job.size, from: state.downloadPath(job.sha256))
+                return .event(.staged)
+            } catch {
+                return .event(.failed("staging failed: \(error)"))
+            }
+        case .activate(let job):
+            do {
+                try slots.point(model: job.model, at: job.sha256)
+                return .event(.activated)
+            } catch {
+                return .event(.unhealthy("activation failed: \(error)"))
+            }
+        case .checkHealth(let job):
+            let path = "\(slots.root)/\(job.model)/current/\(job.fileName)"
+            switch health.run(model: job.model, sha256: job.sha256, modelPath: path, slot: slots.slotPath(job.model, job.sha256)) {
+            case .healthy: return .event(.healthy)
+            case .unhealthy(let why): return .event(.unhealthy(why))
+            }
+        case .commit(let job):
+            slots.prune(model: job.model, keep: Set([job.sha256] + (job.previousSha256.map { [$0] } ?? [])))
+            unlink(state.downloadPath(job.sha256))
+            return .none
+        case .rollback(let job):
+            try slots.point(model: job.model, at: job.previousSha256)
+            return .event(.rolledBack)
+        case .discard(let job):
+            unlink(state.downloadPath(job.sha256))
+            slots.removeSlot(model: job.model, sha256: job.sha256)
+            return .none
+        }
+    }
+
+    private func download(_ job: InstallJob) -> StepResult {
+        let path = state.downloadPath(job.sha256)
+        let have = FS.fileSize(path) ?? 0
+        let need = max(0, job.size - have)
+        let margin: Int64 = 4 << 20
+        if let free = FS.freeBytes(state.downloads), free < need + margin {
+            return .event(.failed("no space for the download: need \(ByteCount.format(need + margin)), \(ByteCount.format(free)) free"))
+        }
+        // The slot is written next to the current model; on another filesystem it is a full copy.
+        if let free = FS.freeBytes(slots.root), !FS.isDirectoryNoFollow(slots.slotPath(job.model, job.sha256)),
+           sameFilesystem(state.downloads, slots.root) == false, free < job.size + margin {
+            return .event(.failed("no space for the model slot: need \(ByteCount.format(job.size + margin)), \(ByteCount.format(free)) free"))
+        }
+        let url = job.url.hasPrefix("/") ? controllerURL + job.url : job.url
+        var delay = 1.0
+        for attempt in 1...4 {
+            if shouldStop() { return .pause("stopping") }
+            do {
+                let r = try http.download(url, to: path, maxBytes: job.size, rateLimitBytesPerSecond: rateLimit, shouldCancel: shouldStop)
+                if r.bytesReceived >= 256 * 1024, r.seconds > 0 {
+                    link = LinkStats(mbps: Double(r.bytesReceived) * 8 / r.seconds / 1e6, bytes: r.bytesReceived)
+                }
+                if r.fileSize == job.size { return .event(.downloaded) }
+                logger.warning("download ended early", metadata: ["have": "\(r.fileSize)", "want": "\(job.size)", "attempt": "\(attempt)"])
+            } catch let e {
+                switch e.code {
+                case .tooLarge: unlink(path); return .event(.failed("artifact longer than signed: \(e.message)"))
+                case .io: return .event(.failed("download write failed: \(e.message)"))
+                case .cancelled: return .pause("stopping")
+                default:
+                    if !e.isTransient { return .event(.failed("download refused: \(e.message)")) }
+                    logger.warning("download interrupted", metadata: ["error": "\(e)", "attempt": "\(attempt)", "have": "\(FS.fileSize(path) ?? 0)"])
+                }
+            }
+            if attempt < 4 { usleep(UInt32(delay * 1_000_000)); delay *= 2 }
+        }
+        return .pause("download incomplete; resuming on the next cycle")
+    }
+
+    private func verify(_ job: InstallJob) -> StepResult {
+        let path = state.downloadPath(job.sha256)
+        do {
+            let (sha, length) = try FS.sha256(path)
+            guard length == job.size else {
+                unlink(path)
+                return .event(.failed("length \(length) differs from the signed \(job.size)"))
+            }
+            guard sha == job.sha256 else {
+                unlink(path)
+                return .event(.failed("sha256 \(sha) differs from the signed \(job.sha256)"))
+            }
+            return .event(.verified)
+        } catch {
+            return .event(.failed("cannot verify: \(error)"))
+        }
+    }
+
+    private func sameFilesystem(_ a: String, _ b: String) -> Bool {
+        var sa = stat(), sb = stat()
+        guard stat(a, &sa) == 0, stat(b, &sb) == 0 else { return false }
+        return sa.st_dev == sb.st_dev
+    }
+}

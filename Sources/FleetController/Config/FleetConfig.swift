@@ -1,0 +1,120 @@
+import FleetCore
+import Foundation
+import Yams
+
+struct ConfigError: Error, CustomStringConvertible {
+    let file: String
+    let message: String
+    var description: String { "\(file): \(message)" }
+}
+
+/// Operator configuration from the fleet/ folder: hardware classes and bandwidth tiers.
+struct FleetConfig: Sendable {
+    var hardwareClasses: [HardwareClass]
+    var bandwidthTiers: [BandwidthTier]
+
+    static func load(directory: String) throws -> FleetConfig {
+        let classesFile = directory + "/hardware-classes.yaml"
+        let tiersFile = directory + "/bandwidth-tiers.yaml"
+        let classes = try decode(ClassesFile.self, classesFile).classes.map { try $0.domain(file: classesFile) }
+        let tiers = try decode(TiersFile.self, tiersFile).tiers.map { try $0.domain(file: tiersFile) }
+        try checkUnique(classes.map(\.name), file: classesFile)
+        try checkUnique(tiers.map(\.name), file: tiersFile)
+        return FleetConfig(hardwareClasses: classes, bandwidthTiers: tiers)
+    }
+
+    private static func checkUnique(_ names: [String], file: String) throws {
+        var seen = Set<String>()
+        for n in names {
+            guard Name.isValid(n) else { throw ConfigError(file: file, message: "invalid name '\(n)'") }
+            guard seen.insert(n).inserted else { throw ConfigError(file: file, message: "duplicate name '\(n)'") }
+        }
+    }
+
+    private static func decode<T: Decodable>(_ t: T.Type, _ path: String) throws -> T {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ConfigError(file: path, message: "cannot read the file")
+        }
+        do { return try YAMLDecoder().decode(t, from: text) } catch {
+            throw ConfigError(file: path, message: "\(error)")
+        }
+    }
+
+    private struct ClassesFile: Decodable { var classes: [ClassEntry] }
+    private struct ClassEntry: Decodable {
+        struct MatchEntry: Decodable {
+            var arch: [String]?
+            var cpu_flags: [String]?
+            var min_memory: String?
+            var max_memory: String?
+            var accelerators: [String]?
+        }
+        var name: String
+        var description: String?
+        var match: MatchEntry?
+        var formats: [String]
+        var max_model_size: String?
+
+        func domain(file: String) throws -> HardwareClass {
+            func size(_ s: String?, _ field: String) throws -> Int64? {
+                guard let s else { return nil }
+                guard let v = ByteCount.parse(s) else { throw ConfigError(file: file, message: "\(name): \(field) '\(s)' is not a size") }
+                return v
+            }
+            guard !formats.isEmpty else { throw ConfigError(file: file, message: "\(name): formats is empty") }
+            let m = match
+            return HardwareClass(
+                name: name, description: description,
+                match: .init(arch: m?.arch, cpuFlags: m?.cpu_flags, minMemoryBytes: try size(m?.min_memory, "min_memory"),
+                             maxMemoryBytes: try size(m?.max_memory, "max_memory"), accelerators: m?.accelerators),
+                formats: formats, maxModelBytes: try size(max_model_size, "max_model_size"))
+        }
+    }
+
+    private struct TiersFile: Decodable { var tiers: [TierEntry] }
+    private struct TierEntry: Decodable {
+        var name: String
+        var description: String?
+        var metered: Bool?
+        var min_mbps: Double?
+        var budget: String?
+
+        func domain(file: String) throws -> BandwidthTier {
+            var budgetBytes: Int64? = nil
+            if let budget {
+                guard let v = ByteCount.parse(budget) else { throw ConfigError(file: file, message: "\(name): budget '\(budget)' is not a size") }
+                budgetBytes = v
+            }
+            return BandwidthTier(name: name, description: description, metered: metered, minMbps: min_mbps, budgetBytes: budgetBytes)
+        }
+    }
+}
+
+/// The online keys the controller holds (director, timestamp) and the root they must belong to.
+struct OnlineKeys: Sendable {
+    var rootEnvelope: Envelope
+    var root: RootMetadata
+    var director: SigningKey
+    var timestamp: SigningKey
+    /// Newer root versions after the first, for devices that pinned an older one.
+    var rootChain: [Envelope]
+
+    static func load(directory: String, now: Int64) throws -> OnlineKeys {
+        func read(_ name: String) throws -> Data {
+            guard let d = FileManager.default.contents(atPath: directory + "/" + name) else {
+                throw ConfigError(file: directory + "/" + name, message: "missing (create keys with `fleetctl keys init`)")
+            }
+            return d
+        }
+        let rootEnv = try Envelope.parse(try read("root.json"))
+        let root = try MetadataVerifier.verifyInitialRoot(rootEnv, now: now)
+        let director = try SigningKey.parse(try read("director.key"))
+        let timestamp = try SigningKey.parse(try read("timestamp.key"))
+        for (key, role) in [(director, Role.director), (timestamp, Role.timestamp)] {
+            guard key.role == role, root.roles[role.rawValue]?.keyids.contains(key.keyID) == true else {
+                throw ConfigError(file: directory, message: "\(role.rawValue).key is not a \(role.rawValue) key of root.json")
+            }
+        }
+        return OnlineKeys(rootEnvelope: rootEnv, root: root, director: director, timestamp: timestamp, rootChain: [])
+    }
+}

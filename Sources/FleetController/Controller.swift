@@ -1,0 +1,69 @@
+import FleetCore
+import Foundation
+import Hummingbird
+import Logging
+import Prometheus
+
+/// Settings of one controller process.
+public struct ControllerOptions: Sendable {
+    public var dataDirectory: String
+    public var host: String
+    public var port: Int
+    public var keysDirectory: String
+    public var configDirectory: String
+    public var artifactBaseURL: String?
+    public var maxArtifactBytes: Int64
+    public var pollSeconds: Int
+
+    public init(dataDirectory: String, host: String, port: Int, keysDirectory: String, configDirectory: String,
+                artifactBaseURL: String? = nil, maxArtifactBytes: Int64 = 8 << 30, pollSeconds: Int = 30) {
+        self.dataDirectory = dataDirectory; self.host = host; self.port = port; self.keysDirectory = keysDirectory
+        self.configDirectory = configDirectory; self.artifactBaseURL = artifactBaseURL
+        self.maxArtifactBytes = maxArtifactBytes; self.pollSeconds = pollSeconds
+    }
+}
+
+public enum Controller {
+    static func wallClock() -> Int64 { Int64(Date().timeIntervalSince1970) }
+
+    /// Builds the router with every route; tests drive it with `app.test(.router)`.
+    static func makeRouter(options: ControllerOptions, logger: Logger, clock: @escaping @Sendable () -> Int64 = wallClock,
+                           metrics: ControllerMetrics = ControllerMetrics()) throws -> Router<BasicRequestContext> {
+        try FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
+        let config = try FleetConfig.load(directory: options.configDirectory)
+        let keys = try OnlineKeys.load(directory: options.keysDirectory, now: clock())
+        let store = try SQLiteStore(path: options.dataDirectory + "/fleet.sqlite")
+        let artifacts = try ArtifactStore(root: options.dataDirectory + "/artifacts")
+        let director = Director(store: store, keys: keys, config: config, artifactBaseURL: options.artifactBaseURL,
+                                metrics: metrics, logger: logger, pollSeconds: options.pollSeconds)
+
+        let router = Router(context: BasicRequestContext.self)
+        router.add(middleware: ErrorMiddleware())
+        router.get("/healthz") { _, _ in try JSON.response(["status": "ok"]) }
+        router.get("/metrics") { _, _ in
+            metrics.devices.set(Int64(try await store.devices().count))
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; version=0.0.4"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: metrics.registry.emitToBuffer())))
+        }
+        DeviceRoutes(director: director, store: store, metrics: metrics, clock: clock).register(router)
+        ArtifactRoutes(artifacts: artifacts, metrics: metrics, maxArtifactBytes: options.maxArtifactBytes).register(router)
+        OperatorRoutes(director: director, store: store, artifacts: artifacts, config: config, keys: keys, clock: clock).register(router)
+        return router
+    }
+
+    /// Runs the controller until SIGTERM or SIGINT, then drains in-flight requests and stops.
+    public static func serve(options: ControllerOptions, logger: Logger) async throws {
+        let router = try makeRouter(options: options, logger: logger)
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname(options.host, port: options.port), serverName: "edgefleet-controller"),
+            logger: logger)
+        logger.info("controller listening", metadata: ["listen": "\(options.host):\(options.port)", "data": "\(options.dataDirectory)"])
+        try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
+    }
+}
+
+public enum SizeParser {
+    public static func parse(_ s: String) -> Int64? { ByteCount.parse(s) }
+}

@@ -1,0 +1,86 @@
+import FleetCore
+import Foundation
+import HTTPTypes
+import Hummingbird
+
+/// Content-addressed artifacts: uploaded once, served immutable with Range and ETag, so any HTTP
+/// cache or CDN in front of the controller can serve them too.
+struct ArtifactRoutes: Sendable {
+    let artifacts: ArtifactStore
+    let metrics: ControllerMetrics
+    let maxArtifactBytes: Int64
+
+    func register(_ router: Router<BasicRequestContext>) {
+        router.put("/v1/artifacts") { request, _ in
+            let expected = request.headers[HTTPField.Name("X-Content-SHA256")!]
+            if let expected, !Digest.isSHA256Hex(expected) {
+                throw APIError(.badRequest, "invalid-digest", "X-Content-SHA256 must be 64 lowercase hex digits")
+            }
+            if let length = request.headers[.contentLength].flatMap(Int64.init), length > maxArtifactBytes {
+                throw APIError(.contentTooLarge, "too-large", "artifact of \(length) bytes exceeds the limit of \(maxArtifactBytes)")
+            }
+            let info = try await artifacts.ingest(request.body, maxBytes: maxArtifactBytes, expectedSha256: expected)
+            metrics.artifactsUploaded.increment()
+            return try JSON.response(info, status: .created)
+        }
+        router.get("/v1/artifacts/:sha") { request, context in
+            try await serve(request, context, body: true)
+        }
+        router.head("/v1/artifacts/:sha") { request, context in
+            try await serve(request, context, body: false)
+        }
+    }
+
+    private func serve(_ request: Request, _ context: BasicRequestContext, body: Bool) async throws -> Response {
+        let sha = try context.parameters.require("sha")
+        guard let path = artifacts.path(sha), let size = artifacts.size(sha) else {
+            throw APIError(.notFound, "unknown-artifact", "no artifact \(sha)")
+        }
+        var headers = HTTPFields()
+        let etag = "\"\(sha)\""
+        headers[.eTag] = etag
+        headers[.cacheControl] = "public, max-age=31536000, immutable"
+        headers[.acceptRanges] = "bytes"
+        headers[.contentType] = "application/octet-stream"
+        if let inm = request.headers[.ifNoneMatch], inm.split(separator: ",").contains(where: { $0.trimmed == etag || $0.trimmed == "*" }) {
+            return Response(status: .notModified, headers: headers)
+        }
+        var status = HTTPResponse.Status.ok
+        var range: ClosedRange<Int64> = 0...max(size - 1, 0)
+        if let header = request.headers[.range], size > 0 {
+            guard let r = ByteRange.parse(header, size: size) else {
+                headers[.contentRange] = "bytes */\(size)"
+                return Response(status: .rangeNotSatisfiable, headers: headers)
+            }
+            range = r
+            status = .partialContent
+            headers[.contentRange] = "bytes \(r.lowerBound)-\(r.upperBound)/\(size)"
+        }
+        let length = size == 0 ? 0 : range.upperBound - range.lowerBound + 1
+        headers[.contentLength] = String(length)
+        guard body, length > 0 else { return Response(status: status, headers: headers) }
+        metrics.artifactBytesServed.increment(by: length)
+        let fileBody = try await FileIO().loadFile(path: path, range: Int(range.lowerBound)...Int(range.upperBound), context: context)
+        return Response(status: status, headers: headers, body: fileBody)
+    }
+}
+
+/// A single HTTP byte range (RFC 9110 §14.1.2); several ranges are served as the whole file.
+enum ByteRange {
+    static func parse(_ header: String, size: Int64) -> ClosedRange<Int64>? {
+        guard header.hasPrefix("bytes="), size > 0 else { return nil }
+        let spec = header.dropFirst(6)
+        guard !spec.contains(",") else { return 0...(size - 1) }
+        let parts = spec.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
+        guard parts.count == 2 else { return nil }
+        let first = parts[0].trimmed, last = parts[1].trimmed
+        if first.isEmpty {
+            guard let n = Int64(last), n > 0 else { return nil }
+            return max(0, size - n)...(size - 1)
+        }
+        guard let start = Int64(first), start >= 0, start < size else { return nil }
+        if last.isEmpty { return start...(size - 1) }
+        guard let end = Int64(last), end >= start else { return nil }
+        return start...min(end, size - 1)
+    }
+}

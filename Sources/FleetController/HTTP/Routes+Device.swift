@@ -1,0 +1,54 @@
+import FleetCore
+import Foundation
+import Hummingbird
+
+/// Routes the agents call.
+struct DeviceRoutes: Sendable {
+    let director: Director
+    let store: any FleetStore
+    let metrics: ControllerMetrics
+    let clock: @Sendable () -> Int64
+
+    static let checkInLimit = 256 * 1024
+    static let eventsLimit = 1024 * 1024
+
+    func register(_ router: Router<BasicRequestContext>) {
+        router.get("/v1/root") { _, _ in
+            try JSON.response(await director.keys.rootEnvelope)
+        }
+        router.post("/v1/devices/:id/checkin") { request, context in
+            let id = try deviceID(context)
+            let body = try await JSON.decode(CheckInRequest.self, request, limit: Self.checkInLimit)
+            for (model, sha) in body.installed {
+                guard Name.isValid(model), Digest.isSHA256Hex(sha) else {
+                    throw APIError(.badRequest, "invalid-installed", "installed must map model names to sha256 digests")
+                }
+            }
+            let response = try await director.checkIn(deviceId: id, request: body, now: clock())
+            return try JSON.response(response)
+        }
+        router.post("/v1/devices/:id/events") { request, context in
+            let id = try deviceID(context)
+            guard try await store.device(id) != nil else {
+                throw APIError(.notFound, "unknown-device", "device \(id) has not checked in")
+            }
+            let batch = try await JSON.decode(EventBatch.self, request, limit: Self.eventsLimit)
+            guard batch.events.count <= EventBatch.maxEvents else {
+                throw APIError(.contentTooLarge, "too-many-events", "at most \(EventBatch.maxEvents) events per batch")
+            }
+            guard batch.events.allSatisfy({ $0.seq > 0 && $0.kind.utf8.count <= 64 && ($0.detail?.utf8.count ?? 0) <= 4096 }) else {
+                throw APIError(.badRequest, "invalid-event", "events need seq > 0, a kind of at most 64 bytes and detail of at most 4 KiB")
+            }
+            let ingest = try await store.appendEvents(deviceId: id, batch.events, receivedAt: clock())
+            metrics.eventsStored.increment(by: Int64(ingest.stored))
+            metrics.eventsDuplicate.increment(by: Int64(ingest.duplicates))
+            return try JSON.response(EventAck(ackedThrough: ingest.ackedThrough, stored: ingest.stored, duplicates: ingest.duplicates))
+        }
+    }
+}
+
+func deviceID(_ context: BasicRequestContext) throws -> String {
+    let id = try context.parameters.require("id")
+    guard Name.isValid(id) else { throw APIError(.badRequest, "invalid-device-id", "device id '\(id)' is not a valid name") }
+    return id
+}

@@ -1,0 +1,185 @@
+import FleetCore
+import Foundation
+import Hummingbird
+
+/// Routes fleetctl calls: models, variants, releases, rollouts, devices, status.
+struct OperatorRoutes: Sendable {
+    let director: Director
+    let store: any FleetStore
+    let artifacts: ArtifactStore
+    let config: FleetConfig
+    let keys: OnlineKeys
+    let clock: @Sendable () -> Int64
+
+    static let bodyLimit = 64 * 1024
+
+    func register(_ router: Router<BasicRequestContext>) {
+        router.get("/v1/config/hardware-classes") { _, _ in try JSON.response(config.hardwareClasses) }
+        router.get("/v1/config/bandwidth-tiers") { _, _ in try JSON.response(config.bandwidthTiers) }
+
+        router.post("/v1/models") { request, _ in
+            let body = try await JSON.decode(NewModel.self, request, limit: Self.bodyLimit)
+            guard Name.isValid(body.name) else { throw APIError(.badRequest, "invalid-name", "'\(body.name)' is not a valid model name") }
+            if let q = body.minQuality, !(0...1).contains(q) {
+                throw APIError(.badRequest, "invalid-quality", "minQuality must be between 0 and 1")
+            }
+            try await store.createModel(ModelRecord(name: body.name, minQuality: body.minQuality, createdAt: clock()))
+            return try JSON.response(try await modelInfo(body.name), status: .created)
+        }
+        router.get("/v1/models") { _, _ in
+            var out: [ModelInfo] = []
+            for m in try await store.models() { out.append(try await modelInfo(m.name)) }
+            return try JSON.response(out)
+        }
+        router.get("/v1/models/:model") { _, context in
+            try JSON.response(try await modelInfo(try context.parameters.require("model")))
+        }
+        router.post("/v1/models/:model/variants") { request, context in
+            let model = try context.parameters.require("model")
+            guard try await store.model(model) != nil else { throw APIError(.notFound, "unknown-model", "no model \(model)") }
+            let body = try await JSON.decode(NewVariant.self, request, limit: Self.bodyLimit)
+            let v = body.variant
+            guard Name.isValid(v.name), Name.isValid(v.fileName) else {
+                throw APIError(.badRequest, "invalid-name", "variant and file names must be plain names without '/' or a leading '.'")
+            }
+            guard let size = artifacts.size(v.sha256) else {
+                throw APIError(.unprocessableContent, "unknown-artifact", "artifact \(v.sha256) has not been uploaded")
+            }
+            guard size == v.size else {
+                throw APIError(.unprocessableContent, "size-mismatch", "artifact \(v.sha256) has \(size) bytes, not \(v.size)")
+            }
+            let record = VariantRecord(model: model, variant: v, quality: body.quality, createdAt: clock())
+            try await store.addVariant(record)
+            return try JSON.response(VariantInfo(model: model, variant: v, quality: body.quality, createdAt: record.createdAt), status: .created)
+        }
+        router.get("/v1/models/:model/variants") { _, context in
+            let model = try context.parameters.require("model")
+            guard try await store.model(model) != nil else { throw APIError(.notFound, "unknown-model", "no model \(model)") }
+            return try JSON.response(try await store.variants(model: model).map {
+                VariantInfo(model: $0.model, variant: $0.variant, quality: $0.quality, createdAt: $0.createdAt)
+            })
+        }
+
+        router.post("/v1/releases") { request, _ in
+            let body = try await JSON.decode(NewRelease.self, request, limit: MetadataLimits.envelope)
+            let release = try await acceptRelease(body.catalog)
+            return try JSON.response(releaseInfo(release), status: .created)
+        }
+        router.get("/v1/releases") { _, _ in try JSON.response(try await store.releases().map(releaseInfo)) }
+        router.get("/v1/releases/:id") { _, context in
+            let id = try context.parameters.require("id")
+            guard let r = try await store.release(id) else { throw APIError(.notFound, "unknown-release", "no release \(id)") }
+            return try JSON.response(releaseInfo(r))
+        }
+
+        router.post("/v1/rollouts") { request, _ in
+            let body = try await JSON.decode(NewRollout.self, request, limit: Self.bodyLimit)
+            guard body.strategy == "all" else {
+                throw APIError(.badRequest, "unknown-strategy", "strategy '\(body.strategy)' is not supported (use \"all\")")
+            }
+            guard let release = try await store.release(body.release) else {
+                throw APIError(.notFound, "unknown-release", "no release \(body.release)")
+            }
+            let r = try await store.createRollout(releaseId: release.id, model: release.model, strategy: body.strategy, at: clock())
+            return try JSON.response(try await rolloutInfo(r), status: .created)
+        }
+        router.get("/v1/rollouts") { _, _ in
+            var out: [RolloutInfo] = []
+            for r in try await store.rollouts() { out.append(try await rolloutInfo(r)) }
+            return try JSON.response(out)
+        }
+
+        router.get("/v1/devices") { _, _ in
+            let assignments = try await store.assignments()
+            return try JSON.response(try await store.devices().map { deviceInfo($0, assignments) })
+        }
+        router.get("/v1/devices/:id") { _, context in
+            let id = try deviceID(context)
+            guard let d = try await store.device(id) else { throw APIError(.notFound, "unknown-device", "no device \(id)") }
+            return try JSON.response(deviceInfo(d, try await store.assignments()))
+        }
+        router.get("/v1/devices/:id/explain") { _, context in
+            try JSON.response(try await director.explain(deviceId: try deviceID(context)))
+        }
+        router.get("/v1/devices/:id/events") { _, context in
+            let id = try deviceID(context)
+            guard try await store.device(id) != nil else { throw APIError(.notFound, "unknown-device", "no device \(id)") }
+            return try JSON.response(try await store.events(deviceId: id, limit: 200))
+        }
+        router.get("/v1/status") { _, _ in try JSON.response(try await status()) }
+    }
+
+    /// A catalog is accepted only when the release key threshold of root signed it, it names
+    /// registered variants with their exact hashes and sizes, and its serial moves forward.
+    private func acceptRelease(_ envelope: Envelope) async throws -> ReleaseRecord {
+        let body = try MetadataVerifier.verify(envelope, type: PayloadType.catalog, role: .release, root: keys.root)
+        let catalog: ReleaseCatalog
+        do { catalog = try FleetJSON.decode(ReleaseCatalog.self, from: Data(body), limit: MetadataLimits.catalog) }
+        catch { throw TrustError(error, what: "catalog") }
+        guard catalog.expiresAt > clock() else { throw TrustError(.expired, "catalog is already expired") }
+        guard Name.isValid(catalog.version) else { throw APIError(.badRequest, "invalid-version", "'\(catalog.version)' is not a valid version") }
+        guard try await store.model(catalog.model) != nil else { throw APIError(.notFound, "unknown-model", "no model \(catalog.model)") }
+        guard !catalog.variants.isEmpty else { throw APIError(.unprocessableContent, "empty-release", "the catalog lists no variants") }
+        let registered = Dictionary(try await store.variants(model: catalog.model).map { ($0.variant.name, $0.variant) }, uniquingKeysWith: { a, _ in a })
+        for v in catalog.variants {
+            guard let r = registered[v.name], r.sha256 == v.sha256, r.size == v.size else {
+                throw APIError(.unprocessableContent, "unknown-variant", "variant \(v.name) is not registered with that hash and size")
+            }
+        }
+        let maxSerial = try await store.maxSerial(model: catalog.model)
+        guard catalog.serial > maxSerial else {
+            throw APIError(.conflict, "stale-serial", "catalog serial \(catalog.serial) is not above \(maxSerial)")
+        }
+        let record = ReleaseRecord(id: "\(catalog.model)@\(catalog.version)", model: catalog.model, version: catalog.version,
+                                   serial: catalog.serial, catalogEnvelope: envelope, catalogSha256: Digest.sha256Hex(body),
+                                   catalog: catalog, createdAt: clock())
+        try await store.createRelease(record)
+        return record
+    }
+
+    private func modelInfo(_ name: String) async throws -> ModelInfo {
+        guard let m = try await store.model(name) else { throw APIError(.notFound, "unknown-model", "no model \(name)") }
+        return ModelInfo(name: m.name, minQuality: m.minQuality, createdAt: m.createdAt,
+                         nextSerial: try await store.maxSerial(model: name) + 1, variants: try await store.variants(model: name).count)
+    }
+
+    private func releaseInfo(_ r: ReleaseRecord) -> ReleaseInfo {
+        ReleaseInfo(id: r.id, model: r.model, version: r.version, serial: r.serial, catalogSha256: r.catalogSha256,
+                    createdAt: r.createdAt, variants: r.catalog.variants)
+    }
+
+    private func rolloutInfo(_ r: RolloutRecord) async throws -> RolloutInfo {
+        let assigned = try await store.assignments().filter { $0.releaseId == r.releaseId }
+        let devices = Dictionary(try await store.devices().map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        var committed = 0, failed = 0
+        for a in assigned {
+            guard let d = devices[a.deviceId] else { continue }
+            if d.installed[r.model] == a.sha256 { committed += 1 } else if d.status == "failed" || d.status == "rolled-back" { failed += 1 }
+        }
+        let held = devices.values.filter { $0.held[r.model] != nil }.count
+        return RolloutInfo(id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state, createdAt: r.createdAt,
+                           targeted: assigned.count, committed: committed, failed: failed, held: held)
+    }
+
+    private func deviceInfo(_ d: DeviceRecord, _ assignments: [AssignmentRecord]) -> DeviceInfo {
+        var assigned: [String: String] = [:]
+        for a in assignments where a.deviceId == d.id { assigned[a.model] = a.variant }
+        return DeviceInfo(id: d.id, hardwareClass: d.hardwareClass, tier: d.tier, facts: d.facts, installed: d.installed, phase: d.phase,
+                          status: d.status, statusDetail: d.statusDetail, assigned: assigned, held: d.held,
+                          firstSeen: d.firstSeen, lastSeen: d.lastSeen, agentVersion: d.agentVersion)
+    }
+
+    private func status() async throws -> FleetStatus {
+        let devices = try await store.devices()
+        var byClass: [String: Int] = [:], byTier: [String: Int] = [:], byStatus: [String: Int] = [:]
+        for d in devices {
+            byClass[d.hardwareClass ?? "none", default: 0] += 1
+            byTier[d.tier ?? "none", default: 0] += 1
+            byStatus[d.status, default: 0] += 1
+        }
+        let stats = artifacts.stats()
+        return FleetStatus(devices: devices.count, byClass: byClass, byTier: byTier, byStatus: byStatus,
+                           models: try await store.models().count, releases: try await store.releases().count,
+                           activeRollouts: try await store.activeRollouts().count, artifacts: stats.count, artifactBytes: stats.bytes)
+    }
+}

@@ -1,0 +1,103 @@
+import FleetCore
+
+struct DeviceRecord: Sendable, Equatable {
+    var id: String
+    var facts: DeviceFacts
+    var hardwareClass: String?
+    var tier: String?
+    var installed: [String: String]
+    var phase: String?
+    var status: String
+    var statusDetail: String?
+    var held: [String: String]
+    var firstSeen: Int64
+    var lastSeen: Int64
+    var agentVersion: String?
+}
+
+struct ModelRecord: Sendable, Equatable {
+    var name: String
+    var minQuality: Double?
+    var createdAt: Int64
+}
+
+struct VariantRecord: Sendable, Equatable {
+    var model: String
+    var variant: CatalogVariant
+    var quality: Double?
+    var createdAt: Int64
+}
+
+struct ReleaseRecord: Sendable, Equatable {
+    var id: String
+    var model: String
+    var version: String
+    var serial: Int
+    var catalogEnvelope: Envelope
+    var catalogSha256: String
+    var catalog: ReleaseCatalog
+    var createdAt: Int64
+}
+
+struct RolloutRecord: Sendable, Equatable {
+    var id: Int64
+    var releaseId: String
+    var model: String
+    var strategy: String
+    var state: String          // active, superseded
+    var createdAt: Int64
+}
+
+struct AssignmentRecord: Sendable, Equatable {
+    var deviceId: String
+    var model: String
+    var counter: UInt64
+    var releaseId: String
+    var variant: String
+    var sha256: String
+    var envelope: Envelope
+    var expiresAt: Int64
+}
+
+struct EventIngest: Sendable, Equatable {
+    var stored: Int
+    var duplicates: Int
+    var ackedThrough: UInt64
+}
+
+/// Everything the controller keeps, behind one protocol so that several backends (SQLite for a lab,
+/// PostgreSQL for replicas) serve the same routes. Each method is atomic.
+protocol FleetStore: Sendable {
+    func upsertDevice(_ device: DeviceRecord) async throws
+    func device(_ id: String) async throws -> DeviceRecord?
+    func devices() async throws -> [DeviceRecord]
+
+    func createModel(_ model: ModelRecord) async throws
+    func model(_ name: String) async throws -> ModelRecord?
+    func models() async throws -> [ModelRecord]
+
+    func addVariant(_ variant: VariantRecord) async throws
+    func variants(model: String) async throws -> [VariantRecord]
+
+    func createRelease(_ release: ReleaseRecord) async throws
+    func release(_ id: String) async throws -> ReleaseRecord?
+    func releases() async throws -> [ReleaseRecord]
+    func maxSerial(model: String) async throws -> Int
+
+    /// Creates a rollout and marks earlier active rollouts of the same model superseded.
+    func createRollout(releaseId: String, model: String, strategy: String, at: Int64) async throws -> RolloutRecord
+    func rollouts() async throws -> [RolloutRecord]
+    func activeRollouts() async throws -> [RolloutRecord]
+
+    func assignment(deviceId: String, model: String) async throws -> AssignmentRecord?
+    func assignments() async throws -> [AssignmentRecord]
+    /// Stores `record` only if the stored counter is still `expectedCounter` (nil: none stored).
+    func replaceAssignment(_ record: AssignmentRecord, expectedCounter: UInt64?) async throws -> Bool
+
+    /// Stores each (device, seq) once and updates the device's status from install events.
+    func appendEvents(deviceId: String, _ events: [StatusEvent], receivedAt: Int64) async throws -> EventIngest
+    func events(deviceId: String, limit: Int) async throws -> [StatusEvent]
+
+    func meta(_ key: String) async throws -> String?
+    func setMeta(_ key: String, _ value: String) async throws
+}

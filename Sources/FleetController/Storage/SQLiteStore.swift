@@ -1,0 +1,275 @@
+import FleetCore
+import Foundation
+
+/// The default store: one SQLite file under the data directory.
+final class SQLiteStore: FleetStore {
+    let db: SQLiteDatabase
+
+    init(path: String) throws {
+        db = try SQLiteDatabase(path: path)
+        try migrate()
+    }
+
+    private func migrate() throws {
+        try db.transaction {
+            try db.execute("""
+                CREATE TABLE IF NOT EXISTS devices (
+                    id TEXT PRIMARY KEY, facts TEXT NOT NULL, hardware_class TEXT, tier TEXT,
+                    installed TEXT NOT NULL, phase TEXT, status TEXT NOT NULL, status_detail TEXT,
+                    held TEXT NOT NULL, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, agent_version TEXT)
+                """)
+            try db.execute("CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, min_quality REAL, created_at INTEGER NOT NULL)")
+            try db.execute("""
+                CREATE TABLE IF NOT EXISTS variants (
+                    model TEXT NOT NULL REFERENCES models(name), name TEXT NOT NULL, body TEXT NOT NULL,
+                    quality REAL, created_at INTEGER NOT NULL, PRIMARY KEY (model, name))
+                """)
+            try db.execute("""
+                CREATE TABLE IF NOT EXISTS releases (
+                    id TEXT PRIMARY KEY, model TEXT NOT NULL REFERENCES models(name), version TEXT NOT NULL,
+                    serial INTEGER NOT NULL, envelope TEXT NOT NULL, catalog_sha256 TEXT NOT NULL,
+                    created_at INTEGER NOT NULL, UNIQUE (model, serial))
+                """)
+            try db.execute("""
+                CREATE TABLE IF NOT EXISTS rollouts (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, release_id TEXT NOT NULL REFERENCES releases(id),
+                    model TEXT NOT NULL, strategy TEXT NOT NULL, state TEXT NOT NULL, created_at INTEGER NOT NULL)
+                """)
+            try db.execute("""
+                CREATE TABLE IF NOT EXISTS assignments (
+                    device_id TEXT NOT NULL, model TEXT NOT NULL, counter INTEGER NOT NULL, release_id TEXT NOT NULL,
+                    variant TEXT NOT NULL, sha256 TEXT NOT NULL, envelope TEXT NOT NULL, expires_at INTEGER NOT NULL,
+                    PRIMARY KEY (device_id, model))
+                """)
+            try db.execute("""
+                CREATE TABLE IF NOT EXISTS events (
+                    device_id TEXT NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL, kind TEXT NOT NULL,
+                    model TEXT, sha256 TEXT, release TEXT, detail TEXT, received_at INTEGER NOT NULL,
+                    PRIMARY KEY (device_id, seq))
+                """)
+            try db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        }
+    }
+
+    // MARK: coding helpers
+
+    private func json<T: Encodable>(_ v: T) throws -> String { String(decoding: try FleetJSON.encode(v), as: UTF8.self) }
+    private func parse<T: Decodable>(_ t: T.Type, _ s: SQLValue) throws -> T {
+        guard let text = s.text else { throw StorageError(.corrupt, "expected JSON text for \(T.self)") }
+        do { return try JSONDecoder().decode(t, from: Data(text.utf8)) } catch {
+            throw StorageError(.corrupt, "stored \(T.self) does not decode: \(error)")
+        }
+    }
+
+    // MARK: devices
+
+    func upsertDevice(_ d: DeviceRecord) async throws {
+        try db.execute("""
+            INSERT INTO devices (id, facts, hardware_class, tier, installed, phase, status, status_detail, held, first_seen, last_seen, agent_version)
+            VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
+            ON CONFLICT(id) DO UPDATE SET facts=excluded.facts, hardware_class=excluded.hardware_class, tier=excluded.tier,
+              installed=excluded.installed, phase=excluded.phase, held=excluded.held, last_seen=excluded.last_seen,
+              agent_version=excluded.agent_version
+            """, [d.id, try json(d.facts), d.hardwareClass, d.tier, try json(d.installed), d.phase, d.status, d.statusDetail,
+                  try json(d.held), d.firstSeen, d.lastSeen, d.agentVersion])
+    }
+
+    private func deviceRow(_ r: [SQLValue]) throws -> DeviceRecord {
+        DeviceRecord(id: r[0].text ?? "", facts: try parse(DeviceFacts.self, r[1]), hardwareClass: r[2].text, tier: r[3].text,
+                     installed: try parse([String: String].self, r[4]), phase: r[5].text, status: r[6].text ?? "idle",
+                     statusDetail: r[7].text, held: try parse([String: String].self, r[8]), firstSeen: r[9].int ?? 0,
+                     lastSeen: r[10].int ?? 0, agentVersion: r[11].text)
+    }
+
+    private let deviceColumns = "id, facts, hardware_class, tier, installed, phase, status, status_detail, held, first_seen, last_seen, agent_version"
+
+    func device(_ id: String) async throws -> DeviceRecord? {
+        try db.query("SELECT \(deviceColumns) FROM devices WHERE id = ?", [id]).first.map(deviceRow)
+    }
+
+    func devices() async throws -> [DeviceRecord] {
+        try db.query("SELECT \(deviceColumns) FROM devices ORDER BY id").map(deviceRow)
+    }
+
+    // MARK: models and variants
+
+    func createModel(_ m: ModelRecord) async throws {
+        do {
+            try db.execute("INSERT INTO models (name, min_quality, created_at) VALUES (?,?,?)", [m.name, m.minQuality, m.createdAt])
+        } catch let e as StorageError where e.code == .conflict {
+            throw StorageError(.conflict, "model \(m.name) already exists")
+        }
+    }
+
+    func model(_ name: String) async throws -> ModelRecord? {
+        try db.query("SELECT name, min_quality, created_at FROM models WHERE name = ?", [name]).first.map {
+            ModelRecord(name: $0[0].text ?? "", minQuality: $0[1].real, createdAt: $0[2].int ?? 0)
+        }
+    }
+
+    func models() async throws -> [ModelRecord] {
+        try db.query("SELECT name, min_quality, created_at FROM models ORDER BY name").map {
+            ModelRecord(name: $0[0].text ?? "", minQuality: $0[1].real, createdAt: $0[2].int ?? 0)
+        }
+    }
+
+    func addVariant(_ v: VariantRecord) async throws {
+        do {
+            try db.execute("INSERT INTO variants (model, name, body, quality, created_at) VALUES (?,?,?,?,?)",
+                           [v.model, v.variant.name, try json(v.variant), v.quality, v.createdAt])
+        } catch let e as StorageError where e.code == .conflict {
+            throw StorageError(.conflict, "variant \(v.variant.name) of \(v.model) already exists")
+        }
+    }
+
+    func variants(model: String) async throws -> [VariantRecord] {
+        try db.query("SELECT model, body, quality, created_at FROM variants WHERE model = ? ORDER BY name", [model]).map {
+            VariantRecord(model: $0[0].text ?? "", variant: try parse(CatalogVariant.self, $0[1]), quality: $0[2].real, createdAt: $0[3].int ?? 0)
+        }
+    }
+
+    // MARK: releases and rollouts
+
+    func createRelease(_ r: ReleaseRecord) async throws {
+        do {
+            try db.execute("INSERT INTO releases (id, model, version, serial, envelope, catalog_sha256, created_at) VALUES (?,?,?,?,?,?,?)",
+                           [r.id, r.model, r.version, r.serial, try json(r.catalogEnvelope), r.catalogSha256, r.createdAt])
+        } catch let e as StorageError where e.code == .conflict {
+            throw StorageError(.conflict, "release \(r.id) or serial \(r.serial) of \(r.model) already exists")
+        }
+    }
+
+    private func releaseRow(_ r: [SQLValue]) throws -> ReleaseRecord {
+        let env = try parse(Envelope.self, r[4])
+        guard let body = env.payloadBytes, let catalog = try? JSONDecoder().decode(ReleaseCatalog.self, from: Data(body)) else {
+            throw StorageError(.corrupt, "stored catalog of \(r[0].text ?? "?") does not decode")
+        }
+        return ReleaseRecord(id: r[0].text ?? "", model: r[1].text ?? "", version: r[2].text ?? "", serial: Int(r[3].int ?? 0),
+                             catalogEnvelope: env, catalogSha256: r[5].text ?? "", catalog: catalog, createdAt: r[6].int ?? 0)
+    }
+
+    func release(_ id: String) async throws -> ReleaseRecord? {
+        try db.query("SELECT id, model, version, serial, envelope, catalog_sha256, created_at FROM releases WHERE id = ?", [id]).first.map(releaseRow)
+    }
+
+    func releases() async throws -> [ReleaseRecord] {
+        try db.query("SELECT id, model, version, serial, envelope, catalog_sha256, created_at FROM releases ORDER BY model, serial").map(releaseRow)
+    }
+
+    func maxSerial(model: String) async throws -> Int {
+        Int(try db.query("SELECT COALESCE(MAX(serial), 0) FROM releases WHERE model = ?", [model]).first?[0].int ?? 0)
+    }
+
+    private func rolloutRow(_ r: [SQLValue]) -> RolloutRecord {
+        RolloutRecord(id: r[0].int ?? 0, releaseId: r[1].text ?? "", model: r[2].text ?? "", strategy: r[3].text ?? "",
+                      state: r[4].text ?? "", createdAt: r[5].int ?? 0)
+    }
+
+    func createRollout(releaseId: String, model: String, strategy: String, at: Int64) async throws -> RolloutRecord {
+        try db.transaction {
+            try db.execute("UPDATE rollouts SET state = 'superseded' WHERE model = ? AND state = 'active'", [model])
+            let rows = try db.query("""
+                INSERT INTO rollouts (release_id, model, strategy, state, created_at) VALUES (?,?,?,'active',?)
+                RETURNING id, release_id, model, strategy, state, created_at
+                """, [releaseId, model, strategy, at])
+            guard let row = rows.first else { throw StorageError(.sqlite, "insert returned no row") }
+            return rolloutRow(row)
+        }
+    }
+
+    func rollouts() async throws -> [RolloutRecord] {
+        try db.query("SELECT id, release_id, model, strategy, state, created_at FROM rollouts ORDER BY id").map(rolloutRow)
+    }
+
+    func activeRollouts() async throws -> [RolloutRecord] {
+        try db.query("SELECT id, release_id, model, strategy, state, created_at FROM rollouts WHERE state = 'active' ORDER BY id").map(rolloutRow)
+    }
+
+    // MARK: assignments
+
+    private func assignmentRow(_ r: [SQLValue]) throws -> AssignmentRecord {
+        AssignmentRecord(deviceId: r[0].text ?? "", model: r[1].text ?? "", counter: UInt64(bitPattern: r[2].int ?? 0),
+                         releaseId: r[3].text ?? "", variant: r[4].text ?? "", sha256: r[5].text ?? "",
+                         envelope: try parse(Envelope.self, r[6]), expiresAt: r[7].int ?? 0)
+    }
+
+    func assignment(deviceId: String, model: String) async throws -> AssignmentRecord? {
+        try db.query("SELECT device_id, model, counter, release_id, variant, sha256, envelope, expires_at FROM assignments WHERE device_id = ? AND model = ?",
+                     [deviceId, model]).first.map(assignmentRow)
+    }
+
+    func assignments() async throws -> [AssignmentRecord] {
+        try db.query("SELECT device_id, model, counter, release_id, variant, sha256, envelope, expires_at FROM assignments").map(assignmentRow)
+    }
+
+    func replaceAssignment(_ a: AssignmentRecord, expectedCounter: UInt64?) async throws -> Bool {
+        try db.transaction {
+            let current = try db.query("SELECT counter FROM assignments WHERE device_id = ? AND model = ?", [a.deviceId, a.model])
+                .first.map { UInt64(bitPattern: $0[0].int ?? 0) }
+            guard current == expectedCounter else { return false }
+            try db.execute("""
+                INSERT INTO assignments (device_id, model, counter, release_id, variant, sha256, envelope, expires_at)
+                VALUES (?,?,?,?,?,?,?,?)
+                ON CONFLICT(device_id, model) DO UPDATE SET counter=excluded.counter, release_id=excluded.release_id,
+                  variant=excluded.variant, sha256=excluded.sha256, envelope=excluded.envelope, expires_at=excluded.expires_at
+                """, [a.deviceId, a.model, a.counter, a.releaseId, a.variant, a.sha256, try json(a.envelope), a.expiresAt])
+            return true
+        }
+    }
+
+    // MARK: events
+
+    func appendEvents(deviceId: String, _ events: [StatusEvent], receivedAt: Int64) async throws -> EventIngest {
+        try db.transaction {
+            var stored = 0, duplicates = 0
+            for e in events {
+                try db.execute("""
+                    INSERT OR IGNORE INTO events (device_id, seq, time, kind, model, sha256, release, detail, received_at)
+                    VALUES (?,?,?,?,?,?,?,?,?)
+                    """, [deviceId, e.seq, e.time, e.kind, e.model, e.sha256, e.release, e.detail, receivedAt])
+                if db.changes == 1 {
+                    stored += 1
+                    if let status = DeviceStatus.from(eventKind: e.kind) {
+                        try db.execute("UPDATE devices SET status = ?, status_detail = ? WHERE id = ?", [status, e.detail, deviceId])
+                    }
+                } else {
+                    duplicates += 1
+                }
+            }
+            let acked = UInt64(bitPattern: try db.query("SELECT COALESCE(MAX(seq), 0) FROM events WHERE device_id = ?", [deviceId]).first?[0].int ?? 0)
+            return EventIngest(stored: stored, duplicates: duplicates, ackedThrough: acked)
+        }
+    }
+
+    func events(deviceId: String, limit: Int) async throws -> [StatusEvent] {
+        try db.query("SELECT seq, time, kind, model, sha256, release, detail FROM events WHERE device_id = ? ORDER BY seq DESC LIMIT ?",
+                     [deviceId, limit]).map {
+            StatusEvent(seq: UInt64(bitPattern: $0[0].int ?? 0), time: $0[1].int ?? 0, kind: $0[2].text ?? "",
+                        model: $0[3].text, sha256: $0[4].text, release: $0[5].text, detail: $0[6].text)
+        }
+    }
+
+    // MARK: meta
+
+    func meta(_ key: String) async throws -> String? {
+        try db.query("SELECT value FROM meta WHERE key = ?", [key]).first?[0].text
+    }
+
+    func setMeta(_ key: String, _ value: String) async throws {
+        try db.execute("INSERT INTO meta (key, value) VALUES (?,?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
+    }
+}
+
+/// The device status shown to operators, from the kind of its latest install event.
+enum DeviceStatus {
+    static func from(eventKind: String) -> String? {
+        switch eventKind {
+        case "started", "downloaded", "verified", "activated": return "installing"
+        case "committed": return "committed"
+        case "failed": return "failed"
+        case "rolled-back": return "rolled-back"
+        case "rejected": return "rejected"
+        default: return nil
+        }
+    }
+}

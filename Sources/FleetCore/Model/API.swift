@@ -1,0 +1,150 @@
+/// Operator-API documents, shared by the controller and fleetctl.
+public struct ModelInfo: Codable, Equatable, Sendable {
+    public var name: String
+    public var minQuality: Double?
+    public var createdAt: Int64
+    public var nextSerial: Int
+    public var variants: Int
+    public init(name: String, minQuality: Double?, createdAt: Int64, nextSerial: Int, variants: Int) {
+        self.name = name; self.minQuality = minQuality; self.createdAt = createdAt; self.nextSerial = nextSerial; self.variants = variants
+    }
+}
+
+public struct NewModel: Codable, Sendable {
+    public var name: String
+    public var minQuality: Double?
+    public init(name: String, minQuality: Double? = nil) { self.name = name; self.minQuality = minQuality }
+}
+
+public struct ArtifactInfo: Codable, Equatable, Sendable {
+    public var sha256: String
+    public var size: Int64
+    public init(sha256: String, size: Int64) { self.sha256 = sha256; self.size = size }
+}
+
+public struct VariantInfo: Codable, Equatable, Sendable {
+    public var model: String
+    public var variant: CatalogVariant
+    public var quality: Double?
+    public var createdAt: Int64
+    public init(model: String, variant: CatalogVariant, quality: Double?, createdAt: Int64) {
+        self.model = model; self.variant = variant; self.quality = quality; self.createdAt = createdAt
+    }
+}
+
+public struct NewVariant: Codable, Sendable {
+    public var variant: CatalogVariant
+    public var quality: Double?
+    public init(variant: CatalogVariant, quality: Double? = nil) { self.variant = variant; self.quality = quality }
+}
+
+public struct NewRelease: Codable, Sendable {
+    public var catalog: Envelope
+    public init(catalog: Envelope) { self.catalog = catalog }
+}
+
+public struct ReleaseInfo: Codable, Equatable, Sendable {
+    public var id: String
+    public var model: String
+    public var version: String
+    public var serial: Int
+    public var catalogSha256: String
+    public var createdAt: Int64
+    public var variants: [CatalogVariant]
+    public init(id: String, model: String, version: String, serial: Int, catalogSha256: String, createdAt: Int64, variants: [CatalogVariant]) {
+        self.id = id; self.model = model; self.version = version; self.serial = serial
+        self.catalogSha256 = catalogSha256; self.createdAt = createdAt; self.variants = variants
+    }
+}
+
+public struct NewRollout: Codable, Sendable {
+    public var release: String
+    public var strategy: String     // "all"
+    public init(release: String, strategy: String) { self.release = release; self.strategy = strategy }
+}
+
+public struct RolloutInfo: Codable, Equatable, Sendable {
+    public var id: Int64
+    public var release: String
+    public var model: String
+    public var strategy: String
+    public var state: String
+    public var createdAt: Int64
+    public var targeted: Int        // devices with an assignment of this release
+    public var committed: Int
+    public var failed: Int
+    public var held: Int
+    public init(id: Int64, release: String, model: String, strategy: String, state: String, createdAt: Int64,
+                targeted: Int, committed: Int, failed: Int, held: Int) {
+        self.id = id; self.release = release; self.model = model; self.strategy = strategy; self.state = state
+        self.createdAt = createdAt; self.targeted = targeted; self.committed = committed; self.failed = failed; self.held = held
+    }
+}
+
+public struct DeviceInfo: Codable, Equatable, Sendable {
+    public var id: String
+    public var hardwareClass: String?
+    public var tier: String?
+    public var facts: DeviceFacts
+    public var installed: [String: String]
+    public var phase: String?
+    public var status: String          // last install outcome: committed, failed, rolled-back, installing, idle
+    public var statusDetail: String?
+    public var assigned: [String: String]   // model -> variant name assigned
+    public var held: [String: String]
+    public var firstSeen: Int64
+    public var lastSeen: Int64
+    public var agentVersion: String?
+
+    public init(id: String, hardwareClass: String?, tier: String?, facts: DeviceFacts, installed: [String: String], phase: String?,
+                status: String, statusDetail: String?, assigned: [String: String], held: [String: String],
+                firstSeen: Int64, lastSeen: Int64, agentVersion: String?) {
+        self.id = id; self.hardwareClass = hardwareClass; self.tier = tier; self.facts = facts; self.installed = installed
+        self.phase = phase; self.status = status; self.statusDetail = statusDetail; self.assigned = assigned; self.held = held
+        self.firstSeen = firstSeen; self.lastSeen = lastSeen; self.agentVersion = agentVersion
+    }
+}
+
+public struct Explanation: Codable, Equatable, Sendable {
+    public var deviceId: String
+    public var model: String
+    public var release: String
+    public var selection: Selection
+    public init(deviceId: String, model: String, release: String, selection: Selection) {
+        self.deviceId = deviceId; self.model = model; self.release = release; self.selection = selection
+    }
+}
+
+public struct FleetStatus: Codable, Equatable, Sendable {
+    public var devices: Int
+    public var byClass: [String: Int]
+    public var byTier: [String: Int]
+    public var byStatus: [String: Int]
+    public var models: Int
+    public var releases: Int
+    public var activeRollouts: Int
+    public var artifacts: Int
+    public var artifactBytes: Int64
+    public init(devices: Int, byClass: [String: Int], byTier: [String: Int], byStatus: [String: Int], models: Int,
+                releases: Int, activeRollouts: Int, artifacts: Int, artifactBytes: Int64) {
+        self.devices = devices; self.byClass = byClass; self.byTier = byTier; self.byStatus = byStatus; self.models = models
+        self.releases = releases; self.activeRollouts = activeRollouts; self.artifacts = artifacts; self.artifactBytes = artifactBytes
+    }
+}
+
+/// The error body every EdgeFleet endpoint returns: {"error": {"code": …, "message": …}}.
+public struct APIErrorBody: Codable, Sendable {
+    public struct Detail: Codable, Sendable {
+        public var code: String
+        public var message: String
+        public init(code: String, message: String) { self.code = code; self.message = message }
+    }
+    public var error: Detail
+    public init(error: Detail) { self.error = error }
+
+    public static func message(from body: Data) -> String {
+        if let e = try? JSONDecoder().decode(APIErrorBody.self, from: body) { return "\(e.error.code): \(e.error.message)" }
+        return String(decoding: body.prefix(300), as: UTF8.self)
+    }
+}
+

@@ -1,0 +1,151 @@
+/// Root metadata: the role keys and thresholds. Signed by the root role (by the previous root's
+/// threshold too, when it rotates keys).
+public struct RootMetadata: Codable, Equatable, Sendable {
+    public struct RoleKeys: Codable, Equatable, Sendable {
+        public var keyids: [String]
+        public var threshold: Int
+        public init(keyids: [String], threshold: Int) { self.keyids = keyids; self.threshold = threshold }
+    }
+
+    public var type = "root"
+    public var specVersion = 1
+    public var version: Int
+    public var expiresAt: Int64
+    public var keys: [String: PublicKey]
+    public var roles: [String: RoleKeys]
+
+    public init(version: Int, expiresAt: Int64, keys: [String: PublicKey], roles: [String: RoleKeys]) {
+        self.version = version
+        self.expiresAt = expiresAt
+        self.keys = keys
+        self.roles = roles
+    }
+
+    /// Root metadata for one key per role, threshold 1.
+    public init(version: Int, expiresAt: Int64, roleKeys: [Role: SigningKey]) {
+        var keys: [String: PublicKey] = [:]
+        var roles: [String: RoleKeys] = [:]
+        for (role, key) in roleKeys {
+            keys[key.keyID] = key.publicKey
+            roles[role.rawValue] = RoleKeys(keyids: [key.keyID], threshold: 1)
+        }
+        self.init(version: version, expiresAt: expiresAt, keys: keys, roles: roles)
+    }
+}
+
+/// What a variant needs from a device to run at all.
+public struct Requirements: Codable, Equatable, Sendable {
+    public var arch: [String]?
+    public var cpuFlags: [String]?
+    public var minMemoryBytes: Int64?
+    public var accelerators: [String]?
+
+    public init(arch: [String]? = nil, cpuFlags: [String]? = nil, minMemoryBytes: Int64? = nil, accelerators: [String]? = nil) {
+        self.arch = arch
+        self.cpuFlags = cpuFlags
+        self.minMemoryBytes = minMemoryBytes
+        self.accelerators = accelerators
+    }
+
+    public var isEmpty: Bool { arch == nil && cpuFlags == nil && minMemoryBytes == nil && accelerators == nil }
+
+    /// The first requirement the facts do not meet, or nil.
+    public func unmet(by facts: DeviceFacts) -> String? {
+        if let arch, !arch.contains(facts.arch) { return "needs arch \(arch.joined(separator: "|")), device is \(facts.arch)" }
+        if let cpuFlags {
+            let missing = cpuFlags.filter { !facts.cpuFlags.contains($0) }
+            if !missing.isEmpty { return "needs CPU flags \(missing.joined(separator: ","))" }
+        }
+        if let minMemoryBytes, facts.memoryBytes < minMemoryBytes {
+            return "needs \(ByteCount.format(minMemoryBytes)) memory, device has \(ByteCount.format(facts.memoryBytes))"
+        }
+        if let accelerators, !accelerators.contains(where: { a in facts.accelerators.contains { $0.hasPrefix(a) } }) {
+            return "needs accelerator \(accelerators.joined(separator: "|"))"
+        }
+        return nil
+    }
+}
+
+/// One artifact in a release catalog.
+public struct CatalogVariant: Codable, Equatable, Sendable {
+    public var name: String
+    public var sha256: String
+    public var size: Int64
+    public var fileName: String
+    public var format: String          // onnx, safetensors, …
+    public var dtype: String           // fp32, fp16, int8, int4, …
+    public var requires: Requirements
+    public var attributes: [String: String]
+
+    public init(name: String, sha256: String, size: Int64, fileName: String, format: String, dtype: String,
+                requires: Requirements = Requirements(), attributes: [String: String] = [:]) {
+        self.name = name; self.sha256 = sha256; self.size = size; self.fileName = fileName
+        self.format = format; self.dtype = dtype; self.requires = requires; self.attributes = attributes
+    }
+}
+
+/// The release catalog, signed by the offline release key: the only artifacts a device may install
+/// for a model, and the hardware-class definitions the device classifies itself with.
+public struct ReleaseCatalog: Codable, Equatable, Sendable {
+    public var type = "catalog"
+    public var model: String
+    public var version: String
+    public var serial: Int              // strictly increasing per model
+    public var expiresAt: Int64
+    public var variants: [CatalogVariant]
+    public var hardwareClasses: [HardwareClass]
+
+    public init(model: String, version: String, serial: Int, expiresAt: Int64, variants: [CatalogVariant], hardwareClasses: [HardwareClass]) {
+        self.model = model; self.version = version; self.serial = serial; self.expiresAt = expiresAt
+        self.variants = variants; self.hardwareClasses = hardwareClasses
+    }
+}
+
+/// How the artifact travels: whole, or (later) as a delta against a base the device has.
+public struct PackageRef: Codable, Equatable, Sendable {
+    public var kind: String            // "full"
+    public var sha256: String
+    public var size: Int64
+    public var url: String
+    public var baseSha256: String?
+
+    public init(kind: String, sha256: String, size: Int64, url: String, baseSha256: String? = nil) {
+        self.kind = kind; self.sha256 = sha256; self.size = size; self.url = url; self.baseSha256 = baseSha256
+    }
+}
+
+/// A per-device assignment, signed by the online director key.
+public struct Assignment: Codable, Equatable, Sendable {
+    public var type = "assignment"
+    public var deviceId: String
+    public var hardwareClass: String
+    public var model: String
+    public var release: String         // "model@version"
+    public var variant: String
+    public var sha256: String
+    public var size: Int64
+    public var package: PackageRef
+    public var counter: UInt64         // strictly increasing per (device, model)
+    public var expiresAt: Int64
+    public var catalogSha256: String   // binds the assignment to one catalog version
+
+    public init(deviceId: String, hardwareClass: String, model: String, release: String, variant: String,
+                sha256: String, size: Int64, package: PackageRef, counter: UInt64, expiresAt: Int64, catalogSha256: String) {
+        self.deviceId = deviceId; self.hardwareClass = hardwareClass; self.model = model; self.release = release
+        self.variant = variant; self.sha256 = sha256; self.size = size; self.package = package
+        self.counter = counter; self.expiresAt = expiresAt; self.catalogSha256 = catalogSha256
+    }
+}
+
+/// Freshness, signed by the online timestamp key with a short expiry: names the current catalog
+/// of each model, so an attacker cannot keep serving an old one.
+public struct TimestampMetadata: Codable, Equatable, Sendable {
+    public var type = "timestamp"
+    public var version: UInt64
+    public var expiresAt: Int64
+    public var catalogs: [String: String]   // model -> sha256 of the catalog payload
+
+    public init(version: UInt64, expiresAt: Int64, catalogs: [String: String]) {
+        self.version = version; self.expiresAt = expiresAt; self.catalogs = catalogs
+    }
+}

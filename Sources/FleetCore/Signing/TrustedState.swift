@@ -1,0 +1,112 @@
+/// What a device trusts: its pinned root and the highest versions and counters it has accepted.
+/// Only ever moves forward; persisted by the agent after each accepted update.
+public struct TrustedState: Codable, Equatable, Sendable {
+    public var rootEnvelope: Envelope
+    public var root: RootMetadata
+    public var timestampVersion: UInt64 = 0
+    public var catalogSerials: [String: Int] = [:]
+    public var assignmentCounters: [String: UInt64] = [:]
+    public var assignmentDigests: [String: String] = [:]
+
+    public init(pinning rootEnvelope: Envelope, now: Int64) throws(TrustError) {
+        self.root = try MetadataVerifier.verifyInitialRoot(rootEnvelope, now: now)
+        self.rootEnvelope = rootEnvelope
+    }
+
+    /// Follows a chain of newer roots, each signed by its predecessor.
+    public mutating func rotate(through chain: [Envelope], now: Int64) throws(TrustError) {
+        var current = root
+        var latest = rootEnvelope
+        for envelope in chain {
+            guard let body = envelope.payloadBytes,
+                  let peek = try? FleetJSON.decode(RootMetadata.self, from: Data(body), limit: MetadataLimits.root) else {
+                throw TrustError(.malformed, "root chain entry is not root metadata")
+            }
+            if peek.version <= current.version { continue }
+            current = try MetadataVerifier.verifyRootUpdate(envelope, trusted: current, now: now)
+            latest = envelope
+        }
+        root = current
+        rootEnvelope = latest
+    }
+}
+
+/// An update that passed every check: what to install and what the device now trusts.
+public struct VerifiedUpdate: Equatable, Sendable {
+    public var assignment: Assignment
+    public var variant: CatalogVariant
+    public var catalog: ReleaseCatalog
+    public var state: TrustedState
+}
+
+/// The whole chain a device checks before it writes a byte into a model slot.
+public enum UpdateVerifier {
+    public static func verify(catalog catalogEnvelope: Envelope, assignment assignmentEnvelope: Envelope,
+                              timestamp timestampEnvelope: Envelope, state: TrustedState,
+                              deviceId: String, facts: DeviceFacts, now: Int64) throws(TrustError) -> VerifiedUpdate {
+        var next = state
+        let root = state.root
+
+        // Freshness first: a frozen or replayed view of the world stops here.
+        let tsBody = try MetadataVerifier.verify(timestampEnvelope, type: PayloadType.timestamp, role: .timestamp, root: root)
+        let ts = try MetadataVerifier.decode(TimestampMetadata.self, tsBody, limit: MetadataLimits.timestamp, what: "timestamp")
+        try MetadataVerifier.checkExpiry(ts.expiresAt, now: now, what: "timestamp")
+        guard ts.version >= state.timestampVersion else {
+            throw TrustError(.rollback, "timestamp version \(ts.version) is older than trusted \(state.timestampVersion)")
+        }
+        next.timestampVersion = ts.version
+
+        let catBody = try MetadataVerifier.verify(catalogEnvelope, type: PayloadType.catalog, role: .release, root: root)
+        let catalog = try MetadataVerifier.decode(ReleaseCatalog.self, catBody, limit: MetadataLimits.catalog, what: "catalog")
+        try MetadataVerifier.checkExpiry(catalog.expiresAt, now: now, what: "catalog \(catalog.model)@\(catalog.version)")
+        let catalogDigest = Digest.sha256Hex(catBody)
+        guard ts.catalogs[catalog.model] == catalogDigest else {
+            throw TrustError(.mixAndMatch, "timestamp does not name this catalog of \(catalog.model)")
+        }
+        if let seen = state.catalogSerials[catalog.model], catalog.serial < seen {
+            throw TrustError(.rollback, "catalog serial \(catalog.serial) of \(catalog.model) is older than trusted \(seen)")
+        }
+        next.catalogSerials[catalog.model] = catalog.serial
+
+        let asBody = try MetadataVerifier.verify(assignmentEnvelope, type: PayloadType.assignment, role: .director, root: root)
+        let assignment = try MetadataVerifier.decode(Assignment.self, asBody, limit: MetadataLimits.assignment, what: "assignment")
+        try MetadataVerifier.checkExpiry(assignment.expiresAt, now: now, what: "assignment")
+        guard assignment.deviceId == deviceId else {
+            throw TrustError(.wrongDevice, "assignment is for device \(assignment.deviceId), this is \(deviceId)")
+        }
+        guard assignment.catalogSha256 == catalogDigest, assignment.model == catalog.model else {
+            throw TrustError(.mixAndMatch, "assignment refers to another catalog")
+        }
+        let digest = Digest.sha256Hex(asBody)
+        if let last = state.assignmentCounters[assignment.model] {
+            if assignment.counter < last {
+                throw TrustError(.rollback, "assignment counter \(assignment.counter) is below trusted \(last)")
+            }
+            if assignment.counter == last, state.assignmentDigests[assignment.model] != digest {
+                throw TrustError(.replay, "assignment counter \(assignment.counter) was already used for another assignment")
+            }
+        }
+        next.assignmentCounters[assignment.model] = assignment.counter
+        next.assignmentDigests[assignment.model] = digest
+
+        let ownClass = HardwareClassifier.classify(facts, classes: catalog.hardwareClasses)?.name
+        guard ownClass == assignment.hardwareClass else {
+            throw TrustError(.wrongHardwareClass, "assignment is for class \(assignment.hardwareClass), device classifies as \(ownClass ?? "none")")
+        }
+
+        guard let variant = catalog.variants.first(where: { $0.name == assignment.variant && $0.sha256 == assignment.sha256 }) else {
+            throw TrustError(.notInCatalog, "variant \(assignment.variant) \(assignment.sha256.prefix(12)) is not in catalog \(catalog.model)@\(catalog.version)")
+        }
+        guard variant.size == assignment.size else {
+            throw TrustError(.lengthMismatch, "assignment says \(assignment.size) bytes, catalog says \(variant.size)")
+        }
+        if let unmet = variant.requires.unmet(by: facts) {
+            throw TrustError(.wrongHardwareClass, "variant \(variant.name) \(unmet)")
+        }
+        let pkg = assignment.package
+        guard pkg.kind == "full" else { throw TrustError(.unsupported, "package kind \(pkg.kind)") }
+        guard pkg.sha256 == variant.sha256 else { throw TrustError(.hashMismatch, "package hash differs from the catalog") }
+        guard pkg.size == variant.size else { throw TrustError(.lengthMismatch, "package length differs from the catalog") }
+        return VerifiedUpdate(assignment: assignment, variant: variant, catalog: catalog, state: next)
+    }
+}

@@ -1,0 +1,33 @@
+/// A status event from a device. `seq` is per device and strictly increasing; the controller
+/// stores each (device, seq) exactly once, so a batch resent after a lost reply is harmless.
+public struct StatusEvent: Codable, Equatable, Sendable {
+    public var seq: UInt64
+    public var time: Int64
+    public var kind: String
+    public var model: String?
+    public var sha256: String?
+    public var release: String?
+    public var detail: String?
+
+    public init(seq: UInt64, time: Int64, kind: String, model: String? = nil, sha256: String? = nil,
+                release: String? = nil, detail: String? = nil) {
+        self.seq = seq; self.time = time; self.kind = kind; self.model = model; self.sha256 = sha256
+        self.release = release; self.detail = detail
+    }
+}
+
+public struct EventBatch: Codable, Equatable, Sendable {
+    public var events: [StatusEvent]
+    public init(events: [StatusEvent]) { self.events = events }
+    public static let maxEvents = 500
+}
+
+public struct EventAck: Codable, Equatable, Sendable {
+    /// Every event with seq up to this one is stored.
+    public var ackedThrough: UInt64
+    public var stored: Int
+    public var duplicates: Int
+    public init(ackedThrough: UInt64, stored: Int, duplicates: Int) {
+        self.ackedThrough = ackedThrough; self.stored = stored; self.duplicates = duplicates
+    }
+}

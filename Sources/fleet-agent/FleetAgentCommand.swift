@@ -1,0 +1,73 @@
+import ArgumentParser
+import FleetAgent
+import FleetCore
+import Logging
+import ServiceLifecycle
+
+@main
+struct FleetAgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fleet-agent",
+        abstract: "The EdgeFleet device agent: checks in, verifies, installs models atomically, reports.",
+        subcommands: [Run.self])
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the agent loop (or one cycle with --once).")
+
+    @Option(help: "Controller URL, e.g. http://127.0.0.1:8080.") var controller: String
+    @Option(help: "State directory: identity, pinned root, install journal, telemetry outbox.") var state: String
+    @Option(help: "Models directory: MODEL/<sha256>/ slots and MODEL/current links.") var models: String
+    @Option(help: "JSON facts file that replaces the hardware probe (tests, simulation).") var facts: String?
+    @Option(help: "root.json to pin on the first run (from `fleetctl keys init`).") var root: String?
+    @Option(help: "Device id to use on the first run (default: from the facts file, else generated).") var deviceId: String?
+    @Option(help: "Seconds between check-ins (jittered ±20%).") var pollSeconds: Double = 30
+    @Option(help: "Shell command that checks a newly activated model; exit 0 means healthy.") var healthCommand: String?
+    @Option(help: "Seconds the health command may take.") var healthTimeout: Double = 30
+    @Option(help: "Download rate limit in bytes per second (suffixes K, M allowed).") var rateLimit: String?
+    @Flag(help: "Do one check-in cycle (finishing any install it starts) and exit.") var once = false
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+
+    func validate() throws {
+        guard controller.hasPrefix("http://") || controller.hasPrefix("https://") else {
+            throw ValidationError("--controller must be an http:// or https:// URL")
+        }
+        guard pollSeconds > 0 else { throw ValidationError("--poll-seconds must be positive") }
+        guard healthTimeout > 0 else { throw ValidationError("--health-timeout must be positive") }
+        if let rateLimit { guard let v = ByteCount.parse(rateLimit), v > 0 else { throw ValidationError("--rate-limit '\(rateLimit)' is not a rate") } }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
+        if let deviceId { guard Name.isValid(deviceId) else { throw ValidationError("--device-id '\(deviceId)' is not a valid name") } }
+    }
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "edgefleet.agent")
+        var url = controller
+        while url.hasSuffix("/") { url.removeLast() }
+        let options = AgentOptions(controllerURL: url, stateDirectory: state, modelsDirectory: models, factsFile: facts, rootFile: root,
+                                   deviceId: deviceId, pollSeconds: pollSeconds, healthCommand: healthCommand,
+                                   healthTimeoutSeconds: healthTimeout, rateLimitBytesPerSecond: rateLimit.flatMap(ByteCount.parse), once: once)
+        let agent: Agent
+        do {
+            agent = try Agent(options: options, logger: logger)
+        } catch {
+            logger.critical("agent cannot start", metadata: ["error": "\(error)"])
+            throw ExitCode(2)
+        }
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: AgentService(agent: agent, options: options, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            logger.error("agent exited with an error", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+    }
+}

@@ -1,0 +1,70 @@
+import ArgumentParser
+import FleetController
+import Logging
+
+@main
+struct FleetControllerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fleet-controller",
+        abstract: "The EdgeFleet controller: HTTP API, director, artifact store.",
+        subcommands: [Serve.self])
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serve the controller API until SIGTERM.")
+
+    @Option(help: "Directory for the SQLite database and the artifact store.")
+    var data: String
+
+    @Option(help: "Address to listen on, HOST:PORT.")
+    var listen: String = "127.0.0.1:8080"
+
+    @Option(help: "Directory with the online keys (director.key, timestamp.key) and root.json, from `fleetctl keys init`.")
+    var keys: String
+
+    @Option(help: "Directory with hardware-classes.yaml and bandwidth-tiers.yaml.")
+    var config: String = "fleet"
+
+    @Option(help: "Base URL put into assignments for artifact downloads (a CDN or cache in front of the controller). Default: the controller itself.")
+    var artifactBaseUrl: String?
+
+    @Option(help: "Seconds agents wait between check-ins.")
+    var pollSeconds: Int = 30
+
+    @Option(help: "Largest artifact accepted for upload, in bytes (suffixes K, M, G allowed).")
+    var maxArtifactSize: String = "8G"
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard parseListen() != nil else { throw ValidationError("--listen must be HOST:PORT with a port from 1 to 65535, got '\(listen)'") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
+        guard pollSeconds >= 1 else { throw ValidationError("--poll-seconds must be at least 1") }
+        guard parseSize(maxArtifactSize) != nil else { throw ValidationError("--max-artifact-size '\(maxArtifactSize)' is not a size") }
+    }
+
+    func parseListen() -> (String, Int)? {
+        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]),
+              (1...65535).contains(port) else { return nil }
+        let host = String(listen[..<colon])
+        return (host.isEmpty ? "0.0.0.0" : host, port)
+    }
+
+    func parseSize(_ s: String) -> Int64? { SizeParser.parse(s) }
+
+    func run() async throws {
+        var logger = Logger(label: "edgefleet.controller")
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        let (host, port) = parseListen()!
+        let options = ControllerOptions(dataDirectory: data, host: host, port: port, keysDirectory: keys, configDirectory: config,
+                                        artifactBaseURL: artifactBaseUrl, maxArtifactBytes: parseSize(maxArtifactSize)!,
+                                        pollSeconds: pollSeconds)
+        do {
+            try await Controller.serve(options: options, logger: logger)
+        } catch {
+            logger.critical("controller stopped", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+    }
+}

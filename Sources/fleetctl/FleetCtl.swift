@@ -1,0 +1,99 @@
+import ArgumentParser
+import FleetClient
+import FleetCore
+import Foundation
+
+@main
+struct FleetCtl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fleetctl",
+        abstract: "Operate an EdgeFleet: keys, models, variants, releases, rollouts, devices.",
+        discussion: "The controller URL comes from --controller or the FLEET_CONTROLLER environment variable.",
+        subcommands: [Keys.self, ModelCommand.self, VariantCommand.self, ReleaseCommand.self, RolloutCommand.self,
+                      DevicesCommand.self, StatusCommand.self])
+}
+
+struct GlobalOptions: ParsableArguments {
+    @Option(help: "Controller URL (default: $FLEET_CONTROLLER or http://127.0.0.1:8080).")
+    var controller: String?
+
+    @Flag(help: "Print JSON instead of tables.")
+    var json = false
+
+    var baseURL: String {
+        var url = controller ?? ProcessInfo.processInfo.environment["FLEET_CONTROLLER"] ?? "http://127.0.0.1:8080"
+        while url.hasSuffix("/") { url.removeLast() }
+        return url
+    }
+
+    func client() -> API { API(base: baseURL) }
+
+    func validate() throws {
+        let url = baseURL
+        guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
+            throw ValidationError("--controller must be an http:// or https:// URL, got '\(url)'")
+        }
+    }
+
+    func emit<T: Encodable>(_ value: T, table: () -> String) throws {
+        if json {
+            print(String(decoding: try FleetJSON.encode(value, pretty: true), as: UTF8.self))
+        } else {
+            print(table(), terminator: "")
+        }
+    }
+}
+
+/// Typed calls to the controller's operator API.
+struct API {
+    let base: String
+    let http = HTTPClient()
+
+    func get<T: Decodable>(_ path: String, as: T.Type) throws -> T {
+        try http.json("GET", base + path, body: Optional<String>.none, as: T.self)
+    }
+
+    func post<B: Encodable, T: Decodable>(_ path: String, _ body: B, as: T.Type) throws -> T {
+        try http.json("POST", base + path, body: body, as: T.self)
+    }
+}
+
+/// A clear one-line failure instead of a stack of Swift error descriptions.
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    init(_ message: String) { description = message }
+}
+
+func fail(_ error: any Error) -> CLIError {
+    if let e = error as? HTTPClientError {
+        switch e.code {
+        case .status: return CLIError(e.body.map(APIErrorBody.message(from:)) ?? e.message)
+        case .connect: return CLIError("cannot reach the controller: \(e.message)")
+        default: return CLIError(e.message)
+        }
+    }
+    return CLIError("\(error)")
+}
+
+/// Runs `body`, turning transport and API errors into one readable line.
+func calling<T>(_ body: () throws -> T) throws -> T {
+    do { return try body() } catch let e as ValidationError { throw e } catch let e as CLIError { throw e } catch { throw fail(error) }
+}
+
+/// Plain text tables: columns padded to their widest cell.
+enum Table {
+    static func render(_ header: [String], _ rows: [[String]]) -> String {
+        var widths = header.map(\.count)
+        for row in rows { for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) } }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { i, c in i == cells.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+                .joined(separator: "  ") + "\n"
+        }
+        return line(header) + rows.map(line).joined()
+    }
+}
+
+func timeText(_ t: Int64) -> String {
+    let f = ISO8601DateFormatter()
+    return f.string(from: Date(timeIntervalSince1970: TimeInterval(t)))
+}

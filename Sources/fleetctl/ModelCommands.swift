@@ -1,0 +1,168 @@
+import ArgumentParser
+import FleetClient
+import FleetCore
+import Foundation
+
+struct ModelCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "model", abstract: "Register and list models.",
+                                                    subcommands: [Add.self, List.self])
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Register a model name.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Model name (letters, digits, '-', '_', '.').") var name: String
+        @Option(help: "Quality floor: variants whose measured mean cosine is below it are never chosen.") var minQuality: Double?
+
+        func validate() throws {
+            guard Name.isValid(name) else { throw ValidationError("'\(name)' is not a valid model name") }
+            if let q = minQuality, !(0...1).contains(q) { throw ValidationError("--min-quality must be between 0 and 1") }
+        }
+
+        func run() throws {
+            let m = try calling { try global.client().post("/v1/models", NewModel(name: name, minQuality: minQuality), as: ModelInfo.self) }
+            try global.emit(m) { "model \(m.name) registered\n" }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List models.")
+        @OptionGroup var global: GlobalOptions
+        func run() throws {
+            let models = try calling { try global.client().get("/v1/models", as: [ModelInfo].self) }
+            try global.emit(models) {
+                Table.render(["MODEL", "VARIANTS", "MIN-QUALITY", "NEXT-SERIAL"],
+                             models.map { [$0.name, "\($0.variants)", $0.minQuality.map { "\($0)" } ?? "-", "\($0.nextSerial)"] })
+            }
+        }
+    }
+}
+
+struct VariantCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "variant", abstract: "Upload and list model variants.",
+                                                    subcommands: [Add.self, List.self])
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Upload a variant file and register it under a model.",
+            discussion: """
+                --requires takes KEY=VALUE and may repeat: arch=x86_64|aarch64, cpu=avx512_vnni (all listed flags), \
+                memory=2GiB (minimum), accelerator=/dev/apex_ (any of). Example: --requires cpu=asimddp --requires arch=aarch64
+                """)
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Model name.") var model: String
+        @Argument(help: "Variant file (ONNX or safetensors).") var file: String
+        @Option(help: "Variant name, unique within the model.") var name: String
+        @Option(help: "File format: onnx or safetensors (default: from the file extension).") var format: String?
+        @Option(help: "Number format of the weights: fp32, fp16, int8, int4, …") var dtype: String = "fp32"
+        @Option(help: "What a device needs to run it (repeatable KEY=VALUE).") var requires: [String] = []
+        @Option(help: "Free-form attribute signed into the catalog (repeatable KEY=VALUE).") var attr: [String] = []
+        @Option(help: "Measured quality (mean cosine against the base model), 0…1.") var quality: Double?
+
+        func validate() throws {
+            guard Name.isValid(model) else { throw ValidationError("'\(model)' is not a valid model name") }
+            guard Name.isValid(name) else { throw ValidationError("'\(name)' is not a valid variant name") }
+            guard FileManager.default.isReadableFile(atPath: file) else { throw ValidationError("cannot read \(file)") }
+            guard resolvedFormat != nil else { throw ValidationError("cannot tell the format of \(file); pass --format onnx|safetensors") }
+            _ = try parsedRequirements()
+            _ = try parsedAttributes()
+            if let q = quality, !(0...1).contains(q) { throw ValidationError("--quality must be between 0 and 1") }
+        }
+
+        var resolvedFormat: String? {
+            if let format { return ["onnx", "safetensors"].contains(format) ? format : nil }
+            if file.hasSuffix(".onnx") { return "onnx" }
+            if file.hasSuffix(".safetensors") { return "safetensors" }
+            return nil
+        }
+
+        func parsedRequirements() throws -> Requirements {
+            var r = Requirements()
+            for item in requires {
+                guard let eq = item.firstIndex(of: "=") else { throw ValidationError("--requires '\(item)' is not KEY=VALUE") }
+                let key = String(item[..<eq]), value = String(item[item.index(after: eq)...])
+                let list = value.split(separator: value.contains("|") ? "|" : ",").map(String.init)
+                switch key {
+                case "arch": r.arch = (r.arch ?? []) + list
+                case "cpu": r.cpuFlags = (r.cpuFlags ?? []) + list
+                case "memory":
+                    guard let bytes = ByteCount.parse(value) else { throw ValidationError("--requires memory='\(value)' is not a size") }
+                    r.minMemoryBytes = bytes
+                case "accelerator": r.accelerators = (r.accelerators ?? []) + list
+                default: throw ValidationError("--requires key '\(key)' is not one of arch, cpu, memory, accelerator")
+                }
+            }
+            return r
+        }
+
+        func parsedAttributes() throws -> [String: String] {
+            var out: [String: String] = [:]
+            for item in attr {
+                guard let eq = item.firstIndex(of: "="), eq != item.startIndex else { throw ValidationError("--attr '\(item)' is not KEY=VALUE") }
+                out[String(item[..<eq])] = String(item[item.index(after: eq)...])
+            }
+            return out
+        }
+
+        func run() throws {
+            let api = global.client()
+            let sha = try localSHA256(file)
+            let bar = ProgressBar(label: "uploading \((file as NSString).lastPathComponent)")
+            let uploaded = try calling { () throws -> ArtifactInfo in
+                let r = try api.http.upload(file: file, to: api.base + "/v1/artifacts", headers: ["X-Content-SHA256": sha],
+                                            progress: { done, total in bar.update(done, total) })
+                bar.finish()
+                try HTTPClient.check(r, url: api.base + "/v1/artifacts")
+                return try FleetJSON.decode(ArtifactInfo.self, from: r.body, limit: 4096)
+            }
+            guard uploaded.sha256 == sha else { throw CLIError("controller stored \(uploaded.sha256), expected \(sha)") }
+            let fileName = (file as NSString).lastPathComponent
+            let variant = CatalogVariant(name: name, sha256: sha, size: uploaded.size, fileName: fileName, format: resolvedFormat!,
+                                         dtype: dtype, requires: try parsedRequirements(), attributes: try parsedAttributes())
+            let info = try calling { try api.post("/v1/models/\(model)/variants", NewVariant(variant: variant, quality: quality), as: VariantInfo.self) }
+            try global.emit(info) { "variant \(name) of \(model): \(ByteCount.format(uploaded.size)), sha256 \(sha)\n" }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the variants of a model.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Model name.") var model: String
+        func run() throws {
+            let list = try calling { try global.client().get("/v1/models/\(model)/variants", as: [VariantInfo].self) }
+            try global.emit(list) {
+                Table.render(["VARIANT", "DTYPE", "FORMAT", "SIZE", "QUALITY", "SHA256"],
+                             list.map { [$0.variant.name, $0.variant.dtype, $0.variant.format, ByteCount.format($0.variant.size),
+                                         $0.quality.map { String(format: "%.4f", $0) } ?? "-", String($0.variant.sha256.prefix(16))] })
+            }
+        }
+    }
+}
+
+func localSHA256(_ path: String) throws -> String {
+    guard let handle = FileHandle(forReadingAtPath: path) else { throw CLIError("cannot read \(path)") }
+    defer { try? handle.close() }
+    var hasher = StreamingSHA256()
+    while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty { hasher.update(chunk) }
+    return hasher.finalizeHex()
+}
+
+/// A one-line progress bar on standard error, drawn only on a terminal.
+final class ProgressBar {
+    let label: String
+    let enabled = isatty(STDERR_FILENO) != 0
+    var lastPercent = -1
+    init(label: String) { self.label = label }
+
+    func update(_ done: Int64, _ total: Int64) {
+        guard enabled, total > 0 else { return }
+        let percent = Int(done * 100 / total)
+        guard percent != lastPercent else { return }
+        lastPercent = percent
+        let width = 30
+        let filled = width * percent / 100
+        let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
+        FileHandle.standardError.write(Data("\r\(label) [\(bar)] \(percent)% \(ByteCount.format(done))/\(ByteCount.format(total))".utf8))
+    }
+
+    func finish() { if enabled && lastPercent >= 0 { FileHandle.standardError.write(Data("\n".utf8)) } }
+}

@@ -1,0 +1,183 @@
+import ArgumentParser
+import FleetClient
+import FleetCore
+import Foundation
+
+struct ReleaseCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "release", abstract: "Sign and publish release catalogs.",
+                                                    subcommands: [Create.self, List.self, Show.self])
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Sign a release catalog of a model's variants with the offline release key and publish it.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Model name.") var model: String
+        @Option(help: "Release version, e.g. 1.2.0.") var version: String
+        @Option(help: "Keys directory from `fleetctl keys init` (uses offline/release.key).") var keys: String?
+        @Option(help: "Release key file (instead of --keys).") var releaseKey: String?
+        @Option(help: "Comma-separated variant names (default: all variants of the model).") var variants: String?
+        @Option(help: "Days until the catalog expires.") var expiresDays: Int = 90
+
+        func validate() throws {
+            guard Name.isValid(model) else { throw ValidationError("'\(model)' is not a valid model name") }
+            guard Name.isValid(version) else { throw ValidationError("'\(version)' is not a valid version") }
+            guard keys != nil || releaseKey != nil else { throw ValidationError("give --keys DIR or --release-key FILE") }
+            guard expiresDays >= 1 else { throw ValidationError("--expires-days must be at least 1") }
+        }
+
+        func run() throws {
+            let key = try loadPrivateKey(releaseKey ?? "\(keys!)/offline/release.key", role: .release)
+            let api = global.client()
+            let info = try calling { try api.get("/v1/models/\(model)", as: ModelInfo.self) }
+            var list = try calling { try api.get("/v1/models/\(model)/variants", as: [VariantInfo].self) }.map(\.variant)
+            if let wanted = variants?.split(separator: ",").map(String.init) {
+                let missing = wanted.filter { w in !list.contains { $0.name == w } }
+                guard missing.isEmpty else { throw CLIError("model \(model) has no variant \(missing.joined(separator: ", "))") }
+                list = list.filter { wanted.contains($0.name) }
+            }
+            guard !list.isEmpty else { throw CLIError("model \(model) has no variants to release") }
+            let classes = try calling { try api.get("/v1/config/hardware-classes", as: [HardwareClass].self) }
+            let catalog = ReleaseCatalog(model: model, version: version, serial: info.nextSerial,
+                                         expiresAt: Int64(Date().timeIntervalSince1970) + Int64(expiresDays) * 86_400,
+                                         variants: list, hardwareClasses: classes)
+            let envelope = try Envelope.sign(catalog, type: PayloadType.catalog, keys: [key])
+            let release = try calling { try api.post("/v1/releases", NewRelease(catalog: envelope), as: ReleaseInfo.self) }
+            try global.emit(release) {
+                "release \(release.id) (serial \(release.serial)) signed with \(key.keyID.prefix(16))…: \(release.variants.count) variants\n"
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List releases.")
+        @OptionGroup var global: GlobalOptions
+        func run() throws {
+            let list = try calling { try global.client().get("/v1/releases", as: [ReleaseInfo].self) }
+            try global.emit(list) {
+                Table.render(["RELEASE", "SERIAL", "VARIANTS", "CREATED"],
+                             list.map { [$0.id, "\($0.serial)", $0.variants.map(\.name).joined(separator: ","), timeText($0.createdAt)] })
+            }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one release and its variants.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Release id, MODEL@VERSION.") var release: String
+        func run() throws {
+            let r = try calling { try global.client().get("/v1/releases/\(release)", as: ReleaseInfo.self) }
+            try global.emit(r) {
+                "release \(r.id) serial \(r.serial) catalog \(r.catalogSha256.prefix(16))…\n" +
+                    Table.render(["VARIANT", "DTYPE", "SIZE", "REQUIRES", "SHA256"], r.variants.map {
+                        [$0.name, $0.dtype, ByteCount.format($0.size), requirementsText($0.requires), String($0.sha256.prefix(16))]
+                    })
+            }
+        }
+    }
+}
+
+func requirementsText(_ r: Requirements) -> String {
+    var parts: [String] = []
+    if let a = r.arch { parts.append("arch=" + a.joined(separator: "|")) }
+    if let c = r.cpuFlags { parts.append("cpu=" + c.joined(separator: ",")) }
+    if let m = r.minMemoryBytes { parts.append("memory>=" + ByteCount.format(m)) }
+    if let x = r.accelerators { parts.append("accelerator=" + x.joined(separator: "|")) }
+    return parts.isEmpty ? "-" : parts.joined(separator: " ")
+}
+
+struct RolloutCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rollout", abstract: "Start and watch rollouts.",
+                                                    subcommands: [Start.self, List.self])
+
+    struct Start: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Roll a release out.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Release id, MODEL@VERSION.") var release: String
+        @Flag(help: "Send the release to every device at once.") var all = false
+
+        func validate() throws {
+            guard all else { throw ValidationError("choose a strategy: --all (staged canary policies are not available yet)") }
+        }
+
+        func run() throws {
+            let r = try calling { try global.client().post("/v1/rollouts", NewRollout(release: release, strategy: "all"), as: RolloutInfo.self) }
+            try global.emit(r) { "rollout \(r.id) of \(r.release) started (strategy \(r.strategy))\n" }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List rollouts with their progress.")
+        @OptionGroup var global: GlobalOptions
+        func run() throws {
+            let list = try calling { try global.client().get("/v1/rollouts", as: [RolloutInfo].self) }
+            try global.emit(list) {
+                Table.render(["ID", "RELEASE", "STATE", "TARGETED", "COMMITTED", "FAILED", "HELD"],
+                             list.map { ["\($0.id)", $0.release, $0.state, "\($0.targeted)", "\($0.committed)", "\($0.failed)", "\($0.held)"] })
+            }
+        }
+    }
+}
+
+struct DevicesCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "devices", abstract: "Inspect devices.",
+                                                    subcommands: [List.self, Explain.self])
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List devices with class, tier and installed variant.")
+        @OptionGroup var global: GlobalOptions
+        func run() throws {
+            let list = try calling { try global.client().get("/v1/devices", as: [DeviceInfo].self) }
+            try global.emit(list) {
+                Table.render(["DEVICE", "CLASS", "TIER", "STATUS", "ASSIGNED", "INSTALLED", "HELD", "LAST-SEEN"], list.map { d in
+                    [d.id, d.hardwareClass ?? "-", d.tier ?? "-", d.status,
+                     d.assigned.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",").nonEmpty,
+                     d.installed.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value.prefix(12))" }.joined(separator: ",").nonEmpty,
+                     d.held.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",").nonEmpty,
+                     timeText(d.lastSeen)]
+                })
+            }
+        }
+    }
+
+    struct Explain: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Explain which variant a device gets, and why every other one is not chosen.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Device id.") var device: String
+        func run() throws {
+            let list = try calling { try global.client().get("/v1/devices/\(device)/explain", as: [Explanation].self) }
+            try global.emit(list) {
+                if list.isEmpty { return "device \(device): no active rollout\n" }
+                return list.map { e in
+                    "device \(e.deviceId), model \(e.model), release \(e.release): class \(e.selection.hardwareClass ?? "none"), tier \(e.selection.tier ?? "none") -> \(e.selection.chosen ?? (e.selection.overBudget ? "held: over-budget" : "nothing fits"))\n" +
+                        Table.render(["", "VARIANT", "DTYPE", "SIZE", "REASON"], e.selection.verdicts.map {
+                            [$0.chosen ? "*" : ($0.eligible ? "+" : "-"), $0.variant, $0.dtype, ByteCount.format($0.size), $0.reason]
+                        })
+                }.joined(separator: "\n")
+            }
+        }
+    }
+}
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Summarise the fleet.")
+    @OptionGroup var global: GlobalOptions
+    func run() throws {
+        let s = try calling { try global.client().get("/v1/status", as: FleetStatus.self) }
+        func dict(_ d: [String: Int]) -> String { d.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") }
+        try global.emit(s) {
+            """
+            devices:   \(s.devices)
+              by class:  \(dict(s.byClass))
+              by tier:   \(dict(s.byTier))
+              by status: \(dict(s.byStatus))
+            models: \(s.models)  releases: \(s.releases)  active rollouts: \(s.activeRollouts)
+            artifacts: \(s.artifacts) (\(ByteCount.format(s.artifactBytes)))
+
+            """
+        }
+    }
+}
+
+extension String {
+    var nonEmpty: String { isEmpty ? "-" : self }
+}

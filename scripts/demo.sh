@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# EdgeFleet demo: one controller and one agent per facts file in fleet/demo/, all on loopback,
+# and a model going out to every one of them.
+#
+# Run from the repository root after `swift build` (or just `make demo`).
+#   BIN=.build/debug   where fleetctl, fleet-controller and fleet-agent are
+set -euo pipefail
+
+BIN=${BIN:-.build/debug}
+MODEL=demo-mlp
+VERSION=1.0.0
+DTYPES=(fp32 fp16 int8 int4)
+HEALTH_DEADLINE=30    # seconds for the controller to answer /healthz
+INSTALL_DEADLINE=90   # seconds for every agent to commit the model
+
+for exe in fleetctl fleet-controller fleet-agent; do
+    if [[ ! -x "$BIN/$exe" ]]; then
+        echo "demo: $BIN/$exe not found; build first (swift build, or make demo)" >&2
+        exit 1
+    fi
+done
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/edgefleet-demo.XXXXXX")
+PIDS=()          # every process this script started, and only those
+AGENT_NAMES=()   # facts file names, also the agents' directory names under $T/agents
+AGENT_IDS=()     # device ids from the facts files
+AGENT_PIDS=()
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# SIGTERM, then up to 10 s for a clean exit, then SIGKILL.
+stop_pid() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+stop_all() {
+    local i
+    # Agents first (started last), the controller last.
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        stop_pid "${PIDS[$i]}"
+    done
+    PIDS=()
+}
+
+show_logs() {
+    local log
+    for log in "$T/controller.log" "$T"/agents/*.log; do
+        [[ -f "$log" ]] || continue
+        printf '\n---- last lines of %s ----\n' "${log#"$T"/}"
+        tail -n 40 "$log"
+    done
+}
+
+on_exit() {
+    local status=$?
+    trap - EXIT INT TERM
+    if ((status != 0)); then
+        echo >&2
+        echo "demo FAILED (exit $status)" >&2
+        show_logs >&2
+    fi
+    stop_all
+    rm -rf "$T"
+    exit "$status"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+fail() { echo "demo: $*" >&2; exit 1; }
+
+fleetctl() { "$BIN/fleetctl" "$@"; }
+
+# --- keys and controller ---------------------------------------------------------------------
+
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+
+step "fleetctl keys init --dir $T/keys"
+fleetctl keys init --dir "$T/keys"
+for f in offline/root.key offline/release.key online/director.key online/timestamp.key root.json online/root.json; do
+    [[ -s "$T/keys/$f" ]] || fail "fleetctl keys init did not write $T/keys/$f"
+done
+
+step "fleet-controller serve on 127.0.0.1:$PORT"
+"$BIN/fleet-controller" serve --data "$T/controller" --listen "127.0.0.1:$PORT" \
+    --keys "$T/keys/online" --config fleet >"$T/controller.log" 2>&1 &
+CONTROLLER_PID=$!
+PIDS+=("$CONTROLLER_PID")
+
+export FLEET_CONTROLLER="http://127.0.0.1:$PORT"
+deadline=$((SECONDS + HEALTH_DEADLINE))
+until curl -fsS "$FLEET_CONTROLLER/healthz" >/dev/null 2>&1; do
+    kill -0 "$CONTROLLER_PID" 2>/dev/null || fail "the controller exited before it was healthy"
+    ((SECONDS < deadline)) || fail "the controller did not answer /healthz within ${HEALTH_DEADLINE}s"
+    sleep 0.2
+done
+echo "controller is up at $FLEET_CONTROLLER"
+
+# --- model, variants, release, rollout -------------------------------------------------------
+
+step "make the demo model"
+python3 scripts/make-demo-model.py "$T/model"
+
+declare -A VARIANT_SHA=()   # sha256 -> variant name, of the files we publish
+for d in "${DTYPES[@]}"; do
+    sha=$(sha256sum "$T/model/model-$d.safetensors" | cut -d' ' -f1)
+    VARIANT_SHA[$sha]="$MODEL-$d"
+done
+
+step "fleetctl model add $MODEL"
+fleetctl model add "$MODEL"
+
+for d in "${DTYPES[@]}"; do
+    step "fleetctl variant add $MODEL model-$d.safetensors --name $MODEL-$d"
+    fleetctl variant add "$MODEL" "$T/model/model-$d.safetensors" \
+        --name "$MODEL-$d" --format safetensors --dtype "$d"
+done
+
+step "fleetctl release create $MODEL --version $VERSION"
+fleetctl release create "$MODEL" --version "$VERSION" --keys "$T/keys"
+
+step "fleetctl rollout start $MODEL@$VERSION --all"
+fleetctl rollout start "$MODEL@$VERSION" --all
+
+# --- agents ----------------------------------------------------------------------------------
+
+step "start one agent per facts file in fleet/demo/"
+mkdir -p "$T/agents"
+for f in fleet/demo/*.json; do
+    name=$(basename "$f" .json)
+    id=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["deviceId"])' "$f")
+    mkdir -p "$T/agents/$name"
+    "$BIN/fleet-agent" run --controller "$FLEET_CONTROLLER" \
+        --state "$T/agents/$name/state" --models "$T/agents/$name/models" \
+        --facts "$f" --root "$T/keys/root.json" --poll-seconds 1 \
+        --health-command "test -s \"\$EDGEFLEET_MODEL_PATH\"" \
+        >"$T/agents/$name.log" 2>&1 &
+    PIDS+=("$!")
+    AGENT_PIDS+=("$!")
+    AGENT_NAMES+=("$name")
+    AGENT_IDS+=("$id")
+    echo "agent $id (pid $!)"
+done
+((${#AGENT_NAMES[@]} > 0)) || fail "no facts files in fleet/demo/"
+
+# The model is installed when `current` is a symlink to a slot that holds a file.
+installed() {
+    local link="$T/agents/$1/models/$MODEL/current"
+    [[ -L "$link" ]] && [[ -n "$(find "$link/" -maxdepth 1 -type f -print -quit 2>/dev/null)" ]]
+}
+
+# Every device id appears in `fleetctl devices list --json`.
+listed() {
+    fleetctl devices list --json >"$T/devices.json" 2>/dev/null || return 1
+    python3 - "$T/devices.json" "${AGENT_IDS[@]}" <<'PY'
+import json, sys
+def strings(v):
+    if isinstance(v, str):
+        yield v
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            yield k
+            yield from strings(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from strings(x)
+try:
+    with open(sys.argv[1]) as f:
+        seen = set(strings(json.load(f)))
+except ValueError:
+    sys.exit(1)
+sys.exit(0 if all(i in seen for i in sys.argv[2:]) else 1)
+PY
+}
+
+step "wait until every device has $MODEL (deadline ${INSTALL_DEADLINE}s)"
+deadline=$((SECONDS + INSTALL_DEADLINE))
+while :; do
+    kill -0 "$CONTROLLER_PID" 2>/dev/null || fail "the controller exited"
+    pending=()
+    for i in "${!AGENT_NAMES[@]}"; do
+        kill -0 "${AGENT_PIDS[$i]}" 2>/dev/null || fail "agent ${AGENT_IDS[$i]} exited"
+        installed "${AGENT_NAMES[$i]}" || pending+=("${AGENT_IDS[$i]}")
+    done
+    if ((${#pending[@]} == 0)) && listed; then
+        break
+    fi
+    if ((SECONDS >= deadline)); then
+        fail "not installed within ${INSTALL_DEADLINE}s: ${pending[*]:-(all installed, but not all listed by fleetctl devices list --json)}"
+    fi
+    sleep 1
+done
+echo "all ${#AGENT_NAMES[@]} devices run $MODEL"
+
+# --- what happened ---------------------------------------------------------------------------
+
+step "fleetctl devices list"
+fleetctl devices list
+
+for id in "${AGENT_IDS[@]}"; do
+    step "fleetctl devices explain $id"
+    fleetctl devices explain "$id"
+done
+
+step "installed files"
+mismatch=0
+for i in "${!AGENT_NAMES[@]}"; do
+    name=${AGENT_NAMES[$i]}
+    link="$T/agents/$name/models/$MODEL/current"
+    slot=$(readlink -f "$link")
+    # The model file is the .safetensors file in the slot (or every file, if there is none).
+    mapfile -t files < <(find "$slot" -type f -name '*.safetensors' | sort)
+    ((${#files[@]} > 0)) || mapfile -t files < <(find "$slot" -type f | sort)
+    echo "${AGENT_IDS[$i]}: current -> $(readlink "$link")"
+    for file in "${files[@]}"; do
+        sha=$(sha256sum "$file" | cut -d' ' -f1)
+        if [[ -n "${VARIANT_SHA[$sha]:-}" ]]; then
+            echo "  ${file#"$slot"/}  sha256 $sha  = ${VARIANT_SHA[$sha]}  OK"
+        else
+            echo "  ${file#"$slot"/}  sha256 $sha  matches no published variant  MISMATCH"
+            mismatch=1
+        fi
+    done
+done
+((mismatch == 0)) || fail "an installed file differs from every published variant"
+
+step "fleetctl status"
+fleetctl status
+
+step "stop agents and controller"
+stop_all
+echo "demo finished"
