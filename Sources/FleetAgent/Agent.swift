@@ -249,3 +249,14 @@ final class StopFlag: Sendable {
     var isSet: Bool { value.load(ordering: .relaxed) }
     func set() { value.store(true, ordering: .relaxed) }
 }
+
+/// The agent's own file and download code, callable alone (benchmarks, field debugging).
+public enum AgentTools {
+    /// SHA-256 and length of a file, with the same streaming code the install uses to verify.
+    public static func hash(_ path: String) throws -> (String, Int64) { try FS.sha256(path) }
+
+    /// Downloads with the install's resumable libcurl path.
+    public static func fetch(_ url: String, to path: String, maxBytes: Int64, rateLimit: Int64?) throws -> DownloadResult {
+        try HTTPClient().download(url, to: path, maxBytes: maxBytes, rateLimitBytesPerSecond: rateLimit)
+    }
+}

@@ -9,7 +9,7 @@ struct FleetAgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fleet-agent",
         abstract: "The EdgeFleet device agent: checks in, verifies, installs models atomically, reports.",
-        subcommands: [Run.self])
+        subcommands: [Run.self, Hash.self, Fetch.self])
 }
 
 struct Run: AsyncParsableCommand {
@@ -69,5 +69,29 @@ struct Run: AsyncParsableCommand {
             logger.error("agent exited with an error", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }
+    }
+}
+
+struct Hash: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the SHA-256 of a file as the agent verifies it.")
+    @Argument(help: "File to hash.") var file: String
+    func run() throws {
+        let (sha, size) = try AgentTools.hash(file)
+        print("\(sha)  \(size)  \(file)")
+    }
+}
+
+struct Fetch: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Download a URL with the agent's resumable downloader.")
+    @Argument(help: "URL to fetch.") var url: String
+    @Option(help: "Output file; an existing partial file is resumed.") var out: String
+    @Option(help: "Largest size accepted (suffixes K, M, G allowed).") var maxSize: String = "8G"
+    @Option(help: "Rate limit in bytes per second.") var rateLimit: String?
+    func validate() throws {
+        guard ByteCount.parse(maxSize) != nil else { throw ValidationError("--max-size '\(maxSize)' is not a size") }
+    }
+    func run() throws {
+        let r = try AgentTools.fetch(url, to: out, maxBytes: ByteCount.parse(maxSize)!, rateLimit: rateLimit.flatMap(ByteCount.parse))
+        print("received \(r.bytesReceived) bytes (resumed from \(r.resumedFrom)), file \(r.fileSize) bytes, \(r.seconds) s")
     }
 }

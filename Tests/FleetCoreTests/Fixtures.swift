@@ -157,14 +157,21 @@ enum Fixture {
 
 // MARK: Assertion helpers
 
-/// The fault of the TrustError `body` throws, or nil when it does not throw.
-func trustFault<R>(_ body: () throws(TrustError) -> R) -> TrustError.Fault? {
-    do { _ = try body(); return nil } catch { return error.fault }
+/// The fault of the TrustError `body` throws, or nil when it does not throw. Any other error
+/// type is a test failure. (Closures do not infer typed throws yet, hence the cast.)
+func trustFault<R>(sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> R) -> TrustError.Fault? {
+    do { _ = try body(); return nil } catch let error as TrustError { return error.fault } catch {
+        Issue.record("expected a TrustError, got \(error)", sourceLocation: sourceLocation)
+        return nil
+    }
 }
 
 /// The code of the MetadataError `body` throws, or nil when it does not throw.
-func metadataCode(_ body: () throws(MetadataError) -> Void) -> MetadataError.Code? {
-    do { try body(); return nil } catch { return error.code }
+func metadataCode(sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) -> MetadataError.Code? {
+    do { try body(); return nil } catch let error as MetadataError { return error.code } catch {
+        Issue.record("expected a MetadataError, got \(error)", sourceLocation: sourceLocation)
+        return nil
+    }
 }
 
 /// Runs UpdateVerifier.verify on `bundle`, expects a TrustError with `fault`, and checks that

@@ -247,8 +247,9 @@ import Testing
         let next = F.rootMetadata(version: 2, director: newDirector, timestamp: newTimestamp)
         let (state, fault) = rotate(F.pinnedState(), [sign(next, [F.rootKey])])
         #expect(fault == nil)
-        expectRejection(.missingSignature, F.bundle(assignmentKeys: [newDirector]), state: state)
-        expectRejection(.missingSignature, F.bundle(timestampKeys: [newTimestamp], assignmentKeys: [F.directorKey]), state: state)
+        // Old timestamp key (checked first), then old director key with a current timestamp.
+        expectRejection(.missingSignature, F.bundle(assignmentKeys: [newDirector], timestampKeys: [F.timestampKey]), state: state)
+        expectRejection(.missingSignature, F.bundle(assignmentKeys: [F.directorKey], timestampKeys: [newTimestamp]), state: state)
         #expect(throws: Never.self) {
             try F.verify(F.bundle(assignmentKeys: [newDirector], timestampKeys: [newTimestamp]), state: state)
         }

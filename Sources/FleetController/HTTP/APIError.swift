@@ -2,6 +2,7 @@ import FleetCore
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
 
 /// An error an API client should see: a status, a stable code and a message.
 struct APIError: Error, HTTPResponseError, CustomStringConvertible {
@@ -38,6 +39,8 @@ struct APIError: Error, HTTPResponseError, CustomStringConvertible {
             case .digestMismatch: return APIError(.unprocessableContent, "digest-mismatch", e.message)
             case .io: return APIError(.init(code: 507, reasonPhrase: "Insufficient Storage"), "artifact-io", e.message)
             }
+        case is NIOTooManyBytesError:
+            return APIError(.contentTooLarge, "too-large", "request body exceeds the limit")
         case let e as HTTPError:
             switch e.status {
             case .notFound: return APIError(.notFound, "no-route", "no such endpoint")

@@ -1,0 +1,99 @@
+import FleetCore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import Testing
+@testable import FleetController
+
+/// A controller on a temporary data directory with fresh keys and a fixed clock; requests go
+/// through the router without a socket.
+struct ControllerFixture {
+    let dir: String
+    let keys: [Role: SigningKey]
+    let root: RootMetadata
+    let now: Int64 = 1_800_000_000
+    let configDir: String
+
+    static var repoRoot: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    }
+
+    /// `tiers` replaces fleet/bandwidth-tiers.yaml when given.
+    init(tiers: String? = nil) throws {
+        dir = NSTemporaryDirectory() + "edgefleet-ctl-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir + "/keys", withIntermediateDirectories: true)
+        var k: [Role: SigningKey] = [:]
+        for role in Role.allCases { k[role] = SigningKey(role: role) }
+        keys = k
+        root = RootMetadata(version: 1, expiresAt: now + 86_400 * 365, roleKeys: k)
+        let env = try Envelope.sign(root, type: PayloadType.root, keys: [k[.root]!])
+        try FleetJSON.encode(env).write(to: URL(fileURLWithPath: dir + "/keys/root.json"))
+        try k[.director]!.fileContents().write(to: URL(fileURLWithPath: dir + "/keys/director.key"))
+        try k[.timestamp]!.fileContents().write(to: URL(fileURLWithPath: dir + "/keys/timestamp.key"))
+        if let tiers {
+            configDir = dir + "/fleet"
+            try FileManager.default.createDirectory(atPath: configDir, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: Self.repoRoot + "/fleet/hardware-classes.yaml", toPath: configDir + "/hardware-classes.yaml")
+            try tiers.write(toFile: configDir + "/bandwidth-tiers.yaml", atomically: true, encoding: .utf8)
+        } else {
+            configDir = Self.repoRoot + "/fleet"
+        }
+    }
+
+    var rootEnvelope: Envelope { get throws { try Envelope.parse(Data(contentsOf: URL(fileURLWithPath: dir + "/keys/root.json"))) } }
+
+    func app() throws -> some ApplicationProtocol {
+        let options = ControllerOptions(dataDirectory: dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: dir + "/keys",
+                                        configDirectory: configDir)
+        let fixedNow = now
+        let router = try Controller.makeRouter(options: options, logger: Logger(label: "test"), clock: { fixedNow })
+        return Application(router: router)
+    }
+
+    func cleanup() { try? FileManager.default.removeItem(atPath: dir) }
+
+    static let vnniFacts = DeviceFacts(arch: "x86_64", cpuFlags: ["avx2", "fma", "avx512f", "avx512_vnni"], memoryBytes: 16 << 30,
+                                       diskFreeBytes: 64 << 30, downlinkMbps: 300, metered: false)
+    static let boardFacts = DeviceFacts(arch: "aarch64", cpuFlags: ["asimd"], memoryBytes: 1 << 30, diskFreeBytes: 8 << 30,
+                                        downlinkMbps: 5, metered: false)
+}
+
+extension TestClientProtocol {
+    @discardableResult
+    func json<T: Encodable>(_ method: HTTPRequest.Method, _ uri: String, _ body: T, headers: HTTPFields = [:]) async throws -> TestResponse {
+        var h = headers
+        h[.contentType] = "application/json"
+        return try await execute(uri: uri, method: method, headers: h, body: ByteBuffer(bytes: try FleetJSON.encode(body)))
+    }
+
+    func raw(_ method: HTTPRequest.Method, _ uri: String, _ body: String) async throws -> TestResponse {
+        try await execute(uri: uri, method: method, headers: [.contentType: "application/json"], body: ByteBuffer(string: body))
+    }
+
+    /// Registers a model with one variant per (name, dtype, bytes) and returns the variants.
+    func publish(model: String, variants: [(String, String, [UInt8])]) async throws -> [CatalogVariant] {
+        try await json(.post, "/v1/models", NewModel(name: model))
+        var out: [CatalogVariant] = []
+        for (name, dtype, bytes) in variants {
+            let up = try await execute(uri: "/v1/artifacts", method: .put, body: ByteBuffer(bytes: bytes))
+            #expect(up.status == .created)
+            let info = try decode(ArtifactInfo.self, up)
+            let v = CatalogVariant(name: name, sha256: info.sha256, size: info.size, fileName: "\(name).onnx", format: "onnx", dtype: dtype)
+            let r = try await json(.post, "/v1/models/\(model)/variants", NewVariant(variant: v))
+            #expect(r.status == .created)
+            out.append(v)
+        }
+        return out
+    }
+}
+
+func decode<T: Decodable>(_ t: T.Type, _ r: TestResponse) throws -> T {
+    try JSONDecoder().decode(t, from: Data(r.body.readableBytesView))
+}
+
+func errorCode(_ r: TestResponse) -> String? {
+    (try? JSONDecoder().decode(APIErrorBody.self, from: Data(r.body.readableBytesView)))?.error.code
+}

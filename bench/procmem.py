@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Resident memory of a running process, from /proc/PID/status.
+
+    procmem.py status PID [--out RESULT.json]   VmRSS and VmHWM now
+    procmem.py reset-hwm PID                    reset VmHWM to the current VmRSS
+                                                (writes 5 to /proc/PID/clear_refs; Linux >= 4.0)
+    procmem.py sample PID --out RESULT.json [--interval 0.02]
+                                                sample VmRSS until SIGTERM/SIGINT or until the
+                                                process exits; then write the largest sample, the
+                                                last VmHWM and the number of samples
+
+Values are in kB as the kernel prints them (1 kB = 1024 bytes); the JSON also carries bytes.
+Standard library only.
+"""
+
+import argparse
+import json
+import signal
+import sys
+import time
+
+FIELDS = ("VmRSS", "VmHWM", "VmSize", "VmPeak", "RssAnon", "RssFile", "Threads")
+
+
+def read_status(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in FIELDS:
+                parts = value.split()
+                out[key] = int(parts[0]) if parts else 0
+    return out
+
+
+def status(args):
+    try:
+        s = read_status(args.pid)
+    except OSError as e:
+        sys.exit(f"procmem: cannot read /proc/{args.pid}/status: {e}")
+    s["VmRSS_bytes"] = s.get("VmRSS", 0) * 1024
+    s["VmHWM_bytes"] = s.get("VmHWM", 0) * 1024
+    s["pid"] = args.pid
+    s["time"] = time.time()
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(s, f, indent=2)
+    print(f"    pid {args.pid}: VmRSS {s['VmRSS_bytes'] / 1e6:.1f} MB, VmHWM {s['VmHWM_bytes'] / 1e6:.1f} MB, "
+          f"threads {s.get('Threads', '?')}")
+
+
+def reset_hwm(args):
+    try:
+        with open(f"/proc/{args.pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as e:
+        print(f"unsupported ({e})")
+        return 1
+    print("reset")
+    return 0
+
+
+def sample(args):
+    stop = False
+
+    def on_signal(signum, frame):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    max_rss = 0
+    max_rss_at = None
+    last_hwm = 0
+    n = 0
+    exited = False
+    t0 = time.monotonic()
+    while not stop:
+        try:
+            s = read_status(args.pid)
+        except OSError:
+            exited = True
+            break
+        n += 1
+        rss = s.get("VmRSS", 0)
+        if rss > max_rss:
+            max_rss = rss
+            max_rss_at = time.monotonic() - t0
+        last_hwm = max(last_hwm, s.get("VmHWM", 0))
+        time.sleep(args.interval)
+    result = {
+        "pid": args.pid,
+        "samples": n,
+        "interval_s": args.interval,
+        "duration_s": time.monotonic() - t0,
+        "max_VmRSS": max_rss,
+        "max_VmRSS_bytes": max_rss * 1024,
+        "max_VmRSS_at_s": max_rss_at,
+        "last_VmHWM": last_hwm,
+        "last_VmHWM_bytes": last_hwm * 1024,
+        "process_exited": exited,
+    }
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("status")
+    p.add_argument("pid", type=int)
+    p.add_argument("--out")
+    p = sub.add_parser("reset-hwm")
+    p.add_argument("pid", type=int)
+    p = sub.add_parser("sample")
+    p.add_argument("pid", type=int)
+    p.add_argument("--out", required=True)
+    p.add_argument("--interval", type=float, default=0.02)
+    args = ap.parse_args()
+    return {"status": status, "reset-hwm": reset_hwm, "sample": sample}[args.what](args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
