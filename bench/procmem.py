@@ -45,7 +45,8 @@ def status(args):
     if args.out:
         with open(args.out, "w") as f:
             json.dump(s, f, indent=2)
-    print(f"    pid {args.pid}: VmRSS {s['VmRSS_bytes'] / 1e6:.1f} MB, VmHWM {s['VmHWM_bytes'] / 1e6:.1f} MB, "
+    print(f"    pid {args.pid}: VmRSS {s['VmRSS_bytes'] / 1e6:.1f} MB (anonymous {s.get('RssAnon', 0) * 1024 / 1e6:.1f} MB, "
+          f"file-backed {s.get('RssFile', 0) * 1024 / 1e6:.1f} MB), VmHWM {s['VmHWM_bytes'] / 1e6:.1f} MB, "
           f"threads {s.get('Threads', '?')}")
 
 

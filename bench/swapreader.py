@@ -10,7 +10,7 @@ the source files up front). Anything else (ENOENT, a short file, bytes of neithe
 read. The reader runs until SIGTERM/SIGINT (or --max-seconds), then writes RESULT.json:
 
   reads, ok, failed               counts
-  failures_by_reason              e.g. {"FileNotFoundError": 3, "size 1234 matches no variant": 1}
+  failures_by_reason              e.g. {"FileNotFoundError": 3, "size matches no variant": 1}
   first_failures                  up to 50 of them, with the time since the start
   longest_gap_ms                  the longest stretch with no complete model: from the end of the
                                   last complete read before a run of failures to the start of the
@@ -98,6 +98,7 @@ def main():
         if t0 > deadline:
             break
         reason = None
+        detail = None
         match = -1
         try:
             fd = os.open(path, o_rdonly)
@@ -105,7 +106,8 @@ def main():
                 size = os.fstat(fd).st_size
                 candidates = by_size.get(size)
                 if not candidates:
-                    reason = f"size {size} matches no variant"
+                    reason = "size matches no variant"
+                    detail = f"size {size}"
                 else:
                     head = os.pread(fd, EDGE, 0)
                     tail = os.pread(fd, EDGE, max(0, size - EDGE))
@@ -145,7 +147,7 @@ def main():
             failed += 1
             reasons[reason] = reasons.get(reason, 0) + 1
             if len(first_failures) < 50:
-                first_failures.append({"t_s": round(t0 - t_start, 6), "reason": reason})
+                first_failures.append({"t_s": round(t0 - t_start, 6), "reason": reason, "detail": detail})
             if gap_start is None:
                 gap_start = last_ok_end if last_ok_end is not None else t0
 

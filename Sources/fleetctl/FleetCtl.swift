@@ -4,6 +4,14 @@ import FleetCore
 import Foundation
 
 @main
+enum Entry {
+    /// `fleetctl --controller URL noun verb` is accepted as well as `fleetctl noun verb --controller URL`:
+    /// global options given before the subcommand are moved behind it, where every leaf command reads them.
+    static func main() {
+        FleetCtl.main(GlobalOptions.hoist(Array(CommandLine.arguments.dropFirst())))
+    }
+}
+
 struct FleetCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fleetctl",
@@ -27,6 +35,21 @@ struct GlobalOptions: ParsableArguments {
     }
 
     func client() -> API { API(base: baseURL) }
+
+    static func hoist(_ args: [String]) -> [String] {
+        var front: [String] = []
+        var rest = args[...]
+        while let first = rest.first, first.hasPrefix("--") {
+            if first == "--json" || first.hasPrefix("--controller=") {
+                front.append(first); rest = rest.dropFirst()
+            } else if first == "--controller", rest.count >= 2 {
+                front += [first, rest[rest.startIndex + 1]]; rest = rest.dropFirst(2)
+            } else {
+                break
+            }
+        }
+        return Array(rest) + front
+    }
 
     func validate() throws {
         let url = baseURL

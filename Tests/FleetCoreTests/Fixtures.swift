@@ -47,7 +47,9 @@ enum Fixture {
 
     /// A device's state right after enrollment: v1 root pinned, nothing accepted yet.
     static func pinnedState() -> TrustedState {
-        try! TrustedState(pinning: rootEnvelope, now: now)
+        do { return try TrustedState(pinning: rootEnvelope, now: now) } catch {
+            fatalError("fixture: the v1 root no longer pins (\(error)); every verifier test depends on it")
+        }
     }
 
     // MARK: Device and catalog
@@ -151,7 +153,9 @@ enum Fixture {
 
     /// The state after the default bundle was accepted (timestamp 10, serial 3, counter 7).
     static func stateAfterDefaultUpdate() -> TrustedState {
-        try! verify(bundle(), state: pinnedState()).state
+        do { return try verify(bundle(), state: pinnedState()).state } catch {
+            fatalError("fixture: the default bundle no longer verifies (\(error))")
+        }
     }
 }
 

@@ -146,6 +146,7 @@ import Testing
     /// A crash between journaling committed / rolledBack / failed and performing commit / discard
     /// loses those actions for good: recoveryActions returns nothing for terminal phases, so the
     /// old slot is never released and a failed download is never discarded.
+    /// (When this is fixed, update the terminal rows of `recovery` above as well.)
     @Test(arguments: [(InstallPhase.committed, InstallAction.commit(job)), (.rolledBack, .discard(job)), (.failed, .discard(job))])
     func recoveryReplaysTheCleanupOfTerminalPhases(_ phase: InstallPhase, _ action: InstallAction) {
         withKnownIssue("recoveryActions is empty for committed/rolledBack/failed") {

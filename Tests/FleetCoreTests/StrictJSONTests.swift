@@ -136,7 +136,12 @@ import Testing
     func rejectsNestingOver64(_ depth: Int) {
         #expect(validate(Self.nested(depth, inner: "1")) == .tooDeep)
         #expect(validate(Self.nested(depth, open: #"{"a":"#, close: "}", inner: "1")) == .tooDeep)
-        #expect(validate(Self.nested(depth / 2, open: #"[{"k":"#, close: "}]", inner: "0")) == (depth / 2 * 2 > 64 ? .tooDeep : nil))
+    }
+
+    @Test func mixedNestingCountsEveryContainer() {
+        // Each "[{" adds two levels: 32 pairs are 64 levels, 33 pairs are 66.
+        #expect(validate(Self.nested(32, open: #"[{"k":"#, close: "}]", inner: "0")) == nil)
+        #expect(validate(Self.nested(33, open: #"[{"k":"#, close: "}]", inner: "0")) == .tooDeep)
     }
 
     @Test func rejectsDeepNestingWithoutParsingToTheEnd() {
