@@ -36,7 +36,7 @@ demo: build
 # The IntegrationTests run the real binaries, which `swift build` (in build) has just built.
 test: build
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --parallel --num-workers 2
+	$(SWIFT) test
 
 # The device binary as it ships: release, Swift runtime linked in, symbols stripped.
 agent: deps
@@ -45,8 +45,10 @@ agent: deps
 	ls -l "$$bin"; \
 	du -h "$$bin"
 
+# Release builds of everything, then the agent as it ships (static and stripped) over its release binary.
 bench: deps
 	$(SWIFT) build -c release
+	$(MAKE) agent
 	@if [ -f bench/run.sh ]; then \
 		bash bench/run.sh; \
 	else \

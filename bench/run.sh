@@ -259,6 +259,7 @@ got=$(sha_of "$T/dl/curl.out")
 rm -f "$T/dl/curl.out"
 
 # fleet-agent fetch fsyncs the file when done, curl does not: the same with an fsync, for fairness.
+# shellcheck disable=SC2016   # $1/$2 are for the inner sh
 timed --label "curl + sync FILE" --bytes "$BIG_BYTES" --rm "$T/dl/curl.out" --out "$RES/download_curl_fsync.json" \
     -- sh -c 'curl -sS -o "$1" "$2" && sync "$1"' sh "$T/dl/curl.out" "$URL"
 got=$(sha_of "$T/dl/curl.out")
@@ -278,6 +279,7 @@ json.dump(facts, open(sys.argv[2], "w"), indent=2)
 PY
 AGENT_DIR=$T/agent
 MODELS=$AGENT_DIR/models
+# shellcheck disable=SC2016   # $EDGEFLEET_MODEL_PATH is for the agent's shell
 "$BIN/fleet-agent" run --controller "$FLEET_CONTROLLER" \
     --state "$AGENT_DIR/state" --models "$MODELS" \
     --facts "$T/facts.json" --root "$T/keys/root.json" --poll-seconds 1 \
@@ -428,7 +430,8 @@ else
     why=()
     [[ $stripped == True ]] || why+=("not stripped")
     ((LDD_SWIFT == 0)) || why+=("Swift stdlib linked dynamically")
-    info "built by \`make agent\`: no ($(IFS=,; echo "${why[*]}" | sed 's/,/, /g')); build it with \`make agent\` to measure the shipped binary"
+    why_text=$(IFS=,; echo "${why[*]}")
+    info "built by \`make agent\`: no (${why_text//,/, }); build it with \`make agent\` to measure the shipped binary"
 fi
 python3 "$HERE/procmem.py" status "$AGENT_PID" --out "$RES/mem_after_install.json" >/dev/null
 python3 - "$RES/mem_idle.json" "$RES/mem_install_sample.json" "$RES/mem_install_status.json" "$HWM_RESET" <<'PY'
@@ -462,7 +465,7 @@ python3 "$HERE/report.py" "$RES" "${strict[@]}" || report_rc=$?
 if ((report_rc == 3)); then
     # Goals missed under BENCH_STRICT=1: not a breakage, so no log dump.
     trap - EXIT
-    [[ ${KEEP_TMP:-0} == 1 ]] && echo "bench: kept $T" >&2 || rm -rf "$T"
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then echo "bench: kept $T" >&2; else rm -rf "$T"; fi
     exit 3
 fi
 ((report_rc == 0)) || fail "report.py failed (exit $report_rc)"

@@ -15,14 +15,15 @@ public struct AgentOptions: Sendable {
     public var factsFile: String?
     public var rootFile: String?
     public var deviceId: String?
-    public var pollSeconds: Double
+    /// nil: the interval the controller asks for in its check-in answers.
+    public var pollSeconds: Double?
     public var healthCommand: String?
     public var healthTimeoutSeconds: Double
     public var rateLimitBytesPerSecond: Int64?
     public var once: Bool
 
     public init(controllerURL: String, stateDirectory: String, modelsDirectory: String, factsFile: String? = nil, rootFile: String? = nil,
-                deviceId: String? = nil, pollSeconds: Double = 30, healthCommand: String? = nil, healthTimeoutSeconds: Double = 30,
+                deviceId: String? = nil, pollSeconds: Double? = nil, healthCommand: String? = nil, healthTimeoutSeconds: Double = 30,
                 rateLimitBytesPerSecond: Int64? = nil, once: Bool = false) {
         self.controllerURL = controllerURL; self.stateDirectory = stateDirectory; self.modelsDirectory = modelsDirectory
         self.factsFile = factsFile; self.rootFile = rootFile; self.deviceId = deviceId; self.pollSeconds = pollSeconds
@@ -49,6 +50,7 @@ public final class Agent: @unchecked Sendable {
     var trust: TrustedState
     let installer: Installer
     private let stopFlag = StopFlag()
+    private var savedLink: LinkStats?
 
     public init(options: AgentOptions, logger: Logger) throws {
         self.options = options
@@ -92,6 +94,7 @@ public final class Agent: @unchecked Sendable {
                               journal: try state.load("journal.json", as: Journal.self) ?? Journal(),
                               outbox: try state.load("outbox.json", as: Outbox.self) ?? Outbox())
         installer.link = try? state.load("link.json", as: LinkStats.self)
+        savedLink = installer.link
     }
 
     public var id: String { deviceId }
@@ -141,7 +144,10 @@ public final class Agent: @unchecked Sendable {
             for update in response.updates {
                 try handle(update, timestamp: response.timestamp, facts: facts)
             }
-            if let link = installer.link { try? state.save("link.json", link) }
+            if let link = installer.link, link != savedLink {
+                try? state.save("link.json", link)
+                savedLink = link
+            }
             flushOutbox()
             return CycleResult(ok: true, pollSeconds: Double(response.pollSeconds), message: "checked in")
         } catch {
@@ -227,11 +233,11 @@ public struct AgentService: Service {
                 let delay: Double
                 if result.ok {
                     failures = 0
-                    let poll = options.pollSeconds
+                    let poll = options.pollSeconds ?? result.pollSeconds ?? 30
                     delay = poll * Double.random(in: 0.8...1.2)
                 } else {
                     failures += 1
-                    delay = min(300, options.pollSeconds * pow2(failures)) * Double.random(in: 0.5...1.0)
+                    delay = min(300, (options.pollSeconds ?? 5) * pow2(failures)) * Double.random(in: 0.5...1.0)
                 }
                 try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(Int(delay * 1000))) }
             }

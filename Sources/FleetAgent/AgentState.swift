@@ -36,7 +36,7 @@ struct Journal: Codable, Equatable {
 }
 
 /// The link measurement the agent reports as its downlink.
-struct LinkStats: Codable { var mbps: Double; var bytes: Int64 }
+struct LinkStats: Codable, Equatable { var mbps: Double; var bytes: Int64 }
 
 /// Status events waiting to be acknowledged by the controller. Bounded: when it is full the
 /// oldest events are dropped and counted.

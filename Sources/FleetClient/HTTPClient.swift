@@ -73,7 +73,15 @@ public final class HTTPClient {
     public var tls = TLSOptions()
     public var userAgent = "edgefleet"
 
-    public init() { _ = curlGlobalInit }
+    /// One easy handle for the client's life: libcurl keeps its connections open between requests.
+    private let handle: UnsafeMutableRawPointer?
+
+    public init() {
+        _ = curlGlobalInit
+        handle = curl_easy_init()
+    }
+
+    deinit { curl_easy_cleanup(handle) }
 
     // MARK: requests with small bodies
 
@@ -127,7 +135,8 @@ public final class HTTPClient {
         let source = FileSource(fd: fd)
         let sink = BufferSink(limit: 16 << 20)
         let progressBox = ProgressBox(callback: progress)
-        let (status, hdrs) = try perform(url: url, method: method, headers: headers, timeoutSeconds: 0) { h in
+        // No `Expect: 100-continue`: it costs a round trip (or curl's one-second wait) per upload.
+        let (status, hdrs) = try perform(url: url, method: method, headers: headers.merging(["Expect": ""]) { a, _ in a }, timeoutSeconds: 0) { h in
             _ = ef_setopt_long(h, CURLOPT_UPLOAD, 1)
             _ = ef_setopt_off(h, CURLOPT_INFILESIZE_LARGE, curl_off_t(st.st_size))
             _ = ef_setopt_read(h, fileReadCallback)
@@ -165,8 +174,9 @@ public final class HTTPClient {
         let progressBox = ProgressBox(callback: nil, cancel: shouldCancel)
         let start = monotonicSeconds()
         let status: Int
+        let responseHeaders: [String: String]
         do throws(HTTPClientError) {
-            (status, _) = try perform(url: url, method: "GET", headers: [:], timeoutSeconds: 0) { h in
+            (status, responseHeaders) = try perform(url: url, method: "GET", headers: [:], timeoutSeconds: 0) { h in
                 if existing > 0 { _ = ef_setopt_off(h, CURLOPT_RESUME_FROM_LARGE, curl_off_t(existing)) }
                 if let rate = rateLimitBytesPerSecond, rate > 0 { _ = ef_setopt_off(h, CURLOPT_MAX_RECV_SPEED_LARGE, curl_off_t(rate)) }
                 _ = ef_setopt_long(h, CURLOPT_NOPROGRESS, 0)
@@ -181,11 +191,15 @@ public final class HTTPClient {
             throw error
         }
         if status == 416, existing > 0 {
-            // The range is past the end: our partial file is not a prefix of this artifact.
+            // "bytes */SIZE": the file was already whole, or it is longer than this artifact.
+            if responseHeaders["content-range"] == "bytes */\(existing)" {
+                return DownloadResult(bytesReceived: 0, fileSize: existing, resumedFrom: existing, seconds: 0)
+            }
             _ = ftruncate(fd, 0)
             throw HTTPClientError(.transfer, "range not satisfiable; partial download discarded")
         }
         guard status == 200 || status == 206 else {
+            if existing == 0 { unlink(path) }   // leave no empty file behind an error answer
             throw HTTPClientError(.status, "\(url) answered \(status)", status: status)
         }
         _ = fsync(fd)
@@ -197,8 +211,8 @@ public final class HTTPClient {
 
     private func perform(url: String, method: String, headers: [String: String], timeoutSeconds: Int,
                          configure: (UnsafeMutableRawPointer) -> ResponseSink) throws(HTTPClientError) -> (Int, [String: String]) {
-        guard let h = curl_easy_init() else { throw HTTPClientError(.io, "curl_easy_init failed") }
-        defer { curl_easy_cleanup(h) }
+        guard let h = handle else { throw HTTPClientError(.io, "curl_easy_init failed") }
+        curl_easy_reset(h)
         var errorBuffer = [CChar](repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
         let headerBox = HeaderBox()
         var list: UnsafeMutablePointer<curl_slist>? = nil
@@ -207,6 +221,7 @@ public final class HTTPClient {
 
         _ = ef_setopt_str(h, CURLOPT_URL, url)
         _ = ef_setopt_long(h, CURLOPT_NOSIGNAL, 1)
+        _ = ef_setopt_long(h, CURLOPT_BUFFERSIZE, 1 << 20)
         _ = ef_setopt_long(h, CURLOPT_FOLLOWLOCATION, 0)
         _ = ef_setopt_str(h, CURLOPT_USERAGENT, userAgent)
         _ = ef_setopt_long(h, CURLOPT_CONNECTTIMEOUT, connectTimeoutSeconds)

@@ -21,7 +21,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "JSON facts file that replaces the hardware probe (tests, simulation).") var facts: String?
     @Option(help: "root.json to pin on the first run (from `fleetctl keys init`).") var root: String?
     @Option(help: "Device id to use on the first run (default: from the facts file, else generated).") var deviceId: String?
-    @Option(help: "Seconds between check-ins (jittered ±20%).") var pollSeconds: Double = 30
+    @Option(help: "Seconds between check-ins, jittered ±20% (default: what the controller asks for).") var pollSeconds: Double?
     @Option(help: "Shell command that checks a newly activated model; exit 0 means healthy.") var healthCommand: String?
     @Option(help: "Seconds the health command may take.") var healthTimeout: Double = 30
     @Option(help: "Download rate limit in bytes per second (suffixes K, M allowed).") var rateLimit: String?
@@ -32,7 +32,7 @@ struct Run: AsyncParsableCommand {
         guard controller.hasPrefix("http://") || controller.hasPrefix("https://") else {
             throw ValidationError("--controller must be an http:// or https:// URL")
         }
-        guard pollSeconds > 0 else { throw ValidationError("--poll-seconds must be positive") }
+        if let pollSeconds { guard pollSeconds > 0 else { throw ValidationError("--poll-seconds must be positive") } }
         guard healthTimeout > 0 else { throw ValidationError("--health-timeout must be positive") }
         if let rateLimit { guard let v = ByteCount.parse(rateLimit), v > 0 else { throw ValidationError("--rate-limit '\(rateLimit)' is not a rate") } }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
