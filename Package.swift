@@ -29,15 +29,17 @@ let package = Package(
         .target(name: "FleetCore", dependencies: [
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // Delta packages: encode on the controller and in fleetctl, decode (streaming) on the agent.
+        .target(name: "FleetDelta", dependencies: ["FleetCore", "CZstd"]),
         // The one HTTP client (libcurl) shared by the agent and fleetctl.
         .target(name: "FleetClient", dependencies: ["FleetCore", "CCurl"]),
         .target(name: "FleetAgent", dependencies: [
-            "FleetCore", "FleetClient", "CZstd",
+            "FleetCore", "FleetClient", "FleetDelta", "CZstd",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .target(name: "FleetController", dependencies: [
-            "FleetCore", "CSQLite",
+            "FleetCore", "FleetDelta", "CSQLite",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
@@ -54,12 +56,12 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "fleetctl", dependencies: [
-            "FleetCore", "FleetClient",
+            "FleetCore", "FleetClient", "FleetDelta",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Yams", package: "Yams"),
         ]),
 
         .testTarget(name: "FleetCoreTests", dependencies: ["FleetCore"]),
+        .testTarget(name: "FleetDeltaTests", dependencies: ["FleetDelta", "FleetCore"]),
         .testTarget(name: "FleetAgentTests", dependencies: ["FleetAgent", "FleetCore"]),
         .testTarget(name: "FleetControllerTests", dependencies: [
             "FleetController", "FleetCore",

@@ -1,0 +1,1 @@
+// Delta packages; see docs/DELTA.md.
