@@ -132,8 +132,10 @@ public final class Agent: @unchecked Sendable {
                 _ = try installer.resume(model: model)
             }
             let facts = try currentFacts()
+            let fullOnly = installer.journal.deltaFailed.keys.sorted()
             let request = CheckInRequest(facts: facts, installed: slots.installed(), agentVersion: Self.version,
-                                         phase: installer.journal.installs.values.first { !$0.phase.isTerminal }?.phase.rawValue)
+                                         phase: installer.journal.installs.values.first { !$0.phase.isTerminal }?.phase.rawValue,
+                                         fullPackages: fullOnly.isEmpty ? nil : fullOnly)
             let response = try installer.http.json("POST", "\(options.controllerURL)/v1/devices/\(deviceId)/checkin", body: request,
                                                    as: CheckInResponse.self, maxResponseBytes: MetadataLimits.checkInResponse)
             if !response.rootChain.isEmpty {
@@ -175,7 +177,18 @@ public final class Agent: @unchecked Sendable {
         }
         let a = verified.assignment
         if slots.current(a.model) == a.sha256 { return }
-        if installer.journal.failedCounters[a.model] == a.counter { return }
+        if installer.journal.failedCounters[a.model] == a.counter {
+            // A failed delta is retried as soon as the controller offers the full artifact instead.
+            guard installer.journal.deltaFailed[a.model] == a.sha256, a.package.kind == PackageRef.full else { return }
+        }
+        if a.package.kind == PackageRef.delta, a.package.baseSha256 != slots.current(a.model) {
+            installer.outbox.append(kind: "rejected", time: Clock.wall(), model: a.model, sha256: a.sha256,
+                                    detail: "delta base \(a.package.baseSha256?.prefix(12) ?? "none") is not the installed model")
+            installer.journal.deltaFailed[a.model] = a.sha256
+            try state.save("journal.json", installer.journal)
+            try state.save("outbox.json", installer.outbox)
+            return
+        }
         if let s = installer.journal.installs[a.model], !s.phase.isTerminal {
             guard s.job?.sha256 != a.sha256 else { return }   // resumed above; paused again
             // A newer assignment replaces an unfinished download; the live model was not touched.
@@ -185,7 +198,7 @@ public final class Agent: @unchecked Sendable {
         }
         let job = InstallJob(model: a.model, release: a.release, variant: a.variant, sha256: a.sha256, size: a.size,
                              fileName: verified.variant.fileName, url: a.package.url, counter: a.counter,
-                             previousSha256: slots.current(a.model))
+                             previousSha256: slots.current(a.model), package: a.package.kind == PackageRef.delta ? a.package : nil)
         logger.info("installing", metadata: ["model": "\(a.model)", "variant": "\(a.variant)", "release": "\(a.release)"])
         let outcome = try installer.start(job)
         logger.info("install outcome", metadata: ["model": "\(a.model)", "outcome": "\(outcome)"])

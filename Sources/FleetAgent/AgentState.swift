@@ -33,6 +33,8 @@ struct Identity: Codable { var deviceId: String }
 struct Journal: Codable, Equatable {
     var installs: [String: InstallState] = [:]
     var failedCounters: [String: UInt64] = [:]
+    /// Models whose delta to this target sha256 failed: the next check-in asks for the full artifact.
+    var deltaFailed: [String: String] = [:]
 }
 
 /// The link measurement the agent reports as its downlink.

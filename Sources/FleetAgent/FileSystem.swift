@@ -145,6 +145,16 @@ enum FS {
         guard fsync(dst) == 0 else { throw .errno(to, "fsync") }
     }
 
+    /// A hard link when both are on one filesystem (no copy, no extra space), else a copy; fsynced.
+    static func linkOrCopy(_ from: String, _ to: String) throws(AgentIOError) {
+        if link(from, to) == 0 {
+            let fd = open(to, O_RDONLY | O_CLOEXEC)
+            if fd >= 0 { fsync(fd); close(fd) }
+        } else {
+            try copy(from, to)
+        }
+    }
+
     /// Removes a file or a directory tree; missing is fine. Never follows symlinks.
     static func removeTree(_ path: String) {
         if isDirectoryNoFollow(path) {

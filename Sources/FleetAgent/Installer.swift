@@ -20,6 +20,8 @@ final class Installer {
     var outbox: Outbox
     /// Measured on the last download big enough to say something about the link.
     var link: LinkStats?
+    /// Applies a delta package: (base file, patch file, output file, expected target sha256).
+    var applyDelta: ((String, String, String, String) throws -> Void)?
     /// Test hook for crash tests: `journal:PHASE` or `action:NAME` makes the agent SIGKILL itself there.
     let crashPoint = ProcessEnvironment.get("EDGEFLEET_CRASH_POINT")
 
@@ -107,8 +109,17 @@ final class Installer {
         case .verify(let job): return verify(job)
         case .stage(let job):
             do {
-                try slots.stage(model: job.model, sha256: job.sha256, fileName: job.fileName, size: job.size, from: state.downloadPath(job.sha256))
+                if let package = job.package, job.isDelta {
+                    try stageDelta(job, package)
+                } else {
+                    try slots.stage(model: job.model, sha256: job.sha256, fileName: job.fileName, size: job.size) { path throws(AgentIOError) in
+                        try FS.linkOrCopy(state.downloadPath(job.sha256), path)
+                    }
+                }
                 return .event(.staged)
+            } catch let e as DeltaApplyError {
+                journal.deltaFailed[job.model] = job.sha256
+                return .event(.failed("delta could not be applied: \(e.message)"))
             } catch {
                 return .event(.failed("staging failed: \(error)"))
             }
@@ -127,42 +138,45 @@ final class Installer {
             }
         case .commit(let job):
             slots.prune(model: job.model, keep: Set([job.sha256] + (job.previousSha256.map { [$0] } ?? [])))
-            unlink(state.downloadPath(job.sha256))
+            unlink(state.downloadPath(job.downloadSha256))
+            journal.deltaFailed[job.model] = nil
             return .none
         case .rollback(let job):
             try slots.point(model: job.model, at: job.previousSha256)
             return .event(.rolledBack)
         case .discard(let job):
-            unlink(state.downloadPath(job.sha256))
+            unlink(state.downloadPath(job.downloadSha256))
             slots.removeSlot(model: job.model, sha256: job.sha256)
             return .none
         }
     }
 
     private func download(_ job: InstallJob) -> StepResult {
-        let path = state.downloadPath(job.sha256)
+        let path = state.downloadPath(job.downloadSha256)
         let have = FS.fileSize(path) ?? 0
-        let need = max(0, job.size - have)
+        let need = max(0, job.downloadSize - have)
         let margin: Int64 = 4 << 20
-        if let free = FS.freeBytes(state.downloads), free < need + margin {
-            return .event(.failed("no space for the download: need \(ByteCount.format(need + margin)), \(ByteCount.format(free)) free"))
+        let same = sameFilesystem(state.downloads, slots.root)
+        // A full artifact becomes the slot by a hard link on the same filesystem; a delta needs room
+        // for the package and the whole new model beside the base.
+        let slotNeed: Int64 = FS.isDirectoryNoFollow(slots.slotPath(job.model, job.sha256)) ? 0 : (job.isDelta || !same ? job.size : 0)
+        if let free = FS.freeBytes(state.downloads), free < need + (same ? slotNeed : 0) + margin {
+            return .event(.failed("no space: need \(ByteCount.format(need + (same ? slotNeed : 0) + margin)), \(ByteCount.format(free)) free"))
         }
-        // The slot is written next to the current model; on another filesystem it is a full copy.
-        if let free = FS.freeBytes(slots.root), !FS.isDirectoryNoFollow(slots.slotPath(job.model, job.sha256)),
-           sameFilesystem(state.downloads, slots.root) == false, free < job.size + margin {
-            return .event(.failed("no space for the model slot: need \(ByteCount.format(job.size + margin)), \(ByteCount.format(free)) free"))
+        if !same, let free = FS.freeBytes(slots.root), free < slotNeed + margin {
+            return .event(.failed("no space for the model slot: need \(ByteCount.format(slotNeed + margin)), \(ByteCount.format(free)) free"))
         }
-        let url = job.url.hasPrefix("/") ? controllerURL + job.url : job.url
+        let url = job.downloadURL.hasPrefix("/") ? controllerURL + job.downloadURL : job.downloadURL
         var delay = 1.0
         for attempt in 1...4 {
             if shouldStop() { return .pause("stopping") }
             do {
-                let r = try http.download(url, to: path, maxBytes: job.size, rateLimitBytesPerSecond: rateLimit, shouldCancel: shouldStop)
+                let r = try http.download(url, to: path, maxBytes: job.downloadSize, rateLimitBytesPerSecond: rateLimit, shouldCancel: shouldStop)
                 if r.bytesReceived >= 256 * 1024, r.seconds > 0 {
                     link = LinkStats(mbps: Double(r.bytesReceived) * 8 / r.seconds / 1e6, bytes: r.bytesReceived)
                 }
-                if r.fileSize == job.size { return .event(.downloaded) }
-                logger.warning("download ended early", metadata: ["have": "\(r.fileSize)", "want": "\(job.size)", "attempt": "\(attempt)"])
+                if r.fileSize == job.downloadSize { return .event(.downloaded) }
+                logger.warning("download ended early", metadata: ["have": "\(r.fileSize)", "want": "\(job.downloadSize)", "attempt": "\(attempt)"])
             } catch let e {
                 switch e.code {
                 case .tooLarge: unlink(path); return .event(.failed("artifact longer than signed: \(e.message)"))
@@ -179,20 +193,49 @@ final class Installer {
     }
 
     private func verify(_ job: InstallJob) -> StepResult {
-        let path = state.downloadPath(job.sha256)
+        let path = state.downloadPath(job.downloadSha256)
         do {
             let (sha, length) = try FS.sha256(path)
-            guard length == job.size else {
+            guard length == job.downloadSize else {
                 unlink(path)
-                return .event(.failed("length \(length) differs from the signed \(job.size)"))
+                return .event(.failed("length \(length) differs from the signed \(job.downloadSize)"))
             }
-            guard sha == job.sha256 else {
+            guard sha == job.downloadSha256 else {
                 unlink(path)
-                return .event(.failed("sha256 \(sha) differs from the signed \(job.sha256)"))
+                return .event(.failed("sha256 \(sha) differs from the signed \(job.downloadSha256)"))
             }
             return .event(.verified)
         } catch {
             return .event(.failed("cannot verify: \(error)"))
+        }
+    }
+
+    /// Applies a delta from the base slot into the new slot; the result must hash to the
+    /// release-signed sha256 before the slot exists.
+    private func stageDelta(_ job: InstallJob, _ package: PackageRef) throws {
+        guard let base = package.baseSha256, slots.current(job.model) == base || FS.isDirectoryNoFollow(slots.slotPath(job.model, base)),
+              let baseFile = FS.listDirectory(slots.slotPath(job.model, base)).first else {
+            throw DeltaApplyError(message: "base \(package.baseSha256?.prefix(12) ?? "none") is not installed")
+        }
+        guard let applyDelta else { throw DeltaApplyError(message: "this agent has no delta decoder") }
+        let basePath = slots.slotPath(job.model, base) + "/" + baseFile
+        let patch = state.downloadPath(job.downloadSha256)
+        var deltaFailure: String?
+        do {
+            try slots.stage(model: job.model, sha256: job.sha256, fileName: job.fileName, size: job.size) { path throws(AgentIOError) in
+                do { try applyDelta(basePath, patch, path, job.sha256) } catch let e as AgentIOError where e.code == .noSpace { throw e } catch {
+                    deltaFailure = "\(error)"
+                    throw AgentIOError(.io, path, "delta: \(error)")
+                }
+                let (sha, size) = try FS.sha256(path)
+                guard sha == job.sha256, size == job.size else {
+                    deltaFailure = "delta produced \(sha.prefix(12)) (\(size) bytes), the release says \(job.sha256.prefix(12))"
+                    throw AgentIOError(.io, path, deltaFailure!)
+                }
+            }
+        } catch {
+            if let deltaFailure { throw DeltaApplyError(message: deltaFailure) }
+            throw error
         }
     }
 
@@ -202,3 +245,5 @@ final class Installer {
         return sa.st_dev == sb.st_dev
     }
 }
+
+struct DeltaApplyError: Error { let message: String }

@@ -36,6 +36,13 @@ struct ModelSlots {
     /// Builds the slot from a verified file: copied into a staging folder, fsynced, then renamed
     /// into place. Idempotent: a complete slot is left alone.
     func stage(model: String, sha256: String, fileName: String, size: Int64, from source: String) throws(AgentIOError) {
+        try stage(model: model, sha256: sha256, fileName: fileName, size: size) { path throws(AgentIOError) in try FS.linkOrCopy(source, path) }
+    }
+
+    /// Builds the slot with `produce`, which writes the model file at the path it is given inside
+    /// a staging folder; the folder is renamed into place only when it returns.
+    func stage(model: String, sha256: String, fileName: String, size: Int64,
+               produce: (String) throws(AgentIOError) -> Void) throws(AgentIOError) {
         guard Name.isValid(fileName) else { throw AgentIOError(.unsafePath, fileName, "file name is not a plain name") }
         let dir = try modelDirectory(model)
         let slot = slotPath(model, sha256)
@@ -46,11 +53,11 @@ struct ModelSlots {
         FS.removeTree(staging)
         guard mkdir(staging, 0o755) == 0 else { throw .errno(staging, "mkdir") }
         let target = staging + "/" + fileName
-        if link(source, target) != 0 {
-            try FS.copy(source, target)
-        } else {
-            let fd = open(target, O_RDONLY | O_CLOEXEC)
-            if fd >= 0 { fsync(fd); close(fd) }
+        do {
+            try produce(target)
+        } catch {
+            FS.removeTree(staging)
+            throw error
         }
         try FS.fsyncDirectory(staging)
         guard rename(staging, slot) == 0 else { throw .errno(slot, "rename") }

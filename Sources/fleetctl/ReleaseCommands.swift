@@ -64,13 +64,30 @@ struct ReleaseCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one release and its variants.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Release id, MODEL@VERSION.") var release: String
+        struct Shown: Encodable { var release: ReleaseInfo; var packages: ReleasePackages }
+
         func run() throws {
-            let r = try calling { try global.client().get("/v1/releases/\(release)", as: ReleaseInfo.self) }
-            try global.emit(r) {
-                "release \(r.id) serial \(r.serial) catalog \(r.catalogSha256.prefix(16))…\n" +
-                    Table.render(["VARIANT", "DTYPE", "SIZE", "REQUIRES", "SHA256"], r.variants.map {
-                        [$0.name, $0.dtype, ByteCount.format($0.size), requirementsText($0.requires), String($0.sha256.prefix(16))]
-                    })
+            let api = global.client()
+            let r = try calling { try api.get("/v1/releases/\(release)", as: ReleaseInfo.self) }
+            let p = try calling { try api.get("/v1/releases/\(release)/packages", as: ReleasePackages.self) }
+            try global.emit(Shown(release: r, packages: p)) {
+                var out = "release \(r.id) serial \(r.serial) catalog \(r.catalogSha256.prefix(16))…\n"
+                out += Table.render(["VARIANT", "DTYPE", "SIZE", "REQUIRES", "SHA256"], r.variants.map {
+                    [$0.name, $0.dtype, ByteCount.format($0.size), requirementsText($0.requires), String($0.sha256.prefix(16))]
+                })
+                let rows = p.variants.flatMap { v in
+                    v.deltas.map { d in
+                        [v.variant, String(d.baseSha256.prefix(12)), d.status, d.method ?? "-",
+                         d.size.map(ByteCount.format) ?? "-", d.size.map { String(format: "%.1f%%", Double($0) * 100 / Double(max(v.size, 1))) } ?? "-"]
+                    }
+                }
+                out += "\npackages:\n"
+                out += rows.isEmpty ? "  no delta packages (every device downloads the full artifact)\n"
+                    : Table.render(["TARGET", "BASE", "STATUS", "METHOD", "SIZE", "OF FULL"], rows)
+                let saved = p.bytesFull > 0 ? 100 - Double(p.bytesSent) * 100 / Double(p.bytesFull) : 0
+                out += "\nrollout: \(p.devices) devices assigned, \(p.devicesViaDelta) via delta; sends \(ByteCount.format(p.bytesSent)) "
+                out += "instead of \(ByteCount.format(p.bytesFull)) as full downloads (\(String(format: "%.1f", saved))% saved)\n"
+                return out
             }
         }
     }

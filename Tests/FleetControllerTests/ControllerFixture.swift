@@ -45,12 +45,11 @@ struct ControllerFixture {
 
     var rootEnvelope: Envelope { get throws { try Envelope.parse(Data(contentsOf: URL(fileURLWithPath: dir + "/keys/root.json"))) } }
 
-    func app() throws -> some ApplicationProtocol {
+    func app(deltaBuilder: (any DeltaBuilding)? = nil) throws -> some ApplicationProtocol {
         let options = ControllerOptions(dataDirectory: dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: dir + "/keys",
                                         configDirectory: configDir)
         let fixedNow = now
-        let router = try Controller.makeRouter(options: options, logger: Logger(label: "test"), clock: { fixedNow })
-        return Application(router: router)
+        return try Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: { fixedNow }, deltaBuilder: deltaBuilder)
     }
 
     func cleanup() { try? FileManager.default.removeItem(atPath: dir) }

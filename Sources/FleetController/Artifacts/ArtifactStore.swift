@@ -82,6 +82,32 @@ struct ArtifactStore: Sendable {
         return ArtifactInfo(sha256: sha, size: hasher.count)
     }
 
+    /// Moves a finished file (made by the controller itself, e.g. a delta) into the store.
+    func adopt(file: String) throws -> ArtifactInfo {
+        let fd = open(file, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw ArtifactError(.io, "cannot open \(file)") }
+        var hasher = StreamingSHA256()
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 { if errno == EINTR { continue }; close(fd); throw ArtifactError(.io, "read failed on \(file)") }
+            if n == 0 { break }
+            buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        }
+        fsync(fd)
+        close(fd)
+        let sha = hasher.finalizeHex()
+        let final = path(sha)!
+        let dir = (final as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        if size(sha) != hasher.count {
+            guard rename(file, final) == 0 else { throw ArtifactError(.io, "rename failed: \(String(cString: strerror(errno)))") }
+            let dfd = open(dir, O_RDONLY | O_DIRECTORY)
+            if dfd >= 0 { fsync(dfd); close(dfd) }
+        }
+        return ArtifactInfo(sha256: sha, size: hasher.count)
+    }
+
     func stats() -> (count: Int, bytes: Int64) {
         var count = 0
         var bytes: Int64 = 0

@@ -14,11 +14,12 @@ actor Director {
     let assignmentTTL: Int64 = 7 * 86_400
     let timestampTTL: Int64 = 86_400
     let pollSeconds: Int
+    let planner: DeltaPlanner
 
     init(store: any FleetStore, keys: OnlineKeys, config: FleetConfig, artifactBaseURL: String?, metrics: ControllerMetrics,
-         logger: Logger, pollSeconds: Int) {
+         logger: Logger, pollSeconds: Int, planner: DeltaPlanner) {
         self.store = store; self.keys = keys; self.config = config; self.artifactBaseURL = artifactBaseURL
-        self.metrics = metrics; self.logger = logger; self.pollSeconds = pollSeconds
+        self.metrics = metrics; self.logger = logger; self.pollSeconds = pollSeconds; self.planner = planner
     }
 
     struct Plan {
@@ -26,15 +27,28 @@ actor Director {
         var selection: Selection
         var variant: CatalogVariant?
         var hardwareClass: HardwareClass?
+        var package: PackageRef?
+        /// A delta for the chosen pair is being built: the device waits for it.
+        var deltaBuilding: Bool
     }
 
     /// The selection for one device and one active rollout; pure apart from the store reads.
-    func plan(facts: DeviceFacts, installed: [String: String], rollout: RolloutRecord) async throws -> Plan? {
+    func plan(facts: DeviceFacts, installed: [String: String], rollout: RolloutRecord, fullOnly: Bool = false) async throws -> Plan? {
         guard let release = try await store.release(rollout.releaseId) else { return nil }
         let model = try await store.model(rollout.model)
         var quality: [String: Double] = [:]
         for v in try await store.variants(model: rollout.model) { quality[v.variant.name] = v.quality }
-        let candidates = release.catalog.variants.map { Candidate(variant: $0, quality: quality[$0.name]) }
+        let base = installed[rollout.model]
+        var deltas: [String: DeltaRecord] = [:]
+        var candidates: [Candidate] = []
+        for v in release.catalog.variants {
+            var c = Candidate(variant: v, quality: quality[v.name])
+            if let base, !fullOnly, let d = try await store.delta(base: base, target: v.sha256), d.status == .ready {
+                deltas[v.sha256] = d
+                c.transferSize = d.packageSize
+            }
+            candidates.append(c)
+        }
         // The classes signed into the catalog are the ones the device will check against.
         let hw = HardwareClassifier.classify(facts, classes: release.catalog.hardwareClasses)
         let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)
@@ -42,7 +56,31 @@ actor Director {
                                                installedSha256: installed[rollout.model],
                                                policy: SelectionPolicy(minQuality: model?.minQuality))
         let chosen = selection.chosen.flatMap { name in release.catalog.variants.first { $0.name == name } }
-        return Plan(release: release, selection: selection, variant: chosen, hardwareClass: hw)
+        var package: PackageRef? = nil
+        var building = false
+        if let chosen, let base, base != chosen.sha256 {
+            if let d = deltas[chosen.sha256], let sha = d.packageSha256, let size = d.packageSize {
+                package = PackageRef(kind: PackageRef.delta, sha256: sha, size: size, url: artifactURL(sha), baseSha256: base)
+            } else if !fullOnly, planner.enabled {
+                try await planner.request(base: base, target: chosen.sha256)
+                building = try await store.delta(base: base, target: chosen.sha256)?.status == .building
+            }
+        }
+        return Plan(release: release, selection: selection, variant: chosen, hardwareClass: hw, package: package, deltaBuilding: building)
+    }
+
+    func artifactURL(_ sha256: String) -> String { "\(artifactBaseURL ?? "")/v1/artifacts/\(sha256)" }
+
+    /// At rollout start: the delta each device will want, from what it runs now.
+    func planDeltas(for rollout: RolloutRecord) async throws -> Int {
+        guard planner.enabled else { return 0 }
+        var pairs = Set<String>()
+        for device in try await store.devices() {
+            guard let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout),
+                  let target = plan.variant?.sha256, let base = device.installed[rollout.model], base != target else { continue }
+            pairs.insert(base + target)
+        }
+        return pairs.count
     }
 
     func checkIn(deviceId: String, request: CheckInRequest, now: Int64) async throws -> CheckInResponse {
@@ -55,14 +93,19 @@ actor Director {
         var updates: [ModelUpdate] = []
         var held: [String: String] = [:]
         for rollout in try await store.activeRollouts() {
-            guard let plan = try await plan(facts: facts, installed: request.installed, rollout: rollout) else { continue }
+            let fullOnly = request.fullPackages?.contains(rollout.model) ?? false
+            guard let plan = try await plan(facts: facts, installed: request.installed, rollout: rollout, fullOnly: fullOnly) else { continue }
             guard let variant = plan.variant, let hwClass = plan.hardwareClass else {
                 let why = plan.selection.overBudget ? "over-budget" : "no-variant-fits"
                 held[rollout.model] = why
                 continue
             }
+            if plan.deltaBuilding {
+                held[rollout.model] = "delta-building"
+                continue
+            }
             let envelope = try await assignment(deviceId: deviceId, hardwareClass: hwClass.name, release: plan.release,
-                                                variant: variant, now: now)
+                                                variant: variant, package: plan.package, now: now)
             updates.append(ModelUpdate(model: rollout.model, catalog: plan.release.catalogEnvelope, assignment: envelope))
         }
 
@@ -82,21 +125,22 @@ actor Director {
     /// The stored assignment when it still says the same thing and is not near expiry; otherwise a
     /// new one with the next counter.
     private func assignment(deviceId: String, hardwareClass: String, release: ReleaseRecord, variant: CatalogVariant,
-                            now: Int64) async throws -> Envelope {
+                            package delta: PackageRef?, now: Int64) async throws -> Envelope {
+        let package = delta ?? PackageRef(kind: PackageRef.full, sha256: variant.sha256, size: variant.size, url: artifactURL(variant.sha256))
         for _ in 0..<3 {
             let previous = try await store.assignment(deviceId: deviceId, model: release.model)
-            if let p = previous, p.releaseId == release.id, p.sha256 == variant.sha256, p.expiresAt - now > assignmentTTL / 2 {
+            if let p = previous, p.releaseId == release.id, p.sha256 == variant.sha256, p.packageSha256 == package.sha256,
+               p.expiresAt - now > assignmentTTL / 2 {
                 return p.envelope
             }
             let counter = (previous?.counter ?? 0) + 1
-            let url = "\(artifactBaseURL ?? "")/v1/artifacts/\(variant.sha256)"
             let a = Assignment(deviceId: deviceId, hardwareClass: hardwareClass, model: release.model, release: release.id,
-                               variant: variant.name, sha256: variant.sha256, size: variant.size,
-                               package: PackageRef(kind: "full", sha256: variant.sha256, size: variant.size, url: url),
+                               variant: variant.name, sha256: variant.sha256, size: variant.size, package: package,
                                counter: counter, expiresAt: now + assignmentTTL, catalogSha256: release.catalogSha256)
             let env = try Envelope.sign(a, type: PayloadType.assignment, keys: [keys.director])
             let record = AssignmentRecord(deviceId: deviceId, model: release.model, counter: counter, releaseId: release.id,
-                                          variant: variant.name, sha256: variant.sha256, envelope: env, expiresAt: a.expiresAt)
+                                          variant: variant.name, sha256: variant.sha256, packageSha256: package.sha256,
+                                          envelope: env, expiresAt: a.expiresAt)
             if try await store.replaceAssignment(record, expectedCounter: previous?.counter) {
                 metrics.assignmentsSigned.increment()
                 return env

@@ -66,6 +66,11 @@ struct OperatorRoutes: Sendable {
             return try JSON.response(releaseInfo(release), status: .created)
         }
         router.get("/v1/releases") { _, _ in try JSON.response(try await store.releases().map(releaseInfo)) }
+        router.get("/v1/releases/:id/packages") { _, context in
+            let id = try context.parameters.require("id")
+            guard let r = try await store.release(id) else { throw APIError(.notFound, "unknown-release", "no release \(id)") }
+            return try JSON.response(try await packages(r))
+        }
         router.get("/v1/releases/:id") { _, context in
             let id = try context.parameters.require("id")
             guard let r = try await store.release(id) else { throw APIError(.notFound, "unknown-release", "no release \(id)") }
@@ -81,6 +86,7 @@ struct OperatorRoutes: Sendable {
                 throw APIError(.notFound, "unknown-release", "no release \(body.release)")
             }
             let r = try await store.createRollout(releaseId: release.id, model: release.model, strategy: body.strategy, at: clock())
+            _ = try await director.planDeltas(for: r)
             return try JSON.response(try await rolloutInfo(r), status: .created)
         }
         router.get("/v1/rollouts") { _, _ in
@@ -135,6 +141,32 @@ struct OperatorRoutes: Sendable {
                                    catalog: catalog, createdAt: clock())
         try await store.createRelease(record)
         return record
+    }
+
+    /// Per target variant, the delta packages built; and what the release's assignments send.
+    private func packages(_ r: ReleaseRecord) async throws -> ReleasePackages {
+        var variants: [ReleasePackages.Variant] = []
+        for v in r.catalog.variants {
+            let deltas = try await store.deltas(target: v.sha256).map {
+                ReleasePackages.Delta(baseSha256: $0.baseSha256, status: $0.status.rawValue, method: $0.method,
+                                      packageSha256: $0.packageSha256, size: $0.packageSize, detail: $0.detail)
+            }
+            variants.append(.init(variant: v.name, sha256: v.sha256, size: v.size, deltas: deltas))
+        }
+        var sent: Int64 = 0, full: Int64 = 0, devices = 0, viaDelta = 0
+        for a in try await store.assignments() where a.releaseId == r.id {
+            guard let v = r.catalog.variants.first(where: { $0.sha256 == a.sha256 }) else { continue }
+            devices += 1
+            full += v.size
+            if a.packageSha256 != a.sha256, let body = a.envelope.payloadBytes,
+               let assignment = try? JSONDecoder().decode(Assignment.self, from: Data(body)) {
+                sent += assignment.package.size
+                viaDelta += 1
+            } else {
+                sent += v.size
+            }
+        }
+        return ReleasePackages(release: r.id, variants: variants, devices: devices, devicesViaDelta: viaDelta, bytesSent: sent, bytesFull: full)
     }
 
     private func modelInfo(_ name: String) async throws -> ModelInfo {

@@ -55,8 +55,22 @@ struct AssignmentRecord: Sendable, Equatable {
     var releaseId: String
     var variant: String
     var sha256: String
+    var packageSha256: String
     var envelope: Envelope
     var expiresAt: Int64
+}
+
+/// A delta package from one exact base artifact to one target artifact.
+struct DeltaRecord: Sendable, Equatable {
+    enum Status: String, Sendable { case building, ready, failed }
+    var baseSha256: String
+    var targetSha256: String
+    var status: Status
+    var packageSha256: String?
+    var packageSize: Int64?
+    var method: String?
+    var detail: String?
+    var createdAt: Int64
 }
 
 struct EventIngest: Sendable, Equatable {
@@ -93,6 +107,13 @@ protocol FleetStore: Sendable {
     func assignments() async throws -> [AssignmentRecord]
     /// Stores `record` only if the stored counter is still `expectedCounter` (nil: none stored).
     func replaceAssignment(_ record: AssignmentRecord, expectedCounter: UInt64?) async throws -> Bool
+
+    /// Inserts a `building` record unless one exists for the pair; true when it inserted.
+    func claimDelta(base: String, target: String, at: Int64) async throws -> Bool
+    func finishDelta(_ record: DeltaRecord) async throws
+    func delta(base: String, target: String) async throws -> DeltaRecord?
+    func deltas(target: String) async throws -> [DeltaRecord]
+    func buildingDeltas() async throws -> [(String, String)]
 
     /// Stores each (device, seq) once and updates the device's status from install events.
     func appendEvents(deviceId: String, _ events: [StatusEvent], receivedAt: Int64) async throws -> EventIngest

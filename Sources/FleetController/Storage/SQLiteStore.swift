@@ -38,8 +38,14 @@ final class SQLiteStore: FleetStore {
             try db.execute("""
                 CREATE TABLE IF NOT EXISTS assignments (
                     device_id TEXT NOT NULL, model TEXT NOT NULL, counter INTEGER NOT NULL, release_id TEXT NOT NULL,
-                    variant TEXT NOT NULL, sha256 TEXT NOT NULL, envelope TEXT NOT NULL, expires_at INTEGER NOT NULL,
-                    PRIMARY KEY (device_id, model))
+                    variant TEXT NOT NULL, sha256 TEXT NOT NULL, package_sha256 TEXT NOT NULL, envelope TEXT NOT NULL,
+                    expires_at INTEGER NOT NULL, PRIMARY KEY (device_id, model))
+                """)
+            try db.execute("""
+                CREATE TABLE IF NOT EXISTS deltas (
+                    base_sha256 TEXT NOT NULL, target_sha256 TEXT NOT NULL, status TEXT NOT NULL, package_sha256 TEXT,
+                    package_size INTEGER, method TEXT, detail TEXT, created_at INTEGER NOT NULL,
+                    PRIMARY KEY (base_sha256, target_sha256))
                 """)
             try db.execute("""
                 CREATE TABLE IF NOT EXISTS events (
@@ -190,16 +196,16 @@ final class SQLiteStore: FleetStore {
     private func assignmentRow(_ r: [SQLValue]) throws -> AssignmentRecord {
         AssignmentRecord(deviceId: r[0].text ?? "", model: r[1].text ?? "", counter: UInt64(bitPattern: r[2].int ?? 0),
                          releaseId: r[3].text ?? "", variant: r[4].text ?? "", sha256: r[5].text ?? "",
-                         envelope: try parse(Envelope.self, r[6]), expiresAt: r[7].int ?? 0)
+                         packageSha256: r[6].text ?? "", envelope: try parse(Envelope.self, r[7]), expiresAt: r[8].int ?? 0)
     }
 
     func assignment(deviceId: String, model: String) async throws -> AssignmentRecord? {
-        try db.query("SELECT device_id, model, counter, release_id, variant, sha256, envelope, expires_at FROM assignments WHERE device_id = ? AND model = ?",
+        try db.query("SELECT device_id, model, counter, release_id, variant, sha256, package_sha256, envelope, expires_at FROM assignments WHERE device_id = ? AND model = ?",
                      [deviceId, model]).first.map(assignmentRow)
     }
 
     func assignments() async throws -> [AssignmentRecord] {
-        try db.query("SELECT device_id, model, counter, release_id, variant, sha256, envelope, expires_at FROM assignments").map(assignmentRow)
+        try db.query("SELECT device_id, model, counter, release_id, variant, sha256, package_sha256, envelope, expires_at FROM assignments").map(assignmentRow)
     }
 
     func replaceAssignment(_ a: AssignmentRecord, expectedCounter: UInt64?) async throws -> Bool {
@@ -208,13 +214,50 @@ final class SQLiteStore: FleetStore {
                 .first.map { UInt64(bitPattern: $0[0].int ?? 0) }
             guard current == expectedCounter else { return false }
             try db.execute("""
-                INSERT INTO assignments (device_id, model, counter, release_id, variant, sha256, envelope, expires_at)
-                VALUES (?,?,?,?,?,?,?,?)
+                INSERT INTO assignments (device_id, model, counter, release_id, variant, sha256, package_sha256, envelope, expires_at)
+                VALUES (?,?,?,?,?,?,?,?,?)
                 ON CONFLICT(device_id, model) DO UPDATE SET counter=excluded.counter, release_id=excluded.release_id,
-                  variant=excluded.variant, sha256=excluded.sha256, envelope=excluded.envelope, expires_at=excluded.expires_at
-                """, [a.deviceId, a.model, a.counter, a.releaseId, a.variant, a.sha256, try json(a.envelope), a.expiresAt])
+                  variant=excluded.variant, sha256=excluded.sha256, package_sha256=excluded.package_sha256,
+                  envelope=excluded.envelope, expires_at=excluded.expires_at
+                """, [a.deviceId, a.model, a.counter, a.releaseId, a.variant, a.sha256, a.packageSha256, try json(a.envelope), a.expiresAt])
             return true
         }
+    }
+
+    // MARK: deltas
+
+    func claimDelta(base: String, target: String, at: Int64) async throws -> Bool {
+        try db.transaction {
+            try db.execute("INSERT OR IGNORE INTO deltas (base_sha256, target_sha256, status, created_at) VALUES (?,?,'building',?)",
+                           [base, target, at])
+            return db.changes == 1
+        }
+    }
+
+    func finishDelta(_ d: DeltaRecord) async throws {
+        try db.execute("""
+            UPDATE deltas SET status = ?, package_sha256 = ?, package_size = ?, method = ?, detail = ?
+            WHERE base_sha256 = ? AND target_sha256 = ?
+            """, [d.status.rawValue, d.packageSha256, d.packageSize, d.method, d.detail, d.baseSha256, d.targetSha256])
+    }
+
+    private func deltaRow(_ r: [SQLValue]) -> DeltaRecord {
+        DeltaRecord(baseSha256: r[0].text ?? "", targetSha256: r[1].text ?? "", status: DeltaRecord.Status(rawValue: r[2].text ?? "") ?? .failed,
+                    packageSha256: r[3].text, packageSize: r[4].int, method: r[5].text, detail: r[6].text, createdAt: r[7].int ?? 0)
+    }
+
+    private let deltaColumns = "base_sha256, target_sha256, status, package_sha256, package_size, method, detail, created_at"
+
+    func delta(base: String, target: String) async throws -> DeltaRecord? {
+        try db.query("SELECT \(deltaColumns) FROM deltas WHERE base_sha256 = ? AND target_sha256 = ?", [base, target]).first.map(deltaRow)
+    }
+
+    func deltas(target: String) async throws -> [DeltaRecord] {
+        try db.query("SELECT \(deltaColumns) FROM deltas WHERE target_sha256 = ? ORDER BY base_sha256", [target]).map(deltaRow)
+    }
+
+    func buildingDeltas() async throws -> [(String, String)] {
+        try db.query("SELECT base_sha256, target_sha256 FROM deltas WHERE status = 'building'").map { ($0[0].text ?? "", $0[1].text ?? "") }
     }
 
     // MARK: events

@@ -23,13 +23,21 @@ public struct InstallJob: Codable, Equatable, Sendable {
     public var counter: UInt64
     /// The slot that was current when the job started; nil on a first install.
     public var previousSha256: String?
+    /// What is downloaded when it is not the artifact itself: a delta against `package.baseSha256`.
+    public var package: PackageRef?
 
     public init(model: String, release: String, variant: String, sha256: String, size: Int64, fileName: String,
-                url: String, counter: UInt64, previousSha256: String?) {
+                url: String, counter: UInt64, previousSha256: String?, package: PackageRef? = nil) {
         self.model = model; self.release = release; self.variant = variant; self.sha256 = sha256
         self.size = size; self.fileName = fileName; self.url = url; self.counter = counter
-        self.previousSha256 = previousSha256
+        self.previousSha256 = previousSha256; self.package = package
     }
+
+    /// The bytes fetched: the delta package, or the artifact.
+    public var downloadSha256: String { package?.sha256 ?? sha256 }
+    public var downloadSize: Int64 { package?.size ?? size }
+    public var downloadURL: String { package?.url ?? url }
+    public var isDelta: Bool { package?.kind == PackageRef.delta }
 }
 
 public struct InstallState: Codable, Equatable, Sendable {

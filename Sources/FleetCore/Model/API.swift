@@ -148,3 +148,39 @@ public struct APIErrorBody: Codable, Sendable {
     }
 }
 
+
+/// The packages of a release: per target variant the deltas built, and the bytes its assignments
+/// send compared with full downloads.
+public struct ReleasePackages: Codable, Equatable, Sendable {
+    public struct Delta: Codable, Equatable, Sendable {
+        public var baseSha256: String
+        public var status: String
+        public var method: String?
+        public var packageSha256: String?
+        public var size: Int64?
+        public var detail: String?
+        public init(baseSha256: String, status: String, method: String?, packageSha256: String?, size: Int64?, detail: String?) {
+            self.baseSha256 = baseSha256; self.status = status; self.method = method; self.packageSha256 = packageSha256
+            self.size = size; self.detail = detail
+        }
+    }
+    public struct Variant: Codable, Equatable, Sendable {
+        public var variant: String
+        public var sha256: String
+        public var size: Int64
+        public var deltas: [Delta]
+        public init(variant: String, sha256: String, size: Int64, deltas: [Delta]) {
+            self.variant = variant; self.sha256 = sha256; self.size = size; self.deltas = deltas
+        }
+    }
+    public var release: String
+    public var variants: [Variant]
+    public var devices: Int
+    public var devicesViaDelta: Int
+    public var bytesSent: Int64
+    public var bytesFull: Int64
+    public init(release: String, variants: [Variant], devices: Int, devicesViaDelta: Int, bytesSent: Int64, bytesFull: Int64) {
+        self.release = release; self.variants = variants; self.devices = devices; self.devicesViaDelta = devicesViaDelta
+        self.bytesSent = bytesSent; self.bytesFull = bytesFull
+    }
+}

@@ -4,9 +4,13 @@ public struct CheckInRequest: Codable, Equatable, Sendable {
     public var installed: [String: String]          // model -> sha256 of the current slot
     public var agentVersion: String
     public var phase: String?                       // install phase, for the operator's view
+    /// Models whose delta could not be applied here: send the whole artifact if the budget allows.
+    public var fullPackages: [String]?
 
-    public init(facts: DeviceFacts, installed: [String: String], agentVersion: String, phase: String? = nil) {
+    public init(facts: DeviceFacts, installed: [String: String], agentVersion: String, phase: String? = nil,
+                fullPackages: [String]? = nil) {
         self.facts = facts; self.installed = installed; self.agentVersion = agentVersion; self.phase = phase
+        self.fullPackages = fullPackages
     }
 }
 

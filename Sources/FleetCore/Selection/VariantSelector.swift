@@ -2,10 +2,13 @@
 public struct Candidate: Equatable, Sendable {
     public var variant: CatalogVariant
     public var quality: Double?        // mean cosine vs the base, when measured
+    /// Bytes the device would download: a delta against what it runs, when one is built.
+    public var transferSize: Int64?
 
-    public init(variant: CatalogVariant, quality: Double? = nil) {
+    public init(variant: CatalogVariant, quality: Double? = nil, transferSize: Int64? = nil) {
         self.variant = variant
         self.quality = quality
+        self.transferSize = transferSize
     }
 }
 
@@ -79,12 +82,14 @@ public enum VariantSelector {
             if v.sha256 != installedSha256, diskNeed > facts.diskFreeBytes {
                 verdicts.append(verdict(false, "needs \(ByteCount.format(diskNeed)) free disk, device has \(ByteCount.format(facts.diskFreeBytes))")); continue
             }
-            if let budget = tier?.budgetBytes, v.sha256 != installedSha256, v.size > budget {
-                verdicts.append(verdict(false, "\(ByteCount.format(v.size)) exceeds the \(tier!.name) budget of \(ByteCount.format(budget))"))
+            let transfer = c.transferSize ?? v.size
+            if let budget = tier?.budgetBytes, v.sha256 != installedSha256, transfer > budget {
+                verdicts.append(verdict(false, "\(ByteCount.format(transfer)) download exceeds the \(tier!.name) budget of \(ByteCount.format(budget))"))
                 budgetBlocked.append((rank, c))
                 continue
             }
-            verdicts.append(verdict(true, "runs \(v.dtype) (preference \(rank + 1) of \(hw.name))"))
+            let via = c.transferSize.map { " via a \(ByteCount.format($0)) delta" } ?? ""
+            verdicts.append(verdict(true, "runs \(v.dtype) (preference \(rank + 1) of \(hw.name))\(via)"))
             eligible.append((verdicts.count - 1, rank, c))
         }
         // Best format for the class first, then measured quality, then the smaller download.

@@ -101,9 +101,11 @@ public struct ReleaseCatalog: Codable, Equatable, Sendable {
     }
 }
 
-/// How the artifact travels: whole, or (later) as a delta against a base the device has.
+/// How the artifact travels: whole, or as a delta against the exact model the device runs.
 public struct PackageRef: Codable, Equatable, Sendable {
-    public var kind: String            // "full"
+    public static let full = "full"
+    public static let delta = "delta"
+    public var kind: String            // "full" or "delta"
     public var sha256: String
     public var size: Int64
     public var url: String

@@ -104,9 +104,22 @@ public enum UpdateVerifier {
             throw TrustError(.wrongHardwareClass, "variant \(variant.name) \(unmet)")
         }
         let pkg = assignment.package
-        guard pkg.kind == "full" else { throw TrustError(.unsupported, "package kind \(pkg.kind)") }
-        guard pkg.sha256 == variant.sha256 else { throw TrustError(.hashMismatch, "package hash differs from the catalog") }
-        guard pkg.size == variant.size else { throw TrustError(.lengthMismatch, "package length differs from the catalog") }
+        switch pkg.kind {
+        case PackageRef.full:
+            guard pkg.sha256 == variant.sha256 else { throw TrustError(.hashMismatch, "package hash differs from the catalog") }
+            guard pkg.size == variant.size else { throw TrustError(.lengthMismatch, "package length differs from the catalog") }
+        case PackageRef.delta:
+            // The delta itself is made online; what it must produce is the release-signed artifact,
+            // checked after it is applied. Its own length is bounded so a server cannot send without end.
+            guard let base = pkg.baseSha256, Digest.isSHA256Hex(base), Digest.isSHA256Hex(pkg.sha256) else {
+                throw TrustError(.malformed, "delta package without a valid base or package hash")
+            }
+            guard pkg.size > 0, pkg.size <= variant.size * 2 + (1 << 20) else {
+                throw TrustError(.lengthMismatch, "delta package of \(pkg.size) bytes for a \(variant.size)-byte artifact")
+            }
+        default:
+            throw TrustError(.unsupported, "package kind \(pkg.kind)")
+        }
         return VerifiedUpdate(assignment: assignment, variant: variant, catalog: catalog, state: next)
     }
 }

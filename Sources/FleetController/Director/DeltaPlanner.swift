@@ -1,0 +1,71 @@
+import FleetCore
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Makes a delta package from one artifact file to another.
+protocol DeltaBuilding: Sendable {
+    /// Writes the package to `output` and returns the method it used.
+    func build(base: String, target: String, output: String) throws -> String
+}
+
+/// Builds delta packages in the background, one at a time (they are CPU-bound), for the
+/// (installed base, target) pairs the director asks for: at rollout start from the census of what
+/// devices run, and on demand for a pair a check-in meets first.
+final class DeltaPlanner: Service, Sendable {
+    let store: any FleetStore
+    let artifacts: ArtifactStore
+    let builder: (any DeltaBuilding)?
+    let logger: Logger
+    let clock: @Sendable () -> Int64
+    private let queue: AsyncStream<(String, String)>
+    private let continuation: AsyncStream<(String, String)>.Continuation
+
+    init(store: any FleetStore, artifacts: ArtifactStore, builder: (any DeltaBuilding)?, logger: Logger, clock: @escaping @Sendable () -> Int64) {
+        self.store = store; self.artifacts = artifacts; self.builder = builder; self.logger = logger; self.clock = clock
+        (queue, continuation) = AsyncStream.makeStream(of: (String, String).self)
+    }
+
+    var enabled: Bool { builder != nil }
+
+    /// Queues a build unless the pair was built, is building, or failed before.
+    func request(base: String, target: String) async throws {
+        guard enabled, base != target, artifacts.size(base) != nil, artifacts.size(target) != nil else { return }
+        if try await store.claimDelta(base: base, target: target, at: clock()) {
+            continuation.yield((base, target))
+        }
+    }
+
+    func run() async throws {
+        for (base, target) in try await store.buildingDeltas() { continuation.yield((base, target)) }   // cut by a restart
+        for await (base, target) in queue.cancelOnGracefulShutdown() {
+            await build(base: base, target: target)
+        }
+    }
+
+    private func build(base: String, target: String) async {
+        guard let builder, let basePath = artifacts.path(base), let targetPath = artifacts.path(target),
+              let targetSize = artifacts.size(target) else { return }
+        let output = "\(artifacts.root)/incoming/delta-\(UUID().uuidString)"
+        defer { unlink(output) }
+        var record = DeltaRecord(baseSha256: base, targetSha256: target, status: .failed, createdAt: clock())
+        let start = Date()
+        do {
+            record.method = try builder.build(base: basePath, target: targetPath, output: output)
+            let info = try artifacts.adopt(file: output)
+            record.packageSha256 = info.sha256
+            record.packageSize = info.size
+            if info.size >= targetSize {
+                record.detail = "not smaller than the full artifact (\(info.size) ≥ \(targetSize) bytes)"
+            } else {
+                record.status = .ready
+            }
+        } catch {
+            record.detail = "\(error)"
+        }
+        logger.info("delta built", metadata: ["base": "\(base.prefix(12))", "target": "\(target.prefix(12))", "status": "\(record.status.rawValue)",
+                                              "method": "\(record.method ?? "-")", "bytes": "\(record.packageSize ?? 0)",
+                                              "seconds": "\(Int(Date().timeIntervalSince(start)))", "detail": "\(record.detail ?? "")"])
+        try? await store.finishDelta(record)
+    }
+}
