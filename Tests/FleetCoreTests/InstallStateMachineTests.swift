@@ -37,6 +37,19 @@ import Testing
         #expect(current.failure == nil)
     }
 
+    @Test func downloadIsTheArtifactOrTheDelta() {
+        #expect(job.downloadSha256 == job.sha256 && job.downloadSize == job.size && job.downloadURL == job.url)
+        #expect(!job.isDelta)
+        var d = job
+        d.package = PackageRef(kind: PackageRef.delta, sha256: Digest.sha256Hex(Array("d".utf8)), size: 5,
+                               url: "https://cdn.example/d", baseSha256: job.previousSha256)
+        #expect(d.isDelta)
+        #expect(d.downloadSha256 == d.package?.sha256 && d.downloadSize == 5 && d.downloadURL == "https://cdn.example/d")
+        #expect(d.sha256 == job.sha256)   // what the slot must end up holding does not change
+        d.package?.kind = PackageRef.full
+        #expect(!d.isDelta)
+    }
+
     @Test func reportCarriesTheJobIdentity() {
         let r = InstallReport(kind: "failed", job: job, detail: "disk full")
         #expect(r.model == job.model && r.sha256 == job.sha256 && r.release == job.release && r.detail == "disk full")

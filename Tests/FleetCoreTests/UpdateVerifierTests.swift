@@ -335,7 +335,52 @@ import Testing
     }
 
     @Test func packageOfUnknownKindIsRejected() {
-        expectRejection(.unsupported, F.bundle(assignment: { $0.package.kind = "delta" }))
+        expectRejection(.unsupported, F.bundle(assignment: { $0.package.kind = "bsdiff" }))
+        expectRejection(.unsupported, F.bundle(assignment: { $0.package.kind = "" }))
+        expectRejection(.unsupported, F.bundle(assignment: { $0.package.kind = "Full" }))
+    }
+
+    // MARK: Delta packages
+
+    /// A delta from the fp16 slot the device runs to the int8 artifact.
+    private static func delta(size: Int64 = 5 * Fixture.MB, sha256: String = Digest.sha256Hex(Array("delta".utf8)),
+                              base: String? = Fixture.fp16.sha256) -> PackageRef {
+        PackageRef(kind: PackageRef.delta, sha256: sha256, size: size, url: "https://cdn.example/d/x", baseSha256: base)
+    }
+
+    @Test func acceptsDeltaPackage() throws {
+        let pkg = Self.delta()
+        let result = try F.verify(F.bundle(assignment: { $0.package = pkg }), state: F.pinnedState())
+        #expect(result.assignment.package == pkg)
+        #expect(result.variant == F.int8)   // what the delta must produce is still the catalog's artifact
+    }
+
+    @Test func deltaWithoutAValidBaseIsRejected() {
+        expectRejection(.malformed, F.bundle(assignment: { $0.package = Self.delta(base: nil) }))
+        expectRejection(.malformed, F.bundle(assignment: { $0.package = Self.delta(base: "") }))
+        expectRejection(.malformed, F.bundle(assignment: { $0.package = Self.delta(base: F.fp16.sha256.uppercased()) }))
+        expectRejection(.malformed, F.bundle(assignment: { $0.package = Self.delta(base: "../../" + String(F.fp16.sha256.dropFirst(6))) }))
+    }
+
+    @Test func deltaWithoutAValidHashIsRejected() {
+        expectRejection(.malformed, F.bundle(assignment: { $0.package = Self.delta(sha256: "") }))
+        expectRejection(.malformed, F.bundle(assignment: { $0.package = Self.delta(sha256: "not-a-hash") }))
+    }
+
+    /// Endless-data attack: a delta's length is bounded by the artifact it must produce.
+    @Test func deltaOfUnboundedLengthIsRejected() throws {
+        let bound = F.int8.size * 2 + (1 << 20)
+        expectRejection(.lengthMismatch, F.bundle(assignment: { $0.package = Self.delta(size: bound + 1) }))
+        expectRejection(.lengthMismatch, F.bundle(assignment: { $0.package = Self.delta(size: Int64.max) }))
+        expectRejection(.lengthMismatch, F.bundle(assignment: { $0.package = Self.delta(size: 0) }))
+        expectRejection(.lengthMismatch, F.bundle(assignment: { $0.package = Self.delta(size: -1) }))
+        #expect(try F.verify(F.bundle(assignment: { $0.package = Self.delta(size: bound) }), state: F.pinnedState()).variant == F.int8)
+    }
+
+    @Test func deltaDoesNotExcuseTheOtherChecks() {
+        expectRejection(.notInCatalog, F.bundle(assignment: { $0.package = Self.delta(); $0.sha256 = Self.delta().sha256 }))
+        expectRejection(.lengthMismatch, F.bundle(assignment: { $0.package = Self.delta(); $0.size = 5 * F.MB }))
+        expectRejection(.wrongDevice, F.bundle(assignment: { $0.package = Self.delta() }), deviceId: "edge-0002")
     }
 
     // MARK: Mix and match

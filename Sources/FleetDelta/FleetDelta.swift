@@ -1,1 +1,0 @@
-// Delta packages; see docs/DELTA.md.
