@@ -34,12 +34,12 @@ let package = Package(
         // The one HTTP client (libcurl) shared by the agent and fleetctl.
         .target(name: "FleetClient", dependencies: ["FleetCore", "CCurl"]),
         .target(name: "FleetAgent", dependencies: [
-            "FleetCore", "FleetClient", "CZstd",
+            "FleetCore", "FleetClient", "FleetDelta", "CZstd",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .target(name: "FleetController", dependencies: [
-            "FleetCore", "CSQLite",
+            "FleetCore", "FleetDelta", "CSQLite",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),

@@ -1,6 +1,7 @@
 import Dispatch
 import FleetClient
 import FleetCore
+import FleetDelta
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -51,6 +52,7 @@ public final class Agent: @unchecked Sendable {
     let installer: Installer
     private let stopFlag = StopFlag()
     private var savedLink: LinkStats?
+    private var recovered = false
 
     public init(options: AgentOptions, logger: Logger) throws {
         self.options = options
@@ -93,6 +95,15 @@ public final class Agent: @unchecked Sendable {
                               shouldStop: { stop.isSet },
                               journal: try state.load("journal.json", as: Journal.self) ?? Journal(),
                               outbox: try state.load("outbox.json", as: Outbox.self) ?? Outbox())
+        installer.applyDelta = { base, patch, output, expected in
+            // The decoder checks the base hash first and the target hash last; the target it makes
+            // must also be the one the release signed.
+            let header = try DeltaDecoder.readHeader(patch)
+            guard header.targetSha256 == expected else {
+                throw DeltaApplyError(message: "package makes \(header.targetSha256.prefix(12)), the release says \(expected.prefix(12))")
+            }
+            _ = try DeltaDecoder.apply(base: base, patch: patch, output: output)
+        }
         installer.link = try? state.load("link.json", as: LinkStats.self)
         savedLink = installer.link
     }
@@ -128,9 +139,12 @@ public final class Agent: @unchecked Sendable {
     /// send status events.
     public func cycle() -> CycleResult {
         do {
-            for (model, s) in installer.journal.installs where !s.phase.isTerminal {
+            // After a start, every model's journal gets its recovery (clean-up included); later,
+            // only installs a cut connection left unfinished.
+            for (model, s) in installer.journal.installs.sorted(by: { $0.key < $1.key }) where !recovered || !s.phase.isTerminal {
                 _ = try installer.resume(model: model)
             }
+            recovered = true
             let facts = try currentFacts()
             let fullOnly = installer.journal.deltaFailed.keys.sorted()
             let request = CheckInRequest(facts: facts, installed: slots.installed(), agentVersion: Self.version,

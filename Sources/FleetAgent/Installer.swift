@@ -46,7 +46,7 @@ final class Installer {
         let s = journal.installs[model] ?? .idle
         let actions = InstallStateMachine.recoveryActions(s)
         if actions.isEmpty { return .finished(s.phase) }
-        logger.info("resuming install", metadata: ["model": "\(model)", "phase": "\(s.phase.rawValue)"])
+        if !s.phase.isTerminal { logger.info("resuming install", metadata: ["model": "\(model)", "phase": "\(s.phase.rawValue)"]) }
         return try drive(model: model, actions: actions)
     }
 

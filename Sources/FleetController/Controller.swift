@@ -16,31 +16,37 @@ public struct ControllerOptions: Sendable {
     public var pollSeconds: Int
     /// Build and serve delta packages against what devices run.
     public var deltas: Bool
+    /// Seconds between evaluations of staged rollouts' gates; nil: only when asked (tests).
+    public var rolloutTickSeconds: Double?
 
     public init(dataDirectory: String, host: String, port: Int, keysDirectory: String, configDirectory: String,
-                artifactBaseURL: String? = nil, maxArtifactBytes: Int64 = 8 << 30, pollSeconds: Int = 30, deltas: Bool = true) {
+                artifactBaseURL: String? = nil, maxArtifactBytes: Int64 = 8 << 30, pollSeconds: Int = 30, deltas: Bool = true,
+                rolloutTickSeconds: Double? = 5) {
         self.dataDirectory = dataDirectory; self.host = host; self.port = port; self.keysDirectory = keysDirectory
         self.configDirectory = configDirectory; self.artifactBaseURL = artifactBaseURL
         self.maxArtifactBytes = maxArtifactBytes; self.pollSeconds = pollSeconds; self.deltas = deltas
+        self.rolloutTickSeconds = rolloutTickSeconds
     }
 }
 
 public enum Controller {
     static func wallClock() -> Int64 { Int64(Date().timeIntervalSince1970) }
 
-    /// The controller as an application: every route, and the delta planner as a service.
-    /// Tests drive it with `app.test(.router)`.
+    /// The controller as an application: every route, and the delta planner and rollout driver as
+    /// services. Tests drive it with `app.test(.router)` and tick the driver with their own clock.
     static func makeApplication(options: ControllerOptions, logger: Logger, clock: @escaping @Sendable () -> Int64 = wallClock,
                                 metrics: ControllerMetrics = ControllerMetrics(),
-                                deltaBuilder: (any DeltaBuilding)? = nil) throws -> some ApplicationProtocol {
+                                deltaBuilder: (any DeltaBuilding)? = nil) throws -> (some ApplicationProtocol, RolloutDriver) {
         try FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
         let config = try FleetConfig.load(directory: options.configDirectory)
         let keys = try OnlineKeys.load(directory: options.keysDirectory, now: clock())
         let store = try SQLiteStore(path: options.dataDirectory + "/fleet.sqlite")
         let artifacts = try ArtifactStore(root: options.dataDirectory + "/artifacts")
+        let policies = try PolicyLoader.load(directory: options.configDirectory)
         let planner = DeltaPlanner(store: store, artifacts: artifacts, builder: deltaBuilder, logger: logger, clock: clock)
+        let driver = RolloutDriver(store: store, logger: logger, clock: clock, tickSeconds: options.rolloutTickSeconds, metrics: metrics)
         let director = Director(store: store, keys: keys, config: config, artifactBaseURL: options.artifactBaseURL,
-                                metrics: metrics, logger: logger, pollSeconds: options.pollSeconds, planner: planner)
+                                metrics: metrics, logger: logger, pollSeconds: options.pollSeconds, planner: planner, driver: driver)
 
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: ErrorMiddleware())
@@ -53,17 +59,19 @@ public enum Controller {
         }
         DeviceRoutes(director: director, store: store, metrics: metrics, clock: clock).register(router)
         ArtifactRoutes(artifacts: artifacts, metrics: metrics, maxArtifactBytes: options.maxArtifactBytes).register(router)
-        OperatorRoutes(director: director, store: store, artifacts: artifacts, config: config, keys: keys, clock: clock).register(router)
-        return Application(
+        OperatorRoutes(director: director, store: store, artifacts: artifacts, config: config, keys: keys, policies: policies,
+                       driver: driver, clock: clock).register(router)
+        let app = Application(
             router: router,
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "edgefleet-controller"),
-            services: [planner],
+            services: [planner, driver],
             logger: logger)
+        return (app, driver)
     }
 
     /// Runs the controller until SIGTERM or SIGINT, then drains in-flight requests and stops.
     public static func serve(options: ControllerOptions, logger: Logger) async throws {
-        let app = try makeApplication(options: options, logger: logger, deltaBuilder: options.deltas ? FleetDeltaBuilder() : nil)
+        let (app, _) = try makeApplication(options: options, logger: logger, deltaBuilder: options.deltas ? FleetDeltaBuilder() : nil)
         logger.info("controller listening", metadata: ["listen": "\(options.host):\(options.port)", "data": "\(options.dataDirectory)"])
         try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
     }

@@ -8,7 +8,8 @@
 extension StringProtocol {
     /// Without leading and trailing ASCII white space (FoundationEssentials has no trimmingCharacters).
     public var trimmed: String {
-        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "\r" }
+        // ASCII white space only, "\r\n" (one Character) included; no-break spaces are content.
+        let isSpace: (Character) -> Bool = { $0.isASCII && $0.isWhitespace }
         guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else { return "" }
         return String(self[first...last])
     }

@@ -35,7 +35,7 @@ final class InputFile {
 
     func read(at offset: Int64, count: Int) throws(DeltaError) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
-        try out.withUnsafeMutableBytes { (b: UnsafeMutableRawBufferPointer) throws(DeltaError) in try read(at: offset, into: b) }
+        try out.withMutableBytes { (b: UnsafeMutableRawBufferPointer) throws(DeltaError) in try read(at: offset, into: b) }
         return out
     }
 
@@ -178,4 +178,17 @@ final class MappedFile {
 
     /// Tells the kernel the map will be read front to back (read-ahead), or that it is done with it.
     func adviseSequential() { if let base { madvise(base, size, MADV_SEQUENTIAL) } }
+}
+
+extension Array where Element == UInt8 {
+    /// `withUnsafeBytes` keeping the typed error (the standard one rethrows `any Error`).
+    func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws(DeltaError) -> R) throws(DeltaError) -> R {
+        let result: Result<R, DeltaError> = withUnsafeBytes { b in Result { () throws(DeltaError) -> R in try body(b) } }
+        return try result.get()
+    }
+
+    mutating func withMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws(DeltaError) -> R) throws(DeltaError) -> R {
+        let result: Result<R, DeltaError> = withUnsafeMutableBytes { b in Result { () throws(DeltaError) -> R in try body(b) } }
+        return try result.get()
+    }
 }

@@ -18,7 +18,7 @@ struct FleetCtl: ParsableCommand {
         abstract: "Operate an EdgeFleet: keys, models, variants, releases, rollouts, devices.",
         discussion: "The controller URL comes from --controller or the FLEET_CONTROLLER environment variable.",
         subcommands: [Keys.self, ModelCommand.self, VariantCommand.self, ReleaseCommand.self, RolloutCommand.self,
-                      DevicesCommand.self, StatusCommand.self])
+                      DevicesCommand.self, StatusCommand.self, DeltaCommand.self])
 }
 
 struct GlobalOptions: ParsableArguments {
@@ -71,13 +71,18 @@ struct GlobalOptions: ParsableArguments {
 struct API {
     let base: String
     let http = HTTPClient()
+    /// Recorded by the controller with every change (the audit trail names who did what).
+    var actor: [String: String] {
+        let user = ProcessInfo.processInfo.environment["USER"] ?? "operator"
+        return ["X-Fleet-Actor": Name.isValid(user) ? user : "operator"]
+    }
 
     func get<T: Decodable>(_ path: String, as: T.Type) throws -> T {
         try http.json("GET", base + path, body: Optional<String>.none, as: T.self)
     }
 
     func post<B: Encodable, T: Decodable>(_ path: String, _ body: B, as: T.Type) throws -> T {
-        try http.json("POST", base + path, body: body, as: T.self)
+        try http.json("POST", base + path, body: body, headers: actor, as: T.self)
     }
 }
 

@@ -103,22 +103,25 @@ func requirementsText(_ r: Requirements) -> String {
 }
 
 struct RolloutCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "rollout", abstract: "Start and watch rollouts.",
-                                                    subcommands: [Start.self, List.self])
+    static let configuration = CommandConfiguration(commandName: "rollout", abstract: "Start, watch and steer rollouts.",
+                                                    subcommands: [Start.self, List.self, Status.self, Promote.self, Pause.self, Resume.self, Abort.self])
 
     struct Start: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Roll a release out.")
+        static let configuration = CommandConfiguration(
+            abstract: "Roll a release out: in staged phases per cell gated on telemetry (--policy), or to every device at once (--all).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Release id, MODEL@VERSION.") var release: String
-        @Flag(help: "Send the release to every device at once.") var all = false
+        @Option(help: "Rollout policy from the controller's fleet/policies (e.g. canary).") var policy: String?
+        @Flag(help: "Send the release to every device at once, without phases or gates.") var all = false
 
         func validate() throws {
-            guard all else { throw ValidationError("choose a strategy: --all (staged canary policies are not available yet)") }
+            guard all != (policy != nil) else { throw ValidationError("choose one: --policy NAME (staged) or --all") }
         }
 
         func run() throws {
-            let r = try calling { try global.client().post("/v1/rollouts", NewRollout(release: release, strategy: "all"), as: RolloutInfo.self) }
-            try global.emit(r) { "rollout \(r.id) of \(r.release) started (strategy \(r.strategy))\n" }
+            let body = NewRollout(release: release, strategy: all ? "all" : "staged", policy: policy)
+            let r = try calling { try global.client().post("/v1/rollouts", body, as: RolloutInfo.self) }
+            try global.emit(r) { "rollout \(r.id) of \(r.release) started (\(r.strategy == "all" ? "all devices at once" : "policy \(r.strategy)"))\n" }
         }
     }
 
@@ -128,9 +131,88 @@ struct RolloutCommand: ParsableCommand {
         func run() throws {
             let list = try calling { try global.client().get("/v1/rollouts", as: [RolloutInfo].self) }
             try global.emit(list) {
-                Table.render(["ID", "RELEASE", "STATE", "TARGETED", "COMMITTED", "FAILED", "HELD"],
-                             list.map { ["\($0.id)", $0.release, $0.state, "\($0.targeted)", "\($0.committed)", "\($0.failed)", "\($0.held)"] })
+                Table.render(["ID", "RELEASE", "STRATEGY", "STATE", "TARGETED", "COMMITTED", "FAILED", "HELD"],
+                             list.map { ["\($0.id)", $0.release, $0.strategy, $0.state, "\($0.targeted)", "\($0.committed)", "\($0.failed)", "\($0.held)"] })
             }
+        }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a rollout per cell: phase, progress, gates; --watch redraws it.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Rollout id.") var id: Int64
+        @Flag(help: "Redraw every --interval seconds until the rollout stops changing state (Ctrl-C to leave).") var watch = false
+        @Option(help: "Seconds between redraws with --watch.") var interval: Double = 2
+
+        func run() throws {
+            let api = global.client()
+            repeat {
+                let s = try calling { try api.get("/v1/rollouts/\(id)", as: RolloutStatus.self) }
+                if watch && !global.json { print("\u{1B}[2J\u{1B}[H", terminator: "") }
+                try global.emit(s) { render(s) }
+                if !watch || s.rollout.state != "active" { break }
+                usleep(UInt32(interval * 1_000_000))
+            } while true
+        }
+
+        func render(_ s: RolloutStatus) -> String {
+            var out = "rollout \(s.rollout.id): \(s.rollout.release) \(s.rollout.state)"
+            out += s.previousRelease.map { " (control: \($0))" } ?? ""
+            out += s.policy.map { ", policy \($0.name)" } ?? ", all devices at once"
+            out += "\n"
+            out += Table.render(["CELL", "STATUS", "PHASE", "COHORT", "PROGRESS", "GATES"], s.cells.map { c in
+                let o = c.observation
+                let done = o?.finished ?? 0, total = o?.targeted ?? 0
+                return [c.cell, c.status, "\(c.phase)/\(c.phases)", String(format: "%.0f%%", c.cohortShare * 100),
+                        bar(done, total) + " \(done)/\(total)", c.gates.map(gateText).joined(separator: " ")]
+            })
+            for c in s.cells { if let g = c.failedGate { out += "  \(c.cell) stopped by \(gateText(g))\n" } }
+            if let last = s.actions.last { out += "last action: \(timeText(last.at)) \(last.actor) \(last.action) \(last.cell ?? "") \(last.detail ?? "")\n" }
+            return out
+        }
+
+        func bar(_ done: Int, _ total: Int) -> String {
+            let width = 12
+            let filled = total > 0 ? width * done / total : 0
+            return "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "]"
+        }
+
+        func gateText(_ g: GateResult) -> String {
+            let mark = g.passed.map { $0 ? "ok" : "FAIL" } ?? "wait"
+            return "\(g.metric)=\(g.observed.map { String(format: "%.2f", $0) } ?? "-")/\(String(format: "%.2f", g.threshold)):\(mark)"
+        }
+    }
+
+    struct Promote: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Move cells to their next phase now, without waiting for the bake time.")
+        @OptionGroup var steer: Steer
+        func run() throws { try steer.send("promote") }
+    }
+    struct Pause: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Pause cells: no device outside the current cohorts gets the release.")
+        @OptionGroup var steer: Steer
+        func run() throws { try steer.send("pause") }
+    }
+    struct Resume: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Resume paused cells (their gates are judged again).")
+        @OptionGroup var steer: Steer
+        func run() throws { try steer.send("resume") }
+    }
+    struct Abort: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Abort: every updated device is assigned the previous release again.")
+        @OptionGroup var steer: Steer
+        func run() throws { try steer.send("abort") }
+    }
+
+    struct Steer: ParsableArguments {
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Rollout id.") var id: Int64
+        @Option(help: "Only this cell, CLASS/TIER.") var cell: String?
+
+        func send(_ verb: String) throws {
+            let s = try calling { try global.client().post("/v1/rollouts/\(id)/\(verb)", RolloutActionRequest(cell: cell), as: RolloutStatus.self) }
+            try global.emit(s) { "rollout \(s.rollout.id): \(verb) done; state \(s.rollout.state); cells: " +
+                s.cells.map { "\($0.cell)=\($0.status)" }.joined(separator: " ") + "\n" }
         }
     }
 }

@@ -37,6 +37,7 @@ struct ControllerFixture {
             configDir = dir + "/fleet"
             try FileManager.default.createDirectory(atPath: configDir, withIntermediateDirectories: true)
             try FileManager.default.copyItem(atPath: Self.repoRoot + "/fleet/hardware-classes.yaml", toPath: configDir + "/hardware-classes.yaml")
+            try FileManager.default.copyItem(atPath: Self.repoRoot + "/fleet/policies", toPath: configDir + "/policies")
             try tiers.write(toFile: configDir + "/bandwidth-tiers.yaml", atomically: true, encoding: .utf8)
         } else {
             configDir = Self.repoRoot + "/fleet"
@@ -46,10 +47,15 @@ struct ControllerFixture {
     var rootEnvelope: Envelope { get throws { try Envelope.parse(Data(contentsOf: URL(fileURLWithPath: dir + "/keys/root.json"))) } }
 
     func app(deltaBuilder: (any DeltaBuilding)? = nil) throws -> some ApplicationProtocol {
+        try parts(deltaBuilder: deltaBuilder).0
+    }
+
+    /// The application and its rollout driver, on `clock` (default: the fixed `now`).
+    func parts(deltaBuilder: (any DeltaBuilding)? = nil, clock: (@Sendable () -> Int64)? = nil) throws -> (some ApplicationProtocol, RolloutDriver) {
         let options = ControllerOptions(dataDirectory: dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: dir + "/keys",
-                                        configDirectory: configDir)
+                                        configDirectory: configDir, rolloutTickSeconds: nil)
         let fixedNow = now
-        return try Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: { fixedNow }, deltaBuilder: deltaBuilder)
+        return try Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: clock ?? { fixedNow }, deltaBuilder: deltaBuilder)
     }
 
     func cleanup() { try? FileManager.default.removeItem(atPath: dir) }

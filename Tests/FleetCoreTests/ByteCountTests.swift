@@ -37,24 +37,20 @@ import Testing
         #expect(abs(Double(parsed - bytes)) <= Double(bytes) * 0.05)
     }
 
-    /// KNOWN BUG (cosmetic): rounding happens after the unit is chosen, so 999,950 bytes
+    /// Was a bug; fixed (cosmetic): rounding happens after the unit is chosen, so 999,950 bytes
     /// print as "1000.0 KB" instead of "1.0 MB".
     @Test func roundingUpMovesToTheNextUnit() {
-        withKnownIssue("ByteCount.format rounds after choosing the unit") {
-            #expect(ByteCount.format(999_950) == "1.0 MB")
-            #expect(ByteCount.format(999_999_999) == "1.0 GB")
-        }
+        #expect(ByteCount.format(999_950) == "1.0 MB")
+        #expect(ByteCount.format(999_999_999) == "1.0 GB")
     }
 
-    /// KNOWN BUG: `Int64(v * factor)` traps when the value does not fit in Int64 ("1e30G",
+    /// Was a bug; fixed: `Int64(v * factor)` traps when the value does not fit in Int64 ("1e30G",
     /// "99999999999T", "infG"). parse() reads operator input (config files, fleetctl flags) and
     /// must return nil, not crash the process. Exit tests run the call in a child process.
     @Test func parseOfAHugeValueDoesNotCrash() async {
-        await withKnownIssue("ByteCount.parse traps on values beyond Int64") {
-            await #expect(processExitsWith: .success) { _ = ByteCount.parse("99999999999T") }
-            await #expect(processExitsWith: .success) { _ = ByteCount.parse("1e30G") }
-            await #expect(processExitsWith: .success) { _ = ByteCount.parse("infG") }
-        }
+        await #expect(processExitsWith: .success) { _ = ByteCount.parse("99999999999T") }
+        await #expect(processExitsWith: .success) { _ = ByteCount.parse("1e30G") }
+        await #expect(processExitsWith: .success) { _ = ByteCount.parse("infG") }
     }
 
     @Test func trimmedStripsASCIIWhiteSpaceOnly() {
@@ -65,16 +61,14 @@ import Testing
         #expect("\u{00A0}x\u{00A0}".trimmed == "\u{00A0}x\u{00A0}")
     }
 
-    /// KNOWN BUG: `trimmed` compares Characters with " ", "\t", "\n" and "\r", but "\r\n" is a
+    /// Was a bug; fixed: `trimmed` compares Characters with " ", "\t", "\n" and "\r", but "\r\n" is a
     /// single Character (one grapheme cluster), so CR-LF line endings are not stripped. A size in a
     /// file saved with Windows line endings ("512M\r\n") then does not parse.
     @Test func trimmedStripsCRLF() {
         #expect(Character("\r\n") != Character("\n"))   // why
-        withKnownIssue("trimmed does not strip \"\\r\\n\" (one grapheme cluster)") {
-            #expect("512M\r\n".trimmed == "512M")
-            #expect("\r\nx".trimmed == "x")
-            #expect(ByteCount.parse("512M\r\n") == 512_000_000)
-        }
+        #expect("512M\r\n".trimmed == "512M")
+        #expect("\r\nx".trimmed == "x")
+        #expect(ByteCount.parse("512M\r\n") == 512_000_000)
     }
 }
 

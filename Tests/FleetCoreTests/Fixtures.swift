@@ -48,8 +48,19 @@ enum Fixture {
     /// A device's state right after enrollment: v1 root pinned, nothing accepted yet.
     static func pinnedState() -> TrustedState {
         do { return try TrustedState(pinning: rootEnvelope, now: now) } catch {
-            fatalError("fixture: the v1 root no longer pins (\(error)); every verifier test depends on it")
+            // Fail the test, not the process: fall back to the same state without verification.
+            Issue.record("fixture: the v1 root no longer pins: \(error)")
+            return unverifiedState(root: rootMetadata(), envelope: rootEnvelope)
         }
+    }
+
+    /// A TrustedState built through its Codable form, bypassing verification (fixture fallback only).
+    static func unverifiedState(root: RootMetadata, envelope: Envelope) -> TrustedState {
+        struct Raw: Encodable {
+            var rootEnvelope: Envelope, root: RootMetadata, timestampVersion: UInt64 = 0
+            var catalogSerials: [String: Int] = [:], assignmentCounters: [String: UInt64] = [:], assignmentDigests: [String: String] = [:]
+        }
+        return try! JSONDecoder().decode(TrustedState.self, from: FleetJSON.encode(Raw(rootEnvelope: envelope, root: root)))
     }
 
     // MARK: Device and catalog
@@ -91,6 +102,13 @@ enum Fixture {
 
     static func timestamp(version: UInt64 = 10, catalogs: [String: String]) -> TimestampMetadata {
         TimestampMetadata(version: version, expiresAt: now + hour, catalogs: catalogs)
+    }
+
+    /// The timestamp's entries naming a catalog. The key is changing from the model name to the
+    /// release id "model@version"; both are written so the fixtures hold on either side of that
+    /// change. (Drop the model-name entry once the release-id keying is committed.)
+    static func timestampEntries(_ c: ReleaseCatalog, digest: String) -> [String: String] {
+        [c.model: digest, "\(c.model)@\(c.version)": digest]
     }
 
     // MARK: Signing
@@ -139,7 +157,7 @@ enum Fixture {
         let digest = catEnv.payloadDigest
         var a = assignment(catalogSha256: digest)
         editAssignment(&a)
-        var ts = timestamp(catalogs: [model: digest])
+        var ts = timestamp(catalogs: timestampEntries(cat, digest: digest))
         editTimestamp(&ts)
         return Bundle(catalog: catEnv, assignment: sign(a, PayloadType.assignment, assignmentKeys),
                       timestamp: sign(ts, PayloadType.timestamp, timestampKeys))
@@ -154,7 +172,8 @@ enum Fixture {
     /// The state after the default bundle was accepted (timestamp 10, serial 3, counter 7).
     static func stateAfterDefaultUpdate() -> TrustedState {
         do { return try verify(bundle(), state: pinnedState()).state } catch {
-            fatalError("fixture: the default bundle no longer verifies (\(error))")
+            Issue.record("fixture: the default bundle no longer verifies: \(error)")
+            return pinnedState()
         }
     }
 }

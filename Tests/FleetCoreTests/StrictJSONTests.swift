@@ -69,7 +69,7 @@ import Testing
         #expect(error?.code == .duplicateKey)
     }
 
-    /// KNOWN BUG: keys are compared as raw bytes, but JSONDecoder compares Swift Strings, which
+    /// Was a bug; fixed: keys are compared as raw bytes, but JSONDecoder compares Swift Strings, which
     /// are equal under Unicode canonical equivalence. "caf\u00e9" and "cafe\u0301" (and "K" and
     /// the KELVIN SIGN "\u212A") pass StrictJSON as distinct keys, then JSONDecoder merges them
     /// into one entry and silently drops a value: the exact parser differential StrictJSON exists
@@ -82,9 +82,7 @@ import Testing
         // What the decoder sees: one key, not two.
         let decoded = try JSONDecoder().decode([String: String].self, from: Data(text.utf8))
         #expect(decoded.count == 1)
-        withKnownIssue("StrictJSON compares keys byte-wise; canonically equivalent keys slip through") {
-            #expect(validate(text) == .duplicateKey)
-        }
+        #expect(validate(text) == .duplicateKey)
     }
 
     // MARK: Malformed
@@ -150,14 +148,12 @@ import Testing
         #expect(validate(String(repeating: "[", count: 1_000_000)) == .tooDeep)
     }
 
-    /// KNOWN BUG (off by one): depth is checked in `value(depth:)` before the container
+    /// Was a bug; fixed (off by one): depth is checked in `value(depth:)` before the container
     /// increments it, so 65 nested containers pass when the innermost one is empty, while 65
     /// containers holding a scalar are refused. "Nesting over 64" should not depend on that.
     @Test func rejects65NestedEmptyContainers() {
-        withKnownIssue("StrictJSON accepts 65 nested containers when the innermost is empty") {
-            #expect(validate(Self.nested(65)) == .tooDeep)
-            #expect(validate(Self.nested(64, open: #"{"a":"#, close: "}", inner: "{}")) == .tooDeep)
-        }
+        #expect(validate(Self.nested(65)) == .tooDeep)
+        #expect(validate(Self.nested(64, open: #"{"a":"#, close: "}", inner: "{}")) == .tooDeep)
         // 66 are refused either way.
         #expect(validate(Self.nested(66)) == .tooDeep)
     }

@@ -199,7 +199,7 @@ import Testing
         #expect(rotate(F.pinnedState(), [expired]).1 == .expired)
     }
 
-    /// KNOWN BUG (TUF 5.3.4 / 5.3.10): an intermediate root may have expired; only the newest
+    /// Was a bug; fixed (TUF 5.3.4 / 5.3.10): an intermediate root may have expired; only the newest
     /// root in the chain must be current. verifyRootUpdate checks the expiry of every step, so
     /// a device offline for longer than one root's lifetime can never rotate again.
     @Test func expiredIntermediateRootDoesNotBlockRotation() {
@@ -207,10 +207,8 @@ import Testing
         let v2Expired = sign(F.rootMetadata(version: 2, expiresAt: F.now + 100 * F.day, root: F.rootKey2), [F.rootKey, F.rootKey2])
         let v3Current = sign(F.rootMetadata(version: 3, expiresAt: later + 365 * F.day, root: F.rootKey3), [F.rootKey2, F.rootKey3])
         let (state, fault) = rotate(F.pinnedState(), [v2Expired, v3Current], now: later)
-        withKnownIssue("rotate(through:) refuses a chain whose intermediate root has expired") {
-            #expect(fault == nil)
-            #expect(state.root.version == 3)
-        }
+        #expect(fault == nil)
+        #expect(state.root.version == 3)
     }
 
     /// The whole chain is accepted or nothing is: a bad entry after a good one leaves v1.

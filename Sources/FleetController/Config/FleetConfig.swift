@@ -118,3 +118,79 @@ struct OnlineKeys: Sendable {
         return OnlineKeys(rootEnvelope: rootEnv, root: root, director: director, timestamp: timestamp, rootChain: [])
     }
 }
+
+/// Rollout policies from fleet/policies/*.yaml.
+enum PolicyLoader {
+    static func load(directory: String) throws -> [String: RolloutPolicy] {
+        var out: [String: RolloutPolicy] = [:]
+        let dir = directory + "/policies"
+        for name in ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted() where name.hasSuffix(".yaml") {
+            let path = dir + "/" + name
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ConfigError(file: path, message: "cannot read the file") }
+            let entry: PolicyFile
+            do { entry = try YAMLDecoder().decode(PolicyFile.self, from: text) } catch { throw ConfigError(file: path, message: "\(error)") }
+            let policy = try entry.domain(file: path)
+            guard out[policy.name] == nil else { throw ConfigError(file: path, message: "duplicate policy name '\(policy.name)'") }
+            out[policy.name] = policy
+        }
+        return out
+    }
+
+    private struct PolicyFile: Decodable {
+        struct PhaseEntry: Decodable { var percent: Double; var min_devices: Int?; var bake: String? }
+        struct GateEntry: Decodable {
+            var max_install_failure_rate: Double?
+            var max_health_failure_rate: Double?
+            var max_timed_out_rate: Double?
+            var max_latency_p50_ratio: Double?
+            var max_latency_p95_ratio: Double?
+            var max_error_rate_increase: Double?
+            var max_crashes: Int?
+            var min_sample: Int?
+        }
+        var name: String
+        var phases: [PhaseEntry]
+        var gates: GateEntry?
+        var on_failure: String?
+        var device_timeout: String?
+
+        func domain(file: String) throws -> RolloutPolicy {
+            func seconds(_ s: String?, _ field: String) throws -> Int64? {
+                guard let s else { return nil }
+                guard let v = Duration.parse(s) else { throw ConfigError(file: file, message: "\(field) '\(s)' is not a duration (30s, 10m, 2h)") }
+                return v
+            }
+            let g = gates
+            let policy = RolloutPolicy(
+                name: name,
+                phases: try phases.map { .init(percent: $0.percent, minDevices: $0.min_devices ?? 1, bakeSeconds: try seconds($0.bake, "bake") ?? 0) },
+                gates: .init(maxInstallFailureRate: g?.max_install_failure_rate, maxHealthFailureRate: g?.max_health_failure_rate,
+                             maxTimedOutRate: g?.max_timed_out_rate, maxLatencyP50Ratio: g?.max_latency_p50_ratio,
+                             maxLatencyP95Ratio: g?.max_latency_p95_ratio, maxErrorRateIncrease: g?.max_error_rate_increase,
+                             maxCrashes: g?.max_crashes, minSample: g?.min_sample ?? 1),
+                onFailure: try {
+                    guard let f = on_failure else { return .pause }
+                    guard let v = RolloutPolicy.FailureAction(rawValue: f) else { throw ConfigError(file: file, message: "on_failure must be pause or rollback") }
+                    return v
+                }(),
+                deviceTimeoutSeconds: try seconds(device_timeout, "device_timeout") ?? 3600)
+            guard Name.isValid(policy.name) else { throw ConfigError(file: file, message: "invalid policy name '\(name)'") }
+            if let problem = policy.validate() { throw ConfigError(file: file, message: problem) }
+            return policy
+        }
+    }
+}
+
+enum Duration {
+    /// "90", "90s", "10m", "2h", "1d" → seconds.
+    static func parse(_ s: String) -> Int64? {
+        let t = s.trimmed
+        let units: [(String, Int64)] = [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)]
+        for (u, f) in units where t.hasSuffix(u) {
+            guard let v = Int64(t.dropLast()), v >= 0 else { return nil }
+            return v * f
+        }
+        guard let v = Int64(t), v >= 0 else { return nil }
+        return v
+    }
+}

@@ -15,11 +15,23 @@ actor Director {
     let timestampTTL: Int64 = 86_400
     let pollSeconds: Int
     let planner: DeltaPlanner
+    let driver: RolloutDriver
 
     init(store: any FleetStore, keys: OnlineKeys, config: FleetConfig, artifactBaseURL: String?, metrics: ControllerMetrics,
-         logger: Logger, pollSeconds: Int, planner: DeltaPlanner) {
+         logger: Logger, pollSeconds: Int, planner: DeltaPlanner, driver: RolloutDriver) {
         self.store = store; self.keys = keys; self.config = config; self.artifactBaseURL = artifactBaseURL
-        self.metrics = metrics; self.logger = logger; self.pollSeconds = pollSeconds; self.planner = planner
+        self.metrics = metrics; self.logger = logger; self.pollSeconds = pollSeconds; self.planner = planner; self.driver = driver
+    }
+
+    /// Which release of a rollout a device gets: the new one inside its cell's current cohort, the
+    /// previous one outside it (the control cohort) and after an abort or a rollback; nil when there
+    /// is no previous release to keep it on.
+    func releaseFor(_ device: DeviceRecord, rollout: RolloutRecord, now: Int64) async throws -> String? {
+        if rollout.state == "aborted" { return rollout.previousReleaseId }
+        guard let policy = rollout.policy else { return rollout.releaseId }
+        let cell = try await driver.cell(for: device, rollout: rollout, policy: policy, now: now)
+        let inCohort = Cohort.position(rollout: "\(rollout.id)", device: device.id) < cell.cutoff
+        return inCohort && cell.state.sendsNewRelease ? rollout.releaseId : rollout.previousReleaseId
     }
 
     struct Plan {
@@ -32,9 +44,10 @@ actor Director {
         var deltaBuilding: Bool
     }
 
-    /// The selection for one device and one active rollout; pure apart from the store reads.
-    func plan(facts: DeviceFacts, installed: [String: String], rollout: RolloutRecord, fullOnly: Bool = false) async throws -> Plan? {
-        guard let release = try await store.release(rollout.releaseId) else { return nil }
+    /// The selection for one device and one release of a rollout; pure apart from the store reads.
+    func plan(facts: DeviceFacts, installed: [String: String], rollout: RolloutRecord, releaseId: String? = nil,
+              fullOnly: Bool = false) async throws -> Plan? {
+        guard let release = try await store.release(releaseId ?? rollout.releaseId) else { return nil }
         let model = try await store.model(rollout.model)
         var quality: [String: Double] = [:]
         for v in try await store.variants(model: rollout.model) { quality[v.variant.name] = v.quality }
@@ -63,7 +76,12 @@ actor Director {
                 package = PackageRef(kind: PackageRef.delta, sha256: sha, size: size, url: artifactURL(sha), baseSha256: base)
             } else if !fullOnly, planner.enabled {
                 try await planner.request(base: base, target: chosen.sha256)
-                building = try await store.delta(base: base, target: chosen.sha256)?.status == .building
+                // A device whose tier has a byte budget waits for the delta; others take the full
+                // artifact now rather than wait for a build.
+                let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)
+                if tier?.budgetBytes != nil {
+                    building = try await store.delta(base: base, target: chosen.sha256)?.status == .building
+                }
             }
         }
         return Plan(release: release, selection: selection, variant: chosen, hardwareClass: hw, package: package, deltaBuilding: building)
@@ -76,7 +94,8 @@ actor Director {
         guard planner.enabled else { return 0 }
         var pairs = Set<String>()
         for device in try await store.devices() {
-            guard let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout),
+            guard let releaseId = try await releaseFor(device, rollout: rollout, now: Controller.wallClock()), releaseId == rollout.releaseId,
+                  let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout, releaseId: releaseId),
                   let target = plan.variant?.sha256, let base = device.installed[rollout.model], base != target else { continue }
             pairs.insert(base + target)
         }
@@ -92,9 +111,18 @@ actor Director {
 
         var updates: [ModelUpdate] = []
         var held: [String: String] = [:]
+        let record = DeviceRecord(
+            id: deviceId, facts: facts, hardwareClass: hw?.name, tier: tier?.name, installed: request.installed,
+            phase: request.phase, status: existing?.status ?? "idle", statusDetail: existing?.statusDetail, held: [:],
+            firstSeen: existing?.firstSeen ?? now, lastSeen: now, agentVersion: request.agentVersion)
         for rollout in try await store.activeRollouts() {
             let fullOnly = request.fullPackages?.contains(rollout.model) ?? false
-            guard let plan = try await plan(facts: facts, installed: request.installed, rollout: rollout, fullOnly: fullOnly) else { continue }
+            guard let releaseId = try await releaseFor(record, rollout: rollout, now: now) else {
+                held[rollout.model] = "waiting-for-phase"
+                continue
+            }
+            guard let plan = try await plan(facts: facts, installed: request.installed, rollout: rollout, releaseId: releaseId,
+                                            fullOnly: fullOnly) else { continue }
             guard let variant = plan.variant, let hwClass = plan.hardwareClass else {
                 let why = plan.selection.overBudget ? "over-budget" : "no-variant-fits"
                 held[rollout.model] = why
@@ -109,11 +137,9 @@ actor Director {
             updates.append(ModelUpdate(model: rollout.model, catalog: plan.release.catalogEnvelope, assignment: envelope))
         }
 
-        let record = DeviceRecord(
-            id: deviceId, facts: facts, hardwareClass: hw?.name, tier: tier?.name, installed: request.installed,
-            phase: request.phase, status: existing?.status ?? "idle", statusDetail: existing?.statusDetail, held: held,
-            firstSeen: existing?.firstSeen ?? now, lastSeen: now, agentVersion: request.agentVersion)
-        try await store.upsertDevice(record)
+        var stored = record
+        stored.held = held
+        try await store.upsertDevice(stored)
         metrics.checkIns.increment()
         if existing == nil {
             logger.info("device registered", metadata: ["device": "\(deviceId)", "class": "\(hw?.name ?? "none")", "tier": "\(tier?.name ?? "none")"])
@@ -158,9 +184,12 @@ actor Director {
 
     /// The current timestamp: re-signed when the set of live catalogs changes or half its life is gone.
     func timestamp(now: Int64) async throws -> Envelope? {
+        // Every release in force: a staged rollout keeps its control cohort on the previous one.
         var catalogs: [String: String] = [:]
         for rollout in try await store.activeRollouts() {
-            if let r = try await store.release(rollout.releaseId) { catalogs[r.model] = r.catalogSha256 }
+            for id in [rollout.releaseId, rollout.previousReleaseId].compactMap({ $0 }) {
+                if let r = try await store.release(id) { catalogs[r.id] = r.catalogSha256 }
+            }
         }
         let stored = try await store.meta("timestamp").flatMap { try? JSONDecoder().decode(StoredTimestamp.self, from: Data($0.utf8)) }
         if let s = stored, s.catalogs == catalogs, s.expiresAt - now > timestampTTL / 2 {
@@ -179,7 +208,9 @@ actor Director {
         }
         var out: [Explanation] = []
         for rollout in try await store.activeRollouts() {
-            guard let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout) else { continue }
+            guard let releaseId = try await releaseFor(device, rollout: rollout, now: Controller.wallClock()),
+                  let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout, releaseId: releaseId)
+            else { continue }
             out.append(Explanation(deviceId: deviceId, model: rollout.model, release: plan.release.id, selection: plan.selection))
         }
         return out

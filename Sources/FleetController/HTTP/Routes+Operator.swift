@@ -1,5 +1,6 @@
 import FleetCore
 import Foundation
+import HTTPTypes
 import Hummingbird
 
 /// Routes fleetctl calls: models, variants, releases, rollouts, devices, status.
@@ -9,6 +10,8 @@ struct OperatorRoutes: Sendable {
     let artifacts: ArtifactStore
     let config: FleetConfig
     let keys: OnlineKeys
+    let policies: [String: RolloutPolicy]
+    let driver: RolloutDriver
     let clock: @Sendable () -> Int64
 
     static let bodyLimit = 64 * 1024
@@ -79,15 +82,63 @@ struct OperatorRoutes: Sendable {
 
         router.post("/v1/rollouts") { request, _ in
             let body = try await JSON.decode(NewRollout.self, request, limit: Self.bodyLimit)
-            guard body.strategy == "all" else {
-                throw APIError(.badRequest, "unknown-strategy", "strategy '\(body.strategy)' is not supported (use \"all\")")
+            var policy: RolloutPolicy? = nil
+            switch body.strategy {
+            case "all": break
+            case "staged":
+                let name = body.policy ?? "canary"
+                guard let p = policies[name] else {
+                    throw APIError(.badRequest, "unknown-policy", "no policy '\(name)' (have: \(policies.keys.sorted().joined(separator: ", ")))")
+                }
+                policy = p
+            default:
+                throw APIError(.badRequest, "unknown-strategy", "strategy '\(body.strategy)' is not one of all, staged")
             }
             guard let release = try await store.release(body.release) else {
                 throw APIError(.notFound, "unknown-release", "no release \(body.release)")
             }
-            let r = try await store.createRollout(releaseId: release.id, model: release.model, strategy: body.strategy, at: clock())
+            let current = try await store.activeRollouts().first { $0.model == release.model }
+            let previous = current.flatMap { $0.state == "aborted" ? $0.previousReleaseId : $0.releaseId }
+            guard previous != release.id else {
+                throw APIError(.conflict, "already-rolled-out", "\(release.id) is already the release in force")
+            }
+            let r = try await store.createRollout(RolloutRecord(
+                id: 0, releaseId: release.id, model: release.model, strategy: policy?.name ?? "all", state: "active", createdAt: clock(),
+                policy: policy, previousReleaseId: previous, createdBy: actor(request)))
+            try await store.recordAction(rollout: r.id, RolloutActionRecord(at: clock(), actor: r.createdBy, action: "started", cell: nil,
+                                                                             detail: "\(release.id) with \(policy.map { "policy \($0.name)" } ?? "all devices at once")"))
             _ = try await director.planDeltas(for: r)
             return try JSON.response(try await rolloutInfo(r), status: .created)
+        }
+        router.get("/v1/rollouts/:rid") { _, context in
+            try JSON.response(try await rolloutStatus(try await rolloutRecord(context)()))
+        }
+        for (verb, event) in [("promote", CellEvent.promote(now: 0)), ("pause", .pause), ("resume", .resume(now: 0)), ("abort", .abort)] {
+            router.post("/v1/rollouts/:rid/\(verb)") { request, context in
+                let r = try rolloutRecord(context)
+                let rollout = try await r()
+                let body = try await JSON.decode(RolloutActionRequest.self, request, limit: Self.bodyLimit)
+                var cell: CellKey? = nil
+                if let c = body.cell {
+                    let parts = c.split(separator: "/", maxSplits: 1).map(String.init)
+                    guard parts.count == 2 else { throw APIError(.badRequest, "invalid-cell", "a cell is CLASS/TIER") }
+                    cell = CellKey(hardwareClass: parts[0], tier: parts[1])
+                }
+                let now = clock()
+                let e: CellEvent = switch event {
+                case .promote: .promote(now: now)
+                case .resume: .resume(now: now)
+                default: event
+                }
+                if verb == "abort", rollout.policy == nil {
+                    guard rollout.state != "aborted" else { throw APIError(.conflict, "rollout-not-active", "rollout \(rollout.id) is aborted") }
+                    try await store.setRolloutState(rollout.id, "aborted")
+                    try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: actor(request), action: "abort", cell: nil, detail: nil))
+                } else {
+                    try await driver.apply(e, name: verb, rollout: rollout, cell: cell, actor: actor(request), now: now)
+                }
+                return try JSON.response(try await rolloutStatus(try await r()))
+            }
         }
         router.get("/v1/rollouts") { _, _ in
             var out: [RolloutInfo] = []
@@ -178,6 +229,33 @@ struct OperatorRoutes: Sendable {
     private func releaseInfo(_ r: ReleaseRecord) -> ReleaseInfo {
         ReleaseInfo(id: r.id, model: r.model, version: r.version, serial: r.serial, catalogSha256: r.catalogSha256,
                     createdAt: r.createdAt, variants: r.catalog.variants)
+    }
+
+    /// Who asked: the X-Fleet-Actor header fleetctl sends (operator tokens will replace it).
+    private func actor(_ request: Request) -> String {
+        let a = request.headers[HTTPField.Name("X-Fleet-Actor")!] ?? "operator"
+        return Name.isValid(a) ? a : "operator"
+    }
+
+    private func rolloutRecord(_ context: BasicRequestContext) throws -> @Sendable () async throws -> RolloutRecord {
+        guard let id = Int64(try context.parameters.require("rid")) else { throw APIError(.badRequest, "invalid-rollout", "rollout ids are numbers") }
+        let store = self.store
+        return {
+            guard let r = try await store.rollout(id) else { throw APIError(.notFound, "unknown-rollout", "no rollout \(id)") }
+            return r
+        }
+    }
+
+    private func rolloutStatus(_ r: RolloutRecord) async throws -> RolloutStatus {
+        let cells = try await store.cells(rollout: r.id).sorted { $0.key < $1.key }.map { key, c in
+            RolloutStatus.Cell(cell: key.description, status: c.state.status.rawValue, phase: c.state.phase + 1,
+                               phases: r.policy?.phases.count ?? 1, cohortShare: min(c.cutoff, 1), observation: c.observation,
+                               gates: c.state.gates, failedGate: c.state.failedGate)
+        }
+        let actions = try await store.actions(rollout: r.id).map {
+            RolloutStatus.Action(at: $0.at, actor: $0.actor, action: $0.action, cell: $0.cell, detail: $0.detail)
+        }
+        return RolloutStatus(rollout: try await rolloutInfo(r), policy: r.policy, previousRelease: r.previousReleaseId, cells: cells, actions: actions)
     }
 
     private func rolloutInfo(_ r: RolloutRecord) async throws -> RolloutInfo {

@@ -43,9 +43,41 @@ struct RolloutRecord: Sendable, Equatable {
     var id: Int64
     var releaseId: String
     var model: String
-    var strategy: String
-    var state: String          // active, superseded
+    var strategy: String       // "all", or the policy name
+    var state: String          // active, completed, aborted, superseded
     var createdAt: Int64
+    /// A staged rollout's policy, as it was when the rollout started.
+    var policy: RolloutPolicy? = nil
+    /// What the devices ran before: the control cohort's release, and the rollback target.
+    var previousReleaseId: String? = nil
+    var createdBy: String = "operator"
+}
+
+/// One cell of a staged rollout: its state machine and the cohort cut-off of its current phase.
+struct StoredCell: Codable, Sendable, Equatable {
+    var state: CellState
+    /// Devices whose cohort position is below this get the new release.
+    var cutoff: Double
+    var observation: CellObservation?
+}
+
+/// Who did what to a rollout, and when.
+struct RolloutActionRecord: Codable, Sendable, Equatable {
+    var at: Int64
+    var actor: String
+    var action: String
+    var cell: String?
+    var detail: String?
+}
+
+/// The last runtime metrics a device reported for a release.
+struct DeviceMetrics: Sendable, Equatable {
+    var deviceId: String
+    var release: String
+    var p50: Double?
+    var p95: Double?
+    var errorRate: Double?
+    var crashes: Int
 }
 
 struct AssignmentRecord: Sendable, Equatable {
@@ -99,9 +131,21 @@ protocol FleetStore: Sendable {
     func maxSerial(model: String) async throws -> Int
 
     /// Creates a rollout and marks earlier active rollouts of the same model superseded.
-    func createRollout(releaseId: String, model: String, strategy: String, at: Int64) async throws -> RolloutRecord
+    func createRollout(_ r: RolloutRecord) async throws -> RolloutRecord
+    func rollout(_ id: Int64) async throws -> RolloutRecord?
     func rollouts() async throws -> [RolloutRecord]
+    /// The rollout in force for each model: active, completed or aborted (not superseded).
     func activeRollouts() async throws -> [RolloutRecord]
+    func setRolloutState(_ id: Int64, _ state: String) async throws
+
+    func cells(rollout: Int64) async throws -> [CellKey: StoredCell]
+    func saveCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell) async throws
+    func recordAction(rollout: Int64, _ a: RolloutActionRecord) async throws
+    func actions(rollout: Int64) async throws -> [RolloutActionRecord]
+    /// The latest install event of each device for a release: device → kind.
+    func installOutcomes(release: String) async throws -> [String: String]
+    /// The latest runtime-metrics event of each device of a model since `since`.
+    func runtimeMetrics(model: String, since: Int64) async throws -> [DeviceMetrics]
 
     func assignment(deviceId: String, model: String) async throws -> AssignmentRecord?
     func assignments() async throws -> [AssignmentRecord]

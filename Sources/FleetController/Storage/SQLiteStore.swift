@@ -33,7 +33,18 @@ final class SQLiteStore: FleetStore {
             try db.execute("""
                 CREATE TABLE IF NOT EXISTS rollouts (
                     id INTEGER PRIMARY KEY AUTOINCREMENT, release_id TEXT NOT NULL REFERENCES releases(id),
-                    model TEXT NOT NULL, strategy TEXT NOT NULL, state TEXT NOT NULL, created_at INTEGER NOT NULL)
+                    model TEXT NOT NULL, strategy TEXT NOT NULL, state TEXT NOT NULL, created_at INTEGER NOT NULL,
+                    policy TEXT, previous_release TEXT, created_by TEXT NOT NULL)
+                """)
+            try db.execute("""
+                CREATE TABLE IF NOT EXISTS rollout_cells (
+                    rollout_id INTEGER NOT NULL REFERENCES rollouts(id), cell TEXT NOT NULL, body TEXT NOT NULL,
+                    PRIMARY KEY (rollout_id, cell))
+                """)
+            try db.execute("""
+                CREATE TABLE IF NOT EXISTS rollout_actions (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, rollout_id INTEGER NOT NULL, at INTEGER NOT NULL,
+                    actor TEXT NOT NULL, action TEXT NOT NULL, cell TEXT, detail TEXT)
                 """)
             try db.execute("""
                 CREATE TABLE IF NOT EXISTS assignments (
@@ -53,6 +64,8 @@ final class SQLiteStore: FleetStore {
                     model TEXT, sha256 TEXT, release TEXT, detail TEXT, received_at INTEGER NOT NULL,
                     PRIMARY KEY (device_id, seq))
                 """)
+            try db.execute("CREATE INDEX IF NOT EXISTS events_release ON events (release, kind)")
+            try db.execute("CREATE INDEX IF NOT EXISTS events_model ON events (model, kind, time)")
             try db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         }
     }
@@ -166,29 +179,93 @@ final class SQLiteStore: FleetStore {
         Int(try db.query("SELECT COALESCE(MAX(serial), 0) FROM releases WHERE model = ?", [model]).first?[0].int ?? 0)
     }
 
-    private func rolloutRow(_ r: [SQLValue]) -> RolloutRecord {
+    private let rolloutColumns = "id, release_id, model, strategy, state, created_at, policy, previous_release, created_by"
+
+    private func rolloutRow(_ r: [SQLValue]) throws -> RolloutRecord {
         RolloutRecord(id: r[0].int ?? 0, releaseId: r[1].text ?? "", model: r[2].text ?? "", strategy: r[3].text ?? "",
-                      state: r[4].text ?? "", createdAt: r[5].int ?? 0)
+                      state: r[4].text ?? "", createdAt: r[5].int ?? 0,
+                      policy: r[6] == .null ? nil : try parse(RolloutPolicy.self, r[6]), previousReleaseId: r[7].text,
+                      createdBy: r[8].text ?? "operator")
     }
 
-    func createRollout(releaseId: String, model: String, strategy: String, at: Int64) async throws -> RolloutRecord {
+    func createRollout(_ r: RolloutRecord) async throws -> RolloutRecord {
         try db.transaction {
-            try db.execute("UPDATE rollouts SET state = 'superseded' WHERE model = ? AND state = 'active'", [model])
+            try db.execute("UPDATE rollouts SET state = 'superseded' WHERE model = ? AND state IN ('active', 'completed', 'aborted')", [r.model])
             let rows = try db.query("""
-                INSERT INTO rollouts (release_id, model, strategy, state, created_at) VALUES (?,?,?,'active',?)
-                RETURNING id, release_id, model, strategy, state, created_at
-                """, [releaseId, model, strategy, at])
+                INSERT INTO rollouts (release_id, model, strategy, state, created_at, policy, previous_release, created_by)
+                VALUES (?,?,?,'active',?,?,?,?) RETURNING \(rolloutColumns)
+                """, [r.releaseId, r.model, r.strategy, r.createdAt, try r.policy.map(json), r.previousReleaseId, r.createdBy])
             guard let row = rows.first else { throw StorageError(.sqlite, "insert returned no row") }
-            return rolloutRow(row)
+            return try rolloutRow(row)
         }
     }
 
+    func rollout(_ id: Int64) async throws -> RolloutRecord? {
+        try db.query("SELECT \(rolloutColumns) FROM rollouts WHERE id = ?", [id]).first.map(rolloutRow)
+    }
+
     func rollouts() async throws -> [RolloutRecord] {
-        try db.query("SELECT id, release_id, model, strategy, state, created_at FROM rollouts ORDER BY id").map(rolloutRow)
+        try db.query("SELECT \(rolloutColumns) FROM rollouts ORDER BY id").map(rolloutRow)
     }
 
     func activeRollouts() async throws -> [RolloutRecord] {
-        try db.query("SELECT id, release_id, model, strategy, state, created_at FROM rollouts WHERE state = 'active' ORDER BY id").map(rolloutRow)
+        try db.query("SELECT \(rolloutColumns) FROM rollouts WHERE state IN ('active', 'completed', 'aborted') ORDER BY id").map(rolloutRow)
+    }
+
+    func setRolloutState(_ id: Int64, _ state: String) async throws {
+        try db.execute("UPDATE rollouts SET state = ? WHERE id = ?", [state, id])
+    }
+
+    func cells(rollout: Int64) async throws -> [CellKey: StoredCell] {
+        var out: [CellKey: StoredCell] = [:]
+        for r in try db.query("SELECT cell, body FROM rollout_cells WHERE rollout_id = ?", [rollout]) {
+            let parts = (r[0].text ?? "").split(separator: "/", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { continue }
+            out[CellKey(hardwareClass: parts[0], tier: parts[1])] = try parse(StoredCell.self, r[1])
+        }
+        return out
+    }
+
+    func saveCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell) async throws {
+        try db.execute("INSERT INTO rollout_cells (rollout_id, cell, body) VALUES (?,?,?) ON CONFLICT(rollout_id, cell) DO UPDATE SET body = excluded.body",
+                       [rollout, key.description, try json(cell)])
+    }
+
+    func recordAction(rollout: Int64, _ a: RolloutActionRecord) async throws {
+        try db.execute("INSERT INTO rollout_actions (rollout_id, at, actor, action, cell, detail) VALUES (?,?,?,?,?,?)",
+                       [rollout, a.at, a.actor, a.action, a.cell, a.detail])
+    }
+
+    func actions(rollout: Int64) async throws -> [RolloutActionRecord] {
+        try db.query("SELECT at, actor, action, cell, detail FROM rollout_actions WHERE rollout_id = ? ORDER BY id", [rollout]).map {
+            RolloutActionRecord(at: $0[0].int ?? 0, actor: $0[1].text ?? "", action: $0[2].text ?? "", cell: $0[3].text, detail: $0[4].text)
+        }
+    }
+
+    func installOutcomes(release: String) async throws -> [String: String] {
+        var out: [String: String] = [:]
+        let kinds = "('started','downloaded','verified','activated','committed','failed','rolled-back')"
+        for r in try db.query("""
+            SELECT e.device_id, e.kind FROM events e
+            JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE release = ? AND kind IN \(kinds) GROUP BY device_id) last
+              ON e.device_id = last.device_id AND e.seq = last.seq
+            """, [release]) {
+            out[r[0].text ?? ""] = r[1].text
+        }
+        return out
+    }
+
+    func runtimeMetrics(model: String, since: Int64) async throws -> [DeviceMetrics] {
+        try db.query("""
+            SELECT e.device_id, e.release, e.detail FROM events e
+            JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE model = ? AND kind = 'metrics' AND time >= ? GROUP BY device_id) last
+              ON e.device_id = last.device_id AND e.seq = last.seq
+            """, [model, since]).compactMap { r in
+            guard let release = r[1].text, let detail = r[2].text,
+                  let m = try? JSONDecoder().decode(RuntimeMetrics.self, from: Data(detail.utf8)) else { return nil }
+            return DeviceMetrics(deviceId: r[0].text ?? "", release: release, p50: m.latencyP50Ms, p95: m.latencyP95Ms,
+                                 errorRate: m.errorRate, crashes: m.crashes ?? 0)
+        }
     }
 
     // MARK: assignments

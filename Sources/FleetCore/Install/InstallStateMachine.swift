@@ -132,11 +132,14 @@ public enum InstallStateMachine {
         }
     }
 
-    /// What to do again after a restart in `state`. Every action is idempotent.
+    /// What to do again after a restart in `state`. Every action is idempotent; for the terminal
+    /// phases it is the clean-up a crash may have cut short.
     public static func recoveryActions(_ state: InstallState) -> [InstallAction] {
         guard let job = state.job else { return [] }
         switch state.phase {
-        case .idle, .committed, .rolledBack, .failed: return []
+        case .idle: return []
+        case .committed: return [.commit(job)]
+        case .rolledBack, .failed: return [.discard(job)]
         case .downloading: return [.download(job)]
         case .verifying: return [.verify(job)]
         case .staged: return [.stage(job)]

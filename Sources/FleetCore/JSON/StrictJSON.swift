@@ -29,10 +29,14 @@ public enum StrictJSON {
             while index < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[index]) { index += 1 }
         }
 
-        mutating func value(depth: Int) throws(MetadataError) {
+        /// `depth` counts the containers open around and including this one.
+        func checkDepth(_ depth: Int) throws(MetadataError) {
             guard depth <= StrictJSON.maxDepth else {
                 throw MetadataError(.tooDeep, "nesting deeper than \(StrictJSON.maxDepth) at offset \(index)")
             }
+        }
+
+        mutating func value(depth: Int) throws(MetadataError) {
             guard index < bytes.count else { throw fail("unexpected end") }
             switch bytes[index] {
             case UInt8(ascii: "{"): try object(depth: depth + 1)
@@ -144,17 +148,19 @@ public enum StrictJSON {
         }
 
         mutating func object(depth: Int) throws(MetadataError) {
+            try checkDepth(depth)
             index += 1
-            var keys = Set<[UInt8]>()
+            // Keys compare as Swift strings (canonical equivalence), exactly as the decoder's
+            // dictionaries will: "é" and "e\u0301" are the same key to it, so they are here.
+            var keys = Set<String>()
             try skipWhitespace()
             if index < bytes.count, bytes[index] == UInt8(ascii: "}") { index += 1; return }
             while true {
                 try skipWhitespace()
                 guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw fail("expected object key") }
                 let keyStart = index
-                let key = try string()
-                guard keys.insert(key).inserted else {
-                    let name = String(decoding: key, as: UTF8.self)
+                let name = String(decoding: try string(), as: UTF8.self)
+                guard keys.insert(name).inserted else {
                     throw MetadataError(.duplicateKey, "duplicate key \"\(name)\" at offset \(keyStart)")
                 }
                 try skipWhitespace()
@@ -171,6 +177,7 @@ public enum StrictJSON {
         }
 
         mutating func array(depth: Int) throws(MetadataError) {
+            try checkDepth(depth)
             index += 1
             try skipWhitespace()
             if index < bytes.count, bytes[index] == UInt8(ascii: "]") { index += 1; return }

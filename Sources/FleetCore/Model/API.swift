@@ -59,8 +59,50 @@ public struct ReleaseInfo: Codable, Equatable, Sendable {
 
 public struct NewRollout: Codable, Sendable {
     public var release: String
-    public var strategy: String     // "all"
-    public init(release: String, strategy: String) { self.release = release; self.strategy = strategy }
+    public var strategy: String     // "all" (every device at once) or "staged" (phases per cell, gated)
+    public var policy: String?      // for "staged": a policy of fleet/policies, default "canary"
+    public init(release: String, strategy: String, policy: String? = nil) { self.release = release; self.strategy = strategy; self.policy = policy }
+}
+
+public struct RolloutActionRequest: Codable, Sendable {
+    public var cell: String?        // "class/tier"; nil: every cell
+    public init(cell: String? = nil) { self.cell = cell }
+}
+
+public struct RolloutStatus: Codable, Equatable, Sendable {
+    public struct Cell: Codable, Equatable, Sendable {
+        public var cell: String
+        public var status: String
+        public var phase: Int          // 1-based
+        public var phases: Int
+        public var cohortShare: Double
+        public var observation: CellObservation?
+        public var gates: [GateResult]
+        public var failedGate: GateResult?
+        public init(cell: String, status: String, phase: Int, phases: Int, cohortShare: Double, observation: CellObservation?,
+                    gates: [GateResult], failedGate: GateResult?) {
+            self.cell = cell; self.status = status; self.phase = phase; self.phases = phases; self.cohortShare = cohortShare
+            self.observation = observation; self.gates = gates; self.failedGate = failedGate
+        }
+    }
+    public struct Action: Codable, Equatable, Sendable {
+        public var at: Int64
+        public var actor: String
+        public var action: String
+        public var cell: String?
+        public var detail: String?
+        public init(at: Int64, actor: String, action: String, cell: String?, detail: String?) {
+            self.at = at; self.actor = actor; self.action = action; self.cell = cell; self.detail = detail
+        }
+    }
+    public var rollout: RolloutInfo
+    public var policy: RolloutPolicy?
+    public var previousRelease: String?
+    public var cells: [Cell]
+    public var actions: [Action]
+    public init(rollout: RolloutInfo, policy: RolloutPolicy?, previousRelease: String?, cells: [Cell], actions: [Action]) {
+        self.rollout = rollout; self.policy = policy; self.previousRelease = previousRelease; self.cells = cells; self.actions = actions
+    }
 }
 
 public struct RolloutInfo: Codable, Equatable, Sendable {

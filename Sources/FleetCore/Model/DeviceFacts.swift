@@ -25,7 +25,8 @@ public enum ByteCount {
         let units = ["B", "KB", "MB", "GB", "TB"]
         var value = Double(bytes)
         var unit = 0
-        while abs(value) >= 1000, unit < units.count - 1 { value /= 1000; unit += 1 }
+        // Round before choosing the unit, so that 999,950 bytes reads 1.0 MB, not 1000.0 KB.
+        while unit < units.count - 1, abs(unit == 0 ? value : (value * 10).rounded() / 10) >= 1000 { value /= 1000; unit += 1 }
         if unit == 0 { return "\(bytes) B" }
         let rounded = (value * 10).rounded() / 10
         return "\(rounded) \(units[unit])"
@@ -38,7 +39,7 @@ public enum ByteCount {
                                          ("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12),
                                          ("K", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12), ("B", 1)]
         for (suffix, factor) in table where t.hasSuffix(suffix) {
-            guard let v = Double(t.dropLast(suffix.count).trimmed), v >= 0 else { return nil }
+            guard let v = Double(t.dropLast(suffix.count).trimmed), v >= 0, v * factor < 9.2e18 else { return nil }
             return Int64(v * factor)
         }
         guard let v = Int64(t), v >= 0 else { return nil }

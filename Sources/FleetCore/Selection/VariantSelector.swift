@@ -92,12 +92,13 @@ public enum VariantSelector {
             verdicts.append(verdict(true, "runs \(v.dtype) (preference \(rank + 1) of \(hw.name))\(via)"))
             eligible.append((verdicts.count - 1, rank, c))
         }
-        // Best format for the class first, then measured quality, then the smaller download.
+        // Best format for the class first, then measured quality, then the fewer bytes to download.
         let best = eligible.min { a, b in
             if a.rank != b.rank { return a.rank < b.rank }
             let qa = a.c.quality ?? 0, qb = b.c.quality ?? 0
             if qa != qb { return qa > qb }
-            if a.c.variant.size != b.c.variant.size { return a.c.variant.size < b.c.variant.size }
+            let ta = a.c.transferSize ?? a.c.variant.size, tb = b.c.transferSize ?? b.c.variant.size
+            if ta != tb { return ta < tb }
             return a.c.variant.name < b.c.variant.name
         }
         if let best {

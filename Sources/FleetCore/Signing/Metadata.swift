@@ -139,13 +139,13 @@ public struct Assignment: Codable, Equatable, Sendable {
     }
 }
 
-/// Freshness, signed by the online timestamp key with a short expiry: names the current catalog
-/// of each model, so an attacker cannot keep serving an old one.
+/// Freshness, signed by the online timestamp key with a short expiry: names every catalog in force
+/// (by release id, "model@version"), so an attacker cannot keep serving an old one.
 public struct TimestampMetadata: Codable, Equatable, Sendable {
     public var type = "timestamp"
     public var version: UInt64
     public var expiresAt: Int64
-    public var catalogs: [String: String]   // model -> sha256 of the catalog payload
+    public var catalogs: [String: String]   // release id "model@version" -> sha256 of the catalog payload
 
     public init(version: UInt64, expiresAt: Int64, catalogs: [String: String]) {
         self.version = version; self.expiresAt = expiresAt; self.catalogs = catalogs

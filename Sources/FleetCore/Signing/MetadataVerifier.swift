@@ -50,7 +50,8 @@ public enum MetadataVerifier {
     }
 
     /// Root rotation: version N+1 must be signed by the threshold of N and by its own threshold.
-    public static func verifyRootUpdate(_ envelope: Envelope, trusted: RootMetadata, now: Int64) throws(TrustError) -> RootMetadata {
+    /// Only the last root of a chain must be unexpired (`checkExpiry`), as in TUF.
+    public static func verifyRootUpdate(_ envelope: Envelope, trusted: RootMetadata, now: Int64, checkExpiry: Bool = true) throws(TrustError) -> RootMetadata {
         _ = try verify(envelope, type: PayloadType.root, role: .root, root: trusted)
         let body = envelope.payloadBytes ?? []
         let next = try decode(RootMetadata.self, body, limit: MetadataLimits.root, what: "root")
@@ -59,7 +60,7 @@ public enum MetadataVerifier {
             throw TrustError(next.version <= trusted.version ? .rollback : .malformed,
                              "root version \(next.version) does not follow trusted version \(trusted.version)")
         }
-        try checkExpiry(next.expiresAt, now: now, what: "root")
+        if checkExpiry { try Self.checkExpiry(next.expiresAt, now: now, what: "root") }
         return next
     }
 }

@@ -23,8 +23,11 @@ public struct TrustedState: Codable, Equatable, Sendable {
                 throw TrustError(.malformed, "root chain entry is not root metadata")
             }
             if peek.version <= current.version { continue }
-            current = try MetadataVerifier.verifyRootUpdate(envelope, trusted: current, now: now)
+            current = try MetadataVerifier.verifyRootUpdate(envelope, trusted: current, now: now, checkExpiry: false)
             latest = envelope
+        }
+        if current.version != root.version {
+            try MetadataVerifier.checkExpiry(current.expiresAt, now: now, what: "root")
         }
         root = current
         rootEnvelope = latest
@@ -46,6 +49,8 @@ public enum UpdateVerifier {
                               deviceId: String, facts: DeviceFacts, now: Int64) throws(TrustError) -> VerifiedUpdate {
         var next = state
         let root = state.root
+        // An expired root stops updates until a newer one arrives through rotation.
+        try MetadataVerifier.checkExpiry(root.expiresAt, now: now, what: "trusted root")
 
         // Freshness first: a frozen or replayed view of the world stops here.
         let tsBody = try MetadataVerifier.verify(timestampEnvelope, type: PayloadType.timestamp, role: .timestamp, root: root)
@@ -60,13 +65,12 @@ public enum UpdateVerifier {
         let catalog = try MetadataVerifier.decode(ReleaseCatalog.self, catBody, limit: MetadataLimits.catalog, what: "catalog")
         try MetadataVerifier.checkExpiry(catalog.expiresAt, now: now, what: "catalog \(catalog.model)@\(catalog.version)")
         let catalogDigest = Digest.sha256Hex(catBody)
-        guard ts.catalogs[catalog.model] == catalogDigest else {
-            throw TrustError(.mixAndMatch, "timestamp does not name this catalog of \(catalog.model)")
+        guard ts.catalogs["\(catalog.model)@\(catalog.version)"] == catalogDigest else {
+            throw TrustError(.mixAndMatch, "timestamp does not name catalog \(catalog.model)@\(catalog.version)")
         }
-        if let seen = state.catalogSerials[catalog.model], catalog.serial < seen {
-            throw TrustError(.rollback, "catalog serial \(catalog.serial) of \(catalog.model) is older than trusted \(seen)")
-        }
-        next.catalogSerials[catalog.model] = catalog.serial
+        // An older catalog is acceptable only because a fresh timestamp names it (a director-driven
+        // rollback to the previous release); the highest serial seen is kept for the record.
+        next.catalogSerials[catalog.model] = max(state.catalogSerials[catalog.model] ?? 0, catalog.serial)
 
         let asBody = try MetadataVerifier.verify(assignmentEnvelope, type: PayloadType.assignment, role: .director, root: root)
         let assignment = try MetadataVerifier.decode(Assignment.self, asBody, limit: MetadataLimits.assignment, what: "assignment")

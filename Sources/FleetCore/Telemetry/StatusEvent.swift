@@ -31,3 +31,18 @@ public struct EventAck: Codable, Equatable, Sendable {
         self.ackedThrough = ackedThrough; self.stored = stored; self.duplicates = duplicates
     }
 }
+
+/// Runtime metrics of a model as the local inference service reports them; carried in the
+/// `detail` of a `metrics` status event.
+public struct RuntimeMetrics: Codable, Equatable, Sendable {
+    public var latencyP50Ms: Double?
+    public var latencyP95Ms: Double?
+    public var errorRate: Double?
+    public var requests: Int?
+    public var crashes: Int?
+
+    public init(latencyP50Ms: Double? = nil, latencyP95Ms: Double? = nil, errorRate: Double? = nil, requests: Int? = nil, crashes: Int? = nil) {
+        self.latencyP50Ms = latencyP50Ms; self.latencyP95Ms = latencyP95Ms; self.errorRate = errorRate
+        self.requests = requests; self.crashes = crashes
+    }
+}

@@ -1,0 +1,182 @@
+import FleetCore
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Drives staged rollouts: per cell (hardware class × bandwidth tier) it observes the current
+/// phase's cohort, evaluates the gates against the control cohort and steps the cell's state
+/// machine. A cell that fails stops on its own; the others go on.
+final class RolloutDriver: Service, Sendable {
+    let store: any FleetStore
+    let logger: Logger
+    let clock: @Sendable () -> Int64
+    let tickSeconds: Double?
+    let metrics: ControllerMetrics
+    /// Runtime metrics older than this are not used by the gates.
+    let metricsWindowSeconds: Int64 = 3600
+
+    init(store: any FleetStore, logger: Logger, clock: @escaping @Sendable () -> Int64, tickSeconds: Double?, metrics: ControllerMetrics) {
+        self.store = store; self.logger = logger; self.clock = clock; self.tickSeconds = tickSeconds; self.metrics = metrics
+    }
+
+    func run() async throws {
+        guard let tickSeconds else { return try await gracefulShutdown() }
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            do { try await tick(now: clock()) } catch { logger.error("rollout tick failed", metadata: ["error": "\(error)"]) }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(Int(tickSeconds * 1000))) }
+        }
+    }
+
+    static func cell(of device: DeviceRecord) -> CellKey {
+        CellKey(hardwareClass: device.hardwareClass ?? "none", tier: device.tier ?? "none")
+    }
+
+    /// The cohort cut-off for a phase: the phase's share, raised so that at least `minDevices`
+    /// of the cell's devices are in.
+    static func cutoff(phase: RolloutPolicy.Phase, rollout: Int64, devices: [String]) -> Double {
+        var cut = phase.percent / 100
+        let positions = devices.map { Cohort.position(rollout: "\(rollout)", device: $0) }.sorted()
+        if phase.minDevices > 0, !positions.isEmpty {
+            let k = min(phase.minDevices, positions.count) - 1
+            cut = max(cut, positions[k].nextUp)
+        }
+        return phase.percent >= 100 ? 1.0000001 : cut
+    }
+
+    /// The cell a device checking in belongs to, created in phase 0 on first sight.
+    func cell(for device: DeviceRecord, rollout: RolloutRecord, policy: RolloutPolicy, now: Int64) async throws -> StoredCell {
+        let key = Self.cell(of: device)
+        if let c = try await store.cells(rollout: rollout.id)[key] { return c }
+        let members = try await store.devices().filter { Self.cell(of: $0) == key }.map(\.id)
+        let cell = StoredCell(state: CellState(phaseStartedAt: now),
+                              cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id]))
+        try await store.saveCell(rollout: rollout.id, key, cell)
+        try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "cell-opened", cell: key.description,
+                                                                               detail: "phase 1 of \(policy.phases.count)"))
+        return cell
+    }
+
+    func tick(now: Int64) async throws {
+        for rollout in try await store.activeRollouts() where rollout.state == "active" {
+            guard let policy = rollout.policy else { continue }
+            try await tick(rollout, policy: policy, now: now)
+        }
+    }
+
+    private func tick(_ rollout: RolloutRecord, policy: RolloutPolicy, now: Int64) async throws {
+        let devices = try await store.devices()
+        var byCell: [CellKey: [DeviceRecord]] = [:]
+        for d in devices { byCell[Self.cell(of: d), default: []].append(d) }
+        var cells = try await store.cells(rollout: rollout.id)
+        let outcomes = try await store.installOutcomes(release: rollout.releaseId)
+        let runtime = Dictionary(try await store.runtimeMetrics(model: rollout.model, since: now - metricsWindowSeconds).map { ($0.deviceId, $0) },
+                                 uniquingKeysWith: { a, _ in a })
+        for (key, members) in byCell.sorted(by: { $0.key < $1.key }) {
+            var stored = cells[key] ?? StoredCell(state: CellState(phaseStartedAt: now),
+                                                   cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members.map(\.id)))
+            // Devices that joined the cell since the cut-off was set may raise the minimum count.
+            stored.cutoff = max(stored.cutoff, Self.cutoff(phase: policy.phases[stored.state.phase], rollout: rollout.id, devices: members.map(\.id)))
+            let cohort = members.filter { Cohort.position(rollout: "\(rollout.id)", device: $0.id) < stored.cutoff }
+            let observation = observe(cohort: cohort, cell: members, rollout: rollout, policy: policy, outcomes: outcomes,
+                                      runtime: runtime, phaseStartedAt: stored.state.phaseStartedAt, now: now)
+            stored.observation = observation
+            let (next, actions) = CellStateMachine.step(stored.state, .tick(now: now, observation: observation), policy: policy)
+            if next.phase != stored.state.phase {
+                stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], rollout: rollout.id, devices: members.map(\.id))
+            }
+            stored.state = next
+            try await store.saveCell(rollout: rollout.id, key, stored)
+            cells[key] = stored
+            for a in actions { try await record(rollout, a, cell: key, actor: "controller", now: now) }
+        }
+        if !cells.isEmpty, cells.values.allSatisfy({ $0.state.status == .completed }) {
+            try await store.setRolloutState(rollout.id, "completed")
+            try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "completed", cell: nil, detail: nil))
+        }
+    }
+
+    func observe(cohort: [DeviceRecord], cell: [DeviceRecord], rollout: RolloutRecord, policy: RolloutPolicy,
+                 outcomes: [String: String], runtime: [String: DeviceMetrics], phaseStartedAt: Int64, now: Int64) -> CellObservation {
+        var o = CellObservation(targeted: cohort.count)
+        let timedOut = now - phaseStartedAt > policy.deviceTimeoutSeconds
+        for d in cohort {
+            switch outcomes[d.id] {
+            case "committed": o.committed += 1
+            case "failed": o.installFailed += 1
+            case "rolled-back": o.healthFailed += 1
+            default: if timedOut { o.timedOut += 1 }
+            }
+        }
+        let cohortIDs = Set(cohort.map(\.id))
+        var treatment: [DeviceMetrics] = [], control: [DeviceMetrics] = []
+        for d in cell {
+            guard let m = runtime[d.id] else { continue }
+            if cohortIDs.contains(d.id) && m.release == rollout.releaseId { treatment.append(m) }
+            else if m.release == rollout.previousReleaseId { control.append(m) }
+        }
+        o.treatment = Self.sample(treatment)
+        o.control = Self.sample(control)
+        return o
+    }
+
+    /// A group's runtime figures: the median of the devices' own percentiles, the mean error rate.
+    static func sample(_ ms: [DeviceMetrics]) -> RuntimeSample? {
+        guard !ms.isEmpty else { return nil }
+        func median(_ xs: [Double]) -> Double? {
+            guard !xs.isEmpty else { return nil }
+            let s = xs.sorted()
+            return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+        }
+        let errors = ms.compactMap(\.errorRate)
+        return RuntimeSample(devices: ms.count, latencyP50Ms: median(ms.compactMap(\.p50)), latencyP95Ms: median(ms.compactMap(\.p95)),
+                             errorRate: errors.isEmpty ? nil : errors.reduce(0, +) / Double(errors.count),
+                             crashes: ms.reduce(0) { $0 + $1.crashes })
+    }
+
+    /// An operator's promote, pause, resume or abort, on every cell or on one.
+    func apply(_ event: CellEvent, name: String, rollout: RolloutRecord, cell only: CellKey?, actor: String, now: Int64) async throws {
+        guard let policy = rollout.policy else {
+            throw APIError(.badRequest, "not-staged", "rollout \(rollout.id) has no phases; only staged rollouts take \(name)")
+        }
+        guard rollout.state == "active" else {
+            throw APIError(.conflict, "rollout-not-active", "rollout \(rollout.id) is \(rollout.state)")
+        }
+        let devices = try await store.devices()
+        var cells = try await store.cells(rollout: rollout.id)
+        if let only, cells[only] == nil { throw APIError(.notFound, "unknown-cell", "rollout \(rollout.id) has no cell \(only)") }
+        for (key, var stored) in cells where only == nil || key == only {
+            let (next, actions) = CellStateMachine.step(stored.state, event, policy: policy)
+            if next.phase != stored.state.phase {
+                let members = devices.filter { Self.cell(of: $0) == key }.map(\.id)
+                stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], rollout: rollout.id, devices: members)
+            }
+            stored.state = next
+            try await store.saveCell(rollout: rollout.id, key, stored)
+            cells[key] = stored
+            for a in actions { try await record(rollout, a, cell: key, actor: actor, now: now) }
+        }
+        try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: actor, action: name, cell: only?.description, detail: nil))
+        if event == .abort, only == nil {
+            try await store.setRolloutState(rollout.id, "aborted")
+        }
+    }
+
+    private func record(_ rollout: RolloutRecord, _ a: CellAction, cell: CellKey, actor: String, now: Int64) async throws {
+        let (name, detail): (String, String?) = switch a {
+        case .enteredPhase(let p): ("phase", "entered phase \(p + 1) of \(rollout.policy?.phases.count ?? 0)")
+        case .startedBake: ("bake", "all devices of the phase finished; baking")
+        case .completed: ("cell-completed", nil)
+        case .paused(let g): ("paused", g.map(Self.describe))
+        case .rolledBack(let g): ("rolled-back", g.map(Self.describe))
+        case .resumed: ("resumed", nil)
+        case .aborted: ("aborted", nil)
+        }
+        if case .paused(let g?) = a { logger.warning("cell paused by gate", metadata: ["rollout": "\(rollout.id)", "cell": "\(cell)", "gate": "\(Self.describe(g))"]) }
+        if case .rolledBack(let g?) = a { logger.warning("cell rolled back by gate", metadata: ["rollout": "\(rollout.id)", "cell": "\(cell)", "gate": "\(Self.describe(g))"]) }
+        try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: actor, action: name, cell: cell.description, detail: detail))
+    }
+
+    static func describe(_ g: GateResult) -> String {
+        "\(g.metric) \(g.observed.map { String(format: "%.3f", $0) } ?? "n/a") > \(String(format: "%.3f", g.threshold))"
+    }
+}
