@@ -67,7 +67,7 @@ on_exit() {
         show_logs >&2
     fi
     stop_all
-    rm -rf "$T"
+    if [[ -n "${KEEP_DEMO:-}" ]]; then echo "demo files kept in $T"; else rm -rf "$T"; fi
     exit "$status"
 }
 trap on_exit EXIT
@@ -230,6 +230,73 @@ for i in "${!AGENT_NAMES[@]}"; do
     done
 done
 ((mismatch == 0)) || fail "an installed file differs from every published variant"
+
+
+# --- a second release: a fine-tune, sent as deltas, in a staged rollout ----------------------
+
+V2=2.0.0
+step "python3 scripts/make-demo-model.py model-v2 --finetune   (the last layer fine-tuned)"
+python3 scripts/make-demo-model.py "$T/model-v2" --finetune
+declare -A V2_SHA=()
+for d in "${DTYPES[@]}"; do
+    fleetctl variant add "$MODEL" "$T/model-v2/model-$d.safetensors" \
+        --name "$MODEL-v2-$d" --format safetensors --dtype "$d"
+    V2_SHA[$(sha256sum "$T/model-v2/model-$d.safetensors" | cut -d' ' -f1)]="$MODEL-v2-$d"
+done
+
+step "fleetctl release create $MODEL --version $V2   (plans delta packages from what the devices run)"
+fleetctl release create "$MODEL" --version "$V2" --keys "$T/keys" \
+    --variants "$(printf "$MODEL-v2-%s," "${DTYPES[@]}" | sed 's/,$//')"
+
+step "wait until the controller has built the delta packages (deadline 120s)"
+deadline=$((SECONDS + 120))
+until fleetctl release show "$MODEL@$V2" --json 2>/dev/null | python3 -c '
+import json, sys
+d = json.load(sys.stdin)["packages"]
+deltas = [x for v in d["variants"] for x in v["deltas"]]
+sys.exit(0 if deltas and all(x["status"] != "building" for x in deltas) else 1)'; do
+    ((SECONDS < deadline)) || fail "delta packages not built within 120s"
+    sleep 1
+done
+
+step "fleetctl rollout start $MODEL@$V2 --policy fast   (a canary per cell, then everyone)"
+ROLLOUT=$(fleetctl rollout start "$MODEL@$V2" --policy fast --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+echo "rollout $ROLLOUT started"
+
+runs_v2() {
+    local link="$T/agents/$1/models/$MODEL/current" f
+    [[ -L "$link" ]] || return 1
+    for f in "$link"/*; do
+        [[ -n "${V2_SHA[$(sha256sum "$f" | cut -d' ' -f1)]:-}" ]] && return 0
+    done
+    return 1
+}
+
+step "wait until every device runs $MODEL $V2 (deadline 150s)"
+deadline=$((SECONDS + 150))
+while :; do
+    pending=()
+    for i in "${!AGENT_NAMES[@]}"; do
+        runs_v2 "${AGENT_NAMES[$i]}" || pending+=("${AGENT_IDS[$i]}")
+    done
+    ((${#pending[@]} == 0)) && break
+    ((SECONDS < deadline)) || { fleetctl rollout status "$ROLLOUT" || true; fail "not on $V2 within 150s: ${pending[*]}"; }
+    sleep 1
+done
+echo "all ${#AGENT_NAMES[@]} devices run $MODEL $V2, each file checked against the published sha256"
+
+step "wait until every cell has baked and the rollout is completed (deadline 90s)"
+deadline=$((SECONDS + 90))
+until [[ "$(fleetctl rollout status "$ROLLOUT" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["rollout"]["state"])')" == completed ]]; do
+    ((SECONDS < deadline)) || { fleetctl rollout status "$ROLLOUT" || true; fail "rollout $ROLLOUT not completed within 90s"; }
+    sleep 1
+done
+
+step "fleetctl rollout status $ROLLOUT"
+fleetctl rollout status "$ROLLOUT"
+
+step "fleetctl release show $MODEL@$V2   (what the rollout sent, compared with full downloads)"
+fleetctl release show "$MODEL@$V2"
 
 step "fleetctl status"
 fleetctl status

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Write a small deterministic MLP as safetensors files in four number formats.
 
-    python3 scripts/make-demo-model.py OUTDIR
+    python3 scripts/make-demo-model.py OUTDIR [--finetune]
 
-Writes OUTDIR/model-{fp32,fp16,int8,int4}.safetensors. The weights come from a seeded PRNG, so
+Writes OUTDIR/model-{fp32,fp16,int8,int4}.safetensors. With --finetune, the same model after a
+fine-tune of its last layer (every weight of layers.2 moved by about 1% of itself, seeded), as a
+second release for the demo's delta packages and staged rollout. The weights come from a seeded PRNG, so
 every run on every machine writes byte-identical files. Standard library only.
 
 Tensors (PyTorch nn.Linear layout, weight shape [out, in]):
@@ -125,17 +127,29 @@ def write_safetensors(path, tensors, metadata):
     os.replace(tmp, path)
 
 
+def finetune_last_layer(layers):
+    rng = random.Random(SEED + 1)
+    i, fin, fout, w, b = layers[-1]
+    w = array("f", [x * (1.0 + rng.gauss(0.0, 0.01)) for x in w]).tolist()
+    b = array("f", [x + rng.gauss(0.0, 0.001) for x in b]).tolist()
+    return layers[:-1] + [(i, fin, fout, w, b)]
+
+
 def main(argv):
-    if len(argv) != 2 or argv[1] in ("-h", "--help"):
-        print("usage: make-demo-model.py OUTDIR", file=sys.stderr)
+    args = [a for a in argv[1:] if a != "--finetune"]
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print("usage: make-demo-model.py OUTDIR [--finetune]", file=sys.stderr)
         return 2
-    outdir = argv[1]
+    outdir = args[0]
     os.makedirs(outdir, exist_ok=True)
     layers = make_weights()
+    finetuned = "--finetune" in argv[1:]
+    if finetuned:
+        layers = finetune_last_layer(layers)
 
     def meta(dtype, **extra):
         m = {"format": "pt", "edgefleet.dtype": dtype, "edgefleet.model": "demo-mlp",
-             "edgefleet.seed": str(SEED)}
+             "edgefleet.seed": str(SEED), "edgefleet.version": "2" if finetuned else "1"}
         m.update(extra)
         return m
 

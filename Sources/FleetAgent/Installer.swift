@@ -196,13 +196,13 @@ final class Installer {
         let path = state.downloadPath(job.downloadSha256)
         do {
             let (sha, length) = try FS.sha256(path)
-            guard length == job.downloadSize else {
+            guard length == job.downloadSize, sha == job.downloadSha256 else {
                 unlink(path)
-                return .event(.failed("length \(length) differs from the signed \(job.downloadSize)"))
-            }
-            guard sha == job.downloadSha256 else {
-                unlink(path)
-                return .event(.failed("sha256 \(sha) differs from the signed \(job.downloadSha256)"))
+                // A bad delta package: the next check-in asks for the whole artifact instead.
+                if job.isDelta { journal.deltaFailed[job.model] = job.sha256 }
+                return .event(.failed(length != job.downloadSize
+                    ? "length \(length) differs from the signed \(job.downloadSize)"
+                    : "sha256 \(sha) differs from the signed \(job.downloadSha256)"))
             }
             return .event(.verified)
         } catch {

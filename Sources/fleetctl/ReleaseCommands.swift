@@ -160,10 +160,11 @@ struct RolloutCommand: ParsableCommand {
             out += s.previousRelease.map { " (control: \($0))" } ?? ""
             out += s.policy.map { ", policy \($0.name)" } ?? ", all devices at once"
             out += "\n"
-            out += Table.render(["CELL", "STATUS", "PHASE", "COHORT", "PROGRESS", "GATES"], s.cells.map { c in
+            out += Table.render(["CELL", "STATUS", "PHASE", "SHARE", "PROGRESS", "GATES"], s.cells.map { c in
                 let o = c.observation
                 let done = o?.finished ?? 0, total = o?.targeted ?? 0
-                return [c.cell, c.status, "\(c.phase)/\(c.phases)", String(format: "%.0f%%", c.cohortShare * 100),
+                let share = s.policy.map { p in c.phase <= p.phases.count ? String(format: "%g%%", p.phases[c.phase - 1].percent) : "-" } ?? "100%"
+                return [c.cell, c.status, "\(c.phase)/\(c.phases)", share,
                         bar(done, total) + " \(done)/\(total)", c.gates.map(gateText).joined(separator: " ")]
             })
             for c in s.cells { if let g = c.failedGate { out += "  \(c.cell) stopped by \(gateText(g))\n" } }

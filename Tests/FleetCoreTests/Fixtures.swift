@@ -104,11 +104,9 @@ enum Fixture {
         TimestampMetadata(version: version, expiresAt: now + hour, catalogs: catalogs)
     }
 
-    /// The timestamp's entries naming a catalog. The key is changing from the model name to the
-    /// release id "model@version"; both are written so the fixtures hold on either side of that
-    /// change. (Drop the model-name entry once the release-id keying is committed.)
+    /// The timestamp's entry naming a catalog: keyed by release id "model@version".
     static func timestampEntries(_ c: ReleaseCatalog, digest: String) -> [String: String] {
-        [c.model: digest, "\(c.model)@\(c.version)": digest]
+        ["\(c.model)@\(c.version)": digest]
     }
 
     // MARK: Signing

@@ -155,11 +155,9 @@ import Testing
         #expect(InstallStateMachine.recoveryActions(InstallState(phase: phase)) == [])
     }
 
-    /// KNOWN GAP: the agent journals the new state before it performs the transition's actions.
-    /// A crash between journaling committed / rolledBack / failed and performing commit / discard
-    /// loses those actions for good: recoveryActions returns nothing for terminal phases, so the
-    /// old slot is never released and a failed download is never discarded.
-    /// (When this is fixed, update the terminal rows of `recovery` above as well.)
+    /// Was a gap; fixed: the agent journals the new state before it performs the transition's
+    /// actions, so a crash between journaling committed / rolledBack / failed and performing
+    /// commit / discard must not lose them: recovery in a terminal phase repeats its clean-up.
     @Test(arguments: [(InstallPhase.committed, InstallAction.commit(job)), (.rolledBack, .discard(job)), (.failed, .discard(job))])
     func recoveryReplaysTheCleanupOfTerminalPhases(_ phase: InstallPhase, _ action: InstallAction) {
         #expect(InstallStateMachine.recoveryActions(state(phase)).contains(action))

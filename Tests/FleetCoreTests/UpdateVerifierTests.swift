@@ -256,9 +256,6 @@ import Testing
         expectRejection(.replay, F.bundle(assignment: { $0.expiresAt += 1 }), state: state)
     }
 
-    /// Brief: an older catalog serial is a rollback. NOTE: an uncommitted change to
-    /// UpdateVerifier.verify (TrustedState.swift) removes this check so that the director can roll a
-    /// device back to the previous release; against that working tree this test fails. See report.
     /// Rolling a device back to the previous release: an older catalog is accepted when a fresh
     /// timestamp names it, and the highest serial seen is kept.
     @Test func olderCatalogIsAcceptedOnlyWhenAFreshTimestampNamesIt() throws {
@@ -405,9 +402,23 @@ import Testing
         expectRejection(.mixAndMatch, F.bundle(timestamp: { $0.catalogs = [:] }))
         // The right digest, filed under another model / release.
         expectRejection(.mixAndMatch, F.bundle(timestamp: { ts in
-            let digest = ts.catalogs[F.model]!
-            ts.catalogs = ["segmenter": digest, "segmenter@1.2.0": digest, "\(F.model)@0.9.0": digest]
+            let digest = ts.catalogs[F.release]!
+            ts.catalogs = ["segmenter@1.2.0": digest, "\(F.model)@0.9.0": digest, "\(F.model)@1.2.1": digest]
         }))
+    }
+
+    /// Timestamps name catalogs by release id: an entry under the bare model name (the older
+    /// keying) does not vouch for any particular version of it.
+    @Test func timestampNamingOnlyTheModelIsRejected() {
+        expectRejection(.mixAndMatch, F.bundle(timestamp: { ts in ts.catalogs = [F.model: ts.catalogs[F.release]!] }))
+    }
+
+    /// Several releases of one model may be in force at once (a rollback target and the current
+    /// one); each is accepted on its own entry.
+    @Test func timestampNamingSeveralReleasesOfAModelIsAccepted() throws {
+        let previous = F.sign(F.catalog(serial: 2), PayloadType.catalog, [F.releaseKey])
+        let b = F.bundle(timestamp: { $0.catalogs["\(F.model)@1.1.0"] = previous.payloadDigest })
+        #expect(try F.verify(b, state: F.pinnedState()).catalog.serial == 3)
     }
 
     // MARK: Payload shape
@@ -426,7 +437,7 @@ import Testing
         let b = F.bundle()
         let digest = b.catalog.payloadDigest
         let other = Digest.sha256Hex(Array("x".utf8))
-        let bytes = #"{"catalogs":{"\#(F.model)":"\#(other)","\#(F.model)":"\#(digest)","\#(F.release)":"\#(other)","\#(F.release)":"\#(digest)"},"expiresAt":\#(F.now + F.hour),"type":"timestamp","version":10}"#
+        let bytes = #"{"catalogs":{"\#(F.release)":"\#(other)","\#(F.release)":"\#(digest)"},"expiresAt":\#(F.now + F.hour),"type":"timestamp","version":10}"#
         let ts = F.signBytes(Array(bytes.utf8), PayloadType.timestamp, [F.timestampKey])
         expectRejection(.duplicateKey, F.Bundle(catalog: b.catalog, assignment: b.assignment, timestamp: ts))
     }

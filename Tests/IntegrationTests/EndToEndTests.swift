@@ -174,3 +174,83 @@ struct EndToEndTests {
         #expect((try? FileManager.default.contentsOfDirectory(atPath: a.models)) ?? [] == [])
     }
 }
+
+/// Delta packages between real model files, through the real controller and agent.
+@Suite("Delta packages end to end", .serialized)
+struct DeltaEndToEndTests {
+    func models(_ fleet: TestFleet) throws -> (v1: String, v2: String) {
+        for (dir, extra) in [("m1", [String]()), ("m2", ["--finetune"])] {
+            let r = try fleet.run("/usr/bin/env", ["python3", TestFleet.repoRoot + "/scripts/make-demo-model.py", fleet.dir + "/" + dir] + extra)
+            #expect(r.status == 0, "\(r.stderr)")
+        }
+        return (fleet.dir + "/m1/model-int8.safetensors", fleet.dir + "/m2/model-int8.safetensors")
+    }
+
+    func waitForDeltas(_ fleet: TestFleet, release: String) throws -> [ReleasePackages.Delta] {
+        var deltas: [ReleasePackages.Delta] = []
+        try fleet.waitFor("delta packages of \(release)", timeout: 120) {
+            struct Shown: Decodable { var packages: ReleasePackages }
+            deltas = try fleet.fleetctlJSON(Shown.self, ["release", "show", release]).packages.variants.flatMap(\.deltas)
+            return !deltas.isEmpty && deltas.allSatisfy { $0.status != "building" }
+        }
+        return deltas
+    }
+
+    @Test func fineTuneTravelsAsADeltaAndInstallsTheSignedBytes() throws {
+        let fleet = try TestFleet(); defer { fleet.cleanup() }
+        try fleet.startController()
+        let (v1, v2) = try models(fleet)
+        let a = fleet.agent("edge-x86-vnni-01", facts: TestFleet.demoFacts("edge-x86-vnni-01.json"))
+        try fleet.publish(model: "m", version: "1", variants: [("m-v1", "int8", v1)])
+        try fleet.runOnce(a)
+        #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v1))
+
+        _ = try fleet.fleetctl(["variant", "add", "m", v2, "--name", "m-v2", "--dtype", "int8"])
+        _ = try fleet.fleetctl(["release", "create", "m", "--version", "2", "--keys", fleet.dir + "/keys", "--variants", "m-v2"])
+        let deltas = try waitForDeltas(fleet, release: "m@2")
+        let delta = try #require(deltas.first)
+        #expect(delta.status == "ready")
+        #expect(delta.baseSha256 == fleet.sha(v1))
+        let size = try #require(delta.size)
+        #expect(size < 2_118_552 / 4, "a last-layer fine-tune should need well under a quarter of the model")
+        _ = try fleet.fleetctl(["rollout", "start", "m@2", "--all"])
+
+        let r = try fleet.runOnce(a)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v2))
+        let journal = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: a.state + "/journal.json"))) as? [String: Any]
+        let job = ((journal?["installs"] as? [String: Any])?["m"] as? [String: Any])?["job"] as? [String: Any]
+        #expect((job?["package"] as? [String: Any])?["kind"] as? String == "delta")
+        struct Shown: Decodable { var packages: ReleasePackages }
+        let shown = try fleet.fleetctlJSON(Shown.self, ["release", "show", "m@2"]).packages
+        #expect(shown.devicesViaDelta == 1)
+        #expect(shown.bytesSent == size)
+    }
+
+    @Test func tamperedDeltaFallsBackToTheFullArtifact() throws {
+        let fleet = try TestFleet(); defer { fleet.cleanup() }
+        try fleet.startController()
+        let (v1, v2) = try models(fleet)
+        let a = fleet.agent("edge-x86-vnni-01", facts: TestFleet.demoFacts("edge-x86-vnni-01.json"))
+        try fleet.publish(model: "m", version: "1", variants: [("m-v1", "int8", v1)])
+        try fleet.runOnce(a)
+        _ = try fleet.fleetctl(["variant", "add", "m", v2, "--name", "m-v2", "--dtype", "int8"])
+        _ = try fleet.fleetctl(["release", "create", "m", "--version", "2", "--keys", fleet.dir + "/keys", "--variants", "m-v2"])
+        let delta = try #require(try waitForDeltas(fleet, release: "m@2").first?.packageSha256)
+        // Corrupt the delta package in the controller's store.
+        let stored = fleet.artifactPath(delta)
+        var bytes = [UInt8](FileManager.default.contents(atPath: stored)!)
+        bytes[bytes.count / 2] ^= 0x5A
+        try Data(bytes).write(to: URL(fileURLWithPath: stored))
+        _ = try fleet.fleetctl(["rollout", "start", "m@2", "--all"])
+
+        let first = try fleet.runOnce(a)
+        #expect(first.status == 0)
+        #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v1))   // old model untouched
+        #expect(fleet.journalPhase(a, model: "m") == "failed")
+        // The next check-in asks for the whole artifact, and the device is not over a byte budget.
+        let second = try fleet.runOnce(a)
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v2))
+    }
+}

@@ -89,6 +89,15 @@ actor Director {
 
     func artifactURL(_ sha256: String) -> String { "\(artifactBaseURL ?? "")/v1/artifacts/\(sha256)" }
 
+    /// When a release is created: queue the delta each device will want, from what it runs now.
+    func planDeltas(release: ReleaseRecord) async throws {
+        guard planner.enabled else { return }
+        let probe = RolloutRecord(id: 0, releaseId: release.id, model: release.model, strategy: "all", state: "active", createdAt: 0)
+        for device in try await store.devices() where device.installed[release.model] != nil {
+            _ = try await plan(facts: device.facts, installed: device.installed, rollout: probe, releaseId: release.id)
+        }
+    }
+
     /// At rollout start: the delta each device will want, from what it runs now.
     func planDeltas(for rollout: RolloutRecord) async throws -> Int {
         guard planner.enabled else { return 0 }
@@ -133,7 +142,8 @@ actor Director {
                 continue
             }
             let envelope = try await assignment(deviceId: deviceId, hardwareClass: hwClass.name, release: plan.release,
-                                                variant: variant, package: plan.package, now: now)
+                                                variant: variant, package: plan.package,
+                                                installed: request.installed[rollout.model], now: now)
             updates.append(ModelUpdate(model: rollout.model, catalog: plan.release.catalogEnvelope, assignment: envelope))
         }
 
@@ -151,12 +161,13 @@ actor Director {
     /// The stored assignment when it still says the same thing and is not near expiry; otherwise a
     /// new one with the next counter.
     private func assignment(deviceId: String, hardwareClass: String, release: ReleaseRecord, variant: CatalogVariant,
-                            package delta: PackageRef?, now: Int64) async throws -> Envelope {
+                            package delta: PackageRef?, installed: String?, now: Int64) async throws -> Envelope {
         let package = delta ?? PackageRef(kind: PackageRef.full, sha256: variant.sha256, size: variant.size, url: artifactURL(variant.sha256))
         for _ in 0..<3 {
             let previous = try await store.assignment(deviceId: deviceId, model: release.model)
-            if let p = previous, p.releaseId == release.id, p.sha256 == variant.sha256, p.packageSha256 == package.sha256,
-               p.expiresAt - now > assignmentTTL / 2 {
+            // Once the device runs the target, how it got there no longer matters.
+            if let p = previous, p.releaseId == release.id, p.sha256 == variant.sha256,
+               p.packageSha256 == package.sha256 || installed == variant.sha256, p.expiresAt - now > assignmentTTL / 2 {
                 return p.envelope
             }
             let counter = (previous?.counter ?? 0) + 1

@@ -66,6 +66,7 @@ struct OperatorRoutes: Sendable {
         router.post("/v1/releases") { request, _ in
             let body = try await JSON.decode(NewRelease.self, request, limit: MetadataLimits.envelope)
             let release = try await acceptRelease(body.catalog)
+            try await director.planDeltas(release: release)
             return try JSON.response(releaseInfo(release), status: .created)
         }
         router.get("/v1/releases") { _, _ in try JSON.response(try await store.releases().map(releaseInfo)) }

@@ -352,6 +352,10 @@ final class SQLiteStore: FleetStore {
                     if let status = DeviceStatus.from(eventKind: e.kind) {
                         try db.execute("UPDATE devices SET status = ?, status_detail = ? WHERE id = ?", [status, e.detail, deviceId])
                     }
+                    // What the device runs is known from its commit, before its next check-in says so.
+                    if e.kind == "committed", let model = e.model, let sha = e.sha256, Name.isValid(model), Digest.isSHA256Hex(sha) {
+                        try db.execute("UPDATE devices SET installed = json_set(installed, '$.\"' || ? || '\"', ?) WHERE id = ?", [model, sha, deviceId])
+                    }
                 } else {
                     duplicates += 1
                 }
