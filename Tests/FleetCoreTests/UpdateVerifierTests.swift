@@ -30,7 +30,8 @@ import Testing
     @Test func acceptsNewerUpdateOnTopOfTrustedState() throws {
         let state = F.stateAfterDefaultUpdate()
         let b = F.bundle(catalog: { $0.serial = 4; $0.version = "1.3.0" },
-                         assignment: { $0.counter = 8; $0.variant = F.fp16.name; $0.sha256 = F.fp16.sha256; $0.size = F.fp16.size
+                         assignment: { $0.counter = 8; $0.release = "\(F.model)@1.3.0"
+                                       $0.variant = F.fp16.name; $0.sha256 = F.fp16.sha256; $0.size = F.fp16.size
                                        $0.package = PackageRef(kind: "full", sha256: F.fp16.sha256, size: F.fp16.size, url: "u") },
                          timestamp: { $0.version = 11 })
         let result = try F.verify(b, state: state)
@@ -361,6 +362,11 @@ import Testing
         expectRejection(.malformed, F.bundle(assignment: { $0.package = Self.delta(base: "") }))
         expectRejection(.malformed, F.bundle(assignment: { $0.package = Self.delta(base: F.fp16.sha256.uppercased()) }))
         expectRejection(.malformed, F.bundle(assignment: { $0.package = Self.delta(base: "../../" + String(F.fp16.sha256.dropFirst(6))) }))
+    }
+
+    /// An assignment naming another release than the catalog it is bound to.
+    @Test func assignmentForAnotherReleaseIsRejected() {
+        expectRejection(.mixAndMatch, F.bundle(assignment: { $0.release = "\(F.model)@0.0.1" }))
     }
 
     @Test func deltaWithoutAValidHashIsRejected() {

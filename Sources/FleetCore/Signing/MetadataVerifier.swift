@@ -55,6 +55,7 @@ public enum MetadataVerifier {
         _ = try verify(envelope, type: PayloadType.root, role: .root, root: trusted)
         let body = envelope.payloadBytes ?? []
         let next = try decode(RootMetadata.self, body, limit: MetadataLimits.root, what: "root")
+        guard next.type == "root" else { throw TrustError(.wrongPayloadType, "root: type is \(next.type)") }
         _ = try verify(envelope, type: PayloadType.root, role: .root, root: next)
         guard next.version == trusted.version + 1 else {
             throw TrustError(next.version <= trusted.version ? .rollback : .malformed,

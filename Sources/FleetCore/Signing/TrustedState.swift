@@ -78,7 +78,8 @@ public enum UpdateVerifier {
         guard assignment.deviceId == deviceId else {
             throw TrustError(.wrongDevice, "assignment is for device \(assignment.deviceId), this is \(deviceId)")
         }
-        guard assignment.catalogSha256 == catalogDigest, assignment.model == catalog.model else {
+        guard assignment.catalogSha256 == catalogDigest, assignment.model == catalog.model,
+              assignment.release == "\(catalog.model)@\(catalog.version)" else {
             throw TrustError(.mixAndMatch, "assignment refers to another catalog")
         }
         let digest = Digest.sha256Hex(asBody)
@@ -118,7 +119,8 @@ public enum UpdateVerifier {
             guard let base = pkg.baseSha256, Digest.isSHA256Hex(base), Digest.isSHA256Hex(pkg.sha256) else {
                 throw TrustError(.malformed, "delta package without a valid base or package hash")
             }
-            guard pkg.size > 0, pkg.size <= variant.size * 2 + (1 << 20) else {
+            let limit = variant.size > Int64.max / 4 ? Int64.max : variant.size * 2 + (1 << 20)
+            guard pkg.size > 0, pkg.size <= limit else {
                 throw TrustError(.lengthMismatch, "delta package of \(pkg.size) bytes for a \(variant.size)-byte artifact")
             }
         default:
