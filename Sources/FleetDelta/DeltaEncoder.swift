@@ -11,6 +11,8 @@ public enum DeltaEncoder {
     /// could beat the best package so far.
     static let probeThreshold = 8 << 20
     static let probeLevel = 3
+    /// How much smaller than the best package the estimate must be for the slow run to be worth it.
+    static let requiredGain = 0.02
 
     public static func encode(base: String, target: String, output: String, methods: [DeltaMethod] = DeltaMethod.allCases,
                               level: Int = 19) throws(DeltaError) -> DeltaReport {
@@ -46,9 +48,10 @@ public enum DeltaEncoder {
                         let probe = try fileSize(path)
                         let gain = estimateGain(targetMap.bytes, level: level)
                         let estimate = Int64(Double(probe) * gain)
-                        if estimate >= best {
+                        if Double(estimate) >= Double(best) * (1 - requiredGain) {
                             usedLevel = probeLevel
-                            note = "level \(probeLevel) gave \(probe) bytes; level \(level) estimated at \(estimate), not below \(best): not run"
+                            note = "level \(probeLevel) gave \(probe) bytes; level \(level) estimated at \(estimate), "
+                                + "not \(Int(requiredGain * 100))% below \(best): not run"
                         } else {
                             try encodeWhole(method, context, level: level, to: path)
                         }
@@ -157,7 +160,8 @@ public enum DeltaEncoder {
 
     // MARK: helpers
 
-    /// Estimated size at `level` relative to `probeLevel`, from up to three 256 KiB samples of the target.
+    /// Estimated size at `level` relative to `probeLevel`, from three 256 KiB samples of the target
+    /// compressed alone (no prefix): what the slow level gains on this kind of data.
     static func estimateGain(_ bytes: UnsafeRawBufferPointer, level: Int) -> Double {
         let sample = 256 * 1024
         guard bytes.count >= 4 * sample, let z = try? ZstdCompressor() else { return 1 }
@@ -169,8 +173,7 @@ public enum DeltaEncoder {
             fastTotal += f.count
             slowTotal += h.count
         }
-        // A little optimism, so that a close call is run rather than skipped.
-        return min(1, Double(slowTotal) / Double(max(fastTotal, 1)) * 0.97)
+        return min(1, Double(slowTotal) / Double(max(fastTotal, 1)))
     }
 
     static func sha256(_ bytes: UnsafeRawBufferPointer) -> String {

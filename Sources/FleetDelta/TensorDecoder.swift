@@ -82,6 +82,7 @@ struct TensorDecoder {
 
         var sparse: SparseSource?
         var dense: FrameReader?
+        var rangeDecoder: ByteDeltaDecoder?
         switch t.coding {
         case .dense(let f):
             dense = try reader(f, what: "op \(index) tensor frame")
@@ -89,6 +90,13 @@ struct TensorDecoder {
             sparse = try SparseSource(runs: try reader(runs, what: "op \(index) runs frame"), runsLength: runsLength,
                                       values: try reader(v, what: "op \(index) values frame"), nonzero: nonzero,
                                       width: w, chunkElements: t.chunkElements, elements: Int64(elements))
+        case .modeled(let lanes, let lengths):
+            var decoders: [ModeledLane] = []
+            let shared = SharedValueTables()
+            for (k, (f, l)) in zip(lanes, lengths).enumerated() {
+                decoders.append(try ModeledLane(try reader(f, what: "op \(index) lane \(k) frame"), length: l, shared: shared))
+            }
+            rangeDecoder = ByteDeltaDecoder(decoders)
         }
 
         var start = 0
@@ -96,21 +104,24 @@ struct TensorDecoder {
             let n = min(t.chunkElements, elements - start)
             let bytes = n * w
             let valueChunk = UnsafeMutableRawBufferPointer(rebasing: values[0..<bytes])
+            let b = UnsafeMutableRawBufferPointer(rebasing: baseChunk[0..<bytes])
+            if t.transform.usesBase { try base.read(at: t.baseOffset + Int64(start * w), into: b) }
             if let dense {
                 let rawChunk = UnsafeMutableRawBufferPointer(rebasing: raw[0..<bytes])
                 try dense.read(into: rawChunk)
                 TensorCodec.unshuffleChunk(UnsafeRawBufferPointer(rawChunk), width: w, into: valueChunk)
-            } else {
-                try sparse!.fill(valueChunk, elements: n, scratch: raw)
+            } else if let sparse {
+                try sparse.fill(valueChunk, elements: n, scratch: raw)
+            } else if let rangeDecoder {
+                try rangeDecoder.decode(base: UnsafeRawBufferPointer(b), into: valueChunk)
             }
             if t.transform.usesBase {
-                let b = UnsafeMutableRawBufferPointer(rebasing: baseChunk[0..<bytes])
-                try base.read(at: t.baseOffset + Int64(start * w), into: b)
                 TensorCodec.inverse(t.transform, width: w, values: valueChunk, base: UnsafeRawBufferPointer(b))
             }
             try out.write(UnsafeRawBufferPointer(valueChunk))
             start += n
         }
+        try rangeDecoder?.finish()
         try dense?.finish()
         try sparse?.finish()
     }
@@ -138,7 +149,6 @@ private final class SparseSource {
 
     /// Zeros still to emit before the next non-zero element; nil: read the next run.
     private var pendingZeros: Int64?
-    private var position: Int64 = 0
 
     init(runs: FrameReader, runsLength: Int64, values: FrameReader, nonzero: Int64, width: Int, chunkElements: Int, elements: Int64) throws(DeltaError) {
         self.runs = runs
@@ -218,7 +228,6 @@ private final class SparseSource {
             pendingZeros = nil
             i += 1
         }
-        position += Int64(count)
     }
 
     func finish() throws(DeltaError) {

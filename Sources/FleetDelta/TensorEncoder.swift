@@ -146,15 +146,16 @@ struct TensorEncoder {
 
     /// A coding of one tensor's bytes, before its frames are added to the data section.
     private struct Candidate {
+        enum Kind: String { case dense, sparse, modeled }
         var transform: TensorTransform
         var width: Int
-        var sparse: Bool
-        var streams: [[UInt8]]  // compressed: [values] or [runs, values]
+        var coding: Kind
+        var streams: [[UInt8]]  // compressed: [values], [runs, values] or [range-coded stream]
         var inputs: [Int]  // uncompressed stream lengths
         var runsLength: Int64 = 0
         var nonzero: Int64 = 0
         var size: Int { streams.reduce(0) { $0 + $1.count } }
-        var label: String { "\(transform.label)/\(sparse ? "sparse" : "dense")" }
+        var label: String { "\(transform.label)/\(coding.rawValue)" }
     }
 
     private mutating func changed(_ t: TensorLayout.Tensor, _ b: TensorLayout.Tensor) throws(DeltaError) -> TensorPlan.Op {
@@ -213,12 +214,15 @@ struct TensorEncoder {
 
     private mutating func op(_ c: Candidate, length: Int64, baseOffset: Int64) -> TensorPlan.TensorOp {
         let coding: TensorPlan.Coding
-        if c.sparse {
+        switch c.coding {
+        case .sparse:
             let runs = add(c.streams[0])
             let values = add(c.streams[1])
             coding = .sparse(runs: runs, runsLength: c.runsLength, values: values, nonzero: c.nonzero)
-        } else {
+        case .dense:
             coding = .dense(values: add(c.streams[0]))
+        case .modeled:
+            coding = .modeled(lanes: c.streams.map { add($0) }, lengths: c.inputs.map(Int64.init))
         }
         return TensorPlan.TensorOp(length: length, elementSize: c.width, transform: c.transform, chunkElements: Self.chunkElements,
                                    baseOffset: c.transform.usesBase ? baseOffset : 0, coding: coding)
@@ -226,9 +230,9 @@ struct TensorEncoder {
 
     /// Compresses the winner again at the full level when that is cheap or promising (see `refineRatio`).
     private func refine(_ c: Candidate, target: UnsafeRawBufferPointer, base: UnsafeRawBufferPointer?) throws(DeltaError) -> Candidate {
-        guard level > fast else { return c }
+        guard level > fast, c.coding != .modeled else { return c }
         guard target.count <= Self.refineAlways || Double(c.size) <= Self.refineRatio * Double(target.count) else { return c }
-        guard let again = try candidates(c.transform, width: c.width, target: target, base: base, level: level, only: c.sparse).first else { return c }
+        guard let again = try candidates(c.transform, width: c.width, target: target, base: base, level: level, only: c.coding == .sparse).first else { return c }
         return again.size < c.size ? again : c
     }
 
@@ -245,9 +249,12 @@ struct TensorEncoder {
         if only != true {
             TensorCodec.shuffle(UnsafeRawBufferPointer(delta), width: width, chunkElements: Self.chunkElements, into: shuffled)
             let frame = try compressor.compress(UnsafeRawBufferPointer(shuffled), .init(level: level, windowLog: windowLog(n)))
-            out.append(Candidate(transform: transform, width: width, sparse: false, streams: [frame], inputs: [n]))
+            out.append(Candidate(transform: transform, width: width, coding: .dense, streams: [frame], inputs: [n]))
         }
         guard transform.usesBase, only != false else { return out }
+        if width == 1, transform == .subInt, only == nil, let base {
+            out.append(try modeledCandidate(UnsafeRawBufferPointer(delta), base: base))
+        }
         let elements = n / width
         let nonzero = countNonzero(UnsafeRawBufferPointer(delta), width: width)
         guard nonzero > 0, only == true || nonzero * 2 <= elements else { return out }
@@ -274,9 +281,26 @@ struct TensorEncoder {
             try compressor.compress(r, .init(level: level, windowLog: windowLog(runs.count)))
         }
         let valuesFrame = try compressor.compress(UnsafeRawBufferPointer(values), .init(level: level, windowLog: windowLog(k * width)))
-        out.append(Candidate(transform: transform, width: width, sparse: true, streams: [runsFrame, valuesFrame], inputs: [runs.count, k * width],
+        out.append(Candidate(transform: transform, width: width, coding: .sparse, streams: [runsFrame, valuesFrame], inputs: [runs.count, k * width],
                              runsLength: Int64(runs.count), nonzero: Int64(k)))
         return out
+    }
+
+    /// One-byte differences through the range coder (`ByteDeltaModel`), element i in lane i % 2,
+    /// each lane in a zstd frame for its checksum.
+    private func modeledCandidate(_ delta: UnsafeRawBufferPointer, base: UnsafeRawBufferPointer) throws(DeltaError) -> Candidate {
+        var coders = [RangeEncoder(), RangeEncoder()]
+        var model = ByteDeltaModel()
+        for i in 0..<delta.count { model.encode(delta[i], base: base[i], index: i, &coders) }
+        var frames: [[UInt8]] = [], lengths: [Int] = []
+        for k in 0..<2 {
+            let stream = coders[k].finish()
+            lengths.append(stream.count)
+            frames.append(try stream.withBytes { (s: UnsafeRawBufferPointer) throws(DeltaError) -> [UInt8] in
+                try compressor.compress(s, .init(level: 1, windowLog: windowLog(stream.count)))
+            })
+        }
+        return Candidate(transform: .subInt, width: 1, coding: .modeled, streams: frames, inputs: lengths)
     }
 
     private func windowLog(_ n: Int) -> Int { min(TensorPlan.payloadWindowLog, max(n, 1).windowLogCovering) }

@@ -19,6 +19,9 @@ struct TensorPlan: Equatable {
         /// Two frames: LEB128 counts of zero elements before each non-zero one (`runsLength` bytes
         /// in all), and the `nonzero` non-zero elements, shuffled per chunk.
         case sparse(runs: Frame, runsLength: Int64, values: Frame, nonzero: Int64)
+        /// Two frames, each holding `lengths[k]` bytes of range coder output (`ByteDeltaModel`) for
+        /// the elements i with i % 2 == k: one-byte elements under `.subInt` only.
+        case modeled(lanes: [Frame], lengths: [Int64])
     }
 
     struct TensorOp: Equatable {
@@ -84,6 +87,8 @@ struct TensorPlan: Equatable {
                 case .dense: largest = max(largest, 3 * chunk + min(t.length, window))
                 case .sparse(_, let runsLength, _, let nonzero):
                     largest = max(largest, 4 * chunk + min(runsLength, window) + min(nonzero * Int64(t.elementSize), window))
+                case .modeled(_, let lengths):
+                    largest = max(largest, 3 * chunk + lengths.reduce(0) { $0 + min($1, window) })
                 }
             case .prefixed(let length, _, let baseLength, _):
                 largest = max(largest, baseLength + length)
@@ -116,6 +121,9 @@ struct TensorPlan: Equatable {
                 case .sparse(let runs, let runsLength, let values, let nonzero):
                     w.u8(1); w.varint(runs.offset); w.varint(runs.length); w.varint(runsLength)
                     w.varint(values.offset); w.varint(values.length); w.varint(nonzero)
+                case .modeled(let lanes, let lengths):
+                    w.u8(2); w.u8(UInt8(lanes.count))
+                    for (f, l) in zip(lanes, lengths) { w.varint(f.offset); w.varint(f.length); w.varint(l) }
                 }
             case .prefixed(let length, let baseOffset, let baseLength, let f):
                 w.u8(4); w.varint(length); w.varint(baseOffset); w.varint(baseLength); w.varint(f.offset); w.varint(f.length)
@@ -167,6 +175,15 @@ struct TensorPlan: Equatable {
                     let runsLength = try r.varint()
                     let values = Frame(offset: try r.varint(), length: try r.varint())
                     coding = .sparse(runs: runs, runsLength: runsLength, values: values, nonzero: try r.varint())
+                case 2:
+                    let count = Int(try r.u8())
+                    guard count == 2 else { throw DeltaError(.unsupported, "plan: modeled coding with \(count) lanes") }
+                    var lanes: [Frame] = [], lengths: [Int64] = []
+                    for _ in 0..<count {
+                        lanes.append(Frame(offset: try r.varint(), length: try r.varint()))
+                        lengths.append(try r.varint())
+                    }
+                    coding = .modeled(lanes: lanes, lengths: lengths)
                 case let x: throw DeltaError(.unsupported, "plan: tensor coding \(x)")
                 }
                 guard chunk > 0, chunk <= Int64(maxChunkBytes) else { throw DeltaError(.corrupt, "plan: chunk of \(chunk) elements") }
@@ -222,6 +239,11 @@ struct TensorPlan: Equatable {
                     let elements = t.length / Int64(t.elementSize)
                     guard t.transform.usesBase, nonzero > 0, nonzero <= elements, runsLength >= nonzero, runsLength <= 10 * nonzero else {
                         throw DeltaError(.corrupt, "plan: sparse tensor with \(nonzero) non-zero elements and \(runsLength) run bytes")
+                    }
+                case .modeled(let lanes, let lengths):
+                    for f in lanes { try frameOK(f, "modeled") }
+                    guard t.elementSize == 1, t.transform == .subInt, lanes.count == 2, lengths.allSatisfy({ $0 >= 5 }) else {
+                        throw DeltaError(.corrupt, "plan: modeled coding of \(t.elementSize)-byte elements under \(t.transform)")
                     }
                 }
             case .prefixed(let length, let baseOffset, let baseLength, let f):

@@ -18,7 +18,7 @@ struct DeltaCommand: ParsableCommand {
                 per tensor against the base), zstd-patch (zstd with the whole base as prefix, any file) and full \
                 (the target compressed). Prints what each method gave; --json prints the report.
                 """)
-        @OptionGroup var global: GlobalOptions
+        @OptionGroup var global: LocalOutputOptions
         @Option(help: "The file devices have now.") var base: String
         @Option(help: "The file devices should end up with.") var target: String
         @Option(help: "Where to write the package.") var out: String
@@ -72,7 +72,7 @@ struct DeltaCommand: ParsableCommand {
                 beside OUT under a temporary name and renamed onto OUT only when its size and sha256 match the \
                 package's target; on any failure nothing is left.
                 """)
-        @OptionGroup var global: GlobalOptions
+        @OptionGroup var global: LocalOutputOptions
         @Option(help: "The file the package was made against.") var base: String
         @Option(help: "The delta package.") var patch: String
         @Option(help: "Where to write the result.") var out: String
@@ -92,7 +92,7 @@ struct DeltaCommand: ParsableCommand {
 
     struct Show: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Print a delta package's header (after checking it).")
-        @OptionGroup var global: GlobalOptions
+        @OptionGroup var global: LocalOutputOptions
         @Argument(help: "The delta package.") var patch: String
 
         func run() throws {
@@ -107,6 +107,20 @@ struct DeltaCommand: ParsableCommand {
                     ["decode buffers", ByteCount.format(h.decodeBufferBytes)],
                 ])
             }
+        }
+    }
+}
+
+/// `--json` for commands that work on local files only (no --controller).
+struct LocalOutputOptions: ParsableArguments {
+    @Flag(help: "Print JSON instead of tables.")
+    var json = false
+
+    func emit<T: Encodable>(_ value: T, table: () -> String) throws {
+        if json {
+            print(String(decoding: try FleetJSON.encode(value, pretty: true), as: UTF8.self))
+        } else {
+            print(table(), terminator: "")
         }
     }
 }

@@ -73,6 +73,8 @@ import Testing
             .tensor(.init(length: 1_024, elementSize: 1, transform: .subInt, chunkElements: 1 << 18, baseOffset: 3_000,
                           coding: .sparse(runs: .init(offset: 340, length: 12), runsLength: 30, values: .init(offset: 352, length: 20), nonzero: 25))),
             .prefixed(length: 2_000, baseOffset: 0, baseLength: 1_000, frame: .init(offset: 372, length: 50)),
+            .tensor(.init(length: 512, elementSize: 1, transform: .subInt, chunkElements: 1 << 18, baseOffset: 0,
+                          coding: .modeled(lanes: [.init(offset: 400, length: 11), .init(offset: 411, length: 11)], lengths: [9, 8]))),
             .structure(length: 20),
         ]
         #expect(try TensorPlan.parse(plan.serialized()) == plan)
