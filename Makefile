@@ -49,11 +49,8 @@ agent: deps
 bench: deps
 	$(SWIFT) build -c release
 	$(MAKE) agent
-	@if [ -f bench/run.sh ]; then \
-		bash bench/run.sh; \
-	else \
-		echo "bench: bench/run.sh is not there yet"; \
-	fi
+	BIN=.build/release bash bench/run.sh
+	BIN=.build/release bash bench/delta/run.sh
 
 clean:
 	$(SWIFT) package clean
