@@ -103,7 +103,7 @@ actor Director {
         guard planner.enabled else { return 0 }
         var pairs = Set<String>()
         for device in try await store.devices() {
-            guard let releaseId = try await releaseFor(device, rollout: rollout, now: Controller.wallClock()), releaseId == rollout.releaseId,
+            guard let releaseId = try await releaseFor(device, rollout: rollout, now: driver.clock()), releaseId == rollout.releaseId,
                   let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout, releaseId: releaseId),
                   let target = plan.variant?.sha256, let base = device.installed[rollout.model], base != target else { continue }
             pairs.insert(base + target)
@@ -219,7 +219,7 @@ actor Director {
         }
         var out: [Explanation] = []
         for rollout in try await store.activeRollouts() {
-            guard let releaseId = try await releaseFor(device, rollout: rollout, now: Controller.wallClock()),
+            guard let releaseId = try await releaseFor(device, rollout: rollout, now: driver.clock()),
                   let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout, releaseId: releaseId)
             else { continue }
             out.append(Explanation(deviceId: deviceId, model: rollout.model, release: plan.release.id, selection: plan.selection))
