@@ -28,26 +28,7 @@ AGENT_PIDS=()
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# SIGTERM, then up to 10 s for a clean exit, then SIGKILL.
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-stop_all() {
-    local i
-    # Agents first (started last), the controller last.
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[$i]}"
-    done
-    PIDS=()
-}
+source "$(dirname "${BASH_SOURCE[0]}")/procs.sh"
 
 show_logs() {
     local log
