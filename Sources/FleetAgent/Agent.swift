@@ -22,14 +22,20 @@ public struct AgentOptions: Sendable {
     public var healthTimeoutSeconds: Double
     public var rateLimitBytesPerSecond: Int64?
     public var once: Bool
+    /// Where the local inference service reports runtime metrics; nil: no endpoint.
+    public var metricsListen: MetricsListenAddress?
+    /// The fleet CA to pin and the device's client certificate and key (mutual TLS).
+    public var tls = TLSOptions()
+    /// One-time enrollment token, used on the first run against a controller that enforces access.
+    public var enrollToken: String? = nil
 
     public init(controllerURL: String, stateDirectory: String, modelsDirectory: String, factsFile: String? = nil, rootFile: String? = nil,
                 deviceId: String? = nil, pollSeconds: Double? = nil, healthCommand: String? = nil, healthTimeoutSeconds: Double = 30,
-                rateLimitBytesPerSecond: Int64? = nil, once: Bool = false) {
+                rateLimitBytesPerSecond: Int64? = nil, once: Bool = false, metricsListen: MetricsListenAddress? = nil) {
         self.controllerURL = controllerURL; self.stateDirectory = stateDirectory; self.modelsDirectory = modelsDirectory
         self.factsFile = factsFile; self.rootFile = rootFile; self.deviceId = deviceId; self.pollSeconds = pollSeconds
         self.healthCommand = healthCommand; self.healthTimeoutSeconds = healthTimeoutSeconds
-        self.rateLimitBytesPerSecond = rateLimitBytesPerSecond; self.once = once
+        self.rateLimitBytesPerSecond = rateLimitBytesPerSecond; self.once = once; self.metricsListen = metricsListen
     }
 }
 
@@ -53,6 +59,10 @@ public final class Agent: @unchecked Sendable {
     private let stopFlag = StopFlag()
     private var savedLink: LinkStats?
     private var recovered = false
+    /// Runtime metrics from the local inference service, batched into one event per model per cycle.
+    public let runtime = RuntimeCollector()
+    /// What `GET /v1/status` on the metrics endpoint answers, refreshed after every cycle.
+    private let published = Mutex<[UInt8]>([])
 
     public init(options: AgentOptions, logger: Logger) throws {
         self.options = options
@@ -89,6 +99,7 @@ public final class Agent: @unchecked Sendable {
         let stop = stopFlag
         let http = HTTPClient()
         http.userAgent = "edgefleet-agent/\(Self.version)"
+        http.tls = options.tls
         installer = Installer(slots: slots, state: state, http: http,
                               health: HealthCheck(command: options.healthCommand, timeoutSeconds: options.healthTimeoutSeconds),
                               controllerURL: options.controllerURL, rateLimit: options.rateLimitBytesPerSecond, logger: logger,
@@ -106,6 +117,48 @@ public final class Agent: @unchecked Sendable {
         }
         installer.link = try? state.load("link.json", as: LinkStats.self)
         savedLink = installer.link
+        publishStatus()
+    }
+
+    /// Starts the local metrics endpoint; the caller stops it.
+    public func startMetricsEndpoint(_ address: MetricsListenAddress) throws -> MetricsEndpoint {
+        let slots = self.slots
+        return try MetricsEndpoint(listen: address, collector: runtime, knowsModel: { slots.current($0) != nil },
+                                   status: { [self] in self.published.withLock { $0 } })
+    }
+
+    struct LocalStatus: Encodable {
+        struct Model: Encodable { var sha256: String; var release: String?; var path: String }
+        var deviceId: String
+        var models: [String: Model]
+        var pendingEvents: Int
+        var droppedEvents: UInt64
+    }
+
+    private func publishStatus() {
+        var models: [String: LocalStatus.Model] = [:]
+        for (model, sha) in slots.installed() {
+            models[model] = .init(sha256: sha, release: installer.journal.releaseOf?[sha], path: "\(options.modelsDirectory)/\(model)/current")
+        }
+        let s = LocalStatus(deviceId: deviceId, models: models, pendingEvents: installer.outbox.pending.count, droppedEvents: installer.outbox.dropped)
+        let bytes = (try? FleetJSON.encode(s)).map { [UInt8]($0) } ?? []
+        published.withLock { $0 = bytes }
+    }
+
+    /// Each model's runtime figures since the last cycle become one `metrics` event, kept in the
+    /// on-disk outbox until the controller acknowledges it.
+    func recordRuntimeMetrics() {
+        let windows = runtime.drain()
+        guard !windows.isEmpty else { return }
+        for (model, m) in windows.sorted(by: { $0.key < $1.key }) {
+            let sha = slots.current(model)
+            guard let detail = try? FleetJSON.encode(m) else { continue }
+            installer.outbox.append(kind: "metrics", time: Clock.wall(), model: model, sha256: sha,
+                                    release: sha.flatMap { installer.journal.releaseOf?[$0] }, detail: String(decoding: detail, as: UTF8.self))
+        }
+        do { try state.save("outbox.json", installer.outbox) } catch {
+            logger.warning("runtime metrics not saved", metadata: ["error": "\(error)"])
+        }
     }
 
     public var id: String { deviceId }
@@ -138,6 +191,8 @@ public final class Agent: @unchecked Sendable {
     /// One check-in: resume what was interrupted, check in, verify and install what is assigned,
     /// send status events.
     public func cycle() -> CycleResult {
+        // The window closes before anything is installed: its figures belong to what ran during it.
+        recordRuntimeMetrics()
         do {
             // After a start, every model's journal gets its recovery (clean-up included); later,
             // only installs a cut connection left unfinished.
@@ -146,6 +201,7 @@ public final class Agent: @unchecked Sendable {
             }
             recovered = true
             let facts = try currentFacts()
+            try enrollIfNeeded(facts: facts)
             let fullOnly = installer.journal.deltaFailed.keys.sorted()
             let request = CheckInRequest(facts: facts, installed: slots.installed(), agentVersion: Self.version,
                                          phase: installer.journal.installs.values.first { !$0.phase.isTerminal }?.phase.rawValue,
@@ -219,11 +275,12 @@ public final class Agent: @unchecked Sendable {
     }
 
     func flushOutbox() {
+        defer { publishStatus() }
         while !installer.outbox.pending.isEmpty {
             let batch = Array(installer.outbox.pending.prefix(EventBatch.maxEvents))
             do {
                 let ack = try installer.http.json("POST", "\(options.controllerURL)/v1/devices/\(deviceId)/events",
-                                                  body: EventBatch(events: batch), as: EventAck.self)
+                                                  body: EventBatch(events: batch, droppedEvents: installer.outbox.dropped), as: EventAck.self)
                 installer.outbox.acknowledge(through: ack.ackedThrough)
                 try state.save("outbox.json", installer.outbox)
                 if ack.ackedThrough < batch.last!.seq { break }
@@ -247,6 +304,9 @@ public struct AgentService: Service {
 
     public func run() async throws {
         var failures = 0
+        let endpoint = try options.metricsListen.map { try agent.startMetricsEndpoint($0) }
+        if let endpoint { logger.info("metrics endpoint listening", metadata: ["listen": "\(endpoint.address)"]) }
+        defer { endpoint?.stop() }
         try await withGracefulShutdownHandler {
             while !Task.isCancelled && !Task.isShuttingDownGracefully {
                 let agent = self.agent

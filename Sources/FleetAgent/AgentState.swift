@@ -35,6 +35,8 @@ struct Journal: Codable, Equatable {
     var failedCounters: [String: UInt64] = [:]
     /// Models whose delta to this target sha256 failed: the next check-in asks for the full artifact.
     var deltaFailed: [String: String] = [:]
+    /// The release each installed artifact (by sha256) came with, so runtime metrics name it.
+    var releaseOf: [String: String]? = nil
 }
 
 /// The link measurement the agent reports as its downlink.

@@ -103,6 +103,14 @@ final class Installer {
         case .report(let r):
             outbox.append(kind: r.kind, time: Clock.wall(), model: r.model, sha256: r.sha256, release: r.release, detail: r.detail)
             try state.save("outbox.json", outbox)
+            if r.kind == "committed" {
+                // Runtime metrics name the release of what runs; entries of removed slots go.
+                let models = Set(slots.installed().keys).union([r.model])
+                var known = (journal.releaseOf ?? [:]).filter { entry in models.contains { FS.isDirectoryNoFollow(slots.slotPath($0, entry.key)) } }
+                known[r.sha256] = r.release
+                journal.releaseOf = known
+                try state.save("journal.json", journal)
+            }
             logger.info("install \(r.kind)", metadata: ["model": "\(r.model)", "sha256": "\(r.sha256.prefix(12))", "detail": "\(r.detail ?? "")"])
             return .none
         case .download(let job): return download(job)
@@ -180,7 +188,11 @@ final class Installer {
             } catch let e {
                 switch e.code {
                 case .tooLarge: unlink(path); return .event(.failed("artifact longer than signed: \(e.message)"))
-                case .io: return .event(.failed("download write failed: \(e.message)"))
+                case .io:
+                    // Most often a full disk: the partial file goes now, so that the space is back
+                    // before anything else (the journal among them) needs to be written.
+                    unlink(path)
+                    return .event(.failed("download write failed: \(e.message)"))
                 case .cancelled: return .pause("stopping")
                 default:
                     if !e.isTransient { return .event(.failed("download refused: \(e.message)")) }

@@ -42,7 +42,8 @@ public struct HTTPResponse: Sendable {
     public var body: Data
 }
 
-/// TLS settings for later use with client certificates; empty means plain HTTP or system CAs.
+/// TLS settings: `caFile` pins the CA the server's certificate must chain to (instead of the
+/// system's), `certFile`/`keyFile` are the client certificate of mutual TLS. Empty: system CAs.
 public struct TLSOptions: Sendable {
     public var caFile: String?
     public var certFile: String?
@@ -88,14 +89,22 @@ public final class HTTPClient {
     public func request(_ method: String, _ url: String, headers: [String: String] = [:], body: Data? = nil,
                         maxResponseBytes: Int = 16 << 20, timeoutSeconds: Int = 60) throws(HTTPClientError) -> HTTPResponse {
         let sink = BufferSink(limit: maxResponseBytes)
-        let (status, hdrs) = try perform(url: url, method: method, headers: headers, timeoutSeconds: timeoutSeconds) { h in
-            if let body {
-                body.withUnsafeBytes { raw in
-                    _ = ef_setopt_off(h, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(raw.count))
-                    _ = ef_setopt_ptr(h, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!))
+        let status: Int
+        let hdrs: [String: String]
+        do throws(HTTPClientError) {
+            (status, hdrs) = try perform(url: url, method: method, headers: headers, timeoutSeconds: timeoutSeconds) { h in
+                if let body {
+                    body.withUnsafeBytes { raw in
+                        _ = ef_setopt_off(h, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(raw.count))
+                        _ = ef_setopt_ptr(h, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!))
+                    }
                 }
+                return sink
             }
-            return sink
+        } catch {
+            // A server that sends more than allowed (or never stops) is cut off: say so, not "write error".
+            if sink.overLimit { throw HTTPClientError(.tooLarge, "\(method) \(url): the answer is longer than the limit of \(maxResponseBytes) bytes") }
+            throw error
         }
         return HTTPResponse(status: status, headers: hdrs, body: sink.data)
     }
@@ -229,7 +238,11 @@ public final class HTTPClient {
         _ = ef_setopt_long(h, CURLOPT_LOW_SPEED_LIMIT, stallBytesPerSecond)
         if timeoutSeconds > 0 { _ = ef_setopt_long(h, CURLOPT_TIMEOUT, timeoutSeconds) }
         _ = ef_setopt_long(h, CURLOPT_PROTOCOLS, Int(CURLPROTO_HTTP | CURLPROTO_HTTPS))
-        if let ca = tls.caFile { _ = ef_setopt_str(h, CURLOPT_CAINFO, ca) }
+        if let ca = tls.caFile {
+            // Pinned: only this CA, not the system's as well.
+            _ = ef_setopt_str(h, CURLOPT_CAINFO, ca)
+            _ = ef_setopt_ptr(h, CURLOPT_CAPATH, nil)
+        }
         if let cert = tls.certFile { _ = ef_setopt_str(h, CURLOPT_SSLCERT, cert) }
         if let key = tls.keyFile { _ = ef_setopt_str(h, CURLOPT_SSLKEY, key) }
         if method == "HEAD" {
@@ -287,9 +300,10 @@ class ResponseSink {
 final class BufferSink: ResponseSink {
     var data = Data()
     let limit: Int
+    private(set) var overLimit = false
     init(limit: Int) { self.limit = limit }
     override func write(_ buffer: UnsafeRawBufferPointer) -> Bool {
-        guard data.count + buffer.count <= limit else { return false }
+        guard data.count + buffer.count <= limit else { overLimit = true; return false }
         data.append(contentsOf: buffer)
         return true
     }

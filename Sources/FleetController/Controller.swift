@@ -1,6 +1,8 @@
 import FleetCore
 import Foundation
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import Prometheus
 
@@ -18,6 +20,10 @@ public struct ControllerOptions: Sendable {
     public var deltas: Bool
     /// Seconds between evaluations of staged rollouts' gates; nil: only when asked (tests).
     public var rolloutTickSeconds: Double?
+    /// Who may call what, and the per-device limits (open by default: development and router tests).
+    public var access = AccessOptions()
+    /// Mutual TLS; nil serves plain HTTP.
+    public var tls: ControllerTLS? = nil
 
     public init(dataDirectory: String, host: String, port: Int, keysDirectory: String, configDirectory: String,
                 artifactBaseURL: String? = nil, maxArtifactBytes: Int64 = 8 << 30, pollSeconds: Int = 30, deltas: Bool = true,
@@ -41,6 +47,10 @@ public enum Controller {
         let config = try FleetConfig.load(directory: options.configDirectory)
         let keys = try OnlineKeys.load(directory: options.keysDirectory, now: clock())
         let store = try SQLiteStore(path: options.dataDirectory + "/fleet.sqlite")
+        try keys.history.restore(try store.rootVersionsSync(), now: clock())
+        if options.access.mode == .enforced {
+            try AdminBootstrap.ensureAdmin(store: store, dataDirectory: options.dataDirectory, now: clock(), logger: logger)
+        }
         let artifacts = try ArtifactStore(root: options.dataDirectory + "/artifacts")
         let policies = try PolicyLoader.load(directory: options.configDirectory)
         let planner = DeltaPlanner(store: store, artifacts: artifacts, builder: deltaBuilder, logger: logger, clock: clock)
@@ -48,8 +58,11 @@ public enum Controller {
         let director = Director(store: store, keys: keys, config: config, artifactBaseURL: options.artifactBaseURL,
                                 metrics: metrics, logger: logger, pollSeconds: options.pollSeconds, planner: planner, driver: driver)
 
-        let router = Router(context: BasicRequestContext.self)
+        let router = Router(context: FleetRequestContext.self)
         router.add(middleware: ErrorMiddleware())
+        router.add(middleware: AccessMiddleware(options: options.access, store: store,
+                                                checkIns: RateLimiter(burst: options.access.checkInBurst, perMinute: options.access.checkInsPerMinute, clock: clock),
+                                                metrics: metrics, clock: clock))
         router.get("/healthz") { _, _ in try JSON.response(["status": "ok"]) }
         router.get("/metrics") { _, _ in
             metrics.devices.set(Int64(try await store.devices().count))
@@ -59,10 +72,20 @@ public enum Controller {
         }
         DeviceRoutes(director: director, store: store, metrics: metrics, clock: clock).register(router)
         ArtifactRoutes(artifacts: artifacts, metrics: metrics, maxArtifactBytes: options.maxArtifactBytes).register(router)
-        OperatorRoutes(director: director, store: store, artifacts: artifacts, config: config, keys: keys, policies: policies,
-                       driver: driver, clock: clock).register(router)
+        let operatorRoutes = OperatorRoutes(director: director, store: store, artifacts: artifacts, config: config, keys: keys,
+                                            policies: policies, driver: driver, clock: clock)
+        operatorRoutes.register(router)
+        VariantRoutes(store: store, builder: VariantBuildService(
+            store: store, artifacts: artifacts, recipesFile: options.configDirectory + "/recipes.yaml",
+            evaluator: ProcessInfo.processInfo.environment["EDGEFLEET_EVALUATOR"], logger: logger, clock: clock)).register(router)
+        DashboardRoutes(store: store, access: store, operatorRoutes: operatorRoutes, clock: clock, secureCookies: options.tls != nil).register(router)
+        AccessRoutes(store: store, keys: keys, options: options.access,
+                     enrollments: RateLimiter(burst: options.access.enrollBurst, perMinute: options.access.enrollPerMinute, clock: clock),
+                     clock: clock).register(router)
+        let server: HTTPServerBuilder = try options.tls.map { try .tls(.http1(), tlsConfiguration: try $0.configuration()) } ?? .http1()
         let app = Application(
             router: router,
+            server: server,
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "edgefleet-controller"),
             services: [planner, driver],
             logger: logger)
@@ -72,7 +95,11 @@ public enum Controller {
     /// Runs the controller until SIGTERM or SIGINT, then drains in-flight requests and stops.
     public static func serve(options: ControllerOptions, logger: Logger) async throws {
         let (app, _) = try makeApplication(options: options, logger: logger, deltaBuilder: options.deltas ? FleetDeltaBuilder() : nil)
-        logger.info("controller listening", metadata: ["listen": "\(options.host):\(options.port)", "data": "\(options.dataDirectory)"])
+        logger.info("controller listening", metadata: ["listen": "\(options.host):\(options.port)", "data": "\(options.dataDirectory)",
+                                                       "tls": "\(options.tls != nil)", "access": "\(options.access.mode.rawValue)"])
+        if options.access.mode == .open {
+            logger.warning("INSECURE DEVELOPMENT MODE: no operator tokens, no device identities; anyone who can reach \(options.host):\(options.port) is admin. Serve with --tls-cert, --tls-key and --client-ca for a real fleet.")
+        }
         try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
     }
 }

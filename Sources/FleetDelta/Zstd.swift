@@ -2,22 +2,27 @@ import CZstd
 import FleetCore
 
 /// libzstd, through its stable public API only. Every frame carries its content size and a checksum,
-/// so a decoder sees a corrupt frame as an error, not as different bytes.
-final class ZstdCompressor {
+/// so a decoder sees a corrupt frame as an error, not as different bytes. Public for FleetCompression,
+/// which measures the compressed size of the variants it builds.
+public final class ZstdCompressor {
     private let cctx: OpaquePointer
 
-    init() throws(DeltaError) {
+    public init() throws(DeltaError) {
         guard let c = ZSTD_createCCtx() else { throw DeltaError(.io, "cannot allocate a zstd compression context") }
         cctx = c
     }
 
     deinit { ZSTD_freeCCtx(cctx) }
 
-    struct Options {
+    public struct Options {
         var level: Int
         /// Maximum back-reference distance as a power of two; nil: the level's default.
         var windowLog: Int? = nil
         var longDistanceMatching = false
+
+        public init(level: Int, windowLog: Int? = nil, longDistanceMatching: Bool = false) {
+            self.level = level; self.windowLog = windowLog; self.longDistanceMatching = longDistanceMatching
+        }
     }
 
     /// Compresses `input` as one frame (with `prefix` referenced, if given) and returns the frame.
@@ -29,7 +34,7 @@ final class ZstdCompressor {
     }
 
     /// Compresses `input` as one frame, handing the output to `sink` in pieces of at most 1 MiB.
-    func compress(_ input: UnsafeRawBufferPointer, _ options: Options, prefix: UnsafeRawBufferPointer? = nil,
+    public func compress(_ input: UnsafeRawBufferPointer, _ options: Options, prefix: UnsafeRawBufferPointer? = nil,
                   sink: (UnsafeRawBufferPointer) throws(DeltaError) -> Void) throws(DeltaError) {
         ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters)
         try check(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, Int32(options.level)))

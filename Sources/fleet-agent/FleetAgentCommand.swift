@@ -26,7 +26,10 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Seconds the health command may take.") var healthTimeout: Double = 30
     @Option(help: "Download rate limit in bytes per second (suffixes K, M allowed).") var rateLimit: String?
     @Flag(help: "Do one check-in cycle (finishing any install it starts) and exit.") var once = false
+    @Option(help: "Where the local inference service reports runtime metrics: 127.0.0.1:PORT, [::1]:PORT or unix:/PATH (loopback only).")
+    var metricsListen: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+    @OptionGroup var identity: AgentIdentityOptions
 
     func validate() throws {
         guard controller.hasPrefix("http://") || controller.hasPrefix("https://") else {
@@ -37,6 +40,9 @@ struct Run: AsyncParsableCommand {
         if let rateLimit { guard let v = ByteCount.parse(rateLimit), v > 0 else { throw ValidationError("--rate-limit '\(rateLimit)' is not a rate") } }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
         if let deviceId { guard Name.isValid(deviceId) else { throw ValidationError("--device-id '\(deviceId)' is not a valid name") } }
+        if let metricsListen, MetricsListenAddress.parse(metricsListen) == nil {
+            throw ValidationError("--metrics-listen '\(metricsListen)' is not a loopback HOST:PORT or unix:/ABSOLUTE/PATH")
+        }
     }
 
     func run() async throws {
@@ -49,9 +55,12 @@ struct Run: AsyncParsableCommand {
         let logger = Logger(label: "edgefleet.agent")
         var url = controller
         while url.hasSuffix("/") { url.removeLast() }
-        let options = AgentOptions(controllerURL: url, stateDirectory: state, modelsDirectory: models, factsFile: facts, rootFile: root,
+        var options = AgentOptions(controllerURL: url, stateDirectory: state, modelsDirectory: models, factsFile: facts, rootFile: root,
                                    deviceId: deviceId, pollSeconds: pollSeconds, healthCommand: healthCommand,
-                                   healthTimeoutSeconds: healthTimeout, rateLimitBytesPerSecond: rateLimit.flatMap(ByteCount.parse), once: once)
+                                   healthTimeoutSeconds: healthTimeout, rateLimitBytesPerSecond: rateLimit.flatMap(ByteCount.parse), once: once,
+                                   metricsListen: metricsListen.flatMap(MetricsListenAddress.parse))
+        options.tls = identity.tls
+        options.enrollToken = try identity.enrollToken()
         let agent: Agent
         do {
             agent = try Agent(options: options, logger: logger)

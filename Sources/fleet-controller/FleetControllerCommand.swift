@@ -7,7 +7,7 @@ struct FleetControllerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fleet-controller",
         abstract: "The EdgeFleet controller: HTTP API, director, artifact store.",
-        subcommands: [Serve.self])
+        subcommands: [Serve.self, TokenCommand.self, BenchGates.self])
 }
 
 struct Serve: AsyncParsableCommand {
@@ -37,8 +37,11 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "info"
 
+    @OptionGroup var security: SecurityOptions
+
     func validate() throws {
         guard parseListen() != nil else { throw ValidationError("--listen must be HOST:PORT with a port from 1 to 65535, got '\(listen)'") }
+        try security.validate(host: parseListen()!.0)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
         guard pollSeconds >= 1 else { throw ValidationError("--poll-seconds must be at least 1") }
         guard parseSize(maxArtifactSize) != nil else { throw ValidationError("--max-artifact-size '\(maxArtifactSize)' is not a size") }
@@ -57,9 +60,11 @@ struct Serve: AsyncParsableCommand {
         var logger = Logger(label: "edgefleet.controller")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         let (host, port) = parseListen()!
-        let options = ControllerOptions(dataDirectory: data, host: host, port: port, keysDirectory: keys, configDirectory: config,
+        var options = ControllerOptions(dataDirectory: data, host: host, port: port, keysDirectory: keys, configDirectory: config,
                                         artifactBaseURL: artifactBaseUrl, maxArtifactBytes: parseSize(maxArtifactSize)!,
                                         pollSeconds: pollSeconds)
+        options.tls = security.tls
+        options.access = security.access
         do {
             try await Controller.serve(options: options, logger: logger)
         } catch {

@@ -16,9 +16,13 @@ struct FleetCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fleetctl",
         abstract: "Operate an EdgeFleet: keys, models, variants, releases, rollouts, devices.",
-        discussion: "The controller URL comes from --controller or the FLEET_CONTROLLER environment variable.",
+        discussion: """
+            The controller URL comes from --controller or FLEET_CONTROLLER. Against a controller that enforces access, \
+            give an operator token with --token-file (or FLEET_TOKEN_FILE, or the token itself in FLEET_TOKEN) and, \
+            for https://, the fleet CA with --ca (or FLEET_CA).
+            """,
         subcommands: [Keys.self, ModelCommand.self, VariantCommand.self, ReleaseCommand.self, RolloutCommand.self,
-                      DevicesCommand.self, StatusCommand.self, DeltaCommand.self])
+                      DevicesCommand.self, StatusCommand.self, DeltaCommand.self, TokensCommand.self, AuditCommand.self])
 }
 
 struct GlobalOptions: ParsableArguments {
@@ -28,21 +32,38 @@ struct GlobalOptions: ParsableArguments {
     @Flag(help: "Print JSON instead of tables.")
     var json = false
 
+    @Option(help: "File holding an operator API token (default: $FLEET_TOKEN_FILE; or the token itself in $FLEET_TOKEN).")
+    var tokenFile: String?
+
+    @Option(help: "CA certificate (PEM) that the controller's https:// certificate must chain to (default: $FLEET_CA).")
+    var ca: String?
+
     var baseURL: String {
         var url = controller ?? ProcessInfo.processInfo.environment["FLEET_CONTROLLER"] ?? "http://127.0.0.1:8080"
         while url.hasSuffix("/") { url.removeLast() }
         return url
     }
 
-    func client() -> API { API(base: baseURL) }
+    func client() -> API {
+        let env = ProcessInfo.processInfo.environment
+        var token = env["FLEET_TOKEN"]
+        if let file = tokenFile ?? env["FLEET_TOKEN_FILE"] {
+            token = (try? String(contentsOfFile: file, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let api = API(base: baseURL, token: token)
+        api.http.tls = TLSOptions(caFile: ca ?? env["FLEET_CA"])
+        return api
+    }
+
+    static let valued: Set<String> = ["--controller", "--token-file", "--ca"]
 
     static func hoist(_ args: [String]) -> [String] {
         var front: [String] = []
         var rest = args[...]
         while let first = rest.first, first.hasPrefix("--") {
-            if first == "--json" || first.hasPrefix("--controller=") {
+            if first == "--json" || valued.contains(where: { first.hasPrefix($0 + "=") }) {
                 front.append(first); rest = rest.dropFirst()
-            } else if first == "--controller", rest.count >= 2 {
+            } else if valued.contains(first), rest.count >= 2 {
                 front += [first, rest[rest.startIndex + 1]]; rest = rest.dropFirst(2)
             } else {
                 break
@@ -55,6 +76,9 @@ struct GlobalOptions: ParsableArguments {
         let url = baseURL
         guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
             throw ValidationError("--controller must be an http:// or https:// URL, got '\(url)'")
+        }
+        if let file = tokenFile, !FileManager.default.isReadableFile(atPath: file) {
+            throw ValidationError("--token-file \(file) cannot be read")
         }
     }
 
@@ -70,15 +94,19 @@ struct GlobalOptions: ParsableArguments {
 /// Typed calls to the controller's operator API.
 struct API {
     let base: String
+    /// Operator API token; the controller records its name with every change.
+    var token: String? = nil
     let http = HTTPClient()
-    /// Recorded by the controller with every change (the audit trail names who did what).
+    /// The token, and the user name an open (development) controller records instead.
     var actor: [String: String] {
         let user = ProcessInfo.processInfo.environment["USER"] ?? "operator"
-        return ["X-Fleet-Actor": Name.isValid(user) ? user : "operator"]
+        var h = ["X-Fleet-Actor": Name.isValid(user) ? user : "operator"]
+        if let token, !token.isEmpty { h["Authorization"] = "Bearer \(token)" }
+        return h
     }
 
     func get<T: Decodable>(_ path: String, as: T.Type) throws -> T {
-        try http.json("GET", base + path, body: Optional<String>.none, as: T.self)
+        try http.json("GET", base + path, body: Optional<String>.none, headers: actor, as: T.self)
     }
 
     func post<B: Encodable, T: Decodable>(_ path: String, _ body: B, as: T.Type) throws -> T {

@@ -4,7 +4,7 @@ import Foundation
 
 struct Keys: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "keys", abstract: "Create and inspect the fleet's signing keys.", subcommands: [Init.self])
+        commandName: "keys", abstract: "Create and inspect the fleet's signing keys.", subcommands: [Init.self, RotateRoot.self])
 
     struct Init: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -11,7 +11,9 @@ struct ModelCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Register a model name.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Model name (letters, digits, '-', '_', '.').") var name: String
-        @Option(help: "Quality floor: variants whose measured mean cosine is below it are never chosen.") var minQuality: Double?
+        @Option(name: [.customLong("min-quality"), .customLong("min-cosine")],
+                help: "Quality floor (min_cosine): variants whose measured mean cosine is below it, or unmeasured, are never chosen.")
+        var minQuality: Double?
 
         func validate() throws {
             guard Name.isValid(name) else { throw ValidationError("'\(name)' is not a valid model name") }
@@ -38,8 +40,8 @@ struct ModelCommand: ParsableCommand {
 }
 
 struct VariantCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "variant", abstract: "Upload and list model variants.",
-                                                    subcommands: [Add.self, List.self])
+    static let configuration = CommandConfiguration(commandName: "variant", abstract: "Build, upload, list and show model variants.",
+                                                    subcommands: [Add.self, List.self, Build.self, Show.self])
 
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -57,6 +59,11 @@ struct VariantCommand: ParsableCommand {
         @Option(help: "What a device needs to run it (repeatable KEY=VALUE).") var requires: [String] = []
         @Option(help: "Free-form attribute signed into the catalog (repeatable KEY=VALUE).") var attr: [String] = []
         @Option(help: "Measured quality (mean cosine against the base model), 0…1.") var quality: Double?
+        @Option(help: "The variant this one was derived from (a distilled student's teacher); it is evaluated against it.") var derivedFrom: String?
+        @Option(help: "How it was derived: distillation, architecture, quantization, pruning or combined.") var technique: String?
+        @Option(help: "A local copy of the --derived-from variant's file (default: downloaded from the controller).") var teacherFile: String?
+        @Option(help: "Evaluator command for --derived-from, run as CMD TEACHER VARIANT.") var evaluate: String?
+        @Option(help: "Golden inputs (.npz) for the default evaluator.") var inputs: String?
 
         func validate() throws {
             guard Name.isValid(model) else { throw ValidationError("'\(model)' is not a valid model name") }
@@ -66,6 +73,14 @@ struct VariantCommand: ParsableCommand {
             _ = try parsedRequirements()
             _ = try parsedAttributes()
             if let q = quality, !(0...1).contains(q) { throw ValidationError("--quality must be between 0 and 1") }
+            if derivedFrom != nil {
+                guard let technique, Lineage.techniques.contains(technique) else {
+                    throw ValidationError("--derived-from needs --technique \(Lineage.techniques.joined(separator: "|"))")
+                }
+                guard quality == nil else { throw ValidationError("--quality is measured for a derived variant; leave it out") }
+            } else if technique != nil {
+                throw ValidationError("--technique needs --derived-from")
+            }
         }
 
         var resolvedFormat: String? {
@@ -105,10 +120,14 @@ struct VariantCommand: ParsableCommand {
 
         func run() throws {
             let api = global.client()
+            let derived = try derivedFrom.map {
+                try DerivedVariant.measure(api: api, model: model, file: file, dtype: dtype, derivedFrom: $0, technique: technique!,
+                                           teacherFile: teacherFile, evaluate: evaluate, inputs: inputs)
+            }
             let sha = try localSHA256(file)
             let bar = ProgressBar(label: "uploading \((file as NSString).lastPathComponent)")
             let uploaded = try calling { () throws -> ArtifactInfo in
-                let r = try api.http.upload(file: file, to: api.base + "/v1/artifacts", headers: ["X-Content-SHA256": sha],
+                let r = try api.http.upload(file: file, to: api.base + "/v1/artifacts", headers: api.actor.merging(["X-Content-SHA256": sha]) { $1 },
                                             progress: { done, total in bar.update(done, total) })
                 bar.finish()
                 try HTTPClient.check(r, url: api.base + "/v1/artifacts")
@@ -117,8 +136,10 @@ struct VariantCommand: ParsableCommand {
             guard uploaded.sha256 == sha else { throw CLIError("controller stored \(uploaded.sha256), expected \(sha)") }
             let fileName = (file as NSString).lastPathComponent
             let variant = CatalogVariant(name: name, sha256: sha, size: uploaded.size, fileName: fileName, format: resolvedFormat!,
-                                         dtype: dtype, requires: try parsedRequirements(), attributes: try parsedAttributes())
-            let info = try calling { try api.post("/v1/models/\(model)/variants", NewVariant(variant: variant, quality: quality), as: VariantInfo.self) }
+                                         dtype: dtype, requires: try parsedRequirements(), attributes: try parsedAttributes(),
+                                         lineage: derived?.0)
+            let body = NewVariant(variant: variant, quality: derived?.1.quality ?? quality, report: derived?.1)
+            let info = try calling { try api.post("/v1/models/\(model)/variants", body, as: VariantInfo.self) }
             try global.emit(info) { "variant \(name) of \(model): \(ByteCount.format(uploaded.size)), sha256 \(sha)\n" }
         }
     }

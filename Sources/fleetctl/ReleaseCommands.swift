@@ -219,8 +219,9 @@ struct RolloutCommand: ParsableCommand {
 }
 
 struct DevicesCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "devices", abstract: "Inspect devices.",
-                                                    subcommands: [List.self, Explain.self])
+    static let configuration = CommandConfiguration(commandName: "devices", abstract: "Inspect, enroll, approve and revoke devices.",
+                                                    subcommands: [List.self, Explain.self, EnrollToken.self, Approve.self, Revoke.self,
+                                                                  Identities.self])
 
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List devices with class, tier and installed variant.")

@@ -208,9 +208,15 @@ struct StagedRolloutTests {
             let abort = try await client.json(.post, "/v1/rollouts/\(rid)/abort", RolloutActionRequest())
             #expect(abort.status == .ok)
             #expect(try decode(RolloutStatus.self, abort).rollout.state == "aborted")
+            let v1IDs = Set(v1.map(\.id))
             for i in devices.indices {
                 let a = try await checkIn(client, &devices[i], clock: clock)
-                #expect(a?.release == "m@1", "\(devices[i].id) was assigned \(a?.release ?? "nothing")")
+                // Devices the rollout reached go back to m@1; the others are left alone.
+                if v1IDs.contains(devices[i].id) {
+                    #expect(a == nil, "\(devices[i].id) was not updated but was assigned \(a?.release ?? "")")
+                } else {
+                    #expect(a?.release == "m@1", "\(devices[i].id) was assigned \(a?.release ?? "nothing")")
+                }
             }
             let v1Shas = Set([Digest.sha256Hex([1, 1] as [UInt8]), Digest.sha256Hex([1, 2] as [UInt8])])
             #expect(devices.allSatisfy { v1Shas.contains($0.installed["m"] ?? "") })

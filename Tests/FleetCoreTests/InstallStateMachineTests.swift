@@ -178,7 +178,7 @@ import Testing
     /// Walks seeded random event sequences from idle and checks invariants at every step.
     @Test(arguments: [1, 2, 3, 42, 0xC0FFEE] as [UInt64])
     func randomWalksKeepTheInvariants(_ seed: UInt64) throws {
-        var rng = SplitMix64(seed: seed)
+        var rng = SeededGenerator(seed: seed)
         let jobs = (0..<3).map { i -> InstallJob in
             var j = Self.job
             j.counter = UInt64(10 + i)
@@ -255,18 +255,5 @@ import Testing
         }
         // The walk is meaningful: it reached every phase.
         #expect(visited == Set(InstallPhase.allCases).subtracting([.idle]))
-    }
-}
-
-/// A small deterministic PRNG so that property tests replay exactly.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -102,9 +102,18 @@ import Testing
         #expect(select(candidates).chosen == F.int8.name)
     }
 
-    @Test func unmeasuredQualityPassesTheFloor() {
-        // Documents current behaviour: a variant without a measurement is not held back.
-        #expect(select([Candidate(variant: F.int8)], policy: SelectionPolicy(minQuality: 0.99)).chosen == F.int8.name)
+    @Test func unmeasuredVariantFailsTheFloorButTheReferencePasses() {
+        // A derived variant nobody measured is held back by a floor; the fp32 reference is not.
+        let s = select([Candidate(variant: F.int8), Candidate(variant: F.fp32)], policy: SelectionPolicy(minQuality: 0.99))
+        #expect(verdict(s, F.int8)?.eligible == false)
+        #expect(verdict(s, F.int8)?.reason.contains("not measured") == true)
+        #expect(s.chosen == F.fp32.name)
+        // Without a floor an unmeasured variant is still eligible.
+        #expect(select([Candidate(variant: F.int8)]).chosen == F.int8.name)
+        // A derived fp32 (a pruned variant) is not a reference.
+        var pruned = F.fp32
+        pruned.lineage = Lineage(derivedFrom: "base", technique: "pruning")
+        #expect(select([Candidate(variant: pruned)], policy: SelectionPolicy(minQuality: 0.99)).chosen == nil)
     }
 
     @Test func variantTooLargeForMemoryIsExcluded() {

@@ -92,12 +92,14 @@ struct FleetConfig: Sendable {
 
 /// The online keys the controller holds (director, timestamp) and the root they must belong to.
 struct OnlineKeys: Sendable {
-    var rootEnvelope: Envelope
-    var root: RootMetadata
+    /// root.json and the rotations accepted since (shared: a rotation is seen by every holder).
+    let history: RootHistory
+    var rootEnvelope: Envelope { history.current.envelope }
+    var root: RootMetadata { history.current.root }
     var director: SigningKey
     var timestamp: SigningKey
     /// Newer root versions after the first, for devices that pinned an older one.
-    var rootChain: [Envelope]
+    var rootChain: [Envelope] { history.current.chain }
 
     static func load(directory: String, now: Int64) throws -> OnlineKeys {
         func read(_ name: String) throws -> Data {
@@ -115,7 +117,7 @@ struct OnlineKeys: Sendable {
                 throw ConfigError(file: directory, message: "\(role.rawValue).key is not a \(role.rawValue) key of root.json")
             }
         }
-        return OnlineKeys(rootEnvelope: rootEnv, root: root, director: director, timestamp: timestamp, rootChain: [])
+        return OnlineKeys(history: RootHistory(envelope: rootEnv, root: root), director: director, timestamp: timestamp)
     }
 }
 

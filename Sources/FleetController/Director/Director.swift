@@ -23,15 +23,39 @@ actor Director {
         self.metrics = metrics; self.logger = logger; self.pollSeconds = pollSeconds; self.planner = planner; self.driver = driver
     }
 
-    /// Which release of a rollout a device gets: the new one inside its cell's current cohort, the
-    /// previous one outside it (the control cohort) and after an abort or a rollback; nil when there
-    /// is no previous release to keep it on.
+    /// Which release of a rollout a device gets; nil: none now (it keeps what it runs).
+    /// - Inside its cell's current cohort, while the cell goes forward or is paused: the new release.
+    /// - Outside the cohort: nothing changes for a device that runs the model; one that does not
+    ///   gets the previous release.
+    /// - After an abort, or in a cell a gate rolled back: each device the rollout reached gets what
+    ///   it ran before (recorded when it was first sent the new release); the others keep theirs.
     func releaseFor(_ device: DeviceRecord, rollout: RolloutRecord, now: Int64) async throws -> String? {
-        if rollout.state == "aborted" { return rollout.previousReleaseId }
+        let installed = device.installed[rollout.model]
+        func rollbackTarget() async throws -> String? {
+            guard let reached = try await store.rolloutDevice(rollout: rollout.id, deviceId: device.id) else {
+                return installed == nil ? rollout.previousReleaseId : nil
+            }
+            return reached.priorRelease ?? rollout.previousReleaseId
+        }
+        if rollout.state == "aborted" { return try await rollbackTarget() }
         guard let policy = rollout.policy else { return rollout.releaseId }
         let cell = try await driver.cell(for: device, rollout: rollout, policy: policy, now: now)
+        if cell.state.status == .rolledBack || cell.state.status == .aborted { return try await rollbackTarget() }
         let inCohort = Cohort.position(rollout: "\(rollout.id)", device: device.id) < cell.cutoff
-        return inCohort && cell.state.sendsNewRelease ? rollout.releaseId : rollout.previousReleaseId
+        if inCohort && cell.state.sendsNewRelease { return rollout.releaseId }
+        return installed == nil ? rollout.previousReleaseId : nil
+    }
+
+    /// Before a device is first sent a rollout's release: what it runs now, as its rollback target.
+    private func rememberPrior(_ device: DeviceRecord, rollout: RolloutRecord, now: Int64) async throws {
+        guard let installed = device.installed[rollout.model] else {
+            return try await store.recordRolloutDevice(rollout: rollout.id, deviceId: device.id, priorRelease: nil, priorSha256: nil, at: now)
+        }
+        var prior = try await store.committedRelease(deviceId: device.id, model: rollout.model, sha256: installed)
+        if prior == nil, let a = try await store.assignment(deviceId: device.id, model: rollout.model), a.sha256 == installed {
+            prior = a.releaseId
+        }
+        try await store.recordRolloutDevice(rollout: rollout.id, deviceId: device.id, priorRelease: prior, priorSha256: installed, at: now)
     }
 
     struct Plan {
@@ -141,6 +165,9 @@ actor Director {
                 held[rollout.model] = "delta-building"
                 continue
             }
+            if releaseId == rollout.releaseId, request.installed[rollout.model] != variant.sha256 {
+                try await rememberPrior(record, rollout: rollout, now: now)
+            }
             let envelope = try await assignment(deviceId: deviceId, hardwareClass: hwClass.name, release: plan.release,
                                                 variant: variant, package: plan.package,
                                                 installed: request.installed[rollout.model], now: now)
@@ -198,7 +225,9 @@ actor Director {
         // Every release in force: a staged rollout keeps its control cohort on the previous one.
         var catalogs: [String: String] = [:]
         for rollout in try await store.activeRollouts() {
-            for id in [rollout.releaseId, rollout.previousReleaseId].compactMap({ $0 }) {
+            // Rollback targets too: a device goes back to what it ran, which may predate the previous release.
+            let prior = try await store.priorReleases(rollout: rollout.id)
+            for id in [rollout.releaseId, rollout.previousReleaseId].compactMap({ $0 }) + prior.sorted() {
                 if let r = try await store.release(id) { catalogs[r.id] = r.catalogSha256 }
             }
         }

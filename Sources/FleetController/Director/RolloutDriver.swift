@@ -31,11 +31,23 @@ final class RolloutDriver: Service, Sendable {
         CellKey(hardwareClass: device.hardwareClass ?? "none", tier: device.tier ?? "none")
     }
 
+    /// Device ids per cell, from the store's light listing (no facts decoded).
+    func membersByCell() async throws -> [CellKey: [String]] {
+        var out: [CellKey: [String]] = [:]
+        for d in try await store.deviceCells() {
+            out[CellKey(hardwareClass: d.hardwareClass ?? "none", tier: d.tier ?? "none"), default: []].append(d.id)
+        }
+        return out
+    }
+
     /// The cohort cut-off for a phase: the phase's share, raised so that at least `minDevices`
     /// of the cell's devices are in.
     static func cutoff(phase: RolloutPolicy.Phase, rollout: Int64, devices: [String]) -> Double {
+        cutoff(phase: phase, sortedPositions: devices.map { Cohort.position(rollout: "\(rollout)", device: $0) }.sorted())
+    }
+
+    static func cutoff(phase: RolloutPolicy.Phase, sortedPositions positions: [Double]) -> Double {
         var cut = phase.percent / 100
-        let positions = devices.map { Cohort.position(rollout: "\(rollout)", device: $0) }.sorted()
         if phase.minDevices > 0, !positions.isEmpty {
             let k = min(phase.minDevices, positions.count) - 1
             cut = max(cut, positions[k].nextUp)
@@ -47,7 +59,7 @@ final class RolloutDriver: Service, Sendable {
     func cell(for device: DeviceRecord, rollout: RolloutRecord, policy: RolloutPolicy, now: Int64) async throws -> StoredCell {
         let key = Self.cell(of: device)
         if let c = try await store.cells(rollout: rollout.id)[key] { return c }
-        let members = try await store.devices().filter { Self.cell(of: $0) == key }.map(\.id)
+        let members = try await membersByCell()[key] ?? []
         let cell = StoredCell(state: CellState(phaseStartedAt: now),
                               cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id]))
         try await store.saveCell(rollout: rollout.id, key, cell)
@@ -56,35 +68,58 @@ final class RolloutDriver: Service, Sendable {
         return cell
     }
 
+    /// A cell adds a history point when something changed, and at least this often while it runs.
+    let historyEverySeconds: Int64 = 60
+
     func tick(now: Int64) async throws {
         for rollout in try await store.activeRollouts() where rollout.state == "active" {
             guard let policy = rollout.policy else { continue }
             try await tick(rollout, policy: policy, now: now)
         }
+        metrics.rolloutTicks.increment()
+        metrics.recordRollouts(try await store.rollouts())
+    }
+
+    static func historyPoint(_ cell: StoredCell, at now: Int64) -> CellHistoryPoint {
+        let o = cell.observation ?? CellObservation(targeted: 0)
+        return CellHistoryPoint(at: now, phase: cell.state.phase, status: cell.state.status.rawValue, targeted: o.targeted,
+                                committed: o.committed, failed: o.installFailed + o.healthFailed + o.timedOut,
+                                treatmentP50: o.treatment?.latencyP50Ms, controlP50: o.control?.latencyP50Ms,
+                                treatmentP95: o.treatment?.latencyP95Ms, controlP95: o.control?.latencyP95Ms)
     }
 
     private func tick(_ rollout: RolloutRecord, policy: RolloutPolicy, now: Int64) async throws {
-        let devices = try await store.devices()
-        var byCell: [CellKey: [DeviceRecord]] = [:]
-        for d in devices { byCell[Self.cell(of: d), default: []].append(d) }
+        let byCell = try await membersByCell()
         var cells = try await store.cells(rollout: rollout.id)
         let outcomes = try await store.installOutcomes(release: rollout.releaseId)
         let runtime = Dictionary(try await store.runtimeMetrics(model: rollout.model, since: now - metricsWindowSeconds).map { ($0.deviceId, $0) },
                                  uniquingKeysWith: { a, _ in a })
         for (key, members) in byCell.sorted(by: { $0.key < $1.key }) {
+            // Each device's cohort position, hashed once per tick.
+            let ranked = members.map { ($0, Cohort.position(rollout: "\(rollout.id)", device: $0)) }
+            let positions = ranked.map(\.1).sorted()
             var stored = cells[key] ?? StoredCell(state: CellState(phaseStartedAt: now),
-                                                   cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members.map(\.id)))
+                                                   cutoff: Self.cutoff(phase: policy.phases[0], sortedPositions: positions))
             // Devices that joined the cell since the cut-off was set may raise the minimum count.
-            stored.cutoff = max(stored.cutoff, Self.cutoff(phase: policy.phases[stored.state.phase], rollout: rollout.id, devices: members.map(\.id)))
-            let cohort = members.filter { Cohort.position(rollout: "\(rollout.id)", device: $0.id) < stored.cutoff }
+            stored.cutoff = max(stored.cutoff, Self.cutoff(phase: policy.phases[stored.state.phase], sortedPositions: positions))
+            let cohort = ranked.filter { $0.1 < stored.cutoff }.map(\.0)
             let observation = observe(cohort: cohort, cell: members, rollout: rollout, policy: policy, outcomes: outcomes,
                                       runtime: runtime, phaseStartedAt: stored.state.phaseStartedAt, now: now)
+            let before = stored
             stored.observation = observation
             let (next, actions) = CellStateMachine.step(stored.state, .tick(now: now, observation: observation), policy: policy)
             if next.phase != stored.state.phase {
-                stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], rollout: rollout.id, devices: members.map(\.id))
+                stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], sortedPositions: positions)
             }
             stored.state = next
+            if before.observation != stored.observation || before.state != stored.state || now - (before.historyAt ?? .min / 2) >= historyEverySeconds {
+                try await store.appendHistory(rollout: rollout.id, cell: key, Self.historyPoint(stored, at: now))
+                stored.historyAt = now
+            }
+            metrics.recordCell(rollout: rollout.id, release: rollout.releaseId, cell: key, state: next, observation: observation)
+            for a in actions {
+                switch a { case .paused(.some), .rolledBack(.some): metrics.gateFailures.increment(); default: break }
+            }
             try await store.saveCell(rollout: rollout.id, key, stored)
             cells[key] = stored
             for a in actions { try await record(rollout, a, cell: key, actor: "controller", now: now) }
@@ -95,23 +130,23 @@ final class RolloutDriver: Service, Sendable {
         }
     }
 
-    func observe(cohort: [DeviceRecord], cell: [DeviceRecord], rollout: RolloutRecord, policy: RolloutPolicy,
+    func observe(cohort: [String], cell: [String], rollout: RolloutRecord, policy: RolloutPolicy,
                  outcomes: [String: String], runtime: [String: DeviceMetrics], phaseStartedAt: Int64, now: Int64) -> CellObservation {
         var o = CellObservation(targeted: cohort.count)
         let timedOut = now - phaseStartedAt > policy.deviceTimeoutSeconds
         for d in cohort {
-            switch outcomes[d.id] {
+            switch outcomes[d] {
             case "committed": o.committed += 1
             case "failed": o.installFailed += 1
             case "rolled-back": o.healthFailed += 1
             default: if timedOut { o.timedOut += 1 }
             }
         }
-        let cohortIDs = Set(cohort.map(\.id))
+        let cohortIDs = Set(cohort)
         var treatment: [DeviceMetrics] = [], control: [DeviceMetrics] = []
         for d in cell {
-            guard let m = runtime[d.id] else { continue }
-            if cohortIDs.contains(d.id) && m.release == rollout.releaseId { treatment.append(m) }
+            guard let m = runtime[d] else { continue }
+            if cohortIDs.contains(d) && m.release == rollout.releaseId { treatment.append(m) }
             else if m.release == rollout.previousReleaseId { control.append(m) }
         }
         o.treatment = Self.sample(treatment)
@@ -141,14 +176,13 @@ final class RolloutDriver: Service, Sendable {
         guard rollout.state == "active" else {
             throw APIError(.conflict, "rollout-not-active", "rollout \(rollout.id) is \(rollout.state)")
         }
-        let devices = try await store.devices()
+        let byCell = try await membersByCell()
         var cells = try await store.cells(rollout: rollout.id)
         if let only, cells[only] == nil { throw APIError(.notFound, "unknown-cell", "rollout \(rollout.id) has no cell \(only)") }
         for (key, var stored) in cells where only == nil || key == only {
             let (next, actions) = CellStateMachine.step(stored.state, event, policy: policy)
             if next.phase != stored.state.phase {
-                let members = devices.filter { Self.cell(of: $0) == key }.map(\.id)
-                stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], rollout: rollout.id, devices: members)
+                stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], rollout: rollout.id, devices: byCell[key] ?? [])
             }
             stored.state = next
             try await store.saveCell(rollout: rollout.id, key, stored)

@@ -9,22 +9,28 @@ struct APIError: Error, HTTPResponseError, CustomStringConvertible {
     let status: HTTPResponse.Status
     let code: String
     let message: String
+    /// Extra response headers, e.g. Retry-After on 429.
+    var headers: HTTPFields = [:]
 
-    init(_ status: HTTPResponse.Status, _ code: String, _ message: String) {
-        self.status = status; self.code = code; self.message = message
+    init(_ status: HTTPResponse.Status, _ code: String, _ message: String, headers: HTTPFields = [:]) {
+        self.status = status; self.code = code; self.message = message; self.headers = headers
     }
 
     var description: String { "\(status.code) \(code): \(message)" }
 
     func response(from request: Request, context: some RequestContext) throws -> Response {
         let body = APIErrorBody(error: .init(code: code, message: message))
-        return try JSON.response(body, status: status)
+        var response = try JSON.response(body, status: status)
+        for field in headers { response.headers.append(field) }
+        return response
     }
 
     /// The one place that turns any error into what the client sees.
     static func from(_ error: any Error) -> APIError {
         switch error {
         case let e as APIError: return e
+        case let e as AccessError:
+            return APIError(e.status, e.code.rawValue, e.message, headers: e.retryAfter.map { [.retryAfter: String($0)] } ?? [:])
         case let e as MetadataError: return APIError(.badRequest, "malformed-json", e.description)
         case let e as TrustError: return APIError(.unprocessableContent, "trust-\(e.fault.rawValue)", e.message)
         case let e as StorageError:

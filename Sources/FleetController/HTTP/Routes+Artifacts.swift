@@ -10,7 +10,7 @@ struct ArtifactRoutes: Sendable {
     let metrics: ControllerMetrics
     let maxArtifactBytes: Int64
 
-    func register(_ router: Router<BasicRequestContext>) {
+    func register(_ router: Router<FleetRequestContext>) {
         router.put("/v1/artifacts") { request, _ in
             let expected = request.headers[HTTPField.Name("X-Content-SHA256")!]
             if let expected, !Digest.isSHA256Hex(expected) {
@@ -31,7 +31,7 @@ struct ArtifactRoutes: Sendable {
         }
     }
 
-    private func serve(_ request: Request, _ context: BasicRequestContext, body: Bool) async throws -> Response {
+    private func serve(_ request: Request, _ context: FleetRequestContext, body: Bool) async throws -> Response {
         let sha = try context.parameters.require("sha")
         guard let path = artifacts.path(sha), let size = artifacts.size(sha) else {
             throw APIError(.notFound, "unknown-artifact", "no artifact \(sha)")
@@ -60,6 +60,7 @@ struct ArtifactRoutes: Sendable {
         headers[.contentLength] = String(length)
         guard body, length > 0 else { return Response(status: status, headers: headers) }
         metrics.artifactBytesServed.increment(by: length)
+        metrics.artifactRequests.increment()
         let fileBody = try await FileIO().loadFile(path: path, range: Int(range.lowerBound)...Int(range.upperBound), context: context)
         return Response(status: status, headers: headers, body: fileBody)
     }

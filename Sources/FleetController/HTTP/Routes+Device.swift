@@ -12,7 +12,7 @@ struct DeviceRoutes: Sendable {
     static let checkInLimit = 256 * 1024
     static let eventsLimit = 1024 * 1024
 
-    func register(_ router: Router<BasicRequestContext>) {
+    func register(_ router: Router<FleetRequestContext>) {
         router.get("/v1/root") { _, _ in
             try JSON.response(await director.keys.rootEnvelope)
         }
@@ -40,6 +40,7 @@ struct DeviceRoutes: Sendable {
                 throw APIError(.badRequest, "invalid-event", "events need seq > 0, a kind of at most 64 bytes and detail of at most 4 KiB")
             }
             let ingest = try await store.appendEvents(deviceId: id, batch.events, receivedAt: clock())
+            if let dropped = batch.droppedEvents { try await store.recordDropped(deviceId: id, total: dropped, at: clock()) }
             metrics.eventsStored.increment(by: Int64(ingest.stored))
             metrics.eventsDuplicate.increment(by: Int64(ingest.duplicates))
             return try JSON.response(EventAck(ackedThrough: ingest.ackedThrough, stored: ingest.stored, duplicates: ingest.duplicates))
@@ -47,7 +48,7 @@ struct DeviceRoutes: Sendable {
     }
 }
 
-func deviceID(_ context: BasicRequestContext) throws -> String {
+func deviceID(_ context: FleetRequestContext) throws -> String {
     let id = try context.parameters.require("id")
     guard Name.isValid(id) else { throw APIError(.badRequest, "invalid-device-id", "device id '\(id)' is not a valid name") }
     return id

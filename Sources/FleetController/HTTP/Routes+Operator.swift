@@ -16,7 +16,7 @@ struct OperatorRoutes: Sendable {
 
     static let bodyLimit = 64 * 1024
 
-    func register(_ router: Router<BasicRequestContext>) {
+    func register(_ router: Router<FleetRequestContext>) {
         router.get("/v1/config/hardware-classes") { _, _ in try JSON.response(config.hardwareClasses) }
         router.get("/v1/config/bandwidth-tiers") { _, _ in try JSON.response(config.bandwidthTiers) }
 
@@ -40,7 +40,8 @@ struct OperatorRoutes: Sendable {
         router.post("/v1/models/:model/variants") { request, context in
             let model = try context.parameters.require("model")
             guard try await store.model(model) != nil else { throw APIError(.notFound, "unknown-model", "no model \(model)") }
-            let body = try await JSON.decode(NewVariant.self, request, limit: Self.bodyLimit)
+            // A quality report lists every tensor: a large model's is larger than other bodies.
+            let body = try await JSON.decode(NewVariant.self, request, limit: 8 << 20)
             let v = body.variant
             guard Name.isValid(v.name), Name.isValid(v.fileName) else {
                 throw APIError(.badRequest, "invalid-name", "variant and file names must be plain names without '/' or a leading '.'")
@@ -53,6 +54,7 @@ struct OperatorRoutes: Sendable {
             }
             let record = VariantRecord(model: model, variant: v, quality: body.quality, createdAt: clock())
             try await store.addVariant(record)
+            if let report = body.report { try await store.saveVariantReport(model: model, variant: v.name, report) }
             return try JSON.response(VariantInfo(model: model, variant: v, quality: body.quality, createdAt: record.createdAt), status: .created)
         }
         router.get("/v1/models/:model/variants") { _, context in
@@ -81,7 +83,7 @@ struct OperatorRoutes: Sendable {
             return try JSON.response(releaseInfo(r))
         }
 
-        router.post("/v1/rollouts") { request, _ in
+        router.post("/v1/rollouts") { request, context in
             let body = try await JSON.decode(NewRollout.self, request, limit: Self.bodyLimit)
             var policy: RolloutPolicy? = nil
             switch body.strategy {
@@ -105,7 +107,7 @@ struct OperatorRoutes: Sendable {
             }
             let r = try await store.createRollout(RolloutRecord(
                 id: 0, releaseId: release.id, model: release.model, strategy: policy?.name ?? "all", state: "active", createdAt: clock(),
-                policy: policy, previousReleaseId: previous, createdBy: actor(request)))
+                policy: policy, previousReleaseId: previous, createdBy: actor(request, context)))
             try await store.recordAction(rollout: r.id, RolloutActionRecord(at: clock(), actor: r.createdBy, action: "started", cell: nil,
                                                                              detail: "\(release.id) with \(policy.map { "policy \($0.name)" } ?? "all devices at once")"))
             _ = try await director.planDeltas(for: r)
@@ -134,9 +136,9 @@ struct OperatorRoutes: Sendable {
                 if verb == "abort", rollout.policy == nil {
                     guard rollout.state != "aborted" else { throw APIError(.conflict, "rollout-not-active", "rollout \(rollout.id) is aborted") }
                     try await store.setRolloutState(rollout.id, "aborted")
-                    try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: actor(request), action: "abort", cell: nil, detail: nil))
+                    try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: actor(request, context), action: "abort", cell: nil, detail: nil))
                 } else {
-                    try await driver.apply(e, name: verb, rollout: rollout, cell: cell, actor: actor(request), now: now)
+                    try await driver.apply(e, name: verb, rollout: rollout, cell: cell, actor: actor(request, context), now: now)
                 }
                 return try JSON.response(try await rolloutStatus(try await r()))
             }
@@ -232,13 +234,14 @@ struct OperatorRoutes: Sendable {
                     createdAt: r.createdAt, variants: r.catalog.variants)
     }
 
-    /// Who asked: the X-Fleet-Actor header fleetctl sends (operator tokens will replace it).
-    private func actor(_ request: Request) -> String {
+    /// Who asked: the operator token's name, or in open development mode the X-Fleet-Actor header fleetctl sends.
+    private func actor(_ request: Request, _ context: FleetRequestContext) -> String {
+        if case .token(let t)? = context.principal { return t.name }
         let a = request.headers[HTTPField.Name("X-Fleet-Actor")!] ?? "operator"
         return Name.isValid(a) ? a : "operator"
     }
 
-    private func rolloutRecord(_ context: BasicRequestContext) throws -> @Sendable () async throws -> RolloutRecord {
+    private func rolloutRecord(_ context: FleetRequestContext) throws -> @Sendable () async throws -> RolloutRecord {
         guard let id = Int64(try context.parameters.require("rid")) else { throw APIError(.badRequest, "invalid-rollout", "rollout ids are numbers") }
         let store = self.store
         return {
@@ -247,7 +250,7 @@ struct OperatorRoutes: Sendable {
         }
     }
 
-    private func rolloutStatus(_ r: RolloutRecord) async throws -> RolloutStatus {
+    func rolloutStatus(_ r: RolloutRecord) async throws -> RolloutStatus {
         let cells = try await store.cells(rollout: r.id).sorted { $0.key < $1.key }.map { key, c in
             RolloutStatus.Cell(cell: key.description, status: c.state.status.rawValue, phase: c.state.phase + 1,
                                phases: r.policy?.phases.count ?? 1, cohortShare: min(c.cutoff, 1), observation: c.observation,

@@ -59,6 +59,35 @@ struct StoredCell: Codable, Sendable, Equatable {
     /// Devices whose cohort position is below this get the new release.
     var cutoff: Double
     var observation: CellObservation?
+    /// When the cell last added a point to its history.
+    var historyAt: Int64? = nil
+}
+
+struct DeviceCellRecord: Sendable, Equatable {
+    var id: String
+    var hardwareClass: String?
+    var tier: String?
+}
+
+/// A device a staged rollout sent its release to, and what it ran before (its rollback target).
+struct RolloutDeviceRecord: Sendable, Equatable {
+    var priorRelease: String?
+    var priorSha256: String?
+    var assignedAt: Int64
+}
+
+/// A cell at one moment, for the dashboard's charts.
+struct CellHistoryPoint: Codable, Sendable, Equatable {
+    var at: Int64
+    var phase: Int
+    var status: String
+    var targeted: Int
+    var committed: Int
+    var failed: Int
+    var treatmentP50: Double?
+    var controlP50: Double?
+    var treatmentP95: Double?
+    var controlP95: Double?
 }
 
 /// Who did what to a rollout, and when.
@@ -117,6 +146,8 @@ protocol FleetStore: Sendable {
     func upsertDevice(_ device: DeviceRecord) async throws
     func device(_ id: String) async throws -> DeviceRecord?
     func devices() async throws -> [DeviceRecord]
+    /// Every device's id, class and tier only: what the rollout driver needs, cheap to read.
+    func deviceCells() async throws -> [DeviceCellRecord]
 
     func createModel(_ model: ModelRecord) async throws
     func model(_ name: String) async throws -> ModelRecord?
@@ -124,6 +155,8 @@ protocol FleetStore: Sendable {
 
     func addVariant(_ variant: VariantRecord) async throws
     func variants(model: String) async throws -> [VariantRecord]
+    func saveVariantReport(model: String, variant: String, _ report: VariantReport) async throws
+    func variantReport(model: String, variant: String) async throws -> VariantReport?
 
     func createRelease(_ release: ReleaseRecord) async throws
     func release(_ id: String) async throws -> ReleaseRecord?
@@ -144,7 +177,8 @@ protocol FleetStore: Sendable {
     func actions(rollout: Int64) async throws -> [RolloutActionRecord]
     /// The latest install event of each device for a release: device → kind.
     func installOutcomes(release: String) async throws -> [String: String]
-    /// The latest runtime-metrics event of each device of a model since `since`.
+    /// The latest runtime-metrics event of each device of a model received since `since` (the
+    /// controller's clock: device clocks are not trusted for windows).
     func runtimeMetrics(model: String, since: Int64) async throws -> [DeviceMetrics]
 
     func assignment(deviceId: String, model: String) async throws -> AssignmentRecord?
@@ -162,6 +196,21 @@ protocol FleetStore: Sendable {
     /// Stores each (device, seq) once and updates the device's status from install events.
     func appendEvents(deviceId: String, _ events: [StatusEvent], receivedAt: Int64) async throws -> EventIngest
     func events(deviceId: String, limit: Int) async throws -> [StatusEvent]
+
+    /// Remembers, once, that a rollout sent its release to a device and what the device ran before.
+    func recordRolloutDevice(rollout: Int64, deviceId: String, priorRelease: String?, priorSha256: String?, at: Int64) async throws
+    func rolloutDevice(rollout: Int64, deviceId: String) async throws -> RolloutDeviceRecord?
+    /// Every release the rollout's devices ran before it reached them.
+    func priorReleases(rollout: Int64) async throws -> Set<String>
+    /// The release a device's latest commit of `sha256` came with.
+    func committedRelease(deviceId: String, model: String, sha256: String) async throws -> String?
+
+    /// The rollout's history points per cell, oldest first; bounded per cell.
+    func appendHistory(rollout: Int64, cell: CellKey, _ point: CellHistoryPoint) async throws
+    func history(rollout: Int64) async throws -> [String: [CellHistoryPoint]]
+    /// The count of events a device's outbox dropped, as the device last reported it.
+    func recordDropped(deviceId: String, total: UInt64, at: Int64) async throws
+    func eventsDropped() async throws -> [String: UInt64]
 
     func meta(_ key: String) async throws -> String?
     func setMeta(_ key: String, _ value: String) async throws

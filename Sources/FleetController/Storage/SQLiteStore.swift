@@ -8,6 +8,9 @@ final class SQLiteStore: FleetStore {
     init(path: String) throws {
         db = try SQLiteDatabase(path: path)
         try migrate()
+        try migrateTelemetry()
+        try migrateAccess()
+        try migrateReports()
     }
 
     private func migrate() throws {
@@ -72,8 +75,8 @@ final class SQLiteStore: FleetStore {
 
     // MARK: coding helpers
 
-    private func json<T: Encodable>(_ v: T) throws -> String { String(decoding: try FleetJSON.encode(v), as: UTF8.self) }
-    private func parse<T: Decodable>(_ t: T.Type, _ s: SQLValue) throws -> T {
+    func json<T: Encodable>(_ v: T) throws -> String { String(decoding: try FleetJSON.encode(v), as: UTF8.self) }
+    func parse<T: Decodable>(_ t: T.Type, _ s: SQLValue) throws -> T {
         guard let text = s.text else { throw StorageError(.corrupt, "expected JSON text for \(T.self)") }
         do { return try JSONDecoder().decode(t, from: Data(text.utf8)) } catch {
             throw StorageError(.corrupt, "stored \(T.self) does not decode: \(error)")
@@ -258,7 +261,7 @@ final class SQLiteStore: FleetStore {
     func runtimeMetrics(model: String, since: Int64) async throws -> [DeviceMetrics] {
         try db.query("""
             SELECT e.device_id, e.release, e.detail FROM events e
-            JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE model = ? AND kind = 'metrics' AND time >= ? GROUP BY device_id) last
+            JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE model = ? AND kind = 'metrics' AND received_at >= ? GROUP BY device_id) last
               ON e.device_id = last.device_id AND e.seq = last.seq
             """, [model, since]).compactMap { r in
             guard let release = r[1].text, let detail = r[2].text,

@@ -35,7 +35,11 @@ public struct VariantInfo: Codable, Equatable, Sendable {
 public struct NewVariant: Codable, Sendable {
     public var variant: CatalogVariant
     public var quality: Double?
-    public init(variant: CatalogVariant, quality: Double? = nil) { self.variant = variant; self.quality = quality }
+    /// The builder's or evaluator's report, stored with the variant (`fleetctl variant show`).
+    public var report: VariantReport?
+    public init(variant: CatalogVariant, quality: Double? = nil, report: VariantReport? = nil) {
+        self.variant = variant; self.quality = quality; self.report = report
+    }
 }
 
 public struct NewRelease: Codable, Sendable {

@@ -10,6 +10,10 @@ public struct Candidate: Equatable, Sendable {
         self.quality = quality
         self.transferSize = transferSize
     }
+
+    /// The model as registered, fp32 and derived from nothing: what the others are measured against,
+    /// so it passes a quality floor without a measurement.
+    public var isReference: Bool { variant.lineage == nil && variant.dtype == "fp32" }
 }
 
 public struct CandidateVerdict: Codable, Equatable, Sendable {
@@ -68,8 +72,13 @@ public enum VariantSelector {
                 verdicts.append(verdict(false, "\(v.dtype) is not a format class \(hw.name) runs (\(hw.formats.joined(separator: ", ")))"))
                 continue
             }
-            if let min = policy.minQuality, let q = c.quality, q < min {
-                verdicts.append(verdict(false, "quality \(q) is below the model's floor \(min)")); continue
+            if let min = policy.minQuality {
+                if let q = c.quality {
+                    if q < min { verdicts.append(verdict(false, "measured mean cosine \(q) is below the model's floor \(min)")); continue }
+                } else if !c.isReference {
+                    // A floor is a promise about measured quality: a derived variant nobody measured cannot keep it.
+                    verdicts.append(verdict(false, "quality not measured; the model's floor is \(min)")); continue
+                }
             }
             if let max = hw.maxModelBytes, v.size > max {
                 verdicts.append(verdict(false, "\(ByteCount.format(v.size)) exceeds class limit \(ByteCount.format(max))")); continue

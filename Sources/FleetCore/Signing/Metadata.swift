@@ -76,11 +76,15 @@ public struct CatalogVariant: Codable, Equatable, Sendable {
     public var dtype: String           // fp32, fp16, int8, int4, …
     public var requires: Requirements
     public var attributes: [String: String]
+    /// What it was derived from, by which technique, recipe and tool; nil for a model registered as
+    /// itself (a reference). Absent from the JSON when nil, so older catalogs read the same.
+    public var lineage: Lineage?
 
     public init(name: String, sha256: String, size: Int64, fileName: String, format: String, dtype: String,
-                requires: Requirements = Requirements(), attributes: [String: String] = [:]) {
+                requires: Requirements = Requirements(), attributes: [String: String] = [:], lineage: Lineage? = nil) {
         self.name = name; self.sha256 = sha256; self.size = size; self.fileName = fileName
         self.format = format; self.dtype = dtype; self.requires = requires; self.attributes = attributes
+        self.lineage = lineage
     }
 }
 

@@ -64,6 +64,9 @@ public enum UpdateVerifier {
         let catBody = try MetadataVerifier.verify(catalogEnvelope, type: PayloadType.catalog, role: .release, root: root)
         let catalog = try MetadataVerifier.decode(ReleaseCatalog.self, catBody, limit: MetadataLimits.catalog, what: "catalog")
         try MetadataVerifier.checkExpiry(catalog.expiresAt, now: now, what: "catalog \(catalog.model)@\(catalog.version)")
+        // Names become paths on the device (models/NAME/<sha256>/FILE, downloads/<sha256>.part): only
+        // plain names and hex hashes, whichever keys signed them.
+        guard Name.isValid(catalog.model) else { throw TrustError(.malformed, "catalog model name '\(catalog.model)' is not a plain name") }
         let catalogDigest = Digest.sha256Hex(catBody)
         guard ts.catalogs["\(catalog.model)@\(catalog.version)"] == catalogDigest else {
             throw TrustError(.mixAndMatch, "timestamp does not name catalog \(catalog.model)@\(catalog.version)")
@@ -101,6 +104,9 @@ public enum UpdateVerifier {
 
         guard let variant = catalog.variants.first(where: { $0.name == assignment.variant && $0.sha256 == assignment.sha256 }) else {
             throw TrustError(.notInCatalog, "variant \(assignment.variant) \(assignment.sha256.prefix(12)) is not in catalog \(catalog.model)@\(catalog.version)")
+        }
+        guard Digest.isSHA256Hex(variant.sha256), Name.isValid(variant.fileName) else {
+            throw TrustError(.malformed, "variant \(variant.name): its sha256 or its file name '\(variant.fileName)' is not plain")
         }
         guard variant.size == assignment.size else {
             throw TrustError(.lengthMismatch, "assignment says \(assignment.size) bytes, catalog says \(variant.size)")

@@ -18,7 +18,9 @@ public struct StatusEvent: Codable, Equatable, Sendable {
 
 public struct EventBatch: Codable, Equatable, Sendable {
     public var events: [StatusEvent]
-    public init(events: [StatusEvent]) { self.events = events }
+    /// Events the device's bounded outbox had to drop (oldest first) since it started counting.
+    public var droppedEvents: UInt64?
+    public init(events: [StatusEvent], droppedEvents: UInt64? = nil) { self.events = events; self.droppedEvents = droppedEvents }
     public static let maxEvents = 500
 }
 

@@ -1,3 +1,4 @@
+import FleetCore
 import Foundation
 
 /// A tensor as the test writers take it: raw little-endian element bytes.
@@ -95,18 +96,8 @@ enum ONNXWriter {
     }
 }
 
-/// SplitMix64: small, fast, and the same sequence for the same seed everywhere.
-struct SeededRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+/// The property tests' generator: FleetCore's seeded SplitMix64.
+typealias SeededRNG = SeededGenerator
 
 /// A fresh directory under the system temporary directory, removed by `remove()`.
 struct TempDir {

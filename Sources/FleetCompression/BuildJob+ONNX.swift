@@ -1,0 +1,199 @@
+import FleetCore
+import Foundation
+import SwiftProtobuf
+
+extension BuildJob {
+    /// One initializer field of the output graph: copied from the input, or a TensorProto header
+    /// followed by a payload that is produced when its turn comes.
+    private enum Entry {
+        case verbatim(Range<Int>)
+        case inline(header: [UInt8], payloadLength: Int64, payload: Payload)
+
+        enum Payload { case source(SourceTensor), part(decision: Int, index: Int), bytes([UInt8]) }
+
+        var size: Int64 {
+            switch self {
+            case .verbatim(let r): return Int64(r.count)
+            case .inline(let h, let n, _): return ProtobufWire.fieldSize(field: 5, length: Int64(h.count) + ProtobufWire.fieldSize(field: 9, length: n))
+            }
+        }
+    }
+
+    mutating func buildONNX(_ out: AtomicOutputFile) throws(CompressionError) {
+        let path = options.input
+        let onnx = try ONNXModel(path: path)
+        inputBytes = onnx.file.size
+        var model = onnx.model
+        var graph = onnx.graph
+        let facts = ONNXGraphFacts(graph)
+        var taken = Set(onnx.initializers.map(\.name)).union(facts.nodeOutputs).union(facts.graphInputs)
+        for n in graph.node where !n.name.isEmpty { taken.insert(n.name) }
+        func fresh(_ base: String) -> String {
+            var name = base, i = 1
+            while taken.contains(name) { name = "\(base)_\(i)"; i += 1 }
+            taken.insert(name)
+            return name
+        }
+
+        // The last weight layer: among tensors the recipe could touch, the one read latest in the graph.
+        let lastName = onnx.initializers.filter { ($0.source?.shape.count ?? 0) >= 2 && $0.source?.dtype == .f32 }
+            .max { facts.lastUse($0.name) < facts.lastUse($1.name) }?.name
+        let decisions = onnx.initializers.map { i -> TensorDecision in
+            let rank = i.source?.shape.count ?? 0
+            let prot = protection(name: i.name, isEmbedding: facts.isEmbedding(i.name), isNorm: facts.isNorm(i.name), isLast: i.name == lastName)
+            return decide(i.source, name: i.name, axes: (facts.channelAxis(i.name, rank: rank), facts.blockAxis(i.name, rank: rank)), protectedBy: prot)
+        }
+
+        // Opset: per-channel DequantizeLinear needs 13, block-wise needs 21.
+        let opset = onnx.defaultOpset
+        let changed = decisions.filter { $0.encoding != nil }
+        var needed: Int64 = 1
+        var upgradeExtras: [Onnx_TensorProto] = []
+        for d in changed {
+            switch d.encoding!.kind {
+            case .int8(let pc): needed = max(needed, pc ? 13 : 10)
+            case .binary, .ternary: needed = max(needed, 13)
+            case .int4: needed = max(needed, 21)
+            default: break
+            }
+        }
+        if needed > opset {
+            if needed == 21 {
+                upgradeExtras = try ONNXOpsetUpgrade.upgrade(&graph, from: opset, takenNames: &taken)
+                notes.append("opset raised from \(opset) to 21 for block-wise int4 DequantizeLinear")
+            } else {
+                throw CompressionError(.unsupportedOpset, "\(recipe.storage.map { "\($0)" } ?? "") needs opset \(needed), the model has \(opset)", path: path)
+            }
+            for i in model.opsetImport.indices where model.opsetImport[i].domain.isEmpty || model.opsetImport[i].domain == "ai.onnx" {
+                model.opsetImport[i].version = 21
+            }
+            if model.irVersion < 10 { model.irVersion = 10 }
+        }
+
+        // New nodes first (they read only initializers), then the graph's own.
+        var newNodes: [Onnx_NodeProto] = []
+        var entries: [Entry] = []
+        var owner: [Int?] = []      // the decision each entry belongs to
+        for (di, d) in decisions.enumerated() {
+            let ini = onnx.initializers[di]
+            defer { while owner.count < entries.count { owner.append(di) } }
+            guard let enc = d.encoding, let s = d.source else {
+                if ini.isExternal, let s = ini.source {
+                    var h = ini.header
+                    h.externalData = []
+                    h.clearDataLocation()
+                    entries.append(.inline(header: try serialize(h, s.name), payloadLength: s.length, payload: .source(s)))
+                } else {
+                    entries.append(.verbatim(ini.messageRange))
+                }
+                continue
+            }
+            let specs = enc.parts(shape: s.shape)
+            var names: [String] = []
+            for (pi, spec) in specs.enumerated() {
+                let suffix = spec.role == .scale ? "_scale" : spec.role == .zeroPoint ? "_zero_point"
+                    : (enc.kind == .fp16 ? "_fp16" : (enc.kind == .float32 ? "" : "_quantized"))
+                let pname = suffix.isEmpty ? s.name : fresh(s.name + suffix)
+                names.append(pname)
+                var h = Onnx_TensorProto()
+                h.name = pname
+                h.dataType = spec.dtype.onnxCode
+                h.dims = spec.shape
+                entries.append(.inline(header: try serialize(h, s.name), payloadLength: spec.byteCount, payload: .part(decision: di, index: pi)))
+            }
+            var node = Onnx_NodeProto()
+            node.output = [s.name]
+            switch enc.kind {
+            case .float32: continue
+            case .fp16:
+                node.opType = "Cast"
+                node.input = [names[0]]
+                node.attribute = [intAttribute("to", Int64(TensorDType.f32.onnxCode))]
+            case .int8(let pc):
+                node.opType = "DequantizeLinear"
+                node.input = names
+                if pc { node.attribute = [intAttribute("axis", Int64(enc.channelAxis))] }
+            case .binary, .ternary:
+                node.opType = "DequantizeLinear"
+                node.input = names
+                node.attribute = [intAttribute("axis", Int64(enc.channelAxis))]
+            case .int4(let block):
+                node.opType = "DequantizeLinear"
+                node.input = names
+                node.attribute = [intAttribute("axis", Int64(enc.blockAxis)), intAttribute("block_size", Int64(block))]
+            }
+            node.name = fresh(s.name + "_" + node.opType)
+            newNodes.append(node)
+        }
+        for t in upgradeExtras {
+            owner.append(nil)
+            entries.append(.inline(header: try serialize({ var h = t; h.clearRawData(); return h }(), t.name),
+                                   payloadLength: Int64(t.rawData.count), payload: .bytes(Array(t.rawData))))
+        }
+        let replaced = Set(changed.filter { $0.encoding?.kind != .float32 }.map(\.name))
+        // A weight that was also listed as a graph input (IR < 4 exporters do that) is now a node output.
+        graph.input.removeAll { replaced.contains($0.name) }
+        graph.node = newNodes + graph.node
+
+        let modelBytes: [UInt8], graphBytes: [UInt8]
+        do {
+            modelBytes = try model.serializedBytes()
+            graphBytes = try graph.serializedBytes()
+        } catch { throw CompressionError(.malformed, "cannot serialize the model: \(error)", path: options.output) }
+        let graphLength = Int64(graphBytes.count) + entries.reduce(0) { $0 + $1.size }
+        let total = Int64(modelBytes.count) + ProtobufWire.fieldSize(field: 7, length: graphLength)
+        guard total < Int64(Int32.max) else {
+            throw CompressionError(.unsupportedFormat, "the variant would be \(total) bytes, past protobuf's 2 GiB limit (external data output is not supported)", path: options.output)
+        }
+        try out.write(modelBytes)
+        try out.write(ProtobufWire.lengthPrefix(field: 7, length: graphLength))
+        try out.write(graphBytes)
+
+        try prepareGlobalPruning(decisions)
+        startProgress(decisions)
+        var current: (decision: Int, parts: [[UInt8]])?
+        var previous: Int?
+        for (ei, entry) in entries.enumerated() {
+            if let di = owner[ei], di != previous {
+                let d = decisions[di]
+                if d.encoding == nil {
+                    let ini = onnx.initializers[di]
+                    recordKept(d, bytes: d.source?.length ?? Int64(ini.messageRange.count),
+                               dtype: d.source?.dtype.rawValue ?? "onnx-\(ini.header.dataType)", shape: ini.header.dims)
+                }
+                tick(d)
+                previous = di
+            }
+            switch entry {
+            case .verbatim(let r):
+                try onnx.copyVerbatim(r, to: out)
+            case .inline(let header, let n, let payload):
+                try out.write(ProtobufWire.lengthPrefix(field: 5, length: Int64(header.count) + ProtobufWire.fieldSize(field: 9, length: n)))
+                try out.write(header)
+                try out.write(ProtobufWire.lengthPrefix(field: 9, length: n))
+                switch payload {
+                case .source(let s): try s.file.copy(at: s.offset, count: s.length, to: out)
+                case .bytes(let b): try out.write(b)
+                case .part(let di, let pi):
+                    if current?.decision != di { current = (di, try transform(decisions[di]).map { $0 }) }
+                    try out.write(current!.parts[pi])
+                }
+            }
+        }
+        guard out.written == total else {
+            throw CompressionError(.io, "internal: wrote \(out.written) bytes, planned \(total)", path: options.output)
+        }
+    }
+
+    private func serialize(_ t: Onnx_TensorProto, _ tensor: String) throws(CompressionError) -> [UInt8] {
+        do { return try t.serializedBytes() } catch { throw CompressionError(.malformed, "cannot serialize: \(error)", tensor: tensor) }
+    }
+
+    private func intAttribute(_ name: String, _ value: Int64) -> Onnx_AttributeProto {
+        var a = Onnx_AttributeProto()
+        a.name = name
+        a.type = .int
+        a.i = value
+        return a
+    }
+}

@@ -1,0 +1,189 @@
+import Foundation
+import Yams
+
+/// A named pipeline of steps, from fleet/recipes.yaml. Value steps (pruning) come first and change
+/// the fp32 values; at most one storage step (fp16, int8, int4, binary, ternary) comes last and
+/// decides how the values are stored. Order matters: prune, then quantize.
+public struct Recipe: Equatable, Sendable {
+    public enum Granularity: String, Sendable, Codable { case perChannel = "per-channel", perTensor = "per-tensor" }
+    public enum PruneScope: String, Sendable, Codable { case perLayer = "per-layer", global }
+
+    public enum Step: Equatable, Sendable, CustomStringConvertible {
+        case prune(sparsity: Double, scope: PruneScope)
+        case fp16
+        case int8(Granularity)
+        case int4(blockSize: Int)
+        case binary
+        case ternary
+
+        public var isStorage: Bool { if case .prune = self { false } else { true } }
+
+        public var description: String {
+            switch self {
+            case .prune(let s, let scope): "prune \(Int((s * 100).rounded()))% \(scope.rawValue)"
+            case .fp16: "fp16"
+            case .int8(let g): "int8 \(g.rawValue) symmetric"
+            case .int4(let b): "int4 block \(b)"
+            case .binary: "binary"
+            case .ternary: "ternary"
+            }
+        }
+    }
+
+    public var name: String
+    public var description: String?
+    public var steps: [Step]
+    /// Tensors pruning and quantization leave alone besides the automatic rules: `embeddings`,
+    /// `layernorm`, `last` (the last weight layer), or a regular expression on the tensor name.
+    public var protect: [String]
+    /// Float tensors with fewer elements, or fewer than two dimensions (biases, norms), are kept.
+    public var minElements: Int64
+    public var experimental: Bool
+
+    public init(name: String, description: String? = nil, steps: [Step], protect: [String] = [], minElements: Int64 = 1024,
+                experimental: Bool = false) throws(CompressionError) {
+        self.name = name; self.description = description; self.steps = steps; self.protect = protect
+        self.minElements = minElements; self.experimental = experimental
+        try validate()
+    }
+
+    func validate() throws(CompressionError) {
+        guard !steps.isEmpty else { throw CompressionError(.recipe, "recipe '\(name)' has no steps") }
+        for (i, s) in steps.enumerated() {
+            if s.isStorage && i != steps.count - 1 {
+                throw CompressionError(.recipe, "recipe '\(name)': \(s) must be the last step (prune first, then quantize)")
+            }
+            switch s {
+            case .prune(let sparsity, _) where !(sparsity > 0 && sparsity < 1):
+                throw CompressionError(.recipe, "recipe '\(name)': sparsity must be between 0 and 1, got \(sparsity)")
+            case .int4(let b) where ![16, 32, 64, 128, 256].contains(b):
+                throw CompressionError(.recipe, "recipe '\(name)': int4 block size must be 16, 32, 64, 128 or 256, got \(b)")
+            default: break
+            }
+        }
+        guard minElements >= 0 else { throw CompressionError(.recipe, "recipe '\(name)': min_elements must not be negative") }
+        for p in protect where !["embeddings", "layernorm", "last"].contains(p) {
+            do { _ = try Regex(p) } catch { throw CompressionError(.recipe, "recipe '\(name)': protect '\(p)' is not a regular expression") }
+        }
+    }
+
+    public var storage: Step? { steps.last.flatMap { $0.isStorage ? $0 : nil } }
+
+    /// The number format hardware classes list: the storage step's, or the base's when there is none.
+    public func dtype(base: String) -> String {
+        switch storage {
+        case .fp16: "fp16"
+        case .int8: "int8"
+        case .int4: "int4"
+        case .binary: "binary"
+        case .ternary: "ternary"
+        default: base
+        }
+    }
+
+    public var technique: String {
+        let prunes = steps.contains { !$0.isStorage }
+        if prunes && storage != nil { return "combined" }
+        return prunes ? "pruning" : "quantization"
+    }
+}
+
+/// The recipes of fleet/recipes.yaml, by name.
+public struct RecipeBook: Sendable {
+    public var recipes: [String: Recipe]
+    public var names: [String]
+
+    public static func load(path: String) throws(CompressionError) -> RecipeBook {
+        guard let data = FileManager.default.contents(atPath: path) else { throw CompressionError(.recipe, "cannot read the recipe file", path: path) }
+        do { return try parse(String(decoding: data, as: UTF8.self)) } catch { throw error.with(path: path) }
+    }
+
+    public static func parse(_ yaml: String) throws(CompressionError) -> RecipeBook {
+        let file: RecipeFile
+        do { file = try YAMLDecoder().decode(RecipeFile.self, from: yaml) } catch let e as CompressionError { throw e } catch {
+            throw CompressionError(.recipe, "recipes YAML: \(error)")
+        }
+        var book = RecipeBook(recipes: [:], names: [])
+        for entry in file.recipes {
+            guard book.recipes[entry.name] == nil else { throw CompressionError(.recipe, "recipe '\(entry.name)' is defined twice") }
+            var steps: [Recipe.Step] = []
+            for s in entry.steps { steps.append(try s.step(recipe: entry.name)) }
+            book.recipes[entry.name] = try Recipe(name: entry.name, description: entry.description, steps: steps,
+                                                  protect: entry.protect ?? [], minElements: entry.min_elements ?? file.min_elements ?? 1024,
+                                                  experimental: entry.experimental ?? false)
+            book.names.append(entry.name)
+        }
+        return book
+    }
+
+    public func recipe(_ name: String) throws(CompressionError) -> Recipe {
+        guard let r = recipes[name] else {
+            throw CompressionError(.recipe, "no recipe '\(name)'; known: \(names.joined(separator: ", "))")
+        }
+        return r
+    }
+}
+
+// The YAML shape: recipes is a list of {name, description, steps: [{fp16: {}} | {int8: {granularity: …}} | …], protect, …}.
+private struct RecipeFile: Decodable {
+    var min_elements: Int64?
+    var recipes: [Entry]
+
+    struct Entry: Decodable {
+        var name: String
+        var description: String?
+        var steps: [StepEntry]
+        var protect: [String]?
+        var min_elements: Int64?
+        var experimental: Bool?
+    }
+
+    struct StepEntry: Decodable {
+        var kind: String
+        var options: Options
+
+        struct Options: Decodable {
+            var granularity: Recipe.Granularity?
+            var block_size: Int?
+            var sparsity: Double?
+            var scope: Recipe.PruneScope?
+        }
+
+        struct Key: CodingKey {
+            var stringValue: String
+            var intValue: Int? { nil }
+            init(stringValue: String) { self.stringValue = stringValue }
+            init?(intValue: Int) { nil }
+        }
+
+        init(from decoder: any Decoder) throws {
+            // `- fp16` (a bare name) or `- int8: {granularity: per-tensor}`.
+            if let single = try? decoder.singleValueContainer(), let name = try? single.decode(String.self) {
+                kind = name
+                options = Options()
+                return
+            }
+            let c = try decoder.container(keyedBy: Key.self)
+            guard c.allKeys.count == 1, let key = c.allKeys.first else {
+                throw CompressionError(.recipe, "a step is one name with its options, e.g. `- int8: {granularity: per-channel}`")
+            }
+            kind = key.stringValue
+            options = (try? c.decodeNil(forKey: key)) == true ? Options() : try c.decode(Options.self, forKey: key)
+        }
+
+        func step(recipe: String) throws(CompressionError) -> Recipe.Step {
+            switch kind {
+            case "fp16": return .fp16
+            case "int8": return .int8(options.granularity ?? .perChannel)
+            case "int4": return .int4(blockSize: options.block_size ?? 32)
+            case "binary": return .binary
+            case "ternary": return .ternary
+            case "prune":
+                guard let s = options.sparsity else { throw CompressionError(.recipe, "recipe '\(recipe)': prune needs a sparsity") }
+                return .prune(sparsity: s, scope: options.scope ?? .perLayer)
+            default:
+                throw CompressionError(.recipe, "recipe '\(recipe)': unknown step '\(kind)' (fp16, int8, int4, binary, ternary, prune)")
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+import FleetCore
+import Foundation
+
+/// Builds one variant of a model by recipe: reads the model, decides for every tensor whether the
+/// recipe applies to it, lays the output file out, then reads, transforms and writes the tensors one
+/// at a time (peak memory about the largest tensor a few times over, not the model), measuring each
+/// tensor's error on the way. The output appears at its path only when everything, the evaluation
+/// included, succeeded.
+public enum VariantBuilder {
+    public static let tool = "edgefleet-compress"
+    public static let toolVersion = "1.0.0"
+
+    public struct Options {
+        public var input: String
+        public var output: String
+        public var recipe: Recipe
+        /// zstd level for the report's compressed sizes; nil skips compressing.
+        public var zstdLevel: Int?
+        /// Output-level evaluation: a command run as `CMD BASE VARIANT` (see `Evaluator`).
+        public var evaluator: String?
+        public var progress: ((Progress) -> Void)?
+
+        public init(input: String, output: String, recipe: Recipe, zstdLevel: Int? = 3, evaluator: String? = nil,
+                    progress: ((Progress) -> Void)? = nil) {
+            self.input = input; self.output = output; self.recipe = recipe; self.zstdLevel = zstdLevel
+            self.evaluator = evaluator; self.progress = progress
+        }
+    }
+
+    public struct Progress: Sendable {
+        public var tensor: String
+        public var done: Int
+        public var total: Int
+        public var bytesDone: Int64
+        public var bytesTotal: Int64
+    }
+
+    public enum Format: String, Sendable { case onnx, safetensors }
+
+    /// ONNX or safetensors, from the extension, else from the first bytes.
+    public static func format(of path: String) throws(CompressionError) -> Format {
+        if path.hasSuffix(".onnx") { return .onnx }
+        if path.hasSuffix(".safetensors") { return .safetensors }
+        let f = try ReadableFile(path)
+        if f.size >= 9, let head = try? f.read(at: 0, count: 9) {
+            let n = head.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+            if head[8] == UInt8(ascii: "{"), n > 0, n < UInt64(f.size) { return .safetensors }
+        }
+        if f.size > 0, let first = try? f.read(at: 0, count: 1), first[0] == 0x08 { return .onnx }   // ir_version, field 1
+        throw CompressionError(.unsupportedFormat, "neither ONNX nor safetensors (name it .onnx or .safetensors)", path: path)
+    }
+
+    public static func build(_ options: Options) throws(CompressionError) -> VariantReport {
+        let format = try format(of: options.input)
+        if options.output.hasSuffix(".onnx") != (format == .onnx) || options.output.hasSuffix(".safetensors") != (format == .safetensors) {
+            if options.output.hasSuffix(".onnx") || options.output.hasSuffix(".safetensors") {
+                throw CompressionError(.unsupportedFormat, "the variant is written in the input's format (\(format.rawValue))", path: options.output)
+            }
+        }
+        let out = try AtomicOutputFile(options.output)
+        // The input's sha256 (for lineage) is computed on another core while the variant is built.
+        let inputHash = BackgroundHash(options.input)
+        var job = BuildJob(options: options, format: format)
+        switch format {
+        case .onnx: try job.buildONNX(out)
+        case .safetensors: try job.buildSafetensors(out)
+        }
+        try out.sync()
+        var report = try job.report(out, inputSha256: try inputHash.result())
+        if let cmd = options.evaluator {
+            report.evaluation = try Evaluator.run(command: cmd, base: options.input, variant: out.tempPath, format: format.rawValue)
+            if let e = report.evaluation {
+                report.notes += QualityNotes.forEvaluation(e, recipe: options.recipe)
+            }
+        }
+        try out.commit()
+        return report
+    }
+}
+
+/// How one tensor is handled in a build.
+struct TensorDecision {
+    var source: SourceTensor?
+    var name: String
+    /// nil: kept as it is, for `reason`.
+    var encoding: TensorEncoding?
+    var prune: Bool
+    var reason: String
+}
+
+/// A file's sha256, computed on a thread of its own.
+final class BackgroundHash: @unchecked Sendable {
+    private var value: Result<String, CompressionError> = .failure(CompressionError(.io, "not computed"))
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ path: String) {
+        let thread = Thread { [self] in
+            value = Result { () throws(CompressionError) in try BuildJob.sha256(path) }
+            done.signal()
+        }
+        thread.start()
+    }
+
+    func result() throws(CompressionError) -> String {
+        done.wait()
+        return try value.get()
+    }
+}

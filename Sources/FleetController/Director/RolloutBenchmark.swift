@@ -1,0 +1,129 @@
+import FleetCore
+import Foundation
+import Logging
+
+/// How long the rollout driver takes to evaluate a staged rollout's gates over a large fleet:
+/// a SQLite store filled with devices, their install outcomes and their runtime metrics, then
+/// timed ticks (store reads, cohorts, observations, gates, cell writes). `fleet-controller
+/// bench-gates` runs it; `make bench` prints it.
+public enum RolloutBenchmark {
+    public struct Report: Codable, Sendable {
+        public var devices: Int
+        public var cells: Int
+        public var events: Int
+        public var cohortDevices: Int
+        public var populateSeconds: Double
+        /// Whole ticks: reading devices and telemetry from SQLite, evaluating, saving every cell.
+        public var tickSeconds: [Double]
+        /// The evaluation alone, on data already in memory: cohorts, observations, gates.
+        public var evaluateSeconds: [Double]
+        public var pausedCells: Int
+    }
+
+    static let classes = ["x86-avx512-vnni", "x86-avx2", "arm64-dotprod", "small-board-1gb", "npu-edgetpu", "armv7-neon"]
+    static let tiers = ["fibre", "cellular", "satellite-metered"]
+
+    public static func run(devices n: Int, directory: String, runs: Int) async throws -> Report {
+        precondition(n > 0 && runs > 0)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let store = try SQLiteStore(path: directory + "/bench.sqlite")
+        let now: Int64 = 1_800_000_000
+        let policy = RolloutPolicy(
+            name: "bench-canary",
+            phases: [.init(percent: 1, minDevices: 1, bakeSeconds: 1800), .init(percent: 10, minDevices: 2, bakeSeconds: 1800),
+                     .init(percent: 50, minDevices: 1, bakeSeconds: 3600), .init(percent: 100)],
+            gates: .init(maxInstallFailureRate: 0.05, maxHealthFailureRate: 0.05, maxTimedOutRate: 0.10, maxLatencyP95Ratio: 1.5,
+                         maxErrorRateIncrease: 0.01, maxCrashes: 0, minSample: 1),
+            onFailure: .pause, deviceTimeoutSeconds: 7200)
+
+        let t0 = ContinuousClock.now
+        try await store.createModel(ModelRecord(name: "m", minQuality: nil, createdAt: now))
+        let key = SigningKey(role: .release)
+        for (serial, version) in ["1", "2"].enumerated() {
+            let catalog = ReleaseCatalog(model: "m", version: version, serial: serial + 1, expiresAt: now + 86_400, variants: [], hardwareClasses: [])
+            let env = try Envelope.sign(catalog, type: PayloadType.catalog, keys: [key])
+            try await store.createRelease(ReleaseRecord(id: "m@\(version)", model: "m", version: version, serial: serial + 1, catalogEnvelope: env,
+                                                        catalogSha256: Digest.sha256Hex(Array(try FleetJSON.encode(env))), catalog: catalog, createdAt: now))
+        }
+        let rollout = try await store.createRollout(RolloutRecord(id: 0, releaseId: "m@2", model: "m", strategy: policy.name, state: "active",
+                                                                  createdAt: now, policy: policy, previousReleaseId: "m@1"))
+        // Every cell in its third phase (50%): half the fleet is the cohort, half the control.
+        var rng = SeededGenerator(seed: 42)
+        var events = 0, cohort = 0
+        let facts = String(decoding: try FleetJSON.encode(DeviceFacts(arch: "x86_64", cpuFlags: [], memoryBytes: 1 << 30, diskFreeBytes: 1 << 30)), as: UTF8.self)
+        try store.db.transaction {
+            for i in 0..<n {
+                let id = "dev-\(i)"
+                let cls = classes[i % classes.count], tier = tiers[(i / classes.count) % tiers.count]
+                try store.db.execute("""
+                    INSERT INTO devices (id, facts, hardware_class, tier, installed, phase, status, status_detail, held, first_seen, last_seen, agent_version)
+                    VALUES (?,?,?,?,'{}',NULL,'committed',NULL,'{}',?,?,'bench')
+                    """, [id, facts, cls, tier, now, now])
+                let inCohort = Cohort.position(rollout: "\(rollout.id)", device: id) < 0.5
+                var seq: Int64 = 1
+                if inCohort {
+                    cohort += 1
+                    let roll = rng.next() % 1000
+                    let kind = roll < 985 ? "committed" : (roll < 995 ? "failed" : "rolled-back")
+                    try store.db.execute("INSERT INTO events (device_id, seq, time, kind, model, sha256, release, detail, received_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                                         [id, seq, now, kind, "m", nil as String?, "m@2", nil as String?, now])
+                    seq += 1
+                    events += 1
+                }
+                let base = inCohort ? 12.0 : 10.0
+                let p50 = base + Double(rng.next() % 400) / 100
+                let m = RuntimeMetrics(latencyP50Ms: p50, latencyP95Ms: p50 * 2, errorRate: Double(rng.next() % 10) / 1000, requests: 500, crashes: 0)
+                try store.db.execute("INSERT INTO events (device_id, seq, time, kind, model, sha256, release, detail, received_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                                     [id, seq, now, "metrics", "m", nil as String?, inCohort ? "m@2" : "m@1",
+                                      String(decoding: try FleetJSON.encode(m), as: UTF8.self), now])
+                events += 1
+            }
+        }
+        for c in classes {
+            for t in tiers {
+                try await store.saveCell(rollout: rollout.id, CellKey(hardwareClass: c, tier: t),
+                                         StoredCell(state: CellState(phase: 2, status: .running, phaseStartedAt: now), cutoff: 0.5))
+            }
+        }
+        let populate = ContinuousClock.now - t0
+
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        let driver = RolloutDriver(store: store, logger: logger, clock: { now }, tickSeconds: nil, metrics: ControllerMetrics())
+        var ticks: [Double] = [], evaluations: [Double] = []
+        let record = try await store.rollout(rollout.id)!
+        for _ in 0..<runs {
+            // Each run starts from the same cell states, so every tick does the same work.
+            for c in classes {
+                for t in tiers {
+                    try await store.saveCell(rollout: rollout.id, CellKey(hardwareClass: c, tier: t),
+                                             StoredCell(state: CellState(phase: 2, status: .running, phaseStartedAt: now), cutoff: 0.5))
+                }
+            }
+            let a = ContinuousClock.now
+            try await driver.tick(now: now + 60)
+            ticks.append(seconds(ContinuousClock.now - a))
+
+            let byCell = try await driver.membersByCell()
+            let outcomes = try await store.installOutcomes(release: record.releaseId)
+            let runtime = Dictionary(try await store.runtimeMetrics(model: "m", since: 0).map { ($0.deviceId, $0) }, uniquingKeysWith: { x, _ in x })
+            let b = ContinuousClock.now
+            var judged = 0
+            for (_, members) in byCell {
+                let inCohort = members.filter { Cohort.position(rollout: "\(record.id)", device: $0) < 0.5 }
+                let o = driver.observe(cohort: inCohort, cell: members, rollout: record, policy: policy, outcomes: outcomes,
+                                       runtime: runtime, phaseStartedAt: now, now: now + 60)
+                judged += GateEvaluator.evaluate(o, gates: policy.gates).count
+            }
+            evaluations.append(seconds(ContinuousClock.now - b))
+            precondition(judged > 0)
+        }
+        let paused = try await store.cells(rollout: rollout.id).values.filter { $0.state.status == .paused }.count
+        return Report(devices: n, cells: classes.count * tiers.count, events: events, cohortDevices: cohort, populateSeconds: seconds(populate),
+                      tickSeconds: ticks, evaluateSeconds: evaluations, pausedCells: paused)
+    }
+
+    static func seconds(_ d: Swift.Duration) -> Double {
+        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    }
+}
