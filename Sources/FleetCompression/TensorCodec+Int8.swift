@@ -64,7 +64,7 @@ extension TensorCodec {
                                 }
                                 sumSq += Double(ss); sumErr += Double(se); maxAbs = max(maxAbs, mx); zeros += z
                             }
-                            // Channels wide..<along of a row, one by one.
+                            // Channels first..<along of the row starting at `row`, one by one.
                             @inline(__always) func runTail(_ row: Int, from first: Int) {
                                 var ss: Float = 0, se: Float = 0, mx: Float = 0
                                 var z = 0

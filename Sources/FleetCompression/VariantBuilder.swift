@@ -72,6 +72,8 @@ public enum VariantBuilder {
             if let e = report.evaluation {
                 report.notes += QualityNotes.forEvaluation(e, recipe: options.recipe)
             }
+        } else {
+            report.notes.append("output agreement not evaluated (no evaluator): a model with a quality floor will not choose this variant")
         }
         try out.commit()
         return report

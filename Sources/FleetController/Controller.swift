@@ -24,6 +24,8 @@ public struct ControllerOptions: Sendable {
     public var access = AccessOptions()
     /// Mutual TLS; nil serves plain HTTP.
     public var tls: ControllerTLS? = nil
+    /// The command that measures variants built on the controller (`CMD BASE VARIANT`); nil: unmeasured.
+    public var evaluator: String? = ProcessInfo.processInfo.environment["EDGEFLEET_EVALUATOR"]
 
     public init(dataDirectory: String, host: String, port: Int, keysDirectory: String, configDirectory: String,
                 artifactBaseURL: String? = nil, maxArtifactBytes: Int64 = 8 << 30, pollSeconds: Int = 30, deltas: Bool = true,
@@ -77,7 +79,7 @@ public enum Controller {
         operatorRoutes.register(router)
         VariantRoutes(store: store, builder: VariantBuildService(
             store: store, artifacts: artifacts, recipesFile: options.configDirectory + "/recipes.yaml",
-            evaluator: ProcessInfo.processInfo.environment["EDGEFLEET_EVALUATOR"], logger: logger, clock: clock)).register(router)
+            evaluator: options.evaluator, logger: logger, clock: clock)).register(router)
         DashboardRoutes(store: store, access: store, operatorRoutes: operatorRoutes, clock: clock, secureCookies: options.tls != nil).register(router)
         AccessRoutes(store: store, keys: keys, options: options.access,
                      enrollments: RateLimiter(burst: options.access.enrollBurst, perMinute: options.access.enrollPerMinute, clock: clock),

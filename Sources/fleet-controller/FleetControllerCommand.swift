@@ -1,5 +1,6 @@
 import ArgumentParser
 import FleetController
+import Foundation
 import Logging
 
 @main
@@ -37,6 +38,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "info"
 
+    @Option(help: "Command that measures variants built on the controller, run as CMD BASE VARIANT (default: $EDGEFLEET_EVALUATOR, else .venv/bin/python scripts/evaluate-variant.py when present).")
+    var evaluator: String?
+
     @OptionGroup var security: SecurityOptions
 
     func validate() throws {
@@ -56,6 +60,14 @@ struct Serve: AsyncParsableCommand {
 
     func parseSize(_ s: String) -> Int64? { SizeParser.parse(s) }
 
+    /// The default evaluator shipped in the repository: scripts/evaluate-variant.py in .venv, when both exist.
+    static func shippedEvaluator() -> String? {
+        let cwd = FileManager.default.currentDirectoryPath
+        let python = cwd + "/.venv/bin/python", script = cwd + "/scripts/evaluate-variant.py"
+        guard FileManager.default.isExecutableFile(atPath: python), FileManager.default.fileExists(atPath: script) else { return nil }
+        return "'\(python)' '\(script)'"
+    }
+
     func run() async throws {
         var logger = Logger(label: "edgefleet.controller")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
@@ -64,6 +76,10 @@ struct Serve: AsyncParsableCommand {
                                         artifactBaseURL: artifactBaseUrl, maxArtifactBytes: parseSize(maxArtifactSize)!,
                                         pollSeconds: pollSeconds)
         options.tls = security.tls
+        options.evaluator = evaluator ?? options.evaluator ?? Self.shippedEvaluator()
+        if options.evaluator == nil {
+            logger.warning("no variant evaluator: variants built here are unmeasured, and a model's quality floor refuses them (pass --evaluator, or run `make venv`)")
+        }
         options.access = security.access
         do {
             try await Controller.serve(options: options, logger: logger)

@@ -110,6 +110,20 @@ import FleetCore
         #expect(out.graph.initializer.first { $0.name == "W1_fp16" }?.rawData.count == 64 * 128 * 2)
     }
 
+    @Test func weightsInFloatDataAreReadLikeRawData() throws {
+        let dir = try TempDir()
+        var m = ONNXFixture.mlp()
+        let raw = m.graph.initializer[0].rawData
+        m.graph.initializer[0].clearRawData()
+        m.graph.initializer[0].floatData = raw.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        let a = try build(dir, try ONNXFixture.write(m, to: dir, "floatdata.onnx"), recipe("int8", [.int8(.perChannel)]), out: "a.onnx")
+        let b = try build(dir, try ONNXFixture.write(ONNXFixture.mlp(), to: dir, "raw.onnx"), recipe("int8", [.int8(.perChannel)]), out: "b.onnx")
+        #expect(a.tensors.first { $0.name == "W1" } == b.tensors.first { $0.name == "W1" })
+        let qa = try load(dir.file("a.onnx")).graph.initializer.first { $0.name == "W1_quantized" }
+        let qb = try load(dir.file("b.onnx")).graph.initializer.first { $0.name == "W1_quantized" }
+        #expect(qa != nil && qa?.rawData == qb?.rawData)
+    }
+
     @Test func safetensorsVariantsKeepNamesAndDescribeTheirEncoding() throws {
         let dir = try TempDir()
         let input = try dir.write("m.safetensors", SafetensorsFixture.small())
