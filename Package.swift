@@ -82,6 +82,7 @@ let package = Package(
             "FleetController", "FleetCore", "FleetAgent", "FleetClient",
             .product(name: "HummingbirdTesting", package: "hummingbird"),
         ]),
-        .testTarget(name: "IntegrationTests", dependencies: ["FleetCore"]),
+        // The Python helpers are run by path (a tampering proxy, a malicious controller), not built.
+        .testTarget(name: "IntegrationTests", dependencies: ["FleetCore"], exclude: ["Support/proxy.py", "Support/evil_controller.py"]),
     ]
 )

@@ -96,6 +96,13 @@ for d in "${DTYPES[@]}"; do
     VARIANT_SHA[$sha]="$MODEL-$d"
 done
 
+step "fleetctl variant build --input model-fp32.safetensors --recipe int8   (local: quantize by recipe, per-tensor error report)"
+# The MLP has no ONNX graph for the default onnxruntime evaluator, so output agreement is skipped here;
+# docs/COMPRESSION.md shows the evaluated recipes on all-MiniLM-L6-v2.
+fleetctl variant build --input "$T/model/model-fp32.safetensors" --recipe int8 --out "$T/model/built-int8.safetensors" \
+    --report "$T/model/built-int8.report.json" --no-evaluate
+[[ -s "$T/model/built-int8.safetensors" && -s "$T/model/built-int8.report.json" ]] || fail "variant build wrote no variant or report"
+
 step "fleetctl model add $MODEL"
 fleetctl model add "$MODEL"
 

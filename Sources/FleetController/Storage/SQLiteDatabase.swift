@@ -99,6 +99,17 @@ final class SQLiteDatabase: @unchecked Sendable {
         return rows
     }
 
+    /// Runs one statement committed without waiting for the disk (WAL, synchronous=NORMAL): it
+    /// survives a crash of the process, and a power loss may take it back to the previous value,
+    /// never half. For facts that the next message repeats anyway (a device's last check-in);
+    /// the next FULL commit makes it durable too.
+    func executeRelaxed(_ sql: String, _ params: [any SQLValueConvertible] = []) throws {
+        lock.lock(); defer { lock.unlock() }
+        try execute("PRAGMA synchronous=NORMAL")
+        defer { try? execute("PRAGMA synchronous=FULL") }
+        try execute(sql, params)
+    }
+
     /// Runs `body` in one IMMEDIATE transaction: all of it is stored, or none.
     func transaction<T>(_ body: () throws -> T) throws -> T {
         lock.lock(); defer { lock.unlock() }

@@ -86,7 +86,8 @@ final class SQLiteStore: FleetStore {
     // MARK: devices
 
     func upsertDevice(_ d: DeviceRecord) async throws {
-        try db.execute("""
+        // A check-in's facts and time are repeated by the next check-in: not worth an fsync each.
+        try db.executeRelaxed("""
             INSERT INTO devices (id, facts, hardware_class, tier, installed, phase, status, status_detail, held, first_seen, last_seen, agent_version)
             VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
             ON CONFLICT(id) DO UPDATE SET facts=excluded.facts, hardware_class=excluded.hardware_class, tier=excluded.tier,
