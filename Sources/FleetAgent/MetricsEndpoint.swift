@@ -46,12 +46,14 @@ public struct MetricsEndpointError: Error, CustomStringConvertible {
 ///     curl -s -X POST http://127.0.0.1:7311/v1/metrics -d '{"model":"minilm","latenciesMs":[12.4,15.0],"errors":0}'
 ///
 /// `POST /v1/metrics` takes one `InferenceReport` (or an array of them); `GET /v1/status` says
-/// what the device runs. One request per connection, small bodies, a read timeout: a stuck
-/// client costs the agent nothing but a short wait.
+/// what the device runs. One request per connection, small bodies, and a whole request must
+/// arrive within `requestDeadline` seconds: a slow or stuck client is cut off then.
 public final class MetricsEndpoint: Sendable {
     public static let maxBody = 256 << 10
     static let maxHeader = 8 << 10
     static let maxReportsPerRequest = 100
+    /// Seconds a connection has to deliver its whole request.
+    static let requestDeadline = 3.0
 
     let collector: RuntimeCollector
     let knowsModel: @Sendable (String) -> Bool
@@ -59,6 +61,8 @@ public final class MetricsEndpoint: Sendable {
     private let fd: Int32
     public let address: MetricsListenAddress
     private let stopped = Atomic<Bool>(false)
+    /// The connection being served (-1: none), so that `stop()` can cut it.
+    private let serving = Atomic<Int32>(-1)
     private let finished = DispatchSemaphore(value: 0)
 
     /// Binds and starts serving on a thread of its own.
@@ -143,6 +147,8 @@ public final class MetricsEndpoint: Sendable {
     public func stop() {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         shutdown(fd, Int32(SHUT_RDWR))
+        let client = serving.load(ordering: .acquiring)
+        if client >= 0 { shutdown(client, Int32(SHUT_RDWR)) }
         finished.wait()
         close(fd)
         if case .unix(let path) = address { unlink(path) }
@@ -155,15 +161,20 @@ public final class MetricsEndpoint: Sendable {
         while !stopped.load(ordering: .acquiring) {
             let client = accept(fd, nil, nil)
             if client < 0 {
-                if errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE { continue }
+                let e = errno
+                if stopped.load(ordering: .acquiring) { return }
+                // Out of descriptors: wait a little rather than spin on the queued connection.
+                if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM { usleep(100_000); continue }
+                if e == EINTR || e == ECONNABORTED || e == EPROTO || e == EAGAIN { continue }
                 return
             }
             _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+            serving.store(client, ordering: .releasing)
             var tv = timeval(tv_sec: 2, tv_usec: 0)
-            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             let (status, body) = handle(client)
             respond(client, status, body)
+            serving.store(-1, ordering: .releasing)
             close(client)
         }
     }
@@ -220,12 +231,22 @@ public final class MetricsEndpoint: Sendable {
         let response: (Int, [UInt8])
     }
 
+    /// recv with what is left of the request's deadline; 0 or less: the peer closed, or time ran out.
+    private func receive(_ client: Int32, _ chunk: inout [UInt8], _ count: Int, deadline: Double) -> Int {
+        let left = deadline - Clock.monotonic()
+        guard left > 0 else { return 0 }
+        var p = pollfd(fd: client, events: Int16(POLLIN), revents: 0)
+        guard poll(&p, 1, Int32(left * 1000) + 1) == 1 else { return 0 }
+        return recv(client, &chunk, count, Int32(MSG_DONTWAIT))
+    }
+
     private func read(_ client: Int32) -> Result<Request, HTTPFailure> {
+        let deadline = Clock.monotonic() + Self.requestDeadline
         var buf: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         var headerEnd: Int? = nil
         while headerEnd == nil {
-            let n = recv(client, &chunk, chunk.count, 0)
+            let n = receive(client, &chunk, chunk.count, deadline: deadline)
             if n <= 0 { return .failure(HTTPFailure(response: Self.error(408, "timeout", "the request did not arrive in time"))) }
             buf.append(contentsOf: chunk[0..<n])
             headerEnd = Self.find(buf, [13, 10, 13, 10])
@@ -256,7 +277,7 @@ public final class MetricsEndpoint: Sendable {
         }
         var body = Array(buf[(headerEnd! + 4)...])
         while body.count < length {
-            let n = recv(client, &chunk, min(chunk.count, length - body.count), 0)
+            let n = receive(client, &chunk, min(chunk.count, length - body.count), deadline: deadline)
             if n <= 0 { return .failure(HTTPFailure(response: Self.error(408, "timeout", "the body did not arrive in time"))) }
             body.append(contentsOf: chunk[0..<n])
         }

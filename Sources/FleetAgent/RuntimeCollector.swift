@@ -47,12 +47,23 @@ public final class RuntimeCollector: Sendable {
     struct Window {
         var reservoir: [Double] = []
         var seen: Int = 0
-        /// Summaries reported without raw latencies, weighted by their request counts.
-        var summaries: [(p50: Double?, p95: Double?, weight: Double)] = []
+        /// Summaries reported without raw latencies, as running sums weighted by their request
+        /// counts: constant memory however many arrive.
+        var p50Sum = 0.0, p50Weight = 0.0, p95Sum = 0.0, p95Weight = 0.0
         var requests: Int = 0
+        /// Errors of reports that said how many requests they served, and those requests.
         var errors: Int = 0
+        var requestsWithErrors: Int = 0
         var crashes: Int = 0
         var reports: Int = 0
+    }
+
+    /// Counts saturate here instead of overflowing, whatever a local client sends.
+    static let countCap = 1 << 52
+
+    static func add(_ a: Int, _ b: Int) -> Int {
+        let (sum, overflow) = a.addingReportingOverflow(b)
+        return overflow ? countCap : min(sum, countCap)
     }
 
     private let windows = Mutex<[String: Window]>([:])
@@ -79,12 +90,19 @@ public final class RuntimeCollector: Sendable {
                     if j < UInt64(Self.reservoirSize) { w.reservoir[Int(j)] = x }
                 }
             }
-            if samples.isEmpty, r.latencyP50Ms != nil || r.latencyP95Ms != nil {
-                w.summaries.append((r.latencyP50Ms, r.latencyP95Ms, Double(max(r.requests ?? 1, 1))))
+            if samples.isEmpty {
+                let weight = Double(max(r.requests ?? 1, 1))
+                if let p50 = r.latencyP50Ms { w.p50Sum += p50 * weight; w.p50Weight += weight }
+                if let p95 = r.latencyP95Ms { w.p95Sum += p95 * weight; w.p95Weight += weight }
             }
-            w.requests += r.requests ?? samples.count
-            w.errors += r.errors ?? 0
-            w.crashes += r.crashes ?? 0
+            let served = r.requests ?? samples.count
+            w.requests = Self.add(w.requests, served)
+            // Errors count against the requests of the same report; a report without requests has none.
+            if r.requests != nil || !samples.isEmpty {
+                w.errors = Self.add(w.errors, r.errors ?? 0)
+                w.requestsWithErrors = Self.add(w.requestsWithErrors, served)
+            }
+            w.crashes = Self.add(w.crashes, r.crashes ?? 0)
             all[r.model] = w
         }
     }
@@ -103,11 +121,11 @@ public final class RuntimeCollector: Sendable {
                 let s = w.reservoir.sorted()
                 m.latencyP50Ms = Self.quantile(s, 0.50)
                 m.latencyP95Ms = Self.quantile(s, 0.95)
-            } else if !w.summaries.isEmpty {
-                m.latencyP50Ms = Self.weightedMean(w.summaries.compactMap { s in s.p50.map { ($0, s.weight) } })
-                m.latencyP95Ms = Self.weightedMean(w.summaries.compactMap { s in s.p95.map { ($0, s.weight) } })
+            } else {
+                if w.p50Weight > 0 { m.latencyP50Ms = w.p50Sum / w.p50Weight }
+                if w.p95Weight > 0 { m.latencyP95Ms = w.p95Sum / w.p95Weight }
             }
-            if w.requests > 0 { m.errorRate = Double(w.errors) / Double(w.requests) }
+            if w.requestsWithErrors > 0 { m.errorRate = min(1, Double(w.errors) / Double(w.requestsWithErrors)) }
             out[model] = m
         }
         return out
@@ -117,11 +135,5 @@ public final class RuntimeCollector: Sendable {
     static func quantile(_ sorted: [Double], _ q: Double) -> Double {
         let rank = Int((q * Double(sorted.count)).rounded(.up))
         return sorted[min(max(rank, 1), sorted.count) - 1]
-    }
-
-    static func weightedMean(_ xs: [(Double, Double)]) -> Double? {
-        let total = xs.reduce(0) { $0 + $1.1 }
-        guard total > 0 else { return nil }
-        return xs.reduce(0) { $0 + $1.0 * $1.1 } / total
     }
 }

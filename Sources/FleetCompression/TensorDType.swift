@@ -24,7 +24,7 @@ enum TensorDType: String, Sendable, CaseIterable {
     func byteCount(elements count: Int64) -> Int64? {
         guard count >= 0 else { return nil }
         let (bits, o) = count.multipliedReportingOverflow(by: Int64(self.bits))
-        return o ? nil : (bits + 7) / 8
+        return o ? nil : bits / 8 + (bits % 8 == 0 ? 0 : 1)
     }
 
     /// ONNX TensorProto.DataType codes; nil for codes this builder does not read.

@@ -212,3 +212,58 @@ struct RuntimeMetricsTests {
         #expect(m.requests == 3)
     }
 }
+
+@Suite("Runtime metrics: hostile local clients")
+struct RuntimeMetricsAbuseTests {
+    @Test func countsSaturateInsteadOfCrashingTheAgent() throws {
+        let c = RuntimeCollector()
+        let huge = InferenceReport(model: "m", requests: 1 << 40, errors: 1 << 40, crashes: 1 << 40)
+        for _ in 0..<20_000 { try c.record(huge) }   // 2^54 in all: past the cap, far from Int.max
+        let m = try #require(c.drain()["m"])
+        #expect(m.requests == RuntimeCollector.countCap)
+        #expect(m.crashes == RuntimeCollector.countCap)
+        #expect(m.errorRate == 1)
+    }
+
+    @Test func errorsWithoutRequestsDoNotInflateTheErrorRate() throws {
+        let c = RuntimeCollector()
+        try c.record(InferenceReport(model: "m", errors: 100))
+        try c.record(InferenceReport(model: "m", requests: 10, errors: 1))
+        let m = try #require(c.drain()["m"])
+        #expect(m.errorRate == 0.1)
+    }
+
+    @Test func manySummariesKeepTheirWeightedMean() throws {
+        let c = RuntimeCollector()
+        for i in 0..<50_000 { try c.record(InferenceReport(model: "m", latencyP50Ms: i % 2 == 0 ? 10 : 30, requests: 1)) }
+        let m = try #require(c.drain()["m"])
+        #expect(m.latencyP50Ms == 20)
+        #expect(m.requests == 50_000)
+    }
+
+    @Test func aClientThatDripsBytesIsCutOffAndTheNextOneIsServed() throws {
+        let e = try RuntimeMetricsTests.Endpoint()
+        defer { e.endpoint.stop() }
+        // Headers that never end: the deadline answers 408 and closes the connection.
+        let stuck = try RuntimeMetricsTests.exchange(port: e.port, "POST /v1/metrics HTTP/1.1\r\nContent-Length: 10\r\n")
+        #expect(stuck.0 == 408)
+        let ok = try RuntimeMetricsTests.exchange(port: e.port, RuntimeMetricsTests.post(#"{"model":"minilm","latenciesMs":[1]}"#))
+        #expect(ok.0 == 202)
+    }
+
+    @Test func stopCutsAConnectionThatSendsNothing() throws {
+        let c = RuntimeCollector()
+        let e = try MetricsEndpoint(listen: .tcp(host: "127.0.0.1", port: 0), collector: c, knowsModel: { _ in true }, status: { [] })
+        guard case .tcp(_, let port) = e.address else { throw AgentError("not tcp") }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = port.bigEndian
+        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        #expect(rc == 0)
+        e.stop()   // returns although the connection above never sent a byte
+        #expect(throws: (any Error).self) { try RuntimeMetricsTests.exchange(port: port, "GET /v1/status HTTP/1.1\r\n\r\n") }
+    }
+}

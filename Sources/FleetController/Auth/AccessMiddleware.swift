@@ -82,7 +82,9 @@ struct AccessMiddleware: RouterMiddleware {
             case .pending?: throw AccessError(.devicePending, "device \(id) waits for approval")
             case .accepted?, nil: break
             }
-            if request.uri.path.hasSuffix("/checkin"), let wait = checkIns.take(id) {
+            // The route's own segments, as the router sees them (a trailing slash is the same route).
+            let isCheckIn = request.uri.path.split(separator: "/", omittingEmptySubsequences: true).last == "checkin"
+            if isCheckIn, let wait = checkIns.take(id) {
                 throw AccessError(.rateLimited, "device \(id) checks in too often; retry in \(wait) s", retryAfter: wait)
             }
             return .device(id)

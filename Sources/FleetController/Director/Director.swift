@@ -29,17 +29,20 @@ actor Director {
     ///   gets the previous release.
     /// - After an abort, or in a cell a gate rolled back: each device the rollout reached gets what
     ///   it ran before (recorded when it was first sent the new release); the others keep theirs.
-    func releaseFor(_ device: DeviceRecord, rollout: RolloutRecord, now: Int64) async throws -> String? {
+    func releaseFor(_ device: DeviceRecord, rollout: RolloutRecord, now: Int64, persist: Bool = true) async throws -> String? {
         let installed = device.installed[rollout.model]
         func rollbackTarget() async throws -> String? {
             guard let reached = try await store.rolloutDevice(rollout: rollout.id, deviceId: device.id) else {
-                return installed == nil ? rollout.previousReleaseId : nil
+                guard let installed else { return rollout.previousReleaseId }
+                // Reached before the controller kept these records: it runs the new release.
+                let new = try await store.release(rollout.releaseId)?.catalog.variants.contains { $0.sha256 == installed } ?? false
+                return new ? rollout.previousReleaseId : nil
             }
             return reached.priorRelease ?? rollout.previousReleaseId
         }
         if rollout.state == "aborted" { return try await rollbackTarget() }
         guard let policy = rollout.policy else { return rollout.releaseId }
-        let cell = try await driver.cell(for: device, rollout: rollout, policy: policy, now: now)
+        let cell = try await driver.cell(for: device, rollout: rollout, policy: policy, now: now, persist: persist)
         if cell.state.status == .rolledBack || cell.state.status == .aborted { return try await rollbackTarget() }
         let inCohort = Cohort.position(rollout: "\(rollout.id)", device: device.id) < cell.cutoff
         if inCohort && cell.state.sendsNewRelease { return rollout.releaseId }
@@ -48,6 +51,8 @@ actor Director {
 
     /// Before a device is first sent a rollout's release: what it runs now, as its rollback target.
     private func rememberPrior(_ device: DeviceRecord, rollout: RolloutRecord, now: Int64) async throws {
+        // Only the first time counts; later check-ins until the install finishes change nothing.
+        if try await store.rolloutDevice(rollout: rollout.id, deviceId: device.id) != nil { return }
         guard let installed = device.installed[rollout.model] else {
             return try await store.recordRolloutDevice(rollout: rollout.id, deviceId: device.id, priorRelease: nil, priorSha256: nil, at: now)
         }
@@ -69,8 +74,9 @@ actor Director {
     }
 
     /// The selection for one device and one release of a rollout; pure apart from the store reads.
+    /// `requestDeltas: false` only reads (explain): no delta build is queued.
     func plan(facts: DeviceFacts, installed: [String: String], rollout: RolloutRecord, releaseId: String? = nil,
-              fullOnly: Bool = false) async throws -> Plan? {
+              fullOnly: Bool = false, requestDeltas: Bool = true) async throws -> Plan? {
         guard let release = try await store.release(releaseId ?? rollout.releaseId) else { return nil }
         let model = try await store.model(rollout.model)
         var quality: [String: Double] = [:]
@@ -98,7 +104,7 @@ actor Director {
         if let chosen, let base, base != chosen.sha256 {
             if let d = deltas[chosen.sha256], let sha = d.packageSha256, let size = d.packageSize {
                 package = PackageRef(kind: PackageRef.delta, sha256: sha, size: size, url: artifactURL(sha), baseSha256: base)
-            } else if !fullOnly, planner.enabled {
+            } else if !fullOnly, requestDeltas, planner.enabled {
                 try await planner.request(base: base, target: chosen.sha256)
                 // A device whose tier has a byte budget waits for the delta; others take the full
                 // artifact now rather than wait for a build.
@@ -248,8 +254,10 @@ actor Director {
         }
         var out: [Explanation] = []
         for rollout in try await store.activeRollouts() {
-            guard let releaseId = try await releaseFor(device, rollout: rollout, now: driver.clock()),
-                  let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout, releaseId: releaseId)
+            // Explaining changes nothing: no cell is opened, no delta is queued.
+            guard let releaseId = try await releaseFor(device, rollout: rollout, now: driver.clock(), persist: false),
+                  let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout, releaseId: releaseId,
+                                            requestDeltas: false)
             else { continue }
             out.append(Explanation(deviceId: deviceId, model: rollout.model, release: plan.release.id, selection: plan.selection))
         }

@@ -56,12 +56,19 @@ final class RolloutDriver: Service, Sendable {
     }
 
     /// The cell a device checking in belongs to, created in phase 0 on first sight.
-    func cell(for device: DeviceRecord, rollout: RolloutRecord, policy: RolloutPolicy, now: Int64) async throws -> StoredCell {
+    /// `persist: false` answers without saving a new cell (read-only callers such as `explain`).
+    func cell(for device: DeviceRecord, rollout: RolloutRecord, policy: RolloutPolicy, now: Int64, persist: Bool = true) async throws -> StoredCell {
         let key = Self.cell(of: device)
         if let c = try await store.cells(rollout: rollout.id)[key] { return c }
+        // A cell that first appears after the rollout completed (a new class, a device that moved
+        // tier) is complete too: nothing would ever advance it.
+        if rollout.state == "completed" {
+            return StoredCell(state: CellState(phase: policy.phases.count - 1, status: .completed, phaseStartedAt: now), cutoff: 1.0000001)
+        }
         let members = try await membersByCell()[key] ?? []
         let cell = StoredCell(state: CellState(phaseStartedAt: now),
                               cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id]))
+        guard persist else { return cell }
         try await store.saveCell(rollout: rollout.id, key, cell)
         try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "cell-opened", cell: key.description,
                                                                                detail: "phase 1 of \(policy.phases.count)"))
@@ -165,7 +172,7 @@ final class RolloutDriver: Service, Sendable {
         let errors = ms.compactMap(\.errorRate)
         return RuntimeSample(devices: ms.count, latencyP50Ms: median(ms.compactMap(\.p50)), latencyP95Ms: median(ms.compactMap(\.p95)),
                              errorRate: errors.isEmpty ? nil : errors.reduce(0, +) / Double(errors.count),
-                             crashes: ms.reduce(0) { $0 + $1.crashes })
+                             crashes: ms.reduce(0) { let (s, o) = $0.addingReportingOverflow($1.crashes); return o ? Int.max : s })
     }
 
     /// An operator's promote, pause, resume or abort, on every cell or on one.

@@ -20,7 +20,9 @@ struct AccessRoutes: Sendable {
             guard Name.isValid(body.name), body.name.utf8.count <= 64 else {
                 throw APIError(.badRequest, "invalid-name", "a token name is a plain name of at most 64 bytes")
             }
-            if let s = body.expiresInSeconds, s <= 0 { throw APIError(.badRequest, "invalid-expiry", "expiresInSeconds must be positive") }
+            if let s = body.expiresInSeconds, s <= 0 || s > 10 * 365 * 86_400 {
+                throw APIError(.badRequest, "invalid-expiry", "expiresInSeconds must be positive and at most ten years")
+            }
             let now = clock()
             let created = try await TokenIssuer.createAPIToken(store: store, name: body.name, role: body.role, createdBy: actor(context),
                                                                expiresAt: body.expiresInSeconds.map { now + $0 }, now: now)

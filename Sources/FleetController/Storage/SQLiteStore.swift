@@ -267,8 +267,11 @@ final class SQLiteStore: FleetStore {
             """, [model, since]).compactMap { r in
             guard let release = r[1].text, let detail = r[2].text,
                   let m = try? JSONDecoder().decode(RuntimeMetrics.self, from: Data(detail.utf8)) else { return nil }
-            return DeviceMetrics(deviceId: r[0].text ?? "", release: release, p50: m.latencyP50Ms, p95: m.latencyP95Ms,
-                                 errorRate: m.errorRate, crashes: m.crashes ?? 0)
+            // Figures from devices are bounded here, so one bad device cannot upset the gates' arithmetic.
+            func latency(_ v: Double?) -> Double? { v.flatMap { $0.isFinite && $0 >= 0 && $0 < 86_400_000 ? $0 : nil } }
+            return DeviceMetrics(deviceId: r[0].text ?? "", release: release, p50: latency(m.latencyP50Ms), p95: latency(m.latencyP95Ms),
+                                 errorRate: m.errorRate.flatMap { $0.isFinite ? min(max($0, 0), 1) : nil },
+                                 crashes: min(max(m.crashes ?? 0, 0), 1 << 40))
         }
     }
 
