@@ -19,9 +19,9 @@ extension BuildJob {
         }
     }
 
-    mutating func buildONNX(_ out: AtomicOutputFile) throws(CompressionError) {
+    mutating func buildONNX(_ out: AtomicOutputFile, input: ReadableFile? = nil) throws(CompressionError) {
         let path = options.input
-        let onnx = try ONNXModel(path: path)
+        let onnx = try ONNXModel(path: path, file: input)
         inputBytes = onnx.file.size
         var model = onnx.model
         var graph = onnx.graph

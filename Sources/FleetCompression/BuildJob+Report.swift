@@ -6,8 +6,10 @@ import Glibc
 #endif
 
 extension BuildJob {
-    /// The report for the variant written to `out` (still under its temporary name).
-    func report(_ out: AtomicOutputFile, inputSha256: String) throws(CompressionError) -> VariantReport {
+    /// The report for the variant written to `out` (still under its temporary name). The input's hash
+    /// and zstd size come from threads started before the build; they are waited for last.
+    func report(_ out: AtomicOutputFile, inputSha256: () throws(CompressionError) -> String,
+                inputZstd: () throws(CompressionError) -> Int64?) throws(CompressionError) -> VariantReport {
         let changed = qualities.filter(\.changed)
         let changedElements = changed.reduce(0.0) { $0 + Double(elementCount($1.shape) ?? 0) }
         let zeros = changed.reduce(0.0) { $0 + ($1.sparsity ?? 0) * Double(elementCount($1.shape) ?? 0) }
@@ -15,8 +17,8 @@ extension BuildJob {
         let overflow = changed.reduce(0) { $0 + ($1.overflow ?? 0) }
         var inZ: Int64?, outZ: Int64?
         if let level = options.zstdLevel {
-            inZ = try Self.zstdSize(options.input, level: level)
             outZ = try Self.zstdSize(out.tempPath, level: level)
+            inZ = try inputZstd()
         }
         var notes = self.notes + QualityNotes.forTensors(changed, recipe: recipe, overflow: overflow)
         if changed.isEmpty { notes.append("no tensor qualified for this recipe: the variant has the base's weights") }
@@ -24,7 +26,7 @@ extension BuildJob {
         return VariantReport(
             tool: VariantBuilder.tool, toolVersion: VariantBuilder.toolVersion, recipe: recipe.name,
             steps: recipe.steps.map(\.description), technique: recipe.technique, dtype: recipe.dtype(base: base),
-            input: .init(path: options.input, format: format.rawValue, bytes: inputBytes, zstdBytes: inZ, sha256: inputSha256),
+            input: .init(path: options.input, format: format.rawValue, bytes: inputBytes, zstdBytes: inZ, sha256: try inputSha256()),
             output: .init(path: options.output, format: format.rawValue, bytes: out.written, zstdBytes: outZ, sha256: out.sha256),
             zstdLevel: options.zstdLevel,
             compressionRatio: out.written > 0 ? Double(inputBytes) / Double(out.written) : 0,
@@ -39,13 +41,22 @@ extension BuildJob {
     /// The file compressed as one zstd frame, counting bytes only (the map's pages are the page cache's).
     static func zstdSize(_ path: String, level: Int) throws(CompressionError) -> Int64 {
         let f = try ReadableFile(path)
-        let map = try MappedBytes(f)
+        return try zstdSize(try f.mapped().bytes, level: level, path: path)
+    }
+
+    static func zstdSize(_ bytes: UnsafeRawBufferPointer, level: Int, path: String) throws(CompressionError) -> Int64 {
         var n: Int64 = 0
         do {
             let z = try ZstdCompressor()
-            try z.compress(map.bytes, .init(level: level)) { chunk in n += Int64(chunk.count) }
+            try z.compress(bytes, .init(level: level)) { chunk in n += Int64(chunk.count) }
         } catch { throw CompressionError(.io, "zstd: \(error)", path: path) }
         return n
+    }
+
+    static func sha256(_ bytes: UnsafeRawBufferPointer) -> String {
+        var hasher = StreamingSHA256()
+        hasher.update(bytes)
+        return hasher.finalizeHex()
     }
 
     static func sha256(_ path: String) throws(CompressionError) -> String {

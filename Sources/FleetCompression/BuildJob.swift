@@ -90,13 +90,23 @@ struct BuildJob {
     /// Reads, prunes and encodes one tensor; records its quality. Returns the payload of each part.
     mutating func transform(_ d: TensorDecision) throws(CompressionError) -> [[UInt8]] {
         guard let s = d.source, let enc = d.encoding else { return [] }
-        let original = try s.readFloats()
-        var values = original
-        if d.prune, let step = pruneStep {
-            let t = step.scope == .global ? (globalThreshold ?? 0) : MagnitudePruner.threshold(values, sparsity: step.sparsity)
-            MagnitudePruner.apply(&values, threshold: t)
+        let parts: [[UInt8]], meter: ErrorMeter
+        if case .int8(let perChannel) = enc.kind, !d.prune, s.dtype == .f32 {
+            // The common case, straight from the input's bytes: no fp32 copy of the tensor.
+            var m = ErrorMeter()
+            parts = try s.withBytes { b in
+                TensorCodec.encodeInt8(b, original: b, shape: s.shape, perChannel: perChannel, axis: enc.channelAxis, meter: &m)
+            }
+            meter = m
+        } else {
+            let original = try s.readFloats()
+            var values = original
+            if d.prune, let step = pruneStep {
+                let t = step.scope == .global ? (globalThreshold ?? 0) : MagnitudePruner.threshold(values, sparsity: step.sparsity)
+                MagnitudePruner.apply(&values, threshold: t)
+            }
+            (parts, meter) = TensorCodec.encode(values, original: original, shape: s.shape, as: enc)
         }
-        let (parts, meter) = TensorCodec.encode(values, original: original, shape: s.shape, as: enc)
         let specs = enc.parts(shape: s.shape)
         for (p, spec) in zip(parts, specs) where Int64(p.count) != spec.byteCount {
             throw CompressionError(.io, "internal: \(spec.role) has \(p.count) bytes, planned \(spec.byteCount)", tensor: s.name)

@@ -4,11 +4,15 @@ import Glibc
 #endif
 
 /// A file read with pread(2) at explicit offsets: tensors are read one at a time, so the builder
-/// never holds more of a model than the tensor it is working on.
+/// never holds more of a model than the tensor it is working on. Once `mapped()` has been called,
+/// readers that can work in place (the int8 encoder, the hash, zstd) use that one map instead, so
+/// the input's pages are counted once however many threads read them.
 final class ReadableFile: @unchecked Sendable {
     let path: String
     let size: Int64
     private let fd: Int32
+    /// Set by `mapped()`, on the builder's thread before any other thread reads the file.
+    private(set) var map: MappedBytes?
 
     init(_ path: String) throws(CompressionError) {
         self.path = path
@@ -22,6 +26,14 @@ final class ReadableFile: @unchecked Sendable {
     }
 
     deinit { close(fd) }
+
+    /// The file mapped read-only (made once, then shared).
+    func mapped() throws(CompressionError) -> MappedBytes {
+        if let map { return map }
+        let m = try MappedBytes(self)
+        map = m
+        return m
+    }
 
     /// Fills `buffer` from `offset`; a file that ends first is `.truncated`.
     func read(at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(CompressionError) {
@@ -155,10 +167,9 @@ final class AtomicOutputFile {
     }
 }
 
-/// A read-only map of a file for walking its structure (protobuf keys and lengths, a safetensors
-/// header). Tensor payloads are read with pread, not through the map, so the pages the map
-/// touches stay few.
-final class MappedBytes {
+/// A read-only map of a file: for walking its structure (protobuf keys and lengths), and for the
+/// readers that work in place (see `ReadableFile.mapped()`). Read-only after init, so threads share it.
+final class MappedBytes: @unchecked Sendable {
     let size: Int
     private let base: UnsafeMutableRawPointer?
 

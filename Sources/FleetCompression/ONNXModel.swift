@@ -30,10 +30,12 @@ final class ONNXModel {
     var graph: Onnx_GraphProto
     var initializers: [Initializer]
 
-    init(path: String) throws(CompressionError) {
+    /// `file`: the model already opened (its map is shared with whoever else reads it).
+    init(path: String, file opened: ReadableFile? = nil) throws(CompressionError) {
         self.path = path
-        let file = try ReadableFile(path)
-        let map = try MappedBytes(file)
+        let file: ReadableFile
+        if let opened { file = opened } else { file = try ReadableFile(path) }
+        let map = try file.mapped()
         self.file = file
         self.map = map
         let b = map.bytes

@@ -10,6 +10,17 @@ struct SourceTensor {
 
     var elements: Int64 { elementCount(shape) ?? 0 }
 
+    /// The stored bytes, in place when the file is mapped (no copy), else read into a temporary buffer.
+    func withBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) throws(CompressionError) -> R {
+        if let map = file.map, offset >= 0, length <= Int64(map.size) - offset {
+            return body(UnsafeRawBufferPointer(rebasing: map.bytes[Int(offset)..<Int(offset + length)]))
+        }
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(length), alignment: 64)
+        defer { buf.deallocate() }
+        try file.read(at: offset, into: buf)
+        return body(UnsafeRawBufferPointer(buf))
+    }
+
     /// The tensor's values as fp32 (from fp32, fp16, bf16 or fp64 storage).
     func readFloats() throws(CompressionError) -> [Float] {
         let n = Int(elements)

@@ -58,15 +58,23 @@ public enum VariantBuilder {
             }
         }
         let out = try AtomicOutputFile(options.output)
-        // The input's sha256 (for lineage) is computed on another core while the variant is built.
-        let inputHash = BackgroundHash(options.input)
+        // The input is mapped once; its sha256 (for lineage) and its zstd size (for the report) are
+        // computed from that map on other threads while the variant is built.
+        let inputFile = try ReadableFile(options.input)
+        let inputMap = try inputFile.mapped()
+        let inputPath = options.input
+        let inputZstd = options.zstdLevel.map { level in
+            Background { () throws(CompressionError) in try BuildJob.zstdSize(inputMap.bytes, level: level, path: inputPath) }
+        }
+        let inputHash = Background { () throws(CompressionError) in BuildJob.sha256(inputMap.bytes) }
         var job = BuildJob(options: options, format: format)
         switch format {
-        case .onnx: try job.buildONNX(out)
+        case .onnx: try job.buildONNX(out, input: inputFile)
         case .safetensors: try job.buildSafetensors(out)
         }
         try out.sync()
-        var report = try job.report(out, inputSha256: try inputHash.result())
+        var report = try job.report(out, inputSha256: { () throws(CompressionError) in try inputHash.result() },
+                                    inputZstd: { () throws(CompressionError) in try inputZstd?.result() })
         if let cmd = options.evaluator {
             report.evaluation = try Evaluator.run(command: cmd, base: options.input, variant: out.tempPath, format: format.rawValue)
             if let e = report.evaluation {
@@ -90,20 +98,21 @@ struct TensorDecision {
     var reason: String
 }
 
-/// A file's sha256, computed on a thread of its own.
-final class BackgroundHash: @unchecked Sendable {
-    private var value: Result<String, CompressionError> = .failure(CompressionError(.io, "not computed"))
+/// A result computed on a thread of its own (the builder's other cores).
+final class Background<Value: Sendable>: @unchecked Sendable {
+    private var value: Result<Value, CompressionError> = .failure(CompressionError(.io, "not computed"))
     private let done = DispatchSemaphore(value: 0)
 
-    init(_ path: String) {
+    init(_ work: @escaping @Sendable () throws(CompressionError) -> Value) {
         let thread = Thread { [self] in
-            value = Result { () throws(CompressionError) in try BuildJob.sha256(path) }
+            value = Result { () throws(CompressionError) in try work() }
             done.signal()
         }
         thread.start()
     }
 
-    func result() throws(CompressionError) -> String {
+    /// Waits for the result (once).
+    func result() throws(CompressionError) -> Value {
         done.wait()
         return try value.get()
     }

@@ -86,3 +86,30 @@ struct CheckInLimitPathTests {
         }
     }
 }
+
+@Suite("AsyncLock")
+struct AsyncLockTests {
+    final class Probe: @unchecked Sendable {
+        var inside = 0, most = 0, done = 0
+    }
+
+    @Test func oneHolderAtATimeAcrossSuspensionPoints() async {
+        let lock = AsyncLock()
+        let probe = Probe()
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<200 {
+                group.addTask {
+                    await lock.withLock {
+                        probe.inside += 1
+                        probe.most = max(probe.most, probe.inside)
+                        await Task.yield()   // a suspension point inside the critical section
+                        probe.done += 1
+                        probe.inside -= 1
+                    }
+                }
+            }
+        }
+        #expect(probe.most == 1)
+        #expect(probe.done == 200)
+    }
+}

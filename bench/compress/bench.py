@@ -86,7 +86,9 @@ def main():
         out = os.path.join(a.workdir, f"ort-int8-pc{pc}.onnx")
         best(f"onnxruntime quantize_dynamic QInt8 per_channel={pc == '1'}", [py, "-c", QDYN, model, out, pc], out, parse_call=True)
 
-    ours = rows[0]
+    # The goals are judged on the default build (report with zstd sizes, what an operator runs);
+    # the ratios are printed for the build without them too.
+    ours, bare = rows[1], rows[0]
     print(f"model: all-MiniLM-L6-v2 ONNX, {size / 1e6:.1f} MB; golden inputs: 32 sentences; best of {a.runs} runs\n")
     print(f"{'TOOL':58} {'WALL':>8} {'IN-CALL':>8} {'PEAK-RSS':>9} {'SIZE':>8} {'MEAN-COS':>9} {'MIN-COS':>8} {'TOP-1':>6}")
     for r in rows:
@@ -98,9 +100,10 @@ def main():
     for r in rows[2:]:
         ratio_wall = r["seconds"] / ours["seconds"]
         ratio_call = r["call_seconds"] / ours["seconds"]
-        print(f"vs {r['tool']}: {ratio_wall:.1f}x faster by wall time, {ratio_call:.1f}x faster than its call alone; "
+        print(f"vs {r['tool']}: {ratio_wall:.1f}x faster by wall time, {ratio_call:.1f}x faster than its call alone "
+              f"(without the report's zstd sizes: {r['seconds'] / bare['seconds']:.1f}x, {r['call_seconds'] / bare['seconds']:.1f}x); "
               f"agreement {ours['mean_cosine']:.5f} vs {r['mean_cosine']:.5f}")
-        goals.append(("at least 5x faster than " + r["tool"] + " (its call alone)", ratio_call >= 5))
+        goals.append(("at least 5x faster than " + r["tool"] + " (its call alone; default build, report with zstd sizes)", ratio_call >= 5))
         goals.append(("agreement equal or better than " + r["tool"], ours["mean_cosine"] >= r["mean_cosine"]))
     goals.append((f"peak memory under 2x the model ({2 * size / 1e6:.0f} MB)", max(rows[0]["peak_rss"], rows[1]["peak_rss"]) < 2 * size))
     print()

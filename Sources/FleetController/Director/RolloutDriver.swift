@@ -65,23 +65,37 @@ final class RolloutDriver: Service, Sendable {
         if rollout.state == "completed" {
             return StoredCell(state: CellState(phase: policy.phases.count - 1, status: .completed, phaseStartedAt: now), cutoff: 1.0000001)
         }
-        let members = try await membersByCell()[key] ?? []
-        let cell = StoredCell(state: CellState(phaseStartedAt: now),
+        guard persist else {
+            let members = try await membersByCell()[key] ?? []
+            return StoredCell(state: CellState(phaseStartedAt: now),
                               cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id]))
-        guard persist else { return cell }
-        try await store.saveCell(rollout: rollout.id, key, cell)
-        try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "cell-opened", cell: key.description,
-                                                                               detail: "phase 1 of \(policy.phases.count)"))
-        return cell
+        }
+        return try await cellWrites.withLock {
+            // Another check-in (or a tick) may have opened it meanwhile.
+            if let c = try await store.cells(rollout: rollout.id)[key] { return c }
+            let members = try await membersByCell()[key] ?? []
+            let cell = StoredCell(state: CellState(phaseStartedAt: now),
+                                  cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id]))
+            try await store.saveCell(rollout: rollout.id, key, cell)
+            try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "cell-opened",
+                                                                                   cell: key.description, detail: "phase 1 of \(policy.phases.count)"))
+            return cell
+        }
     }
 
     /// A cell adds a history point when something changed, and at least this often while it runs.
     let historyEverySeconds: Int64 = 60
 
+    /// Ticks, operator actions and new cells change cells one at a time: an operator's pause saved
+    /// while a tick runs is not overwritten by the tick's older copy.
+    let cellWrites = AsyncLock()
+
     func tick(now: Int64) async throws {
-        for rollout in try await store.activeRollouts() where rollout.state == "active" {
-            guard let policy = rollout.policy else { continue }
-            try await tick(rollout, policy: policy, now: now)
+        try await cellWrites.withLock {
+            for rollout in try await store.activeRollouts() where rollout.state == "active" {
+                guard let policy = rollout.policy else { continue }
+                try await tick(rollout, policy: policy, now: now)
+            }
         }
         metrics.rolloutTicks.increment()
         metrics.recordRollouts(try await store.rollouts())
@@ -177,6 +191,10 @@ final class RolloutDriver: Service, Sendable {
 
     /// An operator's promote, pause, resume or abort, on every cell or on one.
     func apply(_ event: CellEvent, name: String, rollout: RolloutRecord, cell only: CellKey?, actor: String, now: Int64) async throws {
+        try await cellWrites.withLock { try await applyLocked(event, name: name, rollout: rollout, cell: only, actor: actor, now: now) }
+    }
+
+    private func applyLocked(_ event: CellEvent, name: String, rollout: RolloutRecord, cell only: CellKey?, actor: String, now: Int64) async throws {
         guard let policy = rollout.policy else {
             throw APIError(.badRequest, "not-staged", "rollout \(rollout.id) has no phases; only staged rollouts take \(name)")
         }
