@@ -55,7 +55,6 @@ public final class RuntimeCollector: Sendable {
         var errors: Int = 0
         var requestsWithErrors: Int = 0
         var crashes: Int = 0
-        var reports: Int = 0
     }
 
     /// Counts saturate here instead of overflowing, whatever a local client sends.
@@ -78,7 +77,6 @@ public final class RuntimeCollector: Sendable {
         try windows.withLock { (all: inout [String: Window]) throws(RecordError) in
             if all[r.model] == nil && all.count >= Self.maxModels { throw .tooManyModels }
             var w = all[r.model] ?? Window()
-            w.reports += 1
             let samples = r.latenciesMs ?? []
             for x in samples {
                 w.seen += 1

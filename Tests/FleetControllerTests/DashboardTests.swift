@@ -48,6 +48,11 @@ struct DashboardTests {
         #expect(html.contains("2/3 committed, 1 health failed"))
     }
 
+    @Test func timesAreShownInUTC() {
+        #expect(Dashboard.time(1_800_000_000) == "2027-01-15 08:00:00")
+        #expect(Dashboard.time(0) == "1970-01-01 00:00:00")
+    }
+
     @Test func chartsDrawOneLinePerCellAndSeries() {
         let points = (0..<5).map { i in
             CellHistoryPoint(at: 1_800_000_000 + Int64(i) * 60, phase: 0, status: "running", targeted: 4, committed: i,

@@ -200,20 +200,11 @@ enum Dashboard {
         return String(format: "%.3f", v)
     }
 
+    /// UTC, "2026-11-29 13:59:43".
     static func time(_ t: Int64) -> String {
-        let s = ((t % 86_400) + 86_400) % 86_400
-        let days = (t - s) / 86_400
-        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-        let z = days + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let day = doy - (153 * mp + 2) / 5 + 1
-        let month = mp < 10 ? mp + 3 : mp - 9
-        let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
-        return String(format: "%04d-%02d-%02d %02d:%02d:%02d", Int(year), Int(month), Int(day), Int(s / 3600), Int(s / 60 % 60), Int(s % 60))
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withFullDate, .withTime, .withColonSeparatorInTime, .withSpaceBetweenDateAndTime]
+        return f.string(from: Date(timeIntervalSince1970: TimeInterval(t)))
     }
 
     static let css = """

@@ -70,10 +70,12 @@ struct DashboardRoutes: Sendable {
     }
 
     func data() async throws -> DashboardData {
+        let fleet = try await FleetSnapshot.load(store)
         var rollouts: [DashboardData.Rollout] = []
         for r in try await store.rollouts().sorted(by: { $0.id > $1.id }).prefix(Self.rolloutsShown) {
-            rollouts.append(.init(status: try await operatorRoutes.rolloutStatus(r), history: try await store.history(rollout: r.id)))
+            rollouts.append(.init(status: try await operatorRoutes.rolloutStatus(r, fleet: fleet), history: try await store.history(rollout: r.id)))
         }
-        return DashboardData(now: clock(), devices: try await store.devices(), eventsDropped: try await store.eventsDropped(), rollouts: rollouts)
+        return DashboardData(now: clock(), devices: fleet.devices.values.sorted { $0.id < $1.id }, eventsDropped: try await store.eventsDropped(),
+                             rollouts: rollouts)
     }
 }

@@ -111,7 +111,7 @@ struct OperatorRoutes: Sendable {
             try await store.recordAction(rollout: r.id, RolloutActionRecord(at: clock(), actor: r.createdBy, action: "started", cell: nil,
                                                                              detail: "\(release.id) with \(policy.map { "policy \($0.name)" } ?? "all devices at once")"))
             _ = try await director.planDeltas(for: r)
-            return try JSON.response(try await rolloutInfo(r), status: .created)
+            return try JSON.response(rolloutInfo(r, try await FleetSnapshot.load(store)), status: .created)
         }
         router.get("/v1/rollouts/:rid") { _, context in
             try JSON.response(try await rolloutStatus(try await rolloutRecord(context)()))
@@ -144,9 +144,8 @@ struct OperatorRoutes: Sendable {
             }
         }
         router.get("/v1/rollouts") { _, _ in
-            var out: [RolloutInfo] = []
-            for r in try await store.rollouts() { out.append(try await rolloutInfo(r)) }
-            return try JSON.response(out)
+            let fleet = try await FleetSnapshot.load(store)
+            return try JSON.response(try await store.rollouts().map { rolloutInfo($0, fleet) })
         }
 
         router.get("/v1/devices") { _, _ in
@@ -250,7 +249,8 @@ struct OperatorRoutes: Sendable {
         }
     }
 
-    func rolloutStatus(_ r: RolloutRecord) async throws -> RolloutStatus {
+    /// `fleet`: devices and assignments already read (a caller showing several rollouts reads them once).
+    func rolloutStatus(_ r: RolloutRecord, fleet: FleetSnapshot? = nil) async throws -> RolloutStatus {
         let cells = try await store.cells(rollout: r.id).sorted { $0.key < $1.key }.map { key, c in
             RolloutStatus.Cell(cell: key.description, status: c.state.status.rawValue, phase: c.state.phase + 1,
                                phases: r.policy?.phases.count ?? 1, cohortShare: min(c.cutoff, 1), observation: c.observation,
@@ -259,12 +259,15 @@ struct OperatorRoutes: Sendable {
         let actions = try await store.actions(rollout: r.id).map {
             RolloutStatus.Action(at: $0.at, actor: $0.actor, action: $0.action, cell: $0.cell, detail: $0.detail)
         }
-        return RolloutStatus(rollout: try await rolloutInfo(r), policy: r.policy, previousRelease: r.previousReleaseId, cells: cells, actions: actions)
+        let snapshot: FleetSnapshot
+        if let fleet { snapshot = fleet } else { snapshot = try await FleetSnapshot.load(store) }
+        let info = rolloutInfo(r, snapshot)
+        return RolloutStatus(rollout: info, policy: r.policy, previousRelease: r.previousReleaseId, cells: cells, actions: actions)
     }
 
-    private func rolloutInfo(_ r: RolloutRecord) async throws -> RolloutInfo {
-        let assigned = try await store.assignments().filter { $0.releaseId == r.releaseId }
-        let devices = Dictionary(try await store.devices().map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+    private func rolloutInfo(_ r: RolloutRecord, _ fleet: FleetSnapshot) -> RolloutInfo {
+        let assigned = fleet.assignments.filter { $0.releaseId == r.releaseId }
+        let devices = fleet.devices
         var committed = 0, failed = 0
         for a in assigned {
             guard let d = devices[a.deviceId] else { continue }
@@ -295,5 +298,16 @@ struct OperatorRoutes: Sendable {
         return FleetStatus(devices: devices.count, byClass: byClass, byTier: byTier, byStatus: byStatus,
                            models: try await store.models().count, releases: try await store.releases().count,
                            activeRollouts: try await store.activeRollouts().count, artifacts: stats.count, artifactBytes: stats.bytes)
+    }
+}
+
+/// Every device and assignment, read once for views that summarise several rollouts.
+struct FleetSnapshot: Sendable {
+    var devices: [String: DeviceRecord]
+    var assignments: [AssignmentRecord]
+
+    static func load(_ store: any FleetStore) async throws -> FleetSnapshot {
+        FleetSnapshot(devices: Dictionary(try await store.devices().map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a }),
+                      assignments: try await store.assignments())
     }
 }
