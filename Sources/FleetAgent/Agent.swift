@@ -28,6 +28,8 @@ public struct AgentOptions: Sendable {
     public var tls = TLSOptions()
     /// One-time enrollment token, used on the first run against a controller that enforces access.
     public var enrollToken: String? = nil
+    /// Restarts in one unfinished install phase after which the install ends (a crash loop).
+    public var maxRestarts: Int = 3
 
     public init(controllerURL: String, stateDirectory: String, modelsDirectory: String, factsFile: String? = nil, rootFile: String? = nil,
                 deviceId: String? = nil, pollSeconds: Double? = nil, healthCommand: String? = nil, healthTimeoutSeconds: Double = 30,
@@ -197,7 +199,7 @@ public final class Agent: @unchecked Sendable {
             // After a start, every model's journal gets its recovery (clean-up included); later,
             // only installs a cut connection left unfinished.
             for (model, s) in installer.journal.installs.sorted(by: { $0.key < $1.key }) where !recovered || !s.phase.isTerminal {
-                _ = try installer.resume(model: model)
+                _ = recovered ? try installer.resume(model: model) : try installer.recoverAfterStart(model: model, limit: options.maxRestarts)
             }
             recovered = true
             let facts = try currentFacts()
@@ -213,6 +215,7 @@ public final class Agent: @unchecked Sendable {
                 try next.rotate(through: response.rootChain, now: Clock.wall())
                 if next != trust { trust = next; try state.save("trust.json", trust) }
             }
+            if let retry = response.retry { installer.retryPolicy = retry.clamped() }
             for update in response.updates {
                 try handle(update, timestamp: response.timestamp, facts: facts)
             }
@@ -247,10 +250,12 @@ public final class Agent: @unchecked Sendable {
         }
         let a = verified.assignment
         if slots.current(a.model) == a.sha256 { return }
-        if installer.journal.failedCounters[a.model] == a.counter {
-            // A failed delta is retried as soon as the controller offers the full artifact instead.
-            guard installer.journal.deltaFailed[a.model] == a.sha256, a.package.kind == PackageRef.full else { return }
-        }
+        // A failed assignment is tried again only when its retry time has come and its caps allow;
+        // an operator's retry or a newer release comes as a new assignment (a higher counter).
+        if let r = installer.journal.retries?[a.model], !r.allows(counter: a.counter, now: Clock.wall()) { return }
+        if installer.journal.failedCounters[a.model] == a.counter { return }
+        // A delta that failed here is not fetched again: only the full artifact is.
+        if a.package.kind == PackageRef.delta, installer.journal.deltaFailed[a.model] == a.sha256 { return }
         if a.package.kind == PackageRef.delta, a.package.baseSha256 != slots.current(a.model) {
             installer.outbox.append(kind: "rejected", time: Clock.wall(), model: a.model, sha256: a.sha256,
                                     detail: "delta base \(a.package.baseSha256?.prefix(12) ?? "none") is not the installed model")

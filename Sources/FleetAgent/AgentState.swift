@@ -28,11 +28,15 @@ struct AgentState {
 
 struct Identity: Codable { var deviceId: String }
 
-/// Per-model install journals, and the assignment counters that already failed (so a bad
-/// artifact is not fetched again and again; a new assignment is tried).
+/// Per-model install journals, and each model's failed attempts of its latest assignment (so a
+/// bad artifact is not fetched again and again: retries wait, are capped, then stop; a new
+/// assignment is tried).
 struct Journal: Codable, Equatable {
     var installs: [String: InstallState] = [:]
+    /// Assignment counters that failed, as journals before retry records kept them: never retried.
     var failedCounters: [String: UInt64] = [:]
+    /// Failed attempts of the latest failed assignment per model.
+    var retries: [String: RetryRecord]? = nil
     /// Models whose delta to this target sha256 failed: the next check-in asks for the full artifact.
     var deltaFailed: [String: String] = [:]
     /// The release each installed artifact (by sha256) came with, so runtime metrics name it.
@@ -50,9 +54,10 @@ struct Outbox: Codable, Equatable {
     var dropped: UInt64 = 0
     static let capacity = 1000
 
-    mutating func append(kind: String, time: Int64, model: String? = nil, sha256: String? = nil, release: String? = nil, detail: String? = nil) {
+    mutating func append(kind: String, time: Int64, model: String? = nil, sha256: String? = nil, release: String? = nil, detail: String? = nil,
+                         fault: InstallFault? = nil, retryAt: Int64? = nil) {
         pending.append(StatusEvent(seq: nextSeq, time: time, kind: kind, model: model, sha256: sha256, release: release,
-                                   detail: detail.map { String($0.prefix(1000)) }))
+                                   detail: detail.map { String($0.prefix(1000)) }, fault: fault?.rawValue, retryAt: retryAt))
         nextSeq += 1
         if pending.count > Self.capacity {
             dropped += UInt64(pending.count - Self.capacity)

@@ -22,6 +22,10 @@ final class Installer {
     var link: LinkStats?
     /// Applies a delta package: (base file, patch file, output file, expected target sha256).
     var applyDelta: ((String, String, String, String) throws -> Void)?
+    /// How failed attempts are retried: the device's tier policy from its last check-in.
+    var retryPolicy = RetryPolicy.default
+    /// Bytes downloaded by the current job's attempt, for the retry byte cap.
+    private var attemptBytes: Int64 = 0
     /// Test hook for crash tests: `journal:PHASE` or `action:NAME` makes the agent SIGKILL itself there.
     let crashPoint = ProcessEnvironment.get("EDGEFLEET_CRASH_POINT")
 
@@ -35,6 +39,7 @@ final class Installer {
 
     /// Starts a new job for a model.
     func start(_ job: InstallJob) throws -> Outcome {
+        attemptBytes = 0
         let current = journal.installs[job.model] ?? .idle
         let (next, actions) = try InstallStateMachine.transition(current, .start(job))
         try record(job.model, next)
@@ -50,11 +55,69 @@ final class Installer {
         return try drive(model: model, actions: actions)
     }
 
+    /// After the agent started again: the journal counts the restart in an unfinished phase before
+    /// acting, so that a phase the agent keeps dying in ends after `limit` restarts (a crash loop)
+    /// instead of being retried forever; the clean-up of a finished job runs again.
+    func recoverAfterStart(model: String, limit: Int) throws -> Outcome {
+        let s = journal.installs[model] ?? .idle
+        guard !s.phase.isTerminal else { return try resume(model: model) }
+        let (next, actions) = try InstallStateMachine.transition(s, .restarted(limit: limit))
+        if next.fault == .crashLoop {
+            logger.error("crash loop", metadata: ["model": "\(model)", "phase": "\(s.phase.rawValue)", "restarts": "\(next.restarts ?? limit)"])
+        } else if next.phase != .downloading {
+            logger.warning("restarted during an install", metadata: ["model": "\(model)", "phase": "\(s.phase.rawValue)",
+                                                                   "restarts": "\(next.restarts ?? 0)", "limit": "\(limit)"])
+        }
+        // Journaled without the crash hook: the hook fires on the step's own first journal entry.
+        journal.installs[model] = next
+        noteGivingUp(model, next)
+        try state.save("journal.json", journal)
+        return try drive(model: model, actions: actions)
+    }
+
     private func record(_ model: String, _ s: InstallState) throws {
         journal.installs[model] = s
-        if s.phase == .failed, let job = s.job { journal.failedCounters[model] = job.counter }
+        noteGivingUp(model, s)
         try state.save("journal.json", journal)
         crash(at: "journal:\(s.phase.rawValue)")
+    }
+
+    /// A job that ended for good (rolled back, or failed with no retry planned) is never started
+    /// again for the same assignment.
+    private func noteGivingUp(_ model: String, _ s: InstallState) {
+        guard let job = s.job, s.phase == .rolledBack || (s.phase == .failed && s.retryAt == nil) else { return }
+        var r = journal.retries?[model].flatMap { $0.counter == job.counter ? $0 : nil } ?? RetryRecord(counter: job.counter, sha256: job.sha256, attempts: 1)
+        r.gaveUp = true
+        r.nextAttemptAt = nil
+        r.lastFault = r.lastFault ?? s.fault
+        journal.retries = (journal.retries ?? [:]).merging([model: r]) { $1 }
+    }
+
+    /// Turns a failed step into a retry at a later time or a final failure, by the tier's policy.
+    private func decideRetry(_ job: InstallJob, why: String, fault: InstallFault) -> InstallEvent {
+        let now = Clock.wall()
+        if job.isDelta, journal.deltaFailed[job.model] == job.sha256 {
+            // The next check-in asks for the whole artifact: another assignment, with its own retries.
+            return .failed(why + "; asking for the full artifact", fault: fault, retryAt: now)
+        }
+        let (r, decision) = RetryLedger.afterFailure(journal.retries?[job.model], counter: job.counter, sha256: job.sha256, fault: fault,
+                                                     bytes: attemptBytes, policy: retryPolicy, now: now, jitter: Double.random(in: 0.5...1))
+        journal.retries = (journal.retries ?? [:]).merging([job.model: r]) { $1 }
+        let p = retryPolicy.clamped()
+        switch decision {
+        case .retryAt(let t):
+            logger.warning("install attempt failed; retrying later", metadata: [
+                "model": "\(job.model)", "fault": "\(fault.rawValue)", "attempt": "\(r.attempts)", "of": "\(p.maxAttempts)",
+                "retry_in_s": "\(t - now)", "bytes_spent": "\(r.bytesSpent)"])
+            return .failed("\(why) (attempt \(r.attempts) of \(p.maxAttempts))", fault: fault, retryAt: t)
+        case .giveUp(let final):
+            if final == .retriesExhausted {
+                logger.error("install given up", metadata: ["model": "\(job.model)", "fault": "\(fault.rawValue)", "attempts": "\(r.attempts)",
+                                                            "bytes_spent": "\(r.bytesSpent)"])
+                return .failed("\(why); given up after \(r.attempts) attempts and \(ByteCount.format(r.bytesSpent))", fault: .retriesExhausted)
+            }
+            return .failed(why, fault: fault)
+        }
     }
 
     private func crash(at point: String) {
@@ -73,7 +136,10 @@ final class Installer {
             switch result {
             case .none: continue
             case .pause(let why): return .paused(why)
-            case .event(let event):
+            case .event(var event):
+                if case .failed(let why, let fault, nil) = event, let job = journal.installs[model]?.job {
+                    event = decideRetry(job, why: why, fault: fault ?? .writeFailed)
+                }
                 let (next, more) = try InstallStateMachine.transition(journal.installs[model] ?? .idle, event)
                 try record(model, next)
                 queue = more + queue
@@ -101,7 +167,8 @@ final class Installer {
     private func perform(_ action: InstallAction) throws -> StepResult {
         switch action {
         case .report(let r):
-            outbox.append(kind: r.kind, time: Clock.wall(), model: r.model, sha256: r.sha256, release: r.release, detail: r.detail)
+            outbox.append(kind: r.kind, time: Clock.wall(), model: r.model, sha256: r.sha256, release: r.release, detail: r.detail,
+                          fault: r.fault, retryAt: r.retryAt)
             try state.save("outbox.json", outbox)
             if r.kind == "committed" {
                 // Runtime metrics name the release of what runs; entries of removed slots go.
@@ -127,22 +194,24 @@ final class Installer {
                 return .event(.staged)
             } catch let e as DeltaApplyError {
                 journal.deltaFailed[job.model] = job.sha256
-                return .event(.failed("delta could not be applied: \(e.message)"))
+                return .event(.failed("delta could not be applied: \(e.message)", fault: .deltaFailed))
+            } catch let e as AgentIOError where e.code == .noSpace {
+                return .event(.failed("staging failed: \(e)", fault: .noSpace))
             } catch {
-                return .event(.failed("staging failed: \(error)"))
+                return .event(.failed("staging failed: \(error)", fault: .stagingFailed))
             }
         case .activate(let job):
             do {
                 try slots.point(model: job.model, at: job.sha256)
                 return .event(.activated)
             } catch {
-                return .event(.unhealthy("activation failed: \(error)"))
+                return .event(.unhealthy("activation failed: \(error)", fault: .activationFailed))
             }
         case .checkHealth(let job):
             let path = "\(slots.root)/\(job.model)/current/\(job.fileName)"
             switch health.run(model: job.model, sha256: job.sha256, modelPath: path, slot: slots.slotPath(job.model, job.sha256)) {
             case .healthy: return .event(.healthy)
-            case .unhealthy(let why): return .event(.unhealthy(why))
+            case .unhealthy(let why): return .event(.unhealthy(why, fault: .healthCheck))
             }
         case .commit(let job):
             slots.prune(model: job.model, keep: Set([job.sha256] + (job.previousSha256.map { [$0] } ?? [])))
@@ -169,10 +238,10 @@ final class Installer {
         // for the package and the whole new model beside the base.
         let slotNeed: Int64 = FS.isDirectoryNoFollow(slots.slotPath(job.model, job.sha256)) ? 0 : (job.isDelta || !same ? job.size : 0)
         if let free = FS.freeBytes(state.downloads), free < need + (same ? slotNeed : 0) + margin {
-            return .event(.failed("no space: need \(ByteCount.format(need + (same ? slotNeed : 0) + margin)), \(ByteCount.format(free)) free"))
+            return .event(.failed("no space: need \(ByteCount.format(need + (same ? slotNeed : 0) + margin)), \(ByteCount.format(free)) free", fault: .noSpace))
         }
         if !same, let free = FS.freeBytes(slots.root), free < slotNeed + margin {
-            return .event(.failed("no space for the model slot: need \(ByteCount.format(slotNeed + margin)), \(ByteCount.format(free)) free"))
+            return .event(.failed("no space for the model slot: need \(ByteCount.format(slotNeed + margin)), \(ByteCount.format(free)) free", fault: .noSpace))
         }
         let url = job.downloadURL.hasPrefix("/") ? controllerURL + job.downloadURL : job.downloadURL
         var delay = 1.0
@@ -180,6 +249,7 @@ final class Installer {
             if shouldStop() { return .pause("stopping") }
             do {
                 let r = try http.download(url, to: path, maxBytes: job.downloadSize, rateLimitBytesPerSecond: rateLimit, shouldCancel: shouldStop)
+                attemptBytes += r.bytesReceived
                 if r.bytesReceived >= 256 * 1024, r.seconds > 0 {
                     link = LinkStats(mbps: Double(r.bytesReceived) * 8 / r.seconds / 1e6, bytes: r.bytesReceived)
                 }
@@ -187,15 +257,16 @@ final class Installer {
                 logger.warning("download ended early", metadata: ["have": "\(r.fileSize)", "want": "\(job.downloadSize)", "attempt": "\(attempt)"])
             } catch let e {
                 switch e.code {
-                case .tooLarge: unlink(path); return .event(.failed("artifact longer than signed: \(e.message)"))
+                case .tooLarge: unlink(path); return .event(.failed("artifact longer than signed: \(e.message)", fault: .tooLarge))
                 case .io:
                     // Most often a full disk: the partial file goes now, so that the space is back
                     // before anything else (the journal among them) needs to be written.
+                    let full = FS.freeBytes(state.downloads).map { $0 < 1 << 20 } ?? false
                     unlink(path)
-                    return .event(.failed("download write failed: \(e.message)"))
+                    return .event(.failed("download write failed: \(e.message)", fault: full ? .noSpace : .writeFailed))
                 case .cancelled: return .pause("stopping")
                 default:
-                    if !e.isTransient { return .event(.failed("download refused: \(e.message)")) }
+                    if !e.isTransient { return .event(.failed("download refused: \(e.message)", fault: .downloadRefused)) }
                     logger.warning("download interrupted", metadata: ["error": "\(e)", "attempt": "\(attempt)", "have": "\(FS.fileSize(path) ?? 0)"])
                 }
             }
@@ -212,13 +283,13 @@ final class Installer {
                 unlink(path)
                 // A bad delta package: the next check-in asks for the whole artifact instead.
                 if job.isDelta { journal.deltaFailed[job.model] = job.sha256 }
-                return .event(.failed(length != job.downloadSize
-                    ? "length \(length) differs from the signed \(job.downloadSize)"
-                    : "sha256 \(sha) differs from the signed \(job.downloadSha256)"))
+                return .event(length != job.downloadSize
+                    ? .failed("length \(length) differs from the signed \(job.downloadSize)", fault: .lengthMismatch)
+                    : .failed("sha256 \(sha) differs from the signed \(job.downloadSha256)", fault: .hashMismatch))
             }
             return .event(.verified)
         } catch {
-            return .event(.failed("cannot verify: \(error)"))
+            return .event(.failed("cannot verify: \(error)", fault: .writeFailed))
         }
     }
 

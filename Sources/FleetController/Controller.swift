@@ -54,7 +54,7 @@ public enum Controller {
             try AdminBootstrap.ensureAdmin(store: store, dataDirectory: options.dataDirectory, now: clock(), logger: logger)
         }
         let artifacts = try ArtifactStore(root: options.dataDirectory + "/artifacts")
-        let policies = try PolicyLoader.load(directory: options.configDirectory)
+        let policies = try PolicyBook(directory: options.configDirectory)
         let planner = DeltaPlanner(store: store, artifacts: artifacts, builder: deltaBuilder, logger: logger, clock: clock)
         let driver = RolloutDriver(store: store, logger: logger, clock: clock, tickSeconds: options.rolloutTickSeconds, metrics: metrics)
         let director = Director(store: store, keys: keys, config: config, artifactBaseURL: options.artifactBaseURL,
@@ -89,7 +89,7 @@ public enum Controller {
             router: router,
             server: server,
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "edgefleet-controller"),
-            services: [planner, driver],
+            services: [planner, driver, PolicyReloadService(book: policies, logger: logger)],
             logger: logger)
         return (app, driver)
     }

@@ -25,6 +25,8 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Shell command that checks a newly activated model; exit 0 means healthy.") var healthCommand: String?
     @Option(help: "Seconds the health command may take.") var healthTimeout: Double = 30
     @Option(help: "Download rate limit in bytes per second (suffixes K, M allowed).") var rateLimit: String?
+    @Option(help: "Restarts of the agent in one unfinished install phase (a crash during activation or the health check) after which the install is rolled back and not tried again.")
+    var maxRestarts: Int = 3
     @Flag(help: "Do one check-in cycle (finishing any install it starts) and exit.") var once = false
     @Option(help: "Where the local inference service reports runtime metrics: 127.0.0.1:PORT, [::1]:PORT or unix:/PATH (loopback only).")
     var metricsListen: String?
@@ -37,6 +39,7 @@ struct Run: AsyncParsableCommand {
         }
         if let pollSeconds { guard pollSeconds > 0 else { throw ValidationError("--poll-seconds must be positive") } }
         guard healthTimeout > 0 else { throw ValidationError("--health-timeout must be positive") }
+        guard (1...100).contains(maxRestarts) else { throw ValidationError("--max-restarts must be 1 to 100") }
         if let rateLimit { guard let v = ByteCount.parse(rateLimit), v > 0 else { throw ValidationError("--rate-limit '\(rateLimit)' is not a rate") } }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
         if let deviceId { guard Name.isValid(deviceId) else { throw ValidationError("--device-id '\(deviceId)' is not a valid name") } }
@@ -60,6 +63,7 @@ struct Run: AsyncParsableCommand {
                                    healthTimeoutSeconds: healthTimeout, rateLimitBytesPerSecond: rateLimit.flatMap(ByteCount.parse), once: once,
                                    metricsListen: metricsListen.flatMap(MetricsListenAddress.parse))
         options.tls = identity.tls
+        options.maxRestarts = maxRestarts
         options.enrollToken = try identity.enrollToken()
         let agent: Agent
         do {

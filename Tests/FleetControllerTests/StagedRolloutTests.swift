@@ -128,6 +128,8 @@ struct StagedRolloutTests {
                         a.release == "m@2" && isSick ? "rolled-back" : "committed"
                     }
                     if a?.release == "m@2" { everAssignedV2.insert(devices[i].id) }
+                    // The inference service's figures: the latency gate judges every cell.
+                    try await metrics(client, &devices[i], release: release(of: devices[i]), p95: 20, clock: clock)
                 }
                 try await driver.tick(now: clock.now)
                 clock.advance(700)

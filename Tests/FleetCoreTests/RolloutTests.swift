@@ -82,11 +82,22 @@ struct RolloutTests {
         #expect(r.first { $0.metric == "crashes" }?.passed == false)
     }
 
+    /// The observation with runtime figures on both sides, so that every gate can judge.
+    static func judged(_ o: CellObservation) -> CellObservation {
+        var o = o
+        o.treatment = RuntimeSample(devices: max(o.committed, 1), latencyP50Ms: 10, latencyP95Ms: 20, errorRate: 0)
+        o.control = RuntimeSample(devices: 5, latencyP50Ms: 10, latencyP95Ms: 20, errorRate: 0)
+        o.reference = .controlCohort
+        return o
+    }
+
     @Test func healthyCellWalksEveryPhaseWithBakeTimes() {
         let p = Self.canary
         var s = CellState(phaseStartedAt: 0)
         var actions: [CellAction] = []
-        func tick(_ now: Int64, _ o: CellObservation) { let (n, a) = CellStateMachine.step(s, .tick(now: now, observation: o), policy: p); s = n; actions += a }
+        func tick(_ now: Int64, _ o: CellObservation) {
+            let (n, a) = CellStateMachine.step(s, .tick(now: now, observation: Self.judged(o)), policy: p); s = n; actions += a
+        }
         tick(10, CellObservation(targeted: 1))                          // installing
         #expect(s.status == .running && actions.isEmpty)
         tick(20, CellObservation(targeted: 1, committed: 1))           // finished: bake
@@ -135,5 +146,68 @@ struct RolloutTests {
         let (aborted, ab) = CellStateMachine.step(resumed, .abort, policy: p)
         #expect(aborted.status == .aborted && ab == [.aborted] && !aborted.sendsNewRelease)
         #expect(CellStateMachine.step(aborted, .resume(now: 80), policy: p).0 == aborted)
+    }
+
+    // MARK: Gates that cannot judge
+
+    /// The regression an unjudged gate would let through: no control cohort and no baseline, so
+    /// the latency gate cannot judge. With the default policy the cell waits at the end of its bake.
+    @Test func unjudgedLatencyGateBlocksPromotionByDefault() {
+        let p = Self.canary
+        #expect(p.gates.unjudged == nil && p.gates.blocksUnjudged)
+        var noReference = CellObservation(targeted: 1, committed: 1)
+        noReference.treatment = RuntimeSample(devices: 1, latencyP50Ms: 30, latencyP95Ms: 60, errorRate: 0)
+        let (baking, a1) = CellStateMachine.step(CellState(phaseStartedAt: 0), .tick(now: 10, observation: noReference), policy: p)
+        #expect(baking.status == .baking && a1 == [.startedBake])
+        let (held, a2) = CellStateMachine.step(baking, .tick(now: 700, observation: noReference), policy: p)
+        #expect(held.phase == 0 && held.status == .baking)
+        #expect(held.blockedBy == ["latency-p95-ratio", "error-rate-increase"])
+        #expect(a2 == [.blocked(["latency-p95-ratio", "error-rate-increase"])])
+        // Recorded once: the next tick with the same gates adds no action.
+        let (still, a3) = CellStateMachine.step(held, .tick(now: 800, observation: noReference), policy: p)
+        #expect(still == held && a3.isEmpty)
+        // Once a reference exists the gate judges, and this release is 3x slower: the cell pauses.
+        var judged = noReference
+        judged.control = RuntimeSample(devices: 1, latencyP50Ms: 10, latencyP95Ms: 20, errorRate: 0)
+        judged.reference = .baseline
+        let (paused, a4) = CellStateMachine.step(still, .tick(now: 900, observation: judged), policy: p)
+        #expect(paused.status == .paused && paused.failedGate?.metric == "latency-p95-ratio" && paused.failedGate?.observed == 3)
+        #expect(a4 == [.paused(paused.failedGate)])
+    }
+
+    @Test func unjudgedPassLetsTheCellGoOnAndTheOperatorCanPromote() {
+        var p = Self.canary
+        p.gates.unjudged = .pass
+        let o = CellObservation(targeted: 1, committed: 1)
+        let (baking, _) = CellStateMachine.step(CellState(phaseStartedAt: 0), .tick(now: 10, observation: o), policy: p)
+        let (next, a) = CellStateMachine.step(baking, .tick(now: 700, observation: o), policy: p)
+        #expect(next.phase == 1 && next.blockedBy == nil && a == [.enteredPhase(1)])
+
+        // Blocked under the default, the operator's promote still moves the cell and clears the block.
+        let (held, _) = CellStateMachine.step(baking, .tick(now: 700, observation: o), policy: Self.canary)
+        #expect(held.blockedBy != nil)
+        let (promoted, pa) = CellStateMachine.step(held, .promote(now: 710), policy: Self.canary)
+        #expect(promoted.phase == 1 && promoted.blockedBy == nil && pa == [.enteredPhase(1)])
+    }
+
+    /// A cell of one device with a minimum sample of five still judges once that device finished.
+    @Test func rateGatesJudgeAWholeSmallCohort() {
+        var g = Self.canary.gates
+        g.minSample = 5
+        let r = GateEvaluator.evaluate(CellObservation(targeted: 1, healthFailed: 1), gates: g)
+        #expect(r.first { $0.metric == "health-failure-rate" }?.passed == false)
+    }
+
+    @Test func policyBakeScaleAndHoldBackBounds() {
+        let fast = Self.canary.scalingBakes(by: 0.01)
+        #expect(fast.phases.map(\.bakeSeconds) == [6, 6, 6, 0])
+        #expect(Self.canary.scalingBakes(by: 0).phases.allSatisfy { $0.bakeSeconds == 0 })
+        var p = Self.canary
+        p.holdBackPercent = 10
+        #expect(p.validate() == nil && p.holdBackShare == 0.1)
+        p.holdBackPercent = 80
+        #expect(p.validate() != nil)
+        p.holdBackPercent = .nan
+        #expect(p.validate() != nil)
     }
 }

@@ -56,11 +56,15 @@ struct EndToEndTests {
         #expect(fleet.journalPhase(a, model: "m") == "failed")
         #expect(!FileManager.default.fileExists(atPath: "\(a.models)/m/\(fleet.sha(v2))"))
         #expect(try FileManager.default.contentsOfDirectory(atPath: a.state + "/downloads").isEmpty)
+        // Bytes that do not hash as signed may have been corrupted on the way: the device will try
+        // again after the tier's backoff (a bounded number of times), and says when.
         let device = try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).first
-        #expect(device?.status == "failed")
+        #expect(device?.status == "retrying")
         #expect(device?.statusDetail?.contains("sha256") == true)
+        let last = try fleet.events("edge-x86-vnni-01").last
+        #expect(last?.kind == "retrying" && last?.fault == InstallFault.hashMismatch.rawValue && last?.retryAt != nil)
 
-        // The same bad assignment is not fetched again on the next cycle.
+        // The same bad assignment is not fetched again on the next cycle (its retry time has not come).
         let log = try fleet.runOnce(a)
         #expect(!log.stderr.contains("installing"))
     }

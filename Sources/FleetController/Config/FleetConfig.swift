@@ -78,6 +78,14 @@ struct FleetConfig: Sendable {
         var metered: Bool?
         var min_mbps: Double?
         var budget: String?
+        var retry: RetryEntry?
+
+        struct RetryEntry: Decodable {
+            var attempts: Int?
+            var backoff: String?
+            var max_backoff: String?
+            var max_bytes: String?
+        }
 
         func domain(file: String) throws -> BandwidthTier {
             var budgetBytes: Int64? = nil
@@ -85,7 +93,28 @@ struct FleetConfig: Sendable {
                 guard let v = ByteCount.parse(budget) else { throw ConfigError(file: file, message: "\(name): budget '\(budget)' is not a size") }
                 budgetBytes = v
             }
-            return BandwidthTier(name: name, description: description, metered: metered, minMbps: min_mbps, budgetBytes: budgetBytes)
+            var policy: RetryPolicy? = nil
+            if let r = retry {
+                func seconds(_ s: String?, _ field: String, _ fallback: Int64) throws -> Int64 {
+                    guard let s else { return fallback }
+                    guard let v = Duration.parse(s), v >= 1 else { throw ConfigError(file: file, message: "\(name): retry.\(field) '\(s)' is not a duration (30s, 10m, 2h)") }
+                    return v
+                }
+                let d = RetryPolicy.default
+                var maxBytes: Int64? = nil
+                if let b = r.max_bytes {
+                    guard let v = ByteCount.parse(b) else { throw ConfigError(file: file, message: "\(name): retry.max_bytes '\(b)' is not a size") }
+                    maxBytes = v
+                }
+                let attempts = r.attempts ?? d.maxAttempts
+                guard (1...10).contains(attempts) else { throw ConfigError(file: file, message: "\(name): retry.attempts must be 1 to 10") }
+                let base = try seconds(r.backoff, "backoff", d.baseDelaySeconds)
+                let cap = try seconds(r.max_backoff, "max_backoff", max(d.maxDelaySeconds, base))
+                guard cap >= base else { throw ConfigError(file: file, message: "\(name): retry.max_backoff is shorter than retry.backoff") }
+                policy = RetryPolicy(maxAttempts: attempts, baseDelaySeconds: base, maxDelaySeconds: cap, maxRetryBytes: maxBytes)
+            }
+            return BandwidthTier(name: name, description: description, metered: metered, minMbps: min_mbps, budgetBytes: budgetBytes,
+                                 retry: policy)
         }
     }
 }
@@ -129,13 +158,18 @@ enum PolicyLoader {
         for name in ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted() where name.hasSuffix(".yaml") {
             let path = dir + "/" + name
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ConfigError(file: path, message: "cannot read the file") }
-            let entry: PolicyFile
-            do { entry = try YAMLDecoder().decode(PolicyFile.self, from: text) } catch { throw ConfigError(file: path, message: "\(error)") }
-            let policy = try entry.domain(file: path)
+            let policy = try parse(text, file: path)
             guard out[policy.name] == nil else { throw ConfigError(file: path, message: "duplicate policy name '\(policy.name)'") }
             out[policy.name] = policy
         }
         return out
+    }
+
+    /// One policy document (YAML, the format of fleet/policies/*.yaml), checked whole.
+    static func parse(_ text: String, file: String) throws -> RolloutPolicy {
+        let entry: PolicyFile
+        do { entry = try YAMLDecoder().decode(PolicyFile.self, from: text) } catch { throw ConfigError(file: file, message: "\(error)") }
+        return try entry.domain(file: file)
     }
 
     private struct PolicyFile: Decodable {
@@ -149,12 +183,14 @@ enum PolicyLoader {
             var max_error_rate_increase: Double?
             var max_crashes: Int?
             var min_sample: Int?
+            var unjudged: String?
         }
         var name: String
         var phases: [PhaseEntry]
         var gates: GateEntry?
         var on_failure: String?
         var device_timeout: String?
+        var hold_back: Double?
 
         func domain(file: String) throws -> RolloutPolicy {
             func seconds(_ s: String?, _ field: String) throws -> Int64? {
@@ -169,13 +205,20 @@ enum PolicyLoader {
                 gates: .init(maxInstallFailureRate: g?.max_install_failure_rate, maxHealthFailureRate: g?.max_health_failure_rate,
                              maxTimedOutRate: g?.max_timed_out_rate, maxLatencyP50Ratio: g?.max_latency_p50_ratio,
                              maxLatencyP95Ratio: g?.max_latency_p95_ratio, maxErrorRateIncrease: g?.max_error_rate_increase,
-                             maxCrashes: g?.max_crashes, minSample: g?.min_sample ?? 1),
+                             maxCrashes: g?.max_crashes, minSample: g?.min_sample ?? 1,
+                             unjudged: try g?.unjudged.map { u in
+                                 guard let v = RolloutPolicy.UnjudgedAction(rawValue: u) else {
+                                     throw ConfigError(file: file, message: "gates.unjudged must be block or pass")
+                                 }
+                                 return v
+                             }),
                 onFailure: try {
                     guard let f = on_failure else { return .pause }
                     guard let v = RolloutPolicy.FailureAction(rawValue: f) else { throw ConfigError(file: file, message: "on_failure must be pause or rollback") }
                     return v
                 }(),
-                deviceTimeoutSeconds: try seconds(device_timeout, "device_timeout") ?? 3600)
+                deviceTimeoutSeconds: try seconds(device_timeout, "device_timeout") ?? 3600,
+                holdBackPercent: hold_back)
             guard Name.isValid(policy.name) else { throw ConfigError(file: file, message: "invalid policy name '\(name)'") }
             if let problem = policy.validate() { throw ConfigError(file: file, message: problem) }
             return policy

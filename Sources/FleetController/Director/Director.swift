@@ -150,6 +150,8 @@ actor Director {
 
         var updates: [ModelUpdate] = []
         var held: [String: String] = [:]
+        // Releases that failed here for good: not sent again until an operator retries them.
+        let failed = Set(try await store.failures(deviceId: deviceId).map { "\($0.model)\u{0}\($0.release)" })
         let record = DeviceRecord(
             id: deviceId, facts: facts, hardwareClass: hw?.name, tier: tier?.name, installed: request.installed,
             phase: request.phase, status: existing?.status ?? "idle", statusDetail: existing?.statusDetail, held: [:],
@@ -158,6 +160,10 @@ actor Director {
             let fullOnly = request.fullPackages?.contains(rollout.model) ?? false
             guard let releaseId = try await releaseFor(record, rollout: rollout, now: now) else {
                 held[rollout.model] = "waiting-for-phase"
+                continue
+            }
+            if failed.contains("\(rollout.model)\u{0}\(releaseId)") {
+                held[rollout.model] = "failed"
                 continue
             }
             guard let plan = try await plan(facts: facts, installed: request.installed, rollout: rollout, releaseId: releaseId,
@@ -188,7 +194,8 @@ actor Director {
             logger.info("device registered", metadata: ["device": "\(deviceId)", "class": "\(hw?.name ?? "none")", "tier": "\(tier?.name ?? "none")"])
         }
         return CheckInResponse(deviceId: deviceId, hardwareClass: hw?.name, tier: tier?.name, rootChain: keys.rootChain,
-                               timestamp: try await timestamp(now: now), updates: updates, held: held, pollSeconds: pollSeconds)
+                               timestamp: try await timestamp(now: now), updates: updates, held: held, pollSeconds: pollSeconds,
+                               retry: tier?.retry ?? .default)
     }
 
     /// The stored assignment when it still says the same thing and is not near expiry; otherwise a

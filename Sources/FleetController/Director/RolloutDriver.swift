@@ -14,6 +14,8 @@ final class RolloutDriver: Service, Sendable {
     let metrics: ControllerMetrics
     /// Runtime metrics older than this are not used by the gates.
     let metricsWindowSeconds: Int64 = 3600
+    /// How far back a treated device's own figures on its prior release count as its baseline.
+    let baselineWindowSeconds: Int64 = 7 * 86_400
 
     init(store: any FleetStore, logger: Logger, clock: @escaping @Sendable () -> Int64, tickSeconds: Double?, metrics: ControllerMetrics) {
         self.store = store; self.logger = logger; self.clock = clock; self.tickSeconds = tickSeconds; self.metrics = metrics
@@ -31,6 +33,10 @@ final class RolloutDriver: Service, Sendable {
         CellKey(hardwareClass: device.hardwareClass ?? "none", tier: device.tier ?? "none")
     }
 
+    static func cell(of device: DeviceCellRecord) -> CellKey {
+        CellKey(hardwareClass: device.hardwareClass ?? "none", tier: device.tier ?? "none")
+    }
+
     /// Device ids per cell, from the store's light listing (no facts decoded).
     func membersByCell() async throws -> [CellKey: [String]] {
         var out: [CellKey: [String]] = [:]
@@ -42,17 +48,23 @@ final class RolloutDriver: Service, Sendable {
 
     /// The cohort cut-off for a phase: the phase's share, raised so that at least `minDevices`
     /// of the cell's devices are in.
-    static func cutoff(phase: RolloutPolicy.Phase, rollout: Int64, devices: [String]) -> Double {
-        cutoff(phase: phase, sortedPositions: devices.map { Cohort.position(rollout: "\(rollout)", device: $0) }.sorted())
+    static func cutoff(phase: RolloutPolicy.Phase, rollout: Int64, devices: [String], holdBack: Double = 0) -> Double {
+        cutoff(phase: phase, sortedPositions: devices.map { Cohort.position(rollout: "\(rollout)", device: $0) }.sorted(), holdBack: holdBack)
     }
 
-    static func cutoff(phase: RolloutPolicy.Phase, sortedPositions positions: [Double]) -> Double {
+    /// Every device, once a cell completed.
+    static let everyone = 1.0000001
+
+    /// `holdBack`: the share of the cell (the highest positions) kept on the old release as its
+    /// control cohort until the cell completes.
+    static func cutoff(phase: RolloutPolicy.Phase, sortedPositions positions: [Double], holdBack: Double = 0) -> Double {
         var cut = phase.percent / 100
         if phase.minDevices > 0, !positions.isEmpty {
             let k = min(phase.minDevices, positions.count) - 1
             cut = max(cut, positions[k].nextUp)
         }
-        return phase.percent >= 100 ? 1.0000001 : cut
+        if holdBack > 0 { return min(cut, 1 - holdBack) }
+        return phase.percent >= 100 ? everyone : cut
     }
 
     /// The cell a device checking in belongs to, created in phase 0 on first sight.
@@ -63,19 +75,21 @@ final class RolloutDriver: Service, Sendable {
         // A cell that first appears after the rollout completed (a new class, a device that moved
         // tier) is complete too: nothing would ever advance it.
         if rollout.state == "completed" {
-            return StoredCell(state: CellState(phase: policy.phases.count - 1, status: .completed, phaseStartedAt: now), cutoff: 1.0000001)
+            return StoredCell(state: CellState(phase: policy.phases.count - 1, status: .completed, phaseStartedAt: now), cutoff: Self.everyone)
         }
         guard persist else {
             let members = try await membersByCell()[key] ?? []
             return StoredCell(state: CellState(phaseStartedAt: now),
-                              cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id]))
+                              cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id],
+                                                  holdBack: policy.holdBackShare))
         }
         return try await cellWrites.withLock {
             // Another check-in (or a tick) may have opened it meanwhile.
             if let c = try await store.cells(rollout: rollout.id)[key] { return c }
             let members = try await membersByCell()[key] ?? []
             let cell = StoredCell(state: CellState(phaseStartedAt: now),
-                                  cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id]))
+                                  cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id],
+                                                      holdBack: policy.holdBackShare))
             try await store.saveCell(rollout: rollout.id, key, cell)
             try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "cell-opened",
                                                                                    cell: key.description, detail: "phase 1 of \(policy.phases.count)"))
@@ -115,22 +129,34 @@ final class RolloutDriver: Service, Sendable {
         let outcomes = try await store.installOutcomes(release: rollout.releaseId)
         let runtime = Dictionary(try await store.runtimeMetrics(model: rollout.model, since: now - metricsWindowSeconds).map { ($0.deviceId, $0) },
                                  uniquingKeysWith: { a, _ in a })
+        let reached = try await store.rolloutDevices(rollout: rollout.id)
+        let baselines = try await baselines(rollout, reached: reached, now: now)
         for (key, members) in byCell.sorted(by: { $0.key < $1.key }) {
+            if let c = cells[key], c.state.status != .running, c.state.status != .baking {
+                // A stopped or completed cell keeps the record it had when it stopped: the
+                // observation and gates that stopped it, and its counts.
+                metrics.recordCell(rollout: rollout.id, release: rollout.releaseId, cell: key, state: c.state, observation: c.observation ?? CellObservation(targeted: 0))
+                continue
+            }
             // Each device's cohort position, hashed once per tick.
             let ranked = members.map { ($0, Cohort.position(rollout: "\(rollout.id)", device: $0)) }
             let positions = ranked.map(\.1).sorted()
+            let holdBack = policy.holdBackShare
             var stored = cells[key] ?? StoredCell(state: CellState(phaseStartedAt: now),
-                                                   cutoff: Self.cutoff(phase: policy.phases[0], sortedPositions: positions))
+                                                   cutoff: Self.cutoff(phase: policy.phases[0], sortedPositions: positions, holdBack: holdBack))
             // Devices that joined the cell since the cut-off was set may raise the minimum count.
-            stored.cutoff = max(stored.cutoff, Self.cutoff(phase: policy.phases[stored.state.phase], sortedPositions: positions))
+            stored.cutoff = max(stored.cutoff, Self.cutoff(phase: policy.phases[stored.state.phase], sortedPositions: positions, holdBack: holdBack))
             let cohort = ranked.filter { $0.1 < stored.cutoff }.map(\.0)
             let observation = observe(cohort: cohort, cell: members, rollout: rollout, policy: policy, outcomes: outcomes,
-                                      runtime: runtime, phaseStartedAt: stored.state.phaseStartedAt, now: now)
+                                      runtime: runtime, reached: reached, baselines: baselines,
+                                      phaseStartedAt: stored.state.phaseStartedAt, now: now)
             let before = stored
             stored.observation = observation
             let (next, actions) = CellStateMachine.step(stored.state, .tick(now: now, observation: observation), policy: policy)
-            if next.phase != stored.state.phase {
-                stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], sortedPositions: positions)
+            if next.status == .completed {
+                stored.cutoff = Self.everyone
+            } else if next.phase != stored.state.phase {
+                stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], sortedPositions: positions, holdBack: holdBack)
             }
             stored.state = next
             if before.observation != stored.observation || before.state != stored.state || now - (before.historyAt ?? .min / 2) >= historyEverySeconds {
@@ -151,8 +177,25 @@ final class RolloutDriver: Service, Sendable {
         }
     }
 
+    /// Each treated device's last figures on the release it ran before this rollout reached it.
+    func baselines(_ rollout: RolloutRecord, reached: [String: RolloutDeviceRecord], now: Int64) async throws -> [String: DeviceMetrics] {
+        var out: [String: DeviceMetrics] = [:]
+        let priors = Set(reached.values.compactMap { $0.priorRelease ?? rollout.previousReleaseId })
+        for release in priors.sorted() where release != rollout.releaseId {
+            for m in try await store.runtimeMetrics(model: rollout.model, release: release, since: now - baselineWindowSeconds)
+            where (reached[m.deviceId]?.priorRelease ?? rollout.previousReleaseId) == release {
+                out[m.deviceId] = m
+            }
+        }
+        return out
+    }
+
+    /// The cohort's install outcomes and runtime figures, and what the figures are compared with:
+    /// the cell's devices still running what the treated devices ran before (the control cohort),
+    /// or, when the cell has none, the treated devices' own last figures from before (baseline).
     func observe(cohort: [String], cell: [String], rollout: RolloutRecord, policy: RolloutPolicy,
-                 outcomes: [String: String], runtime: [String: DeviceMetrics], phaseStartedAt: Int64, now: Int64) -> CellObservation {
+                 outcomes: [String: String], runtime: [String: DeviceMetrics], reached: [String: RolloutDeviceRecord] = [:],
+                 baselines: [String: DeviceMetrics] = [:], phaseStartedAt: Int64, now: Int64) -> CellObservation {
         var o = CellObservation(targeted: cohort.count)
         let timedOut = now - phaseStartedAt > policy.deviceTimeoutSeconds
         for d in cohort {
@@ -164,14 +207,23 @@ final class RolloutDriver: Service, Sendable {
             }
         }
         let cohortIDs = Set(cohort)
+        var priors = Set(cohort.compactMap { reached[$0]?.priorRelease })
+        if let p = rollout.previousReleaseId { priors.insert(p) }
+        priors.remove(rollout.releaseId)
         var treatment: [DeviceMetrics] = [], control: [DeviceMetrics] = []
         for d in cell {
             guard let m = runtime[d] else { continue }
             if cohortIDs.contains(d) && m.release == rollout.releaseId { treatment.append(m) }
-            else if m.release == rollout.previousReleaseId { control.append(m) }
+            else if priors.contains(m.release) { control.append(m) }
         }
         o.treatment = Self.sample(treatment)
-        o.control = Self.sample(control)
+        if !control.isEmpty {
+            o.control = Self.sample(control)
+            o.reference = .controlCohort
+        } else if let own = Self.sample(treatment.compactMap { baselines[$0.deviceId] }) {
+            o.control = own
+            o.reference = .baseline
+        }
         return o
     }
 
@@ -206,8 +258,11 @@ final class RolloutDriver: Service, Sendable {
         if let only, cells[only] == nil { throw APIError(.notFound, "unknown-cell", "rollout \(rollout.id) has no cell \(only)") }
         for (key, var stored) in cells where only == nil || key == only {
             let (next, actions) = CellStateMachine.step(stored.state, event, policy: policy)
-            if next.phase != stored.state.phase {
-                stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], rollout: rollout.id, devices: byCell[key] ?? [])
+            if next.status == .completed {
+                stored.cutoff = Self.everyone
+            } else if next.phase != stored.state.phase {
+                stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], rollout: rollout.id, devices: byCell[key] ?? [],
+                                            holdBack: policy.holdBackShare)
             }
             stored.state = next
             try await store.saveCell(rollout: rollout.id, key, stored)
@@ -229,6 +284,7 @@ final class RolloutDriver: Service, Sendable {
         case .rolledBack(let g): ("rolled-back", g.map(Self.describe))
         case .resumed: ("resumed", nil)
         case .aborted: ("aborted", nil)
+        case .blocked(let gates): ("blocked", "cannot judge \(gates.joined(separator: ", ")): no treated figures or nothing to compare them with; waiting (promote to override)")
         }
         if case .paused(let g?) = a { logger.warning("cell paused by gate", metadata: ["rollout": "\(rollout.id)", "cell": "\(cell)", "gate": "\(Self.describe(g))"]) }
         if case .rolledBack(let g?) = a { logger.warning("cell rolled back by gate", metadata: ["rollout": "\(rollout.id)", "cell": "\(cell)", "gate": "\(Self.describe(g))"]) }

@@ -10,7 +10,7 @@ struct OperatorRoutes: Sendable {
     let artifacts: ArtifactStore
     let config: FleetConfig
     let keys: OnlineKeys
-    let policies: [String: RolloutPolicy]
+    let policies: PolicyBook
     let driver: RolloutDriver
     let clock: @Sendable () -> Int64
 
@@ -89,11 +89,7 @@ struct OperatorRoutes: Sendable {
             switch body.strategy {
             case "all": break
             case "staged":
-                let name = body.policy ?? "canary"
-                guard let p = policies[name] else {
-                    throw APIError(.badRequest, "unknown-policy", "no policy '\(name)' (have: \(policies.keys.sorted().joined(separator: ", ")))")
-                }
-                policy = p
+                policy = try stagedPolicy(body)
             default:
                 throw APIError(.badRequest, "unknown-strategy", "strategy '\(body.strategy)' is not one of all, staged")
             }
@@ -111,7 +107,7 @@ struct OperatorRoutes: Sendable {
             try await store.recordAction(rollout: r.id, RolloutActionRecord(at: clock(), actor: r.createdBy, action: "started", cell: nil,
                                                                              detail: "\(release.id) with \(policy.map { "policy \($0.name)" } ?? "all devices at once")"))
             _ = try await director.planDeltas(for: r)
-            return try JSON.response(rolloutInfo(r, try await FleetSnapshot.load(store)), status: .created)
+            return try JSON.response(currentRolloutInfo(r, try await FleetSnapshot.load(store)), status: .created)
         }
         router.get("/v1/rollouts/:rid") { _, context in
             try JSON.response(try await rolloutStatus(try await rolloutRecord(context)()))
@@ -143,9 +139,13 @@ struct OperatorRoutes: Sendable {
                 return try JSON.response(try await rolloutStatus(try await r()))
             }
         }
+        registerRecovery(router)
+        registerPolicies(router)
         router.get("/v1/rollouts") { _, _ in
             let fleet = try await FleetSnapshot.load(store)
-            return try JSON.response(try await store.rollouts().map { rolloutInfo($0, fleet) })
+            var out: [RolloutInfo] = []
+            for r in try await store.rollouts() { out.append(try await rolloutInfo(r, fleet)) }
+            return try JSON.response(out)
         }
 
         router.get("/v1/devices") { _, _ in
@@ -160,9 +160,14 @@ struct OperatorRoutes: Sendable {
         router.get("/v1/devices/:id/explain") { _, context in
             try JSON.response(try await director.explain(deviceId: try deviceID(context)))
         }
-        router.get("/v1/devices/:id/events") { _, context in
+        router.get("/v1/devices/:id/events") { request, context in
             let id = try deviceID(context)
             guard try await store.device(id) != nil else { throw APIError(.notFound, "unknown-device", "no device \(id)") }
+            // ?after=SEQ: the events after SEQ, oldest first (to follow a device); else the latest 200, newest first.
+            if let after = request.uri.queryParameters.get("after") {
+                guard let seq = UInt64(after) else { throw APIError(.badRequest, "invalid-after", "after must be an event sequence number") }
+                return try JSON.response(try await store.events(deviceId: id, after: seq, limit: 500))
+            }
             return try JSON.response(try await store.events(deviceId: id, limit: 200))
         }
         router.get("/v1/status") { _, _ in try JSON.response(try await status()) }
@@ -219,7 +224,9 @@ struct OperatorRoutes: Sendable {
                 sent += v.size
             }
         }
-        return ReleasePackages(release: r.id, variants: variants, devices: devices, devicesViaDelta: viaDelta, bytesSent: sent, bytesFull: full)
+        let history = try await store.releaseHistory(release: r.id)
+        return ReleasePackages(release: r.id, variants: variants, devices: devices, devicesViaDelta: viaDelta, bytesSent: sent, bytesFull: full,
+                               received: history.received, receivedViaDelta: history.receivedViaDelta)
     }
 
     private func modelInfo(_ name: String) async throws -> ModelInfo {
@@ -234,13 +241,13 @@ struct OperatorRoutes: Sendable {
     }
 
     /// Who asked: the operator token's name, or in open development mode the X-Fleet-Actor header fleetctl sends.
-    private func actor(_ request: Request, _ context: FleetRequestContext) -> String {
+    func actor(_ request: Request, _ context: FleetRequestContext) -> String {
         if case .token(let t)? = context.principal { return t.name }
         let a = request.headers[HTTPField.Name("X-Fleet-Actor")!] ?? "operator"
         return Name.isValid(a) ? a : "operator"
     }
 
-    private func rolloutRecord(_ context: FleetRequestContext) throws -> @Sendable () async throws -> RolloutRecord {
+    func rolloutRecord(_ context: FleetRequestContext) throws -> @Sendable () async throws -> RolloutRecord {
         guard let id = Int64(try context.parameters.require("rid")) else { throw APIError(.badRequest, "invalid-rollout", "rollout ids are numbers") }
         let store = self.store
         return {
@@ -251,21 +258,48 @@ struct OperatorRoutes: Sendable {
 
     /// `fleet`: devices and assignments already read (a caller showing several rollouts reads them once).
     func rolloutStatus(_ r: RolloutRecord, fleet: FleetSnapshot? = nil) async throws -> RolloutStatus {
-        let cells = try await store.cells(rollout: r.id).sorted { $0.key < $1.key }.map { key, c in
+        let stored = try await store.cells(rollout: r.id)
+        let cellOf = Dictionary(try await store.deviceCells().map { ($0.id, RolloutDriver.cell(of: $0)) }, uniquingKeysWith: { a, _ in a })
+        var failed: [CellKey: Int] = [:]
+        for f in try await store.failures(release: r.releaseId) { if let k = cellOf[f.deviceId] { failed[k, default: 0] += 1 } }
+        // Rollback progress is read apart from the frozen record of the stop.
+        var afterStop: [CellKey: CellAfterStop] = [:]
+        if stored.values.contains(where: { $0.state.status == .rolledBack || $0.state.status == .aborted }) {
+            let reached = try await store.rolloutDevices(rollout: r.id)
+            let installed = try await store.installed(model: r.model)
+            let newShas = Set(try await store.release(r.releaseId)?.catalog.variants.map(\.sha256) ?? [])
+            for (device, _) in reached {
+                guard let k = cellOf[device], let c = stored[k], c.state.status == .rolledBack || c.state.status == .aborted else { continue }
+                var a = afterStop[k] ?? CellAfterStop(reached: 0, restored: 0)
+                a.reached += 1
+                if !newShas.contains(installed[device] ?? "") { a.restored += 1 }
+                afterStop[k] = a
+            }
+        }
+        let cells = stored.sorted { $0.key < $1.key }.map { key, c in
             RolloutStatus.Cell(cell: key.description, status: c.state.status.rawValue, phase: c.state.phase + 1,
                                phases: r.policy?.phases.count ?? 1, cohortShare: min(c.cutoff, 1), observation: c.observation,
-                               gates: c.state.gates, failedGate: c.state.failedGate)
+                               gates: c.state.gates, failedGate: c.state.failedGate, blockedBy: c.state.blockedBy,
+                               failedNotRetried: failed[key] ?? 0, afterStop: afterStop[key])
         }
         let actions = try await store.actions(rollout: r.id).map {
             RolloutStatus.Action(at: $0.at, actor: $0.actor, action: $0.action, cell: $0.cell, detail: $0.detail)
         }
         let snapshot: FleetSnapshot
         if let fleet { snapshot = fleet } else { snapshot = try await FleetSnapshot.load(store) }
-        let info = rolloutInfo(r, snapshot)
+        let info = try await rolloutInfo(r, snapshot)
         return RolloutStatus(rollout: info, policy: r.policy, previousRelease: r.previousReleaseId, cells: cells, actions: actions)
     }
 
-    private func rolloutInfo(_ r: RolloutRecord, _ fleet: FleetSnapshot) -> RolloutInfo {
+    /// Progress of a rollout. A superseded one keeps the counts of what it did, from the release's history.
+    func rolloutInfo(_ r: RolloutRecord, _ fleet: FleetSnapshot) async throws -> RolloutInfo {
+        guard r.state == "superseded" else { return currentRolloutInfo(r, fleet) }
+        let h = try await store.releaseHistory(release: r.releaseId)
+        return RolloutInfo(id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state, createdAt: r.createdAt,
+                           targeted: h.targeted, committed: h.received, failed: h.failed, held: 0)
+    }
+
+    private func currentRolloutInfo(_ r: RolloutRecord, _ fleet: FleetSnapshot) -> RolloutInfo {
         let assigned = fleet.assignments.filter { $0.releaseId == r.releaseId }
         let devices = fleet.devices
         var committed = 0, failed = 0

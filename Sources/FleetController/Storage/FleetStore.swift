@@ -134,6 +134,29 @@ struct DeltaRecord: Sendable, Equatable {
     var createdAt: Int64
 }
 
+/// An assignment that failed on a device for good, not yet retried by an operator.
+struct DeviceFailure: Sendable, Equatable {
+    var deviceId: String
+    var model: String
+    var release: String
+    var sha256: String?
+    var kind: String
+    var fault: String?
+    var detail: String?
+    var at: Int64
+}
+
+/// What became of a release across every rollout that sent it.
+struct ReleaseHistory: Sendable, Equatable {
+    /// Devices ever sent an assignment of the release.
+    var targeted: Int
+    /// Devices that committed it, and how many of them by a delta package.
+    var received: Int
+    var receivedViaDelta: Int
+    /// Devices it failed on, not retried.
+    var failed: Int
+}
+
 struct EventIngest: Sendable, Equatable {
     var stored: Int
     var duplicates: Int
@@ -196,12 +219,29 @@ protocol FleetStore: Sendable {
     /// Stores each (device, seq) once and updates the device's status from install events.
     func appendEvents(deviceId: String, _ events: [StatusEvent], receivedAt: Int64) async throws -> EventIngest
     func events(deviceId: String, limit: Int) async throws -> [StatusEvent]
+    /// The events after `seq`, oldest first.
+    func events(deviceId: String, after seq: UInt64, limit: Int) async throws -> [StatusEvent]
+
+    /// A device's failures not yet retried: the releases the director does not send it again.
+    func failures(deviceId: String) async throws -> [DeviceFailure]
+    /// The devices a release failed on and that were not retried.
+    func failures(release: String) async throws -> [DeviceFailure]
+    func releaseHistory(release: String) async throws -> ReleaseHistory
+    /// An operator's retry: forgets the failures of `release` (on `devices`, or all) and makes the
+    /// next check-in of each sign a new assignment. Returns what it cleared.
+    func clearFailures(release: String, devices: [String]?, by actor: String, at: Int64) async throws -> [DeviceFailure]
 
     /// Remembers, once, that a rollout sent its release to a device and what the device ran before.
     func recordRolloutDevice(rollout: Int64, deviceId: String, priorRelease: String?, priorSha256: String?, at: Int64) async throws
     func rolloutDevice(rollout: Int64, deviceId: String) async throws -> RolloutDeviceRecord?
     /// Every release the rollout's devices ran before it reached them.
     func priorReleases(rollout: Int64) async throws -> Set<String>
+    /// Every device the rollout sent its release to, with what it ran before.
+    func rolloutDevices(rollout: Int64) async throws -> [String: RolloutDeviceRecord]
+    /// The latest runtime-metrics event of each device for one release, received since `since`.
+    func runtimeMetrics(model: String, release: String, since: Int64) async throws -> [DeviceMetrics]
+    /// What each device runs of `model` now: device → sha256.
+    func installed(model: String) async throws -> [String: String]
     /// The release a device's latest commit of `sha256` came with.
     func committedRelease(deviceId: String, model: String, sha256: String) async throws -> String?
 

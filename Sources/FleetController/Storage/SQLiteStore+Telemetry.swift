@@ -100,3 +100,34 @@ extension SQLiteStore {
         try db.query("SELECT id, hardware_class, tier FROM devices").map { DeviceCellRecord(id: $0[0].text ?? "", hardwareClass: $0[1].text, tier: $0[2].text) }
     }
 }
+
+/// What the gates read besides the latest window: each treated device's prior release, the
+/// treated devices' own figures from before, and what each device runs now.
+extension SQLiteStore {
+    func rolloutDevices(rollout: Int64) async throws -> [String: RolloutDeviceRecord] {
+        var out: [String: RolloutDeviceRecord] = [:]
+        for r in try db.query("SELECT device_id, prior_release, prior_sha256, assigned_at FROM rollout_devices WHERE rollout_id = ?", [rollout]) {
+            guard let id = r[0].text else { continue }
+            out[id] = RolloutDeviceRecord(priorRelease: r[1].text, priorSha256: r[2].text, assignedAt: r[3].int ?? 0)
+        }
+        return out
+    }
+
+    func runtimeMetrics(model: String, release: String, since: Int64) async throws -> [DeviceMetrics] {
+        try db.query("""
+            SELECT e.device_id, e.release, e.detail FROM events e
+            JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE model = ? AND kind = 'metrics' AND release = ? AND received_at >= ?
+                  GROUP BY device_id) last
+              ON e.device_id = last.device_id AND e.seq = last.seq
+            """, [model, release, since]).compactMap(Self.metricsRow)
+    }
+
+    func installed(model: String) async throws -> [String: String] {
+        guard Name.isValid(model) else { return [:] }
+        var out: [String: String] = [:]
+        for r in try db.query("SELECT id, json_extract(installed, '$.\"' || ? || '\"') FROM devices", [model]) {
+            if let id = r[0].text, let sha = r[1].text { out[id] = sha }
+        }
+        return out
+    }
+}

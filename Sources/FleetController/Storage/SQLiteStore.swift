@@ -11,6 +11,7 @@ final class SQLiteStore: FleetStore {
         try migrateTelemetry()
         try migrateAccess()
         try migrateReports()
+        try migrateFailures()
     }
 
     private func migrate() throws {
@@ -264,15 +265,18 @@ final class SQLiteStore: FleetStore {
             SELECT e.device_id, e.release, e.detail FROM events e
             JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE model = ? AND kind = 'metrics' AND received_at >= ? GROUP BY device_id) last
               ON e.device_id = last.device_id AND e.seq = last.seq
-            """, [model, since]).compactMap { r in
-            guard let release = r[1].text, let detail = r[2].text,
-                  let m = try? JSONDecoder().decode(RuntimeMetrics.self, from: Data(detail.utf8)) else { return nil }
-            // Figures from devices are bounded here, so one bad device cannot upset the gates' arithmetic.
-            func latency(_ v: Double?) -> Double? { v.flatMap { $0.isFinite && $0 >= 0 && $0 < 86_400_000 ? $0 : nil } }
-            return DeviceMetrics(deviceId: r[0].text ?? "", release: release, p50: latency(m.latencyP50Ms), p95: latency(m.latencyP95Ms),
-                                 errorRate: m.errorRate.flatMap { $0.isFinite ? min(max($0, 0), 1) : nil },
-                                 crashes: min(max(m.crashes ?? 0, 0), 1 << 40))
-        }
+            """, [model, since]).compactMap(Self.metricsRow)
+    }
+
+    /// A metrics event row (device, release, detail) as bounded figures.
+    static func metricsRow(_ r: [SQLValue]) -> DeviceMetrics? {
+        guard let release = r[1].text, let detail = r[2].text,
+              let m = try? JSONDecoder().decode(RuntimeMetrics.self, from: Data(detail.utf8)) else { return nil }
+        // Figures from devices are bounded here, so one bad device cannot upset the gates' arithmetic.
+        func latency(_ v: Double?) -> Double? { v.flatMap { $0.isFinite && $0 >= 0 && $0 < 86_400_000 ? $0 : nil } }
+        return DeviceMetrics(deviceId: r[0].text ?? "", release: release, p50: latency(m.latencyP50Ms), p95: latency(m.latencyP95Ms),
+                             errorRate: m.errorRate.flatMap { $0.isFinite ? min(max($0, 0), 1) : nil },
+                             crashes: min(max(m.crashes ?? 0, 0), 1 << 40))
     }
 
     // MARK: assignments
@@ -304,6 +308,7 @@ final class SQLiteStore: FleetStore {
                   variant=excluded.variant, sha256=excluded.sha256, package_sha256=excluded.package_sha256,
                   envelope=excluded.envelope, expires_at=excluded.expires_at
                 """, [a.deviceId, a.model, a.counter, a.releaseId, a.variant, a.sha256, a.packageSha256, try json(a.envelope), a.expiresAt])
+            try recordDeliveryLocked(a)
             return true
         }
     }
@@ -351,11 +356,12 @@ final class SQLiteStore: FleetStore {
             var stored = 0, duplicates = 0
             for e in events {
                 try db.execute("""
-                    INSERT OR IGNORE INTO events (device_id, seq, time, kind, model, sha256, release, detail, received_at)
-                    VALUES (?,?,?,?,?,?,?,?,?)
-                    """, [deviceId, e.seq, e.time, e.kind, e.model, e.sha256, e.release, e.detail, receivedAt])
+                    INSERT OR IGNORE INTO events (device_id, seq, time, kind, model, sha256, release, detail, received_at, fault, retry_at)
+                    VALUES (?,?,?,?,?,?,?,?,?,?,?)
+                    """, [deviceId, e.seq, e.time, e.kind, e.model, e.sha256, e.release, e.detail, receivedAt, e.fault, e.retryAt])
                 if db.changes == 1 {
                     stored += 1
+                    try recordFailureLocked(deviceId: deviceId, e, receivedAt: receivedAt)
                     if let status = DeviceStatus.from(eventKind: e.kind) {
                         try db.execute("UPDATE devices SET status = ?, status_detail = ? WHERE id = ?", [status, e.detail, deviceId])
                     }
@@ -373,11 +379,18 @@ final class SQLiteStore: FleetStore {
     }
 
     func events(deviceId: String, limit: Int) async throws -> [StatusEvent] {
-        try db.query("SELECT seq, time, kind, model, sha256, release, detail FROM events WHERE device_id = ? ORDER BY seq DESC LIMIT ?",
-                     [deviceId, limit]).map {
-            StatusEvent(seq: UInt64(bitPattern: $0[0].int ?? 0), time: $0[1].int ?? 0, kind: $0[2].text ?? "",
-                        model: $0[3].text, sha256: $0[4].text, release: $0[5].text, detail: $0[6].text)
-        }
+        try db.query("SELECT seq, time, kind, model, sha256, release, detail, fault, retry_at FROM events WHERE device_id = ? ORDER BY seq DESC LIMIT ?",
+                     [deviceId, limit]).map(Self.eventRow)
+    }
+
+    func events(deviceId: String, after seq: UInt64, limit: Int) async throws -> [StatusEvent] {
+        try db.query("SELECT seq, time, kind, model, sha256, release, detail, fault, retry_at FROM events WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                     [deviceId, Int64(clamping: seq), limit]).map(Self.eventRow)
+    }
+
+    private static func eventRow(_ r: [SQLValue]) -> StatusEvent {
+        StatusEvent(seq: UInt64(bitPattern: r[0].int ?? 0), time: r[1].int ?? 0, kind: r[2].text ?? "",
+                    model: r[3].text, sha256: r[4].text, release: r[5].text, detail: r[6].text, fault: r[7].text, retryAt: r[8].int)
     }
 
     // MARK: meta
@@ -400,6 +413,7 @@ enum DeviceStatus {
         case "failed": return "failed"
         case "rolled-back": return "rolled-back"
         case "rejected": return "rejected"
+        case "retrying": return "retrying"
         default: return nil
         }
     }

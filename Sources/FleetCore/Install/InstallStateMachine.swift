@@ -44,9 +44,16 @@ public struct InstallState: Codable, Equatable, Sendable {
     public var phase: InstallPhase
     public var job: InstallJob?
     public var failure: String?
+    /// The fault class of `failure`, when the step that failed named one.
+    public var fault: InstallFault?
+    /// Times the agent restarted in this phase without finishing it (a crash, a kill, a power cut).
+    public var restarts: Int?
+    /// A failed attempt that will be tried again at this time (the device's clock).
+    public var retryAt: Int64?
 
-    public init(phase: InstallPhase = .idle, job: InstallJob? = nil, failure: String? = nil) {
-        self.phase = phase; self.job = job; self.failure = failure
+    public init(phase: InstallPhase = .idle, job: InstallJob? = nil, failure: String? = nil, fault: InstallFault? = nil,
+                restarts: Int? = nil, retryAt: Int64? = nil) {
+        self.phase = phase; self.job = job; self.failure = failure; self.fault = fault; self.restarts = restarts; self.retryAt = retryAt
     }
 
     public static let idle = InstallState()
@@ -59,9 +66,15 @@ public enum InstallEvent: Equatable, Sendable {
     case staged
     case activated
     case healthy
-    case unhealthy(String)
-    case failed(String)      // a step before activation failed: the live model was never touched
+    case unhealthy(String, fault: InstallFault? = nil)
+    /// A step before activation failed: the live model was never touched. With `retryAt` the agent
+    /// will try the same assignment again then; without, it gives the assignment up.
+    case failed(String, fault: InstallFault? = nil, retryAt: Int64? = nil)
     case rolledBack          // the rollback action completed
+    /// The agent started again and found this state in its journal. After `limit` restarts in one
+    /// phase the install is ended (a crash loop): rolled back once the live model may be touched,
+    /// failed before that.
+    case restarted(limit: Int)
 }
 
 public enum InstallAction: Equatable, Sendable {
@@ -77,14 +90,17 @@ public enum InstallAction: Equatable, Sendable {
 }
 
 public struct InstallReport: Codable, Equatable, Sendable {
-    public var kind: String          // started, downloaded, verified, activated, committed, rolled-back, failed
+    public var kind: String          // an `EventKind` raw value
     public var model: String
     public var sha256: String
     public var release: String
     public var detail: String?
+    public var fault: InstallFault?
+    public var retryAt: Int64?
 
-    public init(kind: String, job: InstallJob, detail: String? = nil) {
+    public init(kind: String, job: InstallJob, detail: String? = nil, fault: InstallFault? = nil, retryAt: Int64? = nil) {
         self.kind = kind; self.model = job.model; self.sha256 = job.sha256; self.release = job.release; self.detail = detail
+        self.fault = fault; self.retryAt = retryAt
     }
 }
 
@@ -116,17 +132,42 @@ public enum InstallStateMachine {
         case (.checkingHealth, .healthy):
             guard let job = state.job else { throw bad }
             return (InstallState(phase: .committed, job: job), [.commit(job), .report(InstallReport(kind: "committed", job: job))])
-        case (.checkingHealth, .unhealthy(let why)), (.activating, .unhealthy(let why)):
+        case (.checkingHealth, .unhealthy(let why, let fault)), (.activating, .unhealthy(let why, let fault)):
             guard let job = state.job else { throw bad }
-            return (InstallState(phase: .rollingBack, job: job, failure: why), [.rollback(job)])
+            return (InstallState(phase: .rollingBack, job: job, failure: why, fault: fault), [.rollback(job)])
         case (.rollingBack, .rolledBack):
             guard let job = state.job else { throw bad }
-            return (InstallState(phase: .rolledBack, job: job, failure: state.failure),
-                    [.discard(job), .report(InstallReport(kind: "rolled-back", job: job, detail: state.failure))])
-        case (.downloading, .failed(let why)), (.verifying, .failed(let why)), (.staged, .failed(let why)):
+            return (InstallState(phase: .rolledBack, job: job, failure: state.failure, fault: state.fault),
+                    [.discard(job), .report(InstallReport(kind: "rolled-back", job: job, detail: state.failure, fault: state.fault))])
+        case (.downloading, .failed(let why, let fault, let retryAt)), (.verifying, .failed(let why, let fault, let retryAt)),
+             (.staged, .failed(let why, let fault, let retryAt)):
             guard let job = state.job else { throw bad }
-            return (InstallState(phase: .failed, job: job, failure: why),
-                    [.discard(job), .report(InstallReport(kind: "failed", job: job, detail: why))])
+            let kind = retryAt == nil ? EventKind.failed : EventKind.retrying
+            return (InstallState(phase: .failed, job: job, failure: why, fault: fault, retryAt: retryAt),
+                    [.discard(job), .report(InstallReport(kind: kind.rawValue, job: job, detail: why, fault: fault, retryAt: retryAt))])
+        case (.downloading, .restarted):
+            // An agent that stops (a `--once` run, SIGTERM) leaves a cut download to resume: not a crash.
+            guard state.job != nil else { throw bad }
+            return (state, recoveryActions(state))
+        case (let p, .restarted(let limit)) where !p.isTerminal:
+            guard let job = state.job else { throw bad }
+            let restarts = (state.restarts ?? 0) + 1
+            guard restarts >= max(limit, 1) else {
+                var again = state
+                again.restarts = restarts
+                return (again, recoveryActions(state))
+            }
+            let why = "crash loop: \(restarts) restarts in \(p.rawValue)"
+            if p.touchesLiveModel {
+                // Rolling back is itself the phase that keeps crashing: its action is retried as is,
+                // since nothing safer than the previous slot exists.
+                if p == .rollingBack { var again = state; again.restarts = restarts; return (again, [.rollback(job)]) }
+                return (InstallState(phase: .rollingBack, job: job, failure: why, fault: .crashLoop), [.rollback(job)])
+            }
+            return (InstallState(phase: .failed, job: job, failure: why, fault: .crashLoop),
+                    [.discard(job), .report(InstallReport(kind: EventKind.failed.rawValue, job: job, detail: why, fault: .crashLoop))])
+        case (let p, .restarted) where p.isTerminal:
+            return (state, recoveryActions(state))
         default:
             throw bad
         }

@@ -65,7 +65,28 @@ public struct NewRollout: Codable, Sendable {
     public var release: String
     public var strategy: String     // "all" (every device at once) or "staged" (phases per cell, gated)
     public var policy: String?      // for "staged": a policy of fleet/policies, default "canary"
-    public init(release: String, strategy: String, policy: String? = nil) { self.release = release; self.strategy = strategy; self.policy = policy }
+    /// For "staged": a whole policy document (the YAML of fleet/policies) used instead of a named one.
+    public var policyDocument: String?
+    /// For "staged": every bake time of the policy multiplied by this (labs: 0.01; 0 skips bakes).
+    public var bakeScale: Double?
+    public init(release: String, strategy: String, policy: String? = nil, policyDocument: String? = nil, bakeScale: Double? = nil) {
+        self.release = release; self.strategy = strategy; self.policy = policy; self.policyDocument = policyDocument; self.bakeScale = bakeScale
+    }
+}
+
+/// An operator's retry of the devices a rollout's release failed on: all of them, one cell's, or one device.
+public struct RolloutRetryRequest: Codable, Sendable {
+    public var cell: String?        // "class/tier"
+    public var device: String?
+    public init(cell: String? = nil, device: String? = nil) { self.cell = cell; self.device = device }
+}
+
+public struct RolloutRetryResult: Codable, Equatable, Sendable {
+    public var rollout: Int64
+    public var release: String
+    /// The devices whose failure was forgotten: each is sent the release again at its next check-in.
+    public var retried: [String]
+    public init(rollout: Int64, release: String, retried: [String]) { self.rollout = rollout; self.release = release; self.retried = retried }
 }
 
 public struct RolloutActionRequest: Codable, Sendable {
@@ -83,10 +104,18 @@ public struct RolloutStatus: Codable, Equatable, Sendable {
         public var observation: CellObservation?
         public var gates: [GateResult]
         public var failedGate: GateResult?
+        /// Gates that cannot judge and hold the cell at the end of its phase (policy `unjudged: block`).
+        public var blockedBy: [String]?
+        /// Devices of the cell the release failed on and that no operator retried: held as failed.
+        public var failedNotRetried: Int?
+        /// For a rolled-back or aborted cell: how many devices it reached are off the new release again.
+        public var afterStop: CellAfterStop?
         public init(cell: String, status: String, phase: Int, phases: Int, cohortShare: Double, observation: CellObservation?,
-                    gates: [GateResult], failedGate: GateResult?) {
+                    gates: [GateResult], failedGate: GateResult?, blockedBy: [String]? = nil, failedNotRetried: Int? = nil,
+                    afterStop: CellAfterStop? = nil) {
             self.cell = cell; self.status = status; self.phase = phase; self.phases = phases; self.cohortShare = cohortShare
             self.observation = observation; self.gates = gates; self.failedGate = failedGate
+            self.blockedBy = blockedBy; self.failedNotRetried = failedNotRetried; self.afterStop = afterStop
         }
     }
     public struct Action: Codable, Equatable, Sendable {
@@ -225,8 +254,12 @@ public struct ReleasePackages: Codable, Equatable, Sendable {
     public var devicesViaDelta: Int
     public var bytesSent: Int64
     public var bytesFull: Int64
-    public init(release: String, variants: [Variant], devices: Int, devicesViaDelta: Int, bytesSent: Int64, bytesFull: Int64) {
+    /// Every device that installed the release, whichever rollout sent it, and how many by delta.
+    public var received: Int?
+    public var receivedViaDelta: Int?
+    public init(release: String, variants: [Variant], devices: Int, devicesViaDelta: Int, bytesSent: Int64, bytesFull: Int64,
+                received: Int? = nil, receivedViaDelta: Int? = nil) {
         self.release = release; self.variants = variants; self.devices = devices; self.devicesViaDelta = devicesViaDelta
-        self.bytesSent = bytesSent; self.bytesFull = bytesFull
+        self.bytesSent = bytesSent; self.bytesFull = bytesFull; self.received = received; self.receivedViaDelta = receivedViaDelta
     }
 }

@@ -33,11 +33,14 @@ public struct CheckInResponse: Codable, Equatable, Sendable {
     public var updates: [ModelUpdate]
     public var held: [String: String]    // model -> why nothing is assigned (over-budget, no variant fits)
     public var pollSeconds: Int
+    /// How this device retries a failed assignment (its tier's policy); nil: the agent's default.
+    public var retry: RetryPolicy?
 
     public init(deviceId: String, hardwareClass: String?, tier: String?, rootChain: [Envelope], timestamp: Envelope?,
-                updates: [ModelUpdate], held: [String: String], pollSeconds: Int) {
+                updates: [ModelUpdate], held: [String: String], pollSeconds: Int, retry: RetryPolicy? = nil) {
         self.deviceId = deviceId; self.hardwareClass = hardwareClass; self.tier = tier; self.rootChain = rootChain
         self.timestamp = timestamp; self.updates = updates; self.held = held; self.pollSeconds = pollSeconds
+        self.retry = retry
     }
 }
 

@@ -44,10 +44,13 @@ public struct BandwidthTier: Codable, Equatable, Sendable {
     public var metered: Bool?          // nil: either
     public var minMbps: Double?
     public var budgetBytes: Int64?
+    /// How devices of this tier retry a failed assignment; nil: the controller's default.
+    public var retry: RetryPolicy?
 
-    public init(name: String, description: String? = nil, metered: Bool? = nil, minMbps: Double? = nil, budgetBytes: Int64? = nil) {
+    public init(name: String, description: String? = nil, metered: Bool? = nil, minMbps: Double? = nil, budgetBytes: Int64? = nil,
+                retry: RetryPolicy? = nil) {
         self.name = name; self.description = description; self.metered = metered; self.minMbps = minMbps
-        self.budgetBytes = budgetBytes
+        self.budgetBytes = budgetBytes; self.retry = retry
     }
 }
 

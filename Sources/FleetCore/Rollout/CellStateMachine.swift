@@ -10,11 +10,14 @@ public struct CellState: Codable, Equatable, Sendable {
     /// The gate that stopped the cell, with its threshold and observed value.
     public var failedGate: GateResult?
     public var gates: [GateResult]
+    /// Gates that could not judge when the phase was due to end, holding the cell (policy
+    /// `unjudged: block`); nil when nothing blocks.
+    public var blockedBy: [String]?
 
     public init(phase: Int = 0, status: Status = .running, phaseStartedAt: Int64, bakeStartedAt: Int64? = nil,
-                failedGate: GateResult? = nil, gates: [GateResult] = []) {
+                failedGate: GateResult? = nil, gates: [GateResult] = [], blockedBy: [String]? = nil) {
         self.phase = phase; self.status = status; self.phaseStartedAt = phaseStartedAt; self.bakeStartedAt = bakeStartedAt
-        self.failedGate = failedGate; self.gates = gates
+        self.failedGate = failedGate; self.gates = gates; self.blockedBy = blockedBy
     }
 
     /// Whether devices of the current phase's cohort are sent the new release.
@@ -37,6 +40,8 @@ public enum CellAction: Equatable, Sendable {
     case rolledBack(GateResult?)
     case resumed
     case aborted
+    /// The phase is due to end but these gates cannot judge: the cell waits (policy `unjudged: block`).
+    case blocked([String])
 }
 
 public enum CellStateMachine {
@@ -77,18 +82,33 @@ public enum CellStateMachine {
                 guard o.targeted > 0 ? o.finished >= o.targeted : true else { return (next, []) }
                 next.status = .baking
                 next.bakeStartedAt = now
-                if policy.phases[s.phase].bakeSeconds <= 0 { return advance(next, now: now, policy: policy, extra: [.startedBake]) }
+                if policy.phases[s.phase].bakeSeconds <= 0 { return advanceIfJudged(next, results, now: now, policy: policy, extra: [.startedBake]) }
                 return (next, [.startedBake])
             }
             guard let bake = s.bakeStartedAt, now - bake >= policy.phases[s.phase].bakeSeconds else { return (next, []) }
-            return advance(next, now: now, policy: policy)
+            return advanceIfJudged(next, results, now: now, policy: policy)
         }
+    }
+
+    /// The end of a phase's bake: the next phase, unless a gate has not judged and the policy
+    /// blocks on that. The block is recorded once, when it starts or its gates change.
+    private static func advanceIfJudged(_ s: CellState, _ results: [GateResult], now: Int64, policy: RolloutPolicy,
+                                        extra: [CellAction] = []) -> (CellState, [CellAction]) {
+        let unjudged = results.filter { $0.passed == nil }.map(\.metric)
+        guard policy.gates.blocksUnjudged, !unjudged.isEmpty else {
+            return advance(s, now: now, policy: policy, extra: extra)
+        }
+        var next = s
+        let changed = s.blockedBy != unjudged
+        next.blockedBy = unjudged
+        return (next, extra + (changed ? [.blocked(unjudged)] : []))
     }
 
     private static func advance(_ s: CellState, now: Int64, policy: RolloutPolicy, extra: [CellAction] = []) -> (CellState, [CellAction]) {
         var next = s
         next.bakeStartedAt = nil
         next.failedGate = nil
+        next.blockedBy = nil
         if s.phase + 1 >= policy.phases.count {
             next.status = .completed
             return (next, extra + [.completed])

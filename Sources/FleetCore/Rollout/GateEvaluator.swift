@@ -19,17 +19,37 @@ public struct CellObservation: Codable, Equatable, Sendable {
     public var installFailed: Int
     public var healthFailed: Int      // rolled back after a failed health check
     public var timedOut: Int
-    /// The new release on the cohort, and the control cohort still on the previous release.
+    /// The new release on the cohort, and what it is compared with (`reference`): the control
+    /// cohort (devices of the same cell still running what the treated devices ran before), or,
+    /// when the cell has none, the treated devices' own figures from before they were updated.
     public var treatment: RuntimeSample?
     public var control: RuntimeSample?
+    public var reference: Reference?
+
+    public enum Reference: String, Codable, Sendable {
+        /// Devices of the same cell outside the cohort, on the release the cohort ran before.
+        case controlCohort = "control-cohort"
+        /// The cohort's own last figures on the release it ran before.
+        case baseline
+    }
 
     public init(targeted: Int, committed: Int = 0, installFailed: Int = 0, healthFailed: Int = 0, timedOut: Int = 0,
-                treatment: RuntimeSample? = nil, control: RuntimeSample? = nil) {
+                treatment: RuntimeSample? = nil, control: RuntimeSample? = nil, reference: Reference? = nil) {
         self.targeted = targeted; self.committed = committed; self.installFailed = installFailed
         self.healthFailed = healthFailed; self.timedOut = timedOut; self.treatment = treatment; self.control = control
+        self.reference = reference
     }
 
     public var finished: Int { committed + installFailed + healthFailed + timedOut }
+}
+
+/// What happened in a cell after it stopped, kept apart from the observation that stopped it.
+public struct CellAfterStop: Codable, Equatable, Sendable {
+    /// Devices of the cell the rollout had sent its release to.
+    public var reached: Int
+    /// Of those, the ones no longer running the new release.
+    public var restored: Int
+    public init(reached: Int, restored: Int) { self.reached = reached; self.restored = restored }
 }
 
 /// One gate's verdict: the metric, its threshold and what was observed. `passed` is nil while the
@@ -47,7 +67,8 @@ public struct GateResult: Codable, Equatable, Sendable {
 public enum GateEvaluator {
     public static func evaluate(_ o: CellObservation, gates g: RolloutPolicy.Gates) -> [GateResult] {
         var out: [GateResult] = []
-        let enough = o.finished >= g.minSample
+        // Enough once minSample devices finished, or every device of a smaller cohort did.
+        let enough = o.finished >= g.minSample || (o.targeted > 0 && o.finished >= o.targeted)
         func rate(_ metric: String, _ limit: Double?, _ count: Int) {
             guard let limit else { return }
             let observed = o.finished > 0 ? Double(count) / Double(o.finished) : nil

@@ -26,16 +26,23 @@ public struct RolloutPolicy: Codable, Equatable, Sendable {
         public var maxCrashes: Int?
         /// Devices that must have finished (or reported metrics) before a gate judges.
         public var minSample: Int
+        /// What a gate that cannot judge does when its phase would end: block the cell (the
+        /// default: an unjudged regression is never promoted) or let it pass.
+        public var unjudged: UnjudgedAction?
 
         public init(maxInstallFailureRate: Double? = nil, maxHealthFailureRate: Double? = nil, maxTimedOutRate: Double? = nil,
                     maxLatencyP50Ratio: Double? = nil, maxLatencyP95Ratio: Double? = nil, maxErrorRateIncrease: Double? = nil,
-                    maxCrashes: Int? = nil, minSample: Int = 1) {
+                    maxCrashes: Int? = nil, minSample: Int = 1, unjudged: UnjudgedAction? = nil) {
             self.maxInstallFailureRate = maxInstallFailureRate; self.maxHealthFailureRate = maxHealthFailureRate
             self.maxTimedOutRate = maxTimedOutRate; self.maxLatencyP50Ratio = maxLatencyP50Ratio
             self.maxLatencyP95Ratio = maxLatencyP95Ratio; self.maxErrorRateIncrease = maxErrorRateIncrease
-            self.maxCrashes = maxCrashes; self.minSample = minSample
+            self.maxCrashes = maxCrashes; self.minSample = minSample; self.unjudged = unjudged
         }
+
+        public var blocksUnjudged: Bool { (unjudged ?? .block) == .block }
     }
+
+    public enum UnjudgedAction: String, Codable, Sendable { case block, pass }
 
     public enum FailureAction: String, Codable, Sendable { case pause, rollback }
 
@@ -45,11 +52,26 @@ public struct RolloutPolicy: Codable, Equatable, Sendable {
     public var onFailure: FailureAction
     /// A device that has not finished this long after its assignment counts as failed (timed-out).
     public var deviceTimeoutSeconds: Int64
+    /// Share of each cell (percent, the highest cohort positions) kept on the old release as the
+    /// control cohort until the cell's gates have judged its last phase; nil or 0: none.
+    public var holdBackPercent: Double?
 
-    public init(name: String, phases: [Phase], gates: Gates, onFailure: FailureAction = .pause, deviceTimeoutSeconds: Int64 = 3600) {
+    public init(name: String, phases: [Phase], gates: Gates, onFailure: FailureAction = .pause, deviceTimeoutSeconds: Int64 = 3600,
+                holdBackPercent: Double? = nil) {
         self.name = name; self.phases = phases; self.gates = gates; self.onFailure = onFailure
-        self.deviceTimeoutSeconds = deviceTimeoutSeconds
+        self.deviceTimeoutSeconds = deviceTimeoutSeconds; self.holdBackPercent = holdBackPercent
     }
+
+    /// The same policy with every bake time multiplied by `factor` (labs, demos), rounded, never negative.
+    public func scalingBakes(by factor: Double) -> RolloutPolicy {
+        var p = self
+        let f = factor.isFinite ? max(factor, 0) : 1
+        p.phases = phases.map { var q = $0; q.bakeSeconds = Int64((Double($0.bakeSeconds) * f).rounded()); return q }
+        return p
+    }
+
+    /// The cohort share a phase reaches while the hold-back is kept.
+    public var holdBackShare: Double { min(max((holdBackPercent ?? 0) / 100, 0), 0.5) }
 
     /// Phases must grow and end at 100%.
     public func validate() -> String? {
@@ -63,6 +85,7 @@ public struct RolloutPolicy: Codable, Equatable, Sendable {
         guard last == 100 else { return "the last phase must cover 100% of the devices" }
         guard gates.minSample >= 1 else { return "minSample must be at least 1" }
         guard deviceTimeoutSeconds > 0 else { return "deviceTimeoutSeconds must be positive" }
+        if let h = holdBackPercent { guard h.isFinite, h >= 0, h <= 50 else { return "hold_back must be between 0 and 50 percent" } }
         return nil
     }
 }

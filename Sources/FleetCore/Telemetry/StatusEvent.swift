@@ -8,11 +8,16 @@ public struct StatusEvent: Codable, Equatable, Sendable {
     public var sha256: String?
     public var release: String?
     public var detail: String?
+    /// An `InstallFault` raw value on `failed`, `retrying` and `rolled-back` events (a string on
+    /// the wire, so that a newer agent's fault does not make an older controller refuse the batch).
+    public var fault: String?
+    /// On `retrying`: when the device will try again (its own clock).
+    public var retryAt: Int64?
 
     public init(seq: UInt64, time: Int64, kind: String, model: String? = nil, sha256: String? = nil,
-                release: String? = nil, detail: String? = nil) {
+                release: String? = nil, detail: String? = nil, fault: String? = nil, retryAt: Int64? = nil) {
         self.seq = seq; self.time = time; self.kind = kind; self.model = model; self.sha256 = sha256
-        self.release = release; self.detail = detail
+        self.release = release; self.detail = detail; self.fault = fault; self.retryAt = retryAt
     }
 }
 

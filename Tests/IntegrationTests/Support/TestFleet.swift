@@ -132,20 +132,35 @@ final class TestFleet: @unchecked Sendable {
         return r.stdout
     }
 
+    /// A copy of the repository's fleet/ configuration whose bandwidth tiers are `tiers` (YAML).
+    func config(tiers: String) throws -> String {
+        let c = dir + "/fleet"
+        try? FileManager.default.removeItem(atPath: c)
+        try FileManager.default.copyItem(atPath: Self.repoRoot + "/fleet", toPath: c)
+        try tiers.write(toFile: c + "/bandwidth-tiers.yaml", atomically: true, encoding: .utf8)
+        return c
+    }
+
+    /// A device's events as the controller stored them, oldest first.
+    func events(_ device: String) throws -> [StatusEvent] {
+        try fleetctlJSON([StatusEvent].self, ["devices", "events", device, "--limit", "1000"]).sorted { $0.seq < $1.seq }
+    }
+
     func fleetctlJSON<T: Decodable>(_ t: T.Type, _ args: [String]) throws -> T {
         let out = try run("fleetctl", ["--controller", url, "--json"] + args)
         guard out.status == 0 else { throw HarnessError("fleetctl \(args) failed: \(out.stderr)") }
         return try JSONDecoder().decode(t, from: Data(out.stdout.utf8))
     }
 
-    func startController() throws {
+    /// `config`: an operator configuration folder other than the repository's fleet/.
+    func startController(config: String? = nil, extra: [String] = []) throws {
         if !FileManager.default.fileExists(atPath: dir + "/keys/root.json") {
             let r = try run("fleetctl", ["keys", "init", "--dir", dir + "/keys"])
             guard r.status == 0 else { throw HarnessError("keys init: \(r.stderr)") }
         }
         controller = try start("fleet-controller", ["serve", "--data", dir + "/controller", "--listen", "127.0.0.1:\(port)",
-                                                    "--keys", dir + "/keys/online", "--config", Self.repoRoot + "/fleet",
-                                                    "--poll-seconds", "1"], log: dir + "/controller.log")
+                                                    "--keys", dir + "/keys/online", "--config", config ?? Self.repoRoot + "/fleet",
+                                                    "--poll-seconds", "1"] + extra, log: dir + "/controller.log")
         try waitFor("controller health") { (try? run("fleetctl", ["--controller", url, "status"], timeout: 10).status) == 0 }
     }
 
