@@ -324,7 +324,8 @@ echo "gate states on the page (count, gate, state):"
 echo "$gates"
 grep -q '<polyline' "$T/dashboard.html" || fail "the dashboard has no charts"
 echo "charts: $(grep -o '<polyline' "$T/dashboard.html" | wc -l) lines drawn"
-echo "(latency gates wait here: with one device per cell there is no control cohort on the old release to compare with)"
+echo "(one device per cell: no control cohort is left on the old release, so each latency gate compares the device with its own figures from before the update: the baseline)"
+grep -q 'compared with: baseline' "$T/dashboard.html" || fail "the dashboard does not say what the latency gates compared with"
 
 step "Prometheus metrics: curl -s $FLEET_CONTROLLER/metrics | grep edgefleet_gate_observed"
 curl -fsS "$FLEET_CONTROLLER/metrics" | grep '^edgefleet_gate_observed' | grep latency | head -n 4 || true

@@ -254,8 +254,6 @@ public final class Agent: @unchecked Sendable {
         // an operator's retry or a newer release comes as a new assignment (a higher counter).
         if let r = installer.journal.retries?[a.model], !r.allows(counter: a.counter, now: Clock.wall()) { return }
         if installer.journal.failedCounters[a.model] == a.counter { return }
-        // A delta that failed here is not fetched again: only the full artifact is.
-        if a.package.kind == PackageRef.delta, installer.journal.deltaFailed[a.model] == a.sha256 { return }
         if a.package.kind == PackageRef.delta, a.package.baseSha256 != slots.current(a.model) {
             installer.outbox.append(kind: "rejected", time: Clock.wall(), model: a.model, sha256: a.sha256,
                                     detail: "delta base \(a.package.baseSha256?.prefix(12) ?? "none") is not the installed model")

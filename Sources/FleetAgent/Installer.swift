@@ -1,5 +1,6 @@
 import FleetClient
 import FleetCore
+import FleetDelta
 import Logging
 #if canImport(Glibc)
 import Glibc
@@ -97,7 +98,11 @@ final class Installer {
     private func decideRetry(_ job: InstallJob, why: String, fault: InstallFault) -> InstallEvent {
         let now = Clock.wall()
         if job.isDelta, journal.deltaFailed[job.model] == job.sha256 {
-            // The next check-in asks for the whole artifact: another assignment, with its own retries.
+            // This delta assignment is done with; the next check-in asks for the whole artifact:
+            // another assignment (a higher counter), with retries of its own.
+            var r = RetryRecord(counter: job.counter, sha256: job.sha256, attempts: 1, bytesSpent: attemptBytes, lastFault: fault, gaveUp: true)
+            if let old = journal.retries?[job.model], old.counter == job.counter { r.attempts = old.attempts + 1 }
+            journal.retries = (journal.retries ?? [:]).merging([job.model: r]) { $1 }
             return .failed(why + "; asking for the full artifact", fault: fault, retryAt: now)
         }
         let (r, decision) = RetryLedger.afterFailure(journal.retries?[job.model], counter: job.counter, sha256: job.sha256, fault: fault,
@@ -306,7 +311,11 @@ final class Installer {
         var deltaFailure: String?
         do {
             try slots.stage(model: job.model, sha256: job.sha256, fileName: job.fileName, size: job.size) { path throws(AgentIOError) in
-                do { try applyDelta(basePath, patch, path, job.sha256) } catch let e as AgentIOError where e.code == .noSpace { throw e } catch {
+                do { try applyDelta(basePath, patch, path, job.sha256) } catch let e as AgentIOError where e.code == .noSpace { throw e }
+                catch let e as DeltaError where e.systemError == ENOSPC {
+                    // The package is fine; the disk is full. Tried again later, the same delta.
+                    throw AgentIOError(.noSpace, path, "delta: \(e)")
+                } catch {
                     deltaFailure = "\(error)"
                     throw AgentIOError(.io, path, "delta: \(error)")
                 }

@@ -28,11 +28,14 @@ public struct DeltaError: Error, Equatable, CustomStringConvertible {
     public let code: Code
     public let message: String
     public let path: String?
+    /// For `.io`: the operating system's errno (ENOSPC: the disk is full), when one was given.
+    public let systemError: Int32?
 
-    public init(_ code: Code, _ message: String, path: String? = nil) {
+    public init(_ code: Code, _ message: String, path: String? = nil, systemError: Int32? = nil) {
         self.code = code
         self.message = message
         self.path = path
+        self.systemError = systemError
     }
 
     public var description: String {
@@ -41,6 +44,7 @@ public struct DeltaError: Error, Equatable, CustomStringConvertible {
     }
 
     static func errno(_ path: String, _ what: String) -> DeltaError {
-        DeltaError(.io, "\(what): \(String(cString: strerror(Glibc.errno)))", path: path)
+        let e = Glibc.errno
+        return DeltaError(.io, "\(what): \(String(cString: strerror(e)))", path: path, systemError: e)
     }
 }

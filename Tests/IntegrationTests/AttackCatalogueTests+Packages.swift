@@ -45,14 +45,16 @@ extension AttackCatalogueTests {
         try s.serve(w.r2delta)
         try s.putArtifact(delta.package.sha256, flipped)
         var (_, events) = try attempt(s, trustAfter: try w.trustAfterAccepting(w.r2delta, before: s.trust))
-        #expect(events.first { $0.kind == "failed" }?.detail?.contains("sha256") == true, "\(events)")
+        #expect(events.firstFailure?.detail?.contains("sha256") == true, "\(events)")
+        #expect(events.firstFailure?.fault == InstallFault.hashMismatch.rawValue, "\(events)")
 
         // The stolen director key signs the flipped package itself: it must fail when applied.
         var response = try deltaAssignment(w, package: flipped, bump: 21)
         try s.serve(response)
         try s.putArtifact(Digest.sha256Hex(flipped), flipped)
         (_, events) = try attempt(s, trustAfter: try w.trustAfterAccepting(response, before: s.trust))
-        #expect(events.first { $0.kind == "failed" }?.detail?.contains("delta could not be applied") == true, "\(events)")
+        #expect(events.firstFailure?.detail?.contains("delta could not be applied") == true, "\(events)")
+        #expect(events.firstFailure?.fault == InstallFault.deltaFailed.rawValue, "\(events)")
 
         // A well-formed delta from the installed model to the attacker's file.
         let evil = try s.fleet.makeFile("evil.safetensors", size: fileSize(w.v2), seed: 9)
@@ -63,7 +65,8 @@ extension AttackCatalogueTests {
         try s.serve(response)
         try s.putArtifact(Digest.sha256Hex(evilDelta), evilDelta)
         (_, events) = try attempt(s, trustAfter: try w.trustAfterAccepting(response, before: s.trust))
-        #expect(events.first { $0.kind == "failed" }?.detail?.contains("delta could not be applied") == true, "\(events)")
+        #expect(events.firstFailure?.detail?.contains("delta could not be applied") == true, "\(events)")
+        #expect(events.firstFailure?.fault == InstallFault.deltaFailed.rawValue, "\(events)")
         #expect(s.fleet.current(s.agent, model: "m").contentSha == w.v1Sha)
     }
 
@@ -96,7 +99,8 @@ extension AttackCatalogueTests {
             try s.serve(response)
             try s.putArtifact(Digest.sha256Hex(truncated), truncated)
             let (_, events) = try attempt(s, trustAfter: try w.trustAfterAccepting(response, before: s.trust))
-            #expect(events.first { $0.kind == "failed" }?.detail?.contains("delta could not be applied") == true, "cut at \(cut): \(events)")
+            #expect(events.firstFailure?.detail?.contains("delta could not be applied") == true, "cut at \(cut): \(events)")
+            #expect(events.firstFailure?.fault == InstallFault.deltaFailed.rawValue, "cut at \(cut): \(events)")
         }
     }
 

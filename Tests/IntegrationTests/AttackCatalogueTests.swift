@@ -81,8 +81,9 @@ struct AttackCatalogueTests {
         try s.putArtifact(w.v2Sha, randomBytes(fileSize(w.v2), seed: 7))
         let (_, events) = try attempt(s, trustAfter: try w.trustAfterAccepting(w.r2full, before: s.trust))
         #expect(s.artifactRequests.count == 1)
-        let failed = try #require(events.first { $0.kind == "failed" })
+        let failed = try #require(events.firstFailure)
         #expect(failed.detail?.contains("sha256") == true, "\(failed)")
+        #expect(failed.fault == InstallFault.hashMismatch.rawValue, "\(failed)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: s.agent.state + "/downloads").isEmpty)
     }
 
@@ -175,6 +176,7 @@ struct AttackCatalogueTests {
         let (_, events) = try attempt(s, trustAfter: try w.trustAfterAccepting(w.r2full, before: s.trust))
         let failed = try #require(events.first { $0.kind == "failed" })
         #expect(failed.detail?.contains("longer than signed") == true, "\(failed)")
+        #expect(failed.fault == InstallFault.tooLarge.rawValue, "\(failed)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: s.agent.state + "/downloads").isEmpty)
         let sent = s.artifactRequests.compactMap { $0["sent"] as? Int }.reduce(0, +)
         let size = fileSize(w.v2)

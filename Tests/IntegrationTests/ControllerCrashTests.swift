@@ -101,7 +101,13 @@ struct ControllerCrashTests {
         let v2 = try fleet.makeFile("v2.safetensors", size: 200_000, seed: 82)
         _ = try fleet.fleetctl(["variant", "add", "m", v2, "--name", "m-v2", "--dtype", "int8", "--format", "safetensors"])
         _ = try fleet.fleetctl(["release", "create", "m", "--version", "2", "--keys", fleet.dir + "/keys", "--variants", "m-v2"])
-        _ = try fleet.fleetctl(["rollout", "start", "m@2", "--policy", "fast"])
+        // The fast policy, for a fleet without an inference service: no runtime metrics, so the
+        // latency gate cannot judge and must not hold the phase (unjudged: pass).
+        let policy = fleet.dir + "/fast-unjudged-pass.yaml"
+        let fast = try String(contentsOfFile: TestFleet.repoRoot + "/fleet/policies/fast.yaml", encoding: .utf8)
+        try (fast + "\n# gates may pass unjudged here\n").replacingOccurrences(of: "gates:\n", with: "gates:\n  unjudged: pass\n")
+            .write(toFile: policy, atomically: true, encoding: .utf8)
+        _ = try fleet.fleetctl(["rollout", "start", "m@2", "--policy", policy])
         let rollout = try #require(try fleet.fleetctlJSON([RolloutInfo].self, ["rollout", "list"]).first { $0.release == "m@2" })
         for a in agents { #expect(try fleet.runOnce(a).status == 0) }
         let before = try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(rollout.id)"])

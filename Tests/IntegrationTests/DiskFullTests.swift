@@ -76,7 +76,8 @@ struct DiskFullTests {
         let used = try disk.usage().used
         let r = try disk.run([TestFleet.bin + "/fleet-agent"] + s.fleet.agentArgs(d.inside, controller: s.url, extra: ["--once"]))
         #expect(r.status == 0, "\(r.stderr)")
-        #expect(s.events().first { $0.kind == "failed" }?.detail?.hasPrefix("no space") == true, "\(s.events())")
+        #expect(s.events().firstFailure?.detail?.hasPrefix("no space") == true, "\(s.events())")
+        #expect(s.events().firstFailure?.fault == InstallFault.noSpace.rawValue, "\(s.events())")
         #expect(s.artifactRequests.isEmpty, "the agent downloaded although the disk could not hold the model")
         let after = DeviceSnapshot(d.outside)
         #expect(before.lines.filter { !$0.hasPrefix("state/") } == after.lines.filter { !$0.hasPrefix("state/") }, "\(before.difference(after))")
@@ -116,8 +117,9 @@ struct DiskFullTests {
         let models = DeviceSnapshot(d.outside).lines.filter { $0.hasPrefix("models") }
 
         _ = try installWhileFilling(s, disk, d, package: s.world.v2Sha)
-        let failed = s.events().first { $0.kind == "failed" }
+        let failed = s.events().firstFailure
         #expect(failed?.detail?.contains("staging failed") == true && failed?.detail?.contains("noSpace") == true, "\(s.events())")
+        #expect(failed?.fault == InstallFault.noSpace.rawValue, "\(s.events())")
         let usedFull = try disk.usage()
         try disk.remove()
         #expect(DeviceSnapshot(d.outside).lines.filter { $0.hasPrefix("models") } == models)
@@ -137,8 +139,9 @@ struct DiskFullTests {
         let models = DeviceSnapshot(d.outside).lines.filter { $0.hasPrefix("models") }
 
         _ = try installWhileFilling(s, disk, d, package: delta.package.sha256)
-        let failed = s.events().first { $0.kind == "failed" }
+        let failed = s.events().firstFailure
         #expect(failed?.detail?.contains("No space left on device") == true, "\(s.events())")
+        #expect(failed?.fault == InstallFault.noSpace.rawValue, "\(s.events())")
         try disk.remove()
         #expect(DeviceSnapshot(d.outside).lines.filter { $0.hasPrefix("models") } == models)
         #expect(s.fleet.current(d.outside, model: "m").contentSha == s.world.v1Sha)

@@ -131,7 +131,14 @@ final class RolloutDriver: Service, Sendable {
                                  uniquingKeysWith: { a, _ in a })
         let reached = try await store.rolloutDevices(rollout: rollout.id)
         let baselines = try await baselines(rollout, reached: reached, now: now)
+        let failedDevices = Set(try await store.failures(release: rollout.releaseId).map(\.deviceId))
         for (key, members) in byCell.sorted(by: { $0.key < $1.key }) {
+            defer {
+                if let c = cells[key] {
+                    metrics.recordCellHolds(rollout: rollout.id, release: rollout.releaseId, cell: key, state: c.state,
+                                            failedHeld: members.filter(failedDevices.contains).count)
+                }
+            }
             if let c = cells[key], c.state.status != .running, c.state.status != .baking {
                 // A stopped or completed cell keeps the record it had when it stopped: the
                 // observation and gates that stopped it, and its counts.

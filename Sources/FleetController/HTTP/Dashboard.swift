@@ -119,8 +119,9 @@ enum Dashboard {
         h += "<td>\(c.phase)/\(c.phases) <span class=\"muted\">(\(Int((c.cohortShare * 100).rounded()))%)</span></td>"
         h += "<td><span class=\"badge s-\(esc(c.status))\">\(esc(c.status))</span></td>"
         h += "<td>\(progressBar(o))</td><td>"
+        let stopped = c.status != "running" && c.status != "baking"
         for g in c.gates {
-            let state = g.passed.map { $0 ? "passing" : "failing" } ?? "waiting"
+            let state = g.passed.map { $0 ? "passing" : "failing" } ?? (stopped ? "unjudged" : "waiting")
             let observed = g.observed.map { fmt($0) } ?? "n/a"
             h += "<div class=\"gate g-\(state)\" data-rollout=\"\(rollout)\" data-cell=\"\(esc(c.cell))\" data-metric=\"\(esc(g.metric))\" "
             h += "data-state=\"\(state)\" data-observed=\"\(g.observed.map { fmt($0) } ?? "")\" data-threshold=\"\(fmt(g.threshold))\">"
@@ -128,6 +129,19 @@ enum Dashboard {
         }
         if let f = c.failedGate {
             h += "<div class=\"why\">stopped by \(esc(f.metric)): observed \(f.observed.map { fmt($0) } ?? "n/a"), threshold \(fmt(f.threshold))</div>"
+        }
+        if let b = c.blockedBy {
+            h += "<div class=\"why blocked\" data-blocked=\"\(esc(b.joined(separator: ",")))\">blocked: \(esc(b.joined(separator: ", "))) cannot judge "
+            h += "(no figures from the new release, or no control cohort and no baseline); promote to override</div>"
+        }
+        if let n = c.failedNotRetried, n > 0 {
+            h += "<div class=\"why\" data-failed-held=\"\(n)\">\(n) device(s) failed and are held until <code>fleetctl rollout retry \(rollout)</code></div>"
+        }
+        if let a = c.afterStop {
+            h += "<div class=\"muted\" data-restored=\"\(a.restored)\" data-reached=\"\(a.reached)\">after the stop: \(a.restored)/\(a.reached) devices off the new release</div>"
+        }
+        if let r = c.observation?.reference {
+            h += "<div class=\"muted\">compared with: \(esc(r.rawValue)) (\(c.observation?.control?.devices ?? 0) devices)</div>"
         }
         return h + "</td></tr>"
     }
@@ -217,7 +231,7 @@ enum Dashboard {
         .badge{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;background:#e6e8eb}
         .s-completed,.s-committed,.s-running{background:#d5f2df}.s-baking{background:#dcebfb}.s-paused{background:#fff1c2}
         .s-rolledBack,.s-aborted,.s-failed,.s-rolled-back,.s-rejected{background:#fbd7d7}.s-installing{background:#dcebfb}
-        .gate{font-size:12px;white-space:nowrap}.g-failing{color:#b3261e;font-weight:bold}.g-passing{color:#1e7b45}.g-waiting{color:#6a737d}
+        .gate{font-size:12px;white-space:nowrap}.g-failing{color:#b3261e;font-weight:bold}.g-passing{color:#1e7b45}.g-waiting{color:#6a737d}.g-unjudged{color:#9a6700}.blocked{color:#9a6700;font-weight:bold}
         .gstate{border-radius:8px;padding:0 6px;background:#f1f2f4}.why{font-size:12px;color:#b3261e}
         .charts{display:flex;flex-wrap:wrap;gap:16px}.charts svg{background:#fff;border:1px solid #eceef1}
         .actions{font-size:12px;margin:4px 0}code{font-size:12px}

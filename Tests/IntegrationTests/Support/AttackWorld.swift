@@ -274,3 +274,8 @@ final class AttackScene {
         events().filter { $0.kind == "rejected" }.compactMap { $0.detail?.split(separator: ":").first.map(String.init) }
     }
 }
+
+extension Array where Element == StatusEvent {
+    /// The first install failure: final (`failed`) or followed by a retry (`retrying`).
+    var firstFailure: StatusEvent? { first { $0.kind == "failed" || $0.kind == "retrying" } }
+}
