@@ -173,3 +173,108 @@ struct FailureHandlingTests {
         #expect(try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).first?.held["m"] == "failed")
     }
 }
+
+/// Gates judged per cell through real agents and their local metrics endpoints.
+@Suite("Gates per cell with real agents", .serialized)
+struct CellGateTests {
+    /// A stand-in inference service for each agent: reports latencies through the agent's local
+    /// endpoint, `slow` ms for the release under test and 20 ms otherwise.
+    func feed(_ fleet: TestFleet, _ agents: [(TestFleet.Agent, Int)], slowSha: String, slow: Double) throws {
+        for (a, port) in agents {
+            let ms = fleet.current(a, model: "m").contentSha == slowSha ? slow : 20
+            let body = "{\"model\":\"m\",\"latenciesMs\":[\(ms),\(ms),\(ms + 1)],\"errors\":0}"
+            _ = try fleet.run("/usr/bin/env", ["curl", "-s", "-o", "/dev/null", "-X", "POST", "http://127.0.0.1:\(port)/v1/metrics", "-d", body], timeout: 10)
+        }
+    }
+
+    /// Rollout m@2 is rolled back in the cell by a failed health check; rollout m@3, three times
+    /// slower, is then judged against the cell's devices still on m@1 (what its canary ran
+    /// before), not against m@2 (the previous rollout's release, which no device runs), and is
+    /// stopped by the latency gate.
+    @Test func cellRolledBackOnceStopsAThreeTimesSlowerNextRelease() throws {
+        let fleet = try TestFleet(); defer { fleet.cleanup() }
+        try fleet.startController()
+        let v1 = try fleet.makeFile("v1.safetensors", size: 100_000, seed: 60)
+        let v2 = try fleet.makeFile("v2.safetensors", size: 100_000, seed: 61)
+        let v3 = try fleet.makeFile("v3.safetensors", size: 100_000, seed: 62)
+        try fleet.publish(model: "m", version: "1", variants: [("m-v1", "int8", v1)])
+        for (name, file, version) in [("m-v2", v2, "2"), ("m-v3", v3, "3")] {
+            _ = try fleet.fleetctl(["variant", "add", "m", file, "--name", name, "--dtype", "int8", "--format", "safetensors"])
+            _ = try fleet.fleetctl(["release", "create", "m", "--version", version, "--keys", fleet.dir + "/keys", "--variants", name])
+        }
+        var agents: [(TestFleet.Agent, Int)] = []
+        let unhealthyV2 = "test \"$EDGEFLEET_MODEL_SHA256\" != \(fleet.sha(v2))"
+        for i in 0..<4 {
+            let a = fleet.agent("vnni-\(i)", facts: TestFleet.demoFacts("edge-x86-vnni-01.json"))
+            let port = try TestFleet.freePort()
+            _ = try fleet.start("fleet-agent", fleet.agentArgs(a, extra: ["--device-id", a.name, "--health-command", unhealthyV2,
+                                                                          "--metrics-listen", "127.0.0.1:\(port)"]),
+                                log: fleet.dir + "/\(a.name).log")
+            agents.append((a, port))
+        }
+        try fleet.waitFor("every agent on v1", timeout: 60) { agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(v1) } }
+        let policy = fleet.dir + "/rollback.yaml"
+        try """
+            name: rollback-on-failure
+            phases:
+              - { percent: 25, min_devices: 1, bake: 0s }
+              - { percent: 100 }
+            gates:
+              min_sample: 1
+              max_health_failure_rate: 0.2
+              max_latency_p95_ratio: 1.5
+            on_failure: rollback
+            device_timeout: 10m
+            """.write(toFile: policy, atomically: true, encoding: .utf8)
+
+        // Figures on v1 first, then the m@2 rollout: its canary fails the health check.
+        let r2 = try fleet.fleetctlJSON(RolloutInfo.self, ["rollout", "start", "m@2", "--policy", policy]).id
+        try fleet.waitFor("the m@2 cell rolled back", timeout: 90) {
+            try feed(fleet, agents, slowSha: fleet.sha(v3), slow: 60)
+            return try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(r2)"]).cells.first?.status == "rolledBack"
+        }
+        try fleet.waitFor("every agent on v1 again", timeout: 60) { agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(v1) } }
+
+        // m@3, three times slower: stopped by the latency gate, judged against the m@1 devices.
+        let r3 = try fleet.fleetctlJSON(RolloutInfo.self, ["rollout", "start", "m@3", "--policy", policy]).id
+        var cell: RolloutStatus.Cell?
+        try fleet.waitFor("the m@3 cell stopped by its latency gate", timeout: 120) {
+            try feed(fleet, agents, slowSha: fleet.sha(v3), slow: 60)
+            cell = try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(r3)"]).cells.first
+            return cell?.status == "rolledBack"
+        }
+        let stopped = try #require(cell)
+        #expect(stopped.failedGate?.metric == "latency-p95-ratio")
+        #expect((2.5...3.5).contains(stopped.failedGate?.observed ?? 0), "\(String(describing: stopped.failedGate))")
+        #expect(stopped.observation?.reference == .controlCohort)
+        #expect((stopped.observation?.control?.devices ?? 0) >= 1)
+        try fleet.waitFor("every agent back on v1", timeout: 60) { agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(v1) } }
+    }
+
+    /// SIGHUP re-reads fleet/policies: a policy added to the folder is offered without a restart.
+    @Test func policiesAreReloadedOnSIGHUP() throws {
+        let fleet = try TestFleet(); defer { fleet.cleanup() }
+        let config = try fleet.config(tiers: try String(contentsOfFile: TestFleet.repoRoot + "/fleet/bandwidth-tiers.yaml", encoding: .utf8))
+        try fleet.startController(config: config)
+        let before = try fleet.fleetctlJSON([RolloutPolicy].self, ["policies", "list"]).map(\.name)
+        #expect(!before.contains("night"))
+        try """
+            name: night
+            phases:
+              - { percent: 100, bake: 1h }
+            """.write(toFile: config + "/policies/night.yaml", atomically: true, encoding: .utf8)
+        let pid = try #require(fleet.controller?.processIdentifier)
+        kill(pid, SIGHUP)
+        try fleet.waitFor("the new policy listed", timeout: 20) {
+            try fleet.fleetctlJSON([RolloutPolicy].self, ["policies", "list"]).map(\.name).contains("night")
+        }
+        // A broken file leaves the policies in force and the controller up.
+        try "name: [".write(toFile: config + "/policies/broken.yaml", atomically: true, encoding: .utf8)
+        kill(pid, SIGHUP)
+        try fleet.waitFor("the reload failure logged", timeout: 20) { fleet.log("controller.log").contains("policies not reloaded") }
+        #expect(try fleet.fleetctlJSON([RolloutPolicy].self, ["policies", "list"]).map(\.name).contains("night"))
+        #expect(fleet.controller?.isRunning == true)
+        let shown = try fleet.fleetctl(["policies", "show", "night"])
+        #expect(shown.contains("policy night"))
+    }
+}
