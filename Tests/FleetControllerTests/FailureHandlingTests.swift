@@ -221,6 +221,11 @@ extension StagedRolloutTests {
             #expect(cell.blockedBy == ["latency-p95-ratio"])
             let actions = try await status(client, rid).actions
             #expect(actions.filter { $0.action == "blocked" }.count == 1)
+            // The dashboard and /metrics show the block as the API does.
+            let page = String(buffer: try await client.execute(uri: "/", method: .get).body)
+            #expect(page.contains("data-blocked=\"latency-p95-ratio\""))
+            let metrics = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
+            #expect(metrics.split(separator: "\n").contains { $0.hasPrefix("edgefleet_cell_blocked{") && $0.contains("rollout=\"\(rid)\"") && $0.split(separator: " ").last.flatMap { Double($0) } == 1 })
             #expect(try await client.json(.post, "/v1/rollouts/\(rid)/promote", RolloutActionRequest()).status == .ok)
             cell = try #require(try await status(client, rid).cells.first)
             #expect(cell.phase == 2 && cell.blockedBy == nil)

@@ -229,6 +229,7 @@ struct DeltaEndToEndTests {
         let shown = try fleet.fleetctlJSON(Shown.self, ["release", "show", "m@2"]).packages
         #expect(shown.devicesViaDelta == 1)
         #expect(shown.bytesSent == size)
+        #expect(shown.received == 1 && shown.receivedViaDelta == 1)
     }
 
     @Test func tamperedDeltaFallsBackToTheFullArtifact() throws {
