@@ -30,6 +30,11 @@ public struct AgentOptions: Sendable {
     public var enrollToken: String? = nil
     /// Restarts in one unfinished install phase after which the install ends (a crash loop).
     public var maxRestarts: Int = 3
+    /// The operator's benchmark, run on each staged model before it goes live (JSON on stdout).
+    public var benchmarkCommand: String? = nil
+    public var benchmarkTimeoutSeconds: Double = 120
+    /// Energy counters (microjoules) read around the benchmark; nil: the RAPL domains found.
+    public var energyCounters: [String]? = nil
 
     public init(controllerURL: String, stateDirectory: String, modelsDirectory: String, factsFile: String? = nil, rootFile: String? = nil,
                 deviceId: String? = nil, pollSeconds: Double? = nil, healthCommand: String? = nil, healthTimeoutSeconds: Double = 30,
@@ -117,6 +122,8 @@ public final class Agent: @unchecked Sendable {
             }
             _ = try DeltaDecoder.apply(base: base, patch: patch, output: output)
         }
+        installer.benchmark = Benchmark(command: options.benchmarkCommand, timeoutSeconds: options.benchmarkTimeoutSeconds,
+                                        energyCounters: options.benchmarkCommand == nil ? [] : options.energyCounters ?? Benchmark.discoverEnergyCounters())
         installer.link = try? state.load("link.json", as: LinkStats.self)
         savedLink = installer.link
         publishStatus()

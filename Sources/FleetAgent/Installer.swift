@@ -13,6 +13,8 @@ final class Installer {
     let state: AgentState
     let http: HTTPClient
     let health: HealthCheck
+    /// The operator's benchmark, run on each staged model before it goes live.
+    var benchmark = Benchmark(command: nil, timeoutSeconds: 120, energyCounters: [])
     let controllerURL: String
     let rateLimit: Int64?
     let logger: Logger
@@ -196,6 +198,7 @@ final class Installer {
                         try FS.linkOrCopy(state.downloadPath(job.sha256), path)
                     }
                 }
+                try measure(job)
                 return .event(.staged)
             } catch let e as DeltaApplyError {
                 journal.deltaFailed[job.model] = job.sha256
@@ -231,6 +234,25 @@ final class Installer {
             slots.removeSlot(model: job.model, sha256: job.sha256)
             return .none
         }
+    }
+
+    /// The operator's benchmark on the staged slot, reported as an event; it measures, it does not
+    /// decide (the health check does).
+    private func measure(_ job: InstallJob) throws {
+        let slot = slots.slotPath(job.model, job.sha256)
+        guard let outcome = benchmark.run(model: job.model, sha256: job.sha256, modelPath: slot + "/" + job.fileName, slot: slot,
+                                          scratch: state.root) else { return }
+        switch outcome {
+        case .measured(let report):
+            let detail = String(decoding: try FleetJSON.encode(report), as: UTF8.self)
+            outbox.append(kind: EventKind.benchmark.rawValue, time: Clock.wall(), model: job.model, sha256: job.sha256, release: job.release, detail: detail)
+            logger.info("benchmark", metadata: ["model": "\(job.model)", "sha256": "\(job.sha256.prefix(12))", "p50_ms": "\(report.latencyP50Ms)",
+                                                "joules_per_inference": "\(report.joulesPerInference.map { "\($0)" } ?? report.energyUnavailable ?? "-")"])
+        case .failed(let why):
+            outbox.append(kind: EventKind.benchmarkFailed.rawValue, time: Clock.wall(), model: job.model, sha256: job.sha256, release: job.release, detail: why)
+            logger.warning("benchmark failed", metadata: ["model": "\(job.model)", "error": "\(why)"])
+        }
+        try state.save("outbox.json", outbox)
     }
 
     private func download(_ job: InstallJob) -> StepResult {

@@ -24,6 +24,9 @@ public struct ControllerOptions: Sendable {
     public var access = AccessOptions()
     /// Mutual TLS; nil serves plain HTTP.
     public var tls: ControllerTLS? = nil
+    /// Devices of a hardware class that must have measured a variant before selection ranks it by
+    /// the fleet's figures rather than by the class's format order.
+    public var minMeasuredDevices: Int = 3
     /// The command that measures variants built on the controller (`CMD BASE VARIANT`); nil: unmeasured.
     public var evaluator: String? = ProcessInfo.processInfo.environment["EDGEFLEET_EVALUATOR"]
 
@@ -57,8 +60,10 @@ public enum Controller {
         let policies = try PolicyBook(directory: options.configDirectory)
         let planner = DeltaPlanner(store: store, artifacts: artifacts, builder: deltaBuilder, logger: logger, clock: clock)
         let driver = RolloutDriver(store: store, logger: logger, clock: clock, tickSeconds: options.rolloutTickSeconds, metrics: metrics)
+        let performance = PerformanceBook(store: store, clock: clock)
         let director = Director(store: store, keys: keys, config: config, artifactBaseURL: options.artifactBaseURL,
-                                metrics: metrics, logger: logger, pollSeconds: options.pollSeconds, planner: planner, driver: driver)
+                                metrics: metrics, logger: logger, pollSeconds: options.pollSeconds, planner: planner, driver: driver,
+                                performance: performance, minMeasuredDevices: options.minMeasuredDevices)
 
         let router = Router(context: FleetRequestContext.self)
         router.add(middleware: ErrorMiddleware())
@@ -66,8 +71,10 @@ public enum Controller {
                                                 checkIns: RateLimiter(burst: options.access.checkInBurst, perMinute: options.access.checkInsPerMinute, clock: clock),
                                                 metrics: metrics, clock: clock))
         router.get("/healthz") { _, _ in try JSON.response(["status": "ok"]) }
+        let performanceRoutes = PerformanceRoutes(store: store, performance: performance, metrics: metrics)
         router.get("/metrics") { _, _ in
             metrics.devices.set(Int64(try await store.devices().count))
+            try await performanceRoutes.recordMetrics()
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4"
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: metrics.registry.emitToBuffer())))
@@ -77,10 +84,12 @@ public enum Controller {
         let operatorRoutes = OperatorRoutes(director: director, store: store, artifacts: artifacts, config: config, keys: keys,
                                             policies: policies, driver: driver, clock: clock)
         operatorRoutes.register(router)
+        performanceRoutes.register(router)
         VariantRoutes(store: store, builder: VariantBuildService(
             store: store, artifacts: artifacts, recipesFile: options.configDirectory + "/recipes.yaml",
             evaluator: options.evaluator, logger: logger, clock: clock)).register(router)
-        DashboardRoutes(store: store, access: store, operatorRoutes: operatorRoutes, clock: clock, secureCookies: options.tls != nil).register(router)
+        DashboardRoutes(store: store, access: store, operatorRoutes: operatorRoutes, performance: performance, clock: clock,
+                        secureCookies: options.tls != nil).register(router)
         AccessRoutes(store: store, keys: keys, options: options.access,
                      enrollments: RateLimiter(burst: options.access.enrollBurst, perMinute: options.access.enrollPerMinute, clock: clock),
                      clock: clock).register(router)

@@ -27,6 +27,11 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Download rate limit in bytes per second (suffixes K, M allowed).") var rateLimit: String?
     @Option(help: "Restarts of the agent in one unfinished install phase (a crash during activation or the health check) after which the install is rolled back and not tried again.")
     var maxRestarts: Int = 3
+    @Option(help: "The operator's benchmark, run on each staged model before it goes live (EDGEFLEET_MODEL_PATH set); it prints JSON: latencyP50Ms, latencyP95Ms, iterations, peakMemoryBytes, joulesPerInference.")
+    var benchmarkCommand: String?
+    @Option(help: "Seconds the benchmark command may take.") var benchmarkTimeout: Double = 120
+    @Option(help: "An energy counter in microjoules (repeatable) read around the benchmark (default: the RAPL domains under /sys/class/powercap).")
+    var energyCounter: [String] = []
     @Flag(help: "Do one check-in cycle (finishing any install it starts) and exit.") var once = false
     @Option(help: "Where the local inference service reports runtime metrics: 127.0.0.1:PORT, [::1]:PORT or unix:/PATH (loopback only).")
     var metricsListen: String?
@@ -40,6 +45,7 @@ struct Run: AsyncParsableCommand {
         if let pollSeconds { guard pollSeconds > 0 else { throw ValidationError("--poll-seconds must be positive") } }
         guard healthTimeout > 0 else { throw ValidationError("--health-timeout must be positive") }
         guard (1...100).contains(maxRestarts) else { throw ValidationError("--max-restarts must be 1 to 100") }
+        guard benchmarkTimeout > 0 else { throw ValidationError("--benchmark-timeout must be positive") }
         if let rateLimit { guard let v = ByteCount.parse(rateLimit), v > 0 else { throw ValidationError("--rate-limit '\(rateLimit)' is not a rate") } }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
         if let deviceId { guard Name.isValid(deviceId) else { throw ValidationError("--device-id '\(deviceId)' is not a valid name") } }
@@ -64,6 +70,9 @@ struct Run: AsyncParsableCommand {
                                    metricsListen: metricsListen.flatMap(MetricsListenAddress.parse))
         options.tls = identity.tls
         options.maxRestarts = maxRestarts
+        options.benchmarkCommand = benchmarkCommand
+        options.benchmarkTimeoutSeconds = benchmarkTimeout
+        options.energyCounters = energyCounter.isEmpty ? nil : energyCounter
         options.enrollToken = try identity.enrollToken()
         let agent: Agent
         do {

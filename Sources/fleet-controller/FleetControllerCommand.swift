@@ -32,6 +32,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds agents wait between check-ins.")
     var pollSeconds: Int = 30
 
+    @Option(help: "Devices of a hardware class that must have measured a variant (benchmark or runtime metrics) before selection ranks it by the fleet's figures instead of the class's format order.")
+    var measuredDevices: Int = 3
+
     @Option(help: "Largest artifact accepted for upload, in bytes (suffixes K, M, G allowed).")
     var maxArtifactSize: String = "8G"
 
@@ -48,6 +51,7 @@ struct Serve: AsyncParsableCommand {
         try security.validate(host: parseListen()!.0)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
         guard pollSeconds >= 1 else { throw ValidationError("--poll-seconds must be at least 1") }
+        guard measuredDevices >= 1 else { throw ValidationError("--measured-devices must be at least 1") }
         guard parseSize(maxArtifactSize) != nil else { throw ValidationError("--max-artifact-size '\(maxArtifactSize)' is not a size") }
     }
 
@@ -76,6 +80,7 @@ struct Serve: AsyncParsableCommand {
                                         artifactBaseURL: artifactBaseUrl, maxArtifactBytes: parseSize(maxArtifactSize)!,
                                         pollSeconds: pollSeconds)
         options.tls = security.tls
+        options.minMeasuredDevices = measuredDevices
         options.evaluator = evaluator ?? options.evaluator ?? Self.shippedEvaluator()
         if options.evaluator == nil {
             logger.warning("no variant evaluator: variants built here are unmeasured, and a model's quality floor refuses them (pass --evaluator, or run `make venv`)")

@@ -54,6 +54,7 @@ struct FleetConfig: Sendable {
         var match: MatchEntry?
         var formats: [String]
         var max_model_size: String?
+        var optimize: String?
 
         func domain(file: String) throws -> HardwareClass {
             func size(_ s: String?, _ field: String) throws -> Int64? {
@@ -67,7 +68,11 @@ struct FleetConfig: Sendable {
                 name: name, description: description,
                 match: .init(arch: m?.arch, cpuFlags: m?.cpu_flags, minMemoryBytes: try size(m?.min_memory, "min_memory"),
                              maxMemoryBytes: try size(m?.max_memory, "max_memory"), accelerators: m?.accelerators),
-                formats: formats, maxModelBytes: try size(max_model_size, "max_model_size"))
+                formats: formats, maxModelBytes: try size(max_model_size, "max_model_size"),
+                optimize: try optimize.map { o in
+                    guard o == "latency" || o == "energy" else { throw ConfigError(file: file, message: "\(name): optimize must be latency or energy") }
+                    return o
+                })
         }
     }
 

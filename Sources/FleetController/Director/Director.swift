@@ -16,11 +16,16 @@ actor Director {
     let pollSeconds: Int
     let planner: DeltaPlanner
     let driver: RolloutDriver
+    let performance: PerformanceBook
+    /// Devices of a class that must have measured a variant before its figures rank it.
+    let minMeasuredDevices: Int
 
     init(store: any FleetStore, keys: OnlineKeys, config: FleetConfig, artifactBaseURL: String?, metrics: ControllerMetrics,
-         logger: Logger, pollSeconds: Int, planner: DeltaPlanner, driver: RolloutDriver) {
+         logger: Logger, pollSeconds: Int, planner: DeltaPlanner, driver: RolloutDriver, performance: PerformanceBook,
+         minMeasuredDevices: Int = 3) {
         self.store = store; self.keys = keys; self.config = config; self.artifactBaseURL = artifactBaseURL
         self.metrics = metrics; self.logger = logger; self.pollSeconds = pollSeconds; self.planner = planner; self.driver = driver
+        self.performance = performance; self.minMeasuredDevices = minMeasuredDevices
     }
 
     /// Which release of a rollout a device gets; nil: none now (it keeps what it runs).
@@ -84,20 +89,22 @@ actor Director {
         let base = installed[rollout.model]
         var deltas: [String: DeltaRecord] = [:]
         var candidates: [Candidate] = []
+        // The classes signed into the catalog are the ones the device will check against.
+        let hw = HardwareClassifier.classify(facts, classes: release.catalog.hardwareClasses)
+        var measured: [String: VariantMeasurement] = [:]
+        if let hw { measured = try await performance.measurements(model: rollout.model, hardwareClass: hw.name) }
         for v in release.catalog.variants {
-            var c = Candidate(variant: v, quality: quality[v.name])
+            var c = Candidate(variant: v, quality: quality[v.name], measured: measured[v.sha256])
             if let base, !fullOnly, let d = try await store.delta(base: base, target: v.sha256), d.status == .ready {
                 deltas[v.sha256] = d
                 c.transferSize = d.packageSize
             }
             candidates.append(c)
         }
-        // The classes signed into the catalog are the ones the device will check against.
-        let hw = HardwareClassifier.classify(facts, classes: release.catalog.hardwareClasses)
         let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)
         let selection = VariantSelector.select(facts: facts, hardwareClass: hw, tier: tier, candidates: candidates,
                                                installedSha256: installed[rollout.model],
-                                               policy: SelectionPolicy(minQuality: model?.minQuality))
+                                               policy: SelectionPolicy(minQuality: model?.minQuality, minMeasuredDevices: minMeasuredDevices))
         let chosen = selection.chosen.flatMap { name in release.catalog.variants.first { $0.name == name } }
         var package: PackageRef? = nil
         var building = false

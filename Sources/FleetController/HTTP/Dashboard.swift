@@ -11,6 +11,8 @@ struct DashboardData: Sendable {
     var devices: [DeviceRecord]
     var eventsDropped: [String: UInt64]
     var rollouts: [Rollout]
+    /// Per model, what devices measured of each variant per hardware class.
+    var performance: [String: [VariantMeasurement]] = [:]
     var refreshSeconds: Int = 5
 }
 
@@ -33,6 +35,7 @@ enum Dashboard {
             h += "<section><h2>Rollouts</h2><p class=\"muted\">No rollouts yet: <code>fleetctl rollout start RELEASE --policy canary</code>.</p></section>"
         }
         for r in d.rollouts { h += rollout(r, now: d.now) }
+        h += performance(d.performance)
         h += "</body></html>\n"
         return h
     }
@@ -46,6 +49,28 @@ enum Dashboard {
         h += "<p><button type=\"submit\">Sign in</button></p></form>"
         h += "<p class=\"muted\">Create one with <code>fleetctl tokens create --name NAME --role viewer</code>. The page only reads; the cookie cannot change anything.</p>"
         return h + "</section></body></html>\n"
+    }
+
+    // MARK: performance
+
+    /// The fleet's performance table: each variant's measured latency, memory and energy per class.
+    static func performance(_ perf: [String: [VariantMeasurement]]) -> String {
+        guard !perf.isEmpty else { return "" }
+        var h = "<section><h2>Measured on the fleet</h2>"
+        for (model, rows) in perf.sorted(by: { $0.key < $1.key }) {
+            h += "<h3><code>\(esc(model))</code></h3><table class=\"perf\"><thead><tr><th>class</th><th>variant</th><th>devices</th>"
+            h += "<th>p50</th><th>p95</th><th>peak memory</th><th>energy / inference</th></tr></thead><tbody>"
+            for r in rows.sorted(by: { ($0.hardwareClass, $0.latencyP50Ms ?? .infinity) < ($1.hardwareClass, $1.latencyP50Ms ?? .infinity) }) {
+                h += "<tr data-model=\"\(esc(model))\" data-class=\"\(esc(r.hardwareClass))\" data-variant=\"\(esc(r.variant ?? r.sha256))\" "
+                h += "data-p50=\"\(r.latencyP50Ms.map { fmt($0) } ?? "")\" data-devices=\"\(r.devices)\">"
+                h += "<td><code>\(esc(r.hardwareClass))</code></td><td>\(esc(r.variant ?? String(r.sha256.prefix(12))))</td><td>\(r.devices)</td>"
+                h += "<td>\(r.latencyP50Ms.map { fmt($0) + " ms" } ?? "–")</td><td>\(r.latencyP95Ms.map { fmt($0) + " ms" } ?? "–")</td>"
+                h += "<td>\(r.peakMemoryBytes.map { ByteCount.format($0) } ?? "–")</td>"
+                h += "<td>\(r.joulesPerInference.map { fmt($0) + " J (\(r.energyDevices) devices)" } ?? "unavailable")</td></tr>"
+            }
+            h += "</tbody></table>"
+        }
+        return h + "</section>"
     }
 
     // MARK: fleet

@@ -8,6 +8,7 @@ struct DashboardRoutes: Sendable {
     let store: any FleetStore
     let access: any AccessStore
     let operatorRoutes: OperatorRoutes
+    let performance: PerformanceBook
     let clock: @Sendable () -> Int64
     /// Mark the session cookie Secure (the controller serves HTTPS).
     let secureCookies: Bool
@@ -75,7 +76,12 @@ struct DashboardRoutes: Sendable {
         for r in try await store.rollouts().sorted(by: { $0.id > $1.id }).prefix(Self.rolloutsShown) {
             rollouts.append(.init(status: try await operatorRoutes.rolloutStatus(r, fleet: fleet), history: try await store.history(rollout: r.id)))
         }
+        var perf: [String: [VariantMeasurement]] = [:]
+        for m in try await store.models() {
+            let t = try await performance.table(model: m.name)
+            if !t.isEmpty { perf[m.name] = t }
+        }
         return DashboardData(now: clock(), devices: fleet.devices.values.sorted { $0.id < $1.id }, eventsDropped: try await store.eventsDropped(),
-                             rollouts: rollouts)
+                             rollouts: rollouts, performance: perf)
     }
 }

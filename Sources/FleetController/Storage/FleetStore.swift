@@ -240,6 +240,8 @@ protocol FleetStore: Sendable {
     func rolloutDevices(rollout: Int64) async throws -> [String: RolloutDeviceRecord]
     /// The latest runtime-metrics event of each device for one release, received since `since`.
     func runtimeMetrics(model: String, release: String, since: Int64) async throws -> [DeviceMetrics]
+    /// Each device's latest benchmark and runtime figures per artifact of `model`.
+    func performanceSamples(model: String) async throws -> [VariantMeasurement.Sample]
     /// What each device runs of `model` now: device → sha256.
     func installed(model: String) async throws -> [String: String]
     /// The release a device's latest commit of `sha256` came with.

@@ -131,3 +131,33 @@ extension SQLiteStore {
         return out
     }
 }
+
+/// What devices measured of the artifacts they ran: each device's latest benchmark and latest
+/// runtime figures per artifact.
+extension SQLiteStore {
+    func performanceSamples(model: String) async throws -> [VariantMeasurement.Sample] {
+        let rows = try db.query("""
+            SELECT e.device_id, d.hardware_class, e.sha256, e.kind, e.detail FROM events e
+            JOIN (SELECT device_id, sha256, kind, MAX(seq) AS seq FROM events
+                  WHERE model = ? AND kind IN ('benchmark', 'metrics') AND sha256 IS NOT NULL GROUP BY device_id, sha256, kind) last
+              ON e.device_id = last.device_id AND e.seq = last.seq
+            JOIN devices d ON d.id = e.device_id
+            WHERE d.hardware_class IS NOT NULL
+            """, [model])
+        var bench: [String: VariantMeasurement.Sample] = [:], runtime: [String: VariantMeasurement.Sample] = [:]
+        func bounded(_ v: Double?) -> Double? { v.flatMap { $0.isFinite && $0 >= 0 && $0 < 86_400_000 ? $0 : nil } }
+        for r in rows {
+            guard let device = r[0].text, let cls = r[1].text, let sha = r[2].text, let kind = r[3].text, let detail = r[4].text else { continue }
+            let key = device + "\u{0}" + sha
+            if kind == "benchmark", let b = try? BenchmarkReport.parse(Array(detail.utf8)) {
+                bench[key] = .init(device: device, hardwareClass: cls, sha256: sha, latencyP50Ms: b.latencyP50Ms, latencyP95Ms: b.latencyP95Ms,
+                                   peakMemoryBytes: b.peakMemoryBytes, joulesPerInference: b.joulesPerInference)
+            } else if kind == "metrics", let m = try? JSONDecoder().decode(RuntimeMetrics.self, from: Data(detail.utf8)),
+                      let p50 = bounded(m.latencyP50Ms) {
+                runtime[key] = .init(device: device, hardwareClass: cls, sha256: sha, latencyP50Ms: p50, latencyP95Ms: bounded(m.latencyP95Ms))
+            }
+        }
+        // A device's own benchmark of an artifact is preferred over its runtime figures for it.
+        return Array(runtime.merging(bench) { _, b in b }.values)
+    }
+}

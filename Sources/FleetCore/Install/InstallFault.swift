@@ -49,4 +49,8 @@ public enum EventKind: String, Codable, Sendable, CaseIterable {
     /// Signed metadata was refused before anything was downloaded.
     case rejected
     case metrics
+    /// The operator's benchmark on a staged model: a `BenchmarkReport` in the detail.
+    case benchmark
+    /// The benchmark command failed; the install goes on (the health check decides).
+    case benchmarkFailed = "benchmark-failed"
 }

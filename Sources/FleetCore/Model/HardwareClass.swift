@@ -29,10 +29,13 @@ public struct HardwareClass: Codable, Equatable, Sendable {
     public var match: Match
     public var formats: [String]
     public var maxModelBytes: Int64?
+    /// What selection by measurement minimises on this class: `latency` (nil) or `energy`.
+    public var optimize: String?
 
-    public init(name: String, description: String? = nil, match: Match, formats: [String], maxModelBytes: Int64? = nil) {
+    public init(name: String, description: String? = nil, match: Match, formats: [String], maxModelBytes: Int64? = nil,
+                optimize: String? = nil) {
         self.name = name; self.description = description; self.match = match; self.formats = formats
-        self.maxModelBytes = maxModelBytes
+        self.maxModelBytes = maxModelBytes; self.optimize = optimize
     }
 }
 
