@@ -35,7 +35,7 @@ struct ModelCommand {
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         if let stdoutFile {
-            posix_spawn_file_actions_addopen(&actions, 1, stdoutFile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            posix_spawn_file_actions_addopen(&actions, 1, stdoutFile, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         }
         let argv = ["/bin/sh", "-c", command]
         var pid: pid_t = 0
