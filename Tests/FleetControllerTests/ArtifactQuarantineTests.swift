@@ -177,6 +177,15 @@ struct ArtifactQuarantineTests {
         #expect(try await p.store.restoreQuarantined(x) == false)
     }
 
+    @Test func aBurstOfDeviceReportsHashesTheArtifactOnce() async throws {
+        let p = try Parts(); defer { p.cleanup() }
+        let sha = try p.put(Self.bytes(10_000, seed: 6))
+        #expect(try await p.quarantine.checkReported(sha) == .intact)
+        for _ in 0..<50 { #expect(try await p.quarantine.checkReported(sha) == nil) }
+        let text = String(decoding: p.metrics.registry.emitToBuffer(), as: UTF8.self)
+        #expect(Self.metric(text, "edgefleet_artifact_verifications_total") == 1)
+    }
+
     @Test func scrubIntervalFlagSyntax() {
         #expect(ScrubInterval.seconds("6h") == 21_600)
         #expect(ScrubInterval.seconds("90") == 90)

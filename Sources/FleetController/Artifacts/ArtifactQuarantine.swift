@@ -1,6 +1,7 @@
 import FleetCore
 import Foundation
 import Logging
+import Synchronization
 
 /// Checks stored artifacts against their names and takes a corrupt one out of service: its bytes
 /// are moved into the quarantine folder (never served again: the artifact route answers 410
@@ -13,12 +14,15 @@ struct ArtifactQuarantine: Sendable {
     let metrics: ControllerMetrics
     let logger: Logger
     let clock: @Sendable () -> Int64
+    /// Seconds during which further device reports about an artifact do not hash it again.
+    var reportRecheckSeconds: Int64 = 600
+    private let reported = ReportedChecks()
 
     /// Hashes the stored artifact again and quarantines it when the bytes are not what its name
     /// says. Returns what the check found.
     @discardableResult
     func check(_ sha256: String, by finder: QuarantinedArtifact.Finder) async throws -> ArtifactIntegrity {
-        let integrity = try artifacts.verify(sha256)
+        let integrity = try await Self.offThePool { [artifacts] () throws(ArtifactError) in try artifacts.verify(sha256) }
         metrics.artifactsVerified.increment()
         guard case .corrupt(let actual, let size) = integrity else { return integrity }
         let now = clock()
@@ -29,6 +33,24 @@ struct ArtifactQuarantine: Sendable {
             "artifact": "\(sha256)", "actual": "\(actual)", "bytes": "\(size)", "found_by": "\(finder.rawValue)", "moved_to": "\(moved)"])
         try await refreshGauge()
         return integrity
+    }
+
+    /// A device reported that the bytes it downloaded did not verify: checks the stored copy, at
+    /// most once per `reportRecheckSeconds` for an artifact however many devices report it (a
+    /// fleet that fails at once must not make the controller read a large artifact a thousand
+    /// times). nil: checked recently, skipped.
+    func checkReported(_ sha256: String) async throws -> ArtifactIntegrity? {
+        guard reported.claim(sha256, now: clock(), within: reportRecheckSeconds) else { return nil }
+        return try await check(sha256, by: .deviceReport)
+    }
+
+    /// Hashing a large artifact takes seconds of one core: on a thread of its own, so that the
+    /// cooperative pool (which serves the HTTP routes) keeps all its threads.
+    private static func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws(ArtifactError) -> T) async throws(ArtifactError) -> T {
+        let result: Result<T, ArtifactError> = await withCheckedContinuation { continuation in
+            Thread { continuation.resume(returning: Result { () throws(ArtifactError) in try body() }) }.start()
+        }
+        return try result.get()
     }
 
     func list() async throws -> [QuarantinedArtifact] { try await store.quarantinedArtifacts() }
@@ -45,5 +67,20 @@ struct ArtifactQuarantine: Sendable {
 
     func refreshGauge() async throws {
         metrics.artifactsQuarantined.set(Int64(try await store.quarantinedArtifacts().count))
+    }
+}
+
+/// When each artifact was last checked because a device reported it.
+final class ReportedChecks: Sendable {
+    private let last = Mutex<[String: Int64]>([:])
+
+    /// True when no check of `sha256` was claimed within `seconds` before `now` (and claims it).
+    func claim(_ sha256: String, now: Int64, within seconds: Int64) -> Bool {
+        last.withLock { map in
+            if let at = map[sha256], now - at < seconds { return false }
+            if map.count > 10_000 { map = map.filter { now - $0.value < seconds } }   // bounded
+            map[sha256] = now
+            return true
+        }
     }
 }

@@ -35,7 +35,12 @@ final class ArtifactScrubber: Service, Sendable {
     private var logger: Logger { quarantine.logger }
 
     func run() async throws {
-        do { try await quarantine.refreshGauge() } catch { logger.warning("cannot read the artifact quarantine", metadata: ["error": "\(error)"]) }
+        do {
+            try await quarantine.refreshGauge()
+            if let last = try await store.meta(Self.lastScrubKey).flatMap(Int64.init) { quarantine.metrics.artifactLastScrub.set(last) }
+        } catch {
+            logger.warning("cannot read the artifact quarantine", metadata: ["error": "\(error)"])
+        }
         guard let interval = intervalSeconds, interval > 0 else { return try await gracefulShutdown() }
         while !Task.isShuttingDownGracefully {
             let wait = try await secondsUntilDue(interval: interval)
