@@ -163,8 +163,12 @@ public final class HTTPClient {
 
     /// Downloads into `path`, continuing from the bytes already there with an HTTP Range request.
     /// Never lets the file grow past `maxBytes` (a server that does not stop is cut off).
+    /// `rateLimitBytesPerSecond` holds over any window of a second or more (within about 10%), not
+    /// only on average. `onReceive` is called on this thread after each buffer is written, with
+    /// the bytes this call has written so far.
     public func download(_ url: String, to path: String, maxBytes: Int64, rateLimitBytesPerSecond: Int64? = nil,
-                         shouldCancel: (@Sendable () -> Bool)? = nil) throws(HTTPClientError) -> DownloadResult {
+                         shouldCancel: (@Sendable () -> Bool)? = nil,
+                         onReceive: ((Int64) -> Void)? = nil) throws(HTTPClientError) -> DownloadResult {
         let fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw HTTPClientError(.io, "cannot open \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -180,6 +184,9 @@ public final class HTTPClient {
             return DownloadResult(bytesReceived: 0, fileSize: existing, resumedFrom: existing, seconds: 0)
         }
         let sink = FileSink(fd: fd, offset: existing, limit: maxBytes)
+        sink.onReceive = onReceive
+        sink.shouldCancel = shouldCancel
+        if let rate = rateLimitBytesPerSecond, rate > 0 { sink.pacer = RatePacer(bytesPerSecond: rate) }
         let progressBox = ProgressBox(callback: nil, cancel: shouldCancel)
         let start = monotonicSeconds()
         let status: Int
@@ -187,7 +194,11 @@ public final class HTTPClient {
         do throws(HTTPClientError) {
             (status, responseHeaders) = try perform(url: url, method: "GET", headers: [:], timeoutSeconds: 0) { h in
                 if existing > 0 { _ = ef_setopt_off(h, CURLOPT_RESUME_FROM_LARGE, curl_off_t(existing)) }
-                if let rate = rateLimitBytesPerSecond, rate > 0 { _ = ef_setopt_off(h, CURLOPT_MAX_RECV_SPEED_LARGE, curl_off_t(rate)) }
+                // The pacer in the sink limits the rate (libcurl's limiter lets bursts through, see
+                // RatePacer); small buffers keep each step of it small.
+                if let rate = rateLimitBytesPerSecond, rate > 0 {
+                    _ = ef_setopt_long(h, CURLOPT_BUFFERSIZE, RatePacer.bufferSize(bytesPerSecond: rate))
+                }
                 _ = ef_setopt_long(h, CURLOPT_NOPROGRESS, 0)
                 _ = ef_setopt_xferinfo(h, progressCallback)
                 _ = ef_setopt_ptr(h, CURLOPT_XFERINFODATA, Unmanaged.passUnretained(progressBox).toOpaque())
@@ -319,10 +330,34 @@ final class FileSink: ResponseSink {
     var checkedStatus = false
     var restartedAtZero = false
     var handle: UnsafeMutableRawPointer?
+    var pacer: RatePacer?
+    var shouldCancel: (@Sendable () -> Bool)?
+    var onReceive: ((Int64) -> Void)?
 
     init(fd: Int32, offset: Int64, limit: Int64) { self.fd = fd; self.offset = offset; self.limit = limit }
 
     override func write(_ buffer: UnsafeRawBufferPointer) -> Bool {
+        let ok = store(buffer)
+        if ok, let onReceive { onReceive(written) }
+        // Waiting here stops libcurl reading the socket, so TCP holds the sender back too.
+        if ok, pacer != nil { pace(buffer.count) }
+        return ok
+    }
+
+    private func pace(_ count: Int) {
+        var wait = pacer!.take(count, at: monotonicSeconds())
+        while wait > 0 {
+            // In slices, so that a stop request is seen (the progress callback then aborts).
+            if let shouldCancel, shouldCancel() { return }
+            let slice = min(wait, 0.1)
+            var ts = timespec(tv_sec: Int(slice), tv_nsec: Int((slice - Double(Int(slice))) * 1e9))
+            var left = timespec()
+            while nanosleep(&ts, &left) != 0 && errno == EINTR { ts = left }
+            wait -= slice
+        }
+    }
+
+    private func store(_ buffer: UnsafeRawBufferPointer) -> Bool {
         if !checkedStatus, let handle {
             checkedStatus = true
             var status = 0

@@ -29,6 +29,8 @@ public struct ControllerOptions: Sendable {
     public var minMeasuredDevices: Int = 3
     /// The command that measures variants built on the controller (`CMD BASE VARIANT`); nil: unmeasured.
     public var evaluator: String? = ProcessInfo.processInfo.environment["EDGEFLEET_EVALUATOR"]
+    /// Seconds between scrub passes that hash every stored artifact again; nil or 0: none.
+    public var scrubIntervalSeconds: Double? = 6 * 3600
 
     public init(dataDirectory: String, host: String, port: Int, keysDirectory: String, configDirectory: String,
                 artifactBaseURL: String? = nil, maxArtifactBytes: Int64 = 8 << 30, pollSeconds: Int = 30, deltas: Bool = true,
@@ -52,13 +54,16 @@ public enum Controller {
         let config = try FleetConfig.load(directory: options.configDirectory)
         let keys = try OnlineKeys.load(directory: options.keysDirectory, now: clock())
         let store = try SQLiteStore(path: options.dataDirectory + "/fleet.sqlite")
+        try store.migrateQuarantine()
         try keys.history.restore(try store.rootVersionsSync(), now: clock())
         if options.access.mode == .enforced {
             try AdminBootstrap.ensureAdmin(store: store, dataDirectory: options.dataDirectory, now: clock(), logger: logger)
         }
         let artifacts = try ArtifactStore(root: options.dataDirectory + "/artifacts")
         let policies = try PolicyBook(directory: options.configDirectory)
-        let planner = DeltaPlanner(store: store, artifacts: artifacts, builder: deltaBuilder, logger: logger, clock: clock)
+        let quarantine = ArtifactQuarantine(artifacts: artifacts, store: store, metrics: metrics, logger: logger, clock: clock)
+        let scrubber = ArtifactScrubber(quarantine: quarantine, store: store, intervalSeconds: options.scrubIntervalSeconds)
+        let planner = DeltaPlanner(store: store, artifacts: artifacts, builder: deltaBuilder, logger: logger, clock: clock, quarantine: quarantine)
         let driver = RolloutDriver(store: store, logger: logger, clock: clock, tickSeconds: options.rolloutTickSeconds, metrics: metrics)
         let performance = PerformanceBook(store: store, clock: clock)
         let director = Director(store: store, keys: keys, config: config, artifactBaseURL: options.artifactBaseURL,
@@ -80,7 +85,8 @@ public enum Controller {
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: metrics.registry.emitToBuffer())))
         }
         DeviceRoutes(director: director, store: store, metrics: metrics, clock: clock).register(router)
-        ArtifactRoutes(artifacts: artifacts, metrics: metrics, maxArtifactBytes: options.maxArtifactBytes).register(router)
+        ArtifactRoutes(artifacts: artifacts, metrics: metrics, maxArtifactBytes: options.maxArtifactBytes,
+                       quarantine: quarantine, scrubber: scrubber).register(router)
         let operatorRoutes = OperatorRoutes(director: director, store: store, artifacts: artifacts, config: config, keys: keys,
                                             policies: policies, driver: driver, clock: clock)
         operatorRoutes.register(router)
@@ -98,7 +104,7 @@ public enum Controller {
             router: router,
             server: server,
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "edgefleet-controller"),
-            services: [planner, driver, PolicyReloadService(book: policies, logger: logger)],
+            services: [planner, driver, scrubber, PolicyReloadService(book: policies, logger: logger)],
             logger: logger)
         return (app, driver)
     }

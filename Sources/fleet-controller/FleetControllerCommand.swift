@@ -44,6 +44,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Command that measures variants built on the controller, run as CMD BASE VARIANT (default: $EDGEFLEET_EVALUATOR, else .venv/bin/python scripts/evaluate-variant.py when present).")
     var evaluator: String?
 
+    @Option(help: "Time between passes that hash every stored artifact again and quarantine the corrupt ones: seconds, or a number with s, m, h or d; 0 or off: no periodic pass.")
+    var scrubInterval: String = "6h"
+
     @OptionGroup var security: SecurityOptions
 
     func validate() throws {
@@ -53,6 +56,7 @@ struct Serve: AsyncParsableCommand {
         guard pollSeconds >= 1 else { throw ValidationError("--poll-seconds must be at least 1") }
         guard measuredDevices >= 1 else { throw ValidationError("--measured-devices must be at least 1") }
         guard parseSize(maxArtifactSize) != nil else { throw ValidationError("--max-artifact-size '\(maxArtifactSize)' is not a size") }
+        guard ScrubInterval.seconds(scrubInterval) != nil else { throw ValidationError("--scrub-interval '\(scrubInterval)' is not a duration (e.g. 6h, 30m, 0)") }
     }
 
     func parseListen() -> (String, Int)? {
@@ -86,6 +90,7 @@ struct Serve: AsyncParsableCommand {
             logger.warning("no variant evaluator: variants built here are unmeasured, and a model's quality floor refuses them (pass --evaluator, or run `make venv`)")
         }
         options.access = security.access
+        options.scrubIntervalSeconds = ScrubInterval.seconds(scrubInterval)
         do {
             try await Controller.serve(options: options, logger: logger)
         } catch {

@@ -72,9 +72,8 @@ struct ArtifactStore: Sendable {
         let final = path(sha)!
         let dir = (final as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        if size(sha) == hasher.count {
-            return ArtifactInfo(sha256: sha, size: hasher.count)   // already stored: content-addressed
-        }
+        // Replaces a stored copy too: the bytes just hashed are right, the stored ones may have
+        // rotted since (uploading again is how an operator repairs an artifact).
         guard rename(tmp, final) == 0 else { throw ArtifactError(.io, "rename failed: \(String(cString: strerror(errno)))") }
         keep = true
         let dfd = open(dir, O_RDONLY | O_DIRECTORY)
@@ -100,11 +99,10 @@ struct ArtifactStore: Sendable {
         let final = path(sha)!
         let dir = (final as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        if size(sha) != hasher.count {
-            guard rename(file, final) == 0 else { throw ArtifactError(.io, "rename failed: \(String(cString: strerror(errno)))") }
-            let dfd = open(dir, O_RDONLY | O_DIRECTORY)
-            if dfd >= 0 { fsync(dfd); close(dfd) }
-        }
+        // Replaces a stored copy too (see `ingest`): these bytes were just hashed.
+        guard rename(file, final) == 0 else { throw ArtifactError(.io, "rename failed: \(String(cString: strerror(errno)))") }
+        let dfd = open(dir, O_RDONLY | O_DIRECTORY)
+        if dfd >= 0 { fsync(dfd); close(dfd) }
         return ArtifactInfo(sha256: sha, size: hasher.count)
     }
 

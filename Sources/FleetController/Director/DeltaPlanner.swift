@@ -18,11 +18,15 @@ final class DeltaPlanner: Service, Sendable {
     let builder: (any DeltaBuilding)?
     let logger: Logger
     let clock: @Sendable () -> Int64
+    /// Hashes base and target again before each build; nil: trusts the store (router tests).
+    let quarantine: ArtifactQuarantine?
     private let queue: AsyncStream<(String, String)>
     private let continuation: AsyncStream<(String, String)>.Continuation
 
-    init(store: any FleetStore, artifacts: ArtifactStore, builder: (any DeltaBuilding)?, logger: Logger, clock: @escaping @Sendable () -> Int64) {
+    init(store: any FleetStore, artifacts: ArtifactStore, builder: (any DeltaBuilding)?, logger: Logger, clock: @escaping @Sendable () -> Int64,
+         quarantine: ArtifactQuarantine? = nil) {
         self.store = store; self.artifacts = artifacts; self.builder = builder; self.logger = logger; self.clock = clock
+        self.quarantine = quarantine
         (queue, continuation) = AsyncStream.makeStream(of: (String, String).self)
     }
 
@@ -51,8 +55,19 @@ final class DeltaPlanner: Service, Sendable {
         var record = DeltaRecord(baseSha256: base, targetSha256: target, status: .failed, createdAt: clock())
         let start = Date()
         do {
+            // A delta made from rotten bytes would be served as if it were good: check both first.
+            if let quarantine {
+                for (role, sha) in [("base", base), ("target", target)] {
+                    switch try await quarantine.check(sha, by: .deltaBuild) {
+                    case .intact: continue
+                    case .corrupt: throw DeltaInputError(sha256: sha, role: role, quarantined: true)
+                    case .missing: throw DeltaInputError(sha256: sha, role: role, quarantined: false)
+                    }
+                }
+            }
             record.method = try builder.build(base: basePath, target: targetPath, output: output)
             let info = try artifacts.adopt(file: output)
+            try await quarantine?.restored(info.sha256)   // a package quarantined before, made anew
             record.packageSha256 = info.sha256
             record.packageSize = info.size
             if info.size >= targetSize {
@@ -60,6 +75,9 @@ final class DeltaPlanner: Service, Sendable {
             } else {
                 record.status = .ready
             }
+        } catch let e as DeltaInputError {
+            // Quarantining already failed the record; a missing input leaves it failed here.
+            record.detail = e.description
         } catch {
             record.detail = "\(error)"
         }
@@ -67,5 +85,15 @@ final class DeltaPlanner: Service, Sendable {
                                               "method": "\(record.method ?? "-")", "bytes": "\(record.packageSize ?? 0)",
                                               "seconds": "\(Int(Date().timeIntervalSince(start)))", "detail": "\(record.detail ?? "")"])
         try? await store.finishDelta(record)
+    }
+}
+
+/// A delta's input is not whole in the store: the delta is not built.
+struct DeltaInputError: Error, CustomStringConvertible {
+    let sha256: String
+    let role: String
+    let quarantined: Bool
+    var description: String {
+        "\(QuarantinedArtifact.deltaDetailPrefix) \(role) artifact \(sha256) is " + (quarantined ? "corrupt on the controller" : "no longer in the store")
     }
 }

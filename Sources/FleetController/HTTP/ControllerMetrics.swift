@@ -14,6 +14,11 @@ struct ControllerMetrics: Sendable {
     let artifactRequests: Prometheus.Counter
     let rolloutTicks: Prometheus.Counter
     let gateFailures: Prometheus.Counter
+    let artifactsQuarantined: Prometheus.Gauge
+    let artifactsVerified: Prometheus.Counter
+    let artifactScrubs: Prometheus.Counter
+    let artifactScrubBytes: Prometheus.Counter
+    let artifactLastScrub: Prometheus.Gauge
 
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -21,12 +26,21 @@ struct ControllerMetrics: Sendable {
         assignmentsSigned = registry.makeCounter(name: "edgefleet_assignments_signed_total", help: "Per-device assignments signed by the director key")
         eventsStored = registry.makeCounter(name: "edgefleet_events_stored_total", help: "Device status events stored")
         eventsDuplicate = registry.makeCounter(name: "edgefleet_events_duplicate_total", help: "Device status events received again and ignored")
-        artifactBytesServed = registry.makeCounter(name: "edgefleet_artifact_bytes_served_total", help: "Artifact bytes sent to clients")
+        artifactBytesServed = registry.makeCounter(name: "edgefleet_artifact_bytes_served_total",
+                                                   help: "Artifact bytes written to clients' connections (a cut download counts what was sent)")
         artifactsUploaded = registry.makeCounter(name: "edgefleet_artifacts_uploaded_total", help: "Artifacts uploaded")
         devices = registry.makeGauge(name: "edgefleet_devices", help: "Devices known to the controller")
         artifactRequests = registry.makeCounter(name: "edgefleet_artifact_downloads_total", help: "Artifact GET requests answered with content")
         rolloutTicks = registry.makeCounter(name: "edgefleet_rollout_evaluations_total", help: "Gate evaluations of staged rollouts")
         gateFailures = registry.makeCounter(name: "edgefleet_gate_failures_total", help: "Cells stopped by a failing gate")
+        artifactsQuarantined = registry.makeGauge(name: "edgefleet_artifacts_quarantined",
+                                                  help: "Stored artifacts found corrupt and taken out of service")
+        artifactsVerified = registry.makeCounter(name: "edgefleet_artifact_verifications_total",
+                                                 help: "Stored artifacts hashed again (by the scrub and before delta builds)")
+        artifactScrubs = registry.makeCounter(name: "edgefleet_artifact_scrubs_total", help: "Scrub passes over the artifact store")
+        artifactScrubBytes = registry.makeCounter(name: "edgefleet_artifact_scrub_bytes_total", help: "Artifact bytes hashed again by scrub passes")
+        artifactLastScrub = registry.makeGauge(name: "edgefleet_artifact_scrub_last_timestamp_seconds",
+                                               help: "When the last scrub pass finished (controller clock, Unix seconds)")
     }
 
     /// A staged rollout's cell as gauges: its phase, its status (1 for the current one), its

@@ -9,6 +9,8 @@ struct ArtifactRoutes: Sendable {
     let artifacts: ArtifactStore
     let metrics: ControllerMetrics
     let maxArtifactBytes: Int64
+    let quarantine: ArtifactQuarantine
+    let scrubber: ArtifactScrubber
 
     func register(_ router: Router<FleetRequestContext>) {
         router.put("/v1/artifacts") { request, _ in
@@ -21,7 +23,15 @@ struct ArtifactRoutes: Sendable {
             }
             let info = try await artifacts.ingest(request.body, maxBytes: maxArtifactBytes, expectedSha256: expected)
             metrics.artifactsUploaded.increment()
+            try await quarantine.restored(info.sha256)   // the right bytes again: back in service
             return try JSON.response(info, status: .created)
+        }
+        // Operators: what the scrub took out of service, and a scrub pass now.
+        router.get("/v1/artifact-quarantine") { _, _ in
+            try JSON.response(QuarantineList(artifacts: try await quarantine.list()))
+        }
+        router.post("/v1/artifact-quarantine/scrub") { _, _ in
+            try JSON.response(await scrubber.scrub())
         }
         router.get("/v1/artifacts/:sha") { request, context in
             try await serve(request, context, body: true)
@@ -34,6 +44,10 @@ struct ArtifactRoutes: Sendable {
     private func serve(_ request: Request, _ context: FleetRequestContext, body: Bool) async throws -> Response {
         let sha = try context.parameters.require("sha")
         guard let path = artifacts.path(sha), let size = artifacts.size(sha) else {
+            if Digest.isSHA256Hex(sha), let q = try await quarantine.record(sha) {
+                throw APIError(.gone, "artifact-quarantined",
+                               "artifact \(sha) was found corrupt on the controller (\(q.foundBy.rawValue)) and is out of service until uploaded again")
+            }
             throw APIError(.notFound, "unknown-artifact", "no artifact \(sha)")
         }
         var headers = HTTPFields()
@@ -59,10 +73,34 @@ struct ArtifactRoutes: Sendable {
         let length = size == 0 ? 0 : range.upperBound - range.lowerBound + 1
         headers[.contentLength] = String(length)
         guard body, length > 0 else { return Response(status: status, headers: headers) }
-        metrics.artifactBytesServed.increment(by: length)
         metrics.artifactRequests.increment()
         let fileBody = try await FileIO().loadFile(path: path, range: Int(range.lowerBound)...Int(range.upperBound), context: context)
-        return Response(status: status, headers: headers, body: fileBody)
+        // Counted as each buffer is handed to the connection, so a cut download counts what was sent.
+        let served = metrics.artifactBytesServed
+        let counted = ResponseBody(contentLength: fileBody.contentLength) { writer in
+            try await fileBody.write(CountingBodyWriter(base: writer) { served.increment(by: Int64($0)) })
+        }
+        return Response(status: status, headers: headers, body: counted)
+    }
+}
+
+struct QuarantineList: Codable, Sendable {
+    var artifacts: [QuarantinedArtifact]
+}
+
+/// Passes a response body through and reports each buffer once the connection took it.
+struct CountingBodyWriter: ResponseBodyWriter {
+    var base: any ResponseBodyWriter
+    let count: @Sendable (Int) -> Void
+
+    mutating func write(_ buffer: ByteBuffer) async throws {
+        let n = buffer.readableBytes
+        try await base.write(buffer)
+        count(n)
+    }
+
+    consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
+        try await base.finish(trailingHeaders)
     }
 }
 
