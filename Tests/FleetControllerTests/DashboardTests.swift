@@ -41,7 +41,8 @@ struct DashboardTests {
         ]))
         let found = DashboardBrowserCheck.gates(in: html)
         #expect(found == [.init(rollout: 7, cell: "arm64-dotprod/fibre", metric: "health-failure-rate", state: "failing"),
-                          .init(rollout: 7, cell: "arm64-dotprod/fibre", metric: "latency-p95-ratio", state: "waiting"),
+                          // The cell stopped: a gate that never judged is shown as unjudged, not as waiting.
+                          .init(rollout: 7, cell: "arm64-dotprod/fibre", metric: "latency-p95-ratio", state: "unjudged"),
                           .init(rollout: 7, cell: "arm64-dotprod/fibre", metric: "crashes", state: "passing")])
         #expect(html.contains(#"data-observed="0.500" data-threshold="0.200""#))
         #expect(html.contains("stopped by health-failure-rate: observed 0.500, threshold 0.200"))

@@ -146,6 +146,19 @@ struct DeviceFailure: Sendable, Equatable {
     var at: Int64
 }
 
+/// A variant trial: `devices` of `hardwareClass` are sent each of `variants` of `release` in turn.
+struct TrialRecord: Sendable, Equatable {
+    var id: Int64
+    var model: String
+    var release: String
+    var hardwareClass: String
+    var variants: [String]
+    var devices: [String]
+    var state: String          // running, done
+    var createdAt: Int64
+    var createdBy: String
+}
+
 /// What became of a release across every rollout that sent it.
 struct ReleaseHistory: Sendable, Equatable {
     /// Devices ever sent an assignment of the release.
@@ -227,6 +240,10 @@ protocol FleetStore: Sendable {
     /// The devices a release failed on and that were not retried.
     func failures(release: String) async throws -> [DeviceFailure]
     func releaseHistory(release: String) async throws -> ReleaseHistory
+
+    func createTrial(_ t: TrialRecord) async throws -> TrialRecord
+    func trials(model: String) async throws -> [TrialRecord]
+    func setTrialState(_ id: Int64, _ state: String) async throws
     /// An operator's retry: forgets the failures of `release` (on `devices`, or all) and makes the
     /// next check-in of each sign a new assignment. Returns what it cleared.
     func clearFailures(release: String, devices: [String]?, by actor: String, at: Int64) async throws -> [DeviceFailure]

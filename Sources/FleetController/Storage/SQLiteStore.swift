@@ -12,6 +12,7 @@ final class SQLiteStore: FleetStore {
         try migrateAccess()
         try migrateReports()
         try migrateFailures()
+        try migrateTrials()
     }
 
     private func migrate() throws {

@@ -74,6 +74,34 @@ public struct NewRollout: Codable, Sendable {
     }
 }
 
+/// `fleetctl variant trial`: measure `variants` on `devices` devices of a class.
+public struct NewTrial: Codable, Sendable {
+    public var hardwareClass: String
+    public var variants: [String]
+    public var devices: Int
+    public init(hardwareClass: String, variants: [String], devices: Int) {
+        self.hardwareClass = hardwareClass; self.variants = variants; self.devices = devices
+    }
+}
+
+public struct TrialInfo: Codable, Equatable, Sendable {
+    public var id: Int64
+    public var model: String
+    public var release: String
+    public var hardwareClass: String
+    public var variants: [String]
+    public var devices: [String]
+    /// `running` until every device measured every variant (or could not run it), then `done`.
+    public var state: String
+    /// Per device, the variants it has measured.
+    public var measured: [String: [String]]
+    public init(id: Int64, model: String, release: String, hardwareClass: String, variants: [String], devices: [String], state: String,
+                measured: [String: [String]]) {
+        self.id = id; self.model = model; self.release = release; self.hardwareClass = hardwareClass; self.variants = variants
+        self.devices = devices; self.state = state; self.measured = measured
+    }
+}
+
 /// An operator's retry of the devices a rollout's release failed on: all of them, one cell's, or one device.
 public struct RolloutRetryRequest: Codable, Sendable {
     public var cell: String?        // "class/tier"

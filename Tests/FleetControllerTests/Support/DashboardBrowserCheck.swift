@@ -42,7 +42,9 @@ enum DashboardBrowserCheck {
             let s = try decode(RolloutStatus.self, try await client.execute(uri: "/v1/rollouts/\(id)", method: .get))
             for c in s.cells {
                 for g in c.gates {
-                    fromAPI.append(Gate(rollout: id, cell: c.cell, metric: g.metric, state: g.passed.map { $0 ? "passing" : "failing" } ?? "waiting"))
+                    let live = c.status == "running" || c.status == "baking"
+                    fromAPI.append(Gate(rollout: id, cell: c.cell, metric: g.metric,
+                                        state: g.passed.map { $0 ? "passing" : "failing" } ?? (live ? "waiting" : "unjudged")))
                 }
             }
         }
