@@ -42,10 +42,19 @@ final class ArtifactScrubber: Service, Sendable {
             logger.warning("cannot read the artifact quarantine", metadata: ["error": "\(error)"])
         }
         guard let interval = intervalSeconds, interval > 0 else { return try await gracefulShutdown() }
-        while !Task.isShuttingDownGracefully {
-            let wait = try await secondsUntilDue(interval: interval)
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            let wait: Double
+            do { wait = try await secondsUntilDue(interval: interval) } catch {
+                // The store is unwell: the controller's other work goes on; try again later.
+                logger.warning("cannot read when the artifact scrub is due", metadata: ["error": "\(error)"])
+                wait = min(interval, 60)
+            }
             if wait > 0 {
-                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(Int64(wait * 1000))) }
+                do {
+                    try await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(Int64(wait * 1000))) }
+                } catch {
+                    return   // the sleep ends early only when the service is stopped or cancelled
+                }
                 continue   // re-read the due time: a pass asked for meanwhile moves it
             }
             let report = await scrub()

@@ -47,7 +47,8 @@ final class DeltaPlanner: Service, Sendable {
         }
     }
 
-    private func build(base: String, target: String) async {
+    /// Builds one claimed pair and records the outcome (the service loop calls it; tests too).
+    func build(base: String, target: String) async {
         guard let builder, let basePath = artifacts.path(base), let targetPath = artifacts.path(target),
               let targetSize = artifacts.size(target) else { return }
         let output = "\(artifacts.root)/incoming/delta-\(UUID().uuidString)"
