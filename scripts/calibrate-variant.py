@@ -46,7 +46,7 @@ def main():
         feed = variant_inputs.load_inputs(a.inputs, sess, {})
     else:
         feed = variant_inputs.synthetic(sess, variant_inputs.index_bounds(a.model), batch=32, seq=24, seed=7)
-    samples = variant_inputs.split_samples(feed) or [feed]
+    samples = variant_inputs.split_samples(feed, sess) or [feed]
     ranges = {}
     for s in samples:
         for x, v in zip(acts, sess.run(acts, s)):

@@ -206,7 +206,7 @@ def main():
     base = session(a.base, fmt)
     variant = session(a.variant, fmt)
     feed = variant_inputs.inputs_for(a.base, base, a.inputs)
-    samples = variant_inputs.split_samples(feed)
+    samples = variant_inputs.split_samples(feed, base)
     result = agreement(base, variant, feed, samples)
     if not a.no_speed and a.rounds > 0:
         result["speed"] = speed(a.base, a.variant, fmt, samples[:32] if samples else [feed], a.rounds)

@@ -103,16 +103,24 @@ def load_inputs(path, sess, bounds):
     return feed
 
 
-def split_samples(feed, limit=None):
+def split_samples(feed, sess=None, limit=None):
     """Batch-1 samples (as a device serves requests), each trimmed to its attention mask when the
-    mask is a prefix of ones; None when the inputs do not share a batch axis."""
+    mask is a prefix of ones and the model's sequence axis is free; None when the inputs do not
+    share a batch axis or the model fixes the batch size."""
     arrays = list(feed.values())
     if not arrays or any(a.ndim == 0 for a in arrays):
         return None
+    trim = True
+    if sess is not None:
+        for i in sess.get_inputs():
+            if i.shape and isinstance(i.shape[0], int) and i.shape[0] != 1:
+                return None
+            if len(i.shape) >= 2 and isinstance(i.shape[1], int):
+                trim = False
     n = arrays[0].shape[0]
     if any(a.shape[0] != n for a in arrays):
         return None
-    mask = feed.get("attention_mask")
+    mask = feed.get("attention_mask") if trim else None
     out = []
     for b in range(n if limit is None else min(n, limit)):
         s = {k: v[b:b + 1] for k, v in feed.items()}
