@@ -5,8 +5,9 @@ moves into the weights.
     calibrate-variant.py [--inputs SAMPLES.npz] MODEL.onnx
 
 Runs MODEL under onnxruntime, one sample at a time, and prints one JSON line:
-{"samples": N, "activations": {"tensor": [largest |x| per channel (last axis)], …}} for every
-activation that a MatMul multiplies by an initializer. Inputs: SAMPLES.npz (also from
+{"samples": N, "activations": {"tensor": [largest |x| per channel (last axis)], …},
+"mean_squares": {"tensor": [mean x² per channel], …}} for every activation that a MatMul multiplies
+by an initializer. Inputs: SAMPLES.npz (also from
 $EDGEFLEET_CALIBRATION_INPUTS) — calibrate on inputs like the ones the model will serve, and keep
 them apart from the evaluator's golden inputs — else synthetic inputs that respect each input's
 vocabulary (variant_inputs.py), 32 samples. Errors: one plain line on standard error, exit 1.
@@ -47,13 +48,17 @@ def main():
     else:
         feed = variant_inputs.synthetic(sess, variant_inputs.index_bounds(a.model), batch=32, seq=24, seed=7)
     samples = variant_inputs.split_samples(feed, sess) or [feed]
-    ranges = {}
+    ranges, squares, rows = {}, {}, {}
     for s in samples:
         for x, v in zip(acts, sess.run(acts, s)):
-            v = np.abs(np.asarray(v, np.float32))
-            v = v.reshape(-1, v.shape[-1]).max(0) if v.ndim else v.reshape(1)
-            ranges[x] = np.maximum(ranges[x], v) if x in ranges else v
-    print(json.dumps({"samples": len(samples), "activations": {k: [float(f) for f in v] for k, v in ranges.items()}}))
+            v = np.asarray(v, np.float64)
+            v = v.reshape(-1, v.shape[-1]) if v.ndim else v.reshape(1, 1)
+            m = np.abs(v).max(0)
+            ranges[x] = np.maximum(ranges[x], m) if x in ranges else m
+            squares[x] = squares.get(x, 0) + (v * v).sum(0)
+            rows[x] = rows.get(x, 0) + v.shape[0]
+    print(json.dumps({"samples": len(samples), "activations": {k: [float(f) for f in v] for k, v in ranges.items()},
+                      "mean_squares": {k: [float(f) for f in squares[k] / max(rows[k], 1)] for k in ranges}}))
 
 
 if __name__ == "__main__":

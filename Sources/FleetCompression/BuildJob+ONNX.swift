@@ -160,7 +160,14 @@ extension BuildJob {
         if !rewrite.isEmpty {
             var floatShapes: [String: [Int64]] = [:]
             for i in onnx.initializers where i.header.dataType == TensorDType.f32.onnxCode { floatShapes[i.name] = i.header.dims }
-            operators = rewrite.apply(&graph, floatShapes: floatShapes, fresh: fresh)
+            let (ops, added) = rewrite.apply(&graph, floatShapes: floatShapes, opset: model.opsetImport.first { $0.domain.isEmpty || $0.domain == "ai.onnx" }?.version ?? opset,
+                                             fresh: fresh)
+            operators = ops
+            for t in added {
+                owner.append(nil)
+                entries.append(.inline(header: try serialize({ var h = t; h.clearRawData(); return h }(), t.name),
+                                       payloadLength: Int64(t.rawData.count), payload: .bytes(Array(t.rawData))))
+            }
             if operators.contains(where: { $0.hasPrefix("com.microsoft.") }), !model.opsetImport.contains(where: { $0.domain == "com.microsoft" }) {
                 var ms = Onnx_OperatorSetIdProto()
                 ms.domain = "com.microsoft"

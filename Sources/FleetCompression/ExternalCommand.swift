@@ -78,7 +78,7 @@ final class PipeCollector: @unchecked Sendable {
 
 /// Activation ranges measured by an external command, run as `CMD MODEL` (also in EDGEFLEET_BASE),
 /// which must print as the last line of its standard output a JSON object
-/// {"samples": N, "activations": {"tensor": [absmax per channel, …], …}}. The default,
+/// {"samples": N, "activations": {"tensor": [absmax per channel, …], …}, "mean_squares": {…} (optional)}. The default,
 /// scripts/calibrate-variant.py, runs the model in onnxruntime on the operator's calibration inputs
 /// (EDGEFLEET_CALIBRATION_INPUTS, .npz) or on synthetic inputs that respect each input's vocabulary.
 public enum Calibrator {
@@ -103,8 +103,13 @@ public enum Calibrator {
             }
             out[name] = values
         }
+        var squares: [String: [Float]] = [:]
+        for (name, v) in (obj["mean_squares"] as? [String: Any]) ?? [:] {
+            let values = (v as? [Any])?.compactMap { ($0 as? NSNumber)?.floatValue } ?? []
+            if values.allSatisfy({ $0.isFinite && $0 >= 0 }) { squares[name] = values }
+        }
         let samples = (obj["samples"] as? NSNumber)?.intValue ?? 0
         guard samples > 0 else { throw CompressionError(.evaluator, "calibration result says it ran no samples") }
-        return ActivationRanges(absmax: out, samples: samples)
+        return ActivationRanges(absmax: out, meanSquares: squares, samples: samples)
     }
 }

@@ -17,7 +17,8 @@ public struct Recipe: Equatable, Sendable {
         case prune(sparsity: Double, scope: PruneScope)
         /// SmoothQuant-style: moves activation outliers into the weights of the MatMuls that read them,
         /// from calibration ranges (a per-channel Mul on the activation, the inverse on the weight rows).
-        case smooth(alpha: Double)
+        /// `minGain`: smooth an activation only when its MatMuls' estimated output error drops that many times.
+        case smooth(alpha: Double, minGain: Double)
         case fp16
         case int8(Granularity)
         case int4(blockSize: Int)
@@ -46,7 +47,7 @@ public struct Recipe: Equatable, Sendable {
         public var description: String {
             switch self {
             case .prune(let s, let scope): "prune \(Int((s * 100).rounded()))% \(scope.rawValue)"
-            case .smooth(let a): "smooth activations alpha \(a)"
+            case .smooth(let a, let g): "smooth activations alpha \(a)" + (g > 1 ? " where the estimated error drops \(g)x" : "")
             case .fp16: "fp16"
             case .int8(let g): "int8 \(g.rawValue) symmetric (storage-only)"
             case .int4(let b): "int4 block \(b) (storage-only)"
@@ -90,7 +91,9 @@ public struct Recipe: Equatable, Sendable {
                 throw CompressionError(.recipe, "recipe '\(name)': int4 block size must be 16, 32, 64, 128 or 256, got \(b)")
             case .int4MatMulNBits(_, let acc) where ![0, 1, 2, 3, 4].contains(acc):
                 throw CompressionError(.recipe, "recipe '\(name)': accuracy_level must be 0 to 4, got \(acc)")
-            case .smooth(let a) where !(a > 0 && a < 1):
+            case .smooth(_, let g) where !(g >= 1 && g.isFinite):
+                throw CompressionError(.recipe, "recipe '\(name)': smoothing min_gain must be at least 1, got \(g)")
+            case .smooth(let a, _) where !(a > 0 && a < 1):
                 throw CompressionError(.recipe, "recipe '\(name)': smoothing alpha must be between 0 and 1, got \(a)")
             case .smooth where !steps.contains(where: \.computes):
                 throw CompressionError(.recipe, "recipe '\(name)': smooth only helps a compute form (int8 compute: dynamic, int4 compute: matmulnbits)")
@@ -195,6 +198,7 @@ private struct RecipeFile: Decodable {
             var ops: Recipe.OperatorSet?
             var accuracy_level: Int?
             var alpha: Double?
+            var min_gain: Double?
         }
 
         struct Key: CodingKey {
@@ -238,7 +242,7 @@ private struct RecipeFile: Decodable {
                 case "matmulnbits": return .int4MatMulNBits(blockSize: options.block_size ?? 32, accuracyLevel: options.accuracy_level ?? 4)
                 default: throw CompressionError(.recipe, "recipe '\(recipe)': int4 compute must be storage or matmulnbits")
                 }
-            case "smooth": return .smooth(alpha: options.alpha ?? 0.5)
+            case "smooth": return .smooth(alpha: options.alpha ?? 0.5, minGain: options.min_gain ?? 1)
             case "binary": return .binary
             case "ternary": return .ternary
             case "prune":

@@ -66,6 +66,39 @@ import FleetCore
         #expect(report.operators == ["Cast", "DynamicQuantizeLinear", "MatMulInteger", "Mul"])
     }
 
+    /// x [2, 64] read by three MatMuls with biases, like attention's Q, K and V.
+    static func siblings() -> Onnx_ModelProto {
+        var m = ONNXFixture.mlp()
+        for (i, name) in ["Wk", "Wv"].enumerated() {
+            m.graph.initializer.append(ONNXFixture.tensor(name, [64, 128], floats(64 * 128, seed: 20 + UInt64(i))))
+            m.graph.initializer.append(ONNXFixture.tensor(name + ".bias", [128], floats(128, seed: 30 + UInt64(i))))
+            m.graph.node.append(ONNXFixture.node("MatMul", ["x", name], [name + "_mm"]))
+            m.graph.node.append(ONNXFixture.node("Add", [name + "_mm", name + ".bias"], [name + "_out"]))
+            m.graph.output.append(ONNXFixture.valueInfo(name + "_out", 1, [2, 128]))
+        }
+        return m
+    }
+
+    @Test func siblingMatMulsBecomeOneOperatorOverJoinedWeights() throws {
+        let dir = try TempDir()
+        let input = try ONNXFixture.write(Self.siblings(), to: dir, "qkv.onnx")
+        for (name, step, op) in [("int8-dyn", Recipe.Step.int8Dynamic(.onnxruntime), "DynamicQuantizeMatMul"),
+                                 ("int4-nbits", .int4MatMulNBits(blockSize: 32, accuracyLevel: 4), "MatMulNBits")] {
+            let report = try build(dir, input, recipe(name, [step]), out: name + ".onnx")
+            let m = try load(dir.file(name + ".onnx"))
+            let fused = m.graph.node.filter { $0.opType == op && $0.input[0] == "x" }
+            #expect(fused.count == 1, "\(name)")
+            let split = try #require(m.graph.node.first { $0.opType == "Split" }, "\(name)")
+            #expect(split.input.first == fused.first?.output.first)
+            #expect(split.output == ["h1", "Wk_out", "Wv_out"], "\(name)")
+            #expect(m.graph.initializer.first { $0.name == split.input.last }?.rawData == [128, 128, 128].withUnsafeBytes { Data($0) } as Data?)
+            if op == "MatMulNBits" { #expect(attr(fused[0], "N") == 384 && attr(fused[0], "K") == 64) }
+            #expect(!m.graph.node.contains { $0.opType == "Add" }, "\(name)")
+            #expect(report.operators?.contains("Concat") == true)
+            #expect(report.tensorsChanged >= 4, "\(name)")
+        }
+    }
+
     @Test func int4MatMulNBitsLaysOutBlobsThatDecodeToTheWeights() throws {
         let dir = try TempDir()
         let input = try ONNXFixture.write(ONNXFixture.mlp(), to: dir, "mlp.onnx")
@@ -115,7 +148,7 @@ import FleetCore
         var x = [Float](repeating: 0.5, count: 64)
         x[3] = 40    // an outlier channel
         let ranges = ActivationRanges(absmax: ["x": x], samples: 4)
-        let r = try Recipe(name: "int8-smooth", steps: [.smooth(alpha: 0.5), .int8Dynamic(.onnxruntime)])
+        let r = try Recipe(name: "int8-smooth", steps: [.smooth(alpha: 0.5, minGain: 1), .int8Dynamic(.onnxruntime)])
         let report = try build(dir, input, r, calibration: ranges)
         let m = try load(dir.file("out.onnx"))
         let mul = try #require(m.graph.node.first { $0.opType == "Mul" && $0.input.first == "x" })
@@ -130,13 +163,13 @@ import FleetCore
         #expect(!m.graph.node.contains { $0.opType == "Mul" && $0.input.first == "h" })
         #expect(report.tensors.first { $0.name == "W1" }?.encoding.hasPrefix("smoothed") == true)
         #expect(report.tensors.first { $0.name == "W2" }?.encoding.hasPrefix("smoothed") == false)
-        #expect(report.notes.contains { $0.contains("smoothed") && $0.contains("1 MatMul groups") })
+        #expect(report.notes.contains { $0.contains("smoothed") && $0.contains("before 1 of 2 MatMul groups") })
     }
 
     @Test func smoothingWithoutCalibrationSaysSo() throws {
         let dir = try TempDir()
         let input = try ONNXFixture.write(ONNXFixture.mlp(), to: dir, "mlp.onnx")
-        let r = try Recipe(name: "int8-smooth", steps: [.smooth(alpha: 0.7), .int8Dynamic(.onnxruntime)])
+        let r = try Recipe(name: "int8-smooth", steps: [.smooth(alpha: 0.7, minGain: 1), .int8Dynamic(.onnxruntime)])
         let report = try build(dir, input, r)
         #expect(report.notes.contains { $0.contains("not smoothed") })
         #expect(!(try load(dir.file("out.onnx"))).graph.node.contains { $0.opType == "Mul" })
@@ -145,7 +178,7 @@ import FleetCore
     @Test func aFailingCalibratorLeavesNoVariant() throws {
         let dir = try TempDir()
         let input = try ONNXFixture.write(ONNXFixture.mlp(), to: dir, "mlp.onnx")
-        let r = try Recipe(name: "int8-smooth", steps: [.smooth(alpha: 0.7), .int8Dynamic(.onnxruntime)])
+        let r = try Recipe(name: "int8-smooth", steps: [.smooth(alpha: 0.7, minGain: 1), .int8Dynamic(.onnxruntime)])
         for cmd in ["false", "echo nothing", "echo '{\"samples\": 2, \"activations\": {\"x\": [1, -2]}}'",
                     "echo '{\"samples\": 0, \"activations\": {}}'"] {
             #expect(compressionErrorCode { _ = try build(dir, input, r, calibrator: cmd) } == .evaluator, "\(cmd)")
@@ -176,18 +209,24 @@ import FleetCore
         guard Venv.available() else { return }
         let dir = try TempDir()
         let input = try ONNXFixture.write(ONNXFixture.mlp(), to: dir, "mlp.onnx")
-        let cases: [(String, [Recipe.Step], Double)] = [
-            ("int8-dyn", [.int8Dynamic(.onnxruntime)], 0.995),
-            ("int8-std", [.int8Dynamic(.standard)], 0.995),
-            ("int8-smooth", [.smooth(alpha: 0.7), .int8Dynamic(.onnxruntime)], 0.995),
-            ("int4-nbits", [.int4MatMulNBits(blockSize: 32, accuracyLevel: 4)], 0.95),
-            ("int4-nbits-acc0", [.int4MatMulNBits(blockSize: 64, accuracyLevel: 0)], 0.95),
+        // Timing (one round) and the joined form on one int8 and one int4 case: the test stays short.
+        let cases: [(String, [Recipe.Step], Double, Bool)] = [
+            ("int8-dyn", [.int8Dynamic(.onnxruntime)], 0.995, true),
+            ("int8-std", [.int8Dynamic(.standard)], 0.995, false),
+            ("int8-smooth", [.smooth(alpha: 0.7, minGain: 1), .int8Dynamic(.onnxruntime)], 0.995, false),
+            ("int4-nbits", [.int4MatMulNBits(blockSize: 32, accuracyLevel: 4)], 0.95, true),
+            ("int4-nbits-acc0", [.int4MatMulNBits(blockSize: 64, accuracyLevel: 0)], 0.95, false),
         ]
-        for (name, steps, floor) in cases {
-            let r = try build(dir, input, try Recipe(name: name, steps: steps), out: name + ".onnx", evaluator: Venv.timingEvaluator,
-                              calibrator: Venv.calibrator)
+        let joined = try ONNXFixture.write(Self.siblings(), to: dir, "qkv.onnx")
+        for (name, steps, floor, full) in cases {
+            let r = try build(dir, input, try Recipe(name: name, steps: steps), out: name + ".onnx",
+                              evaluator: full ? Venv.timingEvaluator : Venv.evaluator, calibrator: Venv.calibrator)
             let e = try #require(r.evaluation, "\(name)")
             #expect(e.meanCosine >= floor, "\(name): \(e.meanCosine)")
+            guard full else { continue }
+            // The joined form too (Concat of initializers, folded by onnxruntime at load).
+            let j = try build(dir, joined, try Recipe(name: name, steps: steps), out: name + "-joined.onnx", evaluator: Venv.evaluator)
+            #expect((j.evaluation?.meanCosine ?? 0) >= floor, "\(name) joined: \(j.evaluation?.meanCosine ?? 0)")
             let speed = try #require(e.speed, "\(name)")
             #expect(speed.timings.contains { $0.threads == 1 }, "\(name)")
             #expect((speed.variantPeakBytes ?? 0) > 0 && (speed.basePeakBytes ?? 0) > 0, "\(name)")

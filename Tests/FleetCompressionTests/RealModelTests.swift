@@ -39,7 +39,7 @@ import FleetCore
         let e = try #require(r.evaluation)
         #expect(e.meanCosine >= 0.995)
         #expect(r.form == "compute")
-        #expect(r.operators == ["Mul", "com.microsoft.DynamicQuantizeMatMul"])
+        #expect(r.operators == ["Concat", "Mul", "Split", "com.microsoft.DynamicQuantizeMatMul"])   // Q, K, V joined
         #expect(r.tensorsChanged == 36)       // the encoder's MatMuls; embeddings stay fp32
         let speed = try #require(e.speed)
         #expect(speed.batch == 1)
@@ -54,7 +54,7 @@ import FleetCore
         #expect(e.meanCosine >= 0.97)
         #expect(Double(r.output.bytes) <= 0.2 * Double(r.input.bytes))    // embeddings included
         #expect(r.tensorsChanged == 38)
-        #expect(r.operators == ["com.microsoft.GatherBlockQuantized", "com.microsoft.MatMulNBits"])
+        #expect(r.operators == ["Concat", "Split", "com.microsoft.GatherBlockQuantized", "com.microsoft.MatMulNBits"])
     }
 
     @Test func fp16AgreesToFourNines() throws {

@@ -16,7 +16,7 @@ import Testing
         #expect(try book.recipe("prune50").dtype(base: "fp32") == "fp32")
         #expect(try book.recipe("int8-dyn").steps == [.int8Dynamic(.onnxruntime)])
         #expect(try book.recipe("int8-dyn-std").steps == [.int8Dynamic(.standard)])
-        #expect(try book.recipe("int8-dyn-smooth").steps == [.smooth(alpha: 0.7), .int8Dynamic(.onnxruntime)])
+        #expect(try book.recipe("int8-dyn-smooth").steps == [.smooth(alpha: 0.7, minGain: 5), .int8Dynamic(.onnxruntime)])
         #expect(try book.recipe("int4-nbits-b32").steps == [.int4MatMulNBits(blockSize: 32, accuracyLevel: 4)])
         #expect(try book.recipe("int4-nbits-b32").form == "compute")
         #expect(try book.recipe("int8").form == "storage-only")
@@ -37,7 +37,7 @@ import Testing
                 steps: [{smooth: {alpha: 0.5}}, {int8: {compute: dynamic, ops: standard}}]
             """)
         #expect(try book.recipe("a").steps == [.int4MatMulNBits(blockSize: 128, accuracyLevel: 0)])
-        #expect(try book.recipe("b").steps == [.smooth(alpha: 0.5), .int8Dynamic(.standard)])
+        #expect(try book.recipe("b").steps == [.smooth(alpha: 0.5, minGain: 1), .int8Dynamic(.standard)])
     }
 
     @Test func quantizingBeforePruningIsRefused() {
@@ -65,6 +65,7 @@ import Testing
             "recipes: [{name: a, steps: [{int4: {compute: matmulnbits, block_size: 48}}]}]",
             "recipes: [{name: a, steps: [{smooth: {alpha: 0.5}}, int8]}]",
             "recipes: [{name: a, steps: [{smooth: {alpha: 1.5}}, {int8: {compute: dynamic}}]}]",
+            "recipes: [{name: a, steps: [{smooth: {alpha: 0.5, min_gain: 0.5}}, {int8: {compute: dynamic}}]}]",
             "recipes: [{name: a, steps: [{int8: {compute: dynamic}}, {smooth: {alpha: 0.5}}]}]",
             "not yaml: [",
         ] {
