@@ -91,10 +91,9 @@ def batched_agreement(base, variant, feed):
 def agreement(base, variant, feed, samples):
     names = [o.name for o in base.get_outputs()]
     detail = {}
-    _, _, batched = batched_agreement(base, variant, feed)
+    ref, out, batched = batched_agreement(base, variant, feed)
     detail["batched.mean_cosine"] = float(np.mean(batched))
     if samples is None:
-        ref, out, _ = batched_agreement(base, variant, feed)
         per_output = [(ref[k], out[k]) for k in range(len(names))]
         cos = {n: cosine_rows(*per_output[k]) for k, n in enumerate(names)}
         top = {n: [(np.asarray(per_output[k][0]).argmax(-1) == np.asarray(per_output[k][1]).argmax(-1)).mean()] for k, n in enumerate(names)}
