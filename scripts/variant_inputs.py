@@ -17,11 +17,27 @@ PASSTHROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity",
 EMBED_LAYER_NORM = {0: 2, 1: 4}
 
 
+def _model_proto(path):
+    """The ModelProto, parsed with onnx's generated protobuf module alone: importing the whole onnx
+    package takes a second or more, paid on every evaluation."""
+    import importlib.util
+    spec = importlib.util.find_spec("onnx")
+    pb2 = os.path.join(os.path.dirname(spec.origin), "onnx_ml_pb2.py") if spec and spec.origin else ""
+    if os.path.exists(pb2):
+        s = importlib.util.spec_from_file_location("edgefleet_onnx_ml_pb2", pb2)
+        module = importlib.util.module_from_spec(s)
+        s.loader.exec_module(module)
+        m = module.ModelProto()
+        with open(path, "rb") as f:
+            m.ParseFromString(f.read())
+        return m
+    import onnx
+    return onnx.load(path, load_external_data=False)
+
+
 def index_bounds(path):
     """{graph input: number of rows of the smallest table it indexes}, from the initializers' shapes."""
-    import onnx
-    m = onnx.load(path, load_external_data=False)
-    g = m.graph
+    g = _model_proto(path).graph
     dims = {i.name: list(i.dims) for i in g.initializer}
     consumers = {}
     for n in g.node:
