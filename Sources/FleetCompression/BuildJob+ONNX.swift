@@ -118,7 +118,7 @@ extension BuildJob {
             var node = Onnx_NodeProto()
             node.output = [s.name]
             switch enc.kind {
-            case .float32, .int4NBits: continue
+            case .float32, .int4NBits, .uint8Blocks: continue
             case .fp16:
                 node.opType = "Cast"
                 node.input = [names[0]]
@@ -175,7 +175,7 @@ extension BuildJob {
                 model.opsetImport.append(ms)
             }
             // UINT4 initializers (GatherBlockQuantized tables) are IR 10.
-            if rewrite.weights.values.contains(where: { if case .gatherBlockQuantized = $0.site { true } else { false } }), model.irVersion < 10 {
+            if rewrite.weights.values.contains(where: { if case .gatherBlockQuantized(_, 4) = $0.site { true } else { false } }), model.irVersion < 10 {
                 model.irVersion = 10
             }
             let unused = decisions.filter { $0.site != nil && $0.encoding != nil && rewrite.weights[$0.name] == nil }

@@ -51,6 +51,7 @@ extension BuildJob {
             case .binary, .ternary: m["kind"] = enc.kind == .binary ? "binary" : "ternary"; m["axis"] = enc.channelAxis
             case .int4(let b): m["kind"] = "int4"; m["axis"] = enc.blockAxis; m["block_size"] = b
             case .int4NBits(let b): m["kind"] = "int4-nbits"; m["block_size"] = b     // ONNX only; refused above
+            case .uint8Blocks(let b): m["kind"] = "int8-blocks"; m["block_size"] = b  // ONNX only; refused above
             case .fp16: m["kind"] = "fp16"
             case .float32: m["kind"] = "fp32"
             }

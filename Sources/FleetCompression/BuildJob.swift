@@ -46,7 +46,8 @@ struct BuildJob {
             let enc = switch site {
             case .matMulInt8: TensorEncoding(kind: .int8(perChannel: true), channelAxis: 1, blockAxis: 0)
             case .matMulNBits(let b, _): TensorEncoding(kind: .int4NBits(blockSize: b), channelAxis: 1, blockAxis: 0)
-            case .gatherBlockQuantized(let b): TensorEncoding(kind: .int4(blockSize: b), channelAxis: 0, blockAxis: 1)
+            case .gatherBlockQuantized(let b, let bits):
+                TensorEncoding(kind: bits == 8 ? .uint8Blocks(blockSize: b) : .int4(blockSize: b), channelAxis: 0, blockAxis: 1)
             }
             var d = TensorDecision(source: s, name: name, encoding: enc, prune: pruneStep != nil, reason: enc.summary)
             d.site = site

@@ -150,9 +150,9 @@ struct ComputeRewrite {
                     compute(r.weight.site, a, r.weight.parts, k: r.weight.shape[0], n: r.weight.shape[1], bias: r.bias, output: r.output)
                 }
             } else if isDefault(node), node.opType == "Gather", node.input.count == 2, let w = weights[node.input[0]],
-                      case .gatherBlockQuantized(let block) = w.site {
+                      case .gatherBlockQuantized(let block, let bits) = w.site {
                 nodes.append(make("GatherBlockQuantized", [w.parts[0], node.input[1], w.parts[1], w.parts[2]], node.output, domain: "com.microsoft",
-                                  [("gather_axis", 0), ("quantize_axis", 1), ("block_size", Int64(block))]))
+                                  [("gather_axis", 0), ("quantize_axis", 1), ("block_size", Int64(block)), ("bits", Int64(bits))]))
             } else {
                 nodes.append(node)
             }

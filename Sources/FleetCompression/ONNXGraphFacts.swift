@@ -28,8 +28,9 @@ struct ONNXGraphFacts {
     }
 
     /// For a compute form: the operator that can read this weight in its quantized form, if every
-    /// reader of it is one. MatMul B [K, N] (int8: any K; MatMulNBits: K a multiple of the block) or,
-    /// for int4, a Gather table [rows, D] read along axis 0 with D a multiple of the block.
+    /// reader of it is one. MatMul B [K, N] (int8: any K; MatMulNBits: K a multiple of the block) or
+    /// a Gather table [rows, D] read along axis 0 with D a multiple of the block (int4; int8 with the
+    /// onnxruntime operators).
     func computeSite(_ name: String, shape: [Int64], storage: Recipe.Step?) -> ComputeSite? {
         guard let u = uses[name], !u.isEmpty, shape.count == 2, !graphInputs.contains(name), !graphOutputs.contains(name) else { return nil }
         let allMatMulB = u.allSatisfy { $0.opType == "MatMul" && $0.isDefaultDomain && $0.input == 1 }
@@ -37,10 +38,14 @@ struct ONNXGraphFacts {
         switch storage {
         case .int8Dynamic(let ops) where allMatMulB:
             return .matMulInt8(ops)
+        case .int8Dynamic(.onnxruntime) where allGatherTable:
+            // 8-bit blocks along each row: the largest block (up to 128) that divides the row.
+            guard let b = [128, 64, 32, 16].first(where: { shape[1] % Int64($0) == 0 }) else { return nil }
+            return .gatherBlockQuantized(blockSize: b, bits: 8)
         case .int4MatMulNBits(let b, let acc) where allMatMulB && shape[0] % Int64(b) == 0:
             return .matMulNBits(blockSize: b, accuracyLevel: acc)
         case .int4MatMulNBits(let b, _) where allGatherTable && shape[1] % Int64(b) == 0:
-            return .gatherBlockQuantized(blockSize: b)
+            return .gatherBlockQuantized(blockSize: b, bits: 4)
         default:
             return nil
         }

@@ -116,8 +116,9 @@ enum ComputeSite: Equatable {
     case matMulInt8(Recipe.OperatorSet)
     /// B of MatMul nodes: com.microsoft MatMulNBits.
     case matMulNBits(blockSize: Int, accuracyLevel: Int)
-    /// The table of Gather nodes (axis 0): com.microsoft GatherBlockQuantized, int4 blocks along rows.
-    case gatherBlockQuantized(blockSize: Int)
+    /// The table of Gather nodes (axis 0): com.microsoft GatherBlockQuantized, blocks along rows
+    /// (bits 4: UINT4 values; bits 8: UINT8 values), asymmetric.
+    case gatherBlockQuantized(blockSize: Int, bits: Int)
 }
 
 /// A result computed on a thread of its own (the builder's other cores).

@@ -32,19 +32,24 @@ import FleetCore
         #expect(first.output == ["h1"])
         #expect(!m.graph.node.contains { $0.opType == "Add" })
         #expect(!m.graph.node.contains { $0.opType == "MatMul" || $0.opType == "DequantizeLinear" })
-        // The Gemm head and the embedding table have no int8 compute form here: they stay fp32.
+        // The Gemm head has no int8 compute form here: it stays fp32. The embedding table is read
+        // through GatherBlockQuantized with 8-bit blocks (64 divides its rows of 64).
         let inits = Dictionary(uniqueKeysWithValues: m.graph.initializer.map { ($0.name, $0) })
         #expect(inits["Whead"]?.dataType == 1)
-        #expect(inits["embedding"]?.dataType == 1)
+        #expect(inits["embedding"] == nil)
+        #expect(inits["embedding_quantized"]?.dataType == 2 && inits["embedding_quantized"]?.dims == [100, 64])
+        #expect(inits["embedding_scale"]?.dims == [100, 1])
+        let g = try #require(m.graph.node.first { $0.opType == "GatherBlockQuantized" })
+        #expect(attr(g, "bits") == 8 && attr(g, "block_size") == 64)
         #expect(inits["W1_quantized"]?.dataType == 3)
         #expect(inits["W1_quantized"]?.dims == [64, 128])
         #expect(inits["W1_scale"]?.dims == [128])
         #expect(inits["W1"] == nil)
         #expect(m.opsetImport.contains { $0.domain == "com.microsoft" && $0.version == 1 })
         #expect(report.form == "compute")
-        #expect(report.operators == ["com.microsoft.DynamicQuantizeMatMul"])
+        #expect(report.operators == ["com.microsoft.DynamicQuantizeMatMul", "com.microsoft.GatherBlockQuantized"])
         #expect(report.dtype == "int8")
-        #expect(report.tensorsChanged == 2)
+        #expect(report.tensorsChanged == 3)
         #expect(dir.entries == ["mlp.onnx", "out.onnx"])
     }
 
@@ -59,6 +64,7 @@ import FleetCore
         let report = try build(dir, input, recipe("int8-std", [.int8Dynamic(.standard)]))
         let m = try load(dir.file("out.onnx"))
         #expect(m.graph.node.allSatisfy { $0.domain.isEmpty })
+        #expect(m.graph.initializer.first { $0.name == "embedding" }?.dataType == 1)    // no standard 8-bit gather: fp32
         #expect(!m.opsetImport.contains { $0.domain == "com.microsoft" })
         #expect(m.graph.node.filter { $0.opType == "MatMulInteger" }.count == 3)
         #expect(m.graph.node.filter { $0.opType == "DynamicQuantizeLinear" }.map(\.input) == [["x"], ["h"]])

@@ -39,8 +39,9 @@ import FleetCore
         let e = try #require(r.evaluation)
         #expect(e.meanCosine >= 0.995)
         #expect(r.form == "compute")
-        #expect(r.operators == ["Concat", "Mul", "Split", "com.microsoft.DynamicQuantizeMatMul"])   // Q, K, V joined
-        #expect(r.tensorsChanged == 36)       // the encoder's MatMuls; embeddings stay fp32
+        #expect(r.operators == ["Concat", "Mul", "Split", "com.microsoft.DynamicQuantizeMatMul", "com.microsoft.GatherBlockQuantized"])
+        #expect(r.tensorsChanged == 38)       // the encoder's MatMuls, word and position embeddings (8-bit blocks)
+        #expect(Double(r.output.bytes) < 0.3 * Double(r.input.bytes))
         let speed = try #require(e.speed)
         #expect(speed.batch == 1)
         #expect(speed.runs == 32)
