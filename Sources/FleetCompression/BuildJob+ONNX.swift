@@ -38,18 +38,26 @@ extension BuildJob {
         // The last weight layer: among tensors the recipe could touch, the one read latest in the graph.
         let lastName = onnx.initializers.filter { ($0.source?.shape.count ?? 0) >= 2 && $0.source?.dtype == .f32 }
             .max { facts.lastUse($0.name) < facts.lastUse($1.name) }?.name
-        let decisions = onnx.initializers.map { i -> TensorDecision in
+        let computes = recipe.storage?.computes == true
+        var decisions = onnx.initializers.map { i -> TensorDecision in
             let rank = i.source?.shape.count ?? 0
+            // Compute forms read embeddings too (GatherBlockQuantized); only `protect` keeps them.
             let prot = protection(name: i.name, isEmbedding: facts.isEmbedding(i.name), isNorm: facts.isNorm(i.name), isLast: i.name == lastName)
-            return decide(i.source, name: i.name, axes: (facts.channelAxis(i.name, rank: rank), facts.blockAxis(i.name, rank: rank)), protectedBy: prot)
+            let site = computes ? i.source.flatMap { facts.computeSite(i.name, shape: $0.shape, storage: recipe.storage) } : nil
+            return decide(i.source, name: i.name, axes: (facts.channelAxis(i.name, rank: rank), facts.blockAxis(i.name, rank: rank)),
+                          protectedBy: prot, site: site)
         }
+        let smoothing = try planSmoothing(&decisions, graph: graph, fresh: fresh)
 
-        // Opset: per-channel DequantizeLinear needs 13, block-wise needs 21.
+        // Opset: per-channel DequantizeLinear needs 13, block-wise needs 21; DynamicQuantizeLinear 11.
         let opset = onnx.defaultOpset
         let changed = decisions.filter { $0.encoding != nil }
         var needed: Int64 = 1
         var upgradeExtras: [Onnx_TensorProto] = []
-        for d in changed {
+        if case .int8Dynamic(.standard) = recipe.storage, changed.contains(where: { $0.site != nil }), opset < 11 {
+            throw CompressionError(.unsupportedOpset, "int8 compute with standard operators needs opset 11 (DynamicQuantizeLinear), the model has \(opset)", path: path)
+        }
+        for d in changed where d.site == nil {
             switch d.encoding!.kind {
             case .int8(let pc): needed = max(needed, pc ? 13 : 10)
             case .binary, .ternary: needed = max(needed, 13)
@@ -57,6 +65,7 @@ extension BuildJob {
             default: break
             }
         }
+        var rewrite = ComputeRewrite()
         if needed > opset {
             if needed == 21 {
                 upgradeExtras = try ONNXOpsetUpgrade.upgrade(&graph, from: opset, takenNames: &taken)
@@ -101,10 +110,15 @@ extension BuildJob {
                 h.dims = spec.shape
                 entries.append(.inline(header: try serialize(h, s.name), payloadLength: spec.byteCount, payload: .part(decision: di, index: pi)))
             }
+            if let site = d.site {
+                // Compute forms: no node makes the fp32 weight again; its readers are rewritten below.
+                rewrite.weights[s.name] = ComputeRewrite.Weight(site: site, parts: names, shape: s.shape)
+                continue
+            }
             var node = Onnx_NodeProto()
             node.output = [s.name]
             switch enc.kind {
-            case .float32: continue
+            case .float32, .int4NBits, .uint8Blocks: continue
             case .fp16:
                 node.opType = "Cast"
                 node.input = [names[0]]
@@ -125,6 +139,15 @@ extension BuildJob {
             node.name = fresh(s.name + "_" + node.opType)
             newNodes.append(node)
         }
+        for (activation, name, inverse) in smoothing {
+            var t = Onnx_TensorProto()
+            t.name = name
+            t.dataType = TensorDType.f32.onnxCode
+            t.dims = [Int64(inverse.count)]
+            t.rawData = Data(TensorCodec.floatBytes(inverse))
+            upgradeExtras.append(t)
+            rewrite.smoothing[activation] = name
+        }
         for t in upgradeExtras {
             owner.append(nil)
             entries.append(.inline(header: try serialize({ var h = t; h.clearRawData(); return h }(), t.name),
@@ -134,6 +157,32 @@ extension BuildJob {
         // A weight that was also listed as a graph input (IR < 4 exporters do that) is now a node output.
         graph.input.removeAll { replaced.contains($0.name) }
         graph.node = newNodes + graph.node
+        if !rewrite.isEmpty {
+            var floatShapes: [String: [Int64]] = [:]
+            for i in onnx.initializers where i.header.dataType == TensorDType.f32.onnxCode { floatShapes[i.name] = i.header.dims }
+            let (ops, added) = rewrite.apply(&graph, floatShapes: floatShapes, opset: model.opsetImport.first { $0.domain.isEmpty || $0.domain == "ai.onnx" }?.version ?? opset,
+                                             fresh: fresh)
+            operators = ops
+            for t in added {
+                owner.append(nil)
+                entries.append(.inline(header: try serialize({ var h = t; h.clearRawData(); return h }(), t.name),
+                                       payloadLength: Int64(t.rawData.count), payload: .bytes(Array(t.rawData))))
+            }
+            if operators.contains(where: { $0.hasPrefix("com.microsoft.") }), !model.opsetImport.contains(where: { $0.domain == "com.microsoft" }) {
+                var ms = Onnx_OperatorSetIdProto()
+                ms.domain = "com.microsoft"
+                ms.version = 1
+                model.opsetImport.append(ms)
+            }
+            // UINT4 initializers (GatherBlockQuantized tables) are IR 10.
+            if rewrite.weights.values.contains(where: { if case .gatherBlockQuantized(_, 4) = $0.site { true } else { false } }), model.irVersion < 10 {
+                model.irVersion = 10
+            }
+            let unused = decisions.filter { $0.site != nil && $0.encoding != nil && rewrite.weights[$0.name] == nil }
+            if !unused.isEmpty { throw CompressionError(.io, "internal: compute weights without a reader", tensor: unused[0].name) }
+        } else if computes {
+            notes.append("no MatMul weight or embedding table qualified for the compute form: the variant computes like its base")
+        }
 
         let modelBytes: [UInt8], graphBytes: [UInt8]
         do {

@@ -23,7 +23,10 @@ extension BuildJob {
         var notes = self.notes + QualityNotes.forTensors(changed, recipe: recipe, overflow: overflow)
         if changed.isEmpty { notes.append("no tensor qualified for this recipe: the variant has the base's weights") }
         let base = "fp32"
-        return VariantReport(
+        if recipe.form == "storage-only", recipe.storage != nil {
+            notes.append("storage-only: smaller to ship and store, computed in fp32 like the base (not faster)")
+        }
+        var report = VariantReport(
             tool: VariantBuilder.tool, toolVersion: VariantBuilder.toolVersion, recipe: recipe.name,
             steps: recipe.steps.map(\.description), technique: recipe.technique, dtype: recipe.dtype(base: base),
             input: .init(path: options.input, format: format.rawValue, bytes: inputBytes, zstdBytes: inZ, sha256: try inputSha256()),
@@ -36,6 +39,9 @@ extension BuildJob {
             meanSnrDb: snrs.isEmpty ? nil : snrs.reduce(0, +) / Double(snrs.count),
             sparsity: changedElements > 0 ? zeros / changedElements : nil,
             overflow: overflow, tensors: qualities, evaluation: nil, notes: notes)
+        report.form = recipe.form
+        report.operators = operators.isEmpty ? nil : operators
+        return report
     }
 
     /// The file compressed as one zstd frame, counting bytes only (the map's pages are the page cache's).
@@ -82,7 +88,7 @@ enum QualityNotes {
         var notes: [String] = []
         if recipe.experimental { notes.append("experimental recipe: expect a large loss of accuracy without retraining") }
         if overflow > 0 { notes.append("\(overflow) weights overflowed fp16 and became ±inf") }
-        if recipe.steps.contains(where: { !$0.isStorage }) {
+        if recipe.steps.contains(where: { if case .prune = $0 { true } else { false } }) {
             notes.append("pruned by magnitude without retraining: check the evaluation before shipping")
         }
         if let worst = changed.max(by: { ($0.relativeL2 ?? 0) < ($1.relativeL2 ?? 0) }), let e = worst.relativeL2, e > 0.1 {

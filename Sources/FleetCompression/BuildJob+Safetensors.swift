@@ -7,6 +7,10 @@ extension BuildJob {
     /// NAME_zero_point (packed like the values); `__metadata__["edgefleet.encoding"]` says per tensor
     /// how to dequantize: w = (q − zero_point) · scale along the given axis, in blocks for int4.
     mutating func buildSafetensors(_ out: AtomicOutputFile) throws(CompressionError) {
+        if recipe.storage?.computes == true || recipe.needsCalibration {
+            throw CompressionError(.unsupportedFormat, "recipe '\(recipe.name)' rewrites the operators that read the weights: it needs an ONNX graph, not safetensors",
+                                   path: options.input)
+        }
         let st = try SafetensorsModel(path: options.input)
         inputBytes = st.file.size
         let lastName = st.tensors.last { $0.dtype == .f32 && $0.shape.count >= 2 && $0.elements >= recipe.minElements }?.name
@@ -46,6 +50,8 @@ extension BuildJob {
             case .int8(let pc): m["kind"] = "int8"; if pc { m["axis"] = enc.channelAxis }
             case .binary, .ternary: m["kind"] = enc.kind == .binary ? "binary" : "ternary"; m["axis"] = enc.channelAxis
             case .int4(let b): m["kind"] = "int4"; m["axis"] = enc.blockAxis; m["block_size"] = b
+            case .int4NBits(let b): m["kind"] = "int4-nbits"; m["block_size"] = b     // ONNX only; refused above
+            case .uint8Blocks(let b): m["kind"] = "int8-blocks"; m["block_size"] = b  // ONNX only; refused above
             case .fp16: m["kind"] = "fp16"
             case .float32: m["kind"] = "fp32"
             }

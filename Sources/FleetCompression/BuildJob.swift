@@ -11,6 +11,8 @@ struct BuildJob {
     var inputBytes: Int64 = 0
     var globalThreshold: Float?
     var notes: [String] = []
+    /// The operators the compute form put in the graph.
+    var operators: [String] = []
     private var progressDone = 0
     private var progressTotal = 0
     private var bytesDone: Int64 = 0
@@ -28,8 +30,9 @@ struct BuildJob {
 
     /// Which tensors the recipe touches. `axes` gives the channel and block axis of a tensor;
     /// `protectedBy` names the protection (embeddings, layernorm, last, a pattern) that keeps it, if any.
+    /// `site`: for compute forms, the operator that will read the weight (nil: none that can).
     func decide(_ source: SourceTensor?, name: String, axes: (channel: Int, block: Int),
-                protectedBy: String?) -> TensorDecision {
+                protectedBy: String?, site: ComputeSite? = nil) -> TensorDecision {
         func keep(_ reason: String) -> TensorDecision { TensorDecision(source: source, name: name, encoding: nil, prune: false, reason: reason) }
         guard let s = source else { return keep("kept: data not in a form this builder reads") }
         guard s.dtype.isFloat else { return keep("kept: \(s.dtype.rawValue) is not floating point") }
@@ -37,6 +40,19 @@ struct BuildJob {
         guard s.shape.count >= 2 else { return keep("kept: fewer than 2 dimensions (bias, norm or scalar)") }
         guard s.elements >= recipe.minElements else { return keep("kept: \(s.elements) elements, below \(recipe.minElements)") }
         if let p = protectedBy { return keep("kept: protected (\(p))") }
+        if recipe.storage?.computes == true {
+            // A compute form quantizes only what an operator can compute from directly; the rest stays fp32.
+            guard let site else { return keep("kept: fp32 (not read as a MatMul weight or embedding table that the compute form can take)") }
+            let enc = switch site {
+            case .matMulInt8: TensorEncoding(kind: .int8(perChannel: true), channelAxis: 1, blockAxis: 0)
+            case .matMulNBits(let b, _): TensorEncoding(kind: .int4NBits(blockSize: b), channelAxis: 1, blockAxis: 0)
+            case .gatherBlockQuantized(let b, let bits):
+                TensorEncoding(kind: bits == 8 ? .uint8Blocks(blockSize: b) : .int4(blockSize: b), channelAxis: 0, blockAxis: 1)
+            }
+            var d = TensorDecision(source: s, name: name, encoding: enc, prune: pruneStep != nil, reason: enc.summary)
+            d.site = site
+            return d
+        }
         let enc: TensorEncoding? = switch recipe.storage {
         case .fp16: TensorEncoding(kind: .fp16, channelAxis: axes.channel, blockAxis: axes.block)
         case .int8(let g): TensorEncoding(kind: .int8(perChannel: g == .perChannel), channelAxis: axes.channel, blockAxis: axes.block)
@@ -91,7 +107,7 @@ struct BuildJob {
     mutating func transform(_ d: TensorDecision) throws(CompressionError) -> [[UInt8]] {
         guard let s = d.source, let enc = d.encoding else { return [] }
         let parts: [[UInt8]], meter: ErrorMeter
-        if case .int8(let perChannel) = enc.kind, !d.prune, s.dtype == .f32 {
+        if case .int8(let perChannel) = enc.kind, !d.prune, d.rowScales == nil, s.dtype == .f32 {
             // The common case, straight from the input's bytes: no fp32 copy of the tensor.
             var m = ErrorMeter()
             parts = try s.withBytes { b in
@@ -99,7 +115,15 @@ struct BuildJob {
             }
             meter = m
         } else {
-            let original = try s.readFloats()
+            var original = try s.readFloats()
+            if let rs = d.rowScales {
+                // Smoothing is exact algebra (the activation is divided by the same factors); the error
+                // measured is that of the stored, smoothed weight.
+                let cols = original.count / max(rs.count, 1)
+                original.withUnsafeMutableBufferPointer { w in
+                    for r in 0..<rs.count { for c in 0..<cols { w[r * cols + c] *= rs[r] } }
+                }
+            }
             var values = original
             if d.prune, let step = pruneStep {
                 let t = step.scope == .global ? (globalThreshold ?? 0) : MagnitudePruner.threshold(values, sparsity: step.sparsity)
@@ -113,6 +137,13 @@ struct BuildJob {
         }
         var encoding = enc.summary
         if d.prune, let step = pruneStep { encoding = "pruned \(step.scope.rawValue), " + encoding }
+        if d.rowScales != nil { encoding = "smoothed, " + encoding }
+        switch d.site {
+        case .matMulInt8(let ops): encoding += ops == .onnxruntime ? " → DynamicQuantizeMatMul" : " → MatMulInteger"
+        case .matMulNBits(_, let acc): encoding += " → MatMulNBits accuracy_level \(acc)"
+        case .gatherBlockQuantized: encoding += " → GatherBlockQuantized"
+        case nil: break
+        }
         qualities.append(VariantReport.TensorQuality(
             name: s.name, dtype: s.dtype.rawValue, shape: s.shape, encoding: encoding, changed: true,
             relativeL2: meter.relativeL2, snrDb: meter.snrDb, maxAbsError: meter.maxAbs, sparsity: meter.sparsity,

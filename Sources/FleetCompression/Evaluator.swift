@@ -9,30 +9,14 @@ import Foundation
 /// A non-zero exit, or no such line, is an `.evaluator` error.
 public enum Evaluator {
     public static func run(command: String, base: String, variant: String, format: String) throws(CompressionError) -> VariantReport.Evaluation {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", command + " \"$@\"", "sh", base, variant]
-        var env = ProcessInfo.processInfo.environment
-        env["EDGEFLEET_BASE"] = base
-        env["EDGEFLEET_VARIANT"] = variant
-        env["EDGEFLEET_FORMAT"] = format
-        p.environment = env
-        let outPipe = Pipe(), errPipe = Pipe()
-        p.standardOutput = outPipe
-        p.standardError = errPipe
-        p.standardInput = FileHandle.nullDevice
-        do { try p.run() } catch { throw CompressionError(.evaluator, "cannot start '\(command)': \(error)") }
-        // Read both pipes to the end before waiting, so a chatty evaluator cannot block on a full pipe.
-        let errData = ErrorCollector(errPipe.fileHandleForReading)
-        let outData = outPipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        let stderr = String(decoding: errData.finish().suffix(2000), as: UTF8.self)
-        guard p.terminationStatus == 0 else {
-            throw CompressionError(.evaluator, "'\(command)' exited with \(p.terminationStatus): \(stderr)")
+        let r = try ExternalCommand.run(command, arguments: [base, variant],
+                                        environment: ["EDGEFLEET_BASE": base, "EDGEFLEET_VARIANT": variant, "EDGEFLEET_FORMAT": format],
+                                        what: "evaluator")
+        guard r.status == 0 else {
+            throw CompressionError(.evaluator, "'\(command)' exited with \(r.status): \(r.stderr)")
         }
-        let lines = String(decoding: outData, as: UTF8.self).split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
-        guard let last = lines.last(where: { $0.hasPrefix("{") }) else {
-            throw CompressionError(.evaluator, "'\(command)' printed no JSON result line; stderr: \(stderr)")
+        guard let last = r.jsonLine else {
+            throw CompressionError(.evaluator, "'\(command)' printed no JSON result line; stderr: \(r.stderr)")
         }
         return try parse(Data(last.utf8), command: command)
     }
@@ -52,20 +36,19 @@ public enum Evaluator {
         if let d = obj["detail"] as? [String: Any] {
             detail = d.compactMapValues { ($0 as? NSNumber)?.doubleValue }
         }
-        return VariantReport.Evaluation(evaluator: command, samples: samples, meanCosine: min(mean, 1), minCosine: min(minimum, 1),
-                                        top1Agreement: number("top1_agreement"), detail: detail)
-    }
-}
-
-/// Drains a pipe on another thread.
-private final class ErrorCollector: @unchecked Sendable {
-    private var data = Data()
-    private let done = DispatchSemaphore(value: 0)
-    init(_ handle: FileHandle) {
-        DispatchQueue.global().async { [self] in
-            data = handle.readDataToEndOfFile()
-            done.signal()
+        // Speed is optional (an operator's evaluator may not time); when present it must decode whole.
+        var speed: VariantReport.Speed?
+        if let sp = obj["speed"] {
+            guard JSONSerialization.isValidJSONObject(sp), let d = try? JSONSerialization.data(withJSONObject: sp),
+                  let decoded = try? JSONDecoder().decode(VariantReport.Speed.self, from: d) else {
+                throw CompressionError(.evaluator, "result's \"speed\" is not {batch, runs, timings: [{threads, baseMedianMs, …}], …}")
+            }
+            guard decoded.timings.allSatisfy({ [$0.baseMedianMs, $0.variantMedianMs, $0.speedup].allSatisfy { $0.isFinite && $0 > 0 } }) else {
+                throw CompressionError(.evaluator, "result's speed has a time that is not a positive number")
+            }
+            speed = decoded
         }
+        return VariantReport.Evaluation(evaluator: command, samples: samples, meanCosine: min(mean, 1), minCosine: min(minimum, 1),
+                                        top1Agreement: number("top1_agreement"), detail: detail, speed: speed)
     }
-    func finish() -> Data { done.wait(); return data }
 }

@@ -3,20 +3,52 @@ import Foundation
 /// What the graph says about each initializer: which operators read it (for the quantization axis
 /// and for protecting embeddings and norms) and how late in the graph (for the last layer).
 struct ONNXGraphFacts {
-    struct Use { var opType: String; var input: Int; var node: Int; var transB: Bool }
+    struct Use {
+        var opType: String; var input: Int; var node: Int; var transB: Bool
+        var domain: String = ""
+        var axis: Int64 = 0
+        var isDefaultDomain: Bool { domain.isEmpty || domain == "ai.onnx" }
+    }
     var uses: [String: [Use]] = [:]
     var nodeOutputs = Set<String>()
     var graphInputs = Set<String>()
+    var graphOutputs = Set<String>()
 
     init(_ graph: Onnx_GraphProto) {
         for (n, node) in graph.node.enumerated() {
             let transB = node.attribute.first { $0.name == "transB" }?.i == 1
+            let axis = node.attribute.first { $0.name == "axis" }?.i ?? 0
             for (i, input) in node.input.enumerated() where !input.isEmpty {
-                uses[input, default: []].append(Use(opType: node.opType, input: i, node: n, transB: transB))
+                uses[input, default: []].append(Use(opType: node.opType, input: i, node: n, transB: transB, domain: node.domain, axis: axis))
             }
             for o in node.output { nodeOutputs.insert(o) }
         }
         for i in graph.input { graphInputs.insert(i.name) }
+        for o in graph.output { graphOutputs.insert(o.name) }
+    }
+
+    /// For a compute form: the operator that can read this weight in its quantized form, if every
+    /// reader of it is one. MatMul B [K, N] (int8: any K; MatMulNBits: K a multiple of the block) or
+    /// a Gather table [rows, D] read along axis 0 with D a multiple of the block (int4; int8 with the
+    /// onnxruntime operators).
+    func computeSite(_ name: String, shape: [Int64], storage: Recipe.Step?) -> ComputeSite? {
+        guard let u = uses[name], !u.isEmpty, shape.count == 2, !graphInputs.contains(name), !graphOutputs.contains(name) else { return nil }
+        let allMatMulB = u.allSatisfy { $0.opType == "MatMul" && $0.isDefaultDomain && $0.input == 1 }
+        let allGatherTable = u.allSatisfy { $0.opType == "Gather" && $0.isDefaultDomain && $0.input == 0 && $0.axis == 0 }
+        switch storage {
+        case .int8Dynamic(let ops) where allMatMulB:
+            return .matMulInt8(ops)
+        case .int8Dynamic(.onnxruntime) where allGatherTable:
+            // 8-bit blocks along each row: the largest block (up to 128) that divides the row.
+            guard let b = [128, 64, 32, 16].first(where: { shape[1] % Int64($0) == 0 }) else { return nil }
+            return .gatherBlockQuantized(blockSize: b, bits: 8)
+        case .int4MatMulNBits(let b, let acc) where allMatMulB && shape[0] % Int64(b) == 0:
+            return .matMulNBits(blockSize: b, accuracyLevel: acc)
+        case .int4MatMulNBits(let b, _) where allGatherTable && shape[1] % Int64(b) == 0:
+            return .gatherBlockQuantized(blockSize: b, bits: 4)
+        default:
+            return nil
+        }
     }
 
     /// The axis per-channel scales run along: the output channels of the operator that reads the weight.

@@ -1,29 +1,58 @@
 import Foundation
 import Yams
 
-/// A named pipeline of steps, from fleet/recipes.yaml. Value steps (pruning) come first and change
-/// the fp32 values; at most one storage step (fp16, int8, int4, binary, ternary) comes last and
-/// decides how the values are stored. Order matters: prune, then quantize.
+/// A named pipeline of steps, from fleet/recipes.yaml. Value steps (pruning, activation smoothing)
+/// come first and change the fp32 values; at most one storage step (fp16, int8, int4, binary,
+/// ternary) comes last and decides how the values are stored and computed. Order matters: prune,
+/// then quantize. Storage-only forms keep fp32 arithmetic (weights behind DequantizeLinear or Cast);
+/// compute forms replace the operators that read the weights (MatMulInteger, MatMulNBits, …).
 public struct Recipe: Equatable, Sendable {
     public enum Granularity: String, Sendable, Codable { case perChannel = "per-channel", perTensor = "per-tensor" }
     public enum PruneScope: String, Sendable, Codable { case perLayer = "per-layer", global }
+    /// Which operators an int8 compute form uses: onnxruntime's fused contrib operator
+    /// (com.microsoft DynamicQuantizeMatMul) or standard ONNX (DynamicQuantizeLinear + MatMulInteger).
+    public enum OperatorSet: String, Sendable, Codable { case onnxruntime, standard }
 
     public enum Step: Equatable, Sendable, CustomStringConvertible {
         case prune(sparsity: Double, scope: PruneScope)
+        /// SmoothQuant-style: moves activation outliers into the weights of the MatMuls that read them,
+        /// from calibration ranges (a per-channel Mul on the activation, the inverse on the weight rows).
+        /// `minGain`: smooth an activation only when its MatMuls' estimated output error drops that many times.
+        case smooth(alpha: Double, minGain: Double)
         case fp16
         case int8(Granularity)
         case int4(blockSize: Int)
+        /// int8 weights per output channel, activations quantized at run time: MatMuls compute in int8.
+        case int8Dynamic(OperatorSet)
+        /// int4 block-wise MatMulNBits (com.microsoft) for MatMuls, GatherBlockQuantized for embedding tables.
+        case int4MatMulNBits(blockSize: Int, accuracyLevel: Int)
         case binary
         case ternary
 
-        public var isStorage: Bool { if case .prune = self { false } else { true } }
+        public var isStorage: Bool {
+            switch self {
+            case .prune, .smooth: false
+            default: true
+            }
+        }
+
+        /// True for the forms whose arithmetic runs in the quantized format.
+        public var computes: Bool {
+            switch self {
+            case .int8Dynamic, .int4MatMulNBits: true
+            default: false
+            }
+        }
 
         public var description: String {
             switch self {
             case .prune(let s, let scope): "prune \(Int((s * 100).rounded()))% \(scope.rawValue)"
+            case .smooth(let a, let g): "smooth activations alpha \(a)" + (g > 1 ? " where the estimated error drops \(g)x" : "")
             case .fp16: "fp16"
-            case .int8(let g): "int8 \(g.rawValue) symmetric"
-            case .int4(let b): "int4 block \(b)"
+            case .int8(let g): "int8 \(g.rawValue) symmetric (storage-only)"
+            case .int4(let b): "int4 block \(b) (storage-only)"
+            case .int8Dynamic(let ops): "int8 compute, dynamic activations (\(ops == .onnxruntime ? "DynamicQuantizeMatMul" : "MatMulInteger"))"
+            case .int4MatMulNBits(let b, let acc): "int4 compute, MatMulNBits block \(b) accuracy_level \(acc)"
             case .binary: "binary"
             case .ternary: "ternary"
             }
@@ -58,6 +87,16 @@ public struct Recipe: Equatable, Sendable {
                 throw CompressionError(.recipe, "recipe '\(name)': sparsity must be between 0 and 1, got \(sparsity)")
             case .int4(let b) where ![16, 32, 64, 128, 256].contains(b):
                 throw CompressionError(.recipe, "recipe '\(name)': int4 block size must be 16, 32, 64, 128 or 256, got \(b)")
+            case .int4MatMulNBits(let b, _) where ![16, 32, 64, 128, 256].contains(b):
+                throw CompressionError(.recipe, "recipe '\(name)': int4 block size must be 16, 32, 64, 128 or 256, got \(b)")
+            case .int4MatMulNBits(_, let acc) where ![0, 1, 2, 3, 4].contains(acc):
+                throw CompressionError(.recipe, "recipe '\(name)': accuracy_level must be 0 to 4, got \(acc)")
+            case .smooth(_, let g) where !(g >= 1 && g.isFinite):
+                throw CompressionError(.recipe, "recipe '\(name)': smoothing min_gain must be at least 1, got \(g)")
+            case .smooth(let a, _) where !(a > 0 && a < 1):
+                throw CompressionError(.recipe, "recipe '\(name)': smoothing alpha must be between 0 and 1, got \(a)")
+            case .smooth where !steps.contains(where: \.computes):
+                throw CompressionError(.recipe, "recipe '\(name)': smooth only helps a compute form (int8 compute: dynamic, int4 compute: matmulnbits)")
             default: break
             }
         }
@@ -73,16 +112,23 @@ public struct Recipe: Equatable, Sendable {
     public func dtype(base: String) -> String {
         switch storage {
         case .fp16: "fp16"
-        case .int8: "int8"
-        case .int4: "int4"
+        case .int8, .int8Dynamic: "int8"
+        case .int4, .int4MatMulNBits: "int4"
         case .binary: "binary"
         case .ternary: "ternary"
         default: base
         }
     }
 
+    /// `compute` when the variant's arithmetic runs in its number format, `storage-only` when it is
+    /// smaller (or more compressible) but computes in fp32 like its base.
+    public var form: String { storage?.computes == true ? "compute" : "storage-only" }
+
+    /// Whether the recipe reads calibration ranges of activations.
+    public var needsCalibration: Bool { steps.contains { if case .smooth = $0 { true } else { false } } }
+
     public var technique: String {
-        let prunes = steps.contains { !$0.isStorage }
+        let prunes = steps.contains { if case .prune = $0 { true } else { false } }
         if prunes && storage != nil { return "combined" }
         return prunes ? "pruning" : "quantization"
     }
@@ -147,6 +193,12 @@ private struct RecipeFile: Decodable {
             var block_size: Int?
             var sparsity: Double?
             var scope: Recipe.PruneScope?
+            /// int8: storage (DequantizeLinear) or dynamic; int4: storage or matmulnbits.
+            var compute: String?
+            var ops: Recipe.OperatorSet?
+            var accuracy_level: Int?
+            var alpha: Double?
+            var min_gain: Double?
         }
 
         struct Key: CodingKey {
@@ -174,15 +226,30 @@ private struct RecipeFile: Decodable {
         func step(recipe: String) throws(CompressionError) -> Recipe.Step {
             switch kind {
             case "fp16": return .fp16
-            case "int8": return .int8(options.granularity ?? .perChannel)
-            case "int4": return .int4(blockSize: options.block_size ?? 32)
+            case "int8":
+                switch options.compute ?? "storage" {
+                case "storage": return .int8(options.granularity ?? .perChannel)
+                case "dynamic":
+                    guard (options.granularity ?? .perChannel) == .perChannel else {
+                        throw CompressionError(.recipe, "recipe '\(recipe)': int8 compute is per-channel")
+                    }
+                    return .int8Dynamic(options.ops ?? .onnxruntime)
+                default: throw CompressionError(.recipe, "recipe '\(recipe)': int8 compute must be storage or dynamic")
+                }
+            case "int4":
+                switch options.compute ?? "storage" {
+                case "storage": return .int4(blockSize: options.block_size ?? 32)
+                case "matmulnbits": return .int4MatMulNBits(blockSize: options.block_size ?? 32, accuracyLevel: options.accuracy_level ?? 4)
+                default: throw CompressionError(.recipe, "recipe '\(recipe)': int4 compute must be storage or matmulnbits")
+                }
+            case "smooth": return .smooth(alpha: options.alpha ?? 0.5, minGain: options.min_gain ?? 1)
             case "binary": return .binary
             case "ternary": return .ternary
             case "prune":
                 guard let s = options.sparsity else { throw CompressionError(.recipe, "recipe '\(recipe)': prune needs a sparsity") }
                 return .prune(sparsity: s, scope: options.scope ?? .perLayer)
             default:
-                throw CompressionError(.recipe, "recipe '\(recipe)': unknown step '\(kind)' (fp16, int8, int4, binary, ternary, prune)")
+                throw CompressionError(.recipe, "recipe '\(recipe)': unknown step '\(kind)' (fp16, int8, int4, binary, ternary, prune, smooth)")
             }
         }
     }

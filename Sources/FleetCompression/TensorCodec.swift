@@ -10,6 +10,11 @@ struct TensorEncoding: Equatable {
         case fp16
         case int8(perChannel: Bool)
         case int4(blockSize: Int)
+        /// MatMulNBits' layout of a MatMul weight B [K, N]: transposed to [N, K], int4 blocks along K,
+        /// two per byte (low nibble first); scales [N, blocks]; zero points [N, ⌈blocks/2⌉] packed per row.
+        case int4NBits(blockSize: Int)
+        /// 8-bit blocks along `blockAxis`, asymmetric: UINT8 values, a scale and a UINT8 zero point per block.
+        case uint8Blocks(blockSize: Int)
         case binary
         case ternary
     }
@@ -44,6 +49,15 @@ struct TensorEncoding: Equatable {
             s[blockAxis] = (s[blockAxis] + Int64(b) - 1) / Int64(b)
             return [PartSpec(role: .values, dtype: .uint4, shape: shape), PartSpec(role: .scale, dtype: .f32, shape: s),
                     PartSpec(role: .zeroPoint, dtype: .uint4, shape: s)]
+        case .uint8Blocks(let b):
+            var s = shape
+            s[blockAxis] = (s[blockAxis] + Int64(b) - 1) / Int64(b)
+            return [PartSpec(role: .values, dtype: .u8, shape: shape), PartSpec(role: .scale, dtype: .f32, shape: s),
+                    PartSpec(role: .zeroPoint, dtype: .u8, shape: s)]
+        case .int4NBits(let b):
+            let k = shape[0], n = shape[1], blocks = (k + Int64(b) - 1) / Int64(b)
+            return [PartSpec(role: .values, dtype: .u8, shape: [n, blocks, Int64(b / 2)]), PartSpec(role: .scale, dtype: .f32, shape: [n, blocks]),
+                    PartSpec(role: .zeroPoint, dtype: .u8, shape: [n, (blocks + 1) / 2])]
         }
     }
 
@@ -53,6 +67,8 @@ struct TensorEncoding: Equatable {
         case .fp16: "fp16"
         case .int8(let pc): pc ? "int8 per-channel axis \(channelAxis)" : "int8 per-tensor"
         case .int4(let b): "int4 block \(b) axis \(blockAxis) asymmetric"
+        case .int4NBits(let b): "int4 block \(b) along K asymmetric (MatMulNBits layout)"
+        case .uint8Blocks(let b): "int8 block \(b) axis \(blockAxis) asymmetric"
         case .binary: "binary per-channel axis \(channelAxis)"
         case .ternary: "ternary per-channel axis \(channelAxis)"
         }
@@ -139,7 +155,73 @@ enum TensorCodec {
             return ([q, floatBytes(alpha)], meter)
         case .int4(let block):
             return encodeInt4(values, original: original, shape: shape, axis: enc.blockAxis, block: block, meter: &meter)
+        case .int4NBits(let block):
+            return encodeInt4NBits(values, original: original, shape: shape, block: block, meter: &meter)
+        case .uint8Blocks(let block):
+            return encodeUInt8Blocks(values, original: original, shape: shape, axis: enc.blockAxis, block: block, meter: &meter)
         }
+    }
+
+    /// 8-bit asymmetric blocks along `axis`: each block's scale and zero point cover [min(w, 0), max(w, 0)]
+    /// over 255 steps (zero stays exact); w ≈ (q − zero_point) · scale.
+    static func encodeUInt8Blocks(_ values: [Float], original: [Float], shape: [Int64], axis: Int, block: Int,
+                                  meter: inout ErrorMeter) -> (parts: [[UInt8]], meter: ErrorMeter) {
+        let l = AxisLayout(shape: shape, axis: axis)
+        let nb = (l.along + block - 1) / block
+        let nScales = l.outer * nb * l.inner
+        var lo = [Float](repeating: 0, count: nScales), hi = [Float](repeating: 0, count: nScales)
+        values.withUnsafeBufferPointer { v in
+            var e = 0
+            for o in 0..<l.outer { for j in 0..<l.along { for i in 0..<l.inner {
+                let s = (o * nb + j / block) * l.inner + i
+                lo[s] = min(lo[s], v[e]); hi[s] = max(hi[s], v[e]); e += 1
+            } } }
+        }
+        var scales = [Float](repeating: 1, count: nScales), zeros = [UInt8](repeating: 0, count: nScales)
+        for s in 0..<nScales where hi[s] > lo[s] {
+            scales[s] = (hi[s] - lo[s]) / 255
+            zeros[s] = UInt8(min(255, max(0, (-lo[s] / scales[s]).rounded(.toNearestOrEven))))
+        }
+        var q = [UInt8](repeating: 0, count: values.count)
+        values.withUnsafeBufferPointer { v in
+            var e = 0
+            for o in 0..<l.outer { for j in 0..<l.along { for i in 0..<l.inner {
+                let s = (o * nb + j / block) * l.inner + i
+                let zp = Float(zeros[s]), sc = scales[s]
+                let x = min(255, max(0, (v[e] / sc).rounded(.toNearestOrEven) + zp))
+                q[e] = UInt8(x)
+                meter.add(original[e], (x - zp) * sc)
+                e += 1
+            } } }
+        }
+        return ([q, floatBytes(scales), zeros], meter)
+    }
+
+    /// B [K, N] as MatMulNBits reads it: blocks run along K within each output column n, so the
+    /// matrix is transposed to [N, K] and quantized along its rows; with K a multiple of the block,
+    /// the packed rows are the [N, blocks, block/2] blobs. Zero points are packed row by row.
+    static func encodeInt4NBits(_ values: [Float], original: [Float], shape: [Int64], block: Int,
+                                meter: inout ErrorMeter) -> (parts: [[UInt8]], meter: ErrorMeter) {
+        let k = Int(shape[0]), n = Int(shape[1])
+        func transposed(_ a: [Float]) -> [Float] {
+            var t = [Float](repeating: 0, count: a.count)
+            a.withUnsafeBufferPointer { a in t.withUnsafeMutableBufferPointer { t in
+                for r in 0..<k { for c in 0..<n { t[c * k + r] = a[r * n + c] } }
+            } }
+            return t
+        }
+        let (parts, m) = encodeInt4(transposed(values), original: transposed(original), shape: [Int64(n), Int64(k)], axis: 1,
+                                    block: block, meter: &meter)
+        let blocks = (k + block - 1) / block, rowBytes = (blocks + 1) / 2
+        var zeros = [UInt8](repeating: 0, count: n * rowBytes)
+        for r in 0..<n {
+            for b in 0..<blocks {
+                let s = r * blocks + b
+                let z = (parts[2][s >> 1] >> (s & 1 == 0 ? 0 : 4)) & 0x0F
+                zeros[r * rowBytes + b / 2] |= z << (b & 1 == 0 ? 0 : 4)
+            }
+        }
+        return ([parts[0], parts[1], zeros], m)
     }
 
     /// Visits elements in storage order with their channel index.

@@ -18,12 +18,16 @@ public enum VariantBuilder {
         public var zstdLevel: Int?
         /// Output-level evaluation: a command run as `CMD BASE VARIANT` (see `Evaluator`).
         public var evaluator: String?
+        /// Activation ranges for recipes that smooth activations; when nil and `calibrator` is set,
+        /// the calibrator measures them on the input model (see `Calibrator`).
+        public var calibration: ActivationRanges?
+        public var calibrator: String?
         public var progress: ((Progress) -> Void)?
 
         public init(input: String, output: String, recipe: Recipe, zstdLevel: Int? = 3, evaluator: String? = nil,
-                    progress: ((Progress) -> Void)? = nil) {
+                    calibration: ActivationRanges? = nil, calibrator: String? = nil, progress: ((Progress) -> Void)? = nil) {
             self.input = input; self.output = output; self.recipe = recipe; self.zstdLevel = zstdLevel
-            self.evaluator = evaluator; self.progress = progress
+            self.evaluator = evaluator; self.calibration = calibration; self.calibrator = calibrator; self.progress = progress
         }
     }
 
@@ -51,7 +55,11 @@ public enum VariantBuilder {
     }
 
     public static func build(_ options: Options) throws(CompressionError) -> VariantReport {
+        var options = options
         let format = try format(of: options.input)
+        if options.recipe.needsCalibration, options.calibration == nil, format == .onnx, let cmd = options.calibrator {
+            options.calibration = try Calibrator.run(command: cmd, model: options.input)
+        }
         if options.output.hasSuffix(".onnx") != (format == .onnx) || options.output.hasSuffix(".safetensors") != (format == .safetensors) {
             if options.output.hasSuffix(".onnx") || options.output.hasSuffix(".safetensors") {
                 throw CompressionError(.unsupportedFormat, "the variant is written in the input's format (\(format.rawValue))", path: options.output)
@@ -96,6 +104,21 @@ struct TensorDecision {
     var encoding: TensorEncoding?
     var prune: Bool
     var reason: String
+    /// Compute forms: the operator that reads the quantized weight directly.
+    var site: ComputeSite?
+    /// Activation smoothing: row k of a MatMul weight [K, N] is multiplied by rowScales[k] before encoding.
+    var rowScales: [Float]?
+}
+
+/// Where a compute form replaces the operator that reads a weight.
+enum ComputeSite: Equatable {
+    /// B of MatMul nodes: int8 per output column, activations quantized at run time.
+    case matMulInt8(Recipe.OperatorSet)
+    /// B of MatMul nodes: com.microsoft MatMulNBits.
+    case matMulNBits(blockSize: Int, accuracyLevel: Int)
+    /// The table of Gather nodes (axis 0): com.microsoft GatherBlockQuantized, blocks along rows
+    /// (bits 4: UINT4 values; bits 8: UINT8 values), asymmetric.
+    case gatherBlockQuantized(blockSize: Int, bits: Int)
 }
 
 /// A result computed on a thread of its own (the builder's other cores).

@@ -64,6 +64,8 @@ struct VariantCommand: ParsableCommand {
         @Option(help: "A local copy of the --derived-from variant's file (default: downloaded from the controller).") var teacherFile: String?
         @Option(help: "Evaluator command for --derived-from, run as CMD TEACHER VARIANT.") var evaluate: String?
         @Option(help: "Golden inputs (.npz) for the default evaluator.") var inputs: String?
+        @Option(help: "A report written by `variant build --report` for this file: stored with the variant, its mean cosine is the quality.")
+        var report: String?
 
         func validate() throws {
             guard Name.isValid(model) else { throw ValidationError("'\(model)' is not a valid model name") }
@@ -73,6 +75,10 @@ struct VariantCommand: ParsableCommand {
             _ = try parsedRequirements()
             _ = try parsedAttributes()
             if let q = quality, !(0...1).contains(q) { throw ValidationError("--quality must be between 0 and 1") }
+            if report != nil {
+                guard quality == nil, derivedFrom == nil else { throw ValidationError("--report carries the measured quality: leave out --quality and --derived-from") }
+                guard FileManager.default.isReadableFile(atPath: report!) else { throw ValidationError("cannot read \(report!)") }
+            }
             if derivedFrom != nil {
                 guard let technique, Lineage.techniques.contains(technique) else {
                     throw ValidationError("--derived-from needs --technique \(Lineage.techniques.joined(separator: "|"))")
@@ -125,6 +131,7 @@ struct VariantCommand: ParsableCommand {
                                            teacherFile: teacherFile, evaluate: evaluate, inputs: inputs)
             }
             let sha = try localSHA256(file)
+            let built = try report.map { try VariantReportFile.load($0, for: file, sha256: sha) }
             let bar = ProgressBar(label: "uploading \((file as NSString).lastPathComponent)")
             let uploaded = try calling { () throws -> ArtifactInfo in
                 let r = try api.http.upload(file: file, to: api.base + "/v1/artifacts", headers: api.actor.merging(["X-Content-SHA256": sha]) { $1 },
@@ -138,7 +145,7 @@ struct VariantCommand: ParsableCommand {
             let variant = CatalogVariant(name: name, sha256: sha, size: uploaded.size, fileName: fileName, format: resolvedFormat!,
                                          dtype: dtype, requires: try parsedRequirements(), attributes: try parsedAttributes(),
                                          lineage: derived?.0)
-            let body = NewVariant(variant: variant, quality: derived?.1.quality ?? quality, report: derived?.1)
+            let body = NewVariant(variant: variant, quality: derived?.1.quality ?? built?.quality ?? quality, report: derived?.1 ?? built)
             let info = try calling { try api.post("/v1/models/\(model)/variants", body, as: VariantInfo.self) }
             try global.emit(info) { "variant \(name) of \(model): \(ByteCount.format(uploaded.size)), sha256 \(sha)\n" }
         }

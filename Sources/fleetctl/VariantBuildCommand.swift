@@ -33,6 +33,9 @@ extension VariantCommand {
         @Flag(help: "Skip the output-level evaluation.") var noEvaluate = false
         @Option(help: "Golden inputs (.npz) for the default evaluator (EDGEFLEET_GOLDEN_INPUTS).") var inputs: String?
         @Option(help: "zstd level for the compressed sizes in the report; 0 skips.") var zstdLevel: Int = 3
+        @Option(help: "Calibrator command for recipes that smooth activations, run as CMD MODEL.") var calibrate: String?
+        @Option(help: "Calibration inputs (.npz) for the default calibrator (EDGEFLEET_CALIBRATION_INPUTS); keep them apart from --inputs.")
+        var calibrationInputs: String?
 
         func validate() throws {
             if input != nil {
@@ -56,8 +59,10 @@ extension VariantCommand {
             let bar = ProgressBar(label: "\(r.name)")
             var evaluator = noEvaluate ? nil : (evaluate ?? ProcessInfo.processInfo.environment["EDGEFLEET_EVALUATOR"] ?? Self.defaultEvaluator())
             if let e = evaluator, let inputs { evaluator = "EDGEFLEET_GOLDEN_INPUTS=\(shellQuote(inputs)) " + e }
+            var calibrator = r.needsCalibration ? (calibrate ?? ProcessInfo.processInfo.environment["EDGEFLEET_CALIBRATOR"] ?? Self.defaultScript("calibrate-variant.py")) : nil
+            if let c = calibrator, let calibrationInputs { calibrator = "EDGEFLEET_CALIBRATION_INPUTS=\(shellQuote(calibrationInputs)) " + c }
             let options = VariantBuilder.Options(input: input, output: out!, recipe: r, zstdLevel: zstdLevel == 0 ? nil : zstdLevel,
-                                                 evaluator: evaluator,
+                                                 evaluator: evaluator, calibrator: calibrator,
                                                  progress: { p in bar.update(p.bytesDone, p.bytesTotal) })
             let rep = try cli { try VariantBuilder.build(options) }
             bar.finish()
@@ -79,10 +84,13 @@ extension VariantCommand {
         }
 
         /// scripts/evaluate-variant.py under the repository's .venv, when run from the repository.
-        static func defaultEvaluator() -> String? {
+        static func defaultEvaluator() -> String? { defaultScript("evaluate-variant.py") }
+
+        /// scripts/NAME under the repository's .venv, when run from the repository.
+        static func defaultScript(_ name: String) -> String? {
             let fm = FileManager.default
             let cwd = fm.currentDirectoryPath
-            let python = cwd + "/.venv/bin/python", script = cwd + "/scripts/evaluate-variant.py"
+            let python = cwd + "/.venv/bin/python", script = cwd + "/scripts/" + name
             guard fm.isExecutableFile(atPath: python), fm.fileExists(atPath: script) else { return nil }
             return "\(shellQuote(python)) \(shellQuote(script))"
         }
@@ -132,6 +140,9 @@ enum ReportText {
         if let zi = r.input.zstdBytes, let zo = r.output.zstdBytes {
             s += "; zstd-\(r.zstdLevel ?? 0): \(ByteCount.format(zi)) -> \(ByteCount.format(zo)) (ratio \(String(format: "%.2f", r.compressedRatio ?? 0)))"
         }
+        if let form = r.form {
+            s += "\nform: " + (form == "compute" ? "compute (\((r.operators ?? []).joined(separator: ", ")))" : "storage-only (computed in fp32 like the base: smaller, not faster)")
+        }
         s += "\ntensors: \(r.tensorsChanged) changed, \(r.tensorsKept) kept"
         if let w = r.worstRelativeL2 { s += String(format: "; worst relative L2 %.4g", w) }
         if let snr = r.meanSnrDb { s += String(format: "; mean SNR %.1f dB", snr) }
@@ -142,10 +153,26 @@ enum ReportText {
             s += String(format: "agreement (%d samples): mean cosine %.5f, min cosine %.5f", e.samples, e.meanCosine, e.minCosine)
             if let t = e.top1Agreement { s += String(format: ", top-1 %.2f%%", t * 100) }
             s += "\n"
+            if let sp = e.speed { s += speedText(sp) }
         } else {
             s += "agreement: not evaluated\n"
         }
         for n in r.notes { s += "note: \(n)\n" }
+        return s
+    }
+
+    static func speedText(_ sp: VariantReport.Speed) -> String {
+        var s = "speed (batch \(sp.batch), \(sp.runs) runs each"
+        if let rt = sp.runtime { s += ", \(rt)" }
+        s += "):\n"
+        for t in sp.timings {
+            s += String(format: "  %d thread%@: base %.3f ms (p95 %.3f) -> variant %.3f ms (p95 %.3f): %.2fx %@\n", t.threads, t.threads == 1 ? "" : "s",
+                        t.baseMedianMs, t.baseP95Ms, t.variantMedianMs, t.variantP95Ms, t.speedup, t.speedup >= 1 ? "faster" : "slower")
+        }
+        if let b = sp.basePeakBytes, let v = sp.variantPeakBytes {
+            s += "  peak memory: base \(ByteCount.format(b)), variant \(ByteCount.format(v))\n"
+        }
+        if let c = sp.cpu { s += "  cpu: \(c.model) (\(c.architecture), \(c.cores) cores; \(c.flags.joined(separator: " ")))\n" }
         return s
     }
 
@@ -165,6 +192,21 @@ func shellQuote(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", w
 func cli<T>(_ body: () throws -> T) throws -> T {
     do { return try body() } catch let e as CompressionError { throw CLIError(e.description) } catch let e as CLIError { throw e } catch {
         throw CLIError("\(error)")
+    }
+}
+
+/// `variant add --report FILE`: a report built locally for the file being added.
+enum VariantReportFile {
+    static func load(_ path: String, for file: String, sha256: String) throws -> VariantReport {
+        guard let data = FileManager.default.contents(atPath: path) else { throw CLIError("cannot read \(path)") }
+        let report: VariantReport
+        do { report = try JSONDecoder().decode(VariantReport.self, from: data) } catch {
+            throw CLIError("\(path) is not a variant report: \(error)")
+        }
+        if let sha = report.output.sha256, sha != sha256 {
+            throw CLIError("\(path) describes a file with sha256 \(sha), not \(file) (\(sha256))")
+        }
+        return report
     }
 }
 

@@ -24,12 +24,38 @@ import FleetCore
     }
     static let fixture = Fixture()
 
-    func build(_ recipeName: String, format: String = "onnx", input: String? = nil) throws -> VariantReport? {
+    /// Calibration (for smoothing recipes) runs on the calibrator's synthetic inputs: the golden
+    /// sentences that measure agreement are never seen by the build.
+    func build(_ recipeName: String, format: String = "onnx", input: String? = nil, timing: Bool = false) throws -> VariantReport? {
         guard let f = Self.fixture else { return nil }
         let book = try RecipeBook.load(path: Venv.repo + "/fleet/recipes.yaml")
         return try VariantBuilder.build(.init(
             input: input ?? f.onnx, output: f.dir.file("\(recipeName).\(format)"), recipe: try book.recipe(recipeName), zstdLevel: 1,
-            evaluator: "EDGEFLEET_GOLDEN_INPUTS='\(f.golden)' \(Venv.evaluator)"))
+            evaluator: "EDGEFLEET_GOLDEN_INPUTS='\(f.golden)' \(timing ? Venv.timingEvaluator : Venv.evaluator)", calibrator: Venv.calibrator))
+    }
+
+    @Test func int8ComputeWithSmoothingAgreesTo0995AndIsTimed() throws {
+        guard let r = try build("int8-dyn-smooth", timing: true) else { return }
+        let e = try #require(r.evaluation)
+        #expect(e.meanCosine >= 0.995)
+        #expect(r.form == "compute")
+        #expect(r.operators == ["Concat", "Mul", "Split", "com.microsoft.DynamicQuantizeMatMul", "com.microsoft.GatherBlockQuantized"])
+        #expect(r.tensorsChanged == 38)       // the encoder's MatMuls, word and position embeddings (8-bit blocks)
+        #expect(Double(r.output.bytes) < 0.3 * Double(r.input.bytes))
+        let speed = try #require(e.speed)
+        #expect(speed.batch == 1)
+        #expect(speed.runs == 32)
+        #expect(Set(speed.timings.map(\.threads)).contains(1))
+        #expect(r.notes.contains { $0.contains("smoothed") })
+    }
+
+    @Test func int4ComputeIsAFifthOfTheFileAndAgreesAbove097() throws {
+        guard let r = try build("int4-nbits-b32") else { return }
+        let e = try #require(r.evaluation)
+        #expect(e.meanCosine >= 0.97)
+        #expect(Double(r.output.bytes) <= 0.2 * Double(r.input.bytes))    // embeddings included
+        #expect(r.tensorsChanged == 38)
+        #expect(r.operators == ["Concat", "Split", "com.microsoft.GatherBlockQuantized", "com.microsoft.MatMulNBits"])
     }
 
     @Test func fp16AgreesToFourNines() throws {

@@ -14,6 +14,30 @@ import Testing
         #expect(try book.recipe("prune30-int8").technique == "combined")
         #expect(try book.recipe("int4-b64").dtype(base: "fp32") == "int4")
         #expect(try book.recipe("prune50").dtype(base: "fp32") == "fp32")
+        #expect(try book.recipe("int8-dyn").steps == [.int8Dynamic(.onnxruntime)])
+        #expect(try book.recipe("int8-dyn-std").steps == [.int8Dynamic(.standard)])
+        #expect(try book.recipe("int8-dyn-smooth").steps == [.smooth(alpha: 0.7, minGain: 5), .int8Dynamic(.onnxruntime)])
+        #expect(try book.recipe("int4-nbits-b32").steps == [.int4MatMulNBits(blockSize: 32, accuracyLevel: 4)])
+        #expect(try book.recipe("int4-nbits-b32").form == "compute")
+        #expect(try book.recipe("int8").form == "storage-only")
+        #expect(try book.recipe("int8-dyn-smooth").needsCalibration)
+        // Names start with their number format.
+        for name in book.names where try book.recipe(name).technique == "quantization" {
+            let dtype = try book.recipe(name).dtype(base: "fp32")
+            if dtype == "int8" || dtype == "int4" { #expect(name.hasPrefix(dtype), "\(name)") }
+        }
+    }
+
+    @Test func computeStepsParseWithTheirOptions() throws {
+        let book = try RecipeBook.parse("""
+            recipes:
+              - name: a
+                steps: [{int4: {compute: matmulnbits, block_size: 128, accuracy_level: 0}}]
+              - name: b
+                steps: [{smooth: {alpha: 0.5}}, {int8: {compute: dynamic, ops: standard}}]
+            """)
+        #expect(try book.recipe("a").steps == [.int4MatMulNBits(blockSize: 128, accuracyLevel: 0)])
+        #expect(try book.recipe("b").steps == [.smooth(alpha: 0.5, minGain: 1), .int8Dynamic(.standard)])
     }
 
     @Test func quantizingBeforePruningIsRefused() {
@@ -35,6 +59,14 @@ import Testing
             "recipes: [{name: a, steps: [fp16]}, {name: a, steps: [int8]}]",
             "recipes: [{name: a, steps: [fp16], protect: ['([']}]",
             "recipes: [{name: a, steps: [{int8: {granularity: per-row}}]}]",
+            "recipes: [{name: a, steps: [{int8: {compute: sometimes}}]}]",
+            "recipes: [{name: a, steps: [{int8: {compute: dynamic, granularity: per-tensor}}]}]",
+            "recipes: [{name: a, steps: [{int4: {compute: matmulnbits, accuracy_level: 7}}]}]",
+            "recipes: [{name: a, steps: [{int4: {compute: matmulnbits, block_size: 48}}]}]",
+            "recipes: [{name: a, steps: [{smooth: {alpha: 0.5}}, int8]}]",
+            "recipes: [{name: a, steps: [{smooth: {alpha: 1.5}}, {int8: {compute: dynamic}}]}]",
+            "recipes: [{name: a, steps: [{smooth: {alpha: 0.5, min_gain: 0.5}}, {int8: {compute: dynamic}}]}]",
+            "recipes: [{name: a, steps: [{int8: {compute: dynamic}}, {smooth: {alpha: 0.5}}]}]",
             "not yaml: [",
         ] {
             #expect(compressionErrorCode { _ = try RecipeBook.parse(yaml) } == .recipe, "\(yaml)")

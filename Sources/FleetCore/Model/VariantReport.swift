@@ -47,11 +47,59 @@ public struct VariantReport: Codable, Equatable, Sendable {
         public var minCosine: Double
         public var top1Agreement: Double?
         public var detail: [String: Double]?
+        /// Inference speed of the variant next to its base, measured by the evaluator in the same run.
+        public var speed: Speed?
         public init(evaluator: String, samples: Int, meanCosine: Double, minCosine: Double, top1Agreement: Double?,
-                    detail: [String: Double]? = nil) {
+                    detail: [String: Double]? = nil, speed: Speed? = nil) {
             self.evaluator = evaluator; self.samples = samples; self.meanCosine = meanCosine; self.minCosine = minCosine
-            self.top1Agreement = top1Agreement; self.detail = detail
+            self.top1Agreement = top1Agreement; self.detail = detail; self.speed = speed
         }
+    }
+
+    /// Latency of the variant and its base on the machine that evaluated them, timed interleaved in one
+    /// run (a shared machine moves absolute times; the ratio holds), and the CPU it was.
+    public struct Speed: Codable, Equatable, Sendable {
+        /// One thread count: milliseconds per inference over every timed run.
+        public struct Timing: Codable, Equatable, Sendable {
+            public var threads: Int
+            public var baseMedianMs: Double
+            public var baseP95Ms: Double
+            public var variantMedianMs: Double
+            public var variantP95Ms: Double
+            /// base median / variant median: above 1, the variant is faster.
+            public var speedup: Double
+            public init(threads: Int, baseMedianMs: Double, baseP95Ms: Double, variantMedianMs: Double, variantP95Ms: Double, speedup: Double) {
+                self.threads = threads; self.baseMedianMs = baseMedianMs; self.baseP95Ms = baseP95Ms
+                self.variantMedianMs = variantMedianMs; self.variantP95Ms = variantP95Ms; self.speedup = speedup
+            }
+        }
+        public struct CPU: Codable, Equatable, Sendable {
+            public var model: String
+            public var architecture: String
+            public var cores: Int
+            /// The instruction-set flags that decide quantized speed (avx2, avx512_vnni, asimddp, …).
+            public var flags: [String]
+            public init(model: String, architecture: String, cores: Int, flags: [String]) {
+                self.model = model; self.architecture = architecture; self.cores = cores; self.flags = flags
+            }
+        }
+        /// Inputs per inference (1: one sample at a time, as a device serves requests).
+        public var batch: Int
+        /// Timed inferences per model and thread count.
+        public var runs: Int
+        public var timings: [Timing]
+        /// Peak resident memory of a process that loads the model and runs it, in bytes.
+        public var basePeakBytes: Int64?
+        public var variantPeakBytes: Int64?
+        public var runtime: String?
+        public var cpu: CPU?
+        public init(batch: Int, runs: Int, timings: [Timing], basePeakBytes: Int64? = nil, variantPeakBytes: Int64? = nil,
+                    runtime: String? = nil, cpu: CPU? = nil) {
+            self.batch = batch; self.runs = runs; self.timings = timings; self.basePeakBytes = basePeakBytes
+            self.variantPeakBytes = variantPeakBytes; self.runtime = runtime; self.cpu = cpu
+        }
+        /// The one-thread timing, the figure devices with one inference core see.
+        public var singleThread: Timing? { timings.first { $0.threads == 1 } }
     }
 
     public var tool: String
@@ -80,6 +128,11 @@ public struct VariantReport: Codable, Equatable, Sendable {
     public var evaluation: Evaluation?
     /// Warnings an operator must read (pruning without retraining, overflow, experimental recipe, …).
     public var notes: [String]
+    /// `compute` (the variant's arithmetic runs in its number format) or `storage-only` (smaller, but
+    /// computed in fp32 like its base); nil in reports written before the distinction.
+    public var form: String?
+    /// The operators a compute form put in the graph (e.g. com.microsoft.MatMulNBits).
+    public var operators: [String]?
 
     public init(tool: String, toolVersion: String, recipe: String, steps: [String], technique: String, dtype: String,
                 input: FileStats, output: FileStats, zstdLevel: Int?, compressionRatio: Double, compressedRatio: Double?,

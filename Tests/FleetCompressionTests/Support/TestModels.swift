@@ -131,6 +131,53 @@ enum ONNXFixture {
         return m
     }
 
+    /// A value info with named (dynamic) dimensions where `dims` holds nil.
+    static func dynamicValueInfo(_ name: String, _ elem: Int32, _ dims: [Any]) -> Onnx_ValueInfoProto {
+        var v = valueInfo(name, elem, [])
+        v.type.tensorType.shape.dim = dims.map { d in
+            var x = Onnx_TensorShapeProto.Dimension()
+            if let n = d as? Int { x.dimValue = Int64(n) } else { x.dimParam = "\(d)" }
+            return x
+        }
+        return v
+    }
+
+    /// What a standard BERT export looks like at its inputs: input_ids, token_type_ids (a 2-row
+    /// table) and attention_mask, [batch, seq] int64 with named dimensions.
+    static func bertLike(seed: UInt64 = 3) -> Onnx_ModelProto {
+        var g = Onnx_GraphProto()
+        g.name = "bert-like"
+        g.initializer = [
+            tensor("word_embeddings", [1000, 32], floats(1000 * 32, seed: seed)),
+            tensor("token_type_embeddings", [2, 32], floats(2 * 32, std: 1, seed: seed + 1)),
+            tensor("dense.weight", [32, 64], floats(32 * 64, seed: seed + 2)),
+            tensor("dense.bias", [64], floats(64, seed: seed + 3)),
+            int64Tensor("unsqueeze_axes", [2]),
+        ]
+        var cast = node("Cast", ["attention_mask"], ["maskf"])
+        var to = Onnx_AttributeProto(); to.name = "to"; to.type = .int; to.i = 1
+        cast.attribute = [to]
+        g.node = [
+            node("Gather", ["word_embeddings", "input_ids"], ["words"], ints: ["axis": 0]),
+            node("Gather", ["token_type_embeddings", "token_type_ids"], ["types"], ints: ["axis": 0]),
+            node("Add", ["words", "types"], ["emb"]),
+            node("MatMul", ["emb", "dense.weight"], ["d0"]),
+            node("Add", ["d0", "dense.bias"], ["d1"]),
+            cast,
+            node("Unsqueeze", ["maskf", "unsqueeze_axes"], ["mask3"]),
+            node("Mul", ["d1", "mask3"], ["hidden"]),
+        ]
+        g.input = ["input_ids", "token_type_ids", "attention_mask"].map { dynamicValueInfo($0, 7, ["batch", "seq"]) }
+        g.output = [dynamicValueInfo("hidden", 1, ["batch", "seq", 64])]
+        var m = Onnx_ModelProto()
+        m.irVersion = 8
+        var op = Onnx_OperatorSetIdProto()
+        op.version = 14
+        m.opsetImport = [op]
+        m.graph = g
+        return m
+    }
+
     static func write(_ m: Onnx_ModelProto, to dir: TempDir, _ name: String) throws -> String {
         try dir.write(name, try m.serializedBytes())
     }
@@ -177,7 +224,11 @@ enum Venv {
         return url.path
     }()
     static var python: String { repo + "/.venv/bin/python" }
-    static var evaluator: String { "'\(python)' '\(repo)/scripts/evaluate-variant.py'" }
+    /// The shipped evaluator, agreement only (timing is for the tests that look at it).
+    static var evaluator: String { "EDGEFLEET_EVAL_SPEED=0 '\(python)' '\(repo)/scripts/evaluate-variant.py'" }
+    /// The shipped evaluator with its timing, one round (the figures are not asserted, only their presence).
+    static var timingEvaluator: String { "EDGEFLEET_EVAL_ROUNDS=1 '\(python)' '\(repo)/scripts/evaluate-variant.py'" }
+    static var calibrator: String { "'\(python)' '\(repo)/scripts/calibrate-variant.py'" }
 
     /// True when the venv has onnxruntime; otherwise records an issue under CI and returns false.
     static func available() -> Bool {
