@@ -68,7 +68,7 @@ public enum Controller {
         let performance = PerformanceBook(store: store, clock: clock)
         let director = Director(store: store, keys: keys, config: config, artifactBaseURL: options.artifactBaseURL,
                                 metrics: metrics, logger: logger, pollSeconds: options.pollSeconds, planner: planner, driver: driver,
-                                performance: performance, minMeasuredDevices: options.minMeasuredDevices)
+                                performance: performance, minMeasuredDevices: options.minMeasuredDevices, quarantine: quarantine)
 
         let router = Router(context: FleetRequestContext.self)
         router.add(middleware: ErrorMiddleware())
@@ -84,7 +84,7 @@ public enum Controller {
             headers[.contentType] = "text/plain; version=0.0.4"
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: metrics.registry.emitToBuffer())))
         }
-        DeviceRoutes(director: director, store: store, metrics: metrics, clock: clock).register(router)
+        DeviceRoutes(director: director, store: store, metrics: metrics, clock: clock, quarantine: quarantine).register(router)
         ArtifactRoutes(artifacts: artifacts, metrics: metrics, maxArtifactBytes: options.maxArtifactBytes,
                        quarantine: quarantine, scrubber: scrubber).register(router)
         let operatorRoutes = OperatorRoutes(director: director, store: store, artifacts: artifacts, config: config, keys: keys,

@@ -99,9 +99,10 @@ struct FailureHandlingTests {
         #expect(failedEvents.count == canaries && failedEvents.allSatisfy { $0.fault == InstallFault.healthCheck.rawValue })
     }
 
-    /// The full artifact is corrupted on the controller's disk: the device tries it at most the
+    /// Every download of the artifact arrives with a byte flipped on the way (the stored copy is
+    /// intact, so the controller finds nothing wrong on its side): the device tries it at most the
     /// tier's three attempts, with backoff, then is held as failed and fetches it no more.
-    @Test func corruptedArtifactIsFetchedABoundedNumberOfTimes() throws {
+    @Test func artifactCorruptedOnTheWayIsFetchedABoundedNumberOfTimes() throws {
         let fleet = try TestFleet(); defer { fleet.cleanup() }
         try fleet.startController(config: try fleet.config(tiers: Self.fastRetryTiers))
         let a = fleet.agent("edge-arm64-01", facts: TestFleet.demoFacts("edge-arm64-01.json"))
@@ -110,12 +111,9 @@ struct FailureHandlingTests {
         try fleet.runOnce(a)
         let v2 = try fleet.makeFile("v2.safetensors", size: 2_000_000, seed: 81)
         try fleet.publish(model: "m", version: "2", variants: [("m-v2", "int8", v2)], addModel: false)
-        let stored = fleet.artifactPath(fleet.sha(v2))
-        var bytes = [UInt8](FileManager.default.contents(atPath: stored)!)
-        bytes[bytes.count / 3] ^= 0x01
-        try Data(bytes).write(to: URL(fileURLWithPath: stored))
+        let proxy = try fleet.startProxy(["--flip-artifact-byte"])
 
-        _ = try fleet.start("fleet-agent", fleet.agentArgs(a), log: fleet.dir + "/agent.log")
+        _ = try fleet.start("fleet-agent", fleet.agentArgs(a, controller: "http://127.0.0.1:\(proxy.port)"), log: fleet.dir + "/agent.log")
         try fleet.waitFor("the device given up and held as failed", timeout: 60) {
             try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).first?.held["m"] == "failed"
         }
@@ -135,6 +133,42 @@ struct FailureHandlingTests {
         #expect(zip(starts, starts.dropFirst()).allSatisfy { $1 - $0 >= 1 })
         #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v1))
         #expect(try FileManager.default.contentsOfDirectory(atPath: a.state + "/downloads").isEmpty)
+        // Three downloads of the 2 MB artifact crossed the proxy, no more.
+        let downloads = fleet.proxyLog(proxy.log).filter { ($0["path"] as? String)?.hasSuffix(fleet.sha(v2)) == true }
+        #expect(downloads.count == 3, "\(downloads)")
+    }
+
+    /// The artifact rotted on the controller's disk: the first device that cannot verify it makes
+    /// the controller hash its copy again; the copy is quarantined and the device is held
+    /// (`artifact-quarantined`) instead of being sent bytes that cannot verify.
+    @Test func artifactRottenOnTheControllerIsCaughtByTheFirstDeviceReport() throws {
+        let fleet = try TestFleet(); defer { fleet.cleanup() }
+        try fleet.startController(config: try fleet.config(tiers: Self.fastRetryTiers))
+        let a = fleet.agent("edge-arm64-01", facts: TestFleet.demoFacts("edge-arm64-01.json"))
+        let v1 = try fleet.makeFile("v1.safetensors", size: 300_000, seed: 82)
+        try fleet.publish(model: "m", version: "1", variants: [("m-v1", "int8", v1)])
+        try fleet.runOnce(a)
+        let v2 = try fleet.makeFile("v2.safetensors", size: 2_000_000, seed: 83)
+        try fleet.publish(model: "m", version: "2", variants: [("m-v2", "int8", v2)], addModel: false)
+        let stored = fleet.artifactPath(fleet.sha(v2))
+        var bytes = [UInt8](FileManager.default.contents(atPath: stored)!)
+        bytes[bytes.count / 3] ^= 0x01
+        try Data(bytes).write(to: URL(fileURLWithPath: stored))
+
+        _ = try fleet.start("fleet-agent", fleet.agentArgs(a), log: fleet.dir + "/agent.log")
+        try fleet.waitFor("the device held on a quarantined artifact", timeout: 60) {
+            try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).first?.held["m"] == "artifact-quarantined"
+        }
+        let seen = try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).first?.lastSeen ?? 0
+        try fleet.waitFor("four more check-ins", timeout: 30) {
+            (try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).first?.lastSeen ?? 0) >= seen + 4
+        }
+        let events = try fleet.events("edge-arm64-01").filter { $0.release == "m@2" }
+        #expect(events.first { $0.kind == "retrying" }?.fault == InstallFault.hashMismatch.rawValue)
+        let started = events.filter { $0.kind == "started" }.count
+        #expect((1...2).contains(started), "\(events.map(\.kind))")
+        #expect(!FileManager.default.fileExists(atPath: stored), "the rotten copy is still in the store")
+        #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v1))
     }
 
     /// The agent dies in the health check of a new model at every start (the check kills it).

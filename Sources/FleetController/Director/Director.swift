@@ -19,13 +19,15 @@ actor Director {
     let performance: PerformanceBook
     /// Devices of a class that must have measured a variant before its figures rank it.
     let minMeasuredDevices: Int
+    /// Artifacts taken out of service; a device whose update needs one is held, not sent a 410.
+    let quarantine: ArtifactQuarantine?
 
     init(store: any FleetStore, keys: OnlineKeys, config: FleetConfig, artifactBaseURL: String?, metrics: ControllerMetrics,
          logger: Logger, pollSeconds: Int, planner: DeltaPlanner, driver: RolloutDriver, performance: PerformanceBook,
-         minMeasuredDevices: Int = 3) {
+         minMeasuredDevices: Int = 3, quarantine: ArtifactQuarantine? = nil) {
         self.store = store; self.keys = keys; self.config = config; self.artifactBaseURL = artifactBaseURL
         self.metrics = metrics; self.logger = logger; self.pollSeconds = pollSeconds; self.planner = planner; self.driver = driver
-        self.performance = performance; self.minMeasuredDevices = minMeasuredDevices
+        self.performance = performance; self.minMeasuredDevices = minMeasuredDevices; self.quarantine = quarantine
     }
 
     /// Which release of a rollout a device gets; nil: none now (it keeps what it runs).
@@ -182,6 +184,10 @@ actor Director {
             }
             if plan.deltaBuilding {
                 held[rollout.model] = "delta-building"
+                continue
+            }
+            if let quarantine, try await quarantine.record(plan.package?.sha256 ?? variant.sha256) != nil {
+                held[rollout.model] = "artifact-quarantined"
                 continue
             }
             if releaseId == rollout.releaseId, request.installed[rollout.model] != variant.sha256 {

@@ -8,6 +8,8 @@ struct DeviceRoutes: Sendable {
     let store: any FleetStore
     let metrics: ControllerMetrics
     let clock: @Sendable () -> Int64
+    /// Re-checks a stored artifact that a device could not verify.
+    var quarantine: ArtifactQuarantine? = nil
 
     static let checkInLimit = 256 * 1024
     static let eventsLimit = 1024 * 1024
@@ -43,6 +45,13 @@ struct DeviceRoutes: Sendable {
             if let dropped = batch.droppedEvents { try await store.recordDropped(deviceId: id, total: dropped, at: clock()) }
             metrics.eventsStored.increment(by: Int64(ingest.stored))
             metrics.eventsDuplicate.increment(by: Int64(ingest.duplicates))
+            // Bytes that did not verify on a device may be rotten on this side: the stored copy is
+            // hashed again (at most once per artifact in ten minutes, off the device's request).
+            let suspects = Set(batch.events.filter { $0.fault == InstallFault.hashMismatch.rawValue || $0.fault == InstallFault.lengthMismatch.rawValue }
+                .compactMap(\.sha256).filter(Digest.isSHA256Hex))
+            if let quarantine, !suspects.isEmpty {
+                Task.detached { for sha in suspects.sorted() { _ = try? await quarantine.checkReported(sha) } }
+            }
             return try JSON.response(EventAck(ackedThrough: ingest.ackedThrough, stored: ingest.stored, duplicates: ingest.duplicates))
         }
     }

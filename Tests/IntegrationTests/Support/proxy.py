@@ -11,6 +11,7 @@ ap.add_argument("--log", required=True)
 ap.add_argument("--tamper-assignment", default=None, help="replace the assigned sha256 with this one, keeping the signature")
 ap.add_argument("--cut-after", type=int, default=None, help="close the first artifact download after this many body bytes")
 ap.add_argument("--throttle", type=int, default=None, help="bytes per second for artifact bodies")
+ap.add_argument("--flip-artifact-byte", action="store_true", help="flip one byte in the first chunk of every artifact body")
 args = ap.parse_args()
 lock = threading.Lock()
 state = {"cut_done": False}
@@ -71,11 +72,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 cut = args.cut_after
         sent = 0
         start = time.monotonic()
+        flip = args.flip_artifact_byte
         try:
             while True:
                 chunk = resp.read(16384)
                 if not chunk:
                     break
+                if flip:
+                    chunk = bytes([chunk[0] ^ 0x01]) + chunk[1:]
+                    flip = False
                 if cut is not None and sent + len(chunk) > cut:
                     chunk = chunk[: cut - sent]
                     self.wfile.write(chunk)
