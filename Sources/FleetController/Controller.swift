@@ -94,7 +94,7 @@ public enum Controller {
         VariantRoutes(store: store, builder: VariantBuildService(
             store: store, artifacts: artifacts, recipesFile: options.configDirectory + "/recipes.yaml",
             evaluator: options.evaluator, logger: logger, clock: clock)).register(router)
-        DashboardRoutes(store: store, access: store, operatorRoutes: operatorRoutes, performance: performance, clock: clock,
+        DashboardRoutes(store: store, access: store, operatorRoutes: operatorRoutes, performance: performance, quarantine: store, clock: clock,
                         secureCookies: options.tls != nil).register(router)
         AccessRoutes(store: store, keys: keys, options: options.access,
                      enrollments: RateLimiter(burst: options.access.enrollBurst, perMinute: options.access.enrollPerMinute, clock: clock),

@@ -169,6 +169,11 @@ struct FailureHandlingTests {
         #expect((1...2).contains(started), "\(events.map(\.kind))")
         #expect(!FileManager.default.fileExists(atPath: stored), "the rotten copy is still in the store")
         #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v1))
+        // The dashboard and /metrics say so.
+        let page = try fleet.run("/usr/bin/env", ["curl", "-fsS", fleet.url + "/"], timeout: 20).stdout
+        #expect(page.contains("data-quarantined=\"\(fleet.sha(v2))\""))
+        let metrics = try fleet.run("/usr/bin/env", ["curl", "-fsS", fleet.url + "/metrics"], timeout: 20).stdout
+        #expect(metrics.split(separator: "\n").contains { $0.hasPrefix("edgefleet_artifacts_quarantined") && $0.split(separator: " ").last.flatMap { Double($0) } == 1 })
     }
 
     /// The agent dies in the health check of a new model at every start (the check kills it).
@@ -283,6 +288,39 @@ struct CellGateTests {
         #expect(stopped.observation?.reference == .controlCohort)
         #expect((stopped.observation?.control?.devices ?? 0) >= 1)
         try fleet.waitFor("every agent back on v1", timeout: 60) { agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(v1) } }
+    }
+
+    /// Real agents, no inference service: a latency gate has nothing to judge. Under the default
+    /// policy the cell does not leave its first phase; it is blocked, visibly, until promoted.
+    @Test func gateThatCannotJudgeBlocksTheCell() throws {
+        let fleet = try TestFleet(); defer { fleet.cleanup() }
+        try fleet.startController()
+        let v1 = try fleet.makeFile("v1.safetensors", size: 100_000, seed: 64)
+        let v2 = try fleet.makeFile("v2.safetensors", size: 100_000, seed: 65)
+        try fleet.publish(model: "m", version: "1", variants: [("m-v1", "int8", v1)])
+        _ = try fleet.fleetctl(["variant", "add", "m", v2, "--name", "m-v2", "--dtype", "int8", "--format", "safetensors"])
+        _ = try fleet.fleetctl(["release", "create", "m", "--version", "2", "--keys", fleet.dir + "/keys", "--variants", "m-v2"])
+        var agents: [TestFleet.Agent] = []
+        for i in 0..<3 {
+            let a = fleet.agent("vnni-\(i)", facts: TestFleet.demoFacts("edge-x86-vnni-01.json"))
+            _ = try fleet.start("fleet-agent", fleet.agentArgs(a, extra: ["--device-id", a.name]), log: fleet.dir + "/\(a.name).log")
+            agents.append(a)
+        }
+        try fleet.waitFor("every agent on v1", timeout: 60) { agents.allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v1) } }
+        let rid = try fleet.fleetctlJSON(RolloutInfo.self, ["rollout", "start", "m@2", "--policy", "fast", "--bake-scale", "0"]).id
+        var cell: RolloutStatus.Cell?
+        try fleet.waitFor("the cell blocked by its latency gate", timeout: 60) {
+            cell = try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(rid)"]).cells.first
+            return cell?.blockedBy != nil
+        }
+        #expect(cell?.blockedBy == ["latency-p95-ratio"])
+        #expect(cell?.phase == 1)
+        let onV2 = agents.filter { fleet.current($0, model: "m").contentSha == fleet.sha(v2) }.count
+        #expect(onV2 >= 1 && onV2 < agents.count, "\(onV2) of \(agents.count) on v2 while blocked")
+        let shown = try fleet.fleetctl(["rollout", "status", "\(rid)"])
+        #expect(shown.contains("blocked: latency-p95-ratio cannot judge"))
+        _ = try fleet.fleetctl(["rollout", "promote", "\(rid)"])
+        try fleet.waitFor("everyone on v2 after the promote", timeout: 60) { agents.allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v2) } }
     }
 
     /// SIGHUP re-reads fleet/policies: a policy added to the folder is offered without a restart.

@@ -13,6 +13,8 @@ struct DashboardData: Sendable {
     var rollouts: [Rollout]
     /// Per model, what devices measured of each variant per hardware class.
     var performance: [String: [VariantMeasurement]] = [:]
+    /// Stored artifacts whose bytes failed their hash check: out of service.
+    var quarantined: [QuarantinedArtifact] = []
     var refreshSeconds: Int = 5
 }
 
@@ -31,6 +33,7 @@ enum Dashboard {
             <header><h1>EdgeFleet</h1><span class="muted">controller time \(time(d.now)) UTC · refreshes every \(d.refreshSeconds) s</span></header>
             """
         h += fleet(d)
+        h += quarantine(d.quarantined)
         if d.rollouts.isEmpty {
             h += "<section><h2>Rollouts</h2><p class=\"muted\">No rollouts yet: <code>fleetctl rollout start RELEASE --policy canary</code>.</p></section>"
         }
@@ -49,6 +52,19 @@ enum Dashboard {
         h += "<p><button type=\"submit\">Sign in</button></p></form>"
         h += "<p class=\"muted\">Create one with <code>fleetctl tokens create --name NAME --role viewer</code>. The page only reads; the cookie cannot change anything.</p>"
         return h + "</section></body></html>\n"
+    }
+
+    // MARK: quarantine
+
+    static func quarantine(_ q: [QuarantinedArtifact]) -> String {
+        guard !q.isEmpty else { return "" }
+        var h = "<section><h2 class=\"why\">Quarantined artifacts (\(q.count))</h2><p class=\"muted\">Their stored bytes failed the hash check: "
+        h += "never served (410), no delta built from them; devices that need one are held. Upload the right bytes to restore.</p><ul>"
+        for a in q {
+            h += "<li data-quarantined=\"\(esc(a.sha256))\"><code>\(esc(String(a.sha256.prefix(16))))…</code> found by \(esc(a.foundBy.rawValue)) "
+            h += "at \(time(a.quarantinedAt)) UTC; the bytes hash to <code>\(esc(String(a.actualSha256.prefix(16))))…</code></li>"
+        }
+        return h + "</ul></section>"
     }
 
     // MARK: performance

@@ -9,6 +9,7 @@ struct DashboardRoutes: Sendable {
     let access: any AccessStore
     let operatorRoutes: OperatorRoutes
     let performance: PerformanceBook
+    let quarantine: any ArtifactQuarantineStore
     let clock: @Sendable () -> Int64
     /// Mark the session cookie Secure (the controller serves HTTPS).
     let secureCookies: Bool
@@ -82,6 +83,6 @@ struct DashboardRoutes: Sendable {
             if !t.isEmpty { perf[m.name] = t }
         }
         return DashboardData(now: clock(), devices: fleet.devices.values.sorted { $0.id < $1.id }, eventsDropped: try await store.eventsDropped(),
-                             rollouts: rollouts, performance: perf)
+                             rollouts: rollouts, performance: perf, quarantined: try await quarantine.quarantinedArtifacts())
     }
 }
