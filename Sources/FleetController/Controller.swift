@@ -76,7 +76,7 @@ public enum Controller {
                                                 checkIns: RateLimiter(burst: options.access.checkInBurst, perMinute: options.access.checkInsPerMinute, clock: clock),
                                                 metrics: metrics, clock: clock))
         router.get("/healthz") { _, _ in try JSON.response(["status": "ok"]) }
-        let performanceRoutes = PerformanceRoutes(store: store, performance: performance, metrics: metrics)
+        let performanceRoutes = PerformanceRoutes(store: store, performance: performance, metrics: metrics, clock: clock)
         router.get("/metrics") { _, _ in
             metrics.devices.set(Int64(try await store.devices().count))
             try await performanceRoutes.recordMetrics()

@@ -41,7 +41,7 @@ struct ModelCommand: ParsableCommand {
 
 struct VariantCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "variant", abstract: "Build, upload, list and show model variants.",
-                                                    subcommands: [Add.self, List.self, Build.self, Show.self, Perf.self])
+                                                    subcommands: [Add.self, List.self, Build.self, Show.self, Perf.self, Trial.self])
 
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -104,9 +104,12 @@ actor Director {
             candidates.append(c)
         }
         let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)
-        let selection = VariantSelector.select(facts: facts, hardwareClass: hw, tier: tier, candidates: candidates,
+        var selection = VariantSelector.select(facts: facts, hardwareClass: hw, tier: tier, candidates: candidates,
                                                installedSha256: installed[rollout.model],
                                                policy: SelectionPolicy(minQuality: model?.minQuality, minMeasuredDevices: minMeasuredDevices))
+        if let deviceId = facts.deviceId {
+            selection = try await trialSelection(selection, deviceId: deviceId, model: rollout.model, release: release.id)
+        }
         let chosen = selection.chosen.flatMap { name in release.catalog.variants.first { $0.name == name } }
         var package: PackageRef? = nil
         var building = false
@@ -124,6 +127,31 @@ actor Director {
             }
         }
         return Plan(release: release, selection: selection, variant: chosen, hardwareClass: hw, package: package, deltaBuilding: building)
+    }
+
+    /// A device in a running trial of this release is sent, in turn, each trial variant it has not
+    /// measured yet and that fits it; once it measured them all, selection goes back to normal.
+    func trialSelection(_ s: Selection, deviceId: String, model: String, release: String) async throws -> Selection {
+        guard let trial = try await store.trials(model: model).last(where: { $0.state == "running" && $0.release == release && $0.devices.contains(deviceId) })
+        else { return s }
+        let measured = try await store.measuredArtifacts(model: model, deviceId: deviceId)
+        let shas = try await store.release(release).map { Dictionary($0.catalog.variants.map { ($0.name, $0.sha256) }, uniquingKeysWith: { a, _ in a }) } ?? [:]
+        guard let next = trial.variants.first(where: { name in
+            guard let sha = shas[name], !measured.contains(sha) else { return false }
+            return s.verdicts.contains { $0.variant == name && $0.eligible }
+        }) else { return s }
+        var out = s
+        for i in out.verdicts.indices {
+            if out.verdicts[i].variant == next {
+                out.verdicts[i].chosen = true
+                out.verdicts[i].reason = "chosen for trial \(trial.id) (measuring \(trial.variants.joined(separator: ", ")) on this device): " + out.verdicts[i].reason
+            } else if out.verdicts[i].chosen {
+                out.verdicts[i].chosen = false
+                out.verdicts[i].reason = "selection's choice, after trial \(trial.id): " + out.verdicts[i].reason
+            }
+        }
+        out.chosen = next
+        return out
     }
 
     func artifactURL(_ sha256: String) -> String { "\(artifactBaseURL ?? "")/v1/artifacts/\(sha256)" }

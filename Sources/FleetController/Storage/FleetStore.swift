@@ -244,6 +244,8 @@ protocol FleetStore: Sendable {
     func createTrial(_ t: TrialRecord) async throws -> TrialRecord
     func trials(model: String) async throws -> [TrialRecord]
     func setTrialState(_ id: Int64, _ state: String) async throws
+    /// The artifacts of `model` a device has reported figures for (benchmark or runtime metrics).
+    func measuredArtifacts(model: String, deviceId: String) async throws -> Set<String>
     /// An operator's retry: forgets the failures of `release` (on `devices`, or all) and makes the
     /// next check-in of each sign a new assignment. Returns what it cleared.
     func clearFailures(release: String, devices: [String]?, by actor: String, at: Int64) async throws -> [DeviceFailure]

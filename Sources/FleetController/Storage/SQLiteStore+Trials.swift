@@ -40,3 +40,11 @@ extension SQLiteStore {
         try db.execute("UPDATE trials SET state = ? WHERE id = ?", [state, id])
     }
 }
+
+extension SQLiteStore {
+    func measuredArtifacts(model: String, deviceId: String) async throws -> Set<String> {
+        Set(try db.query("""
+            SELECT DISTINCT sha256 FROM events WHERE device_id = ? AND model = ? AND kind IN ('benchmark', 'metrics') AND sha256 IS NOT NULL
+            """, [deviceId, model]).compactMap { $0[0].text })
+    }
+}
