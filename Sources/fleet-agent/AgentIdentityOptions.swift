@@ -1,6 +1,8 @@
 import ArgumentParser
 import FleetClient
-import Foundation
+// FleetCore re-exports FoundationEssentials only: full Foundation would link ICU data into the
+// static agent.
+import FleetCore
 
 /// How the agent proves who it is, and whom it trusts, over TLS.
 struct AgentIdentityOptions: ParsableArguments {
@@ -30,7 +32,7 @@ struct AgentIdentityOptions: ParsableArguments {
             guard let text = try? String(contentsOfFile: enrollTokenFile, encoding: .utf8) else {
                 throw ValidationError("--enroll-token-file \(enrollTokenFile) cannot be read")
             }
-            let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            let token = text.trimmed
             return token.isEmpty ? nil : token
         }
         return ProcessInfo.processInfo.environment["EDGEFLEET_ENROLL_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
