@@ -24,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         // System libraries: the agent needs only glibc, libcurl and libzstd on the device.
@@ -61,6 +62,7 @@ let package = Package(
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Yams", package: "Yams"),
+            .product(name: "PostgresNIO", package: "postgres-nio"),
         ]),
         .executableTarget(name: "fleet-controller", dependencies: [
             "FleetController", "FleetCore",
@@ -75,15 +77,18 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
+        // Test helpers shared by the test targets: a PostgreSQL server of a test's own.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+
         .testTarget(name: "FleetCoreTests", dependencies: ["FleetCore"]),
         .testTarget(name: "FleetDeltaTests", dependencies: ["FleetDelta", "FleetCore"]),
         .testTarget(name: "FleetCompressionTests", dependencies: ["FleetCompression", "FleetCore"]),
         .testTarget(name: "FleetAgentTests", dependencies: ["FleetAgent", "FleetCore"]),
         .testTarget(name: "FleetControllerTests", dependencies: [
-            "FleetController", "FleetCore", "FleetAgent", "FleetClient",
+            "FleetController", "FleetCore", "FleetAgent", "FleetClient", "TestSupport",
             .product(name: "HummingbirdTesting", package: "hummingbird"),
         ]),
         // The Python helpers are run by path (a tampering proxy, a malicious controller), not built.
-        .testTarget(name: "IntegrationTests", dependencies: ["FleetCore"], exclude: ["Support/proxy.py", "Support/evil_controller.py"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["FleetCore", "TestSupport"], exclude: ["Support/proxy.py", "Support/evil_controller.py"]),
     ]
 )

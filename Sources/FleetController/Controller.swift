@@ -31,6 +31,13 @@ public struct ControllerOptions: Sendable {
     public var evaluator: String? = ProcessInfo.processInfo.environment["EDGEFLEET_EVALUATOR"]
     /// Seconds between scrub passes that hash every stored artifact again; nil or 0: none.
     public var scrubIntervalSeconds: Double? = 6 * 3600
+    /// A PostgreSQL URL shared by replicas; nil: the SQLite file in the data directory.
+    public var databaseURL: String? = nil
+    /// Bring the database's schema up to this build's at start (under the migration lock); false:
+    /// refuse to start unless it is there already (`fleet-controller migrate` first).
+    public var migrate: Bool = true
+    /// This replica's name in the leader lease and the logs.
+    public var replicaName: String = ProcessInfo.processInfo.hostName + ":" + String(getpid())
 
     public init(dataDirectory: String, host: String, port: Int, keysDirectory: String, configDirectory: String,
                 artifactBaseURL: String? = nil, maxArtifactBytes: Int64 = 8 << 30, pollSeconds: Int = 30, deltas: Bool = true,
@@ -49,22 +56,30 @@ public enum Controller {
     /// services. Tests drive it with `app.test(.router)` and tick the driver with their own clock.
     static func makeApplication(options: ControllerOptions, logger: Logger, clock: @escaping @Sendable () -> Int64 = wallClock,
                                 metrics: ControllerMetrics = ControllerMetrics(),
-                                deltaBuilder: (any DeltaBuilding)? = nil) throws -> (some ApplicationProtocol, RolloutDriver) {
+                                deltaBuilder: (any DeltaBuilding)? = nil) async throws -> (some ApplicationProtocol, RolloutDriver) {
         try FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
         let config = try FleetConfig.load(directory: options.configDirectory)
         let keys = try OnlineKeys.load(directory: options.keysDirectory, now: clock())
-        let store = try SQLiteStore(path: options.dataDirectory + "/fleet.sqlite")
-        try store.migrateQuarantine()
-        try keys.history.restore(try store.rootVersionsSync(), now: clock())
+        let store = try await openStore(options: options, logger: logger)
+        try keys.history.restore(try await store.rootVersions(), now: clock())
         if options.access.mode == .enforced {
-            try AdminBootstrap.ensureAdmin(store: store, dataDirectory: options.dataDirectory, now: clock(), logger: logger)
+            try await AdminBootstrap.ensureAdmin(store: store, dataDirectory: options.dataDirectory, now: clock(), logger: logger)
         }
+        // Work that runs once: on PostgreSQL, on the replica that holds the leader lease; on SQLite
+        // (one box), here.
+        let fence = options.databaseURL == nil ? LeaseFence.alwaysLeader() : LeaseFence()
         let artifacts = try ArtifactStore(root: options.dataDirectory + "/artifacts")
         let policies = try PolicyBook(directory: options.configDirectory)
         let quarantine = ArtifactQuarantine(artifacts: artifacts, store: store, metrics: metrics, logger: logger, clock: clock)
-        let scrubber = ArtifactScrubber(quarantine: quarantine, store: store, intervalSeconds: options.scrubIntervalSeconds)
+        let scrubber = ArtifactScrubber(quarantine: quarantine, store: store, intervalSeconds: options.scrubIntervalSeconds, leader: fence)
         let planner = DeltaPlanner(store: store, artifacts: artifacts, builder: deltaBuilder, logger: logger, clock: clock, quarantine: quarantine)
-        let driver = RolloutDriver(store: store, logger: logger, clock: clock, tickSeconds: options.rolloutTickSeconds, metrics: metrics)
+        let elector = try options.databaseURL.map { url in
+            LeaderElector(location: try PostgresLocation(url: url), store: store, fence: fence, replica: options.replicaName, logger: logger) {
+                [planner] leading in if leading { try? await planner.resumeClaimed() }
+            }
+        }
+        let driver = RolloutDriver(store: store, logger: logger, clock: clock, tickSeconds: options.rolloutTickSeconds, metrics: metrics,
+                                   tickStore: store.fenced(fence), leader: fence)
         let performance = PerformanceBook(store: store, clock: clock)
         let director = Director(store: store, keys: keys, config: config, artifactBaseURL: options.artifactBaseURL,
                                 metrics: metrics, logger: logger, pollSeconds: options.pollSeconds, planner: planner, driver: driver,
@@ -75,10 +90,14 @@ public enum Controller {
         router.add(middleware: AccessMiddleware(options: options.access, store: store,
                                                 checkIns: RateLimiter(burst: options.access.checkInBurst, perMinute: options.access.checkInsPerMinute, clock: clock),
                                                 metrics: metrics, clock: clock))
-        router.get("/healthz") { _, _ in try JSON.response(["status": "ok"]) }
+        // Which replica does the once-only work, for operators and load balancers' checks.
+        let replicaName = options.replicaName, database = store.dialect.rawValue
+        router.get("/healthz") { _, _ in
+            try JSON.response(["status": "ok", "leader": fence.isLeader ? "true" : "false", "replica": replicaName, "database": database])
+        }
         let performanceRoutes = PerformanceRoutes(store: store, performance: performance, metrics: metrics, clock: clock)
         router.get("/metrics") { _, _ in
-            metrics.devices.set(Int64(try await store.devices().count))
+            metrics.devices.set(Int64(try await store.deviceCount()))
             try await performanceRoutes.recordMetrics()
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4"
@@ -104,20 +123,46 @@ public enum Controller {
             router: router,
             server: server,
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "edgefleet-controller"),
-            services: [planner, driver, scrubber, PolicyReloadService(book: policies, logger: logger)],
+            services: [planner, driver, scrubber, PolicyReloadService(book: policies, logger: logger)] + (elector.map { [$0] } ?? []),
             logger: logger)
         return (app, driver)
     }
 
     /// Runs the controller until SIGTERM or SIGINT, then drains in-flight requests and stops.
     public static func serve(options: ControllerOptions, logger: Logger) async throws {
-        let (app, _) = try makeApplication(options: options, logger: logger, deltaBuilder: options.deltas ? FleetDeltaBuilder() : nil)
+        let (app, _) = try await makeApplication(options: options, logger: logger, deltaBuilder: options.deltas ? FleetDeltaBuilder() : nil)
         logger.info("controller listening", metadata: ["listen": "\(options.host):\(options.port)", "data": "\(options.dataDirectory)",
                                                        "tls": "\(options.tls != nil)", "access": "\(options.access.mode.rawValue)"])
         if options.access.mode == .open {
             logger.warning("INSECURE DEVELOPMENT MODE: no operator tokens, no device identities; anyone who can reach \(options.host):\(options.port) is admin. Serve with --tls-cert, --tls-key and --client-ca for a real fleet.")
         }
         try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
+    }
+}
+
+extension Controller {
+    /// The store named by the options: PostgreSQL at `databaseURL`, else the data directory's
+    /// SQLite file.
+    static func openStore(options: ControllerOptions, logger: Logger) async throws -> SQLStore {
+        if let url = options.databaseURL {
+            return try await SQLStore.postgres(try PostgresLocation(url: url), migrate: options.migrate, logger: logger)
+        }
+        return try await SQLStore.sqlite(path: options.dataDirectory + "/fleet.sqlite")
+    }
+
+    /// `fleet-controller migrate`: brings the schema up to this build's and says what it did.
+    public static func migrate(databaseURL: String?, dataDirectory: String, logger: Logger) async throws -> String {
+        let db: any SQLDatabase
+        if let url = databaseURL {
+            db = try await PostgresDatabase.connect(try PostgresLocation(url: url), logger: logger)
+        } else {
+            try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
+            db = try SQLiteDatabase(path: dataDirectory + "/fleet.sqlite")
+        }
+        defer { Task { await db.close() } }
+        let outcome = try await Migrations.run(db)
+        if outcome.applied.isEmpty { return "schema at version \(outcome.to): nothing to do" }
+        return "schema \(outcome.from) → \(outcome.to): applied " + outcome.applied.joined(separator: "; ")
     }
 }
 

@@ -8,7 +8,7 @@ struct FleetControllerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fleet-controller",
         abstract: "The EdgeFleet controller: HTTP API, director, artifact store.",
-        subcommands: [Serve.self, TokenCommand.self, BenchGates.self])
+        subcommands: [Serve.self, MigrateCommand.self, TokenCommand.self, BenchGates.self])
 }
 
 struct Serve: AsyncParsableCommand {
@@ -47,9 +47,18 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Time between passes that hash every stored artifact again and quarantine the corrupt ones: seconds, or a number with s, m, h or d; 0 or off: no periodic pass.")
     var scrubInterval: String = "6h"
 
+    @OptionGroup var database: DatabaseOptions
+
+    @Flag(help: "Refuse to start unless the database's schema is this build's already (run `fleet-controller migrate` first). Default: migrate at start, under the migration lock.")
+    var noMigrate = false
+
+    @Option(help: "This replica's name in the leader lease and the logs (default: HOST:PID).")
+    var replica: String?
+
     @OptionGroup var security: SecurityOptions
 
     func validate() throws {
+        try database.validate()
         guard parseListen() != nil else { throw ValidationError("--listen must be HOST:PORT with a port from 1 to 65535, got '\(listen)'") }
         try security.validate(host: parseListen()!.0)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
@@ -91,6 +100,9 @@ struct Serve: AsyncParsableCommand {
         }
         options.access = security.access
         options.scrubIntervalSeconds = ScrubInterval.seconds(scrubInterval)
+        options.databaseURL = database.database
+        options.migrate = !noMigrate
+        if let replica { options.replicaName = replica }
         do {
             try await Controller.serve(options: options, logger: logger)
         } catch {

@@ -96,16 +96,15 @@ struct ArtifactQuarantineTests {
     /// The pieces of a controller's artifact side on a temporary directory.
     struct Parts {
         let dir: String
-        let store: SQLiteStore
+        let store: SQLStore
         let artifacts: ArtifactStore
         let metrics = ControllerMetrics()
         let quarantine: ArtifactQuarantine
 
-        init() throws {
+        init() async throws {
             dir = NSTemporaryDirectory() + "edgefleet-quarantine-" + UUID().uuidString
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            store = try SQLiteStore(path: dir + "/fleet.sqlite")
-            try store.migrateQuarantine()
+            store = try await SQLStore.sqlite(path: dir + "/fleet.sqlite")
             artifacts = try ArtifactStore(root: dir + "/artifacts")
             quarantine = ArtifactQuarantine(artifacts: artifacts, store: store, metrics: metrics, logger: Logger(label: "test"), clock: { 1_800_000_000 })
         }
@@ -130,7 +129,7 @@ struct ArtifactQuarantineTests {
     }
 
     @Test func noDeltaIsBuiltFromACorruptBase() async throws {
-        let p = try Parts(); defer { p.cleanup() }
+        let p = try await Parts(); defer { p.cleanup() }
         let base = try p.put(Self.bytes(100_000, seed: 3)), target = try p.put(Self.bytes(100_000, seed: 4))
         try Self.flipByte(try #require(p.artifacts.path(base)), at: 99_999)
         let builder = RecordingBuilder()
@@ -159,7 +158,7 @@ struct ArtifactQuarantineTests {
     }
 
     @Test func quarantiningWithdrawsTheDeltasItTouches() async throws {
-        let p = try Parts(); defer { p.cleanup() }
+        let p = try await Parts(); defer { p.cleanup() }
         let x = String(repeating: "a", count: 64), y = String(repeating: "b", count: 64), z = String(repeating: "c", count: 64)
         let pkgXY = String(repeating: "d", count: 64), pkgYZ = String(repeating: "e", count: 64)
         for (b, t, pkg) in [(x, y, pkgXY), (y, z, pkgYZ)] {
@@ -180,7 +179,7 @@ struct ArtifactQuarantineTests {
     }
 
     @Test func aBurstOfDeviceReportsHashesTheArtifactOnce() async throws {
-        let p = try Parts(); defer { p.cleanup() }
+        let p = try await Parts(); defer { p.cleanup() }
         let sha = try p.put(Self.bytes(10_000, seed: 6))
         #expect(try await p.quarantine.checkReported(sha) == .intact)
         for _ in 0..<50 { #expect(try await p.quarantine.checkReported(sha) == nil) }

@@ -23,13 +23,13 @@ struct AccessFixture {
 
     init() throws { f = try ControllerFixture() }
 
-    func app(mode: AccessOptions.Mode = .enforced, checkInBurst: Int = 30) throws -> some ApplicationProtocol {
+    func app(mode: AccessOptions.Mode = .enforced, checkInBurst: Int = 30) async throws -> some ApplicationProtocol {
         var options = ControllerOptions(dataDirectory: f.dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: f.dir + "/keys",
                                         configDirectory: f.configDir, rolloutTickSeconds: nil)
         options.access = AccessOptions(mode: mode, checkInBurst: checkInBurst, checkInsPerMinute: 1)
         options.access.peerCertificates = { request, _ in request.headers[Self.peerHeader].map { PeerCertificate(fingerprint: $0) } }
         let clock = self.clock
-        return try Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: { clock.value.load(ordering: .relaxed) }).0
+        return try await Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: { clock.value.load(ordering: .relaxed) }).0
     }
 
     var now: Int64 { clock.value.load(ordering: .relaxed) }
@@ -359,16 +359,16 @@ struct AuthTests {
 
     @Test func bootstrapAdminTokenIsWrittenOnceOwnerOnly() async throws {
         let a = try AccessFixture(); defer { a.cleanup() }
-        _ = try a.app()
+        _ = try await a.app()
         let path = a.f.dir + "/data/" + AdminBootstrap.fileName
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
         #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
         let first = try a.adminToken
         #expect(first.hasPrefix("efop_"))
-        _ = try a.app()   // a restart keeps the active admin token
+        _ = try await a.app()   // a restart keeps the active admin token
         #expect(try a.adminToken == first)
         // Offline: another admin token straight into the data directory.
-        let offline = try AdminBootstrap.createToken(dataDirectory: a.f.dir + "/data", name: "rescue", role: .admin, expiresInSeconds: nil)
+        let offline = try await AdminBootstrap.createToken(dataDirectory: a.f.dir + "/data", name: "rescue", role: .admin, expiresInSeconds: nil)
         try await a.app().test(.router) { client async throws in
             #expect(try await client.execute(uri: "/v1/tokens", method: .get, headers: bearer(offline.token)).status == .ok)
         }

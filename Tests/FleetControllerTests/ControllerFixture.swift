@@ -46,16 +46,16 @@ struct ControllerFixture {
 
     var rootEnvelope: Envelope { get throws { try Envelope.parse(Data(contentsOf: URL(fileURLWithPath: dir + "/keys/root.json"))) } }
 
-    func app(deltaBuilder: (any DeltaBuilding)? = nil) throws -> some ApplicationProtocol {
-        try parts(deltaBuilder: deltaBuilder).0
+    func app(deltaBuilder: (any DeltaBuilding)? = nil) async throws -> some ApplicationProtocol {
+        try await parts(deltaBuilder: deltaBuilder).0
     }
 
     /// The application and its rollout driver, on `clock` (default: the fixed `now`).
-    func parts(deltaBuilder: (any DeltaBuilding)? = nil, clock: (@Sendable () -> Int64)? = nil) throws -> (some ApplicationProtocol, RolloutDriver) {
+    func parts(deltaBuilder: (any DeltaBuilding)? = nil, clock: (@Sendable () -> Int64)? = nil) async throws -> (some ApplicationProtocol, RolloutDriver) {
         let options = ControllerOptions(dataDirectory: dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: dir + "/keys",
                                         configDirectory: configDir, rolloutTickSeconds: nil)
         let fixedNow = now
-        return try Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: clock ?? { fixedNow }, deltaBuilder: deltaBuilder)
+        return try await Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: clock ?? { fixedNow }, deltaBuilder: deltaBuilder)
     }
 
     func cleanup() { try? FileManager.default.removeItem(atPath: dir) }

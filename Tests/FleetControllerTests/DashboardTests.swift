@@ -71,23 +71,23 @@ struct DashboardTests {
         let dir = NSTemporaryDirectory() + "ef-hist-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let store = try SQLiteStore(path: dir + "/s.sqlite")
+        let store = try await SQLStore.sqlite(path: dir + "/s.sqlite")
         let key = CellKey(hardwareClass: "c", tier: "t")
-        for i in 0..<(SQLiteStore.historyPointsPerCell + 25) {
+        for i in 0..<(SQLStore.historyPointsPerCell + 25) {
             try await store.appendHistory(rollout: 1, cell: key, CellHistoryPoint(at: Int64(i), phase: 0, status: "running", targeted: 1,
                                                                                    committed: i, failed: 0))
         }
         let h = try await store.history(rollout: 1)["c/t"] ?? []
-        #expect(h.count == SQLiteStore.historyPointsPerCell)
+        #expect(h.count == SQLStore.historyPointsPerCell)
         #expect(h.first?.at == 25)
-        #expect(h.last?.committed == SQLiteStore.historyPointsPerCell + 24)
+        #expect(h.last?.committed == SQLStore.historyPointsPerCell + 24)
     }
 
     @Test func droppedEventCountsAreKeptPerDevice() async throws {
         let dir = NSTemporaryDirectory() + "ef-drop-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let store = try SQLiteStore(path: dir + "/s.sqlite")
+        let store = try await SQLStore.sqlite(path: dir + "/s.sqlite")
         try await store.recordDropped(deviceId: "d1", total: 12, at: 1)
         try await store.recordDropped(deviceId: "d1", total: 30, at: 2)
         try await store.recordDropped(deviceId: "d2", total: 0, at: 2)

@@ -29,7 +29,7 @@ extension StagedRolloutTests {
     @Test func failedCanaryIsHeldUntilTheOperatorRetries() async throws {
         let f = try fixture(); defer { f.cleanup() }
         let clock = TestClock(f.now)
-        let (app, driver) = try f.parts(clock: { clock.now })
+        let (app, driver) = try await f.parts(clock: { clock.now })
         try await app.test(.router) { client in
             var devices = Self.fleet()
             try await setUpV1AndV2(client, f, &devices, clock: clock)
@@ -97,7 +97,7 @@ extension StagedRolloutTests {
             device_timeout: 1h
             """.write(toFile: f.configDir + "/policies/rollback.yaml", atomically: true, encoding: .utf8)
         let clock = TestClock(f.now)
-        let (app, driver) = try f.parts(clock: { clock.now })
+        let (app, driver) = try await f.parts(clock: { clock.now })
         try await app.test(.router) { client in
             var devices = Self.fleet().filter { $0.cls == "x86-avx2" && $0.tier == "fibre" }
             let v = try await client.publish(model: "m", variants: [("m1-int8", "int8", [1, 1]), ("m1-fp32", "fp32", [1, 2]),
@@ -171,7 +171,7 @@ extension StagedRolloutTests {
               max_latency_p95_ratio: 1.5
             """.write(toFile: f.configDir + "/policies/all-at-once.yaml", atomically: true, encoding: .utf8)
         let clock = TestClock(f.now)
-        let (app, driver) = try f.parts(clock: { clock.now })
+        let (app, driver) = try await f.parts(clock: { clock.now })
         try await app.test(.router) { client in
             var devices = Self.fleet().filter { $0.cls == "x86-avx2" && $0.tier == "fibre" }.prefix(3).map { $0 }
             let v = try await client.publish(model: "m", variants: [("m1-int8", "int8", [1, 1]), ("m1-fp32", "fp32", [1, 2]),
@@ -206,7 +206,7 @@ extension StagedRolloutTests {
     @Test func cellThatCannotJudgeIsBlockedVisibly() async throws {
         let f = try fixture(); defer { f.cleanup() }
         let clock = TestClock(f.now)
-        let (app, driver) = try f.parts(clock: { clock.now })
+        let (app, driver) = try await f.parts(clock: { clock.now })
         try await app.test(.router) { client in
             var devices = Self.fleet().filter { $0.cls == "x86-avx2" && $0.tier == "fibre" }
             try await setUpV1AndV2(client, f, &devices, clock: clock)
@@ -246,7 +246,7 @@ extension StagedRolloutTests {
     @Test func policiesAreListedShownAndUploadedPerRollout() async throws {
         let f = try fixture(); defer { f.cleanup() }
         let clock = TestClock(f.now)
-        let (app, _) = try f.parts(clock: { clock.now })
+        let (app, _) = try await f.parts(clock: { clock.now })
         try await app.test(.router) { client in
             var devices = Self.fleet().prefix(2).map { $0 }
             let list = try decode([RolloutPolicy].self, try await client.execute(uri: "/v1/policies", method: .get))

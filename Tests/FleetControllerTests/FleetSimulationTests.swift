@@ -157,7 +157,7 @@ struct FleetSimulationTests {
         defer { f.cleanup() }
         try Self.policy.write(toFile: f.configDir + "/policies/sim.yaml", atomically: true, encoding: .utf8)
         let clock = TestClock(Int64(Date().timeIntervalSince1970))
-        let (app, driver) = try f.parts(clock: { clock.now })
+        let (app, driver) = try await f.parts(clock: { clock.now })
         try await app.test(.live) { client in
             let port = try #require(client.port)
             let devices = try Self.fleet(dir: f.dir, controller: "http://127.0.0.1:\(port)", root: f.dir + "/keys/root.json")

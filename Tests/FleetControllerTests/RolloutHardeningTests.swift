@@ -16,7 +16,7 @@ struct RolloutHardeningTests {
     @Test func explainingADeviceOpensNoCellAndQueuesNothing() async throws {
         let f = try staged.fixture(); defer { f.cleanup() }
         let clock = TestClock(f.now)
-        let (app, _) = try f.parts(clock: { clock.now })
+        let (app, _) = try await f.parts(clock: { clock.now })
         try await app.test(.router) { client in
             var devices = StagedRolloutTests.fleet()
             try await staged.setUpV1AndV2(client, f, &devices, clock: clock)
@@ -33,7 +33,7 @@ struct RolloutHardeningTests {
     @Test func absurdCrashCountsFromDevicesStopTheCellInsteadOfTheController() async throws {
         let f = try staged.fixture(); defer { f.cleanup() }
         let clock = TestClock(f.now)
-        let (app, driver) = try f.parts(clock: { clock.now })
+        let (app, driver) = try await f.parts(clock: { clock.now })
         try await app.test(.router) { client in
             var devices = StagedRolloutTests.fleet()
             try await staged.setUpV1AndV2(client, f, &devices, clock: clock)
@@ -57,7 +57,7 @@ struct RolloutHardeningTests {
 
     @Test func aCellFirstSeenAfterTheRolloutCompletedIsComplete() async throws {
         let f = try staged.fixture(); defer { f.cleanup() }
-        let (_, driver) = try f.parts()
+        let (_, driver) = try await f.parts()
         let policy = RolloutPolicy(name: "p", phases: [.init(percent: 10, minDevices: 1, bakeSeconds: 600), .init(percent: 100)],
                                    gates: .init(minSample: 1))
         let rollout = RolloutRecord(id: 42, releaseId: "m@2", model: "m", strategy: "p", state: "completed", createdAt: f.now,

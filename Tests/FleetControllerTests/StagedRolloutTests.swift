@@ -113,7 +113,7 @@ struct StagedRolloutTests {
     @Test func failingClassPausesAfterTheCanaryWhileOthersReachEveryone() async throws {
         let f = try fixture(); defer { f.cleanup() }
         let clock = TestClock(f.now)
-        let (app, driver) = try f.parts(clock: { clock.now })
+        let (app, driver) = try await f.parts(clock: { clock.now })
         try await app.test(.router) { client in
             var devices = Self.fleet()
             try await setUpV1AndV2(client, f, &devices, clock: clock)
@@ -166,7 +166,7 @@ struct StagedRolloutTests {
     @Test func twiceSlowerOnOneClassIsCaughtByTheLatencyGate() async throws {
         let f = try fixture(); defer { f.cleanup() }
         let clock = TestClock(f.now)
-        let (app, driver) = try f.parts(clock: { clock.now })
+        let (app, driver) = try await f.parts(clock: { clock.now })
         try await app.test(.router) { client in
             var devices = Self.fleet()
             try await setUpV1AndV2(client, f, &devices, clock: clock)
@@ -195,7 +195,7 @@ struct StagedRolloutTests {
     @Test func abortSendsThePreviousReleaseToEveryUpdatedDevice() async throws {
         let f = try fixture(); defer { f.cleanup() }
         let clock = TestClock(f.now)
-        let (app, driver) = try f.parts(clock: { clock.now })
+        let (app, driver) = try await f.parts(clock: { clock.now })
         try await app.test(.router) { client in
             var devices = Self.fleet()
             try await setUpV1AndV2(client, f, &devices, clock: clock)

@@ -12,7 +12,7 @@ extension StagedRolloutTests {
     @Test func trialSendsEachVariantToItsDevicesThenReturnsThem() async throws {
         let f = try fixture(); defer { f.cleanup() }
         let clock = TestClock(f.now)
-        let (app, _) = try f.parts(clock: { clock.now })
+        let (app, _) = try await f.parts(clock: { clock.now })
         try await app.test(.router) { client in
             var devices = Self.fleet().filter { $0.cls == "x86-avx512-vnni" && $0.tier == "fibre" }
             let v = try await client.publish(model: "m", variants: [("m1-int8", "int8", [1, 1]), ("m1-fp32", "fp32", [1, 2])])

@@ -28,8 +28,11 @@ final class ArtifactScrubber: Service, Sendable {
     let intervalSeconds: Double?
     private let passes = AsyncLock()
 
-    init(quarantine: ArtifactQuarantine, store: any FleetStore, intervalSeconds: Double?) {
-        self.quarantine = quarantine; self.store = store; self.intervalSeconds = intervalSeconds
+    /// On replicas, only the leader scrubs (the artifact directory is shared); nil: always.
+    let leader: LeaseFence?
+
+    init(quarantine: ArtifactQuarantine, store: any FleetStore, intervalSeconds: Double?, leader: LeaseFence? = nil) {
+        self.quarantine = quarantine; self.store = store; self.intervalSeconds = intervalSeconds; self.leader = leader
     }
 
     private var logger: Logger { quarantine.logger }
@@ -43,13 +46,15 @@ final class ArtifactScrubber: Service, Sendable {
         }
         guard let interval = intervalSeconds, interval > 0 else { return try await gracefulShutdown() }
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            let wait: Double
+            var wait: Double
             do { wait = try await secondsUntilDue(interval: interval) } catch {
                 // The store is unwell: the controller's other work goes on; try again later.
                 logger.warning("cannot read when the artifact scrub is due", metadata: ["error": "\(error)"])
                 wait = min(interval, 60)
             }
+            if let leader, !leader.isLeader { wait = max(wait, min(interval, 5)) }   // look again when it may have become the leader
             if wait > 0 {
+                let wait = wait
                 do {
                     try await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(Int64(wait * 1000))) }
                 } catch {

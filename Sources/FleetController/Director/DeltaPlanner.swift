@@ -41,10 +41,18 @@ final class DeltaPlanner: Service, Sendable {
     }
 
     func run() async throws {
-        for (base, target) in try await store.buildingDeltas() { continuation.yield((base, target)) }   // cut by a restart
+        try await resumeClaimed()   // cut by a restart
         for await (base, target) in queue.cancelOnGracefulShutdown() {
             await build(base: base, target: target)
         }
+    }
+
+    /// Queues every pair claimed but not finished: at start, and on a replica that becomes the
+    /// leader (the replica that claimed them may have died mid-build). A pair another live replica
+    /// is still building is built twice at worst, to the same content-addressed package.
+    func resumeClaimed() async throws {
+        guard enabled else { return }
+        for (base, target) in try await store.buildingDeltas() { continuation.yield((base, target)) }
     }
 
     /// Builds one claimed pair and records the outcome (the service loop calls it; tests too).

@@ -26,7 +26,7 @@ public enum RolloutBenchmark {
     public static func run(devices n: Int, directory: String, runs: Int) async throws -> Report {
         precondition(n > 0 && runs > 0)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let store = try SQLiteStore(path: directory + "/bench.sqlite")
+        let store = try await SQLStore.sqlite(path: directory + "/bench.sqlite")
         let now: Int64 = 1_800_000_000
         let policy = RolloutPolicy(
             name: "bench-canary",
@@ -51,34 +51,33 @@ public enum RolloutBenchmark {
         var rng = SeededGenerator(seed: 42)
         var events = 0, cohort = 0
         let facts = String(decoding: try FleetJSON.encode(DeviceFacts(arch: "x86_64", cpuFlags: [], memoryBytes: 1 << 30, diskFreeBytes: 1 << 30)), as: UTF8.self)
-        try store.db.transaction {
-            for i in 0..<n {
-                let id = "dev-\(i)"
-                let cls = classes[i % classes.count], tier = tiers[(i / classes.count) % tiers.count]
-                try store.db.execute("""
-                    INSERT INTO devices (id, facts, hardware_class, tier, installed, phase, status, status_detail, held, first_seen, last_seen, agent_version)
-                    VALUES (?,?,?,?,'{}',NULL,'committed',NULL,'{}',?,?,'bench')
-                    """, [id, facts, cls, tier, now, now])
-                let inCohort = Cohort.position(rollout: "\(rollout.id)", device: id) < 0.5
-                var seq: Int64 = 1
-                if inCohort {
-                    cohort += 1
-                    let roll = rng.next() % 1000
-                    let kind = roll < 985 ? "committed" : (roll < 995 ? "failed" : "rolled-back")
-                    try store.db.execute("INSERT INTO events (device_id, seq, time, kind, model, sha256, release, detail, received_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                                         [id, seq, now, kind, "m", nil as String?, "m@2", nil as String?, now])
-                    seq += 1
-                    events += 1
-                }
-                let base = inCohort ? 12.0 : 10.0
-                let p50 = base + Double(rng.next() % 400) / 100
-                let m = RuntimeMetrics(latencyP50Ms: p50, latencyP95Ms: p50 * 2, errorRate: Double(rng.next() % 10) / 1000, requests: 500, crashes: 0)
-                try store.db.execute("INSERT INTO events (device_id, seq, time, kind, model, sha256, release, detail, received_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                                     [id, seq, now, "metrics", "m", nil as String?, inCohort ? "m@2" : "m@1",
-                                      String(decoding: try FleetJSON.encode(m), as: UTF8.self), now])
+        var deviceRows: [[any SQLValueConvertible]] = [], eventRows: [[any SQLValueConvertible]] = []
+        for i in 0..<n {
+            let id = "dev-\(i)"
+            let cls = classes[i % classes.count], tier = tiers[(i / classes.count) % tiers.count]
+            deviceRows.append([id, facts, cls, tier, now, now])
+            let inCohort = Cohort.position(rollout: "\(rollout.id)", device: id) < 0.5
+            var seq: Int64 = 1
+            if inCohort {
+                cohort += 1
+                let roll = rng.next() % 1000
+                let kind = roll < 985 ? "committed" : (roll < 995 ? "failed" : "rolled-back")
+                eventRows.append([id, seq, now, kind, "m", nil as String?, "m@2", nil as String?, now])
+                seq += 1
                 events += 1
             }
+            let base = inCohort ? 12.0 : 10.0
+            let p50 = base + Double(rng.next() % 400) / 100
+            let m = RuntimeMetrics(latencyP50Ms: p50, latencyP95Ms: p50 * 2, errorRate: Double(rng.next() % 10) / 1000, requests: 500, crashes: 0)
+            eventRows.append([id, seq, now, "metrics", "m", nil as String?, inCohort ? "m@2" : "m@1",
+                              String(decoding: try FleetJSON.encode(m), as: UTF8.self), now])
+            events += 1
         }
+        try await store.insertRows(table: "devices", columns: ["id", "facts", "hardware_class", "tier", "first_seen", "last_seen"],
+                                   constants: ["installed": "'{}'", "status": "'committed'", "held": "'{}'", "agent_version": "'bench'"],
+                                   rows: deviceRows)
+        try await store.insertRows(table: "events", columns: ["device_id", "seq", "time", "kind", "model", "sha256", "release", "detail", "received_at"],
+                                   rows: eventRows)
         for c in classes {
             for t in tiers {
                 try await store.saveCell(rollout: rollout.id, CellKey(hardwareClass: c, tier: t),

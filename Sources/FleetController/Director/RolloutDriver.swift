@@ -8,6 +8,11 @@ import ServiceLifecycle
 /// machine. A cell that fails stops on its own; the others go on.
 final class RolloutDriver: Service, Sendable {
     let store: any FleetStore
+    /// The store the ticks write through: on replicas, fenced by the leader lease, so that a
+    /// replica that lost the lease cannot overwrite its successor's cells.
+    let tickStore: any FleetStore
+    /// Whether this process does the ticks (nil: always, one box).
+    let leader: LeaseFence?
     let logger: Logger
     let clock: @Sendable () -> Int64
     let tickSeconds: Double?
@@ -17,8 +22,11 @@ final class RolloutDriver: Service, Sendable {
     /// How far back a treated device's own figures on its prior release count as its baseline.
     let baselineWindowSeconds: Int64 = 7 * 86_400
 
-    init(store: any FleetStore, logger: Logger, clock: @escaping @Sendable () -> Int64, tickSeconds: Double?, metrics: ControllerMetrics) {
+    init(store: any FleetStore, logger: Logger, clock: @escaping @Sendable () -> Int64, tickSeconds: Double?, metrics: ControllerMetrics,
+         tickStore: (any FleetStore)? = nil, leader: LeaseFence? = nil) {
         self.store = store; self.logger = logger; self.clock = clock; self.tickSeconds = tickSeconds; self.metrics = metrics
+        self.tickStore = tickStore ?? store
+        self.leader = leader
     }
 
     func run() async throws {
@@ -105,6 +113,7 @@ final class RolloutDriver: Service, Sendable {
     let cellWrites = AsyncLock()
 
     func tick(now: Int64) async throws {
+        guard leader?.isLeader ?? true else { return }
         try await cellWrites.withLock {
             for rollout in try await store.activeRollouts() where rollout.state == "active" {
                 guard let policy = rollout.policy else { continue }
@@ -125,13 +134,13 @@ final class RolloutDriver: Service, Sendable {
 
     private func tick(_ rollout: RolloutRecord, policy: RolloutPolicy, now: Int64) async throws {
         let byCell = try await membersByCell()
-        var cells = try await store.cells(rollout: rollout.id)
-        let outcomes = try await store.installOutcomes(release: rollout.releaseId)
-        let runtime = Dictionary(try await store.runtimeMetrics(model: rollout.model, since: now - metricsWindowSeconds).map { ($0.deviceId, $0) },
+        var cells = try await tickStore.cells(rollout: rollout.id)
+        let outcomes = try await tickStore.installOutcomes(release: rollout.releaseId)
+        let runtime = Dictionary(try await tickStore.runtimeMetrics(model: rollout.model, since: now - metricsWindowSeconds).map { ($0.deviceId, $0) },
                                  uniquingKeysWith: { a, _ in a })
-        let reached = try await store.rolloutDevices(rollout: rollout.id)
+        let reached = try await tickStore.rolloutDevices(rollout: rollout.id)
         let baselines = try await baselines(rollout, reached: reached, now: now)
-        let failedDevices = Set(try await store.failures(release: rollout.releaseId).map(\.deviceId))
+        let failedDevices = Set(try await tickStore.failures(release: rollout.releaseId).map(\.deviceId))
         for (key, members) in byCell.sorted(by: { $0.key < $1.key }) {
             defer {
                 if let c = cells[key] {
@@ -167,20 +176,20 @@ final class RolloutDriver: Service, Sendable {
             }
             stored.state = next
             if before.observation != stored.observation || before.state != stored.state || now - (before.historyAt ?? .min / 2) >= historyEverySeconds {
-                try await store.appendHistory(rollout: rollout.id, cell: key, Self.historyPoint(stored, at: now))
+                try await tickStore.appendHistory(rollout: rollout.id, cell: key, Self.historyPoint(stored, at: now))
                 stored.historyAt = now
             }
             metrics.recordCell(rollout: rollout.id, release: rollout.releaseId, cell: key, state: next, observation: observation)
             for a in actions {
                 switch a { case .paused(.some), .rolledBack(.some): metrics.gateFailures.increment(); default: break }
             }
-            try await store.saveCell(rollout: rollout.id, key, stored)
+            try await tickStore.saveCell(rollout: rollout.id, key, stored)
             cells[key] = stored
             for a in actions { try await record(rollout, a, cell: key, actor: "controller", now: now) }
         }
         if !cells.isEmpty, cells.values.allSatisfy({ $0.state.status == .completed }) {
-            try await store.setRolloutState(rollout.id, "completed")
-            try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "completed", cell: nil, detail: nil))
+            try await tickStore.setRolloutState(rollout.id, "completed")
+            try await tickStore.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "completed", cell: nil, detail: nil))
         }
     }
 

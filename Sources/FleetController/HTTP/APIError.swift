@@ -37,7 +37,8 @@ struct APIError: Error, HTTPResponseError, CustomStringConvertible {
             switch e.code {
             case .conflict: return APIError(.conflict, "conflict", e.message)
             case .notFound: return APIError(.notFound, "not-found", e.message)
-            case .sqlite, .corrupt: return APIError(.internalServerError, "storage", e.message)
+            case .corrupt: return APIError(.internalServerError, "storage-corrupt", e.message)
+            case .database, .schemaTooNew, .fenced: return APIError(.serviceUnavailable, "storage-\(e.code.rawValue)", e.message)
             }
         case let e as ArtifactError:
             switch e.code {

@@ -1,75 +1,57 @@
 import CSQLite
+import Dispatch
 import Foundation
 
-/// A value bound to or read from SQLite.
-enum SQLValue: Equatable, Sendable {
-    case null
-    case int(Int64)
-    case real(Double)
-    case text(String)
-
-    var int: Int64? { if case .int(let v) = self { return v }; return nil }
-    var real: Double? {
-        switch self { case .real(let v): return v; case .int(let v): return Double(v); default: return nil }
-    }
-    var text: String? { if case .text(let v) = self { return v }; return nil }
-}
-
-protocol SQLValueConvertible { var sqlValue: SQLValue { get } }
-extension String: SQLValueConvertible { var sqlValue: SQLValue { .text(self) } }
-extension Int64: SQLValueConvertible { var sqlValue: SQLValue { .int(self) } }
-extension Int: SQLValueConvertible { var sqlValue: SQLValue { .int(Int64(self)) } }
-extension UInt64: SQLValueConvertible { var sqlValue: SQLValue { .int(Int64(bitPattern: self)) } }
-extension Double: SQLValueConvertible { var sqlValue: SQLValue { .real(self) } }
-extension Optional: SQLValueConvertible where Wrapped: SQLValueConvertible {
-    var sqlValue: SQLValue { self?.sqlValue ?? .null }
-}
-
-struct StorageError: Error, CustomStringConvertible {
-    enum Code: String { case conflict, notFound, sqlite, corrupt }
-    let code: Code
-    let message: String
-    init(_ code: Code, _ message: String) { self.code = code; self.message = message }
-    var description: String { "\(code.rawValue): \(message)" }
-}
-
-/// One SQLite connection, serialised by a lock. WAL journal and synchronous=FULL: a committed
-/// transaction survives kill -9 and power loss.
-final class SQLiteDatabase: @unchecked Sendable {
+/// One SQLite connection with its prepared statements, kept for reuse. Not thread-safe: each is
+/// used from one serial queue only.
+private final class SQLiteConnection: @unchecked Sendable {
     private var db: OpaquePointer?
-    private let lock = NSRecursiveLock()
-    let path: String
+    private var statements: [String: OpaquePointer] = [:]
+    /// Statements kept prepared; beyond this the cache is emptied (queries are a fixed set, so
+    /// only generated SQL — bulk inserts of varying width — ever reaches it).
+    private static let cacheLimit = 256
 
-    init(path: String) throws {
-        self.path = path
+    init(path: String, readOnly: Bool) throws {
         var handle: OpaquePointer?
-        let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nil)
+        let flags = readOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)
+        let rc = sqlite3_open_v2(path, &handle, flags | SQLITE_OPEN_NOMUTEX, nil)
         guard rc == SQLITE_OK, let handle else {
             let msg = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             sqlite3_close(handle)
-            throw StorageError(.sqlite, "cannot open \(path): \(msg)")
+            throw StorageError(.database, "cannot open \(path): \(msg)")
         }
         db = handle
-        sqlite3_busy_timeout(handle, 5000)
-        try execute("PRAGMA journal_mode=WAL")
-        try execute("PRAGMA synchronous=FULL")
-        try execute("PRAGMA foreign_keys=ON")
-    }
-
-    deinit { sqlite3_close(db) }
-
-    func execute(_ sql: String, _ params: [any SQLValueConvertible] = []) throws {
-        _ = try query(sql, params)
-    }
-
-    @discardableResult
-    func query(_ sql: String, _ params: [any SQLValueConvertible] = []) throws -> [[SQLValue]] {
-        lock.lock(); defer { lock.unlock() }
-        var stmt: OpaquePointer?
-        guard sqlite3_prepare_v2(db, sql, -1, &stmt, nil) == SQLITE_OK else {
-            throw StorageError(.sqlite, "prepare: \(lastError)")
+        sqlite3_busy_timeout(handle, 10_000)
+        if !readOnly {
+            try run("PRAGMA journal_mode=WAL", [])
+            try run("PRAGMA synchronous=FULL", [])
         }
-        defer { sqlite3_finalize(stmt) }
+        try run("PRAGMA foreign_keys=ON", [])
+    }
+
+    deinit {
+        for s in statements.values { sqlite3_finalize(s) }
+        sqlite3_close(db)
+    }
+
+    private func prepared(_ sql: String) throws -> OpaquePointer {
+        if let s = statements[sql] { return s }
+        var stmt: OpaquePointer?
+        guard sqlite3_prepare_v2(db, sql, -1, &stmt, nil) == SQLITE_OK, let stmt else {
+            sqlite3_finalize(stmt)
+            throw StorageError(.database, "prepare: \(lastError)")
+        }
+        if statements.count >= Self.cacheLimit {
+            for s in statements.values { sqlite3_finalize(s) }
+            statements.removeAll()
+        }
+        statements[sql] = stmt
+        return stmt
+    }
+
+    func run(_ sql: String, _ params: [any SQLValueConvertible]) throws -> [SQLRow] {
+        let stmt = try prepared(sql)
+        defer { sqlite3_reset(stmt); sqlite3_clear_bindings(stmt) }
         for (i, p) in params.enumerated() {
             let idx = Int32(i + 1)
             switch p.sqlValue {
@@ -79,14 +61,20 @@ final class SQLiteDatabase: @unchecked Sendable {
             case .text(let v): sqlite3_bind_text(stmt, idx, v, -1, ef_sqlite_transient())
             }
         }
-        var rows: [[SQLValue]] = []
+        var rows: [SQLRow] = []
+        var columns: SQLColumns?
         while true {
             let rc = sqlite3_step(stmt)
             if rc == SQLITE_DONE { break }
             if rc == SQLITE_CONSTRAINT { throw StorageError(.conflict, lastError) }
-            guard rc == SQLITE_ROW else { throw StorageError(.sqlite, "step: \(lastError)") }
+            guard rc == SQLITE_ROW else { throw StorageError(.database, "step: \(lastError)") }
+            let count = sqlite3_column_count(stmt)
+            if columns == nil {
+                columns = SQLColumns((0..<count).map { String(cString: sqlite3_column_name(stmt, $0)) })
+            }
             var row: [SQLValue] = []
-            for c in 0..<sqlite3_column_count(stmt) {
+            row.reserveCapacity(Int(count))
+            for c in 0..<count {
                 switch sqlite3_column_type(stmt, c) {
                 case SQLITE_INTEGER: row.append(.int(sqlite3_column_int64(stmt, c)))
                 case SQLITE_FLOAT: row.append(.real(sqlite3_column_double(stmt, c)))
@@ -94,37 +82,86 @@ final class SQLiteDatabase: @unchecked Sendable {
                 default: row.append(.null)
                 }
             }
-            rows.append(row)
+            rows.append(SQLRow(columns: columns!, values: row))
         }
         return rows
     }
 
-    /// Runs one statement committed without waiting for the disk (WAL, synchronous=NORMAL): it
-    /// survives a crash of the process, and a power loss may take it back to the previous value,
-    /// never half. For facts that the next message repeats anyway (a device's last check-in);
-    /// the next FULL commit makes it durable too.
-    func executeRelaxed(_ sql: String, _ params: [any SQLValueConvertible] = []) throws {
-        lock.lock(); defer { lock.unlock() }
-        try execute("PRAGMA synchronous=NORMAL")
-        defer { try? execute("PRAGMA synchronous=FULL") }
-        try execute(sql, params)
+    var lastError: String { String(cString: sqlite3_errmsg(db)) }
+}
+
+/// The embedded back end: one SQLite file. WAL journal and synchronous=FULL: a committed
+/// transaction survives kill -9 and power loss. Statements run on two serial queues of their own
+/// (a writer and a reader connection), never on Swift's cooperative pool, whose few threads would
+/// otherwise wait for the disk; writers take turns through an async lock held for a whole
+/// transaction, so that nothing else runs inside one.
+final class SQLiteDatabase: SQLDatabase, @unchecked Sendable {
+    let path: String
+    let dialect = SQLDialect.sqlite
+    private let writer: SQLiteConnection
+    private var reader: SQLiteConnection?
+    private let writeQueue = DispatchQueue(label: "edgefleet.sqlite.write")
+    private let readQueue = DispatchQueue(label: "edgefleet.sqlite.read")
+    private let turn = AsyncLock()
+
+    init(path: String) throws {
+        self.path = path
+        writer = try SQLiteConnection(path: path, readOnly: false)
     }
 
-    /// Runs `body` in one IMMEDIATE transaction: all of it is stored, or none.
-    func transaction<T>(_ body: () throws -> T) throws -> T {
-        lock.lock(); defer { lock.unlock() }
-        try execute("BEGIN IMMEDIATE")
-        do {
-            let result = try body()
-            try execute("COMMIT")
-            return result
-        } catch {
-            try? execute("ROLLBACK")
-            throw error
+    private func onQueue<T: Sendable>(_ queue: DispatchQueue, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { c in
+            queue.async { c.resume(with: Result { try body() }) }
         }
     }
 
-    var changes: Int { Int(sqlite3_changes(db)) }
+    /// Plain reads go to the reader connection (WAL: they see every committed transaction and
+    /// wait for none); everything else takes its turn on the writer.
+    func query(_ sql: String, _ params: [any SQLValueConvertible]) async throws -> [SQLRow] {
+        let p = params.map(\.sqlValue)
+        if sql.utf8.first == UInt8(ascii: "S"), sql.hasPrefix("SELECT") {
+            return try await onQueue(readQueue) { [self] in
+                if reader == nil { reader = try SQLiteConnection(path: path, readOnly: true) }
+                return try reader!.run(sql, p)
+            }
+        }
+        return try await turn.withLock { try await onQueue(writeQueue) { [writer] in try writer.run(sql, p) } }
+    }
 
-    private var lastError: String { String(cString: sqlite3_errmsg(db)) }
+    func transaction<T: Sendable>(_ body: @Sendable (any SQLQuerying) async throws -> T) async throws -> T {
+        try await turn.withLock {
+            try await onQueue(writeQueue) { [writer] in _ = try writer.run("BEGIN IMMEDIATE", []) }
+            do {
+                let result = try await body(Transaction(db: self))
+                try await onQueue(writeQueue) { [writer] in _ = try writer.run("COMMIT", []) }
+                return result
+            } catch {
+                _ = try? await onQueue(writeQueue) { [writer] in _ = try writer.run("ROLLBACK", []) }
+                throw error
+            }
+        }
+    }
+
+    func executeRelaxed(_ sql: String, _ params: [any SQLValueConvertible]) async throws {
+        let p = params.map(\.sqlValue)
+        try await turn.withLock {
+            try await onQueue(writeQueue) { [writer] in
+                _ = try writer.run("PRAGMA synchronous=NORMAL", [])
+                defer { _ = try? writer.run("PRAGMA synchronous=FULL", []) }
+                _ = try writer.run(sql, p)
+            }
+        }
+    }
+
+    func close() async {}
+
+    /// Statements of an open transaction: on the writer, without taking the turn it holds.
+    private struct Transaction: SQLQuerying {
+        let db: SQLiteDatabase
+        var dialect: SQLDialect { .sqlite }
+        func query(_ sql: String, _ params: [any SQLValueConvertible]) async throws -> [SQLRow] {
+            let p = params.map(\.sqlValue)
+            return try await db.onQueue(db.writeQueue) { [writer = db.writer] in try writer.run(sql, p) }
+        }
+    }
 }

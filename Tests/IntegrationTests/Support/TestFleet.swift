@@ -142,12 +142,12 @@ final class TestFleet: @unchecked Sendable {
     }
 
     /// A device's events as the controller stored them, oldest first.
-    func events(_ device: String) throws -> [StatusEvent] {
-        try fleetctlJSON([StatusEvent].self, ["devices", "events", device, "--limit", "1000"]).sorted { $0.seq < $1.seq }
+    func events(_ device: String, controller: String? = nil) throws -> [StatusEvent] {
+        try fleetctlJSON([StatusEvent].self, ["devices", "events", device, "--limit", "1000"], controller: controller).sorted { $0.seq < $1.seq }
     }
 
-    func fleetctlJSON<T: Decodable>(_ t: T.Type, _ args: [String]) throws -> T {
-        let out = try run("fleetctl", ["--controller", url, "--json"] + args)
+    func fleetctlJSON<T: Decodable>(_ t: T.Type, _ args: [String], controller: String? = nil) throws -> T {
+        let out = try run("fleetctl", ["--controller", controller ?? url, "--json"] + args)
         guard out.status == 0 else { throw HarnessError("fleetctl \(args) failed: \(out.stderr)") }
         return try JSONDecoder().decode(t, from: Data(out.stdout.utf8))
     }

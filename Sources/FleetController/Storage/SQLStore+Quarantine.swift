@@ -39,54 +39,45 @@ protocol ArtifactQuarantineStore: Sendable {
     func restoreQuarantined(_ sha256: String) async throws -> Bool
 }
 
-/// The quarantine table next to the fleet tables in the same SQLite file. A new table only: its
-/// migration never touches the existing ones (it only updates rows of `deltas`).
-extension SQLiteStore: ArtifactQuarantineStore {
-    func migrateQuarantine() throws {
-        try db.execute("""
-            CREATE TABLE IF NOT EXISTS artifact_quarantine (
-                sha256 TEXT PRIMARY KEY, actual_sha256 TEXT NOT NULL, size INTEGER NOT NULL,
-                quarantined_at INTEGER NOT NULL, found_by TEXT NOT NULL, path TEXT NOT NULL)
-            """)
-    }
-
+/// The quarantine table next to the fleet tables in the same database.
+extension SQLStore: ArtifactQuarantineStore {
     func quarantine(_ a: QuarantinedArtifact) async throws {
-        try db.transaction {
-            try db.execute("""
+        try await write { tx in
+            try await tx.execute("""
                 INSERT INTO artifact_quarantine (sha256, actual_sha256, size, quarantined_at, found_by, path) VALUES (?,?,?,?,?,?)
                 ON CONFLICT(sha256) DO UPDATE SET actual_sha256=excluded.actual_sha256, size=excluded.size,
                   quarantined_at=excluded.quarantined_at, found_by=excluded.found_by, path=excluded.path
                 """, [a.sha256, a.actualSha256, a.size, a.quarantinedAt, a.foundBy.rawValue, a.path])
-            try db.execute("DELETE FROM deltas WHERE package_sha256 = ?", [a.sha256])
-            try db.execute("""
+            try await tx.execute("DELETE FROM deltas WHERE package_sha256 = ?", [a.sha256])
+            try await tx.execute("""
                 UPDATE deltas SET status = 'failed', detail = ? WHERE base_sha256 = ? OR target_sha256 = ?
                 """, ["\(QuarantinedArtifact.deltaDetailPrefix) artifact \(a.sha256) is corrupt on the controller", a.sha256, a.sha256])
         }
     }
 
-    private func quarantineRow(_ r: [SQLValue]) throws -> QuarantinedArtifact {
-        guard let finder = r[4].text.flatMap(QuarantinedArtifact.Finder.init(rawValue:)) else {
+    private static func quarantineRow(_ r: SQLRow) throws -> QuarantinedArtifact {
+        guard let finder = QuarantinedArtifact.Finder(rawValue: try r.string("found_by")) else {
             throw StorageError(.corrupt, "quarantine record with an unknown finder")
         }
-        return QuarantinedArtifact(sha256: r[0].text ?? "", actualSha256: r[1].text ?? "", size: r[2].int ?? 0,
-                                   quarantinedAt: r[3].int ?? 0, foundBy: finder, path: r[5].text ?? "")
+        return QuarantinedArtifact(sha256: try r.string("sha256"), actualSha256: try r.string("actual_sha256"), size: try r.int("size"),
+                                   quarantinedAt: try r.int("quarantined_at"), foundBy: finder, path: try r.string("path"))
     }
 
     private static let quarantineColumns = "sha256, actual_sha256, size, quarantined_at, found_by, path"
 
     func quarantinedArtifact(_ sha256: String) async throws -> QuarantinedArtifact? {
-        try db.query("SELECT \(Self.quarantineColumns) FROM artifact_quarantine WHERE sha256 = ?", [sha256]).first.map(quarantineRow)
+        try await db.query("SELECT \(Self.quarantineColumns) FROM artifact_quarantine WHERE sha256 = ?", [sha256]).first.map(Self.quarantineRow)
     }
 
     func quarantinedArtifacts() async throws -> [QuarantinedArtifact] {
-        try db.query("SELECT \(Self.quarantineColumns) FROM artifact_quarantine ORDER BY quarantined_at, sha256").map(quarantineRow)
+        try await db.query("SELECT \(Self.quarantineColumns) FROM artifact_quarantine ORDER BY quarantined_at, sha256", []).map(Self.quarantineRow)
     }
 
     func restoreQuarantined(_ sha256: String) async throws -> Bool {
-        try db.transaction {
-            try db.execute("DELETE FROM artifact_quarantine WHERE sha256 = ?", [sha256])
-            guard db.changes > 0 else { return false }
-            try db.execute("""
+        try await write { tx in
+            let removed = try await tx.query("DELETE FROM artifact_quarantine WHERE sha256 = ? RETURNING sha256", [sha256])
+            guard !removed.isEmpty else { return false }
+            try await tx.execute("""
                 DELETE FROM deltas WHERE status = 'failed' AND detail LIKE ? AND (base_sha256 = ? OR target_sha256 = ?)
                 """, [QuarantinedArtifact.deltaDetailPrefix + "%", sha256, sha256])
             return true

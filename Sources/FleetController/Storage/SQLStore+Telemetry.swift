@@ -2,48 +2,33 @@ import FleetCore
 import Foundation
 
 /// Rollout history for the dashboard's charts, and per-device telemetry counters.
-extension SQLiteStore {
+extension SQLStore {
     /// Points kept per cell; older ones are dropped as new ones arrive.
     static let historyPointsPerCell = 2000
 
-    func migrateTelemetry() throws {
-        try db.transaction {
-            try db.execute("""
-                CREATE TABLE IF NOT EXISTS rollout_history (
-                    rollout_id INTEGER NOT NULL, cell TEXT NOT NULL, at INTEGER NOT NULL, body TEXT NOT NULL)
-                """)
-            try db.execute("CREATE INDEX IF NOT EXISTS rollout_history_cell ON rollout_history (rollout_id, cell, at)")
-            try db.execute("""
-                CREATE TABLE IF NOT EXISTS device_telemetry (
-                    device_id TEXT PRIMARY KEY, events_dropped INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL)
-                """)
-            try migrateRolloutDevices()
-            try db.execute("CREATE INDEX IF NOT EXISTS events_model_received ON events (model, kind, received_at)")
-        }
-    }
-
     func appendHistory(rollout: Int64, cell: CellKey, _ point: CellHistoryPoint) async throws {
-        try db.transaction {
-            try db.execute("INSERT INTO rollout_history (rollout_id, cell, at, body) VALUES (?,?,?,?)",
-                           [rollout, cell.description, point.at, try json(point)])
-            try db.execute("""
-                DELETE FROM rollout_history WHERE rollout_id = ? AND cell = ? AND rowid NOT IN
-                  (SELECT rowid FROM rollout_history WHERE rollout_id = ? AND cell = ? ORDER BY at DESC, rowid DESC LIMIT ?)
+        let body = try json(point)
+        try await write(fenced: true) { tx in
+            try await tx.execute("INSERT INTO rollout_history (rollout_id, cell, at, body) VALUES (?,?,?,?)",
+                                 [rollout, cell.description, point.at, body])
+            try await tx.execute("""
+                DELETE FROM rollout_history WHERE rollout_id = ? AND cell = ? AND id NOT IN
+                  (SELECT id FROM rollout_history WHERE rollout_id = ? AND cell = ? ORDER BY at DESC, id DESC LIMIT ?)
                 """, [rollout, cell.description, rollout, cell.description, Int64(Self.historyPointsPerCell)])
         }
     }
 
     func history(rollout: Int64) async throws -> [String: [CellHistoryPoint]] {
         var out: [String: [CellHistoryPoint]] = [:]
-        for r in try db.query("SELECT cell, body FROM rollout_history WHERE rollout_id = ? ORDER BY at, rowid", [rollout]) {
-            out[r[0].text ?? "", default: []].append(try parse(CellHistoryPoint.self, r[1]))
+        for r in try await db.query("SELECT cell, body FROM rollout_history WHERE rollout_id = ? ORDER BY at, id", [rollout]) {
+            out[try r.string("cell"), default: []].append(try r.json(CellHistoryPoint.self, "body"))
         }
         return out
     }
 
     func recordDropped(deviceId: String, total: UInt64, at: Int64) async throws {
         // The device's own counter only grows; a smaller value (a reinstalled agent) replaces it.
-        try db.execute("""
+        try await db.execute("""
             INSERT INTO device_telemetry (device_id, events_dropped, updated_at) VALUES (?,?,?)
             ON CONFLICT(device_id) DO UPDATE SET events_dropped = excluded.events_dropped, updated_at = excluded.updated_at
             """, [deviceId, Int64(clamping: total), at])
@@ -51,8 +36,8 @@ extension SQLiteStore {
 
     func eventsDropped() async throws -> [String: UInt64] {
         var out: [String: UInt64] = [:]
-        for r in try db.query("SELECT device_id, events_dropped FROM device_telemetry WHERE events_dropped > 0") {
-            out[r[0].text ?? ""] = UInt64(max(r[1].int ?? 0, 0))
+        for r in try await db.query("SELECT device_id, events_dropped FROM device_telemetry WHERE events_dropped > 0", []) {
+            out[try r.string("device_id")] = UInt64(max(try r.int("events_dropped"), 0))
         }
         return out
     }
@@ -60,73 +45,68 @@ extension SQLiteStore {
 
 /// Which devices a staged rollout sent its release to, and what each ran before: the target of
 /// that device's rollback.
-extension SQLiteStore {
-    func migrateRolloutDevices() throws {
-        try db.execute("""
-            CREATE TABLE IF NOT EXISTS rollout_devices (
-                rollout_id INTEGER NOT NULL, device_id TEXT NOT NULL, prior_release TEXT, prior_sha256 TEXT,
-                assigned_at INTEGER NOT NULL, PRIMARY KEY (rollout_id, device_id))
-            """)
-    }
-
+extension SQLStore {
     func recordRolloutDevice(rollout: Int64, deviceId: String, priorRelease: String?, priorSha256: String?, at: Int64) async throws {
-        try db.execute("""
-            INSERT OR IGNORE INTO rollout_devices (rollout_id, device_id, prior_release, prior_sha256, assigned_at) VALUES (?,?,?,?,?)
+        try await db.execute("""
+            INSERT INTO rollout_devices (rollout_id, device_id, prior_release, prior_sha256, assigned_at) VALUES (?,?,?,?,?)
+            ON CONFLICT(rollout_id, device_id) DO NOTHING
             """, [rollout, deviceId, priorRelease, priorSha256, at])
     }
 
+    private static func rolloutDeviceRow(_ r: SQLRow) throws -> RolloutDeviceRecord {
+        RolloutDeviceRecord(priorRelease: try r.optionalString("prior_release"), priorSha256: try r.optionalString("prior_sha256"),
+                            assignedAt: try r.int("assigned_at"))
+    }
+
     func rolloutDevice(rollout: Int64, deviceId: String) async throws -> RolloutDeviceRecord? {
-        try db.query("SELECT prior_release, prior_sha256, assigned_at FROM rollout_devices WHERE rollout_id = ? AND device_id = ?",
-                     [rollout, deviceId]).first.map { RolloutDeviceRecord(priorRelease: $0[0].text, priorSha256: $0[1].text, assignedAt: $0[2].int ?? 0) }
+        try await db.query("SELECT prior_release, prior_sha256, assigned_at FROM rollout_devices WHERE rollout_id = ? AND device_id = ?",
+                           [rollout, deviceId]).first.map(Self.rolloutDeviceRow)
     }
 
     func committedRelease(deviceId: String, model: String, sha256: String) async throws -> String? {
-        try db.query("""
+        try await db.query("""
             SELECT release FROM events WHERE device_id = ? AND model = ? AND kind = 'committed' AND sha256 = ? AND release IS NOT NULL
             ORDER BY seq DESC LIMIT 1
-            """, [deviceId, model, sha256]).first?[0].text
+            """, [deviceId, model, sha256]).first.map { try $0.string("release") }
     }
-}
 
-extension SQLiteStore {
     func priorReleases(rollout: Int64) async throws -> Set<String> {
-        Set(try db.query("SELECT DISTINCT prior_release FROM rollout_devices WHERE rollout_id = ? AND prior_release IS NOT NULL", [rollout])
-            .compactMap { $0[0].text })
+        Set(try await db.query("SELECT DISTINCT prior_release FROM rollout_devices WHERE rollout_id = ? AND prior_release IS NOT NULL", [rollout])
+            .map { try $0.string("prior_release") })
     }
-}
 
-extension SQLiteStore {
     func deviceCells() async throws -> [DeviceCellRecord] {
-        try db.query("SELECT id, hardware_class, tier FROM devices").map { DeviceCellRecord(id: $0[0].text ?? "", hardwareClass: $0[1].text, tier: $0[2].text) }
+        try await db.query("SELECT id, hardware_class, tier FROM devices", []).map {
+            DeviceCellRecord(id: try $0.string("id"), hardwareClass: try $0.optionalString("hardware_class"), tier: try $0.optionalString("tier"))
+        }
     }
 }
 
 /// What the gates read besides the latest window: each treated device's prior release, the
 /// treated devices' own figures from before, and what each device runs now.
-extension SQLiteStore {
+extension SQLStore {
     func rolloutDevices(rollout: Int64) async throws -> [String: RolloutDeviceRecord] {
         var out: [String: RolloutDeviceRecord] = [:]
-        for r in try db.query("SELECT device_id, prior_release, prior_sha256, assigned_at FROM rollout_devices WHERE rollout_id = ?", [rollout]) {
-            guard let id = r[0].text else { continue }
-            out[id] = RolloutDeviceRecord(priorRelease: r[1].text, priorSha256: r[2].text, assignedAt: r[3].int ?? 0)
+        for r in try await db.query("SELECT device_id, prior_release, prior_sha256, assigned_at FROM rollout_devices WHERE rollout_id = ?", [rollout]) {
+            out[try r.string("device_id")] = try Self.rolloutDeviceRow(r)
         }
         return out
     }
 
     func runtimeMetrics(model: String, release: String, since: Int64) async throws -> [DeviceMetrics] {
-        try db.query("""
+        try await db.query("""
             SELECT e.device_id, e.release, e.detail FROM events e
             JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE model = ? AND kind = 'metrics' AND release = ? AND received_at >= ?
-                  GROUP BY device_id) last
-              ON e.device_id = last.device_id AND e.seq = last.seq
+                  GROUP BY device_id) latest
+              ON e.device_id = latest.device_id AND e.seq = latest.seq
             """, [model, release, since]).compactMap(Self.metricsRow)
     }
 
     func installed(model: String) async throws -> [String: String] {
         guard Name.isValid(model) else { return [:] }
         var out: [String: String] = [:]
-        for r in try db.query("SELECT id, json_extract(installed, '$.\"' || ? || '\"') FROM devices", [model]) {
-            if let id = r[0].text, let sha = r[1].text { out[id] = sha }
+        for r in try await db.query("SELECT id, \(db.dialect.jsonGet("installed")) AS sha FROM devices", [model]) {
+            if let sha = try r.optionalString("sha") { out[try r.string("id")] = sha }
         }
         return out
     }
@@ -134,20 +114,21 @@ extension SQLiteStore {
 
 /// What devices measured of the artifacts they ran: each device's latest benchmark and latest
 /// runtime figures per artifact.
-extension SQLiteStore {
+extension SQLStore {
     func performanceSamples(model: String) async throws -> [VariantMeasurement.Sample] {
-        let rows = try db.query("""
+        let rows = try await db.query("""
             SELECT e.device_id, d.hardware_class, e.sha256, e.kind, e.detail FROM events e
             JOIN (SELECT device_id, sha256, kind, MAX(seq) AS seq FROM events
-                  WHERE model = ? AND kind IN ('benchmark', 'metrics') AND sha256 IS NOT NULL GROUP BY device_id, sha256, kind) last
-              ON e.device_id = last.device_id AND e.seq = last.seq
+                  WHERE model = ? AND kind IN ('benchmark', 'metrics') AND sha256 IS NOT NULL GROUP BY device_id, sha256, kind) latest
+              ON e.device_id = latest.device_id AND e.seq = latest.seq
             JOIN devices d ON d.id = e.device_id
             WHERE d.hardware_class IS NOT NULL
             """, [model])
         var bench: [String: VariantMeasurement.Sample] = [:], runtime: [String: VariantMeasurement.Sample] = [:]
         func bounded(_ v: Double?) -> Double? { v.flatMap { $0.isFinite && $0 >= 0 && $0 < 86_400_000 ? $0 : nil } }
         for r in rows {
-            guard let device = r[0].text, let cls = r[1].text, let sha = r[2].text, let kind = r[3].text, let detail = r[4].text else { continue }
+            let device = try r.string("device_id"), cls = try r.string("hardware_class"), sha = try r.string("sha256"), kind = try r.string("kind")
+            guard let detail = try r.optionalString("detail") else { continue }
             let key = device + "\u{0}" + sha
             if kind == "benchmark", let b = try? BenchmarkReport.parse(Array(detail.utf8)) {
                 bench[key] = .init(device: device, hardwareClass: cls, sha256: sha, latencyP50Ms: b.latencyP50Ms, latencyP95Ms: b.latencyP95Ms,

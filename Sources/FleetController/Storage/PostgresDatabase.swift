@@ -1,0 +1,189 @@
+import Foundation
+import Logging
+import PostgresNIO
+
+/// Where a PostgreSQL database is: `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?pool=N]`.
+struct PostgresLocation: Sendable, Equatable {
+    var host: String
+    var port: Int
+    var user: String
+    var password: String?
+    var database: String
+    /// Connections this process keeps at most (replicas × pool + listeners must stay under the
+    /// server's max_connections, 100 by default).
+    var pool: Int
+
+    static func isPostgresURL(_ s: String) -> Bool { s.hasPrefix("postgres://") || s.hasPrefix("postgresql://") }
+
+    init(url: String) throws {
+        guard Self.isPostgresURL(url), let c = URLComponents(string: url), let host = c.host, !host.isEmpty else {
+            throw StorageError(.database, "'\(url)' is not a database URL of the form postgres://USER@HOST:PORT/DATABASE")
+        }
+        self.host = host
+        port = c.port ?? 5432
+        user = c.user ?? "postgres"
+        password = c.password
+        let path = c.path.hasPrefix("/") ? String(c.path.dropFirst()) : c.path
+        database = path.isEmpty ? user : path
+        pool = 12
+        for item in c.queryItems ?? [] {
+            switch item.name {
+            case "pool":
+                guard let n = item.value.flatMap(Int.init), (1...64).contains(n) else {
+                    throw StorageError(.database, "pool in '\(url)' must be 1…64")
+                }
+                pool = n
+            default:
+                throw StorageError(.database, "unknown parameter \(item.name) in the database URL")
+            }
+        }
+    }
+
+    /// For messages and logs: never the password.
+    var redacted: String { "postgres://\(user)@\(host):\(port)/\(database)" }
+
+    var connectionConfiguration: PostgresConnection.Configuration {
+        PostgresConnection.Configuration(host: host, port: port, username: user, password: password, database: database, tls: .disable)
+    }
+}
+
+/// The shared back end for replicas: PostgreSQL through a connection pool (postgres-nio's
+/// `PostgresClient`, run for the life of the store).
+final class PostgresDatabase: SQLDatabase {
+    let dialect = SQLDialect.postgres
+    let location: PostgresLocation
+    let client: PostgresClient
+    private let runner: Task<Void, Never>
+    private let logger: Logger
+
+    init(_ location: PostgresLocation, logger: Logger) {
+        self.location = location
+        self.logger = logger
+        var config = PostgresClient.Configuration(host: location.host, port: location.port, username: location.user,
+                                                  password: location.password, database: location.database, tls: .disable)
+        config.options.maximumConnections = location.pool
+        config.options.minimumConnections = 0
+        config.options.connectTimeout = .seconds(5)
+        let client = PostgresClient(configuration: config, backgroundLogger: logger)
+        self.client = client
+        runner = Task { await client.run() }
+    }
+
+    /// Connects and waits until the server answers (a few seconds at most).
+    static func connect(_ location: PostgresLocation, logger: Logger) async throws -> PostgresDatabase {
+        let db = PostgresDatabase(location, logger: logger)
+        do {
+            _ = try await db.query("SELECT 1 AS one", [])
+        } catch {
+            await db.close()
+            throw StorageError(.database, "cannot reach \(location.redacted): \(error)")
+        }
+        return db
+    }
+
+    func close() async { runner.cancel() }
+
+    func query(_ sql: String, _ params: [any SQLValueConvertible]) async throws -> [SQLRow] {
+        try await Self.run(sql, params) { q in try await self.client.query(q, logger: self.logger) }
+    }
+
+    func executeRelaxed(_ sql: String, _ params: [any SQLValueConvertible]) async throws {
+        // One statement on a pooled connection commits by itself; waiting for the WAL flush is
+        // what `synchronous_commit = off` would save, at the price of a round trip to set it.
+        _ = try await query(sql, params)
+    }
+
+    func transaction<T: Sendable>(_ body: @Sendable (any SQLQuerying) async throws -> T) async throws -> T {
+        do {
+            return try await client.withConnection { connection in
+                let tx = Transaction(connection: connection, logger: logger)
+                try await tx.execute("BEGIN")
+                do {
+                    let result = try await body(tx)
+                    try await tx.execute("COMMIT")
+                    return result
+                } catch {
+                    _ = try? await tx.execute("ROLLBACK")
+                    throw error
+                }
+            }
+        } catch let e as PSQLError {
+            throw Self.mapped(e)
+        }
+    }
+
+    /// Statements on one leased connection inside BEGIN … COMMIT.
+    private struct Transaction: SQLQuerying, @unchecked Sendable {
+        let connection: PostgresConnection
+        let logger: Logger
+        var dialect: SQLDialect { .postgres }
+        func query(_ sql: String, _ params: [any SQLValueConvertible]) async throws -> [SQLRow] {
+            try await PostgresDatabase.run(sql, params) { q in try await connection.query(q, logger: logger) }
+        }
+    }
+
+    private static let rewrites = RewriteCache()
+
+    static func run(_ sql: String, _ params: [any SQLValueConvertible],
+                    _ send: (PostgresQuery) async throws -> PostgresRowSequence) async throws -> [SQLRow] {
+        var binds = PostgresBindings(capacity: params.count)
+        for p in params {
+            switch p.sqlValue {
+            case .null: binds.appendNull()
+            case .int(let v): binds.append(v)
+            case .real(let v): binds.append(v)
+            case .text(let v): binds.append(v)
+            }
+        }
+        let query = PostgresQuery(unsafeSQL: rewrites.numbered(sql), binds: binds)
+        do {
+            let sequence = try await send(query)
+            var rows: [SQLRow] = []
+            var columns: SQLColumns?
+            for try await row in sequence {
+                var values: [SQLValue] = []
+                values.reserveCapacity(row.count)
+                var names: [String] = []
+                for cell in row {
+                    if columns == nil { names.append(cell.columnName) }
+                    values.append(try value(cell))
+                }
+                if columns == nil { columns = SQLColumns(names) }
+                rows.append(SQLRow(columns: columns!, values: values))
+            }
+            return rows
+        } catch let e as PSQLError {
+            throw mapped(e)
+        }
+    }
+
+    private static func value(_ cell: PostgresCell) throws -> SQLValue {
+        guard cell.bytes != nil else { return .null }
+        switch cell.dataType {
+        case .int8, .int4, .int2: return .int(try cell.decode(Int64.self))
+        case .float8, .float4: return .real(try cell.decode(Double.self))
+        case .bool: return .int(try cell.decode(Bool.self) ? 1 : 0)
+        default: return .text(try cell.decode(String.self))
+        }
+    }
+
+    static func mapped(_ e: PSQLError) -> StorageError {
+        let state = e.serverInfo?[.sqlState]
+        let message = e.serverInfo?[.message] ?? "\(e.code)"
+        if let state, state.hasPrefix("23") { return StorageError(.conflict, message) }
+        return StorageError(.database, "postgres: \(message)\(state.map { " (\($0))" } ?? "")")
+    }
+
+    /// `?` placeholders rewritten once per distinct statement.
+    final class RewriteCache: @unchecked Sendable {
+        private let lock = NSLock()
+        private var cache: [String: String] = [:]
+        func numbered(_ sql: String) -> String {
+            lock.lock(); defer { lock.unlock() }
+            if let hit = cache[sql] { return hit }
+            let out = SQLPlaceholders.numbered(sql)
+            if cache.count < 1024 { cache[sql] = out }
+            return out
+        }
+    }
+}

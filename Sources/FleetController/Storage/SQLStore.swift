@@ -1,0 +1,473 @@
+import FleetCore
+import Foundation
+import Logging
+
+/// The controller's store on a SQL database: one SQLite file under the data directory (one box),
+/// or PostgreSQL shared by any number of replicas. The same statements serve both; the few that
+/// differ ask the dialect.
+final class SQLStore: FleetStore {
+    let db: any SQLDatabase
+    /// Set on a replica that does the once-only work: writes of that work check, in their own
+    /// transaction, that this replica still holds the lease it was given (see `LeaderLease`).
+    let fence: LeaseFence?
+
+    init(db: any SQLDatabase, fence: LeaseFence? = nil) {
+        self.db = db
+        self.fence = fence
+    }
+
+    /// The embedded store: `path` is created when missing and migrated to this build's schema.
+    static func sqlite(path: String) async throws -> SQLStore {
+        let db = try SQLiteDatabase(path: path)
+        try await Migrations.run(db)
+        return SQLStore(db: db)
+    }
+
+    /// The shared store. Migrates unless `migrate` is false; then a schema behind or ahead of
+    /// this build is refused.
+    static func postgres(_ location: PostgresLocation, migrate: Bool, logger: Logger) async throws -> SQLStore {
+        let db = try await PostgresDatabase.connect(location, logger: logger)
+        do {
+            if migrate {
+                try await Migrations.run(db)
+            } else {
+                let v = try await Migrations.check(db)
+                guard v == Migrations.latest else {
+                    throw StorageError(.schemaTooNew, "the database is at schema version \(v), this controller needs \(Migrations.latest): run fleet-controller migrate")
+                }
+            }
+        } catch {
+            await db.close()
+            throw error
+        }
+        return SQLStore(db: db)
+    }
+
+    /// A store whose writes of the leader's work are fenced by `fence`.
+    func fenced(_ fence: LeaseFence) -> SQLStore { SQLStore(db: db, fence: fence) }
+
+    var dialect: SQLDialect { db.dialect }
+
+    // MARK: coding helpers
+
+    func json<T: Encodable>(_ v: T) throws -> String { String(decoding: try FleetJSON.encode(v), as: UTF8.self) }
+
+    /// Runs `body` in one transaction; with a fence, only while this replica holds its lease.
+    func write<T: Sendable>(fenced: Bool = false, _ body: @Sendable @escaping (any SQLQuerying) async throws -> T) async throws -> T {
+        let fence = fenced ? self.fence : nil
+        return try await db.transaction { tx in
+            if let fence { try await fence.check(tx) }
+            return try await body(tx)
+        }
+    }
+
+    // MARK: devices
+
+    private static let deviceColumns = "id, facts, hardware_class, tier, installed, phase, status, status_detail, held, first_seen, last_seen, agent_version"
+
+    func upsertDevice(_ d: DeviceRecord) async throws {
+        // A check-in's facts and time are repeated by the next check-in: not worth an fsync each.
+        try await db.executeRelaxed("""
+            INSERT INTO devices (id, facts, hardware_class, tier, installed, phase, status, status_detail, held, first_seen, last_seen, agent_version)
+            VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
+            ON CONFLICT(id) DO UPDATE SET facts=excluded.facts, hardware_class=excluded.hardware_class, tier=excluded.tier,
+              installed=excluded.installed, phase=excluded.phase, held=excluded.held, last_seen=excluded.last_seen,
+              agent_version=excluded.agent_version
+            """, [d.id, try json(d.facts), d.hardwareClass, d.tier, try json(d.installed), d.phase, d.status, d.statusDetail,
+                  try json(d.held), d.firstSeen, d.lastSeen, d.agentVersion])
+    }
+
+    static func deviceRow(_ r: SQLRow) throws -> DeviceRecord {
+        DeviceRecord(id: try r.string("id"), facts: try r.json(DeviceFacts.self, "facts"), hardwareClass: try r.optionalString("hardware_class"),
+                     tier: try r.optionalString("tier"), installed: try r.json([String: String].self, "installed"),
+                     phase: try r.optionalString("phase"), status: try r.string("status"), statusDetail: try r.optionalString("status_detail"),
+                     held: try r.json([String: String].self, "held"), firstSeen: try r.int("first_seen"), lastSeen: try r.int("last_seen"),
+                     agentVersion: try r.optionalString("agent_version"))
+    }
+
+    func device(_ id: String) async throws -> DeviceRecord? {
+        try await db.query("SELECT \(Self.deviceColumns) FROM devices WHERE id = ?", [id]).first.map(Self.deviceRow)
+    }
+
+    func devices() async throws -> [DeviceRecord] {
+        try await db.query("SELECT \(Self.deviceColumns) FROM devices ORDER BY id", []).map(Self.deviceRow)
+    }
+
+    func deviceCount() async throws -> Int {
+        Int(try await db.scalar("SELECT COUNT(*) AS n FROM devices").int ?? 0)
+    }
+
+    // MARK: models and variants
+
+    func createModel(_ m: ModelRecord) async throws {
+        do {
+            try await db.execute("INSERT INTO models (name, min_quality, created_at) VALUES (?,?,?)", [m.name, m.minQuality, m.createdAt])
+        } catch let e as StorageError where e.code == .conflict {
+            throw StorageError(.conflict, "model \(m.name) already exists")
+        }
+    }
+
+    private static func modelRow(_ r: SQLRow) throws -> ModelRecord {
+        ModelRecord(name: try r.string("name"), minQuality: try r.optionalDouble("min_quality"), createdAt: try r.int("created_at"))
+    }
+
+    func model(_ name: String) async throws -> ModelRecord? {
+        try await db.query("SELECT name, min_quality, created_at FROM models WHERE name = ?", [name]).first.map(Self.modelRow)
+    }
+
+    func models() async throws -> [ModelRecord] {
+        try await db.query("SELECT name, min_quality, created_at FROM models ORDER BY name", []).map(Self.modelRow)
+    }
+
+    func addVariant(_ v: VariantRecord) async throws {
+        do {
+            try await db.execute("INSERT INTO variants (model, name, body, quality, created_at) VALUES (?,?,?,?,?)",
+                                 [v.model, v.variant.name, try json(v.variant), v.quality, v.createdAt])
+        } catch let e as StorageError where e.code == .conflict {
+            throw StorageError(.conflict, "variant \(v.variant.name) of \(v.model) already exists")
+        }
+    }
+
+    func variants(model: String) async throws -> [VariantRecord] {
+        try await db.query("SELECT model, body, quality, created_at FROM variants WHERE model = ? ORDER BY name", [model]).map {
+            VariantRecord(model: try $0.string("model"), variant: try $0.json(CatalogVariant.self, "body"),
+                          quality: try $0.optionalDouble("quality"), createdAt: try $0.int("created_at"))
+        }
+    }
+
+    // MARK: releases and rollouts
+
+    func createRelease(_ r: ReleaseRecord) async throws {
+        do {
+            try await db.execute("INSERT INTO releases (id, model, version, serial, envelope, catalog_sha256, created_at) VALUES (?,?,?,?,?,?,?)",
+                                 [r.id, r.model, r.version, r.serial, try json(r.catalogEnvelope), r.catalogSha256, r.createdAt])
+        } catch let e as StorageError where e.code == .conflict {
+            throw StorageError(.conflict, "release \(r.id) or serial \(r.serial) of \(r.model) already exists")
+        }
+    }
+
+    private static func releaseRow(_ r: SQLRow) throws -> ReleaseRecord {
+        let id = try r.string("id")
+        let env = try r.json(Envelope.self, "envelope")
+        guard let body = env.payloadBytes, let catalog = try? JSONDecoder().decode(ReleaseCatalog.self, from: Data(body)) else {
+            throw StorageError(.corrupt, "stored catalog of \(id) does not decode")
+        }
+        return ReleaseRecord(id: id, model: try r.string("model"), version: try r.string("version"), serial: Int(try r.int("serial")),
+                             catalogEnvelope: env, catalogSha256: try r.string("catalog_sha256"), catalog: catalog, createdAt: try r.int("created_at"))
+    }
+
+    private static let releaseColumns = "id, model, version, serial, envelope, catalog_sha256, created_at"
+
+    func release(_ id: String) async throws -> ReleaseRecord? {
+        try await db.query("SELECT \(Self.releaseColumns) FROM releases WHERE id = ?", [id]).first.map(Self.releaseRow)
+    }
+
+    func releases() async throws -> [ReleaseRecord] {
+        try await db.query("SELECT \(Self.releaseColumns) FROM releases ORDER BY model, serial", []).map(Self.releaseRow)
+    }
+
+    func maxSerial(model: String) async throws -> Int {
+        Int(try await db.scalar("SELECT COALESCE(MAX(serial), 0) AS serial FROM releases WHERE model = ?", [model]).int ?? 0)
+    }
+
+    static let rolloutColumns = "id, release_id, model, strategy, state, created_at, policy, previous_release, created_by"
+
+    static func rolloutRow(_ r: SQLRow) throws -> RolloutRecord {
+        RolloutRecord(id: try r.int("id"), releaseId: try r.string("release_id"), model: try r.string("model"), strategy: try r.string("strategy"),
+                      state: try r.string("state"), createdAt: try r.int("created_at"),
+                      policy: try r.optionalJSON(RolloutPolicy.self, "policy"), previousReleaseId: try r.optionalString("previous_release"),
+                      createdBy: try r.string("created_by"))
+    }
+
+    func createRollout(_ r: RolloutRecord) async throws -> RolloutRecord {
+        let policy = try r.policy.map(json)
+        return try await write { tx in
+            try await tx.execute("UPDATE rollouts SET state = 'superseded' WHERE model = ? AND state IN ('active', 'completed', 'aborted')", [r.model])
+            let rows = try await tx.query("""
+                INSERT INTO rollouts (release_id, model, strategy, state, created_at, policy, previous_release, created_by)
+                VALUES (?,?,?,'active',?,?,?,?) RETURNING \(Self.rolloutColumns)
+                """, [r.releaseId, r.model, r.strategy, r.createdAt, policy, r.previousReleaseId, r.createdBy])
+            guard let row = rows.first else { throw StorageError(.database, "insert returned no row") }
+            return try Self.rolloutRow(row)
+        }
+    }
+
+    func rollout(_ id: Int64) async throws -> RolloutRecord? {
+        try await db.query("SELECT \(Self.rolloutColumns) FROM rollouts WHERE id = ?", [id]).first.map(Self.rolloutRow)
+    }
+
+    func rollouts() async throws -> [RolloutRecord] {
+        try await db.query("SELECT \(Self.rolloutColumns) FROM rollouts ORDER BY id", []).map(Self.rolloutRow)
+    }
+
+    func activeRollouts() async throws -> [RolloutRecord] {
+        try await db.query("SELECT \(Self.rolloutColumns) FROM rollouts WHERE state IN ('active', 'completed', 'aborted') ORDER BY id", [])
+            .map(Self.rolloutRow)
+    }
+
+    func setRolloutState(_ id: Int64, _ state: String) async throws {
+        try await write(fenced: true) { tx in try await tx.execute("UPDATE rollouts SET state = ? WHERE id = ?", [state, id]) }
+    }
+
+    func cells(rollout: Int64) async throws -> [CellKey: StoredCell] {
+        var out: [CellKey: StoredCell] = [:]
+        for r in try await db.query("SELECT cell, body FROM rollout_cells WHERE rollout_id = ?", [rollout]) {
+            let parts = try r.string("cell").split(separator: "/", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { throw StorageError(.corrupt, "cell name \(try r.string("cell")) is not CLASS/TIER") }
+            out[CellKey(hardwareClass: parts[0], tier: parts[1])] = try r.json(StoredCell.self, "body")
+        }
+        return out
+    }
+
+    func saveCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell) async throws {
+        let body = try json(cell)
+        try await write(fenced: true) { tx in
+            try await tx.execute("""
+                INSERT INTO rollout_cells (rollout_id, cell, body) VALUES (?,?,?) ON CONFLICT(rollout_id, cell) DO UPDATE SET body = excluded.body
+                """, [rollout, key.description, body])
+        }
+    }
+
+    func recordAction(rollout: Int64, _ a: RolloutActionRecord) async throws {
+        try await db.execute("INSERT INTO rollout_actions (rollout_id, at, actor, action, cell, detail) VALUES (?,?,?,?,?,?)",
+                             [rollout, a.at, a.actor, a.action, a.cell, a.detail])
+    }
+
+    func actions(rollout: Int64) async throws -> [RolloutActionRecord] {
+        try await db.query("SELECT at, actor, action, cell, detail FROM rollout_actions WHERE rollout_id = ? ORDER BY id", [rollout]).map {
+            RolloutActionRecord(at: try $0.int("at"), actor: try $0.string("actor"), action: try $0.string("action"),
+                                cell: try $0.optionalString("cell"), detail: try $0.optionalString("detail"))
+        }
+    }
+
+    func installOutcomes(release: String) async throws -> [String: String] {
+        var out: [String: String] = [:]
+        let kinds = "('started','downloaded','verified','activated','committed','failed','rolled-back')"
+        for r in try await db.query("""
+            SELECT e.device_id, e.kind FROM events e
+            JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE release = ? AND kind IN \(kinds) GROUP BY device_id) latest
+              ON e.device_id = latest.device_id AND e.seq = latest.seq
+            """, [release]) {
+            out[try r.string("device_id")] = try r.string("kind")
+        }
+        return out
+    }
+
+    func runtimeMetrics(model: String, since: Int64) async throws -> [DeviceMetrics] {
+        try await db.query("""
+            SELECT e.device_id, e.release, e.detail FROM events e
+            JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE model = ? AND kind = 'metrics' AND received_at >= ? GROUP BY device_id) latest
+              ON e.device_id = latest.device_id AND e.seq = latest.seq
+            """, [model, since]).compactMap(Self.metricsRow)
+    }
+
+    /// A metrics event row (device, release, detail) as bounded figures; nil when the device sent
+    /// figures that do not decode (its own fault, not the store's).
+    static func metricsRow(_ r: SQLRow) throws -> DeviceMetrics? {
+        guard let release = try r.optionalString("release"), let detail = try r.optionalString("detail"),
+              let m = try? JSONDecoder().decode(RuntimeMetrics.self, from: Data(detail.utf8)) else { return nil }
+        // Figures from devices are bounded here, so one bad device cannot upset the gates' arithmetic.
+        func latency(_ v: Double?) -> Double? { v.flatMap { $0.isFinite && $0 >= 0 && $0 < 86_400_000 ? $0 : nil } }
+        return DeviceMetrics(deviceId: try r.string("device_id"), release: release, p50: latency(m.latencyP50Ms), p95: latency(m.latencyP95Ms),
+                             errorRate: m.errorRate.flatMap { $0.isFinite ? min(max($0, 0), 1) : nil },
+                             crashes: min(max(m.crashes ?? 0, 0), 1 << 40))
+    }
+
+    // MARK: assignments
+
+    private static let assignmentColumns = "device_id, model, counter, release_id, variant, sha256, package_sha256, envelope, expires_at"
+
+    private static func assignmentRow(_ r: SQLRow) throws -> AssignmentRecord {
+        AssignmentRecord(deviceId: try r.string("device_id"), model: try r.string("model"), counter: UInt64(bitPattern: try r.int("counter")),
+                         releaseId: try r.string("release_id"), variant: try r.string("variant"), sha256: try r.string("sha256"),
+                         packageSha256: try r.string("package_sha256"), envelope: try r.json(Envelope.self, "envelope"),
+                         expiresAt: try r.int("expires_at"))
+    }
+
+    func assignment(deviceId: String, model: String) async throws -> AssignmentRecord? {
+        try await db.query("SELECT \(Self.assignmentColumns) FROM assignments WHERE device_id = ? AND model = ?", [deviceId, model])
+            .first.map(Self.assignmentRow)
+    }
+
+    func assignments() async throws -> [AssignmentRecord] {
+        try await db.query("SELECT \(Self.assignmentColumns) FROM assignments", []).map(Self.assignmentRow)
+    }
+
+    /// One conditional statement, so that two replicas signing for the same device cannot both
+    /// win: the row is inserted only when none exists, or updated only while its counter is still
+    /// the expected one.
+    func replaceAssignment(_ a: AssignmentRecord, expectedCounter: UInt64?) async throws -> Bool {
+        let envelope = try json(a.envelope)
+        return try await write { tx in
+            let values: [any SQLValueConvertible] = [a.deviceId, a.model, a.counter, a.releaseId, a.variant, a.sha256, a.packageSha256, envelope, a.expiresAt]
+            let insert = """
+                INSERT INTO assignments (device_id, model, counter, release_id, variant, sha256, package_sha256, envelope, expires_at)
+                VALUES (?,?,?,?,?,?,?,?,?)
+                """
+            let rows: [SQLRow]
+            if let expected = expectedCounter {
+                rows = try await tx.query(insert + """
+
+                    ON CONFLICT(device_id, model) DO UPDATE SET counter=excluded.counter, release_id=excluded.release_id,
+                      variant=excluded.variant, sha256=excluded.sha256, package_sha256=excluded.package_sha256,
+                      envelope=excluded.envelope, expires_at=excluded.expires_at
+                    WHERE assignments.counter = ? RETURNING counter
+                    """, values + [expected])
+            } else {
+                rows = try await tx.query(insert + " ON CONFLICT(device_id, model) DO NOTHING RETURNING counter", values)
+            }
+            guard !rows.isEmpty else { return false }
+            try await Self.recordDelivery(tx, a)
+            return true
+        }
+    }
+
+    // MARK: deltas
+
+    func claimDelta(base: String, target: String, at: Int64) async throws -> Bool {
+        !(try await db.query("""
+            INSERT INTO deltas (base_sha256, target_sha256, status, created_at) VALUES (?,?,'building',?)
+            ON CONFLICT(base_sha256, target_sha256) DO NOTHING RETURNING status
+            """, [base, target, at])).isEmpty
+    }
+
+    func finishDelta(_ d: DeltaRecord) async throws {
+        try await db.execute("""
+            UPDATE deltas SET status = ?, package_sha256 = ?, package_size = ?, method = ?, detail = ?
+            WHERE base_sha256 = ? AND target_sha256 = ?
+            """, [d.status.rawValue, d.packageSha256, d.packageSize, d.method, d.detail, d.baseSha256, d.targetSha256])
+    }
+
+    private static func deltaRow(_ r: SQLRow) throws -> DeltaRecord {
+        guard let status = DeltaRecord.Status(rawValue: try r.string("status")) else { throw StorageError(.corrupt, "delta with an unknown status") }
+        return DeltaRecord(baseSha256: try r.string("base_sha256"), targetSha256: try r.string("target_sha256"), status: status,
+                           packageSha256: try r.optionalString("package_sha256"), packageSize: try r.optionalInt("package_size"),
+                           method: try r.optionalString("method"), detail: try r.optionalString("detail"), createdAt: try r.int("created_at"))
+    }
+
+    private static let deltaColumns = "base_sha256, target_sha256, status, package_sha256, package_size, method, detail, created_at"
+
+    func delta(base: String, target: String) async throws -> DeltaRecord? {
+        try await db.query("SELECT \(Self.deltaColumns) FROM deltas WHERE base_sha256 = ? AND target_sha256 = ?", [base, target])
+            .first.map(Self.deltaRow)
+    }
+
+    func deltas(target: String) async throws -> [DeltaRecord] {
+        try await db.query("SELECT \(Self.deltaColumns) FROM deltas WHERE target_sha256 = ? ORDER BY base_sha256", [target]).map(Self.deltaRow)
+    }
+
+    func buildingDeltas() async throws -> [(String, String)] {
+        try await db.query("SELECT base_sha256, target_sha256 FROM deltas WHERE status = 'building'", []).map {
+            (try $0.string("base_sha256"), try $0.string("target_sha256"))
+        }
+    }
+
+    // MARK: events
+
+    /// The whole batch in one statement (`ON CONFLICT DO NOTHING`, the stored rows returned), then
+    /// only what the stored events change: the device's status from its latest install event,
+    /// what it runs from its commits, and its final failures.
+    func appendEvents(deviceId: String, _ events: [StatusEvent], receivedAt: Int64) async throws -> EventIngest {
+        let dialect = db.dialect
+        return try await write { tx in
+            var storedSeqs = Set<UInt64>()
+            if !events.isEmpty {
+                var params: [any SQLValueConvertible] = []
+                params.reserveCapacity(events.count * 11)
+                for e in events {
+                    params += [deviceId, e.seq, e.time, e.kind, e.model, e.sha256, e.release, e.detail, receivedAt, e.fault, e.retryAt] as [any SQLValueConvertible]
+                }
+                let rows = Array(repeating: "(?,?,?,?,?,?,?,?,?,?,?)", count: events.count).joined(separator: ",")
+                for r in try await tx.query("""
+                    INSERT INTO events (device_id, seq, time, kind, model, sha256, release, detail, received_at, fault, retry_at)
+                    VALUES \(rows) ON CONFLICT(device_id, seq) DO NOTHING RETURNING seq
+                    """, params) {
+                    storedSeqs.insert(UInt64(bitPattern: try r.int("seq")))
+                }
+            }
+            // A batch may repeat a seq: only its first copy is the stored one.
+            var seen = Set<UInt64>()
+            let stored = events.filter { storedSeqs.contains($0.seq) && seen.insert($0.seq).inserted }
+            for e in stored { try await Self.recordFailure(tx, deviceId: deviceId, e, receivedAt: receivedAt) }
+            if let last = stored.last(where: { DeviceStatus.from(eventKind: $0.kind) != nil }), let status = DeviceStatus.from(eventKind: last.kind) {
+                try await tx.execute("UPDATE devices SET status = ?, status_detail = ? WHERE id = ?", [status, last.detail, deviceId])
+            }
+            // What the device runs is known from its commit, before its next check-in says so.
+            for e in stored where e.kind == "committed" {
+                guard let model = e.model, let sha = e.sha256, Name.isValid(model), Digest.isSHA256Hex(sha) else { continue }
+                try await tx.execute("UPDATE devices SET installed = \(dialect.jsonSet("installed")) WHERE id = ?", [model, sha, deviceId])
+            }
+            let acked = UInt64(bitPattern: try await tx.scalar("SELECT COALESCE(MAX(seq), 0) AS seq FROM events WHERE device_id = ?", [deviceId]).int ?? 0)
+            return EventIngest(stored: stored.count, duplicates: events.count - stored.count, ackedThrough: acked)
+        }
+    }
+
+    private static let eventColumns = "seq, time, kind, model, sha256, release, detail, fault, retry_at"
+
+    func events(deviceId: String, limit: Int) async throws -> [StatusEvent] {
+        try await db.query("SELECT \(Self.eventColumns) FROM events WHERE device_id = ? ORDER BY seq DESC LIMIT ?", [deviceId, limit])
+            .map(Self.eventRow)
+    }
+
+    func events(deviceId: String, after seq: UInt64, limit: Int) async throws -> [StatusEvent] {
+        try await db.query("SELECT \(Self.eventColumns) FROM events WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                           [deviceId, Int64(clamping: seq), limit]).map(Self.eventRow)
+    }
+
+    private static func eventRow(_ r: SQLRow) throws -> StatusEvent {
+        StatusEvent(seq: UInt64(bitPattern: try r.int("seq")), time: try r.int("time"), kind: try r.string("kind"),
+                    model: try r.optionalString("model"), sha256: try r.optionalString("sha256"), release: try r.optionalString("release"),
+                    detail: try r.optionalString("detail"), fault: try r.optionalString("fault"), retryAt: try r.optionalInt("retry_at"))
+    }
+
+    // MARK: meta
+
+    func meta(_ key: String) async throws -> String? {
+        try await db.query("SELECT value FROM meta WHERE key = ?", [key]).first.map { try $0.string("value") }
+    }
+
+    func setMeta(_ key: String, _ value: String) async throws {
+        try await db.execute("INSERT INTO meta (key, value) VALUES (?,?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
+    }
+}
+
+/// The device status shown to operators, from the kind of its latest install event.
+enum DeviceStatus {
+    static func from(eventKind: String) -> String? {
+        switch eventKind {
+        case "started", "downloaded", "verified", "activated": return "installing"
+        case "committed": return "committed"
+        case "failed": return "failed"
+        case "rolled-back": return "rolled-back"
+        case "rejected": return "rejected"
+        case "retrying": return "retrying"
+        default: return nil
+        }
+    }
+}
+
+extension SQLStore {
+    /// Bulk load for seeding and benchmarks: `rows` in multi-row INSERTs of a few hundred rows,
+    /// committed every `perTransaction` rows. `constants` are SQL literals for the other columns.
+    func insertRows(table: String, columns: [String], constants: [String: String] = [:], rows: [[any SQLValueConvertible]],
+                    perStatement: Int = 400, perTransaction: Int = 20_000) async throws {
+        let names = (columns + constants.keys.sorted()).joined(separator: ", ")
+        let literals = constants.keys.sorted().map { constants[$0]! }
+        let tuple = "(" + (Array(repeating: "?", count: columns.count) + literals).joined(separator: ",") + ")"
+        var start = 0
+        while start < rows.count {
+            let chunk: [[SQLValue]] = rows[start..<min(start + perTransaction, rows.count)].map { $0.map(\.sqlValue) }
+            try await write { tx in
+                var i = 0
+                while i < chunk.count {
+                    let part = chunk[i..<min(i + perStatement, chunk.count)]
+                    let sql = "INSERT INTO \(table) (\(names)) VALUES " + Array(repeating: tuple, count: part.count).joined(separator: ",")
+                        + " ON CONFLICT DO NOTHING"
+                    try await tx.execute(sql, part.flatMap { $0 })
+                    i += perStatement
+                }
+            }
+            start += perTransaction
+        }
+    }
+}

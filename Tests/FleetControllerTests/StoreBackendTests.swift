@@ -1,0 +1,247 @@
+import FleetCore
+import Foundation
+import Logging
+import TestSupport
+import Testing
+@testable import FleetController
+
+/// One PostgreSQL server for the store tests of this process, started on first use.
+enum SharedPostgres {
+    static let server: Result<PostgresServer, any Error> = Result { try PostgresServer.start() }
+    static func database() throws -> String { try server.get().createDatabase() }
+}
+
+enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case sqlite, postgres
+    var testDescription: String { rawValue }
+
+    /// A fresh, migrated store and what it needs removed afterwards.
+    func store() async throws -> (SQLStore, location: String) {
+        switch self {
+        case .sqlite:
+            let dir = NSTemporaryDirectory() + "edgefleet-store-" + UUID().uuidString
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            return (try await SQLStore.sqlite(path: dir + "/fleet.sqlite"), dir + "/fleet.sqlite")
+        case .postgres:
+            let url = try SharedPostgres.database()
+            return (try await SQLStore.postgres(try PostgresLocation(url: url), migrate: true, logger: Logger(label: "test")), url)
+        }
+    }
+
+    /// A second store on the same database: another replica.
+    func replica(of location: String) async throws -> SQLStore {
+        switch self {
+        case .sqlite: return try await SQLStore.sqlite(path: location)
+        case .postgres: return try await SQLStore.postgres(try PostgresLocation(url: location), migrate: true, logger: Logger(label: "test"))
+        }
+    }
+}
+
+private func event(_ seq: UInt64, _ kind: String = "metrics", model: String = "m", sha: String? = nil, release: String? = nil,
+                   detail: String? = nil) -> StatusEvent {
+    StatusEvent(seq: seq, time: 1_800_000_000, kind: kind, model: model, sha256: sha, release: release, detail: detail)
+}
+
+private let device = DeviceRecord(id: "dev-1", facts: DeviceFacts(arch: "x86_64", cpuFlags: ["avx2"], memoryBytes: 1 << 30, diskFreeBytes: 1 << 30),
+                                  hardwareClass: "x86-avx2", tier: "fibre", installed: [:], phase: nil, status: "idle", statusDetail: nil,
+                                  held: [:], firstSeen: 1, lastSeen: 1, agentVersion: "t")
+
+@Suite("Store on both back ends")
+struct StoreBackendTests {
+    @Test(arguments: Backend.allCases)
+    func eventsAreStoredOncePerSequenceNumber(_ backend: Backend) async throws {
+        let (store, _) = try await backend.store()
+        defer { Task { await store.db.close() } }
+        try await store.upsertDevice(device)
+        let sha = String(repeating: "a", count: 64)
+        let first = try await store.appendEvents(deviceId: "dev-1", [event(1), event(2, "committed", sha: sha, release: "m@1"), event(2), event(3)],
+                                                 receivedAt: 10)
+        #expect(first.stored == 3)
+        #expect(first.duplicates == 1)
+        #expect(first.ackedThrough == 3)
+        let again = try await store.appendEvents(deviceId: "dev-1", [event(3), event(4, "failed", release: "m@1")], receivedAt: 11)
+        #expect(again.stored == 1 && again.duplicates == 1 && again.ackedThrough == 4)
+        #expect(try await store.events(deviceId: "dev-1", after: 0, limit: 10).map(\.seq) == [1, 2, 3, 4])
+        // The commit set what the device runs; the failure is held; the status is the latest install event's.
+        let stored = try #require(try await store.device("dev-1"))
+        #expect(stored.installed == ["m": sha])
+        #expect(stored.status == "failed")
+        #expect(try await store.installed(model: "m") == ["dev-1": sha])
+        #expect(try await store.failures(deviceId: "dev-1").map(\.release) == ["m@1"])
+    }
+
+    @Test(arguments: Backend.allCases)
+    func twoReplicasIngestingTheSameBatchesStoreEachEventOnce(_ backend: Backend) async throws {
+        let (a, location) = try await backend.store()
+        let b = try await backend.replica(of: location)
+        defer { Task { await a.db.close(); await b.db.close() } }
+        try await a.upsertDevice(device)
+        var batches: [[StatusEvent]] = []
+        for i in 0..<20 {   // overlapping batches
+            let first = UInt64(i * 5 + 1)
+            batches.append((first...(first + 7)).map { event($0) })
+        }
+        let totals = try await withThrowingTaskGroup(of: EventIngest.self) { group in
+            for batch in batches {
+                group.addTask { try await a.appendEvents(deviceId: "dev-1", batch, receivedAt: 1) }
+                group.addTask { try await b.appendEvents(deviceId: "dev-1", batch, receivedAt: 1) }
+            }
+            var all: [EventIngest] = []
+            for try await r in group { all.append(r) }
+            return all
+        }
+        let distinct = Set(batches.flatMap { (b: [StatusEvent]) in b.map { $0.seq } }).count
+        let stored = totals.reduce(0) { $0 + $1.stored }
+        #expect(stored == distinct)
+        #expect(try await a.events(deviceId: "dev-1", after: 0, limit: 1000).count == distinct)
+    }
+
+    @Test(arguments: Backend.allCases)
+    func assignmentCountersNeverGoBackAcrossReplicas(_ backend: Backend) async throws {
+        let (a, location) = try await backend.store()
+        let b = try await backend.replica(of: location)
+        defer { Task { await a.db.close(); await b.db.close() } }
+        let env = Envelope(payloadType: "t", payloadBytes: Array("{}".utf8))
+        func record(_ counter: UInt64) -> AssignmentRecord {
+            AssignmentRecord(deviceId: "dev-1", model: "m", counter: counter, releaseId: "m@1", variant: "fp32", sha256: "s", packageSha256: "s",
+                             envelope: env, expiresAt: 100)
+        }
+        // Both replicas race to sign the first assignment, then the next one from counter 1.
+        let firsts = try await [a.replaceAssignment(record(1), expectedCounter: nil), b.replaceAssignment(record(1), expectedCounter: nil)]
+        #expect(firsts.filter { $0 }.count == 1)
+        async let x = a.replaceAssignment(record(2), expectedCounter: 1)
+        async let y = b.replaceAssignment(record(2), expectedCounter: 1)
+        #expect(try await [x, y].filter { $0 }.count == 1)
+        #expect(try await a.replaceAssignment(record(3), expectedCounter: 1) == false)   // stale
+        #expect(try await b.assignment(deviceId: "dev-1", model: "m")?.counter == 2)
+    }
+
+    @Test(arguments: Backend.allCases)
+    func aDeltaIsClaimedOnce(_ backend: Backend) async throws {
+        let (a, location) = try await backend.store()
+        let b = try await backend.replica(of: location)
+        defer { Task { await a.db.close(); await b.db.close() } }
+        async let x = a.claimDelta(base: "b", target: "t", at: 1)
+        async let y = b.claimDelta(base: "b", target: "t", at: 1)
+        #expect(try await [x, y].filter { $0 }.count == 1)
+        #expect(try await a.buildingDeltas().count == 1)
+    }
+
+    @Test(arguments: Backend.allCases)
+    func migrationsRunOnceAndANewerSchemaIsRefusedUnchanged(_ backend: Backend) async throws {
+        let (store, location) = try await backend.store()
+        defer { Task { await store.db.close() } }
+        #expect(try await Migrations.version(store.db) == Migrations.latest)
+        // A second run, and a replica starting, apply nothing.
+        #expect(try await Migrations.run(store.db).applied.isEmpty)
+        let replica = try await backend.replica(of: location)
+        await replica.db.close()
+        #expect(try await store.db.scalar("SELECT COUNT(*) AS n FROM schema_migrations").int == Int64(Migrations.latest))
+        // A newer build wrote version latest+1: this one refuses it and changes nothing.
+        try await store.db.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?,?,?)", [Migrations.latest + 1, "future", 1])
+        let error = await #expect(throws: StorageError.self) { try await Migrations.run(store.db) }
+        #expect(error?.code == .schemaTooNew)
+        let error2 = await #expect(throws: StorageError.self) { _ = try await backend.replica(of: location) }
+        #expect(error2?.code == .schemaTooNew)
+        #expect(try await store.db.scalar("SELECT COUNT(*) AS n FROM schema_migrations").int == Int64(Migrations.latest + 1))
+    }
+
+    @Test func concurrentMigrationsOnOneDatabaseApplyEachStepOnce() async throws {
+        let url = try SharedPostgres.database()
+        let location = try PostgresLocation(url: url)
+        let outcomes = try await withThrowingTaskGroup(of: Migrations.Outcome.self) { group in
+            for _ in 0..<4 {
+                group.addTask {
+                    let db = try await PostgresDatabase.connect(location, logger: Logger(label: "test"))
+                    defer { Task { await db.close() } }
+                    return try await Migrations.run(db)
+                }
+            }
+            var all: [Migrations.Outcome] = []
+            for try await o in group { all.append(o) }
+            return all
+        }
+        #expect(outcomes.filter { !$0.applied.isEmpty }.count == 1)
+        #expect(outcomes.allSatisfy { $0.to == Migrations.latest })
+        #expect(try SharedPostgres.server.get().psql(String(url.split(separator: "/").last!), "SELECT COUNT(*) FROM schema_migrations") == "\(Migrations.latest)")
+    }
+
+    @Test func aSQLiteFileFromBeforeVersionedMigrationsKeepsItsData() async throws {
+        let dir = NSTemporaryDirectory() + "edgefleet-legacy-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // The schema of earlier builds: no schema_migrations, events without fault/retry_at,
+        // history points without an id column.
+        let old = try SQLiteDatabase(path: dir + "/fleet.sqlite")
+        try await old.execute("""
+            CREATE TABLE events (device_id TEXT NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL, kind TEXT NOT NULL,
+                model TEXT, sha256 TEXT, release TEXT, detail TEXT, received_at INTEGER NOT NULL, PRIMARY KEY (device_id, seq))
+            """)
+        try await old.execute("INSERT INTO events VALUES ('dev-1', 1, 5, 'metrics', 'm', NULL, 'm@1', '{}', 5)")
+        try await old.execute("CREATE TABLE rollout_history (rollout_id INTEGER NOT NULL, cell TEXT NOT NULL, at INTEGER NOT NULL, body TEXT NOT NULL)")
+        let point = CellHistoryPoint(at: 7, phase: 0, status: "running", targeted: 1, committed: 0, failed: 0)
+        try await old.execute("INSERT INTO rollout_history VALUES (1, 'c/t', 7, ?)", [String(decoding: try FleetJSON.encode(point), as: UTF8.self)])
+        let store = try await SQLStore.sqlite(path: dir + "/fleet.sqlite")
+        #expect(try await Migrations.version(store.db) == Migrations.latest)
+        #expect(try await store.events(deviceId: "dev-1", after: 0, limit: 10).map(\.seq) == [1])
+        #expect(try await store.history(rollout: 1)["c/t"] == [point])
+        // The added columns work.
+        let ingest = try await store.appendEvents(deviceId: "dev-1", [StatusEvent(seq: 2, time: 6, kind: "failed", fault: "hash-mismatch")], receivedAt: 6)
+        #expect(ingest.stored == 1)
+        #expect(try await store.events(deviceId: "dev-1", limit: 1).first?.fault == "hash-mismatch")
+    }
+
+    @Test func aRowWithAMissingValueIsACorruptError() async throws {
+        let (store, _) = try await Backend.sqlite.store()
+        try await store.db.execute("""
+            INSERT INTO devices (id, facts, hardware_class, tier, installed, phase, status, status_detail, held, first_seen, last_seen, agent_version)
+            VALUES ('dev-1', 'not json', NULL, NULL, '{}', NULL, 'idle', NULL, '{}', 1, 1, NULL)
+            """)
+        let error = await #expect(throws: StorageError.self) { _ = try await store.device("dev-1") }
+        #expect(error?.code == .corrupt)
+    }
+}
+
+@Suite("Leader election on PostgreSQL")
+struct LeaderElectionTests {
+    @Test func oneLeaderAtATimeAndTheLeaseMovesWhenTheHolderGoes() async throws {
+        let url = try SharedPostgres.database()
+        let location = try PostgresLocation(url: url)
+        let a = try await SQLStore.postgres(location, migrate: true, logger: Logger(label: "a"))
+        let b = try await SQLStore.postgres(location, migrate: true, logger: Logger(label: "b"))
+        defer { Task { await a.db.close(); await b.db.close() } }
+        let fa = LeaseFence(), fb = LeaseFence()
+        let ea = LeaderElector(location: location, store: a, fence: fa, replica: "a", interval: .milliseconds(100), logger: Logger(label: "a"))
+        let eb = LeaderElector(location: location, store: b, fence: fb, replica: "b", interval: .milliseconds(100), logger: Logger(label: "b"))
+        let ta = Task { try await ea.run() }
+        let tb = Task { try await eb.run() }
+        defer { ta.cancel(); tb.cancel() }
+        try await waitUntil("a leader is elected") { fa.isLeader || fb.isLeader }
+        #expect(fa.isLeader != fb.isLeader)
+        let (leader, leaderTask, follower, followerStore) = fa.isLeader ? (fa, ta, fb, b) : (fb, tb, fa, a)
+        let leaderStore = fa.isLeader ? a : b
+        let oldEpoch = try #require(leader.epoch)
+        // The leader's fenced writes go through while it holds the lease.
+        try await leaderStore.fenced(leader).setRolloutState(1, "active")
+        // The holder goes away: its session ends and the other replica takes over.
+        let stale = LeaseFence()
+        stale.set(oldEpoch)
+        leaderTask.cancel()
+        try await waitUntil("the follower takes over") { follower.isLeader }
+        #expect(try #require(follower.epoch) > oldEpoch)
+        // A write fenced by the old epoch is refused.
+        let error = await #expect(throws: StorageError.self) { try await followerStore.fenced(stale).setRolloutState(1, "aborted") }
+        #expect(error?.code == .fenced)
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `seconds` pass.
+func waitUntil(_ what: String, seconds: Double = 20, _ condition: @Sendable () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    Issue.record("timed out waiting until \(what)")
+    throw CancellationError()
+}
