@@ -117,6 +117,36 @@ struct StoreBackendTests {
     }
 
     @Test(arguments: Backend.allCases)
+    func aCellIsReplacedOnlyAtTheRevisionItWasReadAt(_ backend: Backend) async throws {
+        let (a, location) = try await backend.store()
+        let b = try await backend.replica(of: location)
+        defer { Task { await a.db.close(); await b.db.close() } }
+        try await a.createModel(ModelRecord(name: "m", minQuality: nil, createdAt: 1))
+        try await a.createRelease(ReleaseRecord(id: "m@1", model: "m", version: "1", serial: 1,
+                                                catalogEnvelope: Envelope(payloadType: "t", payloadBytes: Array("{}".utf8)), catalogSha256: "s",
+                                                catalog: ReleaseCatalog(model: "m", version: "1", serial: 1, expiresAt: 2, variants: [], hardwareClasses: []),
+                                                createdAt: 1))
+        let rollout = try await a.createRollout(RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "fast", state: "active", createdAt: 1)).id
+        let key = CellKey(hardwareClass: "x86-avx2", tier: "fibre")
+        let fresh = StoredCell(state: CellState(phaseStartedAt: 1), cutoff: 0.1)
+        // Two replicas open the same cell: one wins, the other reads the winner's.
+        async let x = a.replaceCell(rollout: rollout, key, fresh, existed: false)
+        async let y = b.replaceCell(rollout: rollout, key, fresh, existed: false)
+        #expect(try await [x, y].compactMap { $0 }.count == 1)
+        // A tick and an operator read the same copy; the operator's pause lands first.
+        let read = try #require(try await a.cells(rollout: rollout)[key])
+        var paused = read
+        paused.state.status = .paused
+        #expect(try await b.replaceCell(rollout: rollout, key, paused, existed: true) != nil)
+        var ticked = read
+        ticked.state.phase = 1
+        #expect(try await a.replaceCell(rollout: rollout, key, ticked, existed: true) == nil)
+        let now = try #require(try await a.cells(rollout: rollout)[key])
+        #expect(now.state.status == .paused && now.state.phase == 0)
+        #expect(now.revision == read.revision + 1)
+    }
+
+    @Test(arguments: Backend.allCases)
     func aDeltaIsClaimedOnce(_ backend: Backend) async throws {
         let (a, location) = try await backend.store()
         let b = try await backend.replica(of: location)

@@ -98,10 +98,14 @@ final class RolloutDriver: Service, Sendable {
             let cell = StoredCell(state: CellState(phaseStartedAt: now),
                                   cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id],
                                                       holdBack: policy.holdBackShare))
-            try await store.saveCell(rollout: rollout.id, key, cell)
+            // Another replica may open it at the same moment: the first one stored wins.
+            guard let opened = try await store.replaceCell(rollout: rollout.id, key, cell, existed: false) else {
+                if let c = try await store.cells(rollout: rollout.id)[key] { return c }
+                throw StorageError(.conflict, "cell \(key) of rollout \(rollout.id) was opened and removed meanwhile")
+            }
             try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "cell-opened",
                                                                                    cell: key.description, detail: "phase 1 of \(policy.phases.count)"))
-            return cell
+            return opened
         }
     }
 
@@ -141,6 +145,7 @@ final class RolloutDriver: Service, Sendable {
         let reached = try await tickStore.rolloutDevices(rollout: rollout.id)
         let baselines = try await baselines(rollout, reached: reached, now: now)
         let failedDevices = Set(try await tickStore.failures(release: rollout.releaseId).map(\.deviceId))
+        var skipped = false
         for (key, members) in byCell.sorted(by: { $0.key < $1.key }) {
             defer {
                 if let c = cells[key] {
@@ -175,19 +180,25 @@ final class RolloutDriver: Service, Sendable {
                 stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], sortedPositions: positions, holdBack: holdBack)
             }
             stored.state = next
-            if before.observation != stored.observation || before.state != stored.state || now - (before.historyAt ?? .min / 2) >= historyEverySeconds {
-                try await tickStore.appendHistory(rollout: rollout.id, cell: key, Self.historyPoint(stored, at: now))
-                stored.historyAt = now
+            let addHistory = before.observation != stored.observation || before.state != stored.state
+                || now - (before.historyAt ?? .min / 2) >= historyEverySeconds
+            if addHistory { stored.historyAt = now }
+            // Only over the copy this tick read: an operator's action saved meanwhile (here or on
+            // another replica) wins, and this cell waits for the next tick.
+            guard let saved = try await tickStore.replaceCell(rollout: rollout.id, key, stored, existed: cells[key] != nil) else {
+                logger.info("cell changed during the tick; judged again next tick", metadata: ["rollout": "\(rollout.id)", "cell": "\(key)"])
+                skipped = true
+                continue
             }
+            if addHistory { try await tickStore.appendHistory(rollout: rollout.id, cell: key, Self.historyPoint(saved, at: now)) }
             metrics.recordCell(rollout: rollout.id, release: rollout.releaseId, cell: key, state: next, observation: observation)
             for a in actions {
                 switch a { case .paused(.some), .rolledBack(.some): metrics.gateFailures.increment(); default: break }
             }
-            try await tickStore.saveCell(rollout: rollout.id, key, stored)
-            cells[key] = stored
+            cells[key] = saved
             for a in actions { try await record(rollout, a, cell: key, actor: "controller", now: now) }
         }
-        if !cells.isEmpty, cells.values.allSatisfy({ $0.state.status == .completed }) {
+        if !skipped, !cells.isEmpty, cells.values.allSatisfy({ $0.state.status == .completed }) {
             try await tickStore.setRolloutState(rollout.id, "completed")
             try await tickStore.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "completed", cell: nil, detail: nil))
         }
@@ -270,20 +281,27 @@ final class RolloutDriver: Service, Sendable {
             throw APIError(.conflict, "rollout-not-active", "rollout \(rollout.id) is \(rollout.state)")
         }
         let byCell = try await membersByCell()
-        var cells = try await store.cells(rollout: rollout.id)
+        let cells = try await store.cells(rollout: rollout.id)
         if let only, cells[only] == nil { throw APIError(.notFound, "unknown-cell", "rollout \(rollout.id) has no cell \(only)") }
-        for (key, var stored) in cells where only == nil || key == only {
-            let (next, actions) = CellStateMachine.step(stored.state, event, policy: policy)
-            if next.status == .completed {
-                stored.cutoff = Self.everyone
-            } else if next.phase != stored.state.phase {
-                stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], rollout: rollout.id, devices: byCell[key] ?? [],
-                                            holdBack: policy.holdBackShare)
+        for key in cells.keys.sorted() where only == nil || key == only {
+            // Read, step, and replace at the revision read; a tick that saved the cell meanwhile
+            // (on the leader, maybe another replica) makes it read again.
+            for attempt in 1...5 {
+                guard var stored = try await store.cells(rollout: rollout.id)[key] else { break }
+                let (next, actions) = CellStateMachine.step(stored.state, event, policy: policy)
+                if next.status == .completed {
+                    stored.cutoff = Self.everyone
+                } else if next.phase != stored.state.phase {
+                    stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], rollout: rollout.id, devices: byCell[key] ?? [],
+                                                holdBack: policy.holdBackShare)
+                }
+                stored.state = next
+                if try await store.replaceCell(rollout: rollout.id, key, stored, existed: true) != nil {
+                    for a in actions { try await record(rollout, a, cell: key, actor: actor, now: now) }
+                    break
+                }
+                if attempt == 5 { throw APIError(.conflict, "cell-busy", "cell \(key) of rollout \(rollout.id) kept changing; try again") }
             }
-            stored.state = next
-            try await store.saveCell(rollout: rollout.id, key, stored)
-            cells[key] = stored
-            for a in actions { try await record(rollout, a, cell: key, actor: actor, now: now) }
         }
         try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: actor, action: name, cell: only?.description, detail: nil))
         if event == .abort, only == nil {

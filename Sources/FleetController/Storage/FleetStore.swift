@@ -61,6 +61,11 @@ struct StoredCell: Codable, Sendable, Equatable {
     var observation: CellObservation?
     /// When the cell last added a point to its history.
     var historyAt: Int64? = nil
+    /// The stored row's revision when this copy was read (not part of the body): a write that
+    /// replaces it succeeds only while the row is still at this revision.
+    var revision: Int64 = 0
+
+    private enum CodingKeys: String, CodingKey { case state, cutoff, observation, historyAt }
 }
 
 struct DeviceCellRecord: Sendable, Equatable {
@@ -209,6 +214,10 @@ protocol FleetStore: Sendable {
 
     func cells(rollout: Int64) async throws -> [CellKey: StoredCell]
     func saveCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell) async throws
+    /// Writes `cell` only if the stored one is still at `cell.revision` (or, for a cell read as
+    /// absent, still absent): two writers that read the same copy cannot both win. Returns the
+    /// stored cell (at its new revision), or nil when another write came first.
+    func replaceCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell, existed: Bool) async throws -> StoredCell?
     func recordAction(rollout: Int64, _ a: RolloutActionRecord) async throws
     func actions(rollout: Int64) async throws -> [RolloutActionRecord]
     /// The latest install event of each device for a release: device → kind.

@@ -16,6 +16,7 @@ enum Migrations {
     static let all: [Migration] = [
         Migration(version: 1, name: "fleet, access, telemetry, failures, trials, quarantine", apply: baseline),
         Migration(version: 2, name: "leader lease", apply: leaderLease),
+        Migration(version: 3, name: "cell revisions", apply: cellRevisions),
     ]
     static var latest: Int { all.last!.version }
     /// Any number; the same in every replica.
@@ -231,6 +232,12 @@ enum Migrations {
             try await tx.execute("DROP TABLE rollout_history_old")
             try await tx.execute("DROP INDEX IF EXISTS rollout_history_cell")
         }
+    }
+
+    /// Cells are replaced only at the revision they were read at (a tick on the leader and an
+    /// operator's action on another replica cannot overwrite each other).
+    private static func cellRevisions(_ tx: any SQLQuerying) async throws {
+        try await tx.execute(tx.dialect.ddl("ALTER TABLE rollout_cells ADD COLUMN revision INTEGER NOT NULL DEFAULT 0"))
     }
 
     /// Work that runs once across replicas (the rollout driver, the delta planner, the scrub) is

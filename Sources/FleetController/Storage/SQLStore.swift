@@ -211,10 +211,12 @@ final class SQLStore: FleetStore {
 
     func cells(rollout: Int64) async throws -> [CellKey: StoredCell] {
         var out: [CellKey: StoredCell] = [:]
-        for r in try await db.query("SELECT cell, body FROM rollout_cells WHERE rollout_id = ?", [rollout]) {
+        for r in try await db.query("SELECT cell, body, revision FROM rollout_cells WHERE rollout_id = ?", [rollout]) {
             let parts = try r.string("cell").split(separator: "/", maxSplits: 1).map(String.init)
             guard parts.count == 2 else { throw StorageError(.corrupt, "cell name \(try r.string("cell")) is not CLASS/TIER") }
-            out[CellKey(hardwareClass: parts[0], tier: parts[1])] = try r.json(StoredCell.self, "body")
+            var cell = try r.json(StoredCell.self, "body")
+            cell.revision = try r.int("revision")
+            out[CellKey(hardwareClass: parts[0], tier: parts[1])] = cell
         }
         return out
     }
@@ -223,9 +225,28 @@ final class SQLStore: FleetStore {
         let body = try json(cell)
         try await write(fenced: true) { tx in
             try await tx.execute("""
-                INSERT INTO rollout_cells (rollout_id, cell, body) VALUES (?,?,?) ON CONFLICT(rollout_id, cell) DO UPDATE SET body = excluded.body
+                INSERT INTO rollout_cells (rollout_id, cell, body) VALUES (?,?,?)
+                ON CONFLICT(rollout_id, cell) DO UPDATE SET body = excluded.body, revision = rollout_cells.revision + 1
                 """, [rollout, key.description, body])
         }
+    }
+
+    func replaceCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell, existed: Bool) async throws -> StoredCell? {
+        let body = try json(cell)
+        let rows = try await write(fenced: true) { tx in
+            if existed {
+                return try await tx.query("""
+                    UPDATE rollout_cells SET body = ?, revision = revision + 1 WHERE rollout_id = ? AND cell = ? AND revision = ? RETURNING revision
+                    """, [body, rollout, key.description, cell.revision])
+            }
+            return try await tx.query("""
+                INSERT INTO rollout_cells (rollout_id, cell, body) VALUES (?,?,?) ON CONFLICT(rollout_id, cell) DO NOTHING RETURNING revision
+                """, [rollout, key.description, body])
+        }
+        guard let row = rows.first else { return nil }
+        var stored = cell
+        stored.revision = try row.int("revision")
+        return stored
     }
 
     func recordAction(rollout: Int64, _ a: RolloutActionRecord) async throws {
