@@ -275,3 +275,33 @@ func waitUntil(_ what: String, seconds: Double = 20, _ condition: @Sendable () a
     Issue.record("timed out waiting until \(what)")
     throw CancellationError()
 }
+
+@Suite("Replica caches on PostgreSQL")
+struct StoreCacheTests {
+    @Test func anotherReplicasWriteDropsTheCachedCopyThroughNotify() async throws {
+        let url = try SharedPostgres.database()
+        let location = try PostgresLocation(url: url)
+        let writer = try await SQLStore.postgres(location, migrate: true, logger: Logger(label: "b"))
+        // A reader whose entries would otherwise live for an hour: only NOTIFY can refresh it.
+        let cache = StoreCache(maxAge: .seconds(3600))
+        let reader = SQLStore(db: try await PostgresDatabase.connect(location, logger: Logger(label: "a")), cache: cache)
+        defer { Task { await writer.db.close(); await reader.db.close() } }
+        let listener = StoreCacheListener(location: location, cache: cache, logger: Logger(label: "a"))
+        let task = Task { try await listener.run() }
+        defer { task.cancel() }
+        try await writer.createModel(ModelRecord(name: "m", minQuality: nil, createdAt: 1))
+        try await writer.createRelease(ReleaseRecord(id: "m@1", model: "m", version: "1", serial: 1,
+                                                     catalogEnvelope: Envelope(payloadType: "t", payloadBytes: Array("{}".utf8)), catalogSha256: "s",
+                                                     catalog: ReleaseCatalog(model: "m", version: "1", serial: 1, expiresAt: 2, variants: [], hardwareClasses: []),
+                                                     createdAt: 1))
+        #expect(try await reader.activeRollouts().isEmpty)   // cached now
+        // The listener is up (LISTEN in force) once the reader sees a model made after it cached its absence.
+        #expect(try await reader.model("probe") == nil)
+        try await writer.createModel(ModelRecord(name: "probe", minQuality: nil, createdAt: 1))
+        try await waitUntil("the listener is up") { try await reader.model("probe") != nil }
+        let rollout = try await writer.createRollout(RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "all", state: "active", createdAt: 1))
+        try await waitUntil("the reader sees the new rollout") { try await reader.activeRollouts().map(\.id) == [rollout.id] }
+        try await writer.setRolloutState(rollout.id, "aborted")
+        try await waitUntil("the reader sees it aborted") { try await reader.activeRollouts().first?.state == "aborted" }
+    }
+}

@@ -10,10 +10,13 @@ final class SQLStore: FleetStore {
     /// Set on a replica that does the once-only work: writes of that work check, in their own
     /// transaction, that this replica still holds the lease it was given (see `LeaderLease`).
     let fence: LeaseFence?
+    /// What every check-in reads, kept per process (see `StoreCache`).
+    let cache: StoreCache
 
-    init(db: any SQLDatabase, fence: LeaseFence? = nil) {
+    init(db: any SQLDatabase, fence: LeaseFence? = nil, cache: StoreCache = StoreCache()) {
         self.db = db
         self.fence = fence
+        self.cache = cache
     }
 
     /// The embedded store: `path` is created when missing and migrated to this build's schema.
@@ -44,7 +47,7 @@ final class SQLStore: FleetStore {
     }
 
     /// A store whose writes of the leader's work are fenced by `fence`.
-    func fenced(_ fence: LeaseFence) -> SQLStore { SQLStore(db: db, fence: fence) }
+    func fenced(_ fence: LeaseFence) -> SQLStore { SQLStore(db: db, fence: fence, cache: cache) }
 
     var dialect: SQLDialect { db.dialect }
 
@@ -53,11 +56,19 @@ final class SQLStore: FleetStore {
     func json<T: Encodable>(_ v: T) throws -> String { String(decoding: try FleetJSON.encode(v), as: UTF8.self) }
 
     /// Runs `body` in one transaction; with a fence, only while this replica holds its lease.
-    func write<T: Sendable>(fenced: Bool = false, _ body: @Sendable @escaping (any SQLQuerying) async throws -> T) async throws -> T {
+    /// `announcing`: the cached topics it changes, dropped here after the commit and announced to
+    /// the other replicas by a NOTIFY that the commit delivers.
+    func write<T: Sendable>(fenced: Bool = false, announcing topics: [StoreCache.Topic] = [],
+                            _ body: @Sendable @escaping (any SQLQuerying) async throws -> T) async throws -> T {
         let fence = fenced ? self.fence : nil
+        defer { for t in topics { cache.invalidate(t) } }
         return try await db.transaction { tx in
             if let fence { try await fence.check(tx) }
-            return try await body(tx)
+            let result = try await body(tx)
+            if tx.dialect == .postgres {
+                for t in topics { try await tx.execute("SELECT pg_notify(?, ?)", [StoreCache.channel, t.rawValue]) }
+            }
+            return result
         }
     }
 
@@ -101,7 +112,9 @@ final class SQLStore: FleetStore {
 
     func createModel(_ m: ModelRecord) async throws {
         do {
-            try await db.execute("INSERT INTO models (name, min_quality, created_at) VALUES (?,?,?)", [m.name, m.minQuality, m.createdAt])
+            try await write(announcing: [.models]) { tx in
+                try await tx.execute("INSERT INTO models (name, min_quality, created_at) VALUES (?,?,?)", [m.name, m.minQuality, m.createdAt])
+            }
         } catch let e as StorageError where e.code == .conflict {
             throw StorageError(.conflict, "model \(m.name) already exists")
         }
@@ -112,7 +125,9 @@ final class SQLStore: FleetStore {
     }
 
     func model(_ name: String) async throws -> ModelRecord? {
-        try await db.query("SELECT name, min_quality, created_at FROM models WHERE name = ?", [name]).first.map(Self.modelRow)
+        try await cache.value(.models, name) {
+            try await db.query("SELECT name, min_quality, created_at FROM models WHERE name = ?", [name]).first.map(Self.modelRow)
+        }
     }
 
     func models() async throws -> [ModelRecord] {
@@ -120,18 +135,23 @@ final class SQLStore: FleetStore {
     }
 
     func addVariant(_ v: VariantRecord) async throws {
+        let body = try json(v.variant)
         do {
-            try await db.execute("INSERT INTO variants (model, name, body, quality, created_at) VALUES (?,?,?,?,?)",
-                                 [v.model, v.variant.name, try json(v.variant), v.quality, v.createdAt])
+            try await write(announcing: [.variants]) { tx in
+                try await tx.execute("INSERT INTO variants (model, name, body, quality, created_at) VALUES (?,?,?,?,?)",
+                                     [v.model, v.variant.name, body, v.quality, v.createdAt])
+            }
         } catch let e as StorageError where e.code == .conflict {
             throw StorageError(.conflict, "variant \(v.variant.name) of \(v.model) already exists")
         }
     }
 
     func variants(model: String) async throws -> [VariantRecord] {
-        try await db.query("SELECT model, body, quality, created_at FROM variants WHERE model = ? ORDER BY name", [model]).map {
-            VariantRecord(model: try $0.string("model"), variant: try $0.json(CatalogVariant.self, "body"),
-                          quality: try $0.optionalDouble("quality"), createdAt: try $0.int("created_at"))
+        try await cache.value(.variants, model) {
+            try await db.query("SELECT model, body, quality, created_at FROM variants WHERE model = ? ORDER BY name", [model]).map {
+                VariantRecord(model: try $0.string("model"), variant: try $0.json(CatalogVariant.self, "body"),
+                              quality: try $0.optionalDouble("quality"), createdAt: try $0.int("created_at"))
+            }
         }
     }
 
@@ -158,8 +178,12 @@ final class SQLStore: FleetStore {
 
     private static let releaseColumns = "id, model, version, serial, envelope, catalog_sha256, created_at"
 
+    /// Releases never change once made: decoded once per process.
     func release(_ id: String) async throws -> ReleaseRecord? {
-        try await db.query("SELECT \(Self.releaseColumns) FROM releases WHERE id = ?", [id]).first.map(Self.releaseRow)
+        if let hit = cache.release(id) { return hit }
+        guard let r = try await db.query("SELECT \(Self.releaseColumns) FROM releases WHERE id = ?", [id]).first.map(Self.releaseRow) else { return nil }
+        cache.keep(release: r)
+        return r
     }
 
     func releases() async throws -> [ReleaseRecord] {
@@ -181,7 +205,7 @@ final class SQLStore: FleetStore {
 
     func createRollout(_ r: RolloutRecord) async throws -> RolloutRecord {
         let policy = try r.policy.map(json)
-        return try await write { tx in
+        return try await write(announcing: [.rollouts]) { tx in
             try await tx.execute("UPDATE rollouts SET state = 'superseded' WHERE model = ? AND state IN ('active', 'completed', 'aborted')", [r.model])
             let rows = try await tx.query("""
                 INSERT INTO rollouts (release_id, model, strategy, state, created_at, policy, previous_release, created_by)
@@ -201,15 +225,24 @@ final class SQLStore: FleetStore {
     }
 
     func activeRollouts() async throws -> [RolloutRecord] {
-        try await db.query("SELECT \(Self.rolloutColumns) FROM rollouts WHERE state IN ('active', 'completed', 'aborted') ORDER BY id", [])
-            .map(Self.rolloutRow)
+        try await cache.value(.rollouts, "in-force") {
+            try await db.query("SELECT \(Self.rolloutColumns) FROM rollouts WHERE state IN ('active', 'completed', 'aborted') ORDER BY id", [])
+                .map(Self.rolloutRow)
+        }
     }
 
     func setRolloutState(_ id: Int64, _ state: String) async throws {
-        try await write(fenced: true) { tx in try await tx.execute("UPDATE rollouts SET state = ? WHERE id = ?", [state, id]) }
+        try await write(fenced: true, announcing: [.rollouts]) { tx in
+            try await tx.execute("UPDATE rollouts SET state = ? WHERE id = ?", [state, id])
+        }
     }
 
     func cells(rollout: Int64) async throws -> [CellKey: StoredCell] {
+        try await cache.value(.cells, "\(rollout)") { try await freshCells(rollout: rollout) }
+    }
+
+    /// The cells as stored now, past the cache: for a decision that must not act on a stale copy.
+    func freshCells(rollout: Int64) async throws -> [CellKey: StoredCell] {
         var out: [CellKey: StoredCell] = [:]
         for r in try await db.query("SELECT cell, body, revision FROM rollout_cells WHERE rollout_id = ?", [rollout]) {
             let parts = try r.string("cell").split(separator: "/", maxSplits: 1).map(String.init)
@@ -223,7 +256,7 @@ final class SQLStore: FleetStore {
 
     func saveCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell) async throws {
         let body = try json(cell)
-        try await write(fenced: true) { tx in
+        try await write(fenced: true, announcing: [.cells]) { tx in
             try await tx.execute("""
                 INSERT INTO rollout_cells (rollout_id, cell, body) VALUES (?,?,?)
                 ON CONFLICT(rollout_id, cell) DO UPDATE SET body = excluded.body, revision = rollout_cells.revision + 1
@@ -233,7 +266,7 @@ final class SQLStore: FleetStore {
 
     func replaceCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell, existed: Bool) async throws -> StoredCell? {
         let body = try json(cell)
-        let rows = try await write(fenced: true) { tx in
+        let rows = try await write(fenced: true, announcing: [.cells]) { tx in
             if existed {
                 return try await tx.query("""
                     UPDATE rollout_cells SET body = ?, revision = revision + 1 WHERE rollout_id = ? AND cell = ? AND revision = ? RETURNING revision
@@ -243,7 +276,10 @@ final class SQLStore: FleetStore {
                 INSERT INTO rollout_cells (rollout_id, cell, body) VALUES (?,?,?) ON CONFLICT(rollout_id, cell) DO NOTHING RETURNING revision
                 """, [rollout, key.description, body])
         }
-        guard let row = rows.first else { return nil }
+        guard let row = rows.first else {
+            cache.invalidate(.cells)   // the copy it was read from is stale: the next read goes to the database
+            return nil
+        }
         var stored = cell
         stored.revision = try row.int("revision")
         return stored
