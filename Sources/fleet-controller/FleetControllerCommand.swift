@@ -47,6 +47,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Time between passes that hash every stored artifact again and quarantine the corrupt ones: seconds, or a number with s, m, h or d; 0 or off: no periodic pass.")
     var scrubInterval: String = "6h"
 
+    @Option(help: "Behind nginx (deploy/nginx/): answer artifact downloads with X-Accel-Redirect to this internal location (e.g. /_artifacts/, aliasing DATA/artifacts/sha256/) after the access check, and let nginx send the bytes.")
+    var artifactAccelRedirect: String?
+
     @OptionGroup var security: SecurityOptions
 
     func validate() throws {
@@ -56,6 +59,9 @@ struct Serve: AsyncParsableCommand {
         guard pollSeconds >= 1 else { throw ValidationError("--poll-seconds must be at least 1") }
         guard measuredDevices >= 1 else { throw ValidationError("--measured-devices must be at least 1") }
         guard parseSize(maxArtifactSize) != nil else { throw ValidationError("--max-artifact-size '\(maxArtifactSize)' is not a size") }
+        if let a = artifactAccelRedirect, !a.hasPrefix("/") || a.contains("..") || a.contains(where: { $0.isWhitespace || $0.isNewline }) {
+            throw ValidationError("--artifact-accel-redirect must be a path like /_artifacts/, got '\(a)'")
+        }
         guard ScrubInterval.seconds(scrubInterval) != nil else { throw ValidationError("--scrub-interval '\(scrubInterval)' is not a duration (e.g. 6h, 30m, 0)") }
     }
 
@@ -91,6 +97,7 @@ struct Serve: AsyncParsableCommand {
         }
         options.access = security.access
         options.scrubIntervalSeconds = ScrubInterval.seconds(scrubInterval)
+        options.artifactAccelRedirect = artifactAccelRedirect
         do {
             try await Controller.serve(options: options, logger: logger)
         } catch {
