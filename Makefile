@@ -9,13 +9,16 @@ DEB_PACKAGES := libcurl4-openssl-dev libzstd-dev libsqlite3-dev libssl-dev pkg-c
 DEB_PACKAGES += strace util-linux iproute2
 # The dashboard test opens the controller's page in a real headless browser.
 DEB_PACKAGES += chromium
+# nginx in front of the controller (deploy/nginx/, its integration test) and PostgreSQL, the store of
+# several controller replicas (bench/scale/).
+DEB_PACKAGES += nginx-light postgresql
 # make bench only: the peer tools it measures against and the load generator.
 BENCH_PACKAGES := wrk nginx-light hyperfine bsdiff xdelta3
 # The variant builder's Python side (make venv): the venv module; its benchmark's peak-memory probe.
 DEB_PACKAGES += python3-venv
 BENCH_PACKAGES += time
 
-.PHONY: all deps bench-deps build demo test agent bench fuzz clean venv
+.PHONY: all deps bench-deps build demo test agent bench scale fuzz clean venv
 
 all: build
 
@@ -94,6 +97,15 @@ bench: deps bench-deps
 	BIN=.build/release bash bench/delta/run.sh
 	BIN=.build/release bash bench/compress/run.sh
 	BIN=.build/release bash bench/rollout/run.sh
+	BIN=.build/release bash bench/scale/run.sh
+
+# Controller replicas behind nginx (PostgreSQL when the controller has --database) driven open loop
+# by fleet-sim at 1M devices' check-in rate, then --find-max; see bench/README.md.
+scale: deps bench-deps
+	$(SWIFT) build -c release --product fleet-controller
+	$(SWIFT) build -c release --product fleetctl
+	$(SWIFT) build -c release --product fleet-sim
+	BIN=.build/release bash bench/scale/run.sh
 
 clean:
 	$(SWIFT) package clean

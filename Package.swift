@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "fleet-controller", targets: ["fleet-controller"]),
         .executable(name: "fleet-agent", targets: ["fleet-agent"]),
         .executable(name: "fleetctl", targets: ["fleetctl"]),
+        .executable(name: "fleet-sim", targets: ["fleet-sim"]),
         // For the libFuzzer package in Fuzz/, which depends on this one by path.
         .library(name: "FleetCore", targets: ["FleetCore"]),
         .library(name: "FleetDelta", targets: ["FleetDelta"]),
@@ -25,6 +26,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        // fleet-sim only: an open-loop load generator over real HTTP, latency into an HDR histogram.
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // System libraries: the agent needs only glibc, libcurl and libzstd on the device.
@@ -74,6 +78,13 @@ let package = Package(
         ]),
         .executableTarget(name: "fleetctl", dependencies: [
             "FleetCore", "FleetClient", "FleetDelta", "FleetCompression",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        // Plays N devices against the controller's device API (bench/scale); not shipped to devices.
+        .executableTarget(name: "fleet-sim", dependencies: [
+            "FleetCore",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "Histogram", package: "hdrhistogram-swift"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

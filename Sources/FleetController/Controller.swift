@@ -38,6 +38,9 @@ public struct ControllerOptions: Sendable {
     public var migrate: Bool = true
     /// This replica's name in the leader lease and the logs.
     public var replicaName: String = ProcessInfo.processInfo.hostName + ":" + String(getpid())
+    /// nginx's internal location for the shared artifact directory (`/_artifacts/`): artifacts are
+    /// answered with `X-Accel-Redirect` after the access check instead of their bytes; nil: bytes.
+    public var artifactAccelRedirect: String? = nil
 
     public init(dataDirectory: String, host: String, port: Int, keysDirectory: String, configDirectory: String,
                 artifactBaseURL: String? = nil, maxArtifactBytes: Int64 = 8 << 30, pollSeconds: Int = 30, deltas: Bool = true,
@@ -105,7 +108,7 @@ public enum Controller {
         }
         DeviceRoutes(director: director, store: store, metrics: metrics, clock: clock, quarantine: quarantine).register(router)
         ArtifactRoutes(artifacts: artifacts, metrics: metrics, maxArtifactBytes: options.maxArtifactBytes,
-                       quarantine: quarantine, scrubber: scrubber).register(router)
+                       quarantine: quarantine, scrubber: scrubber, accelRedirect: options.artifactAccelRedirect).register(router)
         let operatorRoutes = OperatorRoutes(director: director, store: store, artifacts: artifacts, config: config, keys: keys,
                                             policies: policies, driver: driver, clock: clock)
         operatorRoutes.register(router)

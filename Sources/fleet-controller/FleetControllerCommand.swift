@@ -54,6 +54,8 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "This replica's name in the leader lease and the logs (default: HOST:PID).")
     var replica: String?
+    @Option(help: "Behind nginx (deploy/nginx/): answer artifact downloads with X-Accel-Redirect to this internal location (e.g. /_artifacts/, aliasing DATA/artifacts/sha256/) after the access check, and let nginx send the bytes.")
+    var artifactAccelRedirect: String?
 
     @OptionGroup var security: SecurityOptions
 
@@ -65,6 +67,9 @@ struct Serve: AsyncParsableCommand {
         guard pollSeconds >= 1 else { throw ValidationError("--poll-seconds must be at least 1") }
         guard measuredDevices >= 1 else { throw ValidationError("--measured-devices must be at least 1") }
         guard parseSize(maxArtifactSize) != nil else { throw ValidationError("--max-artifact-size '\(maxArtifactSize)' is not a size") }
+        if let a = artifactAccelRedirect, !a.hasPrefix("/") || a.contains("..") || a.contains(where: { $0.isWhitespace || $0.isNewline }) {
+            throw ValidationError("--artifact-accel-redirect must be a path like /_artifacts/, got '\(a)'")
+        }
         guard ScrubInterval.seconds(scrubInterval) != nil else { throw ValidationError("--scrub-interval '\(scrubInterval)' is not a duration (e.g. 6h, 30m, 0)") }
     }
 
@@ -103,6 +108,7 @@ struct Serve: AsyncParsableCommand {
         options.databaseURL = database.database
         options.migrate = !noMigrate
         if let replica { options.replicaName = replica }
+        options.artifactAccelRedirect = artifactAccelRedirect
         do {
             try await Controller.serve(options: options, logger: logger)
         } catch {

@@ -5,12 +5,20 @@ import Hummingbird
 
 /// Content-addressed artifacts: uploaded once, served immutable with Range and ETag, so any HTTP
 /// cache or CDN in front of the controller can serve them too.
+///
+/// Behind nginx (`deploy/nginx/`), `accelRedirect` hands the bytes to nginx: after the access
+/// check the controller answers `X-Accel-Redirect: <prefix><ab>/<sha256>` (the artifact's path
+/// under the store's `sha256/` folder) and no body, and nginx serves the file from the shared
+/// artifact directory with sendfile and Range from an `internal` location.
 struct ArtifactRoutes: Sendable {
     let artifacts: ArtifactStore
     let metrics: ControllerMetrics
     let maxArtifactBytes: Int64
     let quarantine: ArtifactQuarantine
     let scrubber: ArtifactScrubber
+    /// The internal location nginx serves the artifact directory under (`/_artifacts/`); nil: the
+    /// controller sends the bytes itself.
+    var accelRedirect: String? = nil
 
     func register(_ router: Router<FleetRequestContext>) {
         router.put("/v1/artifacts") { request, _ in
@@ -59,6 +67,13 @@ struct ArtifactRoutes: Sendable {
         if let inm = request.headers[.ifNoneMatch], inm.split(separator: ",").contains(where: { $0.trimmed == etag || $0.trimmed == "*" }) {
             return Response(status: .notModified, headers: headers)
         }
+        if let prefix = accelRedirect {
+            // nginx answers Range, HEAD and the length itself, from the file.
+            metrics.artifactRequests.increment()
+            headers[.acceptRanges] = nil
+            headers[HTTPField.Name("X-Accel-Redirect")!] = Self.accelPath(prefix: prefix, sha256: sha)
+            return Response(status: .ok, headers: headers)
+        }
         var status = HTTPResponse.Status.ok
         var range: ClosedRange<Int64> = 0...max(size - 1, 0)
         if let header = request.headers[.range], size > 0 {
@@ -81,6 +96,14 @@ struct ArtifactRoutes: Sendable {
             try await fileBody.write(CountingBodyWriter(base: writer) { served.increment(by: Int64($0)) })
         }
         return Response(status: status, headers: headers, body: counted)
+    }
+}
+
+extension ArtifactRoutes {
+    /// `<prefix><ab>/<sha256>`: the artifact's place under the store's `sha256/` folder, which the
+    /// nginx location aliases. `sha256` has been checked to be hex by the store's lookup.
+    static func accelPath(prefix: String, sha256: String) -> String {
+        (prefix.hasSuffix("/") ? prefix : prefix + "/") + "\(sha256.prefix(2))/\(sha256)"
     }
 }
 

@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# Scale benchmark: fleet-controller replicas behind nginx, driven open loop by fleet-sim.
+#
+#   1. PostgreSQL (when `fleet-controller serve` has --database) and nginx, as plain processes in
+#      a temporary folder (RUNBOOK); one controller replica, then three (three need PostgreSQL).
+#   2. The fleet: `fleet-controller seed-devices` writes SCALE_DEVICES devices; without that
+#      command, FALLBACK_DEVICES devices register by checking in once each (said in the output).
+#      A model is released to every device; the devices install it (and report it) at their first
+#      check-in, so the measured check-ins are idle ones.
+#   3. RATE check-ins/s (1M devices at a 15 min poll: 1,111/s) for DURATION s through nginx, then
+#      --find-max. Reports achieved rate, latency quantiles (from the scheduled send), errors,
+#      CPU-seconds per check-in of each process (controller replicas, postgres, nginx, fleet-sim),
+#      database commits/s, and bytes on the wire per idle check-in.
+#
+#   BIN=.build/release bash bench/scale/run.sh
+# Environment: SCALE_DEVICES (1000000), FALLBACK_DEVICES (20000), SEED_RATE (400), RATE (1111),
+#   DURATION (60), CONNECTIONS (64), FIND_MAX (1), STEP_SECONDS (15), P99_TARGET_MS (250),
+#   REPLICAS ("1 3"), KEEP_TMP=1 keeps the work directory.
+set -euo pipefail
+
+ORIG_PWD=$PWD
+BIN=${BIN:-.build/release}
+case $BIN in /*) ;; *) BIN="$ORIG_PWD/$BIN" ;; esac
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+REPO=$PWD
+SCALE_DEVICES=${SCALE_DEVICES:-1000000}
+FALLBACK_DEVICES=${FALLBACK_DEVICES:-20000}
+SEED_RATE=${SEED_RATE:-400}
+RATE=${RATE:-1111}
+DURATION=${DURATION:-60}
+CONNECTIONS=${CONNECTIONS:-64}
+FIND_MAX=${FIND_MAX:-1}
+STEP_SECONDS=${STEP_SECONDS:-15}
+P99_TARGET_MS=${P99_TARGET_MS:-250}
+REPLICAS=${REPLICAS:-"1 3"}
+PREFIX=sim-
+for v in SCALE_DEVICES FALLBACK_DEVICES SEED_RATE RATE DURATION CONNECTIONS STEP_SECONDS P99_TARGET_MS; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: $v='${!v}' is not a positive whole number" >&2; exit 2; }
+done
+for exe in fleetctl fleet-controller fleet-sim; do
+    [[ -x $BIN/$exe ]] || { echo "bench/scale: $BIN/$exe is missing (swift build -c release)" >&2; exit 1; }
+done
+NGINX=$(command -v nginx || true)
+[[ -n $NGINX ]] || { [[ -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx; }
+[[ -n $NGINX ]] || { echo "bench/scale: nginx is not installed (apt-get install nginx-light)" >&2; exit 1; }
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/edgefleet-scale-bench.XXXXXX")
+chmod 711 "$T"    # the postgres user must be able to enter
+PIDS=()
+CONTROLLERS=()
+NGX=""
+PG=""
+source "$REPO/scripts/procs.sh"
+stop_nginx() { [[ -n $NGX ]] && { kill -QUIT "$NGX" 2>/dev/null || true; wait "$NGX" 2>/dev/null || true; }; NGX=""; }
+stop_controllers() { local p; for p in "${CONTROLLERS[@]}"; do stop_pid "$p"; done; CONTROLLERS=(); }
+on_exit() {
+    local status=$?
+    trap - EXIT
+    stop_nginx
+    stop_controllers
+    [[ -n $PG ]] && { kill -INT "$PG" 2>/dev/null || true; wait "$PG" 2>/dev/null || true; }
+    stop_all
+    if ((status != 0)); then
+        for log in "$T"/*.log "$T"/nginx/error.log; do [[ -s $log ]] && { echo "---- $log"; tail -n 20 "$log"; }; done >&2
+    fi
+    [[ ${KEEP_TMP:-0} == 1 ]] && echo "kept $T" || rm -rf "$T"
+    exit "$status"
+}
+trap on_exit EXIT
+step() { printf '\n==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+fail() { echo "bench/scale: $*" >&2; exit 1; }
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
+wait_http() { local i; for i in $(seq 1 300); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; fail "$1 did not answer"; }
+
+# --- what this controller build can do ----------------------------------------------------------
+
+HAS_DB=0
+"$BIN/fleet-controller" serve --help 2>&1 | grep -q -- --database && HAS_DB=1
+HAS_SEED=0
+# (`seed-devices --help` would not do: an unknown subcommand prints the top-level help, status 0.)
+"$BIN/fleet-controller" --help 2>&1 | grep -Eq '^[[:space:]]+seed-devices([[:space:]]|$)' && HAS_SEED=1
+step "setup"
+if ((HAS_DB)); then
+    PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    [[ -x $PGBIN/postgres ]] || fail "fleet-controller has --database but PostgreSQL is not installed (apt-get install postgresql)"
+    note "fleet-controller serve has --database: PostgreSQL store, replicas: $REPLICAS"
+else
+    note "fleet-controller serve has no --database yet: one replica on SQLite (the 3-replica run needs PostgreSQL)"
+    REPLICAS=1
+fi
+if ((HAS_SEED)); then
+    DEVICES=$SCALE_DEVICES
+    note "fleet-controller seed-devices exists: $DEVICES devices seeded into the database"
+else
+    DEVICES=$FALLBACK_DEVICES
+    note "fleet-controller seed-devices is missing: FALLING BACK to $DEVICES devices registered by one check-in each (not $SCALE_DEVICES)"
+fi
+CLK_TCK=$(getconf CLK_TCK)
+
+"$BIN/fleetctl" keys init --dir "$T/keys" >"$T/keys.log" 2>&1
+mkdir -p "$T/shared"
+
+DBURL=""
+if ((HAS_DB)); then
+    PGPORT=$(free_port)
+    mkdir "$T/pg" && chown postgres "$T/pg"
+    runuser -u postgres -- "$PGBIN/initdb" -D "$T/pg/data" -U fleet --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >"$T/initdb.log" 2>&1
+    runuser -u postgres -- "$PGBIN/postgres" -D "$T/pg/data" -p "$PGPORT" -k "$T/pg" -c listen_addresses=127.0.0.1 \
+        -c max_connections=200 >"$T/postgres.log" 2>&1 &
+    PG=$!
+    for _ in $(seq 1 200); do pg_isready -q -h 127.0.0.1 -p "$PGPORT" && break; sleep 0.05; done
+    pg_isready -q -h 127.0.0.1 -p "$PGPORT" || fail "PostgreSQL did not start"
+    DBURL="postgres://fleet@127.0.0.1:$PGPORT/postgres"
+    note "PostgreSQL on 127.0.0.1:$PGPORT (pid $PG)"
+fi
+
+# Replica k: its own port; all share keys, the artifact directory and (with PostgreSQL) the database.
+start_controllers() {
+    local n=$1 k port
+    PORTS=()
+    for ((k = 1; k <= n; k++)); do
+        port=$(free_port)
+        local args=(serve --listen "127.0.0.1:$port" --keys "$T/keys/online" --config fleet --poll-seconds 900
+                    --checkin-burst 1000000 --checkins-per-minute 1000000 --log-level warning --scrub-interval 0
+                    --artifact-accel-redirect /_artifacts/)
+        if ((HAS_DB)); then args+=(--data "$T/shared" --database "$DBURL"); else args+=(--data "$T/shared"); fi
+        "$BIN/fleet-controller" "${args[@]}" >"$T/controller-$k.log" 2>&1 &
+        CONTROLLERS+=("$!")
+        PORTS+=("$port")
+        wait_http "http://127.0.0.1:$port/healthz"
+    done
+    NPORT=$(free_port)
+    mkdir -p "$T/nginx"
+    local ups=()
+    for port in "${PORTS[@]}"; do ups+=(--upstream "127.0.0.1:$port"); done
+    bash deploy/nginx/render.sh --prefix "$T/nginx" --listen "127.0.0.1:$NPORT" --artifacts "$T/shared/artifacts/sha256" \
+        --workers 1 "${ups[@]}" >/dev/null
+    "$NGINX" -p "$T/nginx/" -c nginx.conf -g 'daemon off;' >"$T/nginx.log" 2>&1 &
+    NGX=$!
+    URL="http://127.0.0.1:$NPORT"
+    wait_http "$URL/healthz"
+    note "$n controller replica(s) (pids ${CONTROLLERS[*]}) behind nginx at $URL (pid $NGX)"
+}
+
+# utime+stime of a process and, with "tree", its children (postgres backends, nginx workers), in seconds.
+cpu_seconds() {
+    local pid=$1 tree=${2:-} pids=("$1") total=0 p
+    [[ -n $tree ]] && pids+=($(pgrep -P "$pid" || true))
+    for p in "${pids[@]}"; do
+        [[ -r /proc/$p/stat ]] || continue
+        total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat")))
+    done
+    python3 -c "print($total / $CLK_TCK)"
+}
+snapshot() {   # name=seconds lines for every process measured
+    local k=1 p
+    for p in "${CONTROLLERS[@]}"; do echo "controller-$k=$(cpu_seconds "$p")"; k=$((k + 1)); done
+    echo "nginx=$(cpu_seconds "$NGX" tree)"
+    [[ -n $PG ]] && echo "postgres=$(cpu_seconds "$PG" tree)"
+    if [[ -n $PG ]]; then
+        echo "commits=$(psql -h 127.0.0.1 -p "$PGPORT" -U fleet -d postgres -Atc 'SELECT sum(xact_commit) FROM pg_stat_database')"
+    fi
+    return 0
+}
+
+# CPU-seconds of this shell's finished children (bash `times`, second line), written to a file
+# by the shell itself (in a $(...) subshell `times` would see none): around a fleet-sim run, the
+# difference is fleet-sim's own CPU.
+cpu_mark() { times >"$T/times-$1"; }
+children_cpu() {
+    tail -n 1 "$T/times-$1" | python3 -c '
+import re, sys
+t = 0.0
+for m, s in re.findall(r"(\d+)m([\d.]+)s", sys.stdin.read()): t += int(m) * 60 + float(s)
+print(t)'
+}
+
+sim() { "$BIN/fleet-sim" --url "$URL" --devices "$DEVICES" --id-prefix "$PREFIX" --state "$T/sim-state.json" --connections "$CONNECTIONS" "$@"; }
+
+# --- the fleet --------------------------------------------------------------------------------
+
+FIRST=$(echo "$REPLICAS" | awk '{print $1}')
+step "fleet: $DEVICES devices, one model released to all"
+start_controllers "$FIRST"
+export FLEET_CONTROLLER=$URL
+ctl() { "$BIN/fleetctl" "$@" >>"$T/fleetctl.log" 2>&1 || fail "fleetctl $* failed"; }
+ctl model add scale
+for d in fp32 fp16 int8 int4; do
+    head -c $((65536 + RANDOM)) /dev/urandom >"$T/scale-$d.bin"
+    ctl variant add scale "$T/scale-$d.bin" --name "scale-$d" --dtype "$d" --format onnx
+done
+ctl release create scale --version 1 --keys "$T/keys" --variants scale-fp32,scale-fp16,scale-int8,scale-int4
+ctl rollout start scale@1 --all
+if ((HAS_SEED)); then
+    started=$(date +%s.%N)
+    if ((HAS_DB)); then DBARG=$DBURL; else DBARG=$T/shared; fi
+    "$BIN/fleet-controller" seed-devices --count "$DEVICES" --id-prefix "$PREFIX" --database "$DBARG" >"$T/seed.log" 2>&1 ||
+        fail "fleet-controller seed-devices failed"
+    note "seeded $DEVICES devices in $(python3 -c "import time; print(f'{time.time() - $started:.1f}')") s"
+    # Seeded devices run nothing yet: each installs at its first check-in below, then is idle.
+else
+    secs=$(((DEVICES + SEED_RATE - 1) / SEED_RATE))
+    note "registering by check-in: $DEVICES devices at $SEED_RATE/s ($secs s); each installs the release and reports it"
+    sim --rate "$SEED_RATE" --duration "$secs" --json >"$T/register.json" 2>"$T/register.log" || fail "fleet-sim (registration) failed"
+    python3 - "$T/register.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"    registered: {r['ok']:,} of {r['scheduled']:,} check-ins ok, p99 {r['latencyMs']['p99']} ms, "
+      f"{r['installsReported']:,} installs reported, errors {r['errors'] or 'none'}")
+PY
+fi
+
+# --- load, per replica count ------------------------------------------------------------------
+
+report() {   # $1 sim json, $2 before, $3 after, $4 replicas
+    python3 - "$@" "$DURATION" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+def kv(path):
+    out = {}
+    for line in open(path):
+        k, _, v = line.strip().partition("=")
+        if v: out[k] = float(v)
+    return out
+before, after, replicas, duration = kv(sys.argv[2]), kv(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+ok = max(r["ok"], 1)
+l = r["latencyMs"]
+print(f"    offered {r['offeredRate']:,.0f}/s, achieved {r['achievedRate']:,.1f}/s; {r['ok']:,} of {r['scheduled']:,} check-ins answered 2xx")
+print(f"    latency from the scheduled send: p50 {l['p50']} ms, p99 {l['p99']} ms, p99.9 {l['p999']} ms, max {l['max']} ms")
+print(f"    errors: {', '.join(f'{k} {v}' for k, v in sorted(r['errors'].items())) or 'none'}; generator launch lag at worst {r['maxSchedulerLagMs']} ms")
+print("    CPU per check-in (utime+stime over the run ÷ check-ins answered):")
+total = 0.0
+for k in sorted(after):
+    if k == "commits" or k not in before: continue
+    d = after[k] - before[k]; total += d
+    print(f"      {k:<14} {d:7.2f} CPU-s  {d / ok * 1e6:8.0f} µs/check-in  ({d / duration * 100:5.1f}% of a core)")
+print(f"      {'all of them':<14} {total:7.2f} CPU-s  {total / ok * 1e6:8.0f} µs/check-in")
+if "commits" in after:
+    c = after["commits"] - before["commits"]
+    print(f"    database commits: {c / duration:,.0f}/s ({c / ok:.2f} per check-in)")
+else:
+    print("    database commits: n/a (SQLite store)")
+b = r["bytesPerIdleCheckIn"]
+print(f"    bytes on the wire per idle check-in ({b['checkIns']:,} idle): HTTP request {b['requestHTTP']:.0f} "
+      f"(body {b['requestBody']:.0f}) + response {b['responseHTTP']:.0f} (body {b['responseBody']:.0f}) = {b['requestHTTP'] + b['responseHTTP']:.0f} B")
+PY
+}
+
+for n in $REPLICAS; do
+    if [[ $n != "$FIRST" ]]; then
+        step "restarting with $n replicas"
+        stop_nginx; stop_controllers
+        start_controllers "$n"
+    fi
+    step "$n replica(s): $RATE check-ins/s for $DURATION s through nginx ($DEVICES devices, $CONNECTIONS connections)"
+    snapshot >"$T/before-$n"
+    cpu_mark "$n-0"
+    sim --rate "$RATE" --duration "$DURATION" --json >"$T/run-$n.json" 2>"$T/run-$n.log" || fail "fleet-sim failed"
+    cpu_mark "$n-1"
+    snapshot >"$T/after-$n"
+    echo "fleet-sim=$(children_cpu "$n-0")" >>"$T/before-$n"
+    echo "fleet-sim=$(children_cpu "$n-1")" >>"$T/after-$n"
+    report "$T/run-$n.json" "$T/before-$n" "$T/after-$n" "$n"
+    if ((FIND_MAX)); then
+        step "$n replica(s): --find-max from $RATE/s, $STEP_SECONDS s steps, p99 ≤ $P99_TARGET_MS ms, no errors"
+        sim --rate "$RATE" --find-max --step-duration "$STEP_SECONDS" --p99-target-ms "$P99_TARGET_MS" --json \
+            >"$T/findmax-$n.json" 2>"$T/findmax-$n.log" || fail "fleet-sim --find-max failed"
+        sed 's/^fleet-sim: /    /' "$T/findmax-$n.log"
+        python3 - "$T/findmax-$n.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+best = r["maxSustainableRate"]
+print(f"    highest sustainable rate: {f'{best:,.0f} check-ins/s' if best else 'none (the first step failed)'}; stopped: {r['stoppedBecause']}")
+PY
+    fi
+done
+step "notes"
+note "fleet-sim shares the machine's cores with everything it measures (its own CPU is listed above), so the"
+note "rates are a floor for the server side. Latency counts from each check-in's scheduled send time."
+((HAS_SEED)) || note "No seed-devices command: $DEVICES devices registered by check-in, not $SCALE_DEVICES seeded rows."
