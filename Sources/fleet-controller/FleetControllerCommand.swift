@@ -8,7 +8,7 @@ struct FleetControllerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fleet-controller",
         abstract: "The EdgeFleet controller: HTTP API, director, artifact store.",
-        subcommands: [Serve.self, MigrateCommand.self, TokenCommand.self, BenchGates.self])
+        subcommands: [Serve.self, MigrateCommand.self, SeedDevicesCommand.self, TokenCommand.self, BenchGates.self])
 }
 
 struct Serve: AsyncParsableCommand {

@@ -44,12 +44,12 @@ struct ScaleOutTests {
         #expect((1800...2200).contains(tiers["fibre"] ?? 0))
     }
 
-    func accelApp(_ f: ControllerFixture) throws -> some ApplicationProtocol {
+    func accelApp(_ f: ControllerFixture) async throws -> some ApplicationProtocol {
         var options = ControllerOptions(dataDirectory: f.dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: f.dir + "/keys",
                                         configDirectory: f.configDir, rolloutTickSeconds: nil)
         options.artifactAccelRedirect = "/_artifacts/"
         let now = f.now
-        return try Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: { now }).0
+        return try await Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: { now }).0
     }
 
     /// Behind nginx the controller checks access and names the file; it never sends the bytes.

@@ -1,0 +1,43 @@
+import FleetCore
+import Foundation
+import Logging
+
+/// Writes a simulated fleet straight into the store, for scale runs: device `i` is
+/// `SimulatedDevice.id(prefix:index:)` with `SimulatedDevice.facts(index:)`, classified by the
+/// operator configuration as a check-in would classify it. Rows already there are left as they are.
+public enum DeviceSeeder {
+    public struct Report: Sendable {
+        public var devices: Int
+        public var seconds: Double
+        public var perCell: [String: Int]
+    }
+
+    public static func seed(options: ControllerOptions, count: Int, prefix: String, now: Int64 = Int64(Date().timeIntervalSince1970),
+                            logger: Logger) async throws -> Report {
+        let config = try FleetConfig.load(directory: options.configDirectory)
+        let store = try await Controller.openStore(options: options, logger: logger)
+        defer { Task { await store.db.close() } }
+        let started = ContinuousClock.now
+        var perCell: [String: Int] = [:]
+        let batch = 50_000
+        var start = 0
+        while start < count {
+            var rows: [[any SQLValueConvertible]] = []
+            rows.reserveCapacity(min(batch, count - start))
+            for i in start..<min(start + batch, count) {
+                let facts = SimulatedDevice.facts(index: i)
+                let cls = HardwareClassifier.classify(facts, classes: config.hardwareClasses)?.name
+                let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)?.name
+                perCell["\(cls ?? "none")/\(tier ?? "none")", default: 0] += 1
+                rows.append([SimulatedDevice.id(prefix: prefix, index: i), try store.json(facts), cls, tier, now, now])
+            }
+            try await store.insertRows(table: "devices", columns: ["id", "facts", "hardware_class", "tier", "first_seen", "last_seen"],
+                                       constants: ["installed": "'{}'", "status": "'idle'", "held": "'{}'", "agent_version": "'seeded'"],
+                                       rows: rows)
+            start += batch
+            logger.info("seeded", metadata: ["devices": "\(min(start, count))", "of": "\(count)"])
+        }
+        let elapsed = ContinuousClock.now - started
+        return Report(devices: count, seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, perCell: perCell)
+    }
+}
