@@ -6,21 +6,23 @@ import Foundation
 struct BenchGates: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-gates",
-        abstract: "Time the rollout driver's gate evaluation over N devices' telemetry in a scratch SQLite store.")
+        abstract: "Time the rollout driver's gate evaluation over N devices' telemetry in a scratch SQLite store (or an empty PostgreSQL database).")
 
     @Option(help: "Devices in the synthetic fleet (each with an install outcome or runtime metrics).") var devices: Int = 100_000
     @Option(help: "Timed ticks.") var runs: Int = 5
     @Option(help: "Scratch directory for the store (created; must not exist yet).") var work: String
     @Flag(help: "Print the report as JSON.") var json = false
+    @OptionGroup var database: DatabaseOptions
 
     func validate() throws {
         guard devices > 0, devices <= 10_000_000 else { throw ValidationError("--devices must be between 1 and 10,000,000") }
         guard runs > 0, runs <= 100 else { throw ValidationError("--runs must be between 1 and 100") }
+        try database.validate()
         guard !FileManager.default.fileExists(atPath: work) else { throw ValidationError("--work \(work) exists already") }
     }
 
     func run() async throws {
-        let r = try await RolloutBenchmark.run(devices: devices, directory: work, runs: runs)
+        let r = try await RolloutBenchmark.run(devices: devices, directory: work, runs: runs, databaseURL: database.database)
         if json {
             let enc = JSONEncoder()
             enc.outputFormatting = [.sortedKeys]

@@ -67,10 +67,12 @@ public final class PostgresServer: @unchecked Sendable {
                                 "-c", "fsync=off", "-c", "max_connections=200"])
             p.executableURL = URL(fileURLWithPath: argv[0])
             p.arguments = Array(argv.dropFirst())
-            let log = FileHandle(forWritingAtPath: dir + "/server.log") ?? {
-                FileManager.default.createFile(atPath: dir + "/server.log", contents: nil)
-                return FileHandle(forWritingAtPath: dir + "/server.log")!
-            }()
+            if !FileManager.default.fileExists(atPath: dir + "/server.log") {
+                guard FileManager.default.createFile(atPath: dir + "/server.log", contents: nil) else {
+                    throw Unavailable(description: "cannot create \(dir)/server.log")
+                }
+            }
+            guard let log = FileHandle(forWritingAtPath: dir + "/server.log") else { throw Unavailable(description: "cannot open \(dir)/server.log") }
             p.standardOutput = log
             p.standardError = log
             try p.run()

@@ -23,10 +23,16 @@ public enum RolloutBenchmark {
     static let classes = ["x86-avx512-vnni", "x86-avx2", "arm64-dotprod", "small-board-1gb", "npu-edgetpu", "armv7-neon"]
     static let tiers = ["fibre", "cellular", "satellite-metered"]
 
-    public static func run(devices n: Int, directory: String, runs: Int) async throws -> Report {
+    /// `databaseURL`: a PostgreSQL database to fill instead of a scratch SQLite file (it must be empty).
+    public static func run(devices n: Int, directory: String, runs: Int, databaseURL: String? = nil) async throws -> Report {
         precondition(n > 0 && runs > 0)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let store = try await SQLStore.sqlite(path: directory + "/bench.sqlite")
+        let store: SQLStore
+        if let databaseURL {
+            store = try await SQLStore.postgres(try PostgresLocation(url: databaseURL), migrate: true, logger: Logger(label: "bench"))
+        } else {
+            store = try await SQLStore.sqlite(path: directory + "/bench.sqlite")
+        }
         let now: Int64 = 1_800_000_000
         let policy = RolloutPolicy(
             name: "bench-canary",

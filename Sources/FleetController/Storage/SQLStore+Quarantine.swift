@@ -42,7 +42,7 @@ protocol ArtifactQuarantineStore: Sendable {
 /// The quarantine table next to the fleet tables in the same database.
 extension SQLStore: ArtifactQuarantineStore {
     func quarantine(_ a: QuarantinedArtifact) async throws {
-        try await write { tx in
+        try await write(announcing: [.quarantine]) { tx in
             try await tx.execute("""
                 INSERT INTO artifact_quarantine (sha256, actual_sha256, size, quarantined_at, found_by, path) VALUES (?,?,?,?,?,?)
                 ON CONFLICT(sha256) DO UPDATE SET actual_sha256=excluded.actual_sha256, size=excluded.size,
@@ -65,8 +65,11 @@ extension SQLStore: ArtifactQuarantineStore {
 
     private static let quarantineColumns = "sha256, actual_sha256, size, quarantined_at, found_by, path"
 
+    /// Asked at every check-in that is sent an artifact: kept in the replica's cache.
     func quarantinedArtifact(_ sha256: String) async throws -> QuarantinedArtifact? {
-        try await db.query("SELECT \(Self.quarantineColumns) FROM artifact_quarantine WHERE sha256 = ?", [sha256]).first.map(Self.quarantineRow)
+        try await cache.value(.quarantine, sha256) {
+            try await db.query("SELECT \(Self.quarantineColumns) FROM artifact_quarantine WHERE sha256 = ?", [sha256]).first.map(Self.quarantineRow)
+        }
     }
 
     func quarantinedArtifacts() async throws -> [QuarantinedArtifact] {
@@ -74,7 +77,7 @@ extension SQLStore: ArtifactQuarantineStore {
     }
 
     func restoreQuarantined(_ sha256: String) async throws -> Bool {
-        try await write { tx in
+        try await write(announcing: [.quarantine]) { tx in
             let removed = try await tx.query("DELETE FROM artifact_quarantine WHERE sha256 = ? RETURNING sha256", [sha256])
             guard !removed.isEmpty else { return false }
             try await tx.execute("""

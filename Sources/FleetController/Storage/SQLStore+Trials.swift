@@ -14,20 +14,24 @@ extension SQLStore {
     private static let trialColumns = "id, model, release, hardware_class, variants, devices, state, created_at, created_by"
 
     func createTrial(_ t: TrialRecord) async throws -> TrialRecord {
-        let rows = try await db.query("""
+        let variants = try json(t.variants), devices = try json(t.devices)
+        let rows = try await write(announcing: [.trials]) { tx in try await tx.query("""
             INSERT INTO trials (model, release, hardware_class, variants, devices, state, created_at, created_by) VALUES (?,?,?,?,?,?,?,?)
             RETURNING \(Self.trialColumns)
-            """, [t.model, t.release, t.hardwareClass, try json(t.variants), try json(t.devices), t.state, t.createdAt, t.createdBy])
+            """, [t.model, t.release, t.hardwareClass, variants, devices, t.state, t.createdAt, t.createdBy]) }
         guard let row = rows.first else { throw StorageError(.database, "insert returned no row") }
         return try Self.trialRow(row)
     }
 
+    /// Read at every check-in of a device of the model: kept in the replica's cache.
     func trials(model: String) async throws -> [TrialRecord] {
-        try await db.query("SELECT \(Self.trialColumns) FROM trials WHERE model = ? ORDER BY id", [model]).map(Self.trialRow)
+        try await cache.value(.trials, model) {
+            try await db.query("SELECT \(Self.trialColumns) FROM trials WHERE model = ? ORDER BY id", [model]).map(Self.trialRow)
+        }
     }
 
     func setTrialState(_ id: Int64, _ state: String) async throws {
-        try await db.execute("UPDATE trials SET state = ? WHERE id = ?", [state, id])
+        try await write(announcing: [.trials]) { tx in try await tx.execute("UPDATE trials SET state = ? WHERE id = ?", [state, id]) }
     }
 
     func measuredArtifacts(model: String, deviceId: String) async throws -> Set<String> {

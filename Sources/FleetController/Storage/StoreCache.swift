@@ -5,14 +5,15 @@ import ServiceLifecycle
 import Synchronization
 
 /// What a replica keeps in memory of what every check-in reads: releases (never change once
-/// made), the rollouts in force, each rollout's cells, models and variants. An entry is dropped
+/// made), the rollouts in force, each rollout's cells, models and variants, trials, quarantined
+/// artifacts. An entry is dropped
 /// when this process writes the table, when another replica's write is announced (PostgreSQL
 /// NOTIFY on the `edgefleet_changes` channel, sent in the writing transaction, so only once it
 /// commits), and in any case after `maxAge`: NOTIFY is not durable (a listener that reconnects
 /// has missed what was sent meanwhile, and drops everything).
 final class StoreCache: Sendable {
     enum Topic: String, Sendable, CaseIterable {
-        case rollouts, cells, models, variants
+        case rollouts, cells, models, variants, trials, quarantine
     }
 
     static let channel = "edgefleet_changes"
