@@ -7,6 +7,9 @@ public struct TrustedState: Codable, Equatable, Sendable {
     public var catalogSerials: [String: Int] = [:]
     public var assignmentCounters: [String: UInt64] = [:]
     public var assignmentDigests: [String: String] = [:]
+    /// sha256 of the per-device timestamp accepted at `timestampVersion`: another one of the same
+    /// version is a replay. nil until a frugal check-in; absent from older trust files.
+    public var timestampDigest: String?
 
     public init(pinning rootEnvelope: Envelope, now: Int64) throws(TrustError) {
         self.root = try MetadataVerifier.verifyInitialRoot(rootEnvelope, now: now)
@@ -46,7 +49,8 @@ public struct VerifiedUpdate: Equatable, Sendable {
 public enum UpdateVerifier {
     public static func verify(catalog catalogEnvelope: Envelope, assignment assignmentEnvelope: Envelope,
                               timestamp timestampEnvelope: Envelope, state: TrustedState,
-                              deviceId: String, facts: DeviceFacts, now: Int64) throws(TrustError) -> VerifiedUpdate {
+                              deviceId: String, facts: DeviceFacts, now: Int64,
+                              snapshot: CheckInSnapshot? = nil) throws(TrustError) -> VerifiedUpdate {
         var next = state
         let root = state.root
         // An expired root stops updates until a newer one arrives through rotation.
@@ -59,6 +63,24 @@ public enum UpdateVerifier {
         guard ts.version >= state.timestampVersion else {
             throw TrustError(.rollback, "timestamp version \(ts.version) is older than trusted \(state.timestampVersion)")
         }
+        // A per-device timestamp binds the answer's whole view (`snapshot`: what this device holds
+        // once it has read the answer) instead of naming catalogs. The binding is checked once the
+        // catalog and the assignment are known to be signed, so that a changed byte stays a bad signature.
+        let bound: CheckInSnapshot?
+        if ts.snapshot != nil {
+            guard let snapshot, snapshot.deviceId == deviceId else {
+                throw TrustError(.mixAndMatch, "a per-device timestamp without this device's snapshot")
+            }
+            let tsDigest = Digest.sha256Hex(tsBody)
+            if ts.version == state.timestampVersion, let seen = state.timestampDigest, seen != tsDigest {
+                throw TrustError(.replay, "timestamp version \(ts.version) was already used for another timestamp")
+            }
+            next.timestampDigest = tsDigest
+            bound = snapshot
+        } else {
+            if ts.version != state.timestampVersion { next.timestampDigest = nil }
+            bound = nil
+        }
         next.timestampVersion = ts.version
 
         let catBody = try MetadataVerifier.verify(catalogEnvelope, type: PayloadType.catalog, role: .release, root: root)
@@ -68,7 +90,9 @@ public enum UpdateVerifier {
         // plain names and hex hashes, whichever keys signed them.
         guard Name.isValid(catalog.model) else { throw TrustError(.malformed, "catalog model name '\(catalog.model)' is not a plain name") }
         let catalogDigest = Digest.sha256Hex(catBody)
-        guard ts.catalogs["\(catalog.model)@\(catalog.version)"] == catalogDigest else {
+        if bound != nil {
+            // Checked with the assignment below, against the snapshot.
+        } else if ts.catalogs["\(catalog.model)@\(catalog.version)"] != catalogDigest {
             throw TrustError(.mixAndMatch, "timestamp does not name catalog \(catalog.model)@\(catalog.version)")
         }
         // An older catalog is acceptable only because a fresh timestamp names it (a director-driven
@@ -86,6 +110,12 @@ public enum UpdateVerifier {
             throw TrustError(.mixAndMatch, "assignment refers to another catalog")
         }
         let digest = Digest.sha256Hex(asBody)
+        if let bound {
+            let entry = bound.models[assignment.model]
+            guard entry?.catalog == catalogDigest, entry?.assignment == digest, bound.digest == ts.snapshot else {
+                throw TrustError(.mixAndMatch, "timestamp binds other catalogs or assignments than this answer and what the device holds")
+            }
+        }
         if let last = state.assignmentCounters[assignment.model] {
             if assignment.counter < last {
                 throw TrustError(.rollback, "assignment counter \(assignment.counter) is below trusted \(last)")
