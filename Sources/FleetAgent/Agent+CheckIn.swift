@@ -1,0 +1,145 @@
+import FleetClient
+import FleetCore
+
+/// The check-in exchange, frugal side (README, "Check-in protocol"): the agent says what it holds,
+/// the controller sends only what changed, and a per-device timestamp binds both.
+extension Agent {
+    /// Checks in; when the controller asks for the whole check-in (facts it does not know, an
+    /// installed model it cannot tell), sends it once more, whole, in the same cycle.
+    func checkIn(facts: DeviceFacts) throws -> CheckInResponse {
+        let first = try post(checkInRequest(facts: facts, whole: false))
+        guard let reason = first.resend else { return remember(first, facts: facts, sentFacts: !factsKnown(facts)) }
+        logger.info("controller asked for the whole check-in", metadata: ["device": "\(deviceId)", "reason": "\(reason.rawValue)"])
+        let second = try post(checkInRequest(facts: facts, whole: true))
+        if let again = second.resend {
+            // Never a loop: the next cycle starts from a whole check-in again.
+            forgetFacts()
+            throw AgentError("controller asked again for the whole check-in it was just sent (\(again.rawValue))")
+        }
+        return remember(second, facts: facts, sentFacts: true)
+    }
+
+    /// The controller stored these facts, as far as this agent knows.
+    func factsKnown(_ facts: DeviceFacts) -> Bool {
+        memory.factsDigest == facts.digest && memory.agentVersion == Self.version
+    }
+
+    /// The request: facts only when they changed, `installed` without the models that run their
+    /// held assignment, and what is held. `whole`: facts and every installed model.
+    func checkInRequest(facts: DeviceFacts, whole: Bool) -> CheckInRequest {
+        let installed = slots.installed()
+        let sendFacts = whole || !factsKnown(facts)
+        var sent = installed
+        var holds: [String: HeldMetadata] = [:]
+        // Only models with a slot are listed, so that one missing from `installed` means "runs it".
+        for (model, h) in memory.held.sorted(by: { $0.key < $1.key }) {
+            guard let current = installed[model], let body = h.assignment.payloadBytes,
+                  let a = try? FleetJSON.decode(Assignment.self, from: Data(body), limit: MetadataLimits.assignment) else { continue }
+            holds[model] = HeldMetadata(catalog: h.catalog.payloadDigest, counter: a.counter)
+            if !whole && current == a.sha256 { sent[model] = nil }
+        }
+        let fullOnly = installer.journal.deltaFailed.keys.sorted()
+        return CheckInRequest(facts: sendFacts ? facts : nil, installed: sent, agentVersion: sendFacts ? Self.version : nil,
+                              phase: installer.journal.installs.values.first { !$0.phase.isTerminal }?.phase.rawValue,
+                              fullPackages: fullOnly.isEmpty ? nil : fullOnly, factsDigest: sendFacts ? nil : facts.digest,
+                              holds: holds.isEmpty ? nil : holds, rootVersion: trust.root.version,
+                              timestampVersion: trust.timestampVersion)
+    }
+
+    private func post(_ request: CheckInRequest) throws -> CheckInResponse {
+        try installer.http.json("POST", "\(options.controllerURL)/v1/devices/\(deviceId)/checkin", body: request,
+                                as: CheckInResponse.self, maxResponseBytes: MetadataLimits.checkInResponse)
+    }
+
+    /// After an answer: the facts just sent are the stored ones. A controller that predates frugal
+    /// check-ins answers with the fleet-wide timestamp and ignores what it does not know; its
+    /// agents keep sending whole check-ins.
+    private func remember(_ response: CheckInResponse, facts: DeviceFacts, sentFacts: Bool) -> CheckInResponse {
+        guard sentFacts else { return response }
+        if response.timestamp == nil {
+            memory.factsDigest = facts.digest
+            memory.agentVersion = Self.version
+        } else {
+            memory.factsDigest = nil
+        }
+        saveMemory()
+        return response
+    }
+
+    func forgetFacts() {
+        memory.factsDigest = nil
+        saveMemory()
+    }
+
+    func saveMemory() {
+        do { try state.save("checkin.json", memory) } catch {
+            // A cache: the next check-in is a whole one when it cannot be read.
+            logger.warning("check-in memory not saved", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Verifies and installs what the answer assigns. Catalogs and assignments it leaves out are the
+    /// ones held; with a per-device timestamp, everything is checked against its snapshot of them.
+    func apply(_ response: CheckInResponse, facts: DeviceFacts) throws {
+        if let retry = response.retry {
+            installer.retryPolicy = retry.clamped()
+            if memory.retry != retry { memory.retry = retry; saveMemory() }
+        }
+        var models: [(model: String, catalog: Envelope, assignment: Envelope)] = response.updates.map { ($0.model, $0.catalog, $0.assignment) }
+        var missing: [String] = []
+        for (model, assignment) in response.reassigned.sorted(by: { $0.key < $1.key }) {
+            if let h = memory.held[model] { models.append((model, h.catalog, assignment)) } else { missing.append(model) }
+        }
+        for model in response.unchanged {
+            if let h = memory.held[model] { models.append((model, h.catalog, h.assignment)) } else { missing.append(model) }
+        }
+        let before = memory.held
+        var rejected = !missing.isEmpty
+        for model in missing {
+            reject(model: model, TrustError(.mixAndMatch, "the answer leaves out metadata this device does not hold"))
+        }
+        let timestamp: Envelope?
+        let snapshot: CheckInSnapshot?
+        if let stamp = response.stamp {
+            timestamp = stamp.envelope(type: PayloadType.timestamp, role: .timestamp, root: trust.root)
+            var entries: [String: CheckInSnapshot.Entry] = [:]
+            for m in models { entries[m.model] = .init(catalog: m.catalog.payloadDigest, assignment: m.assignment.payloadDigest) }
+            snapshot = CheckInSnapshot(deviceId: deviceId, models: entries)
+        } else {
+            timestamp = response.timestamp
+            snapshot = nil
+        }
+        for m in models where !(try handle(model: m.model, catalog: m.catalog, assignment: m.assignment, timestamp: timestamp,
+                                             snapshot: snapshot, facts: facts)) {
+            rejected = true
+        }
+        // After a rejected answer nothing is claimed as held: the next check-in gets everything
+        // again, and a controller that lost track of this device is not trusted to have it right.
+        if rejected { memory.held = [:] }
+        if memory.held != before { saveMemory() }
+    }
+
+    func reject(model: String, _ e: TrustError) {
+        logger.error("update rejected", metadata: ["model": "\(model)", "fault": "\(e.fault.rawValue)", "error": "\(e.message)"])
+        installer.outbox.append(kind: "rejected", time: Clock.wall(), model: model, detail: "\(e.fault.rawValue): \(e.message)")
+        do { try state.save("outbox.json", installer.outbox) } catch {
+            logger.warning("outbox not saved", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// A per-device timestamp changes at every check-in: trust.json is rewritten for it at most once
+    /// an hour (flash wear on the device), at once for anything else. The window it leaves after a
+    /// restart admits only this device's own recent timestamps, which bind what it held then.
+    func needsSaving(_ next: TrustedState, over previous: TrustedState) -> Bool {
+        guard next.timestampDigest != nil else { return true }
+        var freshnessOnly = next
+        freshnessOnly.timestampVersion = previous.timestampVersion
+        freshnessOnly.timestampDigest = previous.timestampDigest
+        return freshnessOnly != previous || next.timestampVersion >= savedTimestampVersion &+ 3600
+    }
+
+    func saveTrust() throws {
+        try state.save("trust.json", trust)
+        savedTimestampVersion = trust.timestampVersion
+    }
+}
