@@ -87,16 +87,20 @@ extension Agent {
         }
         var models: [(model: String, catalog: Envelope, assignment: Envelope)] = response.updates.map { ($0.model, $0.catalog, $0.assignment) }
         var missing: [String] = []
+        // Only a per-device timestamp may leave metadata out: it binds what is left out. (A
+        // fleet-wide one names catalogs only, so an answer stripped down to it could freeze an assignment.)
+        let stamped = response.stamp != nil
         for (model, assignment) in response.reassigned.sorted(by: { $0.key < $1.key }) {
-            if let h = memory.held[model] { models.append((model, h.catalog, assignment)) } else { missing.append(model) }
+            if stamped, let h = memory.held[model] { models.append((model, h.catalog, assignment)) } else { missing.append(model) }
         }
         for model in response.unchanged {
-            if let h = memory.held[model] { models.append((model, h.catalog, h.assignment)) } else { missing.append(model) }
+            if stamped, let h = memory.held[model] { models.append((model, h.catalog, h.assignment)) } else { missing.append(model) }
         }
         let before = memory.held
         var rejected = !missing.isEmpty
         for model in missing {
-            reject(model: model, TrustError(.mixAndMatch, "the answer leaves out metadata this device does not hold"))
+            reject(model: model, TrustError(.mixAndMatch, stamped ? "the answer leaves out metadata this device does not hold"
+                                                                  : "the answer leaves out metadata without a per-device timestamp"))
         }
         let timestamp: Envelope?
         let snapshot: CheckInSnapshot?
@@ -109,6 +113,21 @@ extension Agent {
             timestamp = response.timestamp
             snapshot = nil
         }
+        if models.isEmpty, missing.isEmpty, let timestamp, snapshot != nil {
+            // Nothing to install, yet the timestamp must bind exactly nothing: an answer stripped of
+            // every model under a genuine timestamp stops here.
+            do {
+                let next = try UpdateVerifier.verifyAlone(timestamp: timestamp, state: trust, deviceId: deviceId, now: Clock.wall())
+                if next != trust {
+                    let previous = trust
+                    trust = next
+                    if needsSaving(trust, over: previous) { try saveTrust() }
+                }
+            } catch let e as TrustError {
+                reject(model: nil, e)
+                rejected = true
+            }
+        }
         for m in models where !(try handle(model: m.model, catalog: m.catalog, assignment: m.assignment, timestamp: timestamp,
                                              snapshot: snapshot, facts: facts)) {
             rejected = true
@@ -119,8 +138,8 @@ extension Agent {
         if memory.held != before { saveMemory() }
     }
 
-    func reject(model: String, _ e: TrustError) {
-        logger.error("update rejected", metadata: ["model": "\(model)", "fault": "\(e.fault.rawValue)", "error": "\(e.message)"])
+    func reject(model: String?, _ e: TrustError) {
+        logger.error("update rejected", metadata: ["model": "\(model ?? "none")", "fault": "\(e.fault.rawValue)", "error": "\(e.message)"])
         installer.outbox.append(kind: "rejected", time: Clock.wall(), model: model, detail: "\(e.fault.rawValue): \(e.message)")
         do { try state.save("outbox.json", installer.outbox) } catch {
             logger.warning("outbox not saved", metadata: ["error": "\(error)"])

@@ -57,31 +57,8 @@ public enum UpdateVerifier {
         try MetadataVerifier.checkExpiry(root.expiresAt, now: now, what: "trusted root")
 
         // Freshness first: a frozen or replayed view of the world stops here.
-        let tsBody = try MetadataVerifier.verify(timestampEnvelope, type: PayloadType.timestamp, role: .timestamp, root: root)
-        let ts = try MetadataVerifier.decode(TimestampMetadata.self, tsBody, limit: MetadataLimits.timestamp, what: "timestamp")
-        try MetadataVerifier.checkExpiry(ts.expiresAt, now: now, what: "timestamp")
-        guard ts.version >= state.timestampVersion else {
-            throw TrustError(.rollback, "timestamp version \(ts.version) is older than trusted \(state.timestampVersion)")
-        }
-        // A per-device timestamp binds the answer's whole view (`snapshot`: what this device holds
-        // once it has read the answer) instead of naming catalogs. The binding is checked once the
-        // catalog and the assignment are known to be signed, so that a changed byte stays a bad signature.
-        let bound: CheckInSnapshot?
-        if ts.snapshot != nil {
-            guard let snapshot, snapshot.deviceId == deviceId else {
-                throw TrustError(.mixAndMatch, "a per-device timestamp without this device's snapshot")
-            }
-            let tsDigest = Digest.sha256Hex(tsBody)
-            if ts.version == state.timestampVersion, let seen = state.timestampDigest, seen != tsDigest {
-                throw TrustError(.replay, "timestamp version \(ts.version) was already used for another timestamp")
-            }
-            next.timestampDigest = tsDigest
-            bound = snapshot
-        } else {
-            if ts.version != state.timestampVersion { next.timestampDigest = nil }
-            bound = nil
-        }
-        next.timestampVersion = ts.version
+        let (ts, bound) = try checkFreshness(timestampEnvelope, state: state, next: &next, deviceId: deviceId, now: now,
+                                             snapshot: snapshot)
 
         let catBody = try MetadataVerifier.verify(catalogEnvelope, type: PayloadType.catalog, role: .release, root: root)
         let catalog = try MetadataVerifier.decode(ReleaseCatalog.self, catBody, limit: MetadataLimits.catalog, what: "catalog")
@@ -164,4 +141,48 @@ public enum UpdateVerifier {
         }
         return VerifiedUpdate(assignment: assignment, variant: variant, catalog: catalog, state: next)
     }
+    /// A per-device timestamp that came with no catalog or assignment to check (an answer that
+    /// covers no model): it must still bind exactly that, so that an answer stripped of every
+    /// model under a genuine timestamp stops here. Returns what the device then trusts.
+    public static func verifyAlone(timestamp timestampEnvelope: Envelope, state: TrustedState, deviceId: String,
+                                   now: Int64) throws(TrustError) -> TrustedState {
+        var next = state
+        try MetadataVerifier.checkExpiry(state.root.expiresAt, now: now, what: "trusted root")
+        let empty = CheckInSnapshot(deviceId: deviceId, models: [:])
+        let (ts, _) = try checkFreshness(timestampEnvelope, state: state, next: &next, deviceId: deviceId, now: now, snapshot: empty)
+        guard ts.snapshot == empty.digest else {
+            throw TrustError(.mixAndMatch, "timestamp binds catalogs and assignments this answer does not carry")
+        }
+        return next
+    }
+
+    /// Signature, expiry and version of the timestamp; for the per-device form, the snapshot it
+    /// is to be checked against (the binding itself is checked once catalog and assignment are
+    /// known to be signed, so that a changed byte stays a bad signature).
+    static func checkFreshness(_ envelope: Envelope, state: TrustedState, next: inout TrustedState, deviceId: String, now: Int64,
+                               snapshot: CheckInSnapshot?) throws(TrustError) -> (TimestampMetadata, CheckInSnapshot?) {
+        let body = try MetadataVerifier.verify(envelope, type: PayloadType.timestamp, role: .timestamp, root: state.root)
+        let ts = try MetadataVerifier.decode(TimestampMetadata.self, body, limit: MetadataLimits.timestamp, what: "timestamp")
+        try MetadataVerifier.checkExpiry(ts.expiresAt, now: now, what: "timestamp")
+        guard ts.version >= state.timestampVersion else {
+            throw TrustError(.rollback, "timestamp version \(ts.version) is older than trusted \(state.timestampVersion)")
+        }
+        defer { next.timestampVersion = ts.version }
+        guard ts.snapshot != nil else {
+            if ts.version != state.timestampVersion { next.timestampDigest = nil }
+            return (ts, nil)
+        }
+        // The per-device form binds the answer's whole view (what this device holds once it has
+        // read the answer) instead of naming catalogs.
+        guard let snapshot, snapshot.deviceId == deviceId else {
+            throw TrustError(.mixAndMatch, "a per-device timestamp without this device's snapshot")
+        }
+        let digest = Digest.sha256Hex(body)
+        if ts.version == state.timestampVersion, let seen = state.timestampDigest, seen != digest {
+            throw TrustError(.replay, "timestamp version \(ts.version) was already used for another timestamp")
+        }
+        next.timestampDigest = digest
+        return (ts, snapshot)
+    }
 }
+
