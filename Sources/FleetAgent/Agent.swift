@@ -194,7 +194,15 @@ public final class Agent: @unchecked Sendable {
     }
 
     func currentFacts() throws -> DeviceFacts {
-        var facts = try Self.readFacts(options) ?? Probe.facts(modelsDirectory: options.modelsDirectory)
+        var facts: DeviceFacts
+        if let fromFile = try Self.readFacts(options) {
+            facts = fromFile
+        } else {
+            facts = Probe.facts(modelsDirectory: options.modelsDirectory)
+            // Free space moves with every log line: rounded down to 64 MiB, the facts (and their
+            // digest, which spares sending them at each check-in) change only when it really moves.
+            facts.diskFreeBytes -= facts.diskFreeBytes % (64 << 20)
+        }
         facts.deviceId = deviceId
         if facts.downlinkMbps == nil { facts.downlinkMbps = installer.link?.mbps }
         return facts
