@@ -7,16 +7,18 @@ extension Agent {
     /// Checks in; when the controller asks for the whole check-in (facts it does not know, an
     /// installed model it cannot tell), sends it once more, whole, in the same cycle.
     func checkIn(facts: DeviceFacts) throws -> CheckInResponse {
-        let first = try post(checkInRequest(facts: facts, whole: false))
-        guard let reason = first.resend else { return remember(first, facts: facts, sentFacts: !factsKnown(facts)) }
+        let request = checkInRequest(facts: facts, whole: false)
+        let first = try post(request)
+        guard let reason = first.resend else { return remember(first, request, facts: facts) }
         logger.info("controller asked for the whole check-in", metadata: ["device": "\(deviceId)", "reason": "\(reason.rawValue)"])
-        let second = try post(checkInRequest(facts: facts, whole: true))
+        let whole = checkInRequest(facts: facts, whole: true)
+        let second = try post(whole)
         if let again = second.resend {
             // Never a loop: the next cycle starts from a whole check-in again.
             forgetFacts()
             throw AgentError("controller asked again for the whole check-in it was just sent (\(again.rawValue))")
         }
-        return remember(second, facts: facts, sentFacts: true)
+        return remember(second, whole, facts: facts)
     }
 
     /// The controller stored these facts, as far as this agent knows.
@@ -24,26 +26,25 @@ extension Agent {
         memory.factsDigest == facts.digest && memory.agentVersion == Self.version
     }
 
-    /// The request: facts only when they changed, `installed` without the models that run their
-    /// held assignment, and what is held. `whole`: facts and every installed model.
+    /// The request: facts only when they changed, installed models only when they changed since the
+    /// last check-in, and what is held. `whole`: facts and installed models in any case.
     func checkInRequest(facts: DeviceFacts, whole: Bool) -> CheckInRequest {
         let installed = slots.installed()
         let sendFacts = whole || !factsKnown(facts)
-        var sent = installed
         var holds: [String: HeldMetadata] = [:]
-        // Only models with a slot are listed, so that one missing from `installed` means "runs it".
-        for (model, h) in memory.held.sorted(by: { $0.key < $1.key }) {
-            guard let current = installed[model], let body = h.assignment.payloadBytes,
+        for (model, h) in memory.held {
+            guard let body = h.assignment.payloadBytes,
                   let a = try? FleetJSON.decode(Assignment.self, from: Data(body), limit: MetadataLimits.assignment) else { continue }
             holds[model] = HeldMetadata(catalog: h.catalog.payloadDigest, counter: a.counter)
-            if !whole && current == a.sha256 { sent[model] = nil }
         }
         let fullOnly = installer.journal.deltaFailed.keys.sorted()
-        return CheckInRequest(facts: sendFacts ? facts : nil, installed: sent, agentVersion: sendFacts ? Self.version : nil,
-                              phase: installer.journal.installs.values.first { !$0.phase.isTerminal }?.phase.rawValue,
-                              fullPackages: fullOnly.isEmpty ? nil : fullOnly, factsDigest: sendFacts ? nil : facts.digest,
-                              holds: holds.isEmpty ? nil : holds, rootVersion: trust.root.version,
-                              timestampVersion: trust.timestampVersion)
+        var request = CheckInRequest(facts: sendFacts ? facts : nil, installed: installed, agentVersion: sendFacts ? Self.version : nil,
+                                     phase: installer.journal.installs.values.first { !$0.phase.isTerminal }?.phase.rawValue,
+                                     fullPackages: fullOnly.isEmpty ? nil : fullOnly, factsDigest: sendFacts ? nil : facts.digest,
+                                     holds: holds.isEmpty ? nil : holds, rootVersion: trust.root.version,
+                                     timestampVersion: trust.timestampVersion)
+        request.installedSent = whole || memory.reported != installed
+        return request
     }
 
     private func post(_ request: CheckInRequest) throws -> CheckInResponse {
@@ -51,23 +52,28 @@ extension Agent {
                                 as: CheckInResponse.self, maxResponseBytes: MetadataLimits.checkInResponse)
     }
 
-    /// After an answer: the facts just sent are the stored ones. A controller that predates frugal
-    /// check-ins answers with the fleet-wide timestamp and ignores what it does not know; its
-    /// agents keep sending whole check-ins.
-    private func remember(_ response: CheckInResponse, facts: DeviceFacts, sentFacts: Bool) -> CheckInResponse {
-        guard sentFacts else { return response }
+    /// After an answer: the facts and installed models just sent are the stored ones. A controller
+    /// that predates frugal check-ins answers with the fleet-wide timestamp and ignores what it does
+    /// not know; its agents keep sending whole check-ins.
+    private func remember(_ response: CheckInResponse, _ request: CheckInRequest, facts: DeviceFacts) -> CheckInResponse {
+        let before = memory
         if response.timestamp == nil {
-            memory.factsDigest = facts.digest
-            memory.agentVersion = Self.version
+            if request.facts != nil {
+                memory.factsDigest = facts.digest
+                memory.agentVersion = Self.version
+            }
+            memory.reported = request.installed
         } else {
             memory.factsDigest = nil
+            memory.reported = nil
         }
-        saveMemory()
+        if memory != before { saveMemory() }
         return response
     }
 
     func forgetFacts() {
         memory.factsDigest = nil
+        memory.reported = nil
         saveMemory()
     }
 

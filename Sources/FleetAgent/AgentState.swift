@@ -79,6 +79,8 @@ struct CheckInMemory: Codable, Equatable {
     var factsDigest: String?
     var agentVersion: String?
     var held: [String: HeldEnvelopes] = [:]
+    /// The installed models the last check-in told the controller about.
+    var reported: [String: String]?
     /// The retry policy of the device's tier, as last sent (it comes with new assignments).
     var retry: RetryPolicy?
 }

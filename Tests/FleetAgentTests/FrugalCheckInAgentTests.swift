@@ -54,25 +54,31 @@ struct FrugalCheckInAgentTests {
         let facts = try s.agent.currentFacts()
         // Nothing known yet: facts and version go whole; nothing is held.
         var r = s.agent.checkInRequest(facts: facts, whole: false)
-        #expect(r.facts == facts && r.agentVersion == Agent.version && r.factsDigest == nil && r.holds == nil)
+        #expect(r.facts == facts && r.agentVersion == Agent.version && r.factsDigest == nil && r.holds == nil && r.installedSent)
         #expect(r.timestampVersion == 0 && r.rootVersion == 1)
 
         try s.slot("runs", a)        // runs its held assignment
         try s.slot("moving", b)      // runs something else than its held assignment
         s.agent.memory.factsDigest = facts.digest
         s.agent.memory.agentVersion = Agent.version
-        s.agent.memory.held = ["runs": try s.held("runs", sha256: a, counter: 4), "moving": try s.held("moving", sha256: a, counter: 2),
-                               "noslot": try s.held("noslot", sha256: a, counter: 9)]
+        s.agent.memory.held = ["runs": try s.held("runs", sha256: a, counter: 4), "moving": try s.held("moving", sha256: a, counter: 2)]
+        s.agent.memory.reported = ["runs": a]
         r = s.agent.checkInRequest(facts: facts, whole: false)
         #expect(r.facts == nil && r.agentVersion == nil && r.factsDigest == facts.digest)
-        #expect(r.installed == ["moving": b])
-        // A held model without a slot is not claimed: missing from installed must mean "runs it".
+        // Installed changed since the last check-in ("moving" has a slot now): sent, whole.
+        #expect(r.installedSent && r.installed == ["runs": a, "moving": b])
         #expect(r.holds?.keys.sorted() == ["moving", "runs"])
         #expect(r.holds?["runs"] == HeldMetadata(catalog: s.agent.memory.held["runs"]!.catalog.payloadDigest, counter: 4))
+        // Unchanged since the last check-in: left out.
+        s.agent.memory.reported = ["runs": a, "moving": b]
+        r = s.agent.checkInRequest(facts: facts, whole: false)
+        #expect(!r.installedSent)
+        let keys = try #require(try JSONSerialization.jsonObject(with: FleetJSON.encode(r)) as? [String: Any]).keys.sorted()
+        #expect(keys == ["factsDigest", "holds", "rootVersion", "timestampVersion"])
 
         // Whole: everything, holds included (the answer can still leave out what is held).
         r = s.agent.checkInRequest(facts: facts, whole: true)
-        #expect(r.facts == facts && r.factsDigest == nil && r.installed == ["runs": a, "moving": b] && r.holds?.count == 2)
+        #expect(r.facts == facts && r.factsDigest == nil && r.installedSent && r.installed == ["runs": a, "moving": b] && r.holds?.count == 2)
 
         // Changed facts, or another agent version, go whole again.
         var changed = facts

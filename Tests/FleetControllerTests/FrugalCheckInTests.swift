@@ -25,10 +25,13 @@ struct FrugalCheckInControllerTests {
             }
         }
 
-        func request(sendFacts: Bool, installed: [String: String] = [:]) -> CheckInRequest {
-            CheckInRequest(facts: sendFacts ? facts : nil, installed: installed, agentVersion: sendFacts ? "t" : nil,
-                           factsDigest: sendFacts ? nil : facts.digest, holds: held.isEmpty ? nil : holds,
-                           rootVersion: trust.root.version, timestampVersion: trust.timestampVersion)
+        /// `installed` nil: left out (unchanged since the last check-in).
+        func request(sendFacts: Bool, installed: [String: String]? = [:]) -> CheckInRequest {
+            var r = CheckInRequest(facts: sendFacts ? facts : nil, installed: installed ?? [:], agentVersion: sendFacts ? "t" : nil,
+                                   factsDigest: sendFacts ? nil : facts.digest, holds: held.isEmpty ? nil : holds,
+                                   rootVersion: trust.root.version, timestampVersion: trust.timestampVersion)
+            r.installedSent = installed != nil
+            return r
         }
 
         /// Reads an answer as the agent does; throws the first fault.
@@ -88,15 +91,20 @@ struct FrugalCheckInControllerTests {
             let v1 = d.trust.timestampVersion
             #expect(v1 >= UInt64(f.now))
 
-            // Idle: a digest for the facts, the model left out of installed (it runs the held assignment).
-            let (idle, reqBytes, respBytes) = try await checkIn(client, d, d.request(sendFacts: false))
+            // Installed: the next check-in says so; the same assignment is left out.
+            let (installedNow, _, _) = try await checkIn(client, d, d.request(sendFacts: false, installed: ["m": assigned.sha256]))
+            #expect(installedNow.unchanged == ["m"] && installedNow.updates.isEmpty)
+            try d.read(installedNow, now: f.now)
+
+            // Idle: a digest for the facts, installed left out (unchanged since the last check-in).
+            let (idle, reqBytes, respBytes) = try await checkIn(client, d, d.request(sendFacts: false, installed: nil))
             #expect(idle.updates.isEmpty && idle.reassigned.isEmpty && idle.unchanged == ["m"] && idle.retry == nil)
             #expect(idle.rootChain.isEmpty && idle.timestamp == nil)
             try d.read(idle, now: f.now)
-            #expect(d.trust.timestampVersion == v1 + 1)
+            #expect(d.trust.timestampVersion == v1 + 2)
             print("idle check-in through the router: request \(reqBytes) bytes, answer \(respBytes) bytes, \(v.count) variants")
             #expect(reqBytes + respBytes <= 600)
-            // The controller took the installed artifact from the held assignment.
+            // The controller kept the installed artifact the device reported before.
             let stored = try await device(client, "dev-1")
             #expect(stored?.installed["m"] == assigned.sha256)
             #expect(stored?.agentVersion == "t")
@@ -104,7 +112,7 @@ struct FrugalCheckInControllerTests {
             // A device that claims a later timestamp version gets a later one still.
             var ahead = d
             ahead.trust.timestampVersion = UInt64(f.now) + 500
-            let (later, _, _) = try await checkIn(client, ahead, ahead.request(sendFacts: false))
+            let (later, _, _) = try await checkIn(client, ahead, ahead.request(sendFacts: false, installed: nil))
             let ts = try FleetJSON.decode(TimestampMetadata.self, from: Data(try #require(later.stamp).payload.utf8), limit: 1 << 16)
             #expect(ts.version == UInt64(f.now) + 501)
 
@@ -153,16 +161,18 @@ struct FrugalCheckInControllerTests {
             #expect(mismatch.resend == .factsMismatch && mismatch.updates.isEmpty && mismatch.unchanged.isEmpty)
             #expect(try await device(client, "dev-2")?.hardwareClass == "x86-avx512-vnni")
 
-            // A held assignment the controller does not have: it cannot tell what runs.
-            var stale = d.request(sendFacts: false)
-            stale.holds?["m"]?.counter = 99
-            let (unknownInstalled, _, _) = try await checkIn(client, d, stale)
-            #expect(unknownInstalled.resend == .unknownInstalled)
+            // Installed left out by a device the controller never stored: it cannot tell what runs.
+            var stranger = d
+            stranger.id = "dev-3"
+            stranger.facts.deviceId = "dev-3"
+            let (unknownInstalled, _, _) = try await checkIn(client, stranger, stranger.request(sendFacts: true, installed: nil))
+            #expect(unknownInstalled.resend == .unknownInstalled && unknownInstalled.updates.isEmpty)
 
-            // The same claim with installed sent: answered, and the assignment sent again.
-            stale.installed = ["m": v[0].sha256]
+            // A held assignment that is not the current one: sent again (the catalog is the same), no resend.
+            var stale = d.request(sendFacts: false, installed: nil)
+            stale.holds?["m"]?.counter = 99
             let (whole, _, _) = try await checkIn(client, d, stale)
-            #expect(whole.resend == nil && whole.reassigned.keys.sorted() == ["m"])
+            #expect(whole.resend == nil && whole.reassigned.keys.sorted() == ["m"] && whole.unchanged.isEmpty)
 
             // Hints that are not digests are refused before anything is read.
             var bad = d.request(sendFacts: false)

@@ -197,13 +197,17 @@ import Testing
     }
 
     @Test func frugalRequestLeavesOutWhatIsKnown() throws {
-        let r = CheckInRequest(facts: nil, installed: [:], agentVersion: nil, factsDigest: F.facts.digest,
+        var r = CheckInRequest(facts: nil, installed: [:], agentVersion: nil, factsDigest: F.facts.digest,
                                holds: [F.model: HeldMetadata(catalog: String(repeating: "a", count: 64), counter: 7)],
                                rootVersion: 1, timestampVersion: 1_750_000_000)
+        r.installedSent = false
         let wire = try FleetJSON.encode(r)
         let keys = try #require(try JSONSerialization.jsonObject(with: wire) as? [String: Any]).keys.sorted()
         #expect(keys == ["factsDigest", "holds", "rootVersion", "timestampVersion"])
         #expect(try FleetJSON.decode(CheckInRequest.self, from: wire, limit: 1 << 16) == r)
+        // An empty installed map that is sent stays sent: "nothing installed" is not "unchanged".
+        r.installedSent = true
+        #expect(try FleetJSON.decode(CheckInRequest.self, from: FleetJSON.encode(r), limit: 1 << 16).installedSent)
     }
 
     @Test func compactAnswerLeavesOutWhatTheAgentDoesNotUse() throws {

@@ -57,6 +57,8 @@ final class FrugalWorld: @unchecked Sendable {
         for a in [device, otherDevice] {
             let r = try fleet.runOnce(a)
             guard r.status == 0, fleet.current(a, model: "m").contentSha != nil else { throw HarnessError("release 1 not installed: \(r.stderr)") }
+            // The next check-in reports the install; the device is idle from then on.
+            _ = try fleet.runOnce(a)
         }
         idle1 = try Self.checkIn(fleet, device, Self.deviceId)
         otherIdle = try Self.checkIn(fleet, otherDevice, Self.otherId)
@@ -101,8 +103,9 @@ final class FrugalWorld: @unchecked Sendable {
             let assignment = try AttackWorld.payload(h.assignment, as: Assignment.self)
             holds[model] = HeldMetadata(catalog: h.catalog.payloadDigest, counter: assignment.counter)
         }
-        let request = CheckInRequest(facts: nil, installed: [:], agentVersion: nil, fullPackages: fullPackages, factsDigest: memory.factsDigest,
+        var request = CheckInRequest(facts: nil, installed: [:], agentVersion: nil, fullPackages: fullPackages, factsDigest: memory.factsDigest,
                                      holds: holds, rootVersion: trust.root.version, timestampVersion: trust.timestampVersion)
+        request.installedSent = false
         let body = fleet.dir + "/frugal-request-\(UUID().uuidString.prefix(8)).json"
         try FleetJSON.encode(request).write(to: URL(fileURLWithPath: body))
         let r = try fleet.run("/usr/bin/env", ["curl", "-fsS", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + body,

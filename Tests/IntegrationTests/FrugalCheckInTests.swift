@@ -31,6 +31,9 @@ struct FrugalCheckInTests {
         let r = try fleet.runOnce(a)
         #expect(r.status == 0, "\(r.stderr)")
         let sha = try #require(fleet.current(a, model: "m").contentSha)
+        // The check-in after an install says what is installed now; from then on the device is idle.
+        let reported = try fleet.runOnce(a)
+        #expect(reported.status == 0, "\(reported.stderr)")
         return (fleet, a, sha)
     }
 

@@ -275,9 +275,8 @@ actor Director {
     }
 
     /// Fills in what a frugal check-in left out, from what this controller stored: the facts (when
-    /// the digest is theirs) and the installed artifact of each model that runs its held assignment
-    /// (when that assignment is the stored one). nil when it could; otherwise why the agent must
-    /// send the check-in again with facts and installed.
+    /// the digest is theirs) and the installed models (what the last check-in said). nil when it
+    /// could; otherwise why the agent must send the check-in again with facts and installed.
     private func restore(_ request: inout CheckInRequest, deviceId: String, existing: DeviceRecord?) async throws -> ResendReason? {
         if request.facts == nil {
             guard let stored = existing?.facts else { return .unknownFacts }
@@ -286,12 +285,10 @@ actor Director {
             guard request.factsDigest == facts.digest else { return .factsMismatch }
             request.facts = facts
         }
-        for (model, held) in (request.holds ?? [:]).sorted(by: { $0.key < $1.key }) where request.installed[model] == nil {
-            // Counters are signed once per (device, model): the same counter is the same assignment.
-            guard let a = try await store.assignment(deviceId: deviceId, model: model), a.counter == held.counter else {
-                return .unknownInstalled
-            }
-            request.installed[model] = a.sha256
+        if !request.installedSent {
+            guard let existing else { return .unknownInstalled }
+            request.installed = existing.installed
+            request.installedSent = true
         }
         return nil
     }

@@ -1,16 +1,18 @@
 /// What an agent sends when it checks in.
 ///
 /// Frugal check-ins (an agent that sends `timestampVersion`): `facts` only when they changed since
-/// the controller last stored them (otherwise `factsDigest`), `installed` without the models that
-/// run exactly the artifact of the assignment they hold, and in `holds` what the agent holds per
-/// model, so that the controller sends a catalog or an assignment only when it changed. An agent
-/// that sends none of the new fields gets the full answer, as before. See README, "Check-in protocol".
+/// the controller last stored them (otherwise `factsDigest`), `installed` only when it changed since
+/// the last check-in, and in `holds` what the agent holds per model, so that the controller sends a
+/// catalog or an assignment only when it changed. An agent that sends none of the new fields gets
+/// the full answer, as before. See README, "Check-in protocol".
 public struct CheckInRequest: Codable, Equatable, Sendable {
     /// nil: unchanged since the controller stored them; `factsDigest` says which they are.
     public var facts: DeviceFacts?
-    /// model -> sha256 of the current slot. A frugal request leaves out a model listed in `holds`
-    /// whose slot runs the artifact of the held assignment.
+    /// model -> sha256 of the current slot.
     public var installed: [String: String]
+    /// false: `installed` was left out of a frugal request because it is what the last check-in
+    /// said (the controller takes the one it stored).
+    public var installedSent = true
     /// nil: the one the controller stored with the facts (sent again whenever the facts are).
     public var agentVersion: String?
     public var phase: String?                       // install phase, for the operator's view
@@ -43,7 +45,9 @@ public struct CheckInRequest: Codable, Equatable, Sendable {
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         facts = try c.decodeIfPresent(DeviceFacts.self, forKey: .facts)
-        installed = try c.decodeIfPresent([String: String].self, forKey: .installed) ?? [:]
+        let sent = try c.decodeIfPresent([String: String].self, forKey: .installed)
+        installed = sent ?? [:]
+        installedSent = sent != nil
         agentVersion = try c.decodeIfPresent(String.self, forKey: .agentVersion)
         phase = try c.decodeIfPresent(String.self, forKey: .phase)
         fullPackages = try c.decodeIfPresent([String].self, forKey: .fullPackages)
@@ -56,7 +60,7 @@ public struct CheckInRequest: Codable, Equatable, Sendable {
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encodeIfPresent(facts, forKey: .facts)
-        if !(isFrugal && installed.isEmpty) { try c.encode(installed, forKey: .installed) }
+        if installedSent || !isFrugal { try c.encode(installed, forKey: .installed) }
         try c.encodeIfPresent(agentVersion, forKey: .agentVersion)
         try c.encodeIfPresent(phase, forKey: .phase)
         try c.encodeIfPresent(fullPackages, forKey: .fullPackages)
@@ -91,7 +95,7 @@ public struct ModelUpdate: Codable, Equatable, Sendable {
 public enum ResendReason: String, Codable, Sendable {
     case unknownFacts = "unknown-facts"          // a digest, and no facts stored for this device
     case factsMismatch = "facts-mismatch"        // a digest that is not the one of the stored facts
-    case unknownInstalled = "unknown-installed"  // a model left out of `installed` whose held assignment is not the stored one
+    case unknownInstalled = "unknown-installed"  // `installed` left out, and none stored for this device
 }
 
 public struct CheckInResponse: Codable, Equatable, Sendable {
