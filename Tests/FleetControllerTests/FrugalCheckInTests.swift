@@ -212,4 +212,24 @@ struct FrugalCheckInControllerTests {
             #expect(none.status == .badRequest && errorCode(none) == "missing-facts")
         }
     }
+
+    @Test func rootChainComesOnlyWhenTheDeviceIsBehind() async throws {
+        let f = try ControllerFixture(); defer { f.cleanup() }
+        let newRoot = SigningKey(role: .root)
+        var keys = f.keys
+        keys[.root] = newRoot
+        let good = try Envelope.sign(RootMetadata(version: 2, expiresAt: f.now + 86_400 * 365, roleKeys: keys), type: PayloadType.root,
+                                     keys: [f.keys[.root]!, newRoot])
+        try await f.app().test(.router) { client in
+            #expect(try await client.json(.post, "/v1/root", RootRotation(root: good)).status == .created)
+            var d = Device(id: "dev-r", facts: ControllerFixture.vnniFacts, trust: try TrustedState(pinning: try f.rootEnvelope, now: f.now))
+            d.facts.deviceId = "dev-r"
+            let (behind, _, _) = try await checkIn(client, d, d.request(sendFacts: true))
+            #expect(behind.rootChain == [good])
+            try d.trust.rotate(through: behind.rootChain, now: f.now)
+            #expect(d.trust.root.version == 2)
+            let (current, _, _) = try await checkIn(client, d, d.request(sendFacts: false, installed: nil))
+            #expect(current.rootChain.isEmpty && current.resend == nil)
+        }
+    }
 }

@@ -184,7 +184,7 @@ actor Director {
     func checkIn(deviceId: String, request original: CheckInRequest, now: Int64) async throws -> CheckInResponse {
         let existing = try await store.device(deviceId)
         var request = original
-        if request.isFrugal, let reason = try await restore(&request, deviceId: deviceId, existing: existing) {
+        if request.isFrugal, let reason = restore(&request, deviceId: deviceId, existing: existing) {
             logger.debug("frugal check-in sent again whole", metadata: ["device": "\(deviceId)", "reason": "\(reason.rawValue)"])
             return CheckInResponse(deviceId: deviceId, hardwareClass: nil, tier: nil, rootChain: [], timestamp: nil, updates: [],
                                    held: [:], pollSeconds: pollSeconds, resend: reason, compact: true)
@@ -277,7 +277,7 @@ actor Director {
     /// Fills in what a frugal check-in left out, from what this controller stored: the facts (when
     /// the digest is theirs) and the installed models (what the last check-in said). nil when it
     /// could; otherwise why the agent must send the check-in again with facts and installed.
-    private func restore(_ request: inout CheckInRequest, deviceId: String, existing: DeviceRecord?) async throws -> ResendReason? {
+    private func restore(_ request: inout CheckInRequest, deviceId: String, existing: DeviceRecord?) -> ResendReason? {
         if request.facts == nil {
             guard let stored = existing?.facts else { return .unknownFacts }
             var facts = stored
