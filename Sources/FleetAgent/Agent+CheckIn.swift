@@ -8,7 +8,14 @@ extension Agent {
     /// installed model it cannot tell), sends it once more, whole, in the same cycle.
     func checkIn(facts: DeviceFacts) throws -> CheckInResponse {
         let request = checkInRequest(facts: facts, whole: false)
-        let first = try post(request)
+        let first: CheckInResponse
+        do { first = try post(request) } catch let e as HTTPClientError where e.code == .status && e.status == 400 {
+            // Refused as malformed: what this agent remembers may be what the controller does not take.
+            // The next cycle starts whole, claiming nothing; never the same refusal again and again.
+            memory = CheckInMemory(retry: memory.retry)
+            saveMemory()
+            throw e
+        }
         guard let reason = first.resend else { return remember(first, request, facts: facts) }
         logger.info("controller asked for the whole check-in", metadata: ["device": "\(deviceId)", "reason": "\(reason.rawValue)"])
         let whole = checkInRequest(facts: facts, whole: true)
@@ -32,7 +39,7 @@ extension Agent {
         let installed = slots.installed()
         let sendFacts = whole || !factsKnown(facts)
         var holds: [String: HeldMetadata] = [:]
-        for (model, h) in memory.held {
+        for (model, h) in memory.held where Name.isValid(model) {
             guard let body = h.assignment.payloadBytes,
                   let a = try? FleetJSON.decode(Assignment.self, from: Data(body), limit: MetadataLimits.assignment) else { continue }
             holds[model] = HeldMetadata(catalog: h.catalog.payloadDigest, counter: a.counter)

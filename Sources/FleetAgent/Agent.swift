@@ -267,8 +267,9 @@ public final class Agent: @unchecked Sendable {
             trust = verified.state
             if needsSaving(trust, over: previous) { try saveTrust() }
         }
-        memory.held[model] = HeldEnvelopes(catalog: catalog, assignment: assignment)
         let a = verified.assignment
+        // Kept under the model the signatures name, whatever the answer called it.
+        memory.held[a.model] = HeldEnvelopes(catalog: catalog, assignment: assignment)
         if slots.current(a.model) == a.sha256 { return true }
         // A failed assignment is tried again only when its retry time has come and its caps allow;
         // an operator's retry or a newer release comes as a new assignment (a higher counter).

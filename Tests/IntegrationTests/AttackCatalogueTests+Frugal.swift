@@ -276,6 +276,20 @@ struct FrugalAttackCatalogueTests {
         try attempt(s, [.mixAndMatch])
     }
 
+    @Test func genuineUpdateUnderAnotherModelNameIsRejected() throws {
+        let s = try FrugalScene("t1"); defer { s.cleanup() }
+        var change = try s.world.answer(s.world.change2)
+        // Release 2, genuine and whole, filed under a name that is a path.
+        change.updates[0].model = "../m"
+        try s.serve(change)
+        try attempt(s, [.mixAndMatch])
+        // Nothing of it is claimed as held by the next check-in, which the controller would refuse.
+        try s.serveRaw(s.world.idle1)
+        try s.fleet.runOnce(s.agent, controller: s.url)
+        let held = try W.memory(s.agent.state).held
+        #expect(!held.keys.contains("../m"))
+    }
+
     @Test func idleAnswerOfAnotherDeviceIsRejected() throws {
         let s = try FrugalScene("t1"); defer { s.cleanup() }
         #expect(try s.world.answer(s.world.otherIdle).unchanged == ["m"])
