@@ -62,6 +62,10 @@ public final class Agent: @unchecked Sendable {
     let slots: ModelSlots
     let deviceId: String
     var trust: TrustedState
+    /// The timestamp version in trust.json (the one in memory may be ahead by less than an hour).
+    var savedTimestampVersion: UInt64 = 0
+    /// What frugal check-ins leave out: see `CheckInMemory`.
+    var memory = CheckInMemory()
     let installer: Installer
     private let stopFlag = StopFlag()
     private var savedLink: LinkStats?
@@ -103,6 +107,10 @@ public final class Agent: @unchecked Sendable {
             logger.info("root pinned", metadata: ["device": "\(deviceId)", "root_version": "\(trust.root.version)"])
         }
 
+        savedTimestampVersion = trust.timestampVersion
+        // A cache: unreadable means the next check-in is a whole one.
+        memory = (try? state.load("checkin.json", as: CheckInMemory.self)) ?? CheckInMemory()
+
         let stop = stopFlag
         let http = HTTPClient()
         http.userAgent = "edgefleet-agent/\(Self.version)"
@@ -124,6 +132,7 @@ public final class Agent: @unchecked Sendable {
         }
         installer.benchmark = Benchmark(command: options.benchmarkCommand, timeoutSeconds: options.benchmarkTimeoutSeconds,
                                         energyCounters: options.benchmarkCommand == nil ? [] : options.energyCounters ?? Benchmark.discoverEnergyCounters())
+        if let retry = memory.retry { installer.retryPolicy = retry.clamped() }
         installer.link = try? state.load("link.json", as: LinkStats.self)
         savedLink = installer.link
         publishStatus()
@@ -185,7 +194,15 @@ public final class Agent: @unchecked Sendable {
     }
 
     func currentFacts() throws -> DeviceFacts {
-        var facts = try Self.readFacts(options) ?? Probe.facts(modelsDirectory: options.modelsDirectory)
+        var facts: DeviceFacts
+        if let fromFile = try Self.readFacts(options) {
+            facts = fromFile
+        } else {
+            facts = Probe.facts(modelsDirectory: options.modelsDirectory)
+            // Free space moves with every log line: rounded down to 64 MiB, the facts (and their
+            // digest, which spares sending them at each check-in) change only when it really moves.
+            facts.diskFreeBytes -= facts.diskFreeBytes % (64 << 20)
+        }
         facts.deviceId = deviceId
         if facts.downlinkMbps == nil { facts.downlinkMbps = installer.link?.mbps }
         return facts
@@ -211,21 +228,13 @@ public final class Agent: @unchecked Sendable {
             recovered = true
             let facts = try currentFacts()
             try enrollIfNeeded(facts: facts)
-            let fullOnly = installer.journal.deltaFailed.keys.sorted()
-            let request = CheckInRequest(facts: facts, installed: slots.installed(), agentVersion: Self.version,
-                                         phase: installer.journal.installs.values.first { !$0.phase.isTerminal }?.phase.rawValue,
-                                         fullPackages: fullOnly.isEmpty ? nil : fullOnly)
-            let response = try installer.http.json("POST", "\(options.controllerURL)/v1/devices/\(deviceId)/checkin", body: request,
-                                                   as: CheckInResponse.self, maxResponseBytes: MetadataLimits.checkInResponse)
+            let response = try checkIn(facts: facts)
             if !response.rootChain.isEmpty {
                 var next = trust
                 try next.rotate(through: response.rootChain, now: Clock.wall())
-                if next != trust { trust = next; try state.save("trust.json", trust) }
+                if next != trust { trust = next; try saveTrust() }
             }
-            if let retry = response.retry { installer.retryPolicy = retry.clamped() }
-            for update in response.updates {
-                try handle(update, timestamp: response.timestamp, facts: facts)
-            }
+            try apply(response, facts: facts)
             if let link = installer.link, link != savedLink {
                 try? state.save("link.json", link)
                 savedLink = link
@@ -239,40 +248,45 @@ public final class Agent: @unchecked Sendable {
         }
     }
 
-    private func handle(_ update: ModelUpdate, timestamp: Envelope?, facts: DeviceFacts) throws {
+    /// Verifies one model's catalog and assignment and installs what they assign. Returns false when
+    /// they were rejected (reported as a `rejected` event with the fault).
+    @discardableResult
+    func handle(model: String, catalog: Envelope, assignment: Envelope, timestamp: Envelope?, snapshot: CheckInSnapshot?,
+                facts: DeviceFacts) throws -> Bool {
         let verified: VerifiedUpdate
         do {
             guard let timestamp else { throw TrustError(.missingSignature, "check-in response carries no timestamp") }
-            verified = try UpdateVerifier.verify(catalog: update.catalog, assignment: update.assignment, timestamp: timestamp,
-                                                 state: trust, deviceId: deviceId, facts: facts, now: Clock.wall())
+            verified = try UpdateVerifier.verify(catalog: catalog, assignment: assignment, timestamp: timestamp,
+                                                 state: trust, deviceId: deviceId, facts: facts, now: Clock.wall(), snapshot: snapshot)
         } catch let e as TrustError {
-            logger.error("update rejected", metadata: ["model": "\(update.model)", "fault": "\(e.fault.rawValue)", "error": "\(e.message)"])
-            installer.outbox.append(kind: "rejected", time: Clock.wall(), model: update.model, detail: "\(e.fault.rawValue): \(e.message)")
-            try state.save("outbox.json", installer.outbox)
-            return
+            reject(model: model, e)
+            return false
         }
         if verified.state != trust {
+            let previous = trust
             trust = verified.state
-            try state.save("trust.json", trust)
+            if needsSaving(trust, over: previous) { try saveTrust() }
         }
         let a = verified.assignment
-        if slots.current(a.model) == a.sha256 { return }
+        // Kept under the model the signatures name, whatever the answer called it.
+        memory.held[a.model] = HeldEnvelopes(catalog: catalog, assignment: assignment)
+        if slots.current(a.model) == a.sha256 { return true }
         // A failed assignment is tried again only when its retry time has come and its caps allow;
         // an operator's retry or a newer release comes as a new assignment (a higher counter).
-        if let r = installer.journal.retries?[a.model], !r.allows(counter: a.counter, now: Clock.wall()) { return }
-        if installer.journal.failedCounters[a.model] == a.counter { return }
+        if let r = installer.journal.retries?[a.model], !r.allows(counter: a.counter, now: Clock.wall()) { return true }
+        if installer.journal.failedCounters[a.model] == a.counter { return true }
         if a.package.kind == PackageRef.delta, a.package.baseSha256 != slots.current(a.model) {
             installer.outbox.append(kind: "rejected", time: Clock.wall(), model: a.model, sha256: a.sha256,
                                     detail: "delta base \(a.package.baseSha256?.prefix(12) ?? "none") is not the installed model")
             installer.journal.deltaFailed[a.model] = a.sha256
             try state.save("journal.json", installer.journal)
             try state.save("outbox.json", installer.outbox)
-            return
+            return true
         }
         if let s = installer.journal.installs[a.model], !s.phase.isTerminal {
-            guard s.job?.sha256 != a.sha256 else { return }   // resumed above; paused again
+            guard s.job?.sha256 != a.sha256 else { return true }   // resumed above; paused again
             // A newer assignment replaces an unfinished download; the live model was not touched.
-            guard !s.phase.touchesLiveModel else { return }
+            guard !s.phase.touchesLiveModel else { return true }
             installer.journal.installs[a.model] = .idle
             if let old = s.job { unlink(state.downloadPath(old.sha256)) }
         }
@@ -282,6 +296,7 @@ public final class Agent: @unchecked Sendable {
         logger.info("installing", metadata: ["model": "\(a.model)", "variant": "\(a.variant)", "release": "\(a.release)"])
         let outcome = try installer.start(job)
         logger.info("install outcome", metadata: ["model": "\(a.model)", "outcome": "\(outcome)"])
+        return true
     }
 
     func flushOutbox() {

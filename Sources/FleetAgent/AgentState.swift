@@ -69,3 +69,24 @@ struct Outbox: Codable, Equatable {
         pending.removeAll { $0.seq <= seq }
     }
 }
+
+/// What the agent keeps between frugal check-ins (`checkin.json`): which facts the controller has
+/// stored, and per model the catalog and assignment it verified last, so that the controller need
+/// not send them again. A cache, never trust: whatever it holds is verified again, against each
+/// new timestamp, before it is acted on; when it is lost the next check-in is a whole one.
+struct CheckInMemory: Codable, Equatable {
+    /// `DeviceFacts.digest` of the facts the controller stored, and the agent version sent with them.
+    var factsDigest: String?
+    var agentVersion: String?
+    var held: [String: HeldEnvelopes] = [:]
+    /// The installed models the last check-in told the controller about.
+    var reported: [String: String]?
+    /// The retry policy of the device's tier, as last sent (it comes with new assignments).
+    var retry: RetryPolicy?
+}
+
+/// A model's verified catalog and assignment, as they were signed.
+struct HeldEnvelopes: Codable, Equatable {
+    var catalog: Envelope
+    var assignment: Envelope
+}

@@ -178,21 +178,36 @@ actor Director {
         return pairs.count
     }
 
-    func checkIn(deviceId: String, request: CheckInRequest, now: Int64) async throws -> CheckInResponse {
-        var facts = request.facts
+    /// One check-in. A frugal one (the agent sends `timestampVersion`) is answered with what changed
+    /// since what the agent says it holds, and a per-device timestamp whose snapshot binds every
+    /// model the answer covers, sent or left out; see README, "Check-in protocol".
+    func checkIn(deviceId: String, request original: CheckInRequest, now: Int64) async throws -> CheckInResponse {
+        let existing = try await store.device(deviceId)
+        var request = original
+        if request.isFrugal, let reason = restore(&request, deviceId: deviceId, existing: existing) {
+            logger.debug("frugal check-in sent again whole", metadata: ["device": "\(deviceId)", "reason": "\(reason.rawValue)"])
+            return CheckInResponse(deviceId: deviceId, hardwareClass: nil, tier: nil, rootChain: [], timestamp: nil, updates: [],
+                                   held: [:], pollSeconds: pollSeconds, resend: reason, compact: true)
+        }
+        guard var facts = request.facts else {
+            throw APIError(.badRequest, "missing-facts", "a check-in without facts must send timestampVersion and factsDigest")
+        }
         facts.deviceId = deviceId
         let hw = HardwareClassifier.classify(facts, classes: config.hardwareClasses)
         let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)
-        let existing = try await store.device(deviceId)
 
         var updates: [ModelUpdate] = []
         var held: [String: String] = [:]
+        var reassigned: [String: Envelope] = [:]
+        var unchanged: [String] = []
+        var snapshot = CheckInSnapshot(deviceId: deviceId, models: [:])
+        var newAssignment = false
         // Releases that failed here for good: not sent again until an operator retries them.
         let failed = Set(try await store.failures(deviceId: deviceId).map { "\($0.model)\u{0}\($0.release)" })
         let record = DeviceRecord(
             id: deviceId, facts: facts, hardwareClass: hw?.name, tier: tier?.name, installed: request.installed,
             phase: request.phase, status: existing?.status ?? "idle", statusDetail: existing?.statusDetail, held: [:],
-            firstSeen: existing?.firstSeen ?? now, lastSeen: now, agentVersion: request.agentVersion)
+            firstSeen: existing?.firstSeen ?? now, lastSeen: now, agentVersion: request.agentVersion ?? existing?.agentVersion)
         for rollout in try await store.activeRollouts() {
             let fullOnly = request.fullPackages?.contains(rollout.model) ?? false
             guard let releaseId = try await releaseFor(record, rollout: rollout, now: now) else {
@@ -221,10 +236,22 @@ actor Director {
             if releaseId == rollout.releaseId, request.installed[rollout.model] != variant.sha256 {
                 try await rememberPrior(record, rollout: rollout, now: now)
             }
-            let envelope = try await assignment(deviceId: deviceId, hardwareClass: hwClass.name, release: plan.release,
-                                                variant: variant, package: plan.package,
-                                                installed: request.installed[rollout.model], now: now)
-            updates.append(ModelUpdate(model: rollout.model, catalog: plan.release.catalogEnvelope, assignment: envelope))
+            let (envelope, counter) = try await assignment(deviceId: deviceId, hardwareClass: hwClass.name, release: plan.release,
+                                                           variant: variant, package: plan.package,
+                                                           installed: request.installed[rollout.model], now: now)
+            // Only what changed since what the agent holds; the snapshot covers the model either way.
+            let holds = request.isFrugal ? request.holds?[rollout.model] : nil
+            let sameCatalog = holds?.catalog == plan.release.catalogSha256
+            if sameCatalog && holds?.counter == counter {
+                unchanged.append(rollout.model)
+            } else if sameCatalog {
+                reassigned[rollout.model] = envelope
+                newAssignment = true
+            } else {
+                updates.append(ModelUpdate(model: rollout.model, catalog: plan.release.catalogEnvelope, assignment: envelope))
+                newAssignment = true
+            }
+            snapshot.models[rollout.model] = .init(catalog: plan.release.catalogSha256, assignment: envelope.payloadDigest)
         }
 
         var stored = record
@@ -234,22 +261,70 @@ actor Director {
         if existing == nil {
             logger.info("device registered", metadata: ["device": "\(deviceId)", "class": "\(hw?.name ?? "none")", "tier": "\(tier?.name ?? "none")"])
         }
-        return CheckInResponse(deviceId: deviceId, hardwareClass: hw?.name, tier: tier?.name, rootChain: keys.rootChain,
-                               timestamp: try await timestamp(now: now), updates: updates, held: held, pollSeconds: pollSeconds,
-                               retry: tier?.retry ?? .default)
+        guard let trustedTimestamp = request.timestampVersion else {
+            return CheckInResponse(deviceId: deviceId, hardwareClass: hw?.name, tier: tier?.name, rootChain: keys.rootChain,
+                                   timestamp: try await timestamp(now: now), updates: updates, held: held, pollSeconds: pollSeconds,
+                                   retry: tier?.retry ?? .default)
+        }
+        let stamp = snapshot.models.isEmpty ? nil
+            : try deviceTimestamp(snapshot, trustedVersion: trustedTimestamp, now: now)
+        return CheckInResponse(deviceId: deviceId, hardwareClass: hw?.name, tier: tier?.name,
+                               rootChain: rootChain(after: request.rootVersion), timestamp: nil, updates: updates, held: held,
+                               pollSeconds: pollSeconds, retry: newAssignment ? (tier?.retry ?? RetryPolicy.default) : nil,
+                               reassigned: reassigned, unchanged: unchanged.sorted(), stamp: stamp, compact: true)
+    }
+
+    /// Fills in what a frugal check-in left out, from what this controller stored: the facts (when
+    /// the digest is theirs) and the installed models (what the last check-in said). nil when it
+    /// could; otherwise why the agent must send the check-in again with facts and installed.
+    private func restore(_ request: inout CheckInRequest, deviceId: String, existing: DeviceRecord?) -> ResendReason? {
+        if request.facts == nil {
+            guard let stored = existing?.facts else { return .unknownFacts }
+            var facts = stored
+            facts.deviceId = deviceId
+            guard request.factsDigest == facts.digest else { return .factsMismatch }
+            request.facts = facts
+        }
+        if !request.installedSent {
+            guard let existing else { return .unknownInstalled }
+            request.installed = existing.installed
+            request.installedSent = true
+        }
+        return nil
+    }
+
+    /// The root versions after `version`; all of them for an agent that does not say.
+    func rootChain(after version: Int?) -> [Envelope] {
+        guard let version else { return keys.rootChain }
+        return keys.rootChain.filter { env in
+            let root = env.payloadBytes.flatMap { try? FleetJSON.decode(RootMetadata.self, from: Data($0), limit: MetadataLimits.root) }
+            return (root?.version ?? Int.max) > version
+        }
+    }
+
+    /// A per-device timestamp: binds `snapshot`, expires like the fleet-wide one. Its version is the
+    /// signing time, and at least one above what the device trusts, so it moves forward for this
+    /// device even if replicas' clocks differ; a device that overstates its version only delays
+    /// itself. Signed at each check-in (one Ed25519 signature, as Uptane's per-vehicle director
+    /// metadata), so nothing per device is stored for it.
+    func deviceTimestamp(_ snapshot: CheckInSnapshot, trustedVersion: UInt64, now: Int64) throws -> CompactEnvelope {
+        let next = trustedVersion == .max ? trustedVersion : trustedVersion + 1
+        let meta = TimestampMetadata(version: max(UInt64(max(now, 0)), next), expiresAt: now + timestampTTL, catalogs: [:],
+                                     snapshot: snapshot.digest)
+        return try CompactEnvelope.sign(meta, type: PayloadType.timestamp, keys: [keys.timestamp])
     }
 
     /// The stored assignment when it still says the same thing and is not near expiry; otherwise a
     /// new one with the next counter.
     private func assignment(deviceId: String, hardwareClass: String, release: ReleaseRecord, variant: CatalogVariant,
-                            package delta: PackageRef?, installed: String?, now: Int64) async throws -> Envelope {
+                            package delta: PackageRef?, installed: String?, now: Int64) async throws -> (Envelope, UInt64) {
         let package = delta ?? PackageRef(kind: PackageRef.full, sha256: variant.sha256, size: variant.size, url: artifactURL(variant.sha256))
         for _ in 0..<3 {
             let previous = try await store.assignment(deviceId: deviceId, model: release.model)
             // Once the device runs the target, how it got there no longer matters.
             if let p = previous, p.releaseId == release.id, p.sha256 == variant.sha256,
                p.packageSha256 == package.sha256 || installed == variant.sha256, p.expiresAt - now > assignmentTTL / 2 {
-                return p.envelope
+                return (p.envelope, p.counter)
             }
             let counter = (previous?.counter ?? 0) + 1
             let a = Assignment(deviceId: deviceId, hardwareClass: hardwareClass, model: release.model, release: release.id,
@@ -261,7 +336,7 @@ actor Director {
                                           envelope: env, expiresAt: a.expiresAt)
             if try await store.replaceAssignment(record, expectedCounter: previous?.counter) {
                 metrics.assignmentsSigned.increment()
-                return env
+                return (env, counter)
             }
         }
         throw StorageError(.conflict, "assignment of \(deviceId) kept changing underneath")
@@ -289,7 +364,10 @@ actor Director {
         if let s = stored, s.catalogs == catalogs, s.expiresAt - now > timestampTTL / 2 {
             return s.envelope
         }
-        let meta = TimestampMetadata(version: (stored?.version ?? 0) + 1, expiresAt: now + timestampTTL, catalogs: catalogs)
+        // Versions count seconds, on the same scale as per-device timestamps, so that a device that
+        // meets both forms (an agent downgraded, an old answer replayed) compares them meaningfully.
+        let meta = TimestampMetadata(version: max((stored?.version ?? 0) + 1, UInt64(max(now, 0))), expiresAt: now + timestampTTL,
+                                     catalogs: catalogs)
         let env = try Envelope.sign(meta, type: PayloadType.timestamp, keys: [keys.timestamp])
         let next = StoredTimestamp(version: meta.version, expiresAt: meta.expiresAt, catalogs: catalogs, envelope: env)
         try await store.setMeta("timestamp", String(decoding: try FleetJSON.encode(next), as: UTF8.self))

@@ -26,6 +26,14 @@ struct DeviceRoutes: Sendable {
                     throw APIError(.badRequest, "invalid-installed", "installed must map model names to sha256 digests")
                 }
             }
+            for (model, held) in body.holds ?? [:] {
+                guard Name.isValid(model), Digest.isSHA256Hex(held.catalog) else {
+                    throw APIError(.badRequest, "invalid-holds", "holds must map model names to a catalog sha256 and a counter")
+                }
+            }
+            if let digest = body.factsDigest, !Digest.isSHA256Hex(digest) {
+                throw APIError(.badRequest, "invalid-facts-digest", "factsDigest must be a sha256 digest")
+            }
             let response = try await director.checkIn(deviceId: id, request: body, now: clock())
             return try JSON.response(response)
         }

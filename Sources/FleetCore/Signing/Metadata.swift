@@ -143,15 +143,46 @@ public struct Assignment: Codable, Equatable, Sendable {
     }
 }
 
-/// Freshness, signed by the online timestamp key with a short expiry: names every catalog in force
-/// (by release id, "model@version"), so an attacker cannot keep serving an old one.
+/// Freshness, signed by the online timestamp key with a short expiry. Two forms:
+/// - fleet-wide (agents that send the full check-in): names every catalog in force (by release id,
+///   "model@version"), so an attacker cannot keep serving an old one;
+/// - per device (frugal check-ins, Uptane's per-vehicle director metadata): `snapshot` is the
+///   `CheckInSnapshot` digest of exactly the catalog and assignment this device must hold for each
+///   model the answer covers, so an idle answer that leaves them out still binds them. Its version
+///   is the signing time, at least one above what the device says it trusts: it only goes forward
+///   for that device with no per-device counter kept by the controller.
 public struct TimestampMetadata: Codable, Equatable, Sendable {
     public var type = "timestamp"
     public var version: UInt64
     public var expiresAt: Int64
     public var catalogs: [String: String]   // release id "model@version" -> sha256 of the catalog payload
+    /// Per-device form: the snapshot digest; nil in the fleet-wide form.
+    public var snapshot: String?
 
-    public init(version: UInt64, expiresAt: Int64, catalogs: [String: String]) {
-        self.version = version; self.expiresAt = expiresAt; self.catalogs = catalogs
+    public init(version: UInt64, expiresAt: Int64, catalogs: [String: String], snapshot: String? = nil) {
+        self.version = version; self.expiresAt = expiresAt; self.catalogs = catalogs; self.snapshot = snapshot
+    }
+
+    enum CodingKeys: String, CodingKey { case type, version, expiresAt, catalogs, snapshot }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        type = try c.decode(String.self, forKey: .type)
+        version = try c.decode(UInt64.self, forKey: .version)
+        expiresAt = try c.decode(Int64.self, forKey: .expiresAt)
+        snapshot = try c.decodeIfPresent(String.self, forKey: .snapshot)
+        // The per-device form may leave the catalogs out (the snapshot binds them); the fleet-wide one may not.
+        if snapshot == nil { catalogs = try c.decode([String: String].self, forKey: .catalogs) }
+        else { catalogs = try c.decodeIfPresent([String: String].self, forKey: .catalogs) ?? [:] }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(type, forKey: .type)
+        try c.encode(version, forKey: .version)
+        try c.encode(expiresAt, forKey: .expiresAt)
+        // The fleet-wide form is byte for byte what it was before the per-device one existed.
+        if snapshot == nil || !catalogs.isEmpty { try c.encode(catalogs, forKey: .catalogs) }
+        try c.encodeIfPresent(snapshot, forKey: .snapshot)
     }
 }

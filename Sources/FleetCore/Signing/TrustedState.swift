@@ -7,6 +7,9 @@ public struct TrustedState: Codable, Equatable, Sendable {
     public var catalogSerials: [String: Int] = [:]
     public var assignmentCounters: [String: UInt64] = [:]
     public var assignmentDigests: [String: String] = [:]
+    /// sha256 of the per-device timestamp accepted at `timestampVersion`: another one of the same
+    /// version is a replay. nil until a frugal check-in; absent from older trust files.
+    public var timestampDigest: String?
 
     public init(pinning rootEnvelope: Envelope, now: Int64) throws(TrustError) {
         self.root = try MetadataVerifier.verifyInitialRoot(rootEnvelope, now: now)
@@ -46,20 +49,16 @@ public struct VerifiedUpdate: Equatable, Sendable {
 public enum UpdateVerifier {
     public static func verify(catalog catalogEnvelope: Envelope, assignment assignmentEnvelope: Envelope,
                               timestamp timestampEnvelope: Envelope, state: TrustedState,
-                              deviceId: String, facts: DeviceFacts, now: Int64) throws(TrustError) -> VerifiedUpdate {
+                              deviceId: String, facts: DeviceFacts, now: Int64,
+                              snapshot: CheckInSnapshot? = nil) throws(TrustError) -> VerifiedUpdate {
         var next = state
         let root = state.root
         // An expired root stops updates until a newer one arrives through rotation.
         try MetadataVerifier.checkExpiry(root.expiresAt, now: now, what: "trusted root")
 
         // Freshness first: a frozen or replayed view of the world stops here.
-        let tsBody = try MetadataVerifier.verify(timestampEnvelope, type: PayloadType.timestamp, role: .timestamp, root: root)
-        let ts = try MetadataVerifier.decode(TimestampMetadata.self, tsBody, limit: MetadataLimits.timestamp, what: "timestamp")
-        try MetadataVerifier.checkExpiry(ts.expiresAt, now: now, what: "timestamp")
-        guard ts.version >= state.timestampVersion else {
-            throw TrustError(.rollback, "timestamp version \(ts.version) is older than trusted \(state.timestampVersion)")
-        }
-        next.timestampVersion = ts.version
+        let (ts, bound) = try checkFreshness(timestampEnvelope, state: state, next: &next, deviceId: deviceId, now: now,
+                                             snapshot: snapshot)
 
         let catBody = try MetadataVerifier.verify(catalogEnvelope, type: PayloadType.catalog, role: .release, root: root)
         let catalog = try MetadataVerifier.decode(ReleaseCatalog.self, catBody, limit: MetadataLimits.catalog, what: "catalog")
@@ -68,7 +67,9 @@ public enum UpdateVerifier {
         // plain names and hex hashes, whichever keys signed them.
         guard Name.isValid(catalog.model) else { throw TrustError(.malformed, "catalog model name '\(catalog.model)' is not a plain name") }
         let catalogDigest = Digest.sha256Hex(catBody)
-        guard ts.catalogs["\(catalog.model)@\(catalog.version)"] == catalogDigest else {
+        if bound != nil {
+            // Checked with the assignment below, against the snapshot.
+        } else if ts.catalogs["\(catalog.model)@\(catalog.version)"] != catalogDigest {
             throw TrustError(.mixAndMatch, "timestamp does not name catalog \(catalog.model)@\(catalog.version)")
         }
         // An older catalog is acceptable only because a fresh timestamp names it (a director-driven
@@ -86,6 +87,12 @@ public enum UpdateVerifier {
             throw TrustError(.mixAndMatch, "assignment refers to another catalog")
         }
         let digest = Digest.sha256Hex(asBody)
+        if let bound {
+            let entry = bound.models[assignment.model]
+            guard entry?.catalog == catalogDigest, entry?.assignment == digest, bound.digest == ts.snapshot else {
+                throw TrustError(.mixAndMatch, "timestamp binds other catalogs or assignments than this answer and what the device holds")
+            }
+        }
         if let last = state.assignmentCounters[assignment.model] {
             if assignment.counter < last {
                 throw TrustError(.rollback, "assignment counter \(assignment.counter) is below trusted \(last)")
@@ -134,4 +141,48 @@ public enum UpdateVerifier {
         }
         return VerifiedUpdate(assignment: assignment, variant: variant, catalog: catalog, state: next)
     }
+    /// A per-device timestamp that came with no catalog or assignment to check (an answer that
+    /// covers no model): it must still bind exactly that, so that an answer stripped of every
+    /// model under a genuine timestamp stops here. Returns what the device then trusts.
+    public static func verifyAlone(timestamp timestampEnvelope: Envelope, state: TrustedState, deviceId: String,
+                                   now: Int64) throws(TrustError) -> TrustedState {
+        var next = state
+        try MetadataVerifier.checkExpiry(state.root.expiresAt, now: now, what: "trusted root")
+        let empty = CheckInSnapshot(deviceId: deviceId, models: [:])
+        let (ts, _) = try checkFreshness(timestampEnvelope, state: state, next: &next, deviceId: deviceId, now: now, snapshot: empty)
+        guard ts.snapshot == empty.digest else {
+            throw TrustError(.mixAndMatch, "timestamp binds catalogs and assignments this answer does not carry")
+        }
+        return next
+    }
+
+    /// Signature, expiry and version of the timestamp; for the per-device form, the snapshot it
+    /// is to be checked against (the binding itself is checked once catalog and assignment are
+    /// known to be signed, so that a changed byte stays a bad signature).
+    static func checkFreshness(_ envelope: Envelope, state: TrustedState, next: inout TrustedState, deviceId: String, now: Int64,
+                               snapshot: CheckInSnapshot?) throws(TrustError) -> (TimestampMetadata, CheckInSnapshot?) {
+        let body = try MetadataVerifier.verify(envelope, type: PayloadType.timestamp, role: .timestamp, root: state.root)
+        let ts = try MetadataVerifier.decode(TimestampMetadata.self, body, limit: MetadataLimits.timestamp, what: "timestamp")
+        try MetadataVerifier.checkExpiry(ts.expiresAt, now: now, what: "timestamp")
+        guard ts.version >= state.timestampVersion else {
+            throw TrustError(.rollback, "timestamp version \(ts.version) is older than trusted \(state.timestampVersion)")
+        }
+        defer { next.timestampVersion = ts.version }
+        guard ts.snapshot != nil else {
+            if ts.version != state.timestampVersion { next.timestampDigest = nil }
+            return (ts, nil)
+        }
+        // The per-device form binds the answer's whole view (what this device holds once it has
+        // read the answer) instead of naming catalogs.
+        guard let snapshot, snapshot.deviceId == deviceId else {
+            throw TrustError(.mixAndMatch, "a per-device timestamp without this device's snapshot")
+        }
+        let digest = Digest.sha256Hex(body)
+        if ts.version == state.timestampVersion, let seen = state.timestampDigest, seen != digest {
+            throw TrustError(.replay, "timestamp version \(ts.version) was already used for another timestamp")
+        }
+        next.timestampDigest = digest
+        return (ts, snapshot)
+    }
 }
+

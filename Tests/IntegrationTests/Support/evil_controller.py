@@ -13,7 +13,8 @@ agent runs without a restart.
                             cut_every body bytes, and every 64 KiB waits delay_ms
 
 Status events the agent sends are appended to DIR/events.jsonl and acknowledged. Every request is
-logged as one JSON line in DIR/requests.jsonl (method, path, range, status, body bytes sent)."""
+logged as one JSON line in DIR/requests.jsonl (method, path, range, status, body bytes sent; for a
+check-in also the request's body bytes and top-level keys)."""
 import argparse, json, os, re, socketserver, http.server, threading, time
 
 ap = argparse.ArgumentParser()
@@ -166,7 +167,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return log({"method": "POST", "path": path, "status": 503, "sent": self.reply(503, b'{"error":"no scenario"}')})
             with open(file, "rb") as f:
                 data = f.read()
-            return log({"method": "POST", "path": path, "status": 200, "sent": self.reply(200, data)})
+            try:
+                keys = sorted(json.loads(body or b"{}").keys())
+            except (ValueError, AttributeError):
+                keys = []
+            return log({"method": "POST", "path": path, "status": 200, "sent": self.reply(200, data), "received": len(body),
+                        "keys": keys})
         if re.fullmatch(r"/v1/devices/[^/]+/events", path):
             batch = json.loads(body or b"{}")
             events = batch.get("events", [])

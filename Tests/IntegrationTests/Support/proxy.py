@@ -12,6 +12,7 @@ ap.add_argument("--tamper-assignment", default=None, help="replace the assigned 
 ap.add_argument("--cut-after", type=int, default=None, help="close the first artifact download after this many body bytes")
 ap.add_argument("--throttle", type=int, default=None, help="bytes per second for artifact bodies")
 ap.add_argument("--flip-artifact-byte", action="store_true", help="flip one byte in the first chunk of every artifact body")
+ap.add_argument("--log-bodies", action="store_true", help="log every non-artifact exchange: body bytes both ways, top-level keys")
 args = ap.parse_args()
 lock = threading.Lock()
 state = {"cut_done": False}
@@ -19,6 +20,13 @@ state = {"cut_done": False}
 def log(entry):
     with lock, open(args.log, "a") as f:
         f.write(json.dumps(entry) + "\n")
+
+def keys(data):
+    try:
+        doc = json.loads(data or b"null")
+        return sorted(doc.keys()) if isinstance(doc, dict) else []
+    except ValueError:
+        return []
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -39,6 +47,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             data = resp.read()
             if args.tamper_assignment and self.path.endswith("/checkin") and resp.status == 200:
                 data = self.tamper(data)
+            if args.log_bodies:
+                log({"method": self.command, "path": self.path, "status": resp.status, "request_bytes": len(body or b""),
+                     "response_bytes": len(data), "request_keys": keys(body), "response_keys": keys(data)})
             self.send_response(resp.status)
             for k, v in resp.getheaders():
                 if k.lower() not in ("content-length", "connection", "transfer-encoding"):
