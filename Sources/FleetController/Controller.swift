@@ -36,6 +36,12 @@ public struct ControllerOptions: Sendable {
     /// Bring the database's schema up to this build's at start (under the migration lock); false:
     /// refuse to start unless it is there already (`fleet-controller migrate` first).
     public var migrate: Bool = true
+    /// How long a replica serves a cached copy of rollouts, cells, models and variants at most when
+    /// no change is announced (NOTIFY is not durable).
+    public var cacheSeconds: Double = 2
+    /// Whether this replica listens for the others' change announcements (tests turn it off to
+    /// play a replica that missed them: NOTIFY is not durable).
+    var listensForChanges = true
     /// This replica's name in the leader lease and the logs.
     public var replicaName: String = ProcessInfo.processInfo.hostName + ":" + String(getpid())
     /// nginx's internal location for the shared artifact directory (`/_artifacts/`): artifacts are
@@ -127,7 +133,7 @@ public enum Controller {
             server: server,
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "edgefleet-controller"),
             services: [planner, driver, scrubber, PolicyReloadService(book: policies, logger: logger)] + (elector.map { [$0] } ?? [])
-                + (try options.databaseURL.map { [StoreCacheListener(location: try PostgresLocation(url: $0), cache: store.cache, logger: logger)] } ?? []),
+                + (try options.databaseURL.flatMap { options.listensForChanges ? $0 : nil }.map { [StoreCacheListener(location: try PostgresLocation(url: $0), cache: store.cache, logger: logger)] } ?? []),
             logger: logger)
         return (app, driver)
     }
@@ -149,9 +155,10 @@ extension Controller {
     /// SQLite file.
     static func openStore(options: ControllerOptions, logger: Logger) async throws -> SQLStore {
         if let url = options.databaseURL {
-            return try await SQLStore.postgres(try PostgresLocation(url: url), migrate: options.migrate, logger: logger)
+            return try await SQLStore.postgres(try PostgresLocation(url: url), migrate: options.migrate, logger: logger,
+                                               cache: StoreCache(maxAge: .milliseconds(Int64(options.cacheSeconds * 1000))))
         }
-        return try await SQLStore.sqlite(path: options.dataDirectory + "/fleet.sqlite")
+        return try await SQLStore.sqlite(path: options.dataDirectory + "/fleet.sqlite", cache: StoreCache(maxAge: .milliseconds(Int64(options.cacheSeconds * 1000))))
     }
 
     /// `fleet-controller migrate`: brings the schema up to this build's and says what it did.

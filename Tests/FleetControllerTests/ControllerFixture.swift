@@ -51,9 +51,15 @@ struct ControllerFixture {
     }
 
     /// The application and its rollout driver, on `clock` (default: the fixed `now`).
-    func parts(deltaBuilder: (any DeltaBuilding)? = nil, clock: (@Sendable () -> Int64)? = nil) async throws -> (some ApplicationProtocol, RolloutDriver) {
-        let options = ControllerOptions(dataDirectory: dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: dir + "/keys",
+    /// `databaseURL`: a PostgreSQL database instead of the data directory's SQLite file (replicas
+    /// are several `parts` on one URL); `cacheSeconds`: how long cached copies live.
+    func parts(deltaBuilder: (any DeltaBuilding)? = nil, clock: (@Sendable () -> Int64)? = nil, databaseURL: String? = nil,
+               cacheSeconds: Double = 2, listensForChanges: Bool = true) async throws -> (some ApplicationProtocol, RolloutDriver) {
+        var options = ControllerOptions(dataDirectory: dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: dir + "/keys",
                                         configDirectory: configDir, rolloutTickSeconds: nil)
+        options.databaseURL = databaseURL
+        options.cacheSeconds = cacheSeconds
+        options.listensForChanges = listensForChanges
         let fixedNow = now
         return try await Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: clock ?? { fixedNow }, deltaBuilder: deltaBuilder)
     }

@@ -110,6 +110,48 @@ struct StagedRolloutTests {
         #expect(start.status == .created)
     }
 
+    /// Two replicas on one PostgreSQL database; A's cached cells are never refreshed (an hour,
+    /// and it missed every announcement). B aborts the rollout: devices of the canary cohort that
+    /// check in at A afterwards are not sent the new release from A's stale copy.
+    @Test func aReplicaWithAStaleCacheNeverSendsAReleaseAnotherReplicaAborted() async throws {
+        let f = try fixture(); defer { f.cleanup() }
+        let database = try SharedPostgres.database()
+        let clock = TestClock(f.now)
+        let (replicaA, _) = try await f.parts(clock: { clock.now }, databaseURL: database, cacheSeconds: 3600, listensForChanges: false)
+        let (replicaB, _) = try await f.parts(clock: { clock.now }, databaseURL: database, cacheSeconds: 3600)
+        try await replicaA.test(.router) { a in
+            try await replicaB.test(.router) { b in
+                var devices = Self.fleet()
+                try await setUpV1AndV2(a, f, &devices, clock: clock)
+                let rid = try decode([RolloutInfo].self, try await a.execute(uri: "/v1/rollouts", method: .get)).last!.id
+                // One device per cell checks in at A: every cell is opened there and A caches it running.
+                var seen = Set<String>(), rest: [Int] = []
+                for i in devices.indices {
+                    if seen.insert("\(devices[i].cls)/\(devices[i].tier)").inserted {
+                        try await checkIn(a, &devices[i], clock: clock)
+                    } else {
+                        rest.append(i)
+                    }
+                }
+                let status = try decode(RolloutStatus.self, try await b.execute(uri: "/v1/rollouts/\(rid)", method: .get))
+                let share = Dictionary(uniqueKeysWithValues: status.cells.map { ($0.cell, $0.cohortShare) })
+                let canary = rest.filter { i in
+                    Cohort.position(rollout: "\(rid)", device: devices[i].id) < (share["\(devices[i].cls)/\(devices[i].tier)"] ?? 0)
+                }
+                #expect(!canary.isEmpty, "the remaining devices include canaries that A's copy would send the release to")
+                // A check-in at A that writes no cell: A's cache now holds the rollout active and its cells running.
+                let again = try #require(devices.indices.first { !rest.contains($0) })
+                try await checkIn(a, &devices[again], clock: clock)
+                #expect(try await b.json(.post, "/v1/rollouts/\(rid)/abort", [String: String]()).status == .ok)
+                for i in canary {
+                    let assigned = try await checkIn(a, &devices[i], clock: clock)
+                    #expect(assigned?.release != "m@2", "\(devices[i].id) was sent the aborted release")
+                    #expect(devices[i].installed["m"] != nil)
+                }
+            }
+        }
+    }
+
     @Test func failingClassPausesAfterTheCanaryWhileOthersReachEveryone() async throws {
         let f = try fixture(); defer { f.cleanup() }
         let clock = TestClock(f.now)

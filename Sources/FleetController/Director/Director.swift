@@ -56,6 +56,19 @@ actor Director {
         return installed == nil ? rollout.previousReleaseId : nil
     }
 
+    /// Whether the rollout, read past the cache, still sends its release to this device.
+    private func stillSendsNewRelease(_ device: DeviceRecord, rollout: RolloutRecord) async throws -> Bool {
+        guard let current = try await store.rollout(rollout.id) else { return false }
+        switch current.state {
+        case "completed": return true
+        case "active": break
+        default: return false
+        }
+        guard current.policy != nil else { return true }
+        guard let cell = try await store.freshCells(rollout: rollout.id)[RolloutDriver.cell(of: device)] else { return false }
+        return cell.state.sendsNewRelease && Cohort.position(rollout: "\(rollout.id)", device: device.id) < cell.cutoff
+    }
+
     /// Before a device is first sent a rollout's release: what it runs now, as its rollback target.
     private func rememberPrior(_ device: DeviceRecord, rollout: RolloutRecord, now: Int64) async throws {
         // Only the first time counts; later check-ins until the install finishes change nothing.
@@ -234,6 +247,12 @@ actor Director {
                 continue
             }
             if releaseId == rollout.releaseId, request.installed[rollout.model] != variant.sha256 {
+                // About to send the new release: decided on the rollout and cell as stored now, not
+                // on this replica's cached copy (another replica may have paused it a moment ago).
+                guard try await stillSendsNewRelease(record, rollout: rollout) else {
+                    held[rollout.model] = "waiting-for-phase"
+                    continue
+                }
                 try await rememberPrior(record, rollout: rollout, now: now)
             }
             let (envelope, counter) = try await assignment(deviceId: deviceId, hardwareClass: hwClass.name, release: plan.release,

@@ -206,6 +206,7 @@ protocol FleetStore: Sendable {
 
     /// Creates a rollout and marks earlier active rollouts of the same model superseded.
     func createRollout(_ r: RolloutRecord) async throws -> RolloutRecord
+    /// The rollout as stored now (never cached).
     func rollout(_ id: Int64) async throws -> RolloutRecord?
     func rollouts() async throws -> [RolloutRecord]
     /// The rollout in force for each model: active, completed or aborted (not superseded).
@@ -213,6 +214,8 @@ protocol FleetStore: Sendable {
     func setRolloutState(_ id: Int64, _ state: String) async throws
 
     func cells(rollout: Int64) async throws -> [CellKey: StoredCell]
+    /// The cells as stored now, past any cache: for a decision that must not act on a stale copy.
+    func freshCells(rollout: Int64) async throws -> [CellKey: StoredCell]
     func saveCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell) async throws
     /// Writes `cell` only if the stored one is still at `cell.revision` (or, for a cell read as
     /// absent, still absent): two writers that read the same copy cannot both win. Returns the

@@ -20,15 +20,15 @@ final class SQLStore: FleetStore {
     }
 
     /// The embedded store: `path` is created when missing and migrated to this build's schema.
-    static func sqlite(path: String) async throws -> SQLStore {
+    static func sqlite(path: String, cache: StoreCache = StoreCache()) async throws -> SQLStore {
         let db = try SQLiteDatabase(path: path)
         try await Migrations.run(db)
-        return SQLStore(db: db)
+        return SQLStore(db: db, cache: cache)
     }
 
     /// The shared store. Migrates unless `migrate` is false; then a schema behind or ahead of
     /// this build is refused.
-    static func postgres(_ location: PostgresLocation, migrate: Bool, logger: Logger) async throws -> SQLStore {
+    static func postgres(_ location: PostgresLocation, migrate: Bool, logger: Logger, cache: StoreCache = StoreCache()) async throws -> SQLStore {
         let db = try await PostgresDatabase.connect(location, logger: logger)
         do {
             if migrate {
@@ -43,7 +43,7 @@ final class SQLStore: FleetStore {
             await db.close()
             throw error
         }
-        return SQLStore(db: db)
+        return SQLStore(db: db, cache: cache)
     }
 
     /// A store whose writes of the leader's work are fenced by `fence`.
