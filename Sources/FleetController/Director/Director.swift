@@ -173,7 +173,12 @@ actor Director {
     func planDeltas(release: ReleaseRecord) async throws {
         guard planner.enabled else { return }
         let probe = RolloutRecord(id: 0, releaseId: release.id, model: release.model, strategy: "all", state: "active", createdAt: 0)
-        for device in try await store.devices() where device.installed[release.model] != nil {
+        var seen = Set<String>()
+        for device in try await store.devices(running: release.model) {
+            // One device per (class, tier, what it runs) plans for its kind: a device whose own
+            // selection differs has its pair planned when its check-in meets it first.
+            guard let base = device.installed[release.model],
+                  seen.insert("\(device.hardwareClass ?? "")/\(device.tier ?? "")/\(base)").inserted else { continue }
             _ = try await plan(facts: device.facts, installed: device.installed, rollout: probe, releaseId: release.id)
         }
     }
@@ -181,8 +186,12 @@ actor Director {
     /// At rollout start: the delta each device will want, from what it runs now.
     func planDeltas(for rollout: RolloutRecord) async throws -> Int {
         guard planner.enabled else { return 0 }
-        var pairs = Set<String>()
-        for device in try await store.devices() {
+        var pairs = Set<String>(), seen = Set<String>()
+        for device in try await store.devices(running: rollout.model) {
+            // A device that runs nothing of the model gets the whole artifact; one device per
+            // (class, tier, what it runs) plans for its kind (the others meet theirs at check-in).
+            guard let installed = device.installed[rollout.model],
+                  seen.insert("\(device.hardwareClass ?? "")/\(device.tier ?? "")/\(installed)").inserted else { continue }
             guard let releaseId = try await releaseFor(device, rollout: rollout, now: driver.clock()), releaseId == rollout.releaseId,
                   let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout, releaseId: releaseId),
                   let target = plan.variant?.sha256, let base = device.installed[rollout.model], base != target else { continue }

@@ -187,6 +187,9 @@ protocol FleetStore: Sendable {
     func upsertDevice(_ device: DeviceRecord) async throws
     func device(_ id: String) async throws -> DeviceRecord?
     func devices() async throws -> [DeviceRecord]
+    /// The devices that run something of `model` (filtered in the database: a fleet where few run
+    /// it is not read whole).
+    func devices(running model: String) async throws -> [DeviceRecord]
     /// Every device's id, class and tier only: what the rollout driver needs, cheap to read.
     func deviceCells() async throws -> [DeviceCellRecord]
 

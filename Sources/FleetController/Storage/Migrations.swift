@@ -17,6 +17,7 @@ enum Migrations {
         Migration(version: 1, name: "fleet, access, telemetry, failures, trials, quarantine", apply: baseline),
         Migration(version: 2, name: "leader lease", apply: leaderLease),
         Migration(version: 3, name: "cell revisions", apply: cellRevisions),
+        Migration(version: 4, name: "prior releases per rollout", apply: rolloutPriorReleases),
     ]
     static var latest: Int { all.last!.version }
     /// Any number; the same in every replica.
@@ -238,6 +239,20 @@ enum Migrations {
     /// operator's action on another replica cannot overwrite each other).
     private static func cellRevisions(_ tx: any SQLQuerying) async throws {
         try await tx.execute(tx.dialect.ddl("ALTER TABLE rollout_cells ADD COLUMN revision INTEGER NOT NULL DEFAULT 0"))
+    }
+
+    /// The distinct releases a rollout's devices ran before it, kept apart from the per-device rows:
+    /// every check-in's timestamp names them, and a DISTINCT over every device the rollout reached
+    /// grows with the rollout.
+    private static func rolloutPriorReleases(_ tx: any SQLQuerying) async throws {
+        try await tx.execute(tx.dialect.ddl("""
+            CREATE TABLE IF NOT EXISTS rollout_prior_releases (rollout_id INTEGER NOT NULL, release TEXT NOT NULL, PRIMARY KEY (rollout_id, release))
+            """))
+        try await tx.execute("""
+            INSERT INTO rollout_prior_releases (rollout_id, release)
+            SELECT DISTINCT rollout_id, prior_release FROM rollout_devices WHERE prior_release IS NOT NULL
+            ON CONFLICT (rollout_id, release) DO NOTHING
+            """)
     }
 
     /// Work that runs once across replicas (the rollout driver, the delta planner, the scrub) is

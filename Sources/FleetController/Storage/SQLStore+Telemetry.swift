@@ -47,10 +47,20 @@ extension SQLStore {
 /// that device's rollback.
 extension SQLStore {
     func recordRolloutDevice(rollout: Int64, deviceId: String, priorRelease: String?, priorSha256: String?, at: Int64) async throws {
-        try await db.execute("""
-            INSERT INTO rollout_devices (rollout_id, device_id, prior_release, prior_sha256, assigned_at) VALUES (?,?,?,?,?)
-            ON CONFLICT(rollout_id, device_id) DO NOTHING
-            """, [rollout, deviceId, priorRelease, priorSha256, at])
+        try await write { tx in
+            try await tx.execute("""
+                INSERT INTO rollout_devices (rollout_id, device_id, prior_release, prior_sha256, assigned_at) VALUES (?,?,?,?,?)
+                ON CONFLICT(rollout_id, device_id) DO NOTHING
+                """, [rollout, deviceId, priorRelease, priorSha256, at])
+            guard let priorRelease else { return }
+            let added = try await tx.query("""
+                INSERT INTO rollout_prior_releases (rollout_id, release) VALUES (?,?) ON CONFLICT (rollout_id, release) DO NOTHING RETURNING release
+                """, [rollout, priorRelease])
+            if !added.isEmpty, tx.dialect == .postgres {
+                try await tx.execute("SELECT pg_notify(?, ?)", [StoreCache.channel, StoreCache.Topic.priors.rawValue])
+            }
+            if !added.isEmpty { self.cache.invalidate(.priors) }
+        }
     }
 
     private static func rolloutDeviceRow(_ r: SQLRow) throws -> RolloutDeviceRecord {
@@ -70,9 +80,11 @@ extension SQLStore {
             """, [deviceId, model, sha256]).first.map { try $0.string("release") }
     }
 
+    /// Named by every check-in's timestamp: a small table of its own, cached per replica.
     func priorReleases(rollout: Int64) async throws -> Set<String> {
-        Set(try await db.query("SELECT DISTINCT prior_release FROM rollout_devices WHERE rollout_id = ? AND prior_release IS NOT NULL", [rollout])
-            .map { try $0.string("prior_release") })
+        try await cache.value(.priors, "\(rollout)") {
+            Set(try await db.query("SELECT release FROM rollout_prior_releases WHERE rollout_id = ?", [rollout]).map { try $0.string("release") })
+        }
     }
 
     func deviceCells() async throws -> [DeviceCellRecord] {

@@ -104,6 +104,12 @@ final class SQLStore: FleetStore {
         try await db.query("SELECT \(Self.deviceColumns) FROM devices ORDER BY id", []).map(Self.deviceRow)
     }
 
+    func devices(running model: String) async throws -> [DeviceRecord] {
+        guard Name.isValid(model) else { return [] }
+        return try await db.query("SELECT \(Self.deviceColumns) FROM devices WHERE \(db.dialect.jsonGet("installed")) IS NOT NULL ORDER BY id",
+                                  [model]).map(Self.deviceRow)
+    }
+
     func deviceCount() async throws -> Int {
         Int(try await db.scalar("SELECT COUNT(*) AS n FROM devices").int ?? 0)
     }

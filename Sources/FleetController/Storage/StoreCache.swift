@@ -13,7 +13,7 @@ import Synchronization
 /// has missed what was sent meanwhile, and drops everything).
 final class StoreCache: Sendable {
     enum Topic: String, Sendable, CaseIterable {
-        case rollouts, cells, models, variants, trials, quarantine
+        case rollouts, cells, models, variants, trials, quarantine, priors
     }
 
     static let channel = "edgefleet_changes"
