@@ -68,9 +68,4 @@ final class DeviceBook: Sendable {
             for e in saved.devices { all[e.i] = SimDevice(installed: e.installed, nextSeq: e.seq) }
         }
     }
-
-    /// Devices that run `sha256` of `model`.
-    func count(running sha256: String, of model: String) -> Int {
-        devices.withLock { $0.values.count { $0.installed[model] == sha256 } }
-    }
 }

@@ -36,7 +36,9 @@ final class Simulator: Sendable {
         config.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: options.connections)
         config.httpVersion = .http1Only
         config.decompression = .disabled
-        config.timeout = .init(connect: .seconds(5))
+        // A request queued for a connection waits as long as any request may take (open loop: an
+        // overloaded controller shows as latency, then as `timeout-queued`).
+        config.timeout = .init(connect: .milliseconds(Int64(options.timeoutSeconds * 1000)))
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
         var rng = SeededGenerator(seed: options.seed)
         var o = (0..<options.devices).map { Int32($0) }
@@ -89,7 +91,7 @@ final class Simulator: Sendable {
         let device = book.read(index)
         let path = DeviceAPI.checkInPath(id)
         do {
-            let body = try DeviceAPI.checkInBody(index: index, device: device, facts: SimulatedDevice.facts(index: index))
+            let body = try DeviceAPI.checkInBody(device: device, facts: SimulatedDevice.facts(index: index))
             let (status, answer, responseHTTP) = try await post(path, body)
             let end = clock.now
             guard (200..<300).contains(status) else { recorder.failed("http-\(status)", at: end); return }
@@ -177,6 +179,7 @@ final class Simulator: Sendable {
             switch e {
             case .deadlineExceeded, .readTimeout: return "timeout"
             case .connectTimeout: return "connect-timeout"
+            case .getConnectionFromPoolTimeout: return "timeout-queued"
             case .remoteConnectionClosed: return "connection-closed"
             case .cancelled: return "cancelled"
             default: return "client: \(e)"

@@ -8,13 +8,14 @@
 #      A model is released to every device; the devices install it (and report it) at their first
 #      check-in, so the measured check-ins are idle ones.
 #   3. RATE check-ins/s (1M devices at a 15 min poll: 1,111/s) for DURATION s through nginx, then
-#      --find-max. Reports achieved rate, latency quantiles (from the scheduled send), errors,
+#      --find-max from FIND_MAX_START/s up and DURATION s at the highest rate that held (before the
+#      RATE run, which may overload the box). Reports achieved rate, latency quantiles (from the scheduled send), errors,
 #      CPU-seconds per check-in of each process (controller replicas, postgres, nginx, fleet-sim),
 #      database commits/s, and bytes on the wire per idle check-in.
 #
 #   BIN=.build/release bash bench/scale/run.sh
-# Environment: SCALE_DEVICES (1000000), FALLBACK_DEVICES (20000), SEED_RATE (400), RATE (1111),
-#   DURATION (60), CONNECTIONS (64), FIND_MAX (1), STEP_SECONDS (15), P99_TARGET_MS (250),
+# Environment: SCALE_DEVICES (1000000), FALLBACK_DEVICES (20000), SEED_RATE (50), RATE (1111),
+#   DURATION (60), CONNECTIONS (64), FIND_MAX (1), FIND_MAX_START (25), STEP_SECONDS (15), P99_TARGET_MS (250),
 #   REPLICAS ("1 3"), KEEP_TMP=1 keeps the work directory.
 set -euo pipefail
 
@@ -25,16 +26,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 REPO=$PWD
 SCALE_DEVICES=${SCALE_DEVICES:-1000000}
 FALLBACK_DEVICES=${FALLBACK_DEVICES:-20000}
-SEED_RATE=${SEED_RATE:-400}
+SEED_RATE=${SEED_RATE:-50}
 RATE=${RATE:-1111}
 DURATION=${DURATION:-60}
 CONNECTIONS=${CONNECTIONS:-64}
 FIND_MAX=${FIND_MAX:-1}
 STEP_SECONDS=${STEP_SECONDS:-15}
+FIND_MAX_START=${FIND_MAX_START:-25}
 P99_TARGET_MS=${P99_TARGET_MS:-250}
 REPLICAS=${REPLICAS:-"1 3"}
 PREFIX=sim-
-for v in SCALE_DEVICES FALLBACK_DEVICES SEED_RATE RATE DURATION CONNECTIONS STEP_SECONDS P99_TARGET_MS; do
+for v in SCALE_DEVICES FALLBACK_DEVICES SEED_RATE RATE DURATION CONNECTIONS STEP_SECONDS FIND_MAX_START P99_TARGET_MS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: $v='${!v}' is not a positive whole number" >&2; exit 2; }
 done
 for exe in fleetctl fleet-controller fleet-sim; do
@@ -226,16 +228,19 @@ def kv(path):
 before, after, replicas, duration = kv(sys.argv[2]), kv(sys.argv[3]), sys.argv[4], float(sys.argv[5])
 ok = max(r["ok"], 1)
 l = r["latencyMs"]
+answered = r["ok"] > 0
 print(f"    offered {r['offeredRate']:,.0f}/s, achieved {r['achievedRate']:,.1f}/s; {r['ok']:,} of {r['scheduled']:,} check-ins answered 2xx")
 print(f"    latency from the scheduled send: p50 {l['p50']} ms, p99 {l['p99']} ms, p99.9 {l['p999']} ms, max {l['max']} ms")
 print(f"    errors: {', '.join(f'{k} {v}' for k, v in sorted(r['errors'].items())) or 'none'}; generator launch lag at worst {r['maxSchedulerLagMs']} ms")
-print("    CPU per check-in (utime+stime over the run ÷ check-ins answered):")
+print("    CPU per check-in (utime+stime over the run ÷ check-ins answered):" if answered else
+      "    CPU over the run (no check-in answered, so none per check-in):")
 total = 0.0
 for k in sorted(after):
     if k == "commits" or k not in before: continue
     d = after[k] - before[k]; total += d
-    print(f"      {k:<14} {d:7.2f} CPU-s  {d / ok * 1e6:8.0f} µs/check-in  ({d / duration * 100:5.1f}% of a core)")
-print(f"      {'all of them':<14} {total:7.2f} CPU-s  {total / ok * 1e6:8.0f} µs/check-in")
+    per = f"{d / ok * 1e6:8.0f} µs/check-in" if answered else " " * 19
+    print(f"      {k:<14} {d:7.2f} CPU-s  {per}  ({d / duration * 100:5.1f}% of a core)")
+print(f"      {'all of them':<14} {total:7.2f} CPU-s  " + (f"{total / ok * 1e6:8.0f} µs/check-in" if answered else ""))
 if "commits" in after:
     c = after["commits"] - before["commits"]
     print(f"    database commits: {c / duration:,.0f}/s ({c / ok:.2f} per check-in)")
@@ -247,33 +252,49 @@ print(f"    bytes on the wire per idle check-in ({b['checkIns']:,} idle): HTTP r
 PY
 }
 
+# Lets a controller finish what the last run left queued before the next measurement.
+settle() { sleep 5; wait_http "$URL/healthz"; }
+
+measure() {   # $1 replicas, $2 rate, $3 label
+    local n=$1 r=$2 label=$3
+    step "$n replica(s): $r check-ins/s for $DURATION s through nginx ($DEVICES devices, $CONNECTIONS connections)"
+    snapshot >"$T/before-$n-$label"
+    cpu_mark "$n-$label-0"
+    sim --rate "$r" --duration "$DURATION" --json >"$T/$label-$n.json" 2>"$T/$label-$n.log" || fail "fleet-sim failed"
+    cpu_mark "$n-$label-1"
+    snapshot >"$T/after-$n-$label"
+    echo "fleet-sim=$(children_cpu "$n-$label-0")" >>"$T/before-$n-$label"
+    echo "fleet-sim=$(children_cpu "$n-$label-1")" >>"$T/after-$n-$label"
+    report "$T/$label-$n.json" "$T/before-$n-$label" "$T/after-$n-$label" "$n"
+}
+
 for n in $REPLICAS; do
     if [[ $n != "$FIRST" ]]; then
         step "restarting with $n replicas"
         stop_nginx; stop_controllers
         start_controllers "$n"
     fi
-    step "$n replica(s): $RATE check-ins/s for $DURATION s through nginx ($DEVICES devices, $CONNECTIONS connections)"
-    snapshot >"$T/before-$n"
-    cpu_mark "$n-0"
-    sim --rate "$RATE" --duration "$DURATION" --json >"$T/run-$n.json" 2>"$T/run-$n.log" || fail "fleet-sim failed"
-    cpu_mark "$n-1"
-    snapshot >"$T/after-$n"
-    echo "fleet-sim=$(children_cpu "$n-0")" >>"$T/before-$n"
-    echo "fleet-sim=$(children_cpu "$n-1")" >>"$T/after-$n"
-    report "$T/run-$n.json" "$T/before-$n" "$T/after-$n" "$n"
+    # Low to high: --find-max first, then the highest rate that held, then RATE (which may be far
+    # past what the box holds: an overloaded controller goes on with queued check-ins for a while).
+    BEST=0
     if ((FIND_MAX)); then
-        step "$n replica(s): --find-max from $RATE/s, $STEP_SECONDS s steps, p99 ≤ $P99_TARGET_MS ms, no errors"
-        sim --rate "$RATE" --find-max --step-duration "$STEP_SECONDS" --p99-target-ms "$P99_TARGET_MS" --json \
+        step "$n replica(s): --find-max from $FIND_MAX_START/s, $STEP_SECONDS s steps, p99 ≤ $P99_TARGET_MS ms, no errors"
+        sim --rate "$FIND_MAX_START" --find-max --step-duration "$STEP_SECONDS" --p99-target-ms "$P99_TARGET_MS" --json \
             >"$T/findmax-$n.json" 2>"$T/findmax-$n.log" || fail "fleet-sim --find-max failed"
         sed 's/^fleet-sim: /    /' "$T/findmax-$n.log"
-        python3 - "$T/findmax-$n.json" <<'PY'
+        BEST=$(python3 - "$T/findmax-$n.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-best = r["maxSustainableRate"]
-print(f"    highest sustainable rate: {f'{best:,.0f} check-ins/s' if best else 'none (the first step failed)'}; stopped: {r['stoppedBecause']}")
+best = r.get("maxSustainableRate")
+print(f"    highest sustainable rate: {f'{best:,.0f} check-ins/s' if best else 'none (the first step failed)'}; stopped: {r['stoppedBecause']}", file=sys.stderr)
+print(int(best) if best else 0)
 PY
+)
+        # CPU and bytes at a rate this box holds.
+        if ((BEST > 0)) && ((BEST != RATE)); then settle; measure "$n" "$BEST" "sustained"; fi
+        settle
     fi
+    measure "$n" "$RATE" "rate"
 done
 step "notes"
 note "fleet-sim shares the machine's cores with everything it measures (its own CPU is listed above), so the"
