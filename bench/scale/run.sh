@@ -52,6 +52,7 @@ PIDS=()
 CONTROLLERS=()
 NGX=""
 PG=""
+PGPID=""
 source "$REPO/scripts/procs.sh"
 stop_nginx() { [[ -n $NGX ]] && { kill -QUIT "$NGX" 2>/dev/null || true; wait "$NGX" 2>/dev/null || true; }; NGX=""; }
 stop_controllers() { local p; for p in "${CONTROLLERS[@]}"; do stop_pid "$p"; done; CONTROLLERS=(); }
@@ -60,7 +61,8 @@ on_exit() {
     trap - EXIT
     stop_nginx
     stop_controllers
-    [[ -n $PG ]] && { kill -INT "$PG" 2>/dev/null || true; wait "$PG" 2>/dev/null || true; }
+    [[ -n $PGPID ]] && { kill -INT "$PGPID" 2>/dev/null || true; }   # fast shutdown of the postmaster; runuser then exits
+    [[ -n $PG ]] && { wait "$PG" 2>/dev/null || true; }
     stop_all
     if ((status != 0)); then
         for log in "$T"/*.log "$T"/nginx/error.log; do [[ -s $log ]] && { echo "---- $log"; tail -n 20 "$log"; }; done >&2
@@ -110,11 +112,12 @@ if ((HAS_DB)); then
     runuser -u postgres -- "$PGBIN/initdb" -D "$T/pg/data" -U fleet --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >"$T/initdb.log" 2>&1
     runuser -u postgres -- "$PGBIN/postgres" -D "$T/pg/data" -p "$PGPORT" -k "$T/pg" -c listen_addresses=127.0.0.1 \
         -c max_connections=200 >"$T/postgres.log" 2>&1 &
-    PG=$!
+    PG=$!   # runuser, which does not pass signals on: the postmaster is its child (PGPID)
     for _ in $(seq 1 200); do pg_isready -q -h 127.0.0.1 -p "$PGPORT" && break; sleep 0.05; done
     pg_isready -q -h 127.0.0.1 -p "$PGPORT" || fail "PostgreSQL did not start"
+    PGPID=$(head -n 1 "$T/pg/data/postmaster.pid")
     DBURL="postgres://fleet@127.0.0.1:$PGPORT/postgres"
-    note "PostgreSQL on 127.0.0.1:$PGPORT (pid $PG)"
+    note "PostgreSQL on 127.0.0.1:$PGPORT (postmaster pid $PGPID)"
 fi
 
 # Replica k: its own port; all share keys, the artifact directory and (with PostgreSQL) the database.
@@ -159,8 +162,8 @@ snapshot() {   # name=seconds lines for every process measured
     local k=1 p
     for p in "${CONTROLLERS[@]}"; do echo "controller-$k=$(cpu_seconds "$p")"; k=$((k + 1)); done
     echo "nginx=$(cpu_seconds "$NGX" tree)"
-    [[ -n $PG ]] && echo "postgres=$(cpu_seconds "$PG" tree)"
-    if [[ -n $PG ]]; then
+    [[ -n $PGPID ]] && echo "postgres=$(cpu_seconds "$PGPID" tree)"
+    if [[ -n $PGPID ]]; then
         echo "commits=$(psql -h 127.0.0.1 -p "$PGPORT" -U fleet -d postgres -Atc 'SELECT sum(xact_commit) FROM pg_stat_database')"
     fi
     return 0
