@@ -3,7 +3,8 @@
 #
 #   1. PostgreSQL (when `fleet-controller serve` has --database) and nginx, as plain processes in
 #      a temporary folder (RUNBOOK); one controller replica, then three (three need PostgreSQL).
-#   2. The fleet: `fleet-controller seed-devices` writes SCALE_DEVICES devices; without that
+#   2. The fleet: `fleet-controller seed-devices` writes SCALE_DEVICES devices (into PostgreSQL,
+#      or the SQLite file of the data directory); without that
 #      command, FALLBACK_DEVICES devices register by checking in once each (said in the output).
 #      A model is released to every device; the devices install it (and report it) at their first
 #      check-in, so the measured check-ins are idle ones.
@@ -199,9 +200,9 @@ ctl release create scale --version 1 --keys "$T/keys" --variants scale-fp32,scal
 ctl rollout start scale@1 --all
 if ((HAS_SEED)); then
     started=$(date +%s.%N)
-    if ((HAS_DB)); then DBARG=$DBURL; else DBARG=$T/shared; fi
-    "$BIN/fleet-controller" seed-devices --count "$DEVICES" --id-prefix "$PREFIX" --database "$DBARG" >"$T/seed.log" 2>&1 ||
-        fail "fleet-controller seed-devices failed"
+    SEEDARGS=(--count "$DEVICES" --id-prefix "$PREFIX" --data "$T/shared" --config fleet)
+    ((HAS_DB)) && SEEDARGS+=(--database "$DBURL")
+    "$BIN/fleet-controller" seed-devices "${SEEDARGS[@]}" >"$T/seed.log" 2>&1 || fail "fleet-controller seed-devices failed"
     note "seeded $DEVICES devices in $(python3 -c "import time; print(f'{time.time() - $started:.1f}')") s"
     # Seeded devices run nothing yet: each installs at its first check-in below, then is idle.
 else
