@@ -26,8 +26,8 @@ final class Simulator: Sendable {
     private let book = DeviceBook()
     private let order: [Int32]
     private let hostHeader: String
-    /// Slots already played: a later run (a find-max step) goes on where the last one stopped,
-    /// so devices keep their phase.
+    /// Slots already played: a later run (a find-max step, or another process with --state) goes
+    /// on where the last one stopped, so devices keep their phase.
     private let nextSlot = Mutex(0)
 
     init(_ options: Options) {
@@ -49,8 +49,11 @@ final class Simulator: Sendable {
 
     func shutdown() async { try? await client.shutdown() }
 
-    func load(state path: String) throws { try book.load(from: path) }
-    func save(state path: String) throws { try book.save(to: path) }
+    func load(state path: String) throws {
+        let slot = try book.load(from: path)
+        nextSlot.withLock { $0 = slot }
+    }
+    func save(state path: String) throws { try book.save(to: path, nextSlot: nextSlot.withLock { $0 }) }
 
     /// Check-ins at `rate` per second for `duration` seconds; returns once every request has been
     /// answered or has failed.
