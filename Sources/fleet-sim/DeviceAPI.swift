@@ -11,7 +11,7 @@ enum DeviceAPI {
     static func eventsPath(_ id: String) -> String { "/v1/devices/\(id)/events" }
 
     /// Today's `CheckInRequest`: the full facts and every installed model on every check-in.
-    static func checkInBody(index: Int, device: SimDevice, facts: DeviceFacts) throws -> Data {
+    static func checkInBody(device: SimDevice, facts: DeviceFacts) throws -> Data {
         let request = CheckInRequest(facts: facts, installed: device.installed, agentVersion: agentVersion,
                                      phase: device.installing.isEmpty ? nil : InstallPhase.downloading.rawValue)
         return try encoder.encode(request)

@@ -55,7 +55,7 @@ struct FleetSimCommand: AsyncParsableCommand {
     @Flag(help: "Download each assigned artifact (and throw the bytes away) before reporting the install.")
     var download = false
 
-    @Option(help: "File with what the devices run and their event sequence numbers: read at start when it exists, written at the end, so that several runs play one fleet.")
+    @Option(help: "File with what the devices run, their event sequence numbers and where in the schedule the last run stopped: read at start when it exists, written at the end, so that several runs play one fleet.")
     var state: String?
 
     @Option(help: "Seed of the shuffle that gives each device its phase.")

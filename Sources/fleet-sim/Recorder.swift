@@ -35,7 +35,7 @@ final class Recorder: Sendable {
 
     let state = Mutex(State())
 
-    func scheduled(lagMicros: UInt64) -> Void {
+    func scheduled(lagMicros: UInt64) {
         state.withLock { s in
             s.scheduled += 1
             s.inFlight += 1
@@ -56,16 +56,16 @@ final class Recorder: Sendable {
         }
     }
 
-    /// A check-in that failed (`kind` names how), or was never sent because too many were
-    /// outstanding (`overload`): both count against the achieved rate.
-    func failed(_ kind: String, at end: ContinuousClock.Instant, inFlight wasInFlight: Bool = true) {
+    /// A check-in that was sent and failed; `kind` names how.
+    func failed(_ kind: String, at end: ContinuousClock.Instant) {
         state.withLock { s in
             s.errors[kind, default: 0] += 1
-            if wasInFlight { s.inFlight -= 1 }
+            s.inFlight -= 1
             s.lastCompletion = end
         }
     }
 
+    /// A check-in never sent because too many were outstanding: it counts against the achieved rate.
     func dropped(_ kind: String) {
         state.withLock { s in
             s.scheduled += 1

@@ -51,26 +51,25 @@ final class DeviceBook: Sendable {
     struct Saved: Codable {
         struct Entry: Codable { var i: Int; var installed: [String: String]; var seq: UInt64 }
         var devices: [Entry]
+        /// The schedule slot the next run starts at, so that it goes on through the poll interval
+        /// instead of playing the same devices again.
+        var nextSlot: Int?
     }
 
-    func save(to path: String) throws {
+    func save(to path: String, nextSlot: Int) throws {
         let entries = devices.withLock { all in
             all.map { Saved.Entry(i: $0.key, installed: $0.value.installed, seq: $0.value.nextSeq) }.sorted { $0.i < $1.i }
         }
-        try JSONEncoder().encode(Saved(devices: entries)).write(to: URL(fileURLWithPath: path), options: .atomic)
+        try JSONEncoder().encode(Saved(devices: entries, nextSlot: nextSlot)).write(to: URL(fileURLWithPath: path), options: .atomic)
     }
 
-    /// Loads a file written by `save`; a missing file is an empty fleet.
-    func load(from path: String) throws {
-        guard FileManager.default.fileExists(atPath: path) else { return }
+    /// Loads a file written by `save`; a missing file is an empty fleet. Returns the slot to start at.
+    func load(from path: String) throws -> Int {
+        guard FileManager.default.fileExists(atPath: path) else { return 0 }
         let saved = try JSONDecoder().decode(Saved.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
         devices.withLock { all in
             for e in saved.devices { all[e.i] = SimDevice(installed: e.installed, nextSeq: e.seq) }
         }
-    }
-
-    /// Devices that run `sha256` of `model`.
-    func count(running sha256: String, of model: String) -> Int {
-        devices.withLock { $0.values.count { $0.installed[model] == sha256 } }
+        return saved.nextSlot ?? 0
     }
 }

@@ -26,8 +26,8 @@ final class Simulator: Sendable {
     private let book = DeviceBook()
     private let order: [Int32]
     private let hostHeader: String
-    /// Slots already played: a later run (a find-max step) goes on where the last one stopped,
-    /// so devices keep their phase.
+    /// Slots already played: a later run (a find-max step, or another process with --state) goes
+    /// on where the last one stopped, so devices keep their phase.
     private let nextSlot = Mutex(0)
 
     init(_ options: Options) {
@@ -36,7 +36,9 @@ final class Simulator: Sendable {
         config.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: options.connections)
         config.httpVersion = .http1Only
         config.decompression = .disabled
-        config.timeout = .init(connect: .seconds(5))
+        // A request queued for a connection waits as long as any request may take (open loop: an
+        // overloaded controller shows as latency, then as `timeout-queued`).
+        config.timeout = .init(connect: .milliseconds(Int64(options.timeoutSeconds * 1000)))
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
         var rng = SeededGenerator(seed: options.seed)
         var o = (0..<options.devices).map { Int32($0) }
@@ -47,8 +49,11 @@ final class Simulator: Sendable {
 
     func shutdown() async { try? await client.shutdown() }
 
-    func load(state path: String) throws { try book.load(from: path) }
-    func save(state path: String) throws { try book.save(to: path) }
+    func load(state path: String) throws {
+        let slot = try book.load(from: path)
+        nextSlot.withLock { $0 = slot }
+    }
+    func save(state path: String) throws { try book.save(to: path, nextSlot: nextSlot.withLock { $0 }) }
 
     /// Check-ins at `rate` per second for `duration` seconds; returns once every request has been
     /// answered or has failed.
@@ -89,7 +94,7 @@ final class Simulator: Sendable {
         let device = book.read(index)
         let path = DeviceAPI.checkInPath(id)
         do {
-            let body = try DeviceAPI.checkInBody(index: index, device: device, facts: SimulatedDevice.facts(index: index))
+            let body = try DeviceAPI.checkInBody(device: device, facts: SimulatedDevice.facts(index: index))
             let (status, answer, responseHTTP) = try await post(path, body)
             let end = clock.now
             guard (200..<300).contains(status) else { recorder.failed("http-\(status)", at: end); return }
@@ -177,6 +182,7 @@ final class Simulator: Sendable {
             switch e {
             case .deadlineExceeded, .readTimeout: return "timeout"
             case .connectTimeout: return "connect-timeout"
+            case .getConnectionFromPoolTimeout: return "timeout-queued"
             case .remoteConnectionClosed: return "connection-closed"
             case .cancelled: return "cancelled"
             default: return "client: \(e)"

@@ -53,7 +53,8 @@ struct FleetSimTests {
             #expect(d.hardwareClass == SimulatedDevice.profile(index: i).rawValue && d.tier == SimulatedDevice.link(index: i).rawValue, "\(d.id)")
         }
 
-        // A second process plays the same fleet (--state): nothing new to install, every check-in idle.
+        // A second process plays the same fleet (--state), going on through the schedule where the
+        // first stopped: nothing new to install, every check-in idle.
         let second = try play(["--rate", "20", "--duration", "2"])
         #expect(second.errors.isEmpty, "\(second.errors)")
         #expect(second.ok == 40 && second.installsStarted == 0)

@@ -3,18 +3,20 @@
 #
 #   1. PostgreSQL (when `fleet-controller serve` has --database) and nginx, as plain processes in
 #      a temporary folder (RUNBOOK); one controller replica, then three (three need PostgreSQL).
-#   2. The fleet: `fleet-controller seed-devices` writes SCALE_DEVICES devices; without that
+#   2. The fleet: `fleet-controller seed-devices` writes SCALE_DEVICES devices (into PostgreSQL,
+#      or the SQLite file of the data directory); without that
 #      command, FALLBACK_DEVICES devices register by checking in once each (said in the output).
 #      A model is released to every device; the devices install it (and report it) at their first
 #      check-in, so the measured check-ins are idle ones.
 #   3. RATE check-ins/s (1M devices at a 15 min poll: 1,111/s) for DURATION s through nginx, then
-#      --find-max. Reports achieved rate, latency quantiles (from the scheduled send), errors,
+#      --find-max from FIND_MAX_START/s up and DURATION s at the highest rate that held (before the
+#      RATE run, which may overload the box). Reports achieved rate, latency quantiles (from the scheduled send), errors,
 #      CPU-seconds per check-in of each process (controller replicas, postgres, nginx, fleet-sim),
 #      database commits/s, and bytes on the wire per idle check-in.
 #
 #   BIN=.build/release bash bench/scale/run.sh
-# Environment: SCALE_DEVICES (1000000), FALLBACK_DEVICES (20000), SEED_RATE (400), RATE (1111),
-#   DURATION (60), CONNECTIONS (64), FIND_MAX (1), STEP_SECONDS (15), P99_TARGET_MS (250),
+# Environment: SCALE_DEVICES (1000000), FALLBACK_DEVICES (20000), SEED_RATE (50), RATE (1111),
+#   DURATION (60), CONNECTIONS (64), FIND_MAX (1), FIND_MAX_START (25), STEP_SECONDS (15), P99_TARGET_MS (250),
 #   REPLICAS ("1 3"), KEEP_TMP=1 keeps the work directory.
 set -euo pipefail
 
@@ -25,16 +27,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 REPO=$PWD
 SCALE_DEVICES=${SCALE_DEVICES:-1000000}
 FALLBACK_DEVICES=${FALLBACK_DEVICES:-20000}
-SEED_RATE=${SEED_RATE:-400}
+SEED_RATE=${SEED_RATE:-50}
 RATE=${RATE:-1111}
 DURATION=${DURATION:-60}
 CONNECTIONS=${CONNECTIONS:-64}
 FIND_MAX=${FIND_MAX:-1}
 STEP_SECONDS=${STEP_SECONDS:-15}
+FIND_MAX_START=${FIND_MAX_START:-25}
 P99_TARGET_MS=${P99_TARGET_MS:-250}
 REPLICAS=${REPLICAS:-"1 3"}
 PREFIX=sim-
-for v in SCALE_DEVICES FALLBACK_DEVICES SEED_RATE RATE DURATION CONNECTIONS STEP_SECONDS P99_TARGET_MS; do
+for v in SCALE_DEVICES FALLBACK_DEVICES SEED_RATE RATE DURATION CONNECTIONS STEP_SECONDS FIND_MAX_START P99_TARGET_MS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: $v='${!v}' is not a positive whole number" >&2; exit 2; }
 done
 for exe in fleetctl fleet-controller fleet-sim; do
@@ -50,6 +53,7 @@ PIDS=()
 CONTROLLERS=()
 NGX=""
 PG=""
+PGPID=""
 source "$REPO/scripts/procs.sh"
 stop_nginx() { [[ -n $NGX ]] && { kill -QUIT "$NGX" 2>/dev/null || true; wait "$NGX" 2>/dev/null || true; }; NGX=""; }
 stop_controllers() { local p; for p in "${CONTROLLERS[@]}"; do stop_pid "$p"; done; CONTROLLERS=(); }
@@ -58,7 +62,8 @@ on_exit() {
     trap - EXIT
     stop_nginx
     stop_controllers
-    [[ -n $PG ]] && { kill -INT "$PG" 2>/dev/null || true; wait "$PG" 2>/dev/null || true; }
+    [[ -n $PGPID ]] && { kill -INT "$PGPID" 2>/dev/null || true; }   # fast shutdown of the postmaster; runuser then exits
+    [[ -n $PG ]] && { wait "$PG" 2>/dev/null || true; }
     stop_all
     if ((status != 0)); then
         for log in "$T"/*.log "$T"/nginx/error.log; do [[ -s $log ]] && { echo "---- $log"; tail -n 20 "$log"; }; done >&2
@@ -108,11 +113,12 @@ if ((HAS_DB)); then
     runuser -u postgres -- "$PGBIN/initdb" -D "$T/pg/data" -U fleet --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >"$T/initdb.log" 2>&1
     runuser -u postgres -- "$PGBIN/postgres" -D "$T/pg/data" -p "$PGPORT" -k "$T/pg" -c listen_addresses=127.0.0.1 \
         -c max_connections=200 >"$T/postgres.log" 2>&1 &
-    PG=$!
+    PG=$!   # runuser, which does not pass signals on: the postmaster is its child (PGPID)
     for _ in $(seq 1 200); do pg_isready -q -h 127.0.0.1 -p "$PGPORT" && break; sleep 0.05; done
     pg_isready -q -h 127.0.0.1 -p "$PGPORT" || fail "PostgreSQL did not start"
+    PGPID=$(head -n 1 "$T/pg/data/postmaster.pid")
     DBURL="postgres://fleet@127.0.0.1:$PGPORT/postgres"
-    note "PostgreSQL on 127.0.0.1:$PGPORT (pid $PG)"
+    note "PostgreSQL on 127.0.0.1:$PGPORT (postmaster pid $PGPID)"
 fi
 
 # Replica k: its own port; all share keys, the artifact directory and (with PostgreSQL) the database.
@@ -157,8 +163,8 @@ snapshot() {   # name=seconds lines for every process measured
     local k=1 p
     for p in "${CONTROLLERS[@]}"; do echo "controller-$k=$(cpu_seconds "$p")"; k=$((k + 1)); done
     echo "nginx=$(cpu_seconds "$NGX" tree)"
-    [[ -n $PG ]] && echo "postgres=$(cpu_seconds "$PG" tree)"
-    if [[ -n $PG ]]; then
+    [[ -n $PGPID ]] && echo "postgres=$(cpu_seconds "$PGPID" tree)"
+    if [[ -n $PGPID ]]; then
         echo "commits=$(psql -h 127.0.0.1 -p "$PGPORT" -U fleet -d postgres -Atc 'SELECT sum(xact_commit) FROM pg_stat_database')"
     fi
     return 0
@@ -194,9 +200,9 @@ ctl release create scale --version 1 --keys "$T/keys" --variants scale-fp32,scal
 ctl rollout start scale@1 --all
 if ((HAS_SEED)); then
     started=$(date +%s.%N)
-    if ((HAS_DB)); then DBARG=$DBURL; else DBARG=$T/shared; fi
-    "$BIN/fleet-controller" seed-devices --count "$DEVICES" --id-prefix "$PREFIX" --database "$DBARG" >"$T/seed.log" 2>&1 ||
-        fail "fleet-controller seed-devices failed"
+    SEEDARGS=(--count "$DEVICES" --id-prefix "$PREFIX" --data "$T/shared" --config fleet)
+    ((HAS_DB)) && SEEDARGS+=(--database "$DBURL")
+    "$BIN/fleet-controller" seed-devices "${SEEDARGS[@]}" >"$T/seed.log" 2>&1 || fail "fleet-controller seed-devices failed"
     note "seeded $DEVICES devices in $(python3 -c "import time; print(f'{time.time() - $started:.1f}')") s"
     # Seeded devices run nothing yet: each installs at its first check-in below, then is idle.
 else
@@ -226,16 +232,19 @@ def kv(path):
 before, after, replicas, duration = kv(sys.argv[2]), kv(sys.argv[3]), sys.argv[4], float(sys.argv[5])
 ok = max(r["ok"], 1)
 l = r["latencyMs"]
+answered = r["ok"] > 0
 print(f"    offered {r['offeredRate']:,.0f}/s, achieved {r['achievedRate']:,.1f}/s; {r['ok']:,} of {r['scheduled']:,} check-ins answered 2xx")
 print(f"    latency from the scheduled send: p50 {l['p50']} ms, p99 {l['p99']} ms, p99.9 {l['p999']} ms, max {l['max']} ms")
 print(f"    errors: {', '.join(f'{k} {v}' for k, v in sorted(r['errors'].items())) or 'none'}; generator launch lag at worst {r['maxSchedulerLagMs']} ms")
-print("    CPU per check-in (utime+stime over the run ÷ check-ins answered):")
+print("    CPU per check-in (utime+stime over the run ÷ check-ins answered):" if answered else
+      "    CPU over the run (no check-in answered, so none per check-in):")
 total = 0.0
 for k in sorted(after):
     if k == "commits" or k not in before: continue
     d = after[k] - before[k]; total += d
-    print(f"      {k:<14} {d:7.2f} CPU-s  {d / ok * 1e6:8.0f} µs/check-in  ({d / duration * 100:5.1f}% of a core)")
-print(f"      {'all of them':<14} {total:7.2f} CPU-s  {total / ok * 1e6:8.0f} µs/check-in")
+    per = f"{d / ok * 1e6:8.0f} µs/check-in" if answered else " " * 19
+    print(f"      {k:<14} {d:7.2f} CPU-s  {per}  ({d / duration * 100:5.1f}% of a core)")
+print(f"      {'all of them':<14} {total:7.2f} CPU-s  " + (f"{total / ok * 1e6:8.0f} µs/check-in" if answered else ""))
 if "commits" in after:
     c = after["commits"] - before["commits"]
     print(f"    database commits: {c / duration:,.0f}/s ({c / ok:.2f} per check-in)")
@@ -247,33 +256,49 @@ print(f"    bytes on the wire per idle check-in ({b['checkIns']:,} idle): HTTP r
 PY
 }
 
+# Lets a controller finish what the last run left queued before the next measurement.
+settle() { sleep 5; wait_http "$URL/healthz"; }
+
+measure() {   # $1 replicas, $2 rate, $3 label
+    local n=$1 r=$2 label=$3
+    step "$n replica(s): $r check-ins/s for $DURATION s through nginx ($DEVICES devices, $CONNECTIONS connections)"
+    snapshot >"$T/before-$n-$label"
+    cpu_mark "$n-$label-0"
+    sim --rate "$r" --duration "$DURATION" --json >"$T/$label-$n.json" 2>"$T/$label-$n.log" || fail "fleet-sim failed"
+    cpu_mark "$n-$label-1"
+    snapshot >"$T/after-$n-$label"
+    echo "fleet-sim=$(children_cpu "$n-$label-0")" >>"$T/before-$n-$label"
+    echo "fleet-sim=$(children_cpu "$n-$label-1")" >>"$T/after-$n-$label"
+    report "$T/$label-$n.json" "$T/before-$n-$label" "$T/after-$n-$label" "$n"
+}
+
 for n in $REPLICAS; do
     if [[ $n != "$FIRST" ]]; then
         step "restarting with $n replicas"
         stop_nginx; stop_controllers
         start_controllers "$n"
     fi
-    step "$n replica(s): $RATE check-ins/s for $DURATION s through nginx ($DEVICES devices, $CONNECTIONS connections)"
-    snapshot >"$T/before-$n"
-    cpu_mark "$n-0"
-    sim --rate "$RATE" --duration "$DURATION" --json >"$T/run-$n.json" 2>"$T/run-$n.log" || fail "fleet-sim failed"
-    cpu_mark "$n-1"
-    snapshot >"$T/after-$n"
-    echo "fleet-sim=$(children_cpu "$n-0")" >>"$T/before-$n"
-    echo "fleet-sim=$(children_cpu "$n-1")" >>"$T/after-$n"
-    report "$T/run-$n.json" "$T/before-$n" "$T/after-$n" "$n"
+    # Low to high: --find-max first, then the highest rate that held, then RATE (which may be far
+    # past what the box holds: an overloaded controller goes on with queued check-ins for a while).
+    BEST=0
     if ((FIND_MAX)); then
-        step "$n replica(s): --find-max from $RATE/s, $STEP_SECONDS s steps, p99 ≤ $P99_TARGET_MS ms, no errors"
-        sim --rate "$RATE" --find-max --step-duration "$STEP_SECONDS" --p99-target-ms "$P99_TARGET_MS" --json \
+        step "$n replica(s): --find-max from $FIND_MAX_START/s, $STEP_SECONDS s steps, p99 ≤ $P99_TARGET_MS ms, no errors"
+        sim --rate "$FIND_MAX_START" --find-max --step-duration "$STEP_SECONDS" --p99-target-ms "$P99_TARGET_MS" --json \
             >"$T/findmax-$n.json" 2>"$T/findmax-$n.log" || fail "fleet-sim --find-max failed"
         sed 's/^fleet-sim: /    /' "$T/findmax-$n.log"
-        python3 - "$T/findmax-$n.json" <<'PY'
+        BEST=$(python3 - "$T/findmax-$n.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-best = r["maxSustainableRate"]
-print(f"    highest sustainable rate: {f'{best:,.0f} check-ins/s' if best else 'none (the first step failed)'}; stopped: {r['stoppedBecause']}")
+best = r.get("maxSustainableRate")
+print(f"    highest sustainable rate: {f'{best:,.0f} check-ins/s' if best else 'none (the first step failed)'}; stopped: {r['stoppedBecause']}", file=sys.stderr)
+print(int(best) if best else 0)
 PY
+)
+        # CPU and bytes at a rate this box holds.
+        if ((BEST > 0)) && ((BEST != RATE)); then settle; measure "$n" "$BEST" "sustained"; fi
+        settle
     fi
+    measure "$n" "$RATE" "rate"
 done
 step "notes"
 note "fleet-sim shares the machine's cores with everything it measures (its own CPU is listed above), so the"
