@@ -10,10 +10,15 @@ enum DeviceAPI {
     static func checkInPath(_ id: String) -> String { "/v1/devices/\(id)/checkin" }
     static func eventsPath(_ id: String) -> String { "/v1/devices/\(id)/events" }
 
-    /// Today's `CheckInRequest`: the full facts and every installed model on every check-in.
-    static func checkInBody(device: SimDevice, facts: DeviceFacts) throws -> Data {
-        let request = CheckInRequest(facts: facts, installed: device.installed, agentVersion: agentVersion,
-                                     phase: device.installing.isEmpty ? nil : InstallPhase.downloading.rawValue)
+    /// A frugal check-in, as fleet-agent sends it: the facts' digest instead of the facts, the
+    /// installed models only when they changed since the last check-in, what it holds per model.
+    /// `full`: the facts and everything, after the controller asked for them again.
+    static func checkInBody(device: SimDevice, facts: DeviceFacts, full: Bool = false) throws -> Data {
+        var request = CheckInRequest(facts: full ? facts : nil, installed: device.installed, agentVersion: full ? agentVersion : nil,
+                                     phase: device.installing.isEmpty ? nil : InstallPhase.downloading.rawValue,
+                                     factsDigest: full ? nil : facts.digest, holds: device.held.isEmpty ? nil : device.held,
+                                     timestampVersion: 0)
+        request.installedSent = full || device.sentInstalled != device.installed
         return try encoder.encode(request)
     }
 
@@ -21,17 +26,22 @@ enum DeviceAPI {
         try encoder.encode(EventBatch(events: Array(events.prefix(EventBatch.maxEvents))))
     }
 
-    /// The assignments in a check-in answer that the device does not run yet. The signatures are
-    /// not checked: the simulator plays the load of a device, not its trust decisions.
-    static func newAssignments(in body: Data, device: SimDevice) throws -> (answer: CheckInSummary, todo: [AssignmentSummary]) {
+    /// The assignments in a check-in answer that the device does not run yet, and what the device
+    /// holds afterwards. The signatures are not checked: the simulator plays the load of a device,
+    /// not its trust decisions.
+    static func newAssignments(in body: Data, device: SimDevice) throws -> (answer: CheckInSummary, todo: [AssignmentSummary], held: [String: HeldMetadata]) {
         let answer = try decoder.decode(CheckInSummary.self, from: body)
         var todo: [AssignmentSummary] = []
-        for update in answer.updates {
-            guard let bytes = update.assignment.payloadBytes else { throw SimError.badAssignment }
+        var held = device.held
+        func take(_ model: String, _ assignment: Envelope, catalog: String?) throws {
+            guard let bytes = assignment.payloadBytes else { throw SimError.badAssignment }
             let a = try decoder.decode(AssignmentSummary.self, from: Data(bytes))
+            if let catalog = catalog ?? held[model]?.catalog { held[model] = HeldMetadata(catalog: catalog, counter: a.counter) }
             if device.installed[a.model] != a.sha256 && device.installing[a.model] != a.sha256 { todo.append(a) }
         }
-        return (answer, todo)
+        for update in answer.updates ?? [] { try take(update.model, update.assignment, catalog: update.catalog.payloadDigest) }
+        for (model, assignment) in (answer.reassigned ?? [:]).sorted(by: { $0.key < $1.key }) { try take(model, assignment, catalog: nil) }
+        return (answer, todo, held)
     }
 
     static func ack(_ body: Data) throws -> EventAck { try decoder.decode(EventAck.self, from: body) }
@@ -42,9 +52,13 @@ enum DeviceAPI {
 }
 
 /// The parts of a `CheckInResponse` the simulator reads (decoding less keeps the generator cheap).
+/// A frugal answer carries only what changed: new catalogs with their assignments (`updates`), new
+/// assignments alone (`reassigned`), or nothing but the timestamp; `resend` asks for the facts.
 struct CheckInSummary: Decodable {
-    struct Update: Decodable { var model: String; var assignment: Envelope }
-    var updates: [Update]
+    struct Update: Decodable { var model: String; var catalog: Envelope; var assignment: Envelope }
+    var updates: [Update]?
+    var reassigned: [String: Envelope]?
+    var resend: String?
     var pollSeconds: Int?
 }
 
@@ -54,6 +68,7 @@ struct AssignmentSummary: Decodable, Sendable {
     var model: String
     var release: String
     var sha256: String
+    var counter: UInt64
     var package: Package
 }
 

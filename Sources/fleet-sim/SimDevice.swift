@@ -12,6 +12,10 @@ struct SimDevice: Sendable {
     /// Assignments being installed right now (model -> sha256), so that an answer that arrives
     /// while the install is under way does not start it twice.
     var installing: [String: String] = [:]
+    /// What the device holds per model (catalog digest, assignment counter), sent in `holds`.
+    var held: [String: HeldMetadata] = [:]
+    /// The installed models the last check-in sent: left out while they stay the same.
+    var sentInstalled: [String: String]? = nil
 
     /// The events a real agent reports for one install that goes well, in its order
     /// (`InstallStateMachine`: started → downloaded → verified → activated → committed).
@@ -49,7 +53,7 @@ final class DeviceBook: Sendable {
     /// What devices run and their next sequence numbers, so that a later run (another process)
     /// goes on as the same fleet: real agents keep both on disk.
     struct Saved: Codable {
-        struct Entry: Codable { var i: Int; var installed: [String: String]; var seq: UInt64 }
+        struct Entry: Codable { var i: Int; var installed: [String: String]; var seq: UInt64; var held: [String: HeldMetadata]? }
         var devices: [Entry]
         /// The schedule slot the next run starts at, so that it goes on through the poll interval
         /// instead of playing the same devices again.
@@ -58,7 +62,7 @@ final class DeviceBook: Sendable {
 
     func save(to path: String, nextSlot: Int) throws {
         let entries = devices.withLock { all in
-            all.map { Saved.Entry(i: $0.key, installed: $0.value.installed, seq: $0.value.nextSeq) }.sorted { $0.i < $1.i }
+            all.map { Saved.Entry(i: $0.key, installed: $0.value.installed, seq: $0.value.nextSeq, held: $0.value.held) }.sorted { $0.i < $1.i }
         }
         try JSONEncoder().encode(Saved(devices: entries, nextSlot: nextSlot)).write(to: URL(fileURLWithPath: path), options: .atomic)
     }
@@ -68,7 +72,10 @@ final class DeviceBook: Sendable {
         guard FileManager.default.fileExists(atPath: path) else { return 0 }
         let saved = try JSONDecoder().decode(Saved.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
         devices.withLock { all in
-            for e in saved.devices { all[e.i] = SimDevice(installed: e.installed, nextSeq: e.seq) }
+            // What the last check-in sent and held, as fleet-agent keeps them on disk.
+            for e in saved.devices {
+                all[e.i] = SimDevice(installed: e.installed, nextSeq: e.seq, held: e.held ?? [:], sentInstalled: e.installed)
+            }
         }
         return saved.nextSlot ?? 0
     }

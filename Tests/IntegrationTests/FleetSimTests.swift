@@ -60,6 +60,10 @@ struct FleetSimTests {
         #expect(second.ok == 40 && second.installsStarted == 0)
         #expect(second.bytesPerIdleCheckIn.checkIns == 40)
         #expect(second.bytesPerIdleCheckIn.requestBody > 0 && second.bytesPerIdleCheckIn.responseBody > 0)
+        // The frugal exchange: an idle check-in's two bodies together stay within 600 bytes.
+        #expect(second.bytesPerIdleCheckIn.requestBody + second.bytesPerIdleCheckIn.responseBody <= 600,
+                "idle check-in: request \(second.bytesPerIdleCheckIn.requestBody) B + answer \(second.bytesPerIdleCheckIn.responseBody) B")
+        print("fleet-sim idle check-in: request body \(second.bytesPerIdleCheckIn.requestBody) B, answer body \(second.bytesPerIdleCheckIn.responseBody) B")
         #expect(try fleet.events("t-0000007").count == 5)
     }
 }

@@ -25,11 +25,13 @@ public enum DeviceSeeder {
             var rows: [[any SQLValueConvertible]] = []
             rows.reserveCapacity(min(batch, count - start))
             for i in start..<min(start + batch, count) {
-                let facts = SimulatedDevice.facts(index: i)
+                // Stored as a check-in stores them (with the id), so that the device's facts digest matches.
+                var facts = SimulatedDevice.facts(index: i)
+                facts.deviceId = SimulatedDevice.id(prefix: prefix, index: i)
                 let cls = HardwareClassifier.classify(facts, classes: config.hardwareClasses)?.name
                 let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)?.name
                 perCell["\(cls ?? "none")/\(tier ?? "none")", default: 0] += 1
-                rows.append([SimulatedDevice.id(prefix: prefix, index: i), try store.json(facts), cls, tier, now, now])
+                rows.append([facts.deviceId!, try store.json(facts), cls, tier, now, now])
             }
             try await store.insertRows(table: "devices", columns: ["id", "facts", "hardware_class", "tier", "first_seen", "last_seen"],
                                        constants: ["installed": "'{}'", "status": "'idle'", "held": "'{}'", "agent_version": "'seeded'"],
