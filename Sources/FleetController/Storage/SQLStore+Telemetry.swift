@@ -52,14 +52,11 @@ extension SQLStore {
                 INSERT INTO rollout_devices (rollout_id, device_id, prior_release, prior_sha256, assigned_at) VALUES (?,?,?,?,?)
                 ON CONFLICT(rollout_id, device_id) DO NOTHING
                 """, [rollout, deviceId, priorRelease, priorSha256, at])
-            guard let priorRelease else { return }
+            guard let priorRelease else { return ((), []) }
             let added = try await tx.query("""
                 INSERT INTO rollout_prior_releases (rollout_id, release) VALUES (?,?) ON CONFLICT (rollout_id, release) DO NOTHING RETURNING release
                 """, [rollout, priorRelease])
-            if !added.isEmpty, tx.dialect == .postgres {
-                try await tx.execute("SELECT pg_notify(?, ?)", [StoreCache.channel, StoreCache.Topic.priors.rawValue])
-            }
-            if !added.isEmpty { self.cache.invalidate(.priors) }
+            return ((), added.isEmpty ? [] : [.priors])   // announced only when a release is new to the rollout
         }
     }
 

@@ -60,16 +60,23 @@ final class SQLStore: FleetStore {
     /// the other replicas by a NOTIFY that the commit delivers.
     func write<T: Sendable>(fenced: Bool = false, announcing topics: [StoreCache.Topic] = [],
                             _ body: @Sendable @escaping (any SQLQuerying) async throws -> T) async throws -> T {
+        try await write(fenced: fenced) { tx in (try await body(tx), topics) }
+    }
+
+    /// `write` for a body that finds out what it changed: it returns the topics to announce.
+    func write<T: Sendable>(fenced: Bool = false,
+                            _ body: @Sendable @escaping (any SQLQuerying) async throws -> (T, [StoreCache.Topic])) async throws -> T {
         let fence = fenced ? self.fence : nil
-        defer { for t in topics { cache.invalidate(t) } }
-        return try await db.transaction { tx in
+        let (result, topics) = try await db.transaction { tx in
             if let fence { try await fence.check(tx) }
-            let result = try await body(tx)
+            let (result, topics) = try await body(tx)
             if tx.dialect == .postgres {
                 for t in topics { try await tx.execute("SELECT pg_notify(?, ?)", [StoreCache.channel, t.rawValue]) }
             }
-            return result
+            return (result, topics)
         }
+        for t in topics { cache.invalidate(t) }
+        return result
     }
 
     // MARK: devices
