@@ -94,9 +94,7 @@ final class Simulator: Sendable {
         let device = book.read(index)
         let path = DeviceAPI.checkInPath(id)
         do {
-            // The facts as the controller stores them (with the device's id), so that their digest matches.
-            var facts = SimulatedDevice.facts(index: index)
-            facts.deviceId = id
+            let facts = SimulatedDevice.storedFacts(prefix: options.idPrefix, index: index)
             var body = try DeviceAPI.checkInBody(device: device, facts: facts)
             var (status, answer, responseHTTP) = try await post(path, body)
             guard (200..<300).contains(status) else { recorder.failed("http-\(status)", at: clock.now); return }

@@ -51,8 +51,7 @@ actor Director {
         guard let policy = rollout.policy else { return rollout.releaseId }
         let cell = try await driver.cell(for: device, rollout: rollout, policy: policy, now: now, persist: persist)
         if cell.state.status == .rolledBack || cell.state.status == .aborted { return try await rollbackTarget() }
-        let inCohort = Cohort.position(rollout: "\(rollout.id)", device: device.id) < cell.cutoff
-        if inCohort && cell.state.sendsNewRelease { return rollout.releaseId }
+        if Self.sendsNewRelease(cell, rollout: rollout, device: device) { return rollout.releaseId }
         return installed == nil ? rollout.previousReleaseId : nil
     }
 
@@ -66,7 +65,12 @@ actor Director {
         }
         guard current.policy != nil else { return true }
         guard let cell = try await store.freshCells(rollout: rollout.id)[RolloutDriver.cell(of: device)] else { return false }
-        return cell.state.sendsNewRelease && Cohort.position(rollout: "\(rollout.id)", device: device.id) < cell.cutoff
+        return Self.sendsNewRelease(cell, rollout: rollout, device: device)
+    }
+
+    /// The cell sends the new release now, and the device is in its cohort.
+    private static func sendsNewRelease(_ cell: StoredCell, rollout: RolloutRecord, device: DeviceRecord) -> Bool {
+        cell.state.sendsNewRelease && Cohort.position(rollout: "\(rollout.id)", device: device.id) < cell.cutoff
     }
 
     /// Before a device is first sent a rollout's release: what it runs now, as its rollback target.

@@ -25,9 +25,7 @@ public enum DeviceSeeder {
             var rows: [[any SQLValueConvertible]] = []
             rows.reserveCapacity(min(batch, count - start))
             for i in start..<min(start + batch, count) {
-                // Stored as a check-in stores them (with the id), so that the device's facts digest matches.
-                var facts = SimulatedDevice.facts(index: i)
-                facts.deviceId = SimulatedDevice.id(prefix: prefix, index: i)
+                let facts = SimulatedDevice.storedFacts(prefix: prefix, index: i)
                 let cls = HardwareClassifier.classify(facts, classes: config.hardwareClasses)?.name
                 let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)?.name
                 perCell["\(cls ?? "none")/\(tier ?? "none")", default: 0] += 1

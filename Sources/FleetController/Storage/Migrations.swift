@@ -54,9 +54,7 @@ enum Migrations {
                     version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)
                 """))
             let current = Int(try await tx.scalar("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations").int ?? 0)
-            guard current <= latest else {
-                throw StorageError(.schemaTooNew, "the database is at schema version \(current); this controller knows up to \(latest): upgrade the controller")
-            }
+            guard current <= latest else { throw tooNew(current) }
             var applied: [String] = []
             for m in all where m.version > current {
                 try await m.apply(tx)
@@ -70,10 +68,12 @@ enum Migrations {
     /// Refuses a database this build cannot serve, without changing it.
     static func check(_ db: any SQLDatabase) async throws -> Int {
         let v = try await version(db)
-        guard v <= latest else {
-            throw StorageError(.schemaTooNew, "the database is at schema version \(v); this controller knows up to \(latest): upgrade the controller")
-        }
+        guard v <= latest else { throw tooNew(v) }
         return v
+    }
+
+    private static func tooNew(_ version: Int) -> StorageError {
+        StorageError(.schemaTooNew, "the database is at schema version \(version); this controller knows up to \(latest): upgrade the controller")
     }
 
     // MARK: steps

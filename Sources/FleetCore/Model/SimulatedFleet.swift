@@ -67,6 +67,14 @@ public enum SimulatedDevice {
     public static func profile(index: Int) -> Profile { pick(Profile.allCases, draw(index, salt: 1) % 1000, \.perMille) }
     public static func link(index: Int) -> Link { pick(Link.allCases, draw(index, salt: 2) % 1000, \.perMille) }
 
+    /// The facts as a check-in stores them, with the device's id: what `seed-devices` writes, and
+    /// what the digest of a frugal check-in is taken over.
+    public static func storedFacts(prefix: String, index: Int) -> DeviceFacts {
+        var f = facts(index: index)
+        f.deviceId = id(prefix: prefix, index: index)
+        return f
+    }
+
     /// The facts device `index` reports (its id is not in them: the check-in path names the device).
     public static func facts(index: Int) -> DeviceFacts {
         let r = draw(index, salt: 3)
