@@ -34,10 +34,12 @@ public final class PostgresServer: @unchecked Sendable {
         asRoot ? ["/usr/bin/setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"] + argv : argv
     }
 
+    /// Runs `argv` to its end (as the postgres user when `asPostgres`), its output captured;
+    /// a non-zero exit throws with that output.
     @discardableResult
-    private static func run(_ argv: [String]) throws -> String {
+    private static func run(_ argv: [String], asPostgres: Bool = true) throws -> String {
         let p = Process()
-        let full = command(argv)
+        let full = asPostgres ? command(argv) : argv
         p.executableURL = URL(fileURLWithPath: full[0])
         p.arguments = Array(full.dropFirst())
         let out = Pipe()
@@ -46,7 +48,7 @@ public final class PostgresServer: @unchecked Sendable {
         try p.run()
         let data = out.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
+        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         guard p.terminationStatus == 0 else { throw Unavailable(description: "\(argv.joined(separator: " ")) failed: \(text)") }
         return text
     }
@@ -90,20 +92,6 @@ public final class PostgresServer: @unchecked Sendable {
         throw Unavailable(description: "postgres did not start: \(lastError.suffix(800))")
     }
 
-    @discardableResult
-    private static func run(_ argv: [String], asPostgres: Bool) throws -> String {
-        if asPostgres { return try run(argv) }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: argv[0])
-        p.arguments = Array(argv.dropFirst())
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw Unavailable(description: "\(argv.joined(separator: " ")) exited \(p.terminationStatus)") }
-        return ""
-    }
-
     private init(port: Int, directory: String, process: Process, bin: String) {
         self.port = port; self.directory = directory; self.process = process; self.bin = bin
     }
@@ -116,18 +104,8 @@ public final class PostgresServer: @unchecked Sendable {
 
     /// Runs SQL with psql and returns its unaligned output.
     public func psql(_ database: String, _ sql: String) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/psql")
-        p.arguments = ["-h", "127.0.0.1", "-p", "\(port)", "-U", "fleet", "-d", database, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        guard p.terminationStatus == 0 else { throw Unavailable(description: "psql: \(text)") }
-        return text
+        try Self.run(["/usr/bin/psql", "-h", "127.0.0.1", "-p", "\(port)", "-U", "fleet", "-d", database, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                     asPostgres: false)
     }
 
     /// Fast shutdown; removes the folder.
