@@ -35,6 +35,9 @@ public struct AgentOptions: Sendable {
     public var benchmarkTimeoutSeconds: Double = 120
     /// Energy counters (microjoules) read around the benchmark; nil: the RAPL domains found.
     public var energyCounters: [String]? = nil
+    /// The device's own labels (`--label k=v`, the config file's `labels:`). Sent with its facts;
+    /// labels bound by the enrollment token or set by the operator take precedence.
+    public var labels: [String: String] = [:]
 
     public init(controllerURL: String, stateDirectory: String, modelsDirectory: String, factsFile: String? = nil, rootFile: String? = nil,
                 deviceId: String? = nil, pollSeconds: Double? = nil, healthCommand: String? = nil, healthTimeoutSeconds: Double = 30,

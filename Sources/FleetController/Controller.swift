@@ -47,6 +47,9 @@ public struct ControllerOptions: Sendable {
     /// nginx's internal location for the shared artifact directory (`/_artifacts/`): artifacts are
     /// answered with `X-Accel-Redirect` after the access check instead of their bytes; nil: bytes.
     public var artifactAccelRedirect: String? = nil
+    /// A label key the dashboard and `/metrics` break devices down by (its most common values and
+    /// "other"); nil: none.
+    public var viewLabel: String? = nil
 
     public init(dataDirectory: String, host: String, port: Int, keysDirectory: String, configDirectory: String,
                 artifactBaseURL: String? = nil, maxArtifactBytes: Int64 = 8 << 30, pollSeconds: Int = 30, deltas: Bool = true,

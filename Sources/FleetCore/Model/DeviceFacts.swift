@@ -10,6 +10,10 @@ public struct DeviceFacts: Codable, Equatable, Sendable {
     public var hostname: String?
     public var downlinkMbps: Double?       // measured by the agent on its downloads
     public var metered: Bool?
+    /// Labels the device gives itself (agent configuration); nil when it has none.
+    public var labels: [String: String]?
+    /// The device's configured IANA time zone (from /etc/timezone or /etc/localtime), if known.
+    public var timezone: String?
 
     public init(deviceId: String? = nil, arch: String, cpuFlags: [String], memoryBytes: Int64, diskFreeBytes: Int64,
                 accelerators: [String] = [], kernel: String? = nil, hostname: String? = nil,
