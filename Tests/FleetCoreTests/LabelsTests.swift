@@ -27,7 +27,7 @@ import Testing
     }
 
     @Test func keyPrefixIsBoundedAt253() {
-        // 4 labels of 63 and one dot-separated "a": 63*4 + 3 dots = 255; trim to the limits.
+        // Three labels of 63 and one of 61, with 3 dots: 253 characters.
         let label = String(repeating: "b", count: 63)
         let p253 = [label, label, label, String(repeating: "c", count: 61)].joined(separator: ".")
         #expect(p253.count == 253)
@@ -99,6 +99,11 @@ import Testing
         let e = Labels.effective(agent: ["customer": "other", "room": "2"], enrollment: bound, operator: [:])
         #expect(e["customer"] == "acme")
         #expect(e["room"] == "2")
+    }
+
+    @Test func reservedKeysFromAnySourceAreLeftOut() {
+        let e = Labels.effective(agent: ["class": "gpu", "region": "eu"], enrollment: ["tier": "fast"], operator: ["arch": "x"])
+        #expect(e == ["region": "eu"])
     }
 
     @Test func selectableAddsBuiltInKeysAndLeavesOutNil() {

@@ -67,11 +67,14 @@ public enum Labels {
     }
 
     /// Precedence: operator over enrollment token over the device's own (agent) labels, key by key.
+    /// Reserved keys are left out whatever their source, so that a device reporting `class=…` as a
+    /// label cannot pose as another cell to a selector.
     public static func effective(agent: [String: String], enrollment: [String: String],
                                  operator: [String: String]) -> [String: String] {
         var result = agent
         result.merge(enrollment) { _, bound in bound }
         result.merge(`operator`) { _, set in set }
+        for key in reservedKeys { result.removeValue(forKey: key) }
         return result
     }
 

@@ -11,21 +11,19 @@ public struct ActivationWindow: Codable, Equatable, Hashable, Sendable {
     public func contains(_ t: Int64) -> Bool { start <= t && t < end }
 }
 
-/// Why a maintenance window text or object was refused, and where in the text (0-based character
-/// offset; nil when the fault is not at a place in a text, as in a decoded object).
+/// Why a maintenance window text was refused, and where (a decoded object that is wrong throws a
+/// DecodingError instead).
 public struct WindowError: Error, Equatable, Sendable, CustomStringConvertible {
-    public var position: Int?
+    /// 0-based character offset into the text.
+    public var position: Int
     public var message: String
 
-    public init(position: Int?, message: String) {
+    public init(position: Int, message: String) {
         self.position = position
         self.message = message
     }
 
-    public var description: String {
-        if let position { return "at character \(position + 1): \(message)" }
-        return message
-    }
+    public var description: String { "at character \(position + 1): \(message)" }
 }
 
 /// When a device may activate: on some weekdays, from a local wall-clock start, for a length.
