@@ -81,6 +81,10 @@ public final class Agent: @unchecked Sendable {
     public init(options: AgentOptions, logger: Logger) throws {
         self.options = options
         self.logger = logger
+        // A label the controller would refuse stops the agent here, named, not at every check-in.
+        if case .failure(let e) = Result(catching: { () throws(LabelError) in try Labels.validate(options.labels) }) {
+            throw AgentError("labels: \(e.message)")
+        }
         state = try AgentState(root: options.stateDirectory)
         try FS.makeDirectories(options.modelsDirectory)
         slots = ModelSlots(root: options.modelsDirectory)
@@ -208,6 +212,9 @@ public final class Agent: @unchecked Sendable {
         }
         facts.deviceId = deviceId
         if facts.downlinkMbps == nil { facts.downlinkMbps = installer.link?.mbps }
+        // The configuration's labels over a facts file's (a simulated device may carry its own).
+        let labels = (facts.labels ?? [:]).merging(options.labels) { $1 }
+        facts.labels = labels.isEmpty ? nil : labels
         return facts
     }
 
@@ -286,8 +293,20 @@ public final class Agent: @unchecked Sendable {
             try state.save("outbox.json", installer.outbox)
             return true
         }
-        if let s = installer.journal.installs[a.model], !s.phase.isTerminal {
-            guard s.job?.sha256 != a.sha256 else { return true }   // resumed above; paused again
+        if var s = installer.journal.installs[a.model], !s.phase.isTerminal {
+            if s.job?.sha256 == a.sha256 {
+                // Resumed above; paused again. A staged job waiting for its window takes the newer
+                // assignment's windows (the controller renews them as they pass).
+                if s.awaitingWindow == true, var job = s.job, job.activation != a.activation || job.counter != a.counter {
+                    job.activation = a.activation
+                    job.counter = a.counter
+                    s.job = job
+                    installer.journal.installs[a.model] = s
+                    try state.save("journal.json", installer.journal)
+                    _ = try installer.resume(model: a.model)
+                }
+                return true
+            }
             // A newer assignment replaces an unfinished download; the live model was not touched.
             guard !s.phase.touchesLiveModel else { return true }
             installer.journal.installs[a.model] = .idle
@@ -295,7 +314,8 @@ public final class Agent: @unchecked Sendable {
         }
         let job = InstallJob(model: a.model, release: a.release, variant: a.variant, sha256: a.sha256, size: a.size,
                              fileName: verified.variant.fileName, url: a.package.url, counter: a.counter,
-                             previousSha256: slots.current(a.model), package: a.package.kind == PackageRef.delta ? a.package : nil)
+                             previousSha256: slots.current(a.model), package: a.package.kind == PackageRef.delta ? a.package : nil,
+                             activation: a.activation)
         logger.info("installing", metadata: ["model": "\(a.model)", "variant": "\(a.variant)", "release": "\(a.release)"])
         let outcome = try installer.start(job)
         logger.info("install outcome", metadata: ["model": "\(a.model)", "outcome": "\(outcome)"])

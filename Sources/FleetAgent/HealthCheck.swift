@@ -48,8 +48,12 @@ enum Clock {
     static func wall() -> Int64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
-        return Int64(ts.tv_sec)
+        return Int64(ts.tv_sec) + skew
     }
+
+    /// Test hook: seconds added to the wall clock (a device whose clock is ahead, or a test that
+    /// needs the agent to live at another hour, e.g. inside a maintenance window); 0 otherwise.
+    static let skew: Int64 = ProcessEnvironment.get("EDGEFLEET_TEST_CLOCK_SKEW").flatMap { Int64($0) } ?? 0
 }
 
 func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {

@@ -198,6 +198,7 @@ final class Installer {
                         try FS.linkOrCopy(state.downloadPath(job.sha256), path)
                     }
                 }
+                if let wait = try awaitWindow(job) { return wait }
                 try measure(job)
                 return .event(.staged)
             } catch let e as DeltaApplyError {
@@ -234,6 +235,25 @@ final class Installer {
             slots.removeSlot(model: job.model, sha256: job.sha256)
             return .none
         }
+    }
+
+    /// Staged outside the assignment's maintenance windows: the job waits (journaled as such), and
+    /// each cycle stages again (a no-op) until a window opens. nil: go on and activate.
+    private func awaitWindow(_ job: InstallJob) throws -> StepResult? {
+        guard let windows = job.activation else { return nil }
+        let now = Clock.wall()
+        guard !MaintenanceWindow.allows(windows, at: now) else { return nil }
+        guard var s = journal.installs[job.model], s.phase == .staged else { return nil }
+        let next = windows.filter { $0.end > now }.map(\.start).min()
+        if s.awaitingWindow != true {
+            s.awaitingWindow = true
+            journal.installs[job.model] = s
+            try state.save("journal.json", journal)
+            logger.info("staged; waiting for the maintenance window", metadata: [
+                "model": "\(job.model)", "sha256": "\(job.sha256.prefix(12))",
+                "opens_in_s": "\(next.map { String($0 - now) } ?? "none signed; the next check-in renews them")"])
+        }
+        return .pause("waiting-for-window")
     }
 
     /// The operator's benchmark on the staged slot, reported as an event; it measures, it does not

@@ -12,9 +12,33 @@ enum Probe {
             withUnsafeBytes(of: value) { String(cString: $0.baseAddress!.assumingMemoryBound(to: CChar.self)) }
         }
         let machine = field(uts.machine)
-        return DeviceFacts(arch: machine, cpuFlags: cpuFlags(), memoryBytes: memoryBytes(),
-                           diskFreeBytes: FS.freeBytes(modelsDirectory) ?? 0, accelerators: accelerators(),
-                           kernel: field(uts.release), hostname: field(uts.nodename))
+        var facts = DeviceFacts(arch: machine, cpuFlags: cpuFlags(), memoryBytes: memoryBytes(),
+                                diskFreeBytes: FS.freeBytes(modelsDirectory) ?? 0, accelerators: accelerators(),
+                                kernel: field(uts.release), hostname: field(uts.nodename))
+        facts.timezone = timezone()
+        return facts
+    }
+
+    /// The configured IANA zone: $TZ (a plain name), else /etc/timezone, else the zoneinfo path
+    /// /etc/localtime links to; nil when none names one.
+    static func timezone(env: String? = ProcessEnvironment.get("TZ"), etcTimezone: String? = nil, localtimeLink: String? = nil) -> String? {
+        func plausible(_ s: String) -> String? {
+            let t = s.trimmed.hasPrefix(":") ? String(s.trimmed.dropFirst()) : s.trimmed
+            guard !t.isEmpty, t.utf8.count <= 64, !t.hasPrefix("/"), !t.contains(".."),
+                  t.utf8.allSatisfy({ ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || "/_-+".utf8.contains($0) })
+            else { return nil }
+            return t
+        }
+        if let env, let z = plausible(env) { return z }
+        let file = etcTimezone ?? (try? FS.read("/etc/timezone", limit: 256)).map { String(decoding: $0, as: UTF8.self) }
+        if let file, let z = plausible(file) { return z }
+        if let link = localtimeLink ?? FS.readLink("/etc/localtime") {
+            let parts = link.split(separator: "/", omittingEmptySubsequences: true)
+            if let i = parts.lastIndex(of: "zoneinfo"), i + 1 < parts.count {
+                return plausible(parts[(i + 1)...].joined(separator: "/"))
+            }
+        }
+        return nil
     }
 
     /// "flags" on x86, "Features" on ARM.

@@ -91,7 +91,7 @@ public enum Controller {
             }
         }
         let driver = RolloutDriver(store: store, logger: logger, clock: clock, tickSeconds: options.rolloutTickSeconds, metrics: metrics,
-                                   tickStore: store.fenced(fence), leader: fence)
+                                   tickStore: store.fenced(fence), leader: fence, windows: config.maintenanceWindows)
         let performance = PerformanceBook(store: store, clock: clock)
         let director = Director(store: store, keys: keys, config: config, artifactBaseURL: options.artifactBaseURL,
                                 metrics: metrics, logger: logger, pollSeconds: options.pollSeconds, planner: planner, driver: driver,
@@ -108,8 +108,13 @@ public enum Controller {
             try JSON.response(["status": "ok", "leader": fence.isLeader ? "true" : "false", "replica": replicaName, "database": database])
         }
         let performanceRoutes = PerformanceRoutes(store: store, performance: performance, metrics: metrics, clock: clock)
+        let viewLabel = options.viewLabel, labelGauges = LabelViewGauges()
         router.get("/metrics") { _, _ in
             metrics.devices.set(Int64(try await store.deviceCount()))
+            if let key = viewLabel {
+                let devices = try await store.deviceCells().map { (labels: $0.selectable, status: "") }
+                labelGauges.record(LabelView.breakdown(key: key, devices: devices), metrics: metrics)
+            }
             try await performanceRoutes.recordMetrics()
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4"
@@ -126,6 +131,7 @@ public enum Controller {
             store: store, artifacts: artifacts, recipesFile: options.configDirectory + "/recipes.yaml",
             evaluator: options.evaluator, logger: logger, clock: clock)).register(router)
         DashboardRoutes(store: store, access: store, operatorRoutes: operatorRoutes, performance: performance, quarantine: store, clock: clock,
+                        viewLabel: options.viewLabel,
                         secureCookies: options.tls != nil).register(router)
         AccessRoutes(store: store, keys: keys, options: options.access,
                      enrollments: RateLimiter(burst: options.access.enrollBurst, perMinute: options.access.enrollPerMinute, clock: clock),

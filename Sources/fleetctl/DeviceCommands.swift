@@ -5,17 +5,20 @@ import Foundation
 
 struct DevicesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "devices", abstract: "Inspect, enroll, approve and revoke devices.",
-                                                    subcommands: [List.self, Explain.self, Events.self, EnrollToken.self, Approve.self, Revoke.self,
-                                                                  Identities.self])
+                                                    subcommands: [List.self, Label.self, Explain.self, Events.self, EnrollToken.self, Approve.self,
+                                                                  Revoke.self, Identities.self])
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List devices with class, tier and installed variant.")
+        static let configuration = CommandConfiguration(abstract: "List devices with class, tier, labels and installed variant.")
         @OptionGroup var global: GlobalOptions
+        @Option(help: "Only the devices this label selector picks, e.g. 'region=eu-west,site!=lab' (keys class, tier, arch are built in).")
+        var selector: String?
         func run() throws {
-            let list = try calling { try global.client().get("/v1/devices", as: [DeviceInfo].self) }
+            let list = try calling { try global.client().get("/v1/devices" + selectorQuery(selector), as: [DeviceInfo].self) }
             try global.emit(list) {
-                Table.render(["DEVICE", "CLASS", "TIER", "STATUS", "ASSIGNED", "INSTALLED", "HELD", "LAST-SEEN"], list.map { d in
-                    [d.id, d.hardwareClass ?? "-", d.tier ?? "-", d.status,
+                Table.render(["DEVICE", "CLASS", "TIER", "LABELS", "STATUS", "ASSIGNED", "INSTALLED", "HELD", "LAST-SEEN"], list.map { d in
+                    [d.id, d.hardwareClass ?? "-", d.tier ?? "-",
+                     (d.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",").nonEmpty, d.status,
                      d.assigned.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",").nonEmpty,
                      d.installed.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value.prefix(12))" }.joined(separator: ",").nonEmpty,
                      d.held.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",").nonEmpty,
@@ -91,10 +94,11 @@ extension DevicesCommand {
 }
 
 struct StatusCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "status", abstract: "Summarise the fleet.")
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Summarise the fleet (or the devices a selector picks).")
     @OptionGroup var global: GlobalOptions
+    @Option(help: "Only the devices this label selector picks.") var selector: String?
     func run() throws {
-        let s = try calling { try global.client().get("/v1/status", as: FleetStatus.self) }
+        let s = try calling { try global.client().get("/v1/status" + selectorQuery(selector), as: FleetStatus.self) }
         func dict(_ d: [String: Int]) -> String { d.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") }
         try global.emit(s) {
             """
@@ -112,4 +116,47 @@ struct StatusCommand: ParsableCommand {
 
 extension String {
     var nonEmpty: String { isEmpty ? "-" : self }
+}
+
+/// `?selector=…`, percent-encoded; "" without one. The controller checks the syntax and names the position.
+func selectorQuery(_ selector: String?) -> String {
+    guard let selector else { return "" }
+    var allowed = CharacterSet.alphanumerics
+    allowed.insert(charactersIn: "-._~")
+    return "?selector=" + (selector.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")
+}
+
+extension DevicesCommand {
+    struct Label: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Set or remove a device's operator labels (they take precedence over the enrollment token's and the device's own).")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Device id.") var device: String
+        @Argument(help: "Labels to set, KEY=VALUE.") var labels: [String] = []
+        @Option(help: "A label key to remove (repeatable).") var remove: [String] = []
+
+        func validate() throws {
+            guard !labels.isEmpty || !remove.isEmpty else { throw ValidationError("give KEY=VALUE labels to set, or --remove KEY") }
+            _ = try parsed()
+        }
+
+        func parsed() throws -> [String: String] {
+            var out: [String: String] = [:]
+            for text in labels {
+                switch Result(catching: { () throws(LabelError) in try Labels.parseAssignment(text) }) {
+                case .success(let kv): out[kv.key] = kv.value
+                case .failure(let e): throw ValidationError("\(text): \(e.message)")
+                }
+            }
+            return out
+        }
+
+        func run() throws {
+            let body = LabelUpdate(set: try parsed(), remove: remove)
+            let d = try calling { try global.client().post("/v1/devices/\(device)/labels", body, as: DeviceInfo.self) }
+            try global.emit(d) {
+                (d.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)  (\(d.labelSources?[$0.key] ?? "?"))" }.joined(separator: "\n") + "\n"
+            }
+        }
+    }
 }

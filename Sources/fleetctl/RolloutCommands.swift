@@ -16,6 +16,12 @@ struct RolloutCommand: ParsableCommand {
         var policy: String?
         @Option(help: "Multiply every bake time of the policy by this (labs: 0.01; 0 skips the bakes).") var bakeScale: Double?
         @Flag(help: "Send the release to every device at once, without phases or gates.") var all = false
+        @Option(help: "Only the devices this label selector picks, e.g. 'region in (eu-west,eu-north),site!=lab' (keys class, tier, arch are built in).")
+        var selector: String?
+        @Flag(help: "Take over the devices an active staged rollout of the same model covers (otherwise an overlap is refused).")
+        var supersede = false
+        @Option(help: "Activate only inside this maintenance window, in each device's own time zone unless one is named: 'mon-fri 02:00+3h', 'daily 01:30+90m Europe/Berlin'.")
+        var window: String?
 
         /// A value naming a file (a path, or a .yaml name that exists) is a policy document.
         var policyFile: String? {
@@ -28,6 +34,18 @@ struct RolloutCommand: ParsableCommand {
             if let bakeScale { guard bakeScale.isFinite, bakeScale >= 0, bakeScale <= 100 else { throw ValidationError("--bake-scale must be between 0 and 100") } }
             if bakeScale != nil, all { throw ValidationError("--bake-scale applies to a staged rollout (--policy)") }
             if let f = policyFile, !FileManager.default.isReadableFile(atPath: f) { throw ValidationError("--policy \(f): no such file") }
+            if let selector {
+                switch Result(catching: { () throws(SelectorError) in try LabelSelector(parsing: selector) }) {
+                case .success: break
+                case .failure(let e): throw ValidationError("--selector: \(e)")
+                }
+            }
+            if let window {
+                do {
+                    let w = try MaintenanceWindow(parsing: window)
+                    if let problem = w.validate() { throw ValidationError("--window: \(problem)") }
+                } catch let e as ValidationError { throw e } catch { throw ValidationError("--window: \(error)") }
+            }
         }
 
         func run() throws {
@@ -36,9 +54,15 @@ struct RolloutCommand: ParsableCommand {
                 return text
             }
             let body = NewRollout(release: release, strategy: all ? "all" : "staged", policy: document == nil ? policy : nil,
-                                  policyDocument: document, bakeScale: bakeScale)
+                                  policyDocument: document, bakeScale: bakeScale, selector: selector, supersede: supersede ? true : nil,
+                                  window: window)
             let r = try calling { try global.client().post("/v1/rollouts", body, as: RolloutInfo.self) }
-            try global.emit(r) { "rollout \(r.id) of \(r.release) started (\(r.strategy == "all" ? "all devices at once" : "policy \(r.strategy)"))\n" }
+            try global.emit(r) {
+                var line = "rollout \(r.id) of \(r.release) started (\(r.strategy == "all" ? "all devices at once" : "policy \(r.strategy)")"
+                if let s = r.selector, !s.isEmpty { line += ", devices \(s)" }
+                if let w = r.window { line += ", activating in \(w)" }
+                return line + ")\n"
+            }
         }
     }
 
@@ -48,8 +72,9 @@ struct RolloutCommand: ParsableCommand {
         func run() throws {
             let list = try calling { try global.client().get("/v1/rollouts", as: [RolloutInfo].self) }
             try global.emit(list) {
-                Table.render(["ID", "RELEASE", "STRATEGY", "STATE", "TARGETED", "COMMITTED", "FAILED", "HELD"],
-                             list.map { ["\($0.id)", $0.release, $0.strategy, $0.state, "\($0.targeted)", "\($0.committed)", "\($0.failed)", "\($0.held)"] })
+                Table.render(["ID", "RELEASE", "STRATEGY", "STATE", "SELECTOR", "TARGETED", "COMMITTED", "FAILED", "HELD"],
+                             list.map { ["\($0.id)", $0.release, $0.strategy, $0.state, ($0.selector ?? "").nonEmpty, "\($0.targeted)", "\($0.committed)",
+                                         "\($0.failed)", "\($0.held)"] })
             }
         }
     }
@@ -76,11 +101,22 @@ struct RolloutCommand: ParsableCommand {
             var out = "rollout \(s.rollout.id): \(s.rollout.release) \(s.rollout.state)"
             out += s.previousRelease.map { " (control: \($0))" } ?? ""
             out += s.policy.map { ", policy \($0.name)" } ?? ", all devices at once"
+            if let sel = s.rollout.selector, !sel.isEmpty { out += ", devices \(sel)" }
+            if let w = s.rollout.window { out += ", window \(w)" }
             out += "\n"
+            if let waves = s.waves {
+                out += Table.render(["WAVE", "SELECTOR", "STATUS", "DEVICES", "CELLS"], waves.map {
+                    [$0.name, $0.selector.nonEmpty, $0.status, "\($0.devices)", "\($0.cells)"]
+                })
+            }
+            if let n = s.waitingForWindow, n > 0 { out += "\(n) device(s) staged and waiting for their maintenance window\n" }
             out += Table.render(["CELL", "STATUS", "PHASE", "SHARE", "PROGRESS", "FAILED-HELD", "COMPARED-WITH", "GATES"], s.cells.map { c in
                 let o = c.observation
                 let done = o?.finished ?? 0, total = o?.targeted ?? 0
-                let share = s.policy.map { p in c.phase <= p.phases.count ? String(format: "%g%%", p.phases[c.phase - 1].percent) : "-" } ?? "100%"
+                let share = s.policy.map { whole in
+                    let p = CellKey(parsing: c.cell).map(whole.forCell) ?? whole
+                    return c.phase <= p.phases.count ? String(format: "%g%%", p.phases[c.phase - 1].percent) : "-"
+                } ?? "100%"
                 let status = c.blockedBy == nil ? c.status : c.status + " (blocked)"
                 let reference = o?.reference.map { "\($0.rawValue) (\(o?.control?.devices ?? 0))" } ?? "-"
                 return [c.cell, status, "\(c.phase)/\(c.phases)", share, bar(done, total) + " \(done)/\(total)",

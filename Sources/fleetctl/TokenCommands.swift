@@ -95,14 +95,33 @@ extension DevicesCommand {
         @Option(help: "Hours until the token expires.") var expiresHours: Int = 24
         @Flag(help: "The device waits in `pending` until `fleetctl devices approve`.") var requireApproval = false
         @Option(help: "Write the token to this file (mode 0600) instead of printing it.") var out: String?
+        @Option(help: "A label bound to the device that enrolls with the token, KEY=VALUE (repeatable); the device cannot override it.")
+        var label: [String] = []
 
         func validate() throws {
             if let device { guard Name.isValid(device) else { throw ValidationError("--device '\(device)' is not a valid device id") } }
             guard expiresHours >= 1 else { throw ValidationError("--expires-hours must be at least 1") }
+            _ = try labels()
+        }
+
+        func labels() throws -> [String: String] {
+            var out: [String: String] = [:]
+            for text in label {
+                switch Result(catching: { () throws(LabelError) in try Labels.parseAssignment(text) }) {
+                case .success(let kv): out[kv.key] = kv.value
+                case .failure(let e): throw ValidationError("--label \(text): \(e.message)")
+                }
+            }
+            if case .failure(let e) = Result(catching: { () throws(LabelError) in try Labels.validate(out) }) {
+                throw ValidationError("--label: \(e.message)")
+            }
+            return out
         }
 
         func run() throws {
-            let body = NewEnrollmentToken(deviceId: device, expiresInSeconds: Int64(expiresHours) * 3600, requireApproval: requireApproval)
+            let bound = try labels()
+            let body = NewEnrollmentToken(deviceId: device, expiresInSeconds: Int64(expiresHours) * 3600, requireApproval: requireApproval,
+                                          labels: bound.isEmpty ? nil : bound)
             let created = try calling { try global.client().post("/v1/enrollment-tokens", body, as: CreatedEnrollmentToken.self) }
             if let out {
                 try writePrivate(out, Data((created.token + "\n").utf8))

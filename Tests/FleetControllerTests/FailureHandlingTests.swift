@@ -267,7 +267,7 @@ extension StagedRolloutTests {
                 gates: { unjudged: pass }
                 hold_back: 10
                 """
-            let started = try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@3", strategy: "staged", policyDocument: doc, bakeScale: 0.01))
+            let started = try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@3", strategy: "staged", policyDocument: doc, bakeScale: 0.01, supersede: true))
             #expect(started.status == .created)
             let rid = try decode(RolloutInfo.self, started).id
             let p = try #require(try await status(client, rid).policy)

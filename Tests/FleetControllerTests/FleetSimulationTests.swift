@@ -219,7 +219,7 @@ struct FleetSimulationTests {
 
             // m@3, staged: twice as slow on x86-avx2 against the control cohort still on m@2.
             let before = Dictionary(uniqueKeysWithValues: devices.map { ($0.id, $0.runningSha) })
-            let start3 = try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@3", strategy: "staged", policy: "sim-canary"))
+            let start3 = try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@3", strategy: "staged", policy: "sim-canary", supersede: true))
             let r3 = try decode(RolloutInfo.self, start3).id
             for _ in 0..<3 {
                 try await Self.round(devices)

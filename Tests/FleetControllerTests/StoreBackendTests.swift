@@ -126,7 +126,7 @@ struct StoreBackendTests {
                                                 catalogEnvelope: Envelope(payloadType: "t", payloadBytes: Array("{}".utf8)), catalogSha256: "s",
                                                 catalog: ReleaseCatalog(model: "m", version: "1", serial: 1, expiresAt: 2, variants: [], hardwareClasses: []),
                                                 createdAt: 1))
-        let rollout = try await a.createRollout(RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "fast", state: "active", createdAt: 1)).id
+        let rollout = try await a.createRollout(RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "fast", state: "active", createdAt: 1), superseding: []).id
         let key = CellKey(hardwareClass: "x86-avx2", tier: "fibre")
         let fresh = StoredCell(state: CellState(phaseStartedAt: 1), cutoff: 0.1)
         // Two replicas open the same cell: one wins, the other reads the winner's.
@@ -299,7 +299,7 @@ struct StoreCacheTests {
         #expect(try await reader.model("probe") == nil)
         try await writer.createModel(ModelRecord(name: "probe", minQuality: nil, createdAt: 1))
         try await waitUntil("the listener is up") { try await reader.model("probe") != nil }
-        let rollout = try await writer.createRollout(RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "all", state: "active", createdAt: 1))
+        let rollout = try await writer.createRollout(RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "all", state: "active", createdAt: 1), superseding: [])
         try await waitUntil("the reader sees the new rollout") { try await reader.activeRollouts().map(\.id) == [rollout.id] }
         try await writer.setRolloutState(rollout.id, "aborted")
         try await waitUntil("the reader sees it aborted") { try await reader.activeRollouts().first?.state == "aborted" }

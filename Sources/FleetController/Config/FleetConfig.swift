@@ -12,6 +12,14 @@ struct ConfigError: Error, CustomStringConvertible {
 struct FleetConfig: Sendable {
     var hardwareClasses: [HardwareClass]
     var bandwidthTiers: [BandwidthTier]
+    /// Maintenance windows by selector (fleet/windows.yaml, optional): the first rule whose
+    /// selector picks a device gives its window when neither the rollout nor its policy sets one.
+    var maintenanceWindows: [WindowRule] = []
+
+    struct WindowRule: Sendable, Equatable, Decodable {
+        var selector: LabelSelector
+        var window: MaintenanceWindow
+    }
 
     static func load(directory: String) throws -> FleetConfig {
         let classesFile = directory + "/hardware-classes.yaml"
@@ -20,8 +28,21 @@ struct FleetConfig: Sendable {
         let tiers = try decode(TiersFile.self, tiersFile).tiers.map { try $0.domain(file: tiersFile) }
         try checkUnique(classes.map(\.name), file: classesFile)
         try checkUnique(tiers.map(\.name), file: tiersFile)
-        return FleetConfig(hardwareClasses: classes, bandwidthTiers: tiers)
+        var windows: [WindowRule] = []
+        let windowsFile = directory + "/windows.yaml"
+        if FileManager.default.fileExists(atPath: windowsFile) {
+            windows = try decode(WindowsFile.self, windowsFile).windows
+            for (i, rule) in windows.enumerated() {
+                if let problem = rule.window.validate() { throw ConfigError(file: windowsFile, message: "windows[\(i)]: \(problem)") }
+                if let zone = rule.window.timezone, !WindowCalendar.isKnownZone(zone) {
+                    throw ConfigError(file: windowsFile, message: "windows[\(i)]: unknown time zone '\(zone)'")
+                }
+            }
+        }
+        return FleetConfig(hardwareClasses: classes, bandwidthTiers: tiers, maintenanceWindows: windows)
     }
+
+    private struct WindowsFile: Decodable { var windows: [WindowRule] }
 
     private static func checkUnique(_ names: [String], file: String) throws {
         var seen = Set<String>()
@@ -190,12 +211,22 @@ enum PolicyLoader {
             var min_sample: Int?
             var unjudged: String?
         }
+        struct WaveEntry: Decodable {
+            var name: String
+            var selector: String?
+            var phases: [PhaseEntry]?
+            var gates: GateEntry?
+            var on_failure: String?
+            var window: MaintenanceWindow?
+        }
         var name: String
         var phases: [PhaseEntry]
         var gates: GateEntry?
         var on_failure: String?
         var device_timeout: String?
         var hold_back: Double?
+        var waves: [WaveEntry]?
+        var window: MaintenanceWindow?
 
         func domain(file: String) throws -> RolloutPolicy {
             func seconds(_ s: String?, _ field: String) throws -> Int64? {
@@ -203,29 +234,43 @@ enum PolicyLoader {
                 guard let v = Duration.parse(s) else { throw ConfigError(file: file, message: "\(field) '\(s)' is not a duration (30s, 10m, 2h)") }
                 return v
             }
-            let g = gates
+            func phaseList(_ entries: [PhaseEntry]) throws -> [RolloutPolicy.Phase] {
+                try entries.map { .init(percent: $0.percent, minDevices: $0.min_devices ?? 1, bakeSeconds: try seconds($0.bake, "bake") ?? 0) }
+            }
+            func gateSet(_ g: GateEntry?) throws -> RolloutPolicy.Gates {
+                .init(maxInstallFailureRate: g?.max_install_failure_rate, maxHealthFailureRate: g?.max_health_failure_rate,
+                      maxTimedOutRate: g?.max_timed_out_rate, maxLatencyP50Ratio: g?.max_latency_p50_ratio,
+                      maxLatencyP95Ratio: g?.max_latency_p95_ratio, maxErrorRateIncrease: g?.max_error_rate_increase,
+                      maxCrashes: g?.max_crashes, minSample: g?.min_sample ?? 1,
+                      unjudged: try g?.unjudged.map { u in
+                          guard let v = RolloutPolicy.UnjudgedAction(rawValue: u) else {
+                              throw ConfigError(file: file, message: "gates.unjudged must be block or pass")
+                          }
+                          return v
+                      })
+            }
+            func failureAction(_ f: String?) throws -> RolloutPolicy.FailureAction? {
+                guard let f else { return nil }
+                guard let v = RolloutPolicy.FailureAction(rawValue: f) else { throw ConfigError(file: file, message: "on_failure must be pause or rollback") }
+                return v
+            }
+            let waveList: [RolloutPolicy.Wave]? = try waves?.map { w in
+                let selector: LabelSelector
+                do { selector = try LabelSelector(parsing: w.selector ?? "") } catch {
+                    throw ConfigError(file: file, message: "wave \(w.name): selector: \(error)")
+                }
+                return RolloutPolicy.Wave(name: w.name, selector: selector, phases: try w.phases.map(phaseList),
+                                          gates: try w.gates.map(gateSet), onFailure: try failureAction(w.on_failure), window: w.window)
+            }
             let policy = RolloutPolicy(
-                name: name,
-                phases: try phases.map { .init(percent: $0.percent, minDevices: $0.min_devices ?? 1, bakeSeconds: try seconds($0.bake, "bake") ?? 0) },
-                gates: .init(maxInstallFailureRate: g?.max_install_failure_rate, maxHealthFailureRate: g?.max_health_failure_rate,
-                             maxTimedOutRate: g?.max_timed_out_rate, maxLatencyP50Ratio: g?.max_latency_p50_ratio,
-                             maxLatencyP95Ratio: g?.max_latency_p95_ratio, maxErrorRateIncrease: g?.max_error_rate_increase,
-                             maxCrashes: g?.max_crashes, minSample: g?.min_sample ?? 1,
-                             unjudged: try g?.unjudged.map { u in
-                                 guard let v = RolloutPolicy.UnjudgedAction(rawValue: u) else {
-                                     throw ConfigError(file: file, message: "gates.unjudged must be block or pass")
-                                 }
-                                 return v
-                             }),
-                onFailure: try {
-                    guard let f = on_failure else { return .pause }
-                    guard let v = RolloutPolicy.FailureAction(rawValue: f) else { throw ConfigError(file: file, message: "on_failure must be pause or rollback") }
-                    return v
-                }(),
+                name: name, phases: try phaseList(phases), gates: try gateSet(gates), onFailure: try failureAction(on_failure) ?? .pause,
                 deviceTimeoutSeconds: try seconds(device_timeout, "device_timeout") ?? 3600,
-                holdBackPercent: hold_back)
+                holdBackPercent: hold_back, waves: waveList, window: window)
             guard Name.isValid(policy.name) else { throw ConfigError(file: file, message: "invalid policy name '\(name)'") }
             if let problem = policy.validate() { throw ConfigError(file: file, message: problem) }
+            for zone in ([window] + (waveList ?? []).map(\.window)).compactMap({ $0?.timezone }) where !WindowCalendar.isKnownZone(zone) {
+                throw ConfigError(file: file, message: "unknown time zone '\(zone)'")
+            }
             return policy
         }
     }

@@ -36,7 +36,8 @@ actor Director {
     ///   gets the previous release.
     /// - After an abort, or in a cell a gate rolled back: each device the rollout reached gets what
     ///   it ran before (recorded when it was first sent the new release); the others keep theirs.
-    func releaseFor(_ device: DeviceRecord, rollout: RolloutRecord, now: Int64, persist: Bool = true) async throws -> String? {
+    /// - In a wave that has not started: as outside the cohort.
+    func releaseFor(_ device: DeviceRecord, rollout: RolloutRecord, wave: Int = 0, now: Int64, persist: Bool = true) async throws -> String? {
         let installed = device.installed[rollout.model]
         func rollbackTarget() async throws -> String? {
             guard let reached = try await store.rolloutDevice(rollout: rollout.id, deviceId: device.id) else {
@@ -49,14 +50,15 @@ actor Director {
         }
         if rollout.state == "aborted" { return try await rollbackTarget() }
         guard let policy = rollout.policy else { return rollout.releaseId }
-        let cell = try await driver.cell(for: device, rollout: rollout, policy: policy, now: now, persist: persist)
+        if rollout.state == "active", wave > rollout.wave { return installed == nil ? rollout.previousReleaseId : nil }
+        let cell = try await driver.cell(for: device, rollout: rollout, wave: wave, policy: policy, now: now, persist: persist)
         if cell.state.status == .rolledBack || cell.state.status == .aborted { return try await rollbackTarget() }
         if Self.sendsNewRelease(cell, rollout: rollout, device: device) { return rollout.releaseId }
         return installed == nil ? rollout.previousReleaseId : nil
     }
 
     /// Whether the rollout, read past the cache, still sends its release to this device.
-    private func stillSendsNewRelease(_ device: DeviceRecord, rollout: RolloutRecord) async throws -> Bool {
+    private func stillSendsNewRelease(_ device: DeviceRecord, rollout: RolloutRecord, wave: Int) async throws -> Bool {
         guard let current = try await store.rollout(rollout.id) else { return false }
         switch current.state {
         case "completed": return true
@@ -64,7 +66,9 @@ actor Director {
         default: return false
         }
         guard current.policy != nil else { return true }
-        guard let cell = try await store.freshCells(rollout: rollout.id)[RolloutDriver.cell(of: device)] else { return false }
+        guard wave <= current.wave else { return false }
+        let key = Targeting.cell(hardwareClass: device.hardwareClass, tier: device.tier, rollout: current, wave: wave)
+        guard let cell = try await store.freshCells(rollout: rollout.id)[key] else { return false }
         return Self.sendsNewRelease(cell, rollout: rollout, device: device)
     }
 
@@ -191,12 +195,14 @@ actor Director {
     func planDeltas(for rollout: RolloutRecord) async throws -> Int {
         guard planner.enabled else { return 0 }
         var pairs = Set<String>(), seen = Set<String>()
+        let inForce = Targeting.byModel(try await store.activeRollouts())[rollout.model] ?? [rollout]
         for device in try await store.devices(running: rollout.model) {
             // A device that runs nothing of the model gets the whole artifact; one device per
             // (class, tier, what it runs) plans for its kind (the others meet theirs at check-in).
             guard let installed = device.installed[rollout.model],
                   seen.insert("\(device.hardwareClass ?? "")/\(device.tier ?? "")/\(installed)").inserted else { continue }
-            guard let releaseId = try await releaseFor(device, rollout: rollout, now: driver.clock()), releaseId == rollout.releaseId,
+            guard let choice = Targeting.choice(for: device, among: inForce), choice.rollout.id == rollout.id,
+                  let releaseId = try await releaseFor(device, rollout: rollout, wave: choice.wave, now: driver.clock()), releaseId == rollout.releaseId,
                   let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout, releaseId: releaseId),
                   let target = plan.variant?.sha256, let base = device.installed[rollout.model], base != target else { continue }
             pairs.insert(base + target)
@@ -219,6 +225,7 @@ actor Director {
             throw APIError(.badRequest, "missing-facts", "a check-in without facts must send timestampVersion and factsDigest")
         }
         facts.deviceId = deviceId
+        if let labels = facts.labels { try LabelRequests.validate(labels) }
         let hw = HardwareClassifier.classify(facts, classes: config.hardwareClasses)
         let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)
 
@@ -233,11 +240,15 @@ actor Director {
         let record = DeviceRecord(
             id: deviceId, facts: facts, hardwareClass: hw?.name, tier: tier?.name, installed: request.installed,
             phase: request.phase, status: existing?.status ?? "idle", statusDetail: existing?.statusDetail, held: [:],
-            firstSeen: existing?.firstSeen ?? now, lastSeen: now, agentVersion: request.agentVersion ?? existing?.agentVersion)
-        for rollout in try await store.activeRollouts() {
+            firstSeen: existing?.firstSeen ?? now, lastSeen: now, agentVersion: request.agentVersion ?? existing?.agentVersion,
+            enrolledLabels: existing?.enrolledLabels ?? [:], operatorLabels: existing?.operatorLabels ?? [:])
+        // Per model, the newest rollout in force that picks this device; none: it keeps what it runs.
+        for (_, rollouts) in Targeting.byModel(try await store.activeRollouts()).sorted(by: { $0.key < $1.key }) {
+            guard let choice = Targeting.choice(for: record, among: rollouts) else { continue }
+            let rollout = choice.rollout
             let fullOnly = request.fullPackages?.contains(rollout.model) ?? false
-            guard let releaseId = try await releaseFor(record, rollout: rollout, now: now) else {
-                held[rollout.model] = "waiting-for-phase"
+            guard let releaseId = try await releaseFor(record, rollout: rollout, wave: choice.wave, now: now) else {
+                held[rollout.model] = rollout.state == "active" && choice.wave > rollout.wave ? "waiting-for-wave" : "waiting-for-phase"
                 continue
             }
             if failed.contains("\(rollout.model)\u{0}\(releaseId)") {
@@ -262,15 +273,17 @@ actor Director {
             if releaseId == rollout.releaseId, request.installed[rollout.model] != variant.sha256 {
                 // About to send the new release: decided on the rollout and cell as stored now, not
                 // on this replica's cached copy (another replica may have paused it a moment ago).
-                guard try await stillSendsNewRelease(record, rollout: rollout) else {
+                guard try await stillSendsNewRelease(record, rollout: rollout, wave: choice.wave) else {
                     held[rollout.model] = "waiting-for-phase"
                     continue
                 }
                 try await rememberPrior(record, rollout: rollout, now: now)
             }
+            let window = Targeting.window(rollout: rollout, wave: choice.wave, selectable: record.selectable, fleet: config.maintenanceWindows)
+            let activation = Targeting.activation(window, timezoneLabel: record.timezoneLabel, configured: facts.timezone, now: now)
             let (envelope, counter) = try await assignment(deviceId: deviceId, hardwareClass: hwClass.name, release: plan.release,
                                                            variant: variant, package: plan.package,
-                                                           installed: request.installed[rollout.model], now: now)
+                                                           installed: request.installed[rollout.model], activation: activation, now: now)
             // Only what changed since what the agent holds; the snapshot covers the model either way.
             let holds = request.isFrugal ? request.holds?[rollout.model] : nil
             let sameCatalog = holds?.catalog == plan.release.catalogSha256
@@ -349,23 +362,26 @@ actor Director {
     /// The stored assignment when it still says the same thing and is not near expiry; otherwise a
     /// new one with the next counter.
     private func assignment(deviceId: String, hardwareClass: String, release: ReleaseRecord, variant: CatalogVariant,
-                            package delta: PackageRef?, installed: String?, now: Int64) async throws -> (Envelope, UInt64) {
+                            package delta: PackageRef?, installed: String?, activation: [ActivationWindow]?,
+                            now: Int64) async throws -> (Envelope, UInt64) {
         let package = delta ?? PackageRef(kind: PackageRef.full, sha256: variant.sha256, size: variant.size, url: artifactURL(variant.sha256))
         for _ in 0..<3 {
             let previous = try await store.assignment(deviceId: deviceId, model: release.model)
             // Once the device runs the target, how it got there no longer matters.
             if let p = previous, p.releaseId == release.id, p.sha256 == variant.sha256,
-               p.packageSha256 == package.sha256 || installed == variant.sha256, p.expiresAt - now > assignmentTTL / 2 {
+               p.packageSha256 == package.sha256 || installed == variant.sha256, p.expiresAt - now > assignmentTTL / 2,
+               p.activation == activation || installed == variant.sha256 {
                 return (p.envelope, p.counter)
             }
             let counter = (previous?.counter ?? 0) + 1
-            let a = Assignment(deviceId: deviceId, hardwareClass: hardwareClass, model: release.model, release: release.id,
+            var a = Assignment(deviceId: deviceId, hardwareClass: hardwareClass, model: release.model, release: release.id,
                                variant: variant.name, sha256: variant.sha256, size: variant.size, package: package,
                                counter: counter, expiresAt: now + assignmentTTL, catalogSha256: release.catalogSha256)
+            a.activation = activation
             let env = try Envelope.sign(a, type: PayloadType.assignment, keys: [keys.director])
             let record = AssignmentRecord(deviceId: deviceId, model: release.model, counter: counter, releaseId: release.id,
                                           variant: variant.name, sha256: variant.sha256, packageSha256: package.sha256,
-                                          envelope: env, expiresAt: a.expiresAt)
+                                          envelope: env, expiresAt: a.expiresAt, activation: activation)
             if try await store.replaceAssignment(record, expectedCounter: previous?.counter) {
                 metrics.assignmentsSigned.increment()
                 return (env, counter)
@@ -411,9 +427,11 @@ actor Director {
             throw APIError(.notFound, "unknown-device", "no device \(deviceId)")
         }
         var out: [Explanation] = []
-        for rollout in try await store.activeRollouts() {
+        for (_, rollouts) in Targeting.byModel(try await store.activeRollouts()).sorted(by: { $0.key < $1.key }) {
+            guard let choice = Targeting.choice(for: device, among: rollouts) else { continue }
+            let rollout = choice.rollout
             // Explaining changes nothing: no cell is opened, no delta is queued.
-            guard let releaseId = try await releaseFor(device, rollout: rollout, now: driver.clock(), persist: false),
+            guard let releaseId = try await releaseFor(device, rollout: rollout, wave: choice.wave, now: driver.clock(), persist: false),
                   let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout, releaseId: releaseId,
                                             requestDeltas: false)
             else { continue }

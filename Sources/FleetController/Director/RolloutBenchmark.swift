@@ -52,7 +52,7 @@ public enum RolloutBenchmark {
                                                         catalogSha256: Digest.sha256Hex(Array(try FleetJSON.encode(env))), catalog: catalog, createdAt: now))
         }
         let rollout = try await store.createRollout(RolloutRecord(id: 0, releaseId: "m@2", model: "m", strategy: policy.name, state: "active",
-                                                                  createdAt: now, policy: policy, previousReleaseId: "m@1"))
+                                                                  createdAt: now, policy: policy, previousReleaseId: "m@1"), superseding: [])
         // Every cell in its third phase (50%): half the fleet is the cohort, half the control.
         var rng = SeededGenerator(seed: 42)
         var events = 0, cohort = 0
@@ -109,7 +109,7 @@ public enum RolloutBenchmark {
             try await driver.tick(now: now + 60)
             ticks.append(seconds(ContinuousClock.now - a))
 
-            let byCell = try await driver.membersByCell()
+            let byCell = try await driver.membersByCell(record)
             let outcomes = try await store.installOutcomes(release: record.releaseId)
             let runtime = Dictionary(try await store.runtimeMetrics(model: "m", since: 0).map { ($0.deviceId, $0) }, uniquingKeysWith: { x, _ in x })
             let b = ContinuousClock.now

@@ -22,11 +22,15 @@ final class RolloutDriver: Service, Sendable {
     /// How far back a treated device's own figures on its prior release count as its baseline.
     let baselineWindowSeconds: Int64 = 7 * 86_400
 
+    /// The fleet's maintenance windows by selector (a device's activation and timeout clock).
+    let windows: [FleetConfig.WindowRule]
+
     init(store: any FleetStore, logger: Logger, clock: @escaping @Sendable () -> Int64, tickSeconds: Double?, metrics: ControllerMetrics,
-         tickStore: (any FleetStore)? = nil, leader: LeaseFence? = nil) {
+         tickStore: (any FleetStore)? = nil, leader: LeaseFence? = nil, windows: [FleetConfig.WindowRule] = []) {
         self.store = store; self.logger = logger; self.clock = clock; self.tickSeconds = tickSeconds; self.metrics = metrics
         self.tickStore = tickStore ?? store
         self.leader = leader
+        self.windows = windows
     }
 
     func run() async throws {
@@ -37,21 +41,14 @@ final class RolloutDriver: Service, Sendable {
         }
     }
 
-    static func cell(of device: DeviceRecord) -> CellKey {
-        CellKey(hardwareClass: device.hardwareClass ?? "none", tier: device.tier ?? "none")
+    /// The devices a rollout takes, by cell (wave, class, tier), from the store's light listing (no
+    /// facts decoded): those its selector and waves pick and no newer rollout of the model takes.
+    func members(of rollout: RolloutRecord) async throws -> [CellKey: [DeviceCellRecord]] {
+        Targeting.members(of: rollout, devices: try await store.deviceCells(), inForce: try await store.activeRollouts())
     }
 
-    static func cell(of device: DeviceCellRecord) -> CellKey {
-        CellKey(hardwareClass: device.hardwareClass ?? "none", tier: device.tier ?? "none")
-    }
-
-    /// Device ids per cell, from the store's light listing (no facts decoded).
-    func membersByCell() async throws -> [CellKey: [String]] {
-        var out: [CellKey: [String]] = [:]
-        for d in try await store.deviceCells() {
-            out[CellKey(hardwareClass: d.hardwareClass ?? "none", tier: d.tier ?? "none"), default: []].append(d.id)
-        }
-        return out
+    func membersByCell(_ rollout: RolloutRecord) async throws -> [CellKey: [String]] {
+        try await members(of: rollout).mapValues { $0.map(\.id) }
     }
 
     /// The cohort cut-off for a phase: the phase's share, raised so that at least `minDevices`
@@ -77,8 +74,10 @@ final class RolloutDriver: Service, Sendable {
 
     /// The cell a device checking in belongs to, created in phase 0 on first sight.
     /// `persist: false` answers without saving a new cell (read-only callers such as `explain`).
-    func cell(for device: DeviceRecord, rollout: RolloutRecord, policy: RolloutPolicy, now: Int64, persist: Bool = true) async throws -> StoredCell {
-        let key = Self.cell(of: device)
+    func cell(for device: DeviceRecord, rollout: RolloutRecord, wave: Int = 0, policy rolloutPolicy: RolloutPolicy, now: Int64,
+              persist: Bool = true) async throws -> StoredCell {
+        let key = Targeting.cell(hardwareClass: device.hardwareClass, tier: device.tier, rollout: rollout, wave: wave)
+        let policy = rolloutPolicy.forWave(wave)
         if let c = try await store.cells(rollout: rollout.id)[key] { return c }
         // A cell that first appears after the rollout completed (a new class, a device that moved
         // tier) is complete too: nothing would ever advance it.
@@ -86,7 +85,7 @@ final class RolloutDriver: Service, Sendable {
             return StoredCell(state: CellState(phase: policy.phases.count - 1, status: .completed, phaseStartedAt: now), cutoff: Self.everyone)
         }
         guard persist else {
-            let members = try await membersByCell()[key] ?? []
+            let members = try await membersByCell(rollout)[key] ?? []
             return StoredCell(state: CellState(phaseStartedAt: now),
                               cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id],
                                                   holdBack: policy.holdBackShare))
@@ -94,7 +93,7 @@ final class RolloutDriver: Service, Sendable {
         return try await cellWrites.withLock {
             // Another check-in (or a tick) may have opened it meanwhile.
             if let c = try await store.cells(rollout: rollout.id)[key] { return c }
-            let members = try await membersByCell()[key] ?? []
+            let members = try await membersByCell(rollout)[key] ?? []
             let cell = StoredCell(state: CellState(phaseStartedAt: now),
                                   cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id],
                                                       holdBack: policy.holdBackShare))
@@ -119,9 +118,12 @@ final class RolloutDriver: Service, Sendable {
     func tick(now: Int64) async throws {
         guard leader?.isLeader ?? true else { return }
         try await cellWrites.withLock {
-            for rollout in try await store.activeRollouts() where rollout.state == "active" {
+            let inForce = try await store.activeRollouts()
+            let devices = try await store.deviceCells()
+            for rollout in inForce where rollout.state == "active" {
                 guard let policy = rollout.policy else { continue }
-                try await tick(rollout, policy: policy, now: now)
+                let members = Targeting.members(of: rollout, devices: devices, inForce: inForce)
+                try await tick(rollout, policy: policy, members: members, now: now)
             }
         }
         metrics.rolloutTicks.increment()
@@ -136,8 +138,10 @@ final class RolloutDriver: Service, Sendable {
                                 treatmentP95: o.treatment?.latencyP95Ms, controlP95: o.control?.latencyP95Ms)
     }
 
-    private func tick(_ rollout: RolloutRecord, policy: RolloutPolicy, now: Int64) async throws {
-        let byCell = try await membersByCell()
+    private func tick(_ rollout: RolloutRecord, policy rolloutPolicy: RolloutPolicy, members membership: [CellKey: [DeviceCellRecord]],
+                      now: Int64) async throws {
+        // Cells of waves that have not started are not opened; they wait for the waves before.
+        let byCell = membership.filter { rolloutPolicy.waveIndex(named: $0.key.wave) <= rollout.wave }.mapValues { $0.map(\.id) }
         var cells = try await tickStore.cells(rollout: rollout.id)
         let outcomes = try await tickStore.installOutcomes(release: rollout.releaseId)
         let runtime = Dictionary(try await tickStore.runtimeMetrics(model: rollout.model, since: now - metricsWindowSeconds).map { ($0.deviceId, $0) },
@@ -146,7 +150,9 @@ final class RolloutDriver: Service, Sendable {
         let baselines = try await baselines(rollout, reached: reached, now: now)
         let failedDevices = Set(try await tickStore.failures(release: rollout.releaseId).map(\.deviceId))
         var skipped = false
+        var stoppedWaves: [String: CellKey] = [:]
         for (key, members) in byCell.sorted(by: { $0.key < $1.key }) {
+            let policy = rolloutPolicy.forCell(key)
             defer {
                 if let c = cells[key] {
                     metrics.recordCellHolds(rollout: rollout.id, release: rollout.releaseId, cell: key, state: c.state,
@@ -168,9 +174,11 @@ final class RolloutDriver: Service, Sendable {
             // Devices that joined the cell since the cut-off was set may raise the minimum count.
             stored.cutoff = max(stored.cutoff, Self.cutoff(phase: policy.phases[stored.state.phase], sortedPositions: positions, holdBack: holdBack))
             let cohort = ranked.filter { $0.1 < stored.cutoff }.map(\.0)
+            let deadlines = timeoutDeadlines(cohort: Set(cohort), members: membership[key] ?? [], rollout: rollout, policy: policy,
+                                             phaseStartedAt: stored.state.phaseStartedAt)
             let observation = observe(cohort: cohort, cell: members, rollout: rollout, policy: policy, outcomes: outcomes,
                                       runtime: runtime, reached: reached, baselines: baselines,
-                                      phaseStartedAt: stored.state.phaseStartedAt, now: now)
+                                      phaseStartedAt: stored.state.phaseStartedAt, now: now, deadlines: deadlines)
             let before = stored
             stored.observation = observation
             let (next, actions) = CellStateMachine.step(stored.state, .tick(now: now, observation: observation), policy: policy)
@@ -197,11 +205,71 @@ final class RolloutDriver: Service, Sendable {
             }
             cells[key] = saved
             for a in actions { try await record(rollout, a, cell: key, actor: "controller", now: now) }
+            for a in actions {
+                switch a { case .paused(.some), .rolledBack(.some): stoppedWaves[key.wave ?? ""] = key; default: break }
+            }
         }
-        if !skipped, !cells.isEmpty, cells.values.allSatisfy({ $0.state.status == .completed }) {
+        // A failing gate stops its whole wave: the wave's other cells pause (the waves after it
+        // never start, as this one cannot complete).
+        if rolloutPolicy.waves != nil {
+            for (wave, failed) in stoppedWaves.sorted(by: { $0.key < $1.key }) {
+                for key in cells.keys.sorted() where key.wave ?? "" == wave && key != failed {
+                    guard var c = cells[key], c.state.status == .running || c.state.status == .baking else { continue }
+                    let (next, _) = CellStateMachine.step(c.state, .pause, policy: rolloutPolicy.forCell(key))
+                    c.state = next
+                    guard let saved = try await tickStore.replaceCell(rollout: rollout.id, key, c, existed: true) else { skipped = true; continue }
+                    cells[key] = saved
+                    try await tickStore.recordAction(rollout: rollout.id, RolloutActionRecord(
+                        at: now, actor: "controller", action: "paused", cell: key.description,
+                        detail: "wave \(wave) stopped: a gate failed in cell \(failed)"))
+                }
+            }
+        }
+        guard !skipped else { return }
+        // The current wave is done when every cell it has completed (a wave with no devices is
+        // done at once); the next one starts, or the rollout completes after the last.
+        let current = rollout.wave
+        let waveCells = cells.filter { rolloutPolicy.waveIndex(named: $0.key.wave) == current }
+        guard waveCells.values.allSatisfy({ $0.state.status == .completed }) else { return }
+        guard byCell.keys.allSatisfy({ cells[$0] != nil }) else { return }
+        if current + 1 < rolloutPolicy.waveCount {
+            try await tickStore.setRolloutWave(rollout.id, current + 1)
+            let name = rolloutPolicy.waveName(current + 1) ?? "\(current + 2)"
+            try await tickStore.recordAction(rollout: rollout.id, RolloutActionRecord(
+                at: now, actor: "controller", action: "wave-started", cell: nil,
+                detail: "wave \(name) (\(current + 2) of \(rolloutPolicy.waveCount)): \(membership.filter { $0.key.wave == name }.values.reduce(0) { $0 + $1.count }) devices"))
+            return
+        }
+        if !cells.isEmpty || rolloutPolicy.waves != nil {
             try await tickStore.setRolloutState(rollout.id, "completed")
             try await tickStore.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "completed", cell: nil, detail: nil))
         }
+    }
+
+    /// When each cohort device with a maintenance window times out: its timeout counts from the
+    /// first time its window opens in the phase (a device that waits for its window is not late).
+    /// Devices without a window are left out (the phase's start counts).
+    func timeoutDeadlines(cohort: Set<String>, members: [DeviceCellRecord], rollout: RolloutRecord, policy: RolloutPolicy,
+                          phaseStartedAt: Int64) -> [String: Int64] {
+        var out: [String: Int64] = [:]
+        var firstOpening: [String: Int64] = [:]   // per (window, zone): the same for every device there
+        for d in members where cohort.contains(d.id) {
+            let labels = d.selectable
+            let waveIndex = rollout.policy?.wave(for: labels) ?? 0
+            guard let window = Targeting.window(rollout: rollout, wave: waveIndex, selectable: labels, fleet: windows) else { continue }
+            let cacheKey = "\(window.description)\u{0}\(d.labels["timezone"] ?? "")\u{0}\(d.timezone ?? "")"
+            let opening: Int64
+            if let o = firstOpening[cacheKey] {
+                opening = o
+            } else {
+                let (zone, _) = WindowCalendar.zone(for: window, label: d.labels["timezone"], configured: d.timezone)
+                let first = WindowCalendar.occurrences(of: window, in: zone, after: phaseStartedAt, count: 1).first
+                opening = max(first?.start ?? phaseStartedAt, phaseStartedAt)
+                firstOpening[cacheKey] = opening
+            }
+            out[d.id] = opening + policy.deviceTimeoutSeconds
+        }
+        return out
     }
 
     /// Each treated device's last figures on the release it ran before this rollout reached it.
@@ -222,15 +290,16 @@ final class RolloutDriver: Service, Sendable {
     /// or, when the cell has none, the treated devices' own last figures from before (baseline).
     func observe(cohort: [String], cell: [String], rollout: RolloutRecord, policy: RolloutPolicy,
                  outcomes: [String: String], runtime: [String: DeviceMetrics], reached: [String: RolloutDeviceRecord] = [:],
-                 baselines: [String: DeviceMetrics] = [:], phaseStartedAt: Int64, now: Int64) -> CellObservation {
+                 baselines: [String: DeviceMetrics] = [:], phaseStartedAt: Int64, now: Int64,
+                 deadlines: [String: Int64] = [:]) -> CellObservation {
         var o = CellObservation(targeted: cohort.count)
-        let timedOut = now - phaseStartedAt > policy.deviceTimeoutSeconds
+        let deadline = phaseStartedAt + policy.deviceTimeoutSeconds
         for d in cohort {
             switch outcomes[d] {
             case "committed": o.committed += 1
             case "failed": o.installFailed += 1
             case "rolled-back": o.healthFailed += 1
-            default: if timedOut { o.timedOut += 1 }
+            default: if now > (deadlines[d] ?? deadline) { o.timedOut += 1 }
             }
         }
         let cohortIDs = Set(cohort)
@@ -280,7 +349,7 @@ final class RolloutDriver: Service, Sendable {
         guard rollout.state == "active" else {
             throw APIError(.conflict, "rollout-not-active", "rollout \(rollout.id) is \(rollout.state)")
         }
-        let byCell = try await membersByCell()
+        let byCell = try await membersByCell(rollout)
         let cells = try await store.cells(rollout: rollout.id)
         if let only, cells[only] == nil { throw APIError(.notFound, "unknown-cell", "rollout \(rollout.id) has no cell \(only)") }
         for key in cells.keys.sorted() where only == nil || key == only {
@@ -288,12 +357,13 @@ final class RolloutDriver: Service, Sendable {
             // (on the leader, maybe another replica) makes it read again.
             for attempt in 1...5 {
                 guard var stored = try await store.cells(rollout: rollout.id)[key] else { break }
-                let (next, actions) = CellStateMachine.step(stored.state, event, policy: policy)
+                let cellPolicy = policy.forCell(key)
+                let (next, actions) = CellStateMachine.step(stored.state, event, policy: cellPolicy)
                 if next.status == .completed {
                     stored.cutoff = Self.everyone
                 } else if next.phase != stored.state.phase {
-                    stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], rollout: rollout.id, devices: byCell[key] ?? [],
-                                                holdBack: policy.holdBackShare)
+                    stored.cutoff = Self.cutoff(phase: cellPolicy.phases[next.phase], rollout: rollout.id, devices: byCell[key] ?? [],
+                                                holdBack: cellPolicy.holdBackShare)
                 }
                 stored.state = next
                 if try await store.replaceCell(rollout: rollout.id, key, stored, existed: true) != nil {
@@ -311,7 +381,7 @@ final class RolloutDriver: Service, Sendable {
 
     private func record(_ rollout: RolloutRecord, _ a: CellAction, cell: CellKey, actor: String, now: Int64) async throws {
         let (name, detail): (String, String?) = switch a {
-        case .enteredPhase(let p): ("phase", "entered phase \(p + 1) of \(rollout.policy?.phases.count ?? 0)")
+        case .enteredPhase(let p): ("phase", "entered phase \(p + 1) of \(rollout.policy?.forCell(cell).phases.count ?? 0)")
         case .startedBake: ("bake", "all devices of the phase finished; baking")
         case .completed: ("cell-completed", nil)
         case .paused(let g): ("paused", g.map(Self.describe))

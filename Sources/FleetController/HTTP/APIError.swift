@@ -11,15 +11,17 @@ struct APIError: Error, HTTPResponseError, CustomStringConvertible {
     let message: String
     /// Extra response headers, e.g. Retry-After on 429.
     var headers: HTTPFields = [:]
+    /// Figures the client may act on, in the body's `counts`.
+    var counts: [String: Int]? = nil
 
-    init(_ status: HTTPResponse.Status, _ code: String, _ message: String, headers: HTTPFields = [:]) {
-        self.status = status; self.code = code; self.message = message; self.headers = headers
+    init(_ status: HTTPResponse.Status, _ code: String, _ message: String, headers: HTTPFields = [:], counts: [String: Int]? = nil) {
+        self.status = status; self.code = code; self.message = message; self.headers = headers; self.counts = counts
     }
 
     var description: String { "\(status.code) \(code): \(message)" }
 
     func response(from request: Request, context: some RequestContext) throws -> Response {
-        let body = APIErrorBody(error: .init(code: code, message: message))
+        let body = APIErrorBody(error: .init(code: code, message: message, counts: counts))
         var response = try JSON.response(body, status: status)
         for field in headers { response.headers.append(field) }
         return response

@@ -15,6 +15,8 @@ struct DashboardData: Sendable {
     var performance: [String: [VariantMeasurement]] = [:]
     /// Stored artifacts whose bytes failed their hash check: out of service.
     var quarantined: [QuarantinedArtifact] = []
+    /// Devices by the values of the label the operator named (`--view-label`).
+    var labelView: LabelView? = nil
     var refreshSeconds: Int = 5
 }
 
@@ -33,6 +35,7 @@ enum Dashboard {
             <header><h1>EdgeFleet</h1><span class="muted">controller time \(time(d.now)) UTC · refreshes every \(d.refreshSeconds) s</span></header>
             """
         h += fleet(d)
+        if let v = d.labelView { h += labelView(v) }
         h += quarantine(d.quarantined)
         if d.rollouts.isEmpty {
             h += "<section><h2>Rollouts</h2><p class=\"muted\">No rollouts yet: <code>fleetctl rollout start RELEASE --policy canary</code>.</p></section>"
@@ -125,6 +128,17 @@ enum Dashboard {
         return h
     }
 
+    static func labelView(_ v: LabelView) -> String {
+        var h = "<section id=\"by-label\"><h2>Devices by <code>\(esc(v.key))</code></h2>"
+        h += "<table class=\"cells\"><thead><tr><th>\(esc(v.key))</th><th>devices</th><th>status</th></tr></thead><tbody>"
+        for r in v.rows {
+            h += "<tr data-label-value=\"\(esc(r.value))\" data-devices=\"\(r.devices)\"><td><code>\(esc(r.value))</code></td><td>\(r.devices)</td><td>"
+            h += r.byStatus.sorted { $0.key < $1.key }.map { "<span class=\"badge s-\(esc($0.key))\">\(esc($0.key)) \($0.value)</span>" }.joined(separator: " ")
+            h += "</td></tr>"
+        }
+        return h + "</tbody></table></section>"
+    }
+
     // MARK: rollouts
 
     static func rollout(_ r: DashboardData.Rollout, now: Int64) -> String {
@@ -133,7 +147,21 @@ enum Dashboard {
         h += "<h2>Rollout \(info.id): \(esc(info.release)) <span class=\"badge s-\(esc(info.state))\">\(esc(info.state))</span></h2>"
         h += "<p class=\"muted\">policy \(esc(s.policy?.name ?? info.strategy))"
         if let prev = s.previousRelease { h += " · previous release \(esc(prev))" }
-        h += " · started \(time(info.createdAt)) · \(info.committed)/\(info.targeted) assigned devices committed, \(info.failed) failed, \(info.held) held</p>"
+        h += " · started \(time(info.createdAt)) · \(info.committed)/\(info.targeted) assigned devices committed, \(info.failed) failed, \(info.held) held"
+        if let sel = info.selector, !sel.isEmpty { h += " · devices <code>\(esc(sel))</code>" }
+        if let w = info.window { h += " · window <code>\(esc(w))</code>" }
+        h += "</p>"
+        if let n = s.waitingForWindow, n > 0 {
+            h += "<p class=\"waiting\" data-waiting-for-window=\"\(n)\">\(n) device(s) staged and waiting for their maintenance window</p>"
+        }
+        if let waves = s.waves {
+            h += "<table class=\"cells\"><thead><tr><th>wave</th><th>selector</th><th>status</th><th>devices</th><th>cells</th></tr></thead><tbody>"
+            for w in waves {
+                h += "<tr data-wave=\"\(esc(w.name))\" data-status=\"\(esc(w.status))\"><td><b>\(esc(w.name))</b></td><td><code>\(esc(w.selector.isEmpty ? "everything" : w.selector))</code></td>"
+                h += "<td><span class=\"badge s-\(esc(w.status))\">\(esc(w.status))</span></td><td>\(w.devices)</td><td>\(w.cells)</td></tr>"
+            }
+            h += "</tbody></table>"
+        }
         if !s.cells.isEmpty {
             h += "<table class=\"cells\"><thead><tr><th>cell</th><th>phase</th><th>status</th><th>cohort progress</th><th>gates</th></tr></thead><tbody>"
             for c in s.cells { h += cell(c, rollout: info.id) }

@@ -42,11 +42,15 @@ struct AccessRoutes: Sendable {
             guard seconds > 0, seconds <= options.enrollmentTokenMaxSeconds else {
                 throw APIError(.badRequest, "invalid-expiry", "an enrollment token lives between 1 s and \(options.enrollmentTokenMaxSeconds) s")
             }
+            if let labels = body.labels {
+                try LabelRequests.validate(labels)
+            }
             let now = clock()
             let secret = Secret.make(prefix: Secret.enrollmentPrefix)
             let hash = Secret.hash(secret)
             let info = EnrollmentTokenInfo(id: Secret.id(ofHash: hash), deviceId: body.deviceId, createdAt: now, createdBy: actor(context),
-                                           expiresAt: now + seconds, requireApproval: body.requireApproval ?? false)
+                                           expiresAt: now + seconds, requireApproval: body.requireApproval ?? false,
+                                           labels: body.labels?.nilIfEmpty)
             try await store.createEnrollmentToken(hash: hash, info)
             return try JSON.response(CreatedEnrollmentToken(token: secret, info: info), status: .created)
         }

@@ -11,6 +11,8 @@ struct DashboardRoutes: Sendable {
     let performance: PerformanceBook
     let quarantine: any ArtifactQuarantineStore
     let clock: @Sendable () -> Int64
+    /// The label key devices are broken down by on the page; nil: none.
+    let viewLabel: String?
     /// Mark the session cookie Secure (the controller serves HTTPS).
     let secureCookies: Bool
     /// The newest rollouts shown on the page.
@@ -82,7 +84,9 @@ struct DashboardRoutes: Sendable {
             let t = try await performance.table(model: m.name)
             if !t.isEmpty { perf[m.name] = t }
         }
-        return DashboardData(now: clock(), devices: fleet.devices.values.sorted { $0.id < $1.id }, eventsDropped: try await store.eventsDropped(),
-                             rollouts: rollouts, performance: perf, quarantined: try await quarantine.quarantinedArtifacts())
+        let devices = fleet.devices.values.sorted { $0.id < $1.id }
+        let view = viewLabel.map { key in LabelView.breakdown(key: key, devices: devices.map { (labels: $0.selectable, status: $0.status) }) }
+        return DashboardData(now: clock(), devices: devices, eventsDropped: try await store.eventsDropped(),
+                             rollouts: rollouts, performance: perf, quarantined: try await quarantine.quarantinedArtifacts(), labelView: view)
     }
 }

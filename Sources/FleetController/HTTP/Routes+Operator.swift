@@ -96,16 +96,32 @@ struct OperatorRoutes: Sendable {
             guard let release = try await store.release(body.release) else {
                 throw APIError(.notFound, "unknown-release", "no release \(body.release)")
             }
-            let current = try await store.activeRollouts().first { $0.model == release.model }
-            let previous = current.flatMap { $0.state == "aborted" ? $0.previousReleaseId : $0.releaseId }
-            guard previous != release.id else {
-                throw APIError(.conflict, "already-rolled-out", "\(release.id) is already the release in force")
+            let selector = try LabelRequests.selector(body.selector)
+            var window: MaintenanceWindow? = nil
+            if let text = body.window {
+                do { window = try MaintenanceWindow(parsing: text) } catch { throw APIError(.badRequest, "invalid-window", "window: \(error)") }
+                if let problem = window?.validate() { throw APIError(.badRequest, "invalid-window", "window: \(problem)") }
+                if let zone = window?.timezone, !WindowCalendar.isKnownZone(zone) {
+                    throw APIError(.badRequest, "invalid-window", "window: unknown time zone '\(zone)'")
+                }
+            }
+            let targeting = try await rolloutTargeting(model: release.model, selector: selector, supersede: body.supersede ?? false)
+            let previous = targeting.previous.flatMap { $0.state == "aborted" ? $0.previousReleaseId : $0.releaseId }
+            if previous == release.id, targeting.previous?.selector == selector {
+                throw APIError(.conflict, "already-rolled-out", "\(release.id) is already the release in force for these devices")
             }
             let r = try await store.createRollout(RolloutRecord(
                 id: 0, releaseId: release.id, model: release.model, strategy: policy?.name ?? "all", state: "active", createdAt: clock(),
-                policy: policy, previousReleaseId: previous, createdBy: actor(request, context)))
+                policy: policy, previousReleaseId: previous, createdBy: actor(request, context), selector: selector, window: window),
+                superseding: targeting.superseded.map(\.id))
+            var detail = "\(release.id) with \(policy.map { "policy \($0.name)" } ?? "all devices at once")"
+            if !selector.isEverything { detail += " on \(selector)" }
+            if let window { detail += ", activating in \(window)" }
+            if !targeting.takenOver.isEmpty {
+                detail += "; takes over \(targeting.takenOver.map { "\($0.devices) device(s) of rollout \($0.rollout)" }.joined(separator: ", "))"
+            }
             try await store.recordAction(rollout: r.id, RolloutActionRecord(at: clock(), actor: r.createdBy, action: "started", cell: nil,
-                                                                             detail: "\(release.id) with \(policy.map { "policy \($0.name)" } ?? "all devices at once")"))
+                                                                             detail: detail))
             _ = try await director.planDeltas(for: r)
             return try JSON.response(currentRolloutInfo(r, try await FleetSnapshot.load(store)), status: .created)
         }
@@ -117,12 +133,7 @@ struct OperatorRoutes: Sendable {
                 let r = try rolloutRecord(context)
                 let rollout = try await r()
                 let body = try await JSON.decode(RolloutActionRequest.self, request, limit: Self.bodyLimit)
-                var cell: CellKey? = nil
-                if let c = body.cell {
-                    let parts = c.split(separator: "/", maxSplits: 1).map(String.init)
-                    guard parts.count == 2 else { throw APIError(.badRequest, "invalid-cell", "a cell is CLASS/TIER") }
-                    cell = CellKey(hardwareClass: parts[0], tier: parts[1])
-                }
+                let cell = try body.cell.map(Self.cellKey)
                 let now = clock()
                 let e: CellEvent = switch event {
                 case .promote: .promote(now: now)
@@ -148,10 +159,12 @@ struct OperatorRoutes: Sendable {
             return try JSON.response(out)
         }
 
-        router.get("/v1/devices") { _, _ in
+        router.get("/v1/devices") { request, _ in
+            let selector = try LabelRequests.selector(request.uri.queryParameters["selector"].map(String.init))
             let assignments = try await store.assignments()
-            return try JSON.response(try await store.devices().map { deviceInfo($0, assignments) })
+            return try JSON.response(try await store.devices().filter { selector.matches($0.selectable) }.map { deviceInfo($0, assignments) })
         }
+        registerLabels(router)
         router.get("/v1/devices/:id") { _, context in
             let id = try deviceID(context)
             guard let d = try await store.device(id) else { throw APIError(.notFound, "unknown-device", "no device \(id)") }
@@ -170,7 +183,10 @@ struct OperatorRoutes: Sendable {
             }
             return try JSON.response(try await store.events(deviceId: id, limit: 200))
         }
-        router.get("/v1/status") { _, _ in try JSON.response(try await status()) }
+        router.get("/v1/status") { request, _ in
+            let selector = try LabelRequests.selector(request.uri.queryParameters["selector"].map(String.init))
+            return try JSON.response(try await status(selector))
+        }
     }
 
     /// A catalog is accepted only when the release key threshold of root signed it, it names
@@ -259,7 +275,9 @@ struct OperatorRoutes: Sendable {
     /// `fleet`: devices and assignments already read (a caller showing several rollouts reads them once).
     func rolloutStatus(_ r: RolloutRecord, fleet: FleetSnapshot? = nil) async throws -> RolloutStatus {
         let stored = try await store.cells(rollout: r.id)
-        let cellOf = Dictionary(try await store.deviceCells().map { ($0.id, RolloutDriver.cell(of: $0)) }, uniquingKeysWith: { a, _ in a })
+        let membership = Targeting.members(of: r, devices: try await store.deviceCells(), inForce: try await store.activeRollouts())
+        var cellOf: [String: CellKey] = [:]
+        for (key, ds) in membership { for d in ds { cellOf[d.id] = key } }
         var failed: [CellKey: Int] = [:]
         for f in try await store.failures(release: r.releaseId) { if let k = cellOf[f.deviceId] { failed[k, default: 0] += 1 } }
         // Rollback progress is read apart from the frozen record of the stop.
@@ -278,7 +296,7 @@ struct OperatorRoutes: Sendable {
         }
         let cells = stored.sorted { $0.key < $1.key }.map { key, c in
             RolloutStatus.Cell(cell: key.description, status: c.state.status.rawValue, phase: c.state.phase + 1,
-                               phases: r.policy?.phases.count ?? 1, cohortShare: min(c.cutoff, 1), observation: c.observation,
+                               phases: r.policy?.forCell(key).phases.count ?? 1, cohortShare: min(c.cutoff, 1), observation: c.observation,
                                gates: c.state.gates, failedGate: c.state.failedGate, blockedBy: c.state.blockedBy,
                                failedNotRetried: failed[key] ?? 0, afterStop: afterStop[key])
         }
@@ -288,7 +306,75 @@ struct OperatorRoutes: Sendable {
         let snapshot: FleetSnapshot
         if let fleet { snapshot = fleet } else { snapshot = try await FleetSnapshot.load(store) }
         let info = try await rolloutInfo(r, snapshot)
-        return RolloutStatus(rollout: info, policy: r.policy, previousRelease: r.previousReleaseId, cells: cells, actions: actions)
+        var waves: [RolloutStatus.Wave]? = nil
+        if let policyWaves = r.policy?.waves {
+            waves = policyWaves.enumerated().map { i, w in
+                let mine = stored.filter { $0.key.wave == w.name }
+                let devices = membership.filter { $0.key.wave == w.name }.values.reduce(0) { $0 + $1.count }
+                let status: String
+                if mine.values.contains(where: { [.paused, .rolledBack, .aborted].contains($0.state.status) }) { status = "stopped" }
+                else if i < r.wave || r.state == "completed" { status = "completed" }
+                else if i > r.wave { status = r.state == "active" ? "pending" : r.state }
+                else { status = !mine.isEmpty && mine.values.allSatisfy { $0.state.status == .completed } ? "completed" : "running" }
+                return RolloutStatus.Wave(name: w.name, selector: w.selector.description, status: status, devices: devices, cells: mine.count)
+            }
+        }
+        let now = clock()
+        let waiting = snapshot.assignments.filter { a in
+            guard a.releaseId == r.releaseId, let windows = a.activation, !MaintenanceWindow.allows(windows, at: now) else { return false }
+            return snapshot.devices[a.deviceId]?.installed[r.model] != a.sha256
+        }.count
+        return RolloutStatus(rollout: info, policy: r.policy, previousRelease: r.previousReleaseId, cells: cells, actions: actions,
+                             waves: waves, waitingForWindow: waiting)
+    }
+
+    struct RolloutTargeting {
+        /// The rollout the new one follows (its control release and rollback target): the newest in
+        /// force whose selector may share devices with the new one.
+        var previous: RolloutRecord?
+        /// In-force rollouts the new one covers whole: they end (superseded).
+        var superseded: [RolloutRecord]
+        /// Active rollouts the new one takes devices from (`supersede`), with how many.
+        var takenOver: [(rollout: Int64, devices: Int)]
+    }
+
+    /// How a new rollout on `selector` sits among the model's rollouts in force. An active rollout
+    /// that shares devices with it refuses it (409 `rollout-overlap`, with the devices in common
+    /// counted) unless `supersede`; a completed or aborted one simply gives up the devices in common.
+    func rolloutTargeting(model: String, selector: LabelSelector, supersede: Bool) async throws -> RolloutTargeting {
+        let inForce = try await store.activeRollouts()
+        let sameModel = inForce.filter { $0.model == model }.sorted { $0.id > $1.id }
+        let devices = sameModel.isEmpty ? [] : try await store.deviceCells()
+        var out = RolloutTargeting(previous: nil, superseded: [], takenOver: [])
+        var overlaps: [(RolloutRecord, Int)] = []
+        for r in sameModel {
+            if out.previous == nil, !r.selector.provablyDisjoint(from: selector) { out.previous = r }
+            // A rollout whose every device the new one picks ends: one on the same selector, or any
+            // under a selector that picks everything.
+            if selector.isEverything || r.selector == selector {
+                out.superseded.append(r)
+            }
+            // Only a staged rollout still under way is protected: one of all devices at once has
+            // nothing left to stage.
+            guard r.state == "active", r.policy != nil, !r.selector.provablyDisjoint(from: selector) else { continue }
+            // One whose every cell a gate rolled back (or an operator aborted) is over already.
+            let cells = try await store.cells(rollout: r.id).values
+            if !cells.isEmpty, cells.allSatisfy({ $0.state.status == .rolledBack || $0.state.status == .aborted }) { continue }
+            let common = Targeting.members(of: r, devices: devices, inForce: inForce).values.reduce(0) { n, ds in
+                n + ds.filter { selector.matches($0.selectable) }.count
+            }
+            if common > 0 || selector.isEverything || r.selector == selector { overlaps.append((r, common)) }
+        }
+        if !overlaps.isEmpty, !supersede {
+            let total = overlaps.reduce(0) { $0 + $1.1 }
+            let list = overlaps.map { "rollout \($0.0.id) (\($0.0.releaseId)\($0.0.selector.isEverything ? "" : " on \($0.0.selector)")): \($0.1) device(s)" }
+            throw APIError(.conflict, "rollout-overlap",
+                           "the new rollout shares devices with active rollouts of \(model): \(list.joined(separator: "; ")); "
+                           + "narrow the selector or pass --supersede to take them over",
+                           counts: ["devicesInCommon": total, "rollouts": overlaps.count])
+        }
+        out.takenOver = overlaps.filter { o in !out.superseded.contains { $0.id == o.0.id } }.map { ($0.0.id, $0.1) }
+        return out
     }
 
     /// Progress of a rollout. A superseded one keeps the counts of what it did, from the release's history.
@@ -296,7 +382,8 @@ struct OperatorRoutes: Sendable {
         guard r.state == "superseded" else { return currentRolloutInfo(r, fleet) }
         let h = try await store.releaseHistory(release: r.releaseId)
         return RolloutInfo(id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state, createdAt: r.createdAt,
-                           targeted: h.targeted, committed: h.received, failed: h.failed, held: 0)
+                           targeted: h.targeted, committed: h.received, failed: h.failed, held: 0,
+                           selector: r.selector.description, window: r.window?.description)
     }
 
     private func currentRolloutInfo(_ r: RolloutRecord, _ fleet: FleetSnapshot) -> RolloutInfo {
@@ -309,19 +396,21 @@ struct OperatorRoutes: Sendable {
         }
         let held = devices.values.filter { $0.held[r.model] != nil }.count
         return RolloutInfo(id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state, createdAt: r.createdAt,
-                           targeted: assigned.count, committed: committed, failed: failed, held: held)
+                           targeted: assigned.count, committed: committed, failed: failed, held: held,
+                           selector: r.selector.description, window: r.window?.description)
     }
 
-    private func deviceInfo(_ d: DeviceRecord, _ assignments: [AssignmentRecord]) -> DeviceInfo {
+    func deviceInfo(_ d: DeviceRecord, _ assignments: [AssignmentRecord]) -> DeviceInfo {
         var assigned: [String: String] = [:]
         for a in assignments where a.deviceId == d.id { assigned[a.model] = a.variant }
         return DeviceInfo(id: d.id, hardwareClass: d.hardwareClass, tier: d.tier, facts: d.facts, installed: d.installed, phase: d.phase,
                           status: d.status, statusDetail: d.statusDetail, assigned: assigned, held: d.held,
-                          firstSeen: d.firstSeen, lastSeen: d.lastSeen, agentVersion: d.agentVersion)
+                          firstSeen: d.firstSeen, lastSeen: d.lastSeen, agentVersion: d.agentVersion,
+                          labels: d.labels.nilIfEmpty, labelSources: Self.labelSources(d).nilIfEmpty)
     }
 
-    private func status() async throws -> FleetStatus {
-        let devices = try await store.devices()
+    private func status(_ selector: LabelSelector) async throws -> FleetStatus {
+        let devices = try await store.devices().filter { selector.matches($0.selectable) }
         var byClass: [String: Int] = [:], byTier: [String: Int] = [:], byStatus: [String: Int] = [:]
         for d in devices {
             byClass[d.hardwareClass ?? "none", default: 0] += 1

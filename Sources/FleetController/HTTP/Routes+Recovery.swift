@@ -17,7 +17,8 @@ extension OperatorRoutes {
             }
             if let c = body.cell {
                 let key = try Self.cellKey(c)
-                let members = try await store.deviceCells().filter { RolloutDriver.cell(of: $0) == key }.map(\.id)
+                let members = Targeting.members(of: rollout, devices: try await store.deviceCells(),
+                                                inForce: try await store.activeRollouts())[key]?.map(\.id) ?? []
                 devices = devices.map { d in d.filter(Set(members).contains) } ?? members
             }
             let who = actor(request, context)
@@ -32,8 +33,7 @@ extension OperatorRoutes {
     }
 
     static func cellKey(_ c: String) throws -> CellKey {
-        let parts = c.split(separator: "/", maxSplits: 1).map(String.init)
-        guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { throw APIError(.badRequest, "invalid-cell", "a cell is CLASS/TIER") }
-        return CellKey(hardwareClass: parts[0], tier: parts[1])
+        guard let key = CellKey(parsing: c) else { throw APIError(.badRequest, "invalid-cell", "a cell is CLASS/TIER or WAVE:CLASS/TIER") }
+        return key
     }
 }

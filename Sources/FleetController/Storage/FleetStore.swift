@@ -13,6 +13,22 @@ struct DeviceRecord: Sendable, Equatable {
     var firstSeen: Int64
     var lastSeen: Int64
     var agentVersion: String?
+    /// Labels bound by the enrollment token and set by the operator (the device's own are in its facts).
+    var enrolledLabels: [String: String] = [:]
+    var operatorLabels: [String: String] = [:]
+
+    /// Its labels after precedence: operator over enrollment token over the device's own.
+    var labels: [String: String] {
+        Labels.effective(agent: facts.labels ?? [:], enrollment: enrolledLabels, operator: operatorLabels)
+    }
+
+    /// What a selector sees: the labels and the built-in keys class, tier and arch.
+    var selectable: [String: String] {
+        Labels.selectable(labels, hardwareClass: hardwareClass, tier: tier, arch: facts.arch)
+    }
+
+    /// The zone named by its `timezone` label, else the one its facts report.
+    var timezoneLabel: String? { labels["timezone"] }
 }
 
 struct ModelRecord: Sendable, Equatable {
@@ -51,6 +67,12 @@ struct RolloutRecord: Sendable, Equatable {
     /// What the devices ran before: the control cohort's release, and the rollback target.
     var previousReleaseId: String? = nil
     var createdBy: String = "operator"
+    /// The devices the rollout is for; everything by default.
+    var selector: LabelSelector = .everything
+    /// Set at start: activation only inside this window (over the policy's and the fleet's).
+    var window: MaintenanceWindow? = nil
+    /// The wave that runs now (0 without waves); waves before it completed.
+    var wave: Int = 0
 }
 
 /// One cell of a staged rollout: its state machine and the cohort cut-off of its current phase.
@@ -72,6 +94,13 @@ struct DeviceCellRecord: Sendable, Equatable {
     var id: String
     var hardwareClass: String?
     var tier: String?
+    var arch: String? = nil
+    /// The zone the device's facts report (its `timezone` label, if any, is in `labels`).
+    var timezone: String? = nil
+    /// Effective labels (operator over enrollment over the device's own).
+    var labels: [String: String] = [:]
+
+    var selectable: [String: String] { Labels.selectable(labels, hardwareClass: hardwareClass, tier: tier, arch: arch) }
 }
 
 /// A device a staged rollout sent its release to, and what it ran before (its rollback target).
@@ -124,6 +153,8 @@ struct AssignmentRecord: Sendable, Equatable {
     var packageSha256: String
     var envelope: Envelope
     var expiresAt: Int64
+    /// The activation windows signed into the assignment; nil: any time.
+    var activation: [ActivationWindow]? = nil
 }
 
 /// A delta package from one exact base artifact to one target artifact.
@@ -207,8 +238,12 @@ protocol FleetStore: Sendable {
     func releases() async throws -> [ReleaseRecord]
     func maxSerial(model: String) async throws -> Int
 
-    /// Creates a rollout and marks earlier active rollouts of the same model superseded.
-    func createRollout(_ r: RolloutRecord) async throws -> RolloutRecord
+    /// Creates a rollout and marks `superseding` (rollouts of the same model it takes over) superseded.
+    func createRollout(_ r: RolloutRecord, superseding: [Int64]) async throws -> RolloutRecord
+    /// Moves a rollout to its next wave (ticks on the leader: fenced).
+    func setRolloutWave(_ id: Int64, _ wave: Int) async throws
+    /// The operator's labels of a device: `set` added or replaced, `remove` removed. nil: no such device.
+    func updateOperatorLabels(deviceId: String, set: [String: String], remove: [String]) async throws -> DeviceRecord?
     /// The rollout as stored now (never cached).
     func rollout(_ id: Int64) async throws -> RolloutRecord?
     func rollouts() async throws -> [RolloutRecord]

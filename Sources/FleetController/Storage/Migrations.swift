@@ -18,6 +18,7 @@ enum Migrations {
         Migration(version: 2, name: "leader lease", apply: leaderLease),
         Migration(version: 3, name: "cell revisions", apply: cellRevisions),
         Migration(version: 4, name: "prior releases per rollout", apply: rolloutPriorReleases),
+        Migration(version: 5, name: "labels, targeted rollouts, waves, maintenance windows", apply: targeting),
     ]
     static var latest: Int { all.last!.version }
     /// Any number; the same in every replica.
@@ -253,6 +254,39 @@ enum Migrations {
             SELECT DISTINCT rollout_id, prior_release FROM rollout_devices WHERE prior_release IS NOT NULL
             ON CONFLICT (rollout_id, release) DO NOTHING
             """)
+    }
+
+    /// Labels from three sources: the device's own (in its facts, copied to `agent_labels` for
+    /// selection without decoding facts), the enrollment token's and the operator's (a table of
+    /// their own, so that a device's check-in never writes over an operator's change); the arch
+    /// and configured zone for selectors and windows; rollouts' selector, window and current wave;
+    /// assignments' activation windows.
+    private static func targeting(_ tx: any SQLQuerying) async throws {
+        let d = tx.dialect
+        for column in ["arch TEXT", "timezone TEXT", "agent_labels TEXT NOT NULL DEFAULT '{}'"] {
+            try await tx.execute(d.ddl("ALTER TABLE devices ADD COLUMN \(column)"))
+        }
+        switch d {
+        case .sqlite:
+            try await tx.execute("""
+                UPDATE devices SET arch = json_extract(facts, '$.arch'), timezone = json_extract(facts, '$.timezone'),
+                  agent_labels = COALESCE(json_extract(facts, '$.labels'), '{}')
+                """)
+        case .postgres:
+            try await tx.execute("""
+                UPDATE devices SET arch = facts::jsonb ->> 'arch', timezone = facts::jsonb ->> 'timezone',
+                  agent_labels = COALESCE(facts::jsonb -> 'labels', '{}'::jsonb)::text
+                """)
+        }
+        try await tx.execute(d.ddl("""
+            CREATE TABLE IF NOT EXISTS device_labels (
+                device_id TEXT PRIMARY KEY, enrolled TEXT NOT NULL DEFAULT '{}', operator TEXT NOT NULL DEFAULT '{}')
+            """))
+        try await tx.execute(d.ddl("ALTER TABLE enrollment_tokens ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'"))
+        for column in ["selector TEXT NOT NULL DEFAULT ''", "activation_window TEXT", "wave INTEGER NOT NULL DEFAULT 0"] {
+            try await tx.execute(d.ddl("ALTER TABLE rollouts ADD COLUMN \(column)"))
+        }
+        try await tx.execute(d.ddl("ALTER TABLE assignments ADD COLUMN activation TEXT"))
     }
 
     /// Work that runs once across replicas (the rollout driver, the delta planner, the scrub) is

@@ -48,18 +48,19 @@ extension SQLStore: AccessStore {
 
     // MARK: enrollment
 
-    private static let enrollmentColumns = "id, device_id, created_at, created_by, expires_at, require_approval, used_at, used_by"
+    private static let enrollmentColumns = "id, device_id, created_at, created_by, expires_at, require_approval, used_at, used_by, labels"
 
     private static func enrollmentRow(_ r: SQLRow) throws -> EnrollmentTokenInfo {
         EnrollmentTokenInfo(id: try r.string("id"), deviceId: try r.optionalString("device_id"), createdAt: try r.int("created_at"),
                             createdBy: try r.string("created_by"), expiresAt: try r.int("expires_at"),
                             requireApproval: try r.bool("require_approval"), usedAt: try r.optionalInt("used_at"),
-                            usedBy: try r.optionalString("used_by"))
+                            usedBy: try r.optionalString("used_by"), labels: try Self.labels(r, "labels").nilIfEmpty)
     }
 
     func createEnrollmentToken(hash: String, _ t: EnrollmentTokenInfo) async throws {
-        try await db.execute("INSERT INTO enrollment_tokens (hash, \(Self.enrollmentColumns)) VALUES (?,?,?,?,?,?,?,?,?)",
-                             [hash, t.id, t.deviceId, t.createdAt, t.createdBy, t.expiresAt, t.requireApproval ? 1 : 0, t.usedAt, t.usedBy])
+        try await db.execute("INSERT INTO enrollment_tokens (hash, \(Self.enrollmentColumns)) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                             [hash, t.id, t.deviceId, t.createdAt, t.createdBy, t.expiresAt, t.requireApproval ? 1 : 0, t.usedAt, t.usedBy,
+                              try json(t.labels ?? [:])])
     }
 
     func enrollmentTokens() async throws -> [EnrollmentTokenInfo] {
@@ -94,6 +95,10 @@ extension SQLStore: AccessStore {
                   enrolled_at=excluded.enrolled_at, enrollment_token=excluded.enrollment_token, facts=excluded.facts,
                   decided_by=excluded.decided_by, decided_at=excluded.decided_at
                 """, [deviceId, identity.status.rawValue, fingerprint, now, token.id, factsText, identity.decidedBy, identity.decidedAt])
+            // The token's labels are the device's from now on (a new enrollment replaces them).
+            try await tx.execute("""
+                INSERT INTO device_labels (device_id, enrolled) VALUES (?, ?) ON CONFLICT(device_id) DO UPDATE SET enrolled = excluded.enrolled
+                """, [deviceId, try self.json(token.labels ?? [:])])
             return identity
         }
     }

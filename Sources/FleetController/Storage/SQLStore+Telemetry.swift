@@ -84,9 +84,16 @@ extension SQLStore {
         }
     }
 
+    /// Light rows for cells and selectors: no facts decoded; labels decoded only where set.
     func deviceCells() async throws -> [DeviceCellRecord] {
-        try await db.query("SELECT id, hardware_class, tier FROM devices", []).map {
-            DeviceCellRecord(id: try $0.string("id"), hardwareClass: try $0.optionalString("hardware_class"), tier: try $0.optionalString("tier"))
+        try await db.query("""
+            SELECT d.id, d.hardware_class, d.tier, d.arch, d.timezone, d.agent_labels, l.enrolled AS enrolled_labels, l.operator AS operator_labels
+            FROM devices d LEFT JOIN device_labels l ON l.device_id = d.id
+            """, []).map {
+            DeviceCellRecord(id: try $0.string("id"), hardwareClass: try $0.optionalString("hardware_class"), tier: try $0.optionalString("tier"),
+                             arch: try $0.optionalString("arch"), timezone: try $0.optionalString("timezone"),
+                             labels: Labels.effective(agent: try Self.labels($0, "agent_labels"), enrollment: try Self.labels($0, "enrolled_labels"),
+                                                      operator: try Self.labels($0, "operator_labels")))
         }
     }
 }

@@ -81,18 +81,31 @@ final class SQLStore: FleetStore {
 
     // MARK: devices
 
-    private static let deviceColumns = "id, facts, hardware_class, tier, installed, phase, status, status_detail, held, first_seen, last_seen, agent_version"
+    /// A device row with the labels the enrollment token bound and the operator set.
+    private static let deviceSelect = """
+        SELECT d.id, d.facts, d.hardware_class, d.tier, d.installed, d.phase, d.status, d.status_detail, d.held, d.first_seen,
+          d.last_seen, d.agent_version, l.enrolled AS enrolled_labels, l.operator AS operator_labels
+        FROM devices d LEFT JOIN device_labels l ON l.device_id = d.id
+        """
 
     func upsertDevice(_ d: DeviceRecord) async throws {
         // A check-in's facts and time are repeated by the next check-in: not worth an fsync each.
+        // The enrollment's and operator's labels are not written here: only their own commands do.
         try await db.executeRelaxed("""
-            INSERT INTO devices (id, facts, hardware_class, tier, installed, phase, status, status_detail, held, first_seen, last_seen, agent_version)
-            VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
+            INSERT INTO devices (id, facts, hardware_class, tier, installed, phase, status, status_detail, held, first_seen, last_seen,
+              agent_version, arch, timezone, agent_labels)
+            VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
             ON CONFLICT(id) DO UPDATE SET facts=excluded.facts, hardware_class=excluded.hardware_class, tier=excluded.tier,
               installed=excluded.installed, phase=excluded.phase, held=excluded.held, last_seen=excluded.last_seen,
-              agent_version=excluded.agent_version
+              agent_version=excluded.agent_version, arch=excluded.arch, timezone=excluded.timezone, agent_labels=excluded.agent_labels
             """, [d.id, try json(d.facts), d.hardwareClass, d.tier, try json(d.installed), d.phase, d.status, d.statusDetail,
-                  try json(d.held), d.firstSeen, d.lastSeen, d.agentVersion])
+                  try json(d.held), d.firstSeen, d.lastSeen, d.agentVersion, d.facts.arch, d.facts.timezone, try json(d.facts.labels ?? [:])])
+    }
+
+    /// A JSON object of labels as stored; "{}" and NULL without decoding.
+    static func labels(_ r: SQLRow, _ column: String) throws -> [String: String] {
+        guard let text = try r.optionalString(column), text != "{}" else { return [:] }
+        return try r.json([String: String].self, column)
     }
 
     static func deviceRow(_ r: SQLRow) throws -> DeviceRecord {
@@ -100,21 +113,40 @@ final class SQLStore: FleetStore {
                      tier: try r.optionalString("tier"), installed: try r.json([String: String].self, "installed"),
                      phase: try r.optionalString("phase"), status: try r.string("status"), statusDetail: try r.optionalString("status_detail"),
                      held: try r.json([String: String].self, "held"), firstSeen: try r.int("first_seen"), lastSeen: try r.int("last_seen"),
-                     agentVersion: try r.optionalString("agent_version"))
+                     agentVersion: try r.optionalString("agent_version"), enrolledLabels: try labels(r, "enrolled_labels"),
+                     operatorLabels: try labels(r, "operator_labels"))
     }
 
     func device(_ id: String) async throws -> DeviceRecord? {
-        try await db.query("SELECT \(Self.deviceColumns) FROM devices WHERE id = ?", [id]).first.map(Self.deviceRow)
+        try await db.query("\(Self.deviceSelect) WHERE d.id = ?", [id]).first.map(Self.deviceRow)
     }
 
     func devices() async throws -> [DeviceRecord] {
-        try await db.query("SELECT \(Self.deviceColumns) FROM devices ORDER BY id", []).map(Self.deviceRow)
+        try await db.query("\(Self.deviceSelect) ORDER BY d.id", []).map(Self.deviceRow)
     }
 
     func devices(running model: String) async throws -> [DeviceRecord] {
         guard Name.isValid(model) else { return [] }
-        return try await db.query("SELECT \(Self.deviceColumns) FROM devices WHERE \(db.dialect.jsonGet("installed")) IS NOT NULL ORDER BY id",
+        return try await db.query("\(Self.deviceSelect) WHERE \(db.dialect.jsonGet("d.installed")) IS NOT NULL ORDER BY d.id",
                                   [model]).map(Self.deviceRow)
+    }
+
+    func updateOperatorLabels(deviceId: String, set: [String: String], remove: [String]) async throws -> DeviceRecord? {
+        try await write { tx in
+            guard let device = try await tx.query("\(Self.deviceSelect) WHERE d.id = ?", [deviceId]).first.map(Self.deviceRow) else { return nil }
+            var labels = device.operatorLabels
+            for k in remove { labels[k] = nil }
+            labels.merge(set) { $1 }
+            var after = device
+            after.operatorLabels = labels
+            // The bound counts what the device ends up with, from every source.
+            try LabelRequests.validate(after.labels)
+            try await tx.execute("""
+                INSERT INTO device_labels (device_id, operator) VALUES (?, ?)
+                ON CONFLICT(device_id) DO UPDATE SET operator = excluded.operator
+                """, [deviceId, try self.json(labels)])
+            return after
+        }
     }
 
     func deviceCount() async throws -> Int {
@@ -207,23 +239,33 @@ final class SQLStore: FleetStore {
         Int(try await db.scalar("SELECT COALESCE(MAX(serial), 0) AS serial FROM releases WHERE model = ?", [model]).int ?? 0)
     }
 
-    static let rolloutColumns = "id, release_id, model, strategy, state, created_at, policy, previous_release, created_by"
+    static let rolloutColumns = "id, release_id, model, strategy, state, created_at, policy, previous_release, created_by, selector, activation_window, wave"
 
     static func rolloutRow(_ r: SQLRow) throws -> RolloutRecord {
-        RolloutRecord(id: try r.int("id"), releaseId: try r.string("release_id"), model: try r.string("model"), strategy: try r.string("strategy"),
-                      state: try r.string("state"), createdAt: try r.int("created_at"),
-                      policy: try r.optionalJSON(RolloutPolicy.self, "policy"), previousReleaseId: try r.optionalString("previous_release"),
-                      createdBy: try r.string("created_by"))
+        let selectorText = try r.string("selector")
+        let selector: LabelSelector
+        do { selector = try LabelSelector(parsing: selectorText) } catch {
+            throw StorageError(.corrupt, "rollout \(try r.int("id")) has a selector that does not parse: \(error)")
+        }
+        return RolloutRecord(id: try r.int("id"), releaseId: try r.string("release_id"), model: try r.string("model"), strategy: try r.string("strategy"),
+                             state: try r.string("state"), createdAt: try r.int("created_at"),
+                             policy: try r.optionalJSON(RolloutPolicy.self, "policy"), previousReleaseId: try r.optionalString("previous_release"),
+                             createdBy: try r.string("created_by"), selector: selector,
+                             window: try r.optionalJSON(MaintenanceWindow.self, "activation_window"), wave: Int(try r.int("wave")))
     }
 
-    func createRollout(_ r: RolloutRecord) async throws -> RolloutRecord {
+    func createRollout(_ r: RolloutRecord, superseding: [Int64]) async throws -> RolloutRecord {
         let policy = try r.policy.map(json)
+        let window = try r.window.map(json)
         return try await write(announcing: [.rollouts]) { tx in
-            try await tx.execute("UPDATE rollouts SET state = 'superseded' WHERE model = ? AND state IN ('active', 'completed', 'aborted')", [r.model])
+            for id in superseding {
+                try await tx.execute("UPDATE rollouts SET state = 'superseded' WHERE id = ? AND model = ? AND state IN ('active', 'completed', 'aborted')",
+                                     [id, r.model])
+            }
             let rows = try await tx.query("""
-                INSERT INTO rollouts (release_id, model, strategy, state, created_at, policy, previous_release, created_by)
-                VALUES (?,?,?,'active',?,?,?,?) RETURNING \(Self.rolloutColumns)
-                """, [r.releaseId, r.model, r.strategy, r.createdAt, policy, r.previousReleaseId, r.createdBy])
+                INSERT INTO rollouts (release_id, model, strategy, state, created_at, policy, previous_release, created_by, selector, activation_window)
+                VALUES (?,?,?,'active',?,?,?,?,?,?) RETURNING \(Self.rolloutColumns)
+                """, [r.releaseId, r.model, r.strategy, r.createdAt, policy, r.previousReleaseId, r.createdBy, r.selector.description, window])
             guard let row = rows.first else { throw StorageError(.database, "insert returned no row") }
             return try Self.rolloutRow(row)
         }
@@ -250,6 +292,12 @@ final class SQLStore: FleetStore {
         }
     }
 
+    func setRolloutWave(_ id: Int64, _ wave: Int) async throws {
+        try await write(fenced: true, announcing: [.rollouts]) { tx in
+            try await tx.execute("UPDATE rollouts SET wave = ? WHERE id = ? AND wave < ?", [wave, id, wave])
+        }
+    }
+
     func cells(rollout: Int64) async throws -> [CellKey: StoredCell] {
         try await cache.value(.cells, "\(rollout)") { try await freshCells(rollout: rollout) }
     }
@@ -258,11 +306,12 @@ final class SQLStore: FleetStore {
     func freshCells(rollout: Int64) async throws -> [CellKey: StoredCell] {
         var out: [CellKey: StoredCell] = [:]
         for r in try await db.query("SELECT cell, body, revision FROM rollout_cells WHERE rollout_id = ?", [rollout]) {
-            let parts = try r.string("cell").split(separator: "/", maxSplits: 1).map(String.init)
-            guard parts.count == 2 else { throw StorageError(.corrupt, "cell name \(try r.string("cell")) is not CLASS/TIER") }
+            guard let key = CellKey(parsing: try r.string("cell")) else {
+                throw StorageError(.corrupt, "cell name \(try r.string("cell")) is not CLASS/TIER or WAVE:CLASS/TIER")
+            }
             var cell = try r.json(StoredCell.self, "body")
             cell.revision = try r.int("revision")
-            out[CellKey(hardwareClass: parts[0], tier: parts[1])] = cell
+            out[key] = cell
         }
         return out
     }
@@ -345,13 +394,13 @@ final class SQLStore: FleetStore {
 
     // MARK: assignments
 
-    private static let assignmentColumns = "device_id, model, counter, release_id, variant, sha256, package_sha256, envelope, expires_at"
+    private static let assignmentColumns = "device_id, model, counter, release_id, variant, sha256, package_sha256, envelope, expires_at, activation"
 
     private static func assignmentRow(_ r: SQLRow) throws -> AssignmentRecord {
         AssignmentRecord(deviceId: try r.string("device_id"), model: try r.string("model"), counter: UInt64(bitPattern: try r.int("counter")),
                          releaseId: try r.string("release_id"), variant: try r.string("variant"), sha256: try r.string("sha256"),
                          packageSha256: try r.string("package_sha256"), envelope: try r.json(Envelope.self, "envelope"),
-                         expiresAt: try r.int("expires_at"))
+                         expiresAt: try r.int("expires_at"), activation: try r.optionalJSON([ActivationWindow].self, "activation"))
     }
 
     func assignment(deviceId: String, model: String) async throws -> AssignmentRecord? {
@@ -368,11 +417,13 @@ final class SQLStore: FleetStore {
     /// the expected one.
     func replaceAssignment(_ a: AssignmentRecord, expectedCounter: UInt64?) async throws -> Bool {
         let envelope = try json(a.envelope)
+        let activation = try a.activation.map(json)
         return try await write { tx in
-            let values: [any SQLValueConvertible] = [a.deviceId, a.model, a.counter, a.releaseId, a.variant, a.sha256, a.packageSha256, envelope, a.expiresAt]
+            let values: [any SQLValueConvertible] = [a.deviceId, a.model, a.counter, a.releaseId, a.variant, a.sha256, a.packageSha256, envelope,
+                                                     a.expiresAt, activation]
             let insert = """
-                INSERT INTO assignments (device_id, model, counter, release_id, variant, sha256, package_sha256, envelope, expires_at)
-                VALUES (?,?,?,?,?,?,?,?,?)
+                INSERT INTO assignments (device_id, model, counter, release_id, variant, sha256, package_sha256, envelope, expires_at, activation)
+                VALUES (?,?,?,?,?,?,?,?,?,?)
                 """
             let rows: [SQLRow]
             if let expected = expectedCounter {
@@ -380,7 +431,7 @@ final class SQLStore: FleetStore {
 
                     ON CONFLICT(device_id, model) DO UPDATE SET counter=excluded.counter, release_id=excluded.release_id,
                       variant=excluded.variant, sha256=excluded.sha256, package_sha256=excluded.package_sha256,
-                      envelope=excluded.envelope, expires_at=excluded.expires_at
+                      envelope=excluded.envelope, expires_at=excluded.expires_at, activation=excluded.activation
                     WHERE assignments.counter = ? RETURNING counter
                     """, values + [expected])
             } else {
@@ -540,4 +591,9 @@ extension SQLStore {
             start += perTransaction
         }
     }
+}
+
+extension Dictionary {
+    /// nil for an empty dictionary (an optional field left out of JSON).
+    var nilIfEmpty: Self? { isEmpty ? nil : self }
 }

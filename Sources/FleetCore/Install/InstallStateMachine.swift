@@ -25,12 +25,14 @@ public struct InstallJob: Codable, Equatable, Sendable {
     public var previousSha256: String?
     /// What is downloaded when it is not the artifact itself: a delta against `package.baseSha256`.
     public var package: PackageRef?
+    /// The assignment's maintenance windows: staged at any time, activated only inside one; nil: any time.
+    public var activation: [ActivationWindow]?
 
     public init(model: String, release: String, variant: String, sha256: String, size: Int64, fileName: String,
-                url: String, counter: UInt64, previousSha256: String?, package: PackageRef? = nil) {
+                url: String, counter: UInt64, previousSha256: String?, package: PackageRef? = nil, activation: [ActivationWindow]? = nil) {
         self.model = model; self.release = release; self.variant = variant; self.sha256 = sha256
         self.size = size; self.fileName = fileName; self.url = url; self.counter = counter
-        self.previousSha256 = previousSha256; self.package = package
+        self.previousSha256 = previousSha256; self.package = package; self.activation = activation
     }
 
     /// The bytes fetched: the delta package, or the artifact.
@@ -50,10 +52,14 @@ public struct InstallState: Codable, Equatable, Sendable {
     public var restarts: Int?
     /// A failed attempt that will be tried again at this time (the device's clock).
     public var retryAt: Int64?
+    /// Staged, and waiting for the assignment's maintenance window to open: restarts meanwhile are
+    /// not a crash loop (the live model is untouched, staging again is idempotent).
+    public var awaitingWindow: Bool?
 
     public init(phase: InstallPhase = .idle, job: InstallJob? = nil, failure: String? = nil, fault: InstallFault? = nil,
-                restarts: Int? = nil, retryAt: Int64? = nil) {
+                restarts: Int? = nil, retryAt: Int64? = nil, awaitingWindow: Bool? = nil) {
         self.phase = phase; self.job = job; self.failure = failure; self.fault = fault; self.restarts = restarts; self.retryAt = retryAt
+        self.awaitingWindow = awaitingWindow
     }
 
     public static let idle = InstallState()
@@ -147,6 +153,10 @@ public enum InstallStateMachine {
                     [.discard(job), .report(InstallReport(kind: kind.rawValue, job: job, detail: why, fault: fault, retryAt: retryAt))])
         case (.downloading, .restarted):
             // An agent that stops (a `--once` run, SIGTERM) leaves a cut download to resume: not a crash.
+            guard state.job != nil else { throw bad }
+            return (state, recoveryActions(state))
+        case (.staged, .restarted) where state.awaitingWindow == true:
+            // Waiting for a maintenance window across restarts (reboots, `--once` runs): not a crash.
             guard state.job != nil else { throw bad }
             return (state, recoveryActions(state))
         case (let p, .restarted(let limit)) where !p.isTerminal:

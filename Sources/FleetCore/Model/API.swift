@@ -69,8 +69,16 @@ public struct NewRollout: Codable, Sendable {
     public var policyDocument: String?
     /// For "staged": every bake time of the policy multiplied by this (labs: 0.01; 0 skips bakes).
     public var bakeScale: Double?
-    public init(release: String, strategy: String, policy: String? = nil, policyDocument: String? = nil, bakeScale: Double? = nil) {
+    /// Only the devices this label selector picks (see docs/API.md, "Selectors"); nil: every device.
+    public var selector: String?
+    /// Take over the devices an active rollout of the same model already covers, instead of being refused.
+    public var supersede: Bool?
+    /// A maintenance window for activation ("mon-fri 02:00+3h Europe/Berlin"), over the policy's and the fleet's.
+    public var window: String?
+    public init(release: String, strategy: String, policy: String? = nil, policyDocument: String? = nil, bakeScale: Double? = nil,
+                selector: String? = nil, supersede: Bool? = nil, window: String? = nil) {
         self.release = release; self.strategy = strategy; self.policy = policy; self.policyDocument = policyDocument; self.bakeScale = bakeScale
+        self.selector = selector; self.supersede = supersede; self.window = window
     }
 }
 
@@ -161,8 +169,27 @@ public struct RolloutStatus: Codable, Equatable, Sendable {
     public var previousRelease: String?
     public var cells: [Cell]
     public var actions: [Action]
-    public init(rollout: RolloutInfo, policy: RolloutPolicy?, previousRelease: String?, cells: [Cell], actions: [Action]) {
+    /// The policy's waves in order, with their progress; nil for a policy without waves.
+    public var waves: [Wave]?
+    /// Devices of the rollout whose assignment waits for its maintenance window to open.
+    public var waitingForWindow: Int?
+
+    public struct Wave: Codable, Equatable, Sendable {
+        public var name: String
+        public var selector: String
+        /// pending (an earlier wave runs), running, stopped (a cell paused, rolled back or aborted), completed.
+        public var status: String
+        public var devices: Int
+        public var cells: Int
+        public init(name: String, selector: String, status: String, devices: Int, cells: Int) {
+            self.name = name; self.selector = selector; self.status = status; self.devices = devices; self.cells = cells
+        }
+    }
+
+    public init(rollout: RolloutInfo, policy: RolloutPolicy?, previousRelease: String?, cells: [Cell], actions: [Action],
+                waves: [Wave]? = nil, waitingForWindow: Int? = nil) {
         self.rollout = rollout; self.policy = policy; self.previousRelease = previousRelease; self.cells = cells; self.actions = actions
+        self.waves = waves; self.waitingForWindow = waitingForWindow
     }
 }
 
@@ -177,10 +204,14 @@ public struct RolloutInfo: Codable, Equatable, Sendable {
     public var committed: Int
     public var failed: Int
     public var held: Int
+    /// The devices it is for ("" : every device) and its maintenance window, if it sets one.
+    public var selector: String?
+    public var window: String?
     public init(id: Int64, release: String, model: String, strategy: String, state: String, createdAt: Int64,
-                targeted: Int, committed: Int, failed: Int, held: Int) {
+                targeted: Int, committed: Int, failed: Int, held: Int, selector: String? = nil, window: String? = nil) {
         self.id = id; self.release = release; self.model = model; self.strategy = strategy; self.state = state
         self.createdAt = createdAt; self.targeted = targeted; self.committed = committed; self.failed = failed; self.held = held
+        self.selector = selector; self.window = window
     }
 }
 
@@ -198,14 +229,25 @@ public struct DeviceInfo: Codable, Equatable, Sendable {
     public var firstSeen: Int64
     public var lastSeen: Int64
     public var agentVersion: String?
+    /// Effective labels, and where each came from: "agent", "enrollment" or "operator".
+    public var labels: [String: String]?
+    public var labelSources: [String: String]?
 
     public init(id: String, hardwareClass: String?, tier: String?, facts: DeviceFacts, installed: [String: String], phase: String?,
                 status: String, statusDetail: String?, assigned: [String: String], held: [String: String],
-                firstSeen: Int64, lastSeen: Int64, agentVersion: String?) {
+                firstSeen: Int64, lastSeen: Int64, agentVersion: String?, labels: [String: String]? = nil, labelSources: [String: String]? = nil) {
         self.id = id; self.hardwareClass = hardwareClass; self.tier = tier; self.facts = facts; self.installed = installed
         self.phase = phase; self.status = status; self.statusDetail = statusDetail; self.assigned = assigned; self.held = held
         self.firstSeen = firstSeen; self.lastSeen = lastSeen; self.agentVersion = agentVersion
+        self.labels = labels; self.labelSources = labelSources
     }
+}
+
+/// `fleetctl devices label ID k=v … --remove k`: the operator's labels of one device.
+public struct LabelUpdate: Codable, Sendable {
+    public var set: [String: String]
+    public var remove: [String]
+    public init(set: [String: String] = [:], remove: [String] = []) { self.set = set; self.remove = remove }
 }
 
 public struct Explanation: Codable, Equatable, Sendable {
@@ -240,7 +282,9 @@ public struct APIErrorBody: Codable, Sendable {
     public struct Detail: Codable, Sendable {
         public var code: String
         public var message: String
-        public init(code: String, message: String) { self.code = code; self.message = message }
+        /// Figures a client may act on (e.g. `devicesInCommon` of an overlapping rollout).
+        public var counts: [String: Int]?
+        public init(code: String, message: String, counts: [String: Int]? = nil) { self.code = code; self.message = message; self.counts = counts }
     }
     public var error: Detail
     public init(error: Detail) { self.error = error }

@@ -53,8 +53,10 @@ public struct NewEnrollmentToken: Codable, Sendable {
     public var expiresInSeconds: Int64?
     /// The device lands in `pending` and waits for `fleetctl devices approve`.
     public var requireApproval: Bool?
-    public init(deviceId: String? = nil, expiresInSeconds: Int64? = nil, requireApproval: Bool? = nil) {
-        self.deviceId = deviceId; self.expiresInSeconds = expiresInSeconds; self.requireApproval = requireApproval
+    /// Labels bound to the device that enrolls with it; the device cannot override them.
+    public var labels: [String: String]?
+    public init(deviceId: String? = nil, expiresInSeconds: Int64? = nil, requireApproval: Bool? = nil, labels: [String: String]? = nil) {
+        self.deviceId = deviceId; self.expiresInSeconds = expiresInSeconds; self.requireApproval = requireApproval; self.labels = labels
     }
 }
 
@@ -67,10 +69,12 @@ public struct EnrollmentTokenInfo: Codable, Sendable, Equatable {
     public var requireApproval: Bool
     public var usedAt: Int64?
     public var usedBy: String?
+    /// Labels bound to the device that enrolls with it.
+    public var labels: [String: String]?
     public init(id: String, deviceId: String?, createdAt: Int64, createdBy: String, expiresAt: Int64, requireApproval: Bool,
-                usedAt: Int64? = nil, usedBy: String? = nil) {
+                usedAt: Int64? = nil, usedBy: String? = nil, labels: [String: String]? = nil) {
         self.id = id; self.deviceId = deviceId; self.createdAt = createdAt; self.createdBy = createdBy; self.expiresAt = expiresAt
-        self.requireApproval = requireApproval; self.usedAt = usedAt; self.usedBy = usedBy
+        self.requireApproval = requireApproval; self.usedAt = usedAt; self.usedBy = usedBy; self.labels = labels
     }
 }
 

@@ -55,18 +55,79 @@ public struct RolloutPolicy: Codable, Equatable, Sendable {
     /// Share of each cell (percent, the highest cohort positions) kept on the old release as the
     /// control cohort until the cell's gates have judged its last phase; nil or 0: none.
     public var holdBackPercent: Double?
+    /// Waves run in order, each over the devices its selector picks (the first wave that matches
+    /// a device is its wave; a device no wave picks is left out of the rollout). A wave starts when
+    /// every cell of the one before completed; each may have phases, gates and a maintenance
+    /// window of its own (the policy's otherwise). nil: one wave of every device.
+    public var waves: [Wave]?
+    /// Activation only inside this window (for every wave that sets none of its own); nil: any time.
+    public var window: MaintenanceWindow?
+
+    public struct Wave: Codable, Equatable, Sendable {
+        public var name: String
+        public var selector: LabelSelector
+        public var phases: [Phase]?
+        public var gates: Gates?
+        public var onFailure: FailureAction?
+        public var window: MaintenanceWindow?
+
+        public init(name: String, selector: LabelSelector, phases: [Phase]? = nil, gates: Gates? = nil, onFailure: FailureAction? = nil,
+                    window: MaintenanceWindow? = nil) {
+            self.name = name; self.selector = selector; self.phases = phases; self.gates = gates; self.onFailure = onFailure
+            self.window = window
+        }
+    }
 
     public init(name: String, phases: [Phase], gates: Gates, onFailure: FailureAction = .pause, deviceTimeoutSeconds: Int64 = 3600,
-                holdBackPercent: Double? = nil) {
+                holdBackPercent: Double? = nil, waves: [Wave]? = nil, window: MaintenanceWindow? = nil) {
         self.name = name; self.phases = phases; self.gates = gates; self.onFailure = onFailure
         self.deviceTimeoutSeconds = deviceTimeoutSeconds; self.holdBackPercent = holdBackPercent
+        self.waves = waves; self.window = window
     }
+
+    /// The index of the wave that takes a device with these (selectable) labels; nil: none does.
+    /// Without waves every device is in wave 0.
+    public func wave(for labels: [String: String]) -> Int? {
+        guard let waves, !waves.isEmpty else { return 0 }
+        return waves.firstIndex { $0.selector.matches(labels) }
+    }
+
+    /// The number of waves (1 without waves).
+    public var waveCount: Int { max(waves?.count ?? 0, 1) }
+
+    /// The wave's name in cell keys; nil without waves.
+    public func waveName(_ index: Int) -> String? {
+        guard let waves, waves.indices.contains(index) else { return nil }
+        return waves[index].name
+    }
+
+    public func waveIndex(named name: String?) -> Int {
+        guard let name, let waves else { return 0 }
+        return waves.firstIndex { $0.name == name } ?? 0
+    }
+
+    /// The policy one wave runs: its own phases, gates and failure action where it sets them.
+    public func forWave(_ index: Int) -> RolloutPolicy {
+        guard let waves, waves.indices.contains(index) else { return self }
+        let w = waves[index]
+        var p = self
+        p.phases = w.phases ?? phases
+        p.gates = w.gates ?? gates
+        p.onFailure = w.onFailure ?? onFailure
+        p.window = w.window ?? window
+        return p
+    }
+
+    /// The policy of the wave a cell belongs to.
+    public func forCell(_ key: CellKey) -> RolloutPolicy { forWave(waveIndex(named: key.wave)) }
 
     /// The same policy with every bake time multiplied by `factor` (labs, demos), rounded, never negative.
     public func scalingBakes(by factor: Double) -> RolloutPolicy {
         var p = self
         let f = factor.isFinite ? max(factor, 0) : 1
-        p.phases = phases.map { var q = $0; q.bakeSeconds = Int64((Double($0.bakeSeconds) * f).rounded()); return q }
+        func scaled(_ ps: [Phase]) -> [Phase] { ps.map { var q = $0; q.bakeSeconds = Int64((Double($0.bakeSeconds) * f).rounded()); return q } }
+        p.phases = scaled(phases)
+        p.waves = waves?.map { var w = $0; w.phases = w.phases.map(scaled); return w }
         return p
     }
 
@@ -75,6 +136,24 @@ public struct RolloutPolicy: Codable, Equatable, Sendable {
 
     /// Phases must grow and end at 100%.
     public func validate() -> String? {
+        if let problem = Self.validate(phases: phases, gates: gates) { return problem }
+        guard deviceTimeoutSeconds > 0 else { return "deviceTimeoutSeconds must be positive" }
+        if let h = holdBackPercent { guard h.isFinite, h >= 0, h <= 50 else { return "hold_back must be between 0 and 50 percent" } }
+        if let problem = window?.validate() { return "window: \(problem)" }
+        if let waves {
+            guard !waves.isEmpty else { return "waves, when given, list at least one wave" }
+            var names = Set<String>()
+            for w in waves {
+                guard Self.isWaveName(w.name) else { return "wave name '\(w.name)' must be 1-63 letters, digits, '-', '_' or '.'" }
+                guard names.insert(w.name).inserted else { return "duplicate wave name '\(w.name)'" }
+                if let problem = Self.validate(phases: w.phases ?? phases, gates: w.gates ?? gates) { return "wave \(w.name): \(problem)" }
+                if let problem = w.window?.validate() { return "wave \(w.name): window: \(problem)" }
+            }
+        }
+        return nil
+    }
+
+    private static func validate(phases: [Phase], gates: Gates) -> String? {
         guard !phases.isEmpty else { return "a policy needs at least one phase" }
         var last = 0.0
         for p in phases {
@@ -84,19 +163,46 @@ public struct RolloutPolicy: Codable, Equatable, Sendable {
         }
         guard last == 100 else { return "the last phase must cover 100% of the devices" }
         guard gates.minSample >= 1 else { return "minSample must be at least 1" }
-        guard deviceTimeoutSeconds > 0 else { return "deviceTimeoutSeconds must be positive" }
-        if let h = holdBackPercent { guard h.isFinite, h >= 0, h <= 50 else { return "hold_back must be between 0 and 50 percent" } }
         return nil
+    }
+
+    /// Wave names appear in cell keys (`WAVE:CLASS/TIER`): no ':' or '/'.
+    public static func isWaveName(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.count <= 63 && s.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2D || c == 0x5F || c == 0x2E
+        }
     }
 }
 
-/// A cell: the devices of one hardware class on one bandwidth tier. Phases advance per cell.
+/// A cell: the devices of one hardware class on one bandwidth tier (in one wave, when the policy
+/// has waves). Phases advance per cell.
 public struct CellKey: Codable, Hashable, Comparable, Sendable, CustomStringConvertible {
     public var hardwareClass: String
     public var tier: String
-    public init(hardwareClass: String, tier: String) { self.hardwareClass = hardwareClass; self.tier = tier }
-    public var description: String { "\(hardwareClass)/\(tier)" }
-    public static func < (a: CellKey, b: CellKey) -> Bool { (a.hardwareClass, a.tier) < (b.hardwareClass, b.tier) }
+    /// The wave's name; nil for a policy without waves.
+    public var wave: String?
+    public init(hardwareClass: String, tier: String, wave: String? = nil) {
+        self.hardwareClass = hardwareClass; self.tier = tier; self.wave = wave
+    }
+    /// `CLASS/TIER`, or `WAVE:CLASS/TIER`.
+    public var description: String { (wave.map { "\($0):" } ?? "") + "\(hardwareClass)/\(tier)" }
+    /// The inverse of `description`; nil for text that is neither form.
+    public init?(parsing text: String) {
+        var rest = Substring(text)
+        var wave: String? = nil
+        if let colon = rest.firstIndex(of: ":") {
+            wave = String(rest[..<colon])
+            rest = rest[rest.index(after: colon)...]
+            guard RolloutPolicy.isWaveName(wave!) else { return nil }
+        }
+        let parts = rest.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { return nil }
+        self.init(hardwareClass: parts[0], tier: parts[1], wave: wave)
+    }
+    /// Sorted by class and tier; the wave order is the policy's, not this one.
+    public static func < (a: CellKey, b: CellKey) -> Bool {
+        (a.wave ?? "", a.hardwareClass, a.tier) < (b.wave ?? "", b.hardwareClass, b.tier)
+    }
 }
 
 /// Cohorts: a device's place in a rollout is a stable hash of (rollout, device), so it never

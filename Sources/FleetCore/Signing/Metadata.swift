@@ -134,6 +134,10 @@ public struct Assignment: Codable, Equatable, Sendable {
     public var counter: UInt64         // strictly increasing per (device, model)
     public var expiresAt: Int64
     public var catalogSha256: String   // binds the assignment to one catalog version
+    /// Maintenance windows: the new model may be downloaded and staged at any time but goes live
+    /// only inside one of these (Unix seconds, computed by the controller in the device's zone);
+    /// nil: any time.
+    public var activation: [ActivationWindow]?
 
     public init(deviceId: String, hardwareClass: String, model: String, release: String, variant: String,
                 sha256: String, size: Int64, package: PackageRef, counter: UInt64, expiresAt: Int64, catalogSha256: String) {

@@ -26,6 +26,22 @@ public enum Labels {
     /// Built-in selector keys: their values come from the device's cell, never from a label.
     public static let reservedKeys: Set<String> = ["class", "tier", "arch"]
 
+    /// The label that names a device's IANA time zone (its maintenance windows are read in it).
+    /// Its value is a zone name, so it may hold `/` and `+` ("Europe/Berlin", "Etc/GMT+5"), which
+    /// other values may not; selectors cannot name such values.
+    public static let timezoneKey = "timezone"
+
+    /// An IANA zone name: 1-64 of letters, digits, `/`, `_`, `-`, `+`; no leading `/`, no `..`.
+    public static func validate(zone: String) throws(LabelError) {
+        let u = zone.utf8
+        let ok = !u.isEmpty && u.count <= 64 && u.first != UInt8(ascii: "/") && !zone.contains("..")
+            && u.allSatisfy { c in
+                (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)
+                    || c == UInt8(ascii: "/") || c == UInt8(ascii: "_") || c == UInt8(ascii: "-") || c == UInt8(ascii: "+")
+            }
+        if !ok { throw LabelError(.invalidValue, "label \(timezoneKey) '\(zone)': not an IANA time zone name (e.g. Europe/Berlin)") }
+    }
+
     static let maxNameLength = 63
     static let maxPrefixLength = 253
 
@@ -50,7 +66,7 @@ public enum Labels {
         // Sorted, so that the error named is the same from run to run.
         for key in labels.keys.sorted() {
             try validateSettable(key: key)
-            try validate(value: labels[key]!)
+            if key == timezoneKey { try validate(zone: labels[key]!) } else { try validate(value: labels[key]!) }
         }
     }
 
