@@ -33,5 +33,7 @@ struct BenchGates: AsyncParsableCommand {
         print("devices \(r.devices), cells \(r.cells), events \(r.events), cohort \(r.cohortDevices), store filled in \(String(format: "%.1f", r.populateSeconds)) s")
         print("tick (SQLite reads + evaluation + cell writes): median \(String(format: "%.3f", median(r.tickSeconds))) s over \(r.tickSeconds.count) runs")
         print("evaluation alone (cohorts, observations, gates): median \(String(format: "%.3f", median(r.evaluateSeconds))) s")
+        print("selector '\(r.selector)' over \(r.devices) devices: \(r.selectorMatched) picked; rows read in \(String(format: "%.3f", median(r.selectorReadSeconds))) s, "
+              + "matched in \(String(format: "%.3f", median(r.selectorMatchSeconds))) s (medians)")
     }
 }

@@ -118,6 +118,22 @@ import Testing
         }
     }
 
+    /// A staged model waiting for its maintenance window survives any number of restarts (nightly
+    /// reboots, `--once` runs); a staged one not waiting is counted as before.
+    @Test func waitingForAWindowIsNotACrashLoop() throws {
+        var s = InstallState(phase: .staged, job: job, awaitingWindow: true)
+        for _ in 0..<10 {
+            let (next, actions) = try InstallStateMachine.transition(s, .restarted(limit: 3))
+            #expect(next == s && actions == [.stage(job)])
+            s = next
+        }
+        let (counted, _) = try InstallStateMachine.transition(InstallState(phase: .staged, job: job, restarts: 2), .restarted(limit: 3))
+        #expect(counted.phase == .failed && counted.fault == .crashLoop)
+        // Once the window opens and the model goes live, the mark is gone.
+        let (activating, _) = try InstallStateMachine.transition(s, .staged)
+        #expect(activating.phase == .activating && activating.awaitingWindow == nil)
+    }
+
     @Test func restartsStartOverInEachPhase() throws {
         let s = InstallState(phase: .activating, job: job, restarts: 2)
         let (next, _) = try InstallStateMachine.transition(s, .activated)

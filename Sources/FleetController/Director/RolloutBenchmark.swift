@@ -18,7 +18,17 @@ public enum RolloutBenchmark {
         /// The evaluation alone, on data already in memory: cohorts, observations, gates.
         public var evaluateSeconds: [Double]
         public var pausedCells: Int
+        /// Selection by a selector over the whole fleet: the light device rows (labels included)
+        /// read from the store, then the members of a rollout on a selector worked out in memory.
+        public var selector: String
+        public var selectorReadSeconds: [Double]
+        public var selectorMatchSeconds: [Double]
+        public var selectorMatched: Int
     }
+
+    /// Region and site labels of bench device `i` (every third one with an operator label too).
+    static let regions = ["eu-west", "eu-north", "eu-south", "us-east", "us-west", "ap-south", "ap-east", "sa-east"]
+    static let selectorText = "region in (eu-west, eu-north), site != site-3, !quarantine"
 
     static let classes = ["x86-avx512-vnni", "x86-avx2", "arm64-dotprod", "small-board-1gb", "npu-edgetpu", "armv7-neon"]
     static let tiers = ["fibre", "cellular", "satellite-metered"]
@@ -61,7 +71,8 @@ public enum RolloutBenchmark {
         for i in 0..<n {
             let id = "dev-\(i)"
             let cls = classes[i % classes.count], tier = tiers[(i / classes.count) % tiers.count]
-            deviceRows.append([id, facts, cls, tier, now, now])
+            let labels = "{\"region\":\"\(regions[i % regions.count])\",\"site\":\"site-\(i % 50)\"}"
+            deviceRows.append([id, facts, cls, tier, now, now, labels])
             let inCohort = Cohort.position(rollout: "\(rollout.id)", device: id) < 0.5
             var seq: Int64 = 1
             if inCohort {
@@ -79,9 +90,12 @@ public enum RolloutBenchmark {
                               String(decoding: try FleetJSON.encode(m), as: UTF8.self), now])
             events += 1
         }
-        try await store.insertRows(table: "devices", columns: ["id", "facts", "hardware_class", "tier", "first_seen", "last_seen"],
-                                   constants: ["installed": "'{}'", "status": "'committed'", "held": "'{}'", "agent_version": "'bench'"],
+        try await store.insertRows(table: "devices", columns: ["id", "facts", "hardware_class", "tier", "first_seen", "last_seen", "agent_labels"],
+                                   constants: ["installed": "'{}'", "status": "'committed'", "held": "'{}'", "agent_version": "'bench'",
+                                               "arch": "'x86_64'"],
                                    rows: deviceRows)
+        try await store.insertRows(table: "device_labels", columns: ["device_id", "operator"],
+                                   rows: stride(from: 0, to: n, by: 3).map { ["dev-\($0)", "{\"owner\":\"team-\($0 % 7)\"}"] })
         try await store.insertRows(table: "events", columns: ["device_id", "seq", "time", "kind", "model", "sha256", "release", "detail", "received_at"],
                                    rows: eventRows)
         for c in classes {
@@ -124,8 +138,24 @@ public enum RolloutBenchmark {
             precondition(judged > 0)
         }
         let paused = try await store.cells(rollout: rollout.id).values.filter { $0.state.status == .paused }.count
+
+        // Selection cost: a rollout on a selector, its members over the whole fleet.
+        var targeted = record
+        targeted.selector = try LabelRequests.selector(selectorText)
+        var reads: [Double] = [], matches: [Double] = []
+        var matched = 0
+        for _ in 0..<runs {
+            let a = ContinuousClock.now
+            let rows = try await store.deviceCells()
+            let inForce = try await store.activeRollouts()
+            let b = ContinuousClock.now
+            matched = Targeting.members(of: targeted, devices: rows, inForce: inForce).values.reduce(0) { $0 + $1.count }
+            reads.append(seconds(b - a))
+            matches.append(seconds(ContinuousClock.now - b))
+        }
         return Report(devices: n, cells: classes.count * tiers.count, events: events, cohortDevices: cohort, populateSeconds: seconds(populate),
-                      tickSeconds: ticks, evaluateSeconds: evaluations, pausedCells: paused)
+                      tickSeconds: ticks, evaluateSeconds: evaluations, pausedCells: paused, selector: selectorText,
+                      selectorReadSeconds: reads, selectorMatchSeconds: matches, selectorMatched: matched)
     }
 
     static func seconds(_ d: Swift.Duration) -> Double {

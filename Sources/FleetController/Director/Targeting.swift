@@ -48,8 +48,9 @@ enum Targeting {
         let newer = rivals.filter { $0.id > rollout.id }
         var out: [CellKey: [DeviceCellRecord]] = [:]
         for d in devices {
+            // The common case (a device the selector does not pick) builds nothing.
+            guard rollout.selector.matches(d.labels, hardwareClass: d.hardwareClass, tier: d.tier, arch: d.arch) else { continue }
             let labels = d.selectable
-            guard rollout.selector.matches(labels) else { continue }
             // A newer rollout that picks the device takes it.
             if !newer.isEmpty, choose(labels, among: newer) != nil { continue }
             guard let wave = rollout.policy.map({ $0.wave(for: labels) }) ?? 0 else { continue }
