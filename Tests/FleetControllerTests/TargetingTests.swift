@@ -394,6 +394,23 @@ struct TargetingTests {
         }
     }
 
+    @Test func theWorkedExamplePolicyLoads() throws {
+        let path = ControllerFixture.repoRoot + "/fleet/examples/lab-europe-rest.yaml"
+        let p = try PolicyLoader.parse(try String(contentsOfFile: path, encoding: .utf8), file: path)
+        #expect(p.waves?.map(\.name) == ["lab", "europe", "rest"])
+        #expect(p.forWave(0).phases.count == 1 && p.forWave(1).phases.count == 3)
+        #expect(p.forWave(1).window == (try MaintenanceWindow(parsing: "daily 01:00+4h")))
+        #expect(p.forWave(2).window == nil)
+        #expect(p.wave(for: ["site": "lab", "region": "eu-west"]) == 0)
+        #expect(p.wave(for: ["region": "eu-north"]) == 1)
+        #expect(p.wave(for: ["region": "us-east", "class": "x86-avx2"]) == 2)
+        // Broken waves are named.
+        for doc in ["waves: []", "waves: [{name: a}, {name: a}]", "waves: [{name: 'a:b'}]", "waves: [{name: a, selector: 'x in ('}]",
+                    "waves: [{name: a, window: 'daily 02:00+3h Mars/Olympus'}]"] {
+            #expect(throws: ConfigError.self, "\(doc)") { try PolicyLoader.parse("name: p\nphases: [{percent: 100}]\n\(doc)\n", file: "t") }
+        }
+    }
+
     @Test func aBadWindowIsRefused() async throws {
         let f = try fixture(); defer { f.cleanup() }
         let app = try await f.app()
