@@ -61,6 +61,67 @@ struct TargetingIntegrationTests {
         #expect(bad.status != 0)
     }
 
+    /// Waves with real agents: the lab wave goes first and completes, Europe follows; a health
+    /// check failing in Europe pauses its wave, and the rest of the fleet never sees the release.
+    @Test func wavesRunInOrderAndAFailingWaveStopsTheRest() throws {
+        let fleet = try TestFleet(); defer { fleet.cleanup() }
+        try fleet.startController()
+        let v1 = try fleet.makeFile("m-v1.safetensors", size: 100_000, seed: 21)
+        let v2 = try fleet.makeFile("m-v2.safetensors", size: 100_000, seed: 22)
+        try fleet.publish(model: "m", version: "1", variants: [("m-v1", "int8", v1)])
+        let unhealthyV2 = "test \"$EDGEFLEET_MODEL_SHA256\" != \(fleet.sha(v2))"
+        let members: [(String, [String: String], Bool)] = [
+            ("lab-0", ["site": "lab", "region": "eu-west"], false),
+            ("eu-0", ["region": "eu-west"], true), ("eu-1", ["region": "eu-west"], false),
+            ("us-0", ["region": "us-east"], false), ("us-1", ["region": "us-east"], false),
+        ]
+        var agents: [TestFleet.Agent] = []
+        for (name, labels, sick) in members {
+            let a = fleet.agent(name, facts: try facts(fleet, name, labels: labels))
+            agents.append(a)
+            _ = try fleet.start("fleet-agent", fleet.agentArgs(a, extra: ["--device-id", name] + (sick ? ["--health-command", unhealthyV2] : [])),
+                                log: fleet.dir + "/\(name).log")
+        }
+        try fleet.waitFor("every agent on v1", timeout: 60) { agents.allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v1) } }
+        let policy = fleet.dir + "/waves.yaml"
+        try """
+            name: lab-europe-rest
+            phases:
+              - { percent: 100 }
+            gates:
+              min_sample: 1
+              max_health_failure_rate: 0.2
+              unjudged: pass
+            on_failure: pause
+            device_timeout: 10m
+            waves:
+              - { name: lab, selector: "site=lab" }
+              - { name: europe, selector: "region=eu-west" }
+              - { name: rest }
+            """.write(toFile: policy, atomically: true, encoding: .utf8)
+        _ = try fleet.fleetctl(["variant", "add", "m", v2, "--name", "m-v2", "--dtype", "int8", "--format", "safetensors"])
+        _ = try fleet.fleetctl(["release", "create", "m", "--version", "2", "--keys", fleet.dir + "/keys", "--variants", "m-v2"])
+        let r = try fleet.fleetctlJSON(RolloutInfo.self, ["rollout", "start", "m@2", "--policy", policy])
+
+        try fleet.waitFor("the lab done, Europe stopped by its health gate", timeout: 90) {
+            let s = try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(r.id)"])
+            return s.waves?.map(\.status) == ["completed", "stopped", "pending"]
+        }
+        #expect(fleet.current(agents[0], model: "m").contentSha == fleet.sha(v2))
+        #expect(fleet.current(agents[1], model: "m").contentSha == fleet.sha(v1))   // rolled back on the device
+        // The rest keeps checking in and never sees v2.
+        let seen = Dictionary(uniqueKeysWithValues: try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).map { ($0.id, $0.lastSeen) })
+        try fleet.waitFor("three more check-ins", timeout: 30) {
+            try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).allSatisfy { $0.lastSeen >= (seen[$0.id] ?? 0) + 3 }
+        }
+        for a in agents.suffix(2) {
+            #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v1), "\(a.name)")
+            #expect(try fleet.events(a.name).allSatisfy { $0.sha256 != fleet.sha(v2) }, "\(a.name)")
+        }
+        let held = try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list", "--selector", "region=us-east"]).map { $0.held["m"] }
+        #expect(held == ["waiting-for-wave", "waiting-for-wave"])
+    }
+
     /// The window opens at the same wall-clock instant nowhere: "daily HH:MM+1h" is open now in
     /// Kolkata (+5:30) and five hours away in UTC. The Kolkata agent activates at once; the UTC one
     /// downloads and stages, and waits; moved five and a half hours ahead, it activates.
