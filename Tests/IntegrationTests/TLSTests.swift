@@ -122,10 +122,25 @@ struct TLSTests {
         #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v1))
 
         // A token is spent by its first device: another device cannot enroll with it.
+        // It binds region=eu-west; dev-b says region=us-east of itself, and the token's label stands.
         let token = fleet.dir + "/any-device.token"
-        _ = try fleet.ctlOK(["devices", "enroll-token", "--out", token])
-        let b = fleet.agent("dev-b", facts: TestFleet.demoFacts("edge-x86-vnni-01.json"))
+        _ = try fleet.ctlOK(["devices", "enroll-token", "--out", token, "--label", "region=eu-west"])
+        var bFacts = try JSONDecoder().decode(DeviceFacts.self, from: Data(contentsOf: URL(fileURLWithPath: TestFleet.demoFacts("edge-x86-vnni-01.json"))))
+        bFacts.deviceId = nil
+        bFacts.labels = ["region": "us-east", "site": "lab"]
+        try FleetJSON.encode(bFacts).write(to: URL(fileURLWithPath: fleet.dir + "/dev-b.facts.json"))
+        let b = fleet.agent("dev-b", facts: fleet.dir + "/dev-b.facts.json")
         #expect(try fleet.secureOnce(b, id: "dev-b", enrollToken: token).status == 0)
+        let eu = try JSONDecoder().decode([DeviceInfo].self, from: Data(try fleet.ctlOK(["--json", "devices", "list", "--selector", "region=eu-west"]).utf8))
+        #expect(eu.map(\.id) == ["dev-b"])
+        #expect(eu.first?.labels == ["region": "eu-west", "site": "lab"])
+        #expect(eu.first?.labelSources == ["region": "enrollment", "site": "agent"])
+        // The operator outranks both.
+        _ = try fleet.ctlOK(["devices", "label", "dev-b", "region=eu-north"])
+        #expect(try fleet.secureOnce(b, id: "dev-b").status == 0)
+        let labelled = try JSONDecoder().decode([DeviceInfo].self, from: Data(try fleet.ctlOK(["--json", "devices", "list", "--selector", "region=eu-north"]).utf8))
+        #expect(labelled.first?.labelSources?["region"] == "operator")
+        #expect(try fleet.ctl(["devices", "label", "dev-b", "class=fast"]).status != 0)
         let c = fleet.agent("dev-c", facts: TestFleet.demoFacts("edge-x86-vnni-01.json"))
         let reuse = try fleet.secureOnce(c, id: "dev-c", enrollToken: token)
         #expect(reuse.status != 0)

@@ -84,16 +84,35 @@ extension SQLStore {
         }
     }
 
-    /// Light rows for cells and selectors: no facts decoded; labels decoded only where set.
+    /// Light rows for cells and selectors: no facts decoded. Label sets repeat across a fleet (a
+    /// few regions, sites, customers), so each distinct stored text is decoded once per call.
     func deviceCells() async throws -> [DeviceCellRecord] {
-        try await db.query("""
+        var decoded: [String: [String: String]] = [:]
+        func labels(_ r: SQLRow, _ column: String) throws -> [String: String] {
+            guard let text = try r.optionalString(column), text != "{}" else { return [:] }
+            if let known = decoded[text] { return known }
+            let value = try Self.labels(r, column)
+            decoded[text] = value
+            return value
+        }
+        var merged: [String: [String: String]] = [:]
+        return try await db.query("""
             SELECT d.id, d.hardware_class, d.tier, d.arch, d.timezone, d.agent_labels, l.enrolled AS enrolled_labels, l.operator AS operator_labels
             FROM devices d LEFT JOIN device_labels l ON l.device_id = d.id
-            """, []).map {
-            DeviceCellRecord(id: try $0.string("id"), hardwareClass: try $0.optionalString("hardware_class"), tier: try $0.optionalString("tier"),
-                             arch: try $0.optionalString("arch"), timezone: try $0.optionalString("timezone"),
-                             labels: Labels.effective(agent: try Self.labels($0, "agent_labels"), enrollment: try Self.labels($0, "enrolled_labels"),
-                                                      operator: try Self.labels($0, "operator_labels")))
+            """, []).map { r in
+            let agent = try r.optionalString("agent_labels") ?? "", enrolled = try r.optionalString("enrolled_labels") ?? "",
+                op = try r.optionalString("operator_labels") ?? ""
+            let key = agent + "\u{0}" + enrolled + "\u{0}" + op
+            let effective: [String: String]
+            if let known = merged[key] {
+                effective = known
+            } else {
+                effective = Labels.effective(agent: try labels(r, "agent_labels"), enrollment: try labels(r, "enrolled_labels"),
+                                             operator: try labels(r, "operator_labels"))
+                merged[key] = effective
+            }
+            return DeviceCellRecord(id: try r.string("id"), hardwareClass: try r.optionalString("hardware_class"), tier: try r.optionalString("tier"),
+                                    arch: try r.optionalString("arch"), timezone: try r.optionalString("timezone"), labels: effective)
         }
     }
 }
