@@ -60,7 +60,7 @@ struct RolloutHardeningTests {
         let (_, driver) = try await f.parts()
         let policy = RolloutPolicy(name: "p", phases: [.init(percent: 10, minDevices: 1, bakeSeconds: 600), .init(percent: 100)],
                                    gates: .init(minSample: 1))
-        let rollout = RolloutRecord(id: 42, releaseId: "m@2", model: "m", strategy: "p", state: "completed", createdAt: f.now,
+        let rollout = RolloutRecord(id: 42, releaseId: "m@2", model: "m", strategy: "p", state: .completed, createdAt: f.now,
                                     policy: policy, previousReleaseId: "m@1")
         let device = DeviceRecord(id: "late-1", facts: ControllerFixture.boardFacts, hardwareClass: "brand-new-class", tier: "fibre",
                                   installed: [:], phase: nil, status: "idle", statusDetail: nil, held: [:], firstSeen: f.now, lastSeen: f.now,

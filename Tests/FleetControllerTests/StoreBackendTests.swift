@@ -126,7 +126,7 @@ struct StoreBackendTests {
                                                 catalogEnvelope: Envelope(payloadType: "t", payloadBytes: Array("{}".utf8)), catalogSha256: "s",
                                                 catalog: ReleaseCatalog(model: "m", version: "1", serial: 1, expiresAt: 2, variants: [], hardwareClasses: []),
                                                 createdAt: 1))
-        let rollout = try await a.createRollout(RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "fast", state: "active", createdAt: 1), superseding: []).id
+        let rollout = try await a.createRollout(RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "fast", state: .active, createdAt: 1), superseding: []).id
         let key = CellKey(hardwareClass: "x86-avx2", tier: "fibre")
         let fresh = StoredCell(state: CellState(phaseStartedAt: 1), cutoff: 0.1)
         // Two replicas open the same cell: one wins, the other reads the winner's.
@@ -252,7 +252,7 @@ struct LeaderElectionTests {
         let leaderStore = fa.isLeader ? a : b
         let oldEpoch = try #require(leader.epoch)
         // The leader's fenced writes go through while it holds the lease.
-        try await leaderStore.fenced(leader).setRolloutState(1, "active")
+        try await leaderStore.fenced(leader).setRolloutState(1, .active)
         // The holder goes away: its session ends and the other replica takes over.
         let stale = LeaseFence()
         stale.set(oldEpoch)
@@ -260,7 +260,7 @@ struct LeaderElectionTests {
         try await waitUntil("the follower takes over") { follower.isLeader }
         #expect(try #require(follower.epoch) > oldEpoch)
         // A write fenced by the old epoch is refused.
-        let error = await #expect(throws: StorageError.self) { try await followerStore.fenced(stale).setRolloutState(1, "aborted") }
+        let error = await #expect(throws: StorageError.self) { try await followerStore.fenced(stale).setRolloutState(1, .aborted) }
         #expect(error?.code == .fenced)
     }
 }
@@ -299,9 +299,9 @@ struct StoreCacheTests {
         #expect(try await reader.model("probe") == nil)
         try await writer.createModel(ModelRecord(name: "probe", minQuality: nil, createdAt: 1))
         try await waitUntil("the listener is up") { try await reader.model("probe") != nil }
-        let rollout = try await writer.createRollout(RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "all", state: "active", createdAt: 1), superseding: [])
+        let rollout = try await writer.createRollout(RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "all", state: .active, createdAt: 1), superseding: [])
         try await waitUntil("the reader sees the new rollout") { try await reader.activeRollouts().map(\.id) == [rollout.id] }
-        try await writer.setRolloutState(rollout.id, "aborted")
-        try await waitUntil("the reader sees it aborted") { try await reader.activeRollouts().first?.state == "aborted" }
+        try await writer.setRolloutState(rollout.id, .aborted)
+        try await waitUntil("the reader sees it aborted") { try await reader.activeRollouts().first?.state == .aborted }
     }
 }

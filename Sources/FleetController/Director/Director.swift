@@ -48,9 +48,9 @@ actor Director {
             }
             return reached.priorRelease ?? rollout.previousReleaseId
         }
-        if rollout.state == "aborted" { return try await rollbackTarget() }
+        if rollout.state == .aborted { return try await rollbackTarget() }
         guard let policy = rollout.policy else { return rollout.releaseId }
-        if rollout.state == "active", wave > rollout.wave { return installed == nil ? rollout.previousReleaseId : nil }
+        if rollout.state == .active, wave > rollout.wave { return installed == nil ? rollout.previousReleaseId : nil }
         let cell = try await driver.cell(for: device, rollout: rollout, wave: wave, policy: policy, now: now, persist: persist)
         if cell.state.status == .rolledBack || cell.state.status == .aborted { return try await rollbackTarget() }
         if Self.sendsNewRelease(cell, rollout: rollout, device: device) { return rollout.releaseId }
@@ -61,9 +61,9 @@ actor Director {
     private func stillSendsNewRelease(_ device: DeviceRecord, rollout: RolloutRecord, wave: Int) async throws -> Bool {
         guard let current = try await store.rollout(rollout.id) else { return false }
         switch current.state {
-        case "completed": return true
-        case "active": break
-        default: return false
+        case .completed: return true
+        case .active: break
+        case .aborted, .superseded: return false
         }
         guard current.policy != nil else { return true }
         guard wave <= current.wave else { return false }
@@ -180,7 +180,7 @@ actor Director {
     /// When a release is created: queue the delta each device will want, from what it runs now.
     func planDeltas(release: ReleaseRecord) async throws {
         guard planner.enabled else { return }
-        let probe = RolloutRecord(id: 0, releaseId: release.id, model: release.model, strategy: "all", state: "active", createdAt: 0)
+        let probe = RolloutRecord(id: 0, releaseId: release.id, model: release.model, strategy: "all", state: .active, createdAt: 0)
         var seen = Set<String>()
         for device in try await store.devices(running: release.model) {
             // One device per (class, tier, what it runs) plans for its kind: a device whose own
@@ -248,7 +248,7 @@ actor Director {
             let rollout = choice.rollout
             let fullOnly = request.fullPackages?.contains(rollout.model) ?? false
             guard let releaseId = try await releaseFor(record, rollout: rollout, wave: choice.wave, now: now) else {
-                held[rollout.model] = rollout.state == "active" && choice.wave > rollout.wave ? "waiting-for-wave" : "waiting-for-phase"
+                held[rollout.model] = rollout.state == .active && choice.wave > rollout.wave ? "waiting-for-wave" : "waiting-for-phase"
                 continue
             }
             if failed.contains("\(rollout.model)\u{0}\(releaseId)") {

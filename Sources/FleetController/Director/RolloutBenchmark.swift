@@ -61,7 +61,7 @@ public enum RolloutBenchmark {
             try await store.createRelease(ReleaseRecord(id: "m@\(version)", model: "m", version: version, serial: serial + 1, catalogEnvelope: env,
                                                         catalogSha256: Digest.sha256Hex(Array(try FleetJSON.encode(env))), catalog: catalog, createdAt: now))
         }
-        let rollout = try await store.createRollout(RolloutRecord(id: 0, releaseId: "m@2", model: "m", strategy: policy.name, state: "active",
+        let rollout = try await store.createRollout(RolloutRecord(id: 0, releaseId: "m@2", model: "m", strategy: policy.name, state: .active,
                                                                   createdAt: now, policy: policy, previousReleaseId: "m@1"), superseding: [])
         // Every cell in its third phase (50%): half the fleet is the cohort, half the control.
         var rng = SeededGenerator(seed: 42)

@@ -81,7 +81,7 @@ final class RolloutDriver: Service, Sendable {
         if let c = try await store.cells(rollout: rollout.id)[key] { return c }
         // A cell that first appears after the rollout completed (a new class, a device that moved
         // tier) is complete too: nothing would ever advance it.
-        if rollout.state == "completed" {
+        if rollout.state == .completed {
             return StoredCell(state: CellState(phase: policy.phases.count - 1, status: .completed, phaseStartedAt: now), cutoff: Self.everyone)
         }
         guard persist else {
@@ -120,7 +120,7 @@ final class RolloutDriver: Service, Sendable {
         try await cellWrites.withLock {
             let inForce = try await store.activeRollouts()
             let devices = try await store.deviceCells()
-            for rollout in inForce where rollout.state == "active" {
+            for rollout in inForce where rollout.state == .active {
                 guard let policy = rollout.policy else { continue }
                 let members = Targeting.members(of: rollout, devices: devices, inForce: inForce)
                 try await tick(rollout, policy: policy, members: members, now: now)
@@ -241,7 +241,7 @@ final class RolloutDriver: Service, Sendable {
             return
         }
         if !cells.isEmpty || rolloutPolicy.waves != nil {
-            try await tickStore.setRolloutState(rollout.id, "completed")
+            try await tickStore.setRolloutState(rollout.id, .completed)
             try await tickStore.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "completed", cell: nil, detail: nil))
         }
     }
@@ -295,10 +295,10 @@ final class RolloutDriver: Service, Sendable {
         var o = CellObservation(targeted: cohort.count)
         let deadline = phaseStartedAt + policy.deviceTimeoutSeconds
         for d in cohort {
-            switch outcomes[d] {
-            case "committed": o.committed += 1
-            case "failed": o.installFailed += 1
-            case "rolled-back": o.healthFailed += 1
+            switch outcomes[d].flatMap(EventKind.init(rawValue:)) {
+            case .committed: o.committed += 1
+            case .failed: o.installFailed += 1
+            case .rolledBack: o.healthFailed += 1
             default: if now > (deadlines[d] ?? deadline) { o.timedOut += 1 }
             }
         }
@@ -346,8 +346,8 @@ final class RolloutDriver: Service, Sendable {
         guard let policy = rollout.policy else {
             throw APIError(.badRequest, "not-staged", "rollout \(rollout.id) has no phases; only staged rollouts take \(name)")
         }
-        guard rollout.state == "active" else {
-            throw APIError(.conflict, "rollout-not-active", "rollout \(rollout.id) is \(rollout.state)")
+        guard rollout.state == .active else {
+            throw APIError(.conflict, "rollout-not-active", "rollout \(rollout.id) is \(rollout.state.rawValue)")
         }
         let byCell = try await membersByCell(rollout)
         let cells = try await store.cells(rollout: rollout.id)
@@ -375,7 +375,7 @@ final class RolloutDriver: Service, Sendable {
         }
         try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: actor, action: name, cell: only?.description, detail: nil))
         if event == .abort, only == nil {
-            try await store.setRolloutState(rollout.id, "aborted")
+            try await store.setRolloutState(rollout.id, .aborted)
         }
     }
 

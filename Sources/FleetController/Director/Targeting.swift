@@ -43,7 +43,7 @@ enum Targeting {
 
     /// Every device a rollout takes, by cell: the members the driver forms cohorts from.
     static func members(of rollout: RolloutRecord, devices: [DeviceCellRecord], inForce: [RolloutRecord]) -> [CellKey: [DeviceCellRecord]] {
-        let rivals = inForce.filter { $0.model == rollout.model && $0.id != rollout.id && $0.state != "superseded" }
+        let rivals = inForce.filter { $0.model == rollout.model && $0.id != rollout.id && $0.state.inForce }
             .sorted { $0.id > $1.id }
         let newer = rivals.filter { $0.id > rollout.id }
         var out: [CellKey: [DeviceCellRecord]] = [:]

@@ -70,10 +70,10 @@ struct ControllerMetrics: Sendable {
     }
 
     func recordRollouts(_ rollouts: [RolloutRecord]) {
-        var counts: [String: Int64] = ["active": 0, "completed": 0, "aborted": 0, "superseded": 0]
+        var counts = Dictionary(uniqueKeysWithValues: RolloutState.allCases.map { ($0, Int64(0)) })
         for r in rollouts { counts[r.state, default: 0] += 1 }
         for (state, n) in counts {
-            registry.makeGauge(name: "edgefleet_rollouts", labels: [("state", state)], help: "Rollouts by state").set(n)
+            registry.makeGauge(name: "edgefleet_rollouts", labels: [("state", state.rawValue)], help: "Rollouts by state").set(n)
         }
     }
 }

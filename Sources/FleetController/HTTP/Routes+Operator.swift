@@ -106,12 +106,12 @@ struct OperatorRoutes: Sendable {
                 }
             }
             let targeting = try await rolloutTargeting(model: release.model, selector: selector, supersede: body.supersede ?? false)
-            let previous = targeting.previous.flatMap { $0.state == "aborted" ? $0.previousReleaseId : $0.releaseId }
+            let previous = targeting.previous.flatMap { $0.state == .aborted ? $0.previousReleaseId : $0.releaseId }
             if previous == release.id, targeting.previous?.selector == selector {
                 throw APIError(.conflict, "already-rolled-out", "\(release.id) is already the release in force for these devices")
             }
             let r = try await store.createRollout(RolloutRecord(
-                id: 0, releaseId: release.id, model: release.model, strategy: policy?.name ?? "all", state: "active", createdAt: clock(),
+                id: 0, releaseId: release.id, model: release.model, strategy: policy?.name ?? "all", state: .active, createdAt: clock(),
                 policy: policy, previousReleaseId: previous, createdBy: actor(request, context), selector: selector, window: window),
                 superseding: targeting.superseded.map(\.id))
             var detail = "\(release.id) with \(policy.map { "policy \($0.name)" } ?? "all devices at once")"
@@ -141,8 +141,8 @@ struct OperatorRoutes: Sendable {
                 default: event
                 }
                 if verb == "abort", rollout.policy == nil {
-                    guard rollout.state != "aborted" else { throw APIError(.conflict, "rollout-not-active", "rollout \(rollout.id) is aborted") }
-                    try await store.setRolloutState(rollout.id, "aborted")
+                    guard rollout.state != .aborted else { throw APIError(.conflict, "rollout-not-active", "rollout \(rollout.id) is aborted") }
+                    try await store.setRolloutState(rollout.id, .aborted)
                     try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: actor(request, context), action: "abort", cell: nil, detail: nil))
                 } else {
                     try await driver.apply(e, name: verb, rollout: rollout, cell: cell, actor: actor(request, context), now: now)
@@ -313,8 +313,8 @@ struct OperatorRoutes: Sendable {
                 let devices = membership.filter { $0.key.wave == w.name }.values.reduce(0) { $0 + $1.count }
                 let status: String
                 if mine.values.contains(where: { [.paused, .rolledBack, .aborted].contains($0.state.status) }) { status = "stopped" }
-                else if i < r.wave || r.state == "completed" { status = "completed" }
-                else if i > r.wave { status = r.state == "active" ? "pending" : r.state }
+                else if i < r.wave || r.state == .completed { status = "completed" }
+                else if i > r.wave { status = r.state == .active ? "pending" : r.state.rawValue }
                 else { status = !mine.isEmpty && mine.values.allSatisfy { $0.state.status == .completed } ? "completed" : "running" }
                 return RolloutStatus.Wave(name: w.name, selector: w.selector.description, status: status, devices: devices, cells: mine.count)
             }
@@ -356,7 +356,7 @@ struct OperatorRoutes: Sendable {
             }
             // Only a staged rollout still under way is protected: one of all devices at once has
             // nothing left to stage.
-            guard r.state == "active", r.policy != nil, !r.selector.provablyDisjoint(from: selector) else { continue }
+            guard r.state == .active, r.policy != nil, !r.selector.provablyDisjoint(from: selector) else { continue }
             // One whose every cell a gate rolled back (or an operator aborted) is over already.
             let cells = try await store.cells(rollout: r.id).values
             if !cells.isEmpty, cells.allSatisfy({ $0.state.status == .rolledBack || $0.state.status == .aborted }) { continue }
@@ -379,9 +379,9 @@ struct OperatorRoutes: Sendable {
 
     /// Progress of a rollout. A superseded one keeps the counts of what it did, from the release's history.
     func rolloutInfo(_ r: RolloutRecord, _ fleet: FleetSnapshot) async throws -> RolloutInfo {
-        guard r.state == "superseded" else { return currentRolloutInfo(r, fleet) }
+        guard r.state == .superseded else { return currentRolloutInfo(r, fleet) }
         let h = try await store.releaseHistory(release: r.releaseId)
-        return RolloutInfo(id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state, createdAt: r.createdAt,
+        return RolloutInfo(id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state.rawValue, createdAt: r.createdAt,
                            targeted: h.targeted, committed: h.received, failed: h.failed, held: 0,
                            selector: r.selector.description, window: r.window?.description)
     }
@@ -395,7 +395,7 @@ struct OperatorRoutes: Sendable {
             if d.installed[r.model] == a.sha256 { committed += 1 } else if d.status == "failed" || d.status == "rolled-back" { failed += 1 }
         }
         let held = devices.values.filter { $0.held[r.model] != nil }.count
-        return RolloutInfo(id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state, createdAt: r.createdAt,
+        return RolloutInfo(id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state.rawValue, createdAt: r.createdAt,
                            targeted: assigned.count, committed: committed, failed: failed, held: held,
                            selector: r.selector.description, window: r.window?.description)
     }

@@ -37,7 +37,7 @@ struct PerformanceRoutes: Sendable {
         guard !body.variants.isEmpty, body.variants.count <= 16, body.variants.allSatisfy(Name.isValid) else {
             throw APIError(.badRequest, "invalid-variants", "give 1 to 16 variant names")
         }
-        guard let rollout = try await store.activeRollouts().first(where: { $0.model == model && $0.state != "aborted" }),
+        guard let rollout = try await store.activeRollouts().first(where: { $0.model == model && $0.state != .aborted }),
               let release = try await store.release(rollout.releaseId) else {
             throw APIError(.conflict, "no-release-in-force", "model \(model) has no rollout in force: a trial measures variants of its release")
         }

@@ -60,7 +60,7 @@ struct RolloutRecord: Sendable, Equatable {
     var releaseId: String
     var model: String
     var strategy: String       // "all", or the policy name
-    var state: String          // active, completed, aborted, superseded
+    var state: RolloutState
     var createdAt: Int64
     /// A staged rollout's policy, as it was when the rollout started.
     var policy: RolloutPolicy? = nil
@@ -249,7 +249,7 @@ protocol FleetStore: Sendable {
     func rollouts() async throws -> [RolloutRecord]
     /// The rollout in force for each model: active, completed or aborted (not superseded).
     func activeRollouts() async throws -> [RolloutRecord]
-    func setRolloutState(_ id: Int64, _ state: String) async throws
+    func setRolloutState(_ id: Int64, _ state: RolloutState) async throws
 
     func cells(rollout: Int64) async throws -> [CellKey: StoredCell]
     /// The cells as stored now, past any cache: for a decision that must not act on a stale copy.

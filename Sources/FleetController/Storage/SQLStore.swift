@@ -248,7 +248,7 @@ final class SQLStore: FleetStore {
             throw StorageError(.corrupt, "rollout \(try r.int("id")) has a selector that does not parse: \(error)")
         }
         return RolloutRecord(id: try r.int("id"), releaseId: try r.string("release_id"), model: try r.string("model"), strategy: try r.string("strategy"),
-                             state: try r.string("state"), createdAt: try r.int("created_at"),
+                             state: try Self.rolloutState(r), createdAt: try r.int("created_at"),
                              policy: try r.optionalJSON(RolloutPolicy.self, "policy"), previousReleaseId: try r.optionalString("previous_release"),
                              createdBy: try r.string("created_by"), selector: selector,
                              window: try r.optionalJSON(MaintenanceWindow.self, "activation_window"), wave: Int(try r.int("wave")))
@@ -286,9 +286,15 @@ final class SQLStore: FleetStore {
         }
     }
 
-    func setRolloutState(_ id: Int64, _ state: String) async throws {
+    static func rolloutState(_ r: SQLRow) throws -> RolloutState {
+        let text = try r.string("state")
+        guard let s = RolloutState(rawValue: text) else { throw StorageError(.corrupt, "rollout state '\(text)' is not one this build knows") }
+        return s
+    }
+
+    func setRolloutState(_ id: Int64, _ state: RolloutState) async throws {
         try await write(fenced: true, announcing: [.rollouts]) { tx in
-            try await tx.execute("UPDATE rollouts SET state = ? WHERE id = ?", [state, id])
+            try await tx.execute("UPDATE rollouts SET state = ? WHERE id = ?", [state.rawValue, id])
         }
     }
 
