@@ -196,6 +196,13 @@ echo "all ${#AGENT_NAMES[@]} devices run $MODEL"
 step "fleetctl devices list"
 fleetctl devices list
 
+step "fleetctl devices label ${AGENT_IDS[0]} site=lab   (operator labels; selectors pick devices by label, class, tier, arch)"
+fleetctl devices label "${AGENT_IDS[0]}" site=lab
+step "fleetctl devices list --selector 'site=lab'"
+fleetctl devices list --selector 'site=lab'
+step "fleetctl devices list --selector 'arch=aarch64,site!=lab'"
+fleetctl devices list --selector 'arch=aarch64,site!=lab'
+
 for id in "${AGENT_IDS[@]}"; do
     step "fleetctl devices explain $id"
     fleetctl devices explain "$id"
