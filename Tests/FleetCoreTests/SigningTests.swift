@@ -39,6 +39,25 @@ import Testing
         #expect(fault == .badSignature)
     }
 
+    /// Maintenance windows are part of the signed assignment: a window widened (or removed) in
+    /// transit, with the signature kept, does not verify.
+    @Test func widenedActivationWindowBreaksTheAssignmentSignature() throws {
+        var a = Assignment(deviceId: "d1", hardwareClass: "x86-avx512-vnni", model: "m", release: "m@2", variant: "m-int8",
+                           sha256: String(repeating: "a", count: 64), size: 10,
+                           package: PackageRef(kind: PackageRef.full, sha256: String(repeating: "a", count: 64), size: 10, url: "http://x/a"),
+                           counter: 2, expiresAt: 2_000_000_000, catalogSha256: String(repeating: "b", count: 64))
+        a.activation = [ActivationWindow(start: 1_782_950_400, end: 1_782_961_200)]
+        let env = try Envelope.sign(a, type: PayloadType.assignment, keys: [Fixture.directorKey])
+        #expect(try MetadataVerifier.verify(env, type: PayloadType.assignment, role: .director, root: root) == [UInt8](try FleetJSON.encode(a)))
+        for forged in [[ActivationWindow(start: 0, end: 4_000_000_000)], nil] {
+            var b = a
+            b.activation = forged
+            var tampered = env
+            tampered.payload = Data(try FleetJSON.encode(b)).base64EncodedString()
+            #expect(trustFault { try MetadataVerifier.verify(tampered, type: PayloadType.assignment, role: .director, root: root) } == .badSignature)
+        }
+    }
+
     @Test func envelopeOfAnotherTypeIsRefusedBeforeSignatures() throws {
         let env = try Envelope.sign(Fixture.catalog(), type: PayloadType.catalog, keys: [Fixture.releaseKey])
         for other in [PayloadType.root, PayloadType.assignment, PayloadType.timestamp, "application/json"] {
