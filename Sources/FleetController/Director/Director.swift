@@ -141,7 +141,6 @@ actor Director {
                 try await planner.request(base: base, target: chosen.sha256)
                 // A device whose tier has a byte budget waits for the delta; others take the full
                 // artifact now rather than wait for a build.
-                let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)
                 if tier?.budgetBytes != nil {
                     building = try await store.delta(base: base, target: chosen.sha256)?.status == .building
                 }

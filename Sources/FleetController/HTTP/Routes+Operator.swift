@@ -192,26 +192,26 @@ struct OperatorRoutes: Sendable {
     /// A catalog is accepted only when the release key threshold of root signed it, it names
     /// registered variants with their exact hashes and sizes, and its serial moves forward.
     private func acceptRelease(_ envelope: Envelope) async throws -> ReleaseRecord {
-        let body = try MetadataVerifier.verify(envelope, type: PayloadType.catalog, role: .release, root: keys.root)
-        let catalog: ReleaseCatalog
-        do { catalog = try FleetJSON.decode(ReleaseCatalog.self, from: Data(body), limit: MetadataLimits.catalog) }
-        catch { throw TrustError(error, what: "catalog") }
-        guard catalog.expiresAt > clock() else { throw TrustError(.expired, "catalog is already expired") }
-        guard Name.isValid(catalog.version) else { throw APIError(.badRequest, "invalid-version", "'\(catalog.version)' is not a valid version") }
-        guard try await store.model(catalog.model) != nil else { throw APIError(.notFound, "unknown-model", "no model \(catalog.model)") }
-        guard !catalog.variants.isEmpty else { throw APIError(.unprocessableContent, "empty-release", "the catalog lists no variants") }
-        let registered = Dictionary(try await store.variants(model: catalog.model).map { ($0.variant.name, $0.variant) }, uniquingKeysWith: { a, _ in a })
-        for v in catalog.variants {
-            guard let r = registered[v.name], r.sha256 == v.sha256, r.size == v.size else {
-                throw APIError(.unprocessableContent, "unknown-variant", "variant \(v.name) is not registered with that hash and size")
+        let store = self.store
+        let accepted: ReleaseAcceptance.Accepted
+        do {
+            accepted = try await ReleaseAcceptance.check(envelope, root: keys.root, now: clock()) { model in
+                guard try await store.model(model) != nil else { return nil }
+                return .init(registered: Dictionary(try await store.variants(model: model).map { ($0.variant.name, $0.variant) }, uniquingKeysWith: { a, _ in a }),
+                             lastSerial: try await store.maxSerial(model: model))
+            }
+        } catch let r as ReleaseAcceptance.Rejection {
+            switch r.code {
+            case .trust: throw r.trust ?? TrustError(.malformed, r.message)
+            case .invalidVersion: throw APIError(.badRequest, r.code.rawValue, r.message)
+            case .unknownModel: throw APIError(.notFound, r.code.rawValue, r.message)
+            case .emptyRelease, .unknownVariant: throw APIError(.unprocessableContent, r.code.rawValue, r.message)
+            case .staleSerial: throw APIError(.conflict, r.code.rawValue, r.message)
             }
         }
-        let maxSerial = try await store.maxSerial(model: catalog.model)
-        guard catalog.serial > maxSerial else {
-            throw APIError(.conflict, "stale-serial", "catalog serial \(catalog.serial) is not above \(maxSerial)")
-        }
+        let catalog = accepted.catalog
         let record = ReleaseRecord(id: "\(catalog.model)@\(catalog.version)", model: catalog.model, version: catalog.version,
-                                   serial: catalog.serial, catalogEnvelope: envelope, catalogSha256: Digest.sha256Hex(body),
+                                   serial: catalog.serial, catalogEnvelope: envelope, catalogSha256: accepted.payloadSha256,
                                    catalog: catalog, createdAt: clock())
         try await store.createRelease(record)
         return record
