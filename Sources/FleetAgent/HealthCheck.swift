@@ -51,9 +51,13 @@ enum Clock {
         return Int64(ts.tv_sec) + skew
     }
 
-    /// Test hook: seconds added to the wall clock (a device whose clock is ahead, or a test that
-    /// needs the agent to live at another hour, e.g. inside a maintenance window); 0 otherwise.
+    /// Test hook: seconds added to the wall clock (a test that needs the agent to live at another
+    /// hour, e.g. inside a maintenance window). Debug builds only; 0 in a release agent.
+    #if DEBUG
     static let skew: Int64 = ProcessEnvironment.get("EDGEFLEET_TEST_CLOCK_SKEW").flatMap { Int64($0) } ?? 0
+    #else
+    static let skew: Int64 = 0
+    #endif
 }
 
 func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {

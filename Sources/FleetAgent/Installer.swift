@@ -29,8 +29,13 @@ final class Installer {
     var retryPolicy = RetryPolicy.default
     /// Bytes downloaded by the current job's attempt, for the retry byte cap.
     private var attemptBytes: Int64 = 0
-    /// Test hook for crash tests: `journal:PHASE` or `action:NAME` makes the agent SIGKILL itself there.
+    /// Test hook for crash tests: `journal:PHASE` or `action:NAME` makes the agent SIGKILL itself
+    /// there. Debug builds only: a release agent (the packaged one) has no such switch.
+    #if DEBUG
     let crashPoint = ProcessEnvironment.get("EDGEFLEET_CRASH_POINT")
+    #else
+    let crashPoint: String? = nil
+    #endif
 
     init(slots: ModelSlots, state: AgentState, http: HTTPClient, health: HealthCheck, controllerURL: String, rateLimit: Int64?,
          logger: Logger, shouldStop: @escaping @Sendable () -> Bool, journal: Journal, outbox: Outbox) {
