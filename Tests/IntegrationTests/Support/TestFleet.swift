@@ -25,7 +25,9 @@ final class TestFleet: @unchecked Sendable {
     static let bin = ProcessInfo.processInfo.environment["EDGEFLEET_BIN"] ?? repoRoot + "/.build/debug"
 
     let dir: String
-    let port: Int
+    /// The controller's port: chosen free, and chosen again if another process took it before the
+    /// controller bound it (the gap between closing the probe socket and the bind).
+    private(set) var port: Int
     var controller: Process?
     var background: [Process] = []
     var url: String { "http://127.0.0.1:\(port)" }
@@ -158,10 +160,22 @@ final class TestFleet: @unchecked Sendable {
             let r = try run("fleetctl", ["keys", "init", "--dir", dir + "/keys"])
             guard r.status == 0 else { throw HarnessError("keys init: \(r.stderr)") }
         }
-        controller = try start("fleet-controller", ["serve", "--data", dir + "/controller", "--listen", "127.0.0.1:\(port)",
-                                                    "--keys", dir + "/keys/online", "--config", config ?? Self.repoRoot + "/fleet",
-                                                    "--poll-seconds", "1"] + extra, log: dir + "/controller.log")
-        try waitFor("controller health") { (try? run("fleetctl", ["--controller", url, "status"], timeout: 10).status) == 0 }
+        for attempt in 1...3 {
+            let log = dir + "/controller.log"
+            let p = try start("fleet-controller", ["serve", "--data", dir + "/controller", "--listen", "127.0.0.1:\(port)",
+                                                   "--keys", dir + "/keys/online", "--config", config ?? Self.repoRoot + "/fleet",
+                                                   "--poll-seconds", "1"] + extra, log: log)
+            controller = p
+            var exited = false
+            try waitFor("controller health") {
+                if !p.isRunning { exited = true; return true }
+                return (try? run("fleetctl", ["--controller", url, "status"], timeout: 10).status) == 0
+            }
+            guard exited else { return }
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            guard attempt < 3, text.contains("ddress already in use") else { throw HarnessError("the controller exited at start: \(text.suffix(2000))") }
+            port = try Self.freePort()
+        }
     }
 
     /// Writes a file of `size` deterministic bytes seeded by `seed`.

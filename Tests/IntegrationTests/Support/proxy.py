@@ -11,6 +11,8 @@ ap.add_argument("--log", required=True)
 ap.add_argument("--tamper-assignment", default=None, help="replace the assigned sha256 with this one, keeping the signature")
 ap.add_argument("--cut-after", type=int, default=None, help="close the first artifact download after this many body bytes")
 ap.add_argument("--throttle", type=int, default=None, help="bytes per second for artifact bodies")
+ap.add_argument("--stall-after", type=int, default=None,
+                help="the first artifact download sends this many body bytes, then nothing more (the connection stays open)")
 ap.add_argument("--flip-artifact-byte", action="store_true", help="flip one byte in the first chunk of every artifact body")
 ap.add_argument("--log-bodies", action="store_true", help="log every non-artifact exchange: body bytes both ways, top-level keys")
 args = ap.parse_args()
@@ -77,10 +79,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.send_header(k, v)
         self.end_headers()
         cut = None
+        stall = None
         with lock:
             if args.cut_after is not None and not state["cut_done"]:
                 state["cut_done"] = True
                 cut = args.cut_after
+            if args.stall_after is not None and not state.get("stall_done"):
+                state["stall_done"] = True
+                stall = args.stall_after
         sent = 0
         start = time.monotonic()
         flip = args.flip_artifact_byte
@@ -92,6 +98,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if flip:
                     chunk = bytes([chunk[0] ^ 0x01]) + chunk[1:]
                     flip = False
+                if stall is not None and sent + len(chunk) > stall:
+                    self.wfile.write(chunk[: stall - sent])
+                    sent = stall
+                    self.wfile.flush()
+                    log({"stalled": self.path, "sent": sent})
+                    time.sleep(300)   # until the client is killed and the test stops the proxy
+                    break
                 if cut is not None and sent + len(chunk) > cut:
                     chunk = chunk[: cut - sent]
                     self.wfile.write(chunk)
