@@ -55,20 +55,9 @@ final class LeaderElector: Service, Sendable {
     }
 
     func run() async throws {
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            do {
-                let connection = try await PostgresConnection.connect(configuration: location.connectionConfiguration, id: 1, logger: logger)
-                defer { Task { try? await connection.close() } }
-                try await hold(connection)
-            } catch is CancellationError {
-                break
-            } catch {
-                logger.warning("leader election: connection lost", metadata: ["error": "\(error)"])
-            }
-            await stepDown()
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.interval) }
+        await location.keepSession(id: 1, what: "leader election", retry: interval, logger: logger, lost: { await self.stepDown() }) { connection in
+            try await self.hold(connection)
         }
-        await stepDown()
     }
 
     /// Tries for the lock every `interval`; once held, checks the session stays alive and the lease

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PostgresNIO
+import ServiceLifecycle
 
 /// Where a PostgreSQL database is: `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?pool=N]`.
 struct PostgresLocation: Sendable, Equatable {
@@ -185,5 +186,35 @@ final class PostgresDatabase: SQLDatabase {
             if cache.count < 1024 { cache[sql] = out }
             return out
         }
+    }
+}
+
+extension PostgresLocation {
+    /// Runs `session` on a connection of its own (LISTEN, a session advisory lock) until shutdown.
+    /// After a loss (logged, with the next attempt's delay) it runs `lost` and connects again after
+    /// a delay that doubles from `retry` up to 30 s, back to `retry` once a session has lasted a
+    /// minute. `lost` runs once more at the end.
+    func keepSession(id: Int, what: String, retry: Swift.Duration, logger: Logger, lost: @Sendable () async -> Void,
+                     _ session: @Sendable (PostgresConnection) async throws -> Void) async {
+        var delay = retry
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            let started = ContinuousClock.now
+            do {
+                let connection = try await PostgresConnection.connect(configuration: connectionConfiguration, id: id, logger: logger)
+                defer { Task { try? await connection.close() } }
+                try await session(connection)
+            } catch is CancellationError {
+                break
+            } catch {
+                if Task.isShuttingDownGracefully || Task.isCancelled { break }
+                if ContinuousClock.now - started > .seconds(60) { delay = retry }
+                logger.warning("\(what): connection lost", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+            }
+            await lost()
+            let wait = delay
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: wait) }
+            delay = min(delay * 2, .seconds(30))
+        }
+        await lost()
     }
 }

@@ -80,27 +80,17 @@ final class StoreCacheListener: Service, Sendable {
     }
 
     func run() async throws {
-        while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            do {
-                let connection = try await PostgresConnection.connect(configuration: location.connectionConfiguration, id: 2, logger: logger)
-                defer { Task { try? await connection.close() } }
-                try await cancelWhenGracefulShutdown {
-                    try await connection.listen(on: StoreCache.channel) { notifications in
-                        // LISTEN is in force from here: what was missed before is read again.
-                        self.cache.invalidateAll()
-                        for try await n in notifications {
-                            if let topic = StoreCache.Topic(rawValue: n.payload) { self.cache.invalidate(topic) } else { self.cache.invalidateAll() }
-                        }
+        // While the connection is down, entries expire by age (`cacheSeconds`).
+        await location.keepSession(id: 2, what: "cache listener", retry: .seconds(1), logger: logger, lost: { self.cache.invalidateAll() }) { connection in
+            try await cancelWhenGracefulShutdown {
+                try await connection.listen(on: StoreCache.channel) { notifications in
+                    // LISTEN is in force from here: what was missed before is read again.
+                    self.cache.invalidateAll()
+                    for try await n in notifications {
+                        if let topic = StoreCache.Topic(rawValue: n.payload) { self.cache.invalidate(topic) } else { self.cache.invalidateAll() }
                     }
                 }
-            } catch is CancellationError {
-                return
-            } catch {
-                if Task.isShuttingDownGracefully || Task.isCancelled { return }
-                logger.warning("cache listener: connection lost; entries expire by age meanwhile", metadata: ["error": "\(error)"])
             }
-            cache.invalidateAll()
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
         }
     }
 }
