@@ -118,6 +118,21 @@ extension String {
     var nonEmpty: String { isEmpty ? "-" : self }
 }
 
+/// `KEY=VALUE` arguments as a label set, each checked (a bad one is a usage error naming it).
+func labelArguments(_ texts: [String], option: String) throws -> [String: String] {
+    var out: [String: String] = [:]
+    for text in texts {
+        switch Result(catching: { () throws(LabelError) in try Labels.parseAssignment(text) }) {
+        case .success(let kv): out[kv.key] = kv.value
+        case .failure(let e): throw ValidationError("--\(option) \(text): \(e.message)")
+        }
+    }
+    if case .failure(let e) = Result(catching: { () throws(LabelError) in try Labels.validate(out) }) {
+        throw ValidationError("--\(option): \(e.message)")
+    }
+    return out
+}
+
 /// `?selector=…`, percent-encoded; "" without one. The controller checks the syntax and names the position.
 func selectorQuery(_ selector: String?) -> String {
     guard let selector else { return "" }
@@ -140,16 +155,7 @@ extension DevicesCommand {
             _ = try parsed()
         }
 
-        func parsed() throws -> [String: String] {
-            var out: [String: String] = [:]
-            for text in labels {
-                switch Result(catching: { () throws(LabelError) in try Labels.parseAssignment(text) }) {
-                case .success(let kv): out[kv.key] = kv.value
-                case .failure(let e): throw ValidationError("\(text): \(e.message)")
-                }
-            }
-            return out
-        }
+        func parsed() throws -> [String: String] { try labelArguments(labels, option: "label") }
 
         func run() throws {
             let body = LabelUpdate(set: try parsed(), remove: remove)

@@ -104,19 +104,7 @@ extension DevicesCommand {
             _ = try labels()
         }
 
-        func labels() throws -> [String: String] {
-            var out: [String: String] = [:]
-            for text in label {
-                switch Result(catching: { () throws(LabelError) in try Labels.parseAssignment(text) }) {
-                case .success(let kv): out[kv.key] = kv.value
-                case .failure(let e): throw ValidationError("--label \(text): \(e.message)")
-                }
-            }
-            if case .failure(let e) = Result(catching: { () throws(LabelError) in try Labels.validate(out) }) {
-                throw ValidationError("--label: \(e.message)")
-            }
-            return out
-        }
+        func labels() throws -> [String: String] { try labelArguments(label, option: "label") }
 
         func run() throws {
             let bound = try labels()

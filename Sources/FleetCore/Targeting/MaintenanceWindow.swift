@@ -11,20 +11,9 @@ public struct ActivationWindow: Codable, Equatable, Hashable, Sendable {
     public func contains(_ t: Int64) -> Bool { start <= t && t < end }
 }
 
-/// Why a maintenance window text was refused, and where (a decoded object that is wrong throws a
-/// DecodingError instead).
-public struct WindowError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// 0-based character offset into the text.
-    public var position: Int
-    public var message: String
-
-    public init(position: Int, message: String) {
-        self.position = position
-        self.message = message
-    }
-
-    public var description: String { "at character \(position + 1): \(message)" }
-}
+/// Why a maintenance window text was refused, and where: the selector's error type (a decoded
+/// object that is wrong throws a DecodingError instead).
+public typealias WindowError = SelectorError
 
 /// When a device may activate: on some weekdays, from a local wall-clock start, for a length.
 /// Pure: turning local times into UTC needs a zone's offsets, which the caller passes in
