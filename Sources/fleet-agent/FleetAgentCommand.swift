@@ -21,8 +21,9 @@ struct FleetAgentCommand: AsyncParsableCommand {
         do {
             argv = try AgentConfigFile.expand(Array(CommandLine.arguments.dropFirst()))
         } catch {
-            fputs("fleet-agent: \(error)\n", stderr)
-            exit(78)   // EX_CONFIG
+            let line = Array("fleet-agent: \(error)\n".utf8)
+            _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            Glibc.exit(78)   // EX_CONFIG
         }
         do {
             var command = try parseAsRoot(argv)

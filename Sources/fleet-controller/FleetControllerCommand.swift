@@ -18,7 +18,7 @@ struct FleetControllerCommand: AsyncParsableCommand {
             argv = try ControllerConfigFile.expand(Array(CommandLine.arguments.dropFirst()))
         } catch {
             FileHandle.standardError.write(Data("fleet-controller: \(error)\n".utf8))
-            exit(78)   // EX_CONFIG
+            Foundation.exit(78)   // EX_CONFIG
         }
         do {
             var command = try parseAsRoot(argv)

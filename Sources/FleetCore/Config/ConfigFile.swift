@@ -29,7 +29,9 @@ public struct ConfigFile: Equatable, Sendable {
     public init(source: String, entries: [Entry]) { self.source = source; self.entries = entries }
 
     public static func parse(_ text: String, source: String) throws(ConfigFileError) -> ConfigFile {
-        var parser = Parser(source: source, lines: text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init))
+        // "\r\n" is one Character in Swift: made "\n" first so that it splits lines too.
+        let lines = text.replacing("\r\n", with: "\n").split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        var parser = Parser(source: source, lines: lines)
         return ConfigFile(source: source, entries: try parser.parse())
     }
 }
@@ -235,21 +237,29 @@ private struct Parser {
 
     /// The line without a `#` comment (one that starts the line or follows a space, outside quotes).
     func stripComment(_ text: String) -> String {
+        let chars = Array(text)
         var quote: Character? = nil
-        var previous: Character = " "
-        var end = text.endIndex
-        for i in text.indices {
-            let ch = text[i]
+        var end = chars.count
+        var i = 0
+        while i < chars.count {
+            let ch = chars[i]
+            let previous: Character = i == 0 ? " " : chars[i - 1]
             if let q = quote {
-                if ch == q { quote = nil }
+                if ch == "\\", q == "\"" { i += 2; continue }
+                if ch == q {
+                    // '' inside a 'single-quoted' scalar is a quote, not its end.
+                    if q == "'", i + 1 < chars.count, chars[i + 1] == "'" { i += 2; continue }
+                    quote = nil
+                }
             } else if ch == "\"" || ch == "'" {
-                if previous == " " || previous == "[" || previous == "{" || previous == "," || i == text.startIndex { quote = ch }
+                if previous == " " || previous == "[" || previous == "{" || previous == "," { quote = ch }
             } else if ch == "#" && previous == " " {
-                end = i; break
+                end = i
+                break
             }
-            previous = ch
+            i += 1
         }
-        var s = String(text[..<end])
+        var s = String(chars[..<end])
         while s.last == " " { s.removeLast() }
         return s
     }
