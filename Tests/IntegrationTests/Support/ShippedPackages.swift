@@ -137,14 +137,14 @@ enum ShippedPackages {
         return found
     }
 
-    /// VmRSS and VmHWM of a process, in bytes.
-    static func memory(pid: Int32) -> (rss: Int64, peak: Int64)? {
+    /// VmRSS, VmHWM and VmRSS's anonymous and file-backed parts of a process, in bytes.
+    static func memory(pid: Int32) -> (rss: Int64, peak: Int64, anon: Int64, file: Int64)? {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
         func kb(_ key: String) -> Int64? {
             status.split(separator: "\n").first { $0.hasPrefix(key + ":") }
                 .flatMap { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first }.flatMap { Int64($0) }.map { $0 * 1024 }
         }
-        guard let rss = kb("VmRSS"), let peak = kb("VmHWM") else { return nil }
-        return (rss, peak)
+        guard let rss = kb("VmRSS"), let peak = kb("VmHWM"), let anon = kb("RssAnon"), let file = kb("RssFile") else { return nil }
+        return (rss, peak, anon, file)
     }
 }
