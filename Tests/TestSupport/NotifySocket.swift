@@ -94,4 +94,16 @@ public final class NotifySocket: @unchecked Sendable {
         }
         throw Failure(description: "no \(line) on \(address) within \(timeout) s (got: \(messages))")
     }
+
+    /// Receives what is already there, then waits (async, up to `timeout`) until `condition` holds;
+    /// what arrived while the test was not scheduled still counts.
+    public func drain(until condition: () -> Bool, within timeout: Double) async -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            while receive(timeout: 0) != nil {}
+            if condition() { return true }
+            if Date() >= deadline { return false }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
 }
