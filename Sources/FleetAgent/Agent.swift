@@ -341,13 +341,21 @@ public final class Agent: @unchecked Sendable {
 }
 
 /// The agent's long-lived loop: poll with jitter, back off on errors, stop cleanly on SIGTERM.
+/// Under systemd (`Type=notify`) it says READY=1 once the agent is set up, pings the watchdog while
+/// cycles run and between them, and says STOPPING=1 on shutdown; a cycle stuck for longer than
+/// `hungCycleSeconds` stops the pings, so the service manager restarts the agent.
 public struct AgentService: Service {
     let agent: Agent
     let options: AgentOptions
     let logger: Logger
+    let notifier: AgentNotifier
+    /// Longest a cycle may run with the watchdog still fed: a download of a large model at a low
+    /// rate limit, the benchmark and the health check (a download cut here resumes after the restart).
+    let hungCycleSeconds: Double
 
-    public init(agent: Agent, options: AgentOptions, logger: Logger) {
-        self.agent = agent; self.options = options; self.logger = logger
+    public init(agent: Agent, options: AgentOptions, logger: Logger, notifier: AgentNotifier? = nil, hungCycleSeconds: Double? = nil) {
+        self.agent = agent; self.options = options; self.logger = logger; self.notifier = notifier ?? .process
+        self.hungCycleSeconds = hungCycleSeconds ?? 3600 + options.healthTimeoutSeconds + options.benchmarkTimeoutSeconds
     }
 
     public func run() async throws {
@@ -355,12 +363,10 @@ public struct AgentService: Service {
         let endpoint = try options.metricsListen.map { try agent.startMetricsEndpoint($0) }
         if let endpoint { logger.info("metrics endpoint listening", metadata: ["listen": "\(endpoint.address)"]) }
         defer { endpoint?.stop() }
+        notifier.ready(status: "device \(agent.id), controller \(options.controllerURL)")
         try await withGracefulShutdownHandler {
             while !Task.isCancelled && !Task.isShuttingDownGracefully {
-                let agent = self.agent
-                let result = await withCheckedContinuation { (c: CheckedContinuation<Agent.CycleResult, Never>) in
-                    DispatchQueue.global().async { c.resume(returning: agent.cycle()) }
-                }
+                let result = await runCycleFeedingWatchdog()
                 if options.once {
                     if !result.ok { throw AgentError(result.message) }
                     return
@@ -374,12 +380,53 @@ public struct AgentService: Service {
                     failures += 1
                     delay = min(300, (options.pollSeconds ?? 5) * pow2(failures)) * Double.random(in: 0.5...1.0)
                 }
-                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(Int(delay * 1000))) }
+                try? await cancelWhenGracefulShutdown { try await sleepFeedingWatchdog(.milliseconds(Int(delay * 1000))) }
             }
         } onGracefulShutdown: {
+            notifier.stopping()
             agent.requestStop()
         }
         logger.info("agent stopped", metadata: ["device": "\(agent.id)"])
+    }
+
+    /// One cycle off the cooperative pool, with WATCHDOG=1 at the manager's pace until it ends or
+    /// has run for `hungCycleSeconds`.
+    private func runCycleFeedingWatchdog() async -> Agent.CycleResult {
+        let agent = self.agent, notifier = self.notifier
+        notifier.watchdog()
+        return await withTaskGroup(of: Agent.CycleResult?.self) { group in
+            group.addTask {
+                await withCheckedContinuation { (c: CheckedContinuation<Agent.CycleResult, Never>) in
+                    DispatchQueue.global().async { c.resume(returning: agent.cycle()) }
+                }
+            }
+            if let interval = notifier.pingInterval {
+                let limit = ContinuousClock.now + .milliseconds(Int64(hungCycleSeconds * 1000))
+                group.addTask {
+                    while ContinuousClock.now < limit {
+                        do { try await Task.sleep(for: interval) } catch { return nil }
+                        notifier.watchdog()
+                    }
+                    return nil
+                }
+            }
+            var result: Agent.CycleResult? = nil
+            for await r in group where r != nil {
+                result = r
+                group.cancelAll()
+            }
+            return result!
+        }
+    }
+
+    /// Sleeps in steps of the watchdog's ping interval, pinging after each.
+    private func sleepFeedingWatchdog(_ duration: Duration) async throws {
+        guard let interval = notifier.pingInterval else { return try await Task.sleep(for: duration) }
+        let end = ContinuousClock.now + duration
+        while ContinuousClock.now < end {
+            try await Task.sleep(for: min(interval, end - ContinuousClock.now))
+            notifier.watchdog()
+        }
     }
 
     private func pow2(_ n: Int) -> Double { Double(1 << min(n, 10)) }

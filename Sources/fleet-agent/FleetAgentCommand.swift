@@ -3,13 +3,39 @@ import FleetAgent
 import FleetCore
 import Logging
 import ServiceLifecycle
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @main
 struct FleetAgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fleet-agent",
         abstract: "The EdgeFleet device agent: checks in, verifies, installs models atomically, reports.",
-        subcommands: [Run.self, Hash.self, Fetch.self])
+        subcommands: [Run.self, Doctor.self, Hash.self, Fetch.self])
+
+    /// `run` reads its configuration file first: its keys become flags placed before the ones
+    /// given by hand, which therefore win.
+    static func main() async {
+        let argv: [String]
+        do {
+            argv = try AgentConfigFile.expand(Array(CommandLine.arguments.dropFirst()))
+        } catch {
+            let line = Array("fleet-agent: \(error)\n".utf8)
+            _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            Glibc.exit(78)   // EX_CONFIG
+        }
+        do {
+            var command = try parseAsRoot(argv)
+            if var command = command as? AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 struct Run: AsyncParsableCommand {
@@ -36,9 +62,16 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Where the local inference service reports runtime metrics: 127.0.0.1:PORT, [::1]:PORT or unix:/PATH (loopback only).")
     var metricsListen: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+    @Option(name: .customLong("label"), help: "A label of this device, KEY=VALUE (repeatable; the config file's `labels:` map). Labels bound by the enrollment token or set by the operator take precedence.")
+    var labels: [String] = []
+    @Option(help: "YAML file with any of these options by their flag names (labels: as a map); flags given here override it. Default: \(AgentConfigFile.defaultPath) when it exists.")
+    var configFile: String?
     @OptionGroup var identity: AgentIdentityOptions
 
     func validate() throws {
+        for label in labels where AgentConfigFile.labels([label]) == nil {
+            throw ValidationError("--label '\(label)' must be KEY=VALUE")
+        }
         guard controller.hasPrefix("http://") || controller.hasPrefix("https://") else {
             throw ValidationError("--controller must be an http:// or https:// URL")
         }
@@ -74,6 +107,7 @@ struct Run: AsyncParsableCommand {
         options.benchmarkTimeoutSeconds = benchmarkTimeout
         options.energyCounters = energyCounter.isEmpty ? nil : energyCounter
         options.enrollToken = try identity.enrollToken()
+        options.labels = AgentConfigFile.labels(labels) ?? [:]
         let agent: Agent
         do {
             agent = try Agent(options: options, logger: logger)

@@ -9,6 +9,28 @@ struct FleetControllerCommand: AsyncParsableCommand {
         commandName: "fleet-controller",
         abstract: "The EdgeFleet controller: HTTP API, director, artifact store.",
         subcommands: [Serve.self, MigrateCommand.self, SeedDevicesCommand.self, TokenCommand.self, BenchGates.self])
+
+    /// `serve` reads its configuration file first: its keys become flags placed before the ones
+    /// given by hand, which therefore win.
+    static func main() async {
+        let argv: [String]
+        do {
+            argv = try ControllerConfigFile.expand(Array(CommandLine.arguments.dropFirst()))
+        } catch {
+            FileHandle.standardError.write(Data("fleet-controller: \(error)\n".utf8))
+            Foundation.exit(78)   // EX_CONFIG
+        }
+        do {
+            var command = try parseAsRoot(argv)
+            if var command = command as? AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 struct Serve: AsyncParsableCommand {
@@ -57,9 +79,18 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Behind nginx (deploy/nginx/): answer artifact downloads with X-Accel-Redirect to this internal location (e.g. /_artifacts/, aliasing DATA/artifacts/sha256/) after the access check, and let nginx send the bytes.")
     var artifactAccelRedirect: String?
 
+    @Option(help: "A label key (e.g. site) the dashboard and /metrics break devices down by: its most common values and \"other\".")
+    var viewLabel: String?
+
+    @Option(help: "YAML file with any of these options by their flag names; flags given here override it. Default: \(ControllerConfigFile.defaultPath) when it exists.")
+    var configFile: String?
+
     @OptionGroup var security: SecurityOptions
 
     func validate() throws {
+        if let viewLabel { guard !viewLabel.isEmpty, !viewLabel.contains(where: { $0.isWhitespace || $0 == "=" }) else {
+            throw ValidationError("--view-label '\(viewLabel)' is not a label key")
+        } }
         try database.validate()
         guard parseListen() != nil else { throw ValidationError("--listen must be HOST:PORT with a port from 1 to 65535, got '\(listen)'") }
         try security.validate(host: parseListen()!.0)
@@ -109,6 +140,7 @@ struct Serve: AsyncParsableCommand {
         options.migrate = !noMigrate
         if let replica { options.replicaName = replica }
         options.artifactAccelRedirect = artifactAccelRedirect
+        options.viewLabel = viewLabel
         do {
             try await Controller.serve(options: options, logger: logger)
         } catch {

@@ -1,0 +1,4 @@
+import ServiceNotify
+
+/// The sd_notify speaker `AgentService` uses (READY, WATCHDOG, STOPPING); see ServiceNotify.
+public typealias AgentNotifier = ServiceNotifier
