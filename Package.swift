@@ -40,11 +40,14 @@ let package = Package(
         .target(name: "FleetCore", dependencies: [
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // Low-level primitives over glibc alone (no Foundation), shared by the delta codec, the variant
+        // builder and the agent: the atomic temp-file-and-rename writer, LEB128, the protobuf wire walker.
+        .target(name: "FleetIO"),
         // Delta packages: encode on the controller and in fleetctl, decode (streaming) on the agent.
-        .target(name: "FleetDelta", dependencies: ["FleetCore", "CZstd"]),
+        .target(name: "FleetDelta", dependencies: ["FleetCore", "FleetIO", "CZstd"]),
         // Variant builder: reads ONNX (protobuf) and safetensors, quantizes and prunes by recipe, measures quality.
         .target(name: "FleetCompression", dependencies: [
-            "FleetCore", "FleetDelta",
+            "FleetCore", "FleetDelta", "FleetIO",
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "Yams", package: "Yams"),
         ]),
@@ -56,7 +59,7 @@ let package = Package(
         // The one HTTP client (libcurl) shared by the agent and fleetctl.
         .target(name: "FleetClient", dependencies: ["FleetCore", "CCurl"]),
         .target(name: "FleetAgent", dependencies: [
-            "FleetCore", "FleetClient", "FleetDelta", "CZstd", "ServiceNotify",
+            "FleetCore", "FleetClient", "FleetDelta", "FleetIO", "CZstd", "ServiceNotify",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
@@ -97,9 +100,10 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
 
         .testTarget(name: "FleetCoreTests", dependencies: ["FleetCore"]),
-        .testTarget(name: "FleetDeltaTests", dependencies: ["FleetDelta", "FleetCore"]),
-        .testTarget(name: "FleetCompressionTests", dependencies: ["FleetCompression", "FleetCore"]),
-        .testTarget(name: "FleetAgentTests", dependencies: ["FleetAgent", "FleetCore", "FleetClient", "ServiceNotify", "TestSupport"]),
+        .testTarget(name: "FleetIOTests", dependencies: ["FleetIO"]),
+        .testTarget(name: "FleetDeltaTests", dependencies: ["FleetDelta", "FleetCore", "FleetIO"]),
+        .testTarget(name: "FleetCompressionTests", dependencies: ["FleetCompression", "FleetCore", "FleetIO"]),
+        .testTarget(name: "FleetAgentTests", dependencies: ["FleetAgent", "FleetCore", "FleetClient", "FleetIO", "ServiceNotify", "TestSupport"]),
         .testTarget(name: "FleetControllerTests", dependencies: [
             "FleetController", "FleetCore", "FleetAgent", "FleetClient", "TestSupport",
             .product(name: "HummingbirdTesting", package: "hummingbird"),

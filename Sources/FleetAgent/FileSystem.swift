@@ -1,4 +1,5 @@
 import FleetCore
+import FleetIO
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,6 +17,12 @@ public struct AgentIOError: Error, CustomStringConvertible, Equatable {
         let e = Glibc.errno
         let code: Code = e == ENOSPC || e == EDQUOT ? .noSpace : (e == ENOENT ? .notFound : .io)
         return AgentIOError(code, path, "\(what): \(String(cString: strerror(e)))")
+    }
+
+    /// A FleetIO failure in the agent's terms: a full disk is `.noSpace`, a missing directory `.notFound`.
+    init(_ error: FileIOError) {
+        let code: Code = error.isNoSpace ? .noSpace : (error.systemError == ENOENT ? .notFound : .io)
+        self.init(code, error.path, error.message)
     }
 }
 
@@ -56,10 +63,7 @@ enum FS {
     }
 
     static func fsyncDirectory(_ path: String) throws(AgentIOError) {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw .errno(path, "open directory") }
-        defer { close(fd) }
-        guard fsync(fd) == 0 else { throw .errno(path, "fsync directory") }
+        do throws(FileIOError) { try AtomicFile.syncDirectory(path) } catch { throw AgentIOError(error) }
     }
 
     static func read(_ path: String, limit: Int) throws(AgentIOError) -> [UInt8] {
@@ -78,21 +82,14 @@ enum FS {
         return out
     }
 
-    /// Replaces `path` atomically: readers see the old or the new contents, never a mix.
+    /// Replaces `path` atomically: readers see the old or the new contents, never a mix (FleetIO's
+    /// `AtomicFile`; the fixed `.tmp` name means a crash's leftover is overwritten, not accumulated).
     static func writeAtomically(_ path: String, _ bytes: [UInt8]) throws(AgentIOError) {
-        let tmp = path + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .errno(tmp, "open") }
-        var ok = false
-        defer { if !ok { unlink(tmp) } }
-        do {
-            defer { close(fd) }
-            try writeAll(fd, bytes, path: tmp)
-            guard fsync(fd) == 0 else { throw .errno(tmp, "fsync") }
+        do throws(FileIOError) {
+            try AtomicFile.write(bytes, to: path, temporary: .fixed(suffix: ".tmp"), permissions: 0o600)
+        } catch {
+            throw AgentIOError(error)
         }
-        guard rename(tmp, path) == 0 else { throw .errno(path, "rename") }
-        ok = true
-        try fsyncDirectory(dirname(path))
     }
 
     static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(AgentIOError) {

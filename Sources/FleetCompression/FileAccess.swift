@@ -1,4 +1,5 @@
 import FleetCore
+import FleetIO
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -73,58 +74,28 @@ final class ReadableFile: @unchecked Sendable {
     }
 }
 
-/// The variant being written: a temporary file beside `path`, renamed onto it by `commit` after an
-/// fsync. Dropped without a commit (an error anywhere), the temporary file is removed, so a failed
-/// build never leaves a file behind.
+/// The variant being written: a temporary file beside `path` (FleetIO's `AtomicFile`), renamed onto
+/// it by `commit` after an fsync. Dropped without a commit (an error anywhere), the temporary file is
+/// removed, so a failed build never leaves a file behind.
 final class AtomicOutputFile {
     let path: String
-    let tempPath: String
-    private var fd: Int32
-    private let buffer: UnsafeMutableRawBufferPointer
-    private var buffered = 0
+    var tempPath: String { file.tempPath }
+    private let file: AtomicFile
     private(set) var written: Int64 = 0
     private var hasher = StreamingSHA256()
 
     init(_ path: String) throws(CompressionError) {
         self.path = path
-        let dir = AtomicOutputFile.dirname(path)
-        let name = path.split(separator: "/").last.map(String.init) ?? path
-        var chosen: String?
-        var fd: Int32 = -1
-        for attempt in 0..<100 {
-            let candidate = "\(dir)/.\(name).\(getpid())-\(attempt).partial"
-            fd = open(candidate, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-            if fd >= 0 { chosen = candidate; break }
-            if errno != EEXIST { throw .errno(candidate, "create") }
-        }
-        guard let chosen else { throw CompressionError(.io, "cannot create a temporary file beside it", path: path) }
-        self.fd = fd
-        self.tempPath = chosen
-        buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+        do throws(FileIOError) { file = try AtomicFile(replacing: path) } catch { throw CompressionError(error) }
     }
 
-    deinit {
-        abort()
-        buffer.deallocate()
-    }
-
-    static func dirname(_ path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "." }
-        return slash == path.startIndex ? "/" : String(path[..<slash])
-    }
+    static func dirname(_ path: String) -> String { AtomicFile.directory(of: path) }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws(CompressionError) {
         guard bytes.count > 0 else { return }
         hasher.update(bytes)
         written += Int64(bytes.count)
-        var offset = 0
-        while offset < bytes.count {
-            let n = min(buffer.count - buffered, bytes.count - offset)
-            (buffer.baseAddress! + buffered).copyMemory(from: bytes.baseAddress! + offset, byteCount: n)
-            buffered += n
-            offset += n
-            if buffered == buffer.count { try flush() }
-        }
+        do throws(FileIOError) { try file.write(bytes) } catch { throw CompressionError(error) }
     }
 
     func write(_ bytes: [UInt8]) throws(CompressionError) {
@@ -132,38 +103,32 @@ final class AtomicOutputFile {
         try r.get()
     }
 
-    private func flush() throws(CompressionError) {
-        var done = 0
-        while done < buffered {
-            let n = Glibc.write(fd, buffer.baseAddress! + done, buffered - done)
-            if n < 0 { if errno == EINTR { continue }; throw .errno(tempPath, "write") }
-            done += n
-        }
-        buffered = 0
-    }
-
     var sha256: String { hasher.finalizeHex() }
 
     /// Everything written is in the temporary file and on disk (for the report and the evaluator,
     /// which read it before it is renamed into place).
     func sync() throws(CompressionError) {
-        try flush()
-        guard fsync(fd) == 0 else { throw .errno(tempPath, "fsync") }
+        do throws(FileIOError) { try file.sync() } catch { throw CompressionError(error) }
     }
 
     /// Flushes, fsyncs, renames onto `path` and fsyncs the folder.
     func commit() throws(CompressionError) {
-        try flush()
-        guard fsync(fd) == 0 else { throw .errno(tempPath, "fsync") }
-        guard close(fd) == 0 else { fd = -1; unlink(tempPath); throw .errno(tempPath, "close") }
-        fd = -1
-        guard rename(tempPath, path) == 0 else { let e = CompressionError.errno(path, "rename"); unlink(tempPath); throw e }
-        let dfd = open(AtomicOutputFile.dirname(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 { _ = fsync(dfd); close(dfd) }
+        do throws(FileIOError) {
+            try file.commit(sync: true)
+        } catch where error.isAfterRename {
+            // The variant is in place; as before, a folder that cannot be fsynced does not fail the build.
+        } catch {
+            throw CompressionError(error)
+        }
     }
 
-    func abort() {
-        if fd >= 0 { close(fd); fd = -1; unlink(tempPath) }
+    func abort() { file.abort() }
+}
+
+extension CompressionError {
+    /// A FleetIO failure as the builder's `.io` fault.
+    init(_ error: FileIOError) {
+        self.init(.io, error.message, path: error.path)
     }
 }
 

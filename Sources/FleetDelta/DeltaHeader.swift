@@ -1,4 +1,5 @@
 import FleetCore
+import FleetIO
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -204,18 +205,11 @@ struct ByteReader {
         return Array(bytes[offset..<(offset + n)])
     }
 
-    /// LEB128, at most 63 bits (sizes and offsets).
+    /// LEB128, at most 63 bits (sizes and offsets), so the value always fits an Int64.
     mutating func varint() throws(DeltaError) -> Int64 {
-        var v: UInt64 = 0
-        var shift: UInt64 = 0
-        while true {
-            let b = try u8()
-            guard shift < 63 else { throw DeltaError(.corrupt, "varint too long at offset \(offset)") }
-            v |= UInt64(b & 0x7F) << shift
-            if b & 0x80 == 0 { break }
-            shift += 7
+        guard let v = try LEB128.read(maxBits: 63, { () throws(DeltaError) in try u8() }) else {
+            throw DeltaError(.corrupt, "varint too long at offset \(offset)")
         }
-        guard v <= UInt64(Int64.max) else { throw DeltaError(.corrupt, "varint out of range at offset \(offset)") }
         return Int64(v)
     }
 }
@@ -226,9 +220,5 @@ struct ByteWriter {
     mutating func u16(_ v: UInt16) { data.append(UInt8(v & 0xFF)); data.append(UInt8(v >> 8)) }
     mutating func u64(_ v: UInt64) { for i in 0..<8 { data.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
     mutating func bytes(_ b: [UInt8]) { data += b }
-    mutating func varint(_ v: Int64) {
-        var x = UInt64(v)
-        while x >= 0x80 { data.append(UInt8(x & 0x7F) | 0x80); x >>= 7 }
-        data.append(UInt8(x))
-    }
+    mutating func varint(_ v: Int64) { LEB128.append(UInt64(v), to: &data) }
 }

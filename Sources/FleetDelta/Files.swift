@@ -1,4 +1,5 @@
 import FleetCore
+import FleetIO
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -56,16 +57,14 @@ final class InputFile {
     }
 }
 
-/// The decoder's output: written sequentially to a temporary name beside `path`, hashed on the way,
-/// and renamed onto `path` only by `commit` after the caller checked size and hash. Anything else
-/// (`abort`, or an error) removes the temporary file.
+/// The decoder's output: written sequentially to a temporary name beside `path` (FleetIO's
+/// `AtomicFile`), hashed on the way, and renamed onto `path` only by `commit` after the caller checked
+/// size and hash. Anything else (`abort`, or an error) removes the temporary file.
 final class OutputFile {
     let path: String
-    let tempPath: String
-    private var fd: Int32
+    var tempPath: String { file.tempPath }
+    private let file: AtomicFile
     private var hasher = StreamingSHA256()
-    private let buffer: UnsafeMutableRawBufferPointer
-    private var buffered = 0
     private(set) var written: Int64 = 0
     /// Writing stops with `.targetMismatch` past this many bytes (the header's target size).
     let limit: Int64
@@ -73,31 +72,14 @@ final class OutputFile {
     init(_ path: String, limit: Int64) throws(DeltaError) {
         self.path = path
         self.limit = limit
-        let dir = OutputFile.dirname(path)
-        let name = path.split(separator: "/").last.map(String.init) ?? path
-        var chosen: String?
-        var fd: Int32 = -1
-        for attempt in 0..<100 {
-            let candidate = "\(dir)/.\(name).delta-\(getpid())-\(attempt).partial"
-            fd = open(candidate, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-            if fd >= 0 { chosen = candidate; break }
-            if Glibc.errno != EEXIST { throw .errno(candidate, "create") }
+        do throws(FileIOError) {
+            file = try AtomicFile(replacing: path, temporary: .unique(tag: "delta"))
+        } catch {
+            throw DeltaError(error)
         }
-        guard let chosen else { throw DeltaError(.io, "cannot create a temporary file beside it", path: path) }
-        self.fd = fd
-        self.tempPath = chosen
-        self.buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
     }
 
-    deinit {
-        if fd >= 0 { Glibc.close(fd); unlink(tempPath) }
-        buffer.deallocate()
-    }
-
-    static func dirname(_ path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "." }
-        return slash == path.startIndex ? "/" : String(path[..<slash])
-    }
+    static func dirname(_ path: String) -> String { AtomicFile.directory(of: path) }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws(DeltaError) {
         guard Int64(bytes.count) <= limit - written else {
@@ -105,43 +87,29 @@ final class OutputFile {
         }
         hasher.update(bytes)
         written += Int64(bytes.count)
-        var offset = 0
-        while offset < bytes.count {
-            let n = min(buffer.count - buffered, bytes.count - offset)
-            (buffer.baseAddress! + buffered).copyMemory(from: bytes.baseAddress! + offset, byteCount: n)
-            buffered += n
-            offset += n
-            if buffered == buffer.count { try flush() }
-        }
-    }
-
-    private func flush() throws(DeltaError) {
-        var done = 0
-        while done < buffered {
-            let n = Glibc.write(fd, buffer.baseAddress! + done, buffered - done)
-            if n < 0 { if Glibc.errno == EINTR { continue }; throw .errno(tempPath, "write") }
-            done += n
-        }
-        buffered = 0
+        do throws(FileIOError) { try file.write(bytes) } catch { throw DeltaError(error) }
     }
 
     var sha256: String { hasher.finalizeHex() }
 
     /// Flushes, optionally fsyncs, and renames the temporary file onto `path`.
     func commit(sync: Bool) throws(DeltaError) {
-        try flush()
-        if sync, fsync(fd) != 0 { throw .errno(tempPath, "fsync") }
-        guard Glibc.close(fd) == 0 else { fd = -1; unlink(tempPath); throw .errno(tempPath, "close") }
-        fd = -1
-        guard rename(tempPath, path) == 0 else { let e = DeltaError.errno(path, "rename"); unlink(tempPath); throw e }
-        if sync {
-            let dfd = open(OutputFile.dirname(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if dfd >= 0 { _ = fsync(dfd); Glibc.close(dfd) }
+        do throws(FileIOError) {
+            try file.commit(sync: sync)
+        } catch where error.isAfterRename {
+            // The target is in place; as before, a directory that cannot be fsynced is not a failed decode.
+        } catch {
+            throw DeltaError(error)
         }
     }
 
-    func abort() {
-        if fd >= 0 { Glibc.close(fd); fd = -1; unlink(tempPath) }
+    func abort() { file.abort() }
+}
+
+extension DeltaError {
+    /// A FleetIO failure as the delta codec's `.io` fault, errno kept (ENOSPC: the disk is full).
+    init(_ error: FileIOError) {
+        self.init(.io, error.message, path: error.path, systemError: error.systemError)
     }
 }
 

@@ -1,10 +1,10 @@
+import FleetIO
+
 /// Finds the initializer tensors of an ONNX file by walking the protobuf wire format, without a
 /// schema: ModelProto field 7 is the graph, GraphProto field 5 its initializers (TensorProto), whose
 /// field 1 is dims, 2 data_type, 8 name and 9 raw_data. Only initializers with raw_data count as
 /// tensors; everything else stays in the structure bytes.
 enum ONNXWalker {
-    struct Failure: Error { let message: String }
-
     static func parse(_ bytes: UnsafeRawBufferPointer) -> Result<TensorLayout, TensorLayout.ParseFailure> {
         var tensors: [TensorLayout.Tensor] = []
         do {
@@ -18,8 +18,6 @@ enum ONNXWalker {
                 }
             }
             guard sawGraph else { return .failure(.init(message: "no graph (field 7)")) }
-        } catch let f as Failure {
-            return .failure(.init(message: f.message))
         } catch {
             return .failure(.init(message: "\(error)"))
         }
@@ -72,52 +70,16 @@ enum ONNXWalker {
     }
 
     /// Calls `body(field, wireType, valueStart, valueEnd)` for each field in `b[start..<end]`; for
-    /// wire type 0 the value range is the varint itself.
+    /// wire type 0 the value range is the varint itself. The walker is FleetIO's, shared with the
+    /// variant builder; this runs once per field of the model's structure, never per tensor element.
     static func fields(_ b: UnsafeRawBufferPointer, _ start: Int, _ end: Int,
                        _ body: (UInt64, UInt64, Int, Int) throws -> Void) throws {
-        var p = start
-        while p < end {
-            let (key, afterKey) = try varint(b, p, end)
-            let field = key >> 3, wire = key & 7
-            guard field > 0 else { throw Failure(message: "field number 0 at \(p)") }
-            switch wire {
-            case 0:
-                let (_, next) = try varint(b, afterKey, end)
-                try body(field, wire, afterKey, next)
-                p = next
-            case 1:
-                guard end - afterKey >= 8 else { throw Failure(message: "fixed64 past the end at \(p)") }
-                try body(field, wire, afterKey, afterKey + 8)
-                p = afterKey + 8
-            case 2:
-                let (len, valueStart) = try varint(b, afterKey, end)
-                guard len <= UInt64(end - valueStart) else { throw Failure(message: "length \(len) past the end at \(p)") }
-                let valueEnd = valueStart + Int(len)
-                try body(field, wire, valueStart, valueEnd)
-                p = valueEnd
-            case 5:
-                guard end - afterKey >= 4 else { throw Failure(message: "fixed32 past the end at \(p)") }
-                try body(field, wire, afterKey, afterKey + 4)
-                p = afterKey + 4
-            default:
-                throw Failure(message: "wire type \(wire) at \(p)")
-            }
-        }
+        var reader = ProtobufFieldReader(b, start, end)
+        while let f = try reader.next() { try body(f.number, f.wire, f.valueStart, f.valueEnd) }
     }
 
     static func varint(_ b: UnsafeRawBufferPointer, _ start: Int, _ end: Int) throws -> (UInt64, Int) {
-        var v: UInt64 = 0
-        var shift: UInt64 = 0
-        var p = start
-        while p < end {
-            let byte = b[p]
-            p += 1
-            guard shift < 64 else { throw Failure(message: "varint too long at \(start)") }
-            v |= UInt64(byte & 0x7F) << shift
-            if byte & 0x80 == 0 { return (v, p) }
-            shift += 7
-        }
-        throw Failure(message: "varint past the end at \(start)")
+        try ProtobufFieldReader.varint(b, start, end)
     }
 
     private static func varintValue(_ b: UnsafeRawBufferPointer, _ start: Int) throws -> UInt64 {

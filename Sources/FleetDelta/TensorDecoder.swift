@@ -1,4 +1,5 @@
 import FleetCore
+import FleetIO
 
 /// Runs a validated `TensorPlan`: copies from the base, decodes tensor frames chunk by chunk against
 /// base chunks read with pread, and interleaves the structure stream. It holds one chunk of each kind
@@ -178,15 +179,7 @@ private final class SparseSource {
     }
 
     private func nextRun() throws(DeltaError) -> Int64 {
-        var v: UInt64 = 0
-        var shift: UInt64 = 0
-        while true {
-            let b = try runByte()
-            guard shift < 63 else { throw DeltaError(.corrupt, "\(runs.what): run length too long") }
-            v |= UInt64(b & 0x7F) << shift
-            if b & 0x80 == 0 { break }
-            shift += 7
-        }
+        guard let v = try LEB128.read(maxBits: 63, runByte) else { throw DeltaError(.corrupt, "\(runs.what): run length too long") }
         guard v < UInt64(elements) else { throw DeltaError(.corrupt, "\(runs.what): run of \(v) zeros in \(elements) elements") }
         return Int64(v)
     }

@@ -1,4 +1,5 @@
 import FleetCore
+import FleetIO
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -267,9 +268,7 @@ struct TensorEncoder {
         let dp = UnsafeRawBufferPointer(delta)
         for i in 0..<elements {
             if isZero(dp, i, width) { zeros += 1; continue }
-            var x = UInt64(zeros)
-            while x >= 0x80 { runs.append(UInt8(x & 0x7F) | 0x80); x >>= 7 }
-            runs.append(UInt8(x))
+            LEB128.append(UInt64(zeros), to: &runs)
             zeros = 0
             (packed.baseAddress! + k * width).copyMemory(from: dp.baseAddress! + i * width, byteCount: width)
             k += 1
