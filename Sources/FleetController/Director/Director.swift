@@ -247,33 +247,32 @@ actor Director {
             let rollout = choice.rollout
             let fullOnly = request.fullPackages?.contains(rollout.model) ?? false
             guard let releaseId = try await releaseFor(record, rollout: rollout, wave: choice.wave, now: now) else {
-                held[rollout.model] = rollout.state == .active && choice.wave > rollout.wave ? "waiting-for-wave" : "waiting-for-phase"
+                held[rollout.model] = (rollout.state == .active && choice.wave > rollout.wave ? HeldReason.waitingForWave : .waitingForPhase).rawValue
                 continue
             }
             if failed.contains("\(rollout.model)\u{0}\(releaseId)") {
-                held[rollout.model] = "failed"
+                held[rollout.model] = HeldReason.failed.rawValue
                 continue
             }
             guard let plan = try await plan(facts: facts, installed: request.installed, rollout: rollout, releaseId: releaseId,
                                             fullOnly: fullOnly) else { continue }
             guard let variant = plan.variant, let hwClass = plan.hardwareClass else {
-                let why = plan.selection.overBudget ? "over-budget" : "no-variant-fits"
-                held[rollout.model] = why
+                held[rollout.model] = (plan.selection.overBudget ? HeldReason.overBudget : .noVariantFits).rawValue
                 continue
             }
             if plan.deltaBuilding {
-                held[rollout.model] = "delta-building"
+                held[rollout.model] = HeldReason.deltaBuilding.rawValue
                 continue
             }
             if let quarantine, try await quarantine.record(plan.package?.sha256 ?? variant.sha256) != nil {
-                held[rollout.model] = "artifact-quarantined"
+                held[rollout.model] = HeldReason.artifactQuarantined.rawValue
                 continue
             }
             if releaseId == rollout.releaseId, request.installed[rollout.model] != variant.sha256 {
                 // About to send the new release: decided on the rollout and cell as stored now, not
                 // on this replica's cached copy (another replica may have paused it a moment ago).
                 guard try await stillSendsNewRelease(record, rollout: rollout, wave: choice.wave) else {
-                    held[rollout.model] = "waiting-for-phase"
+                    held[rollout.model] = HeldReason.waitingForPhase.rawValue
                     continue
                 }
                 try await rememberPrior(record, rollout: rollout, now: now)
