@@ -22,11 +22,10 @@ enum Probe {
     /// The configured IANA zone: $TZ (a plain name), else /etc/timezone, else the zoneinfo path
     /// /etc/localtime links to; nil when none names one.
     static func timezone(env: String? = ProcessEnvironment.get("TZ"), etcTimezone: String? = nil, localtimeLink: String? = nil) -> String? {
+        // A name the controller would take as a `timezone` label; anything else is not reported.
         func plausible(_ s: String) -> String? {
             let t = s.trimmed.hasPrefix(":") ? String(s.trimmed.dropFirst()) : s.trimmed
-            guard !t.isEmpty, t.utf8.count <= 64, !t.hasPrefix("/"), !t.contains(".."),
-                  t.utf8.allSatisfy({ ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || "/_-+".utf8.contains($0) })
-            else { return nil }
+            guard case .success = Result(catching: { () throws(LabelError) in try Labels.validate(zone: t) }) else { return nil }
             return t
         }
         if let env, let z = plausible(env) { return z }

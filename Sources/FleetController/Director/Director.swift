@@ -224,7 +224,8 @@ actor Director {
             throw APIError(.badRequest, "missing-facts", "a check-in without facts must send timestampVersion and factsDigest")
         }
         facts.deviceId = deviceId
-        if let labels = facts.labels { try LabelRequests.validate(labels) }
+        // Checked when they arrive; facts restored from the store were checked then.
+        if let labels = original.facts?.labels { try LabelRequests.validate(labels) }
         let hw = HardwareClassifier.classify(facts, classes: config.hardwareClasses)
         let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)
 

@@ -174,7 +174,8 @@ final class RolloutDriver: Service, Sendable {
             // Devices that joined the cell since the cut-off was set may raise the minimum count.
             stored.cutoff = max(stored.cutoff, Self.cutoff(phase: policy.phases[stored.state.phase], sortedPositions: positions, holdBack: holdBack))
             let cohort = ranked.filter { $0.1 < stored.cutoff }.map(\.0)
-            let deadlines = timeoutDeadlines(cohort: Set(cohort), members: membership[key] ?? [], rollout: rollout, policy: policy,
+            let deadlines = timeoutDeadlines(cohort: Set(cohort), members: membership[key] ?? [], rollout: rollout,
+                                             wave: rolloutPolicy.waveIndex(named: key.wave), policy: policy,
                                              phaseStartedAt: stored.state.phaseStartedAt)
             let observation = observe(cohort: cohort, cell: members, rollout: rollout, policy: policy, outcomes: outcomes,
                                       runtime: runtime, reached: reached, baselines: baselines,
@@ -249,20 +250,18 @@ final class RolloutDriver: Service, Sendable {
     /// When each cohort device with a maintenance window times out: its timeout counts from the
     /// first time its window opens in the phase (a device that waits for its window is not late).
     /// Devices without a window are left out (the phase's start counts).
-    func timeoutDeadlines(cohort: Set<String>, members: [DeviceCellRecord], rollout: RolloutRecord, policy: RolloutPolicy,
+    func timeoutDeadlines(cohort: Set<String>, members: [DeviceCellRecord], rollout: RolloutRecord, wave: Int, policy: RolloutPolicy,
                           phaseStartedAt: Int64) -> [String: Int64] {
         var out: [String: Int64] = [:]
         var firstOpening: [String: Int64] = [:]   // per (window, zone): the same for every device there
         for d in members where cohort.contains(d.id) {
-            let labels = d.selectable
-            let waveIndex = rollout.policy?.wave(for: labels) ?? 0
-            guard let window = Targeting.window(rollout: rollout, wave: waveIndex, selectable: labels, fleet: windows) else { continue }
-            let cacheKey = "\(window.description)\u{0}\(d.labels["timezone"] ?? "")\u{0}\(d.timezone ?? "")"
+            guard let window = Targeting.window(rollout: rollout, wave: wave, selectable: d.selectable, fleet: windows) else { continue }
+            let cacheKey = "\(window.description)\u{0}\(d.timezoneLabel ?? "")\u{0}\(d.timezone ?? "")"
             let opening: Int64
             if let o = firstOpening[cacheKey] {
                 opening = o
             } else {
-                let (zone, _) = WindowCalendar.zone(for: window, label: d.labels["timezone"], configured: d.timezone)
+                let (zone, _) = WindowCalendar.zone(for: window, label: d.timezoneLabel, configured: d.timezone)
                 let first = WindowCalendar.occurrences(of: window, in: zone, after: phaseStartedAt, count: 1).first
                 opening = max(first?.start ?? phaseStartedAt, phaseStartedAt)
                 firstOpening[cacheKey] = opening

@@ -7,6 +7,14 @@ enum LabelRequests {
         if case .failure(let e) = checked { throw APIError(.badRequest, "invalid-labels", e.message) }
     }
 
+    static func validate(keys: [String]) throws {
+        for key in keys {
+            if case .failure(let e) = Result(catching: { () throws(LabelError) in try Labels.validate(key: key) }) {
+                throw APIError(.badRequest, "invalid-labels", e.message)
+            }
+        }
+    }
+
     /// nil or "": every device. A malformed selector is 400 `invalid-selector` with its position in `counts`.
     static func selector(_ text: String?) throws -> LabelSelector {
         switch Result(catching: { () throws(SelectorError) in try LabelSelector(parsing: text ?? "") }) {

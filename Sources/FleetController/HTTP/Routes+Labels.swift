@@ -7,10 +7,7 @@ extension OperatorRoutes {
         router.post("/v1/devices/:id/labels") { request, context in
             let id = try deviceID(context)
             let body = try await JSON.decode(LabelUpdate.self, request, limit: Self.bodyLimit)
-            for key in body.remove {
-                let checked = Result { () throws(LabelError) in try Labels.validate(key: key) }
-                if case .failure(let e) = checked { throw APIError(.badRequest, "invalid-labels", e.message) }
-            }
+            try LabelRequests.validate(keys: body.remove)
             try LabelRequests.validate(body.set)
             guard let device = try await store.updateOperatorLabels(deviceId: id, set: body.set, remove: body.remove) else {
                 throw APIError(.notFound, "unknown-device", "no device \(id)")

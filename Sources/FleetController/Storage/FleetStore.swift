@@ -28,7 +28,7 @@ struct DeviceRecord: Sendable, Equatable {
     }
 
     /// The zone named by its `timezone` label, else the one its facts report.
-    var timezoneLabel: String? { labels["timezone"] }
+    var timezoneLabel: String? { labels[Labels.timezoneKey] }
 }
 
 struct ModelRecord: Sendable, Equatable {
@@ -101,6 +101,9 @@ struct DeviceCellRecord: Sendable, Equatable {
     var labels: [String: String] = [:]
 
     var selectable: [String: String] { Labels.selectable(labels, hardwareClass: hardwareClass, tier: tier, arch: arch) }
+
+    /// The zone named by its `timezone` label, if any.
+    var timezoneLabel: String? { labels[Labels.timezoneKey] }
 }
 
 /// A device a staged rollout sent its release to, and what it ran before (its rollback target).

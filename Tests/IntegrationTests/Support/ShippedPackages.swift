@@ -103,28 +103,7 @@ enum ShippedPackages {
     }
 
     static func runTool(_ tool: String, _ args: [String], env: [String: String] = [:], timeout: Double = 120) throws -> CommandResult {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: tool)
-        p.arguments = args
-        p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-        let out = NSTemporaryDirectory() + "ef-tool-" + UUID().uuidString, err = out + ".err"
-        FileManager.default.createFile(atPath: out, contents: nil)
-        FileManager.default.createFile(atPath: err, contents: nil)
-        defer { try? FileManager.default.removeItem(atPath: out); try? FileManager.default.removeItem(atPath: err) }
-        p.standardOutput = FileHandle(forWritingAtPath: out)
-        p.standardError = FileHandle(forWritingAtPath: err)
-        try p.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while p.isRunning && Date() < deadline { usleep(20_000) }
-        if p.isRunning {
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
-            throw HarnessError("\(tool) \(args.joined(separator: " ")) did not finish in \(timeout) s")
-        }
-        p.waitUntilExit()
-        return CommandResult(status: p.terminationStatus, signalled: p.terminationReason == .uncaughtSignal,
-                             stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
-                             stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+        try TestFleet.runProcess(tool, args, env: env, timeout: timeout)
     }
 
     /// Whether `tool` is on PATH; in CI a missing tool is a failure, elsewhere the test is skipped.

@@ -76,13 +76,21 @@ final class TestFleet: @unchecked Sendable {
 
     @discardableResult
     func run(_ tool: String, _ args: [String], env: [String: String] = [:], timeout: Double = 120) throws -> CommandResult {
+        try Self.runProcess(tool.hasPrefix("/") ? tool : "\(Self.bin)/\(tool)", args, env: env, timeout: timeout, scratch: dir)
+    }
+
+    /// Runs `executable` to its end (killed after `timeout`), its output captured through files in
+    /// `scratch` (pipes could fill and stall a chatty process).
+    static func runProcess(_ executable: String, _ args: [String], env: [String: String] = [:], timeout: Double = 120,
+                           scratch: String = NSTemporaryDirectory()) throws -> CommandResult {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: tool.hasPrefix("/") ? tool : "\(Self.bin)/\(tool)")
+        p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = args
         p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-        let out = dir + "/.out-\(UUID().uuidString)", err = out + ".err"
+        let out = scratch + "/.out-\(UUID().uuidString)", err = out + ".err"
         FileManager.default.createFile(atPath: out, contents: nil)
         FileManager.default.createFile(atPath: err, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: out); try? FileManager.default.removeItem(atPath: err) }
         p.standardOutput = FileHandle(forWritingAtPath: out)
         p.standardError = FileHandle(forWritingAtPath: err)
         try p.run()
@@ -91,15 +99,12 @@ final class TestFleet: @unchecked Sendable {
         if p.isRunning {
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
-            throw HarnessError("\(tool) \(args.joined(separator: " ")) did not finish in \(timeout) s")
+            throw HarnessError("\(executable) \(args.joined(separator: " ")) did not finish in \(timeout) s")
         }
         p.waitUntilExit()
-        let result = CommandResult(status: p.terminationStatus, signalled: p.terminationReason == .uncaughtSignal,
-                                   stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
-                                   stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
-        try? FileManager.default.removeItem(atPath: out)
-        try? FileManager.default.removeItem(atPath: err)
-        return result
+        return CommandResult(status: p.terminationStatus, signalled: p.terminationReason == .uncaughtSignal,
+                             stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+                             stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
     }
 
     func start(_ tool: String, _ args: [String], log: String, env: [String: String] = [:]) throws -> Process {
