@@ -74,24 +74,23 @@ public final class NotifySocket: @unchecked Sendable {
     }
 
     /// `receive(timeout:)` for async tests: polls without blocking a thread of the cooperative pool
-    /// (which the daemon under test may need to send its pings).
+    /// (which the daemon under test may need to send its pings). The socket is read once more after
+    /// the deadline: a test that was not scheduled until then still sees what arrived meanwhile.
     public func nextMessage(within timeout: Double) async -> String? {
         let deadline = Date().addingTimeInterval(timeout)
-        repeat {
+        while Date() < deadline {
             if let m = receive(timeout: 0) { return m }
             try? await Task.sleep(for: .milliseconds(10))
-        } while Date() < deadline
-        return nil
+        }
+        return receive(timeout: 0)
     }
 
-    /// `waitFor(_:timeout:)` for async tests.
+    /// `waitFor(_:timeout:)` for async tests; what arrived before the deadline counts even when the
+    /// test is scheduled only after it.
     @discardableResult
     public func awaitLine(_ line: String, within timeout: Double = 30) async throws -> String {
-        if let seen = messages.first(where: { $0.split(separator: "\n").contains(Substring(line)) }) { return seen }
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if let m = await nextMessage(within: deadline.timeIntervalSinceNow), m.split(separator: "\n").contains(Substring(line)) { return m }
-        }
+        let has = { (m: String) in m.split(separator: "\n").contains(Substring(line)) }
+        if await drain(until: { self.messages.contains(where: has) }, within: timeout), let m = messages.first(where: has) { return m }
         throw Failure(description: "no \(line) on \(address) within \(timeout) s (got: \(messages))")
     }
 
