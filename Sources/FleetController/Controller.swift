@@ -68,7 +68,7 @@ public enum Controller {
     /// services. Tests drive it with `app.test(.router)` and tick the driver with their own clock.
     static func makeApplication(options: ControllerOptions, logger: Logger, clock: @escaping @Sendable () -> Int64 = wallClock,
                                 metrics: ControllerMetrics = ControllerMetrics(),
-                                deltaBuilder: (any DeltaBuilding)? = nil) async throws -> (some ApplicationProtocol, RolloutDriver) {
+                                deltaBuilder: (any DeltaBuilding)? = nil) async throws -> (some ApplicationProtocol, RolloutDriver, RouteTable) {
         try FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
         let config = try FleetConfig.load(directory: options.configDirectory)
         let keys = try OnlineKeys.load(directory: options.keysDirectory, now: clock())
@@ -99,17 +99,19 @@ public enum Controller {
 
         let router = Router(context: FleetRequestContext.self)
         router.add(middleware: ErrorMiddleware())
-        router.add(middleware: AccessMiddleware(options: options.access, store: store,
-                                                checkIns: RateLimiter(burst: options.access.checkInBurst, perMinute: options.access.checkInsPerMinute, clock: clock),
-                                                metrics: metrics, clock: clock))
+        // Every route below is registered under the audience that may call it (Audiences).
+        let routes = Audiences(router: router, checker: AccessChecker(
+            options: options.access, store: store,
+            checkIns: RateLimiter(burst: options.access.checkInBurst, perMinute: options.access.checkInsPerMinute, clock: clock),
+            metrics: metrics, clock: clock))
         // Which replica does the once-only work, for operators and load balancers' checks.
         let replicaName = options.replicaName, database = store.dialect.rawValue
-        router.get("/healthz") { _, _ in
+        routes.anyone.get("/healthz") { _, _ in
             try JSON.response(["status": "ok", "leader": fence.isLeader ? "true" : "false", "replica": replicaName, "database": database])
         }
         let performanceRoutes = PerformanceRoutes(store: store, performance: performance, metrics: metrics, clock: clock)
         let viewLabel = options.viewLabel, labelGauges = LabelViewGauges()
-        router.get("/metrics") { _, _ in
+        routes.anyone.get("/metrics") { _, _ in
             metrics.devices.set(Int64(try await store.deviceCount()))
             if let key = viewLabel {
                 let devices = try await store.deviceCells().map { (labels: $0.selectable, status: "") }
@@ -120,22 +122,22 @@ public enum Controller {
             headers[.contentType] = "text/plain; version=0.0.4"
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: metrics.registry.emitToBuffer())))
         }
-        DeviceRoutes(director: director, store: store, metrics: metrics, clock: clock, quarantine: quarantine).register(router)
+        DeviceRoutes(director: director, store: store, metrics: metrics, clock: clock, quarantine: quarantine).register(routes)
         ArtifactRoutes(artifacts: artifacts, metrics: metrics, maxArtifactBytes: options.maxArtifactBytes,
-                       quarantine: quarantine, scrubber: scrubber, accelRedirect: options.artifactAccelRedirect).register(router)
+                       quarantine: quarantine, scrubber: scrubber, accelRedirect: options.artifactAccelRedirect).register(routes)
         let operatorRoutes = OperatorRoutes(director: director, store: store, artifacts: artifacts, config: config, keys: keys,
                                             policies: policies, driver: driver, clock: clock)
-        operatorRoutes.register(router)
-        performanceRoutes.register(router)
+        operatorRoutes.register(routes)
+        performanceRoutes.register(routes)
         VariantRoutes(store: store, builder: VariantBuildService(
             store: store, artifacts: artifacts, recipesFile: options.configDirectory + "/recipes.yaml",
-            evaluator: options.evaluator, logger: logger, clock: clock)).register(router)
+            evaluator: options.evaluator, logger: logger, clock: clock)).register(routes)
         DashboardRoutes(store: store, access: store, operatorRoutes: operatorRoutes, performance: performance, quarantine: store, clock: clock,
                         viewLabel: options.viewLabel,
-                        secureCookies: options.tls != nil).register(router)
+                        secureCookies: options.tls != nil).register(routes)
         AccessRoutes(store: store, keys: keys, options: options.access,
                      enrollments: RateLimiter(burst: options.access.enrollBurst, perMinute: options.access.enrollPerMinute, clock: clock),
-                     clock: clock).register(router)
+                     clock: clock).register(routes)
         let server: HTTPServerBuilder = try options.tls.map { try .tls(.http1(), tlsConfiguration: try $0.configuration()) } ?? .http1()
         let app = Application(
             router: router,
@@ -144,12 +146,12 @@ public enum Controller {
             services: [planner, driver, scrubber, PolicyReloadService(book: policies, logger: logger), ServiceManager.notifier(host: options.host, port: options.port, logger: logger)] + (elector.map { [$0] } ?? [])
                 + (try options.databaseURL.flatMap { options.listensForChanges ? $0 : nil }.map { [StoreCacheListener(location: try PostgresLocation(url: $0), cache: store.cache, logger: logger)] } ?? []),
             logger: logger)
-        return (app, driver)
+        return (app, driver, routes.table)
     }
 
     /// Runs the controller until SIGTERM or SIGINT, then drains in-flight requests and stops.
     public static func serve(options: ControllerOptions, logger: Logger) async throws {
-        let (app, _) = try await makeApplication(options: options, logger: logger, deltaBuilder: options.deltas ? FleetDeltaBuilder() : nil)
+        let (app, _, _) = try await makeApplication(options: options, logger: logger, deltaBuilder: options.deltas ? FleetDeltaBuilder() : nil)
         logger.info("controller listening", metadata: ["listen": "\(options.host):\(options.port)", "data": "\(options.dataDirectory)",
                                                        "tls": "\(options.tls != nil)", "access": "\(options.access.mode.rawValue)"])
         if options.access.mode == .open {

@@ -88,23 +88,116 @@ let fpB = String(repeating: "b", count: 64)
 
 @Suite("Access: operator tokens, roles, enrollment, device identities, audit, limits")
 struct AuthTests {
-    @Test func routesNeedTheRolesOfThePolicyTable() {
-        typealias R = AccessPolicy.Requirement
-        let cases: [(HTTPRequest.Method, String, R)] = [
-            (.get, "/healthz", .open), (.get, "/metrics", .open), (.get, "/v1/root", .open),
+    /// Every route the controller registers, with the access it declares where it is registered. A
+    /// route added without updating this table fails here: who may call it is decided on purpose.
+    static let declaredAccess: [(HTTPRequest.Method, String, AccessPolicy.Requirement)] = [
+            (.get, "/healthz", .open),
+            (.get, "/metrics", .open),
+            (.get, "/v1/root", .open),
+            (.post, "/v1/devices/{id}/checkin", .checkIn),
+            (.post, "/v1/devices/{id}/events", .device),
+            (.put, "/v1/artifacts", .role(.operator)),
+            (.get, "/v1/artifact-quarantine", .role(.viewer)),
+            (.post, "/v1/artifact-quarantine/scrub", .role(.operator)),
+            (.get, "/v1/artifacts/{sha}", .artifact),
+            (.head, "/v1/artifacts/{sha}", .artifact),
+            (.get, "/v1/config/hardware-classes", .role(.viewer)),
+            (.get, "/v1/config/bandwidth-tiers", .role(.viewer)),
+            (.post, "/v1/models", .role(.operator)),
+            (.get, "/v1/models", .role(.viewer)),
+            (.get, "/v1/models/{model}", .role(.viewer)),
+            (.post, "/v1/models/{model}/variants", .role(.operator)),
+            (.get, "/v1/models/{model}/variants", .role(.viewer)),
+            (.post, "/v1/releases", .role(.operator)),
+            (.get, "/v1/releases", .role(.viewer)),
+            (.get, "/v1/releases/{id}/packages", .role(.viewer)),
+            (.get, "/v1/releases/{id}", .role(.viewer)),
+            (.post, "/v1/rollouts", .role(.operator)),
+            (.get, "/v1/rollouts/{rid}", .role(.viewer)),
+            (.post, "/v1/rollouts/{rid}/promote", .role(.operator)),
+            (.post, "/v1/rollouts/{rid}/pause", .role(.operator)),
+            (.post, "/v1/rollouts/{rid}/resume", .role(.operator)),
+            (.post, "/v1/rollouts/{rid}/abort", .role(.operator)),
+            (.post, "/v1/rollouts/{rid}/retry", .role(.operator)),
+            (.get, "/v1/policies", .role(.viewer)),
+            (.get, "/v1/policies/{name}", .role(.viewer)),
+            (.get, "/v1/rollouts", .role(.viewer)),
+            (.get, "/v1/devices", .role(.viewer)),
+            (.post, "/v1/devices/{id}/labels", .role(.operator)),
+            (.get, "/v1/devices/{id}", .role(.viewer)),
+            (.get, "/v1/devices/{id}/explain", .role(.viewer)),
+            (.get, "/v1/devices/{id}/events", .role(.viewer)),
+            (.get, "/v1/status", .role(.viewer)),
+            (.get, "/v1/models/{model}/perf", .role(.viewer)),
+            (.post, "/v1/models/{model}/trials", .role(.operator)),
+            (.get, "/v1/models/{model}/trials", .role(.viewer)),
+            (.get, "/v1/models/{model}/variants/{name}", .role(.viewer)),
+            (.post, "/v1/models/{model}/variants/build", .role(.operator)),
+            (.get, "/", .role(.viewer)),
+            (.get, "/login", .open),
+            (.post, "/login", .open),
+            (.get, "/logout", .open),
+            (.get, "/v1/rollouts/{rid}/history", .role(.viewer)),
+            (.post, "/v1/tokens", .role(.admin)),
+            (.get, "/v1/tokens", .role(.admin)),
+            (.post, "/v1/tokens/{tid}/revoke", .role(.admin)),
+            (.post, "/v1/enrollment-tokens", .role(.admin)),
+            (.get, "/v1/enrollment-tokens", .role(.admin)),
             (.post, "/v1/enroll", .enrollment),
-            (.post, "/v1/devices/d1/checkin", .device("d1")), (.post, "/v1/devices/d1/events", .device("d1")),
-            (.get, "/v1/artifacts/abc", .artifact), (.head, "/v1/artifacts/abc", .artifact),
-            (.get, "/v1/devices", .role(.viewer)), (.get, "/v1/devices/d1/events", .role(.viewer)), (.get, "/v1/root/info", .role(.viewer)),
-            (.post, "/v1/models", .role(.operator)), (.put, "/v1/artifacts", .role(.operator)), (.post, "/v1/rollouts/1/abort", .role(.operator)),
-            (.post, "/v1/tokens", .role(.admin)), (.get, "/v1/tokens", .role(.admin)), (.get, "/v1/audit", .role(.admin)),
-            (.post, "/v1/enrollment-tokens", .role(.admin)), (.post, "/v1/devices/d1/revoke", .role(.admin)),
-            (.post, "/v1/devices/d1/approve", .role(.admin)), (.post, "/v1/root", .role(.admin)),
-            // Paths are read as the router reads them: doubled slashes do not dodge the table.
-            (.post, "//v1//tokens", .role(.admin)), (.delete, "/v1/anything-new", .role(.operator)), (.get, "/dashboard", .role(.viewer)),
-        ]
-        for (method, path, expected) in cases {
-            #expect(AccessPolicy.requirement(method: method, path: path) == expected, "\(method) \(path)")
+            (.get, "/v1/device-identities", .role(.viewer)),
+            (.get, "/v1/device-identities/{id}", .role(.viewer)),
+            (.post, "/v1/devices/{id}/approve", .role(.admin)),
+            (.post, "/v1/devices/{id}/revoke", .role(.admin)),
+            (.get, "/v1/audit", .role(.admin)),
+            (.post, "/v1/root", .role(.admin)),
+            (.get, "/v1/root/info", .role(.viewer)),
+    ]
+
+    @Test func everyRouteDeclaresTheAccessOfTheTable() async throws {
+        let a = try AccessFixture(); defer { a.cleanup() }
+        let registered = try await a.f.routeTable()
+        #expect(Set(registered).count == registered.count, "a route is registered twice")
+        let expected = Set(Self.declaredAccess.map { RouteTable.Entry(method: $0.0, path: $0.1, requirement: $0.2) })
+        #expect(Set(registered).subtracting(expected).isEmpty, "routes missing from the table: \(Set(registered).subtracting(expected))")
+        #expect(expected.subtracting(registered).isEmpty, "routes in the table not registered: \(expected.subtracting(registered))")
+        // A device's routes name the device the guard checks the certificate against.
+        for e in registered where e.requirement == .device || e.requirement == .checkIn {
+            #expect(e.path.contains("{id}"), "\(e)")
+        }
+    }
+
+    /// The guards are really on the routes: every registered route, called without credentials and
+    /// then with a viewer's token, is refused exactly as its requirement says, before its handler.
+    @Test func everyRouteIsGuardedAsItDeclares() async throws {
+        let a = try AccessFixture(); defer { a.cleanup() }
+        let registered = try await a.f.routeTable()
+        try await a.app().test(.router) { client async throws in
+            let viewer = try await client.token(try a.adminToken, name: "dash", role: .viewer)
+            let refusals: Set<String> = ["unauthenticated", "client-certificate-required", "insufficient-role"]
+            for e in registered {
+                let path = e.path.replacingOccurrences(of: "{sha}", with: String(repeating: "0", count: 64))
+                    .replacingOccurrences(of: "{id}", with: "d1").replacingOccurrences(of: "{rid}", with: "1")
+                    .replacingOccurrences(of: "{model}", with: "m").replacingOccurrences(of: "{name}", with: "n")
+                    .replacingOccurrences(of: "{tid}", with: "1")
+                let anonymous = errorCode(try await client.execute(uri: path, method: e.method))
+                let asViewer = errorCode(try await client.execute(uri: path, method: e.method, headers: bearer(viewer.token)))
+                switch e.requirement {
+                case .open, .enrollment:
+                    #expect(!refusals.contains(anonymous ?? ""), "\(e): \(anonymous ?? "-")")
+                case .device, .checkIn:
+                    #expect(anonymous == "client-certificate-required", "\(e)")
+                case .artifact:
+                    #expect(anonymous == "unauthenticated", "\(e)")
+                    #expect(!refusals.contains(asViewer ?? ""), "\(e): \(asViewer ?? "-")")
+                case .role(let role):
+                    #expect(anonymous == "unauthenticated", "\(e)")
+                    if role == .viewer {
+                        #expect(!refusals.contains(asViewer ?? ""), "\(e): \(asViewer ?? "-")")
+                    } else {
+                        #expect(asViewer == "insufficient-role", "\(e)")
+                    }
+                }
+            }
         }
     }
 

@@ -61,7 +61,16 @@ struct ControllerFixture {
         options.cacheSeconds = cacheSeconds
         options.listensForChanges = listensForChanges
         let fixedNow = now
-        return try await Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: clock ?? { fixedNow }, deltaBuilder: deltaBuilder)
+        let (app, driver, _) = try await Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: clock ?? { fixedNow },
+                                                                    deltaBuilder: deltaBuilder)
+        return (app, driver)
+    }
+
+    /// Every route the controller registers, with the access it declared.
+    func routeTable() async throws -> [RouteTable.Entry] {
+        let options = ControllerOptions(dataDirectory: dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: dir + "/keys",
+                                        configDirectory: configDir, rolloutTickSeconds: nil)
+        return try await Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: { 0 }).2.all
     }
 
     func cleanup() { try? FileManager.default.removeItem(atPath: dir) }

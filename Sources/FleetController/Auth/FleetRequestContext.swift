@@ -3,7 +3,7 @@ import Hummingbird
 import NIOCore
 
 /// The request context of every controller route: Hummingbird's core storage, the connection (for
-/// the TLS client certificate) and, once `AccessMiddleware` has run, who is calling.
+/// the TLS client certificate) and, once the route's `AccessGuard` has run, who is calling.
 struct FleetRequestContext: RequestContext {
     var coreContext: CoreRequestContextStorage
     let channel: (any Channel)?

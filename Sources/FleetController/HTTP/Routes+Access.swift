@@ -3,7 +3,7 @@ import Foundation
 import Hummingbird
 
 /// Access management: operator tokens, enrollment tokens and enrollment, device approval and
-/// revocation, the audit log and root rotation. Who may call each is in `AccessPolicy`.
+/// revocation, the audit log and root rotation. Each route names who may call it (`Audiences`).
 struct AccessRoutes: Sendable {
     let store: any AccessStore
     let keys: OnlineKeys
@@ -14,8 +14,8 @@ struct AccessRoutes: Sendable {
     static let bodyLimit = 64 * 1024
     static let maxAuditLimit = 1000
 
-    func register(_ router: Router<FleetRequestContext>) {
-        router.post("/v1/tokens") { request, context in
+    func register(_ routes: Audiences) {
+        routes.admins.post("/v1/tokens") { request, context in
             let body = try await JSON.decode(NewAPIToken.self, request, limit: Self.bodyLimit)
             guard Name.isValid(body.name), body.name.utf8.count <= 64 else {
                 throw APIError(.badRequest, "invalid-name", "a token name is a plain name of at most 64 bytes")
@@ -28,14 +28,14 @@ struct AccessRoutes: Sendable {
                                                                expiresAt: body.expiresInSeconds.map { now + $0 }, now: now)
             return try JSON.response(created, status: .created)
         }
-        router.get("/v1/tokens") { _, _ in try JSON.response(try await store.apiTokens()) }
-        router.post("/v1/tokens/:tid/revoke") { _, context in
+        routes.admins.get("/v1/tokens") { _, _ in try JSON.response(try await store.apiTokens()) }
+        routes.admins.post("/v1/tokens/:tid/revoke") { _, context in
             let id = try context.parameters.require("tid")
             guard try await store.revokeAPIToken(id: id, at: clock()) else { throw APIError(.notFound, "unknown-token", "no token \(id)") }
             return try JSON.response(try await store.apiTokens().first { $0.id == id })
         }
 
-        router.post("/v1/enrollment-tokens") { request, context in
+        routes.admins.post("/v1/enrollment-tokens") { request, context in
             let body = try await JSON.decode(NewEnrollmentToken.self, request, limit: Self.bodyLimit)
             if let d = body.deviceId, !Name.isValid(d) { throw APIError(.badRequest, "invalid-device-id", "device id '\(d)' is not a valid name") }
             let seconds = body.expiresInSeconds ?? options.enrollmentTokenSeconds
@@ -54,9 +54,9 @@ struct AccessRoutes: Sendable {
             try await store.createEnrollmentToken(hash: hash, info)
             return try JSON.response(CreatedEnrollmentToken(token: secret, info: info), status: .created)
         }
-        router.get("/v1/enrollment-tokens") { _, _ in try JSON.response(try await store.enrollmentTokens()) }
+        routes.admins.get("/v1/enrollment-tokens") { _, _ in try JSON.response(try await store.enrollmentTokens()) }
 
-        router.post("/v1/enroll") { request, context in
+        routes.enrolling.post("/v1/enroll") { request, context in
             let body = try await JSON.decode(EnrollmentRequest.self, request, limit: Self.bodyLimit)
             guard Name.isValid(body.deviceId) else {
                 throw APIError(.badRequest, "invalid-device-id", "device id '\(body.deviceId)' is not a valid name")
@@ -85,13 +85,13 @@ struct AccessRoutes: Sendable {
             }
         }
 
-        router.get("/v1/device-identities") { _, _ in try JSON.response(try await store.deviceIdentities()) }
-        router.get("/v1/device-identities/:id") { _, context in
+        routes.viewers.get("/v1/device-identities") { _, _ in try JSON.response(try await store.deviceIdentities()) }
+        routes.viewers.get("/v1/device-identities/:id") { _, context in
             let id = try deviceID(context)
             guard let identity = try await store.deviceIdentity(id) else { throw APIError(.notFound, "unknown-device", "device \(id) never enrolled") }
             return try JSON.response(identity)
         }
-        router.post("/v1/devices/:id/approve") { _, context in
+        routes.admins.post("/v1/devices/:id/approve") { _, context in
             let id = try deviceID(context)
             guard let current = try await store.deviceIdentity(id) else { throw APIError(.notFound, "unknown-device", "device \(id) never enrolled") }
             guard current.status != .revoked else {
@@ -99,19 +99,19 @@ struct AccessRoutes: Sendable {
             }
             return try JSON.response(try await store.setDeviceAccess(id, .accepted, by: actor(context), at: clock()))
         }
-        router.post("/v1/devices/:id/revoke") { _, context in
+        routes.admins.post("/v1/devices/:id/revoke") { _, context in
             let id = try deviceID(context)
             return try JSON.response(try await store.setDeviceAccess(id, .revoked, by: actor(context), at: clock()))
         }
 
-        router.get("/v1/audit") { request, _ in
+        routes.admins.get("/v1/audit") { request, _ in
             let limit = request.uri.queryParameters.get("limit", as: Int.self) ?? 200
             guard (1...Self.maxAuditLimit).contains(limit) else { throw APIError(.badRequest, "invalid-limit", "limit is 1 to \(Self.maxAuditLimit)") }
             let actor = request.uri.queryParameters.get("actor")
             return try JSON.response(try await store.audit(limit: limit, actor: actor))
         }
 
-        router.post("/v1/root") { request, _ in
+        routes.admins.post("/v1/root") { request, _ in
             let body = try await JSON.decode(RootRotation.self, request, limit: MetadataLimits.envelope)
             let now = clock()
             let next = try keys.history.verifyNext(body.root, now: now, online: [keys.director, keys.timestamp])
@@ -121,7 +121,7 @@ struct AccessRoutes: Sendable {
             try keys.history.adopt(body.root, root: next)
             return try JSON.response(rootInfo(), status: .created)
         }
-        router.get("/v1/root/info") { _, _ in try JSON.response(rootInfo()) }
+        routes.viewers.get("/v1/root/info") { _, _ in try JSON.response(rootInfo()) }
     }
 
     private func rootInfo() -> RootInfo {

@@ -20,8 +20,8 @@ struct ArtifactRoutes: Sendable {
     /// controller sends the bytes itself.
     var accelRedirect: String? = nil
 
-    func register(_ router: Router<FleetRequestContext>) {
-        router.put("/v1/artifacts") { request, _ in
+    func register(_ routes: Audiences) {
+        routes.operators.put("/v1/artifacts") { request, _ in
             let expected = request.headers[HTTPField.Name("X-Content-SHA256")!]
             if let expected, !Digest.isSHA256Hex(expected) {
                 throw APIError(.badRequest, "invalid-digest", "X-Content-SHA256 must be 64 lowercase hex digits")
@@ -35,16 +35,16 @@ struct ArtifactRoutes: Sendable {
             return try JSON.response(info, status: .created)
         }
         // Operators: what the scrub took out of service, and a scrub pass now.
-        router.get("/v1/artifact-quarantine") { _, _ in
+        routes.viewers.get("/v1/artifact-quarantine") { _, _ in
             try JSON.response(QuarantineList(artifacts: try await quarantine.list()))
         }
-        router.post("/v1/artifact-quarantine/scrub") { _, _ in
+        routes.operators.post("/v1/artifact-quarantine/scrub") { _, _ in
             try JSON.response(await scrubber.scrub())
         }
-        router.get("/v1/artifacts/:sha") { request, context in
+        routes.artifactReaders.get("/v1/artifacts/:sha") { request, context in
             try await serve(request, context, body: true)
         }
-        router.head("/v1/artifacts/:sha") { request, context in
+        routes.artifactReaders.head("/v1/artifacts/:sha") { request, context in
             try await serve(request, context, body: false)
         }
     }

@@ -18,17 +18,17 @@ struct DashboardRoutes: Sendable {
     /// The newest rollouts shown on the page.
     static let rolloutsShown = 8
 
-    func register<Context: RequestContext>(_ router: Router<Context>) {
-        router.get("/") { _, _ in
+    func register(_ routes: Audiences) {
+        routes.viewers.get("/") { _, _ in
             var headers = HTTPFields()
             headers[.contentType] = "text/html; charset=utf-8"
             headers[.cacheControl] = "no-store"
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: Dashboard.render(try await data()))))
         }
         // Browsers cannot send a bearer header: /login turns an operator token into a cookie that
-        // is honoured for reads only (see AccessMiddleware).
-        router.get("/login") { _, _ in html(Dashboard.login(message: nil), status: .ok) }
-        router.post("/login") { request, _ in
+        // is honoured for reads only (see AccessChecker).
+        routes.anyone.get("/login") { _, _ in html(Dashboard.login(message: nil), status: .ok) }
+        routes.anyone.post("/login") { request, _ in
             let body = try await request.body.collect(upTo: 4096)
             let token = Self.formValue(String(buffer: body), "token") ?? ""
             guard token.hasPrefix(Secret.operatorPrefix), token.count <= Secret.maxLength,
@@ -41,13 +41,13 @@ struct DashboardRoutes: Sendable {
             headers[.setCookie] = "\(Secret.cookieName)=\(token); Path=/; HttpOnly; SameSite=Strict; Max-Age=43200\(secureCookies ? "; Secure" : "")"
             return Response(status: .seeOther, headers: headers)
         }
-        router.get("/logout") { _, _ in
+        routes.anyone.get("/logout") { _, _ in
             var headers = HTTPFields()
             headers[.location] = "/login"
             headers[.setCookie] = "\(Secret.cookieName)=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0\(secureCookies ? "; Secure" : "")"
             return Response(status: .seeOther, headers: headers)
         }
-        router.get("/v1/rollouts/:rid/history") { _, context in
+        routes.viewers.get("/v1/rollouts/:rid/history") { _, context in
             guard let id = Int64(try context.parameters.require("rid")) else {
                 throw APIError(.badRequest, "invalid-rollout", "rollout ids are numbers")
             }

@@ -14,11 +14,11 @@ struct DeviceRoutes: Sendable {
     static let checkInLimit = 256 * 1024
     static let eventsLimit = 1024 * 1024
 
-    func register(_ router: Router<FleetRequestContext>) {
-        router.get("/v1/root") { _, _ in
+    func register(_ routes: Audiences) {
+        routes.anyone.get("/v1/root") { _, _ in
             try JSON.response(await director.keys.rootEnvelope)
         }
-        router.post("/v1/devices/:id/checkin") { request, context in
+        routes.checkIns.post("/v1/devices/:id/checkin") { request, context in
             let id = try deviceID(context)
             let body = try await JSON.decode(CheckInRequest.self, request, limit: Self.checkInLimit)
             for (model, sha) in body.installed {
@@ -37,7 +37,7 @@ struct DeviceRoutes: Sendable {
             let response = try await director.checkIn(deviceId: id, request: body, now: clock())
             return try JSON.response(response)
         }
-        router.post("/v1/devices/:id/events") { request, context in
+        routes.devices.post("/v1/devices/:id/events") { request, context in
             let id = try deviceID(context)
             guard try await store.device(id) != nil else {
                 throw APIError(.notFound, "unknown-device", "device \(id) has not checked in")

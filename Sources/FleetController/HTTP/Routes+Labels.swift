@@ -3,8 +3,8 @@ import Hummingbird
 
 /// The operator's labels of a device, and where each effective label came from.
 extension OperatorRoutes {
-    func registerLabels(_ router: Router<FleetRequestContext>) {
-        router.post("/v1/devices/:id/labels") { request, context in
+    func registerLabels(_ routes: Audiences) {
+        routes.operators.post("/v1/devices/:id/labels") { request, context in
             let id = try deviceID(context)
             let body = try await JSON.decode(LabelUpdate.self, request, limit: Self.bodyLimit)
             try LabelRequests.validate(keys: body.remove)

@@ -16,11 +16,11 @@ struct OperatorRoutes: Sendable {
 
     static let bodyLimit = 64 * 1024
 
-    func register(_ router: Router<FleetRequestContext>) {
-        router.get("/v1/config/hardware-classes") { _, _ in try JSON.response(config.hardwareClasses) }
-        router.get("/v1/config/bandwidth-tiers") { _, _ in try JSON.response(config.bandwidthTiers) }
+    func register(_ routes: Audiences) {
+        routes.viewers.get("/v1/config/hardware-classes") { _, _ in try JSON.response(config.hardwareClasses) }
+        routes.viewers.get("/v1/config/bandwidth-tiers") { _, _ in try JSON.response(config.bandwidthTiers) }
 
-        router.post("/v1/models") { request, _ in
+        routes.operators.post("/v1/models") { request, _ in
             let body = try await JSON.decode(NewModel.self, request, limit: Self.bodyLimit)
             guard Name.isValid(body.name) else { throw APIError(.badRequest, "invalid-name", "'\(body.name)' is not a valid model name") }
             if let q = body.minQuality, !(0...1).contains(q) {
@@ -29,15 +29,15 @@ struct OperatorRoutes: Sendable {
             try await store.createModel(ModelRecord(name: body.name, minQuality: body.minQuality, createdAt: clock()))
             return try JSON.response(try await modelInfo(body.name), status: .created)
         }
-        router.get("/v1/models") { _, _ in
+        routes.viewers.get("/v1/models") { _, _ in
             var out: [ModelInfo] = []
             for m in try await store.models() { out.append(try await modelInfo(m.name)) }
             return try JSON.response(out)
         }
-        router.get("/v1/models/:model") { _, context in
+        routes.viewers.get("/v1/models/:model") { _, context in
             try JSON.response(try await modelInfo(try context.parameters.require("model")))
         }
-        router.post("/v1/models/:model/variants") { request, context in
+        routes.operators.post("/v1/models/:model/variants") { request, context in
             let model = try context.parameters.require("model")
             guard try await store.model(model) != nil else { throw APIError(.notFound, "unknown-model", "no model \(model)") }
             // A quality report lists every tensor: a large model's is larger than other bodies.
@@ -57,7 +57,7 @@ struct OperatorRoutes: Sendable {
             if let report = body.report { try await store.saveVariantReport(model: model, variant: v.name, report) }
             return try JSON.response(VariantInfo(model: model, variant: v, quality: body.quality, createdAt: record.createdAt), status: .created)
         }
-        router.get("/v1/models/:model/variants") { _, context in
+        routes.viewers.get("/v1/models/:model/variants") { _, context in
             let model = try context.parameters.require("model")
             guard try await store.model(model) != nil else { throw APIError(.notFound, "unknown-model", "no model \(model)") }
             return try JSON.response(try await store.variants(model: model).map {
@@ -65,25 +65,25 @@ struct OperatorRoutes: Sendable {
             })
         }
 
-        router.post("/v1/releases") { request, _ in
+        routes.operators.post("/v1/releases") { request, _ in
             let body = try await JSON.decode(NewRelease.self, request, limit: MetadataLimits.envelope)
             let release = try await acceptRelease(body.catalog)
             try await director.planDeltas(release: release)
             return try JSON.response(releaseInfo(release), status: .created)
         }
-        router.get("/v1/releases") { _, _ in try JSON.response(try await store.releases().map(releaseInfo)) }
-        router.get("/v1/releases/:id/packages") { _, context in
+        routes.viewers.get("/v1/releases") { _, _ in try JSON.response(try await store.releases().map(releaseInfo)) }
+        routes.viewers.get("/v1/releases/:id/packages") { _, context in
             let id = try context.parameters.require("id")
             guard let r = try await store.release(id) else { throw APIError(.notFound, "unknown-release", "no release \(id)") }
             return try JSON.response(try await packages(r))
         }
-        router.get("/v1/releases/:id") { _, context in
+        routes.viewers.get("/v1/releases/:id") { _, context in
             let id = try context.parameters.require("id")
             guard let r = try await store.release(id) else { throw APIError(.notFound, "unknown-release", "no release \(id)") }
             return try JSON.response(releaseInfo(r))
         }
 
-        router.post("/v1/rollouts") { request, context in
+        routes.operators.post("/v1/rollouts") { request, context in
             let body = try await JSON.decode(NewRollout.self, request, limit: Self.bodyLimit)
             var policy: RolloutPolicy? = nil
             switch body.strategy {
@@ -125,11 +125,11 @@ struct OperatorRoutes: Sendable {
             _ = try await director.planDeltas(for: r)
             return try JSON.response(currentRolloutInfo(r, try await FleetSnapshot.load(store)), status: .created)
         }
-        router.get("/v1/rollouts/:rid") { _, context in
+        routes.viewers.get("/v1/rollouts/:rid") { _, context in
             try JSON.response(try await rolloutStatus(try await rolloutRecord(context)()))
         }
         for (verb, event) in [("promote", CellEvent.promote(now: 0)), ("pause", .pause), ("resume", .resume(now: 0)), ("abort", .abort)] {
-            router.post("/v1/rollouts/:rid/\(verb)") { request, context in
+            routes.operators.post("/v1/rollouts/:rid/\(verb)") { request, context in
                 let r = try rolloutRecord(context)
                 let rollout = try await r()
                 let body = try await JSON.decode(RolloutActionRequest.self, request, limit: Self.bodyLimit)
@@ -150,30 +150,30 @@ struct OperatorRoutes: Sendable {
                 return try JSON.response(try await rolloutStatus(try await r()))
             }
         }
-        registerRecovery(router)
-        registerPolicies(router)
-        router.get("/v1/rollouts") { _, _ in
+        registerRecovery(routes)
+        registerPolicies(routes)
+        routes.viewers.get("/v1/rollouts") { _, _ in
             let fleet = try await FleetSnapshot.load(store)
             var out: [RolloutInfo] = []
             for r in try await store.rollouts() { out.append(try await rolloutInfo(r, fleet)) }
             return try JSON.response(out)
         }
 
-        router.get("/v1/devices") { request, _ in
+        routes.viewers.get("/v1/devices") { request, _ in
             let selector = try LabelRequests.selector(request.uri.queryParameters["selector"].map(String.init))
             let assignments = try await store.assignments()
             return try JSON.response(try await store.devices().filter { selector.matches($0.selectable) }.map { deviceInfo($0, assignments) })
         }
-        registerLabels(router)
-        router.get("/v1/devices/:id") { _, context in
+        registerLabels(routes)
+        routes.viewers.get("/v1/devices/:id") { _, context in
             let id = try deviceID(context)
             guard let d = try await store.device(id) else { throw APIError(.notFound, "unknown-device", "no device \(id)") }
             return try JSON.response(deviceInfo(d, try await store.assignments()))
         }
-        router.get("/v1/devices/:id/explain") { _, context in
+        routes.viewers.get("/v1/devices/:id/explain") { _, context in
             try JSON.response(try await director.explain(deviceId: try deviceID(context)))
         }
-        router.get("/v1/devices/:id/events") { request, context in
+        routes.viewers.get("/v1/devices/:id/events") { request, context in
             let id = try deviceID(context)
             guard try await store.device(id) != nil else { throw APIError(.notFound, "unknown-device", "no device \(id)") }
             // ?after=SEQ: the events after SEQ, oldest first (to follow a device); else the latest 200, newest first.
@@ -183,7 +183,7 @@ struct OperatorRoutes: Sendable {
             }
             return try JSON.response(try await store.events(deviceId: id, limit: 200))
         }
-        router.get("/v1/status") { request, _ in
+        routes.viewers.get("/v1/status") { request, _ in
             let selector = try LabelRequests.selector(request.uri.queryParameters["selector"].map(String.init))
             return try JSON.response(try await status(selector))
         }

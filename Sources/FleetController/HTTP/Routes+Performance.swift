@@ -9,18 +9,18 @@ struct PerformanceRoutes: Sendable {
     let metrics: ControllerMetrics
     let clock: @Sendable () -> Int64
 
-    func register(_ router: Router<FleetRequestContext>) {
-        router.get("/v1/models/:model/perf") { _, context in
+    func register(_ routes: Audiences) {
+        routes.viewers.get("/v1/models/:model/perf") { _, context in
             let model = try context.parameters.require("model")
             guard try await store.model(model) != nil else { throw APIError(.notFound, "unknown-model", "no model \(model)") }
             return try JSON.response(try await performance.table(model: model))
         }
-        router.post("/v1/models/:model/trials") { request, context in
+        routes.operators.post("/v1/models/:model/trials") { request, context in
             let model = try context.parameters.require("model")
             let body = try await JSON.decode(NewTrial.self, request, limit: 64 * 1024)
             return try JSON.response(try await startTrial(model: model, body, actor: "operator"), status: .created)
         }
-        router.get("/v1/models/:model/trials") { _, context in
+        routes.viewers.get("/v1/models/:model/trials") { _, context in
             let model = try context.parameters.require("model")
             guard try await store.model(model) != nil else { throw APIError(.notFound, "unknown-model", "no model \(model)") }
             var out: [TrialInfo] = []

@@ -4,11 +4,11 @@ import Hummingbird
 
 /// Rollout policies: the ones of fleet/policies (reloaded on SIGHUP), or one a rollout brings.
 extension OperatorRoutes {
-    func registerPolicies(_ router: Router<FleetRequestContext>) {
-        router.get("/v1/policies") { _, _ in
+    func registerPolicies(_ routes: Audiences) {
+        routes.viewers.get("/v1/policies") { _, _ in
             try JSON.response(policies.current.values.sorted { $0.name < $1.name })
         }
-        router.get("/v1/policies/:name") { _, context in
+        routes.viewers.get("/v1/policies/:name") { _, context in
             let name = try context.parameters.require("name")
             guard let p = policies.current[name] else {
                 throw APIError(.notFound, "unknown-policy", "no policy '\(name)' (have: \(policies.current.keys.sorted().joined(separator: ", ")))")

@@ -5,8 +5,8 @@ import Hummingbird
 /// The operator's side of failure handling: a release that failed on a device is held there until
 /// the operator retries it (or a newer release replaces it).
 extension OperatorRoutes {
-    func registerRecovery(_ router: Router<FleetRequestContext>) {
-        router.post("/v1/rollouts/:rid/retry") { request, context in
+    func registerRecovery(_ routes: Audiences) {
+        routes.operators.post("/v1/rollouts/:rid/retry") { request, context in
             let rollout = try await rolloutRecord(context)()
             let body = try await JSON.decode(RolloutRetryRequest.self, request, limit: Self.bodyLimit)
             var devices: [String]? = nil

@@ -4,10 +4,22 @@ import Hummingbird
 import Logging
 import Prometheus
 
-/// Authenticates every request, authorises it against `AccessPolicy`, rate-limits device
-/// check-ins, and writes the audit record of every call that changes something. Runs inside
-/// `ErrorMiddleware`, so a refusal becomes the usual JSON error.
-struct AccessMiddleware: RouterMiddleware {
+/// The guard of one audience's routes (`Audiences`): authenticates the request, authorises it
+/// against the requirement the routes declared, rate-limits device check-ins, and writes the audit
+/// record of every call that changes something. Runs inside `ErrorMiddleware`, so a refusal becomes
+/// the usual JSON error.
+struct AccessGuard: RouterMiddleware {
+    typealias Context = FleetRequestContext
+    let requirement: AccessPolicy.Requirement
+    let checker: AccessChecker
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        try await checker.handle(request, context: context, requirement: requirement, next: next)
+    }
+}
+
+/// What every audience's guard shares: the access settings, the stores, the check-in limiter.
+struct AccessChecker: Sendable {
     typealias Context = FleetRequestContext
 
     let options: AccessOptions
@@ -21,8 +33,8 @@ struct AccessMiddleware: RouterMiddleware {
                              helpText: "Requests refused by authentication, authorisation or rate limits")
     }
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        let requirement = AccessPolicy.requirement(method: request.method, path: request.uri.path)
+    func handle(_ request: Request, context: Context, requirement: AccessPolicy.Requirement,
+                next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
         let audited = AccessPolicy.audited(requirement, method: request.method)
         do {
@@ -34,7 +46,7 @@ struct AccessMiddleware: RouterMiddleware {
             }
             if let e = error as? AccessError {
                 metrics.registry.makeCounter(descriptor: Self.refused, labels: [("code", e.code.rawValue)]).increment()
-                if case .device = requirement {
+                if requirement == .device || requirement == .checkIn {
                     context.logger.warning("device refused", metadata: ["path": "\(request.uri.path)", "error": "\(e.code.rawValue)"])
                 }
             }
@@ -65,8 +77,9 @@ struct AccessMiddleware: RouterMiddleware {
             return nil
         case .role:
             return try await operatorPrincipal(request)
-        case .device(let id):
-            guard Name.isValid(id) else { return nil }   // the route answers invalid-device-id
+        case .device, .checkIn:
+            // The device the route names; a malformed name is the route's to answer (invalid-device-id).
+            guard let id = context.parameters.get("id"), Name.isValid(id) else { return nil }
             let identity = try await store.deviceIdentity(id)
             if options.mode == .enforced {
                 guard let peer = await options.peerCertificates(request, context) else {
@@ -82,9 +95,7 @@ struct AccessMiddleware: RouterMiddleware {
             case .pending?: throw AccessError(.devicePending, "device \(id) waits for approval")
             case .accepted?, nil: break
             }
-            // The route's own segments, as the router sees them (a trailing slash is the same route).
-            let isCheckIn = request.uri.path.split(separator: "/", omittingEmptySubsequences: true).last == "checkin"
-            if isCheckIn, let wait = checkIns.take(id) {
+            if requirement == .checkIn, let wait = checkIns.take(id) {
                 throw AccessError(.rateLimited, "device \(id) checks in too often; retry in \(wait) s", retryAfter: wait)
             }
             return .device(id)
