@@ -100,8 +100,9 @@ public enum Controller {
         let router = Router(context: FleetRequestContext.self)
         router.add(middleware: ErrorMiddleware())
         // Every route below is registered under the audience that may call it (Audiences).
+        let access = options.access.resolved
         let routes = Audiences(router: router, checker: AccessChecker(
-            options: options.access, store: store,
+            options: access, store: store,
             checkIns: RateLimiter(burst: options.access.checkInBurst, perMinute: options.access.checkInsPerMinute, clock: clock),
             metrics: metrics, clock: clock))
         // Which replica does the once-only work, for operators and load balancers' checks.
@@ -135,7 +136,7 @@ public enum Controller {
         DashboardRoutes(store: store, access: store, operatorRoutes: operatorRoutes, performance: performance, quarantine: store, clock: clock,
                         viewLabel: options.viewLabel,
                         secureCookies: options.tls != nil).register(routes)
-        AccessRoutes(store: store, keys: keys, options: options.access,
+        AccessRoutes(store: store, keys: keys, options: access,
                      enrollments: RateLimiter(burst: options.access.enrollBurst, perMinute: options.access.enrollPerMinute, clock: clock),
                      clock: clock).register(routes)
         let server: HTTPServerBuilder = try options.tls.map { try .tls(.http1(), tlsConfiguration: try $0.configuration()) } ?? .http1()

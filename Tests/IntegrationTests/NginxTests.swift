@@ -19,16 +19,20 @@ struct NginxTests {
     final class Front {
         let process: Process
         let port: Int
-        var url: String { "http://127.0.0.1:\(port)" }
+        let secure: Bool
+        var url: String { "\(secure ? "https" : "http")://127.0.0.1:\(port)" }
 
-        init(_ fleet: TestFleet, nginx: String, upstreams: [Int]) throws {
+        /// `pki`: mutual TLS in nginx with the development PKI's controller certificate and fleet CA.
+        init(_ fleet: TestFleet, nginx: String, upstreams: [Int], pki: String? = nil) throws {
             let prefix = fleet.dir + "/nginx"
             try FileManager.default.createDirectory(atPath: prefix, withIntermediateDirectories: true)
             port = try TestFleet.freePort()
             let render = try fleet.run("/usr/bin/env", ["bash", TestFleet.repoRoot + "/deploy/nginx/render.sh", "--prefix", prefix,
                                                         "--listen", "127.0.0.1:\(port)", "--workers", "1",
                                                         "--artifacts", fleet.dir + "/controller/artifacts/sha256"]
-                                                + upstreams.flatMap { ["--upstream", "127.0.0.1:\($0)"] })
+                                                + upstreams.flatMap { ["--upstream", "127.0.0.1:\($0)"] }
+                                                + (pki.map { ["--tls-cert", $0 + "/controller.crt", "--tls-key", $0 + "/controller.key",
+                                                              "--client-ca", $0 + "/ca.crt"] } ?? []))
             guard render.status == 0 else { throw HarnessError("render.sh: \(render.stderr)") }
             let p = Process()
             p.executableURL = URL(fileURLWithPath: nginx)
@@ -37,10 +41,12 @@ struct NginxTests {
             p.standardError = FileHandle(forWritingAtPath: prefix + "/error.log") ?? FileHandle.nullDevice
             try p.run()
             process = p
-            let url = "http://127.0.0.1:\(port)"
+            secure = pki != nil
+            let url = "\(secure ? "https" : "http")://127.0.0.1:\(port)"
             try fleet.waitFor("nginx in front of the controller") {
                 guard p.isRunning else { throw HarnessError("nginx exited: " + fleet.log("nginx/error.log")) }
-                return (try? fleet.run("/usr/bin/env", ["curl", "-fsS", url + "/healthz"], timeout: 5).status) == 0
+                return (try? fleet.run("/usr/bin/env", ["curl", "-fsS"] + (pki.map { ["--cacert", $0 + "/ca.crt"] } ?? []) + [url + "/healthz"],
+                                       timeout: 5).status) == 0
             }
         }
 
@@ -115,5 +121,78 @@ struct NginxTests {
         // Another device, never seen, checks in through nginx (open access accepts it by id).
         #expect(try status(fleet, ["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", body,
                                    front.url + "/v1/devices/\(SimulatedDevice.id(prefix: "sim-", index: 0))/checkin"]) == "200")
+    }
+
+    /// Mutual TLS in nginx: devices present their certificates to nginx, which verifies them against
+    /// the fleet CA and passes them on; the controller, on plain HTTP behind it with
+    /// `--trusted-proxy`, enforces access with them. A certificate header a client makes up never
+    /// reaches the controller, and a certificate of another CA never gets past nginx.
+    @Test func devicesPresentTheirCertificatesToNginxAndTheControllerEnforcesAccessBehindIt() throws {
+        guard let nginx = Self.nginx else {
+            if ProcessInfo.processInfo.environment["CI"] == "true" { Issue.record("nginx is missing in CI (Makefile DEB_PACKAGES has nginx-light)") }
+            print("SKIPPED devicesPresentTheirCertificatesToNginxAndTheControllerEnforcesAccessBehindIt: nginx is not installed")
+            return
+        }
+        let fleet = try TestFleet()
+        defer { fleet.cleanup() }
+        try fleet.makePKI(devices: ["dev-a", "dev-b"])
+        let keys = try fleet.run("fleetctl", ["keys", "init", "--dir", fleet.dir + "/keys"])
+        #expect(keys.status == 0, "\(keys.stderr)")
+        fleet.controller = try fleet.start("fleet-controller", ["serve", "--data", fleet.dir + "/controller", "--listen", "127.0.0.1:\(fleet.port)",
+                                                                "--keys", fleet.dir + "/keys/online", "--config", TestFleet.repoRoot + "/fleet",
+                                                                "--poll-seconds", "1", "--artifact-accel-redirect", "/_artifacts/",
+                                                                "--trusted-proxy", "127.0.0.1"], log: fleet.dir + "/controller.log")
+        try fleet.waitFor("the controller behind the proxy") {
+            (try? fleet.run("/usr/bin/env", ["curl", "-fsS", fleet.url + "/healthz"], timeout: 10).status) == 0
+                && FileManager.default.fileExists(atPath: fleet.adminTokenFile)
+        }
+        // Access is enforced on the controller's plain HTTP: no token, no operator call.
+        #expect(try status(fleet, [fleet.url + "/v1/models"]) == "401")
+
+        let front = try Front(fleet, nginx: nginx, upstreams: [fleet.port], pki: fleet.pki)
+        defer { front.stop() }
+        func ctl(_ args: [String]) throws -> String {
+            let r = try fleet.run("fleetctl", ["--controller", front.url, "--ca", fleet.pki + "/ca.crt", "--token-file", fleet.adminTokenFile] + args)
+            guard r.status == 0 else { throw HarnessError("fleetctl \(args.joined(separator: " ")): \(r.stderr)\(r.stdout)") }
+            return r.stdout
+        }
+        let v1 = try fleet.makeFile("v1.safetensors", size: 300_000, seed: 3)
+        _ = try ctl(["model", "add", "m"])
+        _ = try ctl(["variant", "add", "m", v1, "--name", "m-1", "--dtype", "int8", "--format", "safetensors"])
+        _ = try ctl(["release", "create", "m", "--version", "1", "--keys", fleet.dir + "/keys", "--variants", "m-1"])
+        _ = try ctl(["rollout", "start", "m@1", "--all"])
+        let tokenFile = fleet.dir + "/enroll-dev-a.token"
+        _ = try ctl(["devices", "enroll-token", "--device", "dev-a", "--out", tokenFile])
+
+        // The device enrolls and installs through nginx, identified by the certificate nginx verified.
+        let a = fleet.agent("dev-a", facts: TestFleet.demoFacts("edge-x86-vnni-01.json"))
+        let cert = fleet.pki + "/devices/dev-a.crt", key = fleet.pki + "/devices/dev-a.key"
+        let tls = ["--device-id", "dev-a", "--ca", fleet.pki + "/ca.crt", "--cert", cert, "--key", key]
+        let first = try fleet.runOnce(a, controller: front.url, extra: tls + ["--enroll-token-file", tokenFile])
+        #expect(first.status == 0, "\(first.stderr)")
+        #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v1))
+        let spki = try fleet.run("/usr/bin/env", ["bash", "-c", "openssl x509 -in '\(cert)' -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum"])
+        let identities = try JSONDecoder().decode([DeviceIdentityInfo].self, from: Data(try ctl(["--json", "devices", "identities"]).utf8))
+        #expect(identities.first { $0.deviceId == "dev-a" }?.fingerprint == String(spki.stdout.prefix(64)))
+        #expect(try fleet.runOnce(a, controller: front.url, extra: tls).status == 0)
+
+        // Without a certificate, or with a made-up certificate header, nginx passes nothing on.
+        let body = String(decoding: try FleetJSON.encode(CheckInRequest(facts: SimulatedDevice.facts(index: 0), installed: [:], agentVersion: "test")),
+                          as: UTF8.self)
+        let checkIn = ["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", body, "--cacert", fleet.pki + "/ca.crt",
+                       front.url + "/v1/devices/dev-a/checkin"]
+        let answer = fleet.dir + "/answer.json"
+        #expect(try status(fleet, checkIn, out: answer) == "401")
+        #expect(try String(contentsOfFile: answer, encoding: .utf8).contains("client-certificate-required"))
+        let escaped = try String(contentsOfFile: cert, encoding: .utf8).addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""
+        #expect(try status(fleet, ["-H", "X-Client-Cert: \(escaped)", "-H", "X-Client-Verify: SUCCESS"] + checkIn, out: answer) == "401")
+        #expect(try String(contentsOfFile: answer, encoding: .utf8).contains("client-certificate-required"))
+        // A certificate of another CA is refused by nginx itself.
+        let rogue = try status(fleet, ["--cert", fleet.rogue + "/devices/rogue-01.crt", "--key", fleet.rogue + "/devices/rogue-01.key"] + checkIn)
+        #expect(rogue == "400")
+        // Another device's certificate of the fleet CA passes nginx but is not this device's.
+        #expect(try status(fleet, ["--cert", fleet.pki + "/devices/dev-b.crt", "--key", fleet.pki + "/devices/dev-b.key"] + checkIn, out: answer) == "403")
+        #expect(try String(contentsOfFile: answer, encoding: .utf8).contains("identity-mismatch"))
+        #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v1))
     }
 }

@@ -289,6 +289,14 @@ struct TLSTests {
         #expect(open.stderr.contains("--insecure-dev"))
         let half = try fleet.run("fleet-controller", base + ["--listen", "127.0.0.1:\(fleet.port)", "--tls-cert", "x.crt"])
         #expect(half.status == 64)
+        // Behind a TLS proxy: a malformed proxy address, or a proxy beside the controller's own TLS
+        // or beside open access, is refused before anything is opened.
+        for extra in [["--trusted-proxy", "10.0.0.0/33"], ["--trusted-proxy", "nginx"],
+                      ["--trusted-proxy", "127.0.0.1", "--tls-cert", "x.crt", "--tls-key", "x.key", "--client-ca", "ca.crt"],
+                      ["--trusted-proxy", "127.0.0.1", "--insecure-dev"]] {
+            let r = try fleet.run("fleet-controller", base + ["--listen", "0.0.0.0:\(fleet.port)"] + extra)
+            #expect(r.status == 64, "\(extra): \(r.stderr)")
+        }
         #expect(!FileManager.default.fileExists(atPath: fleet.dir + "/controller"))
     }
 

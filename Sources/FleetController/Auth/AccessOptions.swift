@@ -19,8 +19,18 @@ public struct AccessOptions: Sendable {
     /// Default and longest life of an enrollment token.
     public var enrollmentTokenSeconds: Int64
     public var enrollmentTokenMaxSeconds: Int64
+    /// TLS-terminating proxies whose verified client certificates (X-Client-Cert) are believed;
+    /// when there are any, device certificates come from them instead of the controller's own TLS.
+    public var trustedProxies: TrustedProxies = .none
     /// How the device's client certificate is found; tests replace it (no TLS socket in router tests).
     var peerCertificates: PeerCertificate.Source = PeerCertificate.fromTLS
+
+    /// The options in force: behind trusted proxies, certificates are read from their headers.
+    var resolved: AccessOptions {
+        var o = self
+        if !trustedProxies.isEmpty { o.peerCertificates = trustedProxies.source }
+        return o
+    }
 
     public init(mode: Mode = .open, checkInBurst: Int = 30, checkInsPerMinute: Int = 120, enrollBurst: Int = 5, enrollPerMinute: Int = 5,
                 enrollmentTokenSeconds: Int64 = 86_400, enrollmentTokenMaxSeconds: Int64 = 30 * 86_400) {
