@@ -1,12 +1,13 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// The agent's rate limit and the controller's artifact scrub, through the real binaries.
-@Suite("Rate limit and artifact scrub with real binaries", .serialized)
+@Suite("Rate limit and artifact scrub with real binaries", .serialized, .ownThread)
 struct ArtifactIntegrityTests {
     static func now() -> Double {
         var ts = timespec()

@@ -1,6 +1,7 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -187,7 +188,7 @@ final class FrugalScene {
 /// out, so every attack here is on what the per-device timestamp binds. After each attempt the
 /// device's trusted state and its whole models folder are what they were, nothing was downloaded,
 /// and the fault the agent reported is the one named.
-@Suite("Attack catalogue: frugal check-ins", .serialized)
+@Suite("Attack catalogue: frugal check-ins", .serialized, .ownThread)
 struct FrugalAttackCatalogueTests {
     typealias W = FrugalWorld
 

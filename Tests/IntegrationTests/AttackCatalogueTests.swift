@@ -1,6 +1,7 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -10,7 +11,7 @@ import Glibc
 /// real controller or signed with the fleet's own keys (an attacker who stole those keys). After
 /// each attempt the device's trusted state and its whole models folder are compared byte for byte
 /// with what they were, and the fault the agent reported is checked.
-@Suite("Attack catalogue against the real agent", .serialized)
+@Suite("Attack catalogue against the real agent", .serialized, .ownThread)
 struct AttackCatalogueTests {
     typealias W = AttackWorld
 

@@ -1,6 +1,7 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,7 +9,7 @@ import Glibc
 /// `kill -9` of the controller while devices report and while a staged rollout runs, then a
 /// restart on the same data: no event lost or counted twice, and the rollout goes on from the
 /// phase it was in.
-@Suite("Controller killed during telemetry and rollouts", .serialized)
+@Suite("Controller killed during telemetry and rollouts", .serialized, .ownThread)
 struct ControllerCrashTests {
     func killController(_ fleet: TestFleet) throws {
         let c = try #require(fleet.controller)

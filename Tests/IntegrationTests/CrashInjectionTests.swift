@@ -1,6 +1,7 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,7 +10,7 @@ import Glibc
 /// `strace -f -e inject=SYSCALL:signal=KILL:when=N` for every N up to the number of times the
 /// install calls SYSCALL, then restarts. Every time the device must run exactly the old or exactly
 /// the new model, and after the restart the new one.
-@Suite("Crash at every system call of an install", .serialized)
+@Suite("Crash at every system call of an install", .serialized, .ownThread)
 struct CrashInjectionTests {
     static let syscalls = ["write", "pwrite64", "rename", "renameat", "renameat2", "fsync", "fdatasync", "link", "linkat",
                            "symlink", "symlinkat", "unlink", "unlinkat", "mkdir", "mkdirat", "rmdir"]

@@ -1,10 +1,11 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 
 /// kill -9 of the agent at every journaled step and after every action of an install, then a
 /// restart: each time the device must end with exactly the old or exactly the new model.
-@Suite("Crash at every install step", .serialized)
+@Suite("Crash at every install step", .serialized, .ownThread)
 struct CrashTests {
     static let commitPath = [
         "journal:downloading", "action:download", "journal:verifying", "action:verify", "journal:staged", "action:stage",

@@ -1,6 +1,7 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,7 +9,7 @@ import Glibc
 /// A device whose disk fills up: the models folder on a small tmpfs (in a mount namespace of its
 /// own), filled while the package downloads, while the slot is staged and while a delta is applied.
 /// Each time: a clear error, the old model kept, the space the attempt took released.
-@Suite("Disk full during an install", .serialized)
+@Suite("Disk full during an install", .serialized, .ownThread)
 struct DiskFullTests {
     /// Skips with a message, or fails in CI where namespaces are expected to work.
     static func diskOrSkip(_ fleet: TestFleet, bytes: Int, _ name: String) throws -> SmallDisk? {

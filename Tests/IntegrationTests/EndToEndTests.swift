@@ -1,12 +1,13 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// Real fleet-controller, fleet-agent and fleetctl processes on loopback.
-@Suite("End to end with real binaries", .serialized)
+@Suite("End to end with real binaries", .serialized, .ownThread)
 struct EndToEndTests {
     @Test func eachDeviceGetsTheVariantOfItsHardwareClassWithIdenticalBytes() throws {
         let fleet = try TestFleet(); defer { fleet.cleanup() }
@@ -182,7 +183,7 @@ struct EndToEndTests {
 }
 
 /// Delta packages between real model files, through the real controller and agent.
-@Suite("Delta packages end to end", .serialized)
+@Suite("Delta packages end to end", .serialized, .ownThread)
 struct DeltaEndToEndTests {
     func models(_ fleet: TestFleet) throws -> (v1: String, v2: String) {
         for (dir, extra) in [("m1", [String]()), ("m2", ["--finetune"])] {

@@ -1,13 +1,14 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// Failures handled once, through the real binaries: no re-install storm after a failed health
 /// check, a bounded number of fetches of a corrupted artifact, a crash loop ended by a rollback.
-@Suite("Failures handled once with real agents", .serialized)
+@Suite("Failures handled once with real agents", .serialized, .ownThread)
 struct FailureHandlingTests {
     /// Tiers as in fleet/, with retries fast enough for a test.
     static let fastRetryTiers = """
@@ -214,7 +215,7 @@ struct FailureHandlingTests {
 }
 
 /// Gates judged per cell through real agents and their local metrics endpoints.
-@Suite("Gates per cell with real agents", .serialized)
+@Suite("Gates per cell with real agents", .serialized, .ownThread)
 struct CellGateTests {
     /// A stand-in inference service for each agent: reports latencies through the agent's local
     /// endpoint, `slow` ms for the release under test and 20 ms otherwise.

@@ -1,10 +1,11 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 
 /// fleet-sim against a real controller: simulated devices register by checking in, install the
 /// released model and report it as agents do, and then check in idle.
-@Suite("fleet-sim against a real controller", .serialized)
+@Suite("fleet-sim against a real controller", .serialized, .ownThread)
 struct FleetSimTests {
     /// The parts of fleet-sim's --json summary the test reads.
     struct Summary: Decodable {

@@ -1,10 +1,11 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 
 /// Frugal check-ins between the real binaries, measured on the wire by the loopback proxy
 /// (Support/proxy.py --log-bodies: body bytes both ways and the top-level keys of each body).
-@Suite("Frugal check-ins against the real binaries", .serialized)
+@Suite("Frugal check-ins against the real binaries", .serialized, .ownThread)
 struct FrugalCheckInTests {
     static let budget = 600
 

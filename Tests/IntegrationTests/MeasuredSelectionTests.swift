@@ -1,10 +1,11 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 
 /// Selection by the fleet's measurements, through real agents whose benchmark commands report
 /// different latencies per variant on two hardware classes.
-@Suite("Selection by measurement with real agents", .serialized)
+@Suite("Selection by measurement with real agents", .serialized, .ownThread)
 struct MeasuredSelectionTests {
     struct Shown: Decodable { var selection: Selection }
 

@@ -1,6 +1,7 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,7 +12,7 @@ import Glibc
 /// a userspace fault injector in the server stands in (delay per 64 KiB and the cuts), and the test
 /// says so. Downloads must resume and finish, nothing corrupt may be installed, and the bytes sent
 /// must stay under 1.5 times the package.
-@Suite("Network faults during a download", .serialized)
+@Suite("Network faults during a download", .serialized, .ownThread)
 struct NetworkFaultTests {
     /// A network namespace and a veth pair; the host side is `hostIP`, the device side `deviceIP`.
     final class Link {

@@ -1,6 +1,7 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,7 +9,7 @@ import Glibc
 /// nginx from deploy/nginx/ in front of a real controller started with
 /// `--artifact-accel-redirect`: the API goes through to the controller, artifact bytes come from
 /// nginx after the controller's access check, and nginx's internal location is not reachable.
-@Suite("nginx in front of the controller", .serialized)
+@Suite("nginx in front of the controller", .serialized, .ownThread)
 struct NginxTests {
     static var nginx: String? {
         ["/usr/sbin/nginx", "/usr/bin/nginx"].first { FileManager.default.isExecutableFile(atPath: $0) }

@@ -9,7 +9,7 @@ import Glibc
 /// The Debian packages of `make package`: what they hold, what their maintainer scripts do in a
 /// root of their own, their units as systemd reads them, and the agent started from the packaged
 /// unit and configuration against a real controller.
-@Suite("Debian packages")
+@Suite("Debian packages", .ownThread)
 struct PackageTests {
     @Test func agentPackageHoldsTheAgentItsUnitAndConfig() throws {
         let deb = try ShippedPackages.get().agent

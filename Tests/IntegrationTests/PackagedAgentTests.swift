@@ -9,7 +9,7 @@ import Glibc
 /// The agent and the controller as their units start them: the packaged unit's ExecStart and the
 /// packaged configuration, with paths redirected into the test's directory, and sd_notify
 /// received on a socket the test makes.
-@Suite("Packaged daemons", .serialized)
+@Suite("Packaged daemons", .serialized, .ownThread)
 struct PackagedAgentTests {
     /// The unit's ExecStart as argv, its /usr and /etc paths moved under `root`.
     static func execStart(unit: String, root: String) throws -> [String] {

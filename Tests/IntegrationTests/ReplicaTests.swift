@@ -9,7 +9,7 @@ import Glibc
 /// Two controller replicas on one PostgreSQL database, with the real binaries: devices check in
 /// with either; the once-only work (rollout ticks) runs on the leader; `kill -9` of the leader
 /// moves the lease to the other replica, and a staged rollout goes on from its phase there.
-@Suite("Controller replicas on PostgreSQL", .serialized)
+@Suite("Controller replicas on PostgreSQL", .serialized, .ownThread)
 struct ReplicaTests {
     struct Health: Decodable { var status: String; var leader: String; var replica: String; var database: String }
 

@@ -1,6 +1,7 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -94,7 +95,7 @@ extension TestFleet {
     }
 }
 
-@Suite("Mutual TLS, enrollment and access with real binaries", .serialized)
+@Suite("Mutual TLS, enrollment and access with real binaries", .serialized, .ownThread)
 struct TLSTests {
     /// A secure fleet in which device `dev-a` enrolled and runs release 1 of model m.
     func fleetWithEnrolledDevice(extraDevices: [String] = []) throws -> (TestFleet, TestFleet.Agent, String) {

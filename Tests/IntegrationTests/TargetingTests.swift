@@ -1,10 +1,11 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 
 /// Targeting with the real binaries: agents that carry labels, a rollout limited to a selector,
 /// and maintenance windows in two time zones with the agent's clock moved by the test hook.
-@Suite("Targeting with real agents", .serialized)
+@Suite("Targeting with real agents", .serialized, .ownThread)
 struct TargetingIntegrationTests {
     /// The demo VNNI facts with `labels` and a configured zone.
     func facts(_ fleet: TestFleet, _ name: String, labels: [String: String], timezone: String? = nil) throws -> String {
