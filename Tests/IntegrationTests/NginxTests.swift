@@ -15,6 +15,14 @@ struct NginxTests {
         ["/usr/sbin/nginx", "/usr/bin/nginx"].first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
+    /// nginx, or nil after saying the test is skipped; in CI a missing nginx is a failure.
+    static func nginxOrSkip(_ test: String = #function) -> String? {
+        if let nginx { return nginx }
+        if ProcessInfo.processInfo.environment["CI"] == "true" { Issue.record("nginx is missing in CI (Makefile DEB_PACKAGES has nginx-light)") }
+        print("SKIPPED \(test): nginx is not installed")
+        return nil
+    }
+
     /// nginx as a plain process in `fleet.dir/nginx`, proxying to `upstreams`; stopped with QUIT
     /// (a KILLed master would leave its worker holding the port).
     final class Front {
@@ -68,11 +76,7 @@ struct NginxTests {
     }
 
     @Test func artifactsComeFromNginxAfterTheControllersCheckAndCheckInsGoThrough() throws {
-        guard let nginx = Self.nginx else {
-            if ProcessInfo.processInfo.environment["CI"] == "true" { Issue.record("nginx is missing in CI (Makefile DEB_PACKAGES has nginx-light)") }
-            print("SKIPPED artifactsComeFromNginxAfterTheControllersCheckAndCheckInsGoThrough: nginx is not installed")
-            return
-        }
+        guard let nginx = Self.nginxOrSkip() else { return }
         let fleet = try TestFleet()
         try fleet.startController(extra: ["--artifact-accel-redirect", "/_artifacts/"])
         // A replica that is down comes first: nginx must pass every request on to the live one.
@@ -129,11 +133,7 @@ struct NginxTests {
     /// `--trusted-proxy`, enforces access with them. A certificate header a client makes up never
     /// reaches the controller, and a certificate of another CA never gets past nginx.
     @Test func devicesPresentTheirCertificatesToNginxAndTheControllerEnforcesAccessBehindIt() throws {
-        guard let nginx = Self.nginx else {
-            if ProcessInfo.processInfo.environment["CI"] == "true" { Issue.record("nginx is missing in CI (Makefile DEB_PACKAGES has nginx-light)") }
-            print("SKIPPED devicesPresentTheirCertificatesToNginxAndTheControllerEnforcesAccessBehindIt: nginx is not installed")
-            return
-        }
+        guard let nginx = Self.nginxOrSkip() else { return }
         let fleet = try TestFleet()
         defer { fleet.cleanup() }
         try fleet.makePKI(devices: ["dev-a", "dev-b"])
