@@ -36,7 +36,14 @@ extension Agent {
     /// The request: facts only when they changed, installed models only when they changed since the
     /// last check-in, and what is held. `whole`: facts and installed models in any case.
     func checkInRequest(facts: DeviceFacts, whole: Bool) -> CheckInRequest {
-        let installed = slots.installed()
+        var installed = slots.installed()
+        // Once agent releases reach it, the agent counts as installed like a model: the rollout
+        // sees what it runs. (Other devices' check-ins stay as they were.)
+        let agentModel = ReleaseKind.agentModel
+        if let agentSha256, options.selfUpdate,
+           memory.held[agentModel] != nil || installer.journal.installs[agentModel] != nil || installer.agentBinaries.committed() != nil {
+            installed[agentModel] = agentSha256
+        }
         let sendFacts = whole || !factsKnown(facts)
         var holds: [String: HeldMetadata] = [:]
         for (model, h) in memory.held where Name.isValid(model) {

@@ -105,6 +105,8 @@ actor Director {
     /// `requestDeltas: false` only reads (explain): no delta build is queued.
     func plan(facts: DeviceFacts, installed: [String: String], rollout: RolloutRecord, releaseId: String? = nil,
               fullOnly: Bool = false, requestDeltas: Bool = true) async throws -> Plan? {
+        // Agent binaries always travel whole.
+        let fullOnly = fullOnly || rollout.model == ReleaseKind.agentModel
         guard let release = try await store.release(releaseId ?? rollout.releaseId) else { return nil }
         let model = try await store.model(rollout.model)
         var quality: [String: Double] = [:]
@@ -255,8 +257,16 @@ actor Director {
                 held[rollout.model] = HeldReason.failed.rawValue
                 continue
             }
+            // An agent binary goes whole (no deltas of executables) and only to an agent that
+            // says it installs agent releases: any other would take it for a model.
+            let agentRelease = rollout.model == ReleaseKind.agentModel
+            if agentRelease, !facts.supportsSelfUpdate {
+                held[rollout.model] = HeldReason.noVariantFits.rawValue
+                continue
+            }
             guard let plan = try await plan(facts: facts, installed: request.installed, rollout: rollout, releaseId: releaseId,
                                             fullOnly: fullOnly) else { continue }
+            guard plan.release.catalog.releaseKind.allows(model: rollout.model) else { continue }
             guard let variant = plan.variant, let hwClass = plan.hardwareClass else {
                 held[rollout.model] = (plan.selection.overBudget ? HeldReason.overBudget : .noVariantFits).rawValue
                 continue
@@ -377,6 +387,7 @@ actor Director {
                                variant: variant.name, sha256: variant.sha256, size: variant.size, package: package,
                                counter: counter, expiresAt: now + assignmentTTL, catalogSha256: release.catalogSha256)
             a.activation = activation
+            a.kind = release.catalog.kind
             let env = try Envelope.sign(a, type: PayloadType.assignment, keys: [keys.director])
             let record = AssignmentRecord(deviceId: deviceId, model: release.model, counter: counter, releaseId: release.id,
                                           variant: variant.name, sha256: variant.sha256, packageSha256: package.sha256,

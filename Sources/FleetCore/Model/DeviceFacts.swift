@@ -14,6 +14,12 @@ public struct DeviceFacts: Codable, Equatable, Sendable {
     public var labels: [String: String]?
     /// The device's configured IANA time zone (from /etc/timezone or /etc/localtime), if known.
     public var timezone: String?
+    /// What the running agent can do (`ReleaseKind.selfUpdateCapability`); nil from older agents.
+    public var capabilities: [String]?
+    /// SHA-256 of the agent binary that runs (its /proc/self/exe).
+    public var agentSha256: String?
+
+    public var supportsSelfUpdate: Bool { capabilities?.contains(ReleaseKind.selfUpdateCapability) ?? false }
 
     public init(deviceId: String? = nil, arch: String, cpuFlags: [String], memoryBytes: Int64, diskFreeBytes: Int64,
                 accelerators: [String] = [], kernel: String? = nil, hostname: String? = nil,
