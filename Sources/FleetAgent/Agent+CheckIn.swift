@@ -30,7 +30,7 @@ extension Agent {
 
     /// The controller stored these facts, as far as this agent knows.
     func factsKnown(_ facts: DeviceFacts) -> Bool {
-        memory.factsDigest == facts.digest && memory.agentVersion == Self.version
+        memory.factsDigest == facts.digest && memory.agentVersion == agentIdentity
     }
 
     /// The request: facts only when they changed, installed models only when they changed since the
@@ -58,6 +58,10 @@ extension Agent {
                                      holds: holds.isEmpty ? nil : holds, rootVersion: trust.root.version,
                                      timestampVersion: trust.timestampVersion)
         request.installedSent = whole || memory.reported != installed
+        if sendFacts {
+            request.agentSha256 = agentSha256
+            request.capabilities = capabilities
+        }
         return request
     }
 
@@ -74,7 +78,7 @@ extension Agent {
         if response.timestamp == nil {
             if request.facts != nil {
                 memory.factsDigest = facts.digest
-                memory.agentVersion = Self.version
+                memory.agentVersion = agentIdentity
             }
             memory.reported = request.installed
         } else {

@@ -83,8 +83,11 @@ public final class Agent: @unchecked Sendable {
     public let runtime = RuntimeCollector()
     /// What `GET /v1/status` on the metrics endpoint answers, refreshed after every cycle.
     private let published = Mutex<[UInt8]>([])
-    /// SHA-256 of the binary this process runs: the agent's entry in `installed` and in its facts.
+    /// SHA-256 of the binary this process runs: the agent's entry in `installed`, sent with its facts.
     let agentSha256: String?
+    var capabilities: [String]? { options.selfUpdate && agentSha256 != nil ? [ReleaseKind.selfUpdateCapability] : nil }
+    /// Changes when another binary runs: its facts (with sha256 and capabilities) are sent again.
+    var agentIdentity: String { Self.version + (agentSha256.map { " " + $0 } ?? "") + (capabilities == nil ? "" : " self-update") }
 
     public init(options: AgentOptions, logger: Logger) throws {
         self.options = options
@@ -224,8 +227,6 @@ public final class Agent: @unchecked Sendable {
             facts.diskFreeBytes -= facts.diskFreeBytes % (64 << 20)
         }
         facts.deviceId = deviceId
-        facts.agentSha256 = agentSha256
-        facts.capabilities = options.selfUpdate && agentSha256 != nil ? [ReleaseKind.selfUpdateCapability] : nil
         if facts.downlinkMbps == nil { facts.downlinkMbps = installer.link?.mbps }
         // The configuration's labels over a facts file's (a simulated device may carry its own).
         let labels = (facts.labels ?? [:]).merging(options.labels) { $1 }

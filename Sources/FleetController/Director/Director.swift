@@ -226,6 +226,11 @@ actor Director {
             throw APIError(.badRequest, "missing-facts", "a check-in without facts must send timestampVersion and factsDigest")
         }
         facts.deviceId = deviceId
+        if original.facts != nil {
+            // What the running agent is and can do comes with the facts and is kept inside them.
+            facts.agentSha256 = original.agentSha256
+            facts.capabilities = original.capabilities
+        }
         // Checked when they arrive; facts restored from the store were checked then.
         if let labels = original.facts?.labels { try LabelRequests.validate(labels) }
         let hw = HardwareClassifier.classify(facts, classes: config.hardwareClasses)
@@ -336,7 +341,7 @@ actor Director {
             guard let stored = existing?.facts else { return .unknownFacts }
             var facts = stored
             facts.deviceId = deviceId
-            guard request.factsDigest == facts.digest else { return .factsMismatch }
+            guard request.factsDigest == facts.probed.digest else { return .factsMismatch }
             request.facts = facts
         }
         if !request.installedSent {
