@@ -282,6 +282,10 @@ public final class Agent: @unchecked Sendable {
     func handle(model: String, catalog: Envelope, assignment: Envelope, timestamp: Envelope?, snapshot: CheckInSnapshot?,
                 facts: DeviceFacts) throws -> Bool {
         let verified: VerifiedUpdate
+        // What this agent can do is checked against the signed requirements like its hardware.
+        var facts = facts
+        facts.capabilities = capabilities
+        facts.agentSha256 = agentSha256
         do {
             guard let timestamp else { throw TrustError(.missingSignature, "check-in response carries no timestamp") }
             verified = try UpdateVerifier.verify(catalog: catalog, assignment: assignment, timestamp: timestamp,

@@ -1,5 +1,6 @@
 import FleetCore
 import Logging
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -119,6 +120,9 @@ public struct AgentLauncher {
         return e
     }
 
+    /// This process's binary, hashed once (tests make many agents in one process).
+    private static let hashed = Mutex<[String: String]>([:])
+
     /// SHA-256 of the binary this process runs: a slot's is its name (verified when it was
     /// staged); another's (the packaged binary) is hashed once per file, cached by inode and mtime.
     static func runningSha256(stateDirectory: String) -> String? {
@@ -132,10 +136,12 @@ public struct AgentLauncher {
         var st = stat()
         guard stat("/proc/self/exe", &st) == 0 else { return nil }
         let key = "\(st.st_dev):\(st.st_ino):\(st.st_size):\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
+        if let sha = hashed.withLock({ $0[key] }) { return sha }
         let cacheFile = binaries.root + "/exe-sha256.json"
         var cache = (try? FS.read(cacheFile, limit: 1 << 16)).flatMap { try? FleetJSON.decode([String: String].self, from: Data($0), limit: 1 << 16) } ?? [:]
-        if let sha = cache[key] { return sha }
+        if let sha = cache[key] { hashed.withLock { $0[key] = sha }; return sha }
         guard let sha = try? FS.sha256("/proc/self/exe").0 else { return nil }
+        hashed.withLock { $0[key] = sha }
         if cache.count >= 4 { cache = [:] }
         cache[key] = sha
         if (try? FS.makeDirectories(binaries.root)) != nil, let bytes = try? FleetJSON.encode(cache) {
