@@ -30,13 +30,20 @@ extension Agent {
 
     /// The controller stored these facts, as far as this agent knows.
     func factsKnown(_ facts: DeviceFacts) -> Bool {
-        memory.factsDigest == facts.digest && memory.agentVersion == Self.version
+        memory.factsDigest == facts.digest && memory.agentVersion == agentIdentity
     }
 
     /// The request: facts only when they changed, installed models only when they changed since the
     /// last check-in, and what is held. `whole`: facts and installed models in any case.
     func checkInRequest(facts: DeviceFacts, whole: Bool) -> CheckInRequest {
-        let installed = slots.installed()
+        var installed = slots.installed()
+        // Once agent releases reach it, the agent counts as installed like a model: the rollout
+        // sees what it runs. (Other devices' check-ins stay as they were.)
+        let agentModel = ReleaseKind.agentModel
+        if let agentSha256, options.selfUpdate,
+           memory.held[agentModel] != nil || installer.journal.installs[agentModel] != nil || installer.agentBinaries.committed() != nil {
+            installed[agentModel] = agentSha256
+        }
         let sendFacts = whole || !factsKnown(facts)
         var holds: [String: HeldMetadata] = [:]
         for (model, h) in memory.held where Name.isValid(model) {
@@ -51,6 +58,10 @@ extension Agent {
                                      holds: holds.isEmpty ? nil : holds, rootVersion: trust.root.version,
                                      timestampVersion: trust.timestampVersion)
         request.installedSent = whole || memory.reported != installed
+        if sendFacts {
+            request.agentSha256 = agentSha256
+            request.capabilities = capabilities
+        }
         return request
     }
 
@@ -67,7 +78,7 @@ extension Agent {
         if response.timestamp == nil {
             if request.facts != nil {
                 memory.factsDigest = facts.digest
-                memory.agentVersion = Self.version
+                memory.agentVersion = agentIdentity
             }
             memory.reported = request.installed
         } else {

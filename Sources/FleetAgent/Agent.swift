@@ -38,6 +38,12 @@ public struct AgentOptions: Sendable {
     /// The device's own labels (`--label k=v`, the config file's `labels:`). Sent with its facts;
     /// labels bound by the enrollment token or set by the operator take precedence.
     public var labels: [String: String] = [:]
+    /// Seconds a new agent binary (an agent release) has, from the hand-over, to check in and commit.
+    public var selfUpdateDeadlineSeconds: Int64 = 300
+    /// false: this agent does not install agent releases (it does not advertise the capability).
+    public var selfUpdate = true
+    /// What `AgentLauncher.start()` found: this process is the new agent on that trial.
+    public var onTrial: AgentTrial? = nil
 
     public init(controllerURL: String, stateDirectory: String, modelsDirectory: String, factsFile: String? = nil, rootFile: String? = nil,
                 deviceId: String? = nil, pollSeconds: Double? = nil, healthCommand: String? = nil, healthTimeoutSeconds: Double = 30,
@@ -77,6 +83,11 @@ public final class Agent: @unchecked Sendable {
     public let runtime = RuntimeCollector()
     /// What `GET /v1/status` on the metrics endpoint answers, refreshed after every cycle.
     private let published = Mutex<[UInt8]>([])
+    /// SHA-256 of the binary this process runs: the agent's entry in `installed`, sent with its facts.
+    let agentSha256: String?
+    var capabilities: [String]? { options.selfUpdate && agentSha256 != nil ? [ReleaseKind.selfUpdateCapability] : nil }
+    /// Changes when another binary runs: its facts (with sha256 and capabilities) are sent again.
+    var agentIdentity: String { Self.version + (agentSha256.map { " " + $0 } ?? "") + (capabilities == nil ? "" : " self-update") }
 
     public init(options: AgentOptions, logger: Logger) throws {
         self.options = options
@@ -88,6 +99,7 @@ public final class Agent: @unchecked Sendable {
         state = try AgentState(root: options.stateDirectory)
         try FS.makeDirectories(options.modelsDirectory)
         slots = ModelSlots(root: options.modelsDirectory)
+        agentSha256 = options.selfUpdate ? AgentLauncher.runningSha256(stateDirectory: options.stateDirectory) : nil
 
         let facts = try Self.readFacts(options)
         if let stored = try state.load("identity.json", as: Identity.self) {
@@ -139,6 +151,8 @@ public final class Agent: @unchecked Sendable {
         }
         installer.benchmark = Benchmark(command: options.benchmarkCommand, timeoutSeconds: options.benchmarkTimeoutSeconds,
                                         energyCounters: options.benchmarkCommand == nil ? [] : options.energyCounters ?? Benchmark.discoverEnergyCounters())
+        installer.agentDeadlineSeconds = options.selfUpdateDeadlineSeconds
+        installer.agentOnTrial = options.onTrial
         if let retry = memory.retry { installer.retryPolicy = retry.clamped() }
         installer.link = try? state.load("link.json", as: LinkStats.self)
         savedLink = installer.link
@@ -155,6 +169,8 @@ public final class Agent: @unchecked Sendable {
     struct LocalStatus: Encodable {
         struct Model: Encodable { var sha256: String; var release: String?; var path: String }
         var deviceId: String
+        var agentVersion: String
+        var agentSha256: String?
         var models: [String: Model]
         var pendingEvents: Int
         var droppedEvents: UInt64
@@ -165,7 +181,7 @@ public final class Agent: @unchecked Sendable {
         for (model, sha) in slots.installed() {
             models[model] = .init(sha256: sha, release: installer.journal.releaseOf?[sha], path: "\(options.modelsDirectory)/\(model)/current")
         }
-        let s = LocalStatus(deviceId: deviceId, models: models, pendingEvents: installer.outbox.pending.count, droppedEvents: installer.outbox.dropped)
+        let s = LocalStatus(deviceId: deviceId, agentVersion: Self.version, agentSha256: agentSha256, models: models, pendingEvents: installer.outbox.pending.count, droppedEvents: installer.outbox.dropped)
         let bytes = (try? FleetJSON.encode(s)).map { [UInt8]($0) } ?? []
         published.withLock { $0 = bytes }
     }
@@ -233,12 +249,14 @@ public final class Agent: @unchecked Sendable {
             // After a start, every model's journal gets its recovery (clean-up included); later,
             // only installs a cut connection left unfinished.
             for (model, s) in installer.journal.installs.sorted(by: { $0.key < $1.key }) where !recovered || !s.phase.isTerminal {
-                _ = recovered ? try installer.resume(model: model) : try installer.recoverAfterStart(model: model, limit: options.maxRestarts)
+                _ = recovered ? try installer.resume(model: model) : try installer.recoverAgentAfterStart(model: model, limit: options.maxRestarts)
             }
             recovered = true
             let facts = try currentFacts()
             try enrollIfNeeded(facts: facts)
             let response = try checkIn(facts: facts)
+            // A new agent on trial has now checked in: it commits (the alarm that would end it goes).
+            try installer.agentCheckedIn()
             if !response.rootChain.isEmpty {
                 var next = trust
                 try next.rotate(through: response.rootChain, now: Clock.wall())
@@ -264,6 +282,10 @@ public final class Agent: @unchecked Sendable {
     func handle(model: String, catalog: Envelope, assignment: Envelope, timestamp: Envelope?, snapshot: CheckInSnapshot?,
                 facts: DeviceFacts) throws -> Bool {
         let verified: VerifiedUpdate
+        // What this agent can do is checked against the signed requirements like its hardware.
+        var facts = facts
+        facts.capabilities = capabilities
+        facts.agentSha256 = agentSha256
         do {
             guard let timestamp else { throw TrustError(.missingSignature, "check-in response carries no timestamp") }
             verified = try UpdateVerifier.verify(catalog: catalog, assignment: assignment, timestamp: timestamp,
@@ -280,12 +302,15 @@ public final class Agent: @unchecked Sendable {
         let a = verified.assignment
         // Kept under the model the signatures name, whatever the answer called it.
         memory.held[a.model] = HeldEnvelopes(catalog: catalog, assignment: assignment)
-        if slots.current(a.model) == a.sha256 { return true }
+        let isAgent = verified.catalog.releaseKind == .agent
+        if isAgent, !options.selfUpdate || agentSha256 == nil { return true }
+        let running = isAgent ? agentSha256 : slots.current(a.model)
+        if running == a.sha256 { return true }
         // A failed assignment is tried again only when its retry time has come and its caps allow;
         // an operator's retry or a newer release comes as a new assignment (a higher counter).
         if let r = installer.journal.retries?[a.model], !r.allows(counter: a.counter, now: Clock.wall()) { return true }
         if installer.journal.failedCounters[a.model] == a.counter { return true }
-        if a.package.kind == PackageRef.delta, a.package.baseSha256 != slots.current(a.model) {
+        if a.package.kind == PackageRef.delta, isAgent || a.package.baseSha256 != slots.current(a.model) {
             installer.outbox.append(kind: "rejected", time: Clock.wall(), model: a.model, sha256: a.sha256,
                                     detail: "delta base \(a.package.baseSha256?.prefix(12) ?? "none") is not the installed model")
             installer.journal.deltaFailed[a.model] = a.sha256
@@ -314,8 +339,8 @@ public final class Agent: @unchecked Sendable {
         }
         let job = InstallJob(model: a.model, release: a.release, variant: a.variant, sha256: a.sha256, size: a.size,
                              fileName: verified.variant.fileName, url: a.package.url, counter: a.counter,
-                             previousSha256: slots.current(a.model), package: a.package.kind == PackageRef.delta ? a.package : nil,
-                             activation: a.activation)
+                             previousSha256: running, package: a.package.kind == PackageRef.delta ? a.package : nil,
+                             activation: a.activation, kind: isAgent ? .agent : nil)
         logger.info("installing", metadata: ["model": "\(a.model)", "variant": "\(a.variant)", "release": "\(a.release)"])
         let outcome = try installer.start(job)
         logger.info("install outcome", metadata: ["model": "\(a.model)", "outcome": "\(outcome)"])

@@ -10,6 +10,7 @@ public enum AgentConfigFile {
         "rate-limit": .size, "max-restarts": .integer, "benchmark-command": .string, "benchmark-timeout": .number,
         "energy-counter": .list, "once": .flag, "metrics-listen": .string, "log-level": .string,
         "ca": .string, "cert": .string, "key": .string, "enroll-token-file": .string,
+        "self-update-deadline": .integer, "no-self-update": .flag,
         "labels": .map(flag: "label"),
     ])
 

@@ -75,7 +75,7 @@ struct Outbox: Codable, Equatable {
 /// not send them again. A cache, never trust: whatever it holds is verified again, against each
 /// new timestamp, before it is acted on; when it is lost the next check-in is a whole one.
 struct CheckInMemory: Codable, Equatable {
-    /// `DeviceFacts.digest` of the facts the controller stored, and the agent version sent with them.
+    /// `DeviceFacts.digest` of the facts the controller stored, and the agent (version, binary, capabilities) sent with them.
     var factsDigest: String?
     var agentVersion: String?
     var held: [String: HeldEnvelopes] = [:]

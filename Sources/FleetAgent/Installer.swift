@@ -29,6 +29,13 @@ final class Installer {
     var retryPolicy = RetryPolicy.default
     /// Bytes downloaded by the current job's attempt, for the retry byte cap.
     private var attemptBytes: Int64 = 0
+    /// The agent's own binaries (agent releases), and how it hands over to a new one.
+    let agentLauncher: AgentLauncher
+    var agentBinaries: AgentBinaries { agentLauncher.binaries }
+    /// Seconds a new agent binary has, from the hand-over, to check in and commit.
+    var agentDeadlineSeconds: Int64 = 300
+    /// The trial this process is on: it is the new agent and commits after its first check-in.
+    var agentOnTrial: AgentTrial?
     /// Test hook for crash tests: `journal:PHASE` or `action:NAME` makes the agent SIGKILL itself
     /// there. Debug builds only: a release agent (the packaged one) has no such switch.
     #if DEBUG
@@ -41,6 +48,7 @@ final class Installer {
          logger: Logger, shouldStop: @escaping @Sendable () -> Bool, journal: Journal, outbox: Outbox) {
         self.slots = slots; self.state = state; self.http = http; self.health = health; self.controllerURL = controllerURL
         self.rateLimit = rateLimit; self.logger = logger; self.shouldStop = shouldStop; self.journal = journal; self.outbox = outbox
+        agentLauncher = AgentLauncher(stateDirectory: state.root, logger: logger)
     }
 
     enum Outcome: Equatable { case finished(InstallPhase), paused(String) }
@@ -132,11 +140,18 @@ final class Installer {
         }
     }
 
-    private func crash(at point: String) {
+    func crash(at point: String) {
         if crashPoint == point {
             logger.warning("injected crash", metadata: ["point": "\(point)"])
             kill(getpid(), SIGKILL)
         }
+    }
+
+    /// Journals the state `event` leads to and performs its actions.
+    func apply(model: String, _ event: InstallEvent) throws -> Outcome {
+        let (next, actions) = try InstallStateMachine.transition(journal.installs[model] ?? .idle, event)
+        try record(model, next)
+        return try drive(model: model, actions: actions)
     }
 
     private func drive(model: String, actions initial: [InstallAction]) throws -> Outcome {
@@ -196,6 +211,11 @@ final class Installer {
         case .verify(let job): return verify(job)
         case .stage(let job):
             do {
+                if job.isAgent {
+                    try agentBinaries.stage(sha256: job.sha256, size: job.size, fileName: job.fileName, from: state.downloadPath(job.sha256))
+                    if let wait = try awaitWindow(job) { return wait }
+                    return .event(.staged)
+                }
                 if let package = job.package, job.isDelta {
                     try stageDelta(job, package)
                 } else {
@@ -214,6 +234,27 @@ final class Installer {
             } catch {
                 return .event(.failed("staging failed: \(error)", fault: .stagingFailed))
             }
+        case .activate(let job) where job.isAgent:
+            return handOver(job)
+        case .checkHealth(let job) where job.isAgent:
+            // The new agent's health is its first successful check-in (`agentCheckedIn`).
+            return .pause("waiting for the new agent's first check-in")
+        case .commit(let job) where job.isAgent:
+            alarm(0)
+            try agentBinaries.commit(job.sha256)
+            try agentBinaries.removeTrial()
+            agentOnTrial = nil
+            agentBinaries.prune(keep: Set([job.sha256] + (job.previousSha256.map { [$0] } ?? [])))
+            unlink(state.downloadPath(job.sha256))
+            return .none
+        case .rollback(let job) where job.isAgent:
+            // `current` still names the previous binary: giving the trial up is the whole rollback.
+            try agentBinaries.removeTrial()
+            return .event(.rolledBack)
+        case .discard(let job) where job.isAgent:
+            unlink(state.downloadPath(job.sha256))
+            if agentOnTrial?.new != job.sha256 { agentBinaries.remove(job.sha256) }
+            return .none
         case .activate(let job):
             do {
                 try slots.point(model: job.model, at: job.sha256)

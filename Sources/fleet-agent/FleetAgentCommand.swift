@@ -66,6 +66,9 @@ struct Run: AsyncParsableCommand {
     var labels: [String] = []
     @Option(help: "YAML file with any of these options by their flag names (labels: as a map); flags given here override it. Default: \(AgentConfigFile.defaultPath) when it exists.")
     var configFile: String?
+    @Option(help: "Seconds a new agent binary (an agent release) has, from the hand-over, to check in; otherwise the previous binary is restored.")
+    var selfUpdateDeadline: Int = 300
+    @Flag(help: "Do not install agent releases: this agent does not advertise the self-update capability.") var noSelfUpdate = false
     @OptionGroup var identity: AgentIdentityOptions
 
     func validate() throws {
@@ -78,6 +81,7 @@ struct Run: AsyncParsableCommand {
         if let pollSeconds { guard pollSeconds > 0 else { throw ValidationError("--poll-seconds must be positive") } }
         guard healthTimeout > 0 else { throw ValidationError("--health-timeout must be positive") }
         guard (1...100).contains(maxRestarts) else { throw ValidationError("--max-restarts must be 1 to 100") }
+        guard (5...86_400).contains(selfUpdateDeadline) else { throw ValidationError("--self-update-deadline must be 5 to 86400 seconds") }
         guard benchmarkTimeout > 0 else { throw ValidationError("--benchmark-timeout must be positive") }
         if let rateLimit { guard let v = ByteCount.parse(rateLimit), v > 0 else { throw ValidationError("--rate-limit '\(rateLimit)' is not a rate") } }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
@@ -95,6 +99,9 @@ struct Run: AsyncParsableCommand {
             return h
         }
         let logger = Logger(label: "edgefleet.agent")
+        // Before anything else: the committed or trial agent binary takes over from here (exec,
+        // same process id), or a trial whose binary did not make it is given up.
+        let onTrial = noSelfUpdate ? nil : AgentLauncher(stateDirectory: state, logger: logger).start()
         var url = controller
         while url.hasSuffix("/") { url.removeLast() }
         var options = AgentOptions(controllerURL: url, stateDirectory: state, modelsDirectory: models, factsFile: facts, rootFile: root,
@@ -108,6 +115,9 @@ struct Run: AsyncParsableCommand {
         options.energyCounters = energyCounter.isEmpty ? nil : energyCounter
         options.enrollToken = try identity.enrollToken()
         options.labels = AgentConfigFile.labels(labels) ?? [:]
+        options.selfUpdateDeadlineSeconds = Int64(selfUpdateDeadline)
+        options.selfUpdate = !noSelfUpdate
+        options.onTrial = onTrial
         let agent: Agent
         do {
             agent = try Agent(options: options, logger: logger)

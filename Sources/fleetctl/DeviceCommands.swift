@@ -16,13 +16,13 @@ struct DevicesCommand: ParsableCommand {
         func run() throws {
             let list = try calling { try global.client().get("/v1/devices" + selectorQuery(selector), as: [DeviceInfo].self) }
             try global.emit(list) {
-                Table.render(["DEVICE", "CLASS", "TIER", "LABELS", "STATUS", "ASSIGNED", "INSTALLED", "HELD", "LAST-SEEN"], list.map { d in
+                Table.render(["DEVICE", "CLASS", "TIER", "LABELS", "STATUS", "ASSIGNED", "INSTALLED", "HELD", "LAST-SEEN", "AGENT"], list.map { d in
                     [d.id, d.hardwareClass ?? "-", d.tier ?? "-",
                      (d.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",").nonEmpty, d.status,
                      d.assigned.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",").nonEmpty,
                      d.installed.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value.prefix(12))" }.joined(separator: ",").nonEmpty,
                      d.held.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",").nonEmpty,
-                     timeText(d.lastSeen)]
+                     timeText(d.lastSeen), agentText(d)]
                 })
             }
         }
@@ -165,4 +165,10 @@ extension DevicesCommand {
             }
         }
     }
+}
+
+/// The agent a device runs: its version and the first hex digits of its binary's sha256.
+func agentText(_ d: DeviceInfo) -> String {
+    let version = d.agentVersion ?? "-"
+    return d.facts.agentSha256.map { "\(version) (\($0.prefix(12)))" } ?? version
 }

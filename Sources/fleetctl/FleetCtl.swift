@@ -22,7 +22,7 @@ struct FleetCtl: ParsableCommand {
             for https://, the fleet CA with --ca (or FLEET_CA).
             """,
         subcommands: [Keys.self, ModelCommand.self, VariantCommand.self, ReleaseCommand.self, RolloutCommand.self, PoliciesCommand.self,
-                      DevicesCommand.self, StatusCommand.self, DeltaCommand.self, TokensCommand.self, AuditCommand.self])
+                      DevicesCommand.self, StatusCommand.self, DeltaCommand.self, TokensCommand.self, AuditCommand.self, AgentCommand.self])
 }
 
 struct GlobalOptions: ParsableArguments {

@@ -60,7 +60,7 @@ struct FrugalCheckInAgentTests {
         try s.slot("runs", a)        // runs its held assignment
         try s.slot("moving", b)      // runs something else than its held assignment
         s.agent.memory.factsDigest = facts.digest
-        s.agent.memory.agentVersion = Agent.version
+        s.agent.memory.agentVersion = s.agent.agentIdentity
         s.agent.memory.held = ["runs": try s.held("runs", sha256: a, counter: 4), "moving": try s.held("moving", sha256: a, counter: 2)]
         s.agent.memory.reported = ["runs": a]
         r = s.agent.checkInRequest(facts: facts, whole: false)

@@ -105,6 +105,8 @@ actor Director {
     /// `requestDeltas: false` only reads (explain): no delta build is queued.
     func plan(facts: DeviceFacts, installed: [String: String], rollout: RolloutRecord, releaseId: String? = nil,
               fullOnly: Bool = false, requestDeltas: Bool = true) async throws -> Plan? {
+        // Agent binaries always travel whole.
+        let fullOnly = fullOnly || rollout.model == ReleaseKind.agentModel
         guard let release = try await store.release(releaseId ?? rollout.releaseId) else { return nil }
         let model = try await store.model(rollout.model)
         var quality: [String: Double] = [:]
@@ -224,6 +226,11 @@ actor Director {
             throw APIError(.badRequest, "missing-facts", "a check-in without facts must send timestampVersion and factsDigest")
         }
         facts.deviceId = deviceId
+        if original.facts != nil {
+            // What the running agent is and can do comes with the facts and is kept inside them.
+            facts.agentSha256 = original.agentSha256
+            facts.capabilities = original.capabilities
+        }
         // Checked when they arrive; facts restored from the store were checked then.
         if let labels = original.facts?.labels { try LabelRequests.validate(labels) }
         let hw = HardwareClassifier.classify(facts, classes: config.hardwareClasses)
@@ -255,8 +262,16 @@ actor Director {
                 held[rollout.model] = HeldReason.failed.rawValue
                 continue
             }
+            // An agent binary goes whole (no deltas of executables) and only to an agent that
+            // says it installs agent releases: any other would take it for a model.
+            let agentRelease = rollout.model == ReleaseKind.agentModel
+            if agentRelease, !facts.supportsSelfUpdate {
+                held[rollout.model] = HeldReason.noVariantFits.rawValue
+                continue
+            }
             guard let plan = try await plan(facts: facts, installed: request.installed, rollout: rollout, releaseId: releaseId,
                                             fullOnly: fullOnly) else { continue }
+            guard plan.release.catalog.releaseKind.allows(model: rollout.model) else { continue }
             guard let variant = plan.variant, let hwClass = plan.hardwareClass else {
                 held[rollout.model] = (plan.selection.overBudget ? HeldReason.overBudget : .noVariantFits).rawValue
                 continue
@@ -326,7 +341,7 @@ actor Director {
             guard let stored = existing?.facts else { return .unknownFacts }
             var facts = stored
             facts.deviceId = deviceId
-            guard request.factsDigest == facts.digest else { return .factsMismatch }
+            guard request.factsDigest == facts.probed.digest else { return .factsMismatch }
             request.facts = facts
         }
         if !request.installedSent {
@@ -377,6 +392,7 @@ actor Director {
                                variant: variant.name, sha256: variant.sha256, size: variant.size, package: package,
                                counter: counter, expiresAt: now + assignmentTTL, catalogSha256: release.catalogSha256)
             a.activation = activation
+            a.kind = release.catalog.kind
             let env = try Envelope.sign(a, type: PayloadType.assignment, keys: [keys.director])
             let record = AssignmentRecord(deviceId: deviceId, model: release.model, counter: counter, releaseId: release.id,
                                           variant: variant.name, sha256: variant.sha256, packageSha256: package.sha256,

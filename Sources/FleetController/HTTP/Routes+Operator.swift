@@ -205,7 +205,7 @@ struct OperatorRoutes: Sendable {
             case .trust: throw r.trust ?? TrustError(.malformed, r.message)
             case .invalidVersion: throw APIError(.badRequest, r.code.rawValue, r.message)
             case .unknownModel: throw APIError(.notFound, r.code.rawValue, r.message)
-            case .emptyRelease, .unknownVariant: throw APIError(.unprocessableContent, r.code.rawValue, r.message)
+            case .emptyRelease, .unknownVariant, .wrongKind: throw APIError(.unprocessableContent, r.code.rawValue, r.message)
             case .staleSerial: throw APIError(.conflict, r.code.rawValue, r.message)
             }
         }

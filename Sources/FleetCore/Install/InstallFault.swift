@@ -25,6 +25,10 @@ public enum InstallFault: String, Codable, Sendable, CaseIterable {
     case crashLoop = "crash-loop"
     /// Retries of this assignment used up their attempts or their byte budget.
     case retriesExhausted = "retries-exhausted"
+    /// A new agent binary exited, crashed or was killed before its first successful check-in.
+    case agentExited = "agent-exited"
+    /// A new agent binary did not check in before its hand-over deadline.
+    case agentDeadline = "agent-deadline"
 
     /// Faults another attempt at the same assignment may cure (bytes corrupted on the way or on a
     /// server that has since been repaired, space freed). A failed health check, a crash loop or a
@@ -32,7 +36,7 @@ public enum InstallFault: String, Codable, Sendable, CaseIterable {
     public var isRetryable: Bool {
         switch self {
         case .noSpace, .writeFailed, .downloadRefused, .lengthMismatch, .hashMismatch, .deltaFailed, .stagingFailed: true
-        case .tooLarge, .activationFailed, .healthCheck, .crashLoop, .retriesExhausted: false
+        case .tooLarge, .activationFailed, .healthCheck, .crashLoop, .retriesExhausted, .agentExited, .agentDeadline: false
         }
     }
 }

@@ -27,13 +27,18 @@ public struct InstallJob: Codable, Equatable, Sendable {
     public var package: PackageRef?
     /// The assignment's maintenance windows: staged at any time, activated only inside one; nil: any time.
     public var activation: [ActivationWindow]?
+    /// `.agent`: the agent's own binary (its slots, a hand-over instead of a health command); nil: a model.
+    public var kind: ReleaseKind?
 
     public init(model: String, release: String, variant: String, sha256: String, size: Int64, fileName: String,
-                url: String, counter: UInt64, previousSha256: String?, package: PackageRef? = nil, activation: [ActivationWindow]? = nil) {
+                url: String, counter: UInt64, previousSha256: String?, package: PackageRef? = nil, activation: [ActivationWindow]? = nil,
+                kind: ReleaseKind? = nil) {
         self.model = model; self.release = release; self.variant = variant; self.sha256 = sha256
         self.size = size; self.fileName = fileName; self.url = url; self.counter = counter
-        self.previousSha256 = previousSha256; self.package = package; self.activation = activation
+        self.previousSha256 = previousSha256; self.package = package; self.activation = activation; self.kind = kind
     }
+
+    public var isAgent: Bool { kind == .agent }
 
     /// The bytes fetched: the delta package, or the artifact.
     public var downloadSha256: String { package?.sha256 ?? sha256 }

@@ -26,6 +26,10 @@ public struct CheckInRequest: Codable, Equatable, Sendable {
     public var rootVersion: Int?
     /// The timestamp version the agent trusts. Its presence makes the check-in frugal.
     public var timestampVersion: UInt64?
+    /// The sha256 of the running agent binary and what it can do (`ReleaseKind.selfUpdateCapability`):
+    /// sent with the facts, kept by the controller inside them, outside their digest.
+    public var agentSha256: String?
+    public var capabilities: [String]?
 
     public init(facts: DeviceFacts?, installed: [String: String], agentVersion: String?, phase: String? = nil,
                 fullPackages: [String]? = nil, factsDigest: String? = nil, holds: [String: HeldMetadata]? = nil,
@@ -39,7 +43,7 @@ public struct CheckInRequest: Codable, Equatable, Sendable {
     public var isFrugal: Bool { timestampVersion != nil }
 
     enum CodingKeys: String, CodingKey {
-        case facts, installed, agentVersion, phase, fullPackages, factsDigest, holds, rootVersion, timestampVersion
+        case facts, installed, agentVersion, phase, fullPackages, factsDigest, holds, rootVersion, timestampVersion, agentSha256, capabilities
     }
 
     public init(from decoder: any Decoder) throws {
@@ -55,6 +59,8 @@ public struct CheckInRequest: Codable, Equatable, Sendable {
         holds = try c.decodeIfPresent([String: HeldMetadata].self, forKey: .holds)
         rootVersion = try c.decodeIfPresent(Int.self, forKey: .rootVersion)
         timestampVersion = try c.decodeIfPresent(UInt64.self, forKey: .timestampVersion)
+        agentSha256 = try c.decodeIfPresent(String.self, forKey: .agentSha256)
+        capabilities = try c.decodeIfPresent([String].self, forKey: .capabilities)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -68,6 +74,8 @@ public struct CheckInRequest: Codable, Equatable, Sendable {
         try c.encodeIfPresent(holds, forKey: .holds)
         try c.encodeIfPresent(rootVersion, forKey: .rootVersion)
         try c.encodeIfPresent(timestampVersion, forKey: .timestampVersion)
+        try c.encodeIfPresent(agentSha256, forKey: .agentSha256)
+        try c.encodeIfPresent(capabilities, forKey: .capabilities)
     }
 }
 

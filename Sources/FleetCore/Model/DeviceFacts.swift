@@ -14,6 +14,22 @@ public struct DeviceFacts: Codable, Equatable, Sendable {
     public var labels: [String: String]?
     /// The device's configured IANA time zone (from /etc/timezone or /etc/localtime), if known.
     public var timezone: String?
+    /// What the running agent can do (`ReleaseKind.selfUpdateCapability`); nil from older agents.
+    /// Set by the controller from the check-in that sent the facts, not probed.
+    public var capabilities: [String]?
+    /// SHA-256 of the agent binary that runs (its /proc/self/exe); set like `capabilities`.
+    public var agentSha256: String?
+
+    public var supportsSelfUpdate: Bool { capabilities?.contains(ReleaseKind.selfUpdateCapability) ?? false }
+
+    /// The facts as the device probed them, without what the controller keeps beside them: what a
+    /// frugal check-in's `factsDigest` names.
+    public var probed: DeviceFacts {
+        var f = self
+        f.capabilities = nil
+        f.agentSha256 = nil
+        return f
+    }
 
     public init(deviceId: String? = nil, arch: String, cpuFlags: [String], memoryBytes: Int64, diskFreeBytes: Int64,
                 accelerators: [String] = [], kernel: String? = nil, hostname: String? = nil,

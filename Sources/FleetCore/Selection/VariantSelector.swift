@@ -97,11 +97,14 @@ public enum VariantSelector {
             if let unmet = v.requires.unmet(by: facts) {
                 verdicts.append(verdict(false, unmet)); continue
             }
-            guard let rank = hw.formats.firstIndex(of: v.dtype) else {
+            // An agent binary is not a model: the class's number formats, quality floor and model
+            // size limit say nothing about it (its `requires` pick the architecture).
+            let isAgent = v.format == ReleaseKind.agentFormat
+            guard let rank = isAgent ? 0 : hw.formats.firstIndex(of: v.dtype) else {
                 verdicts.append(verdict(false, "\(v.dtype) is not a format class \(hw.name) runs (\(hw.formats.joined(separator: ", ")))"))
                 continue
             }
-            if let min = policy.minQuality {
+            if !isAgent, let min = policy.minQuality {
                 if let q = c.quality {
                     if q < min { verdicts.append(verdict(false, "measured mean cosine \(q) is below the model's floor \(min)")); continue }
                 } else if !c.isReference {
@@ -109,7 +112,7 @@ public enum VariantSelector {
                     verdicts.append(verdict(false, "quality not measured; the model's floor is \(min)")); continue
                 }
             }
-            if let max = hw.maxModelBytes, v.size > max {
+            if !isAgent, let max = hw.maxModelBytes, v.size > max {
                 verdicts.append(verdict(false, "\(ByteCount.format(v.size)) exceeds class limit \(ByteCount.format(max))")); continue
             }
             let memLimit = Int64(Double(facts.memoryBytes) * policy.maxMemoryFraction)

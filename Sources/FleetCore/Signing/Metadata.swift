@@ -39,15 +39,20 @@ public struct Requirements: Codable, Equatable, Sendable {
     public var cpuFlags: [String]?
     public var minMemoryBytes: Int64?
     public var accelerators: [String]?
+    /// What the agent must be able to do (`ReleaseKind.selfUpdateCapability` for an agent binary);
+    /// absent from the JSON when nil, so older catalogs read the same.
+    public var capabilities: [String]?
 
-    public init(arch: [String]? = nil, cpuFlags: [String]? = nil, minMemoryBytes: Int64? = nil, accelerators: [String]? = nil) {
+    public init(arch: [String]? = nil, cpuFlags: [String]? = nil, minMemoryBytes: Int64? = nil, accelerators: [String]? = nil,
+                capabilities: [String]? = nil) {
         self.arch = arch
         self.cpuFlags = cpuFlags
         self.minMemoryBytes = minMemoryBytes
         self.accelerators = accelerators
+        self.capabilities = capabilities
     }
 
-    public var isEmpty: Bool { arch == nil && cpuFlags == nil && minMemoryBytes == nil && accelerators == nil }
+    public var isEmpty: Bool { arch == nil && cpuFlags == nil && minMemoryBytes == nil && accelerators == nil && capabilities == nil }
 
     /// The first requirement the facts do not meet, or nil.
     public func unmet(by facts: DeviceFacts) -> String? {
@@ -61,6 +66,10 @@ public struct Requirements: Codable, Equatable, Sendable {
         }
         if let accelerators, !accelerators.contains(where: { a in facts.accelerators.contains { $0.hasPrefix(a) } }) {
             return "needs accelerator \(accelerators.joined(separator: "|"))"
+        }
+        if let capabilities {
+            let missing = capabilities.filter { !(facts.capabilities ?? []).contains($0) }
+            if !missing.isEmpty { return "needs agent capability \(missing.joined(separator: ","))" }
         }
         return nil
     }
@@ -98,11 +107,16 @@ public struct ReleaseCatalog: Codable, Equatable, Sendable {
     public var expiresAt: Int64
     public var variants: [CatalogVariant]
     public var hardwareClasses: [HardwareClass]
+    /// nil: a model release (and absent from the JSON, so model catalogs read as before).
+    public var kind: ReleaseKind?
 
-    public init(model: String, version: String, serial: Int, expiresAt: Int64, variants: [CatalogVariant], hardwareClasses: [HardwareClass]) {
+    public init(model: String, version: String, serial: Int, expiresAt: Int64, variants: [CatalogVariant], hardwareClasses: [HardwareClass],
+                kind: ReleaseKind? = nil) {
         self.model = model; self.version = version; self.serial = serial; self.expiresAt = expiresAt
-        self.variants = variants; self.hardwareClasses = hardwareClasses
+        self.variants = variants; self.hardwareClasses = hardwareClasses; self.kind = kind
     }
+
+    public var releaseKind: ReleaseKind { kind ?? .model }
 }
 
 /// How the artifact travels: whole, or as a delta against the exact model the device runs.
@@ -138,6 +152,8 @@ public struct Assignment: Codable, Equatable, Sendable {
     /// only inside one of these (Unix seconds, computed by the controller in the device's zone);
     /// nil: any time.
     public var activation: [ActivationWindow]?
+    /// The catalog's kind, signed again by the director: nil for a model.
+    public var kind: ReleaseKind?
 
     public init(deviceId: String, hardwareClass: String, model: String, release: String, variant: String,
                 sha256: String, size: Int64, package: PackageRef, counter: UInt64, expiresAt: Int64, catalogSha256: String) {

@@ -13,6 +13,10 @@ public enum ReleaseAcceptance {
             case unknownVariant = "unknown-variant"
             /// The serial is not above the model's last.
             case staleSerial = "stale-serial"
+            /// An agent release under another name than `ReleaseKind.agentModel`, a model release
+            /// under that name, or an agent binary that does not say which architecture and
+            /// capability it needs.
+            case wrongKind = "wrong-kind"
         }
         public var code: Code
         public var message: String
@@ -51,6 +55,16 @@ public enum ReleaseAcceptance {
         guard Name.isValid(catalog.version) else { throw Rejection(.invalidVersion, "'\(catalog.version)' is not a valid version") }
         guard let state = try await model(catalog.model) else { throw Rejection(.unknownModel, "no model \(catalog.model)") }
         guard !catalog.variants.isEmpty else { throw Rejection(.emptyRelease, "the catalog lists no variants") }
+        guard catalog.releaseKind.allows(model: catalog.model) else {
+            throw Rejection(.wrongKind, "a \(catalog.releaseKind.rawValue) release cannot be published as \(catalog.model)")
+        }
+        if catalog.releaseKind == .agent {
+            // Only agents that say they can update themselves, and only on their architecture.
+            for v in catalog.variants where v.requires.arch?.isEmpty ?? true || !(v.requires.capabilities ?? []).contains(ReleaseKind.selfUpdateCapability)
+                || v.format != ReleaseKind.agentFormat {
+                throw Rejection(.wrongKind, "agent binary \(v.name) must be format \(ReleaseKind.agentFormat) and require an arch and capability \(ReleaseKind.selfUpdateCapability)")
+            }
+        }
         for v in catalog.variants {
             guard let r = state.registered[v.name], r.sha256 == v.sha256, r.size == v.size else {
                 throw Rejection(.unknownVariant, "variant \(v.name) is not registered with that hash and size")

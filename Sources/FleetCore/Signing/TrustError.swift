@@ -19,6 +19,7 @@ public struct TrustError: Error, Equatable, CustomStringConvertible {
         case lengthMismatch       // artifact length differs from the signed length
         case hashMismatch         // artifact sha256 differs from the signed hash
         case unsupported          // a version or key type this build does not know
+        case wrongKind            // an agent release for a model slot, or a model for the agent's
     }
 
     public let fault: Fault

@@ -86,6 +86,10 @@ public enum UpdateVerifier {
               assignment.release == "\(catalog.model)@\(catalog.version)" else {
             throw TrustError(.mixAndMatch, "assignment refers to another catalog")
         }
+        // An agent binary never goes into a model slot, nor a model into the agent's.
+        guard (assignment.kind ?? .model) == catalog.releaseKind, catalog.releaseKind.allows(model: catalog.model) else {
+            throw TrustError(.wrongKind, "catalog \(catalog.model) of kind \(catalog.releaseKind.rawValue), assignment of kind \((assignment.kind ?? .model).rawValue)")
+        }
         let digest = Digest.sha256Hex(asBody)
         if let bound {
             let entry = bound.models[assignment.model]
