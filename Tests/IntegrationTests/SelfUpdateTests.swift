@@ -1,6 +1,7 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,7 +10,7 @@ import Glibc
 /// rollout, and on the device a slot beside the running binary, a hand-over by exec, a commit after
 /// the new agent's first check-in, and the previous binary back when the new one does not make it.
 /// Real binaries; each `--once` run is what a service manager's (re)start would be.
-@Suite("Agent self-update", .serialized)
+@Suite("Agent self-update", .serialized, .ownThread)
 struct SelfUpdateTests {
     static let packaged = TestFleet.bin + "/fleet-agent"
 
