@@ -26,6 +26,10 @@ public struct Recipe: Equatable, Sendable {
         case int8Dynamic(OperatorSet)
         /// int4 block-wise MatMulNBits (com.microsoft) for MatMuls, GatherBlockQuantized for embedding tables.
         case int4MatMulNBits(blockSize: Int, accuracyLevel: Int)
+        /// Mixed by where each format pays: embedding tables (most of an encoder's bytes, and only the
+        /// gathered rows are ever dequantized) as int4 GatherBlockQuantized; MatMuls (all of its
+        /// arithmetic) as int8 DynamicQuantizeMatMul, which runs about twice as fast as MatMulNBits.
+        case int4Mixed(blockSize: Int)
         case binary
         case ternary
 
@@ -39,7 +43,7 @@ public struct Recipe: Equatable, Sendable {
         /// True for the forms whose arithmetic runs in the quantized format.
         public var computes: Bool {
             switch self {
-            case .int8Dynamic, .int4MatMulNBits: true
+            case .int8Dynamic, .int4MatMulNBits, .int4Mixed: true
             default: false
             }
         }
@@ -53,6 +57,7 @@ public struct Recipe: Equatable, Sendable {
             case .int4(let b): "int4 block \(b) (storage-only)"
             case .int8Dynamic(let ops): "int8 compute, dynamic activations (\(ops == .onnxruntime ? "DynamicQuantizeMatMul" : "MatMulInteger"))"
             case .int4MatMulNBits(let b, let acc): "int4 compute, MatMulNBits block \(b) accuracy_level \(acc)"
+            case .int4Mixed(let b): "int4 embedding tables block \(b), int8 compute MatMuls (DynamicQuantizeMatMul)"
             case .binary: "binary"
             case .ternary: "ternary"
             }
@@ -87,7 +92,8 @@ public struct Recipe: Equatable, Sendable {
                 throw CompressionError(.recipe, "recipe '\(name)': sparsity must be between 0 and 1, got \(sparsity)")
             case .int4(let b) where ![16, 32, 64, 128, 256].contains(b):
                 throw CompressionError(.recipe, "recipe '\(name)': int4 block size must be 16, 32, 64, 128 or 256, got \(b)")
-            case .int4MatMulNBits(let b, _) where ![16, 32, 64, 128, 256].contains(b):
+            case .int4MatMulNBits(let b, _) where ![16, 32, 64, 128, 256].contains(b),
+                 .int4Mixed(let b) where ![16, 32, 64, 128, 256].contains(b):
                 throw CompressionError(.recipe, "recipe '\(name)': int4 block size must be 16, 32, 64, 128 or 256, got \(b)")
             case .int4MatMulNBits(_, let acc) where ![0, 1, 2, 3, 4].contains(acc):
                 throw CompressionError(.recipe, "recipe '\(name)': accuracy_level must be 0 to 4, got \(acc)")
@@ -96,7 +102,7 @@ public struct Recipe: Equatable, Sendable {
             case .smooth(let a, _) where !(a > 0 && a < 1):
                 throw CompressionError(.recipe, "recipe '\(name)': smoothing alpha must be between 0 and 1, got \(a)")
             case .smooth where !steps.contains(where: \.computes):
-                throw CompressionError(.recipe, "recipe '\(name)': smooth only helps a compute form (int8 compute: dynamic, int4 compute: matmulnbits)")
+                throw CompressionError(.recipe, "recipe '\(name)': smooth only helps a compute form (int8 compute: dynamic, int4 compute: matmulnbits or mixed)")
             default: break
             }
         }
@@ -113,7 +119,7 @@ public struct Recipe: Equatable, Sendable {
         switch storage {
         case .fp16: "fp16"
         case .int8, .int8Dynamic: "int8"
-        case .int4, .int4MatMulNBits: "int4"
+        case .int4, .int4MatMulNBits, .int4Mixed: "int4"
         case .binary: "binary"
         case .ternary: "ternary"
         default: base
@@ -193,7 +199,7 @@ private struct RecipeFile: Decodable {
             var block_size: Int?
             var sparsity: Double?
             var scope: Recipe.PruneScope?
-            /// int8: storage (DequantizeLinear) or dynamic; int4: storage or matmulnbits.
+            /// int8: storage (DequantizeLinear) or dynamic; int4: storage, matmulnbits or mixed.
             var compute: String?
             var ops: Recipe.OperatorSet?
             var accuracy_level: Int?
@@ -240,7 +246,8 @@ private struct RecipeFile: Decodable {
                 switch options.compute ?? "storage" {
                 case "storage": return .int4(blockSize: options.block_size ?? 32)
                 case "matmulnbits": return .int4MatMulNBits(blockSize: options.block_size ?? 32, accuracyLevel: options.accuracy_level ?? 4)
-                default: throw CompressionError(.recipe, "recipe '\(recipe)': int4 compute must be storage or matmulnbits")
+                case "mixed": return .int4Mixed(blockSize: options.block_size ?? 64)
+                default: throw CompressionError(.recipe, "recipe '\(recipe)': int4 compute must be storage, matmulnbits or mixed")
                 }
             case "smooth": return .smooth(alpha: options.alpha ?? 0.5, minGain: options.min_gain ?? 1)
             case "binary": return .binary
