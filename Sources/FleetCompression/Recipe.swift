@@ -8,7 +8,9 @@ import Yams
 /// compute forms replace the operators that read the weights (MatMulInteger, MatMulNBits, …).
 public struct Recipe: Equatable, Sendable {
     public enum Granularity: String, Sendable, Codable { case perChannel = "per-channel", perTensor = "per-tensor" }
-    public enum PruneScope: String, Sendable, Codable { case perLayer = "per-layer", global }
+    /// `ffn-neurons`: structured, whole FFN neurons (rows of the up-projection, columns of the
+    /// down-projection, their bias entries) are removed and the matrices get smaller.
+    public enum PruneScope: String, Sendable, Codable { case perLayer = "per-layer", global, ffnNeurons = "ffn-neurons" }
     /// Which operators an int8 compute form uses: onnxruntime's fused contrib operator
     /// (com.microsoft DynamicQuantizeMatMul) or standard ONNX (DynamicQuantizeLinear + MatMulInteger).
     public enum OperatorSet: String, Sendable, Codable { case onnxruntime, standard }
@@ -101,6 +103,10 @@ public struct Recipe: Equatable, Sendable {
                 throw CompressionError(.recipe, "recipe '\(name)': smoothing min_gain must be at least 1, got \(g)")
             case .smooth(let a, _) where !(a > 0 && a < 1):
                 throw CompressionError(.recipe, "recipe '\(name)': smoothing alpha must be between 0 and 1, got \(a)")
+            case .prune(_, .ffnNeurons) where steps.contains(where: { if case .smooth = $0 { true } else { false } }):
+                throw CompressionError(.recipe, "recipe '\(name)': structured pruning (ffn-neurons) does not combine with smoothing")
+            case .prune(_, .ffnNeurons) where !(storage == nil || storage == .int8Dynamic(.onnxruntime) || storage == .int8Dynamic(.standard)):
+                throw CompressionError(.recipe, "recipe '\(name)': structured pruning (ffn-neurons) combines with int8 compute (dynamic) or with no storage step")
             case .smooth where !steps.contains(where: \.computes):
                 throw CompressionError(.recipe, "recipe '\(name)': smooth only helps a compute form (int8 compute: dynamic, int4 compute: matmulnbits or mixed)")
             default: break
@@ -128,9 +134,16 @@ public struct Recipe: Equatable, Sendable {
 
     /// `compute` when the variant's arithmetic runs in its number format, `storage-only` when it is
     /// smaller (or more compressible) but computes in fp32 like its base.
-    public var form: String { storage?.computes == true ? "compute" : "storage-only" }
+    /// Structured pruning counts as compute: the matrices shrink, and so does the work.
+    public var form: String { storage?.computes == true || structuredPruning != nil ? "compute" : "storage-only" }
 
     /// Whether the recipe reads calibration ranges of activations.
+    /// The fraction of FFN neurons a structured pruning step removes.
+    public var structuredPruning: Double? {
+        for s in steps { if case .prune(let f, .ffnNeurons) = s { return f } }
+        return nil
+    }
+
     public var needsCalibration: Bool { steps.contains { if case .smooth = $0 { true } else { false } } }
 
     public var technique: String {

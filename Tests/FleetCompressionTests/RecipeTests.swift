@@ -21,6 +21,9 @@ import Testing
         #expect(try book.recipe("int4-nbits-b32").form == "compute")
         #expect(try book.recipe("int4-mixed-b64").steps == [.smooth(alpha: 0.7, minGain: 5), .int4Mixed(blockSize: 64)])
         #expect(try book.recipe("int4-mixed-b64").dtype(base: "fp32") == "int4")
+        #expect(try book.recipe("fp32-pruned-ffn25").steps == [.prune(sparsity: 0.25, scope: .ffnNeurons)])
+        #expect(try book.recipe("fp32-pruned-ffn25").form == "compute")
+        #expect(try book.recipe("int8-dyn-pruned-ffn25").steps == [.prune(sparsity: 0.25, scope: .ffnNeurons), .int8Dynamic(.onnxruntime)])
         #expect(try book.recipe("int8").form == "storage-only")
         #expect(try book.recipe("int8-dyn-smooth").needsCalibration)
         // Names start with their number format.

@@ -86,6 +86,8 @@ CALIBRATION = [
 
 INT8_RECIPES = ["int8", "int8-dyn", "int8-dyn-std", "int8-dyn-smooth"]
 INT4_RECIPES = ["int4-b32", "int4-nbits-b32", "int4-nbits-b32-smooth", "int4-nbits-b64", "int4-nbits-b128", "int4-mixed-b64"]
+# Structured pruning (no retraining): measured for its speed; its agreement is reported, not a goal.
+PRUNED_RECIPES = ["fp32-pruned-ffn25", "int8-dyn-pruned-ffn25"]
 
 
 def timed(cmd, out_path, cwd=None):
@@ -155,14 +157,14 @@ def inference(a, model, golden, calib):
     recipes = os.path.join(REPO, "fleet/recipes.yaml")
     calibrator = f"'{py}' '{os.path.join(REPO, 'scripts/calibrate-variant.py')}'"
     models = [("fp32", "fp32", model, None)]
-    for r in INT8_RECIPES + INT4_RECIPES:
+    for r in INT8_RECIPES + INT4_RECIPES + PRUNED_RECIPES:
         out = os.path.join(a.workdir, f"ef-{r}.onnx")
         cmd = [a.fleetctl, "variant", "build", "--input", model, "--recipe", r, "--out", out, "--recipes-file", recipes,
                "--no-evaluate", "--zstd-level", "0", "--report", out + ".json", "--calibrate", calibrator, "--calibration-inputs", calib]
         wall, _, _ = timed(cmd, out, cwd=REPO)
         with open(out + ".json") as f:
             form = json.load(f).get("form", "")
-        models.append((f"fleetctl {r}", "int8" if r.startswith("int8") else "int4", out, {"recipe": r, "form": form, "build_seconds": wall}))
+        models.append((f"fleetctl {r}", r.split("-")[0], out, {"recipe": r, "form": form, "build_seconds": wall}))
     models.append(("onnxruntime quantize_dynamic per-channel", "ort-int8", os.path.join(a.workdir, "ort-int8-pc1.onnx"), None))
     nb = os.path.join(a.workdir, "ort-nbits-b32.onnx")
     timed([py, "-c", NBITS, model, nb, "32"], nb)
