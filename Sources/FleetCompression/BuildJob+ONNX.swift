@@ -48,6 +48,7 @@ extension BuildJob {
                           protectedBy: prot, site: site)
         }
         let smoothing = try planSmoothing(&decisions, graph: graph, fresh: fresh)
+        try planStructuredPruning(&decisions, graph: &graph)
 
         // Opset: per-channel DequantizeLinear needs 13, block-wise needs 21; DynamicQuantizeLinear 11.
         let opset = onnx.defaultOpset
@@ -97,7 +98,7 @@ extension BuildJob {
                 }
                 continue
             }
-            let specs = enc.parts(shape: s.shape)
+            let specs = enc.parts(shape: d.shape)
             var names: [String] = []
             for (pi, spec) in specs.enumerated() {
                 let suffix = spec.role == .scale ? "_scale" : spec.role == .zeroPoint ? "_zero_point"
@@ -112,7 +113,7 @@ extension BuildJob {
             }
             if let site = d.site {
                 // Compute forms: no node makes the fp32 weight again; its readers are rewritten below.
-                rewrite.weights[s.name] = ComputeRewrite.Weight(site: site, parts: names, shape: s.shape)
+                rewrite.weights[s.name] = ComputeRewrite.Weight(site: site, parts: names, shape: d.shape)
                 continue
             }
             var node = Onnx_NodeProto()
@@ -160,6 +161,7 @@ extension BuildJob {
         if !rewrite.isEmpty {
             var floatShapes: [String: [Int64]] = [:]
             for i in onnx.initializers where i.header.dataType == TensorDType.f32.onnxCode { floatShapes[i.name] = i.header.dims }
+            for d in decisions where d.keep != nil { floatShapes[d.name] = d.shape }     // structurally pruned biases
             let (ops, added) = rewrite.apply(&graph, floatShapes: floatShapes, opset: model.opsetImport.first { $0.domain.isEmpty || $0.domain == "ai.onnx" }?.version ?? opset,
                                              fresh: fresh)
             operators = ops

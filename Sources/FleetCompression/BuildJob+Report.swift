@@ -88,7 +88,9 @@ enum QualityNotes {
         var notes: [String] = []
         if recipe.experimental { notes.append("experimental recipe: expect a large loss of accuracy without retraining") }
         if overflow > 0 { notes.append("\(overflow) weights overflowed fp16 and became ±inf") }
-        if recipe.steps.contains(where: { if case .prune = $0 { true } else { false } }) {
+        if let f = recipe.structuredPruning {
+            notes.append(String(format: "structured pruning removed %.0f%% of the FFN neurons without retraining: expect a loss of agreement; this form is meant for a distillation or fine-tuning pipeline", f * 100))
+        } else if recipe.steps.contains(where: { if case .prune = $0 { true } else { false } }) {
             notes.append("pruned by magnitude without retraining: check the evaluation before shipping")
         }
         if let worst = changed.max(by: { ($0.relativeL2 ?? 0) < ($1.relativeL2 ?? 0) }), let e = worst.relativeL2, e > 0.1 {

@@ -7,8 +7,8 @@ extension BuildJob {
     /// NAME_zero_point (packed like the values); `__metadata__["edgefleet.encoding"]` says per tensor
     /// how to dequantize: w = (q − zero_point) · scale along the given axis, in blocks for int4.
     mutating func buildSafetensors(_ out: AtomicOutputFile) throws(CompressionError) {
-        if recipe.storage?.computes == true || recipe.needsCalibration {
-            throw CompressionError(.unsupportedFormat, "recipe '\(recipe.name)' rewrites the operators that read the weights: it needs an ONNX graph, not safetensors",
+        if recipe.storage?.computes == true || recipe.needsCalibration || recipe.structuredPruning != nil {
+            throw CompressionError(.unsupportedFormat, "recipe '\(recipe.name)' rewrites the graph (the operators that read the weights, or their shapes): it needs an ONNX graph, not safetensors",
                                    path: options.input)
         }
         let st = try SafetensorsModel(path: options.input)

@@ -53,6 +53,7 @@ extension BuildJob {
                   amax.count == Int(k) else { unusable += 1; continue }
             var weights: [[Float]] = []
             for di in members { weights.append(try decisions[di].source!.readFloats()) }
+            // Weight levels of the MatMuls' format: int4 MatMulNBits ±7.5, int8 (also in int4 `mixed`) ±127.
             let levels: Double = if case .int4MatMulNBits = recipe.storage { 7.5 } else { 127 }
             let estimate = SmoothingEstimate(absmax: amax, meanSquares: ranges.meanSquares[a], weights: weights, rows: Int(k), weightLevels: levels)
             let s = estimate.scales(alpha: alpha)

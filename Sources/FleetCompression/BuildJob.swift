@@ -24,7 +24,8 @@ struct BuildJob {
     }
 
     var pruneStep: (sparsity: Double, scope: Recipe.PruneScope)? {
-        for s in recipe.steps { if case .prune(let sp, let scope) = s { return (sp, scope) } }
+        // Magnitude pruning only; structured pruning (ffn-neurons) is planned from the graph.
+        for s in recipe.steps { if case .prune(let sp, let scope) = s, scope != .ffnNeurons { return (sp, scope) } }
         return nil
     }
 
@@ -107,15 +108,17 @@ struct BuildJob {
     mutating func transform(_ d: TensorDecision) throws(CompressionError) -> [[UInt8]] {
         guard let s = d.source, let enc = d.encoding else { return [] }
         let parts: [[UInt8]], meter: ErrorMeter
-        if case .int8(let perChannel) = enc.kind, !d.prune, d.rowScales == nil, s.dtype == .f32 {
+        let shape = d.shape
+        if case .int8(let perChannel) = enc.kind, !d.prune, d.rowScales == nil, d.keep == nil, s.dtype == .f32 {
             // The common case, straight from the input's bytes: no fp32 copy of the tensor.
             var m = ErrorMeter()
             parts = try s.withBytes { b in
-                TensorCodec.encodeInt8(b, original: b, shape: s.shape, perChannel: perChannel, axis: enc.channelAxis, meter: &m)
+                TensorCodec.encodeInt8(b, original: b, shape: shape, perChannel: perChannel, axis: enc.channelAxis, meter: &m)
             }
             meter = m
         } else {
             var original = try s.readFloats()
+            if let k = d.keep { original = StructuredPruning.select(original, shape: s.shape, keep: k) }
             if let rs = d.rowScales {
                 // Smoothing is exact algebra (the activation is divided by the same factors); the error
                 // measured is that of the stored, smoothed weight.
@@ -129,15 +132,16 @@ struct BuildJob {
                 let t = step.scope == .global ? (globalThreshold ?? 0) : MagnitudePruner.threshold(values, sparsity: step.sparsity)
                 MagnitudePruner.apply(&values, threshold: t)
             }
-            (parts, meter) = TensorCodec.encode(values, original: original, shape: s.shape, as: enc)
+            (parts, meter) = TensorCodec.encode(values, original: original, shape: shape, as: enc)
         }
-        let specs = enc.parts(shape: s.shape)
+        let specs = enc.parts(shape: shape)
         for (p, spec) in zip(parts, specs) where Int64(p.count) != spec.byteCount {
             throw CompressionError(.io, "internal: \(spec.role) has \(p.count) bytes, planned \(spec.byteCount)", tensor: s.name)
         }
         var encoding = enc.summary
         if d.prune, let step = pruneStep { encoding = "pruned \(step.scope.rawValue), " + encoding }
         if d.rowScales != nil { encoding = "smoothed, " + encoding }
+        if let k = d.keep { encoding = "structured: kept \(k.indices.count) of \(s.shape[k.axis]) FFN neurons (axis \(k.axis)), " + encoding }
         switch d.site {
         case .matMulInt8(let ops): encoding += ops == .onnxruntime ? " → DynamicQuantizeMatMul" : " → MatMulInteger"
         case .matMulNBits(_, let acc): encoding += " → MatMulNBits accuracy_level \(acc)"
@@ -145,7 +149,7 @@ struct BuildJob {
         case nil: break
         }
         qualities.append(VariantReport.TensorQuality(
-            name: s.name, dtype: s.dtype.rawValue, shape: s.shape, encoding: encoding, changed: true,
+            name: s.name, dtype: s.dtype.rawValue, shape: shape, encoding: encoding, changed: true,
             relativeL2: meter.relativeL2, snrDb: meter.snrDb, maxAbsError: meter.maxAbs, sparsity: meter.sparsity,
             overflow: enc.kind == .fp16 ? meter.overflow : nil, bytesIn: s.length, bytesOut: parts.reduce(0) { $0 + Int64($1.count) }))
         return parts

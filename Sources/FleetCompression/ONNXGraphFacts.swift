@@ -30,7 +30,7 @@ struct ONNXGraphFacts {
     /// For a compute form: the operator that can read this weight in its quantized form, if every
     /// reader of it is one. MatMul B [K, N] (int8: any K; MatMulNBits: K a multiple of the block) or
     /// a Gather table [rows, D] read along axis 0 with D a multiple of the block (int4; int8 with the
-    /// onnxruntime operators).
+    /// onnxruntime operators). int4 `mixed`: int4 tables, int8 MatMuls.
     func computeSite(_ name: String, shape: [Int64], storage: Recipe.Step?) -> ComputeSite? {
         guard let u = uses[name], !u.isEmpty, shape.count == 2, !graphInputs.contains(name), !graphOutputs.contains(name) else { return nil }
         let allMatMulB = u.allSatisfy { $0.opType == "MatMul" && $0.isDefaultDomain && $0.input == 1 }
@@ -44,8 +44,11 @@ struct ONNXGraphFacts {
             return .gatherBlockQuantized(blockSize: b, bits: 8)
         case .int4MatMulNBits(let b, let acc) where allMatMulB && shape[0] % Int64(b) == 0:
             return .matMulNBits(blockSize: b, accuracyLevel: acc)
-        case .int4MatMulNBits(let b, _) where allGatherTable && shape[1] % Int64(b) == 0:
+        case .int4MatMulNBits(let b, _) where allGatherTable && shape[1] % Int64(b) == 0,
+             .int4Mixed(let b) where allGatherTable && shape[1] % Int64(b) == 0:
             return .gatherBlockQuantized(blockSize: b, bits: 4)
+        case .int4Mixed where allMatMulB:
+            return .matMulInt8(.onnxruntime)
         default:
             return nil
         }

@@ -8,7 +8,9 @@ import Yams
 /// compute forms replace the operators that read the weights (MatMulInteger, MatMulNBits, …).
 public struct Recipe: Equatable, Sendable {
     public enum Granularity: String, Sendable, Codable { case perChannel = "per-channel", perTensor = "per-tensor" }
-    public enum PruneScope: String, Sendable, Codable { case perLayer = "per-layer", global }
+    /// `ffn-neurons`: structured, whole FFN neurons (rows of the up-projection, columns of the
+    /// down-projection, their bias entries) are removed and the matrices get smaller.
+    public enum PruneScope: String, Sendable, Codable { case perLayer = "per-layer", global, ffnNeurons = "ffn-neurons" }
     /// Which operators an int8 compute form uses: onnxruntime's fused contrib operator
     /// (com.microsoft DynamicQuantizeMatMul) or standard ONNX (DynamicQuantizeLinear + MatMulInteger).
     public enum OperatorSet: String, Sendable, Codable { case onnxruntime, standard }
@@ -26,6 +28,10 @@ public struct Recipe: Equatable, Sendable {
         case int8Dynamic(OperatorSet)
         /// int4 block-wise MatMulNBits (com.microsoft) for MatMuls, GatherBlockQuantized for embedding tables.
         case int4MatMulNBits(blockSize: Int, accuracyLevel: Int)
+        /// Mixed by where each format pays: embedding tables (most of an encoder's bytes, and only the
+        /// gathered rows are ever dequantized) as int4 GatherBlockQuantized; MatMuls (all of its
+        /// arithmetic) as int8 DynamicQuantizeMatMul, which runs about twice as fast as MatMulNBits.
+        case int4Mixed(blockSize: Int)
         case binary
         case ternary
 
@@ -39,7 +45,7 @@ public struct Recipe: Equatable, Sendable {
         /// True for the forms whose arithmetic runs in the quantized format.
         public var computes: Bool {
             switch self {
-            case .int8Dynamic, .int4MatMulNBits: true
+            case .int8Dynamic, .int4MatMulNBits, .int4Mixed: true
             default: false
             }
         }
@@ -53,6 +59,7 @@ public struct Recipe: Equatable, Sendable {
             case .int4(let b): "int4 block \(b) (storage-only)"
             case .int8Dynamic(let ops): "int8 compute, dynamic activations (\(ops == .onnxruntime ? "DynamicQuantizeMatMul" : "MatMulInteger"))"
             case .int4MatMulNBits(let b, let acc): "int4 compute, MatMulNBits block \(b) accuracy_level \(acc)"
+            case .int4Mixed(let b): "int4 embedding tables block \(b), int8 compute MatMuls (DynamicQuantizeMatMul)"
             case .binary: "binary"
             case .ternary: "ternary"
             }
@@ -87,7 +94,8 @@ public struct Recipe: Equatable, Sendable {
                 throw CompressionError(.recipe, "recipe '\(name)': sparsity must be between 0 and 1, got \(sparsity)")
             case .int4(let b) where ![16, 32, 64, 128, 256].contains(b):
                 throw CompressionError(.recipe, "recipe '\(name)': int4 block size must be 16, 32, 64, 128 or 256, got \(b)")
-            case .int4MatMulNBits(let b, _) where ![16, 32, 64, 128, 256].contains(b):
+            case .int4MatMulNBits(let b, _) where ![16, 32, 64, 128, 256].contains(b),
+                 .int4Mixed(let b) where ![16, 32, 64, 128, 256].contains(b):
                 throw CompressionError(.recipe, "recipe '\(name)': int4 block size must be 16, 32, 64, 128 or 256, got \(b)")
             case .int4MatMulNBits(_, let acc) where ![0, 1, 2, 3, 4].contains(acc):
                 throw CompressionError(.recipe, "recipe '\(name)': accuracy_level must be 0 to 4, got \(acc)")
@@ -95,8 +103,12 @@ public struct Recipe: Equatable, Sendable {
                 throw CompressionError(.recipe, "recipe '\(name)': smoothing min_gain must be at least 1, got \(g)")
             case .smooth(let a, _) where !(a > 0 && a < 1):
                 throw CompressionError(.recipe, "recipe '\(name)': smoothing alpha must be between 0 and 1, got \(a)")
+            case .prune(_, .ffnNeurons) where steps.contains(where: { if case .smooth = $0 { true } else { false } }):
+                throw CompressionError(.recipe, "recipe '\(name)': structured pruning (ffn-neurons) does not combine with smoothing")
+            case .prune(_, .ffnNeurons) where !(storage == nil || storage == .int8Dynamic(.onnxruntime) || storage == .int8Dynamic(.standard)):
+                throw CompressionError(.recipe, "recipe '\(name)': structured pruning (ffn-neurons) combines with int8 compute (dynamic) or with no storage step")
             case .smooth where !steps.contains(where: \.computes):
-                throw CompressionError(.recipe, "recipe '\(name)': smooth only helps a compute form (int8 compute: dynamic, int4 compute: matmulnbits)")
+                throw CompressionError(.recipe, "recipe '\(name)': smooth only helps a compute form (int8 compute: dynamic, int4 compute: matmulnbits or mixed)")
             default: break
             }
         }
@@ -113,7 +125,7 @@ public struct Recipe: Equatable, Sendable {
         switch storage {
         case .fp16: "fp16"
         case .int8, .int8Dynamic: "int8"
-        case .int4, .int4MatMulNBits: "int4"
+        case .int4, .int4MatMulNBits, .int4Mixed: "int4"
         case .binary: "binary"
         case .ternary: "ternary"
         default: base
@@ -122,9 +134,16 @@ public struct Recipe: Equatable, Sendable {
 
     /// `compute` when the variant's arithmetic runs in its number format, `storage-only` when it is
     /// smaller (or more compressible) but computes in fp32 like its base.
-    public var form: String { storage?.computes == true ? "compute" : "storage-only" }
+    /// Structured pruning counts as compute: the matrices shrink, and so does the work.
+    public var form: String { storage?.computes == true || structuredPruning != nil ? "compute" : "storage-only" }
 
     /// Whether the recipe reads calibration ranges of activations.
+    /// The fraction of FFN neurons a structured pruning step removes.
+    public var structuredPruning: Double? {
+        for s in steps { if case .prune(let f, .ffnNeurons) = s { return f } }
+        return nil
+    }
+
     public var needsCalibration: Bool { steps.contains { if case .smooth = $0 { true } else { false } } }
 
     public var technique: String {
@@ -193,7 +212,7 @@ private struct RecipeFile: Decodable {
             var block_size: Int?
             var sparsity: Double?
             var scope: Recipe.PruneScope?
-            /// int8: storage (DequantizeLinear) or dynamic; int4: storage or matmulnbits.
+            /// int8: storage (DequantizeLinear) or dynamic; int4: storage, matmulnbits or mixed.
             var compute: String?
             var ops: Recipe.OperatorSet?
             var accuracy_level: Int?
@@ -240,7 +259,8 @@ private struct RecipeFile: Decodable {
                 switch options.compute ?? "storage" {
                 case "storage": return .int4(blockSize: options.block_size ?? 32)
                 case "matmulnbits": return .int4MatMulNBits(blockSize: options.block_size ?? 32, accuracyLevel: options.accuracy_level ?? 4)
-                default: throw CompressionError(.recipe, "recipe '\(recipe)': int4 compute must be storage or matmulnbits")
+                case "mixed": return .int4Mixed(blockSize: options.block_size ?? 64)
+                default: throw CompressionError(.recipe, "recipe '\(recipe)': int4 compute must be storage, matmulnbits or mixed")
                 }
             case "smooth": return .smooth(alpha: options.alpha ?? 0.5, minGain: options.min_gain ?? 1)
             case "binary": return .binary

@@ -108,6 +108,17 @@ struct TensorDecision {
     var site: ComputeSite?
     /// Activation smoothing: row k of a MatMul weight [K, N] is multiplied by rowScales[k] before encoding.
     var rowScales: [Float]?
+    /// Structured pruning: the slices of `axis` that stay (the others are removed, the tensor shrinks).
+    var keep: Selection?
+
+    struct Selection: Equatable { var axis: Int; var indices: [Int] }
+
+    /// The shape written: the source's, less the removed slices.
+    var shape: [Int64] {
+        guard var s = source?.shape else { return [] }
+        if let k = keep, k.axis < s.count { s[k.axis] = Int64(k.indices.count) }
+        return s
+    }
 }
 
 /// Where a compute form replaces the operator that reads a weight.

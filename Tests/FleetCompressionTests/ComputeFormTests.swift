@@ -53,6 +53,28 @@ import FleetCore
         #expect(dir.entries == ["mlp.onnx", "out.onnx"])
     }
 
+    /// int4 `mixed`: the embedding table (the bytes) in 4-bit GatherBlockQuantized, the MatMuls (the
+    /// arithmetic) in int8 DynamicQuantizeMatMul; the variant counts as int4.
+    @Test func int4MixedPutsTablesInInt4AndMatMulsInInt8() throws {
+        let dir = try TempDir()
+        let input = try ONNXFixture.write(ONNXFixture.mlp(), to: dir, "mlp.onnx")
+        let report = try build(dir, input, recipe("int4-mixed", [.int4Mixed(blockSize: 32)]))
+        let m = try load(dir.file("out.onnx"))
+        let inits = Dictionary(uniqueKeysWithValues: m.graph.initializer.map { ($0.name, $0) })
+        let g = try #require(m.graph.node.first { $0.opType == "GatherBlockQuantized" })
+        #expect(attr(g, "bits") == 4 && attr(g, "block_size") == 32)
+        #expect(inits["embedding_quantized"]?.dataType == 21)      // UINT4
+        #expect(m.graph.node.filter { $0.opType == "DynamicQuantizeMatMul" }.count == 2)
+        #expect(inits["W1_quantized"]?.dataType == 3 && inits["W1_quantized"]?.dims == [64, 128])
+        #expect(!m.graph.node.contains { $0.opType == "MatMul" || $0.opType == "MatMulNBits" })
+        #expect(inits["Whead"]?.dataType == 1)
+        #expect(m.irVersion >= 10)
+        #expect(report.form == "compute")
+        #expect(report.dtype == "int4")
+        #expect(report.operators == ["com.microsoft.DynamicQuantizeMatMul", "com.microsoft.GatherBlockQuantized"])
+        #expect(dir.entries == ["mlp.onnx", "out.onnx"])
+    }
+
     @Test func int8StandardUsesOnlyStandardOperatorsAndSharesTheActivationQuantization() throws {
         let dir = try TempDir()
         var model = ONNXFixture.mlp()
@@ -195,7 +217,7 @@ import FleetCore
     @Test func computeFormsRefuseSafetensors() throws {
         let dir = try TempDir()
         let input = try dir.write("m.safetensors", SafetensorsFixture.small())
-        for step in [Recipe.Step.int8Dynamic(.onnxruntime), .int4MatMulNBits(blockSize: 32, accuracyLevel: 4)] {
+        for step in [Recipe.Step.int8Dynamic(.onnxruntime), .int4MatMulNBits(blockSize: 32, accuracyLevel: 4), .int4Mixed(blockSize: 64)] {
             #expect(compressionErrorCode { _ = try build(dir, input, recipe("c", [step]), out: "out.safetensors") } == .unsupportedFormat)
             #expect(dir.entries == ["m.safetensors"])
         }
@@ -222,6 +244,7 @@ import FleetCore
             ("int8-smooth", [.smooth(alpha: 0.7, minGain: 1), .int8Dynamic(.onnxruntime)], 0.995, false),
             ("int4-nbits", [.int4MatMulNBits(blockSize: 32, accuracyLevel: 4)], 0.95, true),
             ("int4-nbits-acc0", [.int4MatMulNBits(blockSize: 64, accuracyLevel: 0)], 0.95, false),
+            ("int4-mixed", [.smooth(alpha: 0.7, minGain: 1), .int4Mixed(blockSize: 32)], 0.95, false),
         ]
         let joined = try ONNXFixture.write(Self.siblings(), to: dir, "qkv.onnx")
         for (name, steps, floor, full) in cases {

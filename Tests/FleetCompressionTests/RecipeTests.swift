@@ -19,6 +19,11 @@ import Testing
         #expect(try book.recipe("int8-dyn-smooth").steps == [.smooth(alpha: 0.7, minGain: 5), .int8Dynamic(.onnxruntime)])
         #expect(try book.recipe("int4-nbits-b32").steps == [.int4MatMulNBits(blockSize: 32, accuracyLevel: 4)])
         #expect(try book.recipe("int4-nbits-b32").form == "compute")
+        #expect(try book.recipe("int4-mixed-b64").steps == [.smooth(alpha: 0.7, minGain: 5), .int4Mixed(blockSize: 64)])
+        #expect(try book.recipe("int4-mixed-b64").dtype(base: "fp32") == "int4")
+        #expect(try book.recipe("fp32-pruned-ffn25").steps == [.prune(sparsity: 0.25, scope: .ffnNeurons)])
+        #expect(try book.recipe("fp32-pruned-ffn25").form == "compute")
+        #expect(try book.recipe("int8-dyn-pruned-ffn25").steps == [.prune(sparsity: 0.25, scope: .ffnNeurons), .int8Dynamic(.onnxruntime)])
         #expect(try book.recipe("int8").form == "storage-only")
         #expect(try book.recipe("int8-dyn-smooth").needsCalibration)
         // Names start with their number format.
@@ -35,9 +40,13 @@ import Testing
                 steps: [{int4: {compute: matmulnbits, block_size: 128, accuracy_level: 0}}]
               - name: b
                 steps: [{smooth: {alpha: 0.5}}, {int8: {compute: dynamic, ops: standard}}]
+              - name: c
+                steps: [{int4: {compute: mixed, block_size: 128}}]
             """)
         #expect(try book.recipe("a").steps == [.int4MatMulNBits(blockSize: 128, accuracyLevel: 0)])
         #expect(try book.recipe("b").steps == [.smooth(alpha: 0.5, minGain: 1), .int8Dynamic(.standard)])
+        #expect(try book.recipe("c").steps == [.int4Mixed(blockSize: 128)])
+        #expect(try book.recipe("c").form == "compute")
     }
 
     @Test func quantizingBeforePruningIsRefused() {
@@ -63,6 +72,7 @@ import Testing
             "recipes: [{name: a, steps: [{int8: {compute: dynamic, granularity: per-tensor}}]}]",
             "recipes: [{name: a, steps: [{int4: {compute: matmulnbits, accuracy_level: 7}}]}]",
             "recipes: [{name: a, steps: [{int4: {compute: matmulnbits, block_size: 48}}]}]",
+            "recipes: [{name: a, steps: [{int4: {compute: mixed, block_size: 24}}]}]",
             "recipes: [{name: a, steps: [{smooth: {alpha: 0.5}}, int8]}]",
             "recipes: [{name: a, steps: [{smooth: {alpha: 1.5}}, {int8: {compute: dynamic}}]}]",
             "recipes: [{name: a, steps: [{smooth: {alpha: 0.5, min_gain: 0.5}}, {int8: {compute: dynamic}}]}]",
