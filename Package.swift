@@ -102,7 +102,7 @@ let package = Package(
         .testTarget(name: "FleetCoreTests", dependencies: ["FleetCore"]),
         .testTarget(name: "FleetIOTests", dependencies: ["FleetIO"]),
         .testTarget(name: "FleetDeltaTests", dependencies: ["FleetDelta", "FleetCore", "FleetIO"]),
-        .testTarget(name: "FleetCompressionTests", dependencies: ["FleetCompression", "FleetCore", "FleetIO"]),
+        .testTarget(name: "FleetCompressionTests", dependencies: ["FleetCompression", "FleetCore", "FleetIO", "TestSupport"]),
         .testTarget(name: "FleetAgentTests", dependencies: ["FleetAgent", "FleetCore", "FleetClient", "FleetIO", "ServiceNotify", "TestSupport"]),
         .testTarget(name: "FleetControllerTests", dependencies: [
             "FleetController", "FleetCore", "FleetAgent", "FleetClient", "TestSupport",

