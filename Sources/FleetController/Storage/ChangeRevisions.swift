@@ -1,3 +1,4 @@
+import FleetCore
 import Foundation
 
 /// Change revisions: every row the gate tick reads (a device's cell and labels, a device's latest
