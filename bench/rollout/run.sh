@@ -56,7 +56,10 @@ r = json.load(open(sys.argv[1]))
 tick = statistics.median(r["tickSeconds"]); ev = statistics.median(r["evaluateSeconds"])
 print(f"    devices {r['devices']:,}, cells {r['cells']}, telemetry events {r['events']:,}, cohort {r['cohortDevices']:,}")
 print(f"    whole tick (SQLite reads, cohorts, gates, cell writes): median {tick*1000:.0f} ms "
-      f"= {r['devices']/tick:,.0f} devices/s")
+      f"= {r['devices']/tick:,.0f} devices/s (steady; the first, reading the store whole: {r['firstTickSeconds']*1000:.0f} ms)")
+for name in ["deviceCells", "members", "outcomes", "runtimeMetrics", "otherReads", "evaluation", "cellWrites"]:
+    print(f"      {name:<16} first {r['tickStages'][0][name]*1000:7.0f} ms, steady median "
+          f"{statistics.median(s[name] for s in r['tickStages'][1:])*1000:7.0f} ms")
 print(f"    evaluation alone (cohorts, observations, gates):        median {ev*1000:.0f} ms")
 PY
 rm -rf "$T/gates"

@@ -1,6 +1,7 @@
 import FleetCore
 import Foundation
 import Logging
+import Synchronization
 
 /// How long the rollout driver takes to evaluate a staged rollout's gates over a large fleet:
 /// a SQLite store filled with devices, their install outcomes and their runtime metrics, then
@@ -13,8 +14,13 @@ public enum RolloutBenchmark {
         public var events: Int
         public var cohortDevices: Int
         public var populateSeconds: Double
-        /// Whole ticks: reading devices and telemetry from SQLite, evaluating, saving every cell.
+        /// Whole ticks after the first: reading devices and telemetry from the store, evaluating,
+        /// saving every cell.
         public var tickSeconds: [Double]
+        /// The first tick, which reads the devices and telemetry whole (a replica's start).
+        public var firstTickSeconds: Double
+        /// Where each tick's time went, first tick first.
+        public var tickStages: [GateTickStages]
         /// The evaluation alone, on data already in memory: cohorts, observations, gates.
         public var evaluateSeconds: [Double]
         public var pausedCells: Int
@@ -98,6 +104,8 @@ public enum RolloutBenchmark {
                                    rows: stride(from: 0, to: n, by: 3).map { ["dev-\($0)", "{\"owner\":\"team-\($0 % 7)\"}"] })
         try await store.insertRows(table: "events", columns: ["device_id", "seq", "time", "kind", "model", "sha256", "release", "detail", "received_at"],
                                    rows: eventRows)
+        // Bulk-loaded events bypass ingest: the latest-outcome and latest-metrics tables are filled as a migration fills them.
+        try await store.backfillLatestTelemetry()
         for c in classes {
             for t in tiers {
                 try await store.saveCell(rollout: rollout.id, CellKey(hardwareClass: c, tier: t),
@@ -109,9 +117,9 @@ public enum RolloutBenchmark {
         var logger = Logger(label: "bench")
         logger.logLevel = .error
         let driver = RolloutDriver(store: store, logger: logger, clock: { now }, tickSeconds: nil, metrics: ControllerMetrics())
-        var ticks: [Double] = [], evaluations: [Double] = []
+        var ticks: [Double] = [], evaluations: [Double] = [], stages: [GateTickStages] = []
         let record = try await store.rollout(rollout.id)!
-        for _ in 0..<runs {
+        for _ in 0...runs {
             // Each run starts from the same cell states, so every tick does the same work.
             for c in classes {
                 for t in tiers {
@@ -122,14 +130,17 @@ public enum RolloutBenchmark {
             let a = ContinuousClock.now
             try await driver.tick(now: now + 60)
             ticks.append(seconds(ContinuousClock.now - a))
+            stages.append(driver.lastStages.withLock { $0 })
 
-            let byCell = try await driver.membersByCell(record)
+            let byCell = driver.cellMembers(of: record, devices: try await store.deviceCellSnapshot(), inForce: try await store.activeRollouts())
             let outcomes = try await store.installOutcomes(release: record.releaseId)
-            let runtime = Dictionary(try await store.runtimeMetrics(model: "m", since: 0).map { ($0.deviceId, $0) }, uniquingKeysWith: { x, _ in x })
+            let runtime = try await store.latestRuntimeMetrics(model: "m", since: 0)
             let b = ContinuousClock.now
             var judged = 0
-            for (_, members) in byCell {
-                let inCohort = members.filter { Cohort.position(rollout: "\(record.id)", device: $0) < 0.5 }
+            for (_, cell) in byCell {
+                let members = cell.ids
+                var inCohort: [String] = []
+                for (i, p) in cell.positions.enumerated() where p < 0.5 { inCohort.append(members[i]) }
                 let o = driver.observe(cohort: inCohort, cell: members, rollout: record, policy: policy, outcomes: outcomes,
                                        runtime: runtime, phaseStartedAt: now, now: now + 60)
                 judged += GateEvaluator.evaluate(o, gates: policy.gates).count
@@ -154,7 +165,7 @@ public enum RolloutBenchmark {
             matches.append(seconds(ContinuousClock.now - b))
         }
         return Report(devices: n, cells: classes.count * tiers.count, events: events, cohortDevices: cohort, populateSeconds: seconds(populate),
-                      tickSeconds: ticks, evaluateSeconds: evaluations, pausedCells: paused, selector: selectorText,
+                      tickSeconds: Array(ticks.dropFirst()), firstTickSeconds: ticks[0], tickStages: stages, evaluateSeconds: evaluations, pausedCells: paused, selector: selectorText,
                       selectorReadSeconds: reads, selectorMatchSeconds: matches, selectorMatched: matched)
     }
 

@@ -2,6 +2,7 @@ import FleetCore
 import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// Drives staged rollouts: per cell (hardware class × bandwidth tier) it observes the current
 /// phase's cohort, evaluates the gates against the control cohort and steps the cell's state
@@ -44,11 +45,51 @@ final class RolloutDriver: Service, Sendable {
     /// The devices a rollout takes, by cell (wave, class, tier), from the store's light listing (no
     /// facts decoded): those its selector and waves pick and no newer rollout of the model takes.
     func members(of rollout: RolloutRecord) async throws -> [CellKey: [DeviceCellRecord]] {
-        Targeting.members(of: rollout, devices: try await store.deviceCells(), inForce: try await store.activeRollouts())
+        try await cellMembers(of: rollout, devices: try await store.deviceCellSnapshot(), inForce: try await store.activeRollouts())
+            .mapValues(\.devices)
     }
 
     func membersByCell(_ rollout: RolloutRecord) async throws -> [CellKey: [String]] {
-        try await members(of: rollout).mapValues { $0.map(\.id) }
+        try await cellMembers(of: rollout, devices: try await store.deviceCellSnapshot(), inForce: try await store.activeRollouts())
+            .mapValues(\.ids)
+    }
+
+    /// A cell's members with each one's cohort position (hashed once, not at every tick).
+    struct CellMembers: Sendable {
+        var devices: [DeviceCellRecord]
+        var ids: [String]
+        /// `positions[i]` is `ids[i]`'s.
+        var positions: [Double]
+        var sortedPositions: [Double]
+    }
+
+    private struct KeptMembers: Sendable {
+        var devicesVersion: UInt64
+        var rollout: RolloutRecord
+        var inForce: [RolloutRecord]
+        var cells: [CellKey: CellMembers]
+    }
+    /// Per rollout: its members as last worked out, kept while the devices' cells and labels and
+    /// the rollouts in force stay the same (the selector matching and hashing over the whole fleet
+    /// is most of a tick's work otherwise).
+    private let keptMembers = Mutex<[Int64: KeptMembers]>([:])
+
+    func cellMembers(of rollout: RolloutRecord, devices: DeviceCellSnapshot, inForce: [RolloutRecord]) -> [CellKey: CellMembers] {
+        if let kept = keptMembers.withLock({ $0[rollout.id] }), kept.devicesVersion == devices.version, kept.rollout == rollout,
+           kept.inForce == inForce {
+            return kept.cells
+        }
+        let salt = "\(rollout.id)"
+        let cells = Targeting.members(of: rollout, devices: devices.records, inForce: inForce).mapValues { ds in
+            let positions = ds.map { Cohort.position(rollout: salt, device: $0.id) }
+            return CellMembers(devices: ds, ids: ds.map(\.id), positions: positions, sortedPositions: positions.sorted())
+        }
+        keptMembers.withLock { kept in
+            let live = Set(inForce.map(\.id)).union([rollout.id])
+            kept = kept.filter { live.contains($0.key) }
+            kept[rollout.id] = KeptMembers(devicesVersion: devices.version, rollout: rollout, inForce: inForce, cells: cells)
+        }
+        return cells
     }
 
     /// The cohort cut-off for a phase: the phase's share, raised so that at least `minDevices`
@@ -119,12 +160,18 @@ final class RolloutDriver: Service, Sendable {
         guard leader?.isLeader ?? true else { return }
         try await cellWrites.withLock {
             let inForce = try await store.activeRollouts()
-            let devices = try await store.deviceCells()
+            let start = ContinuousClock.now
+            let devices = try await store.deviceCellSnapshot()
+            var stages = GateTickStages(deviceCells: Self.seconds(since: start))
             for rollout in inForce where rollout.state == .active {
                 guard let policy = rollout.policy else { continue }
-                let members = Targeting.members(of: rollout, devices: devices, inForce: inForce)
-                try await tick(rollout, policy: policy, members: members, now: now)
+                let t = ContinuousClock.now
+                let members = cellMembers(of: rollout, devices: devices, inForce: inForce)
+                stages.members += Self.seconds(since: t)
+                try await tick(rollout, policy: policy, members: members, now: now, stages: &stages)
             }
+            stages.total = Self.seconds(since: start)
+            lastStages.withLock { $0 = stages }
         }
         metrics.rolloutTicks.increment()
         metrics.recordRollouts(try await store.rollouts())
@@ -138,26 +185,34 @@ final class RolloutDriver: Service, Sendable {
                                 treatmentP95: o.treatment?.latencyP95Ms, controlP95: o.control?.latencyP95Ms)
     }
 
-    private func tick(_ rollout: RolloutRecord, policy rolloutPolicy: RolloutPolicy, members membership: [CellKey: [DeviceCellRecord]],
-                      now: Int64) async throws {
+    private func tick(_ rollout: RolloutRecord, policy rolloutPolicy: RolloutPolicy, members membership: [CellKey: CellMembers],
+                      now: Int64, stages: inout GateTickStages) async throws {
         // Cells of waves that have not started are not opened; they wait for the waves before.
-        let byCell = membership.filter { rolloutPolicy.waveIndex(named: $0.key.wave) <= rollout.wave }.mapValues { $0.map(\.id) }
+        let byCell = membership.filter { rolloutPolicy.waveIndex(named: $0.key.wave) <= rollout.wave }
         var cells = try await tickStore.cells(rollout: rollout.id)
+        var t = ContinuousClock.now
         let outcomes = try await tickStore.installOutcomes(release: rollout.releaseId)
-        let runtime = Dictionary(try await tickStore.runtimeMetrics(model: rollout.model, since: now - metricsWindowSeconds).map { ($0.deviceId, $0) },
-                                 uniquingKeysWith: { a, _ in a })
+        stages.outcomes += Self.seconds(since: t); t = .now
+        let runtime = try await tickStore.latestRuntimeMetrics(model: rollout.model, since: now - metricsWindowSeconds)
+        stages.runtimeMetrics += Self.seconds(since: t); t = .now
         let reached = try await tickStore.rolloutDevices(rollout: rollout.id)
         let baselines = try await baselines(rollout, reached: reached, now: now)
         let failedDevices = Set(try await tickStore.failures(release: rollout.releaseId).map(\.deviceId))
+        stages.otherReads += Self.seconds(since: t)
         var skipped = false
         var stoppedWaves: [String: CellKey] = [:]
-        for (key, members) in byCell.sorted(by: { $0.key < $1.key }) {
+        for (key, cellMembers) in byCell.sorted(by: { $0.key < $1.key }) {
+            let members = cellMembers.ids
             let policy = rolloutPolicy.forCell(key)
+            let cellStart = ContinuousClock.now
+            var evaluated = cellStart
             defer {
                 if let c = cells[key] {
                     metrics.recordCellHolds(rollout: rollout.id, release: rollout.releaseId, cell: key, state: c.state,
-                                            failedHeld: members.filter(failedDevices.contains).count)
+                                            failedHeld: failedDevices.isEmpty ? 0 : members.filter(failedDevices.contains).count)
                 }
+                stages.evaluation += Self.seconds(evaluated - cellStart)
+                stages.cellWrites += Self.seconds(since: evaluated)
             }
             if let c = cells[key], c.state.status != .running, c.state.status != .baking {
                 // A stopped or completed cell keeps the record it had when it stopped: the
@@ -165,18 +220,19 @@ final class RolloutDriver: Service, Sendable {
                 metrics.recordCell(rollout: rollout.id, release: rollout.releaseId, cell: key, state: c.state, observation: c.observation ?? CellObservation(targeted: 0))
                 continue
             }
-            // Each device's cohort position, hashed once per tick.
-            let ranked = members.map { ($0, Cohort.position(rollout: "\(rollout.id)", device: $0)) }
-            let positions = ranked.map(\.1).sorted()
+            let positions = cellMembers.sortedPositions
             let holdBack = policy.holdBackShare
             var stored = cells[key] ?? StoredCell(state: CellState(phaseStartedAt: now),
                                                    cutoff: Self.cutoff(phase: policy.phases[0], sortedPositions: positions, holdBack: holdBack))
             // Devices that joined the cell since the cut-off was set may raise the minimum count.
             stored.cutoff = max(stored.cutoff, Self.cutoff(phase: policy.phases[stored.state.phase], sortedPositions: positions, holdBack: holdBack))
-            let cohort = ranked.filter { $0.1 < stored.cutoff }.map(\.0)
-            let deadlines = timeoutDeadlines(cohort: Set(cohort), members: membership[key] ?? [], rollout: rollout,
-                                             wave: rolloutPolicy.waveIndex(named: key.wave), policy: policy,
-                                             phaseStartedAt: stored.state.phaseStartedAt)
+            var cohort: [String] = []
+            for (i, p) in cellMembers.positions.enumerated() where p < stored.cutoff { cohort.append(members[i]) }
+            let wave = rolloutPolicy.waveIndex(named: key.wave)
+            let deadlines = windowsApply(rollout: rollout, wave: wave, policy: rolloutPolicy)
+                ? timeoutDeadlines(cohort: Set(cohort), members: cellMembers.devices, rollout: rollout, wave: wave, policy: policy,
+                                   phaseStartedAt: stored.state.phaseStartedAt)
+                : [:]
             let observation = observe(cohort: cohort, cell: members, rollout: rollout, policy: policy, outcomes: outcomes,
                                       runtime: runtime, reached: reached, baselines: baselines,
                                       phaseStartedAt: stored.state.phaseStartedAt, now: now, deadlines: deadlines)
@@ -192,6 +248,7 @@ final class RolloutDriver: Service, Sendable {
             let addHistory = before.observation != stored.observation || before.state != stored.state
                 || now - (before.historyAt ?? .min / 2) >= historyEverySeconds
             if addHistory { stored.historyAt = now }
+            evaluated = .now
             // Only over the copy this tick read: an operator's action saved meanwhile (here or on
             // another replica) wins, and this cell waits for the next tick.
             guard let saved = try await tickStore.replaceCell(rollout: rollout.id, key, stored, existed: cells[key] != nil) else {
@@ -238,13 +295,19 @@ final class RolloutDriver: Service, Sendable {
             let name = rolloutPolicy.waveName(current + 1) ?? "\(current + 2)"
             try await tickStore.recordAction(rollout: rollout.id, RolloutActionRecord(
                 at: now, actor: "controller", action: "wave-started", cell: nil,
-                detail: "wave \(name) (\(current + 2) of \(rolloutPolicy.waveCount)): \(membership.filter { $0.key.wave == name }.values.reduce(0) { $0 + $1.count }) devices"))
+                detail: "wave \(name) (\(current + 2) of \(rolloutPolicy.waveCount)): \(membership.filter { $0.key.wave == name }.values.reduce(0) { $0 + $1.ids.count }) devices"))
             return
         }
         if !cells.isEmpty || rolloutPolicy.waves != nil {
             try await tickStore.setRolloutState(rollout.id, .completed)
             try await tickStore.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "completed", cell: nil, detail: nil))
         }
+    }
+
+    /// Whether any maintenance window can apply to the rollout's devices in `wave` (else no device
+    /// has a deadline of its own, and none is worked out).
+    func windowsApply(rollout: RolloutRecord, wave: Int, policy: RolloutPolicy) -> Bool {
+        rollout.window != nil || policy.forWave(wave).window != nil || !windows.isEmpty
     }
 
     /// When each cohort device with a maintenance window times out: its timeout counts from the
@@ -394,7 +457,30 @@ final class RolloutDriver: Service, Sendable {
         try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: actor, action: name, cell: cell.description, detail: detail))
     }
 
+    /// Where the last tick's time went.
+    let lastStages = Mutex(GateTickStages())
+
+    static func seconds(since start: ContinuousClock.Instant) -> Double { seconds(ContinuousClock.now - start) }
+    static func seconds(_ d: Swift.Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
+
     static func describe(_ g: GateResult) -> String {
         "\(g.metric) \(g.observed.map { String(format: "%.3f", $0) } ?? "n/a") > \(String(format: "%.3f", g.threshold))"
     }
+}
+
+/// Where a gate tick's time went (seconds), for `fleet-controller bench-gates`.
+public struct GateTickStages: Sendable, Codable, Equatable {
+    /// The devices' cells and labels (this process's copy brought up to date).
+    public var deviceCells = 0.0
+    /// Each rollout's members by cell, with cohort positions (kept while nothing changed).
+    public var members = 0.0
+    public var outcomes = 0.0
+    public var runtimeMetrics = 0.0
+    /// Rollout devices, baselines, failures.
+    public var otherReads = 0.0
+    /// Cohorts, observations, gates, state machines.
+    public var evaluation = 0.0
+    /// Cells, history points and actions saved.
+    public var cellWrites = 0.0
+    public var total = 0.0
 }

@@ -106,6 +106,11 @@ struct DeviceCellRecord: Sendable, Equatable {
     var timezoneLabel: String? { labels[Labels.timezoneKey] }
 }
 
+struct DeviceCellSnapshot: Sendable {
+    var records: [DeviceCellRecord]
+    var version: UInt64
+}
+
 /// A device a staged rollout sent its release to, and what it ran before (its rollback target).
 struct RolloutDeviceRecord: Sendable, Equatable {
     var priorRelease: String?
@@ -226,6 +231,9 @@ protocol FleetStore: Sendable {
     func devices(running model: String) async throws -> [DeviceRecord]
     /// Every device's id, class and tier only: what the rollout driver needs, cheap to read.
     func deviceCells() async throws -> [DeviceCellRecord]
+    /// The same, with a version that changes whenever any device's cell or labels do (work
+    /// derived from the devices, such as a rollout's members, is kept while it stays the same).
+    func deviceCellSnapshot() async throws -> DeviceCellSnapshot
 
     func createModel(_ model: ModelRecord) async throws
     func model(_ name: String) async throws -> ModelRecord?
@@ -269,6 +277,8 @@ protocol FleetStore: Sendable {
     /// The latest runtime-metrics event of each device of a model received since `since` (the
     /// controller's clock: device clocks are not trusted for windows).
     func runtimeMetrics(model: String, since: Int64) async throws -> [DeviceMetrics]
+    /// The same by device.
+    func latestRuntimeMetrics(model: String, since: Int64) async throws -> [String: DeviceMetrics]
 
     func assignment(deviceId: String, model: String) async throws -> AssignmentRecord?
     func assignments() async throws -> [AssignmentRecord]

@@ -19,6 +19,8 @@ enum Migrations {
         Migration(version: 3, name: "cell revisions", apply: cellRevisions),
         Migration(version: 4, name: "prior releases per rollout", apply: rolloutPriorReleases),
         Migration(version: 5, name: "labels, targeted rollouts, waves, maintenance windows", apply: targeting),
+        Migration(version: 6, name: "change revisions of device cells and labels, latest install outcome and runtime metrics per device",
+                  apply: ChangeRevisions.migrate),
     ]
     static var latest: Int { all.last!.version }
     /// Any number; the same in every replica.
@@ -45,7 +47,8 @@ enum Migrations {
 
     /// Brings the schema to `latest`; throws `schemaTooNew` (and changes nothing) when it is ahead.
     @discardableResult
-    static func run(_ db: any SQLDatabase, now: Int64 = Int64(Date().timeIntervalSince1970)) async throws -> Outcome {
+    /// `through`: stop at that version (tests make databases as earlier builds left them).
+    static func run(_ db: any SQLDatabase, now: Int64 = Int64(Date().timeIntervalSince1970), through: Int? = nil) async throws -> Outcome {
         try await db.transaction { tx in
             if tx.dialect == .postgres {
                 try await tx.execute("SELECT pg_advisory_xact_lock(?)", [advisoryLockKey])
@@ -57,12 +60,12 @@ enum Migrations {
             let current = Int(try await tx.scalar("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations").int ?? 0)
             guard current <= latest else { throw tooNew(current) }
             var applied: [String] = []
-            for m in all where m.version > current {
+            for m in all where m.version > current && m.version <= (through ?? latest) {
                 try await m.apply(tx)
                 try await tx.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?,?,?)", [m.version, m.name, now])
                 applied.append("\(m.version) \(m.name)")
             }
-            return Outcome(from: current, to: max(current, latest), applied: applied)
+            return Outcome(from: current, to: max(current, through ?? latest), applied: applied)
         }
     }
 

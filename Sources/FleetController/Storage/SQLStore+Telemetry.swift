@@ -84,9 +84,31 @@ extension SQLStore {
         }
     }
 
-    /// Light rows for cells and selectors: no facts decoded. Label sets repeat across a fleet (a
-    /// few regions, sites, customers), so each distinct stored text is decoded once per call.
-    func deviceCells() async throws -> [DeviceCellRecord] {
+    /// Light rows for cells and selectors (no facts decoded), from this process's copy of every
+    /// device's cell and labels, read again only where changed (see `ChangeFeed`).
+    func deviceCells() async throws -> [DeviceCellRecord] { try await deviceCellSnapshot().records }
+
+    func deviceCellSnapshot() async throws -> DeviceCellSnapshot {
+        let s = try await cache.feeds.devices.snapshot(db, empty: { DeviceCellTable() }, read: { (since: Int64?) -> [DeviceCellRecord] in
+            guard let since else { return try await readDeviceCells(where: nil, since: nil) }
+            // Devices changed, then devices whose labels changed (a device is replaced in place).
+            return try await readDeviceCells(where: "d.rev >= ? ORDER BY d.rev, d.id", since: since)
+                + readDeviceCells(where: "d.id IN (SELECT device_id FROM device_labels WHERE rev >= ?)", since: since)
+        }, merge: { $0.merge($1) })
+        return DeviceCellSnapshot(records: s.state.records, version: s.version)
+    }
+
+    static let deviceCellSelect = """
+        SELECT d.id, d.hardware_class, d.tier, d.arch, d.timezone, d.agent_labels, l.enrolled AS enrolled_labels, l.operator AS operator_labels
+        FROM devices d LEFT JOIN device_labels l ON l.device_id = d.id
+        """
+
+    /// Every device read from the tables, past the copy: what the copy must always agree with.
+    func deviceCellsReadingAll() async throws -> [DeviceCellRecord] { try await readDeviceCells(where: nil, since: nil) }
+
+    /// Label sets repeat across a fleet (a few regions, sites, customers), so each distinct
+    /// stored text is decoded once per call.
+    private func readDeviceCells(where condition: String?, since: Int64?) async throws -> [DeviceCellRecord] {
         var decoded: [String: [String: String]] = [:]
         func labels(_ r: SQLRow, _ column: String) throws -> [String: String] {
             guard let text = try r.optionalString(column), text != "{}" else { return [:] }
@@ -96,10 +118,7 @@ extension SQLStore {
             return value
         }
         var merged: [String: [String: String]] = [:]
-        return try await db.query("""
-            SELECT d.id, d.hardware_class, d.tier, d.arch, d.timezone, d.agent_labels, l.enrolled AS enrolled_labels, l.operator AS operator_labels
-            FROM devices d LEFT JOIN device_labels l ON l.device_id = d.id
-            """, []).map { r in
+        return try await db.query(Self.deviceCellSelect + (condition.map { " WHERE " + $0 } ?? ""), since.map { [$0] } ?? []).map { r in
             let agent = try r.optionalString("agent_labels") ?? "", enrolled = try r.optionalString("enrolled_labels") ?? "",
                 op = try r.optionalString("operator_labels") ?? ""
             let key = agent + "\u{0}" + enrolled + "\u{0}" + op

@@ -365,12 +365,33 @@ final class SQLStore: FleetStore {
         }
     }
 
+    /// From this process's copy of the latest outcome per device (see `ChangeFeed`).
     func installOutcomes(release: String) async throws -> [String: String] {
+        try await cache.feeds.outcomes(release: release).snapshot(db, empty: { InstallOutcomeTable() }, read: { (since: Int64?) -> [(String, String)] in
+            try await db.query("SELECT device_id, kind FROM latest_install_outcomes WHERE release = ?\(since == nil ? "" : " AND rev >= ?")",
+                               since.map { [release, $0] as [any SQLValueConvertible] } ?? [release]).map { (try $0.string("device_id"), try $0.string("kind")) }
+        }, merge: { $0.merge($1) }).state.kinds
+    }
+
+    func runtimeMetrics(model: String, since: Int64) async throws -> [DeviceMetrics] {
+        Array(try await latestRuntimeMetrics(model: model, since: since).values)
+    }
+
+    func latestRuntimeMetrics(model: String, since: Int64) async throws -> [String: DeviceMetrics] {
+        try await cache.feeds.metrics(model: model).snapshot(db, empty: { RuntimeMetricsTable() }, read: { (from: Int64?) -> [(String, DeviceMetrics?, Int64)] in
+            try await db.query("""
+                SELECT device_id, release, detail, received_at FROM latest_runtime_metrics WHERE model = ?\(from == nil ? "" : " AND rev >= ?")
+                """, from.map { [model, $0] as [any SQLValueConvertible] } ?? [model]).map { (try $0.string("device_id"), try Self.metricsRow($0), try $0.int("received_at")) }
+        }, merge: { $0.merge($1) }).state.received(since: since)
+    }
+
+    /// The latest install event of each device for a release, from the raw events: what the
+    /// latest-outcome table must always agree with (tests compare them).
+    func installOutcomesScanningEvents(release: String) async throws -> [String: String] {
         var out: [String: String] = [:]
-        let kinds = "('started','downloaded','verified','activated','committed','failed','rolled-back')"
         for r in try await db.query("""
             SELECT e.device_id, e.kind FROM events e
-            JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE release = ? AND kind IN \(kinds) GROUP BY device_id) latest
+            JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE release = ? AND kind IN \(ChangeRevisions.installKindsSQL) GROUP BY device_id) latest
               ON e.device_id = latest.device_id AND e.seq = latest.seq
             """, [release]) {
             out[try r.string("device_id")] = try r.string("kind")
@@ -378,12 +399,19 @@ final class SQLStore: FleetStore {
         return out
     }
 
-    func runtimeMetrics(model: String, since: Int64) async throws -> [DeviceMetrics] {
+    /// The latest runtime-metrics event of each device since `since`, from the raw events.
+    func runtimeMetricsScanningEvents(model: String, since: Int64) async throws -> [DeviceMetrics] {
         try await db.query("""
             SELECT e.device_id, e.release, e.detail FROM events e
             JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE model = ? AND kind = 'metrics' AND received_at >= ? GROUP BY device_id) latest
               ON e.device_id = latest.device_id AND e.seq = latest.seq
             """, [model, since]).compactMap(Self.metricsRow)
+    }
+
+    /// Fills the latest-outcome and latest-metrics tables from events loaded in bulk (seeding,
+    /// benchmarks), which bypass ingest.
+    func backfillLatestTelemetry() async throws {
+        try await write { tx in try await ChangeRevisions.backfillLatest(tx) }
     }
 
     /// A metrics event row (device, release, detail) as bounded figures; nil when the device sent
@@ -516,6 +544,7 @@ final class SQLStore: FleetStore {
             var seen = Set<UInt64>()
             let stored = events.filter { storedSeqs.contains($0.seq) && seen.insert($0.seq).inserted }
             for e in stored { try await Self.recordFailure(tx, deviceId: deviceId, e, receivedAt: receivedAt) }
+            try await ChangeRevisions.ingest(tx, deviceId: deviceId, stored: stored, receivedAt: receivedAt)
             if let last = stored.last(where: { DeviceStatus.from(eventKind: $0.kind) != nil }), let status = DeviceStatus.from(eventKind: last.kind) {
                 try await tx.execute("UPDATE devices SET status = ?, status_detail = ? WHERE id = ?", [status, last.detail, deviceId])
             }

@@ -28,8 +28,14 @@ final class StoreCache: Sendable {
     }
     private let state = Mutex(State())
     let maxAge: Swift.Duration
+    /// The device cells and gate telemetry, kept whole and read again only where changed.
+    let feeds: ChangeFeeds
 
-    init(maxAge: Swift.Duration = .seconds(2)) { self.maxAge = maxAge }
+    /// `fullReadEvery`: how often the feeds read their tables whole anyway.
+    init(maxAge: Swift.Duration = .seconds(2), fullReadEvery: Swift.Duration = .seconds(600)) {
+        self.maxAge = maxAge
+        feeds = ChangeFeeds(fullEvery: fullReadEvery)
+    }
 
     func release(_ id: String) -> ReleaseRecord? { state.withLock { $0.releases[id] } }
     func keep(release: ReleaseRecord) {
@@ -65,7 +71,11 @@ final class StoreCache: Sendable {
         }
     }
 
-    func invalidateAll() { for t in Topic.allCases { invalidate(t) } }
+    /// Everything is read again (the feeds whole): what changed meanwhile may not have been announced.
+    func invalidateAll() {
+        for t in Topic.allCases { invalidate(t) }
+        feeds.resetAll()
+    }
 }
 
 /// Listens for other replicas' announcements on a connection of its own and drops the cache

@@ -1,3 +1,4 @@
+import Crypto
 /// How a staged rollout proceeds: phases of a growing share of each cell's devices, the gates a
 /// phase must pass, and what a failing gate does. Loaded from fleet/policies/*.yaml.
 public struct RolloutPolicy: Codable, Equatable, Sendable {
@@ -210,9 +211,9 @@ public struct CellKey: Codable, Hashable, Comparable, Sendable, CustomStringConv
 public enum Cohort {
     /// A number in [0, 1) from the first 8 bytes of sha256("rollout\0device").
     public static func position(rollout: String, device: String) -> Double {
-        let digest = Hex.decode(Digest.sha256Hex(Array("\(rollout)\u{0}\(device)".utf8)))!
+        // The digest's bytes as they come (no hex round trip: a tick hashes every device of a fleet).
         var v: UInt64 = 0
-        for b in digest.prefix(8) { v = v << 8 | UInt64(b) }
+        for b in SHA256.hash(data: Array("\(rollout)\u{0}\(device)".utf8)).prefix(8) { v = v << 8 | UInt64(b) }
         return Double(v >> 11) / Double(1 << 53)
     }
 
