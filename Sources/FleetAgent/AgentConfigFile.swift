@@ -11,13 +11,14 @@ public enum AgentConfigFile {
         "energy-counter": .list, "once": .flag, "metrics-listen": .string, "log-level": .string,
         "ca": .string, "cert": .string, "key": .string, "enroll-token-file": .string,
         "self-update-deadline": .integer, "no-self-update": .flag,
-        "labels": .map(flag: "label"),
+        "labels": .map(flag: "label")
     ])
 
     /// The command line with `run`'s configuration file put in (see `ConfigFileCommandLine`).
     public static func expand(_ argv: [String]) throws(ConfigFileError) -> [String] {
-        try ConfigFileCommandLine.expand(argv, subcommand: "run", schema: schema, defaultPath: defaultPath,
-                                         exists: { FS.exists($0) }, read: read)
+        try ConfigFileCommandLine.expand(
+            argv, subcommand: "run", schema: schema, defaultPath: defaultPath,
+            exists: { FS.exists($0) }, read: read)
     }
 
     /// The arguments a configuration file stands for on its own (doctor reads the file like `run`).

@@ -54,10 +54,14 @@ struct Outbox: Codable, Equatable {
     var dropped: UInt64 = 0
     static let capacity = 1000
 
-    mutating func append(kind: String, time: Int64, model: String? = nil, sha256: String? = nil, release: String? = nil, detail: String? = nil,
-                         fault: InstallFault? = nil, retryAt: Int64? = nil) {
-        pending.append(StatusEvent(seq: nextSeq, time: time, kind: kind, model: model, sha256: sha256, release: release,
-                                   detail: detail.map { String($0.prefix(1000)) }, fault: fault?.rawValue, retryAt: retryAt))
+    mutating func append(
+        kind: String, time: Int64, model: String? = nil, sha256: String? = nil, release: String? = nil, detail: String? = nil,
+        fault: InstallFault? = nil, retryAt: Int64? = nil
+    ) {
+        pending.append(
+            StatusEvent(
+                seq: nextSeq, time: time, kind: kind, model: model, sha256: sha256, release: release,
+                detail: detail.map { String($0.prefix(1000)) }, fault: fault?.rawValue, retryAt: retryAt))
         nextSeq += 1
         if pending.count > Self.capacity {
             dropped += UInt64(pending.count - Self.capacity)

@@ -1,6 +1,6 @@
 import FleetCore
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Runs the operator's benchmark on a staged model before it goes live. The command prints JSON
@@ -60,7 +60,8 @@ struct Benchmark {
                 report.energyUnavailable = "an energy counter wrapped during the run"
             }
         } else {
-            report.energyUnavailable = report.iterations == nil ? "the benchmark did not report its iterations" : "energy counters unreadable"
+            report.energyUnavailable =
+                report.iterations == nil ? "the benchmark did not report its iterations" : "energy counters unreadable"
         }
         return .measured(report)
     }

@@ -1,7 +1,7 @@
 import FleetCore
 import FleetIO
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Why a local file operation failed; `path` says where.

@@ -1,6 +1,6 @@
 import FleetCore
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Runs the operator's health command against the newly activated model, with a timeout
@@ -13,7 +13,9 @@ struct HealthCheck {
 
     func run(model: String, sha256: String, modelPath: String, slot: String) -> Outcome {
         guard let command else { return .healthy }
-        switch ModelCommand(command: command, timeoutSeconds: timeoutSeconds).run(model: model, sha256: sha256, modelPath: modelPath, slot: slot) {
+        switch ModelCommand(command: command, timeoutSeconds: timeoutSeconds).run(
+            model: model, sha256: sha256, modelPath: modelPath, slot: slot)
+        {
         case .exited(0): return .healthy
         case .exited(let code): return .unhealthy("health command exited with \(code)")
         case .signalled(let sig): return .unhealthy("health command killed by signal \(sig)")
@@ -54,9 +56,9 @@ enum Clock {
     /// Test hook: seconds added to the wall clock (a test that needs the agent to live at another
     /// hour, e.g. inside a maintenance window). Debug builds only; 0 in a release agent.
     #if DEBUG
-    static let skew: Int64 = ProcessEnvironment.get("EDGEFLEET_TEST_CLOCK_SKEW").flatMap { Int64($0) } ?? 0
+        static let skew: Int64 = ProcessEnvironment.get("EDGEFLEET_TEST_CLOCK_SKEW").flatMap { Int64($0) } ?? 0
     #else
-    static let skew: Int64 = 0
+        static let skew: Int64 = 0
     #endif
 }
 

@@ -3,7 +3,7 @@ import FleetCore
 import FleetDelta
 import Logging
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Drives the install state machine for one job: journals every new state before it performs
@@ -39,13 +39,15 @@ final class Installer {
     /// Test hook for crash tests: `journal:PHASE` or `action:NAME` makes the agent SIGKILL itself
     /// there. Debug builds only: a release agent (the packaged one) has no such switch.
     #if DEBUG
-    let crashPoint = ProcessEnvironment.get("EDGEFLEET_CRASH_POINT")
+        let crashPoint = ProcessEnvironment.get("EDGEFLEET_CRASH_POINT")
     #else
-    let crashPoint: String? = nil
+        let crashPoint: String? = nil
     #endif
 
-    init(slots: ModelSlots, state: AgentState, http: HTTPClient, health: HealthCheck, controllerURL: String, rateLimit: Int64?,
-         logger: Logger, shouldStop: @escaping @Sendable () -> Bool, journal: Journal, outbox: Outbox) {
+    init(
+        slots: ModelSlots, state: AgentState, http: HTTPClient, health: HealthCheck, controllerURL: String, rateLimit: Int64?,
+        logger: Logger, shouldStop: @escaping @Sendable () -> Bool, journal: Journal, outbox: Outbox
+    ) {
         self.slots = slots; self.state = state; self.http = http; self.health = health; self.controllerURL = controllerURL
         self.rateLimit = rateLimit; self.logger = logger; self.shouldStop = shouldStop; self.journal = journal; self.outbox = outbox
         agentLauncher = AgentLauncher(stateDirectory: state.root, logger: logger)
@@ -79,10 +81,15 @@ final class Installer {
         guard !s.phase.isTerminal else { return try resume(model: model) }
         let (next, actions) = try InstallStateMachine.transition(s, .restarted(limit: limit))
         if next.fault == .crashLoop {
-            logger.error("crash loop", metadata: ["model": "\(model)", "phase": "\(s.phase.rawValue)", "restarts": "\(next.restarts ?? limit)"])
+            logger.error(
+                "crash loop", metadata: ["model": "\(model)", "phase": "\(s.phase.rawValue)", "restarts": "\(next.restarts ?? limit)"])
         } else if next.phase != .downloading {
-            logger.warning("restarted during an install", metadata: ["model": "\(model)", "phase": "\(s.phase.rawValue)",
-                                                                   "restarts": "\(next.restarts ?? 0)", "limit": "\(limit)"])
+            logger.warning(
+                "restarted during an install",
+                metadata: [
+                    "model": "\(model)", "phase": "\(s.phase.rawValue)",
+                    "restarts": "\(next.restarts ?? 0)", "limit": "\(limit)"
+                ])
         }
         // Journaled without the crash hook: the hook fires on the step's own first journal entry.
         journal.installs[model] = next
@@ -102,7 +109,9 @@ final class Installer {
     /// again for the same assignment.
     private func noteGivingUp(_ model: String, _ s: InstallState) {
         guard let job = s.job, s.phase == .rolledBack || (s.phase == .failed && s.retryAt == nil) else { return }
-        var r = journal.retries?[model].flatMap { $0.counter == job.counter ? $0 : nil } ?? RetryRecord(counter: job.counter, sha256: job.sha256, attempts: 1)
+        var r =
+            journal.retries?[model].flatMap { $0.counter == job.counter ? $0 : nil }
+            ?? RetryRecord(counter: job.counter, sha256: job.sha256, attempts: 1)
         r.gaveUp = true
         r.nextAttemptAt = nil
         r.lastFault = r.lastFault ?? s.fault
@@ -115,26 +124,36 @@ final class Installer {
         if job.isDelta, journal.deltaFailed[job.model] == job.sha256 {
             // This delta assignment is done with; the next check-in asks for the whole artifact:
             // another assignment (a higher counter), with retries of its own.
-            var r = RetryRecord(counter: job.counter, sha256: job.sha256, attempts: 1, bytesSpent: attemptBytes, lastFault: fault, gaveUp: true)
+            var r = RetryRecord(
+                counter: job.counter, sha256: job.sha256, attempts: 1, bytesSpent: attemptBytes, lastFault: fault, gaveUp: true)
             if let old = journal.retries?[job.model], old.counter == job.counter { r.attempts = old.attempts + 1 }
             journal.retries = (journal.retries ?? [:]).merging([job.model: r]) { $1 }
             return .failed(why + "; asking for the full artifact", fault: fault, retryAt: now)
         }
-        let (r, decision) = RetryLedger.afterFailure(journal.retries?[job.model], counter: job.counter, sha256: job.sha256, fault: fault,
-                                                     bytes: attemptBytes, policy: retryPolicy, now: now, jitter: Double.random(in: 0.5...1))
+        let (r, decision) = RetryLedger.afterFailure(
+            journal.retries?[job.model], counter: job.counter, sha256: job.sha256, fault: fault,
+            bytes: attemptBytes, policy: retryPolicy, now: now, jitter: Double.random(in: 0.5...1))
         journal.retries = (journal.retries ?? [:]).merging([job.model: r]) { $1 }
         let p = retryPolicy.clamped()
         switch decision {
         case .retryAt(let t):
-            logger.warning("install attempt failed; retrying later", metadata: [
-                "model": "\(job.model)", "fault": "\(fault.rawValue)", "attempt": "\(r.attempts)", "of": "\(p.maxAttempts)",
-                "retry_in_s": "\(t - now)", "bytes_spent": "\(r.bytesSpent)"])
+            logger.warning(
+                "install attempt failed; retrying later",
+                metadata: [
+                    "model": "\(job.model)", "fault": "\(fault.rawValue)", "attempt": "\(r.attempts)", "of": "\(p.maxAttempts)",
+                    "retry_in_s": "\(t - now)", "bytes_spent": "\(r.bytesSpent)"
+                ])
             return .failed("\(why) (attempt \(r.attempts) of \(p.maxAttempts))", fault: fault, retryAt: t)
         case .giveUp(let final):
             if final == .retriesExhausted {
-                logger.error("install given up", metadata: ["model": "\(job.model)", "fault": "\(fault.rawValue)", "attempts": "\(r.attempts)",
-                                                            "bytes_spent": "\(r.bytesSpent)"])
-                return .failed("\(why); given up after \(r.attempts) attempts and \(ByteCount.format(r.bytesSpent))", fault: .retriesExhausted)
+                logger.error(
+                    "install given up",
+                    metadata: [
+                        "model": "\(job.model)", "fault": "\(fault.rawValue)", "attempts": "\(r.attempts)",
+                        "bytes_spent": "\(r.bytesSpent)"
+                    ])
+                return .failed(
+                    "\(why); given up after \(r.attempts) attempts and \(ByteCount.format(r.bytesSpent))", fault: .retriesExhausted)
             }
             return .failed(why, fault: fault)
         }
@@ -194,32 +213,38 @@ final class Installer {
     private func perform(_ action: InstallAction) throws -> StepResult {
         switch action {
         case .report(let r):
-            outbox.append(kind: r.kind, time: Clock.wall(), model: r.model, sha256: r.sha256, release: r.release, detail: r.detail,
-                          fault: r.fault, retryAt: r.retryAt)
+            outbox.append(
+                kind: r.kind, time: Clock.wall(), model: r.model, sha256: r.sha256, release: r.release, detail: r.detail,
+                fault: r.fault, retryAt: r.retryAt)
             try state.save("outbox.json", outbox)
             if r.kind == "committed" {
                 // Runtime metrics name the release of what runs; entries of removed slots go.
                 let models = Set(slots.installed().keys).union([r.model])
-                var known = (journal.releaseOf ?? [:]).filter { entry in models.contains { FS.isDirectoryNoFollow(slots.slotPath($0, entry.key)) } }
+                var known = (journal.releaseOf ?? [:]).filter { entry in
+                    models.contains { FS.isDirectoryNoFollow(slots.slotPath($0, entry.key)) }
+                }
                 known[r.sha256] = r.release
                 journal.releaseOf = known
                 try state.save("journal.json", journal)
             }
-            logger.info("install \(r.kind)", metadata: ["model": "\(r.model)", "sha256": "\(r.sha256.prefix(12))", "detail": "\(r.detail ?? "")"])
+            logger.info(
+                "install \(r.kind)", metadata: ["model": "\(r.model)", "sha256": "\(r.sha256.prefix(12))", "detail": "\(r.detail ?? "")"])
             return .none
         case .download(let job): return download(job)
         case .verify(let job): return verify(job)
         case .stage(let job):
             do {
                 if job.isAgent {
-                    try agentBinaries.stage(sha256: job.sha256, size: job.size, fileName: job.fileName, from: state.downloadPath(job.sha256))
+                    try agentBinaries.stage(
+                        sha256: job.sha256, size: job.size, fileName: job.fileName, from: state.downloadPath(job.sha256))
                     if let wait = try awaitWindow(job) { return wait }
                     return .event(.staged)
                 }
                 if let package = job.package, job.isDelta {
                     try stageDelta(job, package)
                 } else {
-                    try slots.stage(model: job.model, sha256: job.sha256, fileName: job.fileName, size: job.size) { path throws(AgentIOError) in
+                    try slots.stage(model: job.model, sha256: job.sha256, fileName: job.fileName, size: job.size) {
+                        path throws(AgentIOError) in
                         try FS.linkOrCopy(state.downloadPath(job.sha256), path)
                     }
                 }
@@ -295,9 +320,12 @@ final class Installer {
             s.awaitingWindow = true
             journal.installs[job.model] = s
             try state.save("journal.json", journal)
-            logger.info("staged; waiting for the maintenance window", metadata: [
-                "model": "\(job.model)", "sha256": "\(job.sha256.prefix(12))",
-                "opens_in_s": "\(next.map { String($0 - now) } ?? "none signed; the next check-in renews them")"])
+            logger.info(
+                "staged; waiting for the maintenance window",
+                metadata: [
+                    "model": "\(job.model)", "sha256": "\(job.sha256.prefix(12))",
+                    "opens_in_s": "\(next.map { String($0 - now) } ?? "none signed; the next check-in renews them")"
+                ])
         }
         return .pause("waiting-for-window")
     }
@@ -306,16 +334,27 @@ final class Installer {
     /// decide (the health check does).
     private func measure(_ job: InstallJob) throws {
         let slot = slots.slotPath(job.model, job.sha256)
-        guard let outcome = benchmark.run(model: job.model, sha256: job.sha256, modelPath: slot + "/" + job.fileName, slot: slot,
-                                          scratch: state.root) else { return }
+        guard
+            let outcome = benchmark.run(
+                model: job.model, sha256: job.sha256, modelPath: slot + "/" + job.fileName, slot: slot,
+                scratch: state.root)
+        else { return }
         switch outcome {
         case .measured(let report):
             let detail = String(decoding: try FleetJSON.encode(report), as: UTF8.self)
-            outbox.append(kind: EventKind.benchmark.rawValue, time: Clock.wall(), model: job.model, sha256: job.sha256, release: job.release, detail: detail)
-            logger.info("benchmark", metadata: ["model": "\(job.model)", "sha256": "\(job.sha256.prefix(12))", "p50_ms": "\(report.latencyP50Ms)",
-                                                "joules_per_inference": "\(report.joulesPerInference.map { "\($0)" } ?? report.energyUnavailable ?? "-")"])
+            outbox.append(
+                kind: EventKind.benchmark.rawValue, time: Clock.wall(), model: job.model, sha256: job.sha256, release: job.release,
+                detail: detail)
+            logger.info(
+                "benchmark",
+                metadata: [
+                    "model": "\(job.model)", "sha256": "\(job.sha256.prefix(12))", "p50_ms": "\(report.latencyP50Ms)",
+                    "joules_per_inference": "\(report.joulesPerInference.map { "\($0)" } ?? report.energyUnavailable ?? "-")"
+                ])
         case .failed(let why):
-            outbox.append(kind: EventKind.benchmarkFailed.rawValue, time: Clock.wall(), model: job.model, sha256: job.sha256, release: job.release, detail: why)
+            outbox.append(
+                kind: EventKind.benchmarkFailed.rawValue, time: Clock.wall(), model: job.model, sha256: job.sha256, release: job.release,
+                detail: why)
             logger.warning("benchmark failed", metadata: ["model": "\(job.model)", "error": "\(why)"])
         }
         try state.save("outbox.json", outbox)
@@ -331,23 +370,31 @@ final class Installer {
         // for the package and the whole new model beside the base.
         let slotNeed: Int64 = FS.isDirectoryNoFollow(slots.slotPath(job.model, job.sha256)) ? 0 : (job.isDelta || !same ? job.size : 0)
         if let free = FS.freeBytes(state.downloads), free < need + (same ? slotNeed : 0) + margin {
-            return .event(.failed("no space: need \(ByteCount.format(need + (same ? slotNeed : 0) + margin)), \(ByteCount.format(free)) free", fault: .noSpace))
+            return .event(
+                .failed(
+                    "no space: need \(ByteCount.format(need + (same ? slotNeed : 0) + margin)), \(ByteCount.format(free)) free",
+                    fault: .noSpace))
         }
         if !same, let free = FS.freeBytes(slots.root), free < slotNeed + margin {
-            return .event(.failed("no space for the model slot: need \(ByteCount.format(slotNeed + margin)), \(ByteCount.format(free)) free", fault: .noSpace))
+            return .event(
+                .failed(
+                    "no space for the model slot: need \(ByteCount.format(slotNeed + margin)), \(ByteCount.format(free)) free",
+                    fault: .noSpace))
         }
         let url = job.downloadURL.hasPrefix("/") ? controllerURL + job.downloadURL : job.downloadURL
         var delay = 1.0
         for attempt in 1...4 {
             if shouldStop() { return .pause("stopping") }
             do {
-                let r = try http.download(url, to: path, maxBytes: job.downloadSize, rateLimitBytesPerSecond: rateLimit, shouldCancel: shouldStop)
+                let r = try http.download(
+                    url, to: path, maxBytes: job.downloadSize, rateLimitBytesPerSecond: rateLimit, shouldCancel: shouldStop)
                 attemptBytes += r.bytesReceived
                 if r.bytesReceived >= 256 * 1024, r.seconds > 0 {
                     link = LinkStats(mbps: Double(r.bytesReceived) * 8 / r.seconds / 1e6, bytes: r.bytesReceived)
                 }
                 if r.fileSize == job.downloadSize { return .event(.downloaded) }
-                logger.warning("download ended early", metadata: ["have": "\(r.fileSize)", "want": "\(job.downloadSize)", "attempt": "\(attempt)"])
+                logger.warning(
+                    "download ended early", metadata: ["have": "\(r.fileSize)", "want": "\(job.downloadSize)", "attempt": "\(attempt)"])
             } catch let e {
                 switch e.code {
                 case .tooLarge: unlink(path); return .event(.failed("artifact longer than signed: \(e.message)", fault: .tooLarge))
@@ -360,7 +407,8 @@ final class Installer {
                 case .cancelled: return .pause("stopping")
                 default:
                     if !e.isTransient { return .event(.failed("download refused: \(e.message)", fault: .downloadRefused)) }
-                    logger.warning("download interrupted", metadata: ["error": "\(e)", "attempt": "\(attempt)", "have": "\(FS.fileSize(path) ?? 0)"])
+                    logger.warning(
+                        "download interrupted", metadata: ["error": "\(e)", "attempt": "\(attempt)", "have": "\(FS.fileSize(path) ?? 0)"])
                 }
             }
             if attempt < 4 { usleep(UInt32(delay * 1_000_000)); delay *= 2 }
@@ -376,9 +424,10 @@ final class Installer {
                 unlink(path)
                 // A bad delta package: the next check-in asks for the whole artifact instead.
                 if job.isDelta { journal.deltaFailed[job.model] = job.sha256 }
-                return .event(length != job.downloadSize
-                    ? .failed("length \(length) differs from the signed \(job.downloadSize)", fault: .lengthMismatch)
-                    : .failed("sha256 \(sha) differs from the signed \(job.downloadSha256)", fault: .hashMismatch))
+                return .event(
+                    length != job.downloadSize
+                        ? .failed("length \(length) differs from the signed \(job.downloadSize)", fault: .lengthMismatch)
+                        : .failed("sha256 \(sha) differs from the signed \(job.downloadSha256)", fault: .hashMismatch))
             }
             return .event(.verified)
         } catch {
@@ -390,7 +439,8 @@ final class Installer {
     /// release-signed sha256 before the slot exists.
     private func stageDelta(_ job: InstallJob, _ package: PackageRef) throws {
         guard let base = package.baseSha256, slots.current(job.model) == base || FS.isDirectoryNoFollow(slots.slotPath(job.model, base)),
-              let baseFile = FS.listDirectory(slots.slotPath(job.model, base)).first else {
+            let baseFile = FS.listDirectory(slots.slotPath(job.model, base)).first
+        else {
             throw DeltaApplyError(message: "base \(package.baseSha256?.prefix(12) ?? "none") is not installed")
         }
         guard let applyDelta else { throw DeltaApplyError(message: "this agent has no delta decoder") }
@@ -399,8 +449,9 @@ final class Installer {
         var deltaFailure: String?
         do {
             try slots.stage(model: job.model, sha256: job.sha256, fileName: job.fileName, size: job.size) { path throws(AgentIOError) in
-                do { try applyDelta(basePath, patch, path, job.sha256) } catch let e as AgentIOError where e.code == .noSpace { throw e }
-                catch let e as DeltaError where e.systemError == ENOSPC {
+                do { try applyDelta(basePath, patch, path, job.sha256) } catch let e as AgentIOError where e.code == .noSpace {
+                    throw e
+                } catch let e as DeltaError where e.systemError == ENOSPC {
                     // The package is fine; the disk is full. Tried again later, the same delta.
                     throw AgentIOError(.noSpace, path, "delta: \(e)")
                 } catch {

@@ -2,7 +2,7 @@ import Dispatch
 import FleetCore
 import Synchronization
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Where the local metrics endpoint listens: a loopback TCP port or a Unix socket. It has no
@@ -66,8 +66,10 @@ public final class MetricsEndpoint: Sendable {
     private let finished = DispatchSemaphore(value: 0)
 
     /// Binds and starts serving on a thread of its own.
-    public init(listen: MetricsListenAddress, collector: RuntimeCollector, knowsModel: @escaping @Sendable (String) -> Bool,
-                status: @escaping @Sendable () -> [UInt8]) throws {
+    public init(
+        listen: MetricsListenAddress, collector: RuntimeCollector, knowsModel: @escaping @Sendable (String) -> Bool,
+        status: @escaping @Sendable () -> [UInt8]
+    ) throws {
         self.collector = collector; self.knowsModel = knowsModel; self.status = status
         var bound = listen
         let sock: Int32
@@ -89,8 +91,11 @@ public final class MetricsEndpoint: Sendable {
             withUnsafeMutableBytes(of: &addr.sun_path) { buf in
                 for (i, b) in path.utf8.enumerated() { buf[i] = b }
             }
-            let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(sock, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            let rc = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(sock, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
             guard rc == 0 else {
                 let e = String(cString: strerror(errno)); close(sock)
                 throw MetricsEndpointError(message: "bind \(path): \(e)")
@@ -108,15 +113,21 @@ public final class MetricsEndpoint: Sendable {
                 addr.sin6_family = sa_family_t(AF_INET6)
                 addr.sin6_port = port.bigEndian
                 inet_pton(AF_INET6, host, &addr.sin6_addr)
-                rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    bind(sock, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+                rc = withUnsafePointer(to: &addr) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        bind(sock, $0, socklen_t(MemoryLayout<sockaddr_in6>.size))
+                    }
+                }
             } else {
                 var addr = sockaddr_in()
                 addr.sin_family = sa_family_t(AF_INET)
                 addr.sin_port = port.bigEndian
                 inet_pton(AF_INET, host, &addr.sin_addr)
-                rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    bind(sock, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+                rc = withUnsafePointer(to: &addr) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        bind(sock, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                    }
+                }
             }
             guard rc == 0 else {
                 let e = String(cString: strerror(errno)); close(sock)
@@ -125,10 +136,13 @@ public final class MetricsEndpoint: Sendable {
             if port == 0 {
                 var ss = sockaddr_storage()
                 var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-                _ = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(sock, $0, &len) } }
+                _ = withUnsafeMutablePointer(to: &ss) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(sock, $0, &len) }
+                }
                 let actual: UInt16 = withUnsafePointer(to: &ss) { p in
-                    v6 ? p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
-                       : p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
+                    v6
+                        ? p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
+                        : p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
                 }
                 bound = .tcp(host: host, port: actual)
             }
@@ -264,9 +278,12 @@ public final class MetricsEndpoint: Sendable {
         for line in lines.dropFirst() {
             guard let colon = line.firstIndex(of: ":") else { continue }
             let name = line[..<colon].lowercased()
-            let value = String(line[line.index(after: colon)...].drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
+            let value = String(
+                line[line.index(after: colon)...].drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
             if name == "content-length" {
-                guard let l = Int(value), l >= 0 else { return .failure(HTTPFailure(response: Self.error(400, "malformed", "bad Content-Length"))) }
+                guard let l = Int(value), l >= 0 else {
+                    return .failure(HTTPFailure(response: Self.error(400, "malformed", "bad Content-Length")))
+                }
                 length = l
             } else if name == "transfer-encoding" {
                 return .failure(HTTPFailure(response: Self.error(411, "length-required", "send a Content-Length, not chunked encoding")))
@@ -299,9 +316,13 @@ public final class MetricsEndpoint: Sendable {
     }
 
     private func respond(_ client: Int32, _ status: Int, _ body: [UInt8]) {
-        let reason = [200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-                      411: "Length Required", 413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large"][status] ?? "Error"
-        let head = "HTTP/1.1 \(status) \(reason)\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n"
+        let reason =
+            [
+                200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+                411: "Length Required", 413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large"
+            ][status] ?? "Error"
+        let head =
+            "HTTP/1.1 \(status) \(reason)\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n"
         let bytes = Array(head.utf8) + body
         var sent = 0
         while sent < bytes.count {

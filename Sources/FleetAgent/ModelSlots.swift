@@ -1,6 +1,6 @@
 import FleetCore
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The models folder: `NAME/<sha256>/FILE` slots and a `NAME/current` symlink that is only ever
@@ -20,7 +20,8 @@ struct ModelSlots {
     /// The sha256 `current` points at, if it points at a slot.
     func current(_ model: String) -> String? {
         guard let target = FS.readLink("\(root)/\(model)/current"), Digest.isSHA256Hex(target),
-              FS.isDirectoryNoFollow(slotPath(model, target)) else { return nil }
+            FS.isDirectoryNoFollow(slotPath(model, target))
+        else { return nil }
         return target
     }
 
@@ -36,13 +37,17 @@ struct ModelSlots {
     /// Builds the slot from a verified file: copied into a staging folder, fsynced, then renamed
     /// into place. Idempotent: a complete slot is left alone.
     func stage(model: String, sha256: String, fileName: String, size: Int64, from source: String) throws(AgentIOError) {
-        try stage(model: model, sha256: sha256, fileName: fileName, size: size) { path throws(AgentIOError) in try FS.linkOrCopy(source, path) }
+        try stage(model: model, sha256: sha256, fileName: fileName, size: size) { path throws(AgentIOError) in
+            try FS.linkOrCopy(source, path)
+        }
     }
 
     /// Builds the slot with `produce`, which writes the model file at the path it is given inside
     /// a staging folder; the folder is renamed into place only when it returns.
-    func stage(model: String, sha256: String, fileName: String, size: Int64,
-               produce: (String) throws(AgentIOError) -> Void) throws(AgentIOError) {
+    func stage(
+        model: String, sha256: String, fileName: String, size: Int64,
+        produce: (String) throws(AgentIOError) -> Void
+    ) throws(AgentIOError) {
         guard Name.isValid(fileName) else { throw AgentIOError(.unsafePath, fileName, "file name is not a plain name") }
         let dir = try modelDirectory(model)
         let slot = slotPath(model, sha256)

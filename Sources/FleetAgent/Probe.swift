@@ -1,6 +1,6 @@
 import FleetCore
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Reads the device's hardware facts from the running system.
@@ -12,9 +12,10 @@ enum Probe {
             withUnsafeBytes(of: value) { String(cString: $0.baseAddress!.assumingMemoryBound(to: CChar.self)) }
         }
         let machine = field(uts.machine)
-        var facts = DeviceFacts(arch: machine, cpuFlags: cpuFlags(), memoryBytes: memoryBytes(),
-                                diskFreeBytes: FS.freeBytes(modelsDirectory) ?? 0, accelerators: accelerators(),
-                                kernel: field(uts.release), hostname: field(uts.nodename))
+        var facts = DeviceFacts(
+            arch: machine, cpuFlags: cpuFlags(), memoryBytes: memoryBytes(),
+            diskFreeBytes: FS.freeBytes(modelsDirectory) ?? 0, accelerators: accelerators(),
+            kernel: field(uts.release), hostname: field(uts.nodename))
         facts.timezone = timezone()
         return facts
     }

@@ -12,8 +12,10 @@ public struct InferenceReport: Codable, Equatable, Sendable {
     public var errors: Int?
     public var crashes: Int?
 
-    public init(model: String, latenciesMs: [Double]? = nil, latencyP50Ms: Double? = nil, latencyP95Ms: Double? = nil,
-                requests: Int? = nil, errors: Int? = nil, crashes: Int? = nil) {
+    public init(
+        model: String, latenciesMs: [Double]? = nil, latencyP50Ms: Double? = nil, latencyP95Ms: Double? = nil,
+        requests: Int? = nil, errors: Int? = nil, crashes: Int? = nil
+    ) {
         self.model = model; self.latenciesMs = latenciesMs; self.latencyP50Ms = latencyP50Ms; self.latencyP95Ms = latencyP95Ms
         self.requests = requests; self.errors = errors; self.crashes = crashes
     }
@@ -27,7 +29,9 @@ public struct InferenceReport: Codable, Equatable, Sendable {
         guard counts.allSatisfy({ $0 >= 0 && $0 <= 1 << 40 }) else { return "counts must be between 0 and 2^40" }
         if let requests, let errors, errors > requests { return "errors (\(errors)) exceed requests (\(requests))" }
         let values = (latenciesMs ?? []) + [latencyP50Ms, latencyP95Ms].compactMap { $0 }
-        guard values.allSatisfy({ $0.isFinite && $0 >= 0 && $0 < 86_400_000 }) else { return "latencies must be finite, non-negative milliseconds" }
+        guard values.allSatisfy({ $0.isFinite && $0 >= 0 && $0 < 86_400_000 }) else {
+            return "latencies must be finite, non-negative milliseconds"
+        }
         if (latenciesMs?.count ?? 0) > Self.maxLatencies { return "at most \(Self.maxLatencies) latencies per report" }
         if let p50 = latencyP50Ms, let p95 = latencyP95Ms, p95 < p50 { return "latencyP95Ms is below latencyP50Ms" }
         if latenciesMs == nil && latencyP50Ms == nil && latencyP95Ms == nil && requests == nil && errors == nil && crashes == nil {

@@ -1,18 +1,18 @@
 import CCurl
 import FleetCore
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Why an HTTP exchange failed, by class, so callers can decide between retry and give up.
 public struct HTTPClientError: Error, CustomStringConvertible, Sendable {
     public enum Code: String, Sendable {
-        case connect          // could not reach the server
-        case timeout          // connect timeout or transfer stalled
-        case transfer         // connection cut or protocol error mid-transfer
-        case tooLarge         // the server sent more than was allowed
-        case status           // the server answered with an error status
-        case io               // local file error (disk full, permissions)
+        case connect  // could not reach the server
+        case timeout  // connect timeout or transfer stalled
+        case transfer  // connection cut or protocol error mid-transfer
+        case tooLarge  // the server sent more than was allowed
+        case status  // the server answered with an error status
+        case io  // local file error (disk full, permissions)
         case cancelled
         case tls
     }
@@ -38,7 +38,7 @@ public struct HTTPClientError: Error, CustomStringConvertible, Sendable {
 
 public struct HTTPResponse: Sendable {
     public var status: Int
-    public var headers: [String: String]   // lower-cased names
+    public var headers: [String: String]  // lower-cased names
     public var body: Data
 }
 
@@ -54,8 +54,8 @@ public struct TLSOptions: Sendable {
 }
 
 public struct DownloadResult: Sendable {
-    public var bytesReceived: Int64      // bytes this call wrote
-    public var fileSize: Int64           // bytes in the file afterwards
+    public var bytesReceived: Int64  // bytes this call wrote
+    public var fileSize: Int64  // bytes in the file afterwards
     public var resumedFrom: Int64
     public var seconds: Double
 }
@@ -86,8 +86,10 @@ public final class HTTPClient {
 
     // MARK: requests with small bodies
 
-    public func request(_ method: String, _ url: String, headers: [String: String] = [:], body: Data? = nil,
-                        maxResponseBytes: Int = 16 << 20, timeoutSeconds: Int = 60) throws(HTTPClientError) -> HTTPResponse {
+    public func request(
+        _ method: String, _ url: String, headers: [String: String] = [:], body: Data? = nil,
+        maxResponseBytes: Int = 16 << 20, timeoutSeconds: Int = 60
+    ) throws(HTTPClientError) -> HTTPResponse {
         let sink = BufferSink(limit: maxResponseBytes)
         let status: Int
         let hdrs: [String: String]
@@ -96,22 +98,28 @@ public final class HTTPClient {
                 if let body {
                     body.withUnsafeBytes { raw in
                         _ = ef_setopt_off(h, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(raw.count))
-                        _ = ef_setopt_ptr(h, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!))
+                        _ = ef_setopt_ptr(
+                            h, CURLOPT_COPYPOSTFIELDS,
+                            UnsafeMutableRawPointer(mutating: raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!))
                     }
                 }
                 return sink
             }
         } catch {
             // A server that sends more than allowed (or never stops) is cut off: say so, not "write error".
-            if sink.overLimit { throw HTTPClientError(.tooLarge, "\(method) \(url): the answer is longer than the limit of \(maxResponseBytes) bytes") }
+            if sink.overLimit {
+                throw HTTPClientError(.tooLarge, "\(method) \(url): the answer is longer than the limit of \(maxResponseBytes) bytes")
+            }
             throw error
         }
         return HTTPResponse(status: status, headers: hdrs, body: sink.data)
     }
 
     /// Sends a JSON body and decodes a JSON answer; a non-2xx status is an error carrying the body.
-    public func json<Out: Decodable>(_ method: String, _ url: String, body: (some Encodable)?, headers: [String: String] = [:],
-                                     as: Out.Type, maxResponseBytes: Int = 16 << 20) throws -> Out {
+    public func json<Out: Decodable>(
+        _ method: String, _ url: String, body: (some Encodable)?, headers: [String: String] = [:],
+        as: Out.Type, maxResponseBytes: Int = 16 << 20
+    ) throws -> Out {
         var h = headers
         h["Accept"] = "application/json"
         var data: Data? = nil
@@ -126,16 +134,19 @@ public final class HTTPClient {
 
     public static func check(_ response: HTTPResponse, url: String) throws(HTTPClientError) {
         guard (200..<300).contains(response.status) else {
-            throw HTTPClientError(.status, "\(url) answered \(response.status): \(APIErrorBody.message(from: response.body))",
-                                  status: response.status, body: response.body)
+            throw HTTPClientError(
+                .status, "\(url) answered \(response.status): \(APIErrorBody.message(from: response.body))",
+                status: response.status, body: response.body)
         }
     }
 
     // MARK: streaming
 
     /// Uploads a file with a streaming body (never read whole), reporting progress.
-    public func upload(file path: String, to url: String, method: String = "PUT", headers: [String: String] = [:],
-                       progress: ((Int64, Int64) -> Void)? = nil) throws(HTTPClientError) -> HTTPResponse {
+    public func upload(
+        file path: String, to url: String, method: String = "PUT", headers: [String: String] = [:],
+        progress: ((Int64, Int64) -> Void)? = nil
+    ) throws(HTTPClientError) -> HTTPResponse {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw HTTPClientError(.io, "cannot open \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -145,7 +156,9 @@ public final class HTTPClient {
         let sink = BufferSink(limit: 16 << 20)
         let progressBox = ProgressBox(callback: progress)
         // No `Expect: 100-continue`: it costs a round trip (or curl's one-second wait) per upload.
-        let (status, hdrs) = try perform(url: url, method: method, headers: headers.merging(["Expect": ""]) { a, _ in a }, timeoutSeconds: 0) { h in
+        let (status, hdrs) = try perform(
+            url: url, method: method, headers: headers.merging(["Expect": ""]) { a, _ in a }, timeoutSeconds: 0
+        ) { h in
             _ = ef_setopt_long(h, CURLOPT_UPLOAD, 1)
             _ = ef_setopt_off(h, CURLOPT_INFILESIZE_LARGE, curl_off_t(st.st_size))
             _ = ef_setopt_read(h, fileReadCallback)
@@ -166,9 +179,11 @@ public final class HTTPClient {
     /// `rateLimitBytesPerSecond` holds over any window of a second or more (within about 10%), not
     /// only on average. `onReceive` is called on this thread after each buffer is written, with
     /// the bytes this call has written so far.
-    public func download(_ url: String, to path: String, maxBytes: Int64, rateLimitBytesPerSecond: Int64? = nil,
-                         shouldCancel: (@Sendable () -> Bool)? = nil,
-                         onReceive: ((Int64) -> Void)? = nil) throws(HTTPClientError) -> DownloadResult {
+    public func download(
+        _ url: String, to path: String, maxBytes: Int64, rateLimitBytesPerSecond: Int64? = nil,
+        shouldCancel: (@Sendable () -> Bool)? = nil,
+        onReceive: ((Int64) -> Void)? = nil
+    ) throws(HTTPClientError) -> DownloadResult {
         let fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw HTTPClientError(.io, "cannot open \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -219,18 +234,21 @@ public final class HTTPClient {
             throw HTTPClientError(.transfer, "range not satisfiable; partial download discarded")
         }
         guard status == 200 || status == 206 else {
-            if existing == 0 { unlink(path) }   // leave no empty file behind an error answer
+            if existing == 0 { unlink(path) }  // leave no empty file behind an error answer
             throw HTTPClientError(.status, "\(url) answered \(status)", status: status)
         }
         _ = fsync(fd)
-        return DownloadResult(bytesReceived: sink.written, fileSize: sink.offset, resumedFrom: sink.restartedAtZero ? 0 : existing,
-                              seconds: monotonicSeconds() - start)
+        return DownloadResult(
+            bytesReceived: sink.written, fileSize: sink.offset, resumedFrom: sink.restartedAtZero ? 0 : existing,
+            seconds: monotonicSeconds() - start)
     }
 
     // MARK: plumbing
 
-    private func perform(url: String, method: String, headers: [String: String], timeoutSeconds: Int,
-                         configure: (UnsafeMutableRawPointer) -> ResponseSink) throws(HTTPClientError) -> (Int, [String: String]) {
+    private func perform(
+        url: String, method: String, headers: [String: String], timeoutSeconds: Int,
+        configure: (UnsafeMutableRawPointer) -> ResponseSink
+    ) throws(HTTPClientError) -> (Int, [String: String]) {
         guard let h = handle else { throw HTTPClientError(.io, "curl_easy_init failed") }
         curl_easy_reset(h)
         var errorBuffer = [CChar](repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
@@ -368,7 +386,7 @@ final class FileSink: ResponseSink {
                 offset = 0
                 restartedAtZero = true
             } else if status != 200 && status != 206 {
-                return true   // error page: not written into the download
+                return true  // error page: not written into the download
             }
         }
         guard offset + Int64(buffer.count) <= limit else { overLimit = true; return false }
@@ -404,19 +422,21 @@ final class ProgressBox {
     init(callback: ((Int64, Int64) -> Void)?, cancel: (@Sendable () -> Bool)? = nil) { self.callback = callback; self.cancel = cancel }
 }
 
-private let writeCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = { ptr, size, count, ctx in
+private let writeCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = {
+    ptr, size, count, ctx in
     guard let ptr, let ctx else { return 0 }
     let sink = Unmanaged<ResponseSink>.fromOpaque(ctx).takeUnretainedValue()
     let n = size * count
     return sink.write(UnsafeRawBufferPointer(start: ptr, count: n)) ? n : 0
 }
 
-private let headerCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = { ptr, size, count, ctx in
+private let headerCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = {
+    ptr, size, count, ctx in
     guard let ptr, let ctx else { return 0 }
     let n = size * count
     let box = Unmanaged<HeaderBox>.fromOpaque(ctx).takeUnretainedValue()
     let line = String(decoding: UnsafeRawBufferPointer(start: ptr, count: n), as: UTF8.self)
-    if line.hasPrefix("HTTP/") { box.headers = [:] }   // a new response (after 100-continue)
+    if line.hasPrefix("HTTP/") { box.headers = [:] }  // a new response (after 100-continue)
     if let colon = line.firstIndex(of: ":") {
         let name = line[..<colon].lowercased()
         let value = line[line.index(after: colon)...].trimmed
@@ -425,7 +445,8 @@ private let headerCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, I
     return n
 }
 
-private let fileReadCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = { ptr, size, count, ctx in
+private let fileReadCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int, Int, UnsafeMutableRawPointer?) -> Int = {
+    ptr, size, count, ctx in
     guard let ptr, let ctx else { return Int(CURL_READFUNC_ABORT) }
     let source = Unmanaged<FileSource>.fromOpaque(ctx).takeUnretainedValue()
     while true {
@@ -436,7 +457,8 @@ private let fileReadCallback: @convention(c) (UnsafeMutablePointer<CChar>?, Int,
     }
 }
 
-private let progressCallback: @convention(c) (UnsafeMutableRawPointer?, curl_off_t, curl_off_t, curl_off_t, curl_off_t) -> Int32 = { ctx, dlTotal, dlNow, ulTotal, ulNow in
+private let progressCallback: @convention(c) (UnsafeMutableRawPointer?, curl_off_t, curl_off_t, curl_off_t, curl_off_t) -> Int32 = {
+    ctx, dlTotal, dlNow, ulTotal, ulNow in
     guard let ctx else { return 0 }
     let box = Unmanaged<ProgressBox>.fromOpaque(ctx).takeUnretainedValue()
     if let cancel = box.cancel, cancel() { return 1 }

@@ -14,7 +14,8 @@ extension BuildJob {
         var size: Int64 {
             switch self {
             case .verbatim(let r): return Int64(r.count)
-            case .inline(let h, let n, _): return ProtobufWire.fieldSize(field: 5, length: Int64(h.count) + ProtobufWire.fieldSize(field: 9, length: n))
+            case .inline(let h, let n, _):
+                return ProtobufWire.fieldSize(field: 5, length: Int64(h.count) + ProtobufWire.fieldSize(field: 9, length: n))
             }
         }
     }
@@ -42,10 +43,12 @@ extension BuildJob {
         var decisions = onnx.initializers.map { i -> TensorDecision in
             let rank = i.source?.shape.count ?? 0
             // Compute forms read embeddings too (GatherBlockQuantized); only `protect` keeps them.
-            let prot = protection(name: i.name, isEmbedding: facts.isEmbedding(i.name), isNorm: facts.isNorm(i.name), isLast: i.name == lastName)
+            let prot = protection(
+                name: i.name, isEmbedding: facts.isEmbedding(i.name), isNorm: facts.isNorm(i.name), isLast: i.name == lastName)
             let site = computes ? i.source.flatMap { facts.computeSite(i.name, shape: $0.shape, storage: recipe.storage) } : nil
-            return decide(i.source, name: i.name, axes: (facts.channelAxis(i.name, rank: rank), facts.blockAxis(i.name, rank: rank)),
-                          protectedBy: prot, site: site)
+            return decide(
+                i.source, name: i.name, axes: (facts.channelAxis(i.name, rank: rank), facts.blockAxis(i.name, rank: rank)),
+                protectedBy: prot, site: site)
         }
         let smoothing = try planSmoothing(&decisions, graph: graph, fresh: fresh)
         try planStructuredPruning(&decisions, graph: &graph)
@@ -56,7 +59,9 @@ extension BuildJob {
         var needed: Int64 = 1
         var upgradeExtras: [Onnx_TensorProto] = []
         if case .int8Dynamic(.standard) = recipe.storage, changed.contains(where: { $0.site != nil }), opset < 11 {
-            throw CompressionError(.unsupportedOpset, "int8 compute with standard operators needs opset 11 (DynamicQuantizeLinear), the model has \(opset)", path: path)
+            throw CompressionError(
+                .unsupportedOpset, "int8 compute with standard operators needs opset 11 (DynamicQuantizeLinear), the model has \(opset)",
+                path: path)
         }
         for d in changed where d.site == nil {
             switch d.encoding!.kind {
@@ -72,7 +77,8 @@ extension BuildJob {
                 upgradeExtras = try ONNXOpsetUpgrade.upgrade(&graph, from: opset, takenNames: &taken)
                 notes.append("opset raised from \(opset) to 21 for block-wise int4 DequantizeLinear")
             } else {
-                throw CompressionError(.unsupportedOpset, "\(recipe.storage.map { "\($0)" } ?? "") needs opset \(needed), the model has \(opset)", path: path)
+                throw CompressionError(
+                    .unsupportedOpset, "\(recipe.storage.map { "\($0)" } ?? "") needs opset \(needed), the model has \(opset)", path: path)
             }
             for i in model.opsetImport.indices where model.opsetImport[i].domain.isEmpty || model.opsetImport[i].domain == "ai.onnx" {
                 model.opsetImport[i].version = 21
@@ -83,7 +89,7 @@ extension BuildJob {
         // New nodes first (they read only initializers), then the graph's own.
         var newNodes: [Onnx_NodeProto] = []
         var entries: [Entry] = []
-        var owner: [Int?] = []      // the decision each entry belongs to
+        var owner: [Int?] = []  // the decision each entry belongs to
         for (di, d) in decisions.enumerated() {
             let ini = onnx.initializers[di]
             defer { while owner.count < entries.count { owner.append(di) } }
@@ -101,15 +107,20 @@ extension BuildJob {
             let specs = enc.parts(shape: d.shape)
             var names: [String] = []
             for (pi, spec) in specs.enumerated() {
-                let suffix = spec.role == .scale ? "_scale" : spec.role == .zeroPoint ? "_zero_point"
-                    : (enc.kind == .fp16 ? "_fp16" : (enc.kind == .float32 ? "" : "_quantized"))
+                let suffix =
+                    spec.role == .scale
+                    ? "_scale"
+                    : spec.role == .zeroPoint
+                        ? "_zero_point"
+                        : (enc.kind == .fp16 ? "_fp16" : (enc.kind == .float32 ? "" : "_quantized"))
                 let pname = suffix.isEmpty ? s.name : fresh(s.name + suffix)
                 names.append(pname)
                 var h = Onnx_TensorProto()
                 h.name = pname
                 h.dataType = spec.dtype.onnxCode
                 h.dims = spec.shape
-                entries.append(.inline(header: try serialize(h, s.name), payloadLength: spec.byteCount, payload: .part(decision: di, index: pi)))
+                entries.append(
+                    .inline(header: try serialize(h, s.name), payloadLength: spec.byteCount, payload: .part(decision: di, index: pi)))
             }
             if let site = d.site {
                 // Compute forms: no node makes the fp32 weight again; its readers are rewritten below.
@@ -151,8 +162,13 @@ extension BuildJob {
         }
         for t in upgradeExtras {
             owner.append(nil)
-            entries.append(.inline(header: try serialize({ var h = t; h.clearRawData(); return h }(), t.name),
-                                   payloadLength: Int64(t.rawData.count), payload: .bytes(Array(t.rawData))))
+            entries.append(
+                .inline(
+                    header: try serialize(
+                        {
+                            var h = t; h.clearRawData(); return h
+                        }(), t.name),
+                    payloadLength: Int64(t.rawData.count), payload: .bytes(Array(t.rawData))))
         }
         let replaced = Set(changed.filter { $0.encoding?.kind != .float32 }.map(\.name))
         // A weight that was also listed as a graph input (IR < 4 exporters do that) is now a node output.
@@ -161,23 +177,34 @@ extension BuildJob {
         if !rewrite.isEmpty {
             var floatShapes: [String: [Int64]] = [:]
             for i in onnx.initializers where i.header.dataType == TensorDType.f32.onnxCode { floatShapes[i.name] = i.header.dims }
-            for d in decisions where d.keep != nil { floatShapes[d.name] = d.shape }     // structurally pruned biases
-            let (ops, added) = rewrite.apply(&graph, floatShapes: floatShapes, opset: model.opsetImport.first { $0.domain.isEmpty || $0.domain == "ai.onnx" }?.version ?? opset,
-                                             fresh: fresh)
+            for d in decisions where d.keep != nil { floatShapes[d.name] = d.shape }  // structurally pruned biases
+            let (ops, added) = rewrite.apply(
+                &graph, floatShapes: floatShapes,
+                opset: model.opsetImport.first { $0.domain.isEmpty || $0.domain == "ai.onnx" }?.version ?? opset,
+                fresh: fresh)
             operators = ops
             for t in added {
                 owner.append(nil)
-                entries.append(.inline(header: try serialize({ var h = t; h.clearRawData(); return h }(), t.name),
-                                       payloadLength: Int64(t.rawData.count), payload: .bytes(Array(t.rawData))))
+                entries.append(
+                    .inline(
+                        header: try serialize(
+                            {
+                                var h = t; h.clearRawData(); return h
+                            }(), t.name),
+                        payloadLength: Int64(t.rawData.count), payload: .bytes(Array(t.rawData))))
             }
-            if operators.contains(where: { $0.hasPrefix("com.microsoft.") }), !model.opsetImport.contains(where: { $0.domain == "com.microsoft" }) {
+            if operators.contains(where: { $0.hasPrefix("com.microsoft.") }),
+                !model.opsetImport.contains(where: { $0.domain == "com.microsoft" })
+            {
                 var ms = Onnx_OperatorSetIdProto()
                 ms.domain = "com.microsoft"
                 ms.version = 1
                 model.opsetImport.append(ms)
             }
             // UINT4 initializers (GatherBlockQuantized tables) are IR 10.
-            if rewrite.weights.values.contains(where: { if case .gatherBlockQuantized(_, 4) = $0.site { true } else { false } }), model.irVersion < 10 {
+            if rewrite.weights.values.contains(where: { if case .gatherBlockQuantized(_, 4) = $0.site { true } else { false } }),
+                model.irVersion < 10
+            {
                 model.irVersion = 10
             }
             let unused = decisions.filter { $0.site != nil && $0.encoding != nil && rewrite.weights[$0.name] == nil }
@@ -194,7 +221,10 @@ extension BuildJob {
         let graphLength = Int64(graphBytes.count) + entries.reduce(0) { $0 + $1.size }
         let total = Int64(modelBytes.count) + ProtobufWire.fieldSize(field: 7, length: graphLength)
         guard total < Int64(Int32.max) else {
-            throw CompressionError(.unsupportedFormat, "the variant would be \(total) bytes, past protobuf's 2 GiB limit (external data output is not supported)", path: options.output)
+            throw CompressionError(
+                .unsupportedFormat,
+                "the variant would be \(total) bytes, past protobuf's 2 GiB limit (external data output is not supported)",
+                path: options.output)
         }
         try out.write(modelBytes)
         try out.write(ProtobufWire.lengthPrefix(field: 7, length: graphLength))
@@ -209,8 +239,9 @@ extension BuildJob {
                 let d = decisions[di]
                 if d.encoding == nil {
                     let ini = onnx.initializers[di]
-                    recordKept(d, bytes: d.source?.length ?? Int64(ini.messageRange.count),
-                               dtype: d.source?.dtype.rawValue ?? "onnx-\(ini.header.dataType)", shape: ini.header.dims)
+                    recordKept(
+                        d, bytes: d.source?.length ?? Int64(ini.messageRange.count),
+                        dtype: d.source?.dtype.rawValue ?? "onnx-\(ini.header.dataType)", shape: ini.header.dims)
                 }
                 tick(d)
                 previous = di
@@ -219,7 +250,8 @@ extension BuildJob {
             case .verbatim(let r):
                 try onnx.copyVerbatim(r, to: out)
             case .inline(let header, let n, let payload):
-                try out.write(ProtobufWire.lengthPrefix(field: 5, length: Int64(header.count) + ProtobufWire.fieldSize(field: 9, length: n)))
+                try out.write(
+                    ProtobufWire.lengthPrefix(field: 5, length: Int64(header.count) + ProtobufWire.fieldSize(field: 9, length: n)))
                 try out.write(header)
                 try out.write(ProtobufWire.lengthPrefix(field: 9, length: n))
                 switch payload {

@@ -2,14 +2,16 @@ import FleetCore
 import FleetDelta
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension BuildJob {
     /// The report for the variant written to `out` (still under its temporary name). The input's hash
     /// and zstd size come from threads started before the build; they are waited for last.
-    func report(_ out: AtomicOutputFile, inputSha256: () throws(CompressionError) -> String,
-                inputZstd: () throws(CompressionError) -> Int64?) throws(CompressionError) -> VariantReport {
+    func report(
+        _ out: AtomicOutputFile, inputSha256: () throws(CompressionError) -> String,
+        inputZstd: () throws(CompressionError) -> Int64?
+    ) throws(CompressionError) -> VariantReport {
         let changed = qualities.filter(\.changed)
         let changedElements = changed.reduce(0.0) { $0 + Double(elementCount($1.shape) ?? 0) }
         let zeros = changed.reduce(0.0) { $0 + ($1.sparsity ?? 0) * Double(elementCount($1.shape) ?? 0) }
@@ -89,7 +91,11 @@ enum QualityNotes {
         if recipe.experimental { notes.append("experimental recipe: expect a large loss of accuracy without retraining") }
         if overflow > 0 { notes.append("\(overflow) weights overflowed fp16 and became ±inf") }
         if let f = recipe.structuredPruning {
-            notes.append(String(format: "structured pruning removed %.0f%% of the FFN neurons without retraining: expect a loss of agreement; this form is meant for a distillation or fine-tuning pipeline", f * 100))
+            notes.append(
+                String(
+                    format:
+                        "structured pruning removed %.0f%% of the FFN neurons without retraining: expect a loss of agreement; this form is meant for a distillation or fine-tuning pipeline",
+                    f * 100))
         } else if recipe.steps.contains(where: { if case .prune = $0 { true } else { false } }) {
             notes.append("pruned by magnitude without retraining: check the evaluation before shipping")
         }

@@ -8,15 +8,18 @@ extension BuildJob {
     /// how to dequantize: w = (q − zero_point) · scale along the given axis, in blocks for int4.
     mutating func buildSafetensors(_ out: AtomicOutputFile) throws(CompressionError) {
         if recipe.storage?.computes == true || recipe.needsCalibration || recipe.structuredPruning != nil {
-            throw CompressionError(.unsupportedFormat, "recipe '\(recipe.name)' rewrites the graph (the operators that read the weights, or their shapes): it needs an ONNX graph, not safetensors",
-                                   path: options.input)
+            throw CompressionError(
+                .unsupportedFormat,
+                "recipe '\(recipe.name)' rewrites the graph (the operators that read the weights, or their shapes): it needs an ONNX graph, not safetensors",
+                path: options.input)
         }
         let st = try SafetensorsModel(path: options.input)
         inputBytes = st.file.size
         let lastName = st.tensors.last { $0.dtype == .f32 && $0.shape.count >= 2 && $0.elements >= recipe.minElements }?.name
         let decisions = st.tensors.map { t in
-            decide(t, name: t.name, axes: (0, t.shape.count > 1 ? 1 : 0),
-                   protectedBy: protection(name: t.name, isEmbedding: false, isNorm: false, isLast: t.name == lastName))
+            decide(
+                t, name: t.name, axes: (0, t.shape.count > 1 ? 1 : 0),
+                protectedBy: protection(name: t.name, isEmbedding: false, isNorm: false, isLast: t.name == lastName))
         }
         var taken = Set(st.tensors.map(\.name))
         struct Item { var name: String; var dtype: String; var shape: [Int64]; var length: Int64; var decision: Int; var part: Int? }
@@ -50,7 +53,7 @@ extension BuildJob {
             case .int8(let pc): m["kind"] = "int8"; if pc { m["axis"] = enc.channelAxis }
             case .binary, .ternary: m["kind"] = enc.kind == .binary ? "binary" : "ternary"; m["axis"] = enc.channelAxis
             case .int4(let b): m["kind"] = "int4"; m["axis"] = enc.blockAxis; m["block_size"] = b
-            case .int4NBits(let b): m["kind"] = "int4-nbits"; m["block_size"] = b     // ONNX only; refused above
+            case .int4NBits(let b): m["kind"] = "int4-nbits"; m["block_size"] = b  // ONNX only; refused above
             case .uint8Blocks(let b): m["kind"] = "int8-blocks"; m["block_size"] = b  // ONNX only; refused above
             case .fp16: m["kind"] = "fp16"
             case .float32: m["kind"] = "fp32"
@@ -68,7 +71,8 @@ extension BuildJob {
         var header = "{\"__metadata__\":" + jsonObject(metadata)
         var offset: Int64 = 0
         for item in items {
-            header += ",\(jsonString(item.name)):{\"dtype\":\"\(item.dtype)\",\"shape\":[\(item.shape.map(String.init).joined(separator: ","))],"
+            header +=
+                ",\(jsonString(item.name)):{\"dtype\":\"\(item.dtype)\",\"shape\":[\(item.shape.map(String.init).joined(separator: ","))],"
                 + "\"data_offsets\":[\(offset),\(offset + item.length)]}"
             offset += item.length
         }

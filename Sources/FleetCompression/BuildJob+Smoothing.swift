@@ -25,8 +25,10 @@ extension BuildJob {
     /// inserts). The Mul costs time at run time, so an activation is smoothed only when the estimated
     /// error of its MatMuls' outputs drops at least `min_gain` times (`SmoothingEstimate`). Returns
     /// the inverse-scale initializers to add, by activation.
-    mutating func planSmoothing(_ decisions: inout [TensorDecision], graph: Onnx_GraphProto,
-                                fresh: (String) -> String) throws(CompressionError) -> [(activation: String, name: String, inverse: [Float])] {
+    mutating func planSmoothing(
+        _ decisions: inout [TensorDecision], graph: Onnx_GraphProto,
+        fresh: (String) -> String
+    ) throws(CompressionError) -> [(activation: String, name: String, inverse: [Float])] {
         guard let (alpha, minGain) = smoothStep else { return [] }
         guard let ranges = options.calibration else {
             notes.append("activations not smoothed: no calibration ranges (give calibration inputs or a calibrator)")
@@ -49,13 +51,15 @@ extension BuildJob {
             let members = groups[a]!
             // A weight read with two different activations cannot take both smoothings.
             guard members.allSatisfy({ activationOf[$0]!.count == 1 }), let amax = ranges.absmax[a],
-                  let k = decisions[members[0]].source?.shape.first, members.allSatisfy({ decisions[$0].source?.shape.first == k }),
-                  amax.count == Int(k) else { unusable += 1; continue }
+                let k = decisions[members[0]].source?.shape.first, members.allSatisfy({ decisions[$0].source?.shape.first == k }),
+                amax.count == Int(k)
+            else { unusable += 1; continue }
             var weights: [[Float]] = []
             for di in members { weights.append(try decisions[di].source!.readFloats()) }
             // Weight levels of the MatMuls' format: int4 MatMulNBits ±7.5, int8 (also in int4 `mixed`) ±127.
             let levels: Double = if case .int4MatMulNBits = recipe.storage { 7.5 } else { 127 }
-            let estimate = SmoothingEstimate(absmax: amax, meanSquares: ranges.meanSquares[a], weights: weights, rows: Int(k), weightLevels: levels)
+            let estimate = SmoothingEstimate(
+                absmax: amax, meanSquares: ranges.meanSquares[a], weights: weights, rows: Int(k), weightLevels: levels)
             let s = estimate.scales(alpha: alpha)
             let gain = estimate.gain(s)
             guard gain >= minGain else { notWorth += 1; continue }
@@ -63,10 +67,13 @@ extension BuildJob {
             for di in members { decisions[di].rowScales = s }
             out.append((a, fresh(a + "_smooth_inverse"), s.map { 1 / $0 }))
         }
-        var note = String(format: "activations smoothed (alpha %.2f) before %d of %d MatMul groups, from %d calibration samples", alpha, out.count,
-                          order.count, ranges.samples)
+        var note = String(
+            format: "activations smoothed (alpha %.2f) before %d of %d MatMul groups, from %d calibration samples", alpha, out.count,
+            order.count, ranges.samples)
         if !gains.isEmpty { note += String(format: " (estimated error %.1f–%.1fx lower)", gains.min()!, gains.max()!) }
-        if notWorth > 0 { note += String(format: "; %d left as they were (estimated gain under %.1fx, not worth a Mul)", notWorth, minGain) }
+        if notWorth > 0 {
+            note += String(format: "; %d left as they were (estimated gain under %.1fx, not worth a Mul)", notWorth, minGain)
+        }
         if unusable > 0 { note += "; \(unusable) without usable ranges" }
         notes.append(note)
         return out
@@ -98,10 +105,12 @@ struct SmoothingEstimate {
         for w in weights {
             let cols = w.count / rows
             w.withUnsafeBufferPointer { w in
-                for r in 0..<rows { for c in 0..<cols {
-                    let v = w[r * cols + c]
-                    rowMax[r] = max(rowMax[r], abs(v)); rowSquares[r] += Double(v) * Double(v)
-                } }
+                for r in 0..<rows {
+                    for c in 0..<cols {
+                        let v = w[r * cols + c]
+                        rowMax[r] = max(rowMax[r], abs(v)); rowSquares[r] += Double(v) * Double(v)
+                    }
+                }
             }
         }
         self.rowMax = rowMax
@@ -128,7 +137,9 @@ struct SmoothingEstimate {
             let cols = w.count / rows
             var colMax = [Double](repeating: 0, count: cols)
             w.withUnsafeBufferPointer { w in
-                for r in 0..<rows { let sr = Double(s[r]); for c in 0..<cols { colMax[c] = max(colMax[c], abs(Double(w[r * cols + c]) * sr)) } }
+                for r in 0..<rows {
+                    let sr = Double(s[r]); for c in 0..<cols { colMax[c] = max(colMax[c], abs(Double(w[r * cols + c]) * sr)) }
+                }
             }
             weight += colMax.reduce(0) { $0 + ($1 / weightLevels) * ($1 / weightLevels) } * inputPower
         }

@@ -9,9 +9,11 @@ enum StructuredPruning {
     struct Block: Equatable { var up: String; var bias: String?; var down: String; var width: Int; var region: Set<String> }
 
     /// Element-wise operators that act on each neuron alone (with scalar constants).
-    static let elementwise: Set<String> = ["Mul", "Add", "Sub", "Div", "Erf", "Tanh", "Sigmoid", "Relu", "LeakyRelu", "Gelu", "Pow",
-                                           "Sqrt", "Exp", "Neg", "Abs", "Identity", "Cast", "Softplus", "Clip", "HardSigmoid",
-                                           "HardSwish", "Elu", "Selu", "Celu", "Mish"]
+    static let elementwise: Set<String> = [
+        "Mul", "Add", "Sub", "Div", "Erf", "Tanh", "Sigmoid", "Relu", "LeakyRelu", "Gelu", "Pow",
+        "Sqrt", "Exp", "Neg", "Abs", "Identity", "Cast", "Softplus", "Clip", "HardSigmoid",
+        "HardSwish", "Elu", "Selu", "Celu", "Mish"
+    ]
 
     /// The blocks whose up and down weights (and bias) are fp32 initializers read only there.
     /// `shapes`: the initializers' shapes; `scalars`: names of values with at most one element
@@ -40,7 +42,8 @@ enum StructuredPruning {
                 for c in consumers[v] ?? [] {
                     let n = graph.node[c]
                     if isDefault(n), n.opType == "MatMul", n.input.count == 2, n.input[0] == v, n.input[1] != v,
-                       let w2 = shapes[n.input[1]], w2.count == 2, w2[0] == width, ownWeight(n.input[1]) {
+                        let w2 = shapes[n.input[1]], w2.count == 2, w2[0] == width, ownWeight(n.input[1])
+                    {
                         if down == nil || down == c { down = c } else { ok = false }
                         continue
                     }
@@ -131,9 +134,11 @@ extension BuildJob {
             let names = [b.up, b.down] + (b.bias.map { [$0] } ?? [])
             // A protected tensor (recipe `protect`) keeps its block whole.
             guard let ui = index[b.up], let di = index[b.down], names.allSatisfy({ index[$0] != nil }),
-                  !names.contains(where: { decisions[index[$0]!].reason.hasPrefix("kept: protected") }) else { skipped += 1; continue }
-            let keep = StructuredPruning.keep(up: try decisions[ui].source!.readFloats(), down: try decisions[di].source!.readFloats(),
-                                              width: b.width, fraction: fraction)
+                !names.contains(where: { decisions[index[$0]!].reason.hasPrefix("kept: protected") })
+            else { skipped += 1; continue }
+            let keep = StructuredPruning.keep(
+                up: try decisions[ui].source!.readFloats(), down: try decisions[di].source!.readFloats(),
+                width: b.width, fraction: fraction)
             guard keep.count < b.width else { skipped += 1; continue }
             for (name, axis) in [(b.up, 1), (b.down, 0)] + (b.bias.map { [($0, 0)] } ?? []) {
                 let i = index[name]!
@@ -147,8 +152,12 @@ extension BuildJob {
             pruned += 1; removed += b.width - keep.count; total += b.width
         }
         graph.valueInfo.removeAll { dropShapes.contains($0.name) }
-        var note = "structured pruning: \(removed) of \(total) neurons removed in \(pruned) feed-forward blocks (by ‖up column‖·‖down row‖; matrices reshaped)"
-        if pruned == 0 { note = "structured pruning: no feed-forward block (MatMul → element-wise → MatMul with weights read only there) found: nothing removed" }
+        var note =
+            "structured pruning: \(removed) of \(total) neurons removed in \(pruned) feed-forward blocks (by ‖up column‖·‖down row‖; matrices reshaped)"
+        if pruned == 0 {
+            note =
+                "structured pruning: no feed-forward block (MatMul → element-wise → MatMul with weights read only there) found: nothing removed"
+        }
         if skipped > 0 { note += "; \(skipped) blocks left whole (protected or nothing to remove)" }
         notes.append(note)
     }

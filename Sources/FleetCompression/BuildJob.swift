@@ -32,9 +32,13 @@ struct BuildJob {
     /// Which tensors the recipe touches. `axes` gives the channel and block axis of a tensor;
     /// `protectedBy` names the protection (embeddings, layernorm, last, a pattern) that keeps it, if any.
     /// `site`: for compute forms, the operator that will read the weight (nil: none that can).
-    func decide(_ source: SourceTensor?, name: String, axes: (channel: Int, block: Int),
-                protectedBy: String?, site: ComputeSite? = nil) -> TensorDecision {
-        func keep(_ reason: String) -> TensorDecision { TensorDecision(source: source, name: name, encoding: nil, prune: false, reason: reason) }
+    func decide(
+        _ source: SourceTensor?, name: String, axes: (channel: Int, block: Int),
+        protectedBy: String?, site: ComputeSite? = nil
+    ) -> TensorDecision {
+        func keep(_ reason: String) -> TensorDecision {
+            TensorDecision(source: source, name: name, encoding: nil, prune: false, reason: reason)
+        }
         guard let s = source else { return keep("kept: data not in a form this builder reads") }
         guard s.dtype.isFloat else { return keep("kept: \(s.dtype.rawValue) is not floating point") }
         guard s.dtype == .f32 else { return keep("kept: \(s.dtype.rawValue) (only fp32 weights are transformed)") }
@@ -43,25 +47,29 @@ struct BuildJob {
         if let p = protectedBy { return keep("kept: protected (\(p))") }
         if recipe.storage?.computes == true {
             // A compute form quantizes only what an operator can compute from directly; the rest stays fp32.
-            guard let site else { return keep("kept: fp32 (not read as a MatMul weight or embedding table that the compute form can take)") }
-            let enc = switch site {
-            case .matMulInt8: TensorEncoding(kind: .int8(perChannel: true), channelAxis: 1, blockAxis: 0)
-            case .matMulNBits(let b, _): TensorEncoding(kind: .int4NBits(blockSize: b), channelAxis: 1, blockAxis: 0)
-            case .gatherBlockQuantized(let b, let bits):
-                TensorEncoding(kind: bits == 8 ? .uint8Blocks(blockSize: b) : .int4(blockSize: b), channelAxis: 0, blockAxis: 1)
+            guard let site else {
+                return keep("kept: fp32 (not read as a MatMul weight or embedding table that the compute form can take)")
             }
+            let enc =
+                switch site {
+                case .matMulInt8: TensorEncoding(kind: .int8(perChannel: true), channelAxis: 1, blockAxis: 0)
+                case .matMulNBits(let b, _): TensorEncoding(kind: .int4NBits(blockSize: b), channelAxis: 1, blockAxis: 0)
+                case .gatherBlockQuantized(let b, let bits):
+                    TensorEncoding(kind: bits == 8 ? .uint8Blocks(blockSize: b) : .int4(blockSize: b), channelAxis: 0, blockAxis: 1)
+                }
             var d = TensorDecision(source: s, name: name, encoding: enc, prune: pruneStep != nil, reason: enc.summary)
             d.site = site
             return d
         }
-        let enc: TensorEncoding? = switch recipe.storage {
-        case .fp16: TensorEncoding(kind: .fp16, channelAxis: axes.channel, blockAxis: axes.block)
-        case .int8(let g): TensorEncoding(kind: .int8(perChannel: g == .perChannel), channelAxis: axes.channel, blockAxis: axes.block)
-        case .int4(let b): TensorEncoding(kind: .int4(blockSize: b), channelAxis: axes.channel, blockAxis: axes.block)
-        case .binary: TensorEncoding(kind: .binary, channelAxis: axes.channel, blockAxis: axes.block)
-        case .ternary: TensorEncoding(kind: .ternary, channelAxis: axes.channel, blockAxis: axes.block)
-        default: TensorEncoding(kind: .float32, channelAxis: axes.channel, blockAxis: axes.block)
-        }
+        let enc: TensorEncoding? =
+            switch recipe.storage {
+            case .fp16: TensorEncoding(kind: .fp16, channelAxis: axes.channel, blockAxis: axes.block)
+            case .int8(let g): TensorEncoding(kind: .int8(perChannel: g == .perChannel), channelAxis: axes.channel, blockAxis: axes.block)
+            case .int4(let b): TensorEncoding(kind: .int4(blockSize: b), channelAxis: axes.channel, blockAxis: axes.block)
+            case .binary: TensorEncoding(kind: .binary, channelAxis: axes.channel, blockAxis: axes.block)
+            case .ternary: TensorEncoding(kind: .ternary, channelAxis: axes.channel, blockAxis: axes.block)
+            default: TensorEncoding(kind: .float32, channelAxis: axes.channel, blockAxis: axes.block)
+            }
         return TensorDecision(source: s, name: name, encoding: enc, prune: pruneStep != nil, reason: enc!.summary)
     }
 
@@ -101,7 +109,8 @@ struct BuildJob {
     mutating func tick(_ d: TensorDecision) {
         progressDone += 1
         bytesDone += d.source?.length ?? 0
-        options.progress?(VariantBuilder.Progress(tensor: d.name, done: progressDone, total: progressTotal, bytesDone: bytesDone, bytesTotal: bytesTotal))
+        options.progress?(
+            VariantBuilder.Progress(tensor: d.name, done: progressDone, total: progressTotal, bytesDone: bytesDone, bytesTotal: bytesTotal))
     }
 
     /// Reads, prunes and encodes one tensor; records its quality. Returns the payload of each part.
@@ -141,22 +150,27 @@ struct BuildJob {
         var encoding = enc.summary
         if d.prune, let step = pruneStep { encoding = "pruned \(step.scope.rawValue), " + encoding }
         if d.rowScales != nil { encoding = "smoothed, " + encoding }
-        if let k = d.keep { encoding = "structured: kept \(k.indices.count) of \(s.shape[k.axis]) FFN neurons (axis \(k.axis)), " + encoding }
+        if let k = d.keep {
+            encoding = "structured: kept \(k.indices.count) of \(s.shape[k.axis]) FFN neurons (axis \(k.axis)), " + encoding
+        }
         switch d.site {
         case .matMulInt8(let ops): encoding += ops == .onnxruntime ? " → DynamicQuantizeMatMul" : " → MatMulInteger"
         case .matMulNBits(_, let acc): encoding += " → MatMulNBits accuracy_level \(acc)"
         case .gatherBlockQuantized: encoding += " → GatherBlockQuantized"
         case nil: break
         }
-        qualities.append(VariantReport.TensorQuality(
-            name: s.name, dtype: s.dtype.rawValue, shape: shape, encoding: encoding, changed: true,
-            relativeL2: meter.relativeL2, snrDb: meter.snrDb, maxAbsError: meter.maxAbs, sparsity: meter.sparsity,
-            overflow: enc.kind == .fp16 ? meter.overflow : nil, bytesIn: s.length, bytesOut: parts.reduce(0) { $0 + Int64($1.count) }))
+        qualities.append(
+            VariantReport.TensorQuality(
+                name: s.name, dtype: s.dtype.rawValue, shape: shape, encoding: encoding, changed: true,
+                relativeL2: meter.relativeL2, snrDb: meter.snrDb, maxAbsError: meter.maxAbs, sparsity: meter.sparsity,
+                overflow: enc.kind == .fp16 ? meter.overflow : nil, bytesIn: s.length, bytesOut: parts.reduce(0) { $0 + Int64($1.count) }))
         return parts
     }
 
     mutating func recordKept(_ d: TensorDecision, bytes: Int64, dtype: String, shape: [Int64]) {
-        qualities.append(VariantReport.TensorQuality(name: d.name, dtype: dtype, shape: shape, encoding: d.reason, changed: false,
-                                                     bytesIn: bytes, bytesOut: bytes))
+        qualities.append(
+            VariantReport.TensorQuality(
+                name: d.name, dtype: dtype, shape: shape, encoding: d.reason, changed: false,
+                bytesIn: bytes, bytesOut: bytes))
     }
 }

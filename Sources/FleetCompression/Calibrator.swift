@@ -9,13 +9,16 @@ public enum Calibrator {
     public static func run(command: String, model: String) throws(CompressionError) -> ActivationRanges {
         let r = try ExternalCommand.run(command, arguments: [model], environment: ["EDGEFLEET_BASE": model], what: "calibrator")
         guard r.status == 0 else { throw CompressionError(.evaluator, "calibrator '\(command)' exited with \(r.status): \(r.stderr)") }
-        guard let line = r.jsonLine else { throw CompressionError(.evaluator, "calibrator '\(command)' printed no JSON result line; stderr: \(r.stderr)") }
+        guard let line = r.jsonLine else {
+            throw CompressionError(.evaluator, "calibrator '\(command)' printed no JSON result line; stderr: \(r.stderr)")
+        }
         return try parse(Data(line.utf8))
     }
 
     static func parse(_ data: Data) throws(CompressionError) -> ActivationRanges {
         guard let obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any],
-              let acts = obj["activations"] as? [String: Any] else {
+            let acts = obj["activations"] as? [String: Any]
+        else {
             throw CompressionError(.evaluator, "calibration result needs an \"activations\" object")
         }
         var out: [String: [Float]] = [:]

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Why a variant could not be built. `code` is the fault class; `tensor` and `path` say where it

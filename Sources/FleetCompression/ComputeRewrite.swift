@@ -21,8 +21,10 @@ struct ComputeRewrite {
     /// same form, each with its bias: attention's Q, K and V) become one operator over their weights
     /// joined by Concat, which onnxruntime folds into one initializer when it loads the model, and a
     /// Split: one activation quantization and one GEMM instead of three.
-    func apply(_ graph: inout Onnx_GraphProto, floatShapes: [String: [Int64]], opset: Int64,
-               fresh: (String) -> String) -> (operators: [String], initializers: [Onnx_TensorProto]) {
+    func apply(
+        _ graph: inout Onnx_GraphProto, floatShapes: [String: [Int64]], opset: Int64,
+        fresh: (String) -> String
+    ) -> (operators: [String], initializers: [Onnx_TensorProto]) {
         var consumers: [String: [Int]] = [:]
         for (i, n) in graph.node.enumerated() { for x in n.input where !x.isEmpty { consumers[x, default: []].append(i) } }
         let graphOutputs = Set(graph.output.map(\.name))
@@ -30,7 +32,7 @@ struct ComputeRewrite {
 
         // Pass 1: the MatMuls to replace, the bias each absorbs, and the sibling groups.
         var readers: [Int: Reader] = [:]
-        var siblings: [String: [Int]] = [:]     // activation → reader nodes, in graph order
+        var siblings: [String: [Int]] = [:]  // activation → reader nodes, in graph order
         for (i, node) in graph.node.enumerated() where isDefault(node) && node.opType == "MatMul" && node.input.count == 2 {
             guard let w = weights[node.input[1]] else { continue }
             var r = Reader(node: i, weight: w, bias: "", biasAdd: nil, output: node.output[0])
@@ -48,8 +50,12 @@ struct ComputeRewrite {
         var groupOf: [Int: [Int]] = [:]
         for (_, members) in siblings where members.count > 1 {
             let first = readers[members[0]]!
-            guard members.allSatisfy({ !readers[$0]!.bias.isEmpty && readers[$0]!.weight.site == first.weight.site
-                                       && readers[$0]!.weight.shape[0] == first.weight.shape[0] }) else { continue }
+            guard
+                members.allSatisfy({
+                    !readers[$0]!.bias.isEmpty && readers[$0]!.weight.site == first.weight.site
+                        && readers[$0]!.weight.shape[0] == first.weight.shape[0]
+                })
+            else { continue }
             for m in members { groupOf[m] = members }
         }
 
@@ -60,7 +66,9 @@ struct ComputeRewrite {
         var ops = Set<String>()
         var added: [Onnx_TensorProto] = []
 
-        func make(_ op: String, _ inputs: [String], _ outputs: [String], domain: String = "", _ attrs: [(String, Int64)] = []) -> Onnx_NodeProto {
+        func make(_ op: String, _ inputs: [String], _ outputs: [String], domain: String = "", _ attrs: [(String, Int64)] = [])
+            -> Onnx_NodeProto
+        {
             var n = Onnx_NodeProto()
             n.opType = op
             n.domain = domain
@@ -85,10 +93,15 @@ struct ComputeRewrite {
         func compute(_ site: ComputeSite, _ a: String, _ parts: [String], k: Int64, n: Int64, bias: String, output: String) {
             switch site {
             case .matMulInt8(.onnxruntime):
-                nodes.append(make("DynamicQuantizeMatMul", [a, parts[0], parts[1]] + (bias.isEmpty ? [] : ["", bias]), [output], domain: "com.microsoft"))
+                nodes.append(
+                    make(
+                        "DynamicQuantizeMatMul", [a, parts[0], parts[1]] + (bias.isEmpty ? [] : ["", bias]), [output],
+                        domain: "com.microsoft"))
             case .matMulNBits(let block, let level):
-                nodes.append(make("MatMulNBits", [a] + parts + (bias.isEmpty ? [] : ["", bias]), [output], domain: "com.microsoft",
-                                  [("K", k), ("N", n), ("bits", 4), ("block_size", Int64(block)), ("accuracy_level", Int64(level))]))
+                nodes.append(
+                    make(
+                        "MatMulNBits", [a] + parts + (bias.isEmpty ? [] : ["", bias]), [output], domain: "com.microsoft",
+                        [("K", k), ("N", n), ("bits", 4), ("block_size", Int64(block)), ("accuracy_level", Int64(level))]))
             case .matMulInt8(.standard), .gatherBlockQuantized:
                 break
             }
@@ -135,7 +148,9 @@ struct ComputeRewrite {
                 switch r.weight.site {
                 case .matMulInt8(.standard):
                     let q: (q: String, scale: String, zeroPoint: String)
-                    if let known = quantizedInput[a] { q = known } else {
+                    if let known = quantizedInput[a] {
+                        q = known
+                    } else {
                         q = (fresh(a + "_quantized"), fresh(a + "_scale"), fresh(a + "_zero_point"))
                         nodes.append(make("DynamicQuantizeLinear", [a], [q.q, q.scale, q.zeroPoint]))
                         quantizedInput[a] = q
@@ -150,9 +165,12 @@ struct ComputeRewrite {
                     compute(r.weight.site, a, r.weight.parts, k: r.weight.shape[0], n: r.weight.shape[1], bias: r.bias, output: r.output)
                 }
             } else if isDefault(node), node.opType == "Gather", node.input.count == 2, let w = weights[node.input[0]],
-                      case .gatherBlockQuantized(let block, let bits) = w.site {
-                nodes.append(make("GatherBlockQuantized", [w.parts[0], node.input[1], w.parts[1], w.parts[2]], node.output, domain: "com.microsoft",
-                                  [("gather_axis", 0), ("quantize_axis", 1), ("block_size", Int64(block)), ("bits", Int64(bits))]))
+                case .gatherBlockQuantized(let block, let bits) = w.site
+            {
+                nodes.append(
+                    make(
+                        "GatherBlockQuantized", [w.parts[0], node.input[1], w.parts[1], w.parts[2]], node.output, domain: "com.microsoft",
+                        [("gather_axis", 0), ("quantize_axis", 1), ("block_size", Int64(block)), ("bits", Int64(bits))]))
             } else {
                 nodes.append(node)
             }

@@ -5,8 +5,10 @@ import Foundation
 /// variant): its bytes against its teacher's and the evaluator's output agreement with the teacher.
 /// Its tensors have no counterpart in the teacher, so there are no per-tensor errors.
 public enum DerivedVariantReport {
-    public static func measure(teacher: String, student: String, technique: String, evaluator: String,
-                               zstdLevel: Int? = 3) throws(CompressionError) -> VariantReport {
+    public static func measure(
+        teacher: String, student: String, technique: String, evaluator: String,
+        zstdLevel: Int? = 3
+    ) throws(CompressionError) -> VariantReport {
         guard Lineage.techniques.contains(technique) else {
             throw CompressionError(.recipe, "technique must be one of \(Lineage.techniques.joined(separator: ", "))")
         }
@@ -18,7 +20,8 @@ public enum DerivedVariantReport {
         var notes = ["\(technique) variant: output agreement measured against its teacher; no per-tensor comparison"]
         if tf != sf { notes.append("teacher is \(tf.rawValue), student is \(sf.rawValue)") }
         if evaluation.meanCosine < 0.9 {
-            notes.append(String(format: "output agreement is poor: mean cosine %.4f, minimum %.4f", evaluation.meanCosine, evaluation.minCosine))
+            notes.append(
+                String(format: "output agreement is poor: mean cosine %.4f, minimum %.4f", evaluation.meanCosine, evaluation.minCosine))
         }
         return VariantReport(
             tool: VariantBuilder.tool, toolVersion: VariantBuilder.toolVersion, recipe: technique, steps: [technique],

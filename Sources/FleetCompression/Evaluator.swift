@@ -8,10 +8,13 @@ import Foundation
 /// {"samples": N, "mean_cosine": x, "min_cosine": y, "top1_agreement": z (optional), "detail": {…} (optional)}.
 /// A non-zero exit, or no such line, is an `.evaluator` error.
 public enum Evaluator {
-    public static func run(command: String, base: String, variant: String, format: String) throws(CompressionError) -> VariantReport.Evaluation {
-        let r = try ExternalCommand.run(command, arguments: [base, variant],
-                                        environment: ["EDGEFLEET_BASE": base, "EDGEFLEET_VARIANT": variant, "EDGEFLEET_FORMAT": format],
-                                        what: "evaluator")
+    public static func run(command: String, base: String, variant: String, format: String) throws(CompressionError)
+        -> VariantReport.Evaluation
+    {
+        let r = try ExternalCommand.run(
+            command, arguments: [base, variant],
+            environment: ["EDGEFLEET_BASE": base, "EDGEFLEET_VARIANT": variant, "EDGEFLEET_FORMAT": format],
+            what: "evaluator")
         guard r.status == 0 else {
             throw CompressionError(.evaluator, "'\(command)' exited with \(r.status): \(r.stderr)")
         }
@@ -27,7 +30,8 @@ public enum Evaluator {
         }
         func number(_ key: String) -> Double? { (obj[key] as? NSNumber)?.doubleValue }
         guard let mean = number("mean_cosine"), let minimum = number("min_cosine"), mean.isFinite, minimum.isFinite,
-              (-1.0...1.0001).contains(mean), (-1.0...1.0001).contains(minimum) else {
+            (-1.0...1.0001).contains(mean), (-1.0...1.0001).contains(minimum)
+        else {
             throw CompressionError(.evaluator, "result needs mean_cosine and min_cosine between -1 and 1")
         }
         let samples = (obj["samples"] as? NSNumber)?.intValue ?? 0
@@ -40,15 +44,18 @@ public enum Evaluator {
         var speed: VariantReport.Speed?
         if let sp = obj["speed"] {
             guard JSONSerialization.isValidJSONObject(sp), let d = try? JSONSerialization.data(withJSONObject: sp),
-                  let decoded = try? JSONDecoder().decode(VariantReport.Speed.self, from: d) else {
+                let decoded = try? JSONDecoder().decode(VariantReport.Speed.self, from: d)
+            else {
                 throw CompressionError(.evaluator, "result's \"speed\" is not {batch, runs, timings: [{threads, baseMedianMs, …}], …}")
             }
-            guard decoded.timings.allSatisfy({ [$0.baseMedianMs, $0.variantMedianMs, $0.speedup].allSatisfy { $0.isFinite && $0 > 0 } }) else {
+            guard decoded.timings.allSatisfy({ [$0.baseMedianMs, $0.variantMedianMs, $0.speedup].allSatisfy { $0.isFinite && $0 > 0 } })
+            else {
                 throw CompressionError(.evaluator, "result's speed has a time that is not a positive number")
             }
             speed = decoded
         }
-        return VariantReport.Evaluation(evaluator: command, samples: samples, meanCosine: min(mean, 1), minCosine: min(minimum, 1),
-                                        top1Agreement: number("top1_agreement"), detail: detail, speed: speed)
+        return VariantReport.Evaluation(
+            evaluator: command, samples: samples, meanCosine: min(mean, 1), minCosine: min(minimum, 1),
+            top1Agreement: number("top1_agreement"), detail: detail, speed: speed)
     }
 }

@@ -15,7 +15,8 @@ enum ExternalCommand {
         }
     }
 
-    static func run(_ command: String, arguments: [String], environment: [String: String], what: String) throws(CompressionError) -> Result {
+    static func run(_ command: String, arguments: [String], environment: [String: String], what: String) throws(CompressionError) -> Result
+    {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")
         p.arguments = ["-c", command + " \"$@\"", "sh"] + arguments

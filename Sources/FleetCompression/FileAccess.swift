@@ -1,7 +1,7 @@
 import FleetCore
 import FleetIO
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A file read with pread(2) at explicit offsets: tensors are read one at a time, so the builder
@@ -43,8 +43,9 @@ final class ReadableFile: @unchecked Sendable {
             let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset + Int64(done)))
             if n < 0 { if errno == EINTR { continue }; throw .errno(path, "read") }
             if n == 0 {
-                throw CompressionError(.truncated, "file ends at \(offset + Int64(done)), \(buffer.count - done) more bytes expected",
-                                       path: path, offset: offset + Int64(done))
+                throw CompressionError(
+                    .truncated, "file ends at \(offset + Int64(done)), \(buffer.count - done) more bytes expected",
+                    path: path, offset: offset + Int64(done))
             }
             done += n
         }
@@ -115,7 +116,7 @@ final class AtomicOutputFile {
     func commit() throws(CompressionError) {
         do throws(FileIOError) {
             try file.commit(sync: true)
-        } catch where error.isAfterRename {
+        } catch  where error.isAfterRename {
             // The variant is in place; as before, a folder that cannot be fsynced does not fail the build.
         } catch {
             throw CompressionError(error)

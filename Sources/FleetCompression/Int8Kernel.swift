@@ -91,7 +91,9 @@ struct Int8Kernel {
     }
 
     /// `len` elements from `start`; the (scale, 1/scale) of element k (or of the vector at k) come from the closures.
-    @inline(__always) func span(_ start: Int, _ len: Int, into sums: inout Sums, vectorScale: (Int) -> (V, V), scalarScale: (Int) -> (Float, Float)) {
+    @inline(__always) func span(
+        _ start: Int, _ len: Int, into sums: inout Sums, vectorScale: (Int) -> (V, V), scalarScale: (Int) -> (Float, Float)
+    ) {
         let lo = V(repeating: magic - 127), hi = V(repeating: magic + 127), mg = V(repeating: magic)
         var ss = V(repeating: 0), se = V(repeating: 0), mx = V(repeating: 0)
         var z = SIMD8<Int32>(repeating: 0)
@@ -133,8 +135,10 @@ struct Int8Kernel {
     /// A row whose element k belongs to channel k.
     func row(_ start: Int, _ len: Int, scales: UnsafePointer<Float>, inverses: UnsafePointer<Float>, into sums: inout Sums) {
         let s = UnsafeRawPointer(scales), inv = UnsafeRawPointer(inverses)
-        span(start, len, into: &sums,
-             vectorScale: { k in (s.loadUnaligned(fromByteOffset: k * 4, as: V.self), inv.loadUnaligned(fromByteOffset: k * 4, as: V.self)) },
-             scalarScale: { k in (scales[k], inverses[k]) })
+        span(
+            start, len, into: &sums,
+            vectorScale: { k in (s.loadUnaligned(fromByteOffset: k * 4, as: V.self), inv.loadUnaligned(fromByteOffset: k * 4, as: V.self))
+            },
+            scalarScale: { k in (scales[k], inverses[k]) })
     }
 }

@@ -19,7 +19,8 @@ struct ONNXGraphFacts {
             let transB = node.attribute.first { $0.name == "transB" }?.i == 1
             let axis = node.attribute.first { $0.name == "axis" }?.i ?? 0
             for (i, input) in node.input.enumerated() where !input.isEmpty {
-                uses[input, default: []].append(Use(opType: node.opType, input: i, node: n, transB: transB, domain: node.domain, axis: axis))
+                uses[input, default: []].append(
+                    Use(opType: node.opType, input: i, node: n, transB: transB, domain: node.domain, axis: axis))
             }
             for o in node.output { nodeOutputs.insert(o) }
         }
@@ -32,7 +33,9 @@ struct ONNXGraphFacts {
     /// a Gather table [rows, D] read along axis 0 with D a multiple of the block (int4; int8 with the
     /// onnxruntime operators). int4 `mixed`: int4 tables, int8 MatMuls.
     func computeSite(_ name: String, shape: [Int64], storage: Recipe.Step?) -> ComputeSite? {
-        guard let u = uses[name], !u.isEmpty, shape.count == 2, !graphInputs.contains(name), !graphOutputs.contains(name) else { return nil }
+        guard let u = uses[name], !u.isEmpty, shape.count == 2, !graphInputs.contains(name), !graphOutputs.contains(name) else {
+            return nil
+        }
         let allMatMulB = u.allSatisfy { $0.opType == "MatMul" && $0.isDefaultDomain && $0.input == 1 }
         let allGatherTable = u.allSatisfy { $0.opType == "Gather" && $0.isDefaultDomain && $0.input == 0 && $0.axis == 0 }
         switch storage {
@@ -45,7 +48,7 @@ struct ONNXGraphFacts {
         case .int4MatMulNBits(let b, let acc) where allMatMulB && shape[0] % Int64(b) == 0:
             return .matMulNBits(blockSize: b, accuracyLevel: acc)
         case .int4MatMulNBits(let b, _) where allGatherTable && shape[1] % Int64(b) == 0,
-             .int4Mixed(let b) where allGatherTable && shape[1] % Int64(b) == 0:
+            .int4Mixed(let b) where allGatherTable && shape[1] % Int64(b) == 0:
             return .gatherBlockQuantized(blockSize: b, bits: 4)
         case .int4Mixed where allMatMulB:
             return .matMulInt8(.onnxruntime)
@@ -58,10 +61,10 @@ struct ONNXGraphFacts {
     func channelAxis(_ name: String, rank: Int) -> Int {
         guard let u = uses[name]?.first else { return 0 }
         switch (u.opType, u.input) {
-        case ("MatMul", 1): return rank - 1                    // B is [K, N]: one scale per output column
+        case ("MatMul", 1): return rank - 1  // B is [K, N]: one scale per output column
         case ("Gemm", 1): return u.transB ? 0 : 1
         case ("ConvTranspose", 1): return rank > 1 ? 1 : 0
-        default: return 0                                      // Conv [O, I, …], Gather rows, …
+        default: return 0  // Conv [O, I, …], Gather rows, …
         }
     }
 
@@ -76,8 +79,12 @@ struct ONNXGraphFacts {
     }
 
     func isNorm(_ name: String) -> Bool {
-        uses[name]?.contains { ["LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
-                                "SimplifiedLayerNormalization", "SkipLayerNormalization", "RMSNormalization"].contains($0.opType) } == true
+        uses[name]?.contains {
+            [
+                "LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
+                "SimplifiedLayerNormalization", "SkipLayerNormalization", "RMSNormalization"
+            ].contains($0.opType)
+        } == true
     }
 
     /// The position of the latest node that reads it.
@@ -88,16 +95,24 @@ struct ONNXGraphFacts {
 /// operator in it means the same at 21 once the few whose inputs moved are adapted.
 enum ONNXOpsetUpgrade {
     /// Operators whose meaning changed between opset 13 and 21 in ways this upgrade does not adapt.
-    static let refused: Set<String> = ["GroupNormalization", "GridSample", "DFT", "Resize", "Pad", "Scan", "Loop", "If",
-                                       "SequenceMap", "Col2Im", "CenterCropPad", "AffineGrid", "STFT"]
+    static let refused: Set<String> = [
+        "GroupNormalization", "GridSample", "DFT", "Resize", "Pad", "Scan", "Loop", "If",
+        "SequenceMap", "Col2Im", "CenterCropPad", "AffineGrid", "STFT"
+    ]
     /// Reduce operators that took `axes` as an attribute until opset 18 and as an input from 18.
-    static let reduceOps: Set<String> = ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-                                         "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"]
+    static let reduceOps: Set<String> = [
+        "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+        "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"
+    ]
 
     /// Adapts `graph` in place and returns initializers the adapted nodes need (axes tensors).
-    static func upgrade(_ graph: inout Onnx_GraphProto, from opset: Int64, takenNames: inout Set<String>) throws(CompressionError) -> [Onnx_TensorProto] {
+    static func upgrade(_ graph: inout Onnx_GraphProto, from opset: Int64, takenNames: inout Set<String>) throws(CompressionError)
+        -> [Onnx_TensorProto]
+    {
         guard opset >= 13 else {
-            throw CompressionError(.unsupportedOpset, "block-wise int4 needs opset 21; raising it from \(opset) (below 13) is not safe: re-export at opset 13 or later")
+            throw CompressionError(
+                .unsupportedOpset,
+                "block-wise int4 needs opset 21; raising it from \(opset) (below 13) is not safe: re-export at opset 13 or later")
         }
         var extra: [Onnx_TensorProto] = []
         for i in graph.node.indices {
@@ -105,10 +120,14 @@ enum ONNXOpsetUpgrade {
             let domain = graph.node[i].domain
             guard domain.isEmpty || domain == "ai.onnx" else { continue }
             if refused.contains(op) {
-                throw CompressionError(.unsupportedOpset, "block-wise int4 needs opset 21, and operator \(op) (node '\(graph.node[i].name)') changed meaning between \(opset) and 21")
+                throw CompressionError(
+                    .unsupportedOpset,
+                    "block-wise int4 needs opset 21, and operator \(op) (node '\(graph.node[i].name)') changed meaning between \(opset) and 21"
+                )
             }
             if graph.node[i].attribute.contains(where: { $0.type == .graph || $0.type == .graphs }) {
-                throw CompressionError(.unsupportedOpset, "block-wise int4 needs opset 21; subgraphs (node '\(graph.node[i].name)') are not upgraded")
+                throw CompressionError(
+                    .unsupportedOpset, "block-wise int4 needs opset 21; subgraphs (node '\(graph.node[i].name)') are not upgraded")
             }
             if opset < 18, reduceOps.contains(op), let a = graph.node[i].attribute.firstIndex(where: { $0.name == "axes" }) {
                 let axes = graph.node[i].attribute[a].ints
@@ -125,7 +144,8 @@ enum ONNXOpsetUpgrade {
                 if graph.node[i].input.count < 2 { graph.node[i].input.append(name) }
             }
             if opset < 18, op == "Split", graph.node[i].input.count < 2 || graph.node[i].input[1].isEmpty,
-               !graph.node[i].attribute.contains(where: { $0.name == "num_outputs" }) {
+                !graph.node[i].attribute.contains(where: { $0.name == "num_outputs" })
+            {
                 var attr = Onnx_AttributeProto()
                 attr.name = "num_outputs"
                 attr.type = .int

@@ -1,7 +1,7 @@
 import Foundation
 import SwiftProtobuf
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// An ONNX model opened for the builder: the ModelProto and GraphProto decoded by swift-protobuf
@@ -44,7 +44,9 @@ final class ONNXModel {
         do {
             try ProtobufWire.forEachField(b, 0, b.count, what: "ModelProto") { (f) throws(CompressionError) in
                 if f.number == 7 && f.wire == 2 {
-                    guard graphRange == nil else { throw CompressionError(.malformed, "ModelProto has two graphs", offset: Int64(f.keyStart)) }
+                    guard graphRange == nil else {
+                        throw CompressionError(.malformed, "ModelProto has two graphs", offset: Int64(f.keyStart))
+                    }
                     graphRange = f.valueStart..<f.valueEnd
                 } else {
                     restOfModel.append(contentsOf: UnsafeRawBufferPointer(rebasing: b[f.keyStart..<f.valueEnd]))
@@ -61,7 +63,8 @@ final class ONNXModel {
         let modelDir = AtomicOutputFile.dirname(path)
         var externalFiles: [String: ReadableFile] = [:]
         do {
-            try ProtobufWire.forEachField(b, graphRange.lowerBound, graphRange.upperBound, what: "GraphProto") { (f) throws(CompressionError) in
+            try ProtobufWire.forEachField(b, graphRange.lowerBound, graphRange.upperBound, what: "GraphProto") {
+                (f) throws(CompressionError) in
                 if f.number == 5 && f.wire == 2 {
                     found.append(try Self.initializer(b, f, file: file, modelDir: modelDir, externalFiles: &externalFiles))
                 } else {
@@ -84,8 +87,10 @@ final class ONNXModel {
         model.opsetImport.first { $0.domain.isEmpty || $0.domain == "ai.onnx" }?.version ?? 0
     }
 
-    private static func initializer(_ b: UnsafeRawBufferPointer, _ f: ProtobufWire.Field, file: ReadableFile, modelDir: String,
-                                    externalFiles: inout [String: ReadableFile]) throws(CompressionError) -> Initializer {
+    private static func initializer(
+        _ b: UnsafeRawBufferPointer, _ f: ProtobufWire.Field, file: ReadableFile, modelDir: String,
+        externalFiles: inout [String: ReadableFile]
+    ) throws(CompressionError) -> Initializer {
         var headerBytes: [UInt8] = []
         var payload: (field: UInt64, range: Range<Int>)?
         var payloadFields = 0
@@ -130,31 +135,41 @@ final class ONNXModel {
         let length = Int64(payload.range.count)
         switch payload.field {
         case 4 where dtype != .f32, 10 where dtype != .f64:
-            throw CompressionError(.malformed, "\(payload.field == 4 ? "float_data" : "double_data") for a \(dtype.rawValue) tensor", tensor: name)
+            throw CompressionError(
+                .malformed, "\(payload.field == 4 ? "float_data" : "double_data") for a \(dtype.rawValue) tensor", tensor: name)
         default: break
         }
         guard let expected = dtype.byteCount(elements: count), expected == length else {
-            throw CompressionError(.shapeMismatch, "shape \(header.dims) of \(dtype.rawValue) needs \(dtype.byteCount(elements: count) ?? -1) bytes, the data has \(length)",
-                                   tensor: name, offset: Int64(payload.range.lowerBound))
+            throw CompressionError(
+                .shapeMismatch,
+                "shape \(header.dims) of \(dtype.rawValue) needs \(dtype.byteCount(elements: count) ?? -1) bytes, the data has \(length)",
+                tensor: name, offset: Int64(payload.range.lowerBound))
         }
-        let source = SourceTensor(name: name, dtype: dtype, shape: header.dims, file: file, offset: Int64(payload.range.lowerBound), length: length)
+        let source = SourceTensor(
+            name: name, dtype: dtype, shape: header.dims, file: file, offset: Int64(payload.range.lowerBound), length: length)
         return Initializer(header: header, messageRange: range, source: source, isExternal: false)
     }
 
     /// Resolves external data: the location must be a relative path that stays inside the model's folder
     /// (after symlinks), and offset + length must lie inside that file and match the shape.
-    private static func external(_ h: Onnx_TensorProto, dtype: TensorDType, count: Int64, modelDir: String,
-                                 files: inout [String: ReadableFile]) throws(CompressionError) -> SourceTensor {
+    private static func external(
+        _ h: Onnx_TensorProto, dtype: TensorDType, count: Int64, modelDir: String,
+        files: inout [String: ReadableFile]
+    ) throws(CompressionError) -> SourceTensor {
         let name = h.name
         var location: String?, offset: Int64 = 0, length: Int64?
         for e in h.externalData {
             switch e.key {
             case "location": location = e.value
             case "offset":
-                guard let v = Int64(e.value), v >= 0 else { throw CompressionError(.malformed, "external offset '\(e.value)'", tensor: name) }
+                guard let v = Int64(e.value), v >= 0 else {
+                    throw CompressionError(.malformed, "external offset '\(e.value)'", tensor: name)
+                }
                 offset = v
             case "length":
-                guard let v = Int64(e.value), v >= 0 else { throw CompressionError(.malformed, "external length '\(e.value)'", tensor: name) }
+                guard let v = Int64(e.value), v >= 0 else {
+                    throw CompressionError(.malformed, "external length '\(e.value)'", tensor: name)
+                }
                 length = v
             default: break
             }
@@ -162,7 +177,8 @@ final class ONNXModel {
         guard let location, !location.isEmpty else { throw CompressionError(.malformed, "external data without a location", tensor: name) }
         let parts = location.split(separator: "/", omittingEmptySubsequences: false)
         guard !location.hasPrefix("/"), !location.contains("\\"), !parts.contains("..") else {
-            throw CompressionError(.pathEscapes, "external-data location '\(location)' leaves the model's folder", tensor: name, path: location)
+            throw CompressionError(
+                .pathEscapes, "external-data location '\(location)' leaves the model's folder", tensor: name, path: location)
         }
         let full = modelDir + "/" + location
         // A symlink inside the folder may still point out of it.
@@ -170,7 +186,8 @@ final class ONNXModel {
             throw CompressionError(.io, "external-data file '\(location)' cannot be opened", tensor: name, path: full)
         }
         guard realFile.hasPrefix(realDir == "/" ? "/" : realDir + "/") else {
-            throw CompressionError(.pathEscapes, "external-data location '\(location)' resolves outside the model's folder", tensor: name, path: realFile)
+            throw CompressionError(
+                .pathEscapes, "external-data location '\(location)' resolves outside the model's folder", tensor: name, path: realFile)
         }
         let file: ReadableFile
         if let f = files[realFile] { file = f } else { file = try ReadableFile(realFile); files[realFile] = file }
@@ -178,10 +195,14 @@ final class ONNXModel {
             throw CompressionError(.shapeMismatch, "shape \(h.dims) is too large", tensor: name)
         }
         if let length, length != expected {
-            throw CompressionError(.shapeMismatch, "shape \(h.dims) of \(dtype.rawValue) needs \(expected) bytes, external length is \(length)", tensor: name, path: full)
+            throw CompressionError(
+                .shapeMismatch, "shape \(h.dims) of \(dtype.rawValue) needs \(expected) bytes, external length is \(length)", tensor: name,
+                path: full)
         }
         guard offset <= file.size, expected <= file.size - offset else {
-            throw CompressionError(.truncated, "external data \(offset)+\(expected) runs past the end of \(location) (\(file.size) bytes)", tensor: name, path: full)
+            throw CompressionError(
+                .truncated, "external data \(offset)+\(expected) runs past the end of \(location) (\(file.size) bytes)", tensor: name,
+                path: full)
         }
         return SourceTensor(name: name, dtype: dtype, shape: h.dims, file: file, offset: offset, length: expected)
     }

@@ -7,12 +7,16 @@ enum ProtobufWire {
     typealias Field = ProtobufField
 
     /// Calls `body` for each field in `b[start..<end]`, in order.
-    static func forEachField(_ b: UnsafeRawBufferPointer, _ start: Int, _ end: Int, what: String,
-                             _ body: (Field) throws(CompressionError) -> Void) throws(CompressionError) {
+    static func forEachField(
+        _ b: UnsafeRawBufferPointer, _ start: Int, _ end: Int, what: String,
+        _ body: (Field) throws(CompressionError) -> Void
+    ) throws(CompressionError) {
         var reader = ProtobufFieldReader(b, start, end)
         while true {
             let field: Field?
-            do throws(ProtobufWireError) { field = try reader.next() } catch { throw CompressionError(error, what: what, walkedToEnd: end == b.count) }
+            do throws(ProtobufWireError) { field = try reader.next() } catch {
+                throw CompressionError(error, what: what, walkedToEnd: end == b.count)
+            }
             guard let field else { return }
             try body(field)
         }

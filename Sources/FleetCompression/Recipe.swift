@@ -57,7 +57,8 @@ public struct Recipe: Equatable, Sendable {
             case .fp16: "fp16"
             case .int8(let g): "int8 \(g.rawValue) symmetric (storage-only)"
             case .int4(let b): "int4 block \(b) (storage-only)"
-            case .int8Dynamic(let ops): "int8 compute, dynamic activations (\(ops == .onnxruntime ? "DynamicQuantizeMatMul" : "MatMulInteger"))"
+            case .int8Dynamic(let ops):
+                "int8 compute, dynamic activations (\(ops == .onnxruntime ? "DynamicQuantizeMatMul" : "MatMulInteger"))"
             case .int4MatMulNBits(let b, let acc): "int4 compute, MatMulNBits block \(b) accuracy_level \(acc)"
             case .int4Mixed(let b): "int4 embedding tables block \(b), int8 compute MatMuls (DynamicQuantizeMatMul)"
             case .binary: "binary"
@@ -76,8 +77,10 @@ public struct Recipe: Equatable, Sendable {
     public var minElements: Int64
     public var experimental: Bool
 
-    public init(name: String, description: String? = nil, steps: [Step], protect: [String] = [], minElements: Int64 = 1024,
-                experimental: Bool = false) throws(CompressionError) {
+    public init(
+        name: String, description: String? = nil, steps: [Step], protect: [String] = [], minElements: Int64 = 1024,
+        experimental: Bool = false
+    ) throws(CompressionError) {
         self.name = name; self.description = description; self.steps = steps; self.protect = protect
         self.minElements = minElements; self.experimental = experimental
         try validate()
@@ -95,7 +98,7 @@ public struct Recipe: Equatable, Sendable {
             case .int4(let b) where ![16, 32, 64, 128, 256].contains(b):
                 throw CompressionError(.recipe, "recipe '\(name)': int4 block size must be 16, 32, 64, 128 or 256, got \(b)")
             case .int4MatMulNBits(let b, _) where ![16, 32, 64, 128, 256].contains(b),
-                 .int4Mixed(let b) where ![16, 32, 64, 128, 256].contains(b):
+                .int4Mixed(let b) where ![16, 32, 64, 128, 256].contains(b):
                 throw CompressionError(.recipe, "recipe '\(name)': int4 block size must be 16, 32, 64, 128 or 256, got \(b)")
             case .int4MatMulNBits(_, let acc) where ![0, 1, 2, 3, 4].contains(acc):
                 throw CompressionError(.recipe, "recipe '\(name)': accuracy_level must be 0 to 4, got \(acc)")
@@ -105,16 +108,23 @@ public struct Recipe: Equatable, Sendable {
                 throw CompressionError(.recipe, "recipe '\(name)': smoothing alpha must be between 0 and 1, got \(a)")
             case .prune(_, .ffnNeurons) where steps.contains(where: { if case .smooth = $0 { true } else { false } }):
                 throw CompressionError(.recipe, "recipe '\(name)': structured pruning (ffn-neurons) does not combine with smoothing")
-            case .prune(_, .ffnNeurons) where !(storage == nil || storage == .int8Dynamic(.onnxruntime) || storage == .int8Dynamic(.standard)):
-                throw CompressionError(.recipe, "recipe '\(name)': structured pruning (ffn-neurons) combines with int8 compute (dynamic) or with no storage step")
+            case .prune(_, .ffnNeurons)
+            where !(storage == nil || storage == .int8Dynamic(.onnxruntime) || storage == .int8Dynamic(.standard)):
+                throw CompressionError(
+                    .recipe,
+                    "recipe '\(name)': structured pruning (ffn-neurons) combines with int8 compute (dynamic) or with no storage step")
             case .smooth where !steps.contains(where: \.computes):
-                throw CompressionError(.recipe, "recipe '\(name)': smooth only helps a compute form (int8 compute: dynamic, int4 compute: matmulnbits or mixed)")
+                throw CompressionError(
+                    .recipe,
+                    "recipe '\(name)': smooth only helps a compute form (int8 compute: dynamic, int4 compute: matmulnbits or mixed)")
             default: break
             }
         }
         guard minElements >= 0 else { throw CompressionError(.recipe, "recipe '\(name)': min_elements must not be negative") }
         for p in protect where !["embeddings", "layernorm", "last"].contains(p) {
-            do { _ = try Regex(p) } catch { throw CompressionError(.recipe, "recipe '\(name)': protect '\(p)' is not a regular expression") }
+            do { _ = try Regex(p) } catch {
+                throw CompressionError(.recipe, "recipe '\(name)': protect '\(p)' is not a regular expression")
+            }
         }
     }
 
@@ -159,7 +169,9 @@ public struct RecipeBook: Sendable {
     public var names: [String]
 
     public static func load(path: String) throws(CompressionError) -> RecipeBook {
-        guard let data = FileManager.default.contents(atPath: path) else { throw CompressionError(.recipe, "cannot read the recipe file", path: path) }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw CompressionError(.recipe, "cannot read the recipe file", path: path)
+        }
         do { return try parse(String(decoding: data, as: UTF8.self)) } catch { throw error.with(path: path) }
     }
 
@@ -173,9 +185,10 @@ public struct RecipeBook: Sendable {
             guard book.recipes[entry.name] == nil else { throw CompressionError(.recipe, "recipe '\(entry.name)' is defined twice") }
             var steps: [Recipe.Step] = []
             for s in entry.steps { steps.append(try s.step(recipe: entry.name)) }
-            book.recipes[entry.name] = try Recipe(name: entry.name, description: entry.description, steps: steps,
-                                                  protect: entry.protect ?? [], minElements: entry.min_elements ?? file.min_elements ?? 1024,
-                                                  experimental: entry.experimental ?? false)
+            book.recipes[entry.name] = try Recipe(
+                name: entry.name, description: entry.description, steps: steps,
+                protect: entry.protect ?? [], minElements: entry.min_elements ?? file.min_elements ?? 1024,
+                experimental: entry.experimental ?? false)
             book.names.append(entry.name)
         }
         return book
@@ -269,7 +282,8 @@ private struct RecipeFile: Decodable {
                 guard let s = options.sparsity else { throw CompressionError(.recipe, "recipe '\(recipe)': prune needs a sparsity") }
                 return .prune(sparsity: s, scope: options.scope ?? .perLayer)
             default:
-                throw CompressionError(.recipe, "recipe '\(recipe)': unknown step '\(kind)' (fp16, int8, int4, binary, ternary, prune, smooth)")
+                throw CompressionError(
+                    .recipe, "recipe '\(recipe)': unknown step '\(kind)' (fp16, int8, int4, binary, ternary, prune, smooth)")
             }
         }
     }

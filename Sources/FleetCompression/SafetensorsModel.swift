@@ -17,12 +17,17 @@ final class SafetensorsModel {
     init(path: String) throws(CompressionError) {
         self.path = path
         file = try ReadableFile(path)
-        guard file.size >= 8 else { throw CompressionError(.truncated, "\(file.size) bytes: shorter than the 8-byte header length", path: path) }
+        guard file.size >= 8 else {
+            throw CompressionError(.truncated, "\(file.size) bytes: shorter than the 8-byte header length", path: path)
+        }
         let lenBytes = try file.read(at: 0, count: 8)
         let n = lenBytes.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(as: Int64.self)) }
-        guard n >= 2, n <= Self.maxHeader else { throw CompressionError(.malformed, "header length \(n) is not plausible", path: path, offset: 0) }
+        guard n >= 2, n <= Self.maxHeader else {
+            throw CompressionError(.malformed, "header length \(n) is not plausible", path: path, offset: 0)
+        }
         guard n <= file.size - 8 else {
-            throw CompressionError(.truncated, "header of \(n) bytes runs past the end of the \(file.size)-byte file", path: path, offset: 8)
+            throw CompressionError(
+                .truncated, "header of \(n) bytes runs past the end of the \(file.size)-byte file", path: path, offset: 8)
         }
         headerLength = n
         let headerBytes = try file.read(at: 8, count: Int(n))
@@ -46,7 +51,9 @@ final class SafetensorsModel {
             guard let dtype = TensorDType(safetensors: dtypeName) else {
                 throw CompressionError(.unsupportedDataType, "data type '\(dtypeName)'", tensor: name, path: path)
             }
-            guard shape.allSatisfy({ $0 >= 0 }) else { throw CompressionError(.malformed, "shape \(shape) has a negative size", tensor: name, path: path) }
+            guard shape.allSatisfy({ $0 >= 0 }) else {
+                throw CompressionError(.malformed, "shape \(shape) has a negative size", tensor: name, path: path)
+            }
             let begin = offsets[0], end = offsets[1]
             guard begin >= 0, end >= begin else {
                 throw CompressionError(.malformed, "data_offsets \(offsets) are not an ordered pair", tensor: name, path: path)
@@ -55,7 +62,8 @@ final class SafetensorsModel {
                 throw CompressionError(.truncated, "data ends at \(end), the data section has \(dataSize) bytes", tensor: name, path: path)
             }
             guard let count = elementCount(shape), let expected = dtype.byteCount(elements: count), expected == end - begin else {
-                throw CompressionError(.shapeMismatch, "shape \(shape) of \(dtypeName) disagrees with \(end - begin) bytes of data", tensor: name, path: path)
+                throw CompressionError(
+                    .shapeMismatch, "shape \(shape) of \(dtypeName) disagrees with \(end - begin) bytes of data", tensor: name, path: path)
             }
             list.append(SourceTensor(name: name, dtype: dtype, shape: shape, file: file, offset: dataStart + begin, length: end - begin))
         }
@@ -64,8 +72,9 @@ final class SafetensorsModel {
         var previousName: String?
         for t in list {
             guard t.offset >= previousEnd || t.length == 0 else {
-                throw CompressionError(.overlap, "data overlaps \(previousName.map { "tensor '\($0)'" } ?? "the header")", tensor: t.name, path: path,
-                                       offset: t.offset)
+                throw CompressionError(
+                    .overlap, "data overlaps \(previousName.map { "tensor '\($0)'" } ?? "the header")", tensor: t.name, path: path,
+                    offset: t.offset)
             }
             if t.length > 0 { previousEnd = t.offset + t.length; previousName = t.name }
         }

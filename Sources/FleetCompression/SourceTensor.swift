@@ -39,7 +39,9 @@ struct SourceTensor {
             return out
         case .f16:
             let raw = try file.read(at: offset, count: n * 2)
-            return raw.withUnsafeBytes { b in (0..<n).map { Float(Float16(bitPattern: b.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self))) } }
+            return raw.withUnsafeBytes { b in
+                (0..<n).map { Float(Float16(bitPattern: b.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self))) }
+            }
         case .bf16:
             let raw = try file.read(at: offset, count: n * 2)
             return raw.withUnsafeBytes { b in

@@ -6,7 +6,7 @@ import Foundation
 /// beats symmetric. Either way `DequantizeLinear` reproduces ŵ in any ONNX runtime.
 struct TensorEncoding: Equatable {
     enum Kind: Equatable {
-        case float32                      // values changed (pruned) but stored as fp32
+        case float32  // values changed (pruned) but stored as fp32
         case fp16
         case int8(perChannel: Bool)
         case int4(blockSize: Int)
@@ -40,24 +40,33 @@ struct TensorEncoding: Equatable {
         case .float32: return [PartSpec(role: .values, dtype: .f32, shape: shape)]
         case .fp16: return [PartSpec(role: .values, dtype: .f16, shape: shape)]
         case .int8(let perChannel):
-            return [PartSpec(role: .values, dtype: .i8, shape: shape),
-                    PartSpec(role: .scale, dtype: .f32, shape: perChannel ? [shape[channelAxis]] : [])]
+            return [
+                PartSpec(role: .values, dtype: .i8, shape: shape),
+                PartSpec(role: .scale, dtype: .f32, shape: perChannel ? [shape[channelAxis]] : [])
+            ]
         case .binary, .ternary:
             return [PartSpec(role: .values, dtype: .i8, shape: shape), PartSpec(role: .scale, dtype: .f32, shape: [shape[channelAxis]])]
         case .int4(let b):
             var s = shape
             s[blockAxis] = (s[blockAxis] + Int64(b) - 1) / Int64(b)
-            return [PartSpec(role: .values, dtype: .uint4, shape: shape), PartSpec(role: .scale, dtype: .f32, shape: s),
-                    PartSpec(role: .zeroPoint, dtype: .uint4, shape: s)]
+            return [
+                PartSpec(role: .values, dtype: .uint4, shape: shape), PartSpec(role: .scale, dtype: .f32, shape: s),
+                PartSpec(role: .zeroPoint, dtype: .uint4, shape: s)
+            ]
         case .uint8Blocks(let b):
             var s = shape
             s[blockAxis] = (s[blockAxis] + Int64(b) - 1) / Int64(b)
-            return [PartSpec(role: .values, dtype: .u8, shape: shape), PartSpec(role: .scale, dtype: .f32, shape: s),
-                    PartSpec(role: .zeroPoint, dtype: .u8, shape: s)]
+            return [
+                PartSpec(role: .values, dtype: .u8, shape: shape), PartSpec(role: .scale, dtype: .f32, shape: s),
+                PartSpec(role: .zeroPoint, dtype: .u8, shape: s)
+            ]
         case .int4NBits(let b):
             let k = shape[0], n = shape[1], blocks = (k + Int64(b) - 1) / Int64(b)
-            return [PartSpec(role: .values, dtype: .u8, shape: [n, blocks, Int64(b / 2)]), PartSpec(role: .scale, dtype: .f32, shape: [n, blocks]),
-                    PartSpec(role: .zeroPoint, dtype: .u8, shape: [n, (blocks + 1) / 2])]
+            return [
+                PartSpec(role: .values, dtype: .u8, shape: [n, blocks, Int64(b / 2)]),
+                PartSpec(role: .scale, dtype: .f32, shape: [n, blocks]),
+                PartSpec(role: .zeroPoint, dtype: .u8, shape: [n, (blocks + 1) / 2])
+            ]
         }
     }
 
@@ -110,7 +119,9 @@ struct AxisLayout {
 
 enum TensorCodec {
     /// Encodes `values` (already pruned, if the recipe prunes) and measures the result against `original`.
-    static func encode(_ values: [Float], original: [Float], shape: [Int64], as enc: TensorEncoding) -> (parts: [[UInt8]], meter: ErrorMeter) {
+    static func encode(_ values: [Float], original: [Float], shape: [Int64], as enc: TensorEncoding) -> (
+        parts: [[UInt8]], meter: ErrorMeter
+    ) {
         var meter = ErrorMeter()
         switch enc.kind {
         case .float32:
@@ -128,7 +139,9 @@ enum TensorCodec {
             }
             return ([out], meter)
         case .int8(let perChannel):
-            return (encodeInt8(values, original: original, shape: shape, perChannel: perChannel, axis: enc.channelAxis, meter: &meter), meter)
+            return (
+                encodeInt8(values, original: original, shape: shape, perChannel: perChannel, axis: enc.channelAxis, meter: &meter), meter
+            )
         case .binary, .ternary:
             let layout = AxisLayout(shape: shape, axis: enc.channelAxis)
             var sumAbs = [Double](repeating: 0, count: layout.along)
@@ -164,18 +177,24 @@ enum TensorCodec {
 
     /// 8-bit asymmetric blocks along `axis`: each block's scale and zero point cover [min(w, 0), max(w, 0)]
     /// over 255 steps (zero stays exact); w ≈ (q − zero_point) · scale.
-    static func encodeUInt8Blocks(_ values: [Float], original: [Float], shape: [Int64], axis: Int, block: Int,
-                                  meter: inout ErrorMeter) -> (parts: [[UInt8]], meter: ErrorMeter) {
+    static func encodeUInt8Blocks(
+        _ values: [Float], original: [Float], shape: [Int64], axis: Int, block: Int,
+        meter: inout ErrorMeter
+    ) -> (parts: [[UInt8]], meter: ErrorMeter) {
         let l = AxisLayout(shape: shape, axis: axis)
         let nb = (l.along + block - 1) / block
         let nScales = l.outer * nb * l.inner
         var lo = [Float](repeating: 0, count: nScales), hi = [Float](repeating: 0, count: nScales)
         values.withUnsafeBufferPointer { v in
             var e = 0
-            for o in 0..<l.outer { for j in 0..<l.along { for i in 0..<l.inner {
-                let s = (o * nb + j / block) * l.inner + i
-                lo[s] = min(lo[s], v[e]); hi[s] = max(hi[s], v[e]); e += 1
-            } } }
+            for o in 0..<l.outer {
+                for j in 0..<l.along {
+                    for i in 0..<l.inner {
+                        let s = (o * nb + j / block) * l.inner + i
+                        lo[s] = min(lo[s], v[e]); hi[s] = max(hi[s], v[e]); e += 1
+                    }
+                }
+            }
         }
         var scales = [Float](repeating: 1, count: nScales), zeros = [UInt8](repeating: 0, count: nScales)
         for s in 0..<nScales where hi[s] > lo[s] {
@@ -185,14 +204,18 @@ enum TensorCodec {
         var q = [UInt8](repeating: 0, count: values.count)
         values.withUnsafeBufferPointer { v in
             var e = 0
-            for o in 0..<l.outer { for j in 0..<l.along { for i in 0..<l.inner {
-                let s = (o * nb + j / block) * l.inner + i
-                let zp = Float(zeros[s]), sc = scales[s]
-                let x = min(255, max(0, (v[e] / sc).rounded(.toNearestOrEven) + zp))
-                q[e] = UInt8(x)
-                meter.add(original[e], (x - zp) * sc)
-                e += 1
-            } } }
+            for o in 0..<l.outer {
+                for j in 0..<l.along {
+                    for i in 0..<l.inner {
+                        let s = (o * nb + j / block) * l.inner + i
+                        let zp = Float(zeros[s]), sc = scales[s]
+                        let x = min(255, max(0, (v[e] / sc).rounded(.toNearestOrEven) + zp))
+                        q[e] = UInt8(x)
+                        meter.add(original[e], (x - zp) * sc)
+                        e += 1
+                    }
+                }
+            }
         }
         return ([q, floatBytes(scales), zeros], meter)
     }
@@ -200,18 +223,23 @@ enum TensorCodec {
     /// B [K, N] as MatMulNBits reads it: blocks run along K within each output column n, so the
     /// matrix is transposed to [N, K] and quantized along its rows; with K a multiple of the block,
     /// the packed rows are the [N, blocks, block/2] blobs. Zero points are packed row by row.
-    static func encodeInt4NBits(_ values: [Float], original: [Float], shape: [Int64], block: Int,
-                                meter: inout ErrorMeter) -> (parts: [[UInt8]], meter: ErrorMeter) {
+    static func encodeInt4NBits(
+        _ values: [Float], original: [Float], shape: [Int64], block: Int,
+        meter: inout ErrorMeter
+    ) -> (parts: [[UInt8]], meter: ErrorMeter) {
         let k = Int(shape[0]), n = Int(shape[1])
         func transposed(_ a: [Float]) -> [Float] {
             var t = [Float](repeating: 0, count: a.count)
-            a.withUnsafeBufferPointer { a in t.withUnsafeMutableBufferPointer { t in
-                for r in 0..<k { for c in 0..<n { t[c * k + r] = a[r * n + c] } }
-            } }
+            a.withUnsafeBufferPointer { a in
+                t.withUnsafeMutableBufferPointer { t in
+                    for r in 0..<k { for c in 0..<n { t[c * k + r] = a[r * n + c] } }
+                }
+            }
             return t
         }
-        let (parts, m) = encodeInt4(transposed(values), original: transposed(original), shape: [Int64(n), Int64(k)], axis: 1,
-                                    block: block, meter: &meter)
+        let (parts, m) = encodeInt4(
+            transposed(values), original: transposed(original), shape: [Int64(n), Int64(k)], axis: 1,
+            block: block, meter: &meter)
         let blocks = (k + block - 1) / block, rowBytes = (blocks + 1) / 2
         var zeros = [UInt8](repeating: 0, count: n * rowBytes)
         for r in 0..<n {
@@ -238,8 +266,10 @@ enum TensorCodec {
     /// point covering [min(w, 0), max(w, 0)] (so zero, and pruned weights, stay exact), shrunk by the
     /// factor among a few that gives the least squared error (clipping the extremes a little usually
     /// pays for finer steps for the rest).
-    private static func encodeInt4(_ values: [Float], original: [Float], shape: [Int64], axis: Int, block: Int,
-                                   meter: inout ErrorMeter) -> (parts: [[UInt8]], meter: ErrorMeter) {
+    private static func encodeInt4(
+        _ values: [Float], original: [Float], shape: [Int64], axis: Int, block: Int,
+        meter: inout ErrorMeter
+    ) -> (parts: [[UInt8]], meter: ErrorMeter) {
         let l = AxisLayout(shape: shape, axis: axis)
         let nb = (l.along + block - 1) / block
         let nScales = l.outer * nb * l.inner
@@ -248,10 +278,14 @@ enum TensorCodec {
         var lo = [Float](repeating: 0, count: nScales), hi = [Float](repeating: 0, count: nScales)
         values.withUnsafeBufferPointer { v in
             var e = 0
-            for o in 0..<l.outer { for j in 0..<l.along { for i in 0..<l.inner {
-                let s = (o * nb + j / block) * l.inner + i
-                lo[s] = min(lo[s], v[e]); hi[s] = max(hi[s], v[e]); e += 1
-            } } }
+            for o in 0..<l.outer {
+                for j in 0..<l.along {
+                    for i in 0..<l.inner {
+                        let s = (o * nb + j / block) * l.inner + i
+                        lo[s] = min(lo[s], v[e]); hi[s] = max(hi[s], v[e]); e += 1
+                    }
+                }
+            }
         }
         // (scale, zero point) of candidate k for entry s.
         @inline(__always) func params(_ s: Int, _ f: Float) -> (Float, Float) {
@@ -264,16 +298,20 @@ enum TensorCodec {
         values.withUnsafeBufferPointer { v in
             err.withUnsafeMutableBufferPointer { err in
                 var e = 0
-                for o in 0..<l.outer { for j in 0..<l.along { for i in 0..<l.inner {
-                    let s = (o * nb + j / block) * l.inner + i, x = v[e]
-                    for k in 0..<nf {
-                        let (sc, zp) = params(s, factors[k])
-                        let q = min(15, max(0, (x / sc).rounded(.toNearestOrEven) + zp))
-                        let d = x - (q - zp) * sc
-                        err[s * nf + k] += d * d
+                for o in 0..<l.outer {
+                    for j in 0..<l.along {
+                        for i in 0..<l.inner {
+                            let s = (o * nb + j / block) * l.inner + i, x = v[e]
+                            for k in 0..<nf {
+                                let (sc, zp) = params(s, factors[k])
+                                let q = min(15, max(0, (x / sc).rounded(.toNearestOrEven) + zp))
+                                let d = x - (q - zp) * sc
+                                err[s * nf + k] += d * d
+                            }
+                            e += 1
+                        }
                     }
-                    e += 1
-                } } }
+                }
             }
         }
         var scales = [Float](repeating: 1, count: nScales), zeros = [Float](repeating: 0, count: nScales)
@@ -285,14 +323,18 @@ enum TensorCodec {
         var packed = [UInt8](repeating: 0, count: (values.count + 1) / 2)
         values.withUnsafeBufferPointer { v in
             var e = 0
-            for o in 0..<l.outer { for j in 0..<l.along { for i in 0..<l.inner {
-                let s = (o * nb + j / block) * l.inner + i
-                let sc = scales[s], zp = zeros[s]
-                let q = min(15, max(0, (v[e] / sc).rounded(.toNearestOrEven) + zp))
-                packed[e >> 1] |= UInt8(q) << (e & 1 == 0 ? 0 : 4)
-                meter.add(original[e], (q - zp) * sc)
-                e += 1
-            } } }
+            for o in 0..<l.outer {
+                for j in 0..<l.along {
+                    for i in 0..<l.inner {
+                        let s = (o * nb + j / block) * l.inner + i
+                        let sc = scales[s], zp = zeros[s]
+                        let q = min(15, max(0, (v[e] / sc).rounded(.toNearestOrEven) + zp))
+                        packed[e >> 1] |= UInt8(q) << (e & 1 == 0 ? 0 : 4)
+                        meter.add(original[e], (q - zp) * sc)
+                        e += 1
+                    }
+                }
+            }
         }
         var packedZeros = [UInt8](repeating: 0, count: (nScales + 1) / 2)
         for s in 0..<nScales { packedZeros[s >> 1] |= UInt8(zeros[s]) << (s & 1 == 0 ? 0 : 4) }

@@ -24,8 +24,10 @@ public enum VariantBuilder {
         public var calibrator: String?
         public var progress: ((Progress) -> Void)?
 
-        public init(input: String, output: String, recipe: Recipe, zstdLevel: Int? = 3, evaluator: String? = nil,
-                    calibration: ActivationRanges? = nil, calibrator: String? = nil, progress: ((Progress) -> Void)? = nil) {
+        public init(
+            input: String, output: String, recipe: Recipe, zstdLevel: Int? = 3, evaluator: String? = nil,
+            calibration: ActivationRanges? = nil, calibrator: String? = nil, progress: ((Progress) -> Void)? = nil
+        ) {
             self.input = input; self.output = output; self.recipe = recipe; self.zstdLevel = zstdLevel
             self.evaluator = evaluator; self.calibration = calibration; self.calibrator = calibrator; self.progress = progress
         }
@@ -50,7 +52,7 @@ public enum VariantBuilder {
             let n = head.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
             if head[8] == UInt8(ascii: "{"), n > 0, n < UInt64(f.size) { return .safetensors }
         }
-        if f.size > 0, let first = try? f.read(at: 0, count: 1), first[0] == 0x08 { return .onnx }   // ir_version, field 1
+        if f.size > 0, let first = try? f.read(at: 0, count: 1), first[0] == 0x08 { return .onnx }  // ir_version, field 1
         throw CompressionError(.unsupportedFormat, "neither ONNX nor safetensors (name it .onnx or .safetensors)", path: path)
     }
 
@@ -62,7 +64,8 @@ public enum VariantBuilder {
         }
         if options.output.hasSuffix(".onnx") != (format == .onnx) || options.output.hasSuffix(".safetensors") != (format == .safetensors) {
             if options.output.hasSuffix(".onnx") || options.output.hasSuffix(".safetensors") {
-                throw CompressionError(.unsupportedFormat, "the variant is written in the input's format (\(format.rawValue))", path: options.output)
+                throw CompressionError(
+                    .unsupportedFormat, "the variant is written in the input's format (\(format.rawValue))", path: options.output)
             }
         }
         let out = try AtomicOutputFile(options.output)
@@ -81,8 +84,9 @@ public enum VariantBuilder {
         case .safetensors: try job.buildSafetensors(out)
         }
         try out.sync()
-        var report = try job.report(out, inputSha256: { () throws(CompressionError) in try inputHash.result() },
-                                    inputZstd: { () throws(CompressionError) in try inputZstd?.result() })
+        var report = try job.report(
+            out, inputSha256: { () throws(CompressionError) in try inputHash.result() },
+            inputZstd: { () throws(CompressionError) in try inputZstd?.result() })
         if let cmd = options.evaluator {
             report.evaluation = try Evaluator.run(command: cmd, base: options.input, variant: out.tempPath, format: format.rawValue)
             if let e = report.evaluation {

@@ -51,9 +51,11 @@ public struct ControllerOptions: Sendable {
     /// "other"); nil: none.
     public var viewLabel: String? = nil
 
-    public init(dataDirectory: String, host: String, port: Int, keysDirectory: String, configDirectory: String,
-                artifactBaseURL: String? = nil, maxArtifactBytes: Int64 = 8 << 30, pollSeconds: Int = 30, deltas: Bool = true,
-                rolloutTickSeconds: Double? = 5) {
+    public init(
+        dataDirectory: String, host: String, port: Int, keysDirectory: String, configDirectory: String,
+        artifactBaseURL: String? = nil, maxArtifactBytes: Int64 = 8 << 30, pollSeconds: Int = 30, deltas: Bool = true,
+        rolloutTickSeconds: Double? = 5
+    ) {
         self.dataDirectory = dataDirectory; self.host = host; self.port = port; self.keysDirectory = keysDirectory
         self.configDirectory = configDirectory; self.artifactBaseURL = artifactBaseURL
         self.maxArtifactBytes = maxArtifactBytes; self.pollSeconds = pollSeconds; self.deltas = deltas
@@ -66,9 +68,11 @@ public enum Controller {
 
     /// The controller as an application: every route, and the delta planner and rollout driver as
     /// services. Tests drive it with `app.test(.router)` and tick the driver with their own clock.
-    static func makeApplication(options: ControllerOptions, logger: Logger, clock: @escaping @Sendable () -> Int64 = wallClock,
-                                metrics: ControllerMetrics = ControllerMetrics(),
-                                deltaBuilder: (any DeltaBuilding)? = nil) async throws -> (some ApplicationProtocol, RolloutDriver, RouteTable) {
+    static func makeApplication(
+        options: ControllerOptions, logger: Logger, clock: @escaping @Sendable () -> Int64 = wallClock,
+        metrics: ControllerMetrics = ControllerMetrics(),
+        deltaBuilder: (any DeltaBuilding)? = nil
+    ) async throws -> (some ApplicationProtocol, RolloutDriver, RouteTable) {
         try FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
         let config = try FleetConfig.load(directory: options.configDirectory)
         let keys = try OnlineKeys.load(directory: options.keysDirectory, now: clock())
@@ -84,27 +88,34 @@ public enum Controller {
         let policies = try PolicyBook(directory: options.configDirectory)
         let quarantine = ArtifactQuarantine(artifacts: artifacts, store: store, metrics: metrics, logger: logger, clock: clock)
         let scrubber = ArtifactScrubber(quarantine: quarantine, store: store, intervalSeconds: options.scrubIntervalSeconds, leader: fence)
-        let planner = DeltaPlanner(store: store, artifacts: artifacts, builder: deltaBuilder, logger: logger, clock: clock, quarantine: quarantine)
+        let planner = DeltaPlanner(
+            store: store, artifacts: artifacts, builder: deltaBuilder, logger: logger, clock: clock, quarantine: quarantine)
         let elector = try options.databaseURL.map { url in
-            LeaderElector(location: try PostgresLocation(url: url), store: store, fence: fence, replica: options.replicaName, logger: logger) {
+            LeaderElector(
+                location: try PostgresLocation(url: url), store: store, fence: fence, replica: options.replicaName, logger: logger
+            ) {
                 [planner] leading in if leading { try? await planner.resumeClaimed() }
             }
         }
-        let driver = RolloutDriver(store: store, logger: logger, clock: clock, tickSeconds: options.rolloutTickSeconds, metrics: metrics,
-                                   tickStore: store.fenced(fence), leader: fence, windows: config.maintenanceWindows)
+        let driver = RolloutDriver(
+            store: store, logger: logger, clock: clock, tickSeconds: options.rolloutTickSeconds, metrics: metrics,
+            tickStore: store.fenced(fence), leader: fence, windows: config.maintenanceWindows)
         let performance = PerformanceBook(store: store, clock: clock)
-        let director = Director(store: store, keys: keys, config: config, artifactBaseURL: options.artifactBaseURL,
-                                metrics: metrics, logger: logger, pollSeconds: options.pollSeconds, planner: planner, driver: driver,
-                                performance: performance, minMeasuredDevices: options.minMeasuredDevices, quarantine: quarantine)
+        let director = Director(
+            store: store, keys: keys, config: config, artifactBaseURL: options.artifactBaseURL,
+            metrics: metrics, logger: logger, pollSeconds: options.pollSeconds, planner: planner, driver: driver,
+            performance: performance, minMeasuredDevices: options.minMeasuredDevices, quarantine: quarantine)
 
         let router = Router(context: FleetRequestContext.self)
         router.add(middleware: ErrorMiddleware())
         // Every route below is registered under the audience that may call it (Audiences).
         let access = options.access.resolved
-        let routes = Audiences(router: router, checker: AccessChecker(
-            options: access, store: store,
-            checkIns: RateLimiter(burst: options.access.checkInBurst, perMinute: options.access.checkInsPerMinute, clock: clock),
-            metrics: metrics, clock: clock))
+        let routes = Audiences(
+            router: router,
+            checker: AccessChecker(
+                options: access, store: store,
+                checkIns: RateLimiter(burst: options.access.checkInBurst, perMinute: options.access.checkInsPerMinute, clock: clock),
+                metrics: metrics, clock: clock))
         // Which replica does the once-only work, for operators and load balancers' checks.
         let replicaName = options.replicaName, database = store.dialect.rawValue
         routes.anyone.get("/healthz") { _, _ in
@@ -124,39 +135,61 @@ public enum Controller {
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: metrics.registry.emitToBuffer())))
         }
         DeviceRoutes(director: director, store: store, metrics: metrics, clock: clock, quarantine: quarantine).register(routes)
-        ArtifactRoutes(artifacts: artifacts, metrics: metrics, maxArtifactBytes: options.maxArtifactBytes,
-                       quarantine: quarantine, scrubber: scrubber, accelRedirect: options.artifactAccelRedirect).register(routes)
-        let operatorRoutes = OperatorRoutes(director: director, store: store, artifacts: artifacts, config: config, keys: keys,
-                                            policies: policies, driver: driver, clock: clock)
+        ArtifactRoutes(
+            artifacts: artifacts, metrics: metrics, maxArtifactBytes: options.maxArtifactBytes,
+            quarantine: quarantine, scrubber: scrubber, accelRedirect: options.artifactAccelRedirect
+        ).register(routes)
+        let operatorRoutes = OperatorRoutes(
+            director: director, store: store, artifacts: artifacts, config: config, keys: keys,
+            policies: policies, driver: driver, clock: clock)
         operatorRoutes.register(routes)
         performanceRoutes.register(routes)
-        VariantRoutes(store: store, builder: VariantBuildService(
-            store: store, artifacts: artifacts, recipesFile: options.configDirectory + "/recipes.yaml",
-            evaluator: options.evaluator, logger: logger, clock: clock)).register(routes)
-        DashboardRoutes(store: store, access: store, operatorRoutes: operatorRoutes, performance: performance, quarantine: store, clock: clock,
-                        viewLabel: options.viewLabel,
-                        secureCookies: options.tls != nil).register(routes)
-        AccessRoutes(store: store, keys: keys, options: access,
-                     enrollments: RateLimiter(burst: options.access.enrollBurst, perMinute: options.access.enrollPerMinute, clock: clock),
-                     clock: clock).register(routes)
+        VariantRoutes(
+            store: store,
+            builder: VariantBuildService(
+                store: store, artifacts: artifacts, recipesFile: options.configDirectory + "/recipes.yaml",
+                evaluator: options.evaluator, logger: logger, clock: clock)
+        ).register(routes)
+        DashboardRoutes(
+            store: store, access: store, operatorRoutes: operatorRoutes, performance: performance, quarantine: store, clock: clock,
+            viewLabel: options.viewLabel,
+            secureCookies: options.tls != nil
+        ).register(routes)
+        AccessRoutes(
+            store: store, keys: keys, options: access,
+            enrollments: RateLimiter(burst: options.access.enrollBurst, perMinute: options.access.enrollPerMinute, clock: clock),
+            clock: clock
+        ).register(routes)
         let server: HTTPServerBuilder = try options.tls.map { try .tls(.http1(), tlsConfiguration: try $0.configuration()) } ?? .http1()
         let app = Application(
             router: router,
             server: server,
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "edgefleet-controller"),
-            services: [planner, driver, scrubber, PolicyReloadService(book: policies, logger: logger), ServiceManager.notifier(host: options.host, port: options.port, logger: logger)] + (elector.map { [$0] } ?? [])
-                + (try options.databaseURL.flatMap { options.listensForChanges ? $0 : nil }.map { [StoreCacheListener(location: try PostgresLocation(url: $0), cache: store.cache, logger: logger)] } ?? []),
+            services: [
+                planner, driver, scrubber, PolicyReloadService(book: policies, logger: logger),
+                ServiceManager.notifier(host: options.host, port: options.port, logger: logger)
+            ] + (elector.map { [$0] } ?? [])
+                + (try options.databaseURL.flatMap { options.listensForChanges ? $0 : nil }.map {
+                    [StoreCacheListener(location: try PostgresLocation(url: $0), cache: store.cache, logger: logger)]
+                } ?? []),
             logger: logger)
         return (app, driver, routes.table)
     }
 
     /// Runs the controller until SIGTERM or SIGINT, then drains in-flight requests and stops.
     public static func serve(options: ControllerOptions, logger: Logger) async throws {
-        let (app, _, _) = try await makeApplication(options: options, logger: logger, deltaBuilder: options.deltas ? FleetDeltaBuilder() : nil)
-        logger.info("controller listening", metadata: ["listen": "\(options.host):\(options.port)", "data": "\(options.dataDirectory)",
-                                                       "tls": "\(options.tls != nil)", "access": "\(options.access.mode.rawValue)"])
+        let (app, _, _) = try await makeApplication(
+            options: options, logger: logger, deltaBuilder: options.deltas ? FleetDeltaBuilder() : nil)
+        logger.info(
+            "controller listening",
+            metadata: [
+                "listen": "\(options.host):\(options.port)", "data": "\(options.dataDirectory)",
+                "tls": "\(options.tls != nil)", "access": "\(options.access.mode.rawValue)"
+            ])
         if options.access.mode == .open {
-            logger.warning("INSECURE DEVELOPMENT MODE: no operator tokens, no device identities; anyone who can reach \(options.host):\(options.port) is admin. Serve with --tls-cert, --tls-key and --client-ca for a real fleet.")
+            logger.warning(
+                "INSECURE DEVELOPMENT MODE: no operator tokens, no device identities; anyone who can reach \(options.host):\(options.port) is admin. Serve with --tls-cert, --tls-key and --client-ca for a real fleet."
+            )
         }
         try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
     }
@@ -167,10 +200,12 @@ extension Controller {
     /// SQLite file.
     static func openStore(options: ControllerOptions, logger: Logger) async throws -> SQLStore {
         if let url = options.databaseURL {
-            return try await SQLStore.postgres(try PostgresLocation(url: url), migrate: options.migrate, logger: logger,
-                                               cache: StoreCache(maxAge: .milliseconds(Int64(options.cacheSeconds * 1000))))
+            return try await SQLStore.postgres(
+                try PostgresLocation(url: url), migrate: options.migrate, logger: logger,
+                cache: StoreCache(maxAge: .milliseconds(Int64(options.cacheSeconds * 1000))))
         }
-        return try await SQLStore.sqlite(path: options.dataDirectory + "/fleet.sqlite", cache: StoreCache(maxAge: .milliseconds(Int64(options.cacheSeconds * 1000))))
+        return try await SQLStore.sqlite(
+            path: options.dataDirectory + "/fleet.sqlite", cache: StoreCache(maxAge: .milliseconds(Int64(options.cacheSeconds * 1000))))
     }
 
     /// `fleet-controller migrate`: brings the schema up to this build's and says what it did.

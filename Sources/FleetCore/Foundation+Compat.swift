@@ -1,8 +1,8 @@
 // FleetCore uses only what FoundationEssentials provides, so that the agent binary stays small.
 #if canImport(FoundationEssentials)
-@_exported import FoundationEssentials
+    @_exported import FoundationEssentials
 #else
-@_exported import Foundation
+    @_exported import Foundation
 #endif
 
 extension StringProtocol {

@@ -1,7 +1,7 @@
 import CZstd
 import FleetCore
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Applies a delta package to a base file, as a device does: streaming, with memory bounded by the
@@ -42,8 +42,9 @@ public enum DeltaDecoder {
         do throws(DeltaError) {
             switch header.method {
             case .full:
-                let reader = try FrameReader(file: package, offset: header.sectionOffset(0), length: header.sectionLengths[0],
-                                             windowLogMax: Int(header.decodeBufferBytes).windowLogCovering, what: "full frame")
+                let reader = try FrameReader(
+                    file: package, offset: header.sectionOffset(0), length: header.sectionLengths[0],
+                    windowLogMax: Int(header.decodeBufferBytes).windowLogCovering, what: "full frame")
                 try copy(reader, length: header.targetSize, to: out)
                 try reader.finish()
             case .zstdPatch:
@@ -74,8 +75,9 @@ public enum DeltaDecoder {
         let size = head.withUnsafeBytes { ZSTD_getFrameContentSize($0.baseAddress, $0.count) }
         guard size < UInt64.max - 1 else { throw DeltaError(.corrupt, "plan section does not start with a zstd frame of known size") }
         guard size <= UInt64(TensorPlan.maxPlanBytes) else { throw DeltaError(.unsupported, "plan of \(size) bytes is over the limit") }
-        let reader = try FrameReader(file: package, offset: offset, length: length,
-                                     windowLogMax: Int(size).windowLogCovering, what: "plan")
+        let reader = try FrameReader(
+            file: package, offset: offset, length: length,
+            windowLogMax: Int(size).windowLogCovering, what: "plan")
         var bytes = [UInt8](repeating: 0, count: Int(size))
         try bytes.withMutableBytes { (b: UnsafeMutableRawBufferPointer) throws(DeltaError) in try reader.read(into: b) }
         try reader.finish()
@@ -88,12 +90,14 @@ public enum DeltaDecoder {
         let windowLog = Int(header.baseSize + header.targetSize).windowLogCovering
         guard windowLog <= 31 else { throw DeltaError(.unsupported, "zstd-patch over \(header.baseSize + header.targetSize) bytes") }
         guard header.decodeBufferBytes >= header.baseSize else {
-            throw DeltaError(.corrupt, "zstd-patch header declares \(header.decodeBufferBytes) buffer bytes for a \(header.baseSize)-byte base")
+            throw DeltaError(
+                .corrupt, "zstd-patch header declares \(header.decodeBufferBytes) buffer bytes for a \(header.baseSize)-byte base")
         }
         let map = try MappedFile(base)
         guard Int64(map.size) == header.baseSize else { throw DeltaError(.baseMismatch, "base changed size while decoding", path: base) }
-        let reader = try FrameReader(file: package, offset: header.sectionOffset(0), length: header.sectionLengths[0],
-                                     prefix: map.bytes, windowLogMax: windowLog, what: "zstd-patch frame")
+        let reader = try FrameReader(
+            file: package, offset: header.sectionOffset(0), length: header.sectionLengths[0],
+            prefix: map.bytes, windowLogMax: windowLog, what: "zstd-patch frame")
         try copy(reader, length: header.targetSize, to: out)
         try reader.finish()
     }

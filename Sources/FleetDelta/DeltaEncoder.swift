@@ -1,6 +1,6 @@
 import FleetCore
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Makes a delta package from a base file to a target file, trying each requested method and keeping
@@ -14,8 +14,10 @@ public enum DeltaEncoder {
     /// How much smaller than the best package the estimate must be for the slow run to be worth it.
     static let requiredGain = 0.02
 
-    public static func encode(base: String, target: String, output: String, methods: [DeltaMethod] = DeltaMethod.allCases,
-                              level: Int = 19) throws(DeltaError) -> DeltaReport {
+    public static func encode(
+        base: String, target: String, output: String, methods: [DeltaMethod] = DeltaMethod.allCases,
+        level: Int = 19
+    ) throws(DeltaError) -> DeltaReport {
         guard !methods.isEmpty else { throw DeltaError(.notApplicable, "no method requested") }
         guard (1...22).contains(level) else { throw DeltaError(.unsupported, "zstd level \(level) is not in 1…22") }
         let clock = ContinuousClock()
@@ -50,7 +52,8 @@ public enum DeltaEncoder {
                         let estimate = Int64(Double(probe) * gain)
                         if Double(estimate) >= Double(best) * (1 - requiredGain) {
                             usedLevel = probeLevel
-                            note = "level \(probeLevel) gave \(probe) bytes; level \(level) estimated at \(estimate), "
+                            note =
+                                "level \(probeLevel) gave \(probe) bytes; level \(level) estimated at \(estimate), "
                                 + "not \(Int(requiredGain * 100))% below \(best): not run"
                         } else {
                             try encodeWhole(method, context, level: level, to: path)
@@ -61,24 +64,28 @@ public enum DeltaEncoder {
                 }
                 let size = try fileSize(path)
                 written.append((method, path, size))
-                results.append(.init(method: method, status: .larger, size: size, seconds: seconds(clock.now - t0), level: usedLevel, note: note))
+                results.append(
+                    .init(method: method, status: .larger, size: size, seconds: seconds(clock.now - t0), level: usedLevel, note: note))
             } catch let e where e.code == .notApplicable {
                 unlink(path)
-                results.append(.init(method: method, status: .notApplicable, size: nil, seconds: seconds(clock.now - t0), level: nil, note: e.message))
+                results.append(
+                    .init(method: method, status: .notApplicable, size: nil, seconds: seconds(clock.now - t0), level: nil, note: e.message))
             } catch {
                 unlink(path)
                 throw error
             }
         }
         guard let best = written.min(by: { $0.size < $1.size }) else {
-            throw DeltaError(.notApplicable, results.compactMap { r in r.note.map { "\(r.method.rawValue): \($0)" } }.joined(separator: "; "))
+            throw DeltaError(
+                .notApplicable, results.compactMap { r in r.note.map { "\(r.method.rawValue): \($0)" } }.joined(separator: "; "))
         }
         guard rename(best.path, output) == 0 else { throw .errno(output, "rename") }
         written.removeAll { $0.path == best.path }
         for i in results.indices where results[i].method == best.method { results[i].status = .kept }
-        return DeltaReport(method: best.method, packageSize: best.size, baseSize: Int64(baseMap.size), targetSize: Int64(targetMap.size),
-                           baseSha256: baseHash, targetSha256: targetHash, seconds: seconds(clock.now - started), methods: results,
-                           tensors: stats)
+        return DeltaReport(
+            method: best.method, packageSize: best.size, baseSize: Int64(baseMap.size), targetSize: Int64(targetMap.size),
+            baseSha256: baseHash, targetSha256: targetHash, seconds: seconds(clock.now - started), methods: results,
+            tensors: stats)
     }
 
     struct Context {
@@ -89,8 +96,9 @@ public enum DeltaEncoder {
         let level: Int
 
         func header(_ method: DeltaMethod, buffer: Int64, sections: [Int64]) -> DeltaHeader {
-            DeltaHeader(method: method, baseSize: Int64(base.size), targetSize: Int64(target.size), baseSha256: baseHash,
-                        targetSha256: targetHash, decodeBufferBytes: buffer, sectionLengths: sections)
+            DeltaHeader(
+                method: method, baseSize: Int64(base.size), targetSize: Int64(target.size), baseSha256: baseHash,
+                targetSha256: targetHash, decodeBufferBytes: buffer, sectionLengths: sections)
         }
     }
 

@@ -1,7 +1,7 @@
 import FleetCore
 import FleetIO
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// How the target is coded in a package's body; see docs/DELTA.md.
@@ -59,8 +59,10 @@ public struct DeltaHeader: Equatable, Sendable, Codable {
     /// Lengths of the body sections, in order.
     public var sectionLengths: [Int64]
 
-    public init(method: DeltaMethod, baseSize: Int64, targetSize: Int64, baseSha256: String, targetSha256: String,
-                decodeBufferBytes: Int64, sectionLengths: [Int64]) {
+    public init(
+        method: DeltaMethod, baseSize: Int64, targetSize: Int64, baseSha256: String, targetSha256: String,
+        decodeBufferBytes: Int64, sectionLengths: [Int64]
+    ) {
         self.formatVersion = Self.formatVersion
         self.method = method
         self.baseSize = baseSize
@@ -141,8 +143,9 @@ public struct DeltaHeader: Equatable, Sendable, Codable {
             guard !overflow else { throw DeltaError(.corrupt, "section lengths overflow") }
             total = sum
         }
-        var h = DeltaHeader(method: method, baseSize: baseSize, targetSize: targetSize, baseSha256: baseHash,
-                            targetSha256: targetHash, decodeBufferBytes: buffer, sectionLengths: lengths)
+        var h = DeltaHeader(
+            method: method, baseSize: baseSize, targetSize: targetSize, baseSha256: baseHash,
+            targetSha256: targetHash, decodeBufferBytes: buffer, sectionLengths: lengths)
         h.formatVersion = version
         return h
     }

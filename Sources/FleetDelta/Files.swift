@@ -1,7 +1,7 @@
 import FleetCore
 import FleetIO
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A file read with pread(2) at explicit offsets, so that the decoder never holds more of it than it asks for.
@@ -29,7 +29,9 @@ final class InputFile {
         while done < buffer.count {
             let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset + Int64(done)))
             if n < 0 { if Glibc.errno == EINTR { continue }; throw .errno(path, "read") }
-            if n == 0 { throw DeltaError(.truncated, "ends at \(offset + Int64(done)), wanted \(buffer.count - done) more bytes", path: path) }
+            if n == 0 {
+                throw DeltaError(.truncated, "ends at \(offset + Int64(done)), wanted \(buffer.count - done) more bytes", path: path)
+            }
             done += n
         }
     }
@@ -96,7 +98,7 @@ final class OutputFile {
     func commit(sync: Bool) throws(DeltaError) {
         do throws(FileIOError) {
             try file.commit(sync: sync)
-        } catch where error.isAfterRename {
+        } catch  where error.isAfterRename {
             // The target is in place; as before, a directory that cannot be fsynced is not a failed decode.
         } catch {
             throw DeltaError(error)

@@ -72,8 +72,10 @@ enum ONNXWalker {
     /// Calls `body(field, wireType, valueStart, valueEnd)` for each field in `b[start..<end]`; for
     /// wire type 0 the value range is the varint itself. The walker is FleetIO's, shared with the
     /// variant builder; this runs once per field of the model's structure, never per tensor element.
-    static func fields(_ b: UnsafeRawBufferPointer, _ start: Int, _ end: Int,
-                       _ body: (UInt64, UInt64, Int, Int) throws -> Void) throws {
+    static func fields(
+        _ b: UnsafeRawBufferPointer, _ start: Int, _ end: Int,
+        _ body: (UInt64, UInt64, Int, Int) throws -> Void
+    ) throws {
         var reader = ProtobufFieldReader(b, start, end)
         while let f = try reader.next() { try body(f.number, f.wire, f.valueStart, f.valueEnd) }
     }

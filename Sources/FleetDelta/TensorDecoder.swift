@@ -21,8 +21,10 @@ struct TensorDecoder {
         self.dataOffset = header.sectionOffset(1)
     }
 
-    private func reader(_ f: TensorPlan.Frame, prefix: UnsafeRawBufferPointer? = nil, windowLog: Int = TensorPlan.payloadWindowLog,
-                        what: String) throws(DeltaError) -> FrameReader {
+    private func reader(
+        _ f: TensorPlan.Frame, prefix: UnsafeRawBufferPointer? = nil, windowLog: Int = TensorPlan.payloadWindowLog,
+        what: String
+    ) throws(DeltaError) -> FrameReader {
         try FrameReader(file: package, offset: dataOffset + f.offset, length: f.length, prefix: prefix, windowLogMax: windowLog, what: what)
     }
 
@@ -37,8 +39,9 @@ struct TensorDecoder {
             at += Int(r.length)
         }
         let structure = try plan.structureFrame.map { (f: TensorPlan.Frame) throws(DeltaError) in
-            try reader(f, prefix: UnsafeRawBufferPointer(rebasing: prefix[0..<prefixLength]), windowLog: plan.structureWindowLog,
-                       what: "structure frame")
+            try reader(
+                f, prefix: UnsafeRawBufferPointer(rebasing: prefix[0..<prefixLength]), windowLog: plan.structureWindowLog,
+                what: "structure frame")
         }
         let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
         defer { scratch.deallocate() }
@@ -63,8 +66,9 @@ struct TensorDecoder {
                 defer { buf.deallocate() }
                 let baseBytes = UnsafeMutableRawBufferPointer(rebasing: buf[0..<Int(baseLength)])
                 try base.read(at: baseOffset, into: baseBytes)
-                let r = try reader(frame, prefix: UnsafeRawBufferPointer(baseBytes),
-                                   windowLog: TensorPlan.prefixedWindowLog(length: length, baseLength: baseLength), what: "op \(index) frame")
+                let r = try reader(
+                    frame, prefix: UnsafeRawBufferPointer(baseBytes),
+                    windowLog: TensorPlan.prefixedWindowLog(length: length, baseLength: baseLength), what: "op \(index) frame")
                 try DeltaDecoder.copy(r, length: length, to: out)
                 try r.finish()
             }
@@ -88,9 +92,10 @@ struct TensorDecoder {
         case .dense(let f):
             dense = try reader(f, what: "op \(index) tensor frame")
         case .sparse(let runs, let runsLength, let v, let nonzero):
-            sparse = try SparseSource(runs: try reader(runs, what: "op \(index) runs frame"), runsLength: runsLength,
-                                      values: try reader(v, what: "op \(index) values frame"), nonzero: nonzero,
-                                      width: w, chunkElements: t.chunkElements, elements: Int64(elements))
+            sparse = try SparseSource(
+                runs: try reader(runs, what: "op \(index) runs frame"), runsLength: runsLength,
+                values: try reader(v, what: "op \(index) values frame"), nonzero: nonzero,
+                width: w, chunkElements: t.chunkElements, elements: Int64(elements))
         case .modeled(let lanes, let lengths):
             var decoders: [ModeledLane] = []
             let shared = SharedValueTables()
@@ -151,7 +156,9 @@ private final class SparseSource {
     /// Zeros still to emit before the next non-zero element; nil: read the next run.
     private var pendingZeros: Int64?
 
-    init(runs: FrameReader, runsLength: Int64, values: FrameReader, nonzero: Int64, width: Int, chunkElements: Int, elements: Int64) throws(DeltaError) {
+    init(runs: FrameReader, runsLength: Int64, values: FrameReader, nonzero: Int64, width: Int, chunkElements: Int, elements: Int64)
+        throws(DeltaError)
+    {
         self.runs = runs
         self.values = values
         self.width = width
@@ -191,8 +198,9 @@ private final class SparseSource {
             guard n > 0 else { throw DeltaError(.corrupt, "\(values.what): more runs than non-zero values") }
             let shuffled = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<(n * width)])
             try values.read(into: shuffled)
-            TensorCodec.unshuffleChunk(UnsafeRawBufferPointer(shuffled), width: width,
-                                       into: UnsafeMutableRawBufferPointer(rebasing: valueBuf[0..<(n * width)]))
+            TensorCodec.unshuffleChunk(
+                UnsafeRawBufferPointer(shuffled), width: width,
+                into: UnsafeMutableRawBufferPointer(rebasing: valueBuf[0..<(n * width)]))
             valuesRead += Int64(n)
             valuePos = 0
             valueCount = n
@@ -224,7 +232,8 @@ private final class SparseSource {
     }
 
     func finish() throws(DeltaError) {
-        guard pendingZeros == nil || pendingZeros == 0, valuesRead == nonzero, valuePos == valueCount, runsLeft == 0, runPos == runCount else {
+        guard pendingZeros == nil || pendingZeros == 0, valuesRead == nonzero, valuePos == valueCount, runsLeft == 0, runPos == runCount
+        else {
             throw DeltaError(.corrupt, "\(runs.what): runs and values do not end together")
         }
         try runs.finish()

@@ -1,7 +1,7 @@
 import FleetCore
 import FleetIO
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Builds a `tensor` package body: matches target tensors to base tensors, picks for each changed
@@ -83,11 +83,18 @@ struct TensorEncoder {
         var ops: [TensorPlan.Op] = []
         var at: Int64 = 0
         func structureOp(_ length: Int64) {
-            if case .structure(let l)? = ops.last { ops[ops.count - 1] = .structure(length: l + length) } else { ops.append(.structure(length: length)) }
+            if case .structure(let l)? = ops.last {
+                ops[ops.count - 1] = .structure(length: l + length)
+            } else {
+                ops.append(.structure(length: length))
+            }
         }
         func copyOp(_ offset: Int64, _ length: Int64) {
-            if case .copy(let o, let l)? = ops.last, o + l == offset { ops[ops.count - 1] = .copy(baseOffset: o, length: l + length) }
-            else { ops.append(.copy(baseOffset: offset, length: length)) }
+            if case .copy(let o, let l)? = ops.last, o + l == offset {
+                ops[ops.count - 1] = .copy(baseOffset: o, length: l + length)
+            } else {
+                ops.append(.copy(baseOffset: offset, length: length))
+            }
         }
 
         for t in targetLayout.tensors {
@@ -114,13 +121,17 @@ struct TensorEncoder {
             // No base tensor of that name: the same bytes under another name, or the one base
             // tensor of the same dtype and shape that the target no longer has.
             let sameSize = baseLayout.tensors.filter { $0.length == t.length }
-            if let same = sameSize.first(where: { memcmp(tb.baseAddress!, bytes(base, $0.offset, $0.length).baseAddress!, Int(t.length)) == 0 }) {
+            if let same = sameSize.first(where: {
+                memcmp(tb.baseAddress!, bytes(base, $0.offset, $0.length).baseAddress!, Int(t.length)) == 0
+            }) {
                 stats.renamed += 1
                 usedBase.insert(same.name)
                 copyOp(same.offset, t.length)
                 continue
             }
-            let orphans = sameSize.filter { $0.dtype == t.dtype && $0.shape == t.shape && !targetNames.contains($0.name) && !usedBase.contains($0.name) }
+            let orphans = sameSize.filter {
+                $0.dtype == t.dtype && $0.shape == t.shape && !targetNames.contains($0.name) && !usedBase.contains($0.name)
+            }
             if orphans.count == 1 {
                 stats.renamed += 1
                 usedBase.insert(orphans[0].name)
@@ -197,7 +208,8 @@ struct TensorEncoder {
         let tb = bytes(target, t.offset, t.length)
         let bb = bytes(base, b.offset, b.length)
         let windowLog = TensorPlan.prefixedWindowLog(length: t.length, baseLength: b.length)
-        let prefixed = try compressor.compress(tb, .init(level: min(level, 9), windowLog: windowLog, longDistanceMatching: true), prefix: bb)
+        let prefixed = try compressor.compress(
+            tb, .init(level: min(level, 9), windowLog: windowLog, longDistanceMatching: true), prefix: bb)
         var best: Candidate?
         for width in Set([t.codingWidth, 1]) {
             for c in try candidates(.none, width: width, target: tb, base: nil, level: fast) where best == nil || c.size < best!.size {
@@ -225,22 +237,28 @@ struct TensorEncoder {
         case .modeled:
             coding = .modeled(lanes: c.streams.map { add($0) }, lengths: c.inputs.map(Int64.init))
         }
-        return TensorPlan.TensorOp(length: length, elementSize: c.width, transform: c.transform, chunkElements: Self.chunkElements,
-                                   baseOffset: c.transform.usesBase ? baseOffset : 0, coding: coding)
+        return TensorPlan.TensorOp(
+            length: length, elementSize: c.width, transform: c.transform, chunkElements: Self.chunkElements,
+            baseOffset: c.transform.usesBase ? baseOffset : 0, coding: coding)
     }
 
     /// Compresses the winner again at the full level when that is cheap or promising (see `refineRatio`).
     private func refine(_ c: Candidate, target: UnsafeRawBufferPointer, base: UnsafeRawBufferPointer?) throws(DeltaError) -> Candidate {
         guard level > fast, c.coding != .modeled else { return c }
         guard target.count <= Self.refineAlways || Double(c.size) <= Self.refineRatio * Double(target.count) else { return c }
-        guard let again = try candidates(c.transform, width: c.width, target: target, base: base, level: level, only: c.coding == .sparse).first else { return c }
+        guard
+            let again = try candidates(c.transform, width: c.width, target: target, base: base, level: level, only: c.coding == .sparse)
+                .first
+        else { return c }
         return again.size < c.size ? again : c
     }
 
     /// The dense coding of `transform`, and the sparse one when at least half the elements are zero.
     /// `only`: just the sparse (true) or dense (false) one.
-    private func candidates(_ transform: TensorTransform, width: Int, target: UnsafeRawBufferPointer, base: UnsafeRawBufferPointer?,
-                            level: Int, only: Bool? = nil) throws(DeltaError) -> [Candidate] {
+    private func candidates(
+        _ transform: TensorTransform, width: Int, target: UnsafeRawBufferPointer, base: UnsafeRawBufferPointer?,
+        level: Int, only: Bool? = nil
+    ) throws(DeltaError) -> [Candidate] {
         let n = target.count
         let delta = UnsafeMutableRawBufferPointer.allocate(byteCount: n, alignment: 64)
         let shuffled = UnsafeMutableRawBufferPointer.allocate(byteCount: n, alignment: 64)
@@ -275,13 +293,16 @@ struct TensorEncoder {
         }
         let values = UnsafeMutableRawBufferPointer.allocate(byteCount: k * width, alignment: 64)
         defer { values.deallocate() }
-        TensorCodec.shuffle(UnsafeRawBufferPointer(rebasing: packed[0..<(k * width)]), width: width, chunkElements: Self.chunkElements, into: values)
+        TensorCodec.shuffle(
+            UnsafeRawBufferPointer(rebasing: packed[0..<(k * width)]), width: width, chunkElements: Self.chunkElements, into: values)
         let runsFrame = try runs.withBytes { (r: UnsafeRawBufferPointer) throws(DeltaError) -> [UInt8] in
             try compressor.compress(r, .init(level: level, windowLog: windowLog(runs.count)))
         }
         let valuesFrame = try compressor.compress(UnsafeRawBufferPointer(values), .init(level: level, windowLog: windowLog(k * width)))
-        out.append(Candidate(transform: transform, width: width, coding: .sparse, streams: [runsFrame, valuesFrame], inputs: [runs.count, k * width],
-                             runsLength: Int64(runs.count), nonzero: Int64(k)))
+        out.append(
+            Candidate(
+                transform: transform, width: width, coding: .sparse, streams: [runsFrame, valuesFrame], inputs: [runs.count, k * width],
+                runsLength: Int64(runs.count), nonzero: Int64(k)))
         return out
     }
 
@@ -295,9 +316,10 @@ struct TensorEncoder {
         for k in 0..<2 {
             let stream = coders[k].finish()
             lengths.append(stream.count)
-            frames.append(try stream.withBytes { (s: UnsafeRawBufferPointer) throws(DeltaError) -> [UInt8] in
-                try compressor.compress(s, .init(level: 1, windowLog: windowLog(stream.count)))
-            })
+            frames.append(
+                try stream.withBytes { (s: UnsafeRawBufferPointer) throws(DeltaError) -> [UInt8] in
+                    try compressor.compress(s, .init(level: 1, windowLog: windowLog(stream.count)))
+                })
         }
         return Candidate(transform: .subInt, width: 1, coding: .modeled, streams: frames, inputs: lengths)
     }

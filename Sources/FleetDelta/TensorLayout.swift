@@ -126,8 +126,10 @@ enum Safetensors {
             guard e.data_offsets.count == 2, e.data_offsets[0] >= 0, e.data_offsets[1] >= e.data_offsets[0] else {
                 return .failure(.init(message: "tensor '\(name)' has bad data_offsets"))
             }
-            tensors.append(.init(name: name, dtype: e.dtype, shape: e.shape, offset: dataStart + e.data_offsets[0],
-                                 length: e.data_offsets[1] - e.data_offsets[0]))
+            tensors.append(
+                .init(
+                    name: name, dtype: e.dtype, shape: e.shape, offset: dataStart + e.data_offsets[0],
+                    length: e.data_offsets[1] - e.data_offsets[0]))
         }
         return TensorLayout.checked(format: .safetensors, fileSize: Int64(bytes.count), tensors)
     }

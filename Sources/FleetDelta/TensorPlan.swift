@@ -187,11 +187,16 @@ struct TensorPlan: Equatable {
                 case let x: throw DeltaError(.unsupported, "plan: tensor coding \(x)")
                 }
                 guard chunk > 0, chunk <= Int64(maxChunkBytes) else { throw DeltaError(.corrupt, "plan: chunk of \(chunk) elements") }
-                plan.ops.append(.tensor(TensorOp(length: length, elementSize: width, transform: transform, chunkElements: Int(chunk),
-                                                 baseOffset: baseOffset, coding: coding)))
+                plan.ops.append(
+                    .tensor(
+                        TensorOp(
+                            length: length, elementSize: width, transform: transform, chunkElements: Int(chunk),
+                            baseOffset: baseOffset, coding: coding)))
             case 4:
-                plan.ops.append(.prefixed(length: try r.varint(), baseOffset: try r.varint(), baseLength: try r.varint(),
-                                          frame: Frame(offset: try r.varint(), length: try r.varint())))
+                plan.ops.append(
+                    .prefixed(
+                        length: try r.varint(), baseOffset: try r.varint(), baseLength: try r.varint(),
+                        frame: Frame(offset: try r.varint(), length: try r.varint())))
             case let x: throw DeltaError(.unsupported, "plan: op kind \(x)")
             }
         }
@@ -218,7 +223,9 @@ struct TensorPlan: Equatable {
         var structure: Int64 = 0
         for r in structurePrefix { try baseOK(r.offset, r.length, "structure prefix") }
         if let f = structureFrame { try frameOK(f, "structure") }
-        guard (structureFrame == nil) == (structureLength == 0) else { throw DeltaError(.corrupt, "plan: structure frame and length disagree") }
+        guard (structureFrame == nil) == (structureLength == 0) else {
+            throw DeltaError(.corrupt, "plan: structure frame and length disagree")
+        }
         for op in ops {
             switch op {
             case .structure(let l): structure += l

@@ -20,8 +20,10 @@ enum TensorCodec {
     // MARK: element transforms
 
     /// `out[i] = f(target[i], base[i])`; `base` is ignored for `.none`.
-    static func forward(_ t: TensorTransform, width: Int, target: UnsafeRawBufferPointer, base: UnsafeRawBufferPointer?,
-                        into out: UnsafeMutableRawBufferPointer) {
+    static func forward(
+        _ t: TensorTransform, width: Int, target: UnsafeRawBufferPointer, base: UnsafeRawBufferPointer?,
+        into out: UnsafeMutableRawBufferPointer
+    ) {
         switch width {
         case 1: forward(t, UInt8.self, target, base, out)
         case 2: forward(t, UInt16.self, target, base, out)
@@ -51,8 +53,10 @@ enum TensorCodec {
     static func floatKey<U: FixedWidthInteger & UnsignedInteger>(_ x: U) -> U { x ^ ((0 &- (x &>> (U.bitWidth - 1))) &>> 1) }
 
     @inline(__always)
-    private static func forward<U: FixedWidthInteger & UnsignedInteger>(_ t: TensorTransform, _: U.Type, _ target: UnsafeRawBufferPointer,
-                                                                         _ base: UnsafeRawBufferPointer?, _ out: UnsafeMutableRawBufferPointer) {
+    private static func forward<U: FixedWidthInteger & UnsignedInteger>(
+        _ t: TensorTransform, _: U.Type, _ target: UnsafeRawBufferPointer,
+        _ base: UnsafeRawBufferPointer?, _ out: UnsafeMutableRawBufferPointer
+    ) {
         let n = target.count / MemoryLayout<U>.size
         let s = MemoryLayout<U>.size
         let tp = target.baseAddress!, op = out.baseAddress!
@@ -74,15 +78,19 @@ enum TensorCodec {
         case .subFloat:
             let bp = base!.baseAddress!
             for i in 0..<n {
-                let d = floatKey(tp.loadUnaligned(fromByteOffset: i * s, as: U.self)) &- floatKey(bp.loadUnaligned(fromByteOffset: i * s, as: U.self))
+                let d =
+                    floatKey(tp.loadUnaligned(fromByteOffset: i * s, as: U.self))
+                    &- floatKey(bp.loadUnaligned(fromByteOffset: i * s, as: U.self))
                 op.storeBytes(of: zigzag(d), toByteOffset: i * s, as: U.self)
             }
         }
     }
 
     @inline(__always)
-    private static func inverse<U: FixedWidthInteger & UnsignedInteger>(_ t: TensorTransform, _: U.Type, _ values: UnsafeMutableRawBufferPointer,
-                                                                         _ base: UnsafeRawBufferPointer?) {
+    private static func inverse<U: FixedWidthInteger & UnsignedInteger>(
+        _ t: TensorTransform, _: U.Type, _ values: UnsafeMutableRawBufferPointer,
+        _ base: UnsafeRawBufferPointer?
+    ) {
         let n = values.count / MemoryLayout<U>.size
         let s = MemoryLayout<U>.size
         let vp = values.baseAddress!
@@ -104,7 +112,9 @@ enum TensorCodec {
         case .subFloat:
             let bp = base!.baseAddress!
             for i in 0..<n {
-                let k = floatKey(bp.loadUnaligned(fromByteOffset: i * s, as: U.self)) &+ unzigzag(vp.loadUnaligned(fromByteOffset: i * s, as: U.self))
+                let k =
+                    floatKey(bp.loadUnaligned(fromByteOffset: i * s, as: U.self))
+                    &+ unzigzag(vp.loadUnaligned(fromByteOffset: i * s, as: U.self))
                 vp.storeBytes(of: floatKey(k), toByteOffset: i * s, as: U.self)
             }
         }
@@ -147,8 +157,10 @@ enum TensorCodec {
     }
 
     @inline(__always)
-    private static func shuffleChunk<U: FixedWidthInteger & UnsignedInteger>(_: U.Type, _ input: UnsafeRawBufferPointer,
-                                                                              _ out: UnsafeMutableRawBufferPointer) {
+    private static func shuffleChunk<U: FixedWidthInteger & UnsignedInteger>(
+        _: U.Type, _ input: UnsafeRawBufferPointer,
+        _ out: UnsafeMutableRawBufferPointer
+    ) {
         let s = MemoryLayout<U>.size
         let n = input.count / s
         let ip = input.baseAddress!
@@ -160,8 +172,10 @@ enum TensorCodec {
     }
 
     @inline(__always)
-    private static func unshuffleChunk<U: FixedWidthInteger & UnsignedInteger>(_: U.Type, _ input: UnsafeRawBufferPointer,
-                                                                                _ out: UnsafeMutableRawBufferPointer) {
+    private static func unshuffleChunk<U: FixedWidthInteger & UnsignedInteger>(
+        _: U.Type, _ input: UnsafeRawBufferPointer,
+        _ out: UnsafeMutableRawBufferPointer
+    ) {
         let s = MemoryLayout<U>.size
         let n = input.count / s
         let ip = input.baseAddress!.assumingMemoryBound(to: UInt8.self)

@@ -26,7 +26,8 @@ public final class ZstdCompressor {
     }
 
     /// Compresses `input` as one frame (with `prefix` referenced, if given) and returns the frame.
-    func compress(_ input: UnsafeRawBufferPointer, _ options: Options, prefix: UnsafeRawBufferPointer? = nil) throws(DeltaError) -> [UInt8] {
+    func compress(_ input: UnsafeRawBufferPointer, _ options: Options, prefix: UnsafeRawBufferPointer? = nil) throws(DeltaError) -> [UInt8]
+    {
         var out: [UInt8] = []
         out.reserveCapacity(ZSTD_compressBound(input.count) / 2)
         try compress(input, options, prefix: prefix) { chunk in out.append(contentsOf: chunk) }
@@ -34,8 +35,10 @@ public final class ZstdCompressor {
     }
 
     /// Compresses `input` as one frame, handing the output to `sink` in pieces of at most 1 MiB.
-    public func compress(_ input: UnsafeRawBufferPointer, _ options: Options, prefix: UnsafeRawBufferPointer? = nil,
-                  sink: (UnsafeRawBufferPointer) throws(DeltaError) -> Void) throws(DeltaError) {
+    public func compress(
+        _ input: UnsafeRawBufferPointer, _ options: Options, prefix: UnsafeRawBufferPointer? = nil,
+        sink: (UnsafeRawBufferPointer) throws(DeltaError) -> Void
+    ) throws(DeltaError) {
         ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters)
         try check(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, Int32(options.level)))
         try check(ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1))
@@ -77,8 +80,10 @@ final class FrameReader {
     let what: String
 
     /// `windowLogMax` bounds the window the frame may ask for, and so the decoder's memory.
-    init(file: InputFile, offset: Int64, length: Int64, prefix: UnsafeRawBufferPointer? = nil, windowLogMax: Int,
-         what: String) throws(DeltaError) {
+    init(
+        file: InputFile, offset: Int64, length: Int64, prefix: UnsafeRawBufferPointer? = nil, windowLogMax: Int,
+        what: String
+    ) throws(DeltaError) {
         guard let d = ZSTD_createDCtx() else { throw DeltaError(.io, "cannot allocate a zstd decompression context") }
         dctx = d
         self.file = file

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The one way EdgeFleet replaces a file: write a temporary file in the target's directory, fsync it,
@@ -24,14 +24,19 @@ public final class AtomicFile {
     /// write(2) by default; tests inject a failing one (a full disk cannot be made on demand).
     private let writer: (Int32, UnsafeRawPointer, Int) -> Int
 
-    public convenience init(replacing path: String, temporary: Temporary = .unique(tag: ""), permissions: mode_t = 0o644,
-                            bufferSize: Int = 1 << 20) throws(FileIOError) {
-        try self.init(replacing: path, temporary: temporary, permissions: permissions, bufferSize: bufferSize,
-                      writer: { fd, p, n in Glibc.write(fd, p, n) })
+    public convenience init(
+        replacing path: String, temporary: Temporary = .unique(tag: ""), permissions: mode_t = 0o644,
+        bufferSize: Int = 1 << 20
+    ) throws(FileIOError) {
+        try self.init(
+            replacing: path, temporary: temporary, permissions: permissions, bufferSize: bufferSize,
+            writer: { fd, p, n in Glibc.write(fd, p, n) })
     }
 
-    init(replacing path: String, temporary: Temporary, permissions: mode_t, bufferSize: Int,
-         writer: @escaping (Int32, UnsafeRawPointer, Int) -> Int) throws(FileIOError) {
+    init(
+        replacing path: String, temporary: Temporary, permissions: mode_t, bufferSize: Int,
+        writer: @escaping (Int32, UnsafeRawPointer, Int) -> Int
+    ) throws(FileIOError) {
         self.path = path
         self.writer = writer
         switch temporary {
@@ -127,8 +132,10 @@ public final class AtomicFile {
     }
 
     /// Replaces `path` with `bytes` in one go.
-    public static func write(_ bytes: [UInt8], to path: String, temporary: Temporary = .unique(tag: ""),
-                             permissions: mode_t = 0o644) throws(FileIOError) {
+    public static func write(
+        _ bytes: [UInt8], to path: String, temporary: Temporary = .unique(tag: ""),
+        permissions: mode_t = 0o644
+    ) throws(FileIOError) {
         let file = try AtomicFile(replacing: path, temporary: temporary, permissions: permissions, bufferSize: max(bytes.count, 1))
         try file.write(bytes)
         try file.commit()

@@ -33,7 +33,9 @@ public enum LEB128 {
 
     /// The varint starting at `b[start]`, read no further than `end`: its value and the offset after it.
     @inlinable
-    public static func read(_ b: UnsafeRawBufferPointer, _ start: Int, _ end: Int, maxBits: Int = 64) throws(Fault) -> (value: UInt64, next: Int) {
+    public static func read(_ b: UnsafeRawBufferPointer, _ start: Int, _ end: Int, maxBits: Int = 64) throws(Fault) -> (
+        value: UInt64, next: Int
+    ) {
         var p = start
         let v = try read(maxBits: maxBits) { () throws(Fault) -> UInt8 in
             guard p < end else { throw .truncated }

@@ -98,7 +98,9 @@ public struct ProtobufFieldReader {
 
     /// A varint at `start` (a key, a length, a varint value or an element of a packed field).
     @inlinable
-    public static func varint(_ b: UnsafeRawBufferPointer, _ start: Int, _ end: Int, field: UInt64? = nil) throws(ProtobufWireError) -> (UInt64, Int) {
+    public static func varint(_ b: UnsafeRawBufferPointer, _ start: Int, _ end: Int, field: UInt64? = nil) throws(ProtobufWireError) -> (
+        UInt64, Int
+    ) {
         do throws(LEB128.Fault) {
             return try LEB128.read(b, start, end)
         } catch {

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Whether something accepts TCP connections at HOST:PORT: how a daemon that only owns its

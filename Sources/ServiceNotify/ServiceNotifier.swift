@@ -1,7 +1,7 @@
 // The sd_notify protocol spoken directly: one datagram per message to $NOTIFY_SOCKET, so that
 // neither daemon links libsystemd (and the static agent stays free of Foundation).
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Tells the service manager (systemd `Type=notify`) that the daemon is ready, alive or stopping.
@@ -21,7 +21,8 @@ public struct ServiceNotifier: Sendable {
     public init(environment: [String: String], pid: Int32 = getpid()) {
         var interval: Duration? = nil
         if let usec = environment["WATCHDOG_USEC"].flatMap(UInt64.init), usec > 0,
-           environment["WATCHDOG_PID"].flatMap(Int32.init).map({ $0 == pid }) ?? true {
+            environment["WATCHDOG_PID"].flatMap(Int32.init).map({ $0 == pid }) ?? true
+        {
             interval = .microseconds(Int64(clamping: usec))
         }
         self.init(socketPath: environment["NOTIFY_SOCKET"], watchdogInterval: interval)

@@ -3,13 +3,14 @@ import FleetAgent
 import FleetClient
 import FleetCore
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `fleet-agent doctor`: the device's setup as `run` would find it, each finding with its fix.
 struct Doctor: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Check this device's agent setup: config, pinned root, certificates, controller, clock, disk, directories, health command.",
+        abstract:
+            "Check this device's agent setup: config, pinned root, certificates, controller, clock, disk, directories, health command.",
         discussion: "Prints one line per finding (ok, WARN, FAIL) with a fix for each problem; exits 1 when a check fails.")
 
     @Option(help: "The agent's configuration file (default: \(AgentConfigFile.defaultPath)).")
@@ -26,15 +27,22 @@ struct Doctor: ParsableCommand {
 
     static func findings(configFile path: String) -> [DoctorFinding] {
         guard access(path, F_OK) == 0 else {
-            return [DoctorFinding(.configMissing, .problem, "no configuration file at \(path)",
-                                  fix: "install the edgefleet-agent package, or write \(path) (see README, Deploy on devices)")]
+            return [
+                DoctorFinding(
+                    .configMissing, .problem, "no configuration file at \(path)",
+                    fix: "install the edgefleet-agent package, or write \(path) (see README, Deploy on devices)")
+            ]
         }
         let args: [String]
         do {
             args = try AgentConfigFile.arguments(file: path)
         } catch {
             let code = DoctorFinding.Code(rawValue: error.code.rawValue) ?? .configInvalid
-            return [DoctorFinding(code, .problem, error.description, fix: error.line > 0 ? "correct line \(error.line) of \(path)" : "make \(path) readable")]
+            return [
+                DoctorFinding(
+                    code, .problem, error.description,
+                    fix: error.line > 0 ? "correct line \(error.line) of \(path)" : "make \(path) readable")
+            ]
         }
         // The certificate, key and token files are checked below, one finding each: `run`'s
         // validation of them would stop at the first.
@@ -51,15 +59,18 @@ struct Doctor: ParsableCommand {
             _ = try Run.parse(checked)
             findings.append(DoctorFinding(.configOK, .ok, "\(path) is valid"))
         } catch {
-            findings.append(DoctorFinding(.configInvalid, .problem, "\(path): \(Run.message(for: error))",
-                                          fix: "correct \(path): every key is a `fleet-agent run` flag (see `fleet-agent run --help`)"))
+            findings.append(
+                DoctorFinding(
+                    .configInvalid, .problem, "\(path): \(Run.message(for: error))",
+                    fix: "correct \(path): every key is a `fleet-agent run` flag (see `fleet-agent run --help`)"))
         }
         guard let controller = value("--controller"), let state = value("--state"), let models = value("--models") else {
             return findings
         }
-        let settings = DoctorSettings(controllerURL: controller, stateDirectory: state, modelsDirectory: models, rootFile: value("--root"),
-                                      tls: TLSOptions(caFile: value("--ca"), certFile: value("--cert"), keyFile: value("--key")),
-                                      healthCommand: value("--health-command"))
+        let settings = DoctorSettings(
+            controllerURL: controller, stateDirectory: state, modelsDirectory: models, rootFile: value("--root"),
+            tls: TLSOptions(caFile: value("--ca"), certFile: value("--cert"), keyFile: value("--key")),
+            healthCommand: value("--health-command"))
         return findings + AgentDoctor(settings: settings).check()
     }
 }

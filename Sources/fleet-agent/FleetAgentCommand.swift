@@ -4,7 +4,7 @@ import FleetCore
 import Logging
 import ServiceLifecycle
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @main
@@ -23,7 +23,7 @@ struct FleetAgentCommand: AsyncParsableCommand {
         } catch {
             let line = Array("fleet-agent: \(error)\n".utf8)
             _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-            Glibc.exit(78)   // EX_CONFIG
+            Glibc.exit(78)  // EX_CONFIG
         }
         do {
             var command = try parseAsRoot(argv)
@@ -51,22 +51,41 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Shell command that checks a newly activated model; exit 0 means healthy.") var healthCommand: String?
     @Option(help: "Seconds the health command may take.") var healthTimeout: Double = 30
     @Option(help: "Download rate limit in bytes per second (suffixes K, M allowed).") var rateLimit: String?
-    @Option(help: "Restarts of the agent in one unfinished install phase (a crash during activation or the health check) after which the install is rolled back and not tried again.")
+    @Option(
+        help:
+            "Restarts of the agent in one unfinished install phase (a crash during activation or the health check) after which the install is rolled back and not tried again."
+    )
     var maxRestarts: Int = 3
-    @Option(help: "The operator's benchmark, run on each staged model before it goes live (EDGEFLEET_MODEL_PATH set); it prints JSON: latencyP50Ms, latencyP95Ms, iterations, peakMemoryBytes, joulesPerInference.")
+    @Option(
+        help:
+            "The operator's benchmark, run on each staged model before it goes live (EDGEFLEET_MODEL_PATH set); it prints JSON: latencyP50Ms, latencyP95Ms, iterations, peakMemoryBytes, joulesPerInference."
+    )
     var benchmarkCommand: String?
     @Option(help: "Seconds the benchmark command may take.") var benchmarkTimeout: Double = 120
-    @Option(help: "An energy counter in microjoules (repeatable) read around the benchmark (default: the RAPL domains under /sys/class/powercap).")
+    @Option(
+        help:
+            "An energy counter in microjoules (repeatable) read around the benchmark (default: the RAPL domains under /sys/class/powercap)."
+    )
     var energyCounter: [String] = []
     @Flag(help: "Do one check-in cycle (finishing any install it starts) and exit.") var once = false
     @Option(help: "Where the local inference service reports runtime metrics: 127.0.0.1:PORT, [::1]:PORT or unix:/PATH (loopback only).")
     var metricsListen: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel: String = "info"
-    @Option(name: .customLong("label"), help: "A label of this device, KEY=VALUE (repeatable; the config file's `labels:` map). Labels bound by the enrollment token or set by the operator take precedence.")
+    @Option(
+        name: .customLong("label"),
+        help:
+            "A label of this device, KEY=VALUE (repeatable; the config file's `labels:` map). Labels bound by the enrollment token or set by the operator take precedence."
+    )
     var labels: [String] = []
-    @Option(help: "YAML file with any of these options by their flag names (labels: as a map); flags given here override it. Default: \(AgentConfigFile.defaultPath) when it exists.")
+    @Option(
+        help:
+            "YAML file with any of these options by their flag names (labels: as a map); flags given here override it. Default: \(AgentConfigFile.defaultPath) when it exists."
+    )
     var configFile: String?
-    @Option(help: "Seconds a new agent binary (an agent release) has, from the hand-over, to check in; otherwise the previous binary is restored.")
+    @Option(
+        help:
+            "Seconds a new agent binary (an agent release) has, from the hand-over, to check in; otherwise the previous binary is restored."
+    )
     var selfUpdateDeadline: Int = 300
     @Flag(help: "Do not install agent releases: this agent does not advertise the self-update capability.") var noSelfUpdate = false
     @OptionGroup var identity: AgentIdentityOptions
@@ -83,7 +102,9 @@ struct Run: AsyncParsableCommand {
         guard (1...100).contains(maxRestarts) else { throw ValidationError("--max-restarts must be 1 to 100") }
         guard (5...86_400).contains(selfUpdateDeadline) else { throw ValidationError("--self-update-deadline must be 5 to 86400 seconds") }
         guard benchmarkTimeout > 0 else { throw ValidationError("--benchmark-timeout must be positive") }
-        if let rateLimit { guard let v = ByteCount.parse(rateLimit), v > 0 else { throw ValidationError("--rate-limit '\(rateLimit)' is not a rate") } }
+        if let rateLimit {
+            guard let v = ByteCount.parse(rateLimit), v > 0 else { throw ValidationError("--rate-limit '\(rateLimit)' is not a rate") }
+        }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
         if let deviceId { guard Name.isValid(deviceId) else { throw ValidationError("--device-id '\(deviceId)' is not a valid name") } }
         if let metricsListen, MetricsListenAddress.parse(metricsListen) == nil {
@@ -104,10 +125,11 @@ struct Run: AsyncParsableCommand {
         let onTrial = noSelfUpdate ? nil : AgentLauncher(stateDirectory: state, logger: logger).start()
         var url = controller
         while url.hasSuffix("/") { url.removeLast() }
-        var options = AgentOptions(controllerURL: url, stateDirectory: state, modelsDirectory: models, factsFile: facts, rootFile: root,
-                                   deviceId: deviceId, pollSeconds: pollSeconds, healthCommand: healthCommand,
-                                   healthTimeoutSeconds: healthTimeout, rateLimitBytesPerSecond: rateLimit.flatMap(ByteCount.parse), once: once,
-                                   metricsListen: metricsListen.flatMap(MetricsListenAddress.parse))
+        var options = AgentOptions(
+            controllerURL: url, stateDirectory: state, modelsDirectory: models, factsFile: facts, rootFile: root,
+            deviceId: deviceId, pollSeconds: pollSeconds, healthCommand: healthCommand,
+            healthTimeoutSeconds: healthTimeout, rateLimitBytesPerSecond: rateLimit.flatMap(ByteCount.parse), once: once,
+            metricsListen: metricsListen.flatMap(MetricsListenAddress.parse))
         options.tls = identity.tls
         options.maxRestarts = maxRestarts
         options.benchmarkCommand = benchmarkCommand
@@ -125,10 +147,15 @@ struct Run: AsyncParsableCommand {
             logger.critical("agent cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(2)
         }
-        let group = ServiceGroup(configuration: .init(
-            services: [.init(service: AgentService(agent: agent, options: options, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup)],
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(
+                        service: AgentService(agent: agent, options: options, logger: logger),
+                        successTerminationBehavior: .gracefullyShutdownGroup)
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
         do {
             try await group.run()
         } catch {

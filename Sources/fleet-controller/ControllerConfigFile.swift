@@ -12,12 +12,13 @@ enum ControllerConfigFile {
         "evaluator": .string, "scrub-interval": .string, "database": .string, "no-migrate": .flag, "replica": .string,
         "artifact-accel-redirect": .string, "tls-cert": .string, "tls-key": .string, "client-ca": .string,
         "insecure-dev": .flag, "checkin-burst": .integer, "checkins-per-minute": .integer, "view-label": .string,
-        "trusted-proxy": .list,
+        "trusted-proxy": .list
     ])
 
     static func expand(_ argv: [String]) throws(ConfigFileError) -> [String] {
-        try ConfigFileCommandLine.expand(argv, subcommand: "serve", schema: schema, defaultPath: defaultPath,
-                                         exists: { FileManager.default.fileExists(atPath: $0) },
-                                         read: { try? String(contentsOfFile: $0, encoding: .utf8) })
+        try ConfigFileCommandLine.expand(
+            argv, subcommand: "serve", schema: schema, defaultPath: defaultPath,
+            exists: { FileManager.default.fileExists(atPath: $0) },
+            read: { try? String(contentsOfFile: $0, encoding: .utf8) })
     }
 }

@@ -5,7 +5,10 @@ import Logging
 
 /// Where the controller keeps its state: the data directory's SQLite file, or PostgreSQL.
 struct DatabaseOptions: ParsableArguments {
-    @Option(help: "PostgreSQL shared by controller replicas: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?pool=N]. Default: the SQLite file in the data directory (one box).")
+    @Option(
+        help:
+            "PostgreSQL shared by controller replicas: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?pool=N]. Default: the SQLite file in the data directory (one box)."
+    )
     var database: String?
 
     func validate() throws {
@@ -28,7 +31,9 @@ struct MigrateCommand: AsyncParsableCommand {
 
     func run() async throws {
         do {
-            print(try await Controller.migrate(databaseURL: database.database, dataDirectory: data, logger: Logger(label: "edgefleet.migrate")))
+            print(
+                try await Controller.migrate(
+                    databaseURL: database.database, dataDirectory: data, logger: Logger(label: "edgefleet.migrate")))
         } catch {
             FileHandle.standardError.write(Data("fleet-controller migrate: \(error)\n".utf8))
             throw ExitCode(1)
@@ -39,8 +44,10 @@ struct MigrateCommand: AsyncParsableCommand {
 struct SeedDevicesCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "seed-devices",
-        abstract: "Write a simulated fleet into the database for a scale run: the devices fleet-sim plays, classified as check-ins would be.",
-        discussion: "Device i is PREFIX followed by i zero-padded to 7 digits, with the facts fleet-sim sends for it. Existing rows are kept.")
+        abstract:
+            "Write a simulated fleet into the database for a scale run: the devices fleet-sim plays, classified as check-ins would be.",
+        discussion:
+            "Device i is PREFIX followed by i zero-padded to 7 digits, with the facts fleet-sim sends for it. Existing rows are kept.")
 
     @Option(help: "How many devices.") var count: Int
     @Option(help: "Id prefix, as fleet-sim's --id-prefix.") var idPrefix: String = "sim-"
@@ -51,7 +58,9 @@ struct SeedDevicesCommand: AsyncParsableCommand {
     func validate() throws {
         try database.validate()
         guard count >= 1 && count <= 100_000_000 else { throw ValidationError("--count must be 1…100000000") }
-        guard !idPrefix.isEmpty, idPrefix.utf8.count <= 32, idPrefix.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
+        guard !idPrefix.isEmpty, idPrefix.utf8.count <= 32,
+            idPrefix.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") })
+        else {
             throw ValidationError("--id-prefix must be up to 32 letters, digits, - or _")
         }
     }
@@ -62,7 +71,9 @@ struct SeedDevicesCommand: AsyncParsableCommand {
         do {
             try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
             let r = try await DeviceSeeder.seed(options: options, count: count, prefix: idPrefix, logger: Logger(label: "edgefleet.seed"))
-            print("seeded \(r.devices) devices in \(String(format: "%.1f", r.seconds)) s (\(Int(Double(r.devices) / max(r.seconds, 0.001)))/s) over \(r.perCell.count) cells")
+            print(
+                "seeded \(r.devices) devices in \(String(format: "%.1f", r.seconds)) s (\(Int(Double(r.devices) / max(r.seconds, 0.001)))/s) over \(r.perCell.count) cells"
+            )
         } catch {
             FileHandle.standardError.write(Data("fleet-controller seed-devices: \(error)\n".utf8))
             throw ExitCode(1)

@@ -18,7 +18,7 @@ struct FleetControllerCommand: AsyncParsableCommand {
             argv = try ControllerConfigFile.expand(Array(CommandLine.arguments.dropFirst()))
         } catch {
             FileHandle.standardError.write(Data("fleet-controller: \(error)\n".utf8))
-            Foundation.exit(78)   // EX_CONFIG
+            Foundation.exit(78)  // EX_CONFIG
         }
         do {
             var command = try parseAsRoot(argv)
@@ -48,13 +48,19 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Directory with hardware-classes.yaml and bandwidth-tiers.yaml.")
     var config: String = "fleet"
 
-    @Option(help: "Base URL put into assignments for artifact downloads (a CDN or cache in front of the controller). Default: the controller itself.")
+    @Option(
+        help:
+            "Base URL put into assignments for artifact downloads (a CDN or cache in front of the controller). Default: the controller itself."
+    )
     var artifactBaseUrl: String?
 
     @Option(help: "Seconds agents wait between check-ins.")
     var pollSeconds: Int = 30
 
-    @Option(help: "Devices of a hardware class that must have measured a variant (benchmark or runtime metrics) before selection ranks it by the fleet's figures instead of the class's format order.")
+    @Option(
+        help:
+            "Devices of a hardware class that must have measured a variant (benchmark or runtime metrics) before selection ranks it by the fleet's figures instead of the class's format order."
+    )
     var measuredDevices: Int = 3
 
     @Option(help: "Largest artifact accepted for upload, in bytes (suffixes K, M, G allowed).")
@@ -63,34 +69,51 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "info"
 
-    @Option(help: "Command that measures variants built on the controller, run as CMD BASE VARIANT (default: $EDGEFLEET_EVALUATOR, else .venv/bin/python scripts/evaluate-variant.py when present).")
+    @Option(
+        help:
+            "Command that measures variants built on the controller, run as CMD BASE VARIANT (default: $EDGEFLEET_EVALUATOR, else .venv/bin/python scripts/evaluate-variant.py when present)."
+    )
     var evaluator: String?
 
-    @Option(help: "Time between passes that hash every stored artifact again and quarantine the corrupt ones: seconds, or a number with s, m, h or d; 0 or off: no periodic pass.")
+    @Option(
+        help:
+            "Time between passes that hash every stored artifact again and quarantine the corrupt ones: seconds, or a number with s, m, h or d; 0 or off: no periodic pass."
+    )
     var scrubInterval: String = "6h"
 
     @OptionGroup var database: DatabaseOptions
 
-    @Flag(help: "Refuse to start unless the database's schema is this build's already (run `fleet-controller migrate` first). Default: migrate at start, under the migration lock.")
+    @Flag(
+        help:
+            "Refuse to start unless the database's schema is this build's already (run `fleet-controller migrate` first). Default: migrate at start, under the migration lock."
+    )
     var noMigrate = false
 
     @Option(help: "This replica's name in the leader lease and the logs (default: HOST:PID).")
     var replica: String?
-    @Option(help: "Behind nginx (deploy/nginx/): answer artifact downloads with X-Accel-Redirect to this internal location (e.g. /_artifacts/, aliasing DATA/artifacts/sha256/) after the access check, and let nginx send the bytes.")
+    @Option(
+        help:
+            "Behind nginx (deploy/nginx/): answer artifact downloads with X-Accel-Redirect to this internal location (e.g. /_artifacts/, aliasing DATA/artifacts/sha256/) after the access check, and let nginx send the bytes."
+    )
     var artifactAccelRedirect: String?
 
     @Option(help: "A label key (e.g. site) the dashboard and /metrics break devices down by: its most common values and \"other\".")
     var viewLabel: String?
 
-    @Option(help: "YAML file with any of these options by their flag names; flags given here override it. Default: \(ControllerConfigFile.defaultPath) when it exists.")
+    @Option(
+        help:
+            "YAML file with any of these options by their flag names; flags given here override it. Default: \(ControllerConfigFile.defaultPath) when it exists."
+    )
     var configFile: String?
 
     @OptionGroup var security: SecurityOptions
 
     func validate() throws {
-        if let viewLabel { guard !viewLabel.isEmpty, !viewLabel.contains(where: { $0.isWhitespace || $0 == "=" }) else {
-            throw ValidationError("--view-label '\(viewLabel)' is not a label key")
-        } }
+        if let viewLabel {
+            guard !viewLabel.isEmpty, !viewLabel.contains(where: { $0.isWhitespace || $0 == "=" }) else {
+                throw ValidationError("--view-label '\(viewLabel)' is not a label key")
+            }
+        }
         try database.validate()
         guard parseListen() != nil else { throw ValidationError("--listen must be HOST:PORT with a port from 1 to 65535, got '\(listen)'") }
         try security.validate(host: parseListen()!.0)
@@ -101,12 +124,15 @@ struct Serve: AsyncParsableCommand {
         if let a = artifactAccelRedirect, !a.hasPrefix("/") || a.contains("..") || a.contains(where: { $0.isWhitespace || $0.isNewline }) {
             throw ValidationError("--artifact-accel-redirect must be a path like /_artifacts/, got '\(a)'")
         }
-        guard ScrubInterval.seconds(scrubInterval) != nil else { throw ValidationError("--scrub-interval '\(scrubInterval)' is not a duration (e.g. 6h, 30m, 0)") }
+        guard ScrubInterval.seconds(scrubInterval) != nil else {
+            throw ValidationError("--scrub-interval '\(scrubInterval)' is not a duration (e.g. 6h, 30m, 0)")
+        }
     }
 
     func parseListen() -> (String, Int)? {
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]),
-              (1...65535).contains(port) else { return nil }
+            (1...65535).contains(port)
+        else { return nil }
         let host = String(listen[..<colon])
         return (host.isEmpty ? "0.0.0.0" : host, port)
     }
@@ -125,14 +151,17 @@ struct Serve: AsyncParsableCommand {
         var logger = Logger(label: "edgefleet.controller")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         let (host, port) = parseListen()!
-        var options = ControllerOptions(dataDirectory: data, host: host, port: port, keysDirectory: keys, configDirectory: config,
-                                        artifactBaseURL: artifactBaseUrl, maxArtifactBytes: parseSize(maxArtifactSize)!,
-                                        pollSeconds: pollSeconds)
+        var options = ControllerOptions(
+            dataDirectory: data, host: host, port: port, keysDirectory: keys, configDirectory: config,
+            artifactBaseURL: artifactBaseUrl, maxArtifactBytes: parseSize(maxArtifactSize)!,
+            pollSeconds: pollSeconds)
         options.tls = security.tls
         options.minMeasuredDevices = measuredDevices
         options.evaluator = evaluator ?? options.evaluator ?? Self.shippedEvaluator()
         if options.evaluator == nil {
-            logger.warning("no variant evaluator: variants built here are unmeasured, and a model's quality floor refuses them (pass --evaluator, or run `make venv`)")
+            logger.warning(
+                "no variant evaluator: variants built here are unmeasured, and a model's quality floor refuses them (pass --evaluator, or run `make venv`)"
+            )
         }
         options.access = security.access
         options.scrubIntervalSeconds = ScrubInterval.seconds(scrubInterval)

@@ -4,7 +4,10 @@ import FleetCore
 
 /// TLS, access mode and per-device limits of `serve`.
 struct SecurityOptions: ParsableArguments {
-    @Option(help: "PEM server certificate (chain) of the controller; with --tls-key and --client-ca, serves HTTPS with client certificates and enforces access.")
+    @Option(
+        help:
+            "PEM server certificate (chain) of the controller; with --tls-key and --client-ca, serves HTTPS with client certificates and enforces access."
+    )
     var tlsCert: String?
 
     @Option(help: "PEM private key of --tls-cert.")
@@ -13,10 +16,16 @@ struct SecurityOptions: ParsableArguments {
     @Option(help: "PEM CA certificate that signs device client certificates (the fleet CA).")
     var clientCa: String?
 
-    @Flag(help: "Open access for development: no operator tokens, devices need not enroll. Plain HTTP on a loopback address implies it; on any other address it must be given explicitly.")
+    @Flag(
+        help:
+            "Open access for development: no operator tokens, devices need not enroll. Plain HTTP on a loopback address implies it; on any other address it must be given explicitly."
+    )
     var insecureDev = false
 
-    @Option(help: "Address or network (10.0.0.0/8) of a TLS-terminating proxy in front of this controller (nginx from deploy/nginx with --tls-cert): device certificates it verified are taken from its X-Client-Cert header, and access is enforced on plain HTTP. Repeatable. Headers from any other address are ignored.")
+    @Option(
+        help:
+            "Address or network (10.0.0.0/8) of a TLS-terminating proxy in front of this controller (nginx from deploy/nginx with --tls-cert): device certificates it verified are taken from its X-Client-Cert header, and access is enforced on plain HTTP. Repeatable. Headers from any other address are ignored."
+    )
     var trustedProxy: [String] = []
 
     @Option(help: "Check-ins a device may make at once before it is rate limited (429).")
@@ -34,7 +43,8 @@ struct SecurityOptions: ParsableArguments {
 
     var access: AccessOptions {
         let secured = tls != nil || !proxies.isEmpty
-        var a = AccessOptions(mode: secured && !insecureDev ? .enforced : .open, checkInBurst: checkinBurst, checkInsPerMinute: checkinsPerMinute)
+        var a = AccessOptions(
+            mode: secured && !insecureDev ? .enforced : .open, checkInBurst: checkinBurst, checkInsPerMinute: checkinsPerMinute)
         a.trustedProxies = proxies
         return a
     }
@@ -49,10 +59,14 @@ struct SecurityOptions: ParsableArguments {
         if !trustedProxy.isEmpty, insecureDev {
             throw ValidationError("--trusted-proxy enforces access; it does not go with --insecure-dev")
         }
-        guard checkinBurst >= 1, checkinsPerMinute >= 1 else { throw ValidationError("--checkin-burst and --checkins-per-minute must be at least 1") }
+        guard checkinBurst >= 1, checkinsPerMinute >= 1 else {
+            throw ValidationError("--checkin-burst and --checkins-per-minute must be at least 1")
+        }
         let loopback = host == "localhost" || host == "::1" || host.hasPrefix("127.")
         if given == 0, trustedProxy.isEmpty, !loopback, !insecureDev {
-            throw ValidationError("plain HTTP on \(host) would open the fleet to the network: give --tls-cert, --tls-key and --client-ca (or --trusted-proxy behind a TLS proxy), or --insecure-dev to accept that")
+            throw ValidationError(
+                "plain HTTP on \(host) would open the fleet to the network: give --tls-cert, --tls-key and --client-ca (or --trusted-proxy behind a TLS proxy), or --insecure-dev to accept that"
+            )
         }
     }
 }

@@ -20,13 +20,16 @@ struct TokenCommand: AsyncParsableCommand {
         func validate() throws {
             try database.validate()
             guard OperatorRole(rawValue: role) != nil else { throw ValidationError("--role must be viewer, operator or admin") }
-            guard Name.isValid(name), name.utf8.count <= 64 else { throw ValidationError("--name must be a plain name of at most 64 bytes") }
+            guard Name.isValid(name), name.utf8.count <= 64 else {
+                throw ValidationError("--name must be a plain name of at most 64 bytes")
+            }
             if let expiresDays { guard expiresDays >= 1 else { throw ValidationError("--expires-days must be at least 1") } }
         }
 
         func run() async throws {
-            let created = try await AdminBootstrap.createToken(dataDirectory: data, databaseURL: database.database, name: name, role: OperatorRole(rawValue: role)!,
-                                                         expiresInSeconds: expiresDays.map { Int64($0) * 86_400 })
+            let created = try await AdminBootstrap.createToken(
+                dataDirectory: data, databaseURL: database.database, name: name, role: OperatorRole(rawValue: role)!,
+                expiresInSeconds: expiresDays.map { Int64($0) * 86_400 })
             print(created.token)
         }
     }

@@ -14,10 +14,11 @@ enum DeviceAPI {
     /// installed models only when they changed since the last check-in, what it holds per model.
     /// `full`: the facts and everything, after the controller asked for them again.
     static func checkInBody(device: SimDevice, facts: DeviceFacts, full: Bool = false) throws -> Data {
-        var request = CheckInRequest(facts: full ? facts : nil, installed: device.installed, agentVersion: full ? agentVersion : nil,
-                                     phase: device.installing.isEmpty ? nil : InstallPhase.downloading.rawValue,
-                                     factsDigest: full ? nil : facts.digest, holds: device.held.isEmpty ? nil : device.held,
-                                     timestampVersion: 0)
+        var request = CheckInRequest(
+            facts: full ? facts : nil, installed: device.installed, agentVersion: full ? agentVersion : nil,
+            phase: device.installing.isEmpty ? nil : InstallPhase.downloading.rawValue,
+            factsDigest: full ? nil : facts.digest, holds: device.held.isEmpty ? nil : device.held,
+            timestampVersion: 0)
         request.installedSent = full || device.sentInstalled != device.installed
         return try encoder.encode(request)
     }
@@ -29,7 +30,9 @@ enum DeviceAPI {
     /// The assignments in a check-in answer that the device does not run yet, and what the device
     /// holds afterwards. The signatures are not checked: the simulator plays the load of a device,
     /// not its trust decisions.
-    static func newAssignments(in body: Data, device: SimDevice) throws -> (answer: CheckInSummary, todo: [AssignmentSummary], held: [String: HeldMetadata]) {
+    static func newAssignments(in body: Data, device: SimDevice) throws -> (
+        answer: CheckInSummary, todo: [AssignmentSummary], held: [String: HeldMetadata]
+    ) {
         let answer = try decoder.decode(CheckInSummary.self, from: body)
         var todo: [AssignmentSummary] = []
         var held = device.held

@@ -55,7 +55,10 @@ struct FleetSimCommand: AsyncParsableCommand {
     @Flag(help: "Download each assigned artifact (and throw the bytes away) before reporting the install.")
     var download = false
 
-    @Option(help: "File with what the devices run, their event sequence numbers and where in the schedule the last run stopped: read at start when it exists, written at the end, so that several runs play one fleet.")
+    @Option(
+        help:
+            "File with what the devices run, their event sequence numbers and where in the schedule the last run stopped: read at start when it exists, written at the end, so that several runs play one fleet."
+    )
     var state: String?
 
     @Option(help: "Seed of the shuffle that gives each device its phase.")
@@ -87,23 +90,31 @@ struct FleetSimCommand: AsyncParsableCommand {
             throw ValidationError("--url must be an http(s) URL, got '\(url)'")
         }
         guard devices >= 1 else { throw ValidationError("--devices must be at least 1") }
-        guard idPrefix.isEmpty || Name.isValid(idPrefix + "0") else { throw ValidationError("--id-prefix '\(idPrefix)' would not make valid device ids") }
+        guard idPrefix.isEmpty || Name.isValid(idPrefix + "0") else {
+            throw ValidationError("--id-prefix '\(idPrefix)' would not make valid device ids")
+        }
         guard pollSeconds > 0 else { throw ValidationError("--poll-seconds must be positive") }
         if let rate { guard rate > 0 else { throw ValidationError("--rate must be positive") } }
-        guard duration > 0, stepDuration > 0, warmup >= 0 else { throw ValidationError("--duration and --step-duration must be positive, --warmup not negative") }
+        guard duration > 0, stepDuration > 0, warmup >= 0 else {
+            throw ValidationError("--duration and --step-duration must be positive, --warmup not negative")
+        }
         guard connections >= 1 else { throw ValidationError("--connections must be at least 1") }
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
         guard maxInFlight >= 1 else { throw ValidationError("--max-in-flight must be at least 1") }
         guard stepFactor > 1 else { throw ValidationError("--step-factor must be more than 1") }
-        guard p99TargetMs > 0, (0...1).contains(maxErrorRate) else { throw ValidationError("--p99-target-ms must be positive, --max-error-rate from 0 to 1") }
+        guard p99TargetMs > 0, (0...1).contains(maxErrorRate) else {
+            throw ValidationError("--p99-target-ms must be positive, --max-error-rate from 0 to 1")
+        }
     }
 
     var offered: Double { rate ?? Double(devices) / pollSeconds }
 
     func run() async throws {
-        let sim = Simulator(.init(url: url.hasSuffix("/") ? String(url.dropLast()) : url, devices: devices, idPrefix: idPrefix,
-                                  connections: connections, timeoutSeconds: timeout, maxInFlight: maxInFlight,
-                                  download: download, seed: seed))
+        let sim = Simulator(
+            .init(
+                url: url.hasSuffix("/") ? String(url.dropLast()) : url, devices: devices, idPrefix: idPrefix,
+                connections: connections, timeoutSeconds: timeout, maxInFlight: maxInFlight,
+                download: download, seed: seed))
         do {
             try await play(sim)
         } catch {
@@ -138,19 +149,23 @@ struct FleetSimCommand: AsyncParsableCommand {
     }
 
     private func stepUp(_ sim: Simulator) async -> FindMaxSummary {
-        var result = FindMaxSummary(p99TargetMs: p99TargetMs, maxErrorRate: maxErrorRate, steps: [], maxSustainableRate: nil,
-                                    stoppedBecause: "the highest rate (--max-rate) held")
+        var result = FindMaxSummary(
+            p99TargetMs: p99TargetMs, maxErrorRate: maxErrorRate, steps: [], maxSustainableRate: nil,
+            stoppedBecause: "the highest rate (--max-rate) held")
         var r = min(offered, maxRate)
         while true {
             let s = await sim.run(rate: r, duration: stepDuration)
             result.steps.append(s)
             let errorRate = Double(s.errorCount) / Double(max(s.scheduled, 1))
             let verdict: String? =
-                if s.latencyMs.p99 > p99TargetMs { "p99 \(s.latencyMs.p99) ms > \(fmt(p99TargetMs)) ms at \(fmt(r))/s" }
-                else if errorRate > maxErrorRate { "\(s.errorCount) errors (\(fmt(errorRate * 100))%) at \(fmt(r))/s" }
-                else if s.achievedRate < 0.95 * r { "achieved \(fmt(s.achievedRate))/s < 95% of \(fmt(r))/s" }
-                else { nil }
-            progress("step \(result.steps.count): offered \(fmt(r))/s, achieved \(fmt(s.achievedRate))/s, p50 \(s.latencyMs.p50) ms, p99 \(s.latencyMs.p99) ms, \(s.errorCount) errors: " + (verdict == nil ? "held" : "failed"))
+                if s.latencyMs.p99 > p99TargetMs {
+                    "p99 \(s.latencyMs.p99) ms > \(fmt(p99TargetMs)) ms at \(fmt(r))/s"
+                } else if errorRate > maxErrorRate {
+                    "\(s.errorCount) errors (\(fmt(errorRate * 100))%) at \(fmt(r))/s"
+                } else if s.achievedRate < 0.95 * r { "achieved \(fmt(s.achievedRate))/s < 95% of \(fmt(r))/s" } else { nil }
+            progress(
+                "step \(result.steps.count): offered \(fmt(r))/s, achieved \(fmt(s.achievedRate))/s, p50 \(s.latencyMs.p50) ms, p99 \(s.latencyMs.p99) ms, \(s.errorCount) errors: "
+                    + (verdict == nil ? "held" : "failed"))
             if !json { print(s.text.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n")) }
             if let verdict { result.stoppedBecause = verdict; break }
             result.maxSustainableRate = r

@@ -18,8 +18,10 @@ final class Recorder: Sendable {
     }
 
     struct State: Sendable {
-        var checkIns = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
-        var events = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
+        var checkIns = Histogram<UInt64>(
+            lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
+        var events = Histogram<UInt64>(
+            lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
         var scheduled = 0
         var ok = 0
         var errors: [String: Int] = [:]
@@ -82,11 +84,15 @@ final class Recorder: Sendable {
     }
 
     func install(started: Int = 0, reported: Int = 0) {
-        state.withLock { s in s.installsStarted += started; s.installsReported += reported }
+        state.withLock { s in
+            s.installsStarted += started; s.installsReported += reported
+        }
     }
 
     func download(bytes: Int64) {
-        state.withLock { s in s.downloads += 1; s.downloadBytes += bytes }
+        state.withLock { s in
+            s.downloads += 1; s.downloadBytes += bytes
+        }
     }
 
     func downloadFailed(_ kind: String) {

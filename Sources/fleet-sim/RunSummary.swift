@@ -22,7 +22,8 @@ struct RunSummary: Codable, Sendable {
             checkIns = b.count
             let n = Double(Swift.max(b.count, 1))
             func r(_ x: Int) -> Double { (Double(x) / n).rounded() }
-            requestBody = r(b.requestBody); responseBody = r(b.responseBody); requestHTTP = r(b.requestHTTP); responseHTTP = r(b.responseHTTP)
+            requestBody = r(b.requestBody); responseBody = r(b.responseBody); requestHTTP = r(b.requestHTTP);
+            responseHTTP = r(b.responseHTTP)
         }
     }
 
@@ -73,18 +74,30 @@ struct RunSummary: Codable, Sendable {
     var text: String {
         var lines: [String] = []
         let pct = offeredRate > 0 ? achievedRate / offeredRate * 100 : 0
-        lines.append("rate        offered \(fmt(offeredRate))/s, achieved \(fmt(achievedRate))/s (\(fmt(pct))%) over \(fmt(elapsedSeconds)) s; \(ok) of \(scheduled) check-ins answered 2xx")
-        lines.append("latency     from the scheduled send: p50 \(latencyMs.p50) ms, p90 \(latencyMs.p90) ms, p99 \(latencyMs.p99) ms, p99.9 \(latencyMs.p999) ms, max \(latencyMs.max) ms")
+        lines.append(
+            "rate        offered \(fmt(offeredRate))/s, achieved \(fmt(achievedRate))/s (\(fmt(pct))%) over \(fmt(elapsedSeconds)) s; \(ok) of \(scheduled) check-ins answered 2xx"
+        )
+        lines.append(
+            "latency     from the scheduled send: p50 \(latencyMs.p50) ms, p90 \(latencyMs.p90) ms, p99 \(latencyMs.p99) ms, p99.9 \(latencyMs.p999) ms, max \(latencyMs.max) ms"
+        )
         if errors.isEmpty {
             lines.append("errors      none")
         } else {
-            lines.append("errors      \(errorCount): " + errors.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+            lines.append(
+                "errors      \(errorCount): "
+                    + errors.sorted { $0.value > $1.value }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         }
         let b = bytesPerCheckIn, i = bytesPerIdleCheckIn
-        lines.append("bytes       per check-in: request body \(Int(b.requestBody)), response body \(Int(b.responseBody)); HTTP messages \(Int(b.requestHTTP)) + \(Int(b.responseHTTP))")
-        lines.append("            per idle check-in (\(i.checkIns)): request body \(Int(i.requestBody)), response body \(Int(i.responseBody)); HTTP messages \(Int(i.requestHTTP)) + \(Int(i.responseHTTP))")
+        lines.append(
+            "bytes       per check-in: request body \(Int(b.requestBody)), response body \(Int(b.responseBody)); HTTP messages \(Int(b.requestHTTP)) + \(Int(b.responseHTTP))"
+        )
+        lines.append(
+            "            per idle check-in (\(i.checkIns)): request body \(Int(i.requestBody)), response body \(Int(i.responseBody)); HTTP messages \(Int(i.requestHTTP)) + \(Int(i.responseHTTP))"
+        )
         if installsStarted > 0 || eventPosts > 0 {
-            lines.append("installs    \(installsStarted) started, \(installsReported) reported committed; \(eventPosts) event posts (\(eventsStored) events), p99 \(eventLatencyMs.p99) ms")
+            lines.append(
+                "installs    \(installsStarted) started, \(installsReported) reported committed; \(eventPosts) event posts (\(eventsStored) events), p99 \(eventLatencyMs.p99) ms"
+            )
         }
         if downloads > 0 { lines.append("downloads   \(downloads), \(downloadBytes) bytes") }
         lines.append("generator   worst launch lag \(maxSchedulerLagMs) ms, \(connections) connections, \(devices) devices")

@@ -62,7 +62,9 @@ final class DeviceBook: Sendable {
 
     func save(to path: String, nextSlot: Int) throws {
         let entries = devices.withLock { all in
-            all.map { Saved.Entry(i: $0.key, installed: $0.value.installed, seq: $0.value.nextSeq, held: $0.value.held) }.sorted { $0.i < $1.i }
+            all.map { Saved.Entry(i: $0.key, installed: $0.value.installed, seq: $0.value.nextSeq, held: $0.value.held) }.sorted {
+                $0.i < $1.i
+            }
         }
         try JSONEncoder().encode(Saved(devices: entries, nextSlot: nextSlot)).write(to: URL(fileURLWithPath: path), options: .atomic)
     }

@@ -61,7 +61,9 @@ final class Simulator: Sendable {
         let recorder = Recorder()
         let clock = ContinuousClock()
         let total = Int((rate * duration).rounded())
-        let first = nextSlot.withLock { s in defer { s += total }; return s }
+        let first = nextSlot.withLock { s in
+            defer { s += total }; return s
+        }
         let start = clock.now.advanced(by: .milliseconds(20))
         func slotTime(_ i: Int) -> ContinuousClock.Instant { start.advanced(by: .nanoseconds(Int64(Double(i) * 1e9 / rate))) }
         await withDiscardingTaskGroup { group in
@@ -72,7 +74,7 @@ final class Simulator: Sendable {
                     let at = slotTime(i)
                     let device = Int(order[(first + i) % order.count])
                     if recorder.inFlight >= options.maxInFlight {
-                        recorder.dropped("overload")   // not sent: more than --max-in-flight outstanding
+                        recorder.dropped("overload")  // not sent: more than --max-in-flight outstanding
                     } else {
                         recorder.scheduled(lagMicros: micros(now - at))
                         group.addTask { await self.checkIn(device, scheduled: at, recorder) }
@@ -84,8 +86,9 @@ final class Simulator: Sendable {
         }
         let s = recorder.state.withLock { $0 }
         let elapsed = max(duration, s.lastCompletion.map { seconds($0 - start) } ?? 0)
-        return RunSummary(url: options.url, devices: options.devices, connections: options.connections, rate: rate,
-                          duration: duration, elapsed: elapsed, state: s)
+        return RunSummary(
+            url: options.url, devices: options.devices, connections: options.connections, rate: rate,
+            duration: duration, elapsed: elapsed, state: s)
     }
 
     private func checkIn(_ index: Int, scheduled: ContinuousClock.Instant, _ recorder: Recorder) async {
@@ -112,8 +115,9 @@ final class Simulator: Sendable {
                 d.held = held
                 d.sentInstalled = device.installed
             }
-            recorder.checkIn(latencyMicros: micros(end - scheduled),
-                             bytes: (body.count, answer.count, requestHTTP(path, body.count), responseHTTP), idle: todo.isEmpty, at: end)
+            recorder.checkIn(
+                latencyMicros: micros(end - scheduled),
+                bytes: (body.count, answer.count, requestHTTP(path, body.count), responseHTTP), idle: todo.isEmpty, at: end)
             if !todo.isEmpty || !device.outbox.isEmpty { await install(index, id, todo, recorder) }
         } catch {
             recorder.failed(Self.kind(error), at: clock.now)
@@ -132,7 +136,7 @@ final class Simulator: Sendable {
                     recorder.download(bytes: try await fetch(url))
                 } catch {
                     recorder.downloadFailed(Self.kind(error))
-                    book.update(index) { $0.installing[a.model] = nil }   // tried again at the next check-in
+                    book.update(index) { $0.installing[a.model] = nil }  // tried again at the next check-in
                     continue
                 }
             }
@@ -149,7 +153,9 @@ final class Simulator: Sendable {
         do {
             let (status, answer, _) = try await post(DeviceAPI.eventsPath(id), try DeviceAPI.eventsBody(events))
             let latency = micros(clock.now - sent)
-            guard (200..<300).contains(status) else { recorder.eventPost(latencyMicros: latency, events: 0, error: "http-\(status)"); return }
+            guard (200..<300).contains(status) else {
+                recorder.eventPost(latencyMicros: latency, events: 0, error: "http-\(status)"); return
+            }
             let ack = try DeviceAPI.ack(answer)
             book.update(index) { $0.acknowledge(through: ack.ackedThrough) }
             recorder.eventPost(latencyMicros: latency, events: events.count, error: nil)
@@ -174,7 +180,8 @@ final class Simulator: Sendable {
 
     /// The request as it goes on the wire: start line, the headers this client sends, the body.
     private func requestHTTP(_ path: String, _ bodyBytes: Int) -> Int {
-        "POST \(path) HTTP/1.1\r\nHost: \(hostHeader)\r\nContent-Type: application/json\r\nContent-Length: \(bodyBytes)\r\n\r\n".utf8.count + bodyBytes
+        "POST \(path) HTTP/1.1\r\nHost: \(hostHeader)\r\nContent-Type: application/json\r\nContent-Length: \(bodyBytes)\r\n\r\n".utf8.count
+            + bodyBytes
     }
 
     /// Downloads an artifact and throws the bytes away; returns how many arrived.

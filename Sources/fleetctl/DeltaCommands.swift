@@ -48,17 +48,21 @@ struct DeltaCommand: ParsableCommand {
             let rows = r.methods.map { m -> [String] in
                 let size = m.size.map { ByteCount.format($0) } ?? "-"
                 let ratio = m.size.map { r.targetSize > 0 ? String(format: "%.2f%%", 100 * Double($0) / Double(r.targetSize)) : "-" } ?? "-"
-                return [m.method.rawValue, m.status.rawValue, size, ratio, String(format: "%.2f s", m.seconds),
-                        m.level.map { "\($0)" } ?? "-", m.note ?? ""]
+                return [
+                    m.method.rawValue, m.status.rawValue, size, ratio, String(format: "%.2f s", m.seconds),
+                    m.level.map { "\($0)" } ?? "-", m.note ?? ""
+                ]
             }
             var text = Table.render(["METHOD", "RESULT", "SIZE", "OF-TARGET", "TIME", "LEVEL", "NOTE"], rows)
             if let t = r.tensors {
                 let codings = t.codings.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
-                text += "tensors (\(t.format)): \(t.unchanged) unchanged, \(t.changed) changed, \(t.reshaped) reshaped, "
+                text +=
+                    "tensors (\(t.format)): \(t.unchanged) unchanged, \(t.changed) changed, \(t.reshaped) reshaped, "
                     + "\(t.renamed) renamed, \(t.added) added, \(t.removed) removed; structure \(ByteCount.format(t.structureBytes))"
                     + (codings.isEmpty ? "" : "; codings: \(codings)") + "\n"
             }
-            text += "wrote \(out): \(r.method.rawValue), \(r.packageSize) bytes (target \(r.targetSize) bytes, sha256 \(r.targetSha256)) "
+            text +=
+                "wrote \(out): \(r.method.rawValue), \(r.packageSize) bytes (target \(r.targetSize) bytes, sha256 \(r.targetSha256)) "
                 + String(format: "in %.2f s\n", r.seconds)
             return text
         }
@@ -99,13 +103,15 @@ struct DeltaCommand: ParsableCommand {
             let h: DeltaHeader
             do { h = try DeltaDecoder.readHeader(patch) } catch { throw CLIError("delta show: \(error)") }
             try global.emit(h) {
-                Table.render(["FIELD", "VALUE"], [
-                    ["format", "\(h.formatVersion)"], ["method", h.method.rawValue],
-                    ["base", "\(h.baseSize) bytes, sha256 \(h.baseSha256)"],
-                    ["target", "\(h.targetSize) bytes, sha256 \(h.targetSha256)"],
-                    ["package", "\(h.packageLength) bytes; sections \(h.sectionLengths.map(String.init).joined(separator: ", "))"],
-                    ["decode buffers", ByteCount.format(h.decodeBufferBytes)],
-                ])
+                Table.render(
+                    ["FIELD", "VALUE"],
+                    [
+                        ["format", "\(h.formatVersion)"], ["method", h.method.rawValue],
+                        ["base", "\(h.baseSize) bytes, sha256 \(h.baseSha256)"],
+                        ["target", "\(h.targetSize) bytes, sha256 \(h.targetSha256)"],
+                        ["package", "\(h.packageLength) bytes; sections \(h.sectionLengths.map(String.init).joined(separator: ", "))"],
+                        ["decode buffers", ByteCount.format(h.decodeBufferBytes)]
+                    ])
             }
         }
     }

@@ -4,9 +4,12 @@ import FleetCore
 import Foundation
 
 struct DevicesCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "devices", abstract: "Inspect, enroll, approve and revoke devices.",
-                                                    subcommands: [List.self, Label.self, Explain.self, Events.self, EnrollToken.self, Approve.self,
-                                                                  Revoke.self, Identities.self])
+    static let configuration = CommandConfiguration(
+        commandName: "devices", abstract: "Inspect, enroll, approve and revoke devices.",
+        subcommands: [
+            List.self, Label.self, Explain.self, Events.self, EnrollToken.self, Approve.self,
+            Revoke.self, Identities.self
+        ])
 
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List devices with class, tier, labels and installed variant.")
@@ -16,20 +19,27 @@ struct DevicesCommand: ParsableCommand {
         func run() throws {
             let list = try calling { try global.client().get("/v1/devices" + selectorQuery(selector), as: [DeviceInfo].self) }
             try global.emit(list) {
-                Table.render(["DEVICE", "CLASS", "TIER", "LABELS", "STATUS", "ASSIGNED", "INSTALLED", "HELD", "LAST-SEEN", "AGENT"], list.map { d in
-                    [d.id, d.hardwareClass ?? "-", d.tier ?? "-",
-                     (d.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",").nonEmpty, d.status,
-                     d.assigned.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",").nonEmpty,
-                     d.installed.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value.prefix(12))" }.joined(separator: ",").nonEmpty,
-                     d.held.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",").nonEmpty,
-                     timeText(d.lastSeen), agentText(d)]
-                })
+                Table.render(
+                    ["DEVICE", "CLASS", "TIER", "LABELS", "STATUS", "ASSIGNED", "INSTALLED", "HELD", "LAST-SEEN", "AGENT"],
+                    list.map { d in
+                        [
+                            d.id, d.hardwareClass ?? "-", d.tier ?? "-",
+                            (d.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",").nonEmpty,
+                            d.status,
+                            d.assigned.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",").nonEmpty,
+                            d.installed.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value.prefix(12))" }.joined(separator: ",")
+                                .nonEmpty,
+                            d.held.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",").nonEmpty,
+                            timeText(d.lastSeen), agentText(d)
+                        ]
+                    })
             }
         }
     }
 
     struct Explain: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Explain which variant a device gets, and why every other one is not chosen.")
+        static let configuration = CommandConfiguration(
+            abstract: "Explain which variant a device gets, and why every other one is not chosen.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Device id.") var device: String
         func run() throws {
@@ -37,10 +47,12 @@ struct DevicesCommand: ParsableCommand {
             try global.emit(list) {
                 if list.isEmpty { return "device \(device): no active rollout\n" }
                 return list.map { e in
-                    "device \(e.deviceId), model \(e.model), release \(e.release): class \(e.selection.hardwareClass ?? "none"), tier \(e.selection.tier ?? "none") -> \(e.selection.chosen ?? (e.selection.overBudget ? "held: over-budget" : "nothing fits"))\n" +
-                        Table.render(["", "VARIANT", "DTYPE", "SIZE", "REASON"], e.selection.verdicts.map {
-                            [$0.chosen ? "*" : ($0.eligible ? "+" : "-"), $0.variant, $0.dtype, ByteCount.format($0.size), $0.reason]
-                        })
+                    "device \(e.deviceId), model \(e.model), release \(e.release): class \(e.selection.hardwareClass ?? "none"), tier \(e.selection.tier ?? "none") -> \(e.selection.chosen ?? (e.selection.overBudget ? "held: over-budget" : "nothing fits"))\n"
+                        + Table.render(
+                            ["", "VARIANT", "DTYPE", "SIZE", "REASON"],
+                            e.selection.verdicts.map {
+                                [$0.chosen ? "*" : ($0.eligible ? "+" : "-"), $0.variant, $0.dtype, ByteCount.format($0.size), $0.reason]
+                            })
                 }.joined(separator: "\n")
             }
         }
@@ -50,7 +62,8 @@ struct DevicesCommand: ParsableCommand {
 extension DevicesCommand {
     struct Events: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Show a device's status events (installs, failures with their fault, retries, metrics); --follow keeps printing new ones.")
+            abstract:
+                "Show a device's status events (installs, failures with their fault, retries, metrics); --follow keeps printing new ones.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Device id.") var device: String
         @Flag(help: "Keep polling and print events as they arrive (Ctrl-C to leave).") var follow = false
@@ -84,8 +97,10 @@ extension DevicesCommand {
         func render(_ events: [StatusEvent], header: Bool) -> String {
             if global.json { return events.map { String(decoding: (try? FleetJSON.encode($0)) ?? Data(), as: UTF8.self) + "\n" }.joined() }
             let rows = events.map { e in
-                [timeText(e.time), "\(e.seq)", e.kind, e.model ?? "-", e.release ?? "-", e.fault ?? "-",
-                 (e.retryAt.map { "retry at \(timeText($0)); " } ?? "") + (e.detail ?? "")]
+                [
+                    timeText(e.time), "\(e.seq)", e.kind, e.model ?? "-", e.release ?? "-", e.fault ?? "-",
+                    (e.retryAt.map { "retry at \(timeText($0)); " } ?? "") + (e.detail ?? "")
+                ]
             }
             let table = Table.render(["TIME", "SEQ", "KIND", "MODEL", "RELEASE", "FAULT", "DETAIL"], rows)
             return header ? table : String(table.drop { $0 != "\n" }.dropFirst())
@@ -94,7 +109,8 @@ extension DevicesCommand {
 }
 
 struct StatusCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "status", abstract: "Summarise the fleet (or the devices a selector picks).")
+    static let configuration = CommandConfiguration(
+        commandName: "status", abstract: "Summarise the fleet (or the devices a selector picks).")
     @OptionGroup var global: GlobalOptions
     @Option(help: "Only the devices this label selector picks.") var selector: String?
     func run() throws {
@@ -161,7 +177,8 @@ extension DevicesCommand {
             let body = LabelUpdate(set: try parsed(), remove: remove)
             let d = try calling { try global.client().post("/v1/devices/\(device)/labels", body, as: DeviceInfo.self) }
             try global.emit(d) {
-                (d.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)  (\(d.labelSources?[$0.key] ?? "?"))" }.joined(separator: "\n") + "\n"
+                (d.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)  (\(d.labelSources?[$0.key] ?? "?"))" }.joined(
+                    separator: "\n") + "\n"
             }
         }
     }

@@ -21,8 +21,10 @@ struct FleetCtl: ParsableCommand {
             give an operator token with --token-file (or FLEET_TOKEN_FILE, or the token itself in FLEET_TOKEN) and, \
             for https://, the fleet CA with --ca (or FLEET_CA).
             """,
-        subcommands: [Keys.self, ModelCommand.self, VariantCommand.self, ReleaseCommand.self, RolloutCommand.self, PoliciesCommand.self,
-                      DevicesCommand.self, StatusCommand.self, DeltaCommand.self, TokensCommand.self, AuditCommand.self, AgentCommand.self])
+        subcommands: [
+            Keys.self, ModelCommand.self, VariantCommand.self, ReleaseCommand.self, RolloutCommand.self, PoliciesCommand.self,
+            DevicesCommand.self, StatusCommand.self, DeltaCommand.self, TokensCommand.self, AuditCommand.self, AgentCommand.self
+        ])
 }
 
 struct GlobalOptions: ParsableArguments {

@@ -46,13 +46,16 @@ struct Keys: ParsableCommand {
             let rootJSON = try FleetJSON.encode(envelope, pretty: true)
             try rootJSON.write(to: URL(fileURLWithPath: "\(dir)/root.json"), options: .atomic)
             try rootJSON.write(to: URL(fileURLWithPath: "\(dir)/online/root.json"), options: .atomic)
-            print("""
+            print(
+                """
                 created keys in \(dir)
                   offline (keep away from the controller): offline/root.key offline/release.key
                   online  (for fleet-controller --keys):   online/director.key online/timestamp.key online/root.json
                   root.json (pin on every agent with --root), expires \(timeText(expires))
                 """)
-            for role in Role.allCases { print("  \(role.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(keys[role]!.keyID.prefix(16))…") }
+            for role in Role.allCases {
+                print("  \(role.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(keys[role]!.keyID.prefix(16))…")
+            }
         }
     }
 }

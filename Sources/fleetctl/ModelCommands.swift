@@ -4,15 +4,17 @@ import FleetCore
 import Foundation
 
 struct ModelCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "model", abstract: "Register and list models.",
-                                                    subcommands: [Add.self, List.self])
+    static let configuration = CommandConfiguration(
+        commandName: "model", abstract: "Register and list models.",
+        subcommands: [Add.self, List.self])
 
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Register a model name.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Model name (letters, digits, '-', '_', '.').") var name: String
-        @Option(name: [.customLong("min-quality"), .customLong("min-cosine")],
-                help: "Quality floor (min_cosine): variants whose measured mean cosine is below it, or unmeasured, are never chosen.")
+        @Option(
+            name: [.customLong("min-quality"), .customLong("min-cosine")],
+            help: "Quality floor (min_cosine): variants whose measured mean cosine is below it, or unmeasured, are never chosen.")
         var minQuality: Double?
 
         func validate() throws {
@@ -32,16 +34,18 @@ struct ModelCommand: ParsableCommand {
         func run() throws {
             let models = try calling { try global.client().get("/v1/models", as: [ModelInfo].self) }
             try global.emit(models) {
-                Table.render(["MODEL", "VARIANTS", "MIN-QUALITY", "NEXT-SERIAL"],
-                             models.map { [$0.name, "\($0.variants)", $0.minQuality.map { "\($0)" } ?? "-", "\($0.nextSerial)"] })
+                Table.render(
+                    ["MODEL", "VARIANTS", "MIN-QUALITY", "NEXT-SERIAL"],
+                    models.map { [$0.name, "\($0.variants)", $0.minQuality.map { "\($0)" } ?? "-", "\($0.nextSerial)"] })
             }
         }
     }
 }
 
 struct VariantCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "variant", abstract: "Build, upload, list and show model variants.",
-                                                    subcommands: [Add.self, List.self, Build.self, Show.self, Perf.self, Trial.self])
+    static let configuration = CommandConfiguration(
+        commandName: "variant", abstract: "Build, upload, list and show model variants.",
+        subcommands: [Add.self, List.self, Build.self, Show.self, Perf.self, Trial.self])
 
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -59,12 +63,15 @@ struct VariantCommand: ParsableCommand {
         @Option(help: "What a device needs to run it (repeatable KEY=VALUE).") var requires: [String] = []
         @Option(help: "Free-form attribute signed into the catalog (repeatable KEY=VALUE).") var attr: [String] = []
         @Option(help: "Measured quality (mean cosine against the base model), 0…1.") var quality: Double?
-        @Option(help: "The variant this one was derived from (a distilled student's teacher); it is evaluated against it.") var derivedFrom: String?
+        @Option(help: "The variant this one was derived from (a distilled student's teacher); it is evaluated against it.") var derivedFrom:
+            String?
         @Option(help: "How it was derived: distillation, architecture, quantization, pruning or combined.") var technique: String?
-        @Option(help: "A local copy of the --derived-from variant's file (default: downloaded from the controller).") var teacherFile: String?
+        @Option(help: "A local copy of the --derived-from variant's file (default: downloaded from the controller).") var teacherFile:
+            String?
         @Option(help: "Evaluator command for --derived-from, run as CMD TEACHER VARIANT.") var evaluate: String?
         @Option(help: "Golden inputs (.npz) for the default evaluator.") var inputs: String?
-        @Option(help: "A report written by `variant build --report` for this file: stored with the variant, its mean cosine is the quality.")
+        @Option(
+            help: "A report written by `variant build --report` for this file: stored with the variant, its mean cosine is the quality.")
         var report: String?
 
         func validate() throws {
@@ -76,7 +83,9 @@ struct VariantCommand: ParsableCommand {
             _ = try parsedAttributes()
             if let q = quality, !(0...1).contains(q) { throw ValidationError("--quality must be between 0 and 1") }
             if report != nil {
-                guard quality == nil, derivedFrom == nil else { throw ValidationError("--report carries the measured quality: leave out --quality and --derived-from") }
+                guard quality == nil, derivedFrom == nil else {
+                    throw ValidationError("--report carries the measured quality: leave out --quality and --derived-from")
+                }
                 guard FileManager.default.isReadableFile(atPath: report!) else { throw ValidationError("cannot read \(report!)") }
             }
             if derivedFrom != nil {
@@ -118,7 +127,9 @@ struct VariantCommand: ParsableCommand {
         func parsedAttributes() throws -> [String: String] {
             var out: [String: String] = [:]
             for item in attr {
-                guard let eq = item.firstIndex(of: "="), eq != item.startIndex else { throw ValidationError("--attr '\(item)' is not KEY=VALUE") }
+                guard let eq = item.firstIndex(of: "="), eq != item.startIndex else {
+                    throw ValidationError("--attr '\(item)' is not KEY=VALUE")
+                }
                 out[String(item[..<eq])] = String(item[item.index(after: eq)...])
             }
             return out
@@ -127,24 +138,27 @@ struct VariantCommand: ParsableCommand {
         func run() throws {
             let api = global.client()
             let derived = try derivedFrom.map {
-                try DerivedVariant.measure(api: api, model: model, file: file, dtype: dtype, derivedFrom: $0, technique: technique!,
-                                           teacherFile: teacherFile, evaluate: evaluate, inputs: inputs)
+                try DerivedVariant.measure(
+                    api: api, model: model, file: file, dtype: dtype, derivedFrom: $0, technique: technique!,
+                    teacherFile: teacherFile, evaluate: evaluate, inputs: inputs)
             }
             let sha = try localSHA256(file)
             let built = try report.map { try VariantReportFile.load($0, for: file, sha256: sha) }
             let bar = ProgressBar(label: "uploading \((file as NSString).lastPathComponent)")
             let uploaded = try calling { () throws -> ArtifactInfo in
-                let r = try api.http.upload(file: file, to: api.base + "/v1/artifacts", headers: api.actor.merging(["X-Content-SHA256": sha]) { $1 },
-                                            progress: { done, total in bar.update(done, total) })
+                let r = try api.http.upload(
+                    file: file, to: api.base + "/v1/artifacts", headers: api.actor.merging(["X-Content-SHA256": sha]) { $1 },
+                    progress: { done, total in bar.update(done, total) })
                 bar.finish()
                 try HTTPClient.check(r, url: api.base + "/v1/artifacts")
                 return try FleetJSON.decode(ArtifactInfo.self, from: r.body, limit: 4096)
             }
             guard uploaded.sha256 == sha else { throw CLIError("controller stored \(uploaded.sha256), expected \(sha)") }
             let fileName = (file as NSString).lastPathComponent
-            let variant = CatalogVariant(name: name, sha256: sha, size: uploaded.size, fileName: fileName, format: resolvedFormat!,
-                                         dtype: dtype, requires: try parsedRequirements(), attributes: try parsedAttributes(),
-                                         lineage: derived?.0)
+            let variant = CatalogVariant(
+                name: name, sha256: sha, size: uploaded.size, fileName: fileName, format: resolvedFormat!,
+                dtype: dtype, requires: try parsedRequirements(), attributes: try parsedAttributes(),
+                lineage: derived?.0)
             let body = NewVariant(variant: variant, quality: derived?.1.quality ?? built?.quality ?? quality, report: derived?.1 ?? built)
             let info = try calling { try api.post("/v1/models/\(model)/variants", body, as: VariantInfo.self) }
             try global.emit(info) { "variant \(name) of \(model): \(ByteCount.format(uploaded.size)), sha256 \(sha)\n" }
@@ -158,9 +172,14 @@ struct VariantCommand: ParsableCommand {
         func run() throws {
             let list = try calling { try global.client().get("/v1/models/\(model)/variants", as: [VariantInfo].self) }
             try global.emit(list) {
-                Table.render(["VARIANT", "DTYPE", "FORMAT", "SIZE", "QUALITY", "SHA256"],
-                             list.map { [$0.variant.name, $0.variant.dtype, $0.variant.format, ByteCount.format($0.variant.size),
-                                         $0.quality.map { String(format: "%.4f", $0) } ?? "-", String($0.variant.sha256.prefix(16))] })
+                Table.render(
+                    ["VARIANT", "DTYPE", "FORMAT", "SIZE", "QUALITY", "SHA256"],
+                    list.map {
+                        [
+                            $0.variant.name, $0.variant.dtype, $0.variant.format, ByteCount.format($0.variant.size),
+                            $0.quality.map { String(format: "%.4f", $0) } ?? "-", String($0.variant.sha256.prefix(16))
+                        ]
+                    })
             }
         }
     }

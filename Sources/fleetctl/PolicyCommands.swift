@@ -14,10 +14,15 @@ struct PoliciesCommand: ParsableCommand {
         func run() throws {
             let list = try calling { try global.client().get("/v1/policies", as: [RolloutPolicy].self) }
             try global.emit(list) {
-                Table.render(["NAME", "PHASES", "ON-FAILURE", "UNJUDGED", "HOLD-BACK", "DEVICE-TIMEOUT"], list.map { p in
-                    [p.name, p.phases.map { String(format: "%g%%", $0.percent) }.joined(separator: " > "), p.onFailure.rawValue,
-                     (p.gates.unjudged ?? .block).rawValue, String(format: "%g%%", p.holdBackPercent ?? 0), "\(p.deviceTimeoutSeconds)s"]
-                })
+                Table.render(
+                    ["NAME", "PHASES", "ON-FAILURE", "UNJUDGED", "HOLD-BACK", "DEVICE-TIMEOUT"],
+                    list.map { p in
+                        [
+                            p.name, p.phases.map { String(format: "%g%%", $0.percent) }.joined(separator: " > "), p.onFailure.rawValue,
+                            (p.gates.unjudged ?? .block).rawValue, String(format: "%g%%", p.holdBackPercent ?? 0),
+                            "\(p.deviceTimeoutSeconds)s"
+                        ]
+                    })
             }
         }
     }
@@ -35,9 +40,11 @@ struct PoliciesCommand: ParsableCommand {
         static func render(_ p: RolloutPolicy) -> String {
             var out = "policy \(p.name): on failure \(p.onFailure.rawValue), unjudged gates \((p.gates.unjudged ?? .block).rawValue), "
             out += "device timeout \(p.deviceTimeoutSeconds)s, hold-back \(String(format: "%g%%", p.holdBackPercent ?? 0))\n"
-            out += Table.render(["PHASE", "SHARE", "MIN-DEVICES", "BAKE"], p.phases.enumerated().map { i, ph in
-                ["\(i + 1)", String(format: "%g%%", ph.percent), "\(ph.minDevices)", "\(ph.bakeSeconds)s"]
-            })
+            out += Table.render(
+                ["PHASE", "SHARE", "MIN-DEVICES", "BAKE"],
+                p.phases.enumerated().map { i, ph in
+                    ["\(i + 1)", String(format: "%g%%", ph.percent), "\(ph.minDevices)", "\(ph.bakeSeconds)s"]
+                })
             let g = p.gates
             let gates: [(String, String?)] = [
                 ("min sample", "\(g.minSample)"),
@@ -47,7 +54,7 @@ struct PoliciesCommand: ParsableCommand {
                 ("max latency p50 ratio", g.maxLatencyP50Ratio.map { "\($0)" }),
                 ("max latency p95 ratio", g.maxLatencyP95Ratio.map { "\($0)" }),
                 ("max error rate increase", g.maxErrorRateIncrease.map { "\($0)" }),
-                ("max crashes", g.maxCrashes.map { "\($0)" }),
+                ("max crashes", g.maxCrashes.map { "\($0)" })
             ]
             out += "gates:\n" + gates.compactMap { n, v in v.map { "  \(n): \($0)\n" } }.joined()
             return out

@@ -4,8 +4,9 @@ import FleetCore
 import Foundation
 
 struct ReleaseCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "release", abstract: "Sign and publish release catalogs.",
-                                                    subcommands: [Create.self, List.self, Show.self])
+    static let configuration = CommandConfiguration(
+        commandName: "release", abstract: "Sign and publish release catalogs.",
+        subcommands: [Create.self, List.self, Show.self])
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -37,9 +38,10 @@ struct ReleaseCommand: ParsableCommand {
             }
             guard !list.isEmpty else { throw CLIError("model \(model) has no variants to release") }
             let classes = try calling { try api.get("/v1/config/hardware-classes", as: [HardwareClass].self) }
-            let catalog = ReleaseCatalog(model: model, version: version, serial: info.nextSerial,
-                                         expiresAt: Int64(Date().timeIntervalSince1970) + Int64(expiresDays) * 86_400,
-                                         variants: list, hardwareClasses: classes)
+            let catalog = ReleaseCatalog(
+                model: model, version: version, serial: info.nextSerial,
+                expiresAt: Int64(Date().timeIntervalSince1970) + Int64(expiresDays) * 86_400,
+                variants: list, hardwareClasses: classes)
             let envelope = try Envelope.sign(catalog, type: PayloadType.catalog, keys: [key])
             let release = try calling { try api.post("/v1/releases", NewRelease(catalog: envelope), as: ReleaseInfo.self) }
             try global.emit(release) {
@@ -54,8 +56,9 @@ struct ReleaseCommand: ParsableCommand {
         func run() throws {
             let list = try calling { try global.client().get("/v1/releases", as: [ReleaseInfo].self) }
             try global.emit(list) {
-                Table.render(["RELEASE", "SERIAL", "VARIANTS", "CREATED"],
-                             list.map { [$0.id, "\($0.serial)", $0.variants.map(\.name).joined(separator: ","), timeText($0.createdAt)] })
+                Table.render(
+                    ["RELEASE", "SERIAL", "VARIANTS", "CREATED"],
+                    list.map { [$0.id, "\($0.serial)", $0.variants.map(\.name).joined(separator: ","), timeText($0.createdAt)] })
             }
         }
     }
@@ -72,21 +75,29 @@ struct ReleaseCommand: ParsableCommand {
             let p = try calling { try api.get("/v1/releases/\(release)/packages", as: ReleasePackages.self) }
             try global.emit(Shown(release: r, packages: p)) {
                 var out = "release \(r.id) serial \(r.serial) catalog \(r.catalogSha256.prefix(16))…\n"
-                out += Table.render(["VARIANT", "DTYPE", "SIZE", "REQUIRES", "SHA256"], r.variants.map {
-                    [$0.name, $0.dtype, ByteCount.format($0.size), requirementsText($0.requires), String($0.sha256.prefix(16))]
-                })
+                out += Table.render(
+                    ["VARIANT", "DTYPE", "SIZE", "REQUIRES", "SHA256"],
+                    r.variants.map {
+                        [$0.name, $0.dtype, ByteCount.format($0.size), requirementsText($0.requires), String($0.sha256.prefix(16))]
+                    })
                 let rows = p.variants.flatMap { v in
                     v.deltas.map { d in
-                        [v.variant, String(d.baseSha256.prefix(12)), d.status, d.method ?? "-",
-                         d.size.map(ByteCount.format) ?? "-", d.size.map { String(format: "%.1f%%", Double($0) * 100 / Double(max(v.size, 1))) } ?? "-"]
+                        [
+                            v.variant, String(d.baseSha256.prefix(12)), d.status, d.method ?? "-",
+                            d.size.map(ByteCount.format) ?? "-",
+                            d.size.map { String(format: "%.1f%%", Double($0) * 100 / Double(max(v.size, 1))) } ?? "-"
+                        ]
                     }
                 }
                 out += "\npackages:\n"
-                out += rows.isEmpty ? "  no delta packages (every device downloads the full artifact)\n"
+                out +=
+                    rows.isEmpty
+                    ? "  no delta packages (every device downloads the full artifact)\n"
                     : Table.render(["TARGET", "BASE", "STATUS", "METHOD", "SIZE", "OF FULL"], rows)
                 let saved = p.bytesFull > 0 ? 100 - Double(p.bytesSent) * 100 / Double(p.bytesFull) : 0
                 if let received = p.received {
-                    out += "\ninstalled on \(received) device(s) so far, \(p.receivedViaDelta ?? 0) by delta, \(received - (p.receivedViaDelta ?? 0)) by full download"
+                    out +=
+                        "\ninstalled on \(received) device(s) so far, \(p.receivedViaDelta ?? 0) by delta, \(received - (p.receivedViaDelta ?? 0)) by full download"
                 }
                 out += "\nrollout: \(p.devices) devices assigned, \(p.devicesViaDelta) via delta; sends \(ByteCount.format(p.bytesSent)) "
                 out += "instead of \(ByteCount.format(p.bytesFull)) as full downloads (\(String(format: "%.1f", saved))% saved)\n"

@@ -4,23 +4,33 @@ import FleetCore
 import Foundation
 
 struct RolloutCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "rollout", abstract: "Start, watch and steer rollouts.",
-                                                    subcommands: [Start.self, List.self, Status.self, Promote.self, Pause.self, Resume.self, Abort.self, Retry.self])
+    static let configuration = CommandConfiguration(
+        commandName: "rollout", abstract: "Start, watch and steer rollouts.",
+        subcommands: [Start.self, List.self, Status.self, Promote.self, Pause.self, Resume.self, Abort.self, Retry.self])
 
     struct Start: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Roll a release out: in staged phases per cell gated on telemetry (--policy), or to every device at once (--all).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Release id, MODEL@VERSION.") var release: String
-        @Option(help: "Rollout policy: a name from the controller's fleet/policies (e.g. canary), or a policy file (YAML) to use for this rollout.")
+        @Option(
+            help:
+                "Rollout policy: a name from the controller's fleet/policies (e.g. canary), or a policy file (YAML) to use for this rollout."
+        )
         var policy: String?
         @Option(help: "Multiply every bake time of the policy by this (labs: 0.01; 0 skips the bakes).") var bakeScale: Double?
         @Flag(help: "Send the release to every device at once, without phases or gates.") var all = false
-        @Option(help: "Only the devices this label selector picks, e.g. 'region in (eu-west,eu-north),site!=lab' (keys class, tier, arch are built in).")
+        @Option(
+            help:
+                "Only the devices this label selector picks, e.g. 'region in (eu-west,eu-north),site!=lab' (keys class, tier, arch are built in)."
+        )
         var selector: String?
         @Flag(help: "Take over the devices an active staged rollout of the same model covers (otherwise an overlap is refused).")
         var supersede = false
-        @Option(help: "Activate only inside this maintenance window, in each device's own time zone unless one is named: 'mon-fri 02:00+3h', 'daily 01:30+90m Europe/Berlin'.")
+        @Option(
+            help:
+                "Activate only inside this maintenance window, in each device's own time zone unless one is named: 'mon-fri 02:00+3h', 'daily 01:30+90m Europe/Berlin'."
+        )
         var window: String?
 
         /// A value naming a file (a path, or a .yaml name that exists) is a policy document.
@@ -31,7 +41,11 @@ struct RolloutCommand: ParsableCommand {
 
         func validate() throws {
             guard all != (policy != nil) else { throw ValidationError("choose one: --policy NAME|FILE (staged) or --all") }
-            if let bakeScale { guard bakeScale.isFinite, bakeScale >= 0, bakeScale <= 100 else { throw ValidationError("--bake-scale must be between 0 and 100") } }
+            if let bakeScale {
+                guard bakeScale.isFinite, bakeScale >= 0, bakeScale <= 100 else {
+                    throw ValidationError("--bake-scale must be between 0 and 100")
+                }
+            }
             if bakeScale != nil, all { throw ValidationError("--bake-scale applies to a staged rollout (--policy)") }
             if let f = policyFile, !FileManager.default.isReadableFile(atPath: f) { throw ValidationError("--policy \(f): no such file") }
             if let selector {
@@ -50,15 +64,19 @@ struct RolloutCommand: ParsableCommand {
 
         func run() throws {
             let document = try policyFile.map { f in
-                guard let text = try? String(contentsOfFile: f, encoding: .utf8) else { throw CLIError("--policy \(f) cannot be read as text") }
+                guard let text = try? String(contentsOfFile: f, encoding: .utf8) else {
+                    throw CLIError("--policy \(f) cannot be read as text")
+                }
                 return text
             }
-            let body = NewRollout(release: release, strategy: all ? "all" : "staged", policy: document == nil ? policy : nil,
-                                  policyDocument: document, bakeScale: bakeScale, selector: selector, supersede: supersede ? true : nil,
-                                  window: window)
+            let body = NewRollout(
+                release: release, strategy: all ? "all" : "staged", policy: document == nil ? policy : nil,
+                policyDocument: document, bakeScale: bakeScale, selector: selector, supersede: supersede ? true : nil,
+                window: window)
             let r = try calling { try global.client().post("/v1/rollouts", body, as: RolloutInfo.self) }
             try global.emit(r) {
-                var line = "rollout \(r.id) of \(r.release) started (\(r.strategy == "all" ? "all devices at once" : "policy \(r.strategy)")"
+                var line =
+                    "rollout \(r.id) of \(r.release) started (\(r.strategy == "all" ? "all devices at once" : "policy \(r.strategy)")"
                 if let s = r.selector, !s.isEmpty { line += ", devices \(s)" }
                 if let w = r.window { line += ", activating in \(w)" }
                 return line + ")\n"
@@ -72,9 +90,15 @@ struct RolloutCommand: ParsableCommand {
         func run() throws {
             let list = try calling { try global.client().get("/v1/rollouts", as: [RolloutInfo].self) }
             try global.emit(list) {
-                Table.render(["ID", "RELEASE", "STRATEGY", "STATE", "SELECTOR", "TARGETED", "COMMITTED", "FAILED", "HELD"],
-                             list.map { ["\($0.id)", $0.release, $0.strategy, $0.state, ($0.selector ?? "").nonEmpty, "\($0.targeted)", "\($0.committed)",
-                                         "\($0.failed)", "\($0.held)"] })
+                Table.render(
+                    ["ID", "RELEASE", "STRATEGY", "STATE", "SELECTOR", "TARGETED", "COMMITTED", "FAILED", "HELD"],
+                    list.map {
+                        [
+                            "\($0.id)", $0.release, $0.strategy, $0.state, ($0.selector ?? "").nonEmpty, "\($0.targeted)",
+                            "\($0.committed)",
+                            "\($0.failed)", "\($0.held)"
+                        ]
+                    })
             }
         }
     }
@@ -105,32 +129,46 @@ struct RolloutCommand: ParsableCommand {
             if let w = s.rollout.window { out += ", window \(w)" }
             out += "\n"
             if let waves = s.waves {
-                out += Table.render(["WAVE", "SELECTOR", "STATUS", "DEVICES", "CELLS"], waves.map {
-                    [$0.name, $0.selector.nonEmpty, $0.status, "\($0.devices)", "\($0.cells)"]
-                })
+                out += Table.render(
+                    ["WAVE", "SELECTOR", "STATUS", "DEVICES", "CELLS"],
+                    waves.map {
+                        [$0.name, $0.selector.nonEmpty, $0.status, "\($0.devices)", "\($0.cells)"]
+                    })
             }
             if let n = s.waitingForWindow, n > 0 { out += "\(n) device(s) staged and waiting for their maintenance window\n" }
-            out += Table.render(["CELL", "STATUS", "PHASE", "SHARE", "PROGRESS", "FAILED-HELD", "COMPARED-WITH", "GATES"], s.cells.map { c in
-                let o = c.observation
-                let done = o?.finished ?? 0, total = o?.targeted ?? 0
-                let share = s.policy.map { whole in
-                    let p = CellKey(parsing: c.cell).map(whole.forCell) ?? whole
-                    return c.phase <= p.phases.count ? String(format: "%g%%", p.phases[c.phase - 1].percent) : "-"
-                } ?? "100%"
-                let status = c.blockedBy == nil ? c.status : c.status + " (blocked)"
-                let reference = o?.reference.map { "\($0.rawValue) (\(o?.control?.devices ?? 0))" } ?? "-"
-                return [c.cell, status, "\(c.phase)/\(c.phases)", share, bar(done, total) + " \(done)/\(total)",
-                        "\(c.failedNotRetried ?? 0)", reference, c.gates.map { gateText($0, final: c.status != "running" && c.status != "baking") }.joined(separator: " ")]
-            })
+            out += Table.render(
+                ["CELL", "STATUS", "PHASE", "SHARE", "PROGRESS", "FAILED-HELD", "COMPARED-WITH", "GATES"],
+                s.cells.map { c in
+                    let o = c.observation
+                    let done = o?.finished ?? 0, total = o?.targeted ?? 0
+                    let share =
+                        s.policy.map { whole in
+                            let p = CellKey(parsing: c.cell).map(whole.forCell) ?? whole
+                            return c.phase <= p.phases.count ? String(format: "%g%%", p.phases[c.phase - 1].percent) : "-"
+                        } ?? "100%"
+                    let status = c.blockedBy == nil ? c.status : c.status + " (blocked)"
+                    let reference = o?.reference.map { "\($0.rawValue) (\(o?.control?.devices ?? 0))" } ?? "-"
+                    return [
+                        c.cell, status, "\(c.phase)/\(c.phases)", share, bar(done, total) + " \(done)/\(total)",
+                        "\(c.failedNotRetried ?? 0)", reference,
+                        c.gates.map { gateText($0, final: c.status != "running" && c.status != "baking") }.joined(separator: " ")
+                    ]
+                })
             for c in s.cells {
                 if let g = c.failedGate { out += "  \(c.cell) stopped by \(gateText(g))\n" }
                 if let b = c.blockedBy {
-                    out += "  \(c.cell) blocked: \(b.joined(separator: ", ")) cannot judge (no figures from the new release, or no control cohort and no baseline); `rollout promote` overrides\n"
+                    out +=
+                        "  \(c.cell) blocked: \(b.joined(separator: ", ")) cannot judge (no figures from the new release, or no control cohort and no baseline); `rollout promote` overrides\n"
                 }
                 if let a = c.afterStop { out += "  \(c.cell) after the stop: \(a.restored)/\(a.reached) devices off the new release\n" }
-                if let n = c.failedNotRetried, n > 0 { out += "  \(c.cell): \(n) device(s) failed and are held; `fleetctl rollout retry \(s.rollout.id) --cell \(c.cell)` sends the release again\n" }
+                if let n = c.failedNotRetried, n > 0 {
+                    out +=
+                        "  \(c.cell): \(n) device(s) failed and are held; `fleetctl rollout retry \(s.rollout.id) --cell \(c.cell)` sends the release again\n"
+                }
             }
-            if let last = s.actions.last { out += "last action: \(timeText(last.at)) \(last.actor) \(last.action) \(last.cell ?? "") \(last.detail ?? "")\n" }
+            if let last = s.actions.last {
+                out += "last action: \(timeText(last.at)) \(last.actor) \(last.action) \(last.cell ?? "") \(last.detail ?? "")\n"
+            }
             return out
         }
 
@@ -182,10 +220,12 @@ struct RolloutCommand: ParsableCommand {
 
         func run() throws {
             let r = try calling {
-                try global.client().post("/v1/rollouts/\(id)/retry", RolloutRetryRequest(cell: cell, device: device), as: RolloutRetryResult.self)
+                try global.client().post(
+                    "/v1/rollouts/\(id)/retry", RolloutRetryRequest(cell: cell, device: device), as: RolloutRetryResult.self)
             }
             try global.emit(r) {
-                r.retried.isEmpty ? "rollout \(r.rollout): no failed device to retry\n"
+                r.retried.isEmpty
+                    ? "rollout \(r.rollout): no failed device to retry\n"
                     : "rollout \(r.rollout): \(r.release) will be sent again to \(r.retried.count) device(s): \(r.retried.joined(separator: ", "))\n"
             }
         }
@@ -197,9 +237,13 @@ struct RolloutCommand: ParsableCommand {
         @Option(help: "Only this cell, CLASS/TIER.") var cell: String?
 
         func send(_ verb: String) throws {
-            let s = try calling { try global.client().post("/v1/rollouts/\(id)/\(verb)", RolloutActionRequest(cell: cell), as: RolloutStatus.self) }
-            try global.emit(s) { "rollout \(s.rollout.id): \(verb) done; state \(s.rollout.state); cells: " +
-                s.cells.map { "\($0.cell)=\($0.status)" }.joined(separator: " ") + "\n" }
+            let s = try calling {
+                try global.client().post("/v1/rollouts/\(id)/\(verb)", RolloutActionRequest(cell: cell), as: RolloutStatus.self)
+            }
+            try global.emit(s) {
+                "rollout \(s.rollout.id): \(verb) done; state \(s.rollout.state); cells: "
+                    + s.cells.map { "\($0.cell)=\($0.status)" }.joined(separator: " ") + "\n"
+            }
         }
     }
 }

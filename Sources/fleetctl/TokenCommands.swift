@@ -21,12 +21,15 @@ struct TokensCommand: ParsableCommand {
 
         func validate() throws {
             guard OperatorRole(rawValue: role) != nil else { throw ValidationError("--role must be viewer, operator or admin") }
-            guard Name.isValid(name), name.utf8.count <= 64 else { throw ValidationError("--name must be a plain name of at most 64 bytes") }
+            guard Name.isValid(name), name.utf8.count <= 64 else {
+                throw ValidationError("--name must be a plain name of at most 64 bytes")
+            }
             if let expiresDays { guard expiresDays >= 1 else { throw ValidationError("--expires-days must be at least 1") } }
         }
 
         func run() throws {
-            let body = NewAPIToken(name: name, role: OperatorRole(rawValue: role)!, expiresInSeconds: expiresDays.map { Int64($0) * 86_400 })
+            let body = NewAPIToken(
+                name: name, role: OperatorRole(rawValue: role)!, expiresInSeconds: expiresDays.map { Int64($0) * 86_400 })
             let created = try calling { try global.client().post("/v1/tokens", body, as: CreatedAPIToken.self) }
             if let out {
                 try writePrivate(out, Data((created.token + "\n").utf8))
@@ -43,10 +46,14 @@ struct TokensCommand: ParsableCommand {
         func run() throws {
             let list = try calling { try global.client().get("/v1/tokens", as: [APITokenInfo].self) }
             try global.emit(list) {
-                Table.render(["ID", "NAME", "ROLE", "CREATED", "BY", "EXPIRES", "REVOKED", "LAST-USED"], list.map {
-                    [$0.id, $0.name, $0.role.rawValue, timeText($0.createdAt), $0.createdBy, $0.expiresAt.map(timeText) ?? "never",
-                     $0.revokedAt.map(timeText) ?? "-", $0.lastUsedAt.map(timeText) ?? "-"]
-                })
+                Table.render(
+                    ["ID", "NAME", "ROLE", "CREATED", "BY", "EXPIRES", "REVOKED", "LAST-USED"],
+                    list.map {
+                        [
+                            $0.id, $0.name, $0.role.rawValue, timeText($0.createdAt), $0.createdBy, $0.expiresAt.map(timeText) ?? "never",
+                            $0.revokedAt.map(timeText) ?? "-", $0.lastUsedAt.map(timeText) ?? "-"
+                        ]
+                    })
             }
         }
     }
@@ -73,12 +80,17 @@ struct AuditCommand: ParsableCommand {
 
     func run() throws {
         var path = "/v1/audit?limit=\(limit)"
-        if let actor { path += "&actor=\(actor.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=+"))) ?? actor)" }
+        if let actor {
+            path +=
+                "&actor=\(actor.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=+"))) ?? actor)"
+        }
         let list = try calling { try global.client().get(path, as: [AuditRecord].self) }
         try global.emit(list) {
-            Table.render(["TIME", "ACTOR", "ROLE", "CALL", "STATUS", "OUTCOME", "DETAIL"], list.map {
-                [timeText($0.at), $0.actor, $0.role ?? "-", "\($0.method) \($0.path)", String($0.status), $0.outcome, $0.detail ?? ""]
-            })
+            Table.render(
+                ["TIME", "ACTOR", "ROLE", "CALL", "STATUS", "OUTCOME", "DETAIL"],
+                list.map {
+                    [timeText($0.at), $0.actor, $0.role ?? "-", "\($0.method) \($0.path)", String($0.status), $0.outcome, $0.detail ?? ""]
+                })
         }
     }
 }
@@ -108,8 +120,9 @@ extension DevicesCommand {
 
         func run() throws {
             let bound = try labels()
-            let body = NewEnrollmentToken(deviceId: device, expiresInSeconds: Int64(expiresHours) * 3600, requireApproval: requireApproval,
-                                          labels: bound.isEmpty ? nil : bound)
+            let body = NewEnrollmentToken(
+                deviceId: device, expiresInSeconds: Int64(expiresHours) * 3600, requireApproval: requireApproval,
+                labels: bound.isEmpty ? nil : bound)
             let created = try calling { try global.client().post("/v1/enrollment-tokens", body, as: CreatedEnrollmentToken.self) }
             if let out {
                 try writePrivate(out, Data((created.token + "\n").utf8))
@@ -125,18 +138,24 @@ extension DevicesCommand {
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Device id.") var device: String
         func run() throws {
-            let i = try calling { try global.client().post("/v1/devices/\(device)/approve", [String: String](), as: DeviceIdentityInfo.self) }
+            let i = try calling {
+                try global.client().post("/v1/devices/\(device)/approve", [String: String](), as: DeviceIdentityInfo.self)
+            }
             print("device \(i.deviceId): \(i.status.rawValue)")
         }
     }
 
     struct Revoke: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Revoke a device: it gets nothing more (no assignments, no artifacts, no events accepted) until it enrolls again with a new token.")
+            abstract:
+                "Revoke a device: it gets nothing more (no assignments, no artifacts, no events accepted) until it enrolls again with a new token."
+        )
         @OptionGroup var global: GlobalOptions
         @Argument(help: "Device id.") var device: String
         func run() throws {
-            let i = try calling { try global.client().post("/v1/devices/\(device)/revoke", [String: String](), as: DeviceIdentityInfo.self) }
+            let i = try calling {
+                try global.client().post("/v1/devices/\(device)/revoke", [String: String](), as: DeviceIdentityInfo.self)
+            }
             print("device \(i.deviceId): \(i.status.rawValue)")
         }
     }
@@ -147,10 +166,15 @@ extension DevicesCommand {
         func run() throws {
             let list = try calling { try global.client().get("/v1/device-identities", as: [DeviceIdentityInfo].self) }
             try global.emit(list) {
-                Table.render(["DEVICE", "STATUS", "FINGERPRINT", "ENROLLED", "TOKEN", "DECIDED-BY"], list.map {
-                    [$0.deviceId, $0.status.rawValue, $0.fingerprint.map { String($0.prefix(16)) + "…" } ?? "-", timeText($0.enrolledAt),
-                     $0.enrollmentToken, $0.decidedBy ?? "-"]
-                })
+                Table.render(
+                    ["DEVICE", "STATUS", "FINGERPRINT", "ENROLLED", "TOKEN", "DECIDED-BY"],
+                    list.map {
+                        [
+                            $0.deviceId, $0.status.rawValue, $0.fingerprint.map { String($0.prefix(16)) + "…" } ?? "-",
+                            timeText($0.enrolledAt),
+                            $0.enrollmentToken, $0.decidedBy ?? "-"
+                        ]
+                    })
             }
         }
     }
@@ -178,21 +202,24 @@ extension Keys {
             let oldKey = try loadPrivateKey("\(dir)/offline/root.key", role: .root)
             let currentEnvelope = try calling { try api.get("/v1/root", as: Envelope.self) }
             let current: RootMetadata
-            do { current = try MetadataVerifier.verifyInitialRoot(currentEnvelope, now: Int64(Date().timeIntervalSince1970)) }
-            catch { throw CLIError("the controller's root does not verify: \(error)") }
+            do { current = try MetadataVerifier.verifyInitialRoot(currentEnvelope, now: Int64(Date().timeIntervalSince1970)) } catch {
+                throw CLIError("the controller's root does not verify: \(error)")
+            }
             guard current.roles[Role.root.rawValue]?.keyids.contains(oldKey.keyID) == true else {
                 throw CLIError("\(dir)/offline/root.key is not a root key of the controller's root version \(current.version)")
             }
             let newKey = SigningKey(role: .root)
             var keys = current.keys
-            for id in current.roles[Role.root.rawValue]?.keyids ?? [] where !current.roles.contains(where: { $0.key != Role.root.rawValue && $0.value.keyids.contains(id) }) {
+            for id in current.roles[Role.root.rawValue]?.keyids ?? []
+            where !current.roles.contains(where: { $0.key != Role.root.rawValue && $0.value.keyids.contains(id) }) {
                 keys[id] = nil
             }
             keys[newKey.keyID] = newKey.publicKey
             var roles = current.roles
             roles[Role.root.rawValue] = RootMetadata.RoleKeys(keyids: [newKey.keyID], threshold: 1)
-            let next = RootMetadata(version: current.version + 1, expiresAt: Int64(Date().timeIntervalSince1970) + Int64(expiresDays) * 86_400,
-                                    keys: keys, roles: roles)
+            let next = RootMetadata(
+                version: current.version + 1, expiresAt: Int64(Date().timeIntervalSince1970) + Int64(expiresDays) * 86_400,
+                keys: keys, roles: roles)
             let envelope = try Envelope.sign(next, type: PayloadType.root, keys: [oldKey, newKey])
 
             // The new key is on disk before the controller knows the root it signs.
@@ -212,7 +239,8 @@ extension Keys {
             let json = try FleetJSON.encode(envelope, pretty: true)
             try json.write(to: URL(fileURLWithPath: "\(dir)/root.json"), options: .atomic)
             try json.write(to: URL(fileURLWithPath: "\(dir)/online/root.json"), options: .atomic)
-            print("""
+            print(
+                """
                 root version \(info.version) is served; agents follow it at their next check-in
                   new root key: \(dir)/offline/root.key (\(newKey.keyID.prefix(16))…), old one kept as \(kept)
                 """)

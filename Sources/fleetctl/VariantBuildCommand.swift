@@ -39,11 +39,15 @@ extension VariantCommand {
 
         func validate() throws {
             if input != nil {
-                guard model == nil, recipes == nil else { throw ValidationError("--input builds locally: give --recipe and --out, not a model or --recipes") }
+                guard model == nil, recipes == nil else {
+                    throw ValidationError("--input builds locally: give --recipe and --out, not a model or --recipes")
+                }
                 guard recipe != nil, out != nil else { throw ValidationError("--input needs --recipe and --out") }
                 guard FileManager.default.isReadableFile(atPath: input!) else { throw ValidationError("cannot read \(input!)") }
             } else {
-                guard let model, Name.isValid(model) else { throw ValidationError("give --input FILE (local) or a model name (controller)") }
+                guard let model, Name.isValid(model) else {
+                    throw ValidationError("give --input FILE (local) or a model name (controller)")
+                }
                 guard let recipes, !recipes.isEmpty else { throw ValidationError("controller mode needs --recipes a,b,c") }
             }
             guard (0...22).contains(zstdLevel) else { throw ValidationError("--zstd-level must be between 0 and 22") }
@@ -57,13 +61,20 @@ extension VariantCommand {
             let book = try cli { try RecipeBook.load(path: recipesFile) }
             let r = try cli { try book.recipe(recipe!) }
             let bar = ProgressBar(label: "\(r.name)")
-            var evaluator = noEvaluate ? nil : (evaluate ?? ProcessInfo.processInfo.environment["EDGEFLEET_EVALUATOR"] ?? Self.defaultEvaluator())
+            var evaluator =
+                noEvaluate ? nil : (evaluate ?? ProcessInfo.processInfo.environment["EDGEFLEET_EVALUATOR"] ?? Self.defaultEvaluator())
             if let e = evaluator, let inputs { evaluator = "EDGEFLEET_GOLDEN_INPUTS=\(shellQuote(inputs)) " + e }
-            var calibrator = r.needsCalibration ? (calibrate ?? ProcessInfo.processInfo.environment["EDGEFLEET_CALIBRATOR"] ?? Self.defaultScript("calibrate-variant.py")) : nil
-            if let c = calibrator, let calibrationInputs { calibrator = "EDGEFLEET_CALIBRATION_INPUTS=\(shellQuote(calibrationInputs)) " + c }
-            let options = VariantBuilder.Options(input: input, output: out!, recipe: r, zstdLevel: zstdLevel == 0 ? nil : zstdLevel,
-                                                 evaluator: evaluator, calibrator: calibrator,
-                                                 progress: { p in bar.update(p.bytesDone, p.bytesTotal) })
+            var calibrator =
+                r.needsCalibration
+                ? (calibrate ?? ProcessInfo.processInfo.environment["EDGEFLEET_CALIBRATOR"] ?? Self.defaultScript("calibrate-variant.py"))
+                : nil
+            if let c = calibrator, let calibrationInputs {
+                calibrator = "EDGEFLEET_CALIBRATION_INPUTS=\(shellQuote(calibrationInputs)) " + c
+            }
+            let options = VariantBuilder.Options(
+                input: input, output: out!, recipe: r, zstdLevel: zstdLevel == 0 ? nil : zstdLevel,
+                evaluator: evaluator, calibrator: calibrator,
+                progress: { p in bar.update(p.bytesDone, p.bytesTotal) })
             let rep = try cli { try VariantBuilder.build(options) }
             bar.finish()
             if let report {
@@ -76,10 +87,12 @@ extension VariantCommand {
         private func buildOnController() throws {
             let names = recipes!.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
             let built = try calling {
-                try global.client().post("/v1/models/\(model!)/variants/build", VariantBuildRequest(base: base, recipes: names), as: [VariantDetail].self)
+                try global.client().post(
+                    "/v1/models/\(model!)/variants/build", VariantBuildRequest(base: base, recipes: names), as: [VariantDetail].self)
             }
             try global.emit(built) {
-                built.map { d in "variant \(d.variant.variant.name) registered\n" + (d.report.map(ReportText.summary) ?? "") }.joined(separator: "\n")
+                built.map { d in "variant \(d.variant.variant.name) registered\n" + (d.report.map(ReportText.summary) ?? "") }.joined(
+                    separator: "\n")
             }
         }
 
@@ -120,9 +133,11 @@ extension VariantCommand {
             let d = try calling { try global.client().get("/v1/models/\(model!)/variants/\(variant!)", as: VariantDetail.self) }
             try global.emit(d) {
                 let v = d.variant.variant
-                var text = "variant \(v.name) of \(d.variant.model): \(v.dtype) \(v.format), \(ByteCount.format(v.size)), sha256 \(v.sha256)\n"
+                var text =
+                    "variant \(v.name) of \(d.variant.model): \(v.dtype) \(v.format), \(ByteCount.format(v.size)), sha256 \(v.sha256)\n"
                 if let l = v.lineage {
-                    text += "derived from \(l.derivedFrom) by \(l.technique)" + (l.recipe.map { " (recipe \($0))" } ?? "")
+                    text +=
+                        "derived from \(l.derivedFrom) by \(l.technique)" + (l.recipe.map { " (recipe \($0))" } ?? "")
                         + (l.tool.map { ", \($0) \(l.toolVersion ?? "")" } ?? "") + "\n"
                 }
                 text += d.variant.quality.map { String(format: "quality (mean cosine): %.5f\n", $0) } ?? "quality: not measured\n"
@@ -136,12 +151,18 @@ extension VariantCommand {
 enum ReportText {
     static func summary(_ r: VariantReport) -> String {
         var s = "recipe \(r.recipe) (\(r.steps.joined(separator: ", "))): \(r.dtype), \(r.technique)\n"
-        s += "bytes: \(ByteCount.format(r.input.bytes)) -> \(ByteCount.format(r.output.bytes)) (ratio \(String(format: "%.2f", r.compressionRatio)))"
+        s +=
+            "bytes: \(ByteCount.format(r.input.bytes)) -> \(ByteCount.format(r.output.bytes)) (ratio \(String(format: "%.2f", r.compressionRatio)))"
         if let zi = r.input.zstdBytes, let zo = r.output.zstdBytes {
-            s += "; zstd-\(r.zstdLevel ?? 0): \(ByteCount.format(zi)) -> \(ByteCount.format(zo)) (ratio \(String(format: "%.2f", r.compressedRatio ?? 0)))"
+            s +=
+                "; zstd-\(r.zstdLevel ?? 0): \(ByteCount.format(zi)) -> \(ByteCount.format(zo)) (ratio \(String(format: "%.2f", r.compressedRatio ?? 0)))"
         }
         if let form = r.form {
-            s += "\nform: " + (form == "compute" ? "compute (\((r.operators ?? []).joined(separator: ", ")))" : "storage-only (computed in fp32 like the base: smaller, not faster)")
+            s +=
+                "\nform: "
+                + (form == "compute"
+                    ? "compute (\((r.operators ?? []).joined(separator: ", ")))"
+                    : "storage-only (computed in fp32 like the base: smaller, not faster)")
         }
         s += "\ntensors: \(r.tensorsChanged) changed, \(r.tensorsKept) kept"
         if let w = r.worstRelativeL2 { s += String(format: "; worst relative L2 %.4g", w) }
@@ -166,8 +187,10 @@ enum ReportText {
         if let rt = sp.runtime { s += ", \(rt)" }
         s += "):\n"
         for t in sp.timings {
-            s += String(format: "  %d thread%@: base %.3f ms (p95 %.3f) -> variant %.3f ms (p95 %.3f): %.2fx %@\n", t.threads, t.threads == 1 ? "" : "s",
-                        t.baseMedianMs, t.baseP95Ms, t.variantMedianMs, t.variantP95Ms, t.speedup, t.speedup >= 1 ? "faster" : "slower")
+            s += String(
+                format: "  %d thread%@: base %.3f ms (p95 %.3f) -> variant %.3f ms (p95 %.3f): %.2fx %@\n", t.threads,
+                t.threads == 1 ? "" : "s",
+                t.baseMedianMs, t.baseP95Ms, t.variantMedianMs, t.variantP95Ms, t.speedup, t.speedup >= 1 ? "faster" : "slower")
         }
         if let b = sp.basePeakBytes, let v = sp.variantPeakBytes {
             s += "  peak memory: base \(ByteCount.format(b)), variant \(ByteCount.format(v))\n"
@@ -178,9 +201,11 @@ enum ReportText {
 
     static func render(_ r: VariantReport, allTensors: Bool = false) -> String {
         let rows = r.tensors.filter { allTensors || $0.changed }.map { t -> [String] in
-            [t.name, t.encoding, ByteCount.format(t.bytesIn), ByteCount.format(t.bytesOut),
-             t.relativeL2.map { String(format: "%.4g", $0) } ?? "-", t.snrDb.map { String(format: "%.1f", $0) } ?? "-",
-             t.maxAbsError.map { String(format: "%.3g", $0) } ?? "-", t.sparsity.map { String(format: "%.1f%%", $0 * 100) } ?? "-"]
+            [
+                t.name, t.encoding, ByteCount.format(t.bytesIn), ByteCount.format(t.bytesOut),
+                t.relativeL2.map { String(format: "%.4g", $0) } ?? "-", t.snrDb.map { String(format: "%.1f", $0) } ?? "-",
+                t.maxAbsError.map { String(format: "%.3g", $0) } ?? "-", t.sparsity.map { String(format: "%.1f%%", $0 * 100) } ?? "-"
+            ]
         }
         return summary(r) + Table.render(["TENSOR", "ENCODING", "IN", "OUT", "REL-L2", "SNR-DB", "MAX-ABS", "SPARSITY"], rows)
     }
@@ -214,8 +239,10 @@ enum VariantReportFile {
 /// against its teacher (the base variant's file: --teacher-file, or downloaded from the controller
 /// and checked against the base's sha256) and registered with its lineage and report.
 enum DerivedVariant {
-    static func measure(api: API, model: String, file: String, dtype: String, derivedFrom: String, technique: String,
-                        teacherFile: String?, evaluate: String?, inputs: String?) throws -> (Lineage, VariantReport) {
+    static func measure(
+        api: API, model: String, file: String, dtype: String, derivedFrom: String, technique: String,
+        teacherFile: String?, evaluate: String?, inputs: String?
+    ) throws -> (Lineage, VariantReport) {
         let variants = try calling { try api.get("/v1/models/\(model)/variants", as: [VariantInfo].self) }
         guard let base = variants.first(where: { $0.variant.name == derivedFrom })?.variant else {
             throw CLIError("model \(model) has no variant \(derivedFrom) to derive from")
@@ -233,16 +260,22 @@ enum DerivedVariant {
         guard try localSHA256(teacher!) == base.sha256 else {
             throw CLIError("the teacher file is not \(derivedFrom) (sha256 differs from \(base.sha256))")
         }
-        guard var evaluator = evaluate ?? ProcessInfo.processInfo.environment["EDGEFLEET_EVALUATOR"] ?? VariantCommand.Build.defaultEvaluator() else {
+        guard
+            var evaluator = evaluate ?? ProcessInfo.processInfo.environment["EDGEFLEET_EVALUATOR"]
+                ?? VariantCommand.Build.defaultEvaluator()
+        else {
             throw CLIError("no evaluator: pass --evaluate CMD (a derived variant is registered with its measured agreement)")
         }
         if let inputs { evaluator = "EDGEFLEET_GOLDEN_INPUTS=\(shellQuote(inputs)) " + evaluator }
-        var report = try cli { try DerivedVariantReport.measure(teacher: teacher!, student: file, technique: technique, evaluator: evaluator) }
+        var report = try cli {
+            try DerivedVariantReport.measure(teacher: teacher!, student: file, technique: technique, evaluator: evaluator)
+        }
         report.dtype = dtype
         report.input.path = derivedFrom
-        let lineage = Lineage(derivedFrom: derivedFrom, derivedFromSha256: base.sha256, technique: technique, recipe: nil,
-                              tool: "fleetctl variant add", toolVersion: VariantBuilder.toolVersion,
-                              meanCosine: report.evaluation?.meanCosine, minCosine: report.evaluation?.minCosine)
+        let lineage = Lineage(
+            derivedFrom: derivedFrom, derivedFromSha256: base.sha256, technique: technique, recipe: nil,
+            tool: "fleetctl variant add", toolVersion: VariantBuilder.toolVersion,
+            meanCosine: report.evaluation?.meanCosine, minCosine: report.evaluation?.minCosine)
         return (lineage, report)
     }
 }

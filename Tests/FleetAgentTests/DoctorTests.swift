@@ -10,18 +10,18 @@ import Testing
 struct DoctorTests {
     /// A self-signed certificate valid from `notBefore` to `notAfter` (30 days).
     static let certificate = """
-    -----BEGIN CERTIFICATE-----
-    MIIBgDCCASegAwIBAgIUTIxoggEMegDIriT0QwinPBJ8mcowCgYIKoZIzj0EAwIw
-    FjEUMBIGA1UEAwwLZG9jdG9yLXRlc3QwHhcNMjYxMjA2MDAwMTE0WhcNMjcwMTA1
-    MDAwMTE0WjAWMRQwEgYDVQQDDAtkb2N0b3ItdGVzdDBZMBMGByqGSM49AgEGCCqG
-    SM49AwEHA0IABM7/c/cn1YBG0SPkruvPa/gdtncXH4+D5fy6Y66Zj17DYpTT9D4m
-    4ddV38w0tlXMfcpYBWZIEN4UAm3enFffilKjUzBRMB0GA1UdDgQWBBR8OhZ/uMOh
-    LLz67SyH6SeVzzHoejAfBgNVHSMEGDAWgBR8OhZ/uMOhLLz67SyH6SeVzzHoejAP
-    BgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0cAMEQCIAwy/bAsuQXN7DlvasMd
-    zcrWWt/oirF1YnUZ2y9ALP8pAiBOigZ1XrcRoSsJX5JF5NEj4/6Ni5dBZZvN0W12
-    Ix+JSw==
-    -----END CERTIFICATE-----
-    """
+        -----BEGIN CERTIFICATE-----
+        MIIBgDCCASegAwIBAgIUTIxoggEMegDIriT0QwinPBJ8mcowCgYIKoZIzj0EAwIw
+        FjEUMBIGA1UEAwwLZG9jdG9yLXRlc3QwHhcNMjYxMjA2MDAwMTE0WhcNMjcwMTA1
+        MDAwMTE0WjAWMRQwEgYDVQQDDAtkb2N0b3ItdGVzdDBZMBMGByqGSM49AgEGCCqG
+        SM49AwEHA0IABM7/c/cn1YBG0SPkruvPa/gdtncXH4+D5fy6Y66Zj17DYpTT9D4m
+        4ddV38w0tlXMfcpYBWZIEN4UAm3enFffilKjUzBRMB0GA1UdDgQWBBR8OhZ/uMOh
+        LLz67SyH6SeVzzHoejAfBgNVHSMEGDAWgBR8OhZ/uMOhLLz67SyH6SeVzzHoejAP
+        BgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0cAMEQCIAwy/bAsuQXN7DlvasMd
+        zcrWWt/oirF1YnUZ2y9ALP8pAiBOigZ1XrcRoSsJX5JF5NEj4/6Ni5dBZZvN0W12
+        Ix+JSw==
+        -----END CERTIFICATE-----
+        """
     static let notBefore: Int64 = 1_796_515_274
     static let notAfter: Int64 = 1_799_107_274
 
@@ -41,11 +41,13 @@ struct DoctorTests {
         var keys: [Role: SigningKey] = [:]
         for role in Role.allCases { keys[role] = SigningKey(role: role) }
         let root = RootMetadata(version: 1, expiresAt: Self.notAfter + 365 * 86400, roleKeys: keys)
-        try FleetJSON.encode(try Envelope.sign(root, type: PayloadType.root, keys: [keys[.root]!])).write(to: URL(fileURLWithPath: dir + "/root.json"))
-        let settings = DoctorSettings(controllerURL: "https://ctl.example", stateDirectory: dir + "/state", modelsDirectory: dir + "/models",
-                                      rootFile: dir + "/root.json",
-                                      tls: TLSOptions(caFile: dir + "/ca.pem", certFile: dir + "/device.pem", keyFile: dir + "/device.key"),
-                                      healthCommand: "/bin/sh -c true")
+        try FleetJSON.encode(try Envelope.sign(root, type: PayloadType.root, keys: [keys[.root]!])).write(
+            to: URL(fileURLWithPath: dir + "/root.json"))
+        let settings = DoctorSettings(
+            controllerURL: "https://ctl.example", stateDirectory: dir + "/state", modelsDirectory: dir + "/models",
+            rootFile: dir + "/root.json",
+            tls: TLSOptions(caFile: dir + "/ca.pem", certFile: dir + "/device.pem", keyFile: dir + "/device.key"),
+            healthCommand: "/bin/sh -c true")
         return Device(dir: dir, settings: settings)
     }
 
@@ -77,8 +79,11 @@ struct DoctorTests {
         let d = try device(); defer { d.cleanup() }
         let findings = AgentDoctor(settings: d.settings, environment: environment(now: Self.notBefore + 86400)).check()
         #expect(problems(findings).isEmpty, "\(findings)")
-        #expect(Set(findings.map(\.code)).isSuperset(of: [.rootWillPin, .certificateOK, .controllerReachable, .clockOK, .diskOK,
-                                                          .stateWritable, .modelsWritable, .healthCommandFound]))
+        #expect(
+            Set(findings.map(\.code)).isSuperset(of: [
+                .rootWillPin, .certificateOK, .controllerReachable, .clockOK, .diskOK,
+                .stateWritable, .modelsWritable, .healthCommandFound
+            ]))
     }
 
     @Test func certificateDatesAreJudgedAgainstTheDeviceClock() throws {
@@ -97,7 +102,9 @@ struct DoctorTests {
         let d = try device(); defer { d.cleanup() }
         let now = Self.notBefore + 86400
         func codes(_ controllerNow: Int64) -> Set<DoctorFinding.Code> {
-            Set(AgentDoctor(settings: d.settings, environment: environment(now: now, controllerNow: controllerNow)).checkController().map(\.code))
+            Set(
+                AgentDoctor(settings: d.settings, environment: environment(now: now, controllerNow: controllerNow)).checkController().map(
+                    \.code))
         }
         #expect(codes(now + 600) == [.controllerReachable, .clockSkew])
         #expect(codes(now - 600) == [.controllerReachable, .clockSkew])
@@ -109,27 +116,34 @@ struct DoctorTests {
         let d = try device(); defer { d.cleanup() }
         var journal = Journal()
         for (model, size) in [("small", Int64(1_000)), ("large", Int64(5_000_000))] {
-            let job = InstallJob(model: model, release: "\(model)@1", variant: "fp16", sha256: String(repeating: "a", count: 64), size: size,
-                                 fileName: "m.onnx", url: "http://x", counter: 1, previousSha256: nil)
+            let job = InstallJob(
+                model: model, release: "\(model)@1", variant: "fp16", sha256: String(repeating: "a", count: 64), size: size,
+                fileName: "m.onnx", url: "http://x", counter: 1, previousSha256: nil)
             journal.installs[model] = InstallState(phase: .committed, job: job)
         }
         try FleetJSON.encode(journal).write(to: URL(fileURLWithPath: d.settings.stateDirectory + "/journal.json"))
         let now = Self.notBefore + 86400
-        #expect(AgentDoctor(settings: d.settings, environment: environment(now: now, free: 4_000_000)).checkDisk().map(\.code) == [.diskSpaceLow])
+        #expect(
+            AgentDoctor(settings: d.settings, environment: environment(now: now, free: 4_000_000)).checkDisk().map(\.code) == [
+                .diskSpaceLow
+            ])
         #expect(AgentDoctor(settings: d.settings, environment: environment(now: now, free: 6_000_000)).checkDisk().map(\.code) == [.diskOK])
     }
 
     @Test func aBrokenDeviceReportsEachProblem() throws {
         var d = try device(); defer { d.cleanup() }
         try "not a directory".write(toFile: d.dir + "/state-file", atomically: true, encoding: .utf8)
-        d.settings.stateDirectory = d.dir + "/state-file"          // a file where the state directory should be
+        d.settings.stateDirectory = d.dir + "/state-file"  // a file where the state directory should be
         d.settings.modelsDirectory = d.dir + "/state-file/models"  // under a file: cannot be made
         d.settings.rootFile = d.dir + "/no-root.json"
         d.settings.tls.keyFile = d.dir + "/no.key"
         d.settings.healthCommand = "/opt/vendor/check-model --fast"
         let findings = AgentDoctor(settings: d.settings, environment: environment(now: Self.notAfter + 10, reachable: false)).check()
-        #expect(problems(findings) == [.rootMissing, .certificateExpired, .keyUnreadable, .controllerUnreachable,
-                                        .stateNotWritable, .modelsNotWritable, .healthCommandMissing])
+        #expect(
+            problems(findings) == [
+                .rootMissing, .certificateExpired, .keyUnreadable, .controllerUnreachable,
+                .stateNotWritable, .modelsNotWritable, .healthCommandMissing
+            ])
         #expect(findings.filter { $0.severity == .problem }.allSatisfy { !$0.fix.isEmpty })
     }
 

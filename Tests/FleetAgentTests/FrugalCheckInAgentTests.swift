@@ -22,11 +22,14 @@ struct FrugalCheckInAgentTests {
         /// A signed catalog and assignment of `model` to `sha256` with `counter`.
         func held(_ model: String, sha256: String, counter: UInt64) throws -> HeldEnvelopes {
             let now = Int64(Date().timeIntervalSince1970)
-            let catalog = try Envelope.sign(ReleaseCatalog(model: model, version: "1", serial: 1, expiresAt: now + 3600, variants: [],
-                                                           hardwareClasses: []), type: PayloadType.catalog, keys: [keys[.release]!])
-            let a = Assignment(deviceId: "d1", hardwareClass: "c", model: model, release: "\(model)@1", variant: "v", sha256: sha256, size: 1,
-                               package: PackageRef(kind: PackageRef.full, sha256: sha256, size: 1, url: "u"), counter: counter,
-                               expiresAt: now + 3600, catalogSha256: catalog.payloadDigest)
+            let catalog = try Envelope.sign(
+                ReleaseCatalog(
+                    model: model, version: "1", serial: 1, expiresAt: now + 3600, variants: [],
+                    hardwareClasses: []), type: PayloadType.catalog, keys: [keys[.release]!])
+            let a = Assignment(
+                deviceId: "d1", hardwareClass: "c", model: model, release: "\(model)@1", variant: "v", sha256: sha256, size: 1,
+                package: PackageRef(kind: PackageRef.full, sha256: sha256, size: 1, url: "u"), counter: counter,
+                expiresAt: now + 3600, catalogSha256: catalog.payloadDigest)
             return HeldEnvelopes(catalog: catalog, assignment: try Envelope.sign(a, type: PayloadType.assignment, keys: [keys[.director]!]))
         }
     }
@@ -37,13 +40,16 @@ struct FrugalCheckInAgentTests {
         for role in Role.allCases { keys[role] = SigningKey(role: role) }
         let root = RootMetadata(version: 1, expiresAt: Int64(Date().timeIntervalSince1970) + 86_400, roleKeys: keys)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        try FleetJSON.encode(try Envelope.sign(root, type: PayloadType.root, keys: [keys[.root]!])).write(to: URL(fileURLWithPath: dir + "/root.json"))
+        try FleetJSON.encode(try Envelope.sign(root, type: PayloadType.root, keys: [keys[.root]!])).write(
+            to: URL(fileURLWithPath: dir + "/root.json"))
         let facts = DeviceFacts(deviceId: "d1", arch: "x86_64", cpuFlags: ["avx2"], memoryBytes: 1 << 30, diskFreeBytes: 1 << 30)
         try FleetJSON.encode(facts).write(to: URL(fileURLWithPath: dir + "/facts.json"))
-        let agent = try Agent(options: AgentOptions(controllerURL: "http://127.0.0.1:9", stateDirectory: dir + "/state",
-                                                    modelsDirectory: dir + "/models", factsFile: dir + "/facts.json",
-                                                    rootFile: dir + "/root.json", deviceId: "d1"),
-                              logger: .init(label: "test"))
+        let agent = try Agent(
+            options: AgentOptions(
+                controllerURL: "http://127.0.0.1:9", stateDirectory: dir + "/state",
+                modelsDirectory: dir + "/models", factsFile: dir + "/facts.json",
+                rootFile: dir + "/root.json", deviceId: "d1"),
+            logger: .init(label: "test"))
         return Setup(dir: dir, agent: agent, keys: keys)
     }
 
@@ -57,8 +63,8 @@ struct FrugalCheckInAgentTests {
         #expect(r.facts == facts && r.agentVersion == Agent.version && r.factsDigest == nil && r.holds == nil && r.installedSent)
         #expect(r.timestampVersion == 0 && r.rootVersion == 1)
 
-        try s.slot("runs", a)        // runs its held assignment
-        try s.slot("moving", b)      // runs something else than its held assignment
+        try s.slot("runs", a)  // runs its held assignment
+        try s.slot("moving", b)  // runs something else than its held assignment
         s.agent.memory.factsDigest = facts.digest
         s.agent.memory.agentVersion = s.agent.agentIdentity
         s.agent.memory.held = ["runs": try s.held("runs", sha256: a, counter: 4), "moving": try s.held("moving", sha256: a, counter: 2)]
@@ -78,7 +84,8 @@ struct FrugalCheckInAgentTests {
 
         // Whole: everything, holds included (the answer can still leave out what is held).
         r = s.agent.checkInRequest(facts: facts, whole: true)
-        #expect(r.facts == facts && r.factsDigest == nil && r.installedSent && r.installed == ["runs": a, "moving": b] && r.holds?.count == 2)
+        #expect(
+            r.facts == facts && r.factsDigest == nil && r.installedSent && r.installed == ["runs": a, "moving": b] && r.holds?.count == 2)
 
         // Changed facts, or another agent version, go whole again.
         var changed = facts
@@ -97,15 +104,24 @@ struct FrugalCheckInAgentTests {
         let facts = try s.agent.currentFacts()
 
         // "Unchanged" under a timestamp signed by the director key, not the timestamp key.
-        let snapshot = CheckInSnapshot(deviceId: "d1", models: ["m": .init(catalog: s.agent.memory.held["m"]!.catalog.payloadDigest,
-                                                                              assignment: s.agent.memory.held["m"]!.assignment.payloadDigest)])
-        let meta = TimestampMetadata(version: 10, expiresAt: Int64(Date().timeIntervalSince1970) + 600, catalogs: [:], snapshot: snapshot.digest)
+        let snapshot = CheckInSnapshot(
+            deviceId: "d1",
+            models: [
+                "m": .init(
+                    catalog: s.agent.memory.held["m"]!.catalog.payloadDigest,
+                    assignment: s.agent.memory.held["m"]!.assignment.payloadDigest)
+            ])
+        let meta = TimestampMetadata(
+            version: 10, expiresAt: Int64(Date().timeIntervalSince1970) + 600, catalogs: [:], snapshot: snapshot.digest)
         let forged = try CompactEnvelope.sign(meta, type: PayloadType.timestamp, keys: [s.keys[.director]!])
-        try s.agent.apply(CheckInResponse(deviceId: "", hardwareClass: nil, tier: nil, rootChain: [], timestamp: nil, updates: [], held: [:],
-                                          pollSeconds: 1, unchanged: ["m"], stamp: forged, compact: true), facts: facts)
+        try s.agent.apply(
+            CheckInResponse(
+                deviceId: "", hardwareClass: nil, tier: nil, rootChain: [], timestamp: nil, updates: [], held: [:],
+                pollSeconds: 1, unchanged: ["m"], stamp: forged, compact: true), facts: facts)
         #expect(s.agent.trust == trustBefore)
         #expect(s.agent.memory.held.isEmpty)
-        let saved = try JSONDecoder().decode(CheckInMemory.self, from: Data(contentsOf: URL(fileURLWithPath: s.dir + "/state/checkin.json")))
+        let saved = try JSONDecoder().decode(
+            CheckInMemory.self, from: Data(contentsOf: URL(fileURLWithPath: s.dir + "/state/checkin.json")))
         #expect(saved.held.isEmpty)
         #expect(s.agent.installer.outbox.pending.last?.detail?.hasPrefix(TrustError.Fault.badSignature.rawValue) == true)
         // And the next request claims nothing, so the controller sends everything again.
@@ -113,8 +129,10 @@ struct FrugalCheckInAgentTests {
 
         // "Unchanged" for a model the device does not hold.
         let genuine = try CompactEnvelope.sign(meta, type: PayloadType.timestamp, keys: [s.keys[.timestamp]!])
-        try s.agent.apply(CheckInResponse(deviceId: "", hardwareClass: nil, tier: nil, rootChain: [], timestamp: nil, updates: [], held: [:],
-                                          pollSeconds: 1, unchanged: ["m"], stamp: genuine, compact: true), facts: facts)
+        try s.agent.apply(
+            CheckInResponse(
+                deviceId: "", hardwareClass: nil, tier: nil, rootChain: [], timestamp: nil, updates: [], held: [:],
+                pollSeconds: 1, unchanged: ["m"], stamp: genuine, compact: true), facts: facts)
         #expect(s.agent.installer.outbox.pending.last?.detail?.hasPrefix(TrustError.Fault.mixAndMatch.rawValue) == true)
         #expect(s.agent.trust == trustBefore)
     }

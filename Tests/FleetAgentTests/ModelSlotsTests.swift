@@ -22,7 +22,7 @@ struct ModelSlotsTests {
         let slots = ModelSlots(root: dir + "/models")
         let (src1, sha1) = try makeSource(dir, [1, 2, 3])
         try slots.stage(model: "m", sha256: sha1, fileName: "m.onnx", size: 3, from: src1)
-        #expect(slots.current("m") == nil)          // staged is not live
+        #expect(slots.current("m") == nil)  // staged is not live
         try slots.point(model: "m", at: sha1)
         #expect(slots.current("m") == sha1)
         #expect(FileManager.default.contents(atPath: dir + "/models/m/current/m.onnx") == Data([1, 2, 3]))
@@ -31,11 +31,11 @@ struct ModelSlotsTests {
         try slots.stage(model: "m", sha256: sha2, fileName: "m.onnx", size: 2, from: src2)
         try slots.point(model: "m", at: sha2)
         #expect(slots.installed() == ["m": sha2])
-        try slots.point(model: "m", at: sha1)         // rollback
+        try slots.point(model: "m", at: sha1)  // rollback
         #expect(slots.current("m") == sha1)
         slots.removeSlot(model: "m", sha256: sha2)
         #expect(!FileManager.default.fileExists(atPath: dir + "/models/m/\(sha2)"))
-        slots.removeSlot(model: "m", sha256: sha1)     // never removes the live slot
+        slots.removeSlot(model: "m", sha256: sha1)  // never removes the live slot
         #expect(slots.current("m") == sha1)
     }
 

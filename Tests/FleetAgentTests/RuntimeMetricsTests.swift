@@ -3,7 +3,7 @@ import Foundation
 import Testing
 @testable import FleetAgent
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @Suite("Runtime metrics: the collector and the agent's local endpoint")
@@ -51,7 +51,7 @@ struct RuntimeMetricsTests {
         InferenceReport(model: "m", latencyP50Ms: 10, latencyP95Ms: 5),
         InferenceReport(model: "m"),
         InferenceReport(model: "m", latenciesMs: Array(repeating: 1, count: InferenceReport.maxLatencies + 1)),
-        InferenceReport(model: "m", requests: -3),
+        InferenceReport(model: "m", requests: -3)
     ])
     func badReportsAreRefusedAndLeaveNothing(_ r: InferenceReport) throws {
         let c = RuntimeCollector()
@@ -64,7 +64,7 @@ struct RuntimeMetricsTests {
         let c = RuntimeCollector()
         for i in 0..<RuntimeCollector.maxModels { try c.record(InferenceReport(model: "m\(i)", latenciesMs: [1])) }
         #expect(throws: RuntimeCollector.RecordError.tooManyModels) { try c.record(InferenceReport(model: "one-more", latenciesMs: [1])) }
-        try c.record(InferenceReport(model: "m0", latenciesMs: [2]))   // a known model still counts
+        try c.record(InferenceReport(model: "m0", latenciesMs: [2]))  // a known model still counts
         #expect(c.drain().count == RuntimeCollector.maxModels)
     }
 
@@ -73,7 +73,10 @@ struct RuntimeMetricsTests {
         #expect(MetricsListenAddress.parse("localhost:0") == .tcp(host: "127.0.0.1", port: 0))
         #expect(MetricsListenAddress.parse("[::1]:7311") == .tcp(host: "::1", port: 7311))
         #expect(MetricsListenAddress.parse("unix:/run/edgefleet/metrics.sock") == .unix(path: "/run/edgefleet/metrics.sock"))
-        for bad in ["0.0.0.0:7311", "10.0.0.5:7311", "example.com:80", "127.0.0.1", "127.0.0.1:99999", "unix:relative.sock", "[::]:7311", "127.0.0.999:1"] {
+        for bad in [
+            "0.0.0.0:7311", "10.0.0.5:7311", "example.com:80", "127.0.0.1", "127.0.0.1:99999", "unix:relative.sock", "[::]:7311",
+            "127.0.0.999:1"
+        ] {
             #expect(MetricsListenAddress.parse(bad) == nil, "\(bad)")
         }
     }
@@ -85,8 +88,9 @@ struct RuntimeMetricsTests {
         let endpoint: MetricsEndpoint
         let port: UInt16
         init() throws {
-            endpoint = try MetricsEndpoint(listen: .tcp(host: "127.0.0.1", port: 0), collector: collector,
-                                           knowsModel: { $0 == "minilm" }, status: { Array(#"{"deviceId":"d1"}"#.utf8) })
+            endpoint = try MetricsEndpoint(
+                listen: .tcp(host: "127.0.0.1", port: 0), collector: collector,
+                knowsModel: { $0 == "minilm" }, status: { Array(#"{"deviceId":"d1"}"#.utf8) })
             guard case .tcp(_, let p) = endpoint.address else { throw AgentError("not tcp") }
             #expect(p != 0)
             port = p
@@ -101,7 +105,9 @@ struct RuntimeMetricsTests {
             var addr = sockaddr_un()
             addr.sun_family = sa_family_t(AF_UNIX)
             withUnsafeMutableBytes(of: &addr.sun_path) { buf in for (i, b) in unix.utf8.enumerated() { buf[i] = b } }
-            let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            let rc = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
             guard rc == 0 else { close(fd); throw AgentError("connect \(unix): \(errno)") }
         } else {
             fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -109,7 +115,9 @@ struct RuntimeMetricsTests {
             addr.sin_family = sa_family_t(AF_INET)
             addr.sin_port = port!.bigEndian
             inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
-            let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            let rc = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
             guard rc == 0 else { close(fd); throw AgentError("connect: \(errno)") }
         }
         defer { close(fd) }
@@ -139,7 +147,8 @@ struct RuntimeMetricsTests {
         #expect(ok.0 == 202)
         #expect(ok.1 == #"{"accepted":1}"#)
         // The second report of this array is bad, so neither is taken.
-        let mixed = try Self.exchange(port: e.port, Self.post(#"[{"model":"minilm","latenciesMs":[99]},{"model":"minilm","requests":1,"errors":5}]"#))
+        let mixed = try Self.exchange(
+            port: e.port, Self.post(#"[{"model":"minilm","latenciesMs":[99]},{"model":"minilm","requests":1,"errors":5}]"#))
         #expect(mixed.0 == 400)
         #expect(mixed.1.contains("invalid-report"))
         let m = try #require(e.collector.drain()["minilm"])
@@ -160,7 +169,9 @@ struct RuntimeMetricsTests {
         #expect(try Self.exchange(port: e.port, "DELETE /v1/metrics HTTP/1.1\r\n\r\n").0 == 405)
         #expect(try Self.exchange(port: e.port, "GET /nowhere HTTP/1.1\r\n\r\n").0 == 404)
         #expect(try Self.exchange(port: e.port, "garbage\r\n\r\n").0 == 400)
-        #expect(try Self.exchange(port: e.port, "GET /v1/status HTTP/1.1\r\n" + String(repeating: "X-Pad: aaaaaaaaaa\r\n", count: 800)).0 == 431)
+        #expect(
+            try Self.exchange(port: e.port, "GET /v1/status HTTP/1.1\r\n" + String(repeating: "X-Pad: aaaaaaaaaa\r\n", count: 800)).0 == 431
+        )
         #expect(e.collector.drain().isEmpty, "nothing bad was recorded")
         // The endpoint still serves after all of that.
         let status = try Self.exchange(port: e.port, "GET /v1/status HTTP/1.1\r\n\r\n")
@@ -195,11 +206,14 @@ struct RuntimeMetricsTests {
         for role in Role.allCases { keys[role] = role == .root ? key : SigningKey(role: role) }
         let root = RootMetadata(version: 1, expiresAt: Int64(Date().timeIntervalSince1970) + 86_400, roleKeys: keys)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        try FleetJSON.encode(try Envelope.sign(root, type: PayloadType.root, keys: [key])).write(to: URL(fileURLWithPath: dir + "/root.json"))
+        try FleetJSON.encode(try Envelope.sign(root, type: PayloadType.root, keys: [key])).write(
+            to: URL(fileURLWithPath: dir + "/root.json"))
         // Port 9 on loopback: nothing listens, the check-in fails at once.
-        let agent = try Agent(options: AgentOptions(controllerURL: "http://127.0.0.1:9", stateDirectory: dir + "/state",
-                                                    modelsDirectory: dir + "/models", rootFile: dir + "/root.json", deviceId: "d1"),
-                              logger: .init(label: "test"))
+        let agent = try Agent(
+            options: AgentOptions(
+                controllerURL: "http://127.0.0.1:9", stateDirectory: dir + "/state",
+                modelsDirectory: dir + "/models", rootFile: dir + "/root.json", deviceId: "d1"),
+            logger: .init(label: "test"))
         try agent.runtime.record(InferenceReport(model: "minilm", latenciesMs: [5, 7, 9]))
         #expect(!agent.cycle().ok)
         let outbox = try #require(FileManager.default.contents(atPath: dir + "/state/outbox.json"))
@@ -218,7 +232,7 @@ struct RuntimeMetricsAbuseTests {
     @Test func countsSaturateInsteadOfCrashingTheAgent() throws {
         let c = RuntimeCollector()
         let huge = InferenceReport(model: "m", requests: 1 << 40, errors: 1 << 40, crashes: 1 << 40)
-        for _ in 0..<20_000 { try c.record(huge) }   // 2^54 in all: past the cap, far from Int.max
+        for _ in 0..<20_000 { try c.record(huge) }  // 2^54 in all: past the cap, far from Int.max
         let m = try #require(c.drain()["m"])
         #expect(m.requests == RuntimeCollector.countCap)
         #expect(m.crashes == RuntimeCollector.countCap)
@@ -261,9 +275,11 @@ struct RuntimeMetricsAbuseTests {
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = port.bigEndian
         inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
         #expect(rc == 0)
-        e.stop()   // returns although the connection above never sent a byte
+        e.stop()  // returns although the connection above never sent a byte
         #expect(throws: (any Error).self) { try RuntimeMetricsTests.exchange(port: port, "GET /v1/status HTTP/1.1\r\n\r\n") }
     }
 }

@@ -6,7 +6,7 @@ import ServiceNotify
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 @testable import FleetAgent
 
@@ -19,7 +19,9 @@ struct ServiceNotifierTests {
         #expect(n.socketPath == "@sock" && n.isActive)
         #expect(n.watchdogInterval == .seconds(4) && n.pingInterval == .seconds(2))
         // The watchdog belongs to another process (a parent that exec'd a helper): not ours to feed.
-        #expect(ServiceNotifier(environment: ["NOTIFY_SOCKET": "/run/s", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "41"], pid: 42).pingInterval == nil)
+        #expect(
+            ServiceNotifier(environment: ["NOTIFY_SOCKET": "/run/s", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "41"], pid: 42)
+                .pingInterval == nil)
         #expect(ServiceNotifier(environment: ["WATCHDOG_USEC": "0", "NOTIFY_SOCKET": "/run/s"]).pingInterval == nil)
         let none = ServiceNotifier(environment: [:])
         #expect(!none.isActive && !none.send("READY=1"))
@@ -54,11 +56,13 @@ struct ServiceNotifierTests {
         var keys: [Role: SigningKey] = [:]
         for role in Role.allCases { keys[role] = SigningKey(role: role) }
         let root = RootMetadata(version: 1, expiresAt: Int64(Date().timeIntervalSince1970) + 86_400, roleKeys: keys)
-        try FleetJSON.encode(try Envelope.sign(root, type: PayloadType.root, keys: [keys[.root]!])).write(to: URL(fileURLWithPath: dir + "/root.json"))
+        try FleetJSON.encode(try Envelope.sign(root, type: PayloadType.root, keys: [keys[.root]!])).write(
+            to: URL(fileURLWithPath: dir + "/root.json"))
         let facts = DeviceFacts(deviceId: "d1", arch: "x86_64", cpuFlags: [], memoryBytes: 1 << 30, diskFreeBytes: 1 << 30)
         try FleetJSON.encode(facts).write(to: URL(fileURLWithPath: dir + "/facts.json"))
-        let options = AgentOptions(controllerURL: controller, stateDirectory: dir + "/state", modelsDirectory: dir + "/models",
-                                   factsFile: dir + "/facts.json", rootFile: dir + "/root.json", deviceId: "d1", pollSeconds: 0.05)
+        let options = AgentOptions(
+            controllerURL: controller, stateDirectory: dir + "/state", modelsDirectory: dir + "/models",
+            factsFile: dir + "/facts.json", rootFile: dir + "/root.json", deviceId: "d1", pollSeconds: 0.05)
         return (try Agent(options: options, logger: Logger(label: "test")), options)
     }
 
@@ -70,8 +74,10 @@ struct ServiceNotifierTests {
         let logger = Logger(label: "test")
         let notify = try NotifySocket(abstract: true)
         let notifier = ServiceNotifier(socketPath: notify.address, watchdogInterval: .milliseconds(200))
-        let group = ServiceGroup(configuration: .init(services: [AgentService(agent: agent, options: options, logger: logger, notifier: notifier)],
-                                                      logger: logger))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [AgentService(agent: agent, options: options, logger: logger, notifier: notifier)],
+                logger: logger))
         // Its own thread: pings must not wait for the pool that parallel tests may hold.
         let running = Task(executorPreference: DedicatedExecutor(label: "agent-service")) { try await group.run() }
         try await notify.awaitLine("READY=1", within: 120)

@@ -8,8 +8,10 @@ import FleetCore
 /// Variants of small generated graphs: what the output file contains, and that onnxruntime runs it.
 @Suite(.ownThread) struct BuildTests {
     func build(_ dir: TempDir, _ input: String, _ r: Recipe, out: String = "out.onnx", evaluate: Bool = false) throws -> VariantReport {
-        try VariantBuilder.build(.init(input: input, output: dir.file(out), recipe: r, zstdLevel: 3,
-                                       evaluator: evaluate ? Venv.evaluator : nil))
+        try VariantBuilder.build(
+            .init(
+                input: input, output: dir.file(out), recipe: r, zstdLevel: 3,
+                evaluator: evaluate ? Venv.evaluator : nil))
     }
 
     func load(_ path: String) throws -> Onnx_ModelProto {
@@ -24,14 +26,14 @@ import FleetCore
         let dq = m.graph.node.filter { $0.opType == "DequantizeLinear" }
         #expect(Set(dq.flatMap(\.output)) == ["W1", "W2", "Whead", "embedding"])
         func axis(_ name: String) -> Int64? { dq.first { $0.output == [name] }?.attribute.first { $0.name == "axis" }?.i }
-        #expect(axis("W1") == 1)          // MatMul B [K, N]: per output column
-        #expect(axis("Whead") == 0)       // Gemm transB: B is [N, K]
-        #expect(axis("embedding") == 0)   // Gather rows
+        #expect(axis("W1") == 1)  // MatMul B [K, N]: per output column
+        #expect(axis("Whead") == 0)  // Gemm transB: B is [N, K]
+        #expect(axis("embedding") == 0)  // Gather rows
         let inits = Dictionary(uniqueKeysWithValues: m.graph.initializer.map { ($0.name, $0) })
         #expect(inits["W1_quantized"]?.dataType == 3)
         #expect(inits["W1_scale"]?.dims == [128])
-        #expect(inits["b1"]?.dataType == 1)            // bias left alone
-        #expect(inits["ids"]?.dataType == 7)           // integer left alone
+        #expect(inits["b1"]?.dataType == 1)  // bias left alone
+        #expect(inits["ids"]?.dataType == 7)  // integer left alone
         #expect(inits["W1"] == nil)
         #expect(report.tensorsChanged == 4)
         #expect(report.tensorsKept == 2)
@@ -75,15 +77,16 @@ import FleetCore
     @Test func protectedAndSmallTensorsAreKept() throws {
         let dir = try TempDir()
         let input = try ONNXFixture.write(ONNXFixture.mlp(), to: dir, "mlp.onnx")
-        let report = try build(dir, input, recipe("p", [.prune(sparsity: 0.5, scope: .perLayer)], protect: ["embeddings", "last", "^W2$"], minElements: 4096))
+        let report = try build(
+            dir, input, recipe("p", [.prune(sparsity: 0.5, scope: .perLayer)], protect: ["embeddings", "last", "^W2$"], minElements: 4096))
         let byName = Dictionary(uniqueKeysWithValues: report.tensors.map { ($0.name, $0) })
-        #expect(byName["embedding"]?.changed == false)     // read by Gather
-        #expect(byName["Whead"]?.changed == false)         // the last weight read in the graph (and < 4096 elements)
+        #expect(byName["embedding"]?.changed == false)  // read by Gather
+        #expect(byName["Whead"]?.changed == false)  // the last weight read in the graph (and < 4096 elements)
         #expect(byName["W2"]?.encoding.contains("pattern") == true)
         #expect(byName["W1"]?.changed == true)
         #expect(abs((byName["W1"]?.sparsity ?? 0) - 0.5) < 0.001)
         let m = try load(dir.file("out.onnx"))
-        #expect(m.graph.node.count == ONNXFixture.mlp().graph.node.count)   // pruning adds no node
+        #expect(m.graph.node.count == ONNXFixture.mlp().graph.node.count)  // pruning adds no node
     }
 
     @Test func globalPruningHitsTheTargetOverAllPrunedTensors() throws {
@@ -118,7 +121,8 @@ import FleetCore
         m.graph.initializer[0].clearRawData()
         m.graph.initializer[0].floatData = raw.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
         let a = try build(dir, try ONNXFixture.write(m, to: dir, "floatdata.onnx"), recipe("int8", [.int8(.perChannel)]), out: "a.onnx")
-        let b = try build(dir, try ONNXFixture.write(ONNXFixture.mlp(), to: dir, "raw.onnx"), recipe("int8", [.int8(.perChannel)]), out: "b.onnx")
+        let b = try build(
+            dir, try ONNXFixture.write(ONNXFixture.mlp(), to: dir, "raw.onnx"), recipe("int8", [.int8(.perChannel)]), out: "b.onnx")
         #expect(a.tensors.first { $0.name == "W1" } == b.tensors.first { $0.name == "W1" })
         let qa = try load(dir.file("a.onnx")).graph.initializer.first { $0.name == "W1_quantized" }
         let qb = try load(dir.file("b.onnx")).graph.initializer.first { $0.name == "W1_quantized" }
@@ -131,8 +135,11 @@ import FleetCore
         let report = try build(dir, input, recipe("int4", [.int4(blockSize: 32)]), out: "out.safetensors")
         let st = try SafetensorsModel(path: dir.file("out.safetensors"))
         let names = Set(st.tensors.map(\.name))
-        #expect(names == ["layers.0.weight", "layers.0.weight_scale", "layers.0.weight_zero_point", "layers.0.bias",
-                          "layers.1.weight", "layers.1.weight_scale", "layers.1.weight_zero_point", "steps"])
+        #expect(
+            names == [
+                "layers.0.weight", "layers.0.weight_scale", "layers.0.weight_zero_point", "layers.0.bias",
+                "layers.1.weight", "layers.1.weight_scale", "layers.1.weight_zero_point", "steps"
+            ])
         let packed = try #require(st.tensors.first { $0.name == "layers.0.weight" })
         #expect(packed.length == Int64(64 * 96 / 2))
         #expect(packed.dtype == .u8)
@@ -167,23 +174,34 @@ import FleetCore
     @Test func aFailingEvaluatorLeavesNoVariant() throws {
         let dir = try TempDir()
         let input = try ONNXFixture.write(ONNXFixture.mlp(), to: dir, "mlp.onnx")
-        for cmd in ["false", "echo not-json", "echo '{\"samples\": 0, \"mean_cosine\": 1, \"min_cosine\": 1}'",
-                    "echo '{\"samples\": 3, \"mean_cosine\": 7, \"min_cosine\": 1}'"] {
+        for cmd in [
+            "false", "echo not-json", "echo '{\"samples\": 0, \"mean_cosine\": 1, \"min_cosine\": 1}'",
+            "echo '{\"samples\": 3, \"mean_cosine\": 7, \"min_cosine\": 1}'"
+        ] {
             let code = compressionErrorCode {
-                _ = try VariantBuilder.build(.init(input: input, output: dir.file("out.onnx"), recipe: recipe("int8", [.int8(.perChannel)]), evaluator: cmd))
+                _ = try VariantBuilder.build(
+                    .init(input: input, output: dir.file("out.onnx"), recipe: recipe("int8", [.int8(.perChannel)]), evaluator: cmd))
             }
             #expect(code == .evaluator, "\(cmd)")
             #expect(dir.entries == ["mlp.onnx"], "\(cmd)")
         }
         // A custom evaluator is run as CMD BASE VARIANT, with the format in the environment.
-        let script = try dir.write("eval.sh", Array("""
-            test "$EDGEFLEET_FORMAT" = onnx && test "$1" = "$EDGEFLEET_BASE" && test -s "$1" && test -s "$2" || exit 9
-            echo progress on stdout that is not the result
-            echo '{"samples": 4, "mean_cosine": 0.5, "min_cosine": 0.25, "top1_agreement": 1}'
-            """.utf8))
-        let r = try VariantBuilder.build(.init(input: input, output: dir.file("out.onnx"), recipe: recipe("int8", [.int8(.perChannel)]),
-                                               evaluator: "sh '\(script)'"))
-        #expect(r.evaluation == VariantReport.Evaluation(evaluator: r.evaluation!.evaluator, samples: 4, meanCosine: 0.5, minCosine: 0.25, top1Agreement: 1))
+        let script = try dir.write(
+            "eval.sh",
+            Array(
+                """
+                test "$EDGEFLEET_FORMAT" = onnx && test "$1" = "$EDGEFLEET_BASE" && test -s "$1" && test -s "$2" || exit 9
+                echo progress on stdout that is not the result
+                echo '{"samples": 4, "mean_cosine": 0.5, "min_cosine": 0.25, "top1_agreement": 1}'
+                """.utf8))
+        let r = try VariantBuilder.build(
+            .init(
+                input: input, output: dir.file("out.onnx"), recipe: recipe("int8", [.int8(.perChannel)]),
+                evaluator: "sh '\(script)'"))
+        #expect(
+            r.evaluation
+                == VariantReport.Evaluation(
+                    evaluator: r.evaluation!.evaluator, samples: 4, meanCosine: 0.5, minCosine: 0.25, top1Agreement: 1))
         #expect(r.notes.contains { $0.contains("poor") })
     }
 
@@ -199,7 +217,10 @@ import FleetCore
         #expect(r.tensors.isEmpty)
         let s = try DerivedVariantReport.measure(teacher: teacher, student: other, technique: "architecture", evaluator: Venv.evaluator)
         #expect((s.evaluation?.meanCosine ?? 1) < 0.99)
-        #expect(compressionErrorCode { _ = try DerivedVariantReport.measure(teacher: teacher, student: other, technique: "magic", evaluator: "true") } == .recipe)
+        #expect(
+            compressionErrorCode {
+                _ = try DerivedVariantReport.measure(teacher: teacher, student: other, technique: "magic", evaluator: "true")
+            } == .recipe)
     }
 
     private func kv(_ k: String, _ v: String) -> Onnx_StringStringEntryProto {

@@ -11,7 +11,9 @@ import Testing
         // 1 + 2^-11 lies exactly between two fp16 values: ties go to the even one (1.0).
         let values: [Float] = [1 + 0x1p-11, 1 + 3 * 0x1p-11, 70000, -1e6, 65504, 0.5]
         let (parts, meter) = TensorCodec.encode(values, original: values, shape: [2, 3], as: encoding(.fp16))
-        let halfs = parts[0].withUnsafeBytes { b in (0..<6).map { Float(Float16(bitPattern: b.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self))) } }
+        let halfs = parts[0].withUnsafeBytes { b in
+            (0..<6).map { Float(Float16(bitPattern: b.loadUnaligned(fromByteOffset: $0 * 2, as: UInt16.self))) }
+        }
         #expect(halfs[0] == 1)
         #expect(halfs[1] == 1 + 4 * 0x1p-11)
         #expect(halfs[2].isInfinite && halfs[3].isInfinite)
@@ -55,11 +57,13 @@ import Testing
         let scales = parts[1].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
         func nibble(_ b: [UInt8], _ i: Int) -> Float { Float(i & 1 == 0 ? b[i >> 1] & 0x0F : b[i >> 1] >> 4) }
         var maxErr: Float = 0
-        for r in 0..<2 { for j in 0..<40 {
-            let s = r * 2 + j / 32
-            let v = (nibble(parts[0], r * 40 + j) - nibble(parts[2], s)) * scales[s]
-            maxErr = max(maxErr, abs(v - w[r * 40 + j]))
-        } }
+        for r in 0..<2 {
+            for j in 0..<40 {
+                let s = r * 2 + j / 32
+                let v = (nibble(parts[0], r * 40 + j) - nibble(parts[2], s)) * scales[s]
+                maxErr = max(maxErr, abs(v - w[r * 40 + j]))
+            }
+        }
         #expect(abs(Double(maxErr) - meter.maxAbs) < 1e-6)
         #expect(meter.relativeL2 < 0.15)
     }

@@ -7,10 +7,14 @@ import FleetCore
 /// Compute-quantized forms: which operators replace the ones that read the weights, the bytes
 /// those operators are given, and that onnxruntime runs the result unchanged.
 @Suite(.ownThread) struct ComputeFormTests {
-    func build(_ dir: TempDir, _ input: String, _ r: Recipe, out: String = "out.onnx", evaluator: String? = nil,
-               calibration: ActivationRanges? = nil, calibrator: String? = nil) throws -> VariantReport {
-        try VariantBuilder.build(.init(input: input, output: dir.file(out), recipe: r, zstdLevel: nil, evaluator: evaluator,
-                                       calibration: calibration, calibrator: calibrator))
+    func build(
+        _ dir: TempDir, _ input: String, _ r: Recipe, out: String = "out.onnx", evaluator: String? = nil,
+        calibration: ActivationRanges? = nil, calibrator: String? = nil
+    ) throws -> VariantReport {
+        try VariantBuilder.build(
+            .init(
+                input: input, output: dir.file(out), recipe: r, zstdLevel: nil, evaluator: evaluator,
+                calibration: calibration, calibrator: calibrator))
     }
 
     func load(_ path: String) throws -> Onnx_ModelProto {
@@ -64,7 +68,7 @@ import FleetCore
         let inits = Dictionary(uniqueKeysWithValues: m.graph.initializer.map { ($0.name, $0) })
         let g = try #require(m.graph.node.first { $0.opType == "GatherBlockQuantized" })
         #expect(attr(g, "bits") == 4 && attr(g, "block_size") == 32)
-        #expect(inits["embedding_quantized"]?.dataType == 21)      // UINT4
+        #expect(inits["embedding_quantized"]?.dataType == 21)  // UINT4
         #expect(m.graph.node.filter { $0.opType == "DynamicQuantizeMatMul" }.count == 2)
         #expect(inits["W1_quantized"]?.dataType == 3 && inits["W1_quantized"]?.dims == [64, 128])
         #expect(!m.graph.node.contains { $0.opType == "MatMul" || $0.opType == "MatMulNBits" })
@@ -87,11 +91,11 @@ import FleetCore
         let report = try build(dir, input, recipe("int8-std", [.int8Dynamic(.standard)]))
         let m = try load(dir.file("out.onnx"))
         #expect(m.graph.node.allSatisfy { $0.domain.isEmpty })
-        #expect(m.graph.initializer.first { $0.name == "embedding" }?.dataType == 1)    // no standard 8-bit gather: fp32
+        #expect(m.graph.initializer.first { $0.name == "embedding" }?.dataType == 1)  // no standard 8-bit gather: fp32
         #expect(!m.opsetImport.contains { $0.domain == "com.microsoft" })
         #expect(m.graph.node.filter { $0.opType == "MatMulInteger" }.count == 3)
         #expect(m.graph.node.filter { $0.opType == "DynamicQuantizeLinear" }.map(\.input) == [["x"], ["h"]])
-        #expect(m.graph.node.contains { $0.opType == "Add" })        // the bias Add stays: no fused operator
+        #expect(m.graph.node.contains { $0.opType == "Add" })  // the bias Add stays: no fused operator
         #expect(report.operators == ["Cast", "DynamicQuantizeLinear", "MatMulInteger", "Mul"])
     }
 
@@ -111,8 +115,10 @@ import FleetCore
     @Test func siblingMatMulsBecomeOneOperatorOverJoinedWeights() throws {
         let dir = try TempDir()
         let input = try ONNXFixture.write(Self.siblings(), to: dir, "qkv.onnx")
-        for (name, step, op) in [("int8-dyn", Recipe.Step.int8Dynamic(.onnxruntime), "DynamicQuantizeMatMul"),
-                                 ("int4-nbits", .int4MatMulNBits(blockSize: 32, accuracyLevel: 4), "MatMulNBits")] {
+        for (name, step, op) in [
+            ("int8-dyn", Recipe.Step.int8Dynamic(.onnxruntime), "DynamicQuantizeMatMul"),
+            ("int4-nbits", .int4MatMulNBits(blockSize: 32, accuracyLevel: 4), "MatMulNBits")
+        ] {
             let report = try build(dir, input, recipe(name, [step]), out: name + ".onnx")
             let m = try load(dir.file(name + ".onnx"))
             let fused = m.graph.node.filter { $0.opType == op && $0.input[0] == "x" }
@@ -120,7 +126,8 @@ import FleetCore
             let split = try #require(m.graph.node.first { $0.opType == "Split" }, "\(name)")
             #expect(split.input.first == fused.first?.output.first)
             #expect(split.output == ["h1", "Wk_out", "Wv_out"], "\(name)")
-            #expect(m.graph.initializer.first { $0.name == split.input.last }?.rawData == [128, 128, 128].withUnsafeBytes { Data($0) } as Data?)
+            #expect(
+                m.graph.initializer.first { $0.name == split.input.last }?.rawData == [128, 128, 128].withUnsafeBytes { Data($0) } as Data?)
             if op == "MatMulNBits" { #expect(attr(fused[0], "N") == 384 && attr(fused[0], "K") == 64) }
             #expect(!m.graph.node.contains { $0.opType == "Add" }, "\(name)")
             #expect(report.operators?.contains("Concat") == true)
@@ -143,7 +150,7 @@ import FleetCore
         #expect(g.input == ["embedding_quantized", "ids", "embedding_scale", "embedding_zero_point"])
         #expect(attr(g, "quantize_axis") == 1 && attr(g, "gather_axis") == 0 && attr(g, "block_size") == 32)
         #expect(m.irVersion >= 10)
-        #expect(m.opsetImport.first { $0.domain.isEmpty }?.version == 14)     // no opset-21 upgrade for compute forms
+        #expect(m.opsetImport.first { $0.domain.isEmpty }?.version == 14)  // no opset-21 upgrade for compute forms
         let inits = Dictionary(uniqueKeysWithValues: m.graph.initializer.map { ($0.name, $0) })
         #expect(inits["W1_quantized"]?.dims == [128, 2, 16])
         #expect(inits["W1_quantized"]?.dataType == 2)
@@ -154,28 +161,31 @@ import FleetCore
 
         // Decode B the way MatMulNBits does: column n, block b, element j of the block = W[b·32 + j, n].
         let w = floats(64 * 128, seed: 7)
-        let q = Array(inits["W1_quantized"]!.rawData), s = inits["W1_scale"]!.rawData.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        let q = Array(inits["W1_quantized"]!.rawData),
+            s = inits["W1_scale"]!.rawData.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
         let z = Array(inits["W1_zero_point"]!.rawData)
         var worst: Double = 0
-        for n in 0..<128 { for k in 0..<64 {
-            let byte = q[n * 32 + k / 2], nibble = Float(k % 2 == 0 ? byte & 0x0F : byte >> 4)
-            let zp = Float((z[n] >> (k / 32 == 0 ? 0 : 4)) & 0x0F)
-            let scale = s[n * 2 + k / 32]
-            worst = max(worst, Double(abs((nibble - zp) * scale - w[k * 128 + n])))
-        } }
+        for n in 0..<128 {
+            for k in 0..<64 {
+                let byte = q[n * 32 + k / 2], nibble = Float(k % 2 == 0 ? byte & 0x0F : byte >> 4)
+                let zp = Float((z[n] >> (k / 32 == 0 ? 0 : 4)) & 0x0F)
+                let scale = s[n * 2 + k / 32]
+                worst = max(worst, Double(abs((nibble - zp) * scale - w[k * 128 + n])))
+            }
+        }
         // Decoded this way, the largest error is the one the encoder measured: the layout is MatMulNBits'.
         let measured = try #require(report.tensors.first { $0.name == "W1" }?.maxAbsError)
         #expect(abs(worst - measured) < 1e-6)
         #expect(worst < 0.05)
         #expect(report.operators == ["com.microsoft.GatherBlockQuantized", "com.microsoft.MatMulNBits"])
-        #expect(report.tensors.first { $0.name == "Whead" }?.changed == false)   // Gemm: kept fp32
+        #expect(report.tensors.first { $0.name == "Whead" }?.changed == false)  // Gemm: kept fp32
     }
 
     @Test func smoothingInsertsOneMulPerActivationAndScalesTheWeightRows() throws {
         let dir = try TempDir()
         let input = try ONNXFixture.write(ONNXFixture.mlp(), to: dir, "mlp.onnx")
         var x = [Float](repeating: 0.5, count: 64)
-        x[3] = 40    // an outlier channel
+        x[3] = 40  // an outlier channel
         let ranges = ActivationRanges(absmax: ["x": x], samples: 4)
         let r = try Recipe(name: "int8-smooth", steps: [.smooth(alpha: 0.5, minGain: 1), .int8Dynamic(.onnxruntime)])
         let report = try build(dir, input, r, calibration: ranges)
@@ -187,7 +197,7 @@ import FleetCore
         let inverse = try #require(m.graph.initializer.first { $0.name == mul.input[1] })
         #expect(inverse.dims == [64])
         let inv = inverse.rawData.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-        #expect(inv[3] < inv[0])       // the outlier channel is divided the most
+        #expect(inv[3] < inv[0])  // the outlier channel is divided the most
         // h has no calibration range: its MatMul is quantized unsmoothed.
         #expect(!m.graph.node.contains { $0.opType == "Mul" && $0.input.first == "h" })
         #expect(report.tensors.first { $0.name == "W1" }?.encoding.hasPrefix("smoothed") == true)
@@ -208,8 +218,10 @@ import FleetCore
         let dir = try TempDir()
         let input = try ONNXFixture.write(ONNXFixture.mlp(), to: dir, "mlp.onnx")
         let r = try Recipe(name: "int8-smooth", steps: [.smooth(alpha: 0.7, minGain: 1), .int8Dynamic(.onnxruntime)])
-        for cmd in ["false", "echo nothing", "echo '{\"samples\": 2, \"activations\": {\"x\": [1, -2]}}'",
-                    "echo '{\"samples\": 0, \"activations\": {}}'"] {
+        for cmd in [
+            "false", "echo nothing", "echo '{\"samples\": 2, \"activations\": {\"x\": [1, -2]}}'",
+            "echo '{\"samples\": 0, \"activations\": {}}'"
+        ] {
             #expect(compressionErrorCode { _ = try build(dir, input, r, calibrator: cmd) } == .evaluator, "\(cmd)")
             #expect(dir.entries == ["mlp.onnx"], "\(cmd)")
         }
@@ -245,12 +257,13 @@ import FleetCore
             ("int8-smooth", [.smooth(alpha: 0.7, minGain: 1), .int8Dynamic(.onnxruntime)], 0.995, false),
             ("int4-nbits", [.int4MatMulNBits(blockSize: 32, accuracyLevel: 4)], 0.95, true),
             ("int4-nbits-acc0", [.int4MatMulNBits(blockSize: 64, accuracyLevel: 0)], 0.95, false),
-            ("int4-mixed", [.smooth(alpha: 0.7, minGain: 1), .int4Mixed(blockSize: 32)], 0.95, false),
+            ("int4-mixed", [.smooth(alpha: 0.7, minGain: 1), .int4Mixed(blockSize: 32)], 0.95, false)
         ]
         let joined = try ONNXFixture.write(Self.siblings(), to: dir, "qkv.onnx")
         for (name, steps, floor, full) in cases {
-            let r = try build(dir, input, try Recipe(name: name, steps: steps), out: name + ".onnx",
-                              evaluator: full ? Venv.timingEvaluator : Venv.evaluator, calibrator: Venv.calibrator)
+            let r = try build(
+                dir, input, try Recipe(name: name, steps: steps), out: name + ".onnx",
+                evaluator: full ? Venv.timingEvaluator : Venv.evaluator, calibrator: Venv.calibrator)
             let e = try #require(r.evaluation, "\(name)")
             #expect(e.meanCosine >= floor, "\(name): \(e.meanCosine)")
             guard full else { continue }
@@ -275,8 +288,10 @@ import FleetCore
         let e = try Evaluator.parse(Data(ok.utf8), command: "c")
         #expect(e.speed?.singleThread?.speedup == 2)
         #expect(e.speed?.cpu?.flags == ["avx2"])
-        for bad in [#"{"samples": 3, "mean_cosine": 0.99, "min_cosine": 0.98, "speed": {"batch": 1}}"#,
-                    #"{"samples": 3, "mean_cosine": 0.99, "min_cosine": 0.98, "speed": {"batch": 1, "runs": 1, "timings": [{"threads": 1, "baseMedianMs": 0, "baseP95Ms": 0, "variantMedianMs": 1, "variantP95Ms": 1, "speedup": 0}]}}"#] {
+        for bad in [
+            #"{"samples": 3, "mean_cosine": 0.99, "min_cosine": 0.98, "speed": {"batch": 1}}"#,
+            #"{"samples": 3, "mean_cosine": 0.99, "min_cosine": 0.98, "speed": {"batch": 1, "runs": 1, "timings": [{"threads": 1, "baseMedianMs": 0, "baseP95Ms": 0, "variantMedianMs": 1, "variantP95Ms": 1, "speedup": 0}]}}"#
+        ] {
             #expect(compressionErrorCode { _ = try Evaluator.parse(Data(bad.utf8), command: "c") } == .evaluator)
         }
     }
@@ -288,8 +303,10 @@ import FleetCore
         let script = try dir.write("eval.sh", Array("printf '\\033[1;31mERROR\\033[0m start \(long) end-of-message\\n' >&2; exit 3".utf8))
         var caught: CompressionError?
         do {
-            _ = try VariantBuilder.build(.init(input: input, output: dir.file("out.onnx"), recipe: recipe("int8", [.int8(.perChannel)]),
-                                               evaluator: "sh '\(script)'"))
+            _ = try VariantBuilder.build(
+                .init(
+                    input: input, output: dir.file("out.onnx"), recipe: recipe("int8", [.int8(.perChannel)]),
+                    evaluator: "sh '\(script)'"))
         } catch {
             caught = error
         }
@@ -307,14 +324,23 @@ import FleetCore
         guard Venv.available() else { return }
         let dir = try TempDir()
         let model = try ONNXFixture.write(ONNXFixture.bertLike(), to: dir, "bert.onnx")
-        let r = try VariantBuilder.build(.init(input: model, output: dir.file("v.onnx"), recipe: recipe("int8", [.int8(.perChannel)]),
-                                               zstdLevel: nil, evaluator: Venv.evaluator))
+        let r = try VariantBuilder.build(
+            .init(
+                input: model, output: dir.file("v.onnx"), recipe: recipe("int8", [.int8(.perChannel)]),
+                zstdLevel: nil, evaluator: Venv.evaluator))
         #expect((r.evaluation?.meanCosine ?? 0) > 0.99)
         // Operator samples with only input_ids and attention_mask.
         var out = ""
         let npz = dir.file("samples.npz")
-        #expect(Venv.run([Venv.python, "-c", "import numpy as np, sys; np.savez(sys.argv[1], input_ids=np.array([[5, 900, 17, 0]]), attention_mask=np.array([[1, 1, 1, 0]]))", npz], output: &out) == 0, "\(out)")
-        let e = try Evaluator.run(command: "EDGEFLEET_GOLDEN_INPUTS='\(npz)' \(Venv.evaluator)", base: model, variant: dir.file("v.onnx"), format: "onnx")
+        #expect(
+            Venv.run(
+                [
+                    Venv.python, "-c",
+                    "import numpy as np, sys; np.savez(sys.argv[1], input_ids=np.array([[5, 900, 17, 0]]), attention_mask=np.array([[1, 1, 1, 0]]))",
+                    npz
+                ], output: &out) == 0, "\(out)")
+        let e = try Evaluator.run(
+            command: "EDGEFLEET_GOLDEN_INPUTS='\(npz)' \(Venv.evaluator)", base: model, variant: dir.file("v.onnx"), format: "onnx")
         #expect(e.samples == 1)
     }
 }

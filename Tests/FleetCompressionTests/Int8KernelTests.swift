@@ -22,22 +22,25 @@ import Testing
     }
 
     @Test(arguments: [
-        ([37, 45] as [Int64], true, 1),     // MatMul-like: channel is the last axis, 45 = 5 vectors + a tail of 5
-        ([45, 37], true, 0),                // Gemm transB / Gather rows: runs of 37 per channel
-        ([3, 5, 19], true, 1),              // a middle axis
-        ([29, 31], false, 0),               // per-tensor
+        ([37, 45] as [Int64], true, 1),  // MatMul-like: channel is the last axis, 45 = 5 vectors + a tail of 5
+        ([45, 37], true, 0),  // Gemm transB / Gather rows: runs of 37 per channel
+        ([3, 5, 19], true, 1),  // a middle axis
+        ([29, 31], false, 0)  // per-tensor
     ])
     func vectorEncoderMatchesTheScalarDefinition(shape: [Int64], perChannel: Bool, axis: Int) {
         let n = Int(shape.reduce(1, *))
         var w = floats(n, std: 0.3, seed: UInt64(n))
         w[3] = 0; w[n - 1] = -0.0
-        if perChannel, axis == shape.count - 1 { for r in 0..<(n / Int(shape[axis])) { w[r * Int(shape[axis]) + 2] = 0 } }  // an all-zero channel
-        w[n / 2] = 40   // one outlier clamps nothing (it sets its channel's scale)
+        // An all-zero channel.
+        if perChannel, axis == shape.count - 1 { for r in 0..<(n / Int(shape[axis])) { w[r * Int(shape[axis]) + 2] = 0 } }
+        w[n / 2] = 40  // one outlier clamps nothing (it sets its channel's scale)
         let expected = reference(w, shape: shape, perChannel: perChannel, axis: axis)
         // The same values at every byte offset mod 4: ONNX raw_data is rarely aligned.
         for shift in 0..<4 {
             var storage = [UInt8](repeating: 0xAB, count: n * 4 + shift)
-            storage.withUnsafeMutableBytes { b in w.withUnsafeBytes { (b.baseAddress! + shift).copyMemory(from: $0.baseAddress!, byteCount: n * 4) } }
+            storage.withUnsafeMutableBytes { b in
+                w.withUnsafeBytes { (b.baseAddress! + shift).copyMemory(from: $0.baseAddress!, byteCount: n * 4) }
+            }
             var meter = ErrorMeter()
             let parts = storage.withUnsafeBytes { b in
                 let v = UnsafeRawBufferPointer(rebasing: b[shift...])
@@ -63,7 +66,9 @@ import Testing
         // NaN once in a vector and once in the tail.
         let w: [Float] = [127, 0.5, 1.5, .nan, 2.5, -0.5, -1.5, -2.5, 126.5, .nan, -127]
         var meter = ErrorMeter()
-        let parts = w.withUnsafeBytes { b in TensorCodec.encodeInt8(b, original: b, shape: [1, 11], perChannel: false, axis: 0, meter: &meter) }
+        let parts = w.withUnsafeBytes { b in
+            TensorCodec.encodeInt8(b, original: b, shape: [1, 11], perChannel: false, axis: 0, meter: &meter)
+        }
         #expect(parts[0].map { Int8(bitPattern: $0) } == [127, 0, 2, -127, 2, 0, -2, -2, 126, -127, -127])
         #expect(parts[0] == reference(w, shape: [1, 11], perChannel: false, axis: 0).q)
     }

@@ -30,9 +30,11 @@ import FleetCore
     func build(_ recipeName: String, format: String = "onnx", input: String? = nil, timing: Bool = false) throws -> VariantReport? {
         guard let f = Self.fixture else { return nil }
         let book = try RecipeBook.load(path: Venv.repo + "/fleet/recipes.yaml")
-        return try VariantBuilder.build(.init(
-            input: input ?? f.onnx, output: f.dir.file("\(recipeName).\(format)"), recipe: try book.recipe(recipeName), zstdLevel: 1,
-            evaluator: "EDGEFLEET_GOLDEN_INPUTS='\(f.golden)' \(timing ? Venv.timingEvaluator : Venv.evaluator)", calibrator: Venv.calibrator))
+        return try VariantBuilder.build(
+            .init(
+                input: input ?? f.onnx, output: f.dir.file("\(recipeName).\(format)"), recipe: try book.recipe(recipeName), zstdLevel: 1,
+                evaluator: "EDGEFLEET_GOLDEN_INPUTS='\(f.golden)' \(timing ? Venv.timingEvaluator : Venv.evaluator)",
+                calibrator: Venv.calibrator))
     }
 
     @Test func int8ComputeWithSmoothingAgreesTo0995AndIsTimed() throws {
@@ -41,7 +43,7 @@ import FleetCore
         #expect(e.meanCosine >= 0.995)
         #expect(r.form == "compute")
         #expect(r.operators == ["Concat", "Mul", "Split", "com.microsoft.DynamicQuantizeMatMul", "com.microsoft.GatherBlockQuantized"])
-        #expect(r.tensorsChanged == 38)       // the encoder's MatMuls, word and position embeddings (8-bit blocks)
+        #expect(r.tensorsChanged == 38)  // the encoder's MatMuls, word and position embeddings (8-bit blocks)
         #expect(Double(r.output.bytes) < 0.3 * Double(r.input.bytes))
         let speed = try #require(e.speed)
         #expect(speed.batch == 1)
@@ -54,7 +56,7 @@ import FleetCore
         guard let r = try build("int4-nbits-b32") else { return }
         let e = try #require(r.evaluation)
         #expect(e.meanCosine >= 0.97)
-        #expect(Double(r.output.bytes) <= 0.2 * Double(r.input.bytes))    // embeddings included
+        #expect(Double(r.output.bytes) <= 0.2 * Double(r.input.bytes))  // embeddings included
         #expect(r.tensorsChanged == 38)
         #expect(r.operators == ["Concat", "Split", "com.microsoft.GatherBlockQuantized", "com.microsoft.MatMulNBits"])
     }
@@ -73,7 +75,7 @@ import FleetCore
         let e = try #require(r.evaluation)
         #expect(e.meanCosine >= 0.999)
         #expect(r.compressionRatio > 3.8)
-        #expect(r.tensorsChanged == 38)       // 36 encoder matrices + word and position embeddings
+        #expect(r.tensorsChanged == 38)  // 36 encoder matrices + word and position embeddings
     }
 
     @Test func int4Block32AgreesAbove097() throws {

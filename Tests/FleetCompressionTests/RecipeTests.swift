@@ -34,7 +34,8 @@ import Testing
     }
 
     @Test func computeStepsParseWithTheirOptions() throws {
-        let book = try RecipeBook.parse("""
+        let book = try RecipeBook.parse(
+            """
             recipes:
               - name: a
                 steps: [{int4: {compute: matmulnbits, block_size: 128, accuracy_level: 0}}]
@@ -77,7 +78,7 @@ import Testing
             "recipes: [{name: a, steps: [{smooth: {alpha: 1.5}}, {int8: {compute: dynamic}}]}]",
             "recipes: [{name: a, steps: [{smooth: {alpha: 0.5, min_gain: 0.5}}, {int8: {compute: dynamic}}]}]",
             "recipes: [{name: a, steps: [{int8: {compute: dynamic}}, {smooth: {alpha: 0.5}}]}]",
-            "not yaml: [",
+            "not yaml: ["
         ] {
             #expect(compressionErrorCode { _ = try RecipeBook.parse(yaml) } == .recipe, "\(yaml)")
         }

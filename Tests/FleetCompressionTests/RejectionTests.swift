@@ -27,7 +27,9 @@ import Testing
     @Test func malformedProtobuf() throws {
         let dir = try TempDir()
         // Field 7 (graph) claiming more bytes than the file has, a wire type 7, a varint that never ends.
-        for (name, bytes) in [("len", [0x3A, 0xFF, 0x01, 0x00]), ("wire", [0x3F, 0x00]), ("varint", [0x08] + [UInt8](repeating: 0xFF, count: 11))] as [(String, [UInt8])] {
+        for (name, bytes) in [
+            ("len", [0x3A, 0xFF, 0x01, 0x00]), ("wire", [0x3F, 0x00]), ("varint", [0x08] + [UInt8](repeating: 0xFF, count: 11))
+        ] as [(String, [UInt8])] {
             let e = reject(dir, try dir.write("\(name).onnx", bytes))
             #expect(e?.code == .malformed || e?.code == .truncated, "\(name)")
         }
@@ -114,7 +116,8 @@ import Testing
         #expect(e?.tensor == "w")
         let good = SafetensorsFixture.small()
         #expect(reject(dir, try dir.write("b.safetensors", Array(good.dropLast(10))), "out.safetensors")?.code == .truncated)
-        #expect(reject(dir, try dir.write("c.safetensors", [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0x7B]), "out.safetensors")?.code == .malformed)
+        #expect(
+            reject(dir, try dir.write("c.safetensors", [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0x7B]), "out.safetensors")?.code == .malformed)
         var badJSON = good
         badJSON[9] = UInt8(ascii: "!")
         #expect(reject(dir, try dir.write("d.safetensors", badJSON), "out.safetensors")?.code == .malformed)

@@ -17,14 +17,14 @@ import TestSupport
             ONNXFixture.tensor("W1", [64, 128], floats(64 * 128, seed: 1)),
             ONNXFixture.tensor("b1", [128], floats(128, seed: 2)),
             ONNXFixture.tensor("W2", [128, 32], w2),
-            ONNXFixture.tensor("b2", [32], floats(32, seed: 3)),
+            ONNXFixture.tensor("b2", [32], floats(32, seed: 3))
         ]
         g.node = [
             ONNXFixture.node("MatMul", ["x", "W1"], ["h0"]),
             ONNXFixture.node("Add", ["h0", "b1"], ["h1"]),
             ONNXFixture.node("Relu", ["h1"], ["h"]),
             ONNXFixture.node("MatMul", ["h", "W2"], ["z"]),
-            ONNXFixture.node("Add", ["z", "b2"], ["y"]),
+            ONNXFixture.node("Add", ["z", "b2"], ["y"])
         ]
         g.input = [ONNXFixture.valueInfo("x", 1, [2, 64])]
         g.output = [ONNXFixture.valueInfo("y", 1, [2, 32])]
@@ -49,7 +49,7 @@ import TestSupport
         let w1 = floats(64 * 128, seed: 1), newW1 = values(try #require(t["W1"]))
         #expect(newW1[0 * 64 + 3] == w1[0 * 128 + 6] && newW1[63 * 64 + 63] == w1[63 * 128 + 126])
         #expect(values(try #require(t["b1"]))[5] == floats(128, seed: 2)[10])
-        #expect(m.graph.valueInfo.isEmpty)       // h's recorded shape [2, 128] no longer holds
+        #expect(m.graph.valueInfo.isEmpty)  // h's recorded shape [2, 128] no longer holds
         #expect(report.dtype == "fp32" && report.technique == "pruning" && report.form == "compute")
         #expect(report.tensorsChanged == 3)
         #expect(report.tensors.first { $0.name == "W2" }?.encoding.hasPrefix("structured: kept 64 of 128") == true)
@@ -69,15 +69,19 @@ import TestSupport
     }
 
     @Test func combinationsItCannotHonourAreRefused() throws {
-        for steps: [Recipe.Step] in [[.prune(sparsity: 0.5, scope: .ffnNeurons), .int4MatMulNBits(blockSize: 32, accuracyLevel: 4)],
-                                     [.prune(sparsity: 0.5, scope: .ffnNeurons), .smooth(alpha: 0.5, minGain: 1), .int8Dynamic(.onnxruntime)],
-                                     [.prune(sparsity: 1.5, scope: .ffnNeurons)]] {
+        for steps: [Recipe.Step] in [
+            [.prune(sparsity: 0.5, scope: .ffnNeurons), .int4MatMulNBits(blockSize: 32, accuracyLevel: 4)],
+            [.prune(sparsity: 0.5, scope: .ffnNeurons), .smooth(alpha: 0.5, minGain: 1), .int8Dynamic(.onnxruntime)],
+            [.prune(sparsity: 1.5, scope: .ffnNeurons)]
+        ] {
             #expect(compressionErrorCode { _ = try Recipe(name: "x", steps: steps) } == .recipe, "\(steps)")
         }
         let dir = try TempDir()
         let input = try dir.write("m.safetensors", SafetensorsFixture.small())
         let r = try Recipe(name: "p", steps: [.prune(sparsity: 0.5, scope: .ffnNeurons)])
-        #expect(compressionErrorCode { _ = try VariantBuilder.build(.init(input: input, output: dir.file("o.safetensors"), recipe: r)) } == .unsupportedFormat)
+        #expect(
+            compressionErrorCode { _ = try VariantBuilder.build(.init(input: input, output: dir.file("o.safetensors"), recipe: r)) }
+                == .unsupportedFormat)
         #expect(dir.entries == ["m.safetensors"])
     }
 
@@ -86,12 +90,16 @@ import TestSupport
         guard Venv.available() else { return }
         let dir = try TempDir()
         let input = try ONNXFixture.write(Self.ffn(), to: dir, "ffn.onnx")
-        let exact = try VariantBuilder.build(.init(input: input, output: dir.file("p.onnx"), recipe: try Recipe(name: "p", steps: [.prune(sparsity: 0.5, scope: .ffnNeurons)]),
-                                                   zstdLevel: nil, evaluator: Venv.evaluator))
+        let exact = try VariantBuilder.build(
+            .init(
+                input: input, output: dir.file("p.onnx"), recipe: try Recipe(name: "p", steps: [.prune(sparsity: 0.5, scope: .ffnNeurons)]),
+                zstdLevel: nil, evaluator: Venv.evaluator))
         #expect((exact.evaluation?.meanCosine ?? 0) > 0.9999)
-        let q = try VariantBuilder.build(.init(input: input, output: dir.file("q.onnx"),
-                                               recipe: try Recipe(name: "q", steps: [.prune(sparsity: 0.5, scope: .ffnNeurons), .int8Dynamic(.onnxruntime)]),
-                                               zstdLevel: nil, evaluator: Venv.evaluator))
+        let q = try VariantBuilder.build(
+            .init(
+                input: input, output: dir.file("q.onnx"),
+                recipe: try Recipe(name: "q", steps: [.prune(sparsity: 0.5, scope: .ffnNeurons), .int8Dynamic(.onnxruntime)]),
+                zstdLevel: nil, evaluator: Venv.evaluator))
         #expect((q.evaluation?.meanCosine ?? 0) > 0.99)
         let m = try Onnx_ModelProto(serializedBytes: try dir.read("q.onnx"))
         #expect(m.graph.node.first { $0.opType == "DynamicQuantizeMatMul" && $0.input[1] == "W1_quantized" }?.input.last == "b1")

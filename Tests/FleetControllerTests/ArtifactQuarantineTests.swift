@@ -42,8 +42,10 @@ struct ArtifactQuarantineTests {
         let f = try ControllerFixture(); defer { f.cleanup() }
         let good = Self.bytes(300_000, seed: 1), bad = Self.bytes(200_000, seed: 2)
         try await f.app().test(.router) { client in
-            let a = try decode(ArtifactInfo.self, try await client.execute(uri: "/v1/artifacts", method: .put, body: ByteBuffer(bytes: good)))
-            let b = try decode(ArtifactInfo.self, try await client.execute(uri: "/v1/artifacts", method: .put, body: ByteBuffer(bytes: bad)))
+            let a = try decode(
+                ArtifactInfo.self, try await client.execute(uri: "/v1/artifacts", method: .put, body: ByteBuffer(bytes: good)))
+            let b = try decode(
+                ArtifactInfo.self, try await client.execute(uri: "/v1/artifacts", method: .put, body: ByteBuffer(bytes: bad)))
             let stored = f.dir + "/data/artifacts/sha256/\(b.sha256.prefix(2))/\(b.sha256)"
             try Self.flipByte(stored, at: 123_456)
 
@@ -71,7 +73,8 @@ struct ArtifactQuarantineTests {
             #expect(get.status == .gone)
             #expect(errorCode(get) == "artifact-quarantined")
             #expect(try await client.execute(uri: "/v1/artifacts/\(b.sha256)", method: .head).status == .gone)
-            #expect(try await client.execute(uri: "/v1/artifacts/\(b.sha256)", method: .get, headers: [.range: "bytes=0-9"]).status == .gone)
+            #expect(
+                try await client.execute(uri: "/v1/artifacts/\(b.sha256)", method: .get, headers: [.range: "bytes=0-9"]).status == .gone)
             // The intact one is untouched.
             #expect(try await client.execute(uri: "/v1/artifacts/\(a.sha256)", method: .get).status == .ok)
 
@@ -81,14 +84,17 @@ struct ArtifactQuarantineTests {
             #expect(Self.metric(m, "edgefleet_artifact_scrub_bytes_total") == Double(good.count + bad.count))
 
             // A second pass finds nothing new.
-            #expect(try decode(ScrubReport.self, try await client.execute(uri: "/v1/artifact-quarantine/scrub", method: .post)).quarantined.isEmpty)
+            #expect(
+                try decode(ScrubReport.self, try await client.execute(uri: "/v1/artifact-quarantine/scrub", method: .post)).quarantined
+                    .isEmpty)
 
             // Uploading the right bytes again puts the artifact back in service.
             #expect(try await client.execute(uri: "/v1/artifacts", method: .put, body: ByteBuffer(bytes: bad)).status == .created)
             let back = try await client.execute(uri: "/v1/artifacts/\(b.sha256)", method: .get)
             #expect(back.status == .ok)
             #expect(Array(back.body.readableBytesView) == bad)
-            #expect(try decode(QuarantineList.self, try await client.execute(uri: "/v1/artifact-quarantine", method: .get)).artifacts.isEmpty)
+            #expect(
+                try decode(QuarantineList.self, try await client.execute(uri: "/v1/artifact-quarantine", method: .get)).artifacts.isEmpty)
             #expect(Self.metric(try await Self.metrics(client), "edgefleet_artifacts_quarantined") == 0)
         }
     }
@@ -106,7 +112,8 @@ struct ArtifactQuarantineTests {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             store = try await SQLStore.sqlite(path: dir + "/fleet.sqlite")
             artifacts = try ArtifactStore(root: dir + "/artifacts")
-            quarantine = ArtifactQuarantine(artifacts: artifacts, store: store, metrics: metrics, logger: Logger(label: "test"), clock: { 1_800_000_000 })
+            quarantine = ArtifactQuarantine(
+                artifacts: artifacts, store: store, metrics: metrics, logger: Logger(label: "test"), clock: { 1_800_000_000 })
         }
 
         func put(_ bytes: [UInt8]) throws -> String {
@@ -133,10 +140,11 @@ struct ArtifactQuarantineTests {
         let base = try p.put(Self.bytes(100_000, seed: 3)), target = try p.put(Self.bytes(100_000, seed: 4))
         try Self.flipByte(try #require(p.artifacts.path(base)), at: 99_999)
         let builder = RecordingBuilder()
-        let planner = DeltaPlanner(store: p.store, artifacts: p.artifacts, builder: builder, logger: Logger(label: "test"),
-                                   clock: { 1_800_000_000 }, quarantine: p.quarantine)
+        let planner = DeltaPlanner(
+            store: p.store, artifacts: p.artifacts, builder: builder, logger: Logger(label: "test"),
+            clock: { 1_800_000_000 }, quarantine: p.quarantine)
         try await planner.request(base: base, target: target)
-        await planner.build(base: base, target: target)   // what the service loop does with the queued pair
+        await planner.build(base: base, target: target)  // what the service loop does with the queued pair
         let record = try #require(try await p.store.delta(base: base, target: target))
         #expect(record.status == .failed)
         #expect(record.detail?.hasPrefix(QuarantinedArtifact.deltaDetailPrefix) == true)
@@ -163,14 +171,16 @@ struct ArtifactQuarantineTests {
         let pkgXY = String(repeating: "d", count: 64), pkgYZ = String(repeating: "e", count: 64)
         for (b, t, pkg) in [(x, y, pkgXY), (y, z, pkgYZ)] {
             #expect(try await p.store.claimDelta(base: b, target: t, at: 1))
-            try await p.store.finishDelta(DeltaRecord(baseSha256: b, targetSha256: t, status: .ready, packageSha256: pkg, packageSize: 10, createdAt: 1))
+            try await p.store.finishDelta(
+                DeltaRecord(baseSha256: b, targetSha256: t, status: .ready, packageSha256: pkg, packageSize: 10, createdAt: 1))
         }
         let q = QuarantinedArtifact(sha256: x, actualSha256: z, size: 1, quarantinedAt: 2, foundBy: .scrub, path: "/q")
         try await p.store.quarantine(q)
-        #expect(try await p.store.delta(base: x, target: y)?.status == .failed)   // built from it: withdrawn
-        #expect(try await p.store.delta(base: y, target: z)?.status == .ready)    // unrelated
-        try await p.store.quarantine(QuarantinedArtifact(sha256: pkgYZ, actualSha256: z, size: 1, quarantinedAt: 2, foundBy: .scrub, path: "/q2"))
-        #expect(try await p.store.delta(base: y, target: z) == nil)   // its package: gone, so it is built again on demand
+        #expect(try await p.store.delta(base: x, target: y)?.status == .failed)  // built from it: withdrawn
+        #expect(try await p.store.delta(base: y, target: z)?.status == .ready)  // unrelated
+        try await p.store.quarantine(
+            QuarantinedArtifact(sha256: pkgYZ, actualSha256: z, size: 1, quarantinedAt: 2, foundBy: .scrub, path: "/q2"))
+        #expect(try await p.store.delta(base: y, target: z) == nil)  // its package: gone, so it is built again on demand
         // Restored: the withdrawn delta can be built again.
         #expect(try await p.store.restoreQuarantined(x))
         #expect(try await p.store.delta(base: x, target: y) == nil)
@@ -219,11 +229,14 @@ struct ArtifactQuarantineTests {
             }
             // At least what the client read; at most that plus what the socket buffers held when it
             // left: its receive buffer is small, the server's send buffer at most tcp_wmem's maximum.
-            let sendBufferMax = (try? String(contentsOfFile: "/proc/sys/net/ipv4/tcp_wmem", encoding: .utf8))
+            let sendBufferMax =
+                (try? String(contentsOfFile: "/proc/sys/net/ipv4/tcp_wmem", encoding: .utf8))
                 .flatMap { $0.split(whereSeparator: \.isWhitespace).last.flatMap { Double($0) } } ?? Double(4 << 20)
             #expect(counted >= Double(received))
             #expect(counted < Double(info.size))
-            #expect(counted <= Double(received) + sendBufferMax + Double(4 << 20), "counted \(counted) of \(info.size), the client read \(received)")
+            #expect(
+                counted <= Double(received) + sendBufferMax + Double(4 << 20),
+                "counted \(counted) of \(info.size), the client read \(received)")
         }
     }
 
@@ -239,8 +252,11 @@ struct ArtifactQuarantineTests {
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 } }
+        let connected = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
+        }
         try #require(connected)
         let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".utf8)
         try #require(send(fd, request, request.count, 0) == request.count)

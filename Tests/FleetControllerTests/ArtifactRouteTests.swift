@@ -38,7 +38,8 @@ struct ArtifactRouteTests {
             #expect(past.status == .rangeNotSatisfiable)
             #expect(past.headers[.contentRange] == "bytes */5000")
 
-            let cached = try await client.execute(uri: "/v1/artifacts/\(info.sha256)", method: .get, headers: [.ifNoneMatch: "\"\(info.sha256)\""])
+            let cached = try await client.execute(
+                uri: "/v1/artifacts/\(info.sha256)", method: .get, headers: [.ifNoneMatch: "\"\(info.sha256)\""])
             #expect(cached.status == .notModified)
 
             let head = try await client.execute(uri: "/v1/artifacts/\(info.sha256)", method: .head)
@@ -61,9 +62,10 @@ struct ArtifactRouteTests {
         let f = try ControllerFixture(); defer { f.cleanup() }
         let data = bytes
         try await f.app().test(.router) { client in
-            let r = try await client.execute(uri: "/v1/artifacts", method: .put,
-                                             headers: [HTTPField.Name("X-Content-SHA256")!: String(repeating: "0", count: 64)],
-                                             body: ByteBuffer(bytes: data))
+            let r = try await client.execute(
+                uri: "/v1/artifacts", method: .put,
+                headers: [HTTPField.Name("X-Content-SHA256")!: String(repeating: "0", count: 64)],
+                body: ByteBuffer(bytes: data))
             #expect(r.status == .unprocessableContent)
             #expect(errorCode(r) == "digest-mismatch")
             let status = try decode(FleetStatus.self, try await client.execute(uri: "/v1/status", method: .get))

@@ -24,12 +24,15 @@ struct AccessFixture {
     init() throws { f = try ControllerFixture() }
 
     func app(mode: AccessOptions.Mode = .enforced, checkInBurst: Int = 30) async throws -> some ApplicationProtocol {
-        var options = ControllerOptions(dataDirectory: f.dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: f.dir + "/keys",
-                                        configDirectory: f.configDir, rolloutTickSeconds: nil)
+        var options = ControllerOptions(
+            dataDirectory: f.dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: f.dir + "/keys",
+            configDirectory: f.configDir, rolloutTickSeconds: nil)
         options.access = AccessOptions(mode: mode, checkInBurst: checkInBurst, checkInsPerMinute: 1)
         options.access.peerCertificates = { request, _ in request.headers[Self.peerHeader].map { PeerCertificate(fingerprint: $0) } }
         let clock = self.clock
-        return try await Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: { clock.value.load(ordering: .relaxed) }).0
+        return try await Controller.makeApplication(
+            options: options, logger: Logger(label: "test"), clock: { clock.value.load(ordering: .relaxed) }
+        ).0
     }
 
     var now: Int64 { clock.value.load(ordering: .relaxed) }
@@ -37,7 +40,10 @@ struct AccessFixture {
 
     /// The admin token the controller wrote on its first start.
     var adminToken: String {
-        get throws { try String(contentsOfFile: f.dir + "/data/" + AdminBootstrap.fileName, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) }
+        get throws {
+            try String(contentsOfFile: f.dir + "/data/" + AdminBootstrap.fileName, encoding: .utf8).trimmingCharacters(
+                in: .whitespacesAndNewlines)
+        }
     }
 
     func cleanup() { f.cleanup() }
@@ -58,7 +64,8 @@ func peer(_ fingerprint: String) -> HTTPFields {
 
 extension TestClientProtocol {
     func token(_ admin: String, name: String, role: OperatorRole, expiresIn: Int64? = nil) async throws -> CreatedAPIToken {
-        let r = try await json(.post, "/v1/tokens", NewAPIToken(name: name, role: role, expiresInSeconds: expiresIn), headers: bearer(admin))
+        let r = try await json(
+            .post, "/v1/tokens", NewAPIToken(name: name, role: role, expiresInSeconds: expiresIn), headers: bearer(admin))
         #expect(r.status == .created)
         return try decode(CreatedAPIToken.self, r)
     }
@@ -72,14 +79,16 @@ extension TestClientProtocol {
     func enroll(_ device: String, token: String, fingerprint: String?) async throws -> TestResponse {
         var facts = ControllerFixture.vnniFacts
         facts.deviceId = device
-        return try await json(.post, "/v1/enroll", EnrollmentRequest(deviceId: device, token: token, facts: facts),
-                              headers: fingerprint.map(peer) ?? [:])
+        return try await json(
+            .post, "/v1/enroll", EnrollmentRequest(deviceId: device, token: token, facts: facts),
+            headers: fingerprint.map(peer) ?? [:])
     }
 
     func checkIn(_ device: String, fingerprint: String?) async throws -> TestResponse {
-        try await json(.post, "/v1/devices/\(device)/checkin",
-                       CheckInRequest(facts: ControllerFixture.vnniFacts, installed: [:], agentVersion: "t"),
-                       headers: fingerprint.map(peer) ?? [:])
+        try await json(
+            .post, "/v1/devices/\(device)/checkin",
+            CheckInRequest(facts: ControllerFixture.vnniFacts, installed: [:], agentVersion: "t"),
+            headers: fingerprint.map(peer) ?? [:])
     }
 }
 
@@ -91,66 +100,66 @@ struct AuthTests {
     /// Every route the controller registers, with the access it declares where it is registered. A
     /// route added without updating this table fails here: who may call it is decided on purpose.
     static let declaredAccess: [(HTTPRequest.Method, String, AccessPolicy.Requirement)] = [
-            (.get, "/healthz", .open),
-            (.get, "/metrics", .open),
-            (.get, "/v1/root", .open),
-            (.post, "/v1/devices/{id}/checkin", .checkIn),
-            (.post, "/v1/devices/{id}/events", .device),
-            (.put, "/v1/artifacts", .role(.operator)),
-            (.get, "/v1/artifact-quarantine", .role(.viewer)),
-            (.post, "/v1/artifact-quarantine/scrub", .role(.operator)),
-            (.get, "/v1/artifacts/{sha}", .artifact),
-            (.head, "/v1/artifacts/{sha}", .artifact),
-            (.get, "/v1/config/hardware-classes", .role(.viewer)),
-            (.get, "/v1/config/bandwidth-tiers", .role(.viewer)),
-            (.post, "/v1/models", .role(.operator)),
-            (.get, "/v1/models", .role(.viewer)),
-            (.get, "/v1/models/{model}", .role(.viewer)),
-            (.post, "/v1/models/{model}/variants", .role(.operator)),
-            (.get, "/v1/models/{model}/variants", .role(.viewer)),
-            (.post, "/v1/releases", .role(.operator)),
-            (.get, "/v1/releases", .role(.viewer)),
-            (.get, "/v1/releases/{id}/packages", .role(.viewer)),
-            (.get, "/v1/releases/{id}", .role(.viewer)),
-            (.post, "/v1/rollouts", .role(.operator)),
-            (.get, "/v1/rollouts/{rid}", .role(.viewer)),
-            (.post, "/v1/rollouts/{rid}/promote", .role(.operator)),
-            (.post, "/v1/rollouts/{rid}/pause", .role(.operator)),
-            (.post, "/v1/rollouts/{rid}/resume", .role(.operator)),
-            (.post, "/v1/rollouts/{rid}/abort", .role(.operator)),
-            (.post, "/v1/rollouts/{rid}/retry", .role(.operator)),
-            (.get, "/v1/policies", .role(.viewer)),
-            (.get, "/v1/policies/{name}", .role(.viewer)),
-            (.get, "/v1/rollouts", .role(.viewer)),
-            (.get, "/v1/devices", .role(.viewer)),
-            (.post, "/v1/devices/{id}/labels", .role(.operator)),
-            (.get, "/v1/devices/{id}", .role(.viewer)),
-            (.get, "/v1/devices/{id}/explain", .role(.viewer)),
-            (.get, "/v1/devices/{id}/events", .role(.viewer)),
-            (.get, "/v1/status", .role(.viewer)),
-            (.get, "/v1/models/{model}/perf", .role(.viewer)),
-            (.post, "/v1/models/{model}/trials", .role(.operator)),
-            (.get, "/v1/models/{model}/trials", .role(.viewer)),
-            (.get, "/v1/models/{model}/variants/{name}", .role(.viewer)),
-            (.post, "/v1/models/{model}/variants/build", .role(.operator)),
-            (.get, "/", .role(.viewer)),
-            (.get, "/login", .open),
-            (.post, "/login", .open),
-            (.get, "/logout", .open),
-            (.get, "/v1/rollouts/{rid}/history", .role(.viewer)),
-            (.post, "/v1/tokens", .role(.admin)),
-            (.get, "/v1/tokens", .role(.admin)),
-            (.post, "/v1/tokens/{tid}/revoke", .role(.admin)),
-            (.post, "/v1/enrollment-tokens", .role(.admin)),
-            (.get, "/v1/enrollment-tokens", .role(.admin)),
-            (.post, "/v1/enroll", .enrollment),
-            (.get, "/v1/device-identities", .role(.viewer)),
-            (.get, "/v1/device-identities/{id}", .role(.viewer)),
-            (.post, "/v1/devices/{id}/approve", .role(.admin)),
-            (.post, "/v1/devices/{id}/revoke", .role(.admin)),
-            (.get, "/v1/audit", .role(.admin)),
-            (.post, "/v1/root", .role(.admin)),
-            (.get, "/v1/root/info", .role(.viewer)),
+        (.get, "/healthz", .open),
+        (.get, "/metrics", .open),
+        (.get, "/v1/root", .open),
+        (.post, "/v1/devices/{id}/checkin", .checkIn),
+        (.post, "/v1/devices/{id}/events", .device),
+        (.put, "/v1/artifacts", .role(.operator)),
+        (.get, "/v1/artifact-quarantine", .role(.viewer)),
+        (.post, "/v1/artifact-quarantine/scrub", .role(.operator)),
+        (.get, "/v1/artifacts/{sha}", .artifact),
+        (.head, "/v1/artifacts/{sha}", .artifact),
+        (.get, "/v1/config/hardware-classes", .role(.viewer)),
+        (.get, "/v1/config/bandwidth-tiers", .role(.viewer)),
+        (.post, "/v1/models", .role(.operator)),
+        (.get, "/v1/models", .role(.viewer)),
+        (.get, "/v1/models/{model}", .role(.viewer)),
+        (.post, "/v1/models/{model}/variants", .role(.operator)),
+        (.get, "/v1/models/{model}/variants", .role(.viewer)),
+        (.post, "/v1/releases", .role(.operator)),
+        (.get, "/v1/releases", .role(.viewer)),
+        (.get, "/v1/releases/{id}/packages", .role(.viewer)),
+        (.get, "/v1/releases/{id}", .role(.viewer)),
+        (.post, "/v1/rollouts", .role(.operator)),
+        (.get, "/v1/rollouts/{rid}", .role(.viewer)),
+        (.post, "/v1/rollouts/{rid}/promote", .role(.operator)),
+        (.post, "/v1/rollouts/{rid}/pause", .role(.operator)),
+        (.post, "/v1/rollouts/{rid}/resume", .role(.operator)),
+        (.post, "/v1/rollouts/{rid}/abort", .role(.operator)),
+        (.post, "/v1/rollouts/{rid}/retry", .role(.operator)),
+        (.get, "/v1/policies", .role(.viewer)),
+        (.get, "/v1/policies/{name}", .role(.viewer)),
+        (.get, "/v1/rollouts", .role(.viewer)),
+        (.get, "/v1/devices", .role(.viewer)),
+        (.post, "/v1/devices/{id}/labels", .role(.operator)),
+        (.get, "/v1/devices/{id}", .role(.viewer)),
+        (.get, "/v1/devices/{id}/explain", .role(.viewer)),
+        (.get, "/v1/devices/{id}/events", .role(.viewer)),
+        (.get, "/v1/status", .role(.viewer)),
+        (.get, "/v1/models/{model}/perf", .role(.viewer)),
+        (.post, "/v1/models/{model}/trials", .role(.operator)),
+        (.get, "/v1/models/{model}/trials", .role(.viewer)),
+        (.get, "/v1/models/{model}/variants/{name}", .role(.viewer)),
+        (.post, "/v1/models/{model}/variants/build", .role(.operator)),
+        (.get, "/", .role(.viewer)),
+        (.get, "/login", .open),
+        (.post, "/login", .open),
+        (.get, "/logout", .open),
+        (.get, "/v1/rollouts/{rid}/history", .role(.viewer)),
+        (.post, "/v1/tokens", .role(.admin)),
+        (.get, "/v1/tokens", .role(.admin)),
+        (.post, "/v1/tokens/{tid}/revoke", .role(.admin)),
+        (.post, "/v1/enrollment-tokens", .role(.admin)),
+        (.get, "/v1/enrollment-tokens", .role(.admin)),
+        (.post, "/v1/enroll", .enrollment),
+        (.get, "/v1/device-identities", .role(.viewer)),
+        (.get, "/v1/device-identities/{id}", .role(.viewer)),
+        (.post, "/v1/devices/{id}/approve", .role(.admin)),
+        (.post, "/v1/devices/{id}/revoke", .role(.admin)),
+        (.get, "/v1/audit", .role(.admin)),
+        (.post, "/v1/root", .role(.admin)),
+        (.get, "/v1/root/info", .role(.viewer))
     ]
 
     @Test func everyRouteDeclaresTheAccessOfTheTable() async throws {
@@ -238,14 +247,19 @@ struct AuthTests {
             let admin = try a.adminToken
             #expect(try await errorCode(client.execute(uri: "/v1/devices", method: .get)) == "unauthenticated")
             #expect(try await errorCode(client.execute(uri: "/v1/devices", method: .get, headers: bearer("efop_nope"))) == "invalid-token")
-            #expect(try await errorCode(client.execute(uri: "/v1/devices", method: .get, headers: bearer(String(repeating: "x", count: 5000)))) == "invalid-token")
+            #expect(
+                try await errorCode(client.execute(uri: "/v1/devices", method: .get, headers: bearer(String(repeating: "x", count: 5000))))
+                    == "invalid-token")
             // X-Fleet-Actor is not a credential when access is enforced.
-            #expect(try await client.execute(uri: "/v1/devices", method: .get, headers: [HTTPField.Name("X-Fleet-Actor")!: "root"]).status == .unauthorized)
+            #expect(
+                try await client.execute(uri: "/v1/devices", method: .get, headers: [HTTPField.Name("X-Fleet-Actor")!: "root"]).status
+                    == .unauthorized)
 
             let shortLived = try await client.token(admin, name: "temp", role: .viewer, expiresIn: 60)
             #expect(try await client.execute(uri: "/v1/devices", method: .get, headers: bearer(shortLived.token)).status == .ok)
             a.advance(61)
-            #expect(try await errorCode(client.execute(uri: "/v1/devices", method: .get, headers: bearer(shortLived.token))) == "token-expired")
+            #expect(
+                try await errorCode(client.execute(uri: "/v1/devices", method: .get, headers: bearer(shortLived.token))) == "token-expired")
 
             let revoked = try await client.token(admin, name: "gone", role: .admin)
             let r = try await client.json(.post, "/v1/tokens/\(revoked.info.id)/revoke", [String: String](), headers: bearer(admin))
@@ -273,7 +287,8 @@ struct AuthTests {
             #expect(again.status == .forbidden)
             #expect(errorCode(again) == "enrollment-token-used")
             #expect(try await errorCode(client.checkIn("dev-b", fingerprint: fpB)) == "unknown-device-identity")
-            let ids = try decode([DeviceIdentityInfo].self, try await client.execute(uri: "/v1/device-identities", method: .get, headers: bearer(admin)))
+            let ids = try decode(
+                [DeviceIdentityInfo].self, try await client.execute(uri: "/v1/device-identities", method: .get, headers: bearer(admin)))
             #expect(ids.map(\.deviceId) == ["dev-a"])
         }
     }
@@ -287,7 +302,8 @@ struct AuthTests {
             let r = try await client.enroll("dev-a", token: token, fingerprint: fpA)
             #expect(r.status == .forbidden)
             #expect(errorCode(r) == "enrollment-token-expired")
-            let tokens = try decode([EnrollmentTokenInfo].self, try await client.execute(uri: "/v1/enrollment-tokens", method: .get, headers: bearer(admin)))
+            let tokens = try decode(
+                [EnrollmentTokenInfo].self, try await client.execute(uri: "/v1/enrollment-tokens", method: .get, headers: bearer(admin)))
             #expect(tokens.count == 1 && tokens[0].usedAt == nil)
             #expect(try await client.execute(uri: "/v1/device-identities/dev-a", method: .get, headers: bearer(admin)).status == .notFound)
             // Made-up tokens and tokens of the wrong kind are refused alike.
@@ -312,7 +328,9 @@ struct AuthTests {
             let takeover = try await client.enroll("dev-a", token: try await client.enrollmentToken(admin), fingerprint: fpB)
             #expect(errorCode(takeover) == "already-enrolled")
             // Enrollment itself needs the certificate that will be the identity.
-            #expect(try await errorCode(client.enroll("dev-c", token: try await client.enrollmentToken(admin), fingerprint: nil)) == "client-certificate-required")
+            #expect(
+                try await errorCode(client.enroll("dev-c", token: try await client.enrollmentToken(admin), fingerprint: nil))
+                    == "client-certificate-required")
             // Nothing was registered by the refused calls.
             let devices = try decode([DeviceInfo].self, try await client.execute(uri: "/v1/devices", method: .get, headers: bearer(admin)))
             #expect(devices.isEmpty)
@@ -334,7 +352,8 @@ struct AuthTests {
         try await a.app().test(.router) { client async throws in
             let admin = try a.adminToken
             let token = try await client.enrollmentToken(admin, NewEnrollmentToken(requireApproval: true))
-            #expect(try decode(DeviceIdentityInfo.self, try await client.enroll("dev-a", token: token, fingerprint: fpA)).status == .pending)
+            #expect(
+                try decode(DeviceIdentityInfo.self, try await client.enroll("dev-a", token: token, fingerprint: fpA)).status == .pending)
             #expect(try await errorCode(client.checkIn("dev-a", fingerprint: fpA)) == "device-pending")
             let approved = try await client.json(.post, "/v1/devices/dev-a/approve", [String: String](), headers: bearer(admin))
             #expect(try decode(DeviceIdentityInfo.self, approved).status == .accepted)
@@ -348,20 +367,25 @@ struct AuthTests {
             let admin = try a.adminToken
             _ = try await client.enroll("dev-a", token: try await client.enrollmentToken(admin), fingerprint: fpA)
             #expect(try await client.checkIn("dev-a", fingerprint: fpA).status == .ok)
-            let up = try await client.execute(uri: "/v1/artifacts", method: .put, headers: bearer(admin), body: ByteBuffer(bytes: [1, 2, 3]))
+            let up = try await client.execute(
+                uri: "/v1/artifacts", method: .put, headers: bearer(admin), body: ByteBuffer(bytes: [1, 2, 3]))
             let sha = try decode(ArtifactInfo.self, up).sha256
             #expect(try await client.execute(uri: "/v1/artifacts/\(sha)", method: .get, headers: peer(fpA)).status == .ok)
 
             let r = try await client.json(.post, "/v1/devices/dev-a/revoke", [String: String](), headers: bearer(admin))
             #expect(try decode(DeviceIdentityInfo.self, r).status == .revoked)
-            for response in [try await client.checkIn("dev-a", fingerprint: fpA),
-                             try await client.json(.post, "/v1/devices/dev-a/events", EventBatch(events: []), headers: peer(fpA)),
-                             try await client.execute(uri: "/v1/artifacts/\(sha)", method: .get, headers: peer(fpA))] {
+            for response in [
+                try await client.checkIn("dev-a", fingerprint: fpA),
+                try await client.json(.post, "/v1/devices/dev-a/events", EventBatch(events: []), headers: peer(fpA)),
+                try await client.execute(uri: "/v1/artifacts/\(sha)", method: .get, headers: peer(fpA))
+            ] {
                 #expect(response.status == .forbidden)
                 #expect(errorCode(response) == "device-revoked")
             }
             // Approval does not undo a revocation: the device must enroll again with a new token.
-            #expect(try await errorCode(client.json(.post, "/v1/devices/dev-a/approve", [String: String](), headers: bearer(admin))) == "device-revoked")
+            #expect(
+                try await errorCode(client.json(.post, "/v1/devices/dev-a/approve", [String: String](), headers: bearer(admin)))
+                    == "device-revoked")
             // Unknown certificates get no artifacts either.
             #expect(try await client.execute(uri: "/v1/artifacts/\(sha)", method: .get, headers: peer(fpB)).status == .unauthorized)
         }
@@ -387,22 +411,27 @@ struct AuthTests {
             #expect(try await client.json(.post, "/v1/models", NewModel(name: "m"), headers: bearer(op.token)).status == .created)
             a.advance(10)
             _ = try await client.json(.post, "/v1/models", NewModel(name: "m2"), headers: bearer(viewer.token))
-            _ = try await client.json(.post, "/v1/models", NewModel(name: "m"), headers: bearer(op.token))   // exists: 409
+            _ = try await client.json(.post, "/v1/models", NewModel(name: "m"), headers: bearer(op.token))  // exists: 409
             _ = try await client.enroll("dev-a", token: "efen_bad", fingerprint: fpA)
-            _ = try await client.execute(uri: "/v1/devices", method: .get, headers: bearer(op.token))          // reads are not audited
+            _ = try await client.execute(uri: "/v1/devices", method: .get, headers: bearer(op.token))  // reads are not audited
 
-            let log = try decode([AuditRecord].self, try await client.execute(uri: "/v1/audit?limit=10", method: .get, headers: bearer(admin)))
-            let summary = log.reversed().map { "\($0.at - a.now) \($0.actor) \($0.role ?? "-") \($0.method) \($0.path) \($0.status) \($0.outcome)" }
-            #expect(summary == [
-                "-20 token:bootstrap-admin admin POST /v1/tokens 201 ok",
-                "-20 token:bootstrap-admin admin POST /v1/tokens 201 ok",
-                "-10 token:ci operator POST /v1/models 201 ok",
-                "0 token:dash viewer POST /v1/models 403 denied",
-                "0 token:ci operator POST /v1/models 409 rejected",
-                "0 device:dev-a - POST /v1/enroll 403 denied",
-            ])
+            let log = try decode(
+                [AuditRecord].self, try await client.execute(uri: "/v1/audit?limit=10", method: .get, headers: bearer(admin)))
+            let summary = log.reversed().map {
+                "\($0.at - a.now) \($0.actor) \($0.role ?? "-") \($0.method) \($0.path) \($0.status) \($0.outcome)"
+            }
+            #expect(
+                summary == [
+                    "-20 token:bootstrap-admin admin POST /v1/tokens 201 ok",
+                    "-20 token:bootstrap-admin admin POST /v1/tokens 201 ok",
+                    "-10 token:ci operator POST /v1/models 201 ok",
+                    "0 token:dash viewer POST /v1/models 403 denied",
+                    "0 token:ci operator POST /v1/models 409 rejected",
+                    "0 device:dev-a - POST /v1/enroll 403 denied"
+                ])
             #expect(log.first?.detail == "enrollment-token-invalid")
-            let mine = try decode([AuditRecord].self, try await client.execute(uri: "/v1/audit?actor=token:ci", method: .get, headers: bearer(admin)))
+            let mine = try decode(
+                [AuditRecord].self, try await client.execute(uri: "/v1/audit?actor=token:ci", method: .get, headers: bearer(admin)))
             #expect(mine.count == 2)
             #expect(try await errorCode(client.execute(uri: "/v1/audit", method: .get, headers: bearer(op.token))) == "insufficient-role")
         }
@@ -434,17 +463,25 @@ struct AuthTests {
         try await a.app().test(.router) { client async throws in
             let admin = try a.adminToken
             let big = "{\"deviceId\":\"d\",\"token\":\"efen_x\",\"facts\":{\"pad\":\"" + String(repeating: "x", count: 70 * 1024) + "\"}}"
-            let r = try await client.execute(uri: "/v1/enroll", method: .post, headers: [.contentType: "application/json"], body: ByteBuffer(string: big))
+            let r = try await client.execute(
+                uri: "/v1/enroll", method: .post, headers: [.contentType: "application/json"], body: ByteBuffer(string: big))
             #expect(r.status == .contentTooLarge)
-            #expect(try await errorCode(client.json(.post, "/v1/tokens", NewAPIToken(name: String(repeating: "n", count: 65), role: .viewer),
-                                                    headers: bearer(admin))) == "invalid-name")
-            #expect(try await errorCode(client.json(.post, "/v1/enrollment-tokens", NewEnrollmentToken(expiresInSeconds: 365 * 86_400),
-                                                    headers: bearer(admin))) == "invalid-expiry")
+            #expect(
+                try await errorCode(
+                    client.json(
+                        .post, "/v1/tokens", NewAPIToken(name: String(repeating: "n", count: 65), role: .viewer),
+                        headers: bearer(admin))) == "invalid-name")
+            #expect(
+                try await errorCode(
+                    client.json(
+                        .post, "/v1/enrollment-tokens", NewEnrollmentToken(expiresInSeconds: 365 * 86_400),
+                        headers: bearer(admin))) == "invalid-expiry")
             #expect(try await errorCode(client.raw(.post, "/v1/tokens", "{\"name\":\"a\",\"role\":\"root\"}")) == "unauthenticated")
             var headers = bearer(admin)
             headers[.contentType] = "application/json"
-            let badRole = try await client.execute(uri: "/v1/tokens", method: .post, headers: headers,
-                                                   body: ByteBuffer(string: "{\"name\":\"a\",\"role\":\"root\"}"))
+            let badRole = try await client.execute(
+                uri: "/v1/tokens", method: .post, headers: headers,
+                body: ByteBuffer(string: "{\"name\":\"a\",\"role\":\"root\"}"))
             #expect(badRole.status == .badRequest)
             #expect(try await client.execute(uri: "/healthz", method: .get).status == .ok)
         }
@@ -458,10 +495,11 @@ struct AuthTests {
         #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
         let first = try a.adminToken
         #expect(first.hasPrefix("efop_"))
-        _ = try await a.app()   // a restart keeps the active admin token
+        _ = try await a.app()  // a restart keeps the active admin token
         #expect(try a.adminToken == first)
         // Offline: another admin token straight into the data directory.
-        let offline = try await AdminBootstrap.createToken(dataDirectory: a.f.dir + "/data", name: "rescue", role: .admin, expiresInSeconds: nil)
+        let offline = try await AdminBootstrap.createToken(
+            dataDirectory: a.f.dir + "/data", name: "rescue", role: .admin, expiresInSeconds: nil)
         try await a.app().test(.router) { client async throws in
             #expect(try await client.execute(uri: "/v1/tokens", method: .get, headers: bearer(offline.token)).status == .ok)
         }
@@ -478,18 +516,27 @@ struct AuthTests {
         let unsignedByOld = try Envelope.sign(v2, type: PayloadType.root, keys: [newRoot])
         var dropped = keys
         dropped[.director] = SigningKey(role: .director)
-        let dropsDirector = try Envelope.sign(RootMetadata(version: 2, expiresAt: f.now + 86_400, roleKeys: dropped), type: PayloadType.root,
-                                              keys: [f.keys[.root]!, newRoot])
+        let dropsDirector = try Envelope.sign(
+            RootMetadata(version: 2, expiresAt: f.now + 86_400, roleKeys: dropped), type: PayloadType.root,
+            keys: [f.keys[.root]!, newRoot])
         try await a.app().test(.router) { client async throws in
             let admin = try a.adminToken
             let op = try await client.token(admin, name: "ci", role: .operator)
-            #expect(try await errorCode(client.json(.post, "/v1/root", RootRotation(root: good), headers: bearer(op.token))) == "insufficient-role")
-            #expect(try await errorCode(client.json(.post, "/v1/root", RootRotation(root: unsignedByOld), headers: bearer(admin)))?.hasPrefix("trust-") == true)
-            #expect(try await errorCode(client.json(.post, "/v1/root", RootRotation(root: dropsDirector), headers: bearer(admin))) == "online-key-not-in-root")
+            #expect(
+                try await errorCode(client.json(.post, "/v1/root", RootRotation(root: good), headers: bearer(op.token)))
+                    == "insufficient-role")
+            #expect(
+                try await errorCode(client.json(.post, "/v1/root", RootRotation(root: unsignedByOld), headers: bearer(admin)))?.hasPrefix(
+                    "trust-") == true)
+            #expect(
+                try await errorCode(client.json(.post, "/v1/root", RootRotation(root: dropsDirector), headers: bearer(admin)))
+                    == "online-key-not-in-root")
             let r = try await client.json(.post, "/v1/root", RootRotation(root: good), headers: bearer(admin))
             #expect(r.status == .created)
             #expect(try decode(RootInfo.self, r).version == 2)
-            #expect(try await errorCode(client.json(.post, "/v1/root", RootRotation(root: good), headers: bearer(admin)))?.hasPrefix("trust-") == true)
+            #expect(
+                try await errorCode(client.json(.post, "/v1/root", RootRotation(root: good), headers: bearer(admin)))?.hasPrefix("trust-")
+                    == true)
 
             _ = try await client.enroll("dev-a", token: try await client.enrollmentToken(admin), fingerprint: fpA)
             let checkIn = try decode(CheckInResponse.self, try await client.checkIn("dev-a", fingerprint: fpA))

@@ -14,7 +14,8 @@ struct ControllerAPITests {
         try await f.app().test(.router) { client in
             let h = try await client.execute(uri: "/healthz", method: .get)
             #expect(h.status == .ok)
-            try await client.json(.post, "/v1/devices/d1/checkin", CheckInRequest(facts: ControllerFixture.vnniFacts, installed: [:], agentVersion: "t"))
+            try await client.json(
+                .post, "/v1/devices/d1/checkin", CheckInRequest(facts: ControllerFixture.vnniFacts, installed: [:], agentVersion: "t"))
             let m = try await client.execute(uri: "/metrics", method: .get)
             let text = String(buffer: m.body)
             #expect(text.contains("edgefleet_checkins_total 1"))
@@ -61,10 +62,12 @@ struct ControllerAPITests {
     @Test func invalidDeviceIdAndUnknownDevice() async throws {
         let f = try ControllerFixture(); defer { f.cleanup() }
         try await f.app().test(.router) { client in
-            let bad = try await client.json(.post, "/v1/devices/..%2Fetc/checkin",
-                                            CheckInRequest(facts: ControllerFixture.vnniFacts, installed: [:], agentVersion: "t"))
+            let bad = try await client.json(
+                .post, "/v1/devices/..%2Fetc/checkin",
+                CheckInRequest(facts: ControllerFixture.vnniFacts, installed: [:], agentVersion: "t"))
             #expect(bad.status == .badRequest)
-            let events = try await client.json(.post, "/v1/devices/ghost/events", EventBatch(events: [StatusEvent(seq: 1, time: 1, kind: "x")]))
+            let events = try await client.json(
+                .post, "/v1/devices/ghost/events", EventBatch(events: [StatusEvent(seq: 1, time: 1, kind: "x")]))
             #expect(events.status == .notFound)
             #expect(errorCode(events) == "unknown-device")
             let explain = try await client.execute(uri: "/v1/devices/ghost/explain", method: .get)
@@ -75,7 +78,8 @@ struct ControllerAPITests {
     @Test func eventsAreStoredExactlyOnce() async throws {
         let f = try ControllerFixture(); defer { f.cleanup() }
         try await f.app().test(.router) { client in
-            try await client.json(.post, "/v1/devices/d1/checkin", CheckInRequest(facts: ControllerFixture.vnniFacts, installed: [:], agentVersion: "t"))
+            try await client.json(
+                .post, "/v1/devices/d1/checkin", CheckInRequest(facts: ControllerFixture.vnniFacts, installed: [:], agentVersion: "t"))
             let first = (1...3).map { StatusEvent(seq: $0, time: 10, kind: "started", model: "m") }
             let a = try decode(EventAck.self, try await client.json(.post, "/v1/devices/d1/events", EventBatch(events: first)))
             #expect(a == EventAck(ackedThrough: 3, stored: 3, duplicates: 0))
@@ -93,7 +97,8 @@ struct ControllerAPITests {
     @Test func tooManyEventsInOneBatch() async throws {
         let f = try ControllerFixture(); defer { f.cleanup() }
         try await f.app().test(.router) { client in
-            try await client.json(.post, "/v1/devices/d1/checkin", CheckInRequest(facts: ControllerFixture.vnniFacts, installed: [:], agentVersion: "t"))
+            try await client.json(
+                .post, "/v1/devices/d1/checkin", CheckInRequest(facts: ControllerFixture.vnniFacts, installed: [:], agentVersion: "t"))
             let many = (1...UInt64(EventBatch.maxEvents + 1)).map { StatusEvent(seq: $0, time: 1, kind: "k") }
             let r = try await client.json(.post, "/v1/devices/d1/events", EventBatch(events: many))
             #expect(r.status == .contentTooLarge)

@@ -36,7 +36,8 @@ struct ControllerFixture {
         if let tiers {
             configDir = dir + "/fleet"
             try FileManager.default.createDirectory(atPath: configDir, withIntermediateDirectories: true)
-            try FileManager.default.copyItem(atPath: Self.repoRoot + "/fleet/hardware-classes.yaml", toPath: configDir + "/hardware-classes.yaml")
+            try FileManager.default.copyItem(
+                atPath: Self.repoRoot + "/fleet/hardware-classes.yaml", toPath: configDir + "/hardware-classes.yaml")
             try FileManager.default.copyItem(atPath: Self.repoRoot + "/fleet/policies", toPath: configDir + "/policies")
             try tiers.write(toFile: configDir + "/bandwidth-tiers.yaml", atomically: true, encoding: .utf8)
         } else {
@@ -53,37 +54,45 @@ struct ControllerFixture {
     /// The application and its rollout driver, on `clock` (default: the fixed `now`).
     /// `databaseURL`: a PostgreSQL database instead of the data directory's SQLite file (replicas
     /// are several `parts` on one URL); `cacheSeconds`: how long cached copies live.
-    func parts(deltaBuilder: (any DeltaBuilding)? = nil, clock: (@Sendable () -> Int64)? = nil, databaseURL: String? = nil,
-               cacheSeconds: Double = 2, listensForChanges: Bool = true) async throws -> (some ApplicationProtocol, RolloutDriver) {
-        var options = ControllerOptions(dataDirectory: dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: dir + "/keys",
-                                        configDirectory: configDir, rolloutTickSeconds: nil)
+    func parts(
+        deltaBuilder: (any DeltaBuilding)? = nil, clock: (@Sendable () -> Int64)? = nil, databaseURL: String? = nil,
+        cacheSeconds: Double = 2, listensForChanges: Bool = true
+    ) async throws -> (some ApplicationProtocol, RolloutDriver) {
+        var options = ControllerOptions(
+            dataDirectory: dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: dir + "/keys",
+            configDirectory: configDir, rolloutTickSeconds: nil)
         options.databaseURL = databaseURL
         options.cacheSeconds = cacheSeconds
         options.listensForChanges = listensForChanges
         let fixedNow = now
-        let (app, driver, _) = try await Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: clock ?? { fixedNow },
-                                                                    deltaBuilder: deltaBuilder)
+        let (app, driver, _) = try await Controller.makeApplication(
+            options: options, logger: Logger(label: "test"), clock: clock ?? { fixedNow },
+            deltaBuilder: deltaBuilder)
         return (app, driver)
     }
 
     /// Every route the controller registers, with the access it declared.
     func routeTable() async throws -> [RouteTable.Entry] {
-        let options = ControllerOptions(dataDirectory: dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: dir + "/keys",
-                                        configDirectory: configDir, rolloutTickSeconds: nil)
+        let options = ControllerOptions(
+            dataDirectory: dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: dir + "/keys",
+            configDirectory: configDir, rolloutTickSeconds: nil)
         return try await Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: { 0 }).2.all
     }
 
     func cleanup() { try? FileManager.default.removeItem(atPath: dir) }
 
-    static let vnniFacts = DeviceFacts(arch: "x86_64", cpuFlags: ["avx2", "fma", "avx512f", "avx512_vnni"], memoryBytes: 16 << 30,
-                                       diskFreeBytes: 64 << 30, downlinkMbps: 300, metered: false)
-    static let boardFacts = DeviceFacts(arch: "aarch64", cpuFlags: ["asimd"], memoryBytes: 1 << 30, diskFreeBytes: 8 << 30,
-                                        downlinkMbps: 5, metered: false)
+    static let vnniFacts = DeviceFacts(
+        arch: "x86_64", cpuFlags: ["avx2", "fma", "avx512f", "avx512_vnni"], memoryBytes: 16 << 30,
+        diskFreeBytes: 64 << 30, downlinkMbps: 300, metered: false)
+    static let boardFacts = DeviceFacts(
+        arch: "aarch64", cpuFlags: ["asimd"], memoryBytes: 1 << 30, diskFreeBytes: 8 << 30,
+        downlinkMbps: 5, metered: false)
 }
 
 extension TestClientProtocol {
     @discardableResult
-    func json<T: Encodable>(_ method: HTTPRequest.Method, _ uri: String, _ body: T, headers: HTTPFields = [:]) async throws -> TestResponse {
+    func json<T: Encodable>(_ method: HTTPRequest.Method, _ uri: String, _ body: T, headers: HTTPFields = [:]) async throws -> TestResponse
+    {
         var h = headers
         h[.contentType] = "application/json"
         return try await execute(uri: uri, method: method, headers: h, body: ByteBuffer(bytes: try FleetJSON.encode(body)))

@@ -18,7 +18,7 @@ struct DownloadRateLimitTests {
         var best: Int64 = 0
         var j = 0
         for i in samples.indices {
-            let before = i == 0 ? 0 : samples[i - 1].total   // the window starts just before buffer i
+            let before = i == 0 ? 0 : samples[i - 1].total  // the window starts just before buffer i
             if j < i { j = i }
             while j + 1 < samples.count, samples[j + 1].at <= samples[i].at + seconds { j += 1 }
             best = max(best, samples[j].total - before)
@@ -47,7 +47,7 @@ struct DownloadRateLimitTests {
         var pacer = RatePacer(bytesPerSecond: rate)
         var now = 0.0
         now += pacer.take(500_000, at: now)
-        now += 10   // the server stalled for ten seconds: an averaging limiter would now allow ~10 MB
+        now += 10  // the server stalled for ten seconds: an averaging limiter would now allow ~10 MB
         var received: Int64 = 0
         let end = now + 1
         while now < end {
@@ -75,8 +75,9 @@ struct DownloadRateLimitTests {
             let out = f.dir + "/download"
             let (result, samples) = try await onThread { () throws -> (DownloadResult, [(at: Double, total: Int64)]) in
                 var samples: [(at: Double, total: Int64)] = []
-                let r = try HTTPClient().download("http://127.0.0.1:\(port)/v1/artifacts/\(info.sha256)", to: out, maxBytes: info.size,
-                                                  rateLimitBytesPerSecond: rate, onReceive: { samples.append((monotonicSeconds(), $0)) })
+                let r = try HTTPClient().download(
+                    "http://127.0.0.1:\(port)/v1/artifacts/\(info.sha256)", to: out, maxBytes: info.size,
+                    rateLimitBytesPerSecond: rate, onReceive: { samples.append((monotonicSeconds(), $0)) })
                 return (r, samples)
             }
             #expect(result.fileSize == info.size)

@@ -71,10 +71,14 @@ extension StagedRolloutTests {
             let other = assignmentsOfV2.keys.sorted().last!
             let j = devices.firstIndex { $0.id == other }!
             #expect(try await checkIn(client, &devices[j], clock: clock) == nil)
-            #expect(try await status(client, rid).cells.first { $0.cell == "\(devices[idx].cls)/\(devices[idx].tier)" }?.failedNotRetried == 0)
+            #expect(
+                try await status(client, rid).cells.first { $0.cell == "\(devices[idx].cls)/\(devices[idx].tier)" }?.failedNotRetried == 0)
             // Typed errors for a bad retry.
-            #expect(errorCode(try await client.json(.post, "/v1/rollouts/\(rid)/retry", RolloutRetryRequest(device: "no-such-device"))) == "unknown-device")
-            #expect(errorCode(try await client.json(.post, "/v1/rollouts/\(rid)/retry", RolloutRetryRequest(cell: "nocell"))) == "invalid-cell")
+            #expect(
+                errorCode(try await client.json(.post, "/v1/rollouts/\(rid)/retry", RolloutRetryRequest(device: "no-such-device")))
+                    == "unknown-device")
+            #expect(
+                errorCode(try await client.json(.post, "/v1/rollouts/\(rid)/retry", RolloutRetryRequest(cell: "nocell"))) == "invalid-cell")
             #expect(errorCode(try await client.json(.post, "/v1/rollouts/999/retry", RolloutRetryRequest())) == "unknown-rollout")
         }
     }
@@ -85,35 +89,47 @@ extension StagedRolloutTests {
     @Test func cellRolledBackOnceStillJudgesTheNextRollout() async throws {
         let f = try fixture(); defer { f.cleanup() }
         try """
-            name: rollback-canary
-            phases:
-              - { percent: 10, min_devices: 1, bake: 600 }
-              - { percent: 100 }
-            gates:
-              min_sample: 1
-              max_health_failure_rate: 0.2
-              max_latency_p95_ratio: 1.5
-            on_failure: rollback
-            device_timeout: 1h
-            """.write(toFile: f.configDir + "/policies/rollback.yaml", atomically: true, encoding: .utf8)
+        name: rollback-canary
+        phases:
+          - { percent: 10, min_devices: 1, bake: 600 }
+          - { percent: 100 }
+        gates:
+          min_sample: 1
+          max_health_failure_rate: 0.2
+          max_latency_p95_ratio: 1.5
+        on_failure: rollback
+        device_timeout: 1h
+        """.write(toFile: f.configDir + "/policies/rollback.yaml", atomically: true, encoding: .utf8)
         let clock = TestClock(f.now)
         let (app, driver) = try await f.parts(clock: { clock.now })
         try await app.test(.router) { client in
             var devices = Self.fleet().filter { $0.cls == "x86-avx2" && $0.tier == "fibre" }
-            let v = try await client.publish(model: "m", variants: [("m1-int8", "int8", [1, 1]), ("m1-fp32", "fp32", [1, 2]),
-                                                                     ("m2-int8", "int8", [2, 1]), ("m2-fp32", "fp32", [2, 2]),
-                                                                     ("m3-int8", "int8", [3, 1]), ("m3-fp32", "fp32", [3, 2])])
+            let v = try await client.publish(
+                model: "m",
+                variants: [
+                    ("m1-int8", "int8", [1, 1]), ("m1-fp32", "fp32", [1, 2]),
+                    ("m2-int8", "int8", [2, 1]), ("m2-fp32", "fp32", [2, 2]),
+                    ("m3-int8", "int8", [3, 1]), ("m3-fp32", "fp32", [3, 2])
+                ])
             let classes = try decode([HardwareClass].self, try await client.execute(uri: "/v1/config/hardware-classes", method: .get))
             for (i, version) in ["1", "2", "3"].enumerated() {
-                let c = ReleaseCatalog(model: "m", version: version, serial: i + 1, expiresAt: f.now + 86_400 * 30,
-                                       variants: [v[2 * i], v[2 * i + 1]], hardwareClasses: classes)
-                #expect(try await client.json(.post, "/v1/releases", NewRelease(catalog: try Envelope.sign(c, type: PayloadType.catalog, keys: [f.keys[.release]!]))).status == .created)
+                let c = ReleaseCatalog(
+                    model: "m", version: version, serial: i + 1, expiresAt: f.now + 86_400 * 30,
+                    variants: [v[2 * i], v[2 * i + 1]], hardwareClasses: classes)
+                #expect(
+                    try await client.json(
+                        .post, "/v1/releases",
+                        NewRelease(catalog: try Envelope.sign(c, type: PayloadType.catalog, keys: [f.keys[.release]!]))
+                    ).status == .created)
             }
             #expect(try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@1", strategy: "all")).status == .created)
             for i in devices.indices { try await checkIn(client, &devices[i], clock: clock) }
 
             // Rollout of m@2: its canary fails the health check, the cell is rolled back.
-            let r2 = try decode(RolloutInfo.self, try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@2", strategy: "staged", policy: "rollback-canary"))).id
+            let r2 = try decode(
+                RolloutInfo.self,
+                try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@2", strategy: "staged", policy: "rollback-canary"))
+            ).id
             for _ in 0..<3 {
                 for i in devices.indices {
                     try await checkIn(client, &devices[i], clock: clock) { a in a.release == "m@2" ? "rolled-back" : "committed" }
@@ -135,7 +151,10 @@ extension StagedRolloutTests {
             #expect(later.afterStop == CellAfterStop(reached: 1, restored: 1))
 
             // Rollout of m@3, three times slower: judged against the m@1 devices of the cell.
-            let r3 = try decode(RolloutInfo.self, try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@3", strategy: "staged", policy: "rollback-canary"))).id
+            let r3 = try decode(
+                RolloutInfo.self,
+                try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@3", strategy: "staged", policy: "rollback-canary"))
+            ).id
             for _ in 0..<3 {
                 for i in devices.indices {
                     try await checkIn(client, &devices[i], clock: clock)
@@ -164,30 +183,42 @@ extension StagedRolloutTests {
     @Test func baselineFromTheTreatedDevicesOwnEarlierWindow() async throws {
         let f = try fixture(); defer { f.cleanup() }
         try """
-            name: all-at-once
-            phases:
-              - { percent: 100, bake: 600 }
-            gates:
-              max_latency_p95_ratio: 1.5
-            """.write(toFile: f.configDir + "/policies/all-at-once.yaml", atomically: true, encoding: .utf8)
+        name: all-at-once
+        phases:
+          - { percent: 100, bake: 600 }
+        gates:
+          max_latency_p95_ratio: 1.5
+        """.write(toFile: f.configDir + "/policies/all-at-once.yaml", atomically: true, encoding: .utf8)
         let clock = TestClock(f.now)
         let (app, driver) = try await f.parts(clock: { clock.now })
         try await app.test(.router) { client in
             var devices = Self.fleet().filter { $0.cls == "x86-avx2" && $0.tier == "fibre" }.prefix(3).map { $0 }
-            let v = try await client.publish(model: "m", variants: [("m1-int8", "int8", [1, 1]), ("m1-fp32", "fp32", [1, 2]),
-                                                                     ("m2-int8", "int8", [2, 1]), ("m2-fp32", "fp32", [2, 2])])
+            let v = try await client.publish(
+                model: "m",
+                variants: [
+                    ("m1-int8", "int8", [1, 1]), ("m1-fp32", "fp32", [1, 2]),
+                    ("m2-int8", "int8", [2, 1]), ("m2-fp32", "fp32", [2, 2])
+                ])
             let classes = try decode([HardwareClass].self, try await client.execute(uri: "/v1/config/hardware-classes", method: .get))
             for (i, version) in ["1", "2"].enumerated() {
-                let c = ReleaseCatalog(model: "m", version: version, serial: i + 1, expiresAt: f.now + 86_400 * 30,
-                                       variants: [v[2 * i], v[2 * i + 1]], hardwareClasses: classes)
-                #expect(try await client.json(.post, "/v1/releases", NewRelease(catalog: try Envelope.sign(c, type: PayloadType.catalog, keys: [f.keys[.release]!]))).status == .created)
+                let c = ReleaseCatalog(
+                    model: "m", version: version, serial: i + 1, expiresAt: f.now + 86_400 * 30,
+                    variants: [v[2 * i], v[2 * i + 1]], hardwareClasses: classes)
+                #expect(
+                    try await client.json(
+                        .post, "/v1/releases",
+                        NewRelease(catalog: try Envelope.sign(c, type: PayloadType.catalog, keys: [f.keys[.release]!]))
+                    ).status == .created)
             }
             #expect(try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@1", strategy: "all")).status == .created)
             for i in devices.indices {
                 try await checkIn(client, &devices[i], clock: clock)
                 try await metrics(client, &devices[i], release: "m@1", p95: 20, clock: clock)
             }
-            let rid = try decode(RolloutInfo.self, try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@2", strategy: "staged", policy: "all-at-once"))).id
+            let rid = try decode(
+                RolloutInfo.self,
+                try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@2", strategy: "staged", policy: "all-at-once"))
+            ).id
             for i in devices.indices {
                 try await checkIn(client, &devices[i], clock: clock)
                 try await metrics(client, &devices[i], release: "m@2", p95: 25, clock: clock)
@@ -225,7 +256,11 @@ extension StagedRolloutTests {
             let page = String(buffer: try await client.execute(uri: "/", method: .get).body)
             #expect(page.contains("data-blocked=\"latency-p95-ratio\""))
             let metrics = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
-            #expect(metrics.split(separator: "\n").contains { $0.hasPrefix("edgefleet_cell_blocked{") && $0.contains("rollout=\"\(rid)\"") && $0.split(separator: " ").last.flatMap { Double($0) } == 1 })
+            #expect(
+                metrics.split(separator: "\n").contains {
+                    $0.hasPrefix("edgefleet_cell_blocked{") && $0.contains("rollout=\"\(rid)\"")
+                        && $0.split(separator: " ").last.flatMap { Double($0) } == 1
+                })
             #expect(try await client.json(.post, "/v1/rollouts/\(rid)/promote", RolloutActionRequest()).status == .ok)
             cell = try #require(try await status(client, rid).cells.first)
             #expect(cell.phase == 2 && cell.blockedBy == nil)
@@ -255,10 +290,15 @@ extension StagedRolloutTests {
             #expect(one.phases.count == 3)
             #expect(errorCode(try await client.execute(uri: "/v1/policies/nope", method: .get)) == "unknown-policy")
             try await setUpV1AndV2(client, f, &devices, clock: clock)
-            let v3 = ReleaseCatalog(model: "m", version: "3", serial: 3, expiresAt: f.now + 86_400,
-                                    variants: try decode(ReleaseInfo.self, try await client.execute(uri: "/v1/releases/m@2", method: .get)).variants,
-                                    hardwareClasses: try decode([HardwareClass].self, try await client.execute(uri: "/v1/config/hardware-classes", method: .get)))
-            #expect(try await client.json(.post, "/v1/releases", NewRelease(catalog: try Envelope.sign(v3, type: PayloadType.catalog, keys: [f.keys[.release]!]))).status == .created)
+            let v3 = ReleaseCatalog(
+                model: "m", version: "3", serial: 3, expiresAt: f.now + 86_400,
+                variants: try decode(ReleaseInfo.self, try await client.execute(uri: "/v1/releases/m@2", method: .get)).variants,
+                hardwareClasses: try decode(
+                    [HardwareClass].self, try await client.execute(uri: "/v1/config/hardware-classes", method: .get)))
+            #expect(
+                try await client.json(
+                    .post, "/v1/releases", NewRelease(catalog: try Envelope.sign(v3, type: PayloadType.catalog, keys: [f.keys[.release]!]))
+                ).status == .created)
             let doc = """
                 name: lab
                 phases:
@@ -267,14 +307,18 @@ extension StagedRolloutTests {
                 gates: { unjudged: pass }
                 hold_back: 10
                 """
-            let started = try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@3", strategy: "staged", policyDocument: doc, bakeScale: 0.01, supersede: true))
+            let started = try await client.json(
+                .post, "/v1/rollouts", NewRollout(release: "m@3", strategy: "staged", policyDocument: doc, bakeScale: 0.01, supersede: true)
+            )
             #expect(started.status == .created)
             let rid = try decode(RolloutInfo.self, started).id
             let p = try #require(try await status(client, rid).policy)
             #expect(p.name == "lab" && p.phases[0].bakeSeconds == 36 && p.gates.unjudged == .pass && p.holdBackPercent == 10)
-            let bad = try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@3", strategy: "staged", policyDocument: "name: x\nphases: []"))
+            let bad = try await client.json(
+                .post, "/v1/rollouts", NewRollout(release: "m@3", strategy: "staged", policyDocument: "name: x\nphases: []"))
             #expect(bad.status == .badRequest && errorCode(bad) == "invalid-policy")
-            let badScale = try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@3", strategy: "staged", policy: "test-canary", bakeScale: -1))
+            let badScale = try await client.json(
+                .post, "/v1/rollouts", NewRollout(release: "m@3", strategy: "staged", policy: "test-canary", bakeScale: -1))
             #expect(errorCode(badScale) == "invalid-bake-scale")
         }
     }

@@ -54,9 +54,10 @@ struct FleetSimulationTests {
             try FleetJSON.encode(f).write(to: URL(fileURLWithPath: dir + "/facts.json"))
             // The new model crashes on this kind of board: its health check fails there only.
             let health = cls == FleetSimulationTests.armClass ? "! grep -q CRASHES-ON-ARM \"$EDGEFLEET_MODEL_PATH\"" : nil
-            let options = AgentOptions(controllerURL: controller, stateDirectory: dir + "/state", modelsDirectory: modelsDir,
-                                       factsFile: dir + "/facts.json", rootFile: root, deviceId: id, healthCommand: health,
-                                       healthTimeoutSeconds: 20)
+            let options = AgentOptions(
+                controllerURL: controller, stateDirectory: dir + "/state", modelsDirectory: modelsDir,
+                factsFile: dir + "/facts.json", rootFile: root, deviceId: id, healthCommand: health,
+                healthTimeoutSeconds: 20)
             var logger = Logger(label: "agent.\(id)")
             logger.logLevel = .error
             agent = try Agent(options: options, logger: logger)
@@ -66,7 +67,8 @@ struct FleetSimulationTests {
         /// What the device runs now, read through the `current` link as an inference service would.
         func runningModel() -> String? {
             guard let files = try? FileManager.default.contentsOfDirectory(atPath: modelsDir + "/m/current"), let file = files.first,
-                  let data = FileManager.default.contents(atPath: modelsDir + "/m/current/" + file) else { return nil }
+                let data = FileManager.default.contents(atPath: modelsDir + "/m/current/" + file)
+            else { return nil }
             return String(decoding: data, as: UTF8.self)
         }
 
@@ -81,9 +83,10 @@ struct FleetSimulationTests {
             let latency = slow ? 20.0 : 10.0
             guard case .tcp(_, let port) = endpoint.address else { return }
             struct Accepted: Decodable { var accepted: Int }
-            let r = try http.json("POST", "http://127.0.0.1:\(port)/v1/metrics",
-                                  body: InferenceReport(model: "m", latenciesMs: Array(repeating: latency, count: 20), errors: 0),
-                                  as: Accepted.self)
+            let r = try http.json(
+                "POST", "http://127.0.0.1:\(port)/v1/metrics",
+                body: InferenceReport(model: "m", latenciesMs: Array(repeating: latency, count: 20), errors: 0),
+                as: Accepted.self)
             #expect(r.accepted == 1)
         }
     }
@@ -97,7 +100,9 @@ struct FleetSimulationTests {
                     f.downlinkMbps = mbps
                     f.metered = false
                     let id = "\(cls)-\(tier)-\(i)"
-                    out.append(try SimDevice(id: id, cls: cls, tier: tier, facts: f, dir: "\(dir)/devices/\(id)", controller: controller, root: root))
+                    out.append(
+                        try SimDevice(
+                            id: id, cls: cls, tier: tier, facts: f, dir: "\(dir)/devices/\(id)", controller: controller, root: root))
                 }
             }
         }
@@ -131,15 +136,17 @@ struct FleetSimulationTests {
         let contents: [(String, String, String)] = [
             ("m1-int8", "int8", "m v1 int8"), ("m1-fp32", "fp32", "m v1 fp32"),
             ("m2-int8", "int8", "m v2 int8 CRASHES-ON-ARM"), ("m2-fp32", "fp32", "m v2 fp32"),
-            ("m3-int8", "int8", "m v3 int8"), ("m3-fp32", "fp32", "m v3 fp32 SLOW-ON-AVX2"),
+            ("m3-int8", "int8", "m v3 int8"), ("m3-fp32", "fp32", "m v3 fp32 SLOW-ON-AVX2")
         ]
         let v = try await client.publish(model: "m", variants: contents.map { ($0.0, $0.1, Array($0.2.utf8)) })
         let classes = try decode([HardwareClass].self, try await client.execute(uri: "/v1/config/hardware-classes", method: .get))
         var shas: [String: [String: String]] = [:]
         for i in 0..<3 {
-            let c = ReleaseCatalog(model: "m", version: "\(i + 1)", serial: i + 1, expiresAt: f.now + 86_400 * 30,
-                                   variants: [v[2 * i], v[2 * i + 1]], hardwareClasses: classes)
-            let r = try await client.json(.post, "/v1/releases", NewRelease(catalog: try Envelope.sign(c, type: PayloadType.catalog, keys: [f.keys[.release]!])))
+            let c = ReleaseCatalog(
+                model: "m", version: "\(i + 1)", serial: i + 1, expiresAt: f.now + 86_400 * 30,
+                variants: [v[2 * i], v[2 * i + 1]], hardwareClasses: classes)
+            let r = try await client.json(
+                .post, "/v1/releases", NewRelease(catalog: try Envelope.sign(c, type: PayloadType.catalog, keys: [f.keys[.release]!])))
             #expect(r.status == .created)
             shas["m@\(i + 1)"] = ["int8": v[2 * i].sha256, "fp32": v[2 * i + 1].sha256]
         }
@@ -149,11 +156,12 @@ struct FleetSimulationTests {
     static func dtype(_ cls: String) -> String { cls == slowClass ? "fp32" : "int8" }
 
     @Test func canaryGatesLatencyGateAndAbortOverRealAgents() async throws {
-        let f = try ControllerFixture(tiers: """
-            tiers:
-              - { name: fibre, metered: false, min_mbps: 50 }
-              - { name: cellular, metered: false }
-            """)
+        let f = try ControllerFixture(
+            tiers: """
+                tiers:
+                  - { name: fibre, metered: false, min_mbps: 50 }
+                  - { name: cellular, metered: false }
+                """)
         defer { f.cleanup() }
         try Self.policy.write(toFile: f.configDir + "/policies/sim.yaml", atomically: true, encoding: .utf8)
         let clock = TestClock(Int64(Date().timeIntervalSince1970))
@@ -171,8 +179,9 @@ struct FleetSimulationTests {
             for d in devices { #expect(d.runningSha == shas["m@1"]![Self.dtype(d.cls)], "\(d.id) runs \(d.runningSha ?? "nothing")") }
 
             // m@2, staged: the ARM cells must stop after their canaries; the others reach everyone.
-            let start = try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@2", strategy: "staged", policy: "sim-canary"),
-                                              headers: [HTTPField.Name("X-Fleet-Actor")!: "alice"])
+            let start = try await client.json(
+                .post, "/v1/rollouts", NewRollout(release: "m@2", strategy: "staged", policy: "sim-canary"),
+                headers: [HTTPField.Name("X-Fleet-Actor")!: "alice"])
             #expect(start.status == .created)
             let r2 = try decode(RolloutInfo.self, start).id
             for _ in 0..<7 {
@@ -219,7 +228,8 @@ struct FleetSimulationTests {
 
             // m@3, staged: twice as slow on x86-avx2 against the control cohort still on m@2.
             let before = Dictionary(uniqueKeysWithValues: devices.map { ($0.id, $0.runningSha) })
-            let start3 = try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@3", strategy: "staged", policy: "sim-canary", supersede: true))
+            let start3 = try await client.json(
+                .post, "/v1/rollouts", NewRollout(release: "m@3", strategy: "staged", policy: "sim-canary", supersede: true))
             let r3 = try decode(RolloutInfo.self, start3).id
             for _ in 0..<3 {
                 try await Self.round(devices)
@@ -229,7 +239,8 @@ struct FleetSimulationTests {
             let s3 = try await rolloutStatus(client, r3)
             for cell in s3.cells {
                 if cell.cell.hasPrefix(Self.slowClass) {
-                    #expect(cell.status == "paused", "\(cell.cell) is \(cell.status): \(String(describing: cell.observation)) \(cell.gates)")
+                    #expect(
+                        cell.status == "paused", "\(cell.cell) is \(cell.status): \(String(describing: cell.observation)) \(cell.gates)")
                     #expect(cell.failedGate?.metric == "latency-p50-ratio")
                     #expect(cell.failedGate?.observed == 2.0)
                     #expect(cell.failedGate?.threshold == 1.5)
@@ -238,13 +249,17 @@ struct FleetSimulationTests {
                 }
             }
             let metricsText = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
-            #expect(metricsText.contains("edgefleet_gate_passing{rollout=\"\(r3)\",release=\"m@3\",hardware_class=\"x86-avx2\",tier=\"fibre\",gate=\"latency-p50-ratio\"} 0"))
+            #expect(
+                metricsText.contains(
+                    "edgefleet_gate_passing{rollout=\"\(r3)\",release=\"m@3\",hardware_class=\"x86-avx2\",tier=\"fibre\",gate=\"latency-p50-ratio\"} 0"
+                ))
 
             // The dashboard, in a real browser, shows the gate states the API reports.
             try await DashboardBrowserCheck.run(port: port, client: client, rollouts: [r2, r3])
 
             // Abort: every device m@3 reached goes back to exactly what it ran before.
-            let abort = try await client.json(.post, "/v1/rollouts/\(r3)/abort", RolloutActionRequest(), headers: [HTTPField.Name("X-Fleet-Actor")!: "bob"])
+            let abort = try await client.json(
+                .post, "/v1/rollouts/\(r3)/abort", RolloutActionRequest(), headers: [HTTPField.Name("X-Fleet-Actor")!: "bob"])
             #expect(abort.status == .ok)
             let updated = devices.filter { d in d.runningSha != before[d.id]! }
             #expect(updated.count >= 8)

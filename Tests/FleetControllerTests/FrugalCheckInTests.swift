@@ -20,16 +20,19 @@ struct FrugalCheckInControllerTests {
 
         var holds: [String: HeldMetadata] {
             held.mapValues { h in
-                HeldMetadata(catalog: h.catalog.payloadDigest,
-                             counter: (try? FleetJSON.decode(Assignment.self, from: Data(h.assignment.payloadBytes ?? []), limit: 1 << 16))?.counter ?? 0)
+                HeldMetadata(
+                    catalog: h.catalog.payloadDigest,
+                    counter: (try? FleetJSON.decode(Assignment.self, from: Data(h.assignment.payloadBytes ?? []), limit: 1 << 16))?.counter
+                        ?? 0)
             }
         }
 
         /// `installed` nil: left out (unchanged since the last check-in).
         func request(sendFacts: Bool, installed: [String: String]? = [:]) -> CheckInRequest {
-            var r = CheckInRequest(facts: sendFacts ? facts : nil, installed: installed ?? [:], agentVersion: sendFacts ? "t" : nil,
-                                   factsDigest: sendFacts ? nil : facts.digest, holds: held.isEmpty ? nil : holds,
-                                   rootVersion: trust.root.version, timestampVersion: trust.timestampVersion)
+            var r = CheckInRequest(
+                facts: sendFacts ? facts : nil, installed: installed ?? [:], agentVersion: sendFacts ? "t" : nil,
+                factsDigest: sendFacts ? nil : facts.digest, holds: held.isEmpty ? nil : holds,
+                rootVersion: trust.root.version, timestampVersion: trust.timestampVersion)
             r.installedSent = installed != nil
             return r
         }
@@ -40,22 +43,30 @@ struct FrugalCheckInControllerTests {
             for (m, a) in r.reassigned { models.append((m, try #require(held[m]).catalog, a)) }
             for m in r.unchanged { let h = try #require(held[m]); models.append((m, h.catalog, h.assignment)) }
             let stamp = try #require(r.stamp).envelope(type: PayloadType.timestamp, role: .timestamp, root: trust.root)
-            let snapshot = CheckInSnapshot(deviceId: id, models: Dictionary(uniqueKeysWithValues: models.map {
-                ($0.0, CheckInSnapshot.Entry(catalog: $0.1.payloadDigest, assignment: $0.2.payloadDigest)) }))
+            let snapshot = CheckInSnapshot(
+                deviceId: id,
+                models: Dictionary(
+                    uniqueKeysWithValues: models.map {
+                        ($0.0, CheckInSnapshot.Entry(catalog: $0.1.payloadDigest, assignment: $0.2.payloadDigest))
+                    }))
             for (m, c, a) in models {
                 var f = facts
                 f.deviceId = id
-                let v = try UpdateVerifier.verify(catalog: c, assignment: a, timestamp: stamp, state: trust, deviceId: id, facts: f,
-                                                  now: now, snapshot: snapshot)
+                let v = try UpdateVerifier.verify(
+                    catalog: c, assignment: a, timestamp: stamp, state: trust, deviceId: id, facts: f,
+                    now: now, snapshot: snapshot)
                 trust = v.state
                 held[m] = (c, a)
             }
         }
     }
 
-    func catalog(_ f: ControllerFixture, _ variants: [CatalogVariant], classes: [HardwareClass], version: String, serial: Int) throws -> Envelope {
-        let c = ReleaseCatalog(model: "m", version: version, serial: serial, expiresAt: f.now + 86_400 * 30, variants: variants,
-                               hardwareClasses: classes)
+    func catalog(_ f: ControllerFixture, _ variants: [CatalogVariant], classes: [HardwareClass], version: String, serial: Int) throws
+        -> Envelope
+    {
+        let c = ReleaseCatalog(
+            model: "m", version: version, serial: serial, expiresAt: f.now + 86_400 * 30, variants: variants,
+            hardwareClasses: classes)
         return try Envelope.sign(c, type: PayloadType.catalog, keys: [f.keys[.release]!])
     }
 
@@ -73,12 +84,17 @@ struct FrugalCheckInControllerTests {
     @Test func idleCheckInCarriesOnlyTheTimestampAndVerifiesWithWhatTheDeviceHolds() async throws {
         let f = try ControllerFixture(); defer { f.cleanup() }
         try await f.app().test(.router) { client in
-            let v = try await client.publish(model: "m", variants: [("m-fp32", "fp32", [1, 2, 3, 4]), ("m-fp16", "fp16", [9, 9]),
-                                                                     ("m-int8", "int8", [5, 6]), ("m-int4", "int4", [7])])
+            let v = try await client.publish(
+                model: "m",
+                variants: [
+                    ("m-fp32", "fp32", [1, 2, 3, 4]), ("m-fp16", "fp16", [9, 9]),
+                    ("m-int8", "int8", [5, 6]), ("m-int4", "int4", [7])
+                ])
             let classes = try decode([HardwareClass].self, try await client.execute(uri: "/v1/config/hardware-classes", method: .get))
             try await client.json(.post, "/v1/releases", NewRelease(catalog: try catalog(f, v, classes: classes, version: "1", serial: 1)))
             try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@1", strategy: "all"))
-            var d = Device(id: "dev-1", facts: ControllerFixture.vnniFacts, trust: try TrustedState(pinning: try f.rootEnvelope, now: f.now))
+            var d = Device(
+                id: "dev-1", facts: ControllerFixture.vnniFacts, trust: try TrustedState(pinning: try f.rootEnvelope, now: f.now))
             d.facts.deviceId = "dev-1"
 
             // First frugal check-in: facts sent, nothing held: the whole catalog and assignment.
@@ -123,10 +139,13 @@ struct FrugalCheckInControllerTests {
             let (moved, _, _) = try await checkIn(client, board, board.request(sendFacts: true, installed: ["m": assigned.sha256]))
             #expect(moved.updates.isEmpty && moved.reassigned.keys.sorted() == ["m"] && moved.retry != nil)
             try board.read(moved, now: f.now)
-            #expect(try FleetJSON.decode(Assignment.self, from: Data(board.held["m"]!.assignment.payloadBytes!), limit: 1 << 16).variant == "m-int4")
+            #expect(
+                try FleetJSON.decode(Assignment.self, from: Data(board.held["m"]!.assignment.payloadBytes!), limit: 1 << 16).variant
+                    == "m-int4")
 
             // A new release: a new catalog, sent whole.
-            try await client.json(.post, "/v1/releases", NewRelease(catalog: try catalog(f, [v[0], v[2]], classes: classes, version: "2", serial: 2)))
+            try await client.json(
+                .post, "/v1/releases", NewRelease(catalog: try catalog(f, [v[0], v[2]], classes: classes, version: "2", serial: 2)))
             try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@2", strategy: "all"))
             d.trust = board.trust
             let (next, _, _) = try await checkIn(client, d, d.request(sendFacts: true, installed: ["m": assigned.sha256]))
@@ -142,7 +161,8 @@ struct FrugalCheckInControllerTests {
             let classes = try decode([HardwareClass].self, try await client.execute(uri: "/v1/config/hardware-classes", method: .get))
             try await client.json(.post, "/v1/releases", NewRelease(catalog: try catalog(f, v, classes: classes, version: "1", serial: 1)))
             try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@1", strategy: "all"))
-            var d = Device(id: "dev-2", facts: ControllerFixture.vnniFacts, trust: try TrustedState(pinning: try f.rootEnvelope, now: f.now))
+            var d = Device(
+                id: "dev-2", facts: ControllerFixture.vnniFacts, trust: try TrustedState(pinning: try f.rootEnvelope, now: f.now))
             d.facts.deviceId = "dev-2"
 
             // Never seen: a digest alone is not enough, and nothing is stored for it.
@@ -194,7 +214,8 @@ struct FrugalCheckInControllerTests {
             try await client.json(.post, "/v1/releases", NewRelease(catalog: try catalog(f, v, classes: classes, version: "1", serial: 1)))
             try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@1", strategy: "all"))
             // The request body of agents before frugal check-ins, byte for byte.
-            let old = #"{"agentVersion":"0.0.9","facts":{"accelerators":[],"arch":"x86_64","cpuFlags":["avx2","fma","avx512f","avx512_vnni"],"diskFreeBytes":68719476736,"downlinkMbps":300,"memoryBytes":17179869184,"metered":false},"installed":{}}"#
+            let old =
+                #"{"agentVersion":"0.0.9","facts":{"accelerators":[],"arch":"x86_64","cpuFlags":["avx2","fma","avx512f","avx512_vnni"],"diskFreeBytes":68719476736,"downlinkMbps":300,"memoryBytes":17179869184,"metered":false},"installed":{}}"#
             let r = try await client.raw(.post, "/v1/devices/old-1/checkin", old)
             #expect(r.status == .ok)
             let body = try #require(try JSONSerialization.jsonObject(with: Data(r.body.readableBytesView)) as? [String: Any])
@@ -205,8 +226,9 @@ struct FrugalCheckInControllerTests {
             var facts = try FleetJSON.decode(CheckInRequest.self, from: Data(old.utf8), limit: 1 << 16).facts!
             facts.deviceId = "old-1"
             let u = try #require(answer.updates.first)
-            _ = try UpdateVerifier.verify(catalog: u.catalog, assignment: u.assignment, timestamp: try #require(answer.timestamp),
-                                          state: trust, deviceId: "old-1", facts: facts, now: f.now)
+            _ = try UpdateVerifier.verify(
+                catalog: u.catalog, assignment: u.assignment, timestamp: try #require(answer.timestamp),
+                state: trust, deviceId: "old-1", facts: facts, now: f.now)
             // A request with neither facts nor the frugal fields is refused.
             let none = try await client.raw(.post, "/v1/devices/old-1/checkin", #"{"installed":{}}"#)
             #expect(none.status == .badRequest && errorCode(none) == "missing-facts")
@@ -218,11 +240,13 @@ struct FrugalCheckInControllerTests {
         let newRoot = SigningKey(role: .root)
         var keys = f.keys
         keys[.root] = newRoot
-        let good = try Envelope.sign(RootMetadata(version: 2, expiresAt: f.now + 86_400 * 365, roleKeys: keys), type: PayloadType.root,
-                                     keys: [f.keys[.root]!, newRoot])
+        let good = try Envelope.sign(
+            RootMetadata(version: 2, expiresAt: f.now + 86_400 * 365, roleKeys: keys), type: PayloadType.root,
+            keys: [f.keys[.root]!, newRoot])
         try await f.app().test(.router) { client in
             #expect(try await client.json(.post, "/v1/root", RootRotation(root: good)).status == .created)
-            var d = Device(id: "dev-r", facts: ControllerFixture.vnniFacts, trust: try TrustedState(pinning: try f.rootEnvelope, now: f.now))
+            var d = Device(
+                id: "dev-r", facts: ControllerFixture.vnniFacts, trust: try TrustedState(pinning: try f.rootEnvelope, now: f.now))
             d.facts.deviceId = "dev-r"
             let (behind, _, _) = try await checkIn(client, d, d.request(sendFacts: true))
             #expect(behind.rootChain == [good])

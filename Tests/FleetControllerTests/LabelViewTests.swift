@@ -23,8 +23,9 @@ struct LabelViewTests {
 
     @Test func metricsAndDashboardBreakDownByTheNamedKey() async throws {
         let f = try ControllerFixture(); defer { f.cleanup() }
-        var options = ControllerOptions(dataDirectory: f.dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: f.dir + "/keys",
-                                        configDirectory: f.configDir, rolloutTickSeconds: nil)
+        var options = ControllerOptions(
+            dataDirectory: f.dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: f.dir + "/keys",
+            configDirectory: f.configDir, rolloutTickSeconds: nil)
         options.viewLabel = "region"
         let now = f.now
         let app = try await Controller.makeApplication(options: options, logger: .init(label: "test"), clock: { now }).0

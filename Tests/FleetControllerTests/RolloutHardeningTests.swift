@@ -43,11 +43,15 @@ struct RolloutHardeningTests {
                 let a = try await staged.checkIn(client, &devices[i], clock: clock)
                 devices[i].seq += 1
                 let detail = #"{"crashes":9223372036854775807,"latencyP50Ms":1e308,"errorRate":-5}"#
-                try await client.json(.post, "/v1/devices/\(devices[i].id)/events",
-                                      EventBatch(events: [StatusEvent(seq: devices[i].seq, time: clock.now, kind: "metrics", model: "m",
-                                                                      release: a?.release ?? "m@1", detail: detail)]))
+                try await client.json(
+                    .post, "/v1/devices/\(devices[i].id)/events",
+                    EventBatch(events: [
+                        StatusEvent(
+                            seq: devices[i].seq, time: clock.now, kind: "metrics", model: "m",
+                            release: a?.release ?? "m@1", detail: detail)
+                    ]))
             }
-            try await driver.tick(now: clock.now)   // used to trap on the sum of crashes
+            try await driver.tick(now: clock.now)  // used to trap on the sum of crashes
             let s = try decode(RolloutStatus.self, try await client.execute(uri: "/v1/rollouts/\(rid)", method: .get))
             let c = try #require(s.cells.first { $0.cell == "x86-avx2/fibre" })
             #expect(c.status == "paused")
@@ -58,13 +62,16 @@ struct RolloutHardeningTests {
     @Test func aCellFirstSeenAfterTheRolloutCompletedIsComplete() async throws {
         let f = try staged.fixture(); defer { f.cleanup() }
         let (_, driver) = try await f.parts()
-        let policy = RolloutPolicy(name: "p", phases: [.init(percent: 10, minDevices: 1, bakeSeconds: 600), .init(percent: 100)],
-                                   gates: .init(minSample: 1))
-        let rollout = RolloutRecord(id: 42, releaseId: "m@2", model: "m", strategy: "p", state: .completed, createdAt: f.now,
-                                    policy: policy, previousReleaseId: "m@1")
-        let device = DeviceRecord(id: "late-1", facts: ControllerFixture.boardFacts, hardwareClass: "brand-new-class", tier: "fibre",
-                                  installed: [:], phase: nil, status: "idle", statusDetail: nil, held: [:], firstSeen: f.now, lastSeen: f.now,
-                                  agentVersion: nil)
+        let policy = RolloutPolicy(
+            name: "p", phases: [.init(percent: 10, minDevices: 1, bakeSeconds: 600), .init(percent: 100)],
+            gates: .init(minSample: 1))
+        let rollout = RolloutRecord(
+            id: 42, releaseId: "m@2", model: "m", strategy: "p", state: .completed, createdAt: f.now,
+            policy: policy, previousReleaseId: "m@1")
+        let device = DeviceRecord(
+            id: "late-1", facts: ControllerFixture.boardFacts, hardwareClass: "brand-new-class", tier: "fibre",
+            installed: [:], phase: nil, status: "idle", statusDetail: nil, held: [:], firstSeen: f.now, lastSeen: f.now,
+            agentVersion: nil)
         let cell = try await driver.cell(for: device, rollout: rollout, policy: policy, now: f.now)
         #expect(cell.state.status == .completed)
         #expect(cell.cutoff > 1)
@@ -79,8 +86,9 @@ struct CheckInLimitPathTests {
             _ = try await client.enroll("dev-a", token: try await client.enrollmentToken(try a.adminToken), fingerprint: fpA)
             #expect(try await client.checkIn("dev-a", fingerprint: fpA).status == .ok)
             for path in ["/v1/devices/dev-a/checkin/", "/v1/devices/dev-a/checkin//", "/v1/devices/dev-a//checkin"] {
-                let r = try await client.json(.post, path, CheckInRequest(facts: ControllerFixture.vnniFacts, installed: [:], agentVersion: "t"),
-                                              headers: peer(fpA))
+                let r = try await client.json(
+                    .post, path, CheckInRequest(facts: ControllerFixture.vnniFacts, installed: [:], agentVersion: "t"),
+                    headers: peer(fpA))
                 #expect(r.status == .tooManyRequests, "\(path) answered \(r.status)")
             }
         }
@@ -102,7 +110,7 @@ struct AsyncLockTests {
                     await lock.withLock {
                         probe.inside += 1
                         probe.most = max(probe.most, probe.inside)
-                        await Task.yield()   // a suspension point inside the critical section
+                        await Task.yield()  // a suspension point inside the critical section
                         probe.done += 1
                         probe.inside -= 1
                     }

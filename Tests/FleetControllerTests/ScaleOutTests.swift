@@ -45,8 +45,9 @@ struct ScaleOutTests {
     }
 
     func accelApp(_ f: ControllerFixture) async throws -> some ApplicationProtocol {
-        var options = ControllerOptions(dataDirectory: f.dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: f.dir + "/keys",
-                                        configDirectory: f.configDir, rolloutTickSeconds: nil)
+        var options = ControllerOptions(
+            dataDirectory: f.dir + "/data", host: "127.0.0.1", port: 0, keysDirectory: f.dir + "/keys",
+            configDirectory: f.configDir, rolloutTickSeconds: nil)
         options.artifactAccelRedirect = "/_artifacts/"
         let now = f.now
         return try await Controller.makeApplication(options: options, logger: Logger(label: "test"), clock: { now }).0

@@ -19,13 +19,19 @@ final class TestClock: Sendable {
 @Suite("Staged rollouts over a simulated fleet", .serialized)
 struct StagedRolloutTests {
     static let classes: [(String, DeviceFacts)] = [
-        ("x86-avx512-vnni", DeviceFacts(arch: "x86_64", cpuFlags: ["avx2", "fma", "avx512f", "avx512_vnni"], memoryBytes: 16 << 30, diskFreeBytes: 64 << 30)),
+        (
+            "x86-avx512-vnni",
+            DeviceFacts(arch: "x86_64", cpuFlags: ["avx2", "fma", "avx512f", "avx512_vnni"], memoryBytes: 16 << 30, diskFreeBytes: 64 << 30)
+        ),
         ("x86-avx2", DeviceFacts(arch: "x86_64", cpuFlags: ["avx2", "fma"], memoryBytes: 8 << 30, diskFreeBytes: 64 << 30)),
-        ("arm64-dotprod", DeviceFacts(arch: "aarch64", cpuFlags: ["asimd", "asimddp"], memoryBytes: 4 << 30, diskFreeBytes: 64 << 30)),
+        ("arm64-dotprod", DeviceFacts(arch: "aarch64", cpuFlags: ["asimd", "asimddp"], memoryBytes: 4 << 30, diskFreeBytes: 64 << 30))
     ]
     static let tiers: [(String, Double)] = [("fibre", 300), ("cellular", 20)]
 
-    struct Device { let id: String; let cls: String; let tier: String; let facts: DeviceFacts; var installed: [String: String] = [:]; var seq: UInt64 = 0 }
+    struct Device {
+        let id: String; let cls: String; let tier: String; let facts: DeviceFacts; var installed: [String: String] = [:];
+        var seq: UInt64 = 0
+    }
 
     static func fleet() -> [Device] {
         var out: [Device] = []
@@ -59,54 +65,70 @@ struct StagedRolloutTests {
         """
 
     func fixture() throws -> ControllerFixture {
-        let f = try ControllerFixture(tiers: """
-            tiers:
-              - { name: fibre, metered: false, min_mbps: 50 }
-              - { name: cellular, metered: false }
-            """)
+        let f = try ControllerFixture(
+            tiers: """
+                tiers:
+                  - { name: fibre, metered: false, min_mbps: 50 }
+                  - { name: cellular, metered: false }
+                """)
         try Self.policy.write(toFile: f.configDir + "/policies/test.yaml", atomically: true, encoding: .utf8)
         return f
     }
 
     /// One check-in; when `install` says so the device "installs" what it was assigned and reports `outcome`.
     @discardableResult
-    func checkIn(_ client: some TestClientProtocol, _ d: inout Device, clock: TestClock,
-                 outcome: (Assignment) -> String = { _ in "committed" }) async throws -> Assignment? {
-        let r = try await client.json(.post, "/v1/devices/\(d.id)/checkin", CheckInRequest(facts: d.facts, installed: d.installed, agentVersion: "sim"))
+    func checkIn(
+        _ client: some TestClientProtocol, _ d: inout Device, clock: TestClock,
+        outcome: (Assignment) -> String = { _ in "committed" }
+    ) async throws -> Assignment? {
+        let r = try await client.json(
+            .post, "/v1/devices/\(d.id)/checkin", CheckInRequest(facts: d.facts, installed: d.installed, agentVersion: "sim"))
         let response = try decode(CheckInResponse.self, r)
         guard let env = response.updates.first?.assignment, let body = env.payloadBytes else { return nil }
         let a = try JSONDecoder().decode(Assignment.self, from: Data(body))
         guard d.installed[a.model] != a.sha256 else { return a }
         let kind = outcome(a)
         d.seq += 1
-        try await client.json(.post, "/v1/devices/\(d.id)/events",
-                              EventBatch(events: [StatusEvent(seq: d.seq, time: clock.now, kind: kind, model: a.model, sha256: a.sha256, release: a.release)]))
+        try await client.json(
+            .post, "/v1/devices/\(d.id)/events",
+            EventBatch(events: [StatusEvent(seq: d.seq, time: clock.now, kind: kind, model: a.model, sha256: a.sha256, release: a.release)])
+        )
         if kind == "committed" { d.installed[a.model] = a.sha256 }
         return a
     }
 
     func metrics(_ client: some TestClientProtocol, _ d: inout Device, release: String, p95: Double, clock: TestClock) async throws {
         d.seq += 1
-        let m = String(decoding: try FleetJSON.encode(RuntimeMetrics(latencyP50Ms: p95 / 2, latencyP95Ms: p95, errorRate: 0, requests: 100, crashes: 0)), as: UTF8.self)
-        try await client.json(.post, "/v1/devices/\(d.id)/events",
-                              EventBatch(events: [StatusEvent(seq: d.seq, time: clock.now, kind: "metrics", model: "m", release: release, detail: m)]))
+        let m = String(
+            decoding: try FleetJSON.encode(
+                RuntimeMetrics(latencyP50Ms: p95 / 2, latencyP95Ms: p95, errorRate: 0, requests: 100, crashes: 0)), as: UTF8.self)
+        try await client.json(
+            .post, "/v1/devices/\(d.id)/events",
+            EventBatch(events: [StatusEvent(seq: d.seq, time: clock.now, kind: "metrics", model: "m", release: release, detail: m)]))
     }
 
     func setUpV1AndV2(_ client: some TestClientProtocol, _ f: ControllerFixture, _ devices: inout [Device], clock: TestClock) async throws {
-        let v = try await client.publish(model: "m", variants: [("m1-int8", "int8", [1, 1]), ("m1-fp32", "fp32", [1, 2]),
-                                                                 ("m2-int8", "int8", [2, 1]), ("m2-fp32", "fp32", [2, 2])])
+        let v = try await client.publish(
+            model: "m",
+            variants: [
+                ("m1-int8", "int8", [1, 1]), ("m1-fp32", "fp32", [1, 2]),
+                ("m2-int8", "int8", [2, 1]), ("m2-fp32", "fp32", [2, 2])
+            ])
         let classes = try decode([HardwareClass].self, try await client.execute(uri: "/v1/config/hardware-classes", method: .get))
         for (i, version) in ["1", "2"].enumerated() {
-            let c = ReleaseCatalog(model: "m", version: version, serial: i + 1, expiresAt: f.now + 86_400 * 30,
-                                   variants: [v[2 * i], v[2 * i + 1]], hardwareClasses: classes)
-            let r = try await client.json(.post, "/v1/releases", NewRelease(catalog: try Envelope.sign(c, type: PayloadType.catalog, keys: [f.keys[.release]!])))
+            let c = ReleaseCatalog(
+                model: "m", version: version, serial: i + 1, expiresAt: f.now + 86_400 * 30,
+                variants: [v[2 * i], v[2 * i + 1]], hardwareClasses: classes)
+            let r = try await client.json(
+                .post, "/v1/releases", NewRelease(catalog: try Envelope.sign(c, type: PayloadType.catalog, keys: [f.keys[.release]!])))
             #expect(r.status == .created)
         }
         #expect(try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@1", strategy: "all")).status == .created)
         for i in devices.indices { try await checkIn(client, &devices[i], clock: clock) }
         #expect(devices.allSatisfy { $0.installed["m"] != nil })
-        let start = try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@2", strategy: "staged", policy: "test-canary"),
-                                          headers: [HTTPField.Name("X-Fleet-Actor")!: "alice"])
+        let start = try await client.json(
+            .post, "/v1/rollouts", NewRollout(release: "m@2", strategy: "staged", policy: "test-canary"),
+            headers: [HTTPField.Name("X-Fleet-Actor")!: "alice"])
         #expect(start.status == .created)
     }
 
@@ -197,7 +219,7 @@ struct StagedRolloutTests {
             for d in sickDevices where everAssignedV2.contains(d.id) {
                 #expect(canary[d.tier]!.contains(d.id), "\(d.id) got the new release outside the canary")
             }
-            #expect(sickDevices.filter { everAssignedV2.contains($0.id) }.count == 2)   // one canary per tier
+            #expect(sickDevices.filter { everAssignedV2.contains($0.id) }.count == 2)  // one canary per tier
             // The healthy classes all run the new release.
             for d in devices where d.cls != sick { #expect(everAssignedV2.contains(d.id), "\(d.id)") }
             #expect(status.actions.first?.actor == "alice")
@@ -243,12 +265,15 @@ struct StagedRolloutTests {
             try await setUpV1AndV2(client, f, &devices, clock: clock)
             let rid = try decode([RolloutInfo].self, try await client.execute(uri: "/v1/rollouts", method: .get)).last!.id
             let promote = try await client.json(.post, "/v1/rollouts/\(rid)/promote", RolloutActionRequest())
-            #expect(promote.status == .ok)   // cells do not exist before devices check in: nothing to promote yet
+            #expect(promote.status == .ok)  // cells do not exist before devices check in: nothing to promote yet
             for i in devices.indices { try await checkIn(client, &devices[i], clock: clock) }
             try await driver.tick(now: clock.now)
-            let v1 = devices.filter { $0.installed["m"].map { Set([Digest.sha256Hex([1, 1] as [UInt8]), Digest.sha256Hex([1, 2] as [UInt8])]).contains($0) } == true }
+            let v1 = devices.filter {
+                $0.installed["m"].map { Set([Digest.sha256Hex([1, 1] as [UInt8]), Digest.sha256Hex([1, 2] as [UInt8])]).contains($0) }
+                    == true
+            }
             let updated = devices.count - v1.count
-            #expect(updated >= 6)   // at least one canary per cell
+            #expect(updated >= 6)  // at least one canary per cell
             let abort = try await client.json(.post, "/v1/rollouts/\(rid)/abort", RolloutActionRequest())
             #expect(abort.status == .ok)
             #expect(try decode(RolloutStatus.self, abort).rollout.state == "aborted")

@@ -32,19 +32,23 @@ enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
     func replica(of location: String) async throws -> SQLStore {
         switch self {
         case .sqlite: return try await SQLStore.sqlite(path: location)
-        case .postgres: return try await SQLStore.postgres(try PostgresLocation(url: location), migrate: true, logger: Logger(label: "test"))
+        case .postgres:
+            return try await SQLStore.postgres(try PostgresLocation(url: location), migrate: true, logger: Logger(label: "test"))
         }
     }
 }
 
-private func event(_ seq: UInt64, _ kind: String = "metrics", model: String = "m", sha: String? = nil, release: String? = nil,
-                   detail: String? = nil) -> StatusEvent {
+private func event(
+    _ seq: UInt64, _ kind: String = "metrics", model: String = "m", sha: String? = nil, release: String? = nil,
+    detail: String? = nil
+) -> StatusEvent {
     StatusEvent(seq: seq, time: 1_800_000_000, kind: kind, model: model, sha256: sha, release: release, detail: detail)
 }
 
-private let device = DeviceRecord(id: "dev-1", facts: DeviceFacts(arch: "x86_64", cpuFlags: ["avx2"], memoryBytes: 1 << 30, diskFreeBytes: 1 << 30),
-                                  hardwareClass: "x86-avx2", tier: "fibre", installed: [:], phase: nil, status: "idle", statusDetail: nil,
-                                  held: [:], firstSeen: 1, lastSeen: 1, agentVersion: "t")
+private let device = DeviceRecord(
+    id: "dev-1", facts: DeviceFacts(arch: "x86_64", cpuFlags: ["avx2"], memoryBytes: 1 << 30, diskFreeBytes: 1 << 30),
+    hardwareClass: "x86-avx2", tier: "fibre", installed: [:], phase: nil, status: "idle", statusDetail: nil,
+    held: [:], firstSeen: 1, lastSeen: 1, agentVersion: "t")
 
 @Suite("Store on both back ends")
 struct StoreBackendTests {
@@ -54,8 +58,9 @@ struct StoreBackendTests {
         defer { Task { await store.db.close() } }
         try await store.upsertDevice(device)
         let sha = String(repeating: "a", count: 64)
-        let first = try await store.appendEvents(deviceId: "dev-1", [event(1), event(2, "committed", sha: sha, release: "m@1"), event(2), event(3)],
-                                                 receivedAt: 10)
+        let first = try await store.appendEvents(
+            deviceId: "dev-1", [event(1), event(2, "committed", sha: sha, release: "m@1"), event(2), event(3)],
+            receivedAt: 10)
         #expect(first.stored == 3)
         #expect(first.duplicates == 1)
         #expect(first.ackedThrough == 3)
@@ -74,10 +79,14 @@ struct StoreBackendTests {
     func twoReplicasIngestingTheSameBatchesStoreEachEventOnce(_ backend: Backend) async throws {
         let (a, location) = try await backend.store()
         let b = try await backend.replica(of: location)
-        defer { Task { await a.db.close(); await b.db.close() } }
+        defer {
+            Task {
+                await a.db.close(); await b.db.close()
+            }
+        }
         try await a.upsertDevice(device)
         var batches: [[StatusEvent]] = []
-        for i in 0..<20 {   // overlapping batches
+        for i in 0..<20 {  // overlapping batches
             let first = UInt64(i * 5 + 1)
             batches.append((first...(first + 7)).map { event($0) })
         }
@@ -100,11 +109,16 @@ struct StoreBackendTests {
     func assignmentCountersNeverGoBackAcrossReplicas(_ backend: Backend) async throws {
         let (a, location) = try await backend.store()
         let b = try await backend.replica(of: location)
-        defer { Task { await a.db.close(); await b.db.close() } }
+        defer {
+            Task {
+                await a.db.close(); await b.db.close()
+            }
+        }
         let env = Envelope(payloadType: "t", payloadBytes: Array("{}".utf8))
         func record(_ counter: UInt64) -> AssignmentRecord {
-            AssignmentRecord(deviceId: "dev-1", model: "m", counter: counter, releaseId: "m@1", variant: "fp32", sha256: "s", packageSha256: "s",
-                             envelope: env, expiresAt: 100)
+            AssignmentRecord(
+                deviceId: "dev-1", model: "m", counter: counter, releaseId: "m@1", variant: "fp32", sha256: "s", packageSha256: "s",
+                envelope: env, expiresAt: 100)
         }
         // Both replicas race to sign the first assignment, then the next one from counter 1.
         let firsts = try await [a.replaceAssignment(record(1), expectedCounter: nil), b.replaceAssignment(record(1), expectedCounter: nil)]
@@ -112,7 +126,7 @@ struct StoreBackendTests {
         async let x = a.replaceAssignment(record(2), expectedCounter: 1)
         async let y = b.replaceAssignment(record(2), expectedCounter: 1)
         #expect(try await [x, y].filter { $0 }.count == 1)
-        #expect(try await a.replaceAssignment(record(3), expectedCounter: 1) == false)   // stale
+        #expect(try await a.replaceAssignment(record(3), expectedCounter: 1) == false)  // stale
         #expect(try await b.assignment(deviceId: "dev-1", model: "m")?.counter == 2)
     }
 
@@ -120,13 +134,21 @@ struct StoreBackendTests {
     func aCellIsReplacedOnlyAtTheRevisionItWasReadAt(_ backend: Backend) async throws {
         let (a, location) = try await backend.store()
         let b = try await backend.replica(of: location)
-        defer { Task { await a.db.close(); await b.db.close() } }
+        defer {
+            Task {
+                await a.db.close(); await b.db.close()
+            }
+        }
         try await a.createModel(ModelRecord(name: "m", minQuality: nil, createdAt: 1))
-        try await a.createRelease(ReleaseRecord(id: "m@1", model: "m", version: "1", serial: 1,
-                                                catalogEnvelope: Envelope(payloadType: "t", payloadBytes: Array("{}".utf8)), catalogSha256: "s",
-                                                catalog: ReleaseCatalog(model: "m", version: "1", serial: 1, expiresAt: 2, variants: [], hardwareClasses: []),
-                                                createdAt: 1))
-        let rollout = try await a.createRollout(RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "fast", state: .active, createdAt: 1), superseding: []).id
+        try await a.createRelease(
+            ReleaseRecord(
+                id: "m@1", model: "m", version: "1", serial: 1,
+                catalogEnvelope: Envelope(payloadType: "t", payloadBytes: Array("{}".utf8)), catalogSha256: "s",
+                catalog: ReleaseCatalog(model: "m", version: "1", serial: 1, expiresAt: 2, variants: [], hardwareClasses: []),
+                createdAt: 1))
+        let rollout = try await a.createRollout(
+            RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "fast", state: .active, createdAt: 1), superseding: []
+        ).id
         let key = CellKey(hardwareClass: "x86-avx2", tier: "fibre")
         let fresh = StoredCell(state: CellState(phaseStartedAt: 1), cutoff: 0.1)
         // Two replicas open the same cell: one wins, the other reads the winner's.
@@ -150,7 +172,11 @@ struct StoreBackendTests {
     func aDeltaIsClaimedOnce(_ backend: Backend) async throws {
         let (a, location) = try await backend.store()
         let b = try await backend.replica(of: location)
-        defer { Task { await a.db.close(); await b.db.close() } }
+        defer {
+            Task {
+                await a.db.close(); await b.db.close()
+            }
+        }
         async let x = a.claimDelta(base: "b", target: "t", at: 1)
         async let y = b.claimDelta(base: "b", target: "t", at: 1)
         #expect(try await [x, y].filter { $0 }.count == 1)
@@ -168,7 +194,8 @@ struct StoreBackendTests {
         await replica.db.close()
         #expect(try await store.db.scalar("SELECT COUNT(*) AS n FROM schema_migrations").int == Int64(Migrations.latest))
         // A newer build wrote version latest+1: this one refuses it and changes nothing.
-        try await store.db.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?,?,?)", [Migrations.latest + 1, "future", 1])
+        try await store.db.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?,?,?)", [Migrations.latest + 1, "future", 1])
         let error = await #expect(throws: StorageError.self) { try await Migrations.run(store.db) }
         #expect(error?.code == .schemaTooNew)
         let error2 = await #expect(throws: StorageError.self) { _ = try await backend.replica(of: location) }
@@ -193,7 +220,9 @@ struct StoreBackendTests {
         }
         #expect(outcomes.filter { !$0.applied.isEmpty }.count == 1)
         #expect(outcomes.allSatisfy { $0.to == Migrations.latest })
-        #expect(try SharedPostgres.server.get().psql(String(url.split(separator: "/").last!), "SELECT COUNT(*) FROM schema_migrations") == "\(Migrations.latest)")
+        #expect(
+            try SharedPostgres.server.get().psql(String(url.split(separator: "/").last!), "SELECT COUNT(*) FROM schema_migrations")
+                == "\(Migrations.latest)")
     }
 
     @Test func aSQLiteFileFromBeforeVersionedMigrationsKeepsItsData() async throws {
@@ -203,27 +232,32 @@ struct StoreBackendTests {
         // The schema of earlier builds: no schema_migrations, events without fault/retry_at,
         // history points without an id column.
         let old = try SQLiteDatabase(path: dir + "/fleet.sqlite")
-        try await old.execute("""
+        try await old.execute(
+            """
             CREATE TABLE events (device_id TEXT NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL, kind TEXT NOT NULL,
                 model TEXT, sha256 TEXT, release TEXT, detail TEXT, received_at INTEGER NOT NULL, PRIMARY KEY (device_id, seq))
             """)
         try await old.execute("INSERT INTO events VALUES ('dev-1', 1, 5, 'metrics', 'm', NULL, 'm@1', '{}', 5)")
-        try await old.execute("CREATE TABLE rollout_history (rollout_id INTEGER NOT NULL, cell TEXT NOT NULL, at INTEGER NOT NULL, body TEXT NOT NULL)")
+        try await old.execute(
+            "CREATE TABLE rollout_history (rollout_id INTEGER NOT NULL, cell TEXT NOT NULL, at INTEGER NOT NULL, body TEXT NOT NULL)")
         let point = CellHistoryPoint(at: 7, phase: 0, status: "running", targeted: 1, committed: 0, failed: 0)
-        try await old.execute("INSERT INTO rollout_history VALUES (1, 'c/t', 7, ?)", [String(decoding: try FleetJSON.encode(point), as: UTF8.self)])
+        try await old.execute(
+            "INSERT INTO rollout_history VALUES (1, 'c/t', 7, ?)", [String(decoding: try FleetJSON.encode(point), as: UTF8.self)])
         let store = try await SQLStore.sqlite(path: dir + "/fleet.sqlite")
         #expect(try await Migrations.version(store.db) == Migrations.latest)
         #expect(try await store.events(deviceId: "dev-1", after: 0, limit: 10).map(\.seq) == [1])
         #expect(try await store.history(rollout: 1)["c/t"] == [point])
         // The added columns work.
-        let ingest = try await store.appendEvents(deviceId: "dev-1", [StatusEvent(seq: 2, time: 6, kind: "failed", fault: "hash-mismatch")], receivedAt: 6)
+        let ingest = try await store.appendEvents(
+            deviceId: "dev-1", [StatusEvent(seq: 2, time: 6, kind: "failed", fault: "hash-mismatch")], receivedAt: 6)
         #expect(ingest.stored == 1)
         #expect(try await store.events(deviceId: "dev-1", limit: 1).first?.fault == "hash-mismatch")
     }
 
     @Test func aRowWithAMissingValueIsACorruptError() async throws {
         let (store, _) = try await Backend.sqlite.store()
-        try await store.db.execute("""
+        try await store.db.execute(
+            """
             INSERT INTO devices (id, facts, hardware_class, tier, installed, phase, status, status_detail, held, first_seen, last_seen, agent_version)
             VALUES ('dev-1', 'not json', NULL, NULL, '{}', NULL, 'idle', NULL, '{}', 1, 1, NULL)
             """)
@@ -239,10 +273,16 @@ struct LeaderElectionTests {
         let location = try PostgresLocation(url: url)
         let a = try await SQLStore.postgres(location, migrate: true, logger: Logger(label: "a"))
         let b = try await SQLStore.postgres(location, migrate: true, logger: Logger(label: "b"))
-        defer { Task { await a.db.close(); await b.db.close() } }
+        defer {
+            Task {
+                await a.db.close(); await b.db.close()
+            }
+        }
         let fa = LeaseFence(), fb = LeaseFence()
-        let ea = LeaderElector(location: location, store: a, fence: fa, replica: "a", interval: .milliseconds(100), logger: Logger(label: "a"))
-        let eb = LeaderElector(location: location, store: b, fence: fb, replica: "b", interval: .milliseconds(100), logger: Logger(label: "b"))
+        let ea = LeaderElector(
+            location: location, store: a, fence: fa, replica: "a", interval: .milliseconds(100), logger: Logger(label: "a"))
+        let eb = LeaderElector(
+            location: location, store: b, fence: fb, replica: "b", interval: .milliseconds(100), logger: Logger(label: "b"))
         let ta = Task { try await ea.run() }
         let tb = Task { try await eb.run() }
         defer { ta.cancel(); tb.cancel() }
@@ -287,21 +327,28 @@ struct StoreCacheTests {
         // A reader whose entries would otherwise live for an hour: only NOTIFY can refresh it.
         let cache = StoreCache(maxAge: .seconds(3600))
         let reader = SQLStore(db: try await PostgresDatabase.connect(location, logger: Logger(label: "a")), cache: cache)
-        defer { Task { await writer.db.close(); await reader.db.close() } }
+        defer {
+            Task {
+                await writer.db.close(); await reader.db.close()
+            }
+        }
         let listener = StoreCacheListener(location: location, cache: cache, logger: Logger(label: "a"))
         let task = Task { try await listener.run() }
         defer { task.cancel() }
         try await writer.createModel(ModelRecord(name: "m", minQuality: nil, createdAt: 1))
-        try await writer.createRelease(ReleaseRecord(id: "m@1", model: "m", version: "1", serial: 1,
-                                                     catalogEnvelope: Envelope(payloadType: "t", payloadBytes: Array("{}".utf8)), catalogSha256: "s",
-                                                     catalog: ReleaseCatalog(model: "m", version: "1", serial: 1, expiresAt: 2, variants: [], hardwareClasses: []),
-                                                     createdAt: 1))
-        #expect(try await reader.activeRollouts().isEmpty)   // cached now
+        try await writer.createRelease(
+            ReleaseRecord(
+                id: "m@1", model: "m", version: "1", serial: 1,
+                catalogEnvelope: Envelope(payloadType: "t", payloadBytes: Array("{}".utf8)), catalogSha256: "s",
+                catalog: ReleaseCatalog(model: "m", version: "1", serial: 1, expiresAt: 2, variants: [], hardwareClasses: []),
+                createdAt: 1))
+        #expect(try await reader.activeRollouts().isEmpty)  // cached now
         // The listener is up (LISTEN in force) once the reader sees a model made after it cached its absence.
         #expect(try await reader.model("probe") == nil)
         try await writer.createModel(ModelRecord(name: "probe", minQuality: nil, createdAt: 1))
         try await waitUntil("the listener is up") { try await reader.model("probe") != nil }
-        let rollout = try await writer.createRollout(RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "all", state: .active, createdAt: 1), superseding: [])
+        let rollout = try await writer.createRollout(
+            RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "all", state: .active, createdAt: 1), superseding: [])
         try await waitUntil("the reader sees the new rollout") { try await reader.activeRollouts().map(\.id) == [rollout.id] }
         try await writer.setRolloutState(rollout.id, .aborted)
         try await waitUntil("the reader sees it aborted") { try await reader.activeRollouts().first?.state == .aborted }

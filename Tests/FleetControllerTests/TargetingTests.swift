@@ -24,8 +24,9 @@ struct TargetingTests {
         }
     }
 
-    static let armFacts = DeviceFacts(arch: "aarch64", cpuFlags: ["asimd", "asimddp"], memoryBytes: 4 << 30, diskFreeBytes: 64 << 30,
-                                      downlinkMbps: 300, metered: false)
+    static let armFacts = DeviceFacts(
+        arch: "aarch64", cpuFlags: ["asimd", "asimddp"], memoryBytes: 4 << 30, diskFreeBytes: 64 << 30,
+        downlinkMbps: 300, metered: false)
 
     struct Answer {
         var assignment: Assignment?
@@ -69,8 +70,10 @@ struct TargetingTests {
         let variants = try await client.publish(model: "m", variants: (1...n).map { ("m\($0)-int8", "int8", [UInt8($0), 7]) })
         let classes = try decode([HardwareClass].self, try await client.execute(uri: "/v1/config/hardware-classes", method: .get))
         for (i, v) in variants.enumerated() {
-            let c = ReleaseCatalog(model: "m", version: "\(i + 1)", serial: i + 1, expiresAt: now + 86_400 * 60, variants: [v], hardwareClasses: classes)
-            let r = try await client.json(.post, "/v1/releases", NewRelease(catalog: try Envelope.sign(c, type: PayloadType.catalog, keys: [f.keys[.release]!])))
+            let c = ReleaseCatalog(
+                model: "m", version: "\(i + 1)", serial: i + 1, expiresAt: now + 86_400 * 60, variants: [v], hardwareClasses: classes)
+            let r = try await client.json(
+                .post, "/v1/releases", NewRelease(catalog: try Envelope.sign(c, type: PayloadType.catalog, keys: [f.keys[.release]!])))
             #expect(r.status == .created)
         }
     }
@@ -78,9 +81,12 @@ struct TargetingTests {
     /// One full check-in; the device installs what it is assigned and reports `outcome` (nil: it
     /// only stages, as a device waiting for its window).
     @discardableResult
-    func checkIn(_ client: some TestClientProtocol, _ d: inout Device, now: Int64,
-                 outcome: (Assignment) -> String? = { _ in "committed" }) async throws -> Answer {
-        let r = try await client.json(.post, "/v1/devices/\(d.id)/checkin", CheckInRequest(facts: d.facts, installed: d.installed, agentVersion: "sim"))
+    func checkIn(
+        _ client: some TestClientProtocol, _ d: inout Device, now: Int64,
+        outcome: (Assignment) -> String? = { _ in "committed" }
+    ) async throws -> Answer {
+        let r = try await client.json(
+            .post, "/v1/devices/\(d.id)/checkin", CheckInRequest(facts: d.facts, installed: d.installed, agentVersion: "sim"))
         #expect(r.status == .ok)
         let response = try decode(CheckInResponse.self, r)
         var answer = Answer(held: response.held["m"])
@@ -89,8 +95,9 @@ struct TargetingTests {
         answer.assignment = a
         guard d.installed[a.model] != a.sha256, let kind = outcome(a) else { return answer }
         d.seq += 1
-        try await client.json(.post, "/v1/devices/\(d.id)/events",
-                              EventBatch(events: [StatusEvent(seq: d.seq, time: now, kind: kind, model: a.model, sha256: a.sha256, release: a.release)]))
+        try await client.json(
+            .post, "/v1/devices/\(d.id)/events",
+            EventBatch(events: [StatusEvent(seq: d.seq, time: now, kind: kind, model: a.model, sha256: a.sha256, release: a.release)]))
         if kind == "committed" { d.installed[a.model] = a.sha256 }
         return answer
     }
@@ -116,8 +123,9 @@ struct TargetingTests {
             func checkIn(_ labels: [String: String]) async throws -> TestResponse {
                 var facts = ControllerFixture.vnniFacts
                 facts.labels = labels
-                return try await client.json(.post, "/v1/devices/dev-a/checkin", CheckInRequest(facts: facts, installed: [:], agentVersion: "t"),
-                                             headers: peer(fpA))
+                return try await client.json(
+                    .post, "/v1/devices/dev-a/checkin", CheckInRequest(facts: facts, installed: [:], agentVersion: "t"),
+                    headers: peer(fpA))
             }
             func device() async throws -> DeviceInfo {
                 try decode(DeviceInfo.self, try await client.execute(uri: "/v1/devices/dev-a", method: .get, headers: bearer(admin)))
@@ -129,8 +137,9 @@ struct TargetingTests {
             #expect(d.labelSources == ["region": "enrollment", "site": "agent"])
 
             // The operator's label outranks the device's own, whatever the device says next.
-            let set = try await client.json(.post, "/v1/devices/dev-a/labels", LabelUpdate(set: ["site": "store-7", "region": "eu-north"]),
-                                            headers: bearer(admin))
+            let set = try await client.json(
+                .post, "/v1/devices/dev-a/labels", LabelUpdate(set: ["site": "store-7", "region": "eu-north"]),
+                headers: bearer(admin))
             #expect(set.status == .ok)
             #expect(try await checkIn(["region": "us-east", "site": "lab-2"]).status == .ok)
             d = try await device()
@@ -138,7 +147,9 @@ struct TargetingTests {
             #expect(d.labelSources == ["region": "operator", "site": "operator"])
 
             // Removing the operator's labels uncovers the sources below them.
-            #expect(try await client.json(.post, "/v1/devices/dev-a/labels", LabelUpdate(remove: ["site", "region"]), headers: bearer(admin)).status == .ok)
+            #expect(
+                try await client.json(.post, "/v1/devices/dev-a/labels", LabelUpdate(remove: ["site", "region"]), headers: bearer(admin))
+                    .status == .ok)
             d = try await device()
             #expect(d.labels == ["region": "eu-west", "site": "lab-2"])
 
@@ -146,16 +157,20 @@ struct TargetingTests {
             let reserved = try await checkIn(["class": "fast"])
             #expect(reserved.status == .badRequest)
             #expect(try decode(APIErrorBody.self, reserved).error.code == "invalid-labels")
-            let badToken = try await client.json(.post, "/v1/enrollment-tokens", NewEnrollmentToken(labels: ["tier": "x"]), headers: bearer(admin))
+            let badToken = try await client.json(
+                .post, "/v1/enrollment-tokens", NewEnrollmentToken(labels: ["tier": "x"]), headers: bearer(admin))
             #expect(try decode(APIErrorBody.self, badToken).error.code == "invalid-labels")
-            let badValue = try await client.json(.post, "/v1/devices/dev-a/labels", LabelUpdate(set: ["site": "no spaces"]), headers: bearer(admin))
+            let badValue = try await client.json(
+                .post, "/v1/devices/dev-a/labels", LabelUpdate(set: ["site": "no spaces"]), headers: bearer(admin))
             #expect(try decode(APIErrorBody.self, badValue).error.code == "invalid-labels")
             let unknown = try await client.json(.post, "/v1/devices/nobody/labels", LabelUpdate(set: ["site": "x"]), headers: bearer(admin))
             #expect(unknown.status == .notFound)
             #expect(try decode(APIErrorBody.self, unknown).error.code == "unknown-device")
             // A viewer may not label.
             let viewer = try await client.token(admin, name: "v", role: .viewer).token
-            #expect(try await client.json(.post, "/v1/devices/dev-a/labels", LabelUpdate(set: ["site": "x"]), headers: bearer(viewer)).status == .forbidden)
+            #expect(
+                try await client.json(.post, "/v1/devices/dev-a/labels", LabelUpdate(set: ["site": "x"]), headers: bearer(viewer)).status
+                    == .forbidden)
             d = try await device()
             #expect(d.labels == ["region": "eu-west", "site": "lab-2"])
         }
@@ -168,7 +183,9 @@ struct TargetingTests {
         let app = try await f.app()
         try await app.test(.router) { client in
             try await publish(client, f, releases: 2, now: f.now)
-            var devices = (0..<4).map { Device("eu-\($0)", labels: ["region": "eu-west"]) } + (0..<4).map { Device("us-\($0)", labels: ["region": "us-east"]) }
+            var devices =
+                (0..<4).map { Device("eu-\($0)", labels: ["region": "eu-west"]) }
+                + (0..<4).map { Device("us-\($0)", labels: ["region": "us-east"]) }
             #expect(try await start(client, NewRollout(release: "m@1", strategy: "all")).status == .created)
             for i in devices.indices { #expect(try await checkIn(client, &devices[i], now: f.now).assignment?.release == "m@1") }
 
@@ -187,9 +204,11 @@ struct TargetingTests {
 
             let eu = try decode([DeviceInfo].self, try await client.execute(uri: "/v1/devices?selector=region%3Deu-west", method: .get))
             #expect(eu.map(\.id).sorted() == ["eu-0", "eu-1", "eu-2", "eu-3"])
-            let notEU = try decode([DeviceInfo].self, try await client.execute(uri: "/v1/devices?selector=region%21%3Deu-west%2Carch%3Dx86_64", method: .get))
+            let notEU = try decode(
+                [DeviceInfo].self, try await client.execute(uri: "/v1/devices?selector=region%21%3Deu-west%2Carch%3Dx86_64", method: .get))
             #expect(notEU.count == 4)
-            let status = try decode(FleetStatus.self, try await client.execute(uri: "/v1/status?selector=region%20in%20(us-east)", method: .get))
+            let status = try decode(
+                FleetStatus.self, try await client.execute(uri: "/v1/status?selector=region%20in%20(us-east)", method: .get))
             #expect(status.devices == 4)
 
             // A malformed selector names where it went wrong, and starts nothing.
@@ -210,13 +229,15 @@ struct TargetingTests {
         let (app, driver) = try await f.parts()
         try await app.test(.router) { client in
             try await publish(client, f, releases: 3, now: f.now)
-            var devices = (0..<3).map { Device("eu-\($0)", labels: ["region": "eu-west"]) }
+            var devices =
+                (0..<3).map { Device("eu-\($0)", labels: ["region": "eu-west"]) }
                 + (0..<2).map { Device("eu-lab-\($0)", labels: ["region": "eu-west", "site": "lab"]) }
                 + (0..<3).map { Device("us-\($0)", labels: ["region": "us-east"]) }
             #expect(try await start(client, NewRollout(release: "m@1", strategy: "all")).status == .created)
             for i in devices.indices { try await checkIn(client, &devices[i], now: f.now) }
 
-            let euStart = try await start(client, NewRollout(release: "m@2", strategy: "staged", policy: "one-phase", selector: "region=eu-west"))
+            let euStart = try await start(
+                client, NewRollout(release: "m@2", strategy: "staged", policy: "one-phase", selector: "region=eu-west"))
             #expect(euStart.status == .created)
             let eu = try decode(RolloutInfo.self, euStart).id
             try await driver.tick(now: f.now)
@@ -230,11 +251,13 @@ struct TargetingTests {
             // The whole fleet overlaps too; a disjoint selector does not.
             let everyone = try await start(client, NewRollout(release: "m@3", strategy: "staged", policy: "one-phase"))
             #expect(try decode(APIErrorBody.self, everyone).error.counts?["devicesInCommon"] == 5)
-            let us = try await start(client, NewRollout(release: "m@3", strategy: "staged", policy: "one-phase", selector: "region=us-east"))
+            let us = try await start(
+                client, NewRollout(release: "m@3", strategy: "staged", policy: "one-phase", selector: "region=us-east"))
             #expect(us.status == .created)
 
             // --supersede takes the lab devices over: they follow the newer rollout from then on.
-            let lab = try await start(client, NewRollout(release: "m@3", strategy: "staged", policy: "one-phase", selector: "site=lab", supersede: true))
+            let lab = try await start(
+                client, NewRollout(release: "m@3", strategy: "staged", policy: "one-phase", selector: "site=lab", supersede: true))
             #expect(lab.status == .created)
             let labID = try decode(RolloutInfo.self, lab).id
             try await driver.tick(now: f.now)
@@ -262,13 +285,15 @@ struct TargetingTests {
         let (app, driver) = try await f.parts()
         try await app.test(.router) { client in
             try await publish(client, f, releases: 2, now: f.now)
-            var devices = (0..<2).map { Device("lab-\($0)", labels: ["region": "eu-west", "site": "lab"]) }
+            var devices =
+                (0..<2).map { Device("lab-\($0)", labels: ["region": "eu-west", "site": "lab"]) }
                 + (0..<3).map { Device("eu-vnni-\($0)", labels: ["region": "eu-north"]) }
                 + (0..<3).map { Device("eu-board-\($0)", labels: ["region": "eu-west"], base: Self.armFacts) }
                 + (0..<3).map { Device("us-\($0)", labels: ["region": "us-east"]) }
             #expect(try await start(client, NewRollout(release: "m@1", strategy: "all")).status == .created)
             for i in devices.indices { try await checkIn(client, &devices[i], now: f.now) }
-            let rid = try decode(RolloutInfo.self, try await start(client, NewRollout(release: "m@2", strategy: "staged", policy: "waves"))).id
+            let rid = try decode(RolloutInfo.self, try await start(client, NewRollout(release: "m@2", strategy: "staged", policy: "waves")))
+                .id
 
             // Wave 1 (lab) only: Europe and the rest wait for their wave.
             var sentV2 = Set<String>()
@@ -314,10 +339,13 @@ struct TargetingTests {
         let (app, driver) = try await f.parts()
         try await app.test(.router) { client in
             try await publish(client, f, releases: 2, now: f.now)
-            var devices = [Device("lab-0", labels: ["site": "lab"]), Device("eu-0", labels: ["region": "eu-west"]), Device("us-0", labels: [:])]
+            var devices = [
+                Device("lab-0", labels: ["site": "lab"]), Device("eu-0", labels: ["region": "eu-west"]), Device("us-0", labels: [:])
+            ]
             #expect(try await start(client, NewRollout(release: "m@1", strategy: "all")).status == .created)
             for i in devices.indices { try await checkIn(client, &devices[i], now: f.now) }
-            let rid = try decode(RolloutInfo.self, try await start(client, NewRollout(release: "m@2", strategy: "staged", policy: "waves"))).id
+            let rid = try decode(RolloutInfo.self, try await start(client, NewRollout(release: "m@2", strategy: "staged", policy: "waves")))
+                .id
             var order: [String] = []
             for round in 0..<6 {
                 for i in devices.indices {
@@ -339,8 +367,8 @@ struct TargetingTests {
 
     /// 2026-07-01 12:00 UTC: Berlin is at UTC+2, New York at UTC-4 (both on summer time).
     static let noonJuly1: Int64 = 1_782_907_200
-    static let berlin2am: Int64 = 1_782_950_400     // 2026-07-02 00:00 UTC
-    static let newYork2am: Int64 = 1_782_972_000    // 2026-07-02 06:00 UTC
+    static let berlin2am: Int64 = 1_782_950_400  // 2026-07-02 00:00 UTC
+    static let newYork2am: Int64 = 1_782_972_000  // 2026-07-02 06:00 UTC
 
     @Test func activationWindowsAreSignedInEachDevicesZoneAndTimeoutsWaitForThem() async throws {
         let f = try fixture(); defer { f.cleanup() }
@@ -349,7 +377,9 @@ struct TargetingTests {
         try await app.test(.router) { client in
             try await publish(client, f, releases: 2, now: clock.now)
             // One zone from a label, one from the device's configured zone.
-            var devices = [Device("berlin", labels: ["timezone": "Europe/Berlin"]), Device("new-york", labels: [:], timezone: "America/New_York")]
+            var devices = [
+                Device("berlin", labels: ["timezone": "Europe/Berlin"]), Device("new-york", labels: [:], timezone: "America/New_York")
+            ]
             #expect(try await start(client, NewRollout(release: "m@1", strategy: "all")).status == .created)
             for i in devices.indices { try await checkIn(client, &devices[i], now: clock.now) }
             let r = try await start(client, NewRollout(release: "m@2", strategy: "staged", policy: "one-phase", window: "daily 02:00+3h"))
@@ -405,8 +435,10 @@ struct TargetingTests {
         #expect(p.wave(for: ["region": "eu-north"]) == 1)
         #expect(p.wave(for: ["region": "us-east", "class": "x86-avx2"]) == 2)
         // Broken waves are named.
-        for doc in ["waves: []", "waves: [{name: a}, {name: a}]", "waves: [{name: 'a:b'}]", "waves: [{name: a, selector: 'x in ('}]",
-                    "waves: [{name: a, window: 'daily 02:00+3h Mars/Olympus'}]"] {
+        for doc in [
+            "waves: []", "waves: [{name: a}, {name: a}]", "waves: [{name: 'a:b'}]", "waves: [{name: a, selector: 'x in ('}]",
+            "waves: [{name: a, window: 'daily 02:00+3h Mars/Olympus'}]"
+        ] {
             #expect(throws: ConfigError.self, "\(doc)") { try PolicyLoader.parse("name: p\nphases: [{percent: 100}]\n\(doc)\n", file: "t") }
         }
     }

@@ -34,8 +34,10 @@ struct TrustedProxiesTests {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=dev-a",
-                       "-days", "1", "-keyout", dir + "/k.pem", "-out", dir + "/c.pem"]
+        p.arguments = [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=dev-a",
+            "-days", "1", "-keyout", dir + "/k.pem", "-out", dir + "/c.pem"
+        ]
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
@@ -59,11 +61,14 @@ struct TrustedProxiesTests {
         // The same headers from anyone else, or without the proxy's verdict, are nothing.
         #expect(proxies.certificate(headers: headers(cert: escaped, verify: "SUCCESS"), peer: "10.0.0.6") == nil)
         #expect(proxies.certificate(headers: headers(cert: escaped, verify: "SUCCESS"), peer: nil) == nil)
-        #expect(proxies.certificate(headers: headers(cert: escaped, verify: "FAILED:unable to get issuer certificate"), peer: "10.0.0.5") == nil)
+        #expect(
+            proxies.certificate(headers: headers(cert: escaped, verify: "FAILED:unable to get issuer certificate"), peer: "10.0.0.5") == nil
+        )
         #expect(proxies.certificate(headers: headers(cert: escaped, verify: "NONE"), peer: "10.0.0.5") == nil)
         #expect(proxies.certificate(headers: headers(cert: nil, verify: "SUCCESS"), peer: "10.0.0.5") == nil)
         #expect(proxies.certificate(headers: headers(cert: "not%20a%20certificate", verify: "SUCCESS"), peer: "10.0.0.5") == nil)
-        #expect(proxies.certificate(headers: headers(cert: String(repeating: "A", count: 20_000), verify: "SUCCESS"), peer: "10.0.0.5") == nil)
+        #expect(
+            proxies.certificate(headers: headers(cert: String(repeating: "A", count: 20_000), verify: "SUCCESS"), peer: "10.0.0.5") == nil)
         #expect(TrustedProxies.none.certificate(headers: headers(cert: escaped, verify: "SUCCESS"), peer: "127.0.0.1") == nil)
     }
 }

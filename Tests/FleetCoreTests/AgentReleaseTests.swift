@@ -7,9 +7,10 @@ import Testing
 @Suite struct AgentReleaseTests {
     typealias F = Fixture
 
-    static let agentBinary = CatalogVariant(name: "agent-x86_64-0.2.0", sha256: Digest.sha256Hex(Array("agent".utf8)), size: 20 * F.MB,
-                                            fileName: "fleet-agent", format: ReleaseKind.agentFormat, dtype: "native",
-                                            requires: Requirements(arch: ["x86_64"], capabilities: [ReleaseKind.selfUpdateCapability]))
+    static let agentBinary = CatalogVariant(
+        name: "agent-x86_64-0.2.0", sha256: Digest.sha256Hex(Array("agent".utf8)), size: 20 * F.MB,
+        fileName: "fleet-agent", format: ReleaseKind.agentFormat, dtype: "native",
+        requires: Requirements(arch: ["x86_64"], capabilities: [ReleaseKind.selfUpdateCapability]))
 
     static var capableFacts: DeviceFacts {
         var f = F.facts
@@ -18,18 +19,22 @@ import Testing
     }
 
     /// A signed agent release for the fixture device; `edit` changes catalog and assignment before signing.
-    static func agentBundle(catalog editCatalog: (inout ReleaseCatalog) -> Void = { _ in },
-                            assignment editAssignment: (inout Assignment) -> Void = { _ in }) -> Fixture.Bundle {
-        F.bundle(catalog: { c in
-            c.model = ReleaseKind.agentModel; c.kind = .agent; c.variants = [agentBinary]
-            editCatalog(&c)
-        }, assignment: { a in
-            let v = agentBinary
-            a.model = ReleaseKind.agentModel; a.release = "\(ReleaseKind.agentModel)@1.2.0"; a.kind = .agent
-            a.variant = v.name; a.sha256 = v.sha256; a.size = v.size
-            a.package = PackageRef(kind: PackageRef.full, sha256: v.sha256, size: v.size, url: "/v1/artifacts/\(v.sha256)")
-            editAssignment(&a)
-        })
+    static func agentBundle(
+        catalog editCatalog: (inout ReleaseCatalog) -> Void = { _ in },
+        assignment editAssignment: (inout Assignment) -> Void = { _ in }
+    ) -> Fixture.Bundle {
+        F.bundle(
+            catalog: { c in
+                c.model = ReleaseKind.agentModel; c.kind = .agent; c.variants = [agentBinary]
+                editCatalog(&c)
+            },
+            assignment: { a in
+                let v = agentBinary
+                a.model = ReleaseKind.agentModel; a.release = "\(ReleaseKind.agentModel)@1.2.0"; a.kind = .agent
+                a.variant = v.name; a.sha256 = v.sha256; a.size = v.size
+                a.package = PackageRef(kind: PackageRef.full, sha256: v.sha256, size: v.size, url: "/v1/artifacts/\(v.sha256)")
+                editAssignment(&a)
+            })
     }
 
     @Test func agentReleaseForACapableAgentIsAccepted() throws {
@@ -50,7 +55,11 @@ import Testing
 
     /// An agent-kind catalog under a model's name would install a binary into that model's slot.
     @Test func agentCatalogUnderAModelNameIsRejected() {
-        let b = Self.agentBundle(catalog: { $0.model = F.model }, assignment: { $0.model = F.model; $0.release = F.release })
+        let b = Self.agentBundle(
+            catalog: { $0.model = F.model },
+            assignment: {
+                $0.model = F.model; $0.release = F.release
+            })
         expectRejection(.wrongKind, b, facts: Self.capableFacts)
     }
 
@@ -87,7 +96,8 @@ import Testing
             let env = F.sign(c, PayloadType.catalog, [F.releaseKey])
             do {
                 _ = try await ReleaseAcceptance.check(env, root: root, now: F.now) { _ in
-                    ReleaseAcceptance.ModelState(registered: Dictionary(uniqueKeysWithValues: c.variants.map { ($0.name, $0) }), lastSerial: 0)
+                    ReleaseAcceptance.ModelState(
+                        registered: Dictionary(uniqueKeysWithValues: c.variants.map { ($0.name, $0) }), lastSerial: 0)
                 }
                 return nil
             } catch let r as ReleaseAcceptance.Rejection { return r.code } catch { return nil }
@@ -113,8 +123,9 @@ import Testing
     static let new = String(repeating: "b", count: 64)
     static let now: Int64 = 1_000
     static func trial(attempts: Int = 0, deadline: Int64 = now + 60, abandoned: InstallFault? = nil) -> AgentTrial {
-        AgentTrial(model: ReleaseKind.agentModel, release: "fleet-agent@2", counter: 3, previous: old, new: new, deadline: deadline,
-                   attempts: attempts, abandoned: abandoned)
+        AgentTrial(
+            model: ReleaseKind.agentModel, release: "fleet-agent@2", counter: 3, previous: old, new: new, deadline: deadline,
+            attempts: attempts, abandoned: abandoned)
     }
 
     @Test func nothingInstalledRunsThePackagedBinary() {
@@ -122,7 +133,8 @@ import Testing
     }
 
     @Test func aCommittedSlotTakesOverOnce() {
-        #expect(AgentHandover.plan(trial: nil, committed: Self.old, handedOver: nil, now: Self.now) == .init(.keep, .execCommitted(Self.old)))
+        #expect(
+            AgentHandover.plan(trial: nil, committed: Self.old, handedOver: nil, now: Self.now) == .init(.keep, .execCommitted(Self.old)))
         // The exec'd process never hands over again at start: no loop.
         #expect(AgentHandover.plan(trial: nil, committed: Self.old, handedOver: Self.old, now: Self.now) == .init(.keep, .run))
     }

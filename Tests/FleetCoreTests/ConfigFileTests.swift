@@ -6,7 +6,7 @@ import FleetCore
 @Suite struct ConfigFileTests {
     static let schema = ConfigSchema([
         "controller": .string, "poll-seconds": .number, "max-restarts": .integer, "rate-limit": .size,
-        "once": .flag, "energy-counter": .list, "labels": .map(flag: "label"),
+        "once": .flag, "energy-counter": .list, "labels": .map(flag: "label")
     ])
 
     func failure(_ text: String, overriddenBy commandLine: [String] = []) -> ConfigFileError? {
@@ -20,26 +20,29 @@ import FleetCore
 
     @Test func everyKindOfValueBecomesItsFlag() throws {
         let text = """
-        ---
-        # the device in hall 3
-        controller: "https://ctl.example:8443"   # quoted, with a comment
-        poll-seconds: 2.5
-        max-restarts: 4
-        rate-limit: 2M
-        once: true
-        energy-counter:
-          - /sys/class/powercap/intel-rapl:0/energy_uj
-          - '/sys/x y'
-        labels:
-          site: berlin
-          line: "3"
+            ---
+            # the device in hall 3
+            controller: "https://ctl.example:8443"   # quoted, with a comment
+            poll-seconds: 2.5
+            max-restarts: 4
+            rate-limit: 2M
+            once: true
+            energy-counter:
+              - /sys/class/powercap/intel-rapl:0/energy_uj
+              - '/sys/x y'
+            labels:
+              site: berlin
+              line: "3"
 
-        """
+            """
         let args = try ConfigFile.parse(text, source: "agent.yaml").arguments(schema: Self.schema, overriddenBy: [])
-        #expect(args == ["--controller", "https://ctl.example:8443", "--poll-seconds", "2.5", "--max-restarts", "4",
-                         "--rate-limit", "2M", "--once",
-                         "--energy-counter", "/sys/class/powercap/intel-rapl:0/energy_uj", "--energy-counter", "/sys/x y",
-                         "--label", "site=berlin", "--label", "line=3"])
+        #expect(
+            args == [
+                "--controller", "https://ctl.example:8443", "--poll-seconds", "2.5", "--max-restarts", "4",
+                "--rate-limit", "2M", "--once",
+                "--energy-counter", "/sys/class/powercap/intel-rapl:0/energy_uj", "--energy-counter", "/sys/x y",
+                "--label", "site=berlin", "--label", "line=3"
+            ])
     }
 
     @Test func flowListsMapsAndFalseFlags() throws {
@@ -51,9 +54,11 @@ import FleetCore
     }
 
     @Test func flagsGivenByHandOverrideTheFile() throws {
-        let file = try ConfigFile.parse("controller: http://a\npoll-seconds: 5\nenergy-counter: [x]\nlabels:\n  site: a\n  rack: \"1\"\n", source: "f")
-        let args = try file.arguments(schema: Self.schema,
-                                      overriddenBy: ["--controller", "http://b", "--poll-seconds=9", "--energy-counter", "y", "--label", "site=b"])
+        let file = try ConfigFile.parse(
+            "controller: http://a\npoll-seconds: 5\nenergy-counter: [x]\nlabels:\n  site: a\n  rack: \"1\"\n", source: "f")
+        let args = try file.arguments(
+            schema: Self.schema,
+            overriddenBy: ["--controller", "http://b", "--poll-seconds=9", "--energy-counter", "y", "--label", "site=b"])
         // What the command line gives is left out of the file's part; other map entries stay.
         #expect(args == ["--label", "rack=1"])
     }
@@ -101,25 +106,35 @@ import FleetCore
     }
 
     @Test func commentsAndQuotesAreReadAsYAMLReadsThem() throws {
-        let file = try ConfigFile.parse("a: x#not-a-comment\nb: 'it''s # here' # gone\nc: \"tab\\there\"\r\nd: http://h:8080/p\n", source: "f")
-        #expect(file.entries.map(\.value) == [.scalar("x#not-a-comment"), .scalar("it's # here"), .scalar("tab\there"), .scalar("http://h:8080/p")])
+        let file = try ConfigFile.parse(
+            "a: x#not-a-comment\nb: 'it''s # here' # gone\nc: \"tab\\there\"\r\nd: http://h:8080/p\n", source: "f")
+        #expect(
+            file.entries.map(\.value) == [
+                .scalar("x#not-a-comment"), .scalar("it's # here"), .scalar("tab\there"), .scalar("http://h:8080/p")
+            ])
     }
 
     @Test func commandLineGetsTheFileRightAfterTheSubcommand() throws {
         let files = ["/etc/a.yaml": "controller: http://file\n"]
-        let expanded = try ConfigFileCommandLine.expand(["run", "--config-file", "/etc/a.yaml", "--once"], subcommand: "run", schema: Self.schema,
-                                                        defaultPath: "/etc/default.yaml", exists: { files[$0] != nil }, read: { files[$0] })
+        let expanded = try ConfigFileCommandLine.expand(
+            ["run", "--config-file", "/etc/a.yaml", "--once"], subcommand: "run", schema: Self.schema,
+            defaultPath: "/etc/default.yaml", exists: { files[$0] != nil }, read: { files[$0] })
         #expect(expanded == ["run", "--controller", "http://file", "--config-file", "/etc/a.yaml", "--once"])
         // No file named and none at the default path: the command line as given.
-        #expect(try ConfigFileCommandLine.expand(["run", "--once"], subcommand: "run", schema: Self.schema, defaultPath: "/nope",
-                                                 exists: { _ in false }, read: { _ in nil }) == ["run", "--once"])
+        #expect(
+            try ConfigFileCommandLine.expand(
+                ["run", "--once"], subcommand: "run", schema: Self.schema, defaultPath: "/nope",
+                exists: { _ in false }, read: { _ in nil }) == ["run", "--once"])
         // Other subcommands are not touched.
-        #expect(try ConfigFileCommandLine.expand(["hash", "f"], subcommand: "run", schema: Self.schema, defaultPath: "/etc/a.yaml",
-                                                 exists: { files[$0] != nil }, read: { files[$0] }) == ["hash", "f"])
+        #expect(
+            try ConfigFileCommandLine.expand(
+                ["hash", "f"], subcommand: "run", schema: Self.schema, defaultPath: "/etc/a.yaml",
+                exists: { files[$0] != nil }, read: { files[$0] }) == ["hash", "f"])
         // A file named but unreadable is an error, not silently skipped.
         #expect(throws: ConfigFileError.self) {
-            try ConfigFileCommandLine.expand(["run", "--config-file=/missing"], subcommand: "run", schema: Self.schema, defaultPath: "/x",
-                                             exists: { _ in false }, read: { _ in nil })
+            try ConfigFileCommandLine.expand(
+                ["run", "--config-file=/missing"], subcommand: "run", schema: Self.schema, defaultPath: "/x",
+                exists: { _ in false }, read: { _ in nil })
         }
     }
 }

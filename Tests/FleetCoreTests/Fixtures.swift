@@ -36,11 +36,14 @@ enum Fixture {
 
     // MARK: Root
 
-    static func rootMetadata(version: Int = 1, expiresAt: Int64 = now + 365 * day,
-                             root: SigningKey = rootKey, release: SigningKey = releaseKey,
-                             director: SigningKey = directorKey, timestamp: SigningKey = timestampKey) -> RootMetadata {
-        RootMetadata(version: version, expiresAt: expiresAt,
-                     roleKeys: [.root: root, .release: release, .director: director, .timestamp: timestamp])
+    static func rootMetadata(
+        version: Int = 1, expiresAt: Int64 = now + 365 * day,
+        root: SigningKey = rootKey, release: SigningKey = releaseKey,
+        director: SigningKey = directorKey, timestamp: SigningKey = timestampKey
+    ) -> RootMetadata {
+        RootMetadata(
+            version: version, expiresAt: expiresAt,
+            roleKeys: [.root: root, .release: release, .director: director, .timestamp: timestamp])
     }
 
     static var rootEnvelope: Envelope { sign(rootMetadata(), PayloadType.root, [rootKey]) }
@@ -66,21 +69,26 @@ enum Fixture {
     // MARK: Device and catalog
 
     /// An x86_64 box with AVX2 and no accelerator: classifies as "x86-avx2".
-    static let facts = DeviceFacts(deviceId: deviceId, arch: "x86_64", cpuFlags: ["sse4_2", "avx", "avx2", "fma"],
-                                   memoryBytes: 8 * GB, diskFreeBytes: 64 * GB, accelerators: [],
-                                   downlinkMbps: 50, metered: false)
+    static let facts = DeviceFacts(
+        deviceId: deviceId, arch: "x86_64", cpuFlags: ["sse4_2", "avx", "avx2", "fma"],
+        memoryBytes: 8 * GB, diskFreeBytes: 64 * GB, accelerators: [],
+        downlinkMbps: 50, metered: false)
 
-    static let gpuClass = HardwareClass(name: "x86-gpu", match: .init(arch: ["x86_64"], accelerators: ["/dev/nvidia"]),
-                                        formats: ["fp16", "fp32"])
-    static let avx2Class = HardwareClass(name: "x86-avx2", match: .init(arch: ["x86_64"], cpuFlags: ["avx2"]),
-                                         formats: ["int8", "fp16", "fp32"])
-    static let armClass = HardwareClass(name: "arm-small", match: .init(arch: ["aarch64"], maxMemoryBytes: 4 * GB),
-                                        formats: ["int8"], maxModelBytes: 150 * MB)
+    static let gpuClass = HardwareClass(
+        name: "x86-gpu", match: .init(arch: ["x86_64"], accelerators: ["/dev/nvidia"]),
+        formats: ["fp16", "fp32"])
+    static let avx2Class = HardwareClass(
+        name: "x86-avx2", match: .init(arch: ["x86_64"], cpuFlags: ["avx2"]),
+        formats: ["int8", "fp16", "fp32"])
+    static let armClass = HardwareClass(
+        name: "arm-small", match: .init(arch: ["aarch64"], maxMemoryBytes: 4 * GB),
+        formats: ["int8"], maxModelBytes: 150 * MB)
     static let hardwareClasses = [gpuClass, avx2Class, armClass]
 
     static func variant(_ name: String, _ dtype: String, _ size: Int64, requires: Requirements = Requirements()) -> CatalogVariant {
-        CatalogVariant(name: name, sha256: Digest.sha256Hex(Array("artifact:\(name)".utf8)), size: size,
-                       fileName: "\(name).onnx", format: "onnx", dtype: dtype, requires: requires)
+        CatalogVariant(
+            name: name, sha256: Digest.sha256Hex(Array("artifact:\(name)".utf8)), size: size,
+            fileName: "\(name).onnx", format: "onnx", dtype: dtype, requires: requires)
     }
 
     static let fp32 = variant("detector-fp32", "fp32", 400 * MB)
@@ -89,15 +97,17 @@ enum Fixture {
     static let int8VNNI = variant("detector-int8-vnni", "int8", 90 * MB, requires: Requirements(cpuFlags: ["avx512_vnni"]))
 
     static func catalog(serial: Int = 3, expiresAt: Int64 = now + 30 * day) -> ReleaseCatalog {
-        ReleaseCatalog(model: model, version: "1.2.0", serial: serial, expiresAt: expiresAt,
-                       variants: [fp32, fp16, int8, int8VNNI], hardwareClasses: hardwareClasses)
+        ReleaseCatalog(
+            model: model, version: "1.2.0", serial: serial, expiresAt: expiresAt,
+            variants: [fp32, fp16, int8, int8VNNI], hardwareClasses: hardwareClasses)
     }
 
     static func assignment(of v: CatalogVariant = int8, counter: UInt64 = 7, catalogSha256: String) -> Assignment {
-        Assignment(deviceId: deviceId, hardwareClass: "x86-avx2", model: model, release: release, variant: v.name,
-                   sha256: v.sha256, size: v.size,
-                   package: PackageRef(kind: "full", sha256: v.sha256, size: v.size, url: "https://cdn.example/a/\(v.sha256)"),
-                   counter: counter, expiresAt: now + day, catalogSha256: catalogSha256)
+        Assignment(
+            deviceId: deviceId, hardwareClass: "x86-avx2", model: model, release: release, variant: v.name,
+            sha256: v.sha256, size: v.size,
+            package: PackageRef(kind: "full", sha256: v.sha256, size: v.size, url: "https://cdn.example/a/\(v.sha256)"),
+            counter: counter, expiresAt: now + day, catalogSha256: catalogSha256)
     }
 
     static func timestamp(version: UInt64 = 10, catalogs: [String: String]) -> TimestampMetadata {
@@ -142,13 +152,15 @@ enum Fixture {
     /// A consistent signed bundle. Edits are applied before signing; the assignment and the
     /// timestamp are bound to the digest of whatever catalog envelope is used, unless an edit
     /// changes that. `catalogEnvelope` replaces the signed catalog (tampered or hand-made bytes).
-    static func bundle(catalog editCatalog: (inout ReleaseCatalog) -> Void = { _ in },
-                       assignment editAssignment: (inout Assignment) -> Void = { _ in },
-                       timestamp editTimestamp: (inout TimestampMetadata) -> Void = { _ in },
-                       catalogEnvelope: Envelope? = nil,
-                       catalogKeys: [SigningKey] = [releaseKey],
-                       assignmentKeys: [SigningKey] = [directorKey],
-                       timestampKeys: [SigningKey] = [timestampKey]) -> Bundle {
+    static func bundle(
+        catalog editCatalog: (inout ReleaseCatalog) -> Void = { _ in },
+        assignment editAssignment: (inout Assignment) -> Void = { _ in },
+        timestamp editTimestamp: (inout TimestampMetadata) -> Void = { _ in },
+        catalogEnvelope: Envelope? = nil,
+        catalogKeys: [SigningKey] = [releaseKey],
+        assignmentKeys: [SigningKey] = [directorKey],
+        timestampKeys: [SigningKey] = [timestampKey]
+    ) -> Bundle {
         var cat = catalog()
         editCatalog(&cat)
         let catEnv = catalogEnvelope ?? sign(cat, PayloadType.catalog, catalogKeys)
@@ -157,14 +169,18 @@ enum Fixture {
         editAssignment(&a)
         var ts = timestamp(catalogs: timestampEntries(cat, digest: digest))
         editTimestamp(&ts)
-        return Bundle(catalog: catEnv, assignment: sign(a, PayloadType.assignment, assignmentKeys),
-                      timestamp: sign(ts, PayloadType.timestamp, timestampKeys))
+        return Bundle(
+            catalog: catEnv, assignment: sign(a, PayloadType.assignment, assignmentKeys),
+            timestamp: sign(ts, PayloadType.timestamp, timestampKeys))
     }
 
-    static func verify(_ b: Bundle, state: TrustedState, deviceId: String = deviceId,
-                       facts: DeviceFacts = facts, now: Int64 = now) throws(TrustError) -> VerifiedUpdate {
-        try UpdateVerifier.verify(catalog: b.catalog, assignment: b.assignment, timestamp: b.timestamp,
-                                  state: state, deviceId: deviceId, facts: facts, now: now)
+    static func verify(
+        _ b: Bundle, state: TrustedState, deviceId: String = deviceId,
+        facts: DeviceFacts = facts, now: Int64 = now
+    ) throws(TrustError) -> VerifiedUpdate {
+        try UpdateVerifier.verify(
+            catalog: b.catalog, assignment: b.assignment, timestamp: b.timestamp,
+            state: state, deviceId: deviceId, facts: facts, now: now)
     }
 
     /// The state after the default bundle was accepted (timestamp 10, serial 3, counter 7).
@@ -197,9 +213,11 @@ func metadataCode(sourceLocation: SourceLocation = #_sourceLocation, _ body: () 
 
 /// Runs UpdateVerifier.verify on `bundle`, expects a TrustError with `fault`, and checks that
 /// the caller's TrustedState is unchanged (the verifier hands a new state back only on success).
-func expectRejection(_ fault: TrustError.Fault, _ bundle: Fixture.Bundle, state: TrustedState = Fixture.pinnedState(),
-                     deviceId: String = Fixture.deviceId, facts: DeviceFacts = Fixture.facts, now: Int64 = Fixture.now,
-                     sourceLocation: SourceLocation = #_sourceLocation) {
+func expectRejection(
+    _ fault: TrustError.Fault, _ bundle: Fixture.Bundle, state: TrustedState = Fixture.pinnedState(),
+    deviceId: String = Fixture.deviceId, facts: DeviceFacts = Fixture.facts, now: Int64 = Fixture.now,
+    sourceLocation: SourceLocation = #_sourceLocation
+) {
     let before = state
     let error = #expect(throws: TrustError.self, sourceLocation: sourceLocation) {
         _ = try Fixture.verify(bundle, state: state, deviceId: deviceId, facts: facts, now: now)

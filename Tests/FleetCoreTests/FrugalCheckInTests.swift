@@ -18,26 +18,37 @@ import Testing
         var timestamp: Envelope { stamp.envelope(type: PayloadType.timestamp, role: .timestamp, root: F.rootMetadata()) }
     }
 
-    static func stamped(version: UInt64 = 1_750_000_000, expiresAt: Int64 = F.now + F.hour, counter: UInt64 = 7,
-                        keys: [SigningKey] = [F.timestampKey],
-                        bind: (inout CheckInSnapshot) -> Void = { _ in }) -> Stamped {
+    static func stamped(
+        version: UInt64 = 1_750_000_000, expiresAt: Int64 = F.now + F.hour, counter: UInt64 = 7,
+        keys: [SigningKey] = [F.timestampKey],
+        bind: (inout CheckInSnapshot) -> Void = { _ in }
+    ) -> Stamped {
         let b = F.bundle(assignment: { $0.counter = counter })
-        let own = CheckInSnapshot(deviceId: F.deviceId, models: [F.model: .init(catalog: b.catalog.payloadDigest,
-                                                                                  assignment: b.assignment.payloadDigest)])
+        let own = CheckInSnapshot(
+            deviceId: F.deviceId,
+            models: [
+                F.model: .init(
+                    catalog: b.catalog.payloadDigest,
+                    assignment: b.assignment.payloadDigest)
+            ])
         var bound = own
         bind(&bound)
         let meta = TimestampMetadata(version: version, expiresAt: expiresAt, catalogs: [:], snapshot: bound.digest)
-        return Stamped(catalog: b.catalog, assignment: b.assignment, snapshot: own,
-                       stamp: try! CompactEnvelope.sign(meta, type: PayloadType.timestamp, keys: keys))
+        return Stamped(
+            catalog: b.catalog, assignment: b.assignment, snapshot: own,
+            stamp: try! CompactEnvelope.sign(meta, type: PayloadType.timestamp, keys: keys))
     }
 
     func verify(_ s: Stamped, state: TrustedState, snapshot: CheckInSnapshot? = nil) throws(TrustError) -> VerifiedUpdate {
-        try UpdateVerifier.verify(catalog: s.catalog, assignment: s.assignment, timestamp: s.timestamp, state: state,
-                                  deviceId: F.deviceId, facts: F.facts, now: F.now, snapshot: snapshot ?? s.snapshot)
+        try UpdateVerifier.verify(
+            catalog: s.catalog, assignment: s.assignment, timestamp: s.timestamp, state: state,
+            deviceId: F.deviceId, facts: F.facts, now: F.now, snapshot: snapshot ?? s.snapshot)
     }
 
-    func rejected(_ fault: TrustError.Fault, _ s: Stamped, state: TrustedState = Fixture.pinnedState(), snapshot: CheckInSnapshot? = nil,
-                  sourceLocation: SourceLocation = #_sourceLocation) {
+    func rejected(
+        _ fault: TrustError.Fault, _ s: Stamped, state: TrustedState = Fixture.pinnedState(), snapshot: CheckInSnapshot? = nil,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         let before = state
         #expect(trustFault { try verify(s, state: state, snapshot: snapshot) } == fault, sourceLocation: sourceLocation)
         #expect(state == before, sourceLocation: sourceLocation)
@@ -65,8 +76,9 @@ import Testing
         let wire = try FleetJSON.encode(s.stamp)
         let back = try FleetJSON.decode(CompactEnvelope.self, from: wire, limit: 1 << 16)
         #expect(back == s.stamp)
-        _ = try MetadataVerifier.verify(back.envelope(type: PayloadType.timestamp, role: .timestamp, root: F.rootMetadata()),
-                                        type: PayloadType.timestamp, role: .timestamp, root: F.rootMetadata())
+        _ = try MetadataVerifier.verify(
+            back.envelope(type: PayloadType.timestamp, role: .timestamp, root: F.rootMetadata()),
+            type: PayloadType.timestamp, role: .timestamp, root: F.rootMetadata())
         // A signed timestamp of the per-device form stays small whatever the catalog lists.
         print("per-device timestamp: \(wire.count) bytes compact, \(try FleetJSON.encode(env).count) bytes as an Envelope")
         #expect(wire.count < 300)
@@ -86,11 +98,15 @@ import Testing
     }
 
     @Test func answerStrippedOfAModelTheTimestampCoversIsMixAndMatch() {
-        let s = Self.stamped { $0.models["other-model"] = .init(catalog: String(repeating: "a", count: 64), assignment: String(repeating: "b", count: 64)) }
+        let s = Self.stamped {
+            $0.models["other-model"] = .init(catalog: String(repeating: "a", count: 64), assignment: String(repeating: "b", count: 64))
+        }
         rejected(.mixAndMatch, s)
         // An answer stripped of every model still carries the timestamp: it binds more than nothing.
         let state = F.pinnedState()
-        #expect(trustFault { try UpdateVerifier.verifyAlone(timestamp: s.timestamp, state: state, deviceId: F.deviceId, now: F.now) } == .mixAndMatch)
+        #expect(
+            trustFault { try UpdateVerifier.verifyAlone(timestamp: s.timestamp, state: state, deviceId: F.deviceId, now: F.now) }
+                == .mixAndMatch)
     }
 
     @Test func anotherDevicesTimestampIsMixAndMatch() {
@@ -105,17 +121,25 @@ import Testing
     @Test func snapshotThatDoesNotDescribeTheEnvelopesIsMixAndMatch() {
         // A caller (or a confused agent) computing the snapshot from other envelopes than it verifies.
         let s = Self.stamped { $0.models[F.model]?.assignment = String(repeating: "c", count: 64) }
-        rejected(.mixAndMatch, s, snapshot: CheckInSnapshot(deviceId: F.deviceId, models: [F.model: .init(
-            catalog: s.catalog.payloadDigest, assignment: String(repeating: "c", count: 64))]))
+        rejected(
+            .mixAndMatch, s,
+            snapshot: CheckInSnapshot(
+                deviceId: F.deviceId,
+                models: [
+                    F.model: .init(
+                        catalog: s.catalog.payloadDigest, assignment: String(repeating: "c", count: 64))
+                ]))
     }
 
     @Test func perDeviceTimestampWithoutASnapshotIsMixAndMatch() {
         let s = Self.stamped()
         let before = F.pinnedState()
-        #expect(trustFault {
-            try UpdateVerifier.verify(catalog: s.catalog, assignment: s.assignment, timestamp: s.timestamp, state: before,
-                                      deviceId: F.deviceId, facts: F.facts, now: F.now)
-        } == .mixAndMatch)
+        #expect(
+            trustFault {
+                try UpdateVerifier.verify(
+                    catalog: s.catalog, assignment: s.assignment, timestamp: s.timestamp, state: before,
+                    deviceId: F.deviceId, facts: F.facts, now: F.now)
+            } == .mixAndMatch)
     }
 
     // MARK: freshness
@@ -165,7 +189,8 @@ import Testing
     // MARK: snapshot and digests
 
     @Test func snapshotDigestDependsOnEveryFieldAndNotOnOrder() {
-        let a = CheckInSnapshot(deviceId: "d", models: ["a": .init(catalog: "1", assignment: "2"), "b": .init(catalog: "3", assignment: "4")])
+        let a = CheckInSnapshot(
+            deviceId: "d", models: ["a": .init(catalog: "1", assignment: "2"), "b": .init(catalog: "3", assignment: "4")])
         #expect(a.text == "edgefleet-snapshot-v1\ndevice d\na 1 2\nb 3 4\n")
         var b = a
         b.models["b"]?.assignment = "5"
@@ -190,16 +215,18 @@ import Testing
     // MARK: wire shapes
 
     @Test func oldAgentsRequestStillDecodes() throws {
-        let old = #"{"agentVersion":"0.0.9","facts":{"arch":"x86_64","cpuFlags":[],"memoryBytes":1,"diskFreeBytes":1,"accelerators":[]},"installed":{}}"#
+        let old =
+            #"{"agentVersion":"0.0.9","facts":{"arch":"x86_64","cpuFlags":[],"memoryBytes":1,"diskFreeBytes":1,"accelerators":[]},"installed":{}}"#
         let r = try FleetJSON.decode(CheckInRequest.self, from: Data(old.utf8), limit: 1 << 16)
         #expect(!r.isFrugal)
         #expect(r.facts?.arch == "x86_64" && r.agentVersion == "0.0.9" && r.holds == nil)
     }
 
     @Test func frugalRequestLeavesOutWhatIsKnown() throws {
-        var r = CheckInRequest(facts: nil, installed: [:], agentVersion: nil, factsDigest: F.facts.digest,
-                               holds: [F.model: HeldMetadata(catalog: String(repeating: "a", count: 64), counter: 7)],
-                               rootVersion: 1, timestampVersion: 1_750_000_000)
+        var r = CheckInRequest(
+            facts: nil, installed: [:], agentVersion: nil, factsDigest: F.facts.digest,
+            holds: [F.model: HeldMetadata(catalog: String(repeating: "a", count: 64), counter: 7)],
+            rootVersion: 1, timestampVersion: 1_750_000_000)
         r.installedSent = false
         let wire = try FleetJSON.encode(r)
         let keys = try #require(try JSONSerialization.jsonObject(with: wire) as? [String: Any]).keys.sorted()
@@ -212,8 +239,9 @@ import Testing
 
     @Test func compactAnswerLeavesOutWhatTheAgentDoesNotUse() throws {
         let stamp = Self.stamped().stamp
-        let r = CheckInResponse(deviceId: F.deviceId, hardwareClass: "x86-avx2", tier: "fibre", rootChain: [], timestamp: nil,
-                                updates: [], held: [:], pollSeconds: 30, unchanged: [F.model], stamp: stamp, compact: true)
+        let r = CheckInResponse(
+            deviceId: F.deviceId, hardwareClass: "x86-avx2", tier: "fibre", rootChain: [], timestamp: nil,
+            updates: [], held: [:], pollSeconds: 30, unchanged: [F.model], stamp: stamp, compact: true)
         let wire = try FleetJSON.encode(r)
         let keys = try #require(try JSONSerialization.jsonObject(with: wire) as? [String: Any]).keys.sorted()
         #expect(keys == ["pollSeconds", "stamp", "unchanged"])
@@ -228,9 +256,14 @@ import Testing
 
     @Test func fleetWideTimestampEncodesAsBefore() throws {
         let ts = TimestampMetadata(version: 3, expiresAt: 10, catalogs: ["m@1": "ab"])
-        #expect(String(decoding: try FleetJSON.encode(ts), as: UTF8.self)
+        #expect(
+            String(decoding: try FleetJSON.encode(ts), as: UTF8.self)
                 == #"{"catalogs":{"m@1":"ab"},"expiresAt":10,"type":"timestamp","version":3}"#)
         // The fleet-wide form may not leave its catalogs out.
-        #expect(metadataCode { _ = try FleetJSON.decode(TimestampMetadata.self, from: Data(#"{"expiresAt":10,"type":"timestamp","version":3}"#.utf8), limit: 1 << 10) } == .malformed)
+        #expect(
+            metadataCode {
+                _ = try FleetJSON.decode(
+                    TimestampMetadata.self, from: Data(#"{"expiresAt":10,"type":"timestamp","version":3}"#.utf8), limit: 1 << 10)
+            } == .malformed)
     }
 }

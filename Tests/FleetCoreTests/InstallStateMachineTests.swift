@@ -2,9 +2,10 @@ import Testing
 @testable import FleetCore
 
 @Suite struct InstallStateMachineTests {
-    static let job = InstallJob(model: "detector", release: "detector@1.2.0", variant: "detector-int8",
-                                sha256: Fixture.int8.sha256, size: Fixture.int8.size, fileName: "detector-int8.onnx",
-                                url: "https://cdn.example/a/x", counter: 7, previousSha256: Fixture.fp16.sha256)
+    static let job = InstallJob(
+        model: "detector", release: "detector@1.2.0", variant: "detector-int8",
+        sha256: Fixture.int8.sha256, size: Fixture.int8.size, fileName: "detector-int8.onnx",
+        url: "https://cdn.example/a/x", counter: 7, previousSha256: Fixture.fp16.sha256)
     private var job: InstallJob { Self.job }
 
     private func report(_ kind: String, _ detail: String? = nil) -> InstallAction {
@@ -24,7 +25,7 @@ import Testing
             (.verified, .staged, [report("verified"), .stage(job)]),
             (.staged, .activating, [.activate(job)]),
             (.activated, .checkingHealth, [report("activated"), .checkHealth(job)]),
-            (.healthy, .committed, [.commit(job), report("committed")]),
+            (.healthy, .committed, [.commit(job), report("committed")])
         ]
         var current = InstallState.idle
         for (event, phase, actions) in steps {
@@ -41,11 +42,12 @@ import Testing
         #expect(job.downloadSha256 == job.sha256 && job.downloadSize == job.size && job.downloadURL == job.url)
         #expect(!job.isDelta)
         var d = job
-        d.package = PackageRef(kind: PackageRef.delta, sha256: Digest.sha256Hex(Array("d".utf8)), size: 5,
-                               url: "https://cdn.example/d", baseSha256: job.previousSha256)
+        d.package = PackageRef(
+            kind: PackageRef.delta, sha256: Digest.sha256Hex(Array("d".utf8)), size: 5,
+            url: "https://cdn.example/d", baseSha256: job.previousSha256)
         #expect(d.isDelta)
         #expect(d.downloadSha256 == d.package?.sha256 && d.downloadSize == 5 && d.downloadURL == "https://cdn.example/d")
-        #expect(d.sha256 == job.sha256)   // what the slot must end up holding does not change
+        #expect(d.sha256 == job.sha256)  // what the slot must end up holding does not change
         d.package?.kind = PackageRef.full
         #expect(!d.isDelta)
     }
@@ -112,7 +114,7 @@ import Testing
         (.rollingBack, .start(job)), (.rollingBack, .healthy), (.rollingBack, .unhealthy("x")), (.rollingBack, .failed("x")),
         (.committed, .healthy), (.committed, .unhealthy("x")), (.committed, .rolledBack), (.committed, .failed("x")),
         (.rolledBack, .rolledBack), (.rolledBack, .healthy),
-        (.failed, .failed("x")), (.failed, .downloaded), (.failed, .rolledBack),
+        (.failed, .failed("x")), (.failed, .downloaded), (.failed, .rolledBack)
     ]
 
     @Test(arguments: invalid)
@@ -123,9 +125,11 @@ import Testing
     }
 
     /// A journal that lost its job (corrupt or hand-edited) cannot drive any step.
-    @Test(arguments: [(InstallPhase.downloading, InstallEvent.downloaded), (.verifying, .verified), (.staged, .staged),
-                      (.activating, .activated), (.checkingHealth, .healthy), (.checkingHealth, .unhealthy("x")),
-                      (.rollingBack, .rolledBack), (.downloading, .failed("x"))])
+    @Test(arguments: [
+        (InstallPhase.downloading, InstallEvent.downloaded), (.verifying, .verified), (.staged, .staged),
+        (.activating, .activated), (.checkingHealth, .healthy), (.checkingHealth, .unhealthy("x")),
+        (.rollingBack, .rolledBack), (.downloading, .failed("x"))
+    ])
     func stepWithoutAJobThrows(_ phase: InstallPhase, _ event: InstallEvent) {
         #expect(throws: InvalidTransition.self) { try InstallStateMachine.transition(InstallState(phase: phase), event) }
     }
@@ -140,9 +144,9 @@ import Testing
         (.activating, [.activate(job)]),
         (.checkingHealth, [.checkHealth(job)]),
         (.rollingBack, [.rollback(job)]),
-        (.committed, [.commit(job)]),      // the clean-up a crash may have cut short
+        (.committed, [.commit(job)]),  // the clean-up a crash may have cut short
         (.rolledBack, [.discard(job)]),
-        (.failed, [.discard(job)]),
+        (.failed, [.discard(job)])
     ]
 
     @Test func recoveryTableCoversEveryPhase() {

@@ -60,50 +60,51 @@ import Testing
 
     // MARK: Malformed selectors name the position
 
-    @Test(arguments: [
-        ("=eu", 0),                  // missing key
-        ("!", 1),                    // missing key after !
-        ("! =x", 2),                 // missing key after !
-        (",a", 0),                   // missing key before a comma
-        ("a,,b", 2),                 // missing key between commas
-        ("a,", 1),                   // trailing comma
-        ("a=1 ,  ", 4),              // trailing comma, then blanks
-        ("k in (a,b", 5),            // unterminated paren: at the '('
-        ("k notin (a", 8),           // unterminated paren
-        ("k in (", 5),               // unterminated paren, no values
-        ("k in ()", 6),              // empty value list
-        ("k notin ( )", 10),         // empty value list
-        ("k in (a,)", 8),            // trailing comma in a list
-        ("k in (,a)", 6),            // missing value in a list
-        ("k in (a,,b)", 8),          // missing value in a list
-        ("k in (a b)", 8),           // missing comma in a list
-        ("k in a", 5),               // no '(' after in
-        ("k notin", 7),              // no '(' at the end
-        ("k in (a,b))", 10),         // stray ')'
-        ("k>3", 1),                  // unknown operator
-        ("k<3", 1),                  // unknown operator
-        ("k foo (a)", 2),            // unknown word operator
-        ("k gt 3", 2),               // unknown word operator
-        ("k!v", 1),                  // '!' without '='
-        ("k===v", 3),                // a third '='
-        ("k=v w", 4),                // two values
-        ("k=v)", 3),                 // stray ')'
-        ("!k=v", 2),                 // !k takes no value
-        ("!k in (a)", 3),            // !k takes no operator
-        ("(a)", 0),                  // no key
-        ("région=eu", 1),            // bad character in a key
-        ("k=é", 2),                  // bad character in a value
-        ("k=a$b", 3),                // bad character in a value
-        ("k in (a,b$)", 9),          // bad character in a list
-        ("a$=1", 1),                 // bad character after a key
-        ("$a", 0),                   // bad character instead of a key
-        ("-k=v", 0),                 // key must start alphanumeric
-        ("k=-v", 2),                 // value must start alphanumeric
-        ("a=1,k-=v", 4),             // key must end alphanumeric
-        ("a=1,b in (x,y-)", 12),     // value in a list must end alphanumeric
-        ("Example.com/k=v", 0),      // prefix must be lower case
-        ("a/b/c", 0),                // two slashes
-    ] as [(String, Int)])
+    @Test(
+        arguments: [
+            ("=eu", 0),  // missing key
+            ("!", 1),  // missing key after !
+            ("! =x", 2),  // missing key after !
+            (",a", 0),  // missing key before a comma
+            ("a,,b", 2),  // missing key between commas
+            ("a,", 1),  // trailing comma
+            ("a=1 ,  ", 4),  // trailing comma, then blanks
+            ("k in (a,b", 5),  // unterminated paren: at the '('
+            ("k notin (a", 8),  // unterminated paren
+            ("k in (", 5),  // unterminated paren, no values
+            ("k in ()", 6),  // empty value list
+            ("k notin ( )", 10),  // empty value list
+            ("k in (a,)", 8),  // trailing comma in a list
+            ("k in (,a)", 6),  // missing value in a list
+            ("k in (a,,b)", 8),  // missing value in a list
+            ("k in (a b)", 8),  // missing comma in a list
+            ("k in a", 5),  // no '(' after in
+            ("k notin", 7),  // no '(' at the end
+            ("k in (a,b))", 10),  // stray ')'
+            ("k>3", 1),  // unknown operator
+            ("k<3", 1),  // unknown operator
+            ("k foo (a)", 2),  // unknown word operator
+            ("k gt 3", 2),  // unknown word operator
+            ("k!v", 1),  // '!' without '='
+            ("k===v", 3),  // a third '='
+            ("k=v w", 4),  // two values
+            ("k=v)", 3),  // stray ')'
+            ("!k=v", 2),  // !k takes no value
+            ("!k in (a)", 3),  // !k takes no operator
+            ("(a)", 0),  // no key
+            ("région=eu", 1),  // bad character in a key
+            ("k=é", 2),  // bad character in a value
+            ("k=a$b", 3),  // bad character in a value
+            ("k in (a,b$)", 9),  // bad character in a list
+            ("a$=1", 1),  // bad character after a key
+            ("$a", 0),  // bad character instead of a key
+            ("-k=v", 0),  // key must start alphanumeric
+            ("k=-v", 2),  // value must start alphanumeric
+            ("a=1,k-=v", 4),  // key must end alphanumeric
+            ("a=1,b in (x,y-)", 12),  // value in a list must end alphanumeric
+            ("Example.com/k=v", 0),  // prefix must be lower case
+            ("a/b/c", 0)  // two slashes
+        ] as [(String, Int)])
     func malformedSelectorNamesThePosition(_ text: String, _ position: Int) {
         #expect(errorPosition(text) == position, "\(text)")
     }
@@ -121,7 +122,7 @@ import Testing
 
     @Test(arguments: [
         "", "a", "!a", "a=1", "a!=1", "a in (1,2)", "a notin (1,2)", "b=1,a", "a=1,a!=2,a in (3,4),a notin (5,6),a,!a",
-        "x.example.com/rack in (r2, r1, r2)", "site=", "  z == 1 , y ", "k in (a)", "k notin (a)",
+        "x.example.com/rack in (r2, r1, r2)", "site=", "  z == 1 , y ", "k in (a)", "k notin (a)"
     ])
     func canonicalTextParsesBackEqual(_ text: String) throws {
         let s = try parse(text)
@@ -133,13 +134,16 @@ import Testing
     @Test func canonicalTextIsSortedAndCompact() throws {
         #expect(try parse(" region in (us, eu) , !lab , tier==fast ").description == "!lab,region in (eu,us),tier=fast")
         #expect(try parse("b,a").description == "a,b")
-        #expect(try parse("k=1,k!=2,k notin (3,4),k in (5,6),k,!k").description
+        #expect(
+            try parse("k=1,k!=2,k notin (3,4),k in (5,6),k,!k").description
                 == "k=1,k!=2,k in (5,6),k notin (3,4),k,!k")
     }
 
     @Test func initCanonicalizesRequirements() {
-        let s = LabelSelector(requirements: [R(key: "b", op: .isIn, values: ["y"]), R(key: "a", op: .exists, values: ["ignored"]),
-                                             R(key: "b", op: .equals, values: ["y"])])
+        let s = LabelSelector(requirements: [
+            R(key: "b", op: .isIn, values: ["y"]), R(key: "a", op: .exists, values: ["ignored"]),
+            R(key: "b", op: .equals, values: ["y"])
+        ])
         #expect(s.description == "a,b=y")
         #expect(s.requirements.count == 2)
     }
@@ -162,7 +166,7 @@ import Testing
         #expect(try parse("region=eu").matches(eu))
         #expect(try !parse("region=eu").matches(us))
         #expect(try !parse("region=eu").matches(none))
-        #expect(try parse("region!=eu").matches(none))       // absent: matches
+        #expect(try parse("region!=eu").matches(none))  // absent: matches
         #expect(try parse("region!=eu").matches(us))
         #expect(try !parse("region!=eu").matches(eu))
         #expect(try parse("region in (eu,us)").matches(us))
@@ -187,7 +191,8 @@ import Testing
         for s in selectors {
             for l in labels {
                 for (c, t, a) in cells {
-                    #expect(s.matches(l, hardwareClass: c, tier: t, arch: a)
+                    #expect(
+                        s.matches(l, hardwareClass: c, tier: t, arch: a)
                             == s.matches(Labels.selectable(l, hardwareClass: c, tier: t, arch: a)), "\(s) \(l)")
                 }
             }
@@ -196,35 +201,37 @@ import Testing
 
     // MARK: Disjointness
 
-    @Test(arguments: [
-        ("region=eu", "region=us"),
-        ("k", "!k"),
-        ("k in (a,b)", "k notin (a,b)"),
-        ("k in (a,b)", "k in (c,d)"),
-        ("k=a", "k!=a"),
-        ("k=a", "!k"),
-        ("k in (a,b),j=1", "k=c"),
-        ("k=a,k=b", ""),                  // one side matches nothing
-        ("k in (a,b),k!=b", "k=b,j"),
-        ("k in (a,b)", "k!=a,k!=b"),
-    ] as [(String, String)])
+    @Test(
+        arguments: [
+            ("region=eu", "region=us"),
+            ("k", "!k"),
+            ("k in (a,b)", "k notin (a,b)"),
+            ("k in (a,b)", "k in (c,d)"),
+            ("k=a", "k!=a"),
+            ("k=a", "!k"),
+            ("k in (a,b),j=1", "k=c"),
+            ("k=a,k=b", ""),  // one side matches nothing
+            ("k in (a,b),k!=b", "k=b,j"),
+            ("k in (a,b)", "k!=a,k!=b")
+        ] as [(String, String)])
     func provablyDisjoint(_ a: String, _ b: String) throws {
         #expect(try parse(a).provablyDisjoint(from: parse(b)))
         #expect(try parse(b).provablyDisjoint(from: parse(a)))
     }
 
-    @Test(arguments: [
-        ("", ""),
-        ("region=eu", ""),
-        ("region=eu", "tier=fast"),       // a device can have both
-        ("k!=a", "k!=b"),                 // both match k absent
-        ("k notin (a,b)", "k notin (c)"),
-        ("k", "k!=a"),                    // k=b
-        ("!k", "k!=a"),
-        ("k in (a,b)", "k in (b,c)"),
-        ("k in (a,b)", "k notin (a)"),
-        ("region=eu", "!tier"),
-    ] as [(String, String)])
+    @Test(
+        arguments: [
+            ("", ""),
+            ("region=eu", ""),
+            ("region=eu", "tier=fast"),  // a device can have both
+            ("k!=a", "k!=b"),  // both match k absent
+            ("k notin (a,b)", "k notin (c)"),
+            ("k", "k!=a"),  // k=b
+            ("!k", "k!=a"),
+            ("k in (a,b)", "k in (b,c)"),
+            ("k in (a,b)", "k notin (a)"),
+            ("region=eu", "!tier")
+        ] as [(String, String)])
     func notDisjoint(_ a: String, _ b: String) throws {
         #expect(try !parse(a).provablyDisjoint(from: parse(b)))
         #expect(try !parse(b).provablyDisjoint(from: parse(a)))
@@ -247,12 +254,14 @@ import Testing
         }
         func randomSelector() -> LabelSelector {
             let n = Int.random(in: 0...3, using: &rng)
-            return LabelSelector(requirements: (0..<n).map { _ in
-                let op = LabelSelector.Operator.allCases.randomElement(using: &rng)!
-                let count = (op == .equals || op == .notEquals) ? 1 : Int.random(in: 1...3, using: &rng)
-                return R(key: keys.randomElement(using: &rng)!, op: op,
-                         values: (0..<count).map { _ in values.randomElement(using: &rng)! })
-            })
+            return LabelSelector(
+                requirements: (0..<n).map { _ in
+                    let op = LabelSelector.Operator.allCases.randomElement(using: &rng)!
+                    let count = (op == .equals || op == .notEquals) ? 1 : Int.random(in: 1...3, using: &rng)
+                    return R(
+                        key: keys.randomElement(using: &rng)!, op: op,
+                        values: (0..<count).map { _ in values.randomElement(using: &rng)! })
+                })
         }
         var disjointSeen = 0
         for _ in 0..<3000 {

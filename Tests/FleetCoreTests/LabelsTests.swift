@@ -12,16 +12,20 @@ import Testing
     // MARK: Keys
 
     @Test func acceptsKubernetesStyleKeys() {
-        for key in ["region", "a", "A9", "site-id", "site_id", "site.id", "example.com/region",
-                    "edge.example.com/rack-1", name63, "a/" + name63] {
+        for key in [
+            "region", "a", "A9", "site-id", "site_id", "site.id", "example.com/region",
+            "edge.example.com/rack-1", name63, "a/" + name63
+        ] {
             #expect(code { () throws(LabelError) in try Labels.validate(key: key) } == nil, "\(key)")
         }
     }
 
     @Test func refusesKeysOfBadShape() {
-        for key in ["", "-region", "region-", ".x", "x_", "re gion", "région", "a=b", "a,b", name64,
-                    "/name", "example.com/", "a/b/c", "Example.com/x", "-ex.com/x", "ex..com/x", "ex_a.com/x",
-                    "a/" + name64] {
+        for key in [
+            "", "-region", "region-", ".x", "x_", "re gion", "région", "a=b", "a,b", name64,
+            "/name", "example.com/", "a/b/c", "Example.com/x", "-ex.com/x", "ex..com/x", "ex_a.com/x",
+            "a/" + name64
+        ] {
             #expect(code { () throws(LabelError) in try Labels.validate(key: key) } == .invalidKey, "\(key)")
         }
     }
@@ -90,7 +94,8 @@ import Testing
         let agent = ["region": "agent", "site": "agent", "rack": "agent"]
         let enrollment = ["region": "token", "site": "token"]
         let op = ["region": "operator"]
-        #expect(Labels.effective(agent: agent, enrollment: enrollment, operator: op)
+        #expect(
+            Labels.effective(agent: agent, enrollment: enrollment, operator: op)
                 == ["region": "operator", "site": "token", "rack": "agent"])
     }
 

@@ -45,11 +45,15 @@ struct ReleaseAcceptanceTests {
         #expect(await outcome(expired, state: registered(c)) == .trust)
         var badVersion = c
         badVersion.version = "../1"
-        #expect(await outcome(try Envelope.sign(badVersion, type: PayloadType.catalog, keys: [Fixture.releaseKey]), state: registered(c)) == .invalidVersion)
+        #expect(
+            await outcome(try Envelope.sign(badVersion, type: PayloadType.catalog, keys: [Fixture.releaseKey]), state: registered(c))
+                == .invalidVersion)
         #expect(await outcome(good, state: nil) == .unknownModel)
         var empty = c
         empty.variants = []
-        #expect(await outcome(try Envelope.sign(empty, type: PayloadType.catalog, keys: [Fixture.releaseKey]), state: registered(c)) == .emptyRelease)
+        #expect(
+            await outcome(try Envelope.sign(empty, type: PayloadType.catalog, keys: [Fixture.releaseKey]), state: registered(c))
+                == .emptyRelease)
         var otherSize = registered(c)
         otherSize.registered[c.variants[0].name]?.size += 1
         #expect(await outcome(good, state: otherSize) == .unknownVariant)

@@ -15,9 +15,9 @@ import Testing
         #expect(p.delay(afterAttempt: 2, jitter: 1) == 120)
         #expect(p.delay(afterAttempt: 3, jitter: 1) == 240)
         #expect(p.delay(afterAttempt: 5, jitter: 1) == 600)
-        #expect(p.delay(afterAttempt: 64, jitter: 1) == 600)     // no overflow
+        #expect(p.delay(afterAttempt: 64, jitter: 1) == 600)  // no overflow
         #expect(p.delay(afterAttempt: 1, jitter: 0.5) == 30)
-        #expect(p.delay(afterAttempt: 1, jitter: 0) == 30)        // jitter is clamped to [0.5, 1]
+        #expect(p.delay(afterAttempt: 1, jitter: 0) == 30)  // jitter is clamped to [0.5, 1]
         #expect(p.delay(afterAttempt: 1, jitter: .nan) == 60)
     }
 
@@ -30,11 +30,12 @@ import Testing
         var decisions: [RetryDecision] = []
         for _ in 0..<3 {
             #expect(record?.allows(counter: 7, now: now) ?? true)
-            let (r, d) = RetryLedger.afterFailure(record, counter: 7, sha256: job.sha256, fault: .hashMismatch, bytes: 1_000,
-                                                  policy: p, now: now, jitter: 1)
+            let (r, d) = RetryLedger.afterFailure(
+                record, counter: 7, sha256: job.sha256, fault: .hashMismatch, bytes: 1_000,
+                policy: p, now: now, jitter: 1)
             record = r; decisions.append(d)
             if case .retryAt(let t) = d {
-                #expect(!r.allows(counter: 7, now: t - 1))      // not before its time
+                #expect(!r.allows(counter: 7, now: t - 1))  // not before its time
                 now = t
             }
         }
@@ -43,21 +44,25 @@ import Testing
         #expect(record?.allows(counter: 7, now: .max) == false)
         // A new assignment (an operator's retry, a newer release) starts over.
         #expect(record?.allows(counter: 8, now: now) == true)
-        let (fresh, d) = RetryLedger.afterFailure(record, counter: 8, sha256: job.sha256, fault: .hashMismatch, bytes: 1, policy: p, now: now, jitter: 1)
+        let (fresh, d) = RetryLedger.afterFailure(
+            record, counter: 8, sha256: job.sha256, fault: .hashMismatch, bytes: 1, policy: p, now: now, jitter: 1)
         #expect(fresh.attempts == 1 && d == .retryAt(now + 60))
     }
 
     @Test func byteCapStopsRetriesOnAMeteredLink() {
         let p = RetryPolicy(maxAttempts: 10, baseDelaySeconds: 1, maxDelaySeconds: 10, maxRetryBytes: 50_000_000)
-        let (r1, d1) = RetryLedger.afterFailure(nil, counter: 1, sha256: job.sha256, fault: .lengthMismatch, bytes: 30_000_000, policy: p, now: 0, jitter: 1)
+        let (r1, d1) = RetryLedger.afterFailure(
+            nil, counter: 1, sha256: job.sha256, fault: .lengthMismatch, bytes: 30_000_000, policy: p, now: 0, jitter: 1)
         #expect(d1 == .retryAt(1))
-        let (r2, d2) = RetryLedger.afterFailure(r1, counter: 1, sha256: job.sha256, fault: .lengthMismatch, bytes: 30_000_000, policy: p, now: 1, jitter: 1)
+        let (r2, d2) = RetryLedger.afterFailure(
+            r1, counter: 1, sha256: job.sha256, fault: .lengthMismatch, bytes: 30_000_000, policy: p, now: 1, jitter: 1)
         #expect(d2 == .giveUp(.retriesExhausted) && r2.bytesSpent == 60_000_000)
     }
 
     @Test(arguments: [InstallFault.healthCheck, .crashLoop, .tooLarge, .activationFailed])
     func verdictsOnTheReleaseAreNeverRetried(_ fault: InstallFault) {
-        let (r, d) = RetryLedger.afterFailure(nil, counter: 1, sha256: job.sha256, fault: fault, bytes: 0, policy: .default, now: 0, jitter: 1)
+        let (r, d) = RetryLedger.afterFailure(
+            nil, counter: 1, sha256: job.sha256, fault: fault, bytes: 0, policy: .default, now: 0, jitter: 1)
         #expect(d == .giveUp(fault) && r.gaveUp && r.attempts == 1)
     }
 
@@ -69,14 +74,20 @@ import Testing
     // MARK: State machine: retry and final failure
 
     @Test func failureWithARetryTimeReportsRetrying() throws {
-        let (next, actions) = try InstallStateMachine.transition(InstallState(phase: .verifying, job: job),
-                                                                 .failed("sha256 differs", fault: .hashMismatch, retryAt: 500))
+        let (next, actions) = try InstallStateMachine.transition(
+            InstallState(phase: .verifying, job: job),
+            .failed("sha256 differs", fault: .hashMismatch, retryAt: 500))
         #expect(next.phase == .failed && next.fault == .hashMismatch && next.retryAt == 500)
-        #expect(actions == [.discard(job), .report(InstallReport(kind: "retrying", job: job, detail: "sha256 differs", fault: .hashMismatch, retryAt: 500))])
+        #expect(
+            actions == [
+                .discard(job),
+                .report(InstallReport(kind: "retrying", job: job, detail: "sha256 differs", fault: .hashMismatch, retryAt: 500))
+            ])
     }
 
     @Test func healthFailureCarriesItsFaultIntoTheRollbackReport() throws {
-        let (rolling, _) = try InstallStateMachine.transition(InstallState(phase: .checkingHealth, job: job), .unhealthy("exit 1", fault: .healthCheck))
+        let (rolling, _) = try InstallStateMachine.transition(
+            InstallState(phase: .checkingHealth, job: job), .unhealthy("exit 1", fault: .healthCheck))
         let (done, actions) = try InstallStateMachine.transition(rolling, .rolledBack)
         #expect(done.fault == .healthCheck)
         #expect(actions.contains(.report(InstallReport(kind: "rolled-back", job: job, detail: "exit 1", fault: .healthCheck))))

@@ -5,10 +5,13 @@ import Testing
 struct RolloutTests {
     static let canary = RolloutPolicy(
         name: "canary",
-        phases: [.init(percent: 1, minDevices: 1, bakeSeconds: 600), .init(percent: 10, minDevices: 2, bakeSeconds: 600),
-                 .init(percent: 50, bakeSeconds: 600), .init(percent: 100)],
-        gates: .init(maxInstallFailureRate: 0.1, maxHealthFailureRate: 0.1, maxTimedOutRate: 0.2, maxLatencyP95Ratio: 1.5,
-                     maxErrorRateIncrease: 0.02, maxCrashes: 0, minSample: 1),
+        phases: [
+            .init(percent: 1, minDevices: 1, bakeSeconds: 600), .init(percent: 10, minDevices: 2, bakeSeconds: 600),
+            .init(percent: 50, bakeSeconds: 600), .init(percent: 100)
+        ],
+        gates: .init(
+            maxInstallFailureRate: 0.1, maxHealthFailureRate: 0.1, maxTimedOutRate: 0.2, maxLatencyP95Ratio: 1.5,
+            maxErrorRateIncrease: 0.02, maxCrashes: 0, minSample: 1),
         onFailure: .pause)
 
     @Test func policyValidation() {
@@ -27,11 +30,11 @@ struct RolloutTests {
         let one = Cohort.members(of: devices, rollout: "r1", phase: .init(percent: 1))
         let ten = Cohort.members(of: devices, rollout: "r1", phase: .init(percent: 10))
         let again = Cohort.members(of: devices.reversed(), rollout: "r1", phase: .init(percent: 10))
-        #expect(ten == again)                      // planning again gives the same answer
-        #expect(one.isSubset(of: ten))             // a device never leaves the cohort as phases grow
-        #expect((50...150).contains(ten.count))    // about 10% of 1000
+        #expect(ten == again)  // planning again gives the same answer
+        #expect(one.isSubset(of: ten))  // a device never leaves the cohort as phases grow
+        #expect((50...150).contains(ten.count))  // about 10% of 1000
         let other = Cohort.members(of: devices, rollout: "r2", phase: .init(percent: 10))
-        #expect(other != ten)                      // another rollout draws another cohort
+        #expect(other != ten)  // another rollout draws another cohort
         #expect(Cohort.members(of: devices, rollout: "r1", phase: .init(percent: 100)).count == 1000)
         let p = Cohort.position(rollout: "r", device: "d")
         #expect(p >= 0 && p < 1 && p == Cohort.position(rollout: "r", device: "d"))
@@ -61,11 +64,14 @@ struct RolloutTests {
     }
 
     @Test func latencyIsJudgedAgainstTheControlCohort() {
-        let slow = CellObservation(targeted: 4, committed: 4,
-                                   treatment: RuntimeSample(devices: 4, latencyP50Ms: 20, latencyP95Ms: 40, errorRate: 0.01),
-                                   control: RuntimeSample(devices: 30, latencyP50Ms: 10, latencyP95Ms: 20, errorRate: 0.01))
+        let slow = CellObservation(
+            targeted: 4, committed: 4,
+            treatment: RuntimeSample(devices: 4, latencyP50Ms: 20, latencyP95Ms: 40, errorRate: 0.01),
+            control: RuntimeSample(devices: 30, latencyP50Ms: 10, latencyP95Ms: 20, errorRate: 0.01))
         let r = GateEvaluator.evaluate(slow, gates: Self.canary.gates)
-        #expect(r.first { $0.metric == "latency-p95-ratio" } == GateResult(metric: "latency-p95-ratio", threshold: 1.5, observed: 2, passed: false))
+        #expect(
+            r.first { $0.metric == "latency-p95-ratio" }
+                == GateResult(metric: "latency-p95-ratio", threshold: 1.5, observed: 2, passed: false))
         #expect(r.first { $0.metric == "error-rate-increase" }?.passed == true)
         var fine = slow
         fine.treatment?.latencyP95Ms = 22
@@ -78,7 +84,8 @@ struct RolloutTests {
     @Test func crashesFailWithoutASample() {
         var g = Self.canary.gates
         g.minSample = 100
-        let r = GateEvaluator.evaluate(CellObservation(targeted: 3, committed: 1, treatment: RuntimeSample(devices: 1, crashes: 1)), gates: g)
+        let r = GateEvaluator.evaluate(
+            CellObservation(targeted: 3, committed: 1, treatment: RuntimeSample(devices: 1, crashes: 1)), gates: g)
         #expect(r.first { $0.metric == "crashes" }?.passed == false)
     }
 
@@ -98,11 +105,11 @@ struct RolloutTests {
         func tick(_ now: Int64, _ o: CellObservation) {
             let (n, a) = CellStateMachine.step(s, .tick(now: now, observation: Self.judged(o)), policy: p); s = n; actions += a
         }
-        tick(10, CellObservation(targeted: 1))                          // installing
+        tick(10, CellObservation(targeted: 1))  // installing
         #expect(s.status == .running && actions.isEmpty)
-        tick(20, CellObservation(targeted: 1, committed: 1))           // finished: bake
+        tick(20, CellObservation(targeted: 1, committed: 1))  // finished: bake
         #expect(s.status == .baking && s.bakeStartedAt == 20)
-        tick(300, CellObservation(targeted: 1, committed: 1))          // still baking (manual clock)
+        tick(300, CellObservation(targeted: 1, committed: 1))  // still baking (manual clock)
         #expect(s.phase == 0)
         tick(620, CellObservation(targeted: 1, committed: 1))
         #expect(s.phase == 1 && s.status == .running && s.phaseStartedAt == 620)
@@ -112,9 +119,12 @@ struct RolloutTests {
         tick(1400, CellObservation(targeted: 10, committed: 10))
         tick(2000, CellObservation(targeted: 10, committed: 10))
         #expect(s.phase == 3)
-        tick(2100, CellObservation(targeted: 20, committed: 20))       // last phase has no bake
+        tick(2100, CellObservation(targeted: 20, committed: 20))  // last phase has no bake
         #expect(s.status == .completed)
-        #expect(actions == [.startedBake, .enteredPhase(1), .startedBake, .enteredPhase(2), .startedBake, .enteredPhase(3), .startedBake, .completed])
+        #expect(
+            actions == [
+                .startedBake, .enteredPhase(1), .startedBake, .enteredPhase(2), .startedBake, .enteredPhase(3), .startedBake, .completed
+            ])
     }
 
     @Test func failingGatePausesOrRollsBackPerPolicy() {
@@ -124,7 +134,8 @@ struct RolloutTests {
         #expect(paused.failedGate?.metric == "health-failure-rate")
         #expect(a1 == [.paused(paused.failedGate)])
         // A paused cell does not move on its own.
-        let (still, a2) = CellStateMachine.step(paused, .tick(now: 99_999, observation: CellObservation(targeted: 1, committed: 1)), policy: Self.canary)
+        let (still, a2) = CellStateMachine.step(
+            paused, .tick(now: 99_999, observation: CellObservation(targeted: 1, committed: 1)), policy: Self.canary)
         #expect(still == paused && a2.isEmpty)
 
         var rb = Self.canary

@@ -6,13 +6,15 @@ import Testing
     typealias F = Fixture
 
     static func m(_ v: CatalogVariant, p50: Double, devices: Int = 5, joules: Double? = nil) -> VariantMeasurement {
-        VariantMeasurement(sha256: v.sha256, variant: v.name, hardwareClass: "x86-avx2", devices: devices, latencyP50Ms: p50,
-                           latencyP95Ms: p50 * 1.5, joulesPerInference: joules, energyDevices: joules == nil ? 0 : devices)
+        VariantMeasurement(
+            sha256: v.sha256, variant: v.name, hardwareClass: "x86-avx2", devices: devices, latencyP50Ms: p50,
+            latencyP95Ms: p50 * 1.5, joulesPerInference: joules, energyDevices: joules == nil ? 0 : devices)
     }
 
     func select(_ candidates: [Candidate], hw: HardwareClass = F.avx2Class, minMeasured: Int = 3) -> Selection {
-        VariantSelector.select(facts: F.facts, hardwareClass: hw, tier: nil, candidates: candidates,
-                               policy: SelectionPolicy(minMeasuredDevices: minMeasured))
+        VariantSelector.select(
+            facts: F.facts, hardwareClass: hw, tier: nil, candidates: candidates,
+            policy: SelectionPolicy(minMeasuredDevices: minMeasured))
     }
 
     @Test func withoutMeasurementsTheFormatOrderDecides() {
@@ -24,9 +26,11 @@ import Testing
     /// The class prefers int8, but the fleet measured fp16 faster here: fp16 is chosen, and the
     /// reason cites the figures.
     @Test func measuredLatencyRanksOnceTwoVariantsAreMeasured() {
-        let s = select([Candidate(variant: F.fp32, measured: Self.m(F.fp32, p50: 3.0)),
-                        Candidate(variant: F.fp16, measured: Self.m(F.fp16, p50: 1.6, devices: 12)),
-                        Candidate(variant: F.int8, measured: Self.m(F.int8, p50: 2.0))])
+        let s = select([
+            Candidate(variant: F.fp32, measured: Self.m(F.fp32, p50: 3.0)),
+            Candidate(variant: F.fp16, measured: Self.m(F.fp16, p50: 1.6, devices: 12)),
+            Candidate(variant: F.int8, measured: Self.m(F.int8, p50: 2.0))
+        ])
         #expect(s.chosen == F.fp16.name)
         let chosen = s.verdicts.first { $0.chosen }
         #expect(chosen?.reason.hasPrefix("chosen by measurement: ") == true)
@@ -36,9 +40,12 @@ import Testing
     /// The regression the issue names: int8 measured slower than fp32 on this class is never the
     /// class's choice, whatever the format order says.
     @Test func variantMeasuredSlowerThanFP32IsNeverChosen() {
-        let s = select([Candidate(variant: F.fp32, measured: Self.m(F.fp32, p50: 2.9)),
-                        Candidate(variant: F.int8, measured: Self.m(F.int8, p50: 7.5))],
-                       hw: HardwareClass(name: "x86-avx2", match: F.avx2Class.match, formats: ["int8", "fp32"]))
+        let s = select(
+            [
+                Candidate(variant: F.fp32, measured: Self.m(F.fp32, p50: 2.9)),
+                Candidate(variant: F.int8, measured: Self.m(F.int8, p50: 7.5))
+            ],
+            hw: HardwareClass(name: "x86-avx2", match: F.avx2Class.match, formats: ["int8", "fp32"]))
         #expect(s.chosen == F.fp32.name)
         let int8 = s.verdicts.first { $0.variant == F.int8.name }
         #expect(int8?.eligible == false)
@@ -54,8 +61,10 @@ import Testing
     }
 
     @Test func tooFewDevicesDoNotCount() {
-        let few = [Candidate(variant: F.fp32, measured: Self.m(F.fp32, p50: 1.0, devices: 2)),
-                   Candidate(variant: F.int8, measured: Self.m(F.int8, p50: 9.0, devices: 2))]
+        let few = [
+            Candidate(variant: F.fp32, measured: Self.m(F.fp32, p50: 1.0, devices: 2)),
+            Candidate(variant: F.int8, measured: Self.m(F.int8, p50: 9.0, devices: 2))
+        ]
         #expect(select(few).chosen == F.int8.name)
         #expect(select(few, minMeasured: 2).chosen == F.fp32.name)
     }
@@ -63,23 +72,30 @@ import Testing
     @Test func energyClassRanksByJoulesPerInference() {
         var hw = F.avx2Class
         hw.optimize = "energy"
-        let s = select([Candidate(variant: F.fp32, measured: Self.m(F.fp32, p50: 2.0, joules: 0.9)),
-                        Candidate(variant: F.fp16, measured: Self.m(F.fp16, p50: 1.9, joules: 0.5)),
-                        Candidate(variant: F.int8, measured: Self.m(F.int8, p50: 1.5))], hw: hw)
-        #expect(s.chosen == F.fp16.name)   // int8 is faster but reported no energy figure
+        let s = select(
+            [
+                Candidate(variant: F.fp32, measured: Self.m(F.fp32, p50: 2.0, joules: 0.9)),
+                Candidate(variant: F.fp16, measured: Self.m(F.fp16, p50: 1.9, joules: 0.5)),
+                Candidate(variant: F.int8, measured: Self.m(F.int8, p50: 1.5))
+            ], hw: hw)
+        #expect(s.chosen == F.fp16.name)  // int8 is faster but reported no energy figure
     }
 
     @Test func measurementsAggregateAsMediansPerArtifactAndClass() {
         let samples = [
-            VariantMeasurement.Sample(device: "a", hardwareClass: "c1", sha256: "s1", latencyP50Ms: 1, latencyP95Ms: 2, joulesPerInference: 0.1),
+            VariantMeasurement.Sample(
+                device: "a", hardwareClass: "c1", sha256: "s1", latencyP50Ms: 1, latencyP95Ms: 2, joulesPerInference: 0.1),
             .init(device: "b", hardwareClass: "c1", sha256: "s1", latencyP50Ms: 3, latencyP95Ms: 4),
             .init(device: "c", hardwareClass: "c1", sha256: "s1", latencyP50Ms: 2, latencyP95Ms: 9),
-            .init(device: "d", hardwareClass: "c2", sha256: "s1", latencyP50Ms: 10),
+            .init(device: "d", hardwareClass: "c2", sha256: "s1", latencyP50Ms: 10)
         ]
         let t = VariantMeasurement.aggregate(samples)
         #expect(t.count == 2)
-        #expect(t[0] == VariantMeasurement(sha256: "s1", hardwareClass: "c1", devices: 3, latencyP50Ms: 2, latencyP95Ms: 4,
-                                           joulesPerInference: 0.1, energyDevices: 1))
+        #expect(
+            t[0]
+                == VariantMeasurement(
+                    sha256: "s1", hardwareClass: "c1", devices: 3, latencyP50Ms: 2, latencyP95Ms: 4,
+                    joulesPerInference: 0.1, energyDevices: 1))
         #expect(t[1].hardwareClass == "c2" && t[1].devices == 1 && t[1].latencyP50Ms == 10)
     }
 
@@ -88,8 +104,12 @@ import Testing
         #expect(ok.latencyP50Ms == 1.5 && ok.iterations == 100)
         #expect(throws: BenchmarkReport.Problem.notJSON) { try BenchmarkReport.parse(Array("took 3 ms".utf8)) }
         #expect(throws: BenchmarkReport.Problem.missingLatency) { try BenchmarkReport.parse(Array(#"{"p50": 1}"#.utf8)) }
-        #expect(throws: BenchmarkReport.Problem.outOfRange) { try BenchmarkReport.parse(Array(#"{"latencyP50Ms": 3, "latencyP95Ms": 2}"#.utf8)) }
+        #expect(throws: BenchmarkReport.Problem.outOfRange) {
+            try BenchmarkReport.parse(Array(#"{"latencyP50Ms": 3, "latencyP95Ms": 2}"#.utf8))
+        }
         #expect(throws: BenchmarkReport.Problem.outOfRange) { try BenchmarkReport.parse(Array(#"{"latencyP50Ms": -1}"#.utf8)) }
-        #expect(throws: BenchmarkReport.Problem.outOfRange) { try BenchmarkReport.parse(Array(#"{"latencyP50Ms": 1, "iterations": 0}"#.utf8)) }
+        #expect(throws: BenchmarkReport.Problem.outOfRange) {
+            try BenchmarkReport.parse(Array(#"{"latencyP50Ms": 1, "iterations": 0}"#.utf8))
+        }
     }
 }

@@ -6,11 +6,14 @@ import Testing
 
     private let all = [Candidate(variant: F.fp32), Candidate(variant: F.fp16), Candidate(variant: F.int8)]
 
-    private func select(facts: DeviceFacts = Fixture.facts, hw: HardwareClass? = Fixture.avx2Class,
-                        tier: BandwidthTier? = nil, _ candidates: [Candidate], installed: String? = nil,
-                        policy: SelectionPolicy = SelectionPolicy()) -> Selection {
-        VariantSelector.select(facts: facts, hardwareClass: hw, tier: tier, candidates: candidates,
-                               installedSha256: installed, policy: policy)
+    private func select(
+        facts: DeviceFacts = Fixture.facts, hw: HardwareClass? = Fixture.avx2Class,
+        tier: BandwidthTier? = nil, _ candidates: [Candidate], installed: String? = nil,
+        policy: SelectionPolicy = SelectionPolicy()
+    ) -> Selection {
+        VariantSelector.select(
+            facts: facts, hardwareClass: hw, tier: tier, candidates: candidates,
+            installedSha256: installed, policy: policy)
     }
 
     private func verdict(_ s: Selection, _ v: CatalogVariant) -> CandidateVerdict? {
@@ -65,7 +68,7 @@ import Testing
         var vnni = F.facts
         vnni.cpuFlags.append("avx512_vnni")
         let expected = select(facts: vnni, candidates).chosen
-        #expect(expected == F.int8VNNI.name)   // same rank as int8, smaller
+        #expect(expected == F.int8VNNI.name)  // same rank as int8, smaller
         for perm in permutations(candidates) {
             #expect(select(facts: vnni, perm).chosen == expected)
         }
@@ -90,8 +93,10 @@ import Testing
     }
 
     @Test func qualityUnderTheFloorIsExcluded() {
-        let candidates = [Candidate(variant: F.int8, quality: 0.95), Candidate(variant: F.fp16, quality: 0.995),
-                          Candidate(variant: F.fp32, quality: 1.0)]
+        let candidates = [
+            Candidate(variant: F.int8, quality: 0.95), Candidate(variant: F.fp16, quality: 0.995),
+            Candidate(variant: F.fp32, quality: 1.0)
+        ]
         let s = select(candidates, policy: SelectionPolicy(minQuality: 0.99))
         checkVerdicts(s, candidates)
         #expect(verdict(s, F.int8)?.eligible == false)
@@ -118,7 +123,7 @@ import Testing
 
     @Test func variantTooLargeForMemoryIsExcluded() {
         var small = F.facts
-        small.memoryBytes = 300 * F.MB    // half is 150 MB: only int8 (100 MB) fits
+        small.memoryBytes = 300 * F.MB  // half is 150 MB: only int8 (100 MB) fits
         let s = select(facts: small, hw: F.gpuClass, all)
         checkVerdicts(s, all)
         #expect(s.verdicts.map(\.eligible) == [false, false, false])
@@ -175,7 +180,7 @@ import Testing
 
     @Test func budgetIsNotReportedWhenSomethingElseBlocks() {
         var tiny = F.facts
-        tiny.memoryBytes = 100 * F.MB     // nothing fits in memory
+        tiny.memoryBytes = 100 * F.MB  // nothing fits in memory
         let s = select(facts: tiny, hw: F.gpuClass, tier: cellular, all)
         #expect(s.chosen == nil)
         #expect(s.overBudget == false)
@@ -209,7 +214,7 @@ import Testing
 
     @Test func deltaDoesNotExcuseMemoryOrDisk() {
         var tight = F.facts
-        tight.diskFreeBytes = 150 * F.MB   // the new slot is still written whole
+        tight.diskFreeBytes = 150 * F.MB  // the new slot is still written whole
         let candidates = [Candidate(variant: F.int8, transferSize: F.MB)]
         #expect(select(facts: tight, candidates).chosen == nil)
         tight = F.facts
@@ -320,35 +325,38 @@ func permutations<T>(_ items: [T]) -> [[T]] {
         #expect(HardwareClassifier.classify(noAVX, classes: F.hardwareClasses) == nil)
         #expect(HardwareClassifier.classify(F.facts, classes: []) == nil)
         let bigArm = DeviceFacts(arch: "aarch64", cpuFlags: [], memoryBytes: 8 * F.GB, diskFreeBytes: F.GB)
-        #expect(HardwareClassifier.classify(bigArm, classes: F.hardwareClasses) == nil)   // over maxMemoryBytes
+        #expect(HardwareClassifier.classify(bigArm, classes: F.hardwareClasses) == nil)  // over maxMemoryBytes
         let smallArm = DeviceFacts(arch: "aarch64", cpuFlags: [], memoryBytes: 4 * F.GB, diskFreeBytes: F.GB)
         #expect(HardwareClassifier.classify(smallArm, classes: F.hardwareClasses)?.name == "arm-small")
     }
 
     @Test func matchChecksEveryField() {
-        let f = DeviceFacts(arch: "x86_64", cpuFlags: ["avx2", "fma"], memoryBytes: 8 * F.GB, diskFreeBytes: F.GB,
-                            accelerators: ["/dev/apex_0"])
+        let f = DeviceFacts(
+            arch: "x86_64", cpuFlags: ["avx2", "fma"], memoryBytes: 8 * F.GB, diskFreeBytes: F.GB,
+            accelerators: ["/dev/apex_0"])
         typealias M = HardwareClass.Match
         #expect(M().matches(f))
         #expect(M(arch: ["aarch64", "x86_64"]).matches(f))
         #expect(!M(arch: ["aarch64"]).matches(f))
         #expect(M(cpuFlags: ["avx2", "fma"]).matches(f))
-        #expect(!M(cpuFlags: ["avx2", "avx512f"]).matches(f))       // all of them
+        #expect(!M(cpuFlags: ["avx2", "avx512f"]).matches(f))  // all of them
         #expect(M(minMemoryBytes: 8 * F.GB).matches(f))
         #expect(!M(minMemoryBytes: 8 * F.GB + 1).matches(f))
         #expect(M(maxMemoryBytes: 8 * F.GB).matches(f))
         #expect(!M(maxMemoryBytes: 8 * F.GB - 1).matches(f))
-        #expect(M(accelerators: ["/dev/nvidia", "/dev/apex"]).matches(f))   // any, by prefix
+        #expect(M(accelerators: ["/dev/nvidia", "/dev/apex"]).matches(f))  // any, by prefix
         #expect(!M(accelerators: ["/dev/nvidia"]).matches(f))
         #expect(!M(accelerators: []).matches(f))
     }
 
     @Test func requirementsReportTheFirstUnmetOne() {
-        let f = DeviceFacts(arch: "x86_64", cpuFlags: ["avx2"], memoryBytes: 4 * F.GB, diskFreeBytes: F.GB,
-                            accelerators: ["/dev/accel0"])
+        let f = DeviceFacts(
+            arch: "x86_64", cpuFlags: ["avx2"], memoryBytes: 4 * F.GB, diskFreeBytes: F.GB,
+            accelerators: ["/dev/accel0"])
         #expect(Requirements().isEmpty)
         #expect(Requirements().unmet(by: f) == nil)
-        #expect(Requirements(arch: ["x86_64"], cpuFlags: ["avx2"], minMemoryBytes: 4 * F.GB, accelerators: ["/dev/accel"]).unmet(by: f) == nil)
+        #expect(
+            Requirements(arch: ["x86_64"], cpuFlags: ["avx2"], minMemoryBytes: 4 * F.GB, accelerators: ["/dev/accel"]).unmet(by: f) == nil)
         #expect(!Requirements(arch: ["x86_64"]).isEmpty)
         #expect(Requirements(arch: ["aarch64"]).unmet(by: f) != nil)
         #expect(Requirements(cpuFlags: ["avx2", "avx512f"]).unmet(by: f) != nil)
@@ -361,7 +369,7 @@ func permutations<T>(_ items: [T]) -> [[T]] {
     private let tiers = [
         BandwidthTier(name: "cellular", metered: true, budgetBytes: 50 * Fixture.MB),
         BandwidthTier(name: "fast", metered: false, minMbps: 100),
-        BandwidthTier(name: "slow", metered: false),
+        BandwidthTier(name: "slow", metered: false)
     ]
 
     private func tier(metered: Bool?, mbps: Double?) -> String? {

@@ -26,7 +26,8 @@ import Testing
         #expect(pae == Array("DSSEv1 13 application/x 2 hi".utf8))
         #expect(Envelope.preAuthEncoding(type: "", body: []) == Array("DSSEv1 0  0 ".utf8))
         // Lengths keep the type/body boundary unambiguous.
-        #expect(Envelope.preAuthEncoding(type: "ab", body: Array("c".utf8))
+        #expect(
+            Envelope.preAuthEncoding(type: "ab", body: Array("c".utf8))
                 != Envelope.preAuthEncoding(type: "a", body: Array("bc".utf8)))
     }
 
@@ -42,19 +43,23 @@ import Testing
     /// Maintenance windows are part of the signed assignment: a window widened (or removed) in
     /// transit, with the signature kept, does not verify.
     @Test func widenedActivationWindowBreaksTheAssignmentSignature() throws {
-        var a = Assignment(deviceId: "d1", hardwareClass: "x86-avx512-vnni", model: "m", release: "m@2", variant: "m-int8",
-                           sha256: String(repeating: "a", count: 64), size: 10,
-                           package: PackageRef(kind: PackageRef.full, sha256: String(repeating: "a", count: 64), size: 10, url: "http://x/a"),
-                           counter: 2, expiresAt: 2_000_000_000, catalogSha256: String(repeating: "b", count: 64))
+        var a = Assignment(
+            deviceId: "d1", hardwareClass: "x86-avx512-vnni", model: "m", release: "m@2", variant: "m-int8",
+            sha256: String(repeating: "a", count: 64), size: 10,
+            package: PackageRef(kind: PackageRef.full, sha256: String(repeating: "a", count: 64), size: 10, url: "http://x/a"),
+            counter: 2, expiresAt: 2_000_000_000, catalogSha256: String(repeating: "b", count: 64))
         a.activation = [ActivationWindow(start: 1_782_950_400, end: 1_782_961_200)]
         let env = try Envelope.sign(a, type: PayloadType.assignment, keys: [Fixture.directorKey])
-        #expect(try MetadataVerifier.verify(env, type: PayloadType.assignment, role: .director, root: root) == [UInt8](try FleetJSON.encode(a)))
+        #expect(
+            try MetadataVerifier.verify(env, type: PayloadType.assignment, role: .director, root: root) == [UInt8](try FleetJSON.encode(a)))
         for forged in [[ActivationWindow(start: 0, end: 4_000_000_000)], nil] {
             var b = a
             b.activation = forged
             var tampered = env
             tampered.payload = Data(try FleetJSON.encode(b)).base64EncodedString()
-            #expect(trustFault { try MetadataVerifier.verify(tampered, type: PayloadType.assignment, role: .director, root: root) } == .badSignature)
+            #expect(
+                trustFault { try MetadataVerifier.verify(tampered, type: PayloadType.assignment, role: .director, root: root) }
+                    == .badSignature)
         }
     }
 
@@ -97,8 +102,8 @@ import Testing
         let key = Fixture.releaseKey
         #expect(key.keyID == Digest.sha256Hex(Hex.decode(key.publicKey.public)!))
         #expect(Digest.isSHA256Hex(key.keyID))
-        #expect(Fixture.key(.release, seed: 2).keyID == key.keyID)          // deterministic
-        #expect(Fixture.key(.director, seed: 2).keyID == key.keyID)         // the role is not part of the id
+        #expect(Fixture.key(.release, seed: 2).keyID == key.keyID)  // deterministic
+        #expect(Fixture.key(.director, seed: 2).keyID == key.keyID)  // the role is not part of the id
         #expect(Fixture.releaseKey2.keyID != key.keyID)
         #expect(SigningKey(role: .root).keyID != SigningKey(role: .root).keyID)
     }
@@ -152,8 +157,10 @@ import Testing
         #expect(file.private == Hex.encode([UInt8](repeating: 2, count: 32)))
     }
 
-    private func keyFile(role: String = "release", keytype: String = "ed25519",
-                         hex: String = String(repeating: "02", count: 32)) -> Data {
+    private func keyFile(
+        role: String = "release", keytype: String = "ed25519",
+        hex: String = String(repeating: "02", count: 32)
+    ) -> Data {
         Data(#"{"role":"\#(role)","keytype":"\#(keytype)","private":"\#(hex)"}"#.utf8)
     }
 
@@ -171,17 +178,20 @@ import Testing
         #expect(trustFault { try SigningKey.parse(keyFile(role: "admin")) } == .malformed)
         #expect(trustFault { try SigningKey.parse(Data("{}".utf8)) } == .malformed)
         #expect(trustFault { try SigningKey.parse(Data()) } == .malformed)
-        let padded = keyFile().base64EncodedData() // not JSON
+        let padded = keyFile().base64EncodedData()  // not JSON
         #expect(trustFault { try SigningKey.parse(padded) } == .malformed)
     }
 
     @Test func rejectsKeyFileWithDuplicateKeys() {
-        let twice = #"{"role":"release","keytype":"ed25519","private":"\#(String(repeating: "02", count: 32))","private":"\#(String(repeating: "03", count: 32))"}"#
+        let twice =
+            #"{"role":"release","keytype":"ed25519","private":"\#(String(repeating: "02", count: 32))","private":"\#(String(repeating: "03", count: 32))"}"#
         #expect(trustFault { try SigningKey.parse(Data(twice.utf8)) } == .malformed)
     }
 
     @Test func rejectsOversizeKeyFile() {
-        let big = #"{"role":"release","keytype":"ed25519","private":"\#(String(repeating: "02", count: 32))","pad":""# + String(repeating: " ", count: 4096) + #""}"#
+        let big =
+            #"{"role":"release","keytype":"ed25519","private":"\#(String(repeating: "02", count: 32))","pad":""#
+            + String(repeating: " ", count: 4096) + #""}"#
         #expect(trustFault { try SigningKey.parse(Data(big.utf8)) } == .malformed)
     }
 

@@ -22,10 +22,10 @@ import Testing
         "{}", "[]", "0", "-0", "12", "-12.5e+3", "1E-7", "0.0", #""x""#, "true", "false", "null",
         #"  {"a": [1, 2.5, {"b": null}], "c": "\u00e9\n\t\"\\\/", "d": "\ud83d\ude00", "e": true}  "#,
         "\n\r\t[ ]\n",
-        #"{"a":1,"A":2}"#,                      // keys differ in case: not duplicates
-        #"{"a":{"a":1},"b":[{"a":1},{"a":2}]}"#, // the same key in different objects is fine
+        #"{"a":1,"A":2}"#,  // keys differ in case: not duplicates
+        #"{"a":{"a":1},"b":[{"a":1},{"a":2}]}"#,  // the same key in different objects is fine
         #"{"":1," ":2}"#,
-        "\"caf\u{00E9} \u{1F600}\"",             // raw UTF-8 in a string
+        "\"caf\u{00E9} \u{1F600}\""  // raw UTF-8 in a string
     ])
     func acceptsValidDocument(_ text: String) {
         #expect(validate(text) == nil)
@@ -43,18 +43,18 @@ import Testing
 
     @Test(arguments: [
         #"{"a":1,"a":2}"#,
-        #"{"a":1,"b":2,"a":3}"#,                 // not adjacent
-        #"{"a":1,"\u0061":2}"#,                  // duplicate hidden by an escape
+        #"{"a":1,"b":2,"a":3}"#,  // not adjacent
+        #"{"a":1,"\u0061":2}"#,  // duplicate hidden by an escape
         #"{"\u0061":1,"a":2}"#,
         #"{"\u0041":1,"\u0041":2}"#,
-        #"{"a\/b":1,"a/b":2}"#,                  // "\/" is "/"
+        #"{"a\/b":1,"a/b":2}"#,  // "\/" is "/"
         #"{"\n":1,"\u000a":2}"#,
-        #"{"\u00e9":1,"é":2}"#,                  // escaped vs raw UTF-8
-        #"{"\ud83d\ude00":1,"😀":2}"#,            // surrogate pair vs raw UTF-8
-        #"{"outer":{"k":1,"k":2}}"#,             // nested object
-        #"[{"ok":1},{"k":true,"k":false}]"#,     // object inside an array
-        #"{"a":{"b":{"c":{"d":[{"e":1,"e":1}]}}}}"#, // deep, same value twice
-        #"{"deviceId":"edge-0002","deviceId":"edge-0001"}"#,
+        #"{"\u00e9":1,"é":2}"#,  // escaped vs raw UTF-8
+        #"{"\ud83d\ude00":1,"😀":2}"#,  // surrogate pair vs raw UTF-8
+        #"{"outer":{"k":1,"k":2}}"#,  // nested object
+        #"[{"ok":1},{"k":true,"k":false}]"#,  // object inside an array
+        #"{"a":{"b":{"c":{"d":[{"e":1,"e":1}]}}}}"#,  // deep, same value twice
+        #"{"deviceId":"edge-0002","deviceId":"edge-0001"}"#
     ])
     func rejectsDuplicateKey(_ text: String) {
         #expect(validate(text) == .duplicateKey)
@@ -76,7 +76,7 @@ import Testing
     /// to stop (e.g. two `catalogs` entries in a timestamp, two `attributes`).
     @Test(arguments: [
         #"{"caf\u00e9":"a","cafe\u0301":"b"}"#,
-        #"{"K-model":"a","\u212A-model":"b"}"#,
+        #"{"K-model":"a","\u212A-model":"b"}"#
     ])
     func rejectsKeysThatAreCanonicallyEquivalent(_ text: String) throws {
         // What the decoder sees: one key, not two.
@@ -103,7 +103,7 @@ import Testing
         #""\ud800""#, #""\udc00""#, #""\udfff""#, #""\ud800x""#, #""\ud800\u0041""#, #""\ud800\ud800""#,
         #""\ud83d""#, #"{"\ud800":1}"#,
         // a byte-order mark is not JSON white space
-        "\u{FEFF}{}",
+        "\u{FEFF}{}"
     ])
     func rejectsMalformed(_ text: String) {
         #expect(validate(text) == .malformed)

@@ -16,8 +16,10 @@ import Testing
     private var v3Env: Envelope { sign(v3, [F.rootKey2, F.rootKey3]) }
 
     /// Rotates a copy of `state`; returns the fault and checks that a failed rotation changed nothing.
-    private func rotate(_ state: TrustedState, _ chain: [Envelope], now: Int64 = Fixture.now,
-                        sourceLocation: SourceLocation = #_sourceLocation) -> (TrustedState, TrustError.Fault?) {
+    private func rotate(
+        _ state: TrustedState, _ chain: [Envelope], now: Int64 = Fixture.now,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) -> (TrustedState, TrustError.Fault?) {
         var s = state
         let fault = trustFault { try s.rotate(through: chain, now: now) }
         if fault != nil { #expect(s == state, "a failed rotation must leave the state as it was", sourceLocation: sourceLocation) }
@@ -187,7 +189,7 @@ import Testing
     /// A rollback of the root directly through verifyRootUpdate (rotate skips old versions).
     @Test func rootRollbackIsRejected() {
         let old = F.rootMetadata(version: 1)
-        let env = sign(old, [F.rootKey, F.rootKey2])   // signed by v2's key and its own
+        let env = sign(old, [F.rootKey, F.rootKey2])  // signed by v2's key and its own
         let fault = trustFault { try MetadataVerifier.verifyRootUpdate(env, trusted: v2, now: F.now) }
         #expect(fault == .rollback)
         let same = sign(F.rootMetadata(version: 2, root: F.rootKey2), [F.rootKey2])
@@ -213,7 +215,7 @@ import Testing
 
     /// The whole chain is accepted or nothing is: a bad entry after a good one leaves v1.
     @Test func failedRotationLeavesTheStateUnchanged() {
-        let badV3 = sign(v3, [F.rootKey3])   // not signed by v2's key
+        let badV3 = sign(v3, [F.rootKey3])  // not signed by v2's key
         let (state, fault) = rotate(F.pinnedState(), [v2Env, badV3])
         #expect(fault == .missingSignature)
         #expect(state.root == v1)

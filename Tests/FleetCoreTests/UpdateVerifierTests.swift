@@ -29,11 +29,16 @@ import Testing
 
     @Test func acceptsNewerUpdateOnTopOfTrustedState() throws {
         let state = F.stateAfterDefaultUpdate()
-        let b = F.bundle(catalog: { $0.serial = 4; $0.version = "1.3.0" },
-                         assignment: { $0.counter = 8; $0.release = "\(F.model)@1.3.0"
-                                       $0.variant = F.fp16.name; $0.sha256 = F.fp16.sha256; $0.size = F.fp16.size
-                                       $0.package = PackageRef(kind: "full", sha256: F.fp16.sha256, size: F.fp16.size, url: "u") },
-                         timestamp: { $0.version = 11 })
+        let b = F.bundle(
+            catalog: {
+                $0.serial = 4; $0.version = "1.3.0"
+            },
+            assignment: {
+                $0.counter = 8; $0.release = "\(F.model)@1.3.0"
+                $0.variant = F.fp16.name; $0.sha256 = F.fp16.sha256; $0.size = F.fp16.size
+                $0.package = PackageRef(kind: "full", sha256: F.fp16.sha256, size: F.fp16.size, url: "u")
+            },
+            timestamp: { $0.version = 11 })
         let result = try F.verify(b, state: state)
         #expect(result.variant == F.fp16)
         #expect(result.state.timestampVersion == 11)
@@ -97,9 +102,14 @@ import Testing
         evil.variants[2].sha256 = Digest.sha256Hex(Array("evil".utf8))
         let forged = F.tampered(good, bytes: F.json(evil))
         // Assignment and timestamp name the forged bytes, so only the signature can stop it.
-        expectRejection(.badSignature, F.bundle(assignment: { $0.sha256 = evil.variants[2].sha256
-                                                              $0.package.sha256 = evil.variants[2].sha256 },
-                                                catalogEnvelope: forged))
+        expectRejection(
+            .badSignature,
+            F.bundle(
+                assignment: {
+                    $0.sha256 = evil.variants[2].sha256
+                    $0.package.sha256 = evil.variants[2].sha256
+                },
+                catalogEnvelope: forged))
     }
 
     @Test func tamperedAssignmentPayloadIsRejected() {
@@ -231,10 +241,11 @@ import Testing
     /// Was a bug; fixed (TUF 5.3.10, freeze attack on root): the verifier never checks the expiry of the
     /// trusted root, so a device whose root expired keeps accepting updates from the online keys.
     @Test func expiredTrustedRootStopsUpdates() {
-        let later = F.now + 400 * F.day   // the pinned root expires at now + 365 days
-        let b = F.bundle(catalog: { $0.expiresAt = later + F.day },
-                         assignment: { $0.expiresAt = later + F.day },
-                         timestamp: { $0.expiresAt = later + F.hour })
+        let later = F.now + 400 * F.day  // the pinned root expires at now + 365 days
+        let b = F.bundle(
+            catalog: { $0.expiresAt = later + F.day },
+            assignment: { $0.expiresAt = later + F.day },
+            timestamp: { $0.expiresAt = later + F.hour })
         let fault = trustFault { try F.verify(b, state: F.pinnedState(), now: later) }
         #expect(fault == .expired)
     }
@@ -250,9 +261,13 @@ import Testing
     @Test func replayOfACounterWithDifferentContentIsRejected() {
         let state = F.stateAfterDefaultUpdate()
         // Same counter 7, another variant.
-        expectRejection(.replay, F.bundle(assignment: { $0.variant = F.fp16.name; $0.sha256 = F.fp16.sha256; $0.size = F.fp16.size
-                                                        $0.package = PackageRef(kind: "full", sha256: F.fp16.sha256, size: F.fp16.size, url: "u") }),
-                        state: state)
+        expectRejection(
+            .replay,
+            F.bundle(assignment: {
+                $0.variant = F.fp16.name; $0.sha256 = F.fp16.sha256; $0.size = F.fp16.size
+                $0.package = PackageRef(kind: "full", sha256: F.fp16.sha256, size: F.fp16.size, url: "u")
+            }),
+            state: state)
         // Same counter 7, only the expiry differs.
         expectRejection(.replay, F.bundle(assignment: { $0.expiresAt += 1 }), state: state)
     }
@@ -262,8 +277,10 @@ import Testing
     @Test func olderCatalogIsAcceptedOnlyWhenAFreshTimestampNamesIt() throws {
         let state = F.stateAfterDefaultUpdate()
         let seen = try #require(state.catalogSerials[F.model])
-        let rollback = try F.verify(F.bundle(catalog: { $0.serial = 2 }, assignment: { $0.counter = 8 },
-                                             timestamp: { $0.version = 11 }), state: state)
+        let rollback = try F.verify(
+            F.bundle(
+                catalog: { $0.serial = 2 }, assignment: { $0.counter = 8 },
+                timestamp: { $0.version = 11 }), state: state)
         #expect(rollback.catalog.serial == 2)
         #expect(rollback.state.catalogSerials[F.model] == seen)
         #expect(throws: Never.self) {
@@ -298,8 +315,10 @@ import Testing
 
     @Test func variantWhoseRequirementsTheDeviceDoesNotMeetIsRejected() throws {
         let v = F.int8VNNI
-        let b = F.bundle(assignment: { $0.variant = v.name; $0.sha256 = v.sha256; $0.size = v.size
-                                       $0.package = PackageRef(kind: "full", sha256: v.sha256, size: v.size, url: "u") })
+        let b = F.bundle(assignment: {
+            $0.variant = v.name; $0.sha256 = v.sha256; $0.size = v.size
+            $0.package = PackageRef(kind: "full", sha256: v.sha256, size: v.size, url: "u")
+        })
         expectRejection(.wrongHardwareClass, b)
         var vnni = F.facts
         vnni.cpuFlags.append("avx512_vnni")
@@ -310,20 +329,40 @@ import Testing
 
     @Test func artifactNotInCatalogIsRejected() {
         let rogue = Digest.sha256Hex(Array("rogue".utf8))
-        expectRejection(.notInCatalog, F.bundle(assignment: { $0.variant = "detector-int4"; $0.sha256 = rogue
-                                                              $0.package.sha256 = rogue }))
+        expectRejection(
+            .notInCatalog,
+            F.bundle(assignment: {
+                $0.variant = "detector-int4"; $0.sha256 = rogue
+                $0.package.sha256 = rogue
+            }))
     }
 
     /// A known variant name carrying another artifact's hash is not in the catalog either.
     @Test func knownNameWithForeignHashIsRejected() {
         let rogue = Digest.sha256Hex(Array("rogue".utf8))
-        expectRejection(.notInCatalog, F.bundle(assignment: { $0.sha256 = rogue; $0.package.sha256 = rogue }))
-        expectRejection(.notInCatalog, F.bundle(assignment: { $0.sha256 = F.fp32.sha256; $0.package.sha256 = F.fp32.sha256 }))
+        expectRejection(
+            .notInCatalog,
+            F.bundle(assignment: {
+                $0.sha256 = rogue; $0.package.sha256 = rogue
+            }))
+        expectRejection(
+            .notInCatalog,
+            F.bundle(assignment: {
+                $0.sha256 = F.fp32.sha256; $0.package.sha256 = F.fp32.sha256
+            }))
     }
 
     @Test func assignmentSizeDifferentFromCatalogIsRejected() {
-        expectRejection(.lengthMismatch, F.bundle(assignment: { $0.size += 1; $0.package.size += 1 }))
-        expectRejection(.lengthMismatch, F.bundle(assignment: { $0.size = 0; $0.package.size = 0 }))
+        expectRejection(
+            .lengthMismatch,
+            F.bundle(assignment: {
+                $0.size += 1; $0.package.size += 1
+            }))
+        expectRejection(
+            .lengthMismatch,
+            F.bundle(assignment: {
+                $0.size = 0; $0.package.size = 0
+            }))
     }
 
     @Test func packageSizeDifferentFromCatalogIsRejected() {
@@ -345,8 +384,10 @@ import Testing
     // MARK: Delta packages
 
     /// A delta from the fp16 slot the device runs to the int8 artifact.
-    private static func delta(size: Int64 = 5 * Fixture.MB, sha256: String = Digest.sha256Hex(Array("delta".utf8)),
-                              base: String? = Fixture.fp16.sha256) -> PackageRef {
+    private static func delta(
+        size: Int64 = 5 * Fixture.MB, sha256: String = Digest.sha256Hex(Array("delta".utf8)),
+        base: String? = Fixture.fp16.sha256
+    ) -> PackageRef {
         PackageRef(kind: PackageRef.delta, sha256: sha256, size: size, url: "https://cdn.example/d/x", baseSha256: base)
     }
 
@@ -354,7 +395,7 @@ import Testing
         let pkg = Self.delta()
         let result = try F.verify(F.bundle(assignment: { $0.package = pkg }), state: F.pinnedState())
         #expect(result.assignment.package == pkg)
-        #expect(result.variant == F.int8)   // what the delta must produce is still the catalog's artifact
+        #expect(result.variant == F.int8)  // what the delta must produce is still the catalog's artifact
     }
 
     @Test func deltaWithoutAValidBaseIsRejected() {
@@ -385,8 +426,16 @@ import Testing
     }
 
     @Test func deltaDoesNotExcuseTheOtherChecks() {
-        expectRejection(.notInCatalog, F.bundle(assignment: { $0.package = Self.delta(); $0.sha256 = Self.delta().sha256 }))
-        expectRejection(.lengthMismatch, F.bundle(assignment: { $0.package = Self.delta(); $0.size = 5 * F.MB }))
+        expectRejection(
+            .notInCatalog,
+            F.bundle(assignment: {
+                $0.package = Self.delta(); $0.sha256 = Self.delta().sha256
+            }))
+        expectRejection(
+            .lengthMismatch,
+            F.bundle(assignment: {
+                $0.package = Self.delta(); $0.size = 5 * F.MB
+            }))
         expectRejection(.wrongDevice, F.bundle(assignment: { $0.package = Self.delta() }), deviceId: "edge-0002")
     }
 
@@ -407,10 +456,12 @@ import Testing
         expectRejection(.mixAndMatch, F.bundle(timestamp: { $0.catalogs = F.timestampEntries(F.catalog(), digest: newer.payloadDigest) }))
         expectRejection(.mixAndMatch, F.bundle(timestamp: { $0.catalogs = [:] }))
         // The right digest, filed under another model / release.
-        expectRejection(.mixAndMatch, F.bundle(timestamp: { ts in
-            let digest = ts.catalogs[F.release]!
-            ts.catalogs = ["segmenter@1.2.0": digest, "\(F.model)@0.9.0": digest, "\(F.model)@1.2.1": digest]
-        }))
+        expectRejection(
+            .mixAndMatch,
+            F.bundle(timestamp: { ts in
+                let digest = ts.catalogs[F.release]!
+                ts.catalogs = ["segmenter@1.2.0": digest, "\(F.model)@0.9.0": digest, "\(F.model)@1.2.1": digest]
+            }))
     }
 
     /// Timestamps name catalogs by release id: an entry under the bare model name (the older
@@ -443,7 +494,8 @@ import Testing
         let b = F.bundle()
         let digest = b.catalog.payloadDigest
         let other = Digest.sha256Hex(Array("x".utf8))
-        let bytes = #"{"catalogs":{"\#(F.release)":"\#(other)","\#(F.release)":"\#(digest)"},"expiresAt":\#(F.now + F.hour),"type":"timestamp","version":10}"#
+        let bytes =
+            #"{"catalogs":{"\#(F.release)":"\#(other)","\#(F.release)":"\#(digest)"},"expiresAt":\#(F.now + F.hour),"type":"timestamp","version":10}"#
         let ts = F.signBytes(Array(bytes.utf8), PayloadType.timestamp, [F.timestampKey])
         expectRejection(.duplicateKey, F.Bundle(catalog: b.catalog, assignment: b.assignment, timestamp: ts))
     }

@@ -2,7 +2,9 @@ import Testing
 @testable import FleetDelta
 
 @Suite struct CodecTests {
-    static let cases: [(TensorTransform, Int)] = [1, 2, 4, 8].flatMap { w in [TensorTransform.none, .xor, .subInt, .subFloat].map { ($0, w) } }
+    static let cases: [(TensorTransform, Int)] = [1, 2, 4, 8].flatMap { w in
+        [TensorTransform.none, .xor, .subInt, .subFloat].map { ($0, w) }
+    }
 
     @Test(arguments: cases)
     func transformsInvert(_ transform: TensorTransform, _ width: Int) {
@@ -14,9 +16,13 @@ import Testing
         for i in stride(from: 0, to: n, by: width * 3) { base[i] = base[i] &+ 1 }
         for i in stride(from: width - 1, to: n, by: width * 7) { base[i] ^= 0x80 }
         var delta = [UInt8](repeating: 0, count: n)
-        target.withUnsafeBytes { t in base.withUnsafeBytes { b in delta.withUnsafeMutableBytes { d in
-            TensorCodec.forward(transform, width: width, target: t, base: b, into: d)
-        } } }
+        target.withUnsafeBytes { t in
+            base.withUnsafeBytes { b in
+                delta.withUnsafeMutableBytes { d in
+                    TensorCodec.forward(transform, width: width, target: t, base: b, into: d)
+                }
+            }
+        }
         base.withUnsafeBytes { b in delta.withUnsafeMutableBytes { d in TensorCodec.inverse(transform, width: width, values: d, base: b) } }
         #expect(delta == target)
     }
@@ -40,7 +46,9 @@ import Testing
         let elements = 1_000
         let input = (0..<(elements * width)).map { _ in UInt8.random(in: 0...255, using: &rng) }
         var shuffled = [UInt8](repeating: 0, count: input.count)
-        input.withUnsafeBytes { i in shuffled.withUnsafeMutableBytes { o in TensorCodec.shuffle(i, width: width, chunkElements: 300, into: o) } }
+        input.withUnsafeBytes { i in
+            shuffled.withUnsafeMutableBytes { o in TensorCodec.shuffle(i, width: width, chunkElements: 300, into: o) }
+        }
         if width == 4 {
             // First chunk: byte 0 of elements 0…299, then byte 1 of them, …
             #expect(shuffled[1] == input[4])
@@ -51,10 +59,13 @@ import Testing
         while start < elements {
             let n = min(300, elements - start)
             let range = (start * width)..<((start + n) * width)
-            shuffled.withUnsafeBytes { s in back.withUnsafeMutableBytes { o in
-                TensorCodec.unshuffleChunk(UnsafeRawBufferPointer(rebasing: s[range]), width: width,
-                                           into: UnsafeMutableRawBufferPointer(rebasing: o[range]))
-            } }
+            shuffled.withUnsafeBytes { s in
+                back.withUnsafeMutableBytes { o in
+                    TensorCodec.unshuffleChunk(
+                        UnsafeRawBufferPointer(rebasing: s[range]), width: width,
+                        into: UnsafeMutableRawBufferPointer(rebasing: o[range]))
+                }
+            }
             start += n
         }
         #expect(back == input)
@@ -68,19 +79,27 @@ import Testing
         plan.ops = [
             .structure(length: 100),
             .copy(baseOffset: 100, length: 4_900),
-            .tensor(.init(length: 4_096, elementSize: 4, transform: .subFloat, chunkElements: 1 << 18, baseOffset: 100,
-                          coding: .dense(values: .init(offset: 40, length: 300)))),
-            .tensor(.init(length: 1_024, elementSize: 1, transform: .subInt, chunkElements: 1 << 18, baseOffset: 3_000,
-                          coding: .sparse(runs: .init(offset: 340, length: 12), runsLength: 30, values: .init(offset: 352, length: 20), nonzero: 25))),
+            .tensor(
+                .init(
+                    length: 4_096, elementSize: 4, transform: .subFloat, chunkElements: 1 << 18, baseOffset: 100,
+                    coding: .dense(values: .init(offset: 40, length: 300)))),
+            .tensor(
+                .init(
+                    length: 1_024, elementSize: 1, transform: .subInt, chunkElements: 1 << 18, baseOffset: 3_000,
+                    coding: .sparse(
+                        runs: .init(offset: 340, length: 12), runsLength: 30, values: .init(offset: 352, length: 20), nonzero: 25))),
             .prefixed(length: 2_000, baseOffset: 0, baseLength: 1_000, frame: .init(offset: 372, length: 50)),
-            .tensor(.init(length: 512, elementSize: 1, transform: .subInt, chunkElements: 1 << 18, baseOffset: 0,
-                          coding: .modeled(lanes: [.init(offset: 400, length: 11), .init(offset: 411, length: 11)], lengths: [9, 8]))),
-            .structure(length: 20),
+            .tensor(
+                .init(
+                    length: 512, elementSize: 1, transform: .subInt, chunkElements: 1 << 18, baseOffset: 0,
+                    coding: .modeled(lanes: [.init(offset: 400, length: 11), .init(offset: 411, length: 11)], lengths: [9, 8]))),
+            .structure(length: 20)
         ]
         #expect(try TensorPlan.parse(plan.serialized()) == plan)
-        let header = DeltaHeader(method: .tensor, baseSize: 5_020, targetSize: plan.ops.reduce(0) { $0 + $1.length },
-                                 baseSha256: String(repeating: "a", count: 64), targetSha256: String(repeating: "b", count: 64),
-                                 decodeBufferBytes: plan.decodeBufferBytes, sectionLengths: [10, 422])
+        let header = DeltaHeader(
+            method: .tensor, baseSize: 5_020, targetSize: plan.ops.reduce(0) { $0 + $1.length },
+            baseSha256: String(repeating: "a", count: 64), targetSha256: String(repeating: "b", count: 64),
+            decodeBufferBytes: plan.decodeBufferBytes, sectionLengths: [10, 422])
         try plan.validate(header: header, dataLength: 422)
 
         // Each of these breaks one rule the decoder checks before writing.

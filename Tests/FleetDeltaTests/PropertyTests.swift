@@ -24,8 +24,9 @@ import Testing
         (0..<Int.random(in: 1...8, using: &rng)).map { i in
             let dtype = dtypes.randomElement(using: &rng)!
             let shape = randomShape(&rng)
-            return TestTensor(name: "t\(i).\(dtype.lowercased())", dtype: dtype, shape: shape,
-                              data: TensorData.random(dtype: dtype, count: shape.reduce(1, *), using: &rng))
+            return TestTensor(
+                name: "t\(i).\(dtype.lowercased())", dtype: dtype, shape: shape,
+                data: TensorData.random(dtype: dtype, count: shape.reduce(1, *), using: &rng))
         }
     }
 
@@ -38,7 +39,8 @@ import Testing
             var n = t
             switch edit {
             case .unchanged: break
-            case .nudged: n.data = TensorData.nudge(t.data, dtype: t.dtype, relative: Double.random(in: 1e-5...1e-2, using: &rng), using: &rng)
+            case .nudged:
+                n.data = TensorData.nudge(t.data, dtype: t.dtype, relative: Double.random(in: 1e-5...1e-2, using: &rng), using: &rng)
             case .replaced: n.data = TensorData.random(dtype: t.dtype, count: t.elementCount, using: &rng)
             case .removed: continue
             case .renamed: n.name = "renamed." + t.name
@@ -54,8 +56,10 @@ import Testing
         for i in 0..<Int.random(in: 0...2, using: &rng) {
             let dtype = dtypes.randomElement(using: &rng)!
             let shape = randomShape(&rng)
-            out.append(TestTensor(name: "added\(i)", dtype: dtype, shape: shape,
-                                  data: TensorData.random(dtype: dtype, count: shape.reduce(1, *), using: &rng)))
+            out.append(
+                TestTensor(
+                    name: "added\(i)", dtype: dtype, shape: shape,
+                    data: TensorData.random(dtype: dtype, count: shape.reduce(1, *), using: &rng)))
         }
         if Bool.random(using: &rng) { out.shuffle(using: &rng) }
         return (out, edits)
@@ -75,7 +79,8 @@ import Testing
             b = ONNXWriter.write(target, producer: Bool.random(using: &rng) ? "edgefleet-tests" : "retrained")
         } else {
             a = SafetensorsWriter.write(base, metadata: ["format": "pt"])
-            b = SafetensorsWriter.write(target, metadata: Bool.random(using: &rng) ? ["format": "pt"] : ["format": "pt", "epoch": "\(seed % 97)"])
+            b = SafetensorsWriter.write(
+                target, metadata: Bool.random(using: &rng) ? ["format": "pt"] : ["format": "pt", "epoch": "\(seed % 97)"])
         }
         let what = "seed \(seed) (FLEETDELTA_SEED=\(seed)); \(onnx ? "onnx" : "safetensors"); edits \(edits)"
         // The tensor method must apply to every such pair, and auto must keep the smallest.

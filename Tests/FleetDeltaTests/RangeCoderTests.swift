@@ -5,7 +5,8 @@ import Testing
     /// Codes `z` against `base` as the encoder does (element i in lane i % 2) and returns a decoder
     /// over the two streams, each written as a zstd frame; `tamper` may change a stream first.
     static func coded(_ dir: TempDir, _ z: [UInt8], _ base: [UInt8], tamper: (Int, [UInt8]) -> [UInt8] = { $1 }) throws
-        -> (ByteDeltaDecoder, [Int]) {
+        -> (ByteDeltaDecoder, [Int])
+    {
         var coders = [RangeEncoder(), RangeEncoder()]
         var model = ByteDeltaModel()
         for i in 0..<z.count { model.encode(z[i], base: base[i], index: i, &coders) }
@@ -41,9 +42,12 @@ import Testing
         var at = 0
         for piece in [1, 999, 40_000, 2, n] where at < n {
             let end = min(n, at + piece)
-            try base.withUnsafeBytes { b in try back.withUnsafeMutableBytes { o in
-                try dec.decode(base: UnsafeRawBufferPointer(rebasing: b[at..<end]), into: UnsafeMutableRawBufferPointer(rebasing: o[at..<end]))
-            } }
+            try base.withUnsafeBytes { b in
+                try back.withUnsafeMutableBytes { o in
+                    try dec.decode(
+                        base: UnsafeRawBufferPointer(rebasing: b[at..<end]), into: UnsafeMutableRawBufferPointer(rebasing: o[at..<end]))
+                }
+            }
             at = end
         }
         try dec.finish()

@@ -100,7 +100,8 @@ import FleetCore
         let h = try DeltaHeader.parse(s.patch)
         for section in 0..<h.sectionLengths.count {
             let start = Int(h.sectionOffset(section)), length = Int(h.sectionLengths[section])
-            let positions = Set([0, 1, 4, 5, 6, length / 3, length / 2, 2 * length / 3, length - 5, length - 1].filter { $0 >= 0 && $0 < length })
+            let positions = Set(
+                [0, 1, 4, 5, 6, length / 3, length / 2, 2 * length / 3, length - 5, length - 1].filter { $0 >= 0 && $0 < length })
             for p in positions {
                 var bad = s.patch
                 bad[start + p] ^= 0x5A

@@ -155,7 +155,8 @@ import Testing
             let i = Int.random(in: 0..<q2.data.count, using: &rng)
             q2.data[i] = q2.data[i] &+ (Bool.random(using: &rng) ? 1 : 255)
         }
-        let (report, out) = try roundTrip(dir, base: SafetensorsWriter.write([q]), target: SafetensorsWriter.write([q2]), methods: [.tensor])
+        let (report, out) = try roundTrip(
+            dir, base: SafetensorsWriter.write([q]), target: SafetensorsWriter.write([q2]), methods: [.tensor])
         #expect(out == SafetensorsWriter.write([q2]))
         // 300 changes of ±1 in 65,536 elements: about 2.5 bits each, not one bit per element.
         #expect(report.tensors?.codings == ["sub/modeled": 1])
@@ -218,7 +219,9 @@ import Testing
         defer { dir.remove() }
         for (i, pair) in [([UInt8](), [UInt8]()), ([1, 2, 3], []), ([], [1, 2, 3]), ([9], [9])].enumerated() {
             if method == .tensor {
-                #expect(deltaErrorCode { _ = try roundTrip(dir, base: pair.0, target: pair.1, methods: [method], tag: "t\(i)") } == .notApplicable)
+                #expect(
+                    deltaErrorCode { _ = try roundTrip(dir, base: pair.0, target: pair.1, methods: [method], tag: "t\(i)") }
+                        == .notApplicable)
                 continue
             }
             let (_, out) = try roundTrip(dir, base: pair.0, target: pair.1, methods: [method], tag: "t\(i)")

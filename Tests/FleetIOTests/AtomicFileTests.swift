@@ -44,8 +44,9 @@ struct AtomicFileTests {
     @Test func aFullDiskMidWriteLeavesTheOldTargetAndSaysNoSpace() throws {
         try withTemporaryDirectory { dir in
             try AtomicFile.write(Array("old".utf8), to: dir + "/model")
-            let file = try AtomicFile(replacing: dir + "/model", temporary: .unique(tag: ""), permissions: 0o644, bufferSize: 8,
-                                      writer: failingWriter(after: 10))
+            let file = try AtomicFile(
+                replacing: dir + "/model", temporary: .unique(tag: ""), permissions: 0o644, bufferSize: 8,
+                writer: failingWriter(after: 10))
             let payload = [UInt8](repeating: 7, count: 100)
             let error = #expect(throws: FileIOError.self) {
                 try file.write(payload)
@@ -63,8 +64,9 @@ struct AtomicFileTests {
     @Test func aFailedFinalFlushRemovesTheTemporaryAtCommit() throws {
         try withTemporaryDirectory { dir in
             // Everything fits the buffer, so the failure surfaces only at commit.
-            let file = try AtomicFile(replacing: dir + "/state.json", temporary: .fixed(suffix: ".tmp"), permissions: 0o600,
-                                      bufferSize: 1 << 10, writer: failingWriter(after: 0, error: EIO))
+            let file = try AtomicFile(
+                replacing: dir + "/state.json", temporary: .fixed(suffix: ".tmp"), permissions: 0o600,
+                bufferSize: 1 << 10, writer: failingWriter(after: 0, error: EIO))
             try file.write(Array("{}".utf8))
             let error = #expect(throws: FileIOError.self) { try file.commit() }
             #expect(error?.isNoSpace == false)

@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The agent's rate limit and the controller's artifact scrub, through the real binaries.
@@ -26,8 +26,9 @@ struct ArtifactIntegrityTests {
         let size = 9_000_000, rate = 3_000_000.0
         let file = try fleet.makeFile("www/model.bin", size: size, seed: 7)
         let port = try TestFleet.freePort()
-        _ = try fleet.start("/usr/bin/env", ["python3", "-m", "http.server", "\(port)", "--bind", "127.0.0.1", "--directory", serve],
-                            log: fleet.dir + "/http.log")
+        _ = try fleet.start(
+            "/usr/bin/env", ["python3", "-m", "http.server", "\(port)", "--bind", "127.0.0.1", "--directory", serve],
+            log: fleet.dir + "/http.log")
         let url = "http://127.0.0.1:\(port)/model.bin"
         try fleet.waitFor("http server") { (try? fleet.run("/usr/bin/env", ["curl", "-fsI", url], timeout: 5).status) == 0 }
 
@@ -64,10 +65,15 @@ struct ArtifactIntegrityTests {
         let fleet = try TestFleet(); defer { fleet.cleanup() }
         let r = try fleet.run("fleetctl", ["keys", "init", "--dir", fleet.dir + "/keys"])
         try #require(r.status == 0, "\(r.stderr)")
-        fleet.controller = try fleet.start("fleet-controller", [
-            "serve", "--data", fleet.dir + "/controller", "--listen", "127.0.0.1:\(fleet.port)", "--keys", fleet.dir + "/keys/online",
-            "--config", TestFleet.repoRoot + "/fleet", "--scrub-interval", "1"], log: fleet.dir + "/controller.log")
-        try fleet.waitFor("controller health") { (try? fleet.run("/usr/bin/env", ["curl", "-fs", fleet.url + "/healthz"], timeout: 5).status) == 0 }
+        fleet.controller = try fleet.start(
+            "fleet-controller",
+            [
+                "serve", "--data", fleet.dir + "/controller", "--listen", "127.0.0.1:\(fleet.port)", "--keys", fleet.dir + "/keys/online",
+                "--config", TestFleet.repoRoot + "/fleet", "--scrub-interval", "1"
+            ], log: fleet.dir + "/controller.log")
+        try fleet.waitFor("controller health") {
+            (try? fleet.run("/usr/bin/env", ["curl", "-fs", fleet.url + "/healthz"], timeout: 5).status) == 0
+        }
 
         let file = try fleet.makeFile("model.bin", size: 1_000_000, seed: 9)
         let up = try fleet.run("/usr/bin/env", ["curl", "-fsS", "-T", file, fleet.url + "/v1/artifacts"])
@@ -75,7 +81,9 @@ struct ArtifactIntegrityTests {
         let sha = fleet.sha(file)
         let stored = fleet.artifactPath(sha)
         func status() throws -> String {
-            try fleet.run("/usr/bin/env", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", fleet.url + "/v1/artifacts/" + sha], timeout: 10).stdout
+            try fleet.run(
+                "/usr/bin/env", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", fleet.url + "/v1/artifacts/" + sha], timeout: 10
+            ).stdout
         }
         #expect(try status() == "200")
 

@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Genuine frugal answers captured from a real controller for devices run by the real agent, and
@@ -50,14 +50,20 @@ final class FrugalWorld: @unchecked Sendable {
 
         let v1 = try fleet.makeFile("v1.safetensors", size: 300_000, seed: 61)
         let v2 = try fleet.makeFile("v2.safetensors", size: 300_000, seed: 62)
-        try fleet.publish(model: "m", version: "1", variants: [("m-v1", "int8", v1), ("m-v1-fp16", "fp16", try fleet.makeFile("v1h", size: 310_000, seed: 63)),
-                                                              ("m-v1-fp32", "fp32", try fleet.makeFile("v1f", size: 320_000, seed: 64)),
-                                                              ("m-v1-int4", "int4", try fleet.makeFile("v1q", size: 150_000, seed: 65))])
+        try fleet.publish(
+            model: "m", version: "1",
+            variants: [
+                ("m-v1", "int8", v1), ("m-v1-fp16", "fp16", try fleet.makeFile("v1h", size: 310_000, seed: 63)),
+                ("m-v1-fp32", "fp32", try fleet.makeFile("v1f", size: 320_000, seed: 64)),
+                ("m-v1-int4", "int4", try fleet.makeFile("v1q", size: 150_000, seed: 65))
+            ])
         let device = fleet.agent("f1", facts: facts)
         let otherDevice = fleet.agent("o1", facts: otherFacts)
         for a in [device, otherDevice] {
             let r = try fleet.runOnce(a)
-            guard r.status == 0, fleet.current(a, model: "m").contentSha != nil else { throw HarnessError("release 1 not installed: \(r.stderr)") }
+            guard r.status == 0, fleet.current(a, model: "m").contentSha != nil else {
+                throw HarnessError("release 1 not installed: \(r.stderr)")
+            }
             // The next check-in reports the install; the device is idle from then on.
             _ = try fleet.runOnce(a)
         }
@@ -104,13 +110,18 @@ final class FrugalWorld: @unchecked Sendable {
             let assignment = try AttackWorld.payload(h.assignment, as: Assignment.self)
             holds[model] = HeldMetadata(catalog: h.catalog.payloadDigest, counter: assignment.counter)
         }
-        var request = CheckInRequest(facts: nil, installed: [:], agentVersion: nil, fullPackages: fullPackages, factsDigest: memory.factsDigest,
-                                     holds: holds, rootVersion: trust.root.version, timestampVersion: trust.timestampVersion)
+        var request = CheckInRequest(
+            facts: nil, installed: [:], agentVersion: nil, fullPackages: fullPackages, factsDigest: memory.factsDigest,
+            holds: holds, rootVersion: trust.root.version, timestampVersion: trust.timestampVersion)
         request.installedSent = false
         let body = fleet.dir + "/frugal-request-\(UUID().uuidString.prefix(8)).json"
         try FleetJSON.encode(request).write(to: URL(fileURLWithPath: body))
-        let r = try fleet.run("/usr/bin/env", ["curl", "-fsS", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + body,
-                                               "\(fleet.url)/v1/devices/\(id)/checkin"])
+        let r = try fleet.run(
+            "/usr/bin/env",
+            [
+                "curl", "-fsS", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + body,
+                "\(fleet.url)/v1/devices/\(id)/checkin"
+            ])
         guard r.status == 0 else { throw HarnessError("frugal check-in of \(id): \(r.stderr)") }
         return Data(r.stdout.utf8)
     }
@@ -119,21 +130,27 @@ final class FrugalWorld: @unchecked Sendable {
 
     /// A per-device timestamp the stolen timestamp key signs, binding `snapshot`.
     func stamp(_ snapshot: CheckInSnapshot, version: UInt64, expiresAt: Int64? = nil, key: SigningKey? = nil) throws -> CompactEnvelope {
-        let meta = TimestampMetadata(version: version, expiresAt: expiresAt ?? AttackWorld.now() + 3600, catalogs: [:], snapshot: snapshot.digest)
+        let meta = TimestampMetadata(
+            version: version, expiresAt: expiresAt ?? AttackWorld.now() + 3600, catalogs: [:], snapshot: snapshot.digest)
         return try CompactEnvelope.sign(meta, type: PayloadType.timestamp, keys: [key ?? timestampKey])
     }
 
     /// What a device holds, as its snapshot (`t1` or `t2` state folder).
     static func heldSnapshot(_ state: String, deviceId: String = deviceId) throws -> CheckInSnapshot {
         let m = try memory(state)
-        return CheckInSnapshot(deviceId: deviceId, models: m.held.mapValues { .init(catalog: $0.catalog.payloadDigest, assignment: $0.assignment.payloadDigest) })
+        return CheckInSnapshot(
+            deviceId: deviceId,
+            models: m.held.mapValues { .init(catalog: $0.catalog.payloadDigest, assignment: $0.assignment.payloadDigest) })
     }
 
     /// An answer of the frugal shape.
-    static func response(stamp: CompactEnvelope?, updates: [ModelUpdate] = [], reassigned: [String: Envelope] = [:], unchanged: [String] = [],
-                         resend: ResendReason? = nil) -> CheckInResponse {
-        CheckInResponse(deviceId: "", hardwareClass: nil, tier: nil, rootChain: [], timestamp: nil, updates: updates, held: [:], pollSeconds: 1,
-                        reassigned: reassigned, unchanged: unchanged, stamp: stamp, resend: resend, compact: true)
+    static func response(
+        stamp: CompactEnvelope?, updates: [ModelUpdate] = [], reassigned: [String: Envelope] = [:], unchanged: [String] = [],
+        resend: ResendReason? = nil
+    ) -> CheckInResponse {
+        CheckInResponse(
+            deviceId: "", hardwareClass: nil, tier: nil, rootChain: [], timestamp: nil, updates: updates, held: [:], pollSeconds: 1,
+            reassigned: reassigned, unchanged: unchanged, stamp: stamp, resend: resend, compact: true)
     }
 }
 
@@ -151,12 +168,17 @@ final class FrugalScene {
         fleet = try TestFleet()
         let c = try fleet.run("/bin/cp", ["-a", world.fleet.dir + "/agents/" + base, fleet.dir + "/device"])
         guard c.status == 0 else { throw HarnessError("cp: \(c.stderr)") }
-        agent = TestFleet.Agent(name: "device", state: fleet.dir + "/device/state", models: fleet.dir + "/device/models", facts: world.facts)
+        agent = TestFleet.Agent(
+            name: "device", state: fleet.dir + "/device/state", models: fleet.dir + "/device/models", facts: world.facts)
         scenario = fleet.dir + "/evil"
         try FileManager.default.createDirectory(atPath: scenario + "/artifacts", withIntermediateDirectories: true)
         port = try TestFleet.freePort()
-        _ = try fleet.start("/usr/bin/env", ["python3", TestFleet.repoRoot + "/Tests/IntegrationTests/Support/evil_controller.py",
-                                             "--listen", "\(port)", "--dir", scenario], log: scenario + ".out")
+        _ = try fleet.start(
+            "/usr/bin/env",
+            [
+                "python3", TestFleet.repoRoot + "/Tests/IntegrationTests/Support/evil_controller.py",
+                "--listen", "\(port)", "--dir", scenario
+            ], log: scenario + ".out")
         let health = "\(url)/healthz"
         try fleet.waitFor("malicious controller") { (try? fleet.run("/usr/bin/env", ["curl", "-fsS", health], timeout: 5).status) == 0 }
     }
@@ -193,8 +215,10 @@ struct FrugalAttackCatalogueTests {
     typealias W = FrugalWorld
 
     @discardableResult
-    func attempt(_ s: FrugalScene, _ expected: [TrustError.Fault]?, exitOK: Bool = true,
-                 sourceLocation: SourceLocation = #_sourceLocation) throws -> CommandResult {
+    func attempt(
+        _ s: FrugalScene, _ expected: [TrustError.Fault]?, exitOK: Bool = true,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) throws -> CommandResult {
         let before = s.snapshot
         let trustBefore = s.trust
         let r = try s.fleet.runOnce(s.agent, controller: s.url)
@@ -215,7 +239,8 @@ struct FrugalAttackCatalogueTests {
         try attempt(s, [])
         let sent = try #require(s.checkInRequests.first)
         #expect(!((sent["keys"] as? [String]) ?? []).contains("facts"))
-        print("idle check-in against the malicious controller: request \(sent["received"] ?? "?") bytes, answer \(sent["sent"] ?? "?") bytes")
+        print(
+            "idle check-in against the malicious controller: request \(sent["received"] ?? "?") bytes, answer \(sent["sent"] ?? "?") bytes")
     }
 
     @Test func replayOfAnOldIdleAnswerIsRejected() throws {
@@ -260,8 +285,9 @@ struct FrugalAttackCatalogueTests {
         let w = s.world
         // A downgrade: the per-device timestamp swapped for a fleet-wide one (names catalogs only).
         let held = try W.heldSnapshot(s.agent.state)
-        let meta = TimestampMetadata(version: try W.trust(s.agent.state).timestampVersion + 10, expiresAt: AttackWorld.now() + 3600,
-                                     catalogs: ["m@1": try #require(held.models["m"]).catalog])
+        let meta = TimestampMetadata(
+            version: try W.trust(s.agent.state).timestampVersion + 10, expiresAt: AttackWorld.now() + 3600,
+            catalogs: ["m@1": try #require(held.models["m"]).catalog])
         var r = W.response(stamp: nil, unchanged: ["m"])
         r.timestamp = try Envelope.sign(meta, type: PayloadType.timestamp, keys: [w.timestampKey])
         try s.serve(r)
@@ -305,7 +331,8 @@ struct FrugalAttackCatalogueTests {
         let trusted = try W.trust(s.agent.state)
         #expect(trusted.timestampDigest != nil)
         // What the device holds, bound by the stolen key under the version it trusts, with another expiry.
-        let stamp = try s.world.stamp(try W.heldSnapshot(s.agent.state), version: trusted.timestampVersion, expiresAt: AttackWorld.now() + 7200)
+        let stamp = try s.world.stamp(
+            try W.heldSnapshot(s.agent.state), version: trusted.timestampVersion, expiresAt: AttackWorld.now() + 7200)
         try s.serve(W.response(stamp: stamp, unchanged: ["m"]))
         try attempt(s, [.replay])
     }

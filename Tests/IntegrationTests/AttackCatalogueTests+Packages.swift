@@ -2,7 +2,7 @@ import FleetCore
 import Foundation
 import Testing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The attack catalogue, continued: packages, parsing and paths (see AttackCatalogueTests.swift).
@@ -14,8 +14,9 @@ extension AttackCatalogueTests {
         var a = try assignment(w.r2full)
         let sha = Digest.sha256Hex(package)
         a.counter += bump
-        a.package = PackageRef(kind: PackageRef.delta, sha256: sha, size: Int64(package.count), url: "/v1/artifacts/\(sha)",
-                               baseSha256: base ?? w.v1Sha)
+        a.package = PackageRef(
+            kind: PackageRef.delta, sha256: sha, size: Int64(package.count), url: "/v1/artifacts/\(sha)",
+            baseSha256: base ?? w.v1Sha)
         return W.response(timestamp: w.r2full.timestamp, catalog: try update(w.r2full).catalog, assignment: try sign(a, w))
     }
 
@@ -58,7 +59,8 @@ extension AttackCatalogueTests {
 
         // A well-formed delta from the installed model to the attacker's file.
         let evil = try s.fleet.makeFile("evil.safetensors", size: fileSize(w.v2), seed: 9)
-        let made = try s.fleet.run("fleetctl", ["delta", "create", "--base", w.v1, "--target", evil, "--out", s.fleet.dir + "/evil.efdelta"])
+        let made = try s.fleet.run(
+            "fleetctl", ["delta", "create", "--base", w.v1, "--target", evil, "--out", s.fleet.dir + "/evil.efdelta"])
         #expect(made.status == 0, "\(made.stderr)")
         let evilDelta = try Data(contentsOf: URL(fileURLWithPath: s.fleet.dir + "/evil.efdelta"))
         response = try deltaAssignment(w, package: evilDelta, bump: 22)
@@ -119,12 +121,14 @@ extension AttackCatalogueTests {
         let u = try update(w.r2full)
         let evilSha = String(repeating: "e", count: 64)
         // A signed assignment naming two artifacts: a parser that keeps one of them must not be trusted.
-        let dupAssignment = W.signRaw(withMembers(u.assignment, "\"sha256\":\"\(evilSha)\","), type: PayloadType.assignment, by: [w.director])
+        let dupAssignment = W.signRaw(
+            withMembers(u.assignment, "\"sha256\":\"\(evilSha)\","), type: PayloadType.assignment, by: [w.director])
         try s.serve(W.response(timestamp: w.r2full.timestamp, catalog: u.catalog, assignment: dupAssignment))
         #expect(faults(try attempt(s).events) == [TrustError.Fault.duplicateKey.rawValue])
         // A release-signed catalog with two serials.
         let dupCatalog = W.signRaw(withMembers(u.catalog, "\"serial\":999999,"), type: PayloadType.catalog, by: [w.release])
-        try s.serve(W.response(timestamp: try timestamp(w, ids: ["m@2": dupCatalog.payloadDigest]), catalog: dupCatalog, assignment: u.assignment))
+        try s.serve(
+            W.response(timestamp: try timestamp(w, ids: ["m@2": dupCatalog.payloadDigest]), catalog: dupCatalog, assignment: u.assignment))
         #expect(faults(try attempt(s).events) == [TrustError.Fault.duplicateKey.rawValue])
         // The check-in answer itself with two lists of updates.
         var raw = [UInt8](try FleetJSON.encode(w.r2full))
@@ -140,11 +144,13 @@ extension AttackCatalogueTests {
         let w = s.world
         let u = try update(w.r2full)
         let pad = { (n: Int) in "\"padding\":\"\(String(repeating: "x", count: n))\"," }
-        let bigAssignment = W.signRaw(withMembers(u.assignment, pad(MetadataLimits.assignment)), type: PayloadType.assignment, by: [w.director])
+        let bigAssignment = W.signRaw(
+            withMembers(u.assignment, pad(MetadataLimits.assignment)), type: PayloadType.assignment, by: [w.director])
         try s.serve(W.response(timestamp: w.r2full.timestamp, catalog: u.catalog, assignment: bigAssignment))
         #expect(faults(try attempt(s).events) == [TrustError.Fault.tooLarge.rawValue])
         let bigCatalog = W.signRaw(withMembers(u.catalog, pad(MetadataLimits.catalog)), type: PayloadType.catalog, by: [w.release])
-        try s.serve(W.response(timestamp: try timestamp(w, ids: ["m@2": bigCatalog.payloadDigest]), catalog: bigCatalog, assignment: u.assignment))
+        try s.serve(
+            W.response(timestamp: try timestamp(w, ids: ["m@2": bigCatalog.payloadDigest]), catalog: bigCatalog, assignment: u.assignment))
         #expect(faults(try attempt(s).events) == [TrustError.Fault.tooLarge.rawValue])
         // A check-in answer over its limit, well-formed.
         var raw = [UInt8](try FleetJSON.encode(w.r2full))
@@ -167,29 +173,36 @@ extension AttackCatalogueTests {
         let goodCatalog = try W.payload(u.catalog, as: ReleaseCatalog.self)
         let goodAssignment = try assignment(w.r2full)
         // Every key but root is stolen: release, director and timestamp sign whatever names they like.
-        let cases: [(String, String, String, String)] = [   // (model, variant file name, artifact sha256, what)
+        let cases: [(String, String, String, String)] = [  // (model, variant file name, artifact sha256, what)
             ("../escape", "model.safetensors", evilSha, "model name"),
             ("m", "../../../escape.safetensors", evilSha, "file name"),
             ("m", "sub/../../escape.onnx_data", evilSha, "external-data style path"),
-            ("m", "model.safetensors", "../../../escape", "artifact hash used as a file name"),
+            ("m", "model.safetensors", "../../../escape", "artifact hash used as a file name")
         ]
         for (i, (model, fileName, sha, what)) in cases.enumerated() {
             var cat = goodCatalog
             cat.model = model
-            cat.variants = [CatalogVariant(name: "m-evil", sha256: sha, size: Int64(evil.count), fileName: fileName,
-                                           format: "safetensors", dtype: "int8")]
+            cat.variants = [
+                CatalogVariant(
+                    name: "m-evil", sha256: sha, size: Int64(evil.count), fileName: fileName,
+                    format: "safetensors", dtype: "int8")
+            ]
             let catalog = try Envelope.sign(cat, type: PayloadType.catalog, keys: [w.release])
             var a = goodAssignment
             a.model = model; a.release = "\(model)@\(cat.version)"; a.variant = "m-evil"; a.sha256 = sha; a.size = Int64(evil.count)
             a.counter += UInt64(30 + i); a.catalogSha256 = catalog.payloadDigest
             a.package = PackageRef(kind: PackageRef.full, sha256: sha, size: Int64(evil.count), url: "/v1/artifacts/\(evilSha)")
-            try s.serve(W.response(timestamp: try timestamp(w, naming: [catalog], bump: UInt64(1 + i)), catalog: catalog,
-                                   assignment: try sign(a, w), model: model))
+            try s.serve(
+                W.response(
+                    timestamp: try timestamp(w, naming: [catalog], bump: UInt64(1 + i)), catalog: catalog,
+                    assignment: try sign(a, w), model: model))
             let (_, events) = try attempt(s)
             #expect(faults(events) == [TrustError.Fault.malformed.rawValue], "\(what): \(events)")
             // Every folder a `..` path from the state or models folder could reach.
             let reachable = [s.fleet.dir, s.fleet.dir + "/device", parentFolder(s.fleet.dir)]
-            let escaped = reachable.flatMap { d in ((try? FileManager.default.contentsOfDirectory(atPath: d)) ?? []).filter { $0.contains("escape") } }
+            let escaped = reachable.flatMap { d in
+                ((try? FileManager.default.contentsOfDirectory(atPath: d)) ?? []).filter { $0.contains("escape") }
+            }
             #expect(escaped.isEmpty, "\(what): the agent wrote \(escaped) outside its folders")
         }
         #expect(s.artifactRequests.isEmpty)
@@ -204,7 +217,9 @@ extension AttackCatalogueTests {
         let outside = s.fleet.dir + "/outside"
         try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
         try Data("precious".utf8).write(to: URL(fileURLWithPath: outside + "/keep"))
-        let outsideBefore = { () -> [String] in var l: [String] = []; DeviceSnapshot.walk(outside, "outside", &l); return l }()
+        let outsideBefore = { () -> [String] in
+            var l: [String] = []; DeviceSnapshot.walk(outside, "outside", &l); return l
+        }()
         try s.serve(w.r2full)
         try s.putArtifact(w.v2Sha, file: w.v2)
 
@@ -213,7 +228,9 @@ extension AttackCatalogueTests {
         // clean-up removes them (unlink, never followed); the slot it runs is untouched.
         let plants = ["\(s.agent.models)/m/\(w.v2Sha)", "\(s.agent.models)/m/.staging-\(w.v2Sha)", "\(s.agent.models)/m/planted"]
         for p in plants { try FileManager.default.createSymbolicLink(atPath: p, withDestinationPath: outside) }
-        let slots = { DeviceSnapshot(s.agent).lines.filter { $0.hasPrefix("models") && !plants.contains(where: $0.hasPrefix) && !$0.contains("-> /") } }
+        let slots = {
+            DeviceSnapshot(s.agent).lines.filter { $0.hasPrefix("models") && !plants.contains(where: $0.hasPrefix) && !$0.contains("-> /") }
+        }
         let slotsBefore = slots()
         let trustBefore = s.trust
         try s.serveRaw(Data(#"{"deviceId":"edge-x86-vnni-01","rootChain":[],"updates":[],"held":{},"pollSeconds":1}"#.utf8))

@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The attack catalogue: a malicious controller (Support/evil_controller.py) serves crafted metadata
@@ -19,8 +19,10 @@ struct AttackCatalogueTests {
     /// byte-identical; attacks on the artifact channel come with genuine metadata, which the device
     /// records as TUF requires (`trustAfter`), and nothing else. The models folder never changes.
     @discardableResult
-    func attempt(_ s: AttackScene, trustAfter: Data? = nil, exitOK: Bool = true,
-                 sourceLocation: SourceLocation = #_sourceLocation) throws -> (result: CommandResult, events: [StatusEvent]) {
+    func attempt(
+        _ s: AttackScene, trustAfter: Data? = nil, exitOK: Bool = true,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) throws -> (result: CommandResult, events: [StatusEvent]) {
         let before = s.snapshot
         let trustBefore = s.trust
         let seen = s.events().count
@@ -31,8 +33,9 @@ struct AttackCatalogueTests {
         }
         let models = { (x: DeviceSnapshot) in x.lines.filter { !$0.hasPrefix("state/trust.json") } }
         #expect(models(before) == models(after), "device changed: \(before.difference(after))", sourceLocation: sourceLocation)
-        #expect(s.trust == (trustAfter ?? trustBefore), "trusted state changed: \(String(decoding: s.trust, as: UTF8.self))",
-                sourceLocation: sourceLocation)
+        #expect(
+            s.trust == (trustAfter ?? trustBefore), "trusted state changed: \(String(decoding: s.trust, as: UTF8.self))",
+            sourceLocation: sourceLocation)
         return (r, Array(s.events().dropFirst(seen)))
     }
 
@@ -67,7 +70,10 @@ struct AttackCatalogueTests {
 
     func randomBytes(_ n: Int, seed: UInt64) -> Data {
         var x = seed &* 0x9E37_79B9_7F4A_7C15 | 1
-        return Data((0..<n).map { _ in x ^= x << 13; x ^= x >> 7; x ^= x << 17; return UInt8(truncatingIfNeeded: x) })
+        return Data(
+            (0..<n).map { _ in
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17; return UInt8(truncatingIfNeeded: x)
+            })
     }
 
     func fileSize(_ path: String) -> Int { (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? -1 }
@@ -104,8 +110,10 @@ struct AttackCatalogueTests {
 
         // It also signs a catalog that lists the artifact, and the timestamp key names that catalog.
         var cat = try W.payload(u.catalog, as: ReleaseCatalog.self)
-        cat.variants.append(CatalogVariant(name: "m-evil", sha256: evilSha, size: Int64(evil.count), fileName: "model.safetensors",
-                                           format: "safetensors", dtype: "int8"))
+        cat.variants.append(
+            CatalogVariant(
+                name: "m-evil", sha256: evilSha, size: Int64(evil.count), fileName: "model.safetensors",
+                format: "safetensors", dtype: "int8"))
         let catalog = try Envelope.sign(cat, type: PayloadType.catalog, keys: [w.director])
         a.catalogSha256 = catalog.payloadDigest
         try s.serve(W.response(timestamp: try timestamp(w, naming: [catalog]), catalog: catalog, assignment: try sign(a, w)))
@@ -191,7 +199,8 @@ struct AttackCatalogueTests {
         let (r, _) = try attempt(s, exitOK: false)
         #expect(r.status != 0 && !r.signalled)
         #expect(r.stderr.contains("tooLarge"), "\(r.stderr)")
-        let sent = s.requests().filter { ($0["path"] as? String)?.hasSuffix("/checkin") == true }.compactMap { $0["sent"] as? Int }.reduce(0, +)
+        let sent = s.requests().filter { ($0["path"] as? String)?.hasSuffix("/checkin") == true }.compactMap { $0["sent"] as? Int }.reduce(
+            0, +)
         print("endless check-in: the server pushed \(sent) bytes before the agent hung up (limit \(MetadataLimits.checkInResponse))")
         #expect(sent < MetadataLimits.checkInResponse + (64 << 20))
     }

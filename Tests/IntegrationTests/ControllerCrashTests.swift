@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `kill -9` of the controller while devices report and while a staged rollout runs, then a
@@ -38,10 +38,11 @@ struct ControllerCrashTests {
     @Test func killNineDuringTelemetryIngestionLosesNoEventAndCountsNoneTwice() throws {
         let fleet = try TestFleet(); defer { fleet.cleanup() }
         try fleet.startController()
-        var facts = try FleetJSON.decode(DeviceFacts.self, from: Data(contentsOf: URL(fileURLWithPath: TestFleet.demoFacts("edge-x86-vnni-01.json"))),
-                                         limit: 1 << 20)
+        var facts = try FleetJSON.decode(
+            DeviceFacts.self, from: Data(contentsOf: URL(fileURLWithPath: TestFleet.demoFacts("edge-x86-vnni-01.json"))),
+            limit: 1 << 20)
         facts.deviceId = "telemetry-01"
-        _ = try AttackWorld.checkIn(fleet, facts: facts, installed: [:])   // the device exists once it has checked in
+        _ = try AttackWorld.checkIn(fleet, facts: facts, installed: [:])  // the device exists once it has checked in
         let device = "telemetry-01"
 
         // A device with a long outbox sends it the way the agent does: batches in order, the next one
@@ -67,9 +68,12 @@ struct ControllerCrashTests {
                     f.write("%d %d %d" % (acked, posts, errors))
                 import os; os.replace(progress + ".tmp", progress)
             """
-        let p = try fleet.start("/usr/bin/env", ["python3", "-c", sender, "\(fleet.url)/v1/devices/\(device)/events", "\(total)", progress],
-                                log: fleet.dir + "/sender.log")
-        func acked() -> Int { Int(((try? String(contentsOfFile: progress, encoding: .utf8)) ?? "0").split(separator: " ").first ?? "0") ?? 0 }
+        let p = try fleet.start(
+            "/usr/bin/env", ["python3", "-c", sender, "\(fleet.url)/v1/devices/\(device)/events", "\(total)", progress],
+            log: fleet.dir + "/sender.log")
+        func acked() -> Int {
+            Int(((try? String(contentsOfFile: progress, encoding: .utf8)) ?? "0").split(separator: " ").first ?? "0") ?? 0
+        }
         try fleet.waitFor("a fifth of the events acknowledged", timeout: 120) { acked() >= total / 5 }
         try killController(fleet)
         let ackedAtKill = acked()
@@ -78,9 +82,12 @@ struct ControllerCrashTests {
         #expect(p.terminationStatus == 0, "\(fleet.log("sender.log"))")
         let counts = try eventCounts(fleet, device: device)
         let report = (try? String(contentsOfFile: progress, encoding: .utf8)) ?? ""
-        print("telemetry across a kill -9: \(total) events sent, \(counts.rows) stored (\(counts.distinct) distinct, seq \(counts.min)…\(counts.max)), acknowledged at the kill \(ackedAtKill); sender acked/posts/errors: \(report)")
-        #expect(counts.rows == total && counts.distinct == total && counts.min == 1 && counts.max == total,
-                "stored \(counts.rows) rows, \(counts.distinct) distinct, of \(total) events")
+        print(
+            "telemetry across a kill -9: \(total) events sent, \(counts.rows) stored (\(counts.distinct) distinct, seq \(counts.min)…\(counts.max)), acknowledged at the kill \(ackedAtKill); sender acked/posts/errors: \(report)"
+        )
+        #expect(
+            counts.rows == total && counts.distinct == total && counts.min == 1 && counts.max == total,
+            "stored \(counts.rows) rows, \(counts.distinct) distinct, of \(total) events")
     }
 
     @Test func killNineDuringAStagedRolloutContinuesFromItsPhase() throws {
@@ -119,8 +126,12 @@ struct ControllerCrashTests {
         try restartController(fleet)
         let after = try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(rollout.id)"])
         #expect(after.rollout.id == before.rollout.id && after.rollout.state == before.rollout.state)
-        #expect(after.cells.map(\.phase) == before.cells.map(\.phase), "phases after the restart: \(after.cells.map(\.phase)), before: \(before.cells.map(\.phase))")
-        #expect(after.rollout.committed == before.rollout.committed, "committed went from \(before.rollout.committed) to \(after.rollout.committed)")
+        #expect(
+            after.cells.map(\.phase) == before.cells.map(\.phase),
+            "phases after the restart: \(after.cells.map(\.phase)), before: \(before.cells.map(\.phase))")
+        #expect(
+            after.rollout.committed == before.rollout.committed,
+            "committed went from \(before.rollout.committed) to \(after.rollout.committed)")
         // Devices reporting again after the restart are not counted twice.
         for a in agents { #expect(try fleet.runOnce(a).status == 0) }
         let again = try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(rollout.id)"])
@@ -134,6 +145,8 @@ struct ControllerCrashTests {
         #expect(agents.allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v2) })
         let end = try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(rollout.id)"])
         #expect(end.rollout.committed == agents.count, "committed \(end.rollout.committed) of \(agents.count)")
-        print("rollout across a kill -9: phase \(before.cells.map(\.phase)) before, \(after.cells.map(\.phase)) after the restart; committed \(before.rollout.committed) → \(after.rollout.committed) → \(end.rollout.committed)")
+        print(
+            "rollout across a kill -9: phase \(before.cells.map(\.phase)) before, \(after.cells.map(\.phase)) after the restart; committed \(before.rollout.committed) → \(after.rollout.committed) → \(end.rollout.committed)"
+        )
     }
 }

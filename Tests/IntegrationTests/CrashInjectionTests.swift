@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// kill -9 at every file-changing system call an install makes: the agent runs under
@@ -12,8 +12,10 @@ import Glibc
 /// the new model, and after the restart the new one.
 @Suite("Crash at every system call of an install", .serialized, .ownThread)
 struct CrashInjectionTests {
-    static let syscalls = ["write", "pwrite64", "rename", "renameat", "renameat2", "fsync", "fdatasync", "link", "linkat",
-                           "symlink", "symlinkat", "unlink", "unlinkat", "mkdir", "mkdirat", "rmdir"]
+    static let syscalls = [
+        "write", "pwrite64", "rename", "renameat", "renameat2", "fsync", "fdatasync", "link", "linkat",
+        "symlink", "symlinkat", "unlink", "unlinkat", "mkdir", "mkdirat", "rmdir"
+    ]
 
     static var strace: String? {
         ["/usr/bin/strace", "/bin/strace"].first { FileManager.default.isExecutableFile(atPath: $0) }
@@ -28,8 +30,11 @@ struct CrashInjectionTests {
         let u = try #require(w.r2full.updates.first)
         var cat = try AttackWorld.payload(u.catalog, as: ReleaseCatalog.self)
         cat.version = "3"; cat.serial += 1
-        cat.variants = [CatalogVariant(name: "m-v3", sha256: sha, size: Int64(data.count), fileName: "model.safetensors",
-                                       format: "safetensors", dtype: "int8")]
+        cat.variants = [
+            CatalogVariant(
+                name: "m-v3", sha256: sha, size: Int64(data.count), fileName: "model.safetensors",
+                format: "safetensors", dtype: "int8")
+        ]
         let catalog = try Envelope.sign(cat, type: PayloadType.catalog, keys: [w.release])
         var ts = try AttackWorld.payload(try #require(w.r2full.timestamp), as: TimestampMetadata.self)
         ts.version += 1
@@ -39,13 +44,16 @@ struct CrashInjectionTests {
         a.catalogSha256 = catalog.payloadDigest
         a.package = PackageRef(kind: PackageRef.full, sha256: sha, size: Int64(data.count), url: "/v1/artifacts/\(sha)")
         try s.putArtifact(sha, data)
-        return AttackWorld.response(timestamp: try Envelope.sign(ts, type: PayloadType.timestamp, keys: [w.timestamp]), catalog: catalog,
-                                    assignment: try Envelope.sign(a, type: PayloadType.assignment, keys: [w.director]))
+        return AttackWorld.response(
+            timestamp: try Envelope.sign(ts, type: PayloadType.timestamp, keys: [w.timestamp]), catalog: catalog,
+            assignment: try Envelope.sign(a, type: PayloadType.assignment, keys: [w.director]))
     }
 
     @Test func killAtEverySystemCallEndsInOldOrNew() throws {
         guard let strace = Self.strace else {
-            if ProcessInfo.processInfo.environment["CI"] == "true" { Issue.record("strace is missing in CI (Makefile DEB_PACKAGES has it)") }
+            if ProcessInfo.processInfo.environment["CI"] == "true" {
+                Issue.record("strace is missing in CI (Makefile DEB_PACKAGES has it)")
+            }
             print("SKIPPED killAtEverySystemCallEndsInOldOrNew: strace is not installed")
             return
         }
@@ -63,8 +71,10 @@ struct CrashInjectionTests {
         let probe = s.fleet.dir + "/probe"
         _ = try s.fleet.run("/bin/cp", ["-a", template, probe])
         let trace = s.fleet.dir + "/trace.log"
-        let clean = try s.fleet.run(strace, ["-f", "-qq", "-o", trace, "-e", "trace=" + Self.syscalls.joined(separator: ",")]
-                                    + [bin] + args.map { $0.replacingOccurrences(of: template, with: probe) })
+        let clean = try s.fleet.run(
+            strace,
+            ["-f", "-qq", "-o", trace, "-e", "trace=" + Self.syscalls.joined(separator: ",")]
+                + [bin] + args.map { $0.replacingOccurrences(of: template, with: probe) })
         #expect(clean.status == 0, "\(clean.stderr)")
         let counts = Self.countPerThread(try String(contentsOfFile: trace, encoding: .utf8))
         #expect(DeviceSnapshot.walk(probeCurrent: probe + "/models/m/current") == new, "the clean run did not install release 3")
@@ -79,24 +89,33 @@ struct CrashInjectionTests {
                 defer { try? FileManager.default.removeItem(atPath: dir) }
                 let agent = TestFleet.Agent(name: "crash", state: dir + "/state", models: dir + "/models", facts: s.agent.facts)
                 tried += 1
-                let r = try s.fleet.run(strace, ["-f", "-qq", "-o", "/dev/null", "-e", "trace=\(call)",
-                                                 "-e", "inject=\(call):signal=KILL:when=\(k)", bin]
-                                        + s.fleet.agentArgs(agent, controller: s.url, extra: ["--once"]))
+                let r = try s.fleet.run(
+                    strace,
+                    [
+                        "-f", "-qq", "-o", "/dev/null", "-e", "trace=\(call)",
+                        "-e", "inject=\(call):signal=KILL:when=\(k)", bin
+                    ]
+                        + s.fleet.agentArgs(agent, controller: s.url, extra: ["--once"]))
                 if r.status != 0 { killed += 1 }
                 let after = s.fleet.current(agent, model: "m")
-                #expect((after.link == old || after.link == new) && after.contentSha == after.link,
-                        "after a kill at \(call) #\(k) current is \(after.link ?? "missing") with content \(after.contentSha ?? "unreadable")")
+                #expect(
+                    (after.link == old || after.link == new) && after.contentSha == after.link,
+                    "after a kill at \(call) #\(k) current is \(after.link ?? "missing") with content \(after.contentSha ?? "unreadable")")
                 outcomes[after.link == new ? "new" : "old", default: 0] += 1
 
                 let restarted = try s.fleet.runOnce(agent, controller: s.url)
                 #expect(restarted.status == 0, "restart after \(call) #\(k): \(restarted.stderr)")
                 let end = s.fleet.current(agent, model: "m")
-                #expect(end.link == new && end.contentSha == new, "after a kill at \(call) #\(k) and a restart the device runs \(end.link ?? "nothing")")
+                #expect(
+                    end.link == new && end.contentSha == new,
+                    "after a kill at \(call) #\(k) and a restart the device runs \(end.link ?? "nothing")")
                 let leftovers = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/models/m")) ?? []
                 #expect(Set(leftovers).isSubset(of: ["current", old, new]), "leftovers after \(call) #\(k): \(leftovers)")
             }
         }
-        print("crash points tried: \(tried) (system calls per thread: \(counts.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))); agent killed at \(killed); device found on old \(outcomes["old"] ?? 0), on new \(outcomes["new"] ?? 0)")
+        print(
+            "crash points tried: \(tried) (system calls per thread: \(counts.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))); agent killed at \(killed); device found on old \(outcomes["old"] ?? 0), on new \(outcomes["new"] ?? 0)"
+        )
         #expect(killed > 0)
     }
 

@@ -9,7 +9,7 @@ import TestSupport
 struct CrashTests {
     static let commitPath = [
         "journal:downloading", "action:download", "journal:verifying", "action:verify", "journal:staged", "action:stage",
-        "journal:activating", "action:activate", "journal:checkingHealth", "action:checkHealth", "journal:committed", "action:commit",
+        "journal:activating", "action:activate", "journal:checkingHealth", "action:checkHealth", "journal:committed", "action:commit"
     ]
     static let rollbackPath = ["action:checkHealth", "journal:rollingBack", "action:rollback", "journal:rolledBack", "action:discard"]
 
@@ -44,7 +44,9 @@ struct CrashTests {
                 let restarted = try fleet.runOnce(copy, env: ["BAD_SHA": bad], extra: health)
                 #expect(restarted.status == 0, "restart after \(point): \(restarted.stderr)")
                 let end = fleet.current(copy, model: "m")
-                #expect(end.link == expectedEnd && end.contentSha == expectedEnd, "after a crash at \(point) and a restart the device runs \(end.link ?? "nothing")")
+                #expect(
+                    end.link == expectedEnd && end.contentSha == expectedEnd,
+                    "after a crash at \(point) and a restart the device runs \(end.link ?? "nothing")")
             }
         }
         print("crash points tried: \(tried)")

@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A device whose disk fills up: the models folder on a small tmpfs (in a mount namespace of its
@@ -30,25 +30,33 @@ struct DiskFullTests {
         let state = layout == .oneDisk ? disk.mountPoint + "/state" : s.fleet.dir + "/host-state"
         let models = disk.mountPoint + "/models"
         for (from, to) in [("state", state), ("models", models)] {
-            let r = layout == .modelsOnly && from == "state" ? try s.fleet.run("/bin/cp", ["-a", template + "/state", to])
-                                                             : try disk.run(["cp", "-a", template + "/" + from, to])
+            let r =
+                layout == .modelsOnly && from == "state"
+                ? try s.fleet.run("/bin/cp", ["-a", template + "/state", to])
+                : try disk.run(["cp", "-a", template + "/" + from, to])
             guard r.status == 0 else { throw HarnessError("cp: \(r.stderr)") }
         }
         let inside = TestFleet.Agent(name: "device", state: state, models: models, facts: s.world.facts)
-        let outside = TestFleet.Agent(name: "device", state: layout == .oneDisk ? disk.view + "/state" : state,
-                                      models: disk.view + "/models", facts: s.world.facts)
+        let outside = TestFleet.Agent(
+            name: "device", state: layout == .oneDisk ? disk.view + "/state" : state,
+            models: disk.view + "/models", facts: s.world.facts)
         return (inside, outside)
     }
 
     /// Runs the agent on the disk while the package downloads slowly, fills the disk as soon as the
     /// first bytes are in, and waits for the agent to finish.
-    func installWhileFilling(_ s: AttackScene, _ disk: SmallDisk, _ d: (inside: TestFleet.Agent, outside: TestFleet.Agent),
-                             package: String) throws -> String {
+    func installWhileFilling(
+        _ s: AttackScene, _ disk: SmallDisk, _ d: (inside: TestFleet.Agent, outside: TestFleet.Agent),
+        package: String
+    ) throws -> String {
         try Data("262144".utf8).write(to: URL(fileURLWithPath: s.scenario + "/artifacts.throttle"))
         let log = s.fleet.dir + "/agent-\(UUID().uuidString.prefix(6)).log"
-        let p = try disk.start([TestFleet.bin + "/fleet-agent"] + s.fleet.agentArgs(d.inside, controller: s.url, extra: ["--once"]), log: log)
+        let p = try disk.start(
+            [TestFleet.bin + "/fleet-agent"] + s.fleet.agentArgs(d.inside, controller: s.url, extra: ["--once"]), log: log)
         let part = "\(d.outside.state)/downloads/\(package).part"
-        try s.fleet.waitFor("the first bytes of the download", timeout: 60) { (try? FileManager.default.attributesOfItem(atPath: part)[.size] as? Int ?? 0) ?? 0 > 0 }
+        try s.fleet.waitFor("the first bytes of the download", timeout: 60) {
+            (try? FileManager.default.attributesOfItem(atPath: part)[.size] as? Int ?? 0) ?? 0 > 0
+        }
         // Held still while the disk fills (nsenter execs the agent: this pid is the agent), so that
         // the fill lands before the download ends however fast the machine is.
         kill(p.processIdentifier, SIGSTOP)
@@ -63,7 +71,8 @@ struct DiskFullTests {
     /// The state letter of a process in /proc/PID/stat (R, S, T, …).
     static func state(_ pid: Int32) -> String? {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return nil }
+            let close = stat.lastIndex(of: ")")
+        else { return nil }
         return stat[stat.index(close, offsetBy: 2)...].split(separator: " ").first.map(String.init)
     }
 
@@ -81,13 +90,17 @@ struct DiskFullTests {
         #expect(s.events().firstFailure?.fault == InstallFault.noSpace.rawValue, "\(s.events())")
         #expect(s.artifactRequests.isEmpty, "the agent downloaded although the disk could not hold the model")
         let after = DeviceSnapshot(d.outside)
-        #expect(before.lines.filter { !$0.hasPrefix("state/") } == after.lines.filter { !$0.hasPrefix("state/") }, "\(before.difference(after))")
+        #expect(
+            before.lines.filter { !$0.hasPrefix("state/") } == after.lines.filter { !$0.hasPrefix("state/") }, "\(before.difference(after))"
+        )
         #expect(try disk.usage().used <= used + (64 << 10))
     }
 
     @Test func fullDuringTheDownloadKeepsTheOldModelAndReleasesTheSpace() throws {
         let s = try AttackScene(); defer { s.cleanup() }
-        guard let disk = try Self.diskOrSkip(s.fleet, bytes: 16 << 20, "fullDuringTheDownloadKeepsTheOldModelAndReleasesTheSpace") else { return }
+        guard let disk = try Self.diskOrSkip(s.fleet, bytes: 16 << 20, "fullDuringTheDownloadKeepsTheOldModelAndReleasesTheSpace") else {
+            return
+        }
         let d = try device(s, disk, .oneDisk)
         try s.serve(s.world.r2full)
         try s.putArtifact(s.world.v2Sha, file: s.world.v2)
@@ -110,7 +123,9 @@ struct DiskFullTests {
 
     @Test func fullWhileStagingKeepsTheOldModelAndReleasesTheSpace() throws {
         let s = try AttackScene(); defer { s.cleanup() }
-        guard let disk = try Self.diskOrSkip(s.fleet, bytes: 12 << 20, "fullWhileStagingKeepsTheOldModelAndReleasesTheSpace") else { return }
+        guard let disk = try Self.diskOrSkip(s.fleet, bytes: 12 << 20, "fullWhileStagingKeepsTheOldModelAndReleasesTheSpace") else {
+            return
+        }
         // The download goes to the state folder on another disk; the slot is copied onto the full one.
         let d = try device(s, disk, .modelsOnly)
         try s.serve(s.world.r2full)
@@ -131,7 +146,9 @@ struct DiskFullTests {
 
     @Test func fullWhileApplyingADeltaKeepsTheOldModelAndReleasesTheSpace() throws {
         let s = try AttackScene(); defer { s.cleanup() }
-        guard let disk = try Self.diskOrSkip(s.fleet, bytes: 12 << 20, "fullWhileApplyingADeltaKeepsTheOldModelAndReleasesTheSpace") else { return }
+        guard let disk = try Self.diskOrSkip(s.fleet, bytes: 12 << 20, "fullWhileApplyingADeltaKeepsTheOldModelAndReleasesTheSpace") else {
+            return
+        }
         let d = try device(s, disk, .modelsOnly)
         let delta = try #require(s.world.r2delta.updates.first.map { try AttackWorld.payload($0.assignment, as: Assignment.self) })
         try #require(delta.package.kind == PackageRef.delta, "the controller sent no delta")

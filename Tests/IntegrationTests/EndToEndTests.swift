@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Real fleet-controller, fleet-agent and fleetctl processes on loopback.
@@ -15,7 +15,8 @@ struct EndToEndTests {
         let fp32 = try fleet.makeFile("m-fp32.safetensors", size: 3 << 20, seed: 1)
         let int8 = try fleet.makeFile("m-int8.safetensors", size: 1 << 20, seed: 2)
         let int4 = try fleet.makeFile("m-int4.safetensors", size: 600_000, seed: 3)
-        try fleet.publish(model: "m", version: "1.0.0", variants: [("m-fp32", "fp32", fp32), ("m-int8", "int8", int8), ("m-int4", "int4", int4)])
+        try fleet.publish(
+            model: "m", version: "1.0.0", variants: [("m-fp32", "fp32", fp32), ("m-int8", "int8", int8), ("m-int4", "int4", int4)])
 
         let expected = [("edge-x86-vnni-01", int8), ("edge-x86-avx2-01", fp32), ("edge-board-1gb-01", int4)]
         for (name, _) in expected {
@@ -130,7 +131,9 @@ struct EndToEndTests {
         let controller = "http://127.0.0.1:\(proxy.port)"
         let p = try fleet.start("fleet-agent", fleet.agentArgs(a, controller: controller), log: fleet.dir + "/agent.log")
         let part = "\(a.state)/downloads/\(fleet.sha(v1)).part"
-        try fleet.waitFor("a partial download", timeout: 60) { (try? FileManager.default.attributesOfItem(atPath: part)[.size] as? Int) ?? 0 >= 1 << 20 }
+        try fleet.waitFor("a partial download", timeout: 60) {
+            (try? FileManager.default.attributesOfItem(atPath: part)[.size] as? Int) ?? 0 >= 1 << 20
+        }
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()
         let partial = (try FileManager.default.attributesOfItem(atPath: part)[.size] as? Int) ?? 0
@@ -174,8 +177,12 @@ struct EndToEndTests {
     @Test func agentRefusesToStartWithoutAPinnedRoot() throws {
         let fleet = try TestFleet(); defer { fleet.cleanup() }
         let a = fleet.agent("x", facts: TestFleet.demoFacts("edge-arm64-01.json"))
-        let r = try fleet.run("fleet-agent", ["run", "--controller", fleet.url, "--state", a.state, "--models", a.models,
-                                              "--facts", a.facts, "--once"])
+        let r = try fleet.run(
+            "fleet-agent",
+            [
+                "run", "--controller", fleet.url, "--state", a.state, "--models", a.models,
+                "--facts", a.facts, "--once"
+            ])
         #expect(r.status == 2)
         #expect(r.stderr.contains("--root"))
         #expect((try? FileManager.default.contentsOfDirectory(atPath: a.models)) ?? [] == [])
@@ -187,7 +194,8 @@ struct EndToEndTests {
 struct DeltaEndToEndTests {
     func models(_ fleet: TestFleet) throws -> (v1: String, v2: String) {
         for (dir, extra) in [("m1", [String]()), ("m2", ["--finetune"])] {
-            let r = try fleet.run("/usr/bin/env", ["python3", TestFleet.repoRoot + "/scripts/make-demo-model.py", fleet.dir + "/" + dir] + extra)
+            let r = try fleet.run(
+                "/usr/bin/env", ["python3", TestFleet.repoRoot + "/scripts/make-demo-model.py", fleet.dir + "/" + dir] + extra)
             #expect(r.status == 0, "\(r.stderr)")
         }
         return (fleet.dir + "/m1/model-int8.safetensors", fleet.dir + "/m2/model-int8.safetensors")
@@ -225,7 +233,8 @@ struct DeltaEndToEndTests {
         let r = try fleet.runOnce(a)
         #expect(r.status == 0, "\(r.stderr)")
         #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v2))
-        let journal = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: a.state + "/journal.json"))) as? [String: Any]
+        let journal =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: a.state + "/journal.json"))) as? [String: Any]
         let job = ((journal?["installs"] as? [String: Any])?["m"] as? [String: Any])?["job"] as? [String: Any]
         #expect((job?["package"] as? [String: Any])?["kind"] as? String == "delta")
         struct Shown: Decodable { var packages: ReleasePackages }
@@ -254,7 +263,7 @@ struct DeltaEndToEndTests {
 
         let first = try fleet.runOnce(a)
         #expect(first.status == 0)
-        #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v1))   // old model untouched
+        #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v1))  // old model untouched
         #expect(fleet.journalPhase(a, model: "m") == "failed")
         // The next check-in asks for the whole artifact, and the device is not over a byte budget.
         let second = try fleet.runOnce(a)

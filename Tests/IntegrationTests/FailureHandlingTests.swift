@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Failures handled once, through the real binaries: no re-install storm after a failed health
@@ -50,21 +50,22 @@ struct FailureHandlingTests {
         }
         let policy = fleet.dir + "/pause-on-failure.yaml"
         try """
-            name: pause-on-failure
-            phases:
-              - { percent: 30, min_devices: 1, bake: 0s }
-              - { percent: 100 }
-            gates:
-              min_sample: 1
-              max_health_failure_rate: 0.2
-              unjudged: pass
-            on_failure: pause
-            device_timeout: 10m
-            """.write(toFile: policy, atomically: true, encoding: .utf8)
+        name: pause-on-failure
+        phases:
+          - { percent: 30, min_devices: 1, bake: 0s }
+          - { percent: 100 }
+        gates:
+          min_sample: 1
+          max_health_failure_rate: 0.2
+          unjudged: pass
+        on_failure: pause
+        device_timeout: 10m
+        """.write(toFile: policy, atomically: true, encoding: .utf8)
         let started = try fleet.fleetctlJSON(RolloutInfo.self, ["rollout", "start", "m@2", "--policy", policy])
         for (a, sick) in agents {
-            _ = try fleet.start("fleet-agent", fleet.agentArgs(a, extra: ["--device-id", a.name] + (sick ? ["--health-command", unhealthyV2] : [])),
-                                log: fleet.dir + "/\(a.name).log")
+            _ = try fleet.start(
+                "fleet-agent", fleet.agentArgs(a, extra: ["--device-id", a.name] + (sick ? ["--health-command", unhealthyV2] : [])),
+                log: fleet.dir + "/\(a.name).log")
         }
         // The healthy class reaches every device; the sick class pauses after its canaries.
         try fleet.waitFor("the healthy class on v2 and the sick cell paused", timeout: 90) {
@@ -73,7 +74,8 @@ struct FailureHandlingTests {
             return healthyDone && s.cells.contains { $0.cell.hasPrefix("arm64") && $0.status == "paused" }
         }
         // Every agent keeps checking in for a while: at least five more check-ins each.
-        let seen = Dictionary(uniqueKeysWithValues: try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).map { ($0.id, $0.lastSeen) })
+        let seen = Dictionary(
+            uniqueKeysWithValues: try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).map { ($0.id, $0.lastSeen) })
         try fleet.waitFor("five more check-ins from every agent", timeout: 60) {
             try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).allSatisfy { $0.lastSeen >= (seen[$0.id] ?? 0) + 5 }
         }
@@ -174,7 +176,10 @@ struct FailureHandlingTests {
         let page = try fleet.run("/usr/bin/env", ["curl", "-fsS", fleet.url + "/"], timeout: 20).stdout
         #expect(page.contains("data-quarantined=\"\(fleet.sha(v2))\""))
         let metrics = try fleet.run("/usr/bin/env", ["curl", "-fsS", fleet.url + "/metrics"], timeout: 20).stdout
-        #expect(metrics.split(separator: "\n").contains { $0.hasPrefix("edgefleet_artifacts_quarantined") && $0.split(separator: " ").last.flatMap { Double($0) } == 1 })
+        #expect(
+            metrics.split(separator: "\n").contains {
+                $0.hasPrefix("edgefleet_artifacts_quarantined") && $0.split(separator: " ").last.flatMap { Double($0) } == 1
+            })
     }
 
     /// The agent dies in the health check of a new model at every start (the check kills it).
@@ -223,7 +228,9 @@ struct CellGateTests {
         for (a, port) in agents {
             let ms = fleet.current(a, model: "m").contentSha == slowSha ? slow : 20
             let body = "{\"model\":\"m\",\"latenciesMs\":[\(ms),\(ms),\(ms + 1)],\"errors\":0}"
-            _ = try fleet.run("/usr/bin/env", ["curl", "-s", "-o", "/dev/null", "-X", "POST", "http://127.0.0.1:\(port)/v1/metrics", "-d", body], timeout: 10)
+            _ = try fleet.run(
+                "/usr/bin/env", ["curl", "-s", "-o", "/dev/null", "-X", "POST", "http://127.0.0.1:\(port)/v1/metrics", "-d", body],
+                timeout: 10)
         }
     }
 
@@ -247,25 +254,33 @@ struct CellGateTests {
         for i in 0..<4 {
             let a = fleet.agent("vnni-\(i)", facts: TestFleet.demoFacts("edge-x86-vnni-01.json"))
             let port = try TestFleet.freePort()
-            _ = try fleet.start("fleet-agent", fleet.agentArgs(a, extra: ["--device-id", a.name, "--health-command", unhealthyV2,
-                                                                          "--metrics-listen", "127.0.0.1:\(port)"]),
-                                log: fleet.dir + "/\(a.name).log")
+            _ = try fleet.start(
+                "fleet-agent",
+                fleet.agentArgs(
+                    a,
+                    extra: [
+                        "--device-id", a.name, "--health-command", unhealthyV2,
+                        "--metrics-listen", "127.0.0.1:\(port)"
+                    ]),
+                log: fleet.dir + "/\(a.name).log")
             agents.append((a, port))
         }
-        try fleet.waitFor("every agent on v1", timeout: 60) { agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(v1) } }
+        try fleet.waitFor("every agent on v1", timeout: 60) {
+            agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(v1) }
+        }
         let policy = fleet.dir + "/rollback.yaml"
         try """
-            name: rollback-on-failure
-            phases:
-              - { percent: 25, min_devices: 1, bake: 0s }
-              - { percent: 100 }
-            gates:
-              min_sample: 1
-              max_health_failure_rate: 0.2
-              max_latency_p95_ratio: 1.5
-            on_failure: rollback
-            device_timeout: 10m
-            """.write(toFile: policy, atomically: true, encoding: .utf8)
+        name: rollback-on-failure
+        phases:
+          - { percent: 25, min_devices: 1, bake: 0s }
+          - { percent: 100 }
+        gates:
+          min_sample: 1
+          max_health_failure_rate: 0.2
+          max_latency_p95_ratio: 1.5
+        on_failure: rollback
+        device_timeout: 10m
+        """.write(toFile: policy, atomically: true, encoding: .utf8)
 
         // Figures on v1 first, then the m@2 rollout: its canary fails the health check.
         let r2 = try fleet.fleetctlJSON(RolloutInfo.self, ["rollout", "start", "m@2", "--policy", policy]).id
@@ -273,7 +288,9 @@ struct CellGateTests {
             try feed(fleet, agents, slowSha: fleet.sha(v3), slow: 60)
             return try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(r2)"]).cells.first?.status == "rolledBack"
         }
-        try fleet.waitFor("every agent on v1 again", timeout: 60) { agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(v1) } }
+        try fleet.waitFor("every agent on v1 again", timeout: 60) {
+            agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(v1) }
+        }
 
         // m@3, three times slower: stopped by the latency gate, judged against the m@1 devices.
         let r3 = try fleet.fleetctlJSON(RolloutInfo.self, ["rollout", "start", "m@3", "--policy", policy]).id
@@ -288,7 +305,9 @@ struct CellGateTests {
         #expect((2.5...3.5).contains(stopped.failedGate?.observed ?? 0), "\(String(describing: stopped.failedGate))")
         #expect(stopped.observation?.reference == .controlCohort)
         #expect((stopped.observation?.control?.devices ?? 0) >= 1)
-        try fleet.waitFor("every agent back on v1", timeout: 60) { agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(v1) } }
+        try fleet.waitFor("every agent back on v1", timeout: 60) {
+            agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(v1) }
+        }
     }
 
     /// Real agents, no inference service: a latency gate has nothing to judge. Under the default
@@ -307,7 +326,9 @@ struct CellGateTests {
             _ = try fleet.start("fleet-agent", fleet.agentArgs(a, extra: ["--device-id", a.name]), log: fleet.dir + "/\(a.name).log")
             agents.append(a)
         }
-        try fleet.waitFor("every agent on v1", timeout: 60) { agents.allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v1) } }
+        try fleet.waitFor("every agent on v1", timeout: 60) {
+            agents.allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v1) }
+        }
         let rid = try fleet.fleetctlJSON(RolloutInfo.self, ["rollout", "start", "m@2", "--policy", "fast", "--bake-scale", "0"]).id
         var cell: RolloutStatus.Cell?
         try fleet.waitFor("the cell blocked by its latency gate", timeout: 60) {
@@ -321,21 +342,24 @@ struct CellGateTests {
         let shown = try fleet.fleetctl(["rollout", "status", "\(rid)"])
         #expect(shown.contains("blocked: latency-p95-ratio cannot judge"))
         _ = try fleet.fleetctl(["rollout", "promote", "\(rid)"])
-        try fleet.waitFor("everyone on v2 after the promote", timeout: 60) { agents.allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v2) } }
+        try fleet.waitFor("everyone on v2 after the promote", timeout: 60) {
+            agents.allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v2) }
+        }
     }
 
     /// SIGHUP re-reads fleet/policies: a policy added to the folder is offered without a restart.
     @Test func policiesAreReloadedOnSIGHUP() throws {
         let fleet = try TestFleet(); defer { fleet.cleanup() }
-        let config = try fleet.config(tiers: try String(contentsOfFile: TestFleet.repoRoot + "/fleet/bandwidth-tiers.yaml", encoding: .utf8))
+        let config = try fleet.config(
+            tiers: try String(contentsOfFile: TestFleet.repoRoot + "/fleet/bandwidth-tiers.yaml", encoding: .utf8))
         try fleet.startController(config: config)
         let before = try fleet.fleetctlJSON([RolloutPolicy].self, ["policies", "list"]).map(\.name)
         #expect(!before.contains("night"))
         try """
-            name: night
-            phases:
-              - { percent: 100, bake: 1h }
-            """.write(toFile: config + "/policies/night.yaml", atomically: true, encoding: .utf8)
+        name: night
+        phases:
+          - { percent: 100, bake: 1h }
+        """.write(toFile: config + "/policies/night.yaml", atomically: true, encoding: .utf8)
         let pid = try #require(fleet.controller?.processIdentifier)
         kill(pid, SIGHUP)
         try fleet.waitFor("the new policy listed", timeout: 20) {

@@ -28,12 +28,20 @@ struct FleetSimTests {
         try fleet.startController()
         let v1 = try fleet.makeFile("m-v1.safetensors", size: 20_000, seed: 5)
         let int4 = try fleet.makeFile("m-v1-int4.safetensors", size: 12_000, seed: 6)
-        try fleet.publish(model: "m", version: "1", variants: [("m-v1", "int8", v1), ("m-v1-fp32", "fp32", try fleet.makeFile("f.safetensors", size: 30_000, seed: 7)),
-                                                              ("m-v1-int4", "int4", int4)])
+        try fleet.publish(
+            model: "m", version: "1",
+            variants: [
+                ("m-v1", "int8", v1), ("m-v1-fp32", "fp32", try fleet.makeFile("f.safetensors", size: 30_000, seed: 7)),
+                ("m-v1-int4", "int4", int4)
+            ])
         let state = fleet.dir + "/sim-state.json"
         func play(_ extra: [String]) throws -> Summary {
-            let r = try fleet.run(sim, ["--url", fleet.url, "--devices", "40", "--id-prefix", "t-", "--state", state, "--json",
-                                        "--connections", "4"] + extra, timeout: 120)
+            let r = try fleet.run(
+                sim,
+                [
+                    "--url", fleet.url, "--devices", "40", "--id-prefix", "t-", "--state", state, "--json",
+                    "--connections", "4"
+                ] + extra, timeout: 120)
             guard r.status == 0 else { throw HarnessError("fleet-sim failed: \(r.stderr)") }
             return try JSONDecoder().decode(Summary.self, from: Data(r.stdout.utf8))
         }
@@ -51,7 +59,9 @@ struct FleetSimTests {
         #expect(devices.count == 40)
         for d in devices {
             let i = try #require(SimulatedDevice.index(of: d.id, prefix: "t-"))
-            #expect(d.hardwareClass == SimulatedDevice.profile(index: i).rawValue && d.tier == SimulatedDevice.link(index: i).rawValue, "\(d.id)")
+            #expect(
+                d.hardwareClass == SimulatedDevice.profile(index: i).rawValue && d.tier == SimulatedDevice.link(index: i).rawValue,
+                "\(d.id)")
         }
 
         // A second process plays the same fleet (--state), going on through the schedule where the
@@ -62,9 +72,12 @@ struct FleetSimTests {
         #expect(second.bytesPerIdleCheckIn.checkIns == 40)
         #expect(second.bytesPerIdleCheckIn.requestBody > 0 && second.bytesPerIdleCheckIn.responseBody > 0)
         // The frugal exchange: an idle check-in's two bodies together stay within 600 bytes.
-        #expect(second.bytesPerIdleCheckIn.requestBody + second.bytesPerIdleCheckIn.responseBody <= 600,
-                "idle check-in: request \(second.bytesPerIdleCheckIn.requestBody) B + answer \(second.bytesPerIdleCheckIn.responseBody) B")
-        print("fleet-sim idle check-in: request body \(second.bytesPerIdleCheckIn.requestBody) B, answer body \(second.bytesPerIdleCheckIn.responseBody) B")
+        #expect(
+            second.bytesPerIdleCheckIn.requestBody + second.bytesPerIdleCheckIn.responseBody <= 600,
+            "idle check-in: request \(second.bytesPerIdleCheckIn.requestBody) B + answer \(second.bytesPerIdleCheckIn.responseBody) B")
+        print(
+            "fleet-sim idle check-in: request body \(second.bytesPerIdleCheckIn.requestBody) B, answer body \(second.bytesPerIdleCheckIn.responseBody) B"
+        )
         #expect(try fleet.events("t-0000007").count == 5)
     }
 }

@@ -25,7 +25,11 @@ struct FrugalCheckInTests {
         let dtypes = ["int8", "fp16", "fp32", "int4", "int8", "fp16"]
         var vs: [(String, String, String)] = []
         for i in 0..<variants {
-            vs.append(("m-v\(i)", dtypes[i % dtypes.count], try fleet.makeFile("v\(i).safetensors", size: 200_000 + i * 1000, seed: UInt64(40 + i))))
+            vs.append(
+                (
+                    "m-v\(i)", dtypes[i % dtypes.count],
+                    try fleet.makeFile("v\(i).safetensors", size: 200_000 + i * 1000, seed: UInt64(40 + i))
+                ))
         }
         try fleet.publish(model: "m", version: "1", variants: vs)
         let a = fleet.agent("edge-x86-vnni-01", facts: TestFleet.demoFacts("edge-x86-vnni-01.json"))
@@ -50,8 +54,12 @@ struct FrugalCheckInTests {
         let old = CheckInRequest(facts: facts, installed: ["m": sha], agentVersion: "0.1.0")
         let body = fleet.dir + "/old-checkin.json"
         try FleetJSON.encode(old).write(to: URL(fileURLWithPath: body))
-        let c = try fleet.run("/usr/bin/env", ["curl", "-fsS", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + body,
-                                               "\(via)/v1/devices/edge-x86-vnni-01/checkin"])
+        let c = try fleet.run(
+            "/usr/bin/env",
+            [
+                "curl", "-fsS", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + body,
+                "\(via)/v1/devices/edge-x86-vnni-01/checkin"
+            ])
         #expect(c.status == 0, "\(c.stderr)")
         let before = try #require(checkIns(fleet, proxy.log).last)
 
@@ -65,7 +73,9 @@ struct FrugalCheckInTests {
         let (oldReq, oldResp) = bytes(before)
         for e in idle {
             let (req, resp) = bytes(e)
-            print("idle check-in, 5 variants: before \(oldReq) + \(oldResp) = \(oldReq + oldResp) bytes; after \(req) + \(resp) = \(req + resp) bytes (request + answer)")
+            print(
+                "idle check-in, 5 variants: before \(oldReq) + \(oldResp) = \(oldReq + oldResp) bytes; after \(req) + \(resp) = \(req + resp) bytes (request + answer)"
+            )
             #expect(req + resp <= Self.budget, "\(e)")
             #expect(keys(e, "response") == ["pollSeconds", "stamp", "unchanged"], "\(e)")
             #expect(!keys(e, "request").contains("facts") && !keys(e, "request").contains("installed"), "\(e)")
@@ -98,13 +108,18 @@ struct FrugalCheckInTests {
         let (fleet, a, sha) = try installedFleet(variants: 4)
         defer { fleet.cleanup() }
         // Someone checks in as this device with the facts of an arm64 board: the stored facts change.
-        var arm = try FleetJSON.decode(DeviceFacts.self, from: Data(contentsOf: URL(fileURLWithPath: TestFleet.demoFacts("edge-arm64-01.json"))),
-                                       limit: 1 << 20)
+        var arm = try FleetJSON.decode(
+            DeviceFacts.self, from: Data(contentsOf: URL(fileURLWithPath: TestFleet.demoFacts("edge-arm64-01.json"))),
+            limit: 1 << 20)
         arm.deviceId = "edge-x86-vnni-01"
         let body = fleet.dir + "/arm-checkin.json"
         try FleetJSON.encode(CheckInRequest(facts: arm, installed: ["m": sha], agentVersion: "0.1.0")).write(to: URL(fileURLWithPath: body))
-        let c = try fleet.run("/usr/bin/env", ["curl", "-fsS", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + body,
-                                               "\(fleet.url)/v1/devices/edge-x86-vnni-01/checkin"])
+        let c = try fleet.run(
+            "/usr/bin/env",
+            [
+                "curl", "-fsS", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + body,
+                "\(fleet.url)/v1/devices/edge-x86-vnni-01/checkin"
+            ])
         #expect(c.status == 0, "\(c.stderr)")
 
         let proxy = try fleet.startProxy(["--log-bodies"])

@@ -35,21 +35,26 @@ struct MeasuredSelectionTests {
         }
         for (a, kind) in agents {
             let counter = fleet.dir + "/\(a.name).energy_uj"
-            let extra = ["--device-id", a.name, "--benchmark-command", kind == "vnni" ? bench(int8Ms: 1.5) : try armBench(counter)]
+            let extra =
+                ["--device-id", a.name, "--benchmark-command", kind == "vnni" ? bench(int8Ms: 1.5) : try armBench(counter)]
                 + (kind == "arm" ? ["--energy-counter", counter] : [])
             _ = try fleet.start("fleet-agent", fleet.agentArgs(a, extra: extra), log: fleet.dir + "/\(a.name).log")
         }
-        try fleet.waitFor("every device on fp32", timeout: 60) { agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(fp32) } }
+        try fleet.waitFor("every device on fp32", timeout: 60) {
+            agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(fp32) }
+        }
 
         // m@2 offers int8 too: the class prior (int8 first) sends it everywhere; the benchmarks
         // measure it; the ARM boards, where it is slower than fp32, go back to fp32.
         _ = try fleet.fleetctl(["rollout", "start", "m@2", "--all"])
         try fleet.waitFor("VNNI on int8 and ARM back on fp32 after measuring int8", timeout: 90) {
-            let measuredOnArm = try fleet.events("arm-0").contains { $0.kind == "benchmark" && $0.sha256 == fleet.sha(int8) }
+            let measuredOnArm =
+                try fleet.events("arm-0").contains { $0.kind == "benchmark" && $0.sha256 == fleet.sha(int8) }
                 && (try fleet.events("arm-1").contains { $0.kind == "benchmark" && $0.sha256 == fleet.sha(int8) })
-            return measuredOnArm && agents.allSatisfy { a, kind in
-                fleet.current(a, model: "m").contentSha == fleet.sha(kind == "vnni" ? int8 : fp32)
-            }
+            return measuredOnArm
+                && agents.allSatisfy { a, kind in
+                    fleet.current(a, model: "m").contentSha == fleet.sha(kind == "vnni" ? int8 : fp32)
+                }
         }
         // Explain cites the figures.
         let arm = try #require(try fleet.fleetctlJSON([Shown].self, ["devices", "explain", "arm-0"]).first?.selection)
@@ -72,7 +77,8 @@ struct MeasuredSelectionTests {
         #expect(vnniInt8.joulesPerInference == nil)
 
         // Never back to int8 on ARM: each ARM board activated int8 once (its measurement), no more.
-        let seen = Dictionary(uniqueKeysWithValues: try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).map { ($0.id, $0.lastSeen) })
+        let seen = Dictionary(
+            uniqueKeysWithValues: try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).map { ($0.id, $0.lastSeen) })
         try fleet.waitFor("three more check-ins from every agent", timeout: 30) {
             try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).allSatisfy { $0.lastSeen >= (seen[$0.id] ?? 0) + 3 }
         }

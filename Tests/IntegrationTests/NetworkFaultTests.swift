@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A device behind a bad link: the agent runs in a network namespace of its own, joined to the
@@ -37,14 +37,16 @@ struct NetworkFaultTests {
             let net = Int.random(in: 1...250)
             ns = "ef-net-\(tag)"; hostIf = "efh\(tag)"; hostIP = "10.231.\(net).1"; deviceIP = "10.231.\(net).2"
             let deviceIf = "efd\(tag)"
-            for cmd in [["ip", "netns", "add", ns],
-                        ["ip", "link", "add", hostIf, "type", "veth", "peer", "name", deviceIf],
-                        ["ip", "link", "set", deviceIf, "netns", ns],
-                        ["ip", "addr", "add", hostIP + "/30", "dev", hostIf],
-                        ["ip", "link", "set", hostIf, "up"],
-                        ["ip", "netns", "exec", ns, "ip", "addr", "add", deviceIP + "/30", "dev", deviceIf],
-                        ["ip", "netns", "exec", ns, "ip", "link", "set", deviceIf, "up"],
-                        ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]] {
+            for cmd in [
+                ["ip", "netns", "add", ns],
+                ["ip", "link", "add", hostIf, "type", "veth", "peer", "name", deviceIf],
+                ["ip", "link", "set", deviceIf, "netns", ns],
+                ["ip", "addr", "add", hostIP + "/30", "dev", hostIf],
+                ["ip", "link", "set", hostIf, "up"],
+                ["ip", "netns", "exec", ns, "ip", "addr", "add", deviceIP + "/30", "dev", deviceIf],
+                ["ip", "netns", "exec", ns, "ip", "link", "set", deviceIf, "up"],
+                ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]
+            ] {
                 let (rc, out) = Self.run(cmd)
                 if rc != 0 { remove(); throw HarnessError("\(cmd.joined(separator: " ")): \(out)") }
             }
@@ -53,7 +55,9 @@ struct NetworkFaultTests {
             let a = Self.run(["tc", "qdisc", "add", "dev", hostIf, "root", "netem"] + spec)
             let b = Self.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", deviceIf, "root", "netem"] + spec)
             netem = a.0 == 0 && b.0 == 0 ? spec.joined(separator: " ") : nil
-            if netem == nil { print("netem unavailable (\(a.1.trimmingCharacters(in: .whitespacesAndNewlines))): the userspace fault injector stands in") }
+            if netem == nil {
+                print("netem unavailable (\(a.1.trimmingCharacters(in: .whitespacesAndNewlines))): the userspace fault injector stands in")
+            }
         }
 
         func remove() {
@@ -89,8 +93,10 @@ struct NetworkFaultTests {
         var cycles = 0
         try s.fleet.waitFor("the new model through the bad link", timeout: 300) {
             cycles += 1
-            let r = try s.fleet.run("/usr/bin/env", ["ip", "netns", "exec", link.ns, TestFleet.bin + "/fleet-agent"]
-                                    + s.fleet.agentArgs(s.agent, controller: s.url, extra: ["--once"]))
+            let r = try s.fleet.run(
+                "/usr/bin/env",
+                ["ip", "netns", "exec", link.ns, TestFleet.bin + "/fleet-agent"]
+                    + s.fleet.agentArgs(s.agent, controller: s.url, extra: ["--once"]))
             #expect(r.status == 0 || r.stderr.contains("cycle failed"), "\(r.stderr)")
             let cur = s.fleet.current(s.agent, model: "m")
             // Never anything but the old or the new model, whole.
@@ -101,8 +107,12 @@ struct NetworkFaultTests {
         let downloads = s.artifactRequests
         let sent = downloads.compactMap { $0["sent"] as? Int }.reduce(0, +)
         #expect(downloads.count >= 3, "the transfer was never cut: \(downloads)")
-        #expect(downloads.dropFirst().allSatisfy { ($0["range"] as? String)?.hasPrefix("bytes=") == true }, "a retry started over: \(downloads)")
-        print("network faults (\(link.netem.map { "netem " + $0 } ?? "userspace cuts and delay, no netem")): \(downloads.count) connections, \(sent) bytes sent for a \(size)-byte package (\(String(format: "%.3f", Double(sent) / Double(size)))x), \(cycles) agent cycle(s)")
+        #expect(
+            downloads.dropFirst().allSatisfy { ($0["range"] as? String)?.hasPrefix("bytes=") == true }, "a retry started over: \(downloads)"
+        )
+        print(
+            "network faults (\(link.netem.map { "netem " + $0 } ?? "userspace cuts and delay, no netem")): \(downloads.count) connections, \(sent) bytes sent for a \(size)-byte package (\(String(format: "%.3f", Double(sent) / Double(size)))x), \(cycles) agent cycle(s)"
+        )
         #expect(Double(sent) < 1.5 * Double(size), "sent \(sent) bytes for a \(size)-byte package")
     }
 }

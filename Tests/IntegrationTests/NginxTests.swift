@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// nginx from deploy/nginx/ in front of a real controller started with
@@ -18,7 +18,9 @@ struct NginxTests {
     /// nginx, or nil after saying the test is skipped; in CI a missing nginx is a failure.
     static func nginxOrSkip(_ test: String = #function) -> String? {
         if let nginx { return nginx }
-        if ProcessInfo.processInfo.environment["CI"] == "true" { Issue.record("nginx is missing in CI (Makefile DEB_PACKAGES has nginx-light)") }
+        if ProcessInfo.processInfo.environment["CI"] == "true" {
+            Issue.record("nginx is missing in CI (Makefile DEB_PACKAGES has nginx-light)")
+        }
         print("SKIPPED \(test): nginx is not installed")
         return nil
     }
@@ -36,12 +38,20 @@ struct NginxTests {
             let prefix = fleet.dir + "/nginx"
             try FileManager.default.createDirectory(atPath: prefix, withIntermediateDirectories: true)
             port = try TestFleet.freePort()
-            let render = try fleet.run("/usr/bin/env", ["bash", TestFleet.repoRoot + "/deploy/nginx/render.sh", "--prefix", prefix,
-                                                        "--listen", "127.0.0.1:\(port)", "--workers", "1",
-                                                        "--artifacts", fleet.dir + "/controller/artifacts/sha256"]
-                                                + upstreams.flatMap { ["--upstream", "127.0.0.1:\($0)"] }
-                                                + (pki.map { ["--tls-cert", $0 + "/controller.crt", "--tls-key", $0 + "/controller.key",
-                                                              "--client-ca", $0 + "/ca.crt"] } ?? []))
+            let render = try fleet.run(
+                "/usr/bin/env",
+                [
+                    "bash", TestFleet.repoRoot + "/deploy/nginx/render.sh", "--prefix", prefix,
+                    "--listen", "127.0.0.1:\(port)", "--workers", "1",
+                    "--artifacts", fleet.dir + "/controller/artifacts/sha256"
+                ]
+                    + upstreams.flatMap { ["--upstream", "127.0.0.1:\($0)"] }
+                    + (pki.map {
+                        [
+                            "--tls-cert", $0 + "/controller.crt", "--tls-key", $0 + "/controller.key",
+                            "--client-ca", $0 + "/ca.crt"
+                        ]
+                    } ?? []))
             guard render.status == 0 else { throw HarnessError("render.sh: \(render.stderr)") }
             let p = Process()
             p.executableURL = URL(fileURLWithPath: nginx)
@@ -54,8 +64,11 @@ struct NginxTests {
             let url = "\(secure ? "https" : "http")://127.0.0.1:\(port)"
             try fleet.waitFor("nginx in front of the controller") {
                 guard p.isRunning else { throw HarnessError("nginx exited: " + fleet.log("nginx/error.log")) }
-                return (try? fleet.run("/usr/bin/env", ["curl", "-fsS"] + (pki.map { ["--cacert", $0 + "/ca.crt"] } ?? []) + [url + "/healthz"],
-                                       timeout: 5).status) == 0
+                return
+                    (try? fleet.run(
+                        "/usr/bin/env", ["curl", "-fsS"] + (pki.map { ["--cacert", $0 + "/ca.crt"] } ?? []) + [url + "/healthz"],
+                        timeout: 5
+                    ).status) == 0
             }
         }
 
@@ -117,15 +130,27 @@ struct NginxTests {
 
         // A revoked device is refused through nginx, and its agent changes nothing.
         _ = try fleet.fleetctl(["devices", "revoke", "edge-x86-vnni-01"])
-        let body = String(decoding: try FleetJSON.encode(CheckInRequest(facts: SimulatedDevice.facts(index: 0), installed: [:], agentVersion: "test")), as: UTF8.self)
-        #expect(try status(fleet, ["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", body,
-                                   front.url + "/v1/devices/edge-x86-vnni-01/checkin"]) == "403")
+        let body = String(
+            decoding: try FleetJSON.encode(CheckInRequest(facts: SimulatedDevice.facts(index: 0), installed: [:], agentVersion: "test")),
+            as: UTF8.self)
+        #expect(
+            try status(
+                fleet,
+                [
+                    "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", body,
+                    front.url + "/v1/devices/edge-x86-vnni-01/checkin"
+                ]) == "403")
         let refused = try fleet.runOnce(a, controller: front.url)
         #expect(refused.status != 0)
         #expect(fleet.current(a, model: "m").contentSha == sha)
         // Another device, never seen, checks in through nginx (open access accepts it by id).
-        #expect(try status(fleet, ["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", body,
-                                   front.url + "/v1/devices/\(SimulatedDevice.id(prefix: "sim-", index: 0))/checkin"]) == "200")
+        #expect(
+            try status(
+                fleet,
+                [
+                    "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", body,
+                    front.url + "/v1/devices/\(SimulatedDevice.id(prefix: "sim-", index: 0))/checkin"
+                ]) == "200")
     }
 
     /// Mutual TLS in nginx: devices present their certificates to nginx, which verifies them against
@@ -139,10 +164,14 @@ struct NginxTests {
         try fleet.makePKI(devices: ["dev-a", "dev-b"])
         let keys = try fleet.run("fleetctl", ["keys", "init", "--dir", fleet.dir + "/keys"])
         #expect(keys.status == 0, "\(keys.stderr)")
-        fleet.controller = try fleet.start("fleet-controller", ["serve", "--data", fleet.dir + "/controller", "--listen", "127.0.0.1:\(fleet.port)",
-                                                                "--keys", fleet.dir + "/keys/online", "--config", TestFleet.repoRoot + "/fleet",
-                                                                "--poll-seconds", "1", "--artifact-accel-redirect", "/_artifacts/",
-                                                                "--trusted-proxy", "127.0.0.1"], log: fleet.dir + "/controller.log")
+        fleet.controller = try fleet.start(
+            "fleet-controller",
+            [
+                "serve", "--data", fleet.dir + "/controller", "--listen", "127.0.0.1:\(fleet.port)",
+                "--keys", fleet.dir + "/keys/online", "--config", TestFleet.repoRoot + "/fleet",
+                "--poll-seconds", "1", "--artifact-accel-redirect", "/_artifacts/",
+                "--trusted-proxy", "127.0.0.1"
+            ], log: fleet.dir + "/controller.log")
         try fleet.waitFor("the controller behind the proxy") {
             (try? fleet.run("/usr/bin/env", ["curl", "-fsS", fleet.url + "/healthz"], timeout: 10).status) == 0
                 && FileManager.default.fileExists(atPath: fleet.adminTokenFile)
@@ -153,7 +182,8 @@ struct NginxTests {
         let front = try Front(fleet, nginx: nginx, upstreams: [fleet.port], pki: fleet.pki)
         defer { front.stop() }
         func ctl(_ args: [String]) throws -> String {
-            let r = try fleet.run("fleetctl", ["--controller", front.url, "--ca", fleet.pki + "/ca.crt", "--token-file", fleet.adminTokenFile] + args)
+            let r = try fleet.run(
+                "fleetctl", ["--controller", front.url, "--ca", fleet.pki + "/ca.crt", "--token-file", fleet.adminTokenFile] + args)
             guard r.status == 0 else { throw HarnessError("fleetctl \(args.joined(separator: " ")): \(r.stderr)\(r.stdout)") }
             return r.stdout
         }
@@ -172,16 +202,20 @@ struct NginxTests {
         let first = try fleet.runOnce(a, controller: front.url, extra: tls + ["--enroll-token-file", tokenFile])
         #expect(first.status == 0, "\(first.stderr)")
         #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v1))
-        let spki = try fleet.run("/usr/bin/env", ["bash", "-c", "openssl x509 -in '\(cert)' -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum"])
+        let spki = try fleet.run(
+            "/usr/bin/env", ["bash", "-c", "openssl x509 -in '\(cert)' -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum"])
         let identities = try JSONDecoder().decode([DeviceIdentityInfo].self, from: Data(try ctl(["--json", "devices", "identities"]).utf8))
         #expect(identities.first { $0.deviceId == "dev-a" }?.fingerprint == String(spki.stdout.prefix(64)))
         #expect(try fleet.runOnce(a, controller: front.url, extra: tls).status == 0)
 
         // Without a certificate, or with a made-up certificate header, nginx passes nothing on.
-        let body = String(decoding: try FleetJSON.encode(CheckInRequest(facts: SimulatedDevice.facts(index: 0), installed: [:], agentVersion: "test")),
-                          as: UTF8.self)
-        let checkIn = ["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", body, "--cacert", fleet.pki + "/ca.crt",
-                       front.url + "/v1/devices/dev-a/checkin"]
+        let body = String(
+            decoding: try FleetJSON.encode(CheckInRequest(facts: SimulatedDevice.facts(index: 0), installed: [:], agentVersion: "test")),
+            as: UTF8.self)
+        let checkIn = [
+            "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", body, "--cacert", fleet.pki + "/ca.crt",
+            front.url + "/v1/devices/dev-a/checkin"
+        ]
         let answer = fleet.dir + "/answer.json"
         #expect(try status(fleet, checkIn, out: answer) == "401")
         #expect(try String(contentsOfFile: answer, encoding: .utf8).contains("client-certificate-required"))
@@ -189,10 +223,14 @@ struct NginxTests {
         #expect(try status(fleet, ["-H", "X-Client-Cert: \(escaped)", "-H", "X-Client-Verify: SUCCESS"] + checkIn, out: answer) == "401")
         #expect(try String(contentsOfFile: answer, encoding: .utf8).contains("client-certificate-required"))
         // A certificate of another CA is refused by nginx itself.
-        let rogue = try status(fleet, ["--cert", fleet.rogue + "/devices/rogue-01.crt", "--key", fleet.rogue + "/devices/rogue-01.key"] + checkIn)
+        let rogue = try status(
+            fleet, ["--cert", fleet.rogue + "/devices/rogue-01.crt", "--key", fleet.rogue + "/devices/rogue-01.key"] + checkIn)
         #expect(rogue == "400")
         // Another device's certificate of the fleet CA passes nginx but is not this device's.
-        #expect(try status(fleet, ["--cert", fleet.pki + "/devices/dev-b.crt", "--key", fleet.pki + "/devices/dev-b.key"] + checkIn, out: answer) == "403")
+        #expect(
+            try status(
+                fleet, ["--cert", fleet.pki + "/devices/dev-b.crt", "--key", fleet.pki + "/devices/dev-b.key"] + checkIn, out: answer)
+                == "403")
         #expect(try String(contentsOfFile: answer, encoding: .utf8).contains("identity-mismatch"))
         #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v1))
     }

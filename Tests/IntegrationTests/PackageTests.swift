@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The Debian packages of `make package`: what they hold, what their maintainer scripts do in a
@@ -34,10 +34,15 @@ struct PackageTests {
         for bin in ["/usr/bin/fleet-controller", "/usr/bin/fleetctl"] { #expect(files[bin]?.mode == "-rwxr-xr-x", "\(bin)") }
         #expect(files["/lib/systemd/system/edgefleet-controller.service"]?.mode == "-rw-r--r--")
         #expect(files["/etc/edgefleet/controller.yaml"]?.mode == "-rw-r-----")
-        #expect(files["/usr/share/edgefleet/nginx/edgefleet.conf"] != nil && files["/usr/share/edgefleet/nginx/render.sh"]?.mode == "-rwxr-xr-x")
+        #expect(
+            files["/usr/share/edgefleet/nginx/edgefleet.conf"] != nil && files["/usr/share/edgefleet/nginx/render.sh"]?.mode == "-rwxr-xr-x"
+        )
         let conffiles = Set(try ShippedPackages.controlFile(deb, "conffiles").split(separator: "\n").map(String.init))
-        #expect(conffiles.isSuperset(of: ["/etc/edgefleet/controller.yaml", "/etc/edgefleet/fleet/hardware-classes.yaml",
-                                         "/etc/edgefleet/fleet/bandwidth-tiers.yaml"]))
+        #expect(
+            conffiles.isSuperset(of: [
+                "/etc/edgefleet/controller.yaml", "/etc/edgefleet/fleet/hardware-classes.yaml",
+                "/etc/edgefleet/fleet/bandwidth-tiers.yaml"
+            ]))
         #expect(conffiles.allSatisfy { $0.hasPrefix("/etc/") })
     }
 
@@ -87,8 +92,10 @@ struct PackageTests {
         #expect(verify.status == 0 && verify.stderr.isEmpty, "\(verify.stderr)\(verify.stdout)")
         // And an unknown key is caught: the check can fail.
         let broken = root + "/lib/systemd/system/broken.service"
-        try (try String(contentsOfFile: units + "/" + name, encoding: .utf8)).replacingOccurrences(of: "WatchdogSec=", with: "WatchdogSecs=")
-            .write(toFile: broken, atomically: true, encoding: .utf8)
+        try (try String(contentsOfFile: units + "/" + name, encoding: .utf8)).replacingOccurrences(
+            of: "WatchdogSec=", with: "WatchdogSecs="
+        )
+        .write(toFile: broken, atomically: true, encoding: .utf8)
         let bad = try ShippedPackages.runTool("/usr/bin/env", ["systemd-analyze", "verify", "--root=" + root, "broken.service"])
         #expect(bad.stderr.contains("WatchdogSecs"))
         // The exposure systemd computes from the hardening settings.
@@ -115,8 +122,12 @@ struct PackageTests {
         for f in ["passwd", "group", "shadow", "gshadow"] { try fm.copyItem(atPath: "/etc/" + f, toPath: root + "/etc/" + f) }
         let hostPasswd = try String(contentsOfFile: "/etc/passwd", encoding: .utf8)
         func dpkg(_ args: [String]) throws {
-            let r = try ShippedPackages.runTool("/usr/bin/env", ["dpkg", "--root=" + root, "--force-script-chrootless", "--force-depends",
-                                                                 "--log=/dev/null"] + args)
+            let r = try ShippedPackages.runTool(
+                "/usr/bin/env",
+                [
+                    "dpkg", "--root=" + root, "--force-script-chrootless", "--force-depends",
+                    "--log=/dev/null"
+                ] + args)
             #expect(r.status == 0, "dpkg \(args): \(r.stderr)")
         }
         func entry(_ file: String, _ name: String) -> [String]? {
@@ -125,13 +136,17 @@ struct PackageTests {
         }
         func owner(_ path: String) -> (uid: Int, gid: Int, mode: Int)? {
             guard let a = try? fm.attributesOfItem(atPath: root + path) else { return nil }
-            return ((a[.ownerAccountID] as? NSNumber)?.intValue ?? -1, (a[.groupOwnerAccountID] as? NSNumber)?.intValue ?? -1,
-                    (a[.posixPermissions] as? NSNumber)?.intValue ?? -1)
+            return (
+                (a[.ownerAccountID] as? NSNumber)?.intValue ?? -1, (a[.groupOwnerAccountID] as? NSNumber)?.intValue ?? -1,
+                (a[.posixPermissions] as? NSNumber)?.intValue ?? -1
+            )
         }
 
         try dpkg(["-i", built.agent, built.controller])
-        for (user, home, dirs) in [("edgefleet", "/var/lib/edgefleet", ["/var/lib/edgefleet", "/var/lib/edgefleet/state", "/var/lib/edgefleet/models"]),
-                                   ("edgefleet-controller", "/var/lib/edgefleet-controller", ["/var/lib/edgefleet-controller"])] {
+        for (user, home, dirs) in [
+            ("edgefleet", "/var/lib/edgefleet", ["/var/lib/edgefleet", "/var/lib/edgefleet/state", "/var/lib/edgefleet/models"]),
+            ("edgefleet-controller", "/var/lib/edgefleet-controller", ["/var/lib/edgefleet-controller"])
+        ] {
             let pw = try #require(entry("passwd", user), "postinst made no user \(user)")
             let uid = Int(pw[2]) ?? -1, gid = Int(pw[3]) ?? -1
             #expect(uid > 0 && uid < 1000, "a system user")

@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The agent and the controller as their units start them: the packaged unit's ExecStart and the
@@ -25,7 +25,8 @@ struct PackagedAgentTests {
     static func redirect(config path: String, _ values: [String: String], extra: [String] = []) throws {
         var lines = try String(contentsOfFile: path, encoding: .utf8).components(separatedBy: "\n")
         for (key, value) in values {
-            let index = try #require(lines.firstIndex { $0.hasPrefix(key + ":") || $0.hasPrefix("# " + key + ":") }, "the packaged config has no \(key):")
+            let index = try #require(
+                lines.firstIndex { $0.hasPrefix(key + ":") || $0.hasPrefix("# " + key + ":") }, "the packaged config has no \(key):")
             lines[index] = "\(key): \(value)"
         }
         try (lines + extra).joined(separator: "\n").write(toFile: path, atomically: true, encoding: .utf8)
@@ -42,18 +43,25 @@ struct PackagedAgentTests {
         try ShippedPackages.extract(built.agent, into: root)
         let argv = try Self.execStart(unit: root + "/lib/systemd/system/edgefleet-agent.service", root: root)
         #expect(argv.first == root + "/usr/bin/fleet-agent" && argv.dropFirst().first == "run")
-        try Self.redirect(config: root + "/etc/edgefleet/agent.yaml",
-                          ["controller": fleet.url, "root": fleet.dir + "/keys/root.json",
-                           "state": root + "/var/lib/edgefleet/state", "models": root + "/var/lib/edgefleet/models"],
-                          extra: ["facts: " + TestFleet.demoFacts("edge-x86-vnni-01.json"), "poll-seconds: 1"])
+        try Self.redirect(
+            config: root + "/etc/edgefleet/agent.yaml",
+            [
+                "controller": fleet.url, "root": fleet.dir + "/keys/root.json",
+                "state": root + "/var/lib/edgefleet/state", "models": root + "/var/lib/edgefleet/models"
+            ],
+            extra: ["facts: " + TestFleet.demoFacts("edge-x86-vnni-01.json"), "poll-seconds: 1"])
 
         let socket = try NotifySocket(abstract: true)
-        let agent = try fleet.start(argv[0], Array(argv.dropFirst()), log: fleet.dir + "/agent.log",
-                                    env: ["NOTIFY_SOCKET": socket.address, "WATCHDOG_USEC": "1000000"])
+        let agent = try fleet.start(
+            argv[0], Array(argv.dropFirst()), log: fleet.dir + "/agent.log",
+            env: ["NOTIFY_SOCKET": socket.address, "WATCHDOG_USEC": "1000000"])
         try socket.waitFor("READY=1", timeout: 60)
-        let a = TestFleet.Agent(name: "edge-x86-vnni-01", state: root + "/var/lib/edgefleet/state", models: root + "/var/lib/edgefleet/models",
-                                facts: "")
-        try fleet.waitFor("the model installed by the packaged agent", timeout: 120) { fleet.current(a, model: "m").contentSha == fleet.sha(model) }
+        let a = TestFleet.Agent(
+            name: "edge-x86-vnni-01", state: root + "/var/lib/edgefleet/state", models: root + "/var/lib/edgefleet/models",
+            facts: "")
+        try fleet.waitFor("the model installed by the packaged agent", timeout: 120) {
+            fleet.current(a, model: "m").contentSha == fleet.sha(model)
+        }
         let installing = ShippedPackages.memory(pid: agent.processIdentifier)
         // Idle: ten more watchdog pings (five seconds at WATCHDOG_USEC=1 s), check-ins every second.
         let pings = socket.count("WATCHDOG=1")
@@ -61,8 +69,9 @@ struct PackagedAgentTests {
         while socket.count("WATCHDOG=1") < pings + 10, Date() < deadline { _ = socket.receive(timeout: 2) }
         #expect(socket.count("WATCHDOG=1") >= pings + 10, "the agent stopped feeding the watchdog")
         let idle = try #require(ShippedPackages.memory(pid: agent.processIdentifier))
-        print("footprint: packaged agent idle RSS \(idle.rss / 1024) KiB (anonymous \(idle.anon / 1024) KiB, file-backed \(idle.file / 1024) KiB), "
-              + "peak RSS while installing a 24 MiB model \(installing.map { $0.peak / 1024 } ?? 0) KiB")
+        print(
+            "footprint: packaged agent idle RSS \(idle.rss / 1024) KiB (anonymous \(idle.anon / 1024) KiB, file-backed \(idle.file / 1024) KiB), "
+                + "peak RSS while installing a 24 MiB model \(installing.map { $0.peak / 1024 } ?? 0) KiB")
         #expect(idle.peak <= 64 << 20, "installing RSS \(idle.peak) bytes")
         // What the agent allocates itself stays small; the rest are clean pages of the binary and of
         // libcurl's TLS libraries.
@@ -99,8 +108,9 @@ struct PackagedAgentTests {
         view-label: site
         """.write(toFile: config, atomically: true, encoding: .utf8)
         let socket = try NotifySocket(abstract: false, directory: fleet.dir)
-        let controller = try fleet.start("fleet-controller", ["serve", "--config-file", config, "--listen", "127.0.0.1:\(fleet.port)"],
-                                         log: fleet.dir + "/controller.log", env: ["NOTIFY_SOCKET": socket.address, "WATCHDOG_USEC": "2000000"])
+        let controller = try fleet.start(
+            "fleet-controller", ["serve", "--config-file", config, "--listen", "127.0.0.1:\(fleet.port)"],
+            log: fleet.dir + "/controller.log", env: ["NOTIFY_SOCKET": socket.address, "WATCHDOG_USEC": "2000000"])
         try socket.waitFor("READY=1", timeout: 120)
         // READY comes once requests are answered.
         #expect(try fleet.run("fleetctl", ["--controller", fleet.url, "status"], timeout: 10).status == 0)
@@ -154,7 +164,8 @@ struct PackagedAgentTests {
         """.write(toFile: file, atomically: true, encoding: .utf8)
         let fails = try fleet.run("fleet-agent", ["run", "--config-file", file, "--once"])
         #expect(fails.status != 0)
-        let works = try fleet.run("fleet-agent", ["run", "--config-file", file, "--once", "--controller", fleet.url, "--label", "site=hamburg"])
+        let works = try fleet.run(
+            "fleet-agent", ["run", "--config-file", file, "--once", "--controller", fleet.url, "--label", "site=hamburg"])
         #expect(works.status == 0, "\(works.stderr)")
         #expect(try fleet.fleetctl(["devices", "list"]).contains("edge-x86-avx2-01"))
     }
@@ -175,10 +186,14 @@ struct PackagedAgentTests {
         """.write(toFile: file, atomically: true, encoding: .utf8)
         let r = try fleet.run("fleet-agent", ["doctor", "--config-file", file])
         #expect(r.status == 1)
-        let failed = Set(r.stdout.split(separator: "\n").filter { $0.hasPrefix("FAIL  ") }
-            .compactMap { $0.dropFirst(6).split(separator: ":").first.map(String.init) })
-        #expect(failed == ["root-missing", "cert-unreadable", "key-unreadable", "controller-unreachable", "state-not-writable",
-                           "models-not-writable", "health-command-missing"], "\(r.stdout)")
+        let failed = Set(
+            r.stdout.split(separator: "\n").filter { $0.hasPrefix("FAIL  ") }
+                .compactMap { $0.dropFirst(6).split(separator: ":").first.map(String.init) })
+        #expect(
+            failed == [
+                "root-missing", "cert-unreadable", "key-unreadable", "controller-unreachable", "state-not-writable",
+                "models-not-writable", "health-command-missing"
+            ], "\(r.stdout)")
         #expect(!r.stdout.contains("FAIL  config"))
         #expect(r.stdout.components(separatedBy: "      fix: ").count - 1 >= failed.count)
 
@@ -200,7 +215,8 @@ struct PackagedAgentTests {
         var lines: [String] = []
         for argument in arguments {
             guard let name = (argument["names"] as? [[String: Any]])?.first(where: { $0["kind"] as? String == "long" })?["name"] as? String,
-                  !["help", "config-file"].contains(name) else { continue }
+                !["help", "config-file"].contains(name)
+            else { continue }
             switch (name, argument["kind"] as? String) {
             case ("label", _): lines.append("labels:\n  site: x")
             case (_, "flag"): lines.append("\(name): true")

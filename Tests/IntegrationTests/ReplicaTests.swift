@@ -3,7 +3,7 @@ import Foundation
 import TestSupport
 import Testing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Two controller replicas on one PostgreSQL database, with the real binaries: devices check in
@@ -14,7 +14,8 @@ struct ReplicaTests {
     struct Health: Decodable { var status: String; var leader: String; var replica: String; var database: String }
 
     func health(_ fleet: TestFleet, _ url: String) -> Health? {
-        guard let r = try? fleet.run("/usr/bin/env", ["curl", "-fsS", "--max-time", "2", url + "/healthz"], timeout: 5), r.status == 0 else { return nil }
+        guard let r = try? fleet.run("/usr/bin/env", ["curl", "-fsS", "--max-time", "2", url + "/healthz"], timeout: 5), r.status == 0
+        else { return nil }
         return try? JSONDecoder().decode(Health.self, from: Data(r.stdout.utf8))
     }
 
@@ -27,10 +28,14 @@ struct ReplicaTests {
         let portB = try TestFleet.freePort()
         let urlB = "http://127.0.0.1:\(portB)"
         // The second replica shares the database and the artifact directory.
-        let b = try fleet.start("fleet-controller", ["serve", "--data", fleet.dir + "/controller", "--listen", "127.0.0.1:\(portB)",
-                                                     "--keys", fleet.dir + "/keys/online", "--config", TestFleet.repoRoot + "/fleet",
-                                                     "--poll-seconds", "1", "--database", database, "--replica", "b"],
-                                log: fleet.dir + "/controller-b.log")
+        let b = try fleet.start(
+            "fleet-controller",
+            [
+                "serve", "--data", fleet.dir + "/controller", "--listen", "127.0.0.1:\(portB)",
+                "--keys", fleet.dir + "/keys/online", "--config", TestFleet.repoRoot + "/fleet",
+                "--poll-seconds", "1", "--database", database, "--replica", "b"
+            ],
+            log: fleet.dir + "/controller-b.log")
         try fleet.waitFor("replica b") { health(fleet, urlB) != nil }
         try fleet.waitFor("a leader") { [urlA, urlB].compactMap { health(fleet, $0) }.filter { $0.leader == "true" }.count == 1 }
         #expect(health(fleet, urlA)?.database == "postgres")
@@ -52,11 +57,14 @@ struct ReplicaTests {
         #expect(agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(v1) })
 
         let v2 = try fleet.makeFile("v2.safetensors", size: 200_000, seed: 92)
-        _ = try fleet.fleetctl(["variant", "add", "m", v2, "--name", "m-v2", "--dtype", "int8", "--format", "safetensors"], controller: urlB)
-        _ = try fleet.fleetctl(["release", "create", "m", "--version", "2", "--keys", fleet.dir + "/keys", "--variants", "m-v2"], controller: urlB)
+        _ = try fleet.fleetctl(
+            ["variant", "add", "m", v2, "--name", "m-v2", "--dtype", "int8", "--format", "safetensors"], controller: urlB)
+        _ = try fleet.fleetctl(
+            ["release", "create", "m", "--version", "2", "--keys", fleet.dir + "/keys", "--variants", "m-v2"], controller: urlB)
         let policy = fleet.dir + "/fast-unjudged-pass.yaml"
         let fast = try String(contentsOfFile: TestFleet.repoRoot + "/fleet/policies/fast.yaml", encoding: .utf8)
-        try (fast + "\n").replacingOccurrences(of: "gates:\n", with: "gates:\n  unjudged: pass\n").write(toFile: policy, atomically: true, encoding: .utf8)
+        try (fast + "\n").replacingOccurrences(of: "gates:\n", with: "gates:\n  unjudged: pass\n").write(
+            toFile: policy, atomically: true, encoding: .utf8)
         _ = try fleet.fleetctl(["rollout", "start", "m@2", "--policy", policy], controller: urlA)
         let rollout = try #require(try fleet.fleetctlJSON([RolloutInfo].self, ["rollout", "list"]).first { $0.release == "m@2" })
         for (a, url) in agents { #expect(try fleet.runOnce(a, controller: url).status == 0) }
@@ -80,7 +88,9 @@ struct ReplicaTests {
         // Every device now talks to the survivor; none is counted twice; the rollout completes there.
         for (a, _) in agents { #expect(try fleet.runOnce(a, controller: survivor).status == 0) }
         try fleet.waitFor("the last phase, ticked by the new leader", timeout: 120) {
-            try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(rollout.id)"], controller: survivor).cells.allSatisfy { $0.phase == $0.phases }
+            try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(rollout.id)"], controller: survivor).cells.allSatisfy {
+                $0.phase == $0.phases
+            }
         }
         for (a, _) in agents { #expect(try fleet.runOnce(a, controller: survivor).status == 0) }
         #expect(agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(v2) })
@@ -92,6 +102,8 @@ struct ReplicaTests {
             #expect(Set(seqs).count == seqs.count, "\(a.name): \(seqs)")
             #expect(try fleet.events(a.name, controller: survivor).filter { $0.kind == "committed" && $0.release == "m@2" }.count == 1)
         }
-        print("replicas: leader \(leaderIsA ? "a" : "b") killed; failover \(String(format: "%.1f", failover)) s; phases \(before.cells.map(\.phase)) → \(after.cells.map(\.phase)); committed \(before.rollout.committed) → \(end.rollout.committed)")
+        print(
+            "replicas: leader \(leaderIsA ? "a" : "b") killed; failover \(String(format: "%.1f", failover)) s; phases \(before.cells.map(\.phase)) → \(after.cells.map(\.phase)); committed \(before.rollout.committed) → \(end.rollout.committed)"
+        )
     }
 }

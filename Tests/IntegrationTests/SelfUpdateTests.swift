@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The agent updates itself through the signed release path: `fleetctl agent publish`, a normal
@@ -27,7 +27,8 @@ struct SelfUpdateTests {
             let template = try String(contentsOfFile: TestFleet.demoFacts("edge-x86-avx2-01.json"), encoding: .utf8)
             for name in names {
                 let facts = fleet.dir + "/\(name).json"
-                try template.replacingOccurrences(of: "edge-x86-avx2-01", with: name).write(toFile: facts, atomically: true, encoding: .utf8)
+                try template.replacingOccurrences(of: "edge-x86-avx2-01", with: name).write(
+                    toFile: facts, atomically: true, encoding: .utf8)
                 devices[name] = fleet.agent(name, facts: facts)
             }
         }
@@ -39,8 +40,9 @@ struct SelfUpdateTests {
         /// One `--once` run: a (re)start of the agent by its service manager.
         @discardableResult
         func run(_ name: String, crash: String? = nil, extra: [String] = []) throws -> CommandResult {
-            try fleet.runOnce(device(name), env: crash.map { ["EDGEFLEET_CRASH_POINT": $0] } ?? [:],
-                              extra: ["--self-update-deadline", "30"] + extra)
+            try fleet.runOnce(
+                device(name), env: crash.map { ["EDGEFLEET_CRASH_POINT": $0] } ?? [:],
+                extra: ["--self-update-deadline", "30"] + extra)
         }
 
         /// A copy of the debug agent with `tag` appended (ELF ignores trailing bytes): another sha256.
@@ -62,7 +64,8 @@ struct SelfUpdateTests {
 
         /// Publishes `binary` as agent release VERSION and rolls it out to every device.
         func release(_ version: String, _ binary: String) throws {
-            _ = try fleet.fleetctl(["agent", "publish", "--version", version, "--binary", "x86_64=" + binary, "--keys", fleet.dir + "/keys"])
+            _ = try fleet.fleetctl(["agent", "publish", "--version", version, "--binary", "x86_64=" + binary, "--keys", fleet.dir + "/keys"]
+            )
             _ = try fleet.fleetctl(["rollout", "start", "\(ReleaseKind.agentModel)@\(version)", "--all"])
         }
 
@@ -148,7 +151,8 @@ struct SelfUpdateTests {
         #expect(hung.signalled)
         #expect(try s.run("dev-a").status == 0)
         #expect(s.committed("dev-a") == goodSha && !s.trialExists("dev-a"))
-        #expect(try s.agentEvents("dev-a").filter { $0.kind == EventKind.rolledBack.rawValue }.map(\.fault)
+        #expect(
+            try s.agentEvents("dev-a").filter { $0.kind == EventKind.rolledBack.rawValue }.map(\.fault)
                 == [InstallFault.agentExited.rawValue, InstallFault.agentDeadline.rawValue])
         #expect(try s.reportedSha("dev-a") == goodSha)
     }
@@ -156,8 +160,10 @@ struct SelfUpdateTests {
     /// `kill -9` at each step of the hand-over and the commit: after the restart the device runs
     /// exactly the old or the new agent, its disk says the same, and it keeps checking in.
     @Test func killDuringTheHandOverEndsOnOldOrNew() throws {
-        let points = ["journal:activating", "handover:trial", "handover:attempt", "handover:started", "handover:checked-in",
-                      "handover:current", "journal:committed"]
+        let points = [
+            "journal:activating", "handover:trial", "handover:attempt", "handover:started", "handover:checked-in",
+            "handover:current", "journal:committed"
+        ]
         let s = try Scene(devices: points.indices.map { "dev-k\($0)" }); defer { s.cleanup() }
         for name in s.devices.keys { try #require(try s.run(name).status == 0) }
         let new = try s.agentBuild("0.2.0")
@@ -208,7 +214,10 @@ struct SelfUpdateTests {
         #expect(!FileManager.default.fileExists(atPath: marker))
         #expect(!s.slotExists("dev-t", sha) && !s.trialExists("dev-t") && s.committed("dev-t") == nil)
         // Refused by the agent's hash check (or by the controller's own scrub, had it run first).
-        #expect(try s.agentEvents("dev-t").contains { [InstallFault.hashMismatch.rawValue, InstallFault.downloadRefused.rawValue].contains($0.fault) })
+        #expect(
+            try s.agentEvents("dev-t").contains {
+                [InstallFault.hashMismatch.rawValue, InstallFault.downloadRefused.rawValue].contains($0.fault)
+            })
         #expect(try !s.agentEvents("dev-t").contains { $0.kind == EventKind.activated.rawValue })
         #expect(try s.reportedSha("dev-t") == s.packagedSha)
     }

@@ -3,7 +3,7 @@ import Foundation
 import Testing
 import TestSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A controller serving mutual TLS with enforced access, a development PKI made by
@@ -26,10 +26,14 @@ extension TestFleet {
             let r = try run("fleetctl", ["keys", "init", "--dir", dir + "/keys"])
             guard r.status == 0 else { throw HarnessError("keys init: \(r.stderr)") }
         }
-        controller = try start("fleet-controller", ["serve", "--data", dir + "/controller", "--listen", "127.0.0.1:\(port)",
-                                                    "--keys", dir + "/keys/online", "--config", Self.repoRoot + "/fleet", "--poll-seconds", "1",
-                                                    "--tls-cert", pki + "/controller.crt", "--tls-key", pki + "/controller.key",
-                                                    "--client-ca", pki + "/ca.crt"] + extra, log: dir + "/controller.log")
+        controller = try start(
+            "fleet-controller",
+            [
+                "serve", "--data", dir + "/controller", "--listen", "127.0.0.1:\(port)",
+                "--keys", dir + "/keys/online", "--config", Self.repoRoot + "/fleet", "--poll-seconds", "1",
+                "--tls-cert", pki + "/controller.crt", "--tls-key", pki + "/controller.key",
+                "--client-ca", pki + "/ca.crt"
+            ] + extra, log: dir + "/controller.log")
         try waitFor("controller over TLS") {
             (try? run("/usr/bin/env", ["curl", "-fsS", "--cacert", pki + "/ca.crt", secureURL + "/healthz"], timeout: 10).status) == 0
                 && FileManager.default.fileExists(atPath: adminTokenFile)
@@ -63,8 +67,10 @@ extension TestFleet {
 
     /// One agent cycle over mutual TLS with the device's certificate (or `cert`/`key`/`ca` instead).
     @discardableResult
-    func secureOnce(_ a: Agent, id: String, cert: String? = nil, key: String? = nil, ca: String? = nil, noCert: Bool = false,
-                    enrollToken: String? = nil) throws -> CommandResult {
+    func secureOnce(
+        _ a: Agent, id: String, cert: String? = nil, key: String? = nil, ca: String? = nil, noCert: Bool = false,
+        enrollToken: String? = nil
+    ) throws -> CommandResult {
         var extra = ["--once", "--device-id", id, "--ca", ca ?? pki + "/ca.crt"]
         if !noCert { extra += ["--cert", cert ?? "\(pki)/devices/\(id).crt", "--key", key ?? "\(pki)/devices/\(id).key"] }
         if let enrollToken { extra += ["--enroll-token-file", enrollToken] }
@@ -126,20 +132,23 @@ struct TLSTests {
         // It binds region=eu-west; dev-b says region=us-east of itself, and the token's label stands.
         let token = fleet.dir + "/any-device.token"
         _ = try fleet.ctlOK(["devices", "enroll-token", "--out", token, "--label", "region=eu-west"])
-        var bFacts = try JSONDecoder().decode(DeviceFacts.self, from: Data(contentsOf: URL(fileURLWithPath: TestFleet.demoFacts("edge-x86-vnni-01.json"))))
+        var bFacts = try JSONDecoder().decode(
+            DeviceFacts.self, from: Data(contentsOf: URL(fileURLWithPath: TestFleet.demoFacts("edge-x86-vnni-01.json"))))
         bFacts.deviceId = nil
         bFacts.labels = ["region": "us-east", "site": "lab"]
         try FleetJSON.encode(bFacts).write(to: URL(fileURLWithPath: fleet.dir + "/dev-b.facts.json"))
         let b = fleet.agent("dev-b", facts: fleet.dir + "/dev-b.facts.json")
         #expect(try fleet.secureOnce(b, id: "dev-b", enrollToken: token).status == 0)
-        let eu = try JSONDecoder().decode([DeviceInfo].self, from: Data(try fleet.ctlOK(["--json", "devices", "list", "--selector", "region=eu-west"]).utf8))
+        let eu = try JSONDecoder().decode(
+            [DeviceInfo].self, from: Data(try fleet.ctlOK(["--json", "devices", "list", "--selector", "region=eu-west"]).utf8))
         #expect(eu.map(\.id) == ["dev-b"])
         #expect(eu.first?.labels == ["region": "eu-west", "site": "lab"])
         #expect(eu.first?.labelSources == ["region": "enrollment", "site": "agent"])
         // The operator outranks both.
         _ = try fleet.ctlOK(["devices", "label", "dev-b", "region=eu-north"])
         #expect(try fleet.secureOnce(b, id: "dev-b").status == 0)
-        let labelled = try JSONDecoder().decode([DeviceInfo].self, from: Data(try fleet.ctlOK(["--json", "devices", "list", "--selector", "region=eu-north"]).utf8))
+        let labelled = try JSONDecoder().decode(
+            [DeviceInfo].self, from: Data(try fleet.ctlOK(["--json", "devices", "list", "--selector", "region=eu-north"]).utf8))
         #expect(labelled.first?.labelSources?["region"] == "operator")
         #expect(try fleet.ctl(["devices", "label", "dev-b", "class=fast"]).status != 0)
         let c = fleet.agent("dev-c", facts: TestFleet.demoFacts("edge-x86-vnni-01.json"))
@@ -168,9 +177,13 @@ struct TLSTests {
         #expect(fleet.deviceSnapshot(a) == before)
         #expect(fleet.current(a, model: "m").contentSha == fleet.sha(v1))
         // Not even the artifact it could name: the controller refuses a revoked certificate.
-        let curl = try fleet.run("/usr/bin/env", ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", fleet.pki + "/ca.crt",
-                                                  "--cert", fleet.pki + "/devices/dev-a.crt", "--key", fleet.pki + "/devices/dev-a.key",
-                                                  fleet.secureURL + "/v1/artifacts/" + fleet.sha(v2)])
+        let curl = try fleet.run(
+            "/usr/bin/env",
+            [
+                "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", fleet.pki + "/ca.crt",
+                "--cert", fleet.pki + "/devices/dev-a.crt", "--key", fleet.pki + "/devices/dev-a.key",
+                fleet.secureURL + "/v1/artifacts/" + fleet.sha(v2)
+            ])
         #expect(curl.stdout == "403")
         #expect(try fleet.identities().first?.status == .revoked)
         // Back only through a new enrollment token, which the operator hands out on purpose.
@@ -216,7 +229,9 @@ struct TLSTests {
         // The viewer can read, and the refusal is in the audit log with its name.
         #expect(try fleet.ctl(["devices", "list"], tokenFile: viewer).status == 0)
         let audit = try JSONDecoder().decode([AuditRecord].self, from: Data(try fleet.ctlOK(["--json", "audit", "--limit", "5"]).utf8))
-        #expect(audit.first.map { "\($0.actor) \($0.method) \($0.path) \($0.status) \($0.outcome)" } == "token:dashboard POST /v1/rollouts 403 denied")
+        #expect(
+            audit.first.map { "\($0.actor) \($0.method) \($0.path) \($0.status) \($0.outcome)" }
+                == "token:dashboard POST /v1/rollouts 403 denied")
     }
 
     @Test func agentWithoutAClientCertificateIsRejected() throws {
@@ -239,13 +254,15 @@ struct TLSTests {
         let token = try fleet.enrollmentTokenFile(for: "rogue-01")
         // A client certificate from another CA: the controller ends the handshake.
         let a = fleet.agent("rogue-01", facts: TestFleet.demoFacts("edge-x86-vnni-01.json"))
-        let r = try fleet.secureOnce(a, id: "rogue-01", cert: fleet.rogue + "/devices/rogue-01.crt", key: fleet.rogue + "/devices/rogue-01.key",
-                                     enrollToken: token)
+        let r = try fleet.secureOnce(
+            a, id: "rogue-01", cert: fleet.rogue + "/devices/rogue-01.crt", key: fleet.rogue + "/devices/rogue-01.key",
+            enrollToken: token)
         #expect(r.status != 0)
         #expect(r.stderr.contains("unknown ca"), "\(r.stderr)")
         // An agent that pins another CA does not talk to this controller, with a good certificate.
         let b = fleet.agent("dev-a", facts: TestFleet.demoFacts("edge-x86-vnni-01.json"))
-        let pinned = try fleet.secureOnce(b, id: "dev-a", ca: fleet.rogue + "/ca.crt", enrollToken: try fleet.enrollmentTokenFile(for: "dev-a"))
+        let pinned = try fleet.secureOnce(
+            b, id: "dev-a", ca: fleet.rogue + "/ca.crt", enrollToken: try fleet.enrollmentTokenFile(for: "dev-a"))
         #expect(pinned.status != 0)
         #expect(pinned.stderr.contains("tls:"), "\(pinned.stderr)")
         // Nor does fleetctl.
@@ -274,9 +291,13 @@ struct TLSTests {
         try fleet.startSecureController()
         let other = fleet.agent("dev-b", facts: TestFleet.demoFacts("edge-x86-vnni-01.json"))
         _ = try fleet.run("/usr/bin/env", ["bash", TestFleet.repoRoot + "/certs/gen-dev-pki.sh", fleet.pki, "dev-b"])
-        var args = fleet.agentArgs(other, controller: fleet.secureURL, extra: ["--once", "--device-id", "dev-b", "--ca", fleet.pki + "/ca.crt",
-                                                                             "--cert", fleet.pki + "/devices/dev-b.crt", "--key", fleet.pki + "/devices/dev-b.key",
-                                                                             "--enroll-token-file", try fleet.enrollmentTokenFile(for: "dev-b")])
+        var args = fleet.agentArgs(
+            other, controller: fleet.secureURL,
+            extra: [
+                "--once", "--device-id", "dev-b", "--ca", fleet.pki + "/ca.crt",
+                "--cert", fleet.pki + "/devices/dev-b.crt", "--key", fleet.pki + "/devices/dev-b.key",
+                "--enroll-token-file", try fleet.enrollmentTokenFile(for: "dev-b")
+            ])
         if let i = args.firstIndex(of: "--root") { args[i + 1] = fleet.dir + "/root-v1.json" }
         #expect(try fleet.run("fleet-agent", args).status == 0)
         #expect(fleet.current(other, model: "m").contentSha == fleet.sha(v2))
@@ -286,15 +307,17 @@ struct TLSTests {
         let fleet = try TestFleet(); defer { fleet.cleanup() }
         let base = ["serve", "--data", fleet.dir + "/controller", "--keys", fleet.dir + "/keys/online"]
         let open = try fleet.run("fleet-controller", base + ["--listen", "0.0.0.0:\(fleet.port)"])
-        #expect(open.status == 64)   // ArgumentParser's validation failure, before anything is opened
+        #expect(open.status == 64)  // ArgumentParser's validation failure, before anything is opened
         #expect(open.stderr.contains("--insecure-dev"))
         let half = try fleet.run("fleet-controller", base + ["--listen", "127.0.0.1:\(fleet.port)", "--tls-cert", "x.crt"])
         #expect(half.status == 64)
         // Behind a TLS proxy: a malformed proxy address, or a proxy beside the controller's own TLS
         // or beside open access, is refused before anything is opened.
-        for extra in [["--trusted-proxy", "10.0.0.0/33"], ["--trusted-proxy", "nginx"],
-                      ["--trusted-proxy", "127.0.0.1", "--tls-cert", "x.crt", "--tls-key", "x.key", "--client-ca", "ca.crt"],
-                      ["--trusted-proxy", "127.0.0.1", "--insecure-dev"]] {
+        for extra in [
+            ["--trusted-proxy", "10.0.0.0/33"], ["--trusted-proxy", "nginx"],
+            ["--trusted-proxy", "127.0.0.1", "--tls-cert", "x.crt", "--tls-key", "x.key", "--client-ca", "ca.crt"],
+            ["--trusted-proxy", "127.0.0.1", "--insecure-dev"]
+        ] {
             let r = try fleet.run("fleet-controller", base + ["--listen", "0.0.0.0:\(fleet.port)"] + extra)
             #expect(r.status == 64, "\(extra): \(r.stderr)")
         }
@@ -308,21 +331,35 @@ struct TLSTests {
         let a = fleet.agent("dev-a", facts: TestFleet.demoFacts("edge-x86-vnni-01.json"))
         #expect(try fleet.secureOnce(a, id: "dev-a", enrollToken: try fleet.enrollmentTokenFile(for: "dev-a")).status == 0)
         #expect(try fleet.secureOnce(a, id: "dev-a").status == 0)
-        let third = try fleet.secureOnce(a, id: "dev-a")   // third check-in within the minute
+        let third = try fleet.secureOnce(a, id: "dev-a")  // third check-in within the minute
         #expect(third.status != 0)
         #expect(third.stderr.contains("rate-limited"), "\(third.stderr)")
 
         func curl(_ args: [String]) throws -> String {
-            try fleet.run("/usr/bin/env", ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", fleet.pki + "/ca.crt",
-                                           "--cert", fleet.pki + "/devices/dev-a.crt", "--key", fleet.pki + "/devices/dev-a.key"] + args).stdout
+            try fleet.run(
+                "/usr/bin/env",
+                [
+                    "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", fleet.pki + "/ca.crt",
+                    "--cert", fleet.pki + "/devices/dev-a.crt", "--key", fleet.pki + "/devices/dev-a.key"
+                ] + args
+            ).stdout
         }
-        #expect(try curl(["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "{}",
-                          fleet.secureURL + "/v1/devices/dev-a/checkin"]) == "429")
+        #expect(
+            try curl([
+                "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "{}",
+                fleet.secureURL + "/v1/devices/dev-a/checkin"
+            ]) == "429")
         let big = try fleet.makeFile("big.json", size: 2 << 20, seed: 3)
-        #expect(try curl(["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + big,
-                          fleet.secureURL + "/v1/devices/dev-a/events"]) == "413")
-        #expect(try curl(["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + big,
-                          fleet.secureURL + "/v1/enroll"]) == "413")
+        #expect(
+            try curl([
+                "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + big,
+                fleet.secureURL + "/v1/devices/dev-a/events"
+            ]) == "413")
+        #expect(
+            try curl([
+                "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + big,
+                fleet.secureURL + "/v1/enroll"
+            ]) == "413")
         #expect(try curl([fleet.secureURL + "/healthz"]) == "200")
         #expect(fleet.controller?.isRunning == true)
     }

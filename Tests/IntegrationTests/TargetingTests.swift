@@ -9,7 +9,8 @@ import TestSupport
 struct TargetingIntegrationTests {
     /// The demo VNNI facts with `labels` and a configured zone.
     func facts(_ fleet: TestFleet, _ name: String, labels: [String: String], timezone: String? = nil) throws -> String {
-        var f = try JSONDecoder().decode(DeviceFacts.self, from: Data(contentsOf: URL(fileURLWithPath: TestFleet.demoFacts("edge-x86-vnni-01.json"))))
+        var f = try JSONDecoder().decode(
+            DeviceFacts.self, from: Data(contentsOf: URL(fileURLWithPath: TestFleet.demoFacts("edge-x86-vnni-01.json"))))
         f.deviceId = nil
         f.labels = labels
         f.timezone = timezone
@@ -35,17 +36,20 @@ struct TargetingIntegrationTests {
             agents.append(a)
             _ = try fleet.start("fleet-agent", fleet.agentArgs(a, extra: ["--device-id", name]), log: fleet.dir + "/\(name).log")
         }
-        try fleet.waitFor("every agent on v1", timeout: 60) { agents.allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v1) } }
+        try fleet.waitFor("every agent on v1", timeout: 60) {
+            agents.allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v1) }
+        }
 
         _ = try fleet.fleetctl(["variant", "add", "m", v2, "--name", "m-v2", "--dtype", "int8", "--format", "safetensors"])
         _ = try fleet.fleetctl(["release", "create", "m", "--version", "2", "--keys", fleet.dir + "/keys", "--variants", "m-v2"])
         let r = try fleet.fleetctlJSON(RolloutInfo.self, ["rollout", "start", "m@2", "--all", "--selector", "region in (eu-west)"])
-        #expect(r.selector == "region=eu-west")   // canonical form
+        #expect(r.selector == "region=eu-west")  // canonical form
         try fleet.waitFor("the eu-west agents on v2", timeout: 60) {
             agents.prefix(2).allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v2) }
         }
         // Three more check-ins from everyone: the others still run v1 and never fetched v2.
-        let seen = Dictionary(uniqueKeysWithValues: try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).map { ($0.id, $0.lastSeen) })
+        let seen = Dictionary(
+            uniqueKeysWithValues: try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).map { ($0.id, $0.lastSeen) })
         try fleet.waitFor("three more check-ins", timeout: 30) {
             try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).allSatisfy { $0.lastSeen >= (seen[$0.id] ?? 0) + 3 }
         }
@@ -74,32 +78,35 @@ struct TargetingIntegrationTests {
         let members: [(String, [String: String], Bool)] = [
             ("lab-0", ["site": "lab", "region": "eu-west"], false),
             ("eu-0", ["region": "eu-west"], true), ("eu-1", ["region": "eu-west"], false),
-            ("us-0", ["region": "us-east"], false), ("us-1", ["region": "us-east"], false),
+            ("us-0", ["region": "us-east"], false), ("us-1", ["region": "us-east"], false)
         ]
         var agents: [TestFleet.Agent] = []
         for (name, labels, sick) in members {
             let a = fleet.agent(name, facts: try facts(fleet, name, labels: labels))
             agents.append(a)
-            _ = try fleet.start("fleet-agent", fleet.agentArgs(a, extra: ["--device-id", name] + (sick ? ["--health-command", unhealthyV2] : [])),
-                                log: fleet.dir + "/\(name).log")
+            _ = try fleet.start(
+                "fleet-agent", fleet.agentArgs(a, extra: ["--device-id", name] + (sick ? ["--health-command", unhealthyV2] : [])),
+                log: fleet.dir + "/\(name).log")
         }
-        try fleet.waitFor("every agent on v1", timeout: 60) { agents.allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v1) } }
+        try fleet.waitFor("every agent on v1", timeout: 60) {
+            agents.allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v1) }
+        }
         let policy = fleet.dir + "/waves.yaml"
         try """
-            name: lab-europe-rest
-            phases:
-              - { percent: 100 }
-            gates:
-              min_sample: 1
-              max_health_failure_rate: 0.2
-              unjudged: pass
-            on_failure: pause
-            device_timeout: 10m
-            waves:
-              - { name: lab, selector: "site=lab" }
-              - { name: europe, selector: "region=eu-west" }
-              - { name: rest }
-            """.write(toFile: policy, atomically: true, encoding: .utf8)
+        name: lab-europe-rest
+        phases:
+          - { percent: 100 }
+        gates:
+          min_sample: 1
+          max_health_failure_rate: 0.2
+          unjudged: pass
+        on_failure: pause
+        device_timeout: 10m
+        waves:
+          - { name: lab, selector: "site=lab" }
+          - { name: europe, selector: "region=eu-west" }
+          - { name: rest }
+        """.write(toFile: policy, atomically: true, encoding: .utf8)
         _ = try fleet.fleetctl(["variant", "add", "m", v2, "--name", "m-v2", "--dtype", "int8", "--format", "safetensors"])
         _ = try fleet.fleetctl(["release", "create", "m", "--version", "2", "--keys", fleet.dir + "/keys", "--variants", "m-v2"])
         let r = try fleet.fleetctlJSON(RolloutInfo.self, ["rollout", "start", "m@2", "--policy", policy])
@@ -109,9 +116,10 @@ struct TargetingIntegrationTests {
             return s.waves?.map(\.status) == ["completed", "stopped", "pending"]
         }
         #expect(fleet.current(agents[0], model: "m").contentSha == fleet.sha(v2))
-        #expect(fleet.current(agents[1], model: "m").contentSha == fleet.sha(v1))   // rolled back on the device
+        #expect(fleet.current(agents[1], model: "m").contentSha == fleet.sha(v1))  // rolled back on the device
         // The rest keeps checking in and never sees v2.
-        let seen = Dictionary(uniqueKeysWithValues: try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).map { ($0.id, $0.lastSeen) })
+        let seen = Dictionary(
+            uniqueKeysWithValues: try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).map { ($0.id, $0.lastSeen) })
         try fleet.waitFor("three more check-ins", timeout: 30) {
             try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).allSatisfy { $0.lastSeen >= (seen[$0.id] ?? 0) + 3 }
         }
@@ -137,7 +145,9 @@ struct TargetingIntegrationTests {
         for a in [kolkata, utc] {
             _ = try fleet.start("fleet-agent", fleet.agentArgs(a, extra: ["--device-id", a.name]), log: fleet.dir + "/\(a.name).log")
         }
-        try fleet.waitFor("both on v1", timeout: 60) { [kolkata, utc].allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v1) } }
+        try fleet.waitFor("both on v1", timeout: 60) {
+            [kolkata, utc].allSatisfy { fleet.current($0, model: "m").contentSha == fleet.sha(v1) }
+        }
 
         // Ten minutes ago in Kolkata, to the minute.
         var calendar = Calendar(identifier: .gregorian)
@@ -166,8 +176,9 @@ struct TargetingIntegrationTests {
             kill(p.processIdentifier, SIGTERM)
             p.waitUntilExit()
         }
-        _ = try fleet.start("fleet-agent", fleet.agentArgs(utc, extra: ["--device-id", "utc"]), log: fleet.dir + "/utc-later.log",
-                            env: ["EDGEFLEET_TEST_CLOCK_SKEW": "\(5 * 3600 + 1800)"])
+        _ = try fleet.start(
+            "fleet-agent", fleet.agentArgs(utc, extra: ["--device-id", "utc"]), log: fleet.dir + "/utc-later.log",
+            env: ["EDGEFLEET_TEST_CLOCK_SKEW": "\(5 * 3600 + 1800)"])
         try fleet.waitFor("UTC on v2 inside its window", timeout: 60) { fleet.current(utc, model: "m").contentSha == fleet.sha(v2) }
         // Downloaded once, before the window: activating did not fetch it again.
         let downloads = try fleet.events("utc").filter { $0.kind == "downloaded" && $0.sha256 == fleet.sha(v2) }.count

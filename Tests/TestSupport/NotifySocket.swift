@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A service manager's end of sd_notify for a test: a datagram socket the daemon is pointed at

@@ -50,7 +50,7 @@ public actor BlockingTestSlots {
         if waiting.isEmpty {
             inUse -= 1
         } else {
-            waiting.removeFirst().resume()   // the slot passes straight to the next test
+            waiting.removeFirst().resume()  // the slot passes straight to the next test
         }
     }
 }

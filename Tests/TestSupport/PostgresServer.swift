@@ -65,8 +65,10 @@ public final class PostgresServer: @unchecked Sendable {
         for _ in 0..<8 {
             let port = Int.random(in: 20_000...60_000)
             let p = Process()
-            let argv = command([bin + "/postgres", "-D", dir + "/data", "-p", "\(port)", "-k", dir, "-c", "listen_addresses=127.0.0.1",
-                                "-c", "fsync=off", "-c", "max_connections=200"])
+            let argv = command([
+                bin + "/postgres", "-D", dir + "/data", "-p", "\(port)", "-k", dir, "-c", "listen_addresses=127.0.0.1",
+                "-c", "fsync=off", "-c", "max_connections=200"
+            ])
             p.executableURL = URL(fileURLWithPath: argv[0])
             p.arguments = Array(argv.dropFirst())
             if !FileManager.default.fileExists(atPath: dir + "/server.log") {
@@ -74,7 +76,9 @@ public final class PostgresServer: @unchecked Sendable {
                     throw Unavailable(description: "cannot create \(dir)/server.log")
                 }
             }
-            guard let log = FileHandle(forWritingAtPath: dir + "/server.log") else { throw Unavailable(description: "cannot open \(dir)/server.log") }
+            guard let log = FileHandle(forWritingAtPath: dir + "/server.log") else {
+                throw Unavailable(description: "cannot open \(dir)/server.log")
+            }
             p.standardOutput = log
             p.standardError = log
             try p.run()
@@ -97,15 +101,18 @@ public final class PostgresServer: @unchecked Sendable {
     }
 
     /// A new empty database on this server; its URL.
-    public func createDatabase(_ name: String = "t" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(12)) throws -> String {
+    public func createDatabase(_ name: String = "t" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(12))
+        throws -> String
+    {
         try Self.run(["/usr/bin/createdb", "-h", "127.0.0.1", "-p", "\(port)", "-U", "fleet", name], asPostgres: false)
         return url(database: name)
     }
 
     /// Runs SQL with psql and returns its unaligned output.
     public func psql(_ database: String, _ sql: String) throws -> String {
-        try Self.run(["/usr/bin/psql", "-h", "127.0.0.1", "-p", "\(port)", "-U", "fleet", "-d", database, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                     asPostgres: false)
+        try Self.run(
+            ["/usr/bin/psql", "-h", "127.0.0.1", "-p", "\(port)", "-U", "fleet", "-d", database, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],
+            asPostgres: false)
     }
 
     /// Fast shutdown; removes the folder.

@@ -2,7 +2,7 @@ import FleetCore
 import FleetDelta
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Applies the input as a delta package to a fixed base (Corpus/delta-base.safetensors), the way an
@@ -31,9 +31,10 @@ enum Work {
     static let patch = dir + "/patch"
     static let output = dir + "/out"
     static let base: String = {
-        let source = ProcessInfo.processInfo.environment["FUZZ_DELTA_BASE"]
+        let source =
+            ProcessInfo.processInfo.environment["FUZZ_DELTA_BASE"]
             ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-                .appendingPathComponent("Corpus/delta-base.safetensors").path
+            .appendingPathComponent("Corpus/delta-base.safetensors").path
         let bytes = FileManager.default.contents(atPath: source) ?? Data()
         precondition(!bytes.isEmpty, "no delta base at \(source)")
         let path = dir + "/base"
@@ -85,8 +86,10 @@ public func llvmFuzzerTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -
 
 // SwiftPM gives an executable its own `main`, so libFuzzer's is not linked: start its driver here.
 @_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
-                         _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt
+func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+) -> CInt
 
 var argc = CommandLine.argc
 var argv = CommandLine.unsafeArgv

@@ -31,10 +31,10 @@ struct CertificateDates: Equatable {
         var r = DERReader(bytes: der[...])
         var cert = try r.child(tag: 0x30)
         var tbs = try cert.child(tag: 0x30)
-        if tbs.peek == 0xA0 { _ = try tbs.element() }   // version
-        _ = try tbs.child(tag: 0x02)                     // serial
-        _ = try tbs.child(tag: 0x30)                     // signature algorithm
-        _ = try tbs.child(tag: 0x30)                     // issuer
+        if tbs.peek == 0xA0 { _ = try tbs.element() }  // version
+        _ = try tbs.child(tag: 0x02)  // serial
+        _ = try tbs.child(tag: 0x30)  // signature algorithm
+        _ = try tbs.child(tag: 0x30)  // issuer
         var validity = try tbs.child(tag: 0x30)
         return CertificateDates(notBefore: try validity.time(), notAfter: try validity.time())
     }

@@ -1,6 +1,6 @@
 import FleetCore
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The agent's own binaries, under STATE/agent (writable under the unit's ProtectSystem=strict,
@@ -60,7 +60,8 @@ struct AgentBinaries {
             try FS.copy(download, path)
             let (sha, length) = try FS.sha256(path)
             guard sha == sha256, length == size else {
-                throw AgentIOError(.io, path, "agent binary is \(sha.prefix(12)) (\(length) bytes), the release says \(sha256.prefix(12)) (\(size) bytes)")
+                throw AgentIOError(
+                    .io, path, "agent binary is \(sha.prefix(12)) (\(length) bytes), the release says \(sha256.prefix(12)) (\(size) bytes)")
             }
             guard chmod(path, 0o755) == 0 else { throw .errno(path, "chmod") }
         }

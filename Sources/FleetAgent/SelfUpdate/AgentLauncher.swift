@@ -2,7 +2,7 @@ import FleetCore
 import Logging
 import Synchronization
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Performs `AgentHandover` plans: first thing in `fleet-agent run` (exec the committed or the
@@ -14,9 +14,9 @@ public struct AgentLauncher {
     /// The sha256 the previous process handed over to, if this one was exec'd by an agent.
     let handedOver: String?
     #if DEBUG
-    let crashPoint = ProcessEnvironment.get("EDGEFLEET_CRASH_POINT")
+        let crashPoint = ProcessEnvironment.get("EDGEFLEET_CRASH_POINT")
     #else
-    let crashPoint: String? = nil
+        let crashPoint: String? = nil
     #endif
 
     public init(stateDirectory: String, logger: Logger) {
@@ -49,8 +49,11 @@ public struct AgentLauncher {
             case .write(let t):
                 try binaries.save(t)
                 if let fault = t.abandoned {
-                    logger.error("new agent given up; back to the previous one", metadata: [
-                        "sha256": "\(t.new.prefix(12))", "fault": "\(fault.rawValue)", "release": "\(t.release)"])
+                    logger.error(
+                        "new agent given up; back to the previous one",
+                        metadata: [
+                            "sha256": "\(t.new.prefix(12))", "fault": "\(fault.rawValue)", "release": "\(t.release)"
+                        ])
                     crash(at: "handover:abandoned")
                 }
             }
@@ -73,7 +76,8 @@ public struct AgentLauncher {
             return nil
         case .execTrial(let sha, let deadline):
             crash(at: "handover:attempt")
-            logger.info("handing over to the new agent", metadata: ["sha256": "\(sha.prefix(12))", "deadline_in_s": "\(deadline - Clock.wall())"])
+            logger.info(
+                "handing over to the new agent", metadata: ["sha256": "\(sha.prefix(12))", "deadline_in_s": "\(deadline - Clock.wall())"])
             let e = binaries.binary(sha).map { Self.exec($0, handingOverTo: sha, alarmAt: deadline) } ?? "slot missing"
             logger.error("cannot start the new agent", metadata: ["sha256": "\(sha.prefix(12))", "error": "\(e)"])
             // The restart after this one gives the trial up (it was handed over to once).
@@ -138,7 +142,10 @@ public struct AgentLauncher {
         let key = "\(st.st_dev):\(st.st_ino):\(st.st_size):\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
         if let sha = hashed.withLock({ $0[key] }) { return sha }
         let cacheFile = binaries.root + "/exe-sha256.json"
-        var cache = (try? FS.read(cacheFile, limit: 1 << 16)).flatMap { try? FleetJSON.decode([String: String].self, from: Data($0), limit: 1 << 16) } ?? [:]
+        var cache =
+            (try? FS.read(cacheFile, limit: 1 << 16)).flatMap {
+                try? FleetJSON.decode([String: String].self, from: Data($0), limit: 1 << 16)
+            } ?? [:]
         if let sha = cache[key] { hashed.withLock { $0[key] = sha }; return sha }
         guard let sha = try? FS.sha256("/proc/self/exe").0 else { return nil }
         hashed.withLock { $0[key] = sha }

@@ -1,6 +1,6 @@
 import FleetCore
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Agent releases through the install state machine: download, verify and stage as a model;
@@ -12,8 +12,9 @@ extension Installer {
         guard agentBinaries.binary(job.sha256) != nil else {
             return .event(.unhealthy("the new agent's slot is missing", fault: .activationFailed))
         }
-        let trial = AgentTrial(model: job.model, release: job.release, counter: job.counter, previous: job.previousSha256,
-                               new: job.sha256, deadline: Clock.wall() + agentDeadlineSeconds)
+        let trial = AgentTrial(
+            model: job.model, release: job.release, counter: job.counter, previous: job.previousSha256,
+            new: job.sha256, deadline: Clock.wall() + agentDeadlineSeconds)
         do { try agentBinaries.save(trial) } catch {
             return .event(.unhealthy("trial record not written: \(error)", fault: .activationFailed))
         }
@@ -41,7 +42,9 @@ extension Installer {
             return try resume(model: model)
         }
         if let t = trial, t.new == job.sha256, let fault = t.abandoned {
-            let why = fault == .agentDeadline ? "the new agent did not check in before its deadline" : "the new agent exited before its first check-in"
+            let why =
+                fault == .agentDeadline
+                ? "the new agent did not check in before its deadline" : "the new agent exited before its first check-in"
             return try apply(model: model, .unhealthy(why, fault: fault))
         }
         if s.phase == .activating, trial == nil {
@@ -55,7 +58,8 @@ extension Installer {
     /// restart runs the new agent), then the journal says committed and the trial record goes.
     func agentCheckedIn() throws {
         guard let trial = agentOnTrial, let s = journal.installs[trial.model], s.phase == .checkingHealth,
-              let job = s.job, job.isAgent, job.sha256 == trial.new else { return }
+            let job = s.job, job.isAgent, job.sha256 == trial.new
+        else { return }
         alarm(0)
         crash(at: "handover:checked-in")
         try agentBinaries.commit(job.sha256)

@@ -27,10 +27,15 @@ struct ArtifactQuarantine: Sendable {
         guard case .corrupt(let actual, let size) = integrity else { return integrity }
         let now = clock()
         guard let moved = try artifacts.moveToQuarantine(sha256, at: now) else { return .missing }
-        try await store.quarantine(QuarantinedArtifact(sha256: sha256, actualSha256: actual, size: size, quarantinedAt: now,
-                                                       foundBy: finder, path: moved))
-        logger.error("artifact corrupt on disk: quarantined", metadata: [
-            "artifact": "\(sha256)", "actual": "\(actual)", "bytes": "\(size)", "found_by": "\(finder.rawValue)", "moved_to": "\(moved)"])
+        try await store.quarantine(
+            QuarantinedArtifact(
+                sha256: sha256, actualSha256: actual, size: size, quarantinedAt: now,
+                foundBy: finder, path: moved))
+        logger.error(
+            "artifact corrupt on disk: quarantined",
+            metadata: [
+                "artifact": "\(sha256)", "actual": "\(actual)", "bytes": "\(size)", "found_by": "\(finder.rawValue)", "moved_to": "\(moved)"
+            ])
         try await refreshGauge()
         return integrity
     }
@@ -46,7 +51,8 @@ struct ArtifactQuarantine: Sendable {
 
     /// Hashing a large artifact takes seconds of one core: on a thread of its own, so that the
     /// cooperative pool (which serves the HTTP routes) keeps all its threads.
-    private static func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws(ArtifactError) -> T) async throws(ArtifactError) -> T {
+    private static func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws(ArtifactError) -> T) async throws(ArtifactError) -> T
+    {
         let result: Result<T, ArtifactError> = await withCheckedContinuation { continuation in
             Thread { continuation.resume(returning: Result { () throws(ArtifactError) in try body() }) }.start()
         }
@@ -78,7 +84,7 @@ final class ReportedChecks: Sendable {
     func claim(_ sha256: String, now: Int64, within seconds: Int64) -> Bool {
         last.withLock { map in
             if let at = map[sha256], now - at < seconds { return false }
-            if map.count > 10_000 { map = map.filter { now - $0.value < seconds } }   // bounded
+            if map.count > 10_000 { map = map.filter { now - $0.value < seconds } }  // bounded
             map[sha256] = now
             return true
         }

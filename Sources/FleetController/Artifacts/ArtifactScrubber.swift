@@ -52,20 +52,24 @@ final class ArtifactScrubber: Service, Sendable {
                 logger.warning("cannot read when the artifact scrub is due", metadata: ["error": "\(error)"])
                 wait = min(interval, 60)
             }
-            if let leader, !leader.isLeader { wait = max(wait, min(interval, 5)) }   // look again when it may have become the leader
+            if let leader, !leader.isLeader { wait = max(wait, min(interval, 5)) }  // look again when it may have become the leader
             if wait > 0 {
                 let wait = wait
                 do {
                     try await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(Int64(wait * 1000))) }
                 } catch {
-                    return   // the sleep ends early only when the service is stopped or cancelled
+                    return  // the sleep ends early only when the service is stopped or cancelled
                 }
-                continue   // re-read the due time: a pass asked for meanwhile moves it
+                continue  // re-read the due time: a pass asked for meanwhile moves it
             }
             let report = await scrub()
             if !report.quarantined.isEmpty || !report.unreadable.isEmpty {
-                logger.error("artifact scrub found damage", metadata: ["quarantined": "\(report.quarantined.count)",
-                                                                        "unreadable": "\(report.unreadable.count)"])
+                logger.error(
+                    "artifact scrub found damage",
+                    metadata: [
+                        "quarantined": "\(report.quarantined.count)",
+                        "unreadable": "\(report.unreadable.count)"
+                    ])
             }
         }
     }
@@ -92,7 +96,7 @@ final class ArtifactScrubber: Service, Sendable {
                     switch try await quarantine.check(sha, by: .scrub) {
                     case .intact: report.checked += 1; report.bytes += size
                     case .corrupt: report.checked += 1; report.bytes += size; report.quarantined.append(sha)
-                    case .missing: break   // taken out meanwhile
+                    case .missing: break  // taken out meanwhile
                     }
                 } catch {
                     report.unreadable.append(sha)
@@ -106,8 +110,12 @@ final class ArtifactScrubber: Service, Sendable {
             do { try await store.setMeta(Self.lastScrubKey, String(report.finishedAt)) } catch {
                 logger.warning("cannot record the scrub time", metadata: ["error": "\(error)"])
             }
-            logger.info("artifact scrub done", metadata: ["checked": "\(report.checked)", "bytes": "\(report.bytes)",
-                                                          "quarantined": "\(report.quarantined.count)"])
+            logger.info(
+                "artifact scrub done",
+                metadata: [
+                    "checked": "\(report.checked)", "bytes": "\(report.bytes)",
+                    "quarantined": "\(report.quarantined.count)"
+                ])
             return report
         }
     }

@@ -33,11 +33,13 @@ struct ArtifactStore: Sendable {
 
     func size(_ sha256: String) -> Int64? {
         guard let p = path(sha256), let attrs = try? FileManager.default.attributesOfItem(atPath: p),
-              let size = attrs[.size] as? NSNumber else { return nil }
+            let size = attrs[.size] as? NSNumber
+        else { return nil }
         return size.int64Value
     }
 
-    func ingest<S: AsyncSequence>(_ body: S, maxBytes: Int64, expectedSha256: String?) async throws -> ArtifactInfo where S.Element == ByteBuffer {
+    func ingest<S: AsyncSequence>(_ body: S, maxBytes: Int64, expectedSha256: String?) async throws -> ArtifactInfo
+    where S.Element == ByteBuffer {
         let tmp = "\(root)/incoming/\(UUID().uuidString)"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw ArtifactError(.io, "cannot create \(tmp): \(String(cString: strerror(errno)))") }

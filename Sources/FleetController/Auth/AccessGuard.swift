@@ -29,12 +29,15 @@ struct AccessChecker: Sendable {
     let clock: @Sendable () -> Int64
 
     static var refused: MetricNameDescriptor {
-        MetricNameDescriptor(namespace: "edgefleet", metricName: "access_refused", unitName: "total",
-                             helpText: "Requests refused by authentication, authorisation or rate limits")
+        MetricNameDescriptor(
+            namespace: "edgefleet", metricName: "access_refused", unitName: "total",
+            helpText: "Requests refused by authentication, authorisation or rate limits")
     }
 
-    func handle(_ request: Request, context: Context, requirement: AccessPolicy.Requirement,
-                next: (Request, Context) async throws -> Response) async throws -> Response {
+    func handle(
+        _ request: Request, context: Context, requirement: AccessPolicy.Requirement,
+        next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
         var context = context
         let audited = AccessPolicy.audited(requirement, method: request.method)
         do {
@@ -67,7 +70,9 @@ struct AccessChecker: Sendable {
     private func authorise(_ requirement: AccessPolicy.Requirement, _ principal: Principal?) throws {
         guard case .role(let needed) = requirement, let principal else { return }
         guard let role = principal.role, role >= needed else {
-            throw AccessError(.insufficientRole, "this call needs the \(needed.rawValue) role; \(principal.actor) has \(principal.role?.rawValue ?? "none")")
+            throw AccessError(
+                .insufficientRole,
+                "this call needs the \(needed.rawValue) role; \(principal.actor) has \(principal.role?.rawValue ?? "none")")
         }
     }
 
@@ -105,7 +110,9 @@ struct AccessChecker: Sendable {
                 // An accepted device may fetch artifacts; a refused one gets nothing, not even those.
                 if let identity = try await store.deviceIdentity(fingerprint: peer.fingerprint) {
                     guard identity.status == .accepted else {
-                        throw AccessError(identity.status == .revoked ? .deviceRevoked : .devicePending, "device \(identity.deviceId) is \(identity.status.rawValue)")
+                        throw AccessError(
+                            identity.status == .revoked ? .deviceRevoked : .devicePending,
+                            "device \(identity.deviceId) is \(identity.status.rawValue)")
                     }
                     return .device(identity.deviceId)
                 }
@@ -130,8 +137,10 @@ struct AccessChecker: Sendable {
         let header = request.headers[.authorization]
         let cookie = reading ? Secret.cookieToken(request.headers[.cookie]) : nil
         guard header != nil || cookie != nil else { return nil }
-        guard let secret = header != nil ? Secret.bearer(header) : cookie, secret.hasPrefix(Secret.operatorPrefix), secret.count <= Secret.maxLength,
-              let token = try await store.apiToken(hash: Secret.hash(secret)) else {
+        guard let secret = header != nil ? Secret.bearer(header) : cookie, secret.hasPrefix(Secret.operatorPrefix),
+            secret.count <= Secret.maxLength,
+            let token = try await store.apiToken(hash: Secret.hash(secret))
+        else {
             throw AccessError(.invalidToken, "the bearer token is not a known operator token")
         }
         let now = clock()
@@ -152,18 +161,22 @@ struct AccessChecker: Sendable {
         return e.status == .unauthorized || e.status == .forbidden
     }
 
-    private func audit(_ request: Request, principal: Principal?, fallbackActor: String? = nil, status: Int? = nil, error: (any Error)? = nil) async {
+    private func audit(
+        _ request: Request, principal: Principal?, fallbackActor: String? = nil, status: Int? = nil, error: (any Error)? = nil
+    ) async {
         let api = error.map(APIError.from)
         let code = status ?? Int(api?.status.code ?? 500)
-        let outcome = switch code {
-        case 200..<400: "ok"
-        case 401, 403: "denied"
-        case 400..<500: "rejected"
-        default: "failed"
-        }
+        let outcome =
+            switch code {
+            case 200..<400: "ok"
+            case 401, 403: "denied"
+            case 400..<500: "rejected"
+            default: "failed"
+            }
         let actor = principal?.actor ?? (options.mode == .open ? fallbackActor.map { "dev:\($0)" } : nil) ?? "anonymous"
-        let record = AuditRecord(at: clock(), actor: actor, role: principal?.role?.rawValue, method: request.method.rawValue,
-                                 path: String(request.uri.path.prefix(512)), status: code, outcome: outcome, detail: api?.code)
+        let record = AuditRecord(
+            at: clock(), actor: actor, role: principal?.role?.rawValue, method: request.method.rawValue,
+            path: String(request.uri.path.prefix(512)), status: code, outcome: outcome, detail: api?.code)
         do { try await store.appendAudit(record) } catch {
             // A lost audit record is logged, never silently dropped.
             Logger(label: "edgefleet.audit").error("audit record not stored", metadata: ["record": "\(record)", "error": "\(error)"])

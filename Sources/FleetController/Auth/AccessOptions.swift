@@ -32,8 +32,10 @@ public struct AccessOptions: Sendable {
         return o
     }
 
-    public init(mode: Mode = .open, checkInBurst: Int = 30, checkInsPerMinute: Int = 120, enrollBurst: Int = 5, enrollPerMinute: Int = 5,
-                enrollmentTokenSeconds: Int64 = 86_400, enrollmentTokenMaxSeconds: Int64 = 30 * 86_400) {
+    public init(
+        mode: Mode = .open, checkInBurst: Int = 30, checkInsPerMinute: Int = 120, enrollBurst: Int = 5, enrollPerMinute: Int = 5,
+        enrollmentTokenSeconds: Int64 = 86_400, enrollmentTokenMaxSeconds: Int64 = 30 * 86_400
+    ) {
         self.mode = mode; self.checkInBurst = checkInBurst; self.checkInsPerMinute = checkInsPerMinute
         self.enrollBurst = enrollBurst; self.enrollPerMinute = enrollPerMinute
         self.enrollmentTokenSeconds = enrollmentTokenSeconds; self.enrollmentTokenMaxSeconds = enrollmentTokenMaxSeconds

@@ -22,7 +22,7 @@ enum AccessPolicy {
     static func audited(_ requirement: Requirement, method: HTTPRequest.Method) -> Bool {
         switch requirement {
         case .open, .artifact, .device, .checkIn: return false
-        case .enrollment: return false   // the enroll route writes its own record, naming the device
+        case .enrollment: return false  // the enroll route writes its own record, naming the device
         case .role: return method != .get && method != .head
         }
     }

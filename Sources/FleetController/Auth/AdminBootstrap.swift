@@ -10,25 +10,32 @@ public enum AdminBootstrap {
 
     static func ensureAdmin(store: SQLStore, dataDirectory: String, now: Int64, logger: Logger) async throws {
         guard try await store.activeTokenCount(role: .admin, now: now) == 0 else { return }
-        let created = try await store.createAPIToken(name: "bootstrap-admin", role: .admin, createdBy: "fleet-controller", expiresAt: nil, now: now)
+        let created = try await store.createAPIToken(
+            name: "bootstrap-admin", role: .admin, createdBy: "fleet-controller", expiresAt: nil, now: now)
         let path = dataDirectory + "/" + fileName
         try writeSecret(path, created.token + "\n")
-        logger.notice("created the first admin token; use it with fleetctl --token-file, then make named tokens and revoke it",
-                      metadata: ["file": "\(path)", "token_id": "\(created.info.id)"])
+        logger.notice(
+            "created the first admin token; use it with fleetctl --token-file, then make named tokens and revoke it",
+            metadata: ["file": "\(path)", "token_id": "\(created.info.id)"])
     }
 
     /// `fleet-controller token create`: a token made directly in the data directory's database,
     /// for a controller that is stopped or whose admin token is lost.
-    public static func createToken(dataDirectory: String, databaseURL: String? = nil, name: String, role: OperatorRole,
-                                   expiresInSeconds: Int64?) async throws -> CreatedAPIToken {
-        guard Name.isValid(name), name.utf8.count <= 64 else { throw ConfigError(file: dataDirectory, message: "'\(name)' is not a valid token name") }
+    public static func createToken(
+        dataDirectory: String, databaseURL: String? = nil, name: String, role: OperatorRole,
+        expiresInSeconds: Int64?
+    ) async throws -> CreatedAPIToken {
+        guard Name.isValid(name), name.utf8.count <= 64 else {
+            throw ConfigError(file: dataDirectory, message: "'\(name)' is not a valid token name")
+        }
         try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
         var options = ControllerOptions(dataDirectory: dataDirectory, host: "", port: 0, keysDirectory: "", configDirectory: "")
         options.databaseURL = databaseURL
         let store = try await Controller.openStore(options: options, logger: Logger(label: "token"))
         defer { Task { await store.db.close() } }
         let now = Int64(Date().timeIntervalSince1970)
-        return try await store.createAPIToken(name: name, role: role, createdBy: "fleet-controller token create", expiresAt: expiresInSeconds.map { now + $0 }, now: now)
+        return try await store.createAPIToken(
+            name: name, role: role, createdBy: "fleet-controller token create", expiresAt: expiresInSeconds.map { now + $0 }, now: now)
     }
 
     /// Replaces `path` atomically with a file only its owner can read.

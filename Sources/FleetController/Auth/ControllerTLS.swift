@@ -17,9 +17,15 @@ public struct ControllerTLS: Sendable {
         let chain: [NIOSSLCertificate]
         let key: NIOSSLPrivateKey
         let roots: [NIOSSLCertificate]
-        do { chain = try NIOSSLCertificate.fromPEMFile(certificateFile) } catch { throw ConfigError(file: certificateFile, message: "not a PEM certificate chain: \(error)") }
-        do { key = try NIOSSLPrivateKey(file: privateKeyFile, format: .pem) } catch { throw ConfigError(file: privateKeyFile, message: "not a PEM private key: \(error)") }
-        do { roots = try NIOSSLCertificate.fromPEMFile(clientCAFile) } catch { throw ConfigError(file: clientCAFile, message: "not a PEM CA certificate: \(error)") }
+        do { chain = try NIOSSLCertificate.fromPEMFile(certificateFile) } catch {
+            throw ConfigError(file: certificateFile, message: "not a PEM certificate chain: \(error)")
+        }
+        do { key = try NIOSSLPrivateKey(file: privateKeyFile, format: .pem) } catch {
+            throw ConfigError(file: privateKeyFile, message: "not a PEM private key: \(error)")
+        }
+        do { roots = try NIOSSLCertificate.fromPEMFile(clientCAFile) } catch {
+            throw ConfigError(file: clientCAFile, message: "not a PEM CA certificate: \(error)")
+        }
         guard !chain.isEmpty else { throw ConfigError(file: certificateFile, message: "no certificate in the file") }
         guard !roots.isEmpty else { throw ConfigError(file: clientCAFile, message: "no certificate in the file") }
         var c = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))

@@ -15,7 +15,8 @@ struct PeerCertificate: Sendable, Equatable {
     /// the client presented none.
     static let fromTLS: Source = { _, context in
         guard let channel = context.channel,
-              let certificate = try? await channel.nioSSL_peerCertificate().get() else { return nil }
+            let certificate = try? await channel.nioSSL_peerCertificate().get()
+        else { return nil }
         return fingerprint(of: certificate)
     }
 

@@ -4,7 +4,7 @@ import HTTPTypes
 import Hummingbird
 import NIOSSL
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The TLS-terminating proxies (nginx in front of the replicas) whose word about a client
@@ -82,8 +82,9 @@ public struct TrustedProxies: Sendable, Equatable {
     /// not parse.
     func certificate(headers: HTTPFields, peer: String?) -> PeerCertificate? {
         guard trusts(peer), headers[Self.verifyHeader] == "SUCCESS", let escaped = headers[Self.certificateHeader],
-              escaped.utf8.count <= 16 << 10, let pem = escaped.removingPercentEncoding,
-              let certificate = try? NIOSSLCertificate(bytes: Array(pem.utf8), format: .pem) else { return nil }
+            escaped.utf8.count <= 16 << 10, let pem = escaped.removingPercentEncoding,
+            let certificate = try? NIOSSLCertificate(bytes: Array(pem.utf8), format: .pem)
+        else { return nil }
         return PeerCertificate.fingerprint(of: certificate)
     }
 

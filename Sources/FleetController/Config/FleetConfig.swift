@@ -87,11 +87,14 @@ struct FleetConfig: Sendable {
             let m = match
             return HardwareClass(
                 name: name, description: description,
-                match: .init(arch: m?.arch, cpuFlags: m?.cpu_flags, minMemoryBytes: try size(m?.min_memory, "min_memory"),
-                             maxMemoryBytes: try size(m?.max_memory, "max_memory"), accelerators: m?.accelerators),
+                match: .init(
+                    arch: m?.arch, cpuFlags: m?.cpu_flags, minMemoryBytes: try size(m?.min_memory, "min_memory"),
+                    maxMemoryBytes: try size(m?.max_memory, "max_memory"), accelerators: m?.accelerators),
                 formats: formats, maxModelBytes: try size(max_model_size, "max_model_size"),
                 optimize: try optimize.map { o in
-                    guard o == "latency" || o == "energy" else { throw ConfigError(file: file, message: "\(name): optimize must be latency or energy") }
+                    guard o == "latency" || o == "energy" else {
+                        throw ConfigError(file: file, message: "\(name): optimize must be latency or energy")
+                    }
                     return o
                 })
         }
@@ -116,31 +119,40 @@ struct FleetConfig: Sendable {
         func domain(file: String) throws -> BandwidthTier {
             var budgetBytes: Int64? = nil
             if let budget {
-                guard let v = ByteCount.parse(budget) else { throw ConfigError(file: file, message: "\(name): budget '\(budget)' is not a size") }
+                guard let v = ByteCount.parse(budget) else {
+                    throw ConfigError(file: file, message: "\(name): budget '\(budget)' is not a size")
+                }
                 budgetBytes = v
             }
             var policy: RetryPolicy? = nil
             if let r = retry {
                 func seconds(_ s: String?, _ field: String, _ fallback: Int64) throws -> Int64 {
                     guard let s else { return fallback }
-                    guard let v = Duration.parse(s), v >= 1 else { throw ConfigError(file: file, message: "\(name): retry.\(field) '\(s)' is not a duration (30s, 10m, 2h)") }
+                    guard let v = Duration.parse(s), v >= 1 else {
+                        throw ConfigError(file: file, message: "\(name): retry.\(field) '\(s)' is not a duration (30s, 10m, 2h)")
+                    }
                     return v
                 }
                 let d = RetryPolicy.default
                 var maxBytes: Int64? = nil
                 if let b = r.max_bytes {
-                    guard let v = ByteCount.parse(b) else { throw ConfigError(file: file, message: "\(name): retry.max_bytes '\(b)' is not a size") }
+                    guard let v = ByteCount.parse(b) else {
+                        throw ConfigError(file: file, message: "\(name): retry.max_bytes '\(b)' is not a size")
+                    }
                     maxBytes = v
                 }
                 let attempts = r.attempts ?? d.maxAttempts
                 guard (1...10).contains(attempts) else { throw ConfigError(file: file, message: "\(name): retry.attempts must be 1 to 10") }
                 let base = try seconds(r.backoff, "backoff", d.baseDelaySeconds)
                 let cap = try seconds(r.max_backoff, "max_backoff", max(d.maxDelaySeconds, base))
-                guard cap >= base else { throw ConfigError(file: file, message: "\(name): retry.max_backoff is shorter than retry.backoff") }
+                guard cap >= base else {
+                    throw ConfigError(file: file, message: "\(name): retry.max_backoff is shorter than retry.backoff")
+                }
                 policy = RetryPolicy(maxAttempts: attempts, baseDelaySeconds: base, maxDelaySeconds: cap, maxRetryBytes: maxBytes)
             }
-            return BandwidthTier(name: name, description: description, metered: metered, minMbps: min_mbps, budgetBytes: budgetBytes,
-                                 retry: policy)
+            return BandwidthTier(
+                name: name, description: description, metered: metered, minMbps: min_mbps, budgetBytes: budgetBytes,
+                retry: policy)
         }
     }
 }
@@ -183,7 +195,9 @@ enum PolicyLoader {
         let dir = directory + "/policies"
         for name in ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted() where name.hasSuffix(".yaml") {
             let path = dir + "/" + name
-            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ConfigError(file: path, message: "cannot read the file") }
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw ConfigError(file: path, message: "cannot read the file")
+            }
             let policy = try parse(text, file: path)
             guard out[policy.name] == nil else { throw ConfigError(file: path, message: "duplicate policy name '\(policy.name)'") }
             out[policy.name] = policy
@@ -231,27 +245,34 @@ enum PolicyLoader {
         func domain(file: String) throws -> RolloutPolicy {
             func seconds(_ s: String?, _ field: String) throws -> Int64? {
                 guard let s else { return nil }
-                guard let v = Duration.parse(s) else { throw ConfigError(file: file, message: "\(field) '\(s)' is not a duration (30s, 10m, 2h)") }
+                guard let v = Duration.parse(s) else {
+                    throw ConfigError(file: file, message: "\(field) '\(s)' is not a duration (30s, 10m, 2h)")
+                }
                 return v
             }
             func phaseList(_ entries: [PhaseEntry]) throws -> [RolloutPolicy.Phase] {
-                try entries.map { .init(percent: $0.percent, minDevices: $0.min_devices ?? 1, bakeSeconds: try seconds($0.bake, "bake") ?? 0) }
+                try entries.map {
+                    .init(percent: $0.percent, minDevices: $0.min_devices ?? 1, bakeSeconds: try seconds($0.bake, "bake") ?? 0)
+                }
             }
             func gateSet(_ g: GateEntry?) throws -> RolloutPolicy.Gates {
-                .init(maxInstallFailureRate: g?.max_install_failure_rate, maxHealthFailureRate: g?.max_health_failure_rate,
-                      maxTimedOutRate: g?.max_timed_out_rate, maxLatencyP50Ratio: g?.max_latency_p50_ratio,
-                      maxLatencyP95Ratio: g?.max_latency_p95_ratio, maxErrorRateIncrease: g?.max_error_rate_increase,
-                      maxCrashes: g?.max_crashes, minSample: g?.min_sample ?? 1,
-                      unjudged: try g?.unjudged.map { u in
-                          guard let v = RolloutPolicy.UnjudgedAction(rawValue: u) else {
-                              throw ConfigError(file: file, message: "gates.unjudged must be block or pass")
-                          }
-                          return v
-                      })
+                .init(
+                    maxInstallFailureRate: g?.max_install_failure_rate, maxHealthFailureRate: g?.max_health_failure_rate,
+                    maxTimedOutRate: g?.max_timed_out_rate, maxLatencyP50Ratio: g?.max_latency_p50_ratio,
+                    maxLatencyP95Ratio: g?.max_latency_p95_ratio, maxErrorRateIncrease: g?.max_error_rate_increase,
+                    maxCrashes: g?.max_crashes, minSample: g?.min_sample ?? 1,
+                    unjudged: try g?.unjudged.map { u in
+                        guard let v = RolloutPolicy.UnjudgedAction(rawValue: u) else {
+                            throw ConfigError(file: file, message: "gates.unjudged must be block or pass")
+                        }
+                        return v
+                    })
             }
             func failureAction(_ f: String?) throws -> RolloutPolicy.FailureAction? {
                 guard let f else { return nil }
-                guard let v = RolloutPolicy.FailureAction(rawValue: f) else { throw ConfigError(file: file, message: "on_failure must be pause or rollback") }
+                guard let v = RolloutPolicy.FailureAction(rawValue: f) else {
+                    throw ConfigError(file: file, message: "on_failure must be pause or rollback")
+                }
                 return v
             }
             let waveList: [RolloutPolicy.Wave]? = try waves?.map { w in
@@ -259,8 +280,9 @@ enum PolicyLoader {
                 do { selector = try LabelSelector(parsing: w.selector ?? "") } catch {
                     throw ConfigError(file: file, message: "wave \(w.name): selector: \(error)")
                 }
-                return RolloutPolicy.Wave(name: w.name, selector: selector, phases: try w.phases.map(phaseList),
-                                          gates: try w.gates.map(gateSet), onFailure: try failureAction(w.on_failure), window: w.window)
+                return RolloutPolicy.Wave(
+                    name: w.name, selector: selector, phases: try w.phases.map(phaseList),
+                    gates: try w.gates.map(gateSet), onFailure: try failureAction(w.on_failure), window: w.window)
             }
             let policy = RolloutPolicy(
                 name: name, phases: try phaseList(phases), gates: try gateSet(gates), onFailure: try failureAction(on_failure) ?? .pause,

@@ -46,8 +46,9 @@ final class RootHistory: Sendable {
     func verifyNext(_ envelope: Envelope, now: Int64, online: [SigningKey]) throws -> RootMetadata {
         let next = try MetadataVerifier.verifyRootUpdate(envelope, trusted: current.root, now: now)
         for key in online where next.roles[key.role.rawValue]?.keyids.contains(key.keyID) != true {
-            throw APIError(.unprocessableContent, "online-key-not-in-root",
-                           "the new root drops the controller's \(key.role.rawValue) key; rotate online keys with a restart instead")
+            throw APIError(
+                .unprocessableContent, "online-key-not-in-root",
+                "the new root drops the controller's \(key.role.rawValue) key; rotate online keys with a restart instead")
         }
         return next
     }
@@ -66,7 +67,8 @@ final class RootHistory: Sendable {
 
     static func version(of envelope: Envelope) -> Int {
         guard let body = envelope.payloadBytes,
-              let root = try? FleetJSON.decode(RootMetadata.self, from: Data(body), limit: MetadataLimits.root) else { return 0 }
+            let root = try? FleetJSON.decode(RootMetadata.self, from: Data(body), limit: MetadataLimits.root)
+        else { return 0 }
         return root.version
     }
 }

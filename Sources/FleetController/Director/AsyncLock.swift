@@ -29,7 +29,7 @@ final class AsyncLock: Sendable {
     private func unlock() {
         let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
             if s.waiters.isEmpty { s.locked = false; return nil }
-            return s.waiters.removeFirst()   // stays locked: handed over
+            return s.waiters.removeFirst()  // stays locked: handed over
         }
         next?.resume()
     }

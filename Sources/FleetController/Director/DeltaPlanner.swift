@@ -23,8 +23,11 @@ final class DeltaPlanner: Service, Sendable {
     private let queue: AsyncStream<(String, String)>
     private let continuation: AsyncStream<(String, String)>.Continuation
 
-    init(store: any FleetStore, artifacts: ArtifactStore, builder: (any DeltaBuilding)?, logger: Logger, clock: @escaping @Sendable () -> Int64,
-         quarantine: ArtifactQuarantine? = nil) {
+    init(
+        store: any FleetStore, artifacts: ArtifactStore, builder: (any DeltaBuilding)?, logger: Logger,
+        clock: @escaping @Sendable () -> Int64,
+        quarantine: ArtifactQuarantine? = nil
+    ) {
         self.store = store; self.artifacts = artifacts; self.builder = builder; self.logger = logger; self.clock = clock
         self.quarantine = quarantine
         (queue, continuation) = AsyncStream.makeStream(of: (String, String).self)
@@ -41,7 +44,7 @@ final class DeltaPlanner: Service, Sendable {
     }
 
     func run() async throws {
-        try await resumeClaimed()   // cut by a restart
+        try await resumeClaimed()  // cut by a restart
         for await (base, target) in queue.cancelOnGracefulShutdown() {
             await build(base: base, target: target)
         }
@@ -58,7 +61,8 @@ final class DeltaPlanner: Service, Sendable {
     /// Builds one claimed pair and records the outcome (the service loop calls it; tests too).
     func build(base: String, target: String) async {
         guard let builder, let basePath = artifacts.path(base), let targetPath = artifacts.path(target),
-              let targetSize = artifacts.size(target) else { return }
+            let targetSize = artifacts.size(target)
+        else { return }
         let output = "\(artifacts.root)/incoming/delta-\(UUID().uuidString)"
         defer { unlink(output) }
         var record = DeltaRecord(baseSha256: base, targetSha256: target, status: .failed, createdAt: clock())
@@ -76,7 +80,7 @@ final class DeltaPlanner: Service, Sendable {
             }
             record.method = try builder.build(base: basePath, target: targetPath, output: output)
             let info = try artifacts.adopt(file: output)
-            try await quarantine?.restored(info.sha256)   // a package quarantined before, made anew
+            try await quarantine?.restored(info.sha256)  // a package quarantined before, made anew
             record.packageSha256 = info.sha256
             record.packageSize = info.size
             if info.size >= targetSize {
@@ -90,9 +94,13 @@ final class DeltaPlanner: Service, Sendable {
         } catch {
             record.detail = "\(error)"
         }
-        logger.info("delta built", metadata: ["base": "\(base.prefix(12))", "target": "\(target.prefix(12))", "status": "\(record.status.rawValue)",
-                                              "method": "\(record.method ?? "-")", "bytes": "\(record.packageSize ?? 0)",
-                                              "seconds": "\(Int(Date().timeIntervalSince(start)))", "detail": "\(record.detail ?? "")"])
+        logger.info(
+            "delta built",
+            metadata: [
+                "base": "\(base.prefix(12))", "target": "\(target.prefix(12))", "status": "\(record.status.rawValue)",
+                "method": "\(record.method ?? "-")", "bytes": "\(record.packageSize ?? 0)",
+                "seconds": "\(Int(Date().timeIntervalSince(start)))", "detail": "\(record.detail ?? "")"
+            ])
         try? await store.finishDelta(record)
     }
 }
@@ -103,6 +111,7 @@ struct DeltaInputError: Error, CustomStringConvertible {
     let role: String
     let quarantined: Bool
     var description: String {
-        "\(QuarantinedArtifact.deltaDetailPrefix) \(role) artifact \(sha256) is " + (quarantined ? "corrupt on the controller" : "no longer in the store")
+        "\(QuarantinedArtifact.deltaDetailPrefix) \(role) artifact \(sha256) is "
+            + (quarantined ? "corrupt on the controller" : "no longer in the store")
     }
 }

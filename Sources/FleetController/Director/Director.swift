@@ -22,9 +22,11 @@ actor Director {
     /// Artifacts taken out of service; a device whose update needs one is held, not sent a 410.
     let quarantine: ArtifactQuarantine?
 
-    init(store: any FleetStore, keys: OnlineKeys, config: FleetConfig, artifactBaseURL: String?, metrics: ControllerMetrics,
-         logger: Logger, pollSeconds: Int, planner: DeltaPlanner, driver: RolloutDriver, performance: PerformanceBook,
-         minMeasuredDevices: Int = 3, quarantine: ArtifactQuarantine? = nil) {
+    init(
+        store: any FleetStore, keys: OnlineKeys, config: FleetConfig, artifactBaseURL: String?, metrics: ControllerMetrics,
+        logger: Logger, pollSeconds: Int, planner: DeltaPlanner, driver: RolloutDriver, performance: PerformanceBook,
+        minMeasuredDevices: Int = 3, quarantine: ArtifactQuarantine? = nil
+    ) {
         self.store = store; self.keys = keys; self.config = config; self.artifactBaseURL = artifactBaseURL
         self.metrics = metrics; self.logger = logger; self.pollSeconds = pollSeconds; self.planner = planner; self.driver = driver
         self.performance = performance; self.minMeasuredDevices = minMeasuredDevices; self.quarantine = quarantine
@@ -37,7 +39,8 @@ actor Director {
     /// - After an abort, or in a cell a gate rolled back: each device the rollout reached gets what
     ///   it ran before (recorded when it was first sent the new release); the others keep theirs.
     /// - In a wave that has not started: as outside the cohort.
-    func releaseFor(_ device: DeviceRecord, rollout: RolloutRecord, wave: Int = 0, now: Int64, persist: Bool = true) async throws -> String? {
+    func releaseFor(_ device: DeviceRecord, rollout: RolloutRecord, wave: Int = 0, now: Int64, persist: Bool = true) async throws -> String?
+    {
         let installed = device.installed[rollout.model]
         func rollbackTarget() async throws -> String? {
             guard let reached = try await store.rolloutDevice(rollout: rollout.id, deviceId: device.id) else {
@@ -82,7 +85,8 @@ actor Director {
         // Only the first time counts; later check-ins until the install finishes change nothing.
         if try await store.rolloutDevice(rollout: rollout.id, deviceId: device.id) != nil { return }
         guard let installed = device.installed[rollout.model] else {
-            return try await store.recordRolloutDevice(rollout: rollout.id, deviceId: device.id, priorRelease: nil, priorSha256: nil, at: now)
+            return try await store.recordRolloutDevice(
+                rollout: rollout.id, deviceId: device.id, priorRelease: nil, priorSha256: nil, at: now)
         }
         var prior = try await store.committedRelease(deviceId: device.id, model: rollout.model, sha256: installed)
         if prior == nil, let a = try await store.assignment(deviceId: device.id, model: rollout.model), a.sha256 == installed {
@@ -103,8 +107,10 @@ actor Director {
 
     /// The selection for one device and one release of a rollout; pure apart from the store reads.
     /// `requestDeltas: false` only reads (explain): no delta build is queued.
-    func plan(facts: DeviceFacts, installed: [String: String], rollout: RolloutRecord, releaseId: String? = nil,
-              fullOnly: Bool = false, requestDeltas: Bool = true) async throws -> Plan? {
+    func plan(
+        facts: DeviceFacts, installed: [String: String], rollout: RolloutRecord, releaseId: String? = nil,
+        fullOnly: Bool = false, requestDeltas: Bool = true
+    ) async throws -> Plan? {
         // Agent binaries always travel whole.
         let fullOnly = fullOnly || rollout.model == ReleaseKind.agentModel
         guard let release = try await store.release(releaseId ?? rollout.releaseId) else { return nil }
@@ -127,9 +133,10 @@ actor Director {
             candidates.append(c)
         }
         let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)
-        var selection = VariantSelector.select(facts: facts, hardwareClass: hw, tier: tier, candidates: candidates,
-                                               installedSha256: installed[rollout.model],
-                                               policy: SelectionPolicy(minQuality: model?.minQuality, minMeasuredDevices: minMeasuredDevices))
+        var selection = VariantSelector.select(
+            facts: facts, hardwareClass: hw, tier: tier, candidates: candidates,
+            installedSha256: installed[rollout.model],
+            policy: SelectionPolicy(minQuality: model?.minQuality, minMeasuredDevices: minMeasuredDevices))
         if let deviceId = facts.deviceId {
             selection = try await trialSelection(selection, deviceId: deviceId, model: rollout.model, release: release.id)
         }
@@ -154,19 +161,29 @@ actor Director {
     /// A device in a running trial of this release is sent, in turn, each trial variant it has not
     /// measured yet and that fits it; once it measured them all, selection goes back to normal.
     func trialSelection(_ s: Selection, deviceId: String, model: String, release: String) async throws -> Selection {
-        guard let trial = try await store.trials(model: model).last(where: { $0.state == "running" && $0.release == release && $0.devices.contains(deviceId) })
+        guard
+            let trial = try await store.trials(model: model).last(where: {
+                $0.state == "running" && $0.release == release && $0.devices.contains(deviceId)
+            })
         else { return s }
         let measured = try await store.measuredArtifacts(model: model, deviceId: deviceId)
-        let shas = try await store.release(release).map { Dictionary($0.catalog.variants.map { ($0.name, $0.sha256) }, uniquingKeysWith: { a, _ in a }) } ?? [:]
-        guard let next = trial.variants.first(where: { name in
-            guard let sha = shas[name], !measured.contains(sha) else { return false }
-            return s.verdicts.contains { $0.variant == name && $0.eligible }
-        }) else { return s }
+        let shas =
+            try await store.release(release).map {
+                Dictionary($0.catalog.variants.map { ($0.name, $0.sha256) }, uniquingKeysWith: { a, _ in a })
+            } ?? [:]
+        guard
+            let next = trial.variants.first(where: { name in
+                guard let sha = shas[name], !measured.contains(sha) else { return false }
+                return s.verdicts.contains { $0.variant == name && $0.eligible }
+            })
+        else { return s }
         var out = s
         for i in out.verdicts.indices {
             if out.verdicts[i].variant == next {
                 out.verdicts[i].chosen = true
-                out.verdicts[i].reason = "chosen for trial \(trial.id) (measuring \(trial.variants.joined(separator: ", ")) on this device): " + out.verdicts[i].reason
+                out.verdicts[i].reason =
+                    "chosen for trial \(trial.id) (measuring \(trial.variants.joined(separator: ", ")) on this device): "
+                    + out.verdicts[i].reason
             } else if out.verdicts[i].chosen {
                 out.verdicts[i].chosen = false
                 out.verdicts[i].reason = "selection's choice, after trial \(trial.id): " + out.verdicts[i].reason
@@ -187,7 +204,8 @@ actor Director {
             // One device per (class, tier, what it runs) plans for its kind: a device whose own
             // selection differs has its pair planned when its check-in meets it first.
             guard let base = device.installed[release.model],
-                  seen.insert("\(device.hardwareClass ?? "")/\(device.tier ?? "")/\(base)").inserted else { continue }
+                seen.insert("\(device.hardwareClass ?? "")/\(device.tier ?? "")/\(base)").inserted
+            else { continue }
             _ = try await plan(facts: device.facts, installed: device.installed, rollout: probe, releaseId: release.id)
         }
     }
@@ -201,11 +219,14 @@ actor Director {
             // A device that runs nothing of the model gets the whole artifact; one device per
             // (class, tier, what it runs) plans for its kind (the others meet theirs at check-in).
             guard let installed = device.installed[rollout.model],
-                  seen.insert("\(device.hardwareClass ?? "")/\(device.tier ?? "")/\(installed)").inserted else { continue }
+                seen.insert("\(device.hardwareClass ?? "")/\(device.tier ?? "")/\(installed)").inserted
+            else { continue }
             guard let choice = Targeting.choice(for: device, among: inForce), choice.rollout.id == rollout.id,
-                  let releaseId = try await releaseFor(device, rollout: rollout, wave: choice.wave, now: driver.clock()), releaseId == rollout.releaseId,
-                  let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout, releaseId: releaseId),
-                  let target = plan.variant?.sha256, let base = device.installed[rollout.model], base != target else { continue }
+                let releaseId = try await releaseFor(device, rollout: rollout, wave: choice.wave, now: driver.clock()),
+                releaseId == rollout.releaseId,
+                let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout, releaseId: releaseId),
+                let target = plan.variant?.sha256, let base = device.installed[rollout.model], base != target
+            else { continue }
             pairs.insert(base + target)
         }
         return pairs.count
@@ -219,8 +240,9 @@ actor Director {
         var request = original
         if request.isFrugal, let reason = restore(&request, deviceId: deviceId, existing: existing) {
             logger.debug("frugal check-in sent again whole", metadata: ["device": "\(deviceId)", "reason": "\(reason.rawValue)"])
-            return CheckInResponse(deviceId: deviceId, hardwareClass: nil, tier: nil, rootChain: [], timestamp: nil, updates: [],
-                                   held: [:], pollSeconds: pollSeconds, resend: reason, compact: true)
+            return CheckInResponse(
+                deviceId: deviceId, hardwareClass: nil, tier: nil, rootChain: [], timestamp: nil, updates: [],
+                held: [:], pollSeconds: pollSeconds, resend: reason, compact: true)
         }
         guard var facts = request.facts else {
             throw APIError(.badRequest, "missing-facts", "a check-in without facts must send timestampVersion and factsDigest")
@@ -255,7 +277,8 @@ actor Director {
             let rollout = choice.rollout
             let fullOnly = request.fullPackages?.contains(rollout.model) ?? false
             guard let releaseId = try await releaseFor(record, rollout: rollout, wave: choice.wave, now: now) else {
-                held[rollout.model] = (rollout.state == .active && choice.wave > rollout.wave ? HeldReason.waitingForWave : .waitingForPhase).rawValue
+                held[rollout.model] =
+                    (rollout.state == .active && choice.wave > rollout.wave ? HeldReason.waitingForWave : .waitingForPhase).rawValue
                 continue
             }
             if failed.contains("\(rollout.model)\u{0}\(releaseId)") {
@@ -269,8 +292,11 @@ actor Director {
                 held[rollout.model] = HeldReason.noVariantFits.rawValue
                 continue
             }
-            guard let plan = try await plan(facts: facts, installed: request.installed, rollout: rollout, releaseId: releaseId,
-                                            fullOnly: fullOnly) else { continue }
+            guard
+                let plan = try await plan(
+                    facts: facts, installed: request.installed, rollout: rollout, releaseId: releaseId,
+                    fullOnly: fullOnly)
+            else { continue }
             guard plan.release.catalog.releaseKind.allows(model: rollout.model) else { continue }
             guard let variant = plan.variant, let hwClass = plan.hardwareClass else {
                 held[rollout.model] = (plan.selection.overBudget ? HeldReason.overBudget : .noVariantFits).rawValue
@@ -293,11 +319,13 @@ actor Director {
                 }
                 try await rememberPrior(record, rollout: rollout, now: now)
             }
-            let window = Targeting.window(rollout: rollout, wave: choice.wave, selectable: record.selectable, fleet: config.maintenanceWindows)
+            let window = Targeting.window(
+                rollout: rollout, wave: choice.wave, selectable: record.selectable, fleet: config.maintenanceWindows)
             let activation = Targeting.activation(window, timezoneLabel: record.timezoneLabel, configured: facts.timezone, now: now)
-            let (envelope, counter) = try await assignment(deviceId: deviceId, hardwareClass: hwClass.name, release: plan.release,
-                                                           variant: variant, package: plan.package,
-                                                           installed: request.installed[rollout.model], activation: activation, now: now)
+            let (envelope, counter) = try await assignment(
+                deviceId: deviceId, hardwareClass: hwClass.name, release: plan.release,
+                variant: variant, package: plan.package,
+                installed: request.installed[rollout.model], activation: activation, now: now)
             // Only what changed since what the agent holds; the snapshot covers the model either way.
             let holds = request.isFrugal ? request.holds?[rollout.model] : nil
             let sameCatalog = holds?.catalog == plan.release.catalogSha256
@@ -318,19 +346,25 @@ actor Director {
         try await store.upsertDevice(stored)
         metrics.checkIns.increment()
         if existing == nil {
-            logger.info("device registered", metadata: ["device": "\(deviceId)", "class": "\(hw?.name ?? "none")", "tier": "\(tier?.name ?? "none")"])
+            logger.info(
+                "device registered",
+                metadata: ["device": "\(deviceId)", "class": "\(hw?.name ?? "none")", "tier": "\(tier?.name ?? "none")"])
         }
         guard let trustedTimestamp = request.timestampVersion else {
-            return CheckInResponse(deviceId: deviceId, hardwareClass: hw?.name, tier: tier?.name, rootChain: keys.rootChain,
-                                   timestamp: try await timestamp(now: now), updates: updates, held: held, pollSeconds: pollSeconds,
-                                   retry: tier?.retry ?? .default)
+            return CheckInResponse(
+                deviceId: deviceId, hardwareClass: hw?.name, tier: tier?.name, rootChain: keys.rootChain,
+                timestamp: try await timestamp(now: now), updates: updates, held: held, pollSeconds: pollSeconds,
+                retry: tier?.retry ?? .default)
         }
-        let stamp = snapshot.models.isEmpty ? nil
+        let stamp =
+            snapshot.models.isEmpty
+            ? nil
             : try deviceTimestamp(snapshot, trustedVersion: trustedTimestamp, now: now)
-        return CheckInResponse(deviceId: deviceId, hardwareClass: hw?.name, tier: tier?.name,
-                               rootChain: rootChain(after: request.rootVersion), timestamp: nil, updates: updates, held: held,
-                               pollSeconds: pollSeconds, retry: newAssignment ? (tier?.retry ?? RetryPolicy.default) : nil,
-                               reassigned: reassigned, unchanged: unchanged.sorted(), stamp: stamp, compact: true)
+        return CheckInResponse(
+            deviceId: deviceId, hardwareClass: hw?.name, tier: tier?.name,
+            rootChain: rootChain(after: request.rootVersion), timestamp: nil, updates: updates, held: held,
+            pollSeconds: pollSeconds, retry: newAssignment ? (tier?.retry ?? RetryPolicy.default) : nil,
+            reassigned: reassigned, unchanged: unchanged.sorted(), stamp: stamp, compact: true)
     }
 
     /// Fills in what a frugal check-in left out, from what this controller stored: the facts (when
@@ -368,35 +402,42 @@ actor Director {
     /// metadata), so nothing per device is stored for it.
     func deviceTimestamp(_ snapshot: CheckInSnapshot, trustedVersion: UInt64, now: Int64) throws -> CompactEnvelope {
         let next = trustedVersion == .max ? trustedVersion : trustedVersion + 1
-        let meta = TimestampMetadata(version: max(UInt64(max(now, 0)), next), expiresAt: now + timestampTTL, catalogs: [:],
-                                     snapshot: snapshot.digest)
+        let meta = TimestampMetadata(
+            version: max(UInt64(max(now, 0)), next), expiresAt: now + timestampTTL, catalogs: [:],
+            snapshot: snapshot.digest)
         return try CompactEnvelope.sign(meta, type: PayloadType.timestamp, keys: [keys.timestamp])
     }
 
     /// The stored assignment when it still says the same thing and is not near expiry; otherwise a
     /// new one with the next counter.
-    private func assignment(deviceId: String, hardwareClass: String, release: ReleaseRecord, variant: CatalogVariant,
-                            package delta: PackageRef?, installed: String?, activation: [ActivationWindow]?,
-                            now: Int64) async throws -> (Envelope, UInt64) {
-        let package = delta ?? PackageRef(kind: PackageRef.full, sha256: variant.sha256, size: variant.size, url: artifactURL(variant.sha256))
+    private func assignment(
+        deviceId: String, hardwareClass: String, release: ReleaseRecord, variant: CatalogVariant,
+        package delta: PackageRef?, installed: String?, activation: [ActivationWindow]?,
+        now: Int64
+    ) async throws -> (Envelope, UInt64) {
+        let package =
+            delta ?? PackageRef(kind: PackageRef.full, sha256: variant.sha256, size: variant.size, url: artifactURL(variant.sha256))
         for _ in 0..<3 {
             let previous = try await store.assignment(deviceId: deviceId, model: release.model)
             // Once the device runs the target, how it got there no longer matters.
             if let p = previous, p.releaseId == release.id, p.sha256 == variant.sha256,
-               p.packageSha256 == package.sha256 || installed == variant.sha256, p.expiresAt - now > assignmentTTL / 2,
-               p.activation == activation || installed == variant.sha256 {
+                p.packageSha256 == package.sha256 || installed == variant.sha256, p.expiresAt - now > assignmentTTL / 2,
+                p.activation == activation || installed == variant.sha256
+            {
                 return (p.envelope, p.counter)
             }
             let counter = (previous?.counter ?? 0) + 1
-            var a = Assignment(deviceId: deviceId, hardwareClass: hardwareClass, model: release.model, release: release.id,
-                               variant: variant.name, sha256: variant.sha256, size: variant.size, package: package,
-                               counter: counter, expiresAt: now + assignmentTTL, catalogSha256: release.catalogSha256)
+            var a = Assignment(
+                deviceId: deviceId, hardwareClass: hardwareClass, model: release.model, release: release.id,
+                variant: variant.name, sha256: variant.sha256, size: variant.size, package: package,
+                counter: counter, expiresAt: now + assignmentTTL, catalogSha256: release.catalogSha256)
             a.activation = activation
             a.kind = release.catalog.kind
             let env = try Envelope.sign(a, type: PayloadType.assignment, keys: [keys.director])
-            let record = AssignmentRecord(deviceId: deviceId, model: release.model, counter: counter, releaseId: release.id,
-                                          variant: variant.name, sha256: variant.sha256, packageSha256: package.sha256,
-                                          envelope: env, expiresAt: a.expiresAt, activation: activation)
+            let record = AssignmentRecord(
+                deviceId: deviceId, model: release.model, counter: counter, releaseId: release.id,
+                variant: variant.name, sha256: variant.sha256, packageSha256: package.sha256,
+                envelope: env, expiresAt: a.expiresAt, activation: activation)
             if try await store.replaceAssignment(record, expectedCounter: previous?.counter) {
                 metrics.assignmentsSigned.increment()
                 return (env, counter)
@@ -429,8 +470,9 @@ actor Director {
         }
         // Versions count seconds, on the same scale as per-device timestamps, so that a device that
         // meets both forms (an agent downgraded, an old answer replayed) compares them meaningfully.
-        let meta = TimestampMetadata(version: max((stored?.version ?? 0) + 1, UInt64(max(now, 0))), expiresAt: now + timestampTTL,
-                                     catalogs: catalogs)
+        let meta = TimestampMetadata(
+            version: max((stored?.version ?? 0) + 1, UInt64(max(now, 0))), expiresAt: now + timestampTTL,
+            catalogs: catalogs)
         let env = try Envelope.sign(meta, type: PayloadType.timestamp, keys: [keys.timestamp])
         let next = StoredTimestamp(version: meta.version, expiresAt: meta.expiresAt, catalogs: catalogs, envelope: env)
         try await store.setMeta("timestamp", String(decoding: try FleetJSON.encode(next), as: UTF8.self))
@@ -447,8 +489,9 @@ actor Director {
             let rollout = choice.rollout
             // Explaining changes nothing: no cell is opened, no delta is queued.
             guard let releaseId = try await releaseFor(device, rollout: rollout, wave: choice.wave, now: driver.clock(), persist: false),
-                  let plan = try await plan(facts: device.facts, installed: device.installed, rollout: rollout, releaseId: releaseId,
-                                            requestDeltas: false)
+                let plan = try await plan(
+                    facts: device.facts, installed: device.installed, rollout: rollout, releaseId: releaseId,
+                    requestDeltas: false)
             else { continue }
             out.append(Explanation(deviceId: deviceId, model: rollout.model, release: plan.release.id, selection: plan.selection))
         }

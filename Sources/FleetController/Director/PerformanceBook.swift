@@ -16,7 +16,8 @@ actor PerformanceBook {
     func table(model: String) async throws -> [VariantMeasurement] {
         let now = clock()
         if let c = cache[model], now - c.at < maxAgeSeconds, now >= c.at { return c.table }
-        let names = Dictionary(try await store.variants(model: model).map { ($0.variant.sha256, $0.variant.name) }, uniquingKeysWith: { a, _ in a })
+        let names = Dictionary(
+            try await store.variants(model: model).map { ($0.variant.sha256, $0.variant.name) }, uniquingKeysWith: { a, _ in a })
         var table = VariantMeasurement.aggregate(try await store.performanceSamples(model: model))
         for i in table.indices { table[i].variant = names[table[i].sha256] }
         cache[model] = (now, table)
@@ -25,6 +26,8 @@ actor PerformanceBook {
 
     /// Figures of `model` on one class, by artifact.
     func measurements(model: String, hardwareClass: String) async throws -> [String: VariantMeasurement] {
-        Dictionary(try await table(model: model).filter { $0.hardwareClass == hardwareClass }.map { ($0.sha256, $0) }, uniquingKeysWith: { a, _ in a })
+        Dictionary(
+            try await table(model: model).filter { $0.hardwareClass == hardwareClass }.map { ($0.sha256, $0) },
+            uniquingKeysWith: { a, _ in a })
     }
 }

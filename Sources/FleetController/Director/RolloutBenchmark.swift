@@ -52,27 +52,37 @@ public enum RolloutBenchmark {
         let now: Int64 = 1_800_000_000
         let policy = RolloutPolicy(
             name: "bench-canary",
-            phases: [.init(percent: 1, minDevices: 1, bakeSeconds: 1800), .init(percent: 10, minDevices: 2, bakeSeconds: 1800),
-                     .init(percent: 50, minDevices: 1, bakeSeconds: 3600), .init(percent: 100)],
-            gates: .init(maxInstallFailureRate: 0.05, maxHealthFailureRate: 0.05, maxTimedOutRate: 0.10, maxLatencyP95Ratio: 1.5,
-                         maxErrorRateIncrease: 0.01, maxCrashes: 0, minSample: 1),
+            phases: [
+                .init(percent: 1, minDevices: 1, bakeSeconds: 1800), .init(percent: 10, minDevices: 2, bakeSeconds: 1800),
+                .init(percent: 50, minDevices: 1, bakeSeconds: 3600), .init(percent: 100)
+            ],
+            gates: .init(
+                maxInstallFailureRate: 0.05, maxHealthFailureRate: 0.05, maxTimedOutRate: 0.10, maxLatencyP95Ratio: 1.5,
+                maxErrorRateIncrease: 0.01, maxCrashes: 0, minSample: 1),
             onFailure: .pause, deviceTimeoutSeconds: 7200)
 
         let t0 = ContinuousClock.now
         try await store.createModel(ModelRecord(name: "m", minQuality: nil, createdAt: now))
         let key = SigningKey(role: .release)
         for (serial, version) in ["1", "2"].enumerated() {
-            let catalog = ReleaseCatalog(model: "m", version: version, serial: serial + 1, expiresAt: now + 86_400, variants: [], hardwareClasses: [])
+            let catalog = ReleaseCatalog(
+                model: "m", version: version, serial: serial + 1, expiresAt: now + 86_400, variants: [], hardwareClasses: [])
             let env = try Envelope.sign(catalog, type: PayloadType.catalog, keys: [key])
-            try await store.createRelease(ReleaseRecord(id: "m@\(version)", model: "m", version: version, serial: serial + 1, catalogEnvelope: env,
-                                                        catalogSha256: Digest.sha256Hex(Array(try FleetJSON.encode(env))), catalog: catalog, createdAt: now))
+            try await store.createRelease(
+                ReleaseRecord(
+                    id: "m@\(version)", model: "m", version: version, serial: serial + 1, catalogEnvelope: env,
+                    catalogSha256: Digest.sha256Hex(Array(try FleetJSON.encode(env))), catalog: catalog, createdAt: now))
         }
-        let rollout = try await store.createRollout(RolloutRecord(id: 0, releaseId: "m@2", model: "m", strategy: policy.name, state: .active,
-                                                                  createdAt: now, policy: policy, previousReleaseId: "m@1"), superseding: [])
+        let rollout = try await store.createRollout(
+            RolloutRecord(
+                id: 0, releaseId: "m@2", model: "m", strategy: policy.name, state: .active,
+                createdAt: now, policy: policy, previousReleaseId: "m@1"), superseding: [])
         // Every cell in its third phase (50%): half the fleet is the cohort, half the control.
         var rng = SeededGenerator(seed: 42)
         var events = 0, cohort = 0
-        let facts = String(decoding: try FleetJSON.encode(DeviceFacts(arch: "x86_64", cpuFlags: [], memoryBytes: 1 << 30, diskFreeBytes: 1 << 30)), as: UTF8.self)
+        let facts = String(
+            decoding: try FleetJSON.encode(DeviceFacts(arch: "x86_64", cpuFlags: [], memoryBytes: 1 << 30, diskFreeBytes: 1 << 30)),
+            as: UTF8.self)
         var deviceRows: [[any SQLValueConvertible]] = [], eventRows: [[any SQLValueConvertible]] = []
         for i in 0..<n {
             let id = "dev-\(i)"
@@ -91,25 +101,34 @@ public enum RolloutBenchmark {
             }
             let base = inCohort ? 12.0 : 10.0
             let p50 = base + Double(rng.next() % 400) / 100
-            let m = RuntimeMetrics(latencyP50Ms: p50, latencyP95Ms: p50 * 2, errorRate: Double(rng.next() % 10) / 1000, requests: 500, crashes: 0)
-            eventRows.append([id, seq, now, "metrics", "m", nil as String?, inCohort ? "m@2" : "m@1",
-                              String(decoding: try FleetJSON.encode(m), as: UTF8.self), now])
+            let m = RuntimeMetrics(
+                latencyP50Ms: p50, latencyP95Ms: p50 * 2, errorRate: Double(rng.next() % 10) / 1000, requests: 500, crashes: 0)
+            eventRows.append([
+                id, seq, now, "metrics", "m", nil as String?, inCohort ? "m@2" : "m@1",
+                String(decoding: try FleetJSON.encode(m), as: UTF8.self), now
+            ])
             events += 1
         }
-        try await store.insertRows(table: "devices", columns: ["id", "facts", "hardware_class", "tier", "first_seen", "last_seen", "agent_labels"],
-                                   constants: ["installed": "'{}'", "status": "'committed'", "held": "'{}'", "agent_version": "'bench'",
-                                               "arch": "'x86_64'"],
-                                   rows: deviceRows)
-        try await store.insertRows(table: "device_labels", columns: ["device_id", "operator"],
-                                   rows: stride(from: 0, to: n, by: 3).map { ["dev-\($0)", "{\"owner\":\"team-\($0 % 7)\"}"] })
-        try await store.insertRows(table: "events", columns: ["device_id", "seq", "time", "kind", "model", "sha256", "release", "detail", "received_at"],
-                                   rows: eventRows)
+        try await store.insertRows(
+            table: "devices", columns: ["id", "facts", "hardware_class", "tier", "first_seen", "last_seen", "agent_labels"],
+            constants: [
+                "installed": "'{}'", "status": "'committed'", "held": "'{}'", "agent_version": "'bench'",
+                "arch": "'x86_64'"
+            ],
+            rows: deviceRows)
+        try await store.insertRows(
+            table: "device_labels", columns: ["device_id", "operator"],
+            rows: stride(from: 0, to: n, by: 3).map { ["dev-\($0)", "{\"owner\":\"team-\($0 % 7)\"}"] })
+        try await store.insertRows(
+            table: "events", columns: ["device_id", "seq", "time", "kind", "model", "sha256", "release", "detail", "received_at"],
+            rows: eventRows)
         // Bulk-loaded events bypass ingest: the latest-outcome and latest-metrics tables are filled as a migration fills them.
         try await store.backfillLatestTelemetry()
         for c in classes {
             for t in tiers {
-                try await store.saveCell(rollout: rollout.id, CellKey(hardwareClass: c, tier: t),
-                                         StoredCell(state: CellState(phase: 2, status: .running, phaseStartedAt: now), cutoff: 0.5))
+                try await store.saveCell(
+                    rollout: rollout.id, CellKey(hardwareClass: c, tier: t),
+                    StoredCell(state: CellState(phase: 2, status: .running, phaseStartedAt: now), cutoff: 0.5))
             }
         }
         let populate = ContinuousClock.now - t0
@@ -123,8 +142,9 @@ public enum RolloutBenchmark {
             // Each run starts from the same cell states, so every tick does the same work.
             for c in classes {
                 for t in tiers {
-                    try await store.saveCell(rollout: rollout.id, CellKey(hardwareClass: c, tier: t),
-                                             StoredCell(state: CellState(phase: 2, status: .running, phaseStartedAt: now), cutoff: 0.5))
+                    try await store.saveCell(
+                        rollout: rollout.id, CellKey(hardwareClass: c, tier: t),
+                        StoredCell(state: CellState(phase: 2, status: .running, phaseStartedAt: now), cutoff: 0.5))
                 }
             }
             let a = ContinuousClock.now
@@ -132,7 +152,8 @@ public enum RolloutBenchmark {
             ticks.append(seconds(ContinuousClock.now - a))
             stages.append(driver.lastStages.withLock { $0 })
 
-            let byCell = driver.cellMembers(of: record, devices: try await store.deviceCellSnapshot(), inForce: try await store.activeRollouts())
+            let byCell = driver.cellMembers(
+                of: record, devices: try await store.deviceCellSnapshot(), inForce: try await store.activeRollouts())
             let outcomes = try await store.installOutcomes(release: record.releaseId)
             let runtime = try await store.latestRuntimeMetrics(model: "m", since: 0)
             let b = ContinuousClock.now
@@ -141,8 +162,9 @@ public enum RolloutBenchmark {
                 let members = cell.ids
                 var inCohort: [String] = []
                 for (i, p) in cell.positions.enumerated() where p < 0.5 { inCohort.append(members[i]) }
-                let o = driver.observe(cohort: inCohort, cell: members, rollout: record, policy: policy, outcomes: outcomes,
-                                       runtime: runtime, phaseStartedAt: now, now: now + 60)
+                let o = driver.observe(
+                    cohort: inCohort, cell: members, rollout: record, policy: policy, outcomes: outcomes,
+                    runtime: runtime, phaseStartedAt: now, now: now + 60)
                 judged += GateEvaluator.evaluate(o, gates: policy.gates).count
             }
             evaluations.append(seconds(ContinuousClock.now - b))
@@ -164,9 +186,11 @@ public enum RolloutBenchmark {
             reads.append(seconds(b - a))
             matches.append(seconds(ContinuousClock.now - b))
         }
-        return Report(devices: n, cells: classes.count * tiers.count, events: events, cohortDevices: cohort, populateSeconds: seconds(populate),
-                      tickSeconds: Array(ticks.dropFirst()), firstTickSeconds: ticks[0], tickStages: stages, evaluateSeconds: evaluations, pausedCells: paused, selector: selectorText,
-                      selectorReadSeconds: reads, selectorMatchSeconds: matches, selectorMatched: matched)
+        return Report(
+            devices: n, cells: classes.count * tiers.count, events: events, cohortDevices: cohort, populateSeconds: seconds(populate),
+            tickSeconds: Array(ticks.dropFirst()), firstTickSeconds: ticks[0], tickStages: stages, evaluateSeconds: evaluations,
+            pausedCells: paused, selector: selectorText,
+            selectorReadSeconds: reads, selectorMatchSeconds: matches, selectorMatched: matched)
     }
 
     static func seconds(_ d: Swift.Duration) -> Double {

@@ -26,8 +26,10 @@ final class RolloutDriver: Service, Sendable {
     /// The fleet's maintenance windows by selector (a device's activation and timeout clock).
     let windows: [FleetConfig.WindowRule]
 
-    init(store: any FleetStore, logger: Logger, clock: @escaping @Sendable () -> Int64, tickSeconds: Double?, metrics: ControllerMetrics,
-         tickStore: (any FleetStore)? = nil, leader: LeaseFence? = nil, windows: [FleetConfig.WindowRule] = []) {
+    init(
+        store: any FleetStore, logger: Logger, clock: @escaping @Sendable () -> Int64, tickSeconds: Double?, metrics: ControllerMetrics,
+        tickStore: (any FleetStore)? = nil, leader: LeaseFence? = nil, windows: [FleetConfig.WindowRule] = []
+    ) {
         self.store = store; self.logger = logger; self.clock = clock; self.tickSeconds = tickSeconds; self.metrics = metrics
         self.tickStore = tickStore ?? store
         self.leader = leader
@@ -76,7 +78,8 @@ final class RolloutDriver: Service, Sendable {
 
     func cellMembers(of rollout: RolloutRecord, devices: DeviceCellSnapshot, inForce: [RolloutRecord]) -> [CellKey: CellMembers] {
         if let kept = keptMembers.withLock({ $0[rollout.id] }), kept.devicesVersion == devices.version, kept.rollout == rollout,
-           kept.inForce == inForce {
+            kept.inForce == inForce
+        {
             return kept.cells
         }
         let salt = "\(rollout.id)"
@@ -95,7 +98,8 @@ final class RolloutDriver: Service, Sendable {
     /// The cohort cut-off for a phase: the phase's share, raised so that at least `minDevices`
     /// of the cell's devices are in.
     static func cutoff(phase: RolloutPolicy.Phase, rollout: Int64, devices: [String], holdBack: Double = 0) -> Double {
-        cutoff(phase: phase, sortedPositions: devices.map { Cohort.position(rollout: "\(rollout)", device: $0) }.sorted(), holdBack: holdBack)
+        cutoff(
+            phase: phase, sortedPositions: devices.map { Cohort.position(rollout: "\(rollout)", device: $0) }.sorted(), holdBack: holdBack)
     }
 
     /// Every device, once a cell completed.
@@ -115,36 +119,46 @@ final class RolloutDriver: Service, Sendable {
 
     /// The cell a device checking in belongs to, created in phase 0 on first sight.
     /// `persist: false` answers without saving a new cell (read-only callers such as `explain`).
-    func cell(for device: DeviceRecord, rollout: RolloutRecord, wave: Int = 0, policy rolloutPolicy: RolloutPolicy, now: Int64,
-              persist: Bool = true) async throws -> StoredCell {
+    func cell(
+        for device: DeviceRecord, rollout: RolloutRecord, wave: Int = 0, policy rolloutPolicy: RolloutPolicy, now: Int64,
+        persist: Bool = true
+    ) async throws -> StoredCell {
         let key = Targeting.cell(hardwareClass: device.hardwareClass, tier: device.tier, rollout: rollout, wave: wave)
         let policy = rolloutPolicy.forWave(wave)
         if let c = try await store.cells(rollout: rollout.id)[key] { return c }
         // A cell that first appears after the rollout completed (a new class, a device that moved
         // tier) is complete too: nothing would ever advance it.
         if rollout.state == .completed {
-            return StoredCell(state: CellState(phase: policy.phases.count - 1, status: .completed, phaseStartedAt: now), cutoff: Self.everyone)
+            return StoredCell(
+                state: CellState(phase: policy.phases.count - 1, status: .completed, phaseStartedAt: now), cutoff: Self.everyone)
         }
         guard persist else {
             let members = try await membersByCell(rollout)[key] ?? []
-            return StoredCell(state: CellState(phaseStartedAt: now),
-                              cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id],
-                                                  holdBack: policy.holdBackShare))
+            return StoredCell(
+                state: CellState(phaseStartedAt: now),
+                cutoff: Self.cutoff(
+                    phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id],
+                    holdBack: policy.holdBackShare))
         }
         return try await cellWrites.withLock {
             // Another check-in (or a tick) may have opened it meanwhile.
             if let c = try await store.cells(rollout: rollout.id)[key] { return c }
             let members = try await membersByCell(rollout)[key] ?? []
-            let cell = StoredCell(state: CellState(phaseStartedAt: now),
-                                  cutoff: Self.cutoff(phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id],
-                                                      holdBack: policy.holdBackShare))
+            let cell = StoredCell(
+                state: CellState(phaseStartedAt: now),
+                cutoff: Self.cutoff(
+                    phase: policy.phases[0], rollout: rollout.id, devices: members + [device.id],
+                    holdBack: policy.holdBackShare))
             // Another replica may open it at the same moment: the first one stored wins.
             guard let opened = try await store.replaceCell(rollout: rollout.id, key, cell, existed: false) else {
                 if let c = try await store.cells(rollout: rollout.id)[key] { return c }
                 throw StorageError(.conflict, "cell \(key) of rollout \(rollout.id) was opened and removed meanwhile")
             }
-            try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "cell-opened",
-                                                                                   cell: key.description, detail: "phase 1 of \(policy.phases.count)"))
+            try await store.recordAction(
+                rollout: rollout.id,
+                RolloutActionRecord(
+                    at: now, actor: "controller", action: "cell-opened",
+                    cell: key.description, detail: "phase 1 of \(policy.phases.count)"))
             return opened
         }
     }
@@ -179,14 +193,17 @@ final class RolloutDriver: Service, Sendable {
 
     static func historyPoint(_ cell: StoredCell, at now: Int64) -> CellHistoryPoint {
         let o = cell.observation ?? CellObservation(targeted: 0)
-        return CellHistoryPoint(at: now, phase: cell.state.phase, status: cell.state.status.rawValue, targeted: o.targeted,
-                                committed: o.committed, failed: o.installFailed + o.healthFailed + o.timedOut,
-                                treatmentP50: o.treatment?.latencyP50Ms, controlP50: o.control?.latencyP50Ms,
-                                treatmentP95: o.treatment?.latencyP95Ms, controlP95: o.control?.latencyP95Ms)
+        return CellHistoryPoint(
+            at: now, phase: cell.state.phase, status: cell.state.status.rawValue, targeted: o.targeted,
+            committed: o.committed, failed: o.installFailed + o.healthFailed + o.timedOut,
+            treatmentP50: o.treatment?.latencyP50Ms, controlP50: o.control?.latencyP50Ms,
+            treatmentP95: o.treatment?.latencyP95Ms, controlP95: o.control?.latencyP95Ms)
     }
 
-    private func tick(_ rollout: RolloutRecord, policy rolloutPolicy: RolloutPolicy, members membership: [CellKey: CellMembers],
-                      now: Int64, stages: inout GateTickStages) async throws {
+    private func tick(
+        _ rollout: RolloutRecord, policy rolloutPolicy: RolloutPolicy, members membership: [CellKey: CellMembers],
+        now: Int64, stages: inout GateTickStages
+    ) async throws {
         // Cells of waves that have not started are not opened; they wait for the waves before.
         let byCell = membership.filter { rolloutPolicy.waveIndex(named: $0.key.wave) <= rollout.wave }
         var cells = try await tickStore.cells(rollout: rollout.id)
@@ -208,8 +225,9 @@ final class RolloutDriver: Service, Sendable {
             var evaluated = cellStart
             defer {
                 if let c = cells[key] {
-                    metrics.recordCellHolds(rollout: rollout.id, release: rollout.releaseId, cell: key, state: c.state,
-                                            failedHeld: failedDevices.isEmpty ? 0 : members.filter(failedDevices.contains).count)
+                    metrics.recordCellHolds(
+                        rollout: rollout.id, release: rollout.releaseId, cell: key, state: c.state,
+                        failedHeld: failedDevices.isEmpty ? 0 : members.filter(failedDevices.contains).count)
                 }
                 stages.evaluation += Self.seconds(evaluated - cellStart)
                 stages.cellWrites += Self.seconds(since: evaluated)
@@ -217,25 +235,34 @@ final class RolloutDriver: Service, Sendable {
             if let c = cells[key], c.state.status != .running, c.state.status != .baking {
                 // A stopped or completed cell keeps the record it had when it stopped: the
                 // observation and gates that stopped it, and its counts.
-                metrics.recordCell(rollout: rollout.id, release: rollout.releaseId, cell: key, state: c.state, observation: c.observation ?? CellObservation(targeted: 0))
+                metrics.recordCell(
+                    rollout: rollout.id, release: rollout.releaseId, cell: key, state: c.state,
+                    observation: c.observation ?? CellObservation(targeted: 0))
                 continue
             }
             let positions = cellMembers.sortedPositions
             let holdBack = policy.holdBackShare
-            var stored = cells[key] ?? StoredCell(state: CellState(phaseStartedAt: now),
-                                                   cutoff: Self.cutoff(phase: policy.phases[0], sortedPositions: positions, holdBack: holdBack))
+            var stored =
+                cells[key]
+                ?? StoredCell(
+                    state: CellState(phaseStartedAt: now),
+                    cutoff: Self.cutoff(phase: policy.phases[0], sortedPositions: positions, holdBack: holdBack))
             // Devices that joined the cell since the cut-off was set may raise the minimum count.
-            stored.cutoff = max(stored.cutoff, Self.cutoff(phase: policy.phases[stored.state.phase], sortedPositions: positions, holdBack: holdBack))
+            stored.cutoff = max(
+                stored.cutoff, Self.cutoff(phase: policy.phases[stored.state.phase], sortedPositions: positions, holdBack: holdBack))
             var cohort: [String] = []
             for (i, p) in cellMembers.positions.enumerated() where p < stored.cutoff { cohort.append(members[i]) }
             let wave = rolloutPolicy.waveIndex(named: key.wave)
-            let deadlines = windowsApply(rollout: rollout, wave: wave, policy: rolloutPolicy)
-                ? timeoutDeadlines(cohort: Set(cohort), members: cellMembers.devices, rollout: rollout, wave: wave, policy: policy,
-                                   phaseStartedAt: stored.state.phaseStartedAt)
+            let deadlines =
+                windowsApply(rollout: rollout, wave: wave, policy: rolloutPolicy)
+                ? timeoutDeadlines(
+                    cohort: Set(cohort), members: cellMembers.devices, rollout: rollout, wave: wave, policy: policy,
+                    phaseStartedAt: stored.state.phaseStartedAt)
                 : [:]
-            let observation = observe(cohort: cohort, cell: members, rollout: rollout, policy: policy, outcomes: outcomes,
-                                      runtime: runtime, reached: reached, baselines: baselines,
-                                      phaseStartedAt: stored.state.phaseStartedAt, now: now, deadlines: deadlines)
+            let observation = observe(
+                cohort: cohort, cell: members, rollout: rollout, policy: policy, outcomes: outcomes,
+                runtime: runtime, reached: reached, baselines: baselines,
+                phaseStartedAt: stored.state.phaseStartedAt, now: now, deadlines: deadlines)
             let before = stored
             stored.observation = observation
             let (next, actions) = CellStateMachine.step(stored.state, .tick(now: now, observation: observation), policy: policy)
@@ -245,26 +272,34 @@ final class RolloutDriver: Service, Sendable {
                 stored.cutoff = Self.cutoff(phase: policy.phases[next.phase], sortedPositions: positions, holdBack: holdBack)
             }
             stored.state = next
-            let addHistory = before.observation != stored.observation || before.state != stored.state
+            let addHistory =
+                before.observation != stored.observation || before.state != stored.state
                 || now - (before.historyAt ?? .min / 2) >= historyEverySeconds
             if addHistory { stored.historyAt = now }
             evaluated = .now
             // Only over the copy this tick read: an operator's action saved meanwhile (here or on
             // another replica) wins, and this cell waits for the next tick.
             guard let saved = try await tickStore.replaceCell(rollout: rollout.id, key, stored, existed: cells[key] != nil) else {
-                logger.info("cell changed during the tick; judged again next tick", metadata: ["rollout": "\(rollout.id)", "cell": "\(key)"])
+                logger.info(
+                    "cell changed during the tick; judged again next tick", metadata: ["rollout": "\(rollout.id)", "cell": "\(key)"])
                 skipped = true
                 continue
             }
             if addHistory { try await tickStore.appendHistory(rollout: rollout.id, cell: key, Self.historyPoint(saved, at: now)) }
             metrics.recordCell(rollout: rollout.id, release: rollout.releaseId, cell: key, state: next, observation: observation)
             for a in actions {
-                switch a { case .paused(.some), .rolledBack(.some): metrics.gateFailures.increment(); default: break }
+                switch a {
+                case .paused(.some), .rolledBack(.some): metrics.gateFailures.increment();
+                default: break
+                }
             }
             cells[key] = saved
             for a in actions { try await record(rollout, a, cell: key, actor: "controller", now: now) }
             for a in actions {
-                switch a { case .paused(.some), .rolledBack(.some): stoppedWaves[key.wave ?? ""] = key; default: break }
+                switch a {
+                case .paused(.some), .rolledBack(.some): stoppedWaves[key.wave ?? ""] = key;
+                default: break
+                }
             }
         }
         // A failing gate stops its whole wave: the wave's other cells pause (the waves after it
@@ -275,11 +310,15 @@ final class RolloutDriver: Service, Sendable {
                     guard var c = cells[key], c.state.status == .running || c.state.status == .baking else { continue }
                     let (next, _) = CellStateMachine.step(c.state, .pause, policy: rolloutPolicy.forCell(key))
                     c.state = next
-                    guard let saved = try await tickStore.replaceCell(rollout: rollout.id, key, c, existed: true) else { skipped = true; continue }
+                    guard let saved = try await tickStore.replaceCell(rollout: rollout.id, key, c, existed: true) else {
+                        skipped = true; continue
+                    }
                     cells[key] = saved
-                    try await tickStore.recordAction(rollout: rollout.id, RolloutActionRecord(
-                        at: now, actor: "controller", action: "paused", cell: key.description,
-                        detail: "wave \(wave) stopped: a gate failed in cell \(failed)"))
+                    try await tickStore.recordAction(
+                        rollout: rollout.id,
+                        RolloutActionRecord(
+                            at: now, actor: "controller", action: "paused", cell: key.description,
+                            detail: "wave \(wave) stopped: a gate failed in cell \(failed)"))
                 }
             }
         }
@@ -293,14 +332,19 @@ final class RolloutDriver: Service, Sendable {
         if current + 1 < rolloutPolicy.waveCount {
             try await tickStore.setRolloutWave(rollout.id, current + 1)
             let name = rolloutPolicy.waveName(current + 1) ?? "\(current + 2)"
-            try await tickStore.recordAction(rollout: rollout.id, RolloutActionRecord(
-                at: now, actor: "controller", action: "wave-started", cell: nil,
-                detail: "wave \(name) (\(current + 2) of \(rolloutPolicy.waveCount)): \(membership.filter { $0.key.wave == name }.values.reduce(0) { $0 + $1.ids.count }) devices"))
+            try await tickStore.recordAction(
+                rollout: rollout.id,
+                RolloutActionRecord(
+                    at: now, actor: "controller", action: "wave-started", cell: nil,
+                    detail:
+                        "wave \(name) (\(current + 2) of \(rolloutPolicy.waveCount)): \(membership.filter { $0.key.wave == name }.values.reduce(0) { $0 + $1.ids.count }) devices"
+                ))
             return
         }
         if !cells.isEmpty || rolloutPolicy.waves != nil {
             try await tickStore.setRolloutState(rollout.id, .completed)
-            try await tickStore.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "completed", cell: nil, detail: nil))
+            try await tickStore.recordAction(
+                rollout: rollout.id, RolloutActionRecord(at: now, actor: "controller", action: "completed", cell: nil, detail: nil))
         }
     }
 
@@ -313,10 +357,12 @@ final class RolloutDriver: Service, Sendable {
     /// When each cohort device with a maintenance window times out: its timeout counts from the
     /// first time its window opens in the phase (a device that waits for its window is not late).
     /// Devices without a window are left out (the phase's start counts).
-    func timeoutDeadlines(cohort: Set<String>, members: [DeviceCellRecord], rollout: RolloutRecord, wave: Int, policy: RolloutPolicy,
-                          phaseStartedAt: Int64) -> [String: Int64] {
+    func timeoutDeadlines(
+        cohort: Set<String>, members: [DeviceCellRecord], rollout: RolloutRecord, wave: Int, policy: RolloutPolicy,
+        phaseStartedAt: Int64
+    ) -> [String: Int64] {
         var out: [String: Int64] = [:]
-        var firstOpening: [String: Int64] = [:]   // per (window, zone): the same for every device there
+        var firstOpening: [String: Int64] = [:]  // per (window, zone): the same for every device there
         for d in members where cohort.contains(d.id) {
             guard let window = Targeting.window(rollout: rollout, wave: wave, selectable: d.selectable, fleet: windows) else { continue }
             let cacheKey = "\(window.description)\u{0}\(d.timezoneLabel ?? "")\u{0}\(d.timezone ?? "")"
@@ -350,10 +396,12 @@ final class RolloutDriver: Service, Sendable {
     /// The cohort's install outcomes and runtime figures, and what the figures are compared with:
     /// the cell's devices still running what the treated devices ran before (the control cohort),
     /// or, when the cell has none, the treated devices' own last figures from before (baseline).
-    func observe(cohort: [String], cell: [String], rollout: RolloutRecord, policy: RolloutPolicy,
-                 outcomes: [String: String], runtime: [String: DeviceMetrics], reached: [String: RolloutDeviceRecord] = [:],
-                 baselines: [String: DeviceMetrics] = [:], phaseStartedAt: Int64, now: Int64,
-                 deadlines: [String: Int64] = [:]) -> CellObservation {
+    func observe(
+        cohort: [String], cell: [String], rollout: RolloutRecord, policy: RolloutPolicy,
+        outcomes: [String: String], runtime: [String: DeviceMetrics], reached: [String: RolloutDeviceRecord] = [:],
+        baselines: [String: DeviceMetrics] = [:], phaseStartedAt: Int64, now: Int64,
+        deadlines: [String: Int64] = [:]
+    ) -> CellObservation {
         var o = CellObservation(targeted: cohort.count)
         let deadline = phaseStartedAt + policy.deviceTimeoutSeconds
         for d in cohort {
@@ -371,8 +419,11 @@ final class RolloutDriver: Service, Sendable {
         var treatment: [DeviceMetrics] = [], control: [DeviceMetrics] = []
         for d in cell {
             guard let m = runtime[d] else { continue }
-            if cohortIDs.contains(d) && m.release == rollout.releaseId { treatment.append(m) }
-            else if priors.contains(m.release) { control.append(m) }
+            if cohortIDs.contains(d) && m.release == rollout.releaseId {
+                treatment.append(m)
+            } else if priors.contains(m.release) {
+                control.append(m)
+            }
         }
         o.treatment = Self.sample(treatment)
         if !control.isEmpty {
@@ -394,9 +445,12 @@ final class RolloutDriver: Service, Sendable {
             return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
         }
         let errors = ms.compactMap(\.errorRate)
-        return RuntimeSample(devices: ms.count, latencyP50Ms: median(ms.compactMap(\.p50)), latencyP95Ms: median(ms.compactMap(\.p95)),
-                             errorRate: errors.isEmpty ? nil : errors.reduce(0, +) / Double(errors.count),
-                             crashes: ms.reduce(0) { let (s, o) = $0.addingReportingOverflow($1.crashes); return o ? Int.max : s })
+        return RuntimeSample(
+            devices: ms.count, latencyP50Ms: median(ms.compactMap(\.p50)), latencyP95Ms: median(ms.compactMap(\.p95)),
+            errorRate: errors.isEmpty ? nil : errors.reduce(0, +) / Double(errors.count),
+            crashes: ms.reduce(0) {
+                let (s, o) = $0.addingReportingOverflow($1.crashes); return o ? Int.max : s
+            })
     }
 
     /// An operator's promote, pause, resume or abort, on every cell or on one.
@@ -404,7 +458,9 @@ final class RolloutDriver: Service, Sendable {
         try await cellWrites.withLock { try await applyLocked(event, name: name, rollout: rollout, cell: only, actor: actor, now: now) }
     }
 
-    private func applyLocked(_ event: CellEvent, name: String, rollout: RolloutRecord, cell only: CellKey?, actor: String, now: Int64) async throws {
+    private func applyLocked(_ event: CellEvent, name: String, rollout: RolloutRecord, cell only: CellKey?, actor: String, now: Int64)
+        async throws
+    {
         guard let policy = rollout.policy else {
             throw APIError(.badRequest, "not-staged", "rollout \(rollout.id) has no phases; only staged rollouts take \(name)")
         }
@@ -424,8 +480,9 @@ final class RolloutDriver: Service, Sendable {
                 if next.status == .completed {
                     stored.cutoff = Self.everyone
                 } else if next.phase != stored.state.phase {
-                    stored.cutoff = Self.cutoff(phase: cellPolicy.phases[next.phase], rollout: rollout.id, devices: byCell[key] ?? [],
-                                                holdBack: cellPolicy.holdBackShare)
+                    stored.cutoff = Self.cutoff(
+                        phase: cellPolicy.phases[next.phase], rollout: rollout.id, devices: byCell[key] ?? [],
+                        holdBack: cellPolicy.holdBackShare)
                 }
                 stored.state = next
                 if try await store.replaceCell(rollout: rollout.id, key, stored, existed: true) != nil {
@@ -435,26 +492,38 @@ final class RolloutDriver: Service, Sendable {
                 if attempt == 5 { throw APIError(.conflict, "cell-busy", "cell \(key) of rollout \(rollout.id) kept changing; try again") }
             }
         }
-        try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: actor, action: name, cell: only?.description, detail: nil))
+        try await store.recordAction(
+            rollout: rollout.id, RolloutActionRecord(at: now, actor: actor, action: name, cell: only?.description, detail: nil))
         if event == .abort, only == nil {
             try await store.setRolloutState(rollout.id, .aborted)
         }
     }
 
     private func record(_ rollout: RolloutRecord, _ a: CellAction, cell: CellKey, actor: String, now: Int64) async throws {
-        let (name, detail): (String, String?) = switch a {
-        case .enteredPhase(let p): ("phase", "entered phase \(p + 1) of \(rollout.policy?.forCell(cell).phases.count ?? 0)")
-        case .startedBake: ("bake", "all devices of the phase finished; baking")
-        case .completed: ("cell-completed", nil)
-        case .paused(let g): ("paused", g.map(Self.describe))
-        case .rolledBack(let g): ("rolled-back", g.map(Self.describe))
-        case .resumed: ("resumed", nil)
-        case .aborted: ("aborted", nil)
-        case .blocked(let gates): ("blocked", "cannot judge \(gates.joined(separator: ", ")): no treated figures or nothing to compare them with; waiting (promote to override)")
+        let (name, detail): (String, String?) =
+            switch a {
+            case .enteredPhase(let p): ("phase", "entered phase \(p + 1) of \(rollout.policy?.forCell(cell).phases.count ?? 0)")
+            case .startedBake: ("bake", "all devices of the phase finished; baking")
+            case .completed: ("cell-completed", nil)
+            case .paused(let g): ("paused", g.map(Self.describe))
+            case .rolledBack(let g): ("rolled-back", g.map(Self.describe))
+            case .resumed: ("resumed", nil)
+            case .aborted: ("aborted", nil)
+            case .blocked(let gates):
+                (
+                    "blocked",
+                    "cannot judge \(gates.joined(separator: ", ")): no treated figures or nothing to compare them with; waiting (promote to override)"
+                )
+            }
+        if case .paused(let g?) = a {
+            logger.warning("cell paused by gate", metadata: ["rollout": "\(rollout.id)", "cell": "\(cell)", "gate": "\(Self.describe(g))"])
         }
-        if case .paused(let g?) = a { logger.warning("cell paused by gate", metadata: ["rollout": "\(rollout.id)", "cell": "\(cell)", "gate": "\(Self.describe(g))"]) }
-        if case .rolledBack(let g?) = a { logger.warning("cell rolled back by gate", metadata: ["rollout": "\(rollout.id)", "cell": "\(cell)", "gate": "\(Self.describe(g))"]) }
-        try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: actor, action: name, cell: cell.description, detail: detail))
+        if case .rolledBack(let g?) = a {
+            logger.warning(
+                "cell rolled back by gate", metadata: ["rollout": "\(rollout.id)", "cell": "\(cell)", "gate": "\(Self.describe(g))"])
+        }
+        try await store.recordAction(
+            rollout: rollout.id, RolloutActionRecord(at: now, actor: actor, action: name, cell: cell.description, detail: detail))
     }
 
     /// Where the last tick's time went.

@@ -63,7 +63,9 @@ enum Targeting {
 
     /// The window a device of this rollout and wave activates in: the rollout's own, else its
     /// wave's (or the policy's), else the first of the fleet's windows whose selector picks it.
-    static func window(rollout: RolloutRecord, wave: Int, selectable: [String: String], fleet: [FleetConfig.WindowRule]) -> MaintenanceWindow? {
+    static func window(rollout: RolloutRecord, wave: Int, selectable: [String: String], fleet: [FleetConfig.WindowRule])
+        -> MaintenanceWindow?
+    {
         if let w = rollout.window { return w }
         if let w = rollout.policy?.forWave(wave).window { return w }
         return fleet.first { $0.selector.matches(selectable) }?.window

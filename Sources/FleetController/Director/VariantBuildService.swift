@@ -47,7 +47,9 @@ struct VariantBuildService: Sendable {
         for name in request.recipes {
             do { recipes.append(try book.recipe(name)) } catch { throw APIError(.badRequest, "unknown-recipe", error.description) }
             let variantName = "\(base.variant.name)-\(name)"
-            guard Name.isValid(variantName) else { throw APIError(.badRequest, "invalid-name", "'\(variantName)' is not a valid variant name") }
+            guard Name.isValid(variantName) else {
+                throw APIError(.badRequest, "invalid-name", "'\(variantName)' is not a valid variant name")
+            }
             if variants.contains(where: { $0.variant.name == variantName }) {
                 throw APIError(.conflict, "conflict", "variant \(variantName) of \(model) already exists")
             }
@@ -73,16 +75,20 @@ struct VariantBuildService: Sendable {
                 }
             }
             let info = try artifacts.adopt(file: output)
-            let lineage = Lineage(derivedFrom: base.variant.name, derivedFromSha256: base.variant.sha256, technique: r.technique,
-                                  recipe: r.name, tool: VariantBuilder.tool, toolVersion: VariantBuilder.toolVersion,
-                                  meanCosine: report.evaluation?.meanCosine, minCosine: report.evaluation?.minCosine)
-            let v = CatalogVariant(name: name, sha256: info.sha256, size: info.size, fileName: "\(name).\(ext)", format: base.variant.format,
-                                   dtype: report.dtype, requires: base.variant.requires, attributes: base.variant.attributes, lineage: lineage)
+            let lineage = Lineage(
+                derivedFrom: base.variant.name, derivedFromSha256: base.variant.sha256, technique: r.technique,
+                recipe: r.name, tool: VariantBuilder.tool, toolVersion: VariantBuilder.toolVersion,
+                meanCosine: report.evaluation?.meanCosine, minCosine: report.evaluation?.minCosine)
+            let v = CatalogVariant(
+                name: name, sha256: info.sha256, size: info.size, fileName: "\(name).\(ext)", format: base.variant.format,
+                dtype: report.dtype, requires: base.variant.requires, attributes: base.variant.attributes, lineage: lineage)
             let record = VariantRecord(model: model, variant: v, quality: report.quality, createdAt: clock())
             try await store.addVariant(record)
             try await store.saveVariantReport(model: model, variant: name, report)
-            out.append(VariantDetail(variant: VariantInfo(model: model, variant: v, quality: report.quality, createdAt: record.createdAt),
-                                     report: report))
+            out.append(
+                VariantDetail(
+                    variant: VariantInfo(model: model, variant: v, quality: report.quality, createdAt: record.createdAt),
+                    report: report))
         }
         return out
     }

@@ -7,10 +7,10 @@ import Foundation
 enum WindowCalendar {
     /// Where the zone a window is evaluated in came from.
     enum ZoneSource: String, Sendable {
-        case label        // the device's `timezone` label
-        case configured   // the zone the device reports in its facts
-        case window       // the window's own zone
-        case utc          // none of them named a known zone
+        case label  // the device's `timezone` label
+        case configured  // the zone the device reports in its facts
+        case window  // the window's own zone
+        case utc  // none of them named a known zone
     }
 
     struct ZoneChoice {
@@ -60,7 +60,8 @@ enum WindowCalendar {
     /// A name shaped like an IANA zone name (as a window's text allows) that the zone database has.
     static func knownZone(_ name: String) -> TimeZone? {
         guard MaintenanceWindow(days: [], startMinute: 0, lengthSeconds: 3600, timezone: name).validate() == nil,
-              let zone = TimeZone(identifier: name) else { return nil }
+            let zone = TimeZone(identifier: name)
+        else { return nil }
         return zone
     }
 }

@@ -38,7 +38,8 @@ enum Dashboard {
         if let v = d.labelView { h += labelView(v) }
         h += quarantine(d.quarantined)
         if d.rollouts.isEmpty {
-            h += "<section><h2>Rollouts</h2><p class=\"muted\">No rollouts yet: <code>fleetctl rollout start RELEASE --policy canary</code>.</p></section>"
+            h +=
+                "<section><h2>Rollouts</h2><p class=\"muted\">No rollouts yet: <code>fleetctl rollout start RELEASE --policy canary</code>.</p></section>"
         }
         for r in d.rollouts { h += rollout(r, now: d.now) }
         h += performance(d.performance)
@@ -48,12 +49,15 @@ enum Dashboard {
 
     /// The sign-in page: an operator token (any role) becomes a read-only session cookie.
     static func login(message: String?) -> String {
-        var h = "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>EdgeFleet: sign in</title><style>\(css)</style></head><body>"
+        var h =
+            "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>EdgeFleet: sign in</title><style>\(css)</style></head><body>"
         h += "<header><h1>EdgeFleet</h1></header><section><h2>Sign in to the dashboard</h2>"
         if let message { h += "<p class=\"why\">\(esc(message))</p>" }
-        h += "<form method=\"post\" action=\"/login\"><p><label>Operator token <input type=\"password\" name=\"token\" size=\"60\" autocomplete=\"off\"></label></p>"
+        h +=
+            "<form method=\"post\" action=\"/login\"><p><label>Operator token <input type=\"password\" name=\"token\" size=\"60\" autocomplete=\"off\"></label></p>"
         h += "<p><button type=\"submit\">Sign in</button></p></form>"
-        h += "<p class=\"muted\">Create one with <code>fleetctl tokens create --name NAME --role viewer</code>. The page only reads; the cookie cannot change anything.</p>"
+        h +=
+            "<p class=\"muted\">Create one with <code>fleetctl tokens create --name NAME --role viewer</code>. The page only reads; the cookie cannot change anything.</p>"
         return h + "</section></body></html>\n"
     }
 
@@ -61,10 +65,12 @@ enum Dashboard {
 
     static func quarantine(_ q: [QuarantinedArtifact]) -> String {
         guard !q.isEmpty else { return "" }
-        var h = "<section><h2 class=\"why\">Quarantined artifacts (\(q.count))</h2><p class=\"muted\">Their stored bytes failed the hash check: "
+        var h =
+            "<section><h2 class=\"why\">Quarantined artifacts (\(q.count))</h2><p class=\"muted\">Their stored bytes failed the hash check: "
         h += "never served (410), no delta built from them; devices that need one are held. Upload the right bytes to restore.</p><ul>"
         for a in q {
-            h += "<li data-quarantined=\"\(esc(a.sha256))\"><code>\(esc(String(a.sha256.prefix(16))))…</code> found by \(esc(a.foundBy.rawValue)) "
+            h +=
+                "<li data-quarantined=\"\(esc(a.sha256))\"><code>\(esc(String(a.sha256.prefix(16))))…</code> found by \(esc(a.foundBy.rawValue)) "
             h += "at \(time(a.quarantinedAt)) UTC; the bytes hash to <code>\(esc(String(a.actualSha256.prefix(16))))…</code></li>"
         }
         return h + "</ul></section>"
@@ -79,10 +85,13 @@ enum Dashboard {
         for (model, rows) in perf.sorted(by: { $0.key < $1.key }) {
             h += "<h3><code>\(esc(model))</code></h3><table class=\"perf\"><thead><tr><th>class</th><th>variant</th><th>devices</th>"
             h += "<th>p50</th><th>p95</th><th>peak memory</th><th>energy / inference</th></tr></thead><tbody>"
-            for r in rows.sorted(by: { ($0.hardwareClass, $0.latencyP50Ms ?? .infinity) < ($1.hardwareClass, $1.latencyP50Ms ?? .infinity) }) {
-                h += "<tr data-model=\"\(esc(model))\" data-class=\"\(esc(r.hardwareClass))\" data-variant=\"\(esc(r.variant ?? r.sha256))\" "
+            for r in rows.sorted(by: { ($0.hardwareClass, $0.latencyP50Ms ?? .infinity) < ($1.hardwareClass, $1.latencyP50Ms ?? .infinity) }
+            ) {
+                h +=
+                    "<tr data-model=\"\(esc(model))\" data-class=\"\(esc(r.hardwareClass))\" data-variant=\"\(esc(r.variant ?? r.sha256))\" "
                 h += "data-p50=\"\(r.latencyP50Ms.map { fmt($0) } ?? "")\" data-devices=\"\(r.devices)\">"
-                h += "<td><code>\(esc(r.hardwareClass))</code></td><td>\(esc(r.variant ?? String(r.sha256.prefix(12))))</td><td>\(r.devices)</td>"
+                h +=
+                    "<td><code>\(esc(r.hardwareClass))</code></td><td>\(esc(r.variant ?? String(r.sha256.prefix(12))))</td><td>\(r.devices)</td>"
                 h += "<td>\(r.latencyP50Ms.map { fmt($0) + " ms" } ?? "–")</td><td>\(r.latencyP95Ms.map { fmt($0) + " ms" } ?? "–")</td>"
                 h += "<td>\(r.peakMemoryBytes.map { ByteCount.format($0) } ?? "–")</td>"
                 h += "<td>\(r.joulesPerInference.map { fmt($0) + " J (\(r.energyDevices) devices)" } ?? "unavailable")</td></tr>"
@@ -119,7 +128,8 @@ enum Dashboard {
             h += "<td><b>\(total)</b></td></tr>"
         }
         h += "</tbody></table><p>"
-        h += byStatus.sorted { $0.key < $1.key }.map { "<span class=\"badge s-\(esc($0.key))\">\(esc($0.key)) \($0.value)</span>" }.joined(separator: " ")
+        h += byStatus.sorted { $0.key < $1.key }.map { "<span class=\"badge s-\(esc($0.key))\">\(esc($0.key)) \($0.value)</span>" }.joined(
+            separator: " ")
         let dropped = d.eventsDropped.values.reduce(0, +)
         if dropped > 0 {
             h += " <span class=\"badge s-failed\">events dropped by \(d.eventsDropped.count) device outboxes: \(dropped)</span>"
@@ -132,8 +142,10 @@ enum Dashboard {
         var h = "<section id=\"by-label\"><h2>Devices by <code>\(esc(v.key))</code></h2>"
         h += "<table class=\"cells\"><thead><tr><th>\(esc(v.key))</th><th>devices</th><th>status</th></tr></thead><tbody>"
         for r in v.rows {
-            h += "<tr data-label-value=\"\(esc(r.value))\" data-devices=\"\(r.devices)\"><td><code>\(esc(r.value))</code></td><td>\(r.devices)</td><td>"
-            h += r.byStatus.sorted { $0.key < $1.key }.map { "<span class=\"badge s-\(esc($0.key))\">\(esc($0.key)) \($0.value)</span>" }.joined(separator: " ")
+            h +=
+                "<tr data-label-value=\"\(esc(r.value))\" data-devices=\"\(r.devices)\"><td><code>\(esc(r.value))</code></td><td>\(r.devices)</td><td>"
+            h += r.byStatus.sorted { $0.key < $1.key }.map { "<span class=\"badge s-\(esc($0.key))\">\(esc($0.key)) \($0.value)</span>" }
+                .joined(separator: " ")
             h += "</td></tr>"
         }
         return h + "</tbody></table></section>"
@@ -147,7 +159,8 @@ enum Dashboard {
         h += "<h2>Rollout \(info.id): \(esc(info.release)) <span class=\"badge s-\(esc(info.state))\">\(esc(info.state))</span></h2>"
         h += "<p class=\"muted\">policy \(esc(s.policy?.name ?? info.strategy))"
         if let prev = s.previousRelease { h += " · previous release \(esc(prev))" }
-        h += " · started \(time(info.createdAt)) · \(info.committed)/\(info.targeted) assigned devices committed, \(info.failed) failed, \(info.held) held"
+        h +=
+            " · started \(time(info.createdAt)) · \(info.committed)/\(info.targeted) assigned devices committed, \(info.failed) failed, \(info.held) held"
         if let sel = info.selector, !sel.isEmpty { h += " · devices <code>\(esc(sel))</code>" }
         if let w = info.window { h += " · window <code>\(esc(w))</code>" }
         h += "</p>"
@@ -155,15 +168,19 @@ enum Dashboard {
             h += "<p class=\"waiting\" data-waiting-for-window=\"\(n)\">\(n) device(s) staged and waiting for their maintenance window</p>"
         }
         if let waves = s.waves {
-            h += "<table class=\"cells\"><thead><tr><th>wave</th><th>selector</th><th>status</th><th>devices</th><th>cells</th></tr></thead><tbody>"
+            h +=
+                "<table class=\"cells\"><thead><tr><th>wave</th><th>selector</th><th>status</th><th>devices</th><th>cells</th></tr></thead><tbody>"
             for w in waves {
-                h += "<tr data-wave=\"\(esc(w.name))\" data-status=\"\(esc(w.status))\"><td><b>\(esc(w.name))</b></td><td><code>\(esc(w.selector.isEmpty ? "everything" : w.selector))</code></td>"
-                h += "<td><span class=\"badge s-\(esc(w.status))\">\(esc(w.status))</span></td><td>\(w.devices)</td><td>\(w.cells)</td></tr>"
+                h +=
+                    "<tr data-wave=\"\(esc(w.name))\" data-status=\"\(esc(w.status))\"><td><b>\(esc(w.name))</b></td><td><code>\(esc(w.selector.isEmpty ? "everything" : w.selector))</code></td>"
+                h +=
+                    "<td><span class=\"badge s-\(esc(w.status))\">\(esc(w.status))</span></td><td>\(w.devices)</td><td>\(w.cells)</td></tr>"
             }
             h += "</tbody></table>"
         }
         if !s.cells.isEmpty {
-            h += "<table class=\"cells\"><thead><tr><th>cell</th><th>phase</th><th>status</th><th>cohort progress</th><th>gates</th></tr></thead><tbody>"
+            h +=
+                "<table class=\"cells\"><thead><tr><th>cell</th><th>phase</th><th>status</th><th>cohort progress</th><th>gates</th></tr></thead><tbody>"
             for c in s.cells { h += cell(c, rollout: info.id) }
             h += "</tbody></table>"
             h += charts(r)
@@ -197,17 +214,21 @@ enum Dashboard {
             h += "\(esc(g.metric)) <b>\(observed)</b> ≤ \(fmt(g.threshold)) <span class=\"gstate\">\(state)</span></div>"
         }
         if let f = c.failedGate {
-            h += "<div class=\"why\">stopped by \(esc(f.metric)): observed \(f.observed.map { fmt($0) } ?? "n/a"), threshold \(fmt(f.threshold))</div>"
+            h +=
+                "<div class=\"why\">stopped by \(esc(f.metric)): observed \(f.observed.map { fmt($0) } ?? "n/a"), threshold \(fmt(f.threshold))</div>"
         }
         if let b = c.blockedBy {
-            h += "<div class=\"why blocked\" data-blocked=\"\(esc(b.joined(separator: ",")))\">blocked: \(esc(b.joined(separator: ", "))) cannot judge "
+            h +=
+                "<div class=\"why blocked\" data-blocked=\"\(esc(b.joined(separator: ",")))\">blocked: \(esc(b.joined(separator: ", "))) cannot judge "
             h += "(no figures from the new release, or no control cohort and no baseline); promote to override</div>"
         }
         if let n = c.failedNotRetried, n > 0 {
-            h += "<div class=\"why\" data-failed-held=\"\(n)\">\(n) device(s) failed and are held until <code>fleetctl rollout retry \(rollout)</code></div>"
+            h +=
+                "<div class=\"why\" data-failed-held=\"\(n)\">\(n) device(s) failed and are held until <code>fleetctl rollout retry \(rollout)</code></div>"
         }
         if let a = c.afterStop {
-            h += "<div class=\"muted\" data-restored=\"\(a.restored)\" data-reached=\"\(a.reached)\">after the stop: \(a.restored)/\(a.reached) devices off the new release</div>"
+            h +=
+                "<div class=\"muted\" data-restored=\"\(a.restored)\" data-reached=\"\(a.reached)\">after the stop: \(a.restored)/\(a.reached) devices off the new release</div>"
         }
         if let r = c.observation?.reference {
             h += "<div class=\"muted\">compared with: \(esc(r.rawValue)) (\(c.observation?.control?.devices ?? 0) devices)</div>"
@@ -218,9 +239,12 @@ enum Dashboard {
     static func progressBar(_ o: CellObservation?) -> String {
         guard let o, o.targeted > 0 else { return "<span class=\"muted\">no devices yet</span>" }
         let w = 220.0, total = Double(o.targeted)
-        let parts: [(Int, String)] = [(o.committed, "#2e9e5b"), (o.installFailed, "#d64545"), (o.healthFailed, "#e07b39"), (o.timedOut, "#8a6fb3")]
+        let parts: [(Int, String)] = [
+            (o.committed, "#2e9e5b"), (o.installFailed, "#d64545"), (o.healthFailed, "#e07b39"), (o.timedOut, "#8a6fb3")
+        ]
         var x = 0.0
-        var svg = "<svg class=\"bar\" width=\"\(Int(w))\" height=\"14\" role=\"img\" aria-label=\"\(o.committed) of \(o.targeted) committed\">"
+        var svg =
+            "<svg class=\"bar\" width=\"\(Int(w))\" height=\"14\" role=\"img\" aria-label=\"\(o.committed) of \(o.targeted) committed\">"
         svg += "<rect width=\"\(Int(w))\" height=\"14\" fill=\"#e6e8eb\"/>"
         for (n, color) in parts where n > 0 {
             let pw = w * Double(n) / total
@@ -321,7 +345,8 @@ struct LineChart {
         let left = 48.0, right = 12.0, top = 26.0, bottom = 30.0
         let legendRows = (series.count + 1) / 2
         let total = height + Double(legendRows) * 16
-        var s = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(total))\" role=\"img\" aria-label=\"\(Dashboard.esc(title))\">"
+        var s =
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(total))\" role=\"img\" aria-label=\"\(Dashboard.esc(title))\">"
         s += "<text x=\"\(Int(left))\" y=\"16\" font-size=\"13\" font-weight=\"bold\">\(Dashboard.esc(title))</text>"
         guard let minX = all.map(\.0).min(), let maxX = all.map(\.0).max(), let maxY0 = all.map(\.1).max() else {
             return s + "<text x=\"\(Int(left))\" y=\"60\" font-size=\"12\" fill=\"#6a737d\">no data yet</text></svg>"
@@ -339,16 +364,21 @@ struct LineChart {
             s += "<text x=\"\(Int(left - 4))\" y=\"\(Int(y(v)) + 4)\" font-size=\"10\" text-anchor=\"end\" fill=\"#555\">\(label)</text>"
             if i > 0 { s += "<line x1=\"\(Int(left))\" y1=\"\(Int(y(v)))\" x2=\"\(Int(left + pw))\" y2=\"\(Int(y(v)))\" stroke=\"#eee\"/>" }
         }
-        s += "<text x=\"\(Int(left))\" y=\"\(Int(top + ph + 14))\" font-size=\"10\" fill=\"#555\">\(Dashboard.time(Int64(minX)).suffix(8))</text>"
-        s += "<text x=\"\(Int(left + pw))\" y=\"\(Int(top + ph + 14))\" font-size=\"10\" text-anchor=\"end\" fill=\"#555\">\(Dashboard.time(Int64(maxX)).suffix(8))</text>"
-        s += "<text x=\"12\" y=\"\(Int(top + ph / 2))\" font-size=\"10\" fill=\"#555\" transform=\"rotate(-90 12 \(Int(top + ph / 2)))\">\(Dashboard.esc(yLabel))</text>"
+        s +=
+            "<text x=\"\(Int(left))\" y=\"\(Int(top + ph + 14))\" font-size=\"10\" fill=\"#555\">\(Dashboard.time(Int64(minX)).suffix(8))</text>"
+        s +=
+            "<text x=\"\(Int(left + pw))\" y=\"\(Int(top + ph + 14))\" font-size=\"10\" text-anchor=\"end\" fill=\"#555\">\(Dashboard.time(Int64(maxX)).suffix(8))</text>"
+        s +=
+            "<text x=\"12\" y=\"\(Int(top + ph / 2))\" font-size=\"10\" fill=\"#555\" transform=\"rotate(-90 12 \(Int(top + ph / 2)))\">\(Dashboard.esc(yLabel))</text>"
         for se in series where !se.points.isEmpty {
             let pts = se.points.map { "\(Dashboard.fmt(x($0.0))),\(Dashboard.fmt(y($0.1)))" }.joined(separator: " ")
-            s += "<polyline fill=\"none\" stroke=\"\(se.color)\" stroke-width=\"2\"\(se.dashed ? " stroke-dasharray=\"5 3\"" : "") points=\"\(pts)\"/>"
+            s +=
+                "<polyline fill=\"none\" stroke=\"\(se.color)\" stroke-width=\"2\"\(se.dashed ? " stroke-dasharray=\"5 3\"" : "") points=\"\(pts)\"/>"
         }
         for (i, se) in series.enumerated() {
             let lx = left + Double(i % 2) * pw / 2, ly = height + Double(i / 2) * 16
-            s += "<line x1=\"\(Int(lx))\" y1=\"\(Int(ly - 4))\" x2=\"\(Int(lx + 18))\" y2=\"\(Int(ly - 4))\" stroke=\"\(se.color)\" stroke-width=\"2\"\(se.dashed ? " stroke-dasharray=\"5 3\"" : "")/>"
+            s +=
+                "<line x1=\"\(Int(lx))\" y1=\"\(Int(ly - 4))\" x2=\"\(Int(lx + 18))\" y2=\"\(Int(ly - 4))\" stroke=\"\(se.color)\" stroke-width=\"2\"\(se.dashed ? " stroke-dasharray=\"5 3\"" : "")/>"
             s += "<text x=\"\(Int(lx + 24))\" y=\"\(Int(ly))\" font-size=\"11\">\(Dashboard.esc(se.name))</text>"
         }
         return s + "</svg>"

@@ -54,7 +54,8 @@ final class LabelViewGauges: Sendable {
         }
         let help = "Devices by the value of the label the controller's --view-label names (top values, other, (none))"
         for v in gone {
-            metrics.registry.makeGauge(name: "edgefleet_devices_by_label", labels: [("key", view.key), ("value", v)], help: help).set(Int64(0))
+            metrics.registry.makeGauge(name: "edgefleet_devices_by_label", labels: [("key", view.key), ("value", v)], help: help).set(
+                Int64(0))
         }
         for r in view.rows {
             metrics.registry.makeGauge(name: "edgefleet_devices_by_label", labels: [("key", view.key), ("value", r.value)], help: help)

@@ -24,8 +24,9 @@ struct AccessRoutes: Sendable {
                 throw APIError(.badRequest, "invalid-expiry", "expiresInSeconds must be positive and at most ten years")
             }
             let now = clock()
-            let created = try await TokenIssuer.createAPIToken(store: store, name: body.name, role: body.role, createdBy: actor(context),
-                                                               expiresAt: body.expiresInSeconds.map { now + $0 }, now: now)
+            let created = try await TokenIssuer.createAPIToken(
+                store: store, name: body.name, role: body.role, createdBy: actor(context),
+                expiresAt: body.expiresInSeconds.map { now + $0 }, now: now)
             return try JSON.response(created, status: .created)
         }
         routes.admins.get("/v1/tokens") { _, _ in try JSON.response(try await store.apiTokens()) }
@@ -37,10 +38,13 @@ struct AccessRoutes: Sendable {
 
         routes.admins.post("/v1/enrollment-tokens") { request, context in
             let body = try await JSON.decode(NewEnrollmentToken.self, request, limit: Self.bodyLimit)
-            if let d = body.deviceId, !Name.isValid(d) { throw APIError(.badRequest, "invalid-device-id", "device id '\(d)' is not a valid name") }
+            if let d = body.deviceId, !Name.isValid(d) {
+                throw APIError(.badRequest, "invalid-device-id", "device id '\(d)' is not a valid name")
+            }
             let seconds = body.expiresInSeconds ?? options.enrollmentTokenSeconds
             guard seconds > 0, seconds <= options.enrollmentTokenMaxSeconds else {
-                throw APIError(.badRequest, "invalid-expiry", "an enrollment token lives between 1 s and \(options.enrollmentTokenMaxSeconds) s")
+                throw APIError(
+                    .badRequest, "invalid-expiry", "an enrollment token lives between 1 s and \(options.enrollmentTokenMaxSeconds) s")
             }
             if let labels = body.labels {
                 try LabelRequests.validate(labels)
@@ -48,9 +52,10 @@ struct AccessRoutes: Sendable {
             let now = clock()
             let secret = Secret.make(prefix: Secret.enrollmentPrefix)
             let hash = Secret.hash(secret)
-            let info = EnrollmentTokenInfo(id: Secret.id(ofHash: hash), deviceId: body.deviceId, createdAt: now, createdBy: actor(context),
-                                           expiresAt: now + seconds, requireApproval: body.requireApproval ?? false,
-                                           labels: body.labels?.nilIfEmpty)
+            let info = EnrollmentTokenInfo(
+                id: Secret.id(ofHash: hash), deviceId: body.deviceId, createdAt: now, createdBy: actor(context),
+                expiresAt: now + seconds, requireApproval: body.requireApproval ?? false,
+                labels: body.labels?.nilIfEmpty)
             try await store.createEnrollmentToken(hash: hash, info)
             return try JSON.response(CreatedEnrollmentToken(token: secret, info: info), status: .created)
         }
@@ -64,7 +69,8 @@ struct AccessRoutes: Sendable {
             let now = clock()
             do {
                 if let wait = enrollments.take(body.deviceId) {
-                    throw AccessError(.rateLimited, "too many enrollment attempts for \(body.deviceId); retry in \(wait) s", retryAfter: wait)
+                    throw AccessError(
+                        .rateLimited, "too many enrollment attempts for \(body.deviceId); retry in \(wait) s", retryAfter: wait)
                 }
                 guard body.token.hasPrefix(Secret.enrollmentPrefix), body.token.count <= Secret.maxLength else {
                     throw AccessError(.enrollmentTokenInvalid, "not an enrollment token")
@@ -73,9 +79,11 @@ struct AccessRoutes: Sendable {
                 if options.mode == .enforced, peer == nil {
                     throw AccessError(.clientCertificateRequired, "enroll over mutual TLS with the device's client certificate")
                 }
-                let identity = try await store.enroll(tokenHash: Secret.hash(body.token), deviceId: body.deviceId, fingerprint: peer?.fingerprint,
-                                                      facts: body.facts, now: now)
-                try await auditEnrollment(body.deviceId, status: 201, outcome: "ok", detail: "\(identity.status.rawValue) with token \(identity.enrollmentToken)")
+                let identity = try await store.enroll(
+                    tokenHash: Secret.hash(body.token), deviceId: body.deviceId, fingerprint: peer?.fingerprint,
+                    facts: body.facts, now: now)
+                try await auditEnrollment(
+                    body.deviceId, status: 201, outcome: "ok", detail: "\(identity.status.rawValue) with token \(identity.enrollmentToken)")
                 context.logger.notice("device enrolled", metadata: ["device": "\(body.deviceId)", "status": "\(identity.status.rawValue)"])
                 return try JSON.response(identity, status: .created)
             } catch {
@@ -88,12 +96,16 @@ struct AccessRoutes: Sendable {
         routes.viewers.get("/v1/device-identities") { _, _ in try JSON.response(try await store.deviceIdentities()) }
         routes.viewers.get("/v1/device-identities/:id") { _, context in
             let id = try deviceID(context)
-            guard let identity = try await store.deviceIdentity(id) else { throw APIError(.notFound, "unknown-device", "device \(id) never enrolled") }
+            guard let identity = try await store.deviceIdentity(id) else {
+                throw APIError(.notFound, "unknown-device", "device \(id) never enrolled")
+            }
             return try JSON.response(identity)
         }
         routes.admins.post("/v1/devices/:id/approve") { _, context in
             let id = try deviceID(context)
-            guard let current = try await store.deviceIdentity(id) else { throw APIError(.notFound, "unknown-device", "device \(id) never enrolled") }
+            guard let current = try await store.deviceIdentity(id) else {
+                throw APIError(.notFound, "unknown-device", "device \(id) never enrolled")
+            }
             guard current.status != .revoked else {
                 throw APIError(.conflict, "device-revoked", "device \(id) is revoked; it must enroll again with a new token")
             }
@@ -106,7 +118,9 @@ struct AccessRoutes: Sendable {
 
         routes.admins.get("/v1/audit") { request, _ in
             let limit = request.uri.queryParameters.get("limit", as: Int.self) ?? 200
-            guard (1...Self.maxAuditLimit).contains(limit) else { throw APIError(.badRequest, "invalid-limit", "limit is 1 to \(Self.maxAuditLimit)") }
+            guard (1...Self.maxAuditLimit).contains(limit) else {
+                throw APIError(.badRequest, "invalid-limit", "limit is 1 to \(Self.maxAuditLimit)")
+            }
             let actor = request.uri.queryParameters.get("actor")
             return try JSON.response(try await store.audit(limit: limit, actor: actor))
         }
@@ -132,7 +146,9 @@ struct AccessRoutes: Sendable {
     private func actor(_ context: FleetRequestContext) -> String { context.principal?.actor ?? "anonymous" }
 
     private func auditEnrollment(_ device: String, status: Int, outcome: String, detail: String) async throws {
-        try await store.appendAudit(AuditRecord(at: clock(), actor: "device:\(device)", role: nil, method: "POST", path: "/v1/enroll",
-                                                status: status, outcome: outcome, detail: detail))
+        try await store.appendAudit(
+            AuditRecord(
+                at: clock(), actor: "device:\(device)", role: nil, method: "POST", path: "/v1/enroll",
+                status: status, outcome: outcome, detail: detail))
     }
 }

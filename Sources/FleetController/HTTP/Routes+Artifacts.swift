@@ -31,7 +31,7 @@ struct ArtifactRoutes: Sendable {
             }
             let info = try await artifacts.ingest(request.body, maxBytes: maxArtifactBytes, expectedSha256: expected)
             metrics.artifactsUploaded.increment()
-            try await quarantine.restored(info.sha256)   // the right bytes again: back in service
+            try await quarantine.restored(info.sha256)  // the right bytes again: back in service
             return try JSON.response(info, status: .created)
         }
         // Operators: what the scrub took out of service, and a scrub pass now.
@@ -53,8 +53,10 @@ struct ArtifactRoutes: Sendable {
         let sha = try context.parameters.require("sha")
         guard let path = artifacts.path(sha), let size = artifacts.size(sha) else {
             if Digest.isSHA256Hex(sha), let q = try await quarantine.record(sha) {
-                throw APIError(.gone, "artifact-quarantined",
-                               "artifact \(sha) was found corrupt on the controller (\(q.foundBy.rawValue)) and is out of service until uploaded again")
+                throw APIError(
+                    .gone, "artifact-quarantined",
+                    "artifact \(sha) was found corrupt on the controller (\(q.foundBy.rawValue)) and is out of service until uploaded again"
+                )
             }
             throw APIError(.notFound, "unknown-artifact", "no artifact \(sha)")
         }

@@ -32,13 +32,15 @@ struct DashboardRoutes: Sendable {
             let body = try await request.body.collect(upTo: 4096)
             let token = Self.formValue(String(buffer: body), "token") ?? ""
             guard token.hasPrefix(Secret.operatorPrefix), token.count <= Secret.maxLength,
-                  let info = try await access.apiToken(hash: Secret.hash(token)), info.revokedAt == nil,
-                  info.expiresAt.map({ $0 > clock() }) ?? true else {
+                let info = try await access.apiToken(hash: Secret.hash(token)), info.revokedAt == nil,
+                info.expiresAt.map({ $0 > clock() }) ?? true
+            else {
                 return html(Dashboard.login(message: "That is not a valid operator token."), status: .unauthorized)
             }
             var headers = HTTPFields()
             headers[.location] = "/"
-            headers[.setCookie] = "\(Secret.cookieName)=\(token); Path=/; HttpOnly; SameSite=Strict; Max-Age=43200\(secureCookies ? "; Secure" : "")"
+            headers[.setCookie] =
+                "\(Secret.cookieName)=\(token); Path=/; HttpOnly; SameSite=Strict; Max-Age=43200\(secureCookies ? "; Secure" : "")"
             return Response(status: .seeOther, headers: headers)
         }
         routes.anyone.get("/logout") { _, _ in
@@ -77,7 +79,8 @@ struct DashboardRoutes: Sendable {
         let fleet = try await FleetSnapshot.load(store)
         var rollouts: [DashboardData.Rollout] = []
         for r in try await store.rollouts().sorted(by: { $0.id > $1.id }).prefix(Self.rolloutsShown) {
-            rollouts.append(.init(status: try await operatorRoutes.rolloutStatus(r, fleet: fleet), history: try await store.history(rollout: r.id)))
+            rollouts.append(
+                .init(status: try await operatorRoutes.rolloutStatus(r, fleet: fleet), history: try await store.history(rollout: r.id)))
         }
         var perf: [String: [VariantMeasurement]] = [:]
         for m in try await store.models() {
@@ -85,8 +88,10 @@ struct DashboardRoutes: Sendable {
             if !t.isEmpty { perf[m.name] = t }
         }
         let devices = fleet.devices.values.sorted { $0.id < $1.id }
-        let view = viewLabel.map { key in LabelView.breakdown(key: key, devices: devices.map { (labels: $0.selectable, status: $0.status) }) }
-        return DashboardData(now: clock(), devices: devices, eventsDropped: try await store.eventsDropped(),
-                             rollouts: rollouts, performance: perf, quarantined: try await quarantine.quarantinedArtifacts(), labelView: view)
+        let view = viewLabel.map { key in LabelView.breakdown(key: key, devices: devices.map { (labels: $0.selectable, status: $0.status) })
+        }
+        return DashboardData(
+            now: clock(), devices: devices, eventsDropped: try await store.eventsDropped(),
+            rollouts: rollouts, performance: perf, quarantined: try await quarantine.quarantinedArtifacts(), labelView: view)
     }
 }

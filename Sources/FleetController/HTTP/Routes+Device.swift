@@ -55,8 +55,9 @@ struct DeviceRoutes: Sendable {
             metrics.eventsDuplicate.increment(by: Int64(ingest.duplicates))
             // Bytes that did not verify on a device may be rotten on this side: the stored copy is
             // hashed again (at most once per artifact in ten minutes, off the device's request).
-            let suspects = Set(batch.events.filter { $0.fault == InstallFault.hashMismatch.rawValue || $0.fault == InstallFault.lengthMismatch.rawValue }
-                .compactMap(\.sha256).filter(Digest.isSHA256Hex))
+            let suspects = Set(
+                batch.events.filter { $0.fault == InstallFault.hashMismatch.rawValue || $0.fault == InstallFault.lengthMismatch.rawValue }
+                    .compactMap(\.sha256).filter(Digest.isSHA256Hex))
             if let quarantine, !suspects.isEmpty {
                 Task.detached { for sha in suspects.sorted() { _ = try? await quarantine.checkReported(sha) } }
             }

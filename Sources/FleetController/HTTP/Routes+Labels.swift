@@ -12,8 +12,12 @@ extension OperatorRoutes {
             guard let device = try await store.updateOperatorLabels(deviceId: id, set: body.set, remove: body.remove) else {
                 throw APIError(.notFound, "unknown-device", "no device \(id)")
             }
-            context.logger.notice("device labels changed", metadata: [
-                "device": "\(id)", "set": "\(body.set.keys.sorted())", "removed": "\(body.remove.sorted())", "by": "\(actor(request, context))"])
+            context.logger.notice(
+                "device labels changed",
+                metadata: [
+                    "device": "\(id)", "set": "\(body.set.keys.sorted())", "removed": "\(body.remove.sorted())",
+                    "by": "\(actor(request, context))"
+                ])
             return try JSON.response(deviceInfo(device, try await store.assignments()))
         }
     }

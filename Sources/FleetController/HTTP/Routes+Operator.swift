@@ -55,14 +55,16 @@ struct OperatorRoutes: Sendable {
             let record = VariantRecord(model: model, variant: v, quality: body.quality, createdAt: clock())
             try await store.addVariant(record)
             if let report = body.report { try await store.saveVariantReport(model: model, variant: v.name, report) }
-            return try JSON.response(VariantInfo(model: model, variant: v, quality: body.quality, createdAt: record.createdAt), status: .created)
+            return try JSON.response(
+                VariantInfo(model: model, variant: v, quality: body.quality, createdAt: record.createdAt), status: .created)
         }
         routes.viewers.get("/v1/models/:model/variants") { _, context in
             let model = try context.parameters.require("model")
             guard try await store.model(model) != nil else { throw APIError(.notFound, "unknown-model", "no model \(model)") }
-            return try JSON.response(try await store.variants(model: model).map {
-                VariantInfo(model: $0.model, variant: $0.variant, quality: $0.quality, createdAt: $0.createdAt)
-            })
+            return try JSON.response(
+                try await store.variants(model: model).map {
+                    VariantInfo(model: $0.model, variant: $0.variant, quality: $0.quality, createdAt: $0.createdAt)
+                })
         }
 
         routes.operators.post("/v1/releases") { request, _ in
@@ -99,7 +101,9 @@ struct OperatorRoutes: Sendable {
             let selector = try LabelRequests.selector(body.selector)
             var window: MaintenanceWindow? = nil
             if let text = body.window {
-                do { window = try MaintenanceWindow(parsing: text) } catch { throw APIError(.badRequest, "invalid-window", "window: \(error)") }
+                do { window = try MaintenanceWindow(parsing: text) } catch {
+                    throw APIError(.badRequest, "invalid-window", "window: \(error)")
+                }
                 if let problem = window?.validate() { throw APIError(.badRequest, "invalid-window", "window: \(problem)") }
                 if let zone = window?.timezone, !WindowCalendar.isKnownZone(zone) {
                     throw APIError(.badRequest, "invalid-window", "window: unknown time zone '\(zone)'")
@@ -110,18 +114,23 @@ struct OperatorRoutes: Sendable {
             if previous == release.id, targeting.previous?.selector == selector {
                 throw APIError(.conflict, "already-rolled-out", "\(release.id) is already the release in force for these devices")
             }
-            let r = try await store.createRollout(RolloutRecord(
-                id: 0, releaseId: release.id, model: release.model, strategy: policy?.name ?? "all", state: .active, createdAt: clock(),
-                policy: policy, previousReleaseId: previous, createdBy: actor(request, context), selector: selector, window: window),
+            let r = try await store.createRollout(
+                RolloutRecord(
+                    id: 0, releaseId: release.id, model: release.model, strategy: policy?.name ?? "all", state: .active, createdAt: clock(),
+                    policy: policy, previousReleaseId: previous, createdBy: actor(request, context), selector: selector, window: window),
                 superseding: targeting.superseded.map(\.id))
             var detail = "\(release.id) with \(policy.map { "policy \($0.name)" } ?? "all devices at once")"
             if !selector.isEverything { detail += " on \(selector)" }
             if let window { detail += ", activating in \(window)" }
             if !targeting.takenOver.isEmpty {
-                detail += "; takes over \(targeting.takenOver.map { "\($0.devices) device(s) of rollout \($0.rollout)" }.joined(separator: ", "))"
+                detail +=
+                    "; takes over \(targeting.takenOver.map { "\($0.devices) device(s) of rollout \($0.rollout)" }.joined(separator: ", "))"
             }
-            try await store.recordAction(rollout: r.id, RolloutActionRecord(at: clock(), actor: r.createdBy, action: "started", cell: nil,
-                                                                             detail: detail))
+            try await store.recordAction(
+                rollout: r.id,
+                RolloutActionRecord(
+                    at: clock(), actor: r.createdBy, action: "started", cell: nil,
+                    detail: detail))
             _ = try await director.planDeltas(for: r)
             return try JSON.response(currentRolloutInfo(r, try await FleetSnapshot.load(store)), status: .created)
         }
@@ -135,15 +144,20 @@ struct OperatorRoutes: Sendable {
                 let body = try await JSON.decode(RolloutActionRequest.self, request, limit: Self.bodyLimit)
                 let cell = try body.cell.map(Self.cellKey)
                 let now = clock()
-                let e: CellEvent = switch event {
-                case .promote: .promote(now: now)
-                case .resume: .resume(now: now)
-                default: event
-                }
+                let e: CellEvent =
+                    switch event {
+                    case .promote: .promote(now: now)
+                    case .resume: .resume(now: now)
+                    default: event
+                    }
                 if verb == "abort", rollout.policy == nil {
-                    guard rollout.state != .aborted else { throw APIError(.conflict, "rollout-not-active", "rollout \(rollout.id) is aborted") }
+                    guard rollout.state != .aborted else {
+                        throw APIError(.conflict, "rollout-not-active", "rollout \(rollout.id) is aborted")
+                    }
                     try await store.setRolloutState(rollout.id, .aborted)
-                    try await store.recordAction(rollout: rollout.id, RolloutActionRecord(at: now, actor: actor(request, context), action: "abort", cell: nil, detail: nil))
+                    try await store.recordAction(
+                        rollout: rollout.id,
+                        RolloutActionRecord(at: now, actor: actor(request, context), action: "abort", cell: nil, detail: nil))
                 } else {
                     try await driver.apply(e, name: verb, rollout: rollout, cell: cell, actor: actor(request, context), now: now)
                 }
@@ -162,7 +176,8 @@ struct OperatorRoutes: Sendable {
         routes.viewers.get("/v1/devices") { request, _ in
             let selector = try LabelRequests.selector(request.uri.queryParameters["selector"].map(String.init))
             let assignments = try await store.assignments()
-            return try JSON.response(try await store.devices().filter { selector.matches($0.selectable) }.map { deviceInfo($0, assignments) })
+            return try JSON.response(
+                try await store.devices().filter { selector.matches($0.selectable) }.map { deviceInfo($0, assignments) })
         }
         registerLabels(routes)
         routes.viewers.get("/v1/devices/:id") { _, context in
@@ -178,7 +193,9 @@ struct OperatorRoutes: Sendable {
             guard try await store.device(id) != nil else { throw APIError(.notFound, "unknown-device", "no device \(id)") }
             // ?after=SEQ: the events after SEQ, oldest first (to follow a device); else the latest 200, newest first.
             if let after = request.uri.queryParameters.get("after") {
-                guard let seq = UInt64(after) else { throw APIError(.badRequest, "invalid-after", "after must be an event sequence number") }
+                guard let seq = UInt64(after) else {
+                    throw APIError(.badRequest, "invalid-after", "after must be an event sequence number")
+                }
                 return try JSON.response(try await store.events(deviceId: id, after: seq, limit: 500))
             }
             return try JSON.response(try await store.events(deviceId: id, limit: 200))
@@ -197,8 +214,10 @@ struct OperatorRoutes: Sendable {
         do {
             accepted = try await ReleaseAcceptance.check(envelope, root: keys.root, now: clock()) { model in
                 guard try await store.model(model) != nil else { return nil }
-                return .init(registered: Dictionary(try await store.variants(model: model).map { ($0.variant.name, $0.variant) }, uniquingKeysWith: { a, _ in a }),
-                             lastSerial: try await store.maxSerial(model: model))
+                return .init(
+                    registered: Dictionary(
+                        try await store.variants(model: model).map { ($0.variant.name, $0.variant) }, uniquingKeysWith: { a, _ in a }),
+                    lastSerial: try await store.maxSerial(model: model))
             }
         } catch let r as ReleaseAcceptance.Rejection {
             switch r.code {
@@ -210,9 +229,10 @@ struct OperatorRoutes: Sendable {
             }
         }
         let catalog = accepted.catalog
-        let record = ReleaseRecord(id: "\(catalog.model)@\(catalog.version)", model: catalog.model, version: catalog.version,
-                                   serial: catalog.serial, catalogEnvelope: envelope, catalogSha256: accepted.payloadSha256,
-                                   catalog: catalog, createdAt: clock())
+        let record = ReleaseRecord(
+            id: "\(catalog.model)@\(catalog.version)", model: catalog.model, version: catalog.version,
+            serial: catalog.serial, catalogEnvelope: envelope, catalogSha256: accepted.payloadSha256,
+            catalog: catalog, createdAt: clock())
         try await store.createRelease(record)
         return record
     }
@@ -222,8 +242,9 @@ struct OperatorRoutes: Sendable {
         var variants: [ReleasePackages.Variant] = []
         for v in r.catalog.variants {
             let deltas = try await store.deltas(target: v.sha256).map {
-                ReleasePackages.Delta(baseSha256: $0.baseSha256, status: $0.status.rawValue, method: $0.method,
-                                      packageSha256: $0.packageSha256, size: $0.packageSize, detail: $0.detail)
+                ReleasePackages.Delta(
+                    baseSha256: $0.baseSha256, status: $0.status.rawValue, method: $0.method,
+                    packageSha256: $0.packageSha256, size: $0.packageSize, detail: $0.detail)
             }
             variants.append(.init(variant: v.name, sha256: v.sha256, size: v.size, deltas: deltas))
         }
@@ -233,7 +254,8 @@ struct OperatorRoutes: Sendable {
             devices += 1
             full += v.size
             if a.packageSha256 != a.sha256, let body = a.envelope.payloadBytes,
-               let assignment = try? JSONDecoder().decode(Assignment.self, from: Data(body)) {
+                let assignment = try? JSONDecoder().decode(Assignment.self, from: Data(body))
+            {
                 sent += assignment.package.size
                 viaDelta += 1
             } else {
@@ -241,19 +263,22 @@ struct OperatorRoutes: Sendable {
             }
         }
         let history = try await store.releaseHistory(release: r.id)
-        return ReleasePackages(release: r.id, variants: variants, devices: devices, devicesViaDelta: viaDelta, bytesSent: sent, bytesFull: full,
-                               received: history.received, receivedViaDelta: history.receivedViaDelta)
+        return ReleasePackages(
+            release: r.id, variants: variants, devices: devices, devicesViaDelta: viaDelta, bytesSent: sent, bytesFull: full,
+            received: history.received, receivedViaDelta: history.receivedViaDelta)
     }
 
     private func modelInfo(_ name: String) async throws -> ModelInfo {
         guard let m = try await store.model(name) else { throw APIError(.notFound, "unknown-model", "no model \(name)") }
-        return ModelInfo(name: m.name, minQuality: m.minQuality, createdAt: m.createdAt,
-                         nextSerial: try await store.maxSerial(model: name) + 1, variants: try await store.variants(model: name).count)
+        return ModelInfo(
+            name: m.name, minQuality: m.minQuality, createdAt: m.createdAt,
+            nextSerial: try await store.maxSerial(model: name) + 1, variants: try await store.variants(model: name).count)
     }
 
     private func releaseInfo(_ r: ReleaseRecord) -> ReleaseInfo {
-        ReleaseInfo(id: r.id, model: r.model, version: r.version, serial: r.serial, catalogSha256: r.catalogSha256,
-                    createdAt: r.createdAt, variants: r.catalog.variants)
+        ReleaseInfo(
+            id: r.id, model: r.model, version: r.version, serial: r.serial, catalogSha256: r.catalogSha256,
+            createdAt: r.createdAt, variants: r.catalog.variants)
     }
 
     /// Who asked: the operator token's name, or in open development mode the X-Fleet-Actor header fleetctl sends.
@@ -264,7 +289,9 @@ struct OperatorRoutes: Sendable {
     }
 
     func rolloutRecord(_ context: FleetRequestContext) throws -> @Sendable () async throws -> RolloutRecord {
-        guard let id = Int64(try context.parameters.require("rid")) else { throw APIError(.badRequest, "invalid-rollout", "rollout ids are numbers") }
+        guard let id = Int64(try context.parameters.require("rid")) else {
+            throw APIError(.badRequest, "invalid-rollout", "rollout ids are numbers")
+        }
         let store = self.store
         return {
             guard let r = try await store.rollout(id) else { throw APIError(.notFound, "unknown-rollout", "no rollout \(id)") }
@@ -287,7 +314,9 @@ struct OperatorRoutes: Sendable {
             let installed = try await store.installed(model: r.model)
             let newShas = Set(try await store.release(r.releaseId)?.catalog.variants.map(\.sha256) ?? [])
             for (device, _) in reached {
-                guard let k = cellOf[device], let c = stored[k], c.state.status == .rolledBack || c.state.status == .aborted else { continue }
+                guard let k = cellOf[device], let c = stored[k], c.state.status == .rolledBack || c.state.status == .aborted else {
+                    continue
+                }
                 var a = afterStop[k] ?? CellAfterStop(reached: 0, restored: 0)
                 a.reached += 1
                 if !newShas.contains(installed[device] ?? "") { a.restored += 1 }
@@ -295,10 +324,11 @@ struct OperatorRoutes: Sendable {
             }
         }
         let cells = stored.sorted { $0.key < $1.key }.map { key, c in
-            RolloutStatus.Cell(cell: key.description, status: c.state.status.rawValue, phase: c.state.phase + 1,
-                               phases: r.policy?.forCell(key).phases.count ?? 1, cohortShare: min(c.cutoff, 1), observation: c.observation,
-                               gates: c.state.gates, failedGate: c.state.failedGate, blockedBy: c.state.blockedBy,
-                               failedNotRetried: failed[key] ?? 0, afterStop: afterStop[key])
+            RolloutStatus.Cell(
+                cell: key.description, status: c.state.status.rawValue, phase: c.state.phase + 1,
+                phases: r.policy?.forCell(key).phases.count ?? 1, cohortShare: min(c.cutoff, 1), observation: c.observation,
+                gates: c.state.gates, failedGate: c.state.failedGate, blockedBy: c.state.blockedBy,
+                failedNotRetried: failed[key] ?? 0, afterStop: afterStop[key])
         }
         let actions = try await store.actions(rollout: r.id).map {
             RolloutStatus.Action(at: $0.at, actor: $0.actor, action: $0.action, cell: $0.cell, detail: $0.detail)
@@ -312,11 +342,17 @@ struct OperatorRoutes: Sendable {
                 let mine = stored.filter { $0.key.wave == w.name }
                 let devices = membership.filter { $0.key.wave == w.name }.values.reduce(0) { $0 + $1.count }
                 let status: String
-                if mine.values.contains(where: { [.paused, .rolledBack, .aborted].contains($0.state.status) }) { status = "stopped" }
-                else if i < r.wave || r.state == .completed { status = "completed" }
-                else if i > r.wave { status = r.state == .active ? "pending" : r.state.rawValue }
-                else { status = !mine.isEmpty && mine.values.allSatisfy { $0.state.status == .completed } ? "completed" : "running" }
-                return RolloutStatus.Wave(name: w.name, selector: w.selector.description, status: status, devices: devices, cells: mine.count)
+                if mine.values.contains(where: { [.paused, .rolledBack, .aborted].contains($0.state.status) }) {
+                    status = "stopped"
+                } else if i < r.wave || r.state == .completed {
+                    status = "completed"
+                } else if i > r.wave {
+                    status = r.state == .active ? "pending" : r.state.rawValue
+                } else {
+                    status = !mine.isEmpty && mine.values.allSatisfy { $0.state.status == .completed } ? "completed" : "running"
+                }
+                return RolloutStatus.Wave(
+                    name: w.name, selector: w.selector.description, status: status, devices: devices, cells: mine.count)
             }
         }
         let now = clock()
@@ -324,8 +360,9 @@ struct OperatorRoutes: Sendable {
             guard a.releaseId == r.releaseId, let windows = a.activation, !MaintenanceWindow.allows(windows, at: now) else { return false }
             return snapshot.devices[a.deviceId]?.installed[r.model] != a.sha256
         }.count
-        return RolloutStatus(rollout: info, policy: r.policy, previousRelease: r.previousReleaseId, cells: cells, actions: actions,
-                             waves: waves, waitingForWindow: waiting)
+        return RolloutStatus(
+            rollout: info, policy: r.policy, previousRelease: r.previousReleaseId, cells: cells, actions: actions,
+            waves: waves, waitingForWindow: waiting)
     }
 
     struct RolloutTargeting {
@@ -367,11 +404,14 @@ struct OperatorRoutes: Sendable {
         }
         if !overlaps.isEmpty, !supersede {
             let total = overlaps.reduce(0) { $0 + $1.1 }
-            let list = overlaps.map { "rollout \($0.0.id) (\($0.0.releaseId)\($0.0.selector.isEverything ? "" : " on \($0.0.selector)")): \($0.1) device(s)" }
-            throw APIError(.conflict, "rollout-overlap",
-                           "the new rollout shares devices with active rollouts of \(model): \(list.joined(separator: "; ")); "
-                           + "narrow the selector or pass --supersede to take them over",
-                           counts: ["devicesInCommon": total, "rollouts": overlaps.count])
+            let list = overlaps.map {
+                "rollout \($0.0.id) (\($0.0.releaseId)\($0.0.selector.isEverything ? "" : " on \($0.0.selector)")): \($0.1) device(s)"
+            }
+            throw APIError(
+                .conflict, "rollout-overlap",
+                "the new rollout shares devices with active rollouts of \(model): \(list.joined(separator: "; ")); "
+                    + "narrow the selector or pass --supersede to take them over",
+                counts: ["devicesInCommon": total, "rollouts": overlaps.count])
         }
         out.takenOver = overlaps.filter { o in !out.superseded.contains { $0.id == o.0.id } }.map { ($0.0.id, $0.1) }
         return out
@@ -381,9 +421,10 @@ struct OperatorRoutes: Sendable {
     func rolloutInfo(_ r: RolloutRecord, _ fleet: FleetSnapshot) async throws -> RolloutInfo {
         guard r.state == .superseded else { return currentRolloutInfo(r, fleet) }
         let h = try await store.releaseHistory(release: r.releaseId)
-        return RolloutInfo(id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state.rawValue, createdAt: r.createdAt,
-                           targeted: h.targeted, committed: h.received, failed: h.failed, held: 0,
-                           selector: r.selector.description, window: r.window?.description)
+        return RolloutInfo(
+            id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state.rawValue, createdAt: r.createdAt,
+            targeted: h.targeted, committed: h.received, failed: h.failed, held: 0,
+            selector: r.selector.description, window: r.window?.description)
     }
 
     private func currentRolloutInfo(_ r: RolloutRecord, _ fleet: FleetSnapshot) -> RolloutInfo {
@@ -395,18 +436,20 @@ struct OperatorRoutes: Sendable {
             if d.installed[r.model] == a.sha256 { committed += 1 } else if d.status == "failed" || d.status == "rolled-back" { failed += 1 }
         }
         let held = devices.values.filter { $0.held[r.model] != nil }.count
-        return RolloutInfo(id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state.rawValue, createdAt: r.createdAt,
-                           targeted: assigned.count, committed: committed, failed: failed, held: held,
-                           selector: r.selector.description, window: r.window?.description)
+        return RolloutInfo(
+            id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state.rawValue, createdAt: r.createdAt,
+            targeted: assigned.count, committed: committed, failed: failed, held: held,
+            selector: r.selector.description, window: r.window?.description)
     }
 
     func deviceInfo(_ d: DeviceRecord, _ assignments: [AssignmentRecord]) -> DeviceInfo {
         var assigned: [String: String] = [:]
         for a in assignments where a.deviceId == d.id { assigned[a.model] = a.variant }
-        return DeviceInfo(id: d.id, hardwareClass: d.hardwareClass, tier: d.tier, facts: d.facts, installed: d.installed, phase: d.phase,
-                          status: d.status, statusDetail: d.statusDetail, assigned: assigned, held: d.held,
-                          firstSeen: d.firstSeen, lastSeen: d.lastSeen, agentVersion: d.agentVersion,
-                          labels: d.labels.nilIfEmpty, labelSources: Self.labelSources(d).nilIfEmpty)
+        return DeviceInfo(
+            id: d.id, hardwareClass: d.hardwareClass, tier: d.tier, facts: d.facts, installed: d.installed, phase: d.phase,
+            status: d.status, statusDetail: d.statusDetail, assigned: assigned, held: d.held,
+            firstSeen: d.firstSeen, lastSeen: d.lastSeen, agentVersion: d.agentVersion,
+            labels: d.labels.nilIfEmpty, labelSources: Self.labelSources(d).nilIfEmpty)
     }
 
     private func status(_ selector: LabelSelector) async throws -> FleetStatus {
@@ -418,9 +461,10 @@ struct OperatorRoutes: Sendable {
             byStatus[d.status, default: 0] += 1
         }
         let stats = artifacts.stats()
-        return FleetStatus(devices: devices.count, byClass: byClass, byTier: byTier, byStatus: byStatus,
-                           models: try await store.models().count, releases: try await store.releases().count,
-                           activeRollouts: try await store.activeRollouts().count, artifacts: stats.count, artifactBytes: stats.bytes)
+        return FleetStatus(
+            devices: devices.count, byClass: byClass, byTier: byTier, byStatus: byStatus,
+            models: try await store.models().count, releases: try await store.releases().count,
+            activeRollouts: try await store.activeRollouts().count, artifacts: stats.count, artifactBytes: stats.bytes)
     }
 }
 
@@ -430,7 +474,8 @@ struct FleetSnapshot: Sendable {
     var assignments: [AssignmentRecord]
 
     static func load(_ store: any FleetStore) async throws -> FleetSnapshot {
-        FleetSnapshot(devices: Dictionary(try await store.devices().map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a }),
-                      assignments: try await store.assignments())
+        FleetSnapshot(
+            devices: Dictionary(try await store.devices().map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a }),
+            assignments: try await store.assignments())
     }
 }

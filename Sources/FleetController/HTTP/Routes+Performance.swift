@@ -38,20 +38,27 @@ struct PerformanceRoutes: Sendable {
             throw APIError(.badRequest, "invalid-variants", "give 1 to 16 variant names")
         }
         guard let rollout = try await store.activeRollouts().first(where: { $0.model == model && $0.state != .aborted }),
-              let release = try await store.release(rollout.releaseId) else {
-            throw APIError(.conflict, "no-release-in-force", "model \(model) has no rollout in force: a trial measures variants of its release")
+            let release = try await store.release(rollout.releaseId)
+        else {
+            throw APIError(
+                .conflict, "no-release-in-force", "model \(model) has no rollout in force: a trial measures variants of its release")
         }
         let names = Set(release.catalog.variants.map(\.name))
         if let missing = body.variants.first(where: { !names.contains($0) }) {
-            throw APIError(.badRequest, "unknown-variant", "\(missing) is not in \(release.id) (has: \(names.sorted().joined(separator: ", ")))")
+            throw APIError(
+                .badRequest, "unknown-variant", "\(missing) is not in \(release.id) (has: \(names.sorted().joined(separator: ", ")))")
         }
         let members = try await store.deviceCells().filter { $0.hardwareClass == body.hardwareClass }.map(\.id)
         guard !members.isEmpty else { throw APIError(.conflict, "no-devices", "no device of class \(body.hardwareClass) is known") }
-        let chosen = members.sorted { Cohort.position(rollout: "trial:\(model)", device: $0) < Cohort.position(rollout: "trial:\(model)", device: $1) }
-            .prefix(body.devices)
-        let t = try await store.createTrial(TrialRecord(id: 0, model: model, release: release.id, hardwareClass: body.hardwareClass,
-                                                        variants: body.variants, devices: Array(chosen), state: "running",
-                                                        createdAt: clock(), createdBy: actor))
+        let chosen = members.sorted {
+            Cohort.position(rollout: "trial:\(model)", device: $0) < Cohort.position(rollout: "trial:\(model)", device: $1)
+        }
+        .prefix(body.devices)
+        let t = try await store.createTrial(
+            TrialRecord(
+                id: 0, model: model, release: release.id, hardwareClass: body.hardwareClass,
+                variants: body.variants, devices: Array(chosen), state: "running",
+                createdAt: clock(), createdBy: actor))
         return try await info(t)
     }
 
@@ -59,7 +66,10 @@ struct PerformanceRoutes: Sendable {
     /// run a variant (it does not fit) skips it and goes back to its model, and the trial stays
     /// `running` for it.
     func info(_ t: TrialRecord) async throws -> TrialInfo {
-        let shas = try await store.release(t.release).map { Dictionary($0.catalog.variants.map { ($0.name, $0.sha256) }, uniquingKeysWith: { a, _ in a }) } ?? [:]
+        let shas =
+            try await store.release(t.release).map {
+                Dictionary($0.catalog.variants.map { ($0.name, $0.sha256) }, uniquingKeysWith: { a, _ in a })
+            } ?? [:]
         var measured: [String: [String]] = [:]
         for d in t.devices {
             let have = try await store.measuredArtifacts(model: t.model, deviceId: d)
@@ -70,8 +80,9 @@ struct PerformanceRoutes: Sendable {
             state = "done"
             try await store.setTrialState(t.id, state)
         }
-        return TrialInfo(id: t.id, model: t.model, release: t.release, hardwareClass: t.hardwareClass, variants: t.variants,
-                         devices: t.devices, state: state, measured: measured)
+        return TrialInfo(
+            id: t.id, model: t.model, release: t.release, hardwareClass: t.hardwareClass, variants: t.variants,
+            devices: t.devices, state: state, measured: measured)
     }
 
     /// Every model's table as gauges, for /metrics.
@@ -79,23 +90,33 @@ struct PerformanceRoutes: Sendable {
         for m in try await store.models() {
             for row in try await performance.table(model: m.name) {
                 let labels = [("model", m.name), ("variant", row.variant ?? row.sha256), ("hardware_class", row.hardwareClass)]
-                metrics.registry.makeGauge(name: "edgefleet_variant_measured_devices", labels: labels,
-                                           help: "Devices whose figures make up the variant's performance on the class").set(Int64(row.devices))
+                metrics.registry.makeGauge(
+                    name: "edgefleet_variant_measured_devices", labels: labels,
+                    help: "Devices whose figures make up the variant's performance on the class"
+                ).set(Int64(row.devices))
                 if let p50 = row.latencyP50Ms {
-                    metrics.registry.makeGauge(name: "edgefleet_variant_latency_p50_ms", labels: labels,
-                                               help: "Median over devices of each device's p50 inference latency").set(p50)
+                    metrics.registry.makeGauge(
+                        name: "edgefleet_variant_latency_p50_ms", labels: labels,
+                        help: "Median over devices of each device's p50 inference latency"
+                    ).set(p50)
                 }
                 if let p95 = row.latencyP95Ms {
-                    metrics.registry.makeGauge(name: "edgefleet_variant_latency_p95_ms", labels: labels,
-                                               help: "Median over devices of each device's p95 inference latency").set(p95)
+                    metrics.registry.makeGauge(
+                        name: "edgefleet_variant_latency_p95_ms", labels: labels,
+                        help: "Median over devices of each device's p95 inference latency"
+                    ).set(p95)
                 }
                 if let mem = row.peakMemoryBytes {
-                    metrics.registry.makeGauge(name: "edgefleet_variant_peak_memory_bytes", labels: labels,
-                                               help: "Median peak memory of the benchmark").set(mem)
+                    metrics.registry.makeGauge(
+                        name: "edgefleet_variant_peak_memory_bytes", labels: labels,
+                        help: "Median peak memory of the benchmark"
+                    ).set(mem)
                 }
                 if let j = row.joulesPerInference {
-                    metrics.registry.makeGauge(name: "edgefleet_variant_joules_per_inference", labels: labels,
-                                               help: "Median energy per inference, from devices with energy counters").set(j)
+                    metrics.registry.makeGauge(
+                        name: "edgefleet_variant_joules_per_inference", labels: labels,
+                        help: "Median energy per inference, from devices with energy counters"
+                    ).set(j)
                 }
             }
         }

@@ -11,7 +11,8 @@ extension OperatorRoutes {
         routes.viewers.get("/v1/policies/:name") { _, context in
             let name = try context.parameters.require("name")
             guard let p = policies.current[name] else {
-                throw APIError(.notFound, "unknown-policy", "no policy '\(name)' (have: \(policies.current.keys.sorted().joined(separator: ", ")))")
+                throw APIError(
+                    .notFound, "unknown-policy", "no policy '\(name)' (have: \(policies.current.keys.sorted().joined(separator: ", ")))")
             }
             return try JSON.response(p)
         }
@@ -21,7 +22,9 @@ extension OperatorRoutes {
     func stagedPolicy(_ body: NewRollout) throws -> RolloutPolicy {
         var policy: RolloutPolicy
         if let doc = body.policyDocument {
-            guard body.policy == nil else { throw APIError(.badRequest, "invalid-policy", "give a policy name or a policy document, not both") }
+            guard body.policy == nil else {
+                throw APIError(.badRequest, "invalid-policy", "give a policy name or a policy document, not both")
+            }
             do { policy = try PolicyLoader.parse(doc, file: "the uploaded policy") } catch let e as ConfigError {
                 throw APIError(.badRequest, "invalid-policy", e.message)
             }

@@ -17,17 +17,21 @@ extension OperatorRoutes {
             }
             if let c = body.cell {
                 let key = try Self.cellKey(c)
-                let members = Targeting.members(of: rollout, devices: try await store.deviceCells(),
-                                                inForce: try await store.activeRollouts())[key]?.map(\.id) ?? []
+                let members =
+                    Targeting.members(
+                        of: rollout, devices: try await store.deviceCells(),
+                        inForce: try await store.activeRollouts())[key]?.map(\.id) ?? []
                 devices = devices.map { d in d.filter(Set(members).contains) } ?? members
             }
             let who = actor(request, context)
             let now = clock()
             let cleared = try await store.clearFailures(release: rollout.releaseId, devices: devices, by: who, at: now)
             let ids = cleared.map(\.deviceId).sorted()
-            try await store.recordAction(rollout: rollout.id, RolloutActionRecord(
-                at: now, actor: who, action: "retry", cell: body.cell,
-                detail: "\(ids.count) device(s) sent \(rollout.releaseId) again" + (body.device.map { " (device \($0))" } ?? "")))
+            try await store.recordAction(
+                rollout: rollout.id,
+                RolloutActionRecord(
+                    at: now, actor: who, action: "retry", cell: body.cell,
+                    detail: "\(ids.count) device(s) sent \(rollout.releaseId) again" + (body.device.map { " (device \($0))" } ?? "")))
             return try JSON.response(RolloutRetryResult(rollout: rollout.id, release: rollout.releaseId, retried: ids))
         }
     }

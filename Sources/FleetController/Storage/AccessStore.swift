@@ -18,7 +18,8 @@ protocol AccessStore: Sendable {
     /// In one transaction: the token must exist, be unused, unexpired and (when bound) name this
     /// device; the device must not hold a live identity. Marks the token used and stores the
     /// identity, whose status comes from the token. Throws `AccessError` otherwise, storing nothing.
-    func enroll(tokenHash: String, deviceId: String, fingerprint: String?, facts: DeviceFacts, now: Int64) async throws -> DeviceIdentityInfo
+    func enroll(tokenHash: String, deviceId: String, fingerprint: String?, facts: DeviceFacts, now: Int64) async throws
+        -> DeviceIdentityInfo
 
     func deviceIdentity(_ id: String) async throws -> DeviceIdentityInfo?
     func deviceIdentity(fingerprint: String) async throws -> DeviceIdentityInfo?

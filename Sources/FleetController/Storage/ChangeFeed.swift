@@ -33,14 +33,20 @@ final class ChangeFeed<State: Sendable>: Sendable {
 
     /// `read(since)`: every row when `since` is nil, else the rows changed at or after it, folded
     /// into the state by `merge`, which says whether anything changed.
-    func snapshot<Rows>(_ db: any SQLQuerying, empty: () -> State, read: (Int64?) async throws -> Rows,
-                        merge: (inout State, Rows) -> Bool) async throws -> Snapshot {
+    func snapshot<Rows>(
+        _ db: any SQLQuerying, empty: () -> State, read: (Int64?) async throws -> Rows,
+        merge: (inout State, Rows) -> Bool
+    ) async throws -> Snapshot {
         used.withLock { $0 = .now }
         return try await turn.withLock {
             let now = ContinuousClock.now
             // Taken out of the lock so that merging changes the one copy in place.
-            var current = held.withLock { h -> Held? in let v = h; h = nil; return v }
-            let full = resetPending.withLock { r -> Bool in let v = r; r = false; return v }
+            var current = held.withLock { h -> Held? in
+                let v = h; h = nil; return v
+            }
+            let full = resetPending.withLock { r -> Bool in
+                let v = r; r = false; return v
+            }
             let horizon = try await ChangeRevisions.horizon(db)
             do {
                 if var h = current, !full, now - h.fullAt < fullEvery {

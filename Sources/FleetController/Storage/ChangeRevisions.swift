@@ -49,20 +49,26 @@ enum ChangeRevisions {
         let d = tx.dialect
         try await tx.execute(d.ddl("ALTER TABLE devices ADD COLUMN rev INTEGER NOT NULL DEFAULT 0"))
         try await tx.execute(d.ddl("ALTER TABLE device_labels ADD COLUMN rev INTEGER NOT NULL DEFAULT 0"))
-        try await tx.execute(d.ddl("""
-            CREATE TABLE IF NOT EXISTS latest_install_outcomes (
-                release TEXT NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
-                rev INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (release, device_id))
-            """))
-        try await tx.execute(d.ddl("""
-            CREATE TABLE IF NOT EXISTS latest_runtime_metrics (
-                model TEXT NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL, release TEXT, detail TEXT,
-                received_at INTEGER NOT NULL, rev INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (model, device_id))
-            """))
-        for i in ["CREATE INDEX IF NOT EXISTS devices_rev ON devices (rev)",
-                  "CREATE INDEX IF NOT EXISTS device_labels_rev ON device_labels (rev)",
-                  "CREATE INDEX IF NOT EXISTS latest_install_outcomes_rev ON latest_install_outcomes (release, rev)",
-                  "CREATE INDEX IF NOT EXISTS latest_runtime_metrics_rev ON latest_runtime_metrics (model, rev)"] {
+        try await tx.execute(
+            d.ddl(
+                """
+                CREATE TABLE IF NOT EXISTS latest_install_outcomes (
+                    release TEXT NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+                    rev INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (release, device_id))
+                """))
+        try await tx.execute(
+            d.ddl(
+                """
+                CREATE TABLE IF NOT EXISTS latest_runtime_metrics (
+                    model TEXT NOT NULL, device_id TEXT NOT NULL, seq INTEGER NOT NULL, release TEXT, detail TEXT,
+                    received_at INTEGER NOT NULL, rev INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (model, device_id))
+                """))
+        for i in [
+            "CREATE INDEX IF NOT EXISTS devices_rev ON devices (rev)",
+            "CREATE INDEX IF NOT EXISTS device_labels_rev ON device_labels (rev)",
+            "CREATE INDEX IF NOT EXISTS latest_install_outcomes_rev ON latest_install_outcomes (release, rev)",
+            "CREATE INDEX IF NOT EXISTS latest_runtime_metrics_rev ON latest_runtime_metrics (model, rev)"
+        ] {
             try await tx.execute(i)
         }
         // Cell and label columns: every writer (check-ins, enrollment, operator labels, bulk seeding)
@@ -71,7 +77,8 @@ enum ChangeRevisions {
         let labelColumns = ["enrolled", "operator"]
         switch d {
         case .sqlite:
-            try await tx.execute("CREATE TABLE IF NOT EXISTS change_counter (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL)")
+            try await tx.execute(
+                "CREATE TABLE IF NOT EXISTS change_counter (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL)")
             try await tx.execute("INSERT INTO change_counter (id, value) VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
             for (table, key, columns) in [("devices", "id", deviceColumns), ("device_labels", "device_id", labelColumns)] {
                 let body = """
@@ -81,21 +88,25 @@ enum ChangeRevisions {
                     END
                     """
                 try await tx.execute("CREATE TRIGGER IF NOT EXISTS \(table)_rev_insert AFTER INSERT ON \(table) FOR EACH ROW \(body)")
-                try await tx.execute("""
+                try await tx.execute(
+                    """
                     CREATE TRIGGER IF NOT EXISTS \(table)_rev_update AFTER UPDATE OF \(columns.joined(separator: ", ")) ON \(table) FOR EACH ROW
                     WHEN \(columns.map { "OLD.\($0) IS NOT NEW.\($0)" }.joined(separator: " OR ")) \(body)
                     """)
             }
         case .postgres:
-            try await tx.execute("""
+            try await tx.execute(
+                """
                 CREATE OR REPLACE FUNCTION edgefleet_stamp_rev() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN NEW.rev := pg_current_xact_id()::text::bigint; RETURN NEW; END $$
                 """)
             for (table, columns) in [("devices", deviceColumns), ("device_labels", labelColumns)] {
-                try await tx.execute("""
+                try await tx.execute(
+                    """
                     CREATE TRIGGER \(table)_rev_insert BEFORE INSERT ON \(table) FOR EACH ROW EXECUTE FUNCTION edgefleet_stamp_rev()
                     """)
-                try await tx.execute("""
+                try await tx.execute(
+                    """
                     CREATE TRIGGER \(table)_rev_update BEFORE UPDATE ON \(table) FOR EACH ROW
                     WHEN (\(columns.map { "OLD.\($0) IS DISTINCT FROM NEW.\($0)" }.joined(separator: " OR ")))
                     EXECUTE FUNCTION edgefleet_stamp_rev()
@@ -110,7 +121,8 @@ enum ChangeRevisions {
     /// migration over events stored by earlier builds, and after bulk loads that bypass ingest.
     static func backfillLatest(_ tx: any SQLQuerying) async throws {
         let rev = try await stamp(tx)
-        try await tx.execute("""
+        try await tx.execute(
+            """
             INSERT INTO latest_install_outcomes (release, device_id, seq, kind, rev)
             SELECT e.release, e.device_id, e.seq, e.kind, \(rev) FROM events e
             JOIN (SELECT release, device_id, MAX(seq) AS seq FROM events WHERE release IS NOT NULL AND kind IN \(installKindsSQL)
@@ -120,7 +132,8 @@ enum ChangeRevisions {
             ON CONFLICT (release, device_id) DO UPDATE SET seq = excluded.seq, kind = excluded.kind, rev = excluded.rev
               WHERE excluded.seq > latest_install_outcomes.seq
             """)
-        try await tx.execute("""
+        try await tx.execute(
+            """
             INSERT INTO latest_runtime_metrics (model, device_id, seq, release, detail, received_at, rev)
             SELECT e.model, e.device_id, e.seq, e.release, e.detail, e.received_at, \(rev) FROM events e
             JOIN (SELECT model, device_id, MAX(seq) AS seq FROM events WHERE model IS NOT NULL AND kind = 'metrics'
@@ -150,8 +163,11 @@ enum ChangeRevisions {
         let rev = try await stamp(tx)
         if !outcomes.isEmpty {
             var params: [any SQLValueConvertible] = []
-            for (release, e) in outcomes.sorted(by: { $0.key < $1.key }) { params += [release, deviceId, e.seq, e.kind] as [any SQLValueConvertible] }
-            try await tx.execute("""
+            for (release, e) in outcomes.sorted(by: { $0.key < $1.key }) {
+                params += [release, deviceId, e.seq, e.kind] as [any SQLValueConvertible]
+            }
+            try await tx.execute(
+                """
                 INSERT INTO latest_install_outcomes (release, device_id, seq, kind, rev)
                 VALUES \(Array(repeating: "(?,?,?,?,\(rev))", count: outcomes.count).joined(separator: ","))
                 ON CONFLICT (release, device_id) DO UPDATE SET seq = excluded.seq, kind = excluded.kind, rev = excluded.rev
@@ -163,7 +179,8 @@ enum ChangeRevisions {
             for (model, e) in metrics.sorted(by: { $0.key < $1.key }) {
                 params += [model, deviceId, e.seq, e.release, e.detail, receivedAt] as [any SQLValueConvertible]
             }
-            try await tx.execute("""
+            try await tx.execute(
+                """
                 INSERT INTO latest_runtime_metrics (model, device_id, seq, release, detail, received_at, rev)
                 VALUES \(Array(repeating: "(?,?,?,?,?,?,\(rev))", count: metrics.count).joined(separator: ","))
                 ON CONFLICT (model, device_id) DO UPDATE SET seq = excluded.seq, release = excluded.release, detail = excluded.detail,

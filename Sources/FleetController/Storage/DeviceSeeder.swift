@@ -12,8 +12,10 @@ public enum DeviceSeeder {
         public var perCell: [String: Int]
     }
 
-    public static func seed(options: ControllerOptions, count: Int, prefix: String, now: Int64 = Int64(Date().timeIntervalSince1970),
-                            logger: Logger) async throws -> Report {
+    public static func seed(
+        options: ControllerOptions, count: Int, prefix: String, now: Int64 = Int64(Date().timeIntervalSince1970),
+        logger: Logger
+    ) async throws -> Report {
         let config = try FleetConfig.load(directory: options.configDirectory)
         let store = try await Controller.openStore(options: options, logger: logger)
         defer { Task { await store.db.close() } }
@@ -31,13 +33,15 @@ public enum DeviceSeeder {
                 perCell["\(cls ?? "none")/\(tier ?? "none")", default: 0] += 1
                 rows.append([facts.deviceId!, try store.json(facts), cls, tier, now, now])
             }
-            try await store.insertRows(table: "devices", columns: ["id", "facts", "hardware_class", "tier", "first_seen", "last_seen"],
-                                       constants: ["installed": "'{}'", "status": "'idle'", "held": "'{}'", "agent_version": "'seeded'"],
-                                       rows: rows)
+            try await store.insertRows(
+                table: "devices", columns: ["id", "facts", "hardware_class", "tier", "first_seen", "last_seen"],
+                constants: ["installed": "'{}'", "status": "'idle'", "held": "'{}'", "agent_version": "'seeded'"],
+                rows: rows)
             start += batch
             logger.info("seeded", metadata: ["devices": "\(min(start, count))", "of": "\(count)"])
         }
         let elapsed = ContinuousClock.now - started
-        return Report(devices: count, seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, perCell: perCell)
+        return Report(
+            devices: count, seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, perCell: perCell)
     }
 }

@@ -59,7 +59,7 @@ struct RolloutRecord: Sendable, Equatable {
     var id: Int64
     var releaseId: String
     var model: String
-    var strategy: String       // "all", or the policy name
+    var strategy: String  // "all", or the policy name
     var state: RolloutState
     var createdAt: Int64
     /// A staged rollout's policy, as it was when the rollout started.
@@ -198,7 +198,7 @@ struct TrialRecord: Sendable, Equatable {
     var hardwareClass: String
     var variants: [String]
     var devices: [String]
-    var state: String          // running, done
+    var state: String  // running, done
     var createdAt: Int64
     var createdBy: String
 }

@@ -48,14 +48,17 @@ final class LeaderElector: Service, Sendable {
     let logger: Logger
     let onChange: @Sendable (Bool) async -> Void
 
-    init(location: PostgresLocation, store: SQLStore, fence: LeaseFence, replica: String, interval: Swift.Duration = .seconds(1),
-         logger: Logger, onChange: @escaping @Sendable (Bool) async -> Void = { _ in }) {
+    init(
+        location: PostgresLocation, store: SQLStore, fence: LeaseFence, replica: String, interval: Swift.Duration = .seconds(1),
+        logger: Logger, onChange: @escaping @Sendable (Bool) async -> Void = { _ in }
+    ) {
         self.location = location; self.store = store; self.fence = fence; self.replica = replica; self.interval = interval
         self.logger = logger; self.onChange = onChange
     }
 
     func run() async throws {
-        await location.keepSession(id: 1, what: "leader election", retry: interval, logger: logger, lost: { await self.stepDown() }) { connection in
+        await location.keepSession(id: 1, what: "leader election", retry: interval, logger: logger, lost: { await self.stepDown() }) {
+            connection in
             try await self.hold(connection)
         }
     }
@@ -65,7 +68,8 @@ final class LeaderElector: Service, Sendable {
     private func hold(_ connection: PostgresConnection) async throws {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             if !fence.isLeader {
-                let rows = try await connection.query("SELECT pg_try_advisory_lock(\(Migrations.advisoryLockKey + 1)) AS got", logger: logger)
+                let rows = try await connection.query(
+                    "SELECT pg_try_advisory_lock(\(Migrations.advisoryLockKey + 1)) AS got", logger: logger)
                 var got = false
                 for try await row in rows { got = try row.decode(Bool.self) }
                 if got {
@@ -88,7 +92,8 @@ final class LeaderElector: Service, Sendable {
 
     private func claim() async throws -> Int64 {
         let now = Int64(Date().timeIntervalSince1970)
-        let rows = try await store.db.query("""
+        let rows = try await store.db.query(
+            """
             INSERT INTO leases (name, holder, epoch, acquired_at) VALUES (?,?,1,?)
             ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, epoch = leases.epoch + 1, acquired_at = excluded.acquired_at
             RETURNING epoch

@@ -19,12 +19,13 @@ enum Migrations {
         Migration(version: 3, name: "cell revisions", apply: cellRevisions),
         Migration(version: 4, name: "prior releases per rollout", apply: rolloutPriorReleases),
         Migration(version: 5, name: "labels, targeted rollouts, waves, maintenance windows", apply: targeting),
-        Migration(version: 6, name: "change revisions of device cells and labels, latest install outcome and runtime metrics per device",
-                  apply: ChangeRevisions.migrate),
+        Migration(
+            version: 6, name: "change revisions of device cells and labels, latest install outcome and runtime metrics per device",
+            apply: ChangeRevisions.migrate)
     ]
     static var latest: Int { all.last!.version }
     /// Any number; the same in every replica.
-    static let advisoryLockKey: Int64 = 0x4564_6765_466C_74   // "EdgeFlt"
+    static let advisoryLockKey: Int64 = 0x4564_6765_466C_74  // "EdgeFlt"
 
     struct Outcome: Sendable, Equatable {
         var from: Int
@@ -53,10 +54,12 @@ enum Migrations {
             if tx.dialect == .postgres {
                 try await tx.execute("SELECT pg_advisory_xact_lock(?)", [advisoryLockKey])
             }
-            try await tx.execute(tx.dialect.ddl("""
-                CREATE TABLE IF NOT EXISTS schema_migrations (
-                    version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)
-                """))
+            try await tx.execute(
+                tx.dialect.ddl(
+                    """
+                    CREATE TABLE IF NOT EXISTS schema_migrations (
+                        version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)
+                    """))
             let current = Int(try await tx.scalar("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations").int ?? 0)
             guard current <= latest else { throw tooNew(current) }
             var applied: [String] = []
@@ -77,7 +80,8 @@ enum Migrations {
     }
 
     private static func tooNew(_ version: Int) -> StorageError {
-        StorageError(.schemaTooNew, "the database is at schema version \(version); this controller knows up to \(latest): upgrade the controller")
+        StorageError(
+            .schemaTooNew, "the database is at schema version \(version); this controller knows up to \(latest): upgrade the controller")
     }
 
     // MARK: steps
@@ -201,7 +205,7 @@ enum Migrations {
             CREATE TABLE IF NOT EXISTS artifact_quarantine (
                 sha256 TEXT PRIMARY KEY, actual_sha256 TEXT NOT NULL, size INTEGER NOT NULL,
                 quarantined_at INTEGER NOT NULL, found_by TEXT NOT NULL, path TEXT NOT NULL)
-            """,
+            """
         ]
         for t in tables { try await tx.execute(d.ddl(t)) }
         if d == .sqlite { try await sqliteLegacyColumns(tx) }
@@ -213,7 +217,7 @@ enum Migrations {
             "CREATE INDEX IF NOT EXISTS audit_actor ON audit_log (actor, id)",
             "CREATE INDEX IF NOT EXISTS identity_fingerprint ON device_identities (fingerprint)",
             "CREATE INDEX IF NOT EXISTS device_failures_release ON device_failures (release, retried_at)",
-            "CREATE INDEX IF NOT EXISTS deliveries_release ON deliveries (release_id, device_id)",
+            "CREATE INDEX IF NOT EXISTS deliveries_release ON deliveries (release_id, device_id)"
         ]
         for i in indexes { try await tx.execute(i) }
     }
@@ -227,11 +231,13 @@ enum Migrations {
         let historyColumns = Set(try await tx.query("PRAGMA table_info(rollout_history)").compactMap { try $0.optionalString("name") })
         if !historyColumns.contains("id") {
             try await tx.execute("ALTER TABLE rollout_history RENAME TO rollout_history_old")
-            try await tx.execute("""
+            try await tx.execute(
+                """
                 CREATE TABLE rollout_history (
                     id INTEGER PRIMARY KEY AUTOINCREMENT, rollout_id INTEGER NOT NULL, cell TEXT NOT NULL, at INTEGER NOT NULL, body TEXT NOT NULL)
                 """)
-            try await tx.execute("""
+            try await tx.execute(
+                """
                 INSERT INTO rollout_history (id, rollout_id, cell, at, body) SELECT rowid, rollout_id, cell, at, body FROM rollout_history_old
                 """)
             try await tx.execute("DROP TABLE rollout_history_old")
@@ -249,10 +255,13 @@ enum Migrations {
     /// every check-in's timestamp names them, and a DISTINCT over every device the rollout reached
     /// grows with the rollout.
     private static func rolloutPriorReleases(_ tx: any SQLQuerying) async throws {
-        try await tx.execute(tx.dialect.ddl("""
-            CREATE TABLE IF NOT EXISTS rollout_prior_releases (rollout_id INTEGER NOT NULL, release TEXT NOT NULL, PRIMARY KEY (rollout_id, release))
-            """))
-        try await tx.execute("""
+        try await tx.execute(
+            tx.dialect.ddl(
+                """
+                CREATE TABLE IF NOT EXISTS rollout_prior_releases (rollout_id INTEGER NOT NULL, release TEXT NOT NULL, PRIMARY KEY (rollout_id, release))
+                """))
+        try await tx.execute(
+            """
             INSERT INTO rollout_prior_releases (rollout_id, release)
             SELECT DISTINCT rollout_id, prior_release FROM rollout_devices WHERE prior_release IS NOT NULL
             ON CONFLICT (rollout_id, release) DO NOTHING
@@ -271,20 +280,24 @@ enum Migrations {
         }
         switch d {
         case .sqlite:
-            try await tx.execute("""
+            try await tx.execute(
+                """
                 UPDATE devices SET arch = json_extract(facts, '$.arch'), timezone = json_extract(facts, '$.timezone'),
                   agent_labels = COALESCE(json_extract(facts, '$.labels'), '{}')
                 """)
         case .postgres:
-            try await tx.execute("""
+            try await tx.execute(
+                """
                 UPDATE devices SET arch = facts::jsonb ->> 'arch', timezone = facts::jsonb ->> 'timezone',
                   agent_labels = COALESCE(facts::jsonb -> 'labels', '{}'::jsonb)::text
                 """)
         }
-        try await tx.execute(d.ddl("""
-            CREATE TABLE IF NOT EXISTS device_labels (
-                device_id TEXT PRIMARY KEY, enrolled TEXT NOT NULL DEFAULT '{}', operator TEXT NOT NULL DEFAULT '{}')
-            """))
+        try await tx.execute(
+            d.ddl(
+                """
+                CREATE TABLE IF NOT EXISTS device_labels (
+                    device_id TEXT PRIMARY KEY, enrolled TEXT NOT NULL DEFAULT '{}', operator TEXT NOT NULL DEFAULT '{}')
+                """))
         try await tx.execute(d.ddl("ALTER TABLE enrollment_tokens ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'"))
         for column in ["selector TEXT NOT NULL DEFAULT ''", "activation_window TEXT", "wave INTEGER NOT NULL DEFAULT 0"] {
             try await tx.execute(d.ddl("ALTER TABLE rollouts ADD COLUMN \(column)"))
@@ -296,9 +309,11 @@ enum Migrations {
     /// done by the holder of this lease; its epoch grows at each change of holder and fences the
     /// leader's writes.
     private static func leaderLease(_ tx: any SQLQuerying) async throws {
-        try await tx.execute(tx.dialect.ddl("""
-            CREATE TABLE IF NOT EXISTS leases (
-                name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch INTEGER NOT NULL, acquired_at INTEGER NOT NULL)
-            """))
+        try await tx.execute(
+            tx.dialect.ddl(
+                """
+                CREATE TABLE IF NOT EXISTS leases (
+                    name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch INTEGER NOT NULL, acquired_at INTEGER NOT NULL)
+                """))
     }
 }

@@ -60,8 +60,9 @@ final class PostgresDatabase: SQLDatabase {
     init(_ location: PostgresLocation, logger: Logger) {
         self.location = location
         self.logger = logger
-        var config = PostgresClient.Configuration(host: location.host, port: location.port, username: location.user,
-                                                  password: location.password, database: location.database, tls: .disable)
+        var config = PostgresClient.Configuration(
+            host: location.host, port: location.port, username: location.user,
+            password: location.password, database: location.database, tls: .disable)
         config.options.maximumConnections = location.pool
         config.options.minimumConnections = 0
         config.options.connectTimeout = .seconds(5)
@@ -125,8 +126,10 @@ final class PostgresDatabase: SQLDatabase {
 
     private static let rewrites = RewriteCache()
 
-    static func run(_ sql: String, _ params: [any SQLValueConvertible],
-                    _ send: (PostgresQuery) async throws -> PostgresRowSequence) async throws -> [SQLRow] {
+    static func run(
+        _ sql: String, _ params: [any SQLValueConvertible],
+        _ send: (PostgresQuery) async throws -> PostgresRowSequence
+    ) async throws -> [SQLRow] {
         var binds = PostgresBindings(capacity: params.count)
         for p in params {
             switch p.sqlValue {
@@ -194,8 +197,10 @@ extension PostgresLocation {
     /// After a loss (logged, with the next attempt's delay) it runs `lost` and connects again after
     /// a delay that doubles from `retry` up to 30 s, back to `retry` once a session has lasted a
     /// minute. `lost` runs once more at the end.
-    func keepSession(id: Int, what: String, retry: Swift.Duration, logger: Logger, lost: @Sendable () async -> Void,
-                     _ session: @Sendable (PostgresConnection) async throws -> Void) async {
+    func keepSession(
+        id: Int, what: String, retry: Swift.Duration, logger: Logger, lost: @Sendable () async -> Void,
+        _ session: @Sendable (PostgresConnection) async throws -> Void
+    ) async {
         var delay = retry
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             let started = ContinuousClock.now

@@ -43,13 +43,15 @@ protocol ArtifactQuarantineStore: Sendable {
 extension SQLStore: ArtifactQuarantineStore {
     func quarantine(_ a: QuarantinedArtifact) async throws {
         try await write(announcing: [.quarantine]) { tx in
-            try await tx.execute("""
+            try await tx.execute(
+                """
                 INSERT INTO artifact_quarantine (sha256, actual_sha256, size, quarantined_at, found_by, path) VALUES (?,?,?,?,?,?)
                 ON CONFLICT(sha256) DO UPDATE SET actual_sha256=excluded.actual_sha256, size=excluded.size,
                   quarantined_at=excluded.quarantined_at, found_by=excluded.found_by, path=excluded.path
                 """, [a.sha256, a.actualSha256, a.size, a.quarantinedAt, a.foundBy.rawValue, a.path])
             try await tx.execute("DELETE FROM deltas WHERE package_sha256 = ?", [a.sha256])
-            try await tx.execute("""
+            try await tx.execute(
+                """
                 UPDATE deltas SET status = 'failed', detail = ? WHERE base_sha256 = ? OR target_sha256 = ?
                 """, ["\(QuarantinedArtifact.deltaDetailPrefix) artifact \(a.sha256) is corrupt on the controller", a.sha256, a.sha256])
         }
@@ -59,8 +61,9 @@ extension SQLStore: ArtifactQuarantineStore {
         guard let finder = QuarantinedArtifact.Finder(rawValue: try r.string("found_by")) else {
             throw StorageError(.corrupt, "quarantine record with an unknown finder")
         }
-        return QuarantinedArtifact(sha256: try r.string("sha256"), actualSha256: try r.string("actual_sha256"), size: try r.int("size"),
-                                   quarantinedAt: try r.int("quarantined_at"), foundBy: finder, path: try r.string("path"))
+        return QuarantinedArtifact(
+            sha256: try r.string("sha256"), actualSha256: try r.string("actual_sha256"), size: try r.int("size"),
+            quarantinedAt: try r.int("quarantined_at"), foundBy: finder, path: try r.string("path"))
     }
 
     private static let quarantineColumns = "sha256, actual_sha256, size, quarantined_at, found_by, path"
@@ -68,19 +71,22 @@ extension SQLStore: ArtifactQuarantineStore {
     /// Asked at every check-in that is sent an artifact: kept in the replica's cache.
     func quarantinedArtifact(_ sha256: String) async throws -> QuarantinedArtifact? {
         try await cache.value(.quarantine, sha256) {
-            try await db.query("SELECT \(Self.quarantineColumns) FROM artifact_quarantine WHERE sha256 = ?", [sha256]).first.map(Self.quarantineRow)
+            try await db.query("SELECT \(Self.quarantineColumns) FROM artifact_quarantine WHERE sha256 = ?", [sha256]).first.map(
+                Self.quarantineRow)
         }
     }
 
     func quarantinedArtifacts() async throws -> [QuarantinedArtifact] {
-        try await db.query("SELECT \(Self.quarantineColumns) FROM artifact_quarantine ORDER BY quarantined_at, sha256", []).map(Self.quarantineRow)
+        try await db.query("SELECT \(Self.quarantineColumns) FROM artifact_quarantine ORDER BY quarantined_at, sha256", []).map(
+            Self.quarantineRow)
     }
 
     func restoreQuarantined(_ sha256: String) async throws -> Bool {
         try await write(announcing: [.quarantine]) { tx in
             let removed = try await tx.query("DELETE FROM artifact_quarantine WHERE sha256 = ? RETURNING sha256", [sha256])
             guard !removed.isEmpty else { return false }
-            try await tx.execute("""
+            try await tx.execute(
+                """
                 DELETE FROM deltas WHERE status = 'failed' AND detail LIKE ? AND (base_sha256 = ? OR target_sha256 = ?)
                 """, [QuarantinedArtifact.deltaDetailPrefix + "%", sha256, sha256])
             return true

@@ -4,7 +4,8 @@ import Foundation
 /// Quality reports of variants (from the variant builder or an evaluation), one per variant.
 extension SQLStore {
     func saveVariantReport(model: String, variant: String, _ report: VariantReport) async throws {
-        try await db.execute("""
+        try await db.execute(
+            """
             INSERT INTO variant_reports (model, name, report) VALUES (?,?,?)
             ON CONFLICT(model, name) DO UPDATE SET report = excluded.report
             """, [model, variant, try json(report)])

@@ -9,9 +9,11 @@ extension SQLStore {
     func appendHistory(rollout: Int64, cell: CellKey, _ point: CellHistoryPoint) async throws {
         let body = try json(point)
         try await write(fenced: true) { tx in
-            try await tx.execute("INSERT INTO rollout_history (rollout_id, cell, at, body) VALUES (?,?,?,?)",
-                                 [rollout, cell.description, point.at, body])
-            try await tx.execute("""
+            try await tx.execute(
+                "INSERT INTO rollout_history (rollout_id, cell, at, body) VALUES (?,?,?,?)",
+                [rollout, cell.description, point.at, body])
+            try await tx.execute(
+                """
                 DELETE FROM rollout_history WHERE rollout_id = ? AND cell = ? AND id NOT IN
                   (SELECT id FROM rollout_history WHERE rollout_id = ? AND cell = ? ORDER BY at DESC, id DESC LIMIT ?)
                 """, [rollout, cell.description, rollout, cell.description, Int64(Self.historyPointsPerCell)])
@@ -28,7 +30,8 @@ extension SQLStore {
 
     func recordDropped(deviceId: String, total: UInt64, at: Int64) async throws {
         // The device's own counter only grows; a smaller value (a reinstalled agent) replaces it.
-        try await db.execute("""
+        try await db.execute(
+            """
             INSERT INTO device_telemetry (device_id, events_dropped, updated_at) VALUES (?,?,?)
             ON CONFLICT(device_id) DO UPDATE SET events_dropped = excluded.events_dropped, updated_at = excluded.updated_at
             """, [deviceId, Int64(clamping: total), at])
@@ -48,39 +51,49 @@ extension SQLStore {
 extension SQLStore {
     func recordRolloutDevice(rollout: Int64, deviceId: String, priorRelease: String?, priorSha256: String?, at: Int64) async throws {
         try await write { tx in
-            try await tx.execute("""
+            try await tx.execute(
+                """
                 INSERT INTO rollout_devices (rollout_id, device_id, prior_release, prior_sha256, assigned_at) VALUES (?,?,?,?,?)
                 ON CONFLICT(rollout_id, device_id) DO NOTHING
                 """, [rollout, deviceId, priorRelease, priorSha256, at])
             guard let priorRelease else { return ((), []) }
-            let added = try await tx.query("""
+            let added = try await tx.query(
+                """
                 INSERT INTO rollout_prior_releases (rollout_id, release) VALUES (?,?) ON CONFLICT (rollout_id, release) DO NOTHING RETURNING release
                 """, [rollout, priorRelease])
-            return ((), added.isEmpty ? [] : [.priors])   // announced only when a release is new to the rollout
+            return ((), added.isEmpty ? [] : [.priors])  // announced only when a release is new to the rollout
         }
     }
 
     private static func rolloutDeviceRow(_ r: SQLRow) throws -> RolloutDeviceRecord {
-        RolloutDeviceRecord(priorRelease: try r.optionalString("prior_release"), priorSha256: try r.optionalString("prior_sha256"),
-                            assignedAt: try r.int("assigned_at"))
+        RolloutDeviceRecord(
+            priorRelease: try r.optionalString("prior_release"), priorSha256: try r.optionalString("prior_sha256"),
+            assignedAt: try r.int("assigned_at"))
     }
 
     func rolloutDevice(rollout: Int64, deviceId: String) async throws -> RolloutDeviceRecord? {
-        try await db.query("SELECT prior_release, prior_sha256, assigned_at FROM rollout_devices WHERE rollout_id = ? AND device_id = ?",
-                           [rollout, deviceId]).first.map(Self.rolloutDeviceRow)
+        try await db.query(
+            "SELECT prior_release, prior_sha256, assigned_at FROM rollout_devices WHERE rollout_id = ? AND device_id = ?",
+            [rollout, deviceId]
+        ).first.map(Self.rolloutDeviceRow)
     }
 
     func committedRelease(deviceId: String, model: String, sha256: String) async throws -> String? {
-        try await db.query("""
+        try await db.query(
+            """
             SELECT release FROM events WHERE device_id = ? AND model = ? AND kind = 'committed' AND sha256 = ? AND release IS NOT NULL
             ORDER BY seq DESC LIMIT 1
-            """, [deviceId, model, sha256]).first.map { try $0.string("release") }
+            """, [deviceId, model, sha256]
+        ).first.map { try $0.string("release") }
     }
 
     /// Named by every check-in's timestamp: a small table of its own, cached per replica.
     func priorReleases(rollout: Int64) async throws -> Set<String> {
         try await cache.value(.priors, "\(rollout)") {
-            Set(try await db.query("SELECT release FROM rollout_prior_releases WHERE rollout_id = ?", [rollout]).map { try $0.string("release") })
+            Set(
+                try await db.query("SELECT release FROM rollout_prior_releases WHERE rollout_id = ?", [rollout]).map {
+                    try $0.string("release")
+                })
         }
     }
 
@@ -89,12 +102,14 @@ extension SQLStore {
     func deviceCells() async throws -> [DeviceCellRecord] { try await deviceCellSnapshot().records }
 
     func deviceCellSnapshot() async throws -> DeviceCellSnapshot {
-        let s = try await cache.feeds.devices.snapshot(db, empty: { DeviceCellTable() }, read: { (since: Int64?) -> [DeviceCellRecord] in
-            guard let since else { return try await readDeviceCells(where: nil, since: nil) }
-            // Devices changed, then devices whose labels changed (a device is replaced in place).
-            return try await readDeviceCells(where: "d.rev >= ? ORDER BY d.rev, d.id", since: since)
-                + readDeviceCells(where: "d.id IN (SELECT device_id FROM device_labels WHERE rev >= ?)", since: since)
-        }, merge: { $0.merge($1) })
+        let s = try await cache.feeds.devices.snapshot(
+            db, empty: { DeviceCellTable() },
+            read: { (since: Int64?) -> [DeviceCellRecord] in
+                guard let since else { return try await readDeviceCells(where: nil, since: nil) }
+                // Devices changed, then devices whose labels changed (a device is replaced in place).
+                return try await readDeviceCells(where: "d.rev >= ? ORDER BY d.rev, d.id", since: since)
+                    + readDeviceCells(where: "d.id IN (SELECT device_id FROM device_labels WHERE rev >= ?)", since: since)
+            }, merge: { $0.merge($1) })
         return DeviceCellSnapshot(records: s.state.records, version: s.version)
     }
 
@@ -126,12 +141,14 @@ extension SQLStore {
             if let known = merged[key] {
                 effective = known
             } else {
-                effective = Labels.effective(agent: try labels(r, "agent_labels"), enrollment: try labels(r, "enrolled_labels"),
-                                             operator: try labels(r, "operator_labels"))
+                effective = Labels.effective(
+                    agent: try labels(r, "agent_labels"), enrollment: try labels(r, "enrolled_labels"),
+                    operator: try labels(r, "operator_labels"))
                 merged[key] = effective
             }
-            return DeviceCellRecord(id: try r.string("id"), hardwareClass: try r.optionalString("hardware_class"), tier: try r.optionalString("tier"),
-                                    arch: try r.optionalString("arch"), timezone: try r.optionalString("timezone"), labels: effective)
+            return DeviceCellRecord(
+                id: try r.string("id"), hardwareClass: try r.optionalString("hardware_class"), tier: try r.optionalString("tier"),
+                arch: try r.optionalString("arch"), timezone: try r.optionalString("timezone"), labels: effective)
         }
     }
 }
@@ -141,19 +158,23 @@ extension SQLStore {
 extension SQLStore {
     func rolloutDevices(rollout: Int64) async throws -> [String: RolloutDeviceRecord] {
         var out: [String: RolloutDeviceRecord] = [:]
-        for r in try await db.query("SELECT device_id, prior_release, prior_sha256, assigned_at FROM rollout_devices WHERE rollout_id = ?", [rollout]) {
+        for r in try await db.query(
+            "SELECT device_id, prior_release, prior_sha256, assigned_at FROM rollout_devices WHERE rollout_id = ?", [rollout])
+        {
             out[try r.string("device_id")] = try Self.rolloutDeviceRow(r)
         }
         return out
     }
 
     func runtimeMetrics(model: String, release: String, since: Int64) async throws -> [DeviceMetrics] {
-        try await db.query("""
+        try await db.query(
+            """
             SELECT e.device_id, e.release, e.detail FROM events e
             JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE model = ? AND kind = 'metrics' AND release = ? AND received_at >= ?
                   GROUP BY device_id) latest
               ON e.device_id = latest.device_id AND e.seq = latest.seq
-            """, [model, release, since]).compactMap(Self.metricsRow)
+            """, [model, release, since]
+        ).compactMap(Self.metricsRow)
     }
 
     func installed(model: String) async throws -> [String: String] {
@@ -170,7 +191,8 @@ extension SQLStore {
 /// runtime figures per artifact.
 extension SQLStore {
     func performanceSamples(model: String) async throws -> [VariantMeasurement.Sample] {
-        let rows = try await db.query("""
+        let rows = try await db.query(
+            """
             SELECT e.device_id, d.hardware_class, e.sha256, e.kind, e.detail FROM events e
             JOIN (SELECT device_id, sha256, kind, MAX(seq) AS seq FROM events
                   WHERE model = ? AND kind IN ('benchmark', 'metrics') AND sha256 IS NOT NULL GROUP BY device_id, sha256, kind) latest
@@ -181,15 +203,19 @@ extension SQLStore {
         var bench: [String: VariantMeasurement.Sample] = [:], runtime: [String: VariantMeasurement.Sample] = [:]
         func bounded(_ v: Double?) -> Double? { v.flatMap { $0.isFinite && $0 >= 0 && $0 < 86_400_000 ? $0 : nil } }
         for r in rows {
-            let device = try r.string("device_id"), cls = try r.string("hardware_class"), sha = try r.string("sha256"), kind = try r.string("kind")
+            let device = try r.string("device_id"), cls = try r.string("hardware_class"), sha = try r.string("sha256"),
+                kind = try r.string("kind")
             guard let detail = try r.optionalString("detail") else { continue }
             let key = device + "\u{0}" + sha
             if kind == "benchmark", let b = try? BenchmarkReport.parse(Array(detail.utf8)) {
-                bench[key] = .init(device: device, hardwareClass: cls, sha256: sha, latencyP50Ms: b.latencyP50Ms, latencyP95Ms: b.latencyP95Ms,
-                                   peakMemoryBytes: b.peakMemoryBytes, joulesPerInference: b.joulesPerInference)
+                bench[key] = .init(
+                    device: device, hardwareClass: cls, sha256: sha, latencyP50Ms: b.latencyP50Ms, latencyP95Ms: b.latencyP95Ms,
+                    peakMemoryBytes: b.peakMemoryBytes, joulesPerInference: b.joulesPerInference)
             } else if kind == "metrics", let m = try? JSONDecoder().decode(RuntimeMetrics.self, from: Data(detail.utf8)),
-                      let p50 = bounded(m.latencyP50Ms) {
-                runtime[key] = .init(device: device, hardwareClass: cls, sha256: sha, latencyP50Ms: p50, latencyP95Ms: bounded(m.latencyP95Ms))
+                let p50 = bounded(m.latencyP50Ms)
+            {
+                runtime[key] = .init(
+                    device: device, hardwareClass: cls, sha256: sha, latencyP50Ms: p50, latencyP95Ms: bounded(m.latencyP95Ms))
             }
         }
         // A device's own benchmark of an artifact is preferred over its runtime figures for it.

@@ -5,20 +5,24 @@ import Foundation
 /// normal signed path, measured, and then returned to what selection gives them.
 extension SQLStore {
     private static func trialRow(_ r: SQLRow) throws -> TrialRecord {
-        TrialRecord(id: try r.int("id"), model: try r.string("model"), release: try r.string("release"),
-                    hardwareClass: try r.string("hardware_class"), variants: try r.json([String].self, "variants"),
-                    devices: try r.json([String].self, "devices"), state: try r.string("state"), createdAt: try r.int("created_at"),
-                    createdBy: try r.string("created_by"))
+        TrialRecord(
+            id: try r.int("id"), model: try r.string("model"), release: try r.string("release"),
+            hardwareClass: try r.string("hardware_class"), variants: try r.json([String].self, "variants"),
+            devices: try r.json([String].self, "devices"), state: try r.string("state"), createdAt: try r.int("created_at"),
+            createdBy: try r.string("created_by"))
     }
 
     private static let trialColumns = "id, model, release, hardware_class, variants, devices, state, created_at, created_by"
 
     func createTrial(_ t: TrialRecord) async throws -> TrialRecord {
         let variants = try json(t.variants), devices = try json(t.devices)
-        let rows = try await write(announcing: [.trials]) { tx in try await tx.query("""
-            INSERT INTO trials (model, release, hardware_class, variants, devices, state, created_at, created_by) VALUES (?,?,?,?,?,?,?,?)
-            RETURNING \(Self.trialColumns)
-            """, [t.model, t.release, t.hardwareClass, variants, devices, t.state, t.createdAt, t.createdBy]) }
+        let rows = try await write(announcing: [.trials]) { tx in
+            try await tx.query(
+                """
+                INSERT INTO trials (model, release, hardware_class, variants, devices, state, created_at, created_by) VALUES (?,?,?,?,?,?,?,?)
+                RETURNING \(Self.trialColumns)
+                """, [t.model, t.release, t.hardwareClass, variants, devices, t.state, t.createdAt, t.createdBy])
+        }
         guard let row = rows.first else { throw StorageError(.database, "insert returned no row") }
         return try Self.trialRow(row)
     }
@@ -35,8 +39,11 @@ extension SQLStore {
     }
 
     func measuredArtifacts(model: String, deviceId: String) async throws -> Set<String> {
-        Set(try await db.query("""
-            SELECT DISTINCT sha256 FROM events WHERE device_id = ? AND model = ? AND kind IN ('benchmark', 'metrics') AND sha256 IS NOT NULL
-            """, [deviceId, model]).map { try $0.string("sha256") })
+        Set(
+            try await db.query(
+                """
+                SELECT DISTINCT sha256 FROM events WHERE device_id = ? AND model = ? AND kind IN ('benchmark', 'metrics') AND sha256 IS NOT NULL
+                """, [deviceId, model]
+            ).map { try $0.string("sha256") })
     }
 }

@@ -28,7 +28,9 @@ final class SQLStore: FleetStore {
 
     /// The shared store. Migrates unless `migrate` is false; then a schema behind or ahead of
     /// this build is refused.
-    static func postgres(_ location: PostgresLocation, migrate: Bool, logger: Logger, cache: StoreCache = StoreCache()) async throws -> SQLStore {
+    static func postgres(_ location: PostgresLocation, migrate: Bool, logger: Logger, cache: StoreCache = StoreCache()) async throws
+        -> SQLStore
+    {
         let db = try await PostgresDatabase.connect(location, logger: logger)
         do {
             if migrate {
@@ -36,7 +38,9 @@ final class SQLStore: FleetStore {
             } else {
                 let v = try await Migrations.check(db)
                 guard v == Migrations.latest else {
-                    throw StorageError(.schemaTooNew, "the database is at schema version \(v), this controller needs \(Migrations.latest): run fleet-controller migrate")
+                    throw StorageError(
+                        .schemaTooNew,
+                        "the database is at schema version \(v), this controller needs \(Migrations.latest): run fleet-controller migrate")
                 }
             }
         } catch {
@@ -58,14 +62,18 @@ final class SQLStore: FleetStore {
     /// Runs `body` in one transaction; with a fence, only while this replica holds its lease.
     /// `announcing`: the cached topics it changes, dropped here after the commit and announced to
     /// the other replicas by a NOTIFY that the commit delivers.
-    func write<T: Sendable>(fenced: Bool = false, announcing topics: [StoreCache.Topic] = [],
-                            _ body: @Sendable @escaping (any SQLQuerying) async throws -> T) async throws -> T {
+    func write<T: Sendable>(
+        fenced: Bool = false, announcing topics: [StoreCache.Topic] = [],
+        _ body: @Sendable @escaping (any SQLQuerying) async throws -> T
+    ) async throws -> T {
         try await write(fenced: fenced) { tx in (try await body(tx), topics) }
     }
 
     /// `write` for a body that finds out what it changed: it returns the topics to announce.
-    func write<T: Sendable>(fenced: Bool = false,
-                            _ body: @Sendable @escaping (any SQLQuerying) async throws -> (T, [StoreCache.Topic])) async throws -> T {
+    func write<T: Sendable>(
+        fenced: Bool = false,
+        _ body: @Sendable @escaping (any SQLQuerying) async throws -> (T, [StoreCache.Topic])
+    ) async throws -> T {
         let fence = fenced ? self.fence : nil
         let (result, topics) = try await db.transaction { tx in
             if let fence { try await fence.check(tx) }
@@ -91,15 +99,19 @@ final class SQLStore: FleetStore {
     func upsertDevice(_ d: DeviceRecord) async throws {
         // A check-in's facts and time are repeated by the next check-in: not worth an fsync each.
         // The enrollment's and operator's labels are not written here: only their own commands do.
-        try await db.executeRelaxed("""
+        try await db.executeRelaxed(
+            """
             INSERT INTO devices (id, facts, hardware_class, tier, installed, phase, status, status_detail, held, first_seen, last_seen,
               agent_version, arch, timezone, agent_labels)
             VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
             ON CONFLICT(id) DO UPDATE SET facts=excluded.facts, hardware_class=excluded.hardware_class, tier=excluded.tier,
               installed=excluded.installed, phase=excluded.phase, held=excluded.held, last_seen=excluded.last_seen,
               agent_version=excluded.agent_version, arch=excluded.arch, timezone=excluded.timezone, agent_labels=excluded.agent_labels
-            """, [d.id, try json(d.facts), d.hardwareClass, d.tier, try json(d.installed), d.phase, d.status, d.statusDetail,
-                  try json(d.held), d.firstSeen, d.lastSeen, d.agentVersion, d.facts.arch, d.facts.timezone, try json(d.facts.labels ?? [:])])
+            """,
+            [
+                d.id, try json(d.facts), d.hardwareClass, d.tier, try json(d.installed), d.phase, d.status, d.statusDetail,
+                try json(d.held), d.firstSeen, d.lastSeen, d.agentVersion, d.facts.arch, d.facts.timezone, try json(d.facts.labels ?? [:])
+            ])
     }
 
     /// A JSON object of labels as stored; "{}" and NULL without decoding.
@@ -109,12 +121,13 @@ final class SQLStore: FleetStore {
     }
 
     static func deviceRow(_ r: SQLRow) throws -> DeviceRecord {
-        DeviceRecord(id: try r.string("id"), facts: try r.json(DeviceFacts.self, "facts"), hardwareClass: try r.optionalString("hardware_class"),
-                     tier: try r.optionalString("tier"), installed: try r.json([String: String].self, "installed"),
-                     phase: try r.optionalString("phase"), status: try r.string("status"), statusDetail: try r.optionalString("status_detail"),
-                     held: try r.json([String: String].self, "held"), firstSeen: try r.int("first_seen"), lastSeen: try r.int("last_seen"),
-                     agentVersion: try r.optionalString("agent_version"), enrolledLabels: try labels(r, "enrolled_labels"),
-                     operatorLabels: try labels(r, "operator_labels"))
+        DeviceRecord(
+            id: try r.string("id"), facts: try r.json(DeviceFacts.self, "facts"), hardwareClass: try r.optionalString("hardware_class"),
+            tier: try r.optionalString("tier"), installed: try r.json([String: String].self, "installed"),
+            phase: try r.optionalString("phase"), status: try r.string("status"), statusDetail: try r.optionalString("status_detail"),
+            held: try r.json([String: String].self, "held"), firstSeen: try r.int("first_seen"), lastSeen: try r.int("last_seen"),
+            agentVersion: try r.optionalString("agent_version"), enrolledLabels: try labels(r, "enrolled_labels"),
+            operatorLabels: try labels(r, "operator_labels"))
     }
 
     func device(_ id: String) async throws -> DeviceRecord? {
@@ -127,13 +140,17 @@ final class SQLStore: FleetStore {
 
     func devices(running model: String) async throws -> [DeviceRecord] {
         guard Name.isValid(model) else { return [] }
-        return try await db.query("\(Self.deviceSelect) WHERE \(db.dialect.jsonGet("d.installed")) IS NOT NULL ORDER BY d.id",
-                                  [model]).map(Self.deviceRow)
+        return try await db.query(
+            "\(Self.deviceSelect) WHERE \(db.dialect.jsonGet("d.installed")) IS NOT NULL ORDER BY d.id",
+            [model]
+        ).map(Self.deviceRow)
     }
 
     func updateOperatorLabels(deviceId: String, set: [String: String], remove: [String]) async throws -> DeviceRecord? {
         try await write { tx in
-            guard let device = try await tx.query("\(Self.deviceSelect) WHERE d.id = ?", [deviceId]).first.map(Self.deviceRow) else { return nil }
+            guard let device = try await tx.query("\(Self.deviceSelect) WHERE d.id = ?", [deviceId]).first.map(Self.deviceRow) else {
+                return nil
+            }
             var labels = device.operatorLabels
             for k in remove { labels[k] = nil }
             labels.merge(set) { $1 }
@@ -141,7 +158,8 @@ final class SQLStore: FleetStore {
             after.operatorLabels = labels
             // The bound counts what the device ends up with, from every source.
             try LabelRequests.validate(after.labels)
-            try await tx.execute("""
+            try await tx.execute(
+                """
                 INSERT INTO device_labels (device_id, operator) VALUES (?, ?)
                 ON CONFLICT(device_id) DO UPDATE SET operator = excluded.operator
                 """, [deviceId, try self.json(labels)])
@@ -158,7 +176,8 @@ final class SQLStore: FleetStore {
     func createModel(_ m: ModelRecord) async throws {
         do {
             try await write(announcing: [.models]) { tx in
-                try await tx.execute("INSERT INTO models (name, min_quality, created_at) VALUES (?,?,?)", [m.name, m.minQuality, m.createdAt])
+                try await tx.execute(
+                    "INSERT INTO models (name, min_quality, created_at) VALUES (?,?,?)", [m.name, m.minQuality, m.createdAt])
             }
         } catch let e as StorageError where e.code == .conflict {
             throw StorageError(.conflict, "model \(m.name) already exists")
@@ -183,8 +202,9 @@ final class SQLStore: FleetStore {
         let body = try json(v.variant)
         do {
             try await write(announcing: [.variants]) { tx in
-                try await tx.execute("INSERT INTO variants (model, name, body, quality, created_at) VALUES (?,?,?,?,?)",
-                                     [v.model, v.variant.name, body, v.quality, v.createdAt])
+                try await tx.execute(
+                    "INSERT INTO variants (model, name, body, quality, created_at) VALUES (?,?,?,?,?)",
+                    [v.model, v.variant.name, body, v.quality, v.createdAt])
             }
         } catch let e as StorageError where e.code == .conflict {
             throw StorageError(.conflict, "variant \(v.variant.name) of \(v.model) already exists")
@@ -194,8 +214,9 @@ final class SQLStore: FleetStore {
     func variants(model: String) async throws -> [VariantRecord] {
         try await cache.value(.variants, model) {
             try await db.query("SELECT model, body, quality, created_at FROM variants WHERE model = ? ORDER BY name", [model]).map {
-                VariantRecord(model: try $0.string("model"), variant: try $0.json(CatalogVariant.self, "body"),
-                              quality: try $0.optionalDouble("quality"), createdAt: try $0.int("created_at"))
+                VariantRecord(
+                    model: try $0.string("model"), variant: try $0.json(CatalogVariant.self, "body"),
+                    quality: try $0.optionalDouble("quality"), createdAt: try $0.int("created_at"))
             }
         }
     }
@@ -204,8 +225,9 @@ final class SQLStore: FleetStore {
 
     func createRelease(_ r: ReleaseRecord) async throws {
         do {
-            try await db.execute("INSERT INTO releases (id, model, version, serial, envelope, catalog_sha256, created_at) VALUES (?,?,?,?,?,?,?)",
-                                 [r.id, r.model, r.version, r.serial, try json(r.catalogEnvelope), r.catalogSha256, r.createdAt])
+            try await db.execute(
+                "INSERT INTO releases (id, model, version, serial, envelope, catalog_sha256, created_at) VALUES (?,?,?,?,?,?,?)",
+                [r.id, r.model, r.version, r.serial, try json(r.catalogEnvelope), r.catalogSha256, r.createdAt])
         } catch let e as StorageError where e.code == .conflict {
             throw StorageError(.conflict, "release \(r.id) or serial \(r.serial) of \(r.model) already exists")
         }
@@ -217,8 +239,9 @@ final class SQLStore: FleetStore {
         guard let body = env.payloadBytes, let catalog = try? JSONDecoder().decode(ReleaseCatalog.self, from: Data(body)) else {
             throw StorageError(.corrupt, "stored catalog of \(id) does not decode")
         }
-        return ReleaseRecord(id: id, model: try r.string("model"), version: try r.string("version"), serial: Int(try r.int("serial")),
-                             catalogEnvelope: env, catalogSha256: try r.string("catalog_sha256"), catalog: catalog, createdAt: try r.int("created_at"))
+        return ReleaseRecord(
+            id: id, model: try r.string("model"), version: try r.string("version"), serial: Int(try r.int("serial")),
+            catalogEnvelope: env, catalogSha256: try r.string("catalog_sha256"), catalog: catalog, createdAt: try r.int("created_at"))
     }
 
     private static let releaseColumns = "id, model, version, serial, envelope, catalog_sha256, created_at"
@@ -226,7 +249,9 @@ final class SQLStore: FleetStore {
     /// Releases never change once made: decoded once per process.
     func release(_ id: String) async throws -> ReleaseRecord? {
         if let hit = cache.release(id) { return hit }
-        guard let r = try await db.query("SELECT \(Self.releaseColumns) FROM releases WHERE id = ?", [id]).first.map(Self.releaseRow) else { return nil }
+        guard let r = try await db.query("SELECT \(Self.releaseColumns) FROM releases WHERE id = ?", [id]).first.map(Self.releaseRow) else {
+            return nil
+        }
         cache.keep(release: r)
         return r
     }
@@ -239,7 +264,8 @@ final class SQLStore: FleetStore {
         Int(try await db.scalar("SELECT COALESCE(MAX(serial), 0) AS serial FROM releases WHERE model = ?", [model]).int ?? 0)
     }
 
-    static let rolloutColumns = "id, release_id, model, strategy, state, created_at, policy, previous_release, created_by, selector, activation_window, wave"
+    static let rolloutColumns =
+        "id, release_id, model, strategy, state, created_at, policy, previous_release, created_by, selector, activation_window, wave"
 
     static func rolloutRow(_ r: SQLRow) throws -> RolloutRecord {
         let selectorText = try r.string("selector")
@@ -247,11 +273,12 @@ final class SQLStore: FleetStore {
         do { selector = try LabelSelector(parsing: selectorText) } catch {
             throw StorageError(.corrupt, "rollout \(try r.int("id")) has a selector that does not parse: \(error)")
         }
-        return RolloutRecord(id: try r.int("id"), releaseId: try r.string("release_id"), model: try r.string("model"), strategy: try r.string("strategy"),
-                             state: try Self.rolloutState(r), createdAt: try r.int("created_at"),
-                             policy: try r.optionalJSON(RolloutPolicy.self, "policy"), previousReleaseId: try r.optionalString("previous_release"),
-                             createdBy: try r.string("created_by"), selector: selector,
-                             window: try r.optionalJSON(MaintenanceWindow.self, "activation_window"), wave: Int(try r.int("wave")))
+        return RolloutRecord(
+            id: try r.int("id"), releaseId: try r.string("release_id"), model: try r.string("model"), strategy: try r.string("strategy"),
+            state: try Self.rolloutState(r), createdAt: try r.int("created_at"),
+            policy: try r.optionalJSON(RolloutPolicy.self, "policy"), previousReleaseId: try r.optionalString("previous_release"),
+            createdBy: try r.string("created_by"), selector: selector,
+            window: try r.optionalJSON(MaintenanceWindow.self, "activation_window"), wave: Int(try r.int("wave")))
     }
 
     func createRollout(_ r: RolloutRecord, superseding: [Int64]) async throws -> RolloutRecord {
@@ -259,13 +286,16 @@ final class SQLStore: FleetStore {
         let window = try r.window.map(json)
         return try await write(announcing: [.rollouts]) { tx in
             for id in superseding {
-                try await tx.execute("UPDATE rollouts SET state = 'superseded' WHERE id = ? AND model = ? AND state IN ('active', 'completed', 'aborted')",
-                                     [id, r.model])
+                try await tx.execute(
+                    "UPDATE rollouts SET state = 'superseded' WHERE id = ? AND model = ? AND state IN ('active', 'completed', 'aborted')",
+                    [id, r.model])
             }
-            let rows = try await tx.query("""
+            let rows = try await tx.query(
+                """
                 INSERT INTO rollouts (release_id, model, strategy, state, created_at, policy, previous_release, created_by, selector, activation_window)
                 VALUES (?,?,?,'active',?,?,?,?,?,?) RETURNING \(Self.rolloutColumns)
-                """, [r.releaseId, r.model, r.strategy, r.createdAt, policy, r.previousReleaseId, r.createdBy, r.selector.description, window])
+                """,
+                [r.releaseId, r.model, r.strategy, r.createdAt, policy, r.previousReleaseId, r.createdBy, r.selector.description, window])
             guard let row = rows.first else { throw StorageError(.database, "insert returned no row") }
             return try Self.rolloutRow(row)
         }
@@ -281,14 +311,18 @@ final class SQLStore: FleetStore {
 
     func activeRollouts() async throws -> [RolloutRecord] {
         try await cache.value(.rollouts, "in-force") {
-            try await db.query("SELECT \(Self.rolloutColumns) FROM rollouts WHERE state IN ('active', 'completed', 'aborted') ORDER BY id", [])
-                .map(Self.rolloutRow)
+            try await db.query(
+                "SELECT \(Self.rolloutColumns) FROM rollouts WHERE state IN ('active', 'completed', 'aborted') ORDER BY id", []
+            )
+            .map(Self.rolloutRow)
         }
     }
 
     static func rolloutState(_ r: SQLRow) throws -> RolloutState {
         let text = try r.string("state")
-        guard let s = RolloutState(rawValue: text) else { throw StorageError(.corrupt, "rollout state '\(text)' is not one this build knows") }
+        guard let s = RolloutState(rawValue: text) else {
+            throw StorageError(.corrupt, "rollout state '\(text)' is not one this build knows")
+        }
         return s
     }
 
@@ -325,7 +359,8 @@ final class SQLStore: FleetStore {
     func saveCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell) async throws {
         let body = try json(cell)
         try await write(fenced: true, announcing: [.cells]) { tx in
-            try await tx.execute("""
+            try await tx.execute(
+                """
                 INSERT INTO rollout_cells (rollout_id, cell, body) VALUES (?,?,?)
                 ON CONFLICT(rollout_id, cell) DO UPDATE SET body = excluded.body, revision = rollout_cells.revision + 1
                 """, [rollout, key.description, body])
@@ -336,16 +371,18 @@ final class SQLStore: FleetStore {
         let body = try json(cell)
         let rows = try await write(fenced: true, announcing: [.cells]) { tx in
             if existed {
-                return try await tx.query("""
+                return try await tx.query(
+                    """
                     UPDATE rollout_cells SET body = ?, revision = revision + 1 WHERE rollout_id = ? AND cell = ? AND revision = ? RETURNING revision
                     """, [body, rollout, key.description, cell.revision])
             }
-            return try await tx.query("""
+            return try await tx.query(
+                """
                 INSERT INTO rollout_cells (rollout_id, cell, body) VALUES (?,?,?) ON CONFLICT(rollout_id, cell) DO NOTHING RETURNING revision
                 """, [rollout, key.description, body])
         }
         guard let row = rows.first else {
-            cache.invalidate(.cells)   // the copy it was read from is stale: the next read goes to the database
+            cache.invalidate(.cells)  // the copy it was read from is stale: the next read goes to the database
             return nil
         }
         var stored = cell
@@ -354,23 +391,30 @@ final class SQLStore: FleetStore {
     }
 
     func recordAction(rollout: Int64, _ a: RolloutActionRecord) async throws {
-        try await db.execute("INSERT INTO rollout_actions (rollout_id, at, actor, action, cell, detail) VALUES (?,?,?,?,?,?)",
-                             [rollout, a.at, a.actor, a.action, a.cell, a.detail])
+        try await db.execute(
+            "INSERT INTO rollout_actions (rollout_id, at, actor, action, cell, detail) VALUES (?,?,?,?,?,?)",
+            [rollout, a.at, a.actor, a.action, a.cell, a.detail])
     }
 
     func actions(rollout: Int64) async throws -> [RolloutActionRecord] {
         try await db.query("SELECT at, actor, action, cell, detail FROM rollout_actions WHERE rollout_id = ? ORDER BY id", [rollout]).map {
-            RolloutActionRecord(at: try $0.int("at"), actor: try $0.string("actor"), action: try $0.string("action"),
-                                cell: try $0.optionalString("cell"), detail: try $0.optionalString("detail"))
+            RolloutActionRecord(
+                at: try $0.int("at"), actor: try $0.string("actor"), action: try $0.string("action"),
+                cell: try $0.optionalString("cell"), detail: try $0.optionalString("detail"))
         }
     }
 
     /// From this process's copy of the latest outcome per device (see `ChangeFeed`).
     func installOutcomes(release: String) async throws -> [String: String] {
-        try await cache.feeds.outcomes(release: release).snapshot(db, empty: { InstallOutcomeTable() }, read: { (since: Int64?) -> [(String, String)] in
-            try await db.query("SELECT device_id, kind FROM latest_install_outcomes WHERE release = ?\(since == nil ? "" : " AND rev >= ?")",
-                               since.map { [release, $0] as [any SQLValueConvertible] } ?? [release]).map { (try $0.string("device_id"), try $0.string("kind")) }
-        }, merge: { $0.merge($1) }).state.kinds
+        try await cache.feeds.outcomes(release: release).snapshot(
+            db, empty: { InstallOutcomeTable() },
+            read: { (since: Int64?) -> [(String, String)] in
+                try await db.query(
+                    "SELECT device_id, kind FROM latest_install_outcomes WHERE release = ?\(since == nil ? "" : " AND rev >= ?")",
+                    since.map { [release, $0] as [any SQLValueConvertible] } ?? [release]
+                ).map { (try $0.string("device_id"), try $0.string("kind")) }
+            }, merge: { $0.merge($1) }
+        ).state.kinds
     }
 
     func runtimeMetrics(model: String, since: Int64) async throws -> [DeviceMetrics] {
@@ -378,22 +422,29 @@ final class SQLStore: FleetStore {
     }
 
     func latestRuntimeMetrics(model: String, since: Int64) async throws -> [String: DeviceMetrics] {
-        try await cache.feeds.metrics(model: model).snapshot(db, empty: { RuntimeMetricsTable() }, read: { (from: Int64?) -> [(String, DeviceMetrics?, Int64)] in
-            try await db.query("""
-                SELECT device_id, release, detail, received_at FROM latest_runtime_metrics WHERE model = ?\(from == nil ? "" : " AND rev >= ?")
-                """, from.map { [model, $0] as [any SQLValueConvertible] } ?? [model]).map { (try $0.string("device_id"), try Self.metricsRow($0), try $0.int("received_at")) }
-        }, merge: { $0.merge($1) }).state.received(since: since)
+        try await cache.feeds.metrics(model: model).snapshot(
+            db, empty: { RuntimeMetricsTable() },
+            read: { (from: Int64?) -> [(String, DeviceMetrics?, Int64)] in
+                try await db.query(
+                    """
+                    SELECT device_id, release, detail, received_at FROM latest_runtime_metrics WHERE model = ?\(from == nil ? "" : " AND rev >= ?")
+                    """, from.map { [model, $0] as [any SQLValueConvertible] } ?? [model]
+                ).map { (try $0.string("device_id"), try Self.metricsRow($0), try $0.int("received_at")) }
+            }, merge: { $0.merge($1) }
+        ).state.received(since: since)
     }
 
     /// The latest install event of each device for a release, from the raw events: what the
     /// latest-outcome table must always agree with (tests compare them).
     func installOutcomesScanningEvents(release: String) async throws -> [String: String] {
         var out: [String: String] = [:]
-        for r in try await db.query("""
+        for r in try await db.query(
+            """
             SELECT e.device_id, e.kind FROM events e
             JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE release = ? AND kind IN \(ChangeRevisions.installKindsSQL) GROUP BY device_id) latest
               ON e.device_id = latest.device_id AND e.seq = latest.seq
-            """, [release]) {
+            """, [release])
+        {
             out[try r.string("device_id")] = try r.string("kind")
         }
         return out
@@ -401,11 +452,13 @@ final class SQLStore: FleetStore {
 
     /// The latest runtime-metrics event of each device since `since`, from the raw events.
     func runtimeMetricsScanningEvents(model: String, since: Int64) async throws -> [DeviceMetrics] {
-        try await db.query("""
+        try await db.query(
+            """
             SELECT e.device_id, e.release, e.detail FROM events e
             JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE model = ? AND kind = 'metrics' AND received_at >= ? GROUP BY device_id) latest
               ON e.device_id = latest.device_id AND e.seq = latest.seq
-            """, [model, since]).compactMap(Self.metricsRow)
+            """, [model, since]
+        ).compactMap(Self.metricsRow)
     }
 
     /// Fills the latest-outcome and latest-metrics tables from events loaded in bulk (seeding,
@@ -418,23 +471,27 @@ final class SQLStore: FleetStore {
     /// figures that do not decode (its own fault, not the store's).
     static func metricsRow(_ r: SQLRow) throws -> DeviceMetrics? {
         guard let release = try r.optionalString("release"), let detail = try r.optionalString("detail"),
-              let m = try? JSONDecoder().decode(RuntimeMetrics.self, from: Data(detail.utf8)) else { return nil }
+            let m = try? JSONDecoder().decode(RuntimeMetrics.self, from: Data(detail.utf8))
+        else { return nil }
         // Figures from devices are bounded here, so one bad device cannot upset the gates' arithmetic.
         func latency(_ v: Double?) -> Double? { v.flatMap { $0.isFinite && $0 >= 0 && $0 < 86_400_000 ? $0 : nil } }
-        return DeviceMetrics(deviceId: try r.string("device_id"), release: release, p50: latency(m.latencyP50Ms), p95: latency(m.latencyP95Ms),
-                             errorRate: m.errorRate.flatMap { $0.isFinite ? min(max($0, 0), 1) : nil },
-                             crashes: min(max(m.crashes ?? 0, 0), 1 << 40))
+        return DeviceMetrics(
+            deviceId: try r.string("device_id"), release: release, p50: latency(m.latencyP50Ms), p95: latency(m.latencyP95Ms),
+            errorRate: m.errorRate.flatMap { $0.isFinite ? min(max($0, 0), 1) : nil },
+            crashes: min(max(m.crashes ?? 0, 0), 1 << 40))
     }
 
     // MARK: assignments
 
-    private static let assignmentColumns = "device_id, model, counter, release_id, variant, sha256, package_sha256, envelope, expires_at, activation"
+    private static let assignmentColumns =
+        "device_id, model, counter, release_id, variant, sha256, package_sha256, envelope, expires_at, activation"
 
     private static func assignmentRow(_ r: SQLRow) throws -> AssignmentRecord {
-        AssignmentRecord(deviceId: try r.string("device_id"), model: try r.string("model"), counter: UInt64(bitPattern: try r.int("counter")),
-                         releaseId: try r.string("release_id"), variant: try r.string("variant"), sha256: try r.string("sha256"),
-                         packageSha256: try r.string("package_sha256"), envelope: try r.json(Envelope.self, "envelope"),
-                         expiresAt: try r.int("expires_at"), activation: try r.optionalJSON([ActivationWindow].self, "activation"))
+        AssignmentRecord(
+            deviceId: try r.string("device_id"), model: try r.string("model"), counter: UInt64(bitPattern: try r.int("counter")),
+            releaseId: try r.string("release_id"), variant: try r.string("variant"), sha256: try r.string("sha256"),
+            packageSha256: try r.string("package_sha256"), envelope: try r.json(Envelope.self, "envelope"),
+            expiresAt: try r.int("expires_at"), activation: try r.optionalJSON([ActivationWindow].self, "activation"))
     }
 
     func assignment(deviceId: String, model: String) async throws -> AssignmentRecord? {
@@ -453,21 +510,24 @@ final class SQLStore: FleetStore {
         let envelope = try json(a.envelope)
         let activation = try a.activation.map(json)
         return try await write { tx in
-            let values: [any SQLValueConvertible] = [a.deviceId, a.model, a.counter, a.releaseId, a.variant, a.sha256, a.packageSha256, envelope,
-                                                     a.expiresAt, activation]
+            let values: [any SQLValueConvertible] = [
+                a.deviceId, a.model, a.counter, a.releaseId, a.variant, a.sha256, a.packageSha256, envelope,
+                a.expiresAt, activation
+            ]
             let insert = """
                 INSERT INTO assignments (device_id, model, counter, release_id, variant, sha256, package_sha256, envelope, expires_at, activation)
                 VALUES (?,?,?,?,?,?,?,?,?,?)
                 """
             let rows: [SQLRow]
             if let expected = expectedCounter {
-                rows = try await tx.query(insert + """
+                rows = try await tx.query(
+                    insert + """
 
-                    ON CONFLICT(device_id, model) DO UPDATE SET counter=excluded.counter, release_id=excluded.release_id,
-                      variant=excluded.variant, sha256=excluded.sha256, package_sha256=excluded.package_sha256,
-                      envelope=excluded.envelope, expires_at=excluded.expires_at, activation=excluded.activation
-                    WHERE assignments.counter = ? RETURNING counter
-                    """, values + [expected])
+                        ON CONFLICT(device_id, model) DO UPDATE SET counter=excluded.counter, release_id=excluded.release_id,
+                          variant=excluded.variant, sha256=excluded.sha256, package_sha256=excluded.package_sha256,
+                          envelope=excluded.envelope, expires_at=excluded.expires_at, activation=excluded.activation
+                        WHERE assignments.counter = ? RETURNING counter
+                        """, values + [expected])
             } else {
                 rows = try await tx.query(insert + " ON CONFLICT(device_id, model) DO NOTHING RETURNING counter", values)
             }
@@ -480,24 +540,29 @@ final class SQLStore: FleetStore {
     // MARK: deltas
 
     func claimDelta(base: String, target: String, at: Int64) async throws -> Bool {
-        !(try await db.query("""
+        !(try await db.query(
+            """
             INSERT INTO deltas (base_sha256, target_sha256, status, created_at) VALUES (?,?,'building',?)
             ON CONFLICT(base_sha256, target_sha256) DO NOTHING RETURNING status
             """, [base, target, at])).isEmpty
     }
 
     func finishDelta(_ d: DeltaRecord) async throws {
-        try await db.execute("""
+        try await db.execute(
+            """
             UPDATE deltas SET status = ?, package_sha256 = ?, package_size = ?, method = ?, detail = ?
             WHERE base_sha256 = ? AND target_sha256 = ?
             """, [d.status.rawValue, d.packageSha256, d.packageSize, d.method, d.detail, d.baseSha256, d.targetSha256])
     }
 
     private static func deltaRow(_ r: SQLRow) throws -> DeltaRecord {
-        guard let status = DeltaRecord.Status(rawValue: try r.string("status")) else { throw StorageError(.corrupt, "delta with an unknown status") }
-        return DeltaRecord(baseSha256: try r.string("base_sha256"), targetSha256: try r.string("target_sha256"), status: status,
-                           packageSha256: try r.optionalString("package_sha256"), packageSize: try r.optionalInt("package_size"),
-                           method: try r.optionalString("method"), detail: try r.optionalString("detail"), createdAt: try r.int("created_at"))
+        guard let status = DeltaRecord.Status(rawValue: try r.string("status")) else {
+            throw StorageError(.corrupt, "delta with an unknown status")
+        }
+        return DeltaRecord(
+            baseSha256: try r.string("base_sha256"), targetSha256: try r.string("target_sha256"), status: status,
+            packageSha256: try r.optionalString("package_sha256"), packageSize: try r.optionalInt("package_size"),
+            method: try r.optionalString("method"), detail: try r.optionalString("detail"), createdAt: try r.int("created_at"))
     }
 
     private static let deltaColumns = "base_sha256, target_sha256, status, package_sha256, package_size, method, detail, created_at"
@@ -508,7 +573,8 @@ final class SQLStore: FleetStore {
     }
 
     func deltas(target: String) async throws -> [DeltaRecord] {
-        try await db.query("SELECT \(Self.deltaColumns) FROM deltas WHERE target_sha256 = ? ORDER BY base_sha256", [target]).map(Self.deltaRow)
+        try await db.query("SELECT \(Self.deltaColumns) FROM deltas WHERE target_sha256 = ? ORDER BY base_sha256", [target]).map(
+            Self.deltaRow)
     }
 
     func buildingDeltas() async throws -> [(String, String)] {
@@ -530,13 +596,17 @@ final class SQLStore: FleetStore {
                 var params: [any SQLValueConvertible] = []
                 params.reserveCapacity(events.count * 11)
                 for e in events {
-                    params += [deviceId, e.seq, e.time, e.kind, e.model, e.sha256, e.release, e.detail, receivedAt, e.fault, e.retryAt] as [any SQLValueConvertible]
+                    params +=
+                        [deviceId, e.seq, e.time, e.kind, e.model, e.sha256, e.release, e.detail, receivedAt, e.fault, e.retryAt]
+                        as [any SQLValueConvertible]
                 }
                 let rows = Array(repeating: "(?,?,?,?,?,?,?,?,?,?,?)", count: events.count).joined(separator: ",")
-                for r in try await tx.query("""
+                for r in try await tx.query(
+                    """
                     INSERT INTO events (device_id, seq, time, kind, model, sha256, release, detail, received_at, fault, retry_at)
                     VALUES \(rows) ON CONFLICT(device_id, seq) DO NOTHING RETURNING seq
-                    """, params) {
+                    """, params)
+                {
                     storedSeqs.insert(UInt64(bitPattern: try r.int("seq")))
                 }
             }
@@ -545,7 +615,9 @@ final class SQLStore: FleetStore {
             let stored = events.filter { storedSeqs.contains($0.seq) && seen.insert($0.seq).inserted }
             for e in stored { try await Self.recordFailure(tx, deviceId: deviceId, e, receivedAt: receivedAt) }
             try await ChangeRevisions.ingest(tx, deviceId: deviceId, stored: stored, receivedAt: receivedAt)
-            if let last = stored.last(where: { DeviceStatus.from(eventKind: $0.kind) != nil }), let status = DeviceStatus.from(eventKind: last.kind) {
+            if let last = stored.last(where: { DeviceStatus.from(eventKind: $0.kind) != nil }),
+                let status = DeviceStatus.from(eventKind: last.kind)
+            {
                 try await tx.execute("UPDATE devices SET status = ?, status_detail = ? WHERE id = ?", [status, last.detail, deviceId])
             }
             // What the device runs is known from its commit, before its next check-in says so.
@@ -553,7 +625,8 @@ final class SQLStore: FleetStore {
                 guard let model = e.model, let sha = e.sha256, Name.isValid(model), Digest.isSHA256Hex(sha) else { continue }
                 try await tx.execute("UPDATE devices SET installed = \(dialect.jsonSet("installed")) WHERE id = ?", [model, sha, deviceId])
             }
-            let acked = UInt64(bitPattern: try await tx.scalar("SELECT COALESCE(MAX(seq), 0) AS seq FROM events WHERE device_id = ?", [deviceId]).int ?? 0)
+            let acked = UInt64(
+                bitPattern: try await tx.scalar("SELECT COALESCE(MAX(seq), 0) AS seq FROM events WHERE device_id = ?", [deviceId]).int ?? 0)
             return EventIngest(stored: stored.count, duplicates: events.count - stored.count, ackedThrough: acked)
         }
     }
@@ -566,14 +639,17 @@ final class SQLStore: FleetStore {
     }
 
     func events(deviceId: String, after seq: UInt64, limit: Int) async throws -> [StatusEvent] {
-        try await db.query("SELECT \(Self.eventColumns) FROM events WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                           [deviceId, Int64(clamping: seq), limit]).map(Self.eventRow)
+        try await db.query(
+            "SELECT \(Self.eventColumns) FROM events WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            [deviceId, Int64(clamping: seq), limit]
+        ).map(Self.eventRow)
     }
 
     private static func eventRow(_ r: SQLRow) throws -> StatusEvent {
-        StatusEvent(seq: UInt64(bitPattern: try r.int("seq")), time: try r.int("time"), kind: try r.string("kind"),
-                    model: try r.optionalString("model"), sha256: try r.optionalString("sha256"), release: try r.optionalString("release"),
-                    detail: try r.optionalString("detail"), fault: try r.optionalString("fault"), retryAt: try r.optionalInt("retry_at"))
+        StatusEvent(
+            seq: UInt64(bitPattern: try r.int("seq")), time: try r.int("time"), kind: try r.string("kind"),
+            model: try r.optionalString("model"), sha256: try r.optionalString("sha256"), release: try r.optionalString("release"),
+            detail: try r.optionalString("detail"), fault: try r.optionalString("fault"), retryAt: try r.optionalInt("retry_at"))
     }
 
     // MARK: meta
@@ -583,7 +659,8 @@ final class SQLStore: FleetStore {
     }
 
     func setMeta(_ key: String, _ value: String) async throws {
-        try await db.execute("INSERT INTO meta (key, value) VALUES (?,?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
+        try await db.execute(
+            "INSERT INTO meta (key, value) VALUES (?,?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
     }
 }
 
@@ -605,8 +682,10 @@ enum DeviceStatus {
 extension SQLStore {
     /// Bulk load for seeding and benchmarks: `rows` in multi-row INSERTs of a few hundred rows,
     /// committed every `perTransaction` rows. `constants` are SQL literals for the other columns.
-    func insertRows(table: String, columns: [String], constants: [String: String] = [:], rows: [[any SQLValueConvertible]],
-                    perStatement: Int = 400, perTransaction: Int = 20_000) async throws {
+    func insertRows(
+        table: String, columns: [String], constants: [String: String] = [:], rows: [[any SQLValueConvertible]],
+        perStatement: Int = 400, perTransaction: Int = 20_000
+    ) async throws {
         let names = (columns + constants.keys.sorted()).joined(separator: ", ")
         let literals = constants.keys.sorted().map { constants[$0]! }
         let tuple = "(" + (Array(repeating: "?", count: columns.count) + literals).joined(separator: ",") + ")"
@@ -617,7 +696,8 @@ extension SQLStore {
                 var i = 0
                 while i < chunk.count {
                     let part = chunk[i..<min(i + perStatement, chunk.count)]
-                    let sql = "INSERT INTO \(table) (\(names)) VALUES " + Array(repeating: tuple, count: part.count).joined(separator: ",")
+                    let sql =
+                        "INSERT INTO \(table) (\(names)) VALUES " + Array(repeating: tuple, count: part.count).joined(separator: ",")
                         + " ON CONFLICT DO NOTHING"
                     try await tx.execute(sql, part.flatMap { $0 })
                     i += perStatement

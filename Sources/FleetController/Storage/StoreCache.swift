@@ -91,13 +91,18 @@ final class StoreCacheListener: Service, Sendable {
 
     func run() async throws {
         // While the connection is down, entries expire by age (`cacheSeconds`).
-        await location.keepSession(id: 2, what: "cache listener", retry: .seconds(1), logger: logger, lost: { self.cache.invalidateAll() }) { connection in
+        await location.keepSession(id: 2, what: "cache listener", retry: .seconds(1), logger: logger, lost: { self.cache.invalidateAll() })
+        { connection in
             try await cancelWhenGracefulShutdown {
                 try await connection.listen(on: StoreCache.channel) { notifications in
                     // LISTEN is in force from here: what was missed before is read again.
                     self.cache.invalidateAll()
                     for try await n in notifications {
-                        if let topic = StoreCache.Topic(rawValue: n.payload) { self.cache.invalidate(topic) } else { self.cache.invalidateAll() }
+                        if let topic = StoreCache.Topic(rawValue: n.payload) {
+                            self.cache.invalidate(topic)
+                        } else {
+                            self.cache.invalidateAll()
+                        }
                     }
                 }
             }

@@ -4,8 +4,10 @@ public enum ConfigFileCommandLine {
     /// inserted right after the subcommand's name, so that the parser sees one command line and the
     /// flags given by hand win. The file is `--config-file F`, else `defaultPath` when it exists.
     /// Other subcommands pass through untouched. `read` returns nil for a file that cannot be read.
-    public static func expand(_ argv: [String], subcommand: String, schema: ConfigSchema, defaultPath: String,
-                              exists: (String) -> Bool, read: (String) -> String?) throws(ConfigFileError) -> [String] {
+    public static func expand(
+        _ argv: [String], subcommand: String, schema: ConfigSchema, defaultPath: String,
+        exists: (String) -> Bool, read: (String) -> String?
+    ) throws(ConfigFileError) -> [String] {
         guard argv.first == subcommand else { return argv }
         let rest = Array(argv.dropFirst())
         guard let path = configFile(in: rest) ?? (exists(defaultPath) ? defaultPath : nil) else { return argv }

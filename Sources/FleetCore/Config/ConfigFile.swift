@@ -100,12 +100,17 @@ private struct Parser {
             if rest.isEmpty {
                 value = try block(key: key, line: n + 1)
             } else if rest.hasPrefix("[") {
-                value = .list(try flowItems(rest, open: "[", close: "]", line: n + 1).map { item throws(ConfigFileError) in try scalar(item, line: n + 1) })
+                value = .list(
+                    try flowItems(rest, open: "[", close: "]", line: n + 1).map { item throws(ConfigFileError) in
+                        try scalar(item, line: n + 1)
+                    })
             } else if rest.hasPrefix("{") {
                 var map: [ConfigFile.MapEntry] = []
                 for item in try flowItems(rest, open: "{", close: "}", line: n + 1) {
                     let (k, v) = try splitKey(item, line: n + 1)
-                    guard !map.contains(where: { $0.key == k }) else { throw fail(.duplicateKey, n + 1, key: k, "'\(key).\(k)' is given twice") }
+                    guard !map.contains(where: { $0.key == k }) else {
+                        throw fail(.duplicateKey, n + 1, key: k, "'\(key).\(k)' is given twice")
+                    }
                     map.append(.init(key: k, value: try scalar(v, line: n + 1), line: n + 1))
                 }
                 value = .map(map)
@@ -136,7 +141,9 @@ private struct Parser {
             if text == "-" || text.hasPrefix("- ") {
                 guard map.isEmpty else { throw fail(.syntax, n, key: key, "a list item among the map entries of '\(key)'") }
                 let item = String(text.dropFirst()).trimmed
-                if item.hasPrefix("- ") || item.hasPrefix("[") || item.hasPrefix("{") || (try? splitKey(item, line: n)) != nil && !isQuoted(item) {
+                if item.hasPrefix("- ") || item.hasPrefix("[") || item.hasPrefix("{")
+                    || (try? splitKey(item, line: n)) != nil && !isQuoted(item)
+                {
                     throw fail(.unsupported, n, key: key, "nesting deeper than one level under '\(key)'")
                 }
                 items.append(try scalar(item, line: n))

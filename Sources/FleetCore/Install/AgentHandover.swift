@@ -17,8 +17,10 @@ public struct AgentTrial: Codable, Equatable, Sendable {
     /// Set when the trial is given up: why. The rollback then runs in the agent that starts next.
     public var abandoned: InstallFault?
 
-    public init(model: String, release: String, counter: UInt64, previous: String?, new: String, deadline: Int64,
-                attempts: Int = 0, abandoned: InstallFault? = nil) {
+    public init(
+        model: String, release: String, counter: UInt64, previous: String?, new: String, deadline: Int64,
+        attempts: Int = 0, abandoned: InstallFault? = nil
+    ) {
         self.model = model; self.release = release; self.counter = counter; self.previous = previous; self.new = new
         self.deadline = deadline; self.attempts = attempts; self.abandoned = abandoned
     }

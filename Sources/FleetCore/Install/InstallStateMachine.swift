@@ -30,9 +30,11 @@ public struct InstallJob: Codable, Equatable, Sendable {
     /// `.agent`: the agent's own binary (its slots, a hand-over instead of a health command); nil: a model.
     public var kind: ReleaseKind?
 
-    public init(model: String, release: String, variant: String, sha256: String, size: Int64, fileName: String,
-                url: String, counter: UInt64, previousSha256: String?, package: PackageRef? = nil, activation: [ActivationWindow]? = nil,
-                kind: ReleaseKind? = nil) {
+    public init(
+        model: String, release: String, variant: String, sha256: String, size: Int64, fileName: String,
+        url: String, counter: UInt64, previousSha256: String?, package: PackageRef? = nil, activation: [ActivationWindow]? = nil,
+        kind: ReleaseKind? = nil
+    ) {
         self.model = model; self.release = release; self.variant = variant; self.sha256 = sha256
         self.size = size; self.fileName = fileName; self.url = url; self.counter = counter
         self.previousSha256 = previousSha256; self.package = package; self.activation = activation; self.kind = kind
@@ -61,8 +63,10 @@ public struct InstallState: Codable, Equatable, Sendable {
     /// not a crash loop (the live model is untouched, staging again is idempotent).
     public var awaitingWindow: Bool?
 
-    public init(phase: InstallPhase = .idle, job: InstallJob? = nil, failure: String? = nil, fault: InstallFault? = nil,
-                restarts: Int? = nil, retryAt: Int64? = nil, awaitingWindow: Bool? = nil) {
+    public init(
+        phase: InstallPhase = .idle, job: InstallJob? = nil, failure: String? = nil, fault: InstallFault? = nil,
+        restarts: Int? = nil, retryAt: Int64? = nil, awaitingWindow: Bool? = nil
+    ) {
         self.phase = phase; self.job = job; self.failure = failure; self.fault = fault; self.restarts = restarts; self.retryAt = retryAt
         self.awaitingWindow = awaitingWindow
     }
@@ -81,7 +85,7 @@ public enum InstallEvent: Equatable, Sendable {
     /// A step before activation failed: the live model was never touched. With `retryAt` the agent
     /// will try the same assignment again then; without, it gives the assignment up.
     case failed(String, fault: InstallFault? = nil, retryAt: Int64? = nil)
-    case rolledBack          // the rollback action completed
+    case rolledBack  // the rollback action completed
     /// The agent started again and found this state in its journal. After `limit` restarts in one
     /// phase the install is ended (a crash loop): rolled back once the live model may be touched,
     /// failed before that.
@@ -101,7 +105,7 @@ public enum InstallAction: Equatable, Sendable {
 }
 
 public struct InstallReport: Codable, Equatable, Sendable {
-    public var kind: String          // an `EventKind` raw value
+    public var kind: String  // an `EventKind` raw value
     public var model: String
     public var sha256: String
     public var release: String
@@ -122,12 +126,15 @@ public struct InvalidTransition: Error, Equatable, CustomStringConvertible {
 }
 
 public enum InstallStateMachine {
-    public static func transition(_ state: InstallState, _ event: InstallEvent) throws(InvalidTransition) -> (InstallState, [InstallAction]) {
+    public static func transition(_ state: InstallState, _ event: InstallEvent) throws(InvalidTransition) -> (InstallState, [InstallAction])
+    {
         let bad = InvalidTransition(phase: state.phase, event: event)
         switch (state.phase, event) {
         case (let p, .start(let job)) where p.isTerminal:
-            return (InstallState(phase: .downloading, job: job),
-                    [.report(InstallReport(kind: "started", job: job)), .download(job)])
+            return (
+                InstallState(phase: .downloading, job: job),
+                [.report(InstallReport(kind: "started", job: job)), .download(job)]
+            )
         case (.downloading, .downloaded):
             guard let job = state.job else { throw bad }
             return (InstallState(phase: .verifying, job: job), [.report(InstallReport(kind: "downloaded", job: job)), .verify(job)])
@@ -139,7 +146,9 @@ public enum InstallStateMachine {
             return (InstallState(phase: .activating, job: job), [.activate(job)])
         case (.activating, .activated):
             guard let job = state.job else { throw bad }
-            return (InstallState(phase: .checkingHealth, job: job), [.report(InstallReport(kind: "activated", job: job)), .checkHealth(job)])
+            return (
+                InstallState(phase: .checkingHealth, job: job), [.report(InstallReport(kind: "activated", job: job)), .checkHealth(job)]
+            )
         case (.checkingHealth, .healthy):
             guard let job = state.job else { throw bad }
             return (InstallState(phase: .committed, job: job), [.commit(job), .report(InstallReport(kind: "committed", job: job))])
@@ -148,14 +157,18 @@ public enum InstallStateMachine {
             return (InstallState(phase: .rollingBack, job: job, failure: why, fault: fault), [.rollback(job)])
         case (.rollingBack, .rolledBack):
             guard let job = state.job else { throw bad }
-            return (InstallState(phase: .rolledBack, job: job, failure: state.failure, fault: state.fault),
-                    [.discard(job), .report(InstallReport(kind: "rolled-back", job: job, detail: state.failure, fault: state.fault))])
+            return (
+                InstallState(phase: .rolledBack, job: job, failure: state.failure, fault: state.fault),
+                [.discard(job), .report(InstallReport(kind: "rolled-back", job: job, detail: state.failure, fault: state.fault))]
+            )
         case (.downloading, .failed(let why, let fault, let retryAt)), (.verifying, .failed(let why, let fault, let retryAt)),
-             (.staged, .failed(let why, let fault, let retryAt)):
+            (.staged, .failed(let why, let fault, let retryAt)):
             guard let job = state.job else { throw bad }
             let kind = retryAt == nil ? EventKind.failed : EventKind.retrying
-            return (InstallState(phase: .failed, job: job, failure: why, fault: fault, retryAt: retryAt),
-                    [.discard(job), .report(InstallReport(kind: kind.rawValue, job: job, detail: why, fault: fault, retryAt: retryAt))])
+            return (
+                InstallState(phase: .failed, job: job, failure: why, fault: fault, retryAt: retryAt),
+                [.discard(job), .report(InstallReport(kind: kind.rawValue, job: job, detail: why, fault: fault, retryAt: retryAt))]
+            )
         case (.downloading, .restarted):
             // An agent that stops (a `--once` run, SIGTERM) leaves a cut download to resume: not a crash.
             guard state.job != nil else { throw bad }
@@ -179,8 +192,10 @@ public enum InstallStateMachine {
                 if p == .rollingBack { var again = state; again.restarts = restarts; return (again, [.rollback(job)]) }
                 return (InstallState(phase: .rollingBack, job: job, failure: why, fault: .crashLoop), [.rollback(job)])
             }
-            return (InstallState(phase: .failed, job: job, failure: why, fault: .crashLoop),
-                    [.discard(job), .report(InstallReport(kind: EventKind.failed.rawValue, job: job, detail: why, fault: .crashLoop))])
+            return (
+                InstallState(phase: .failed, job: job, failure: why, fault: .crashLoop),
+                [.discard(job), .report(InstallReport(kind: EventKind.failed.rawValue, job: job, detail: why, fault: .crashLoop))]
+            )
         case (let p, .restarted) where p.isTerminal:
             return (state, recoveryActions(state))
         default:

@@ -20,8 +20,9 @@ public struct RetryPolicy: Codable, Equatable, Sendable {
     /// Bounds for a policy that arrived unsigned: at most 10 attempts, delays of 1 s to 7 days.
     public func clamped() -> RetryPolicy {
         let base = min(max(baseDelaySeconds, 1), 7 * 86_400)
-        return RetryPolicy(maxAttempts: min(max(maxAttempts, 1), 10), baseDelaySeconds: base,
-                           maxDelaySeconds: min(max(maxDelaySeconds, base), 7 * 86_400), maxRetryBytes: maxRetryBytes.map { max($0, 0) })
+        return RetryPolicy(
+            maxAttempts: min(max(maxAttempts, 1), 10), baseDelaySeconds: base,
+            maxDelaySeconds: min(max(maxDelaySeconds, base), 7 * 86_400), maxRetryBytes: maxRetryBytes.map { max($0, 0) })
     }
 
     /// The delay before attempt `attempt + 1` after `attempt` failed ones, scaled by `jitter` in
@@ -46,8 +47,10 @@ public struct RetryRecord: Codable, Equatable, Sendable {
     public var lastFault: InstallFault?
     public var gaveUp: Bool
 
-    public init(counter: UInt64, sha256: String, attempts: Int = 0, bytesSpent: Int64 = 0, nextAttemptAt: Int64? = nil,
-                lastFault: InstallFault? = nil, gaveUp: Bool = false) {
+    public init(
+        counter: UInt64, sha256: String, attempts: Int = 0, bytesSpent: Int64 = 0, nextAttemptAt: Int64? = nil,
+        lastFault: InstallFault? = nil, gaveUp: Bool = false
+    ) {
         self.counter = counter; self.sha256 = sha256; self.attempts = attempts; self.bytesSpent = bytesSpent
         self.nextAttemptAt = nextAttemptAt; self.lastFault = lastFault; self.gaveUp = gaveUp
     }
@@ -69,8 +72,10 @@ public enum RetryDecision: Equatable, Sendable {
 public enum RetryLedger {
     /// Counts one failed attempt of assignment (`counter`, `sha256`) that cost `bytes`, and decides
     /// whether and when to try again. A record of another assignment starts over.
-    public static func afterFailure(_ record: RetryRecord?, counter: UInt64, sha256: String, fault: InstallFault, bytes: Int64,
-                                    policy: RetryPolicy, now: Int64, jitter: Double) -> (RetryRecord, RetryDecision) {
+    public static func afterFailure(
+        _ record: RetryRecord?, counter: UInt64, sha256: String, fault: InstallFault, bytes: Int64,
+        policy: RetryPolicy, now: Int64, jitter: Double
+    ) -> (RetryRecord, RetryDecision) {
         var r = record.flatMap { $0.counter == counter ? $0 : nil } ?? RetryRecord(counter: counter, sha256: sha256)
         r.attempts += 1
         let (sum, overflow) = r.bytesSpent.addingReportingOverflow(max(bytes, 0))

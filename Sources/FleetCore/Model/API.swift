@@ -55,7 +55,9 @@ public struct ReleaseInfo: Codable, Equatable, Sendable {
     public var catalogSha256: String
     public var createdAt: Int64
     public var variants: [CatalogVariant]
-    public init(id: String, model: String, version: String, serial: Int, catalogSha256: String, createdAt: Int64, variants: [CatalogVariant]) {
+    public init(
+        id: String, model: String, version: String, serial: Int, catalogSha256: String, createdAt: Int64, variants: [CatalogVariant]
+    ) {
         self.id = id; self.model = model; self.version = version; self.serial = serial
         self.catalogSha256 = catalogSha256; self.createdAt = createdAt; self.variants = variants
     }
@@ -63,8 +65,8 @@ public struct ReleaseInfo: Codable, Equatable, Sendable {
 
 public struct NewRollout: Codable, Sendable {
     public var release: String
-    public var strategy: String     // "all" (every device at once) or "staged" (phases per cell, gated)
-    public var policy: String?      // for "staged": a policy of fleet/policies, default "canary"
+    public var strategy: String  // "all" (every device at once) or "staged" (phases per cell, gated)
+    public var policy: String?  // for "staged": a policy of fleet/policies, default "canary"
     /// For "staged": a whole policy document (the YAML of fleet/policies) used instead of a named one.
     public var policyDocument: String?
     /// For "staged": every bake time of the policy multiplied by this (labs: 0.01; 0 skips bakes).
@@ -75,9 +77,12 @@ public struct NewRollout: Codable, Sendable {
     public var supersede: Bool?
     /// A maintenance window for activation ("mon-fri 02:00+3h Europe/Berlin"), over the policy's and the fleet's.
     public var window: String?
-    public init(release: String, strategy: String, policy: String? = nil, policyDocument: String? = nil, bakeScale: Double? = nil,
-                selector: String? = nil, supersede: Bool? = nil, window: String? = nil) {
-        self.release = release; self.strategy = strategy; self.policy = policy; self.policyDocument = policyDocument; self.bakeScale = bakeScale
+    public init(
+        release: String, strategy: String, policy: String? = nil, policyDocument: String? = nil, bakeScale: Double? = nil,
+        selector: String? = nil, supersede: Bool? = nil, window: String? = nil
+    ) {
+        self.release = release; self.strategy = strategy; self.policy = policy; self.policyDocument = policyDocument;
+        self.bakeScale = bakeScale
         self.selector = selector; self.supersede = supersede; self.window = window
     }
 }
@@ -103,8 +108,10 @@ public struct TrialInfo: Codable, Equatable, Sendable {
     public var state: String
     /// Per device, the variants it has measured.
     public var measured: [String: [String]]
-    public init(id: Int64, model: String, release: String, hardwareClass: String, variants: [String], devices: [String], state: String,
-                measured: [String: [String]]) {
+    public init(
+        id: Int64, model: String, release: String, hardwareClass: String, variants: [String], devices: [String], state: String,
+        measured: [String: [String]]
+    ) {
         self.id = id; self.model = model; self.release = release; self.hardwareClass = hardwareClass; self.variants = variants
         self.devices = devices; self.state = state; self.measured = measured
     }
@@ -112,7 +119,7 @@ public struct TrialInfo: Codable, Equatable, Sendable {
 
 /// An operator's retry of the devices a rollout's release failed on: all of them, one cell's, or one device.
 public struct RolloutRetryRequest: Codable, Sendable {
-    public var cell: String?        // "class/tier"
+    public var cell: String?  // "class/tier"
     public var device: String?
     public init(cell: String? = nil, device: String? = nil) { self.cell = cell; self.device = device }
 }
@@ -122,11 +129,13 @@ public struct RolloutRetryResult: Codable, Equatable, Sendable {
     public var release: String
     /// The devices whose failure was forgotten: each is sent the release again at its next check-in.
     public var retried: [String]
-    public init(rollout: Int64, release: String, retried: [String]) { self.rollout = rollout; self.release = release; self.retried = retried }
+    public init(rollout: Int64, release: String, retried: [String]) {
+        self.rollout = rollout; self.release = release; self.retried = retried
+    }
 }
 
 public struct RolloutActionRequest: Codable, Sendable {
-    public var cell: String?        // "class/tier"; nil: every cell
+    public var cell: String?  // "class/tier"; nil: every cell
     public init(cell: String? = nil) { self.cell = cell }
 }
 
@@ -134,7 +143,7 @@ public struct RolloutStatus: Codable, Equatable, Sendable {
     public struct Cell: Codable, Equatable, Sendable {
         public var cell: String
         public var status: String
-        public var phase: Int          // 1-based
+        public var phase: Int  // 1-based
         public var phases: Int
         public var cohortShare: Double
         public var observation: CellObservation?
@@ -146,9 +155,11 @@ public struct RolloutStatus: Codable, Equatable, Sendable {
         public var failedNotRetried: Int?
         /// For a rolled-back or aborted cell: how many devices it reached are off the new release again.
         public var afterStop: CellAfterStop?
-        public init(cell: String, status: String, phase: Int, phases: Int, cohortShare: Double, observation: CellObservation?,
-                    gates: [GateResult], failedGate: GateResult?, blockedBy: [String]? = nil, failedNotRetried: Int? = nil,
-                    afterStop: CellAfterStop? = nil) {
+        public init(
+            cell: String, status: String, phase: Int, phases: Int, cohortShare: Double, observation: CellObservation?,
+            gates: [GateResult], failedGate: GateResult?, blockedBy: [String]? = nil, failedNotRetried: Int? = nil,
+            afterStop: CellAfterStop? = nil
+        ) {
             self.cell = cell; self.status = status; self.phase = phase; self.phases = phases; self.cohortShare = cohortShare
             self.observation = observation; self.gates = gates; self.failedGate = failedGate
             self.blockedBy = blockedBy; self.failedNotRetried = failedNotRetried; self.afterStop = afterStop
@@ -186,8 +197,10 @@ public struct RolloutStatus: Codable, Equatable, Sendable {
         }
     }
 
-    public init(rollout: RolloutInfo, policy: RolloutPolicy?, previousRelease: String?, cells: [Cell], actions: [Action],
-                waves: [Wave]? = nil, waitingForWindow: Int? = nil) {
+    public init(
+        rollout: RolloutInfo, policy: RolloutPolicy?, previousRelease: String?, cells: [Cell], actions: [Action],
+        waves: [Wave]? = nil, waitingForWindow: Int? = nil
+    ) {
         self.rollout = rollout; self.policy = policy; self.previousRelease = previousRelease; self.cells = cells; self.actions = actions
         self.waves = waves; self.waitingForWindow = waitingForWindow
     }
@@ -200,15 +213,17 @@ public struct RolloutInfo: Codable, Equatable, Sendable {
     public var strategy: String
     public var state: String
     public var createdAt: Int64
-    public var targeted: Int        // devices with an assignment of this release
+    public var targeted: Int  // devices with an assignment of this release
     public var committed: Int
     public var failed: Int
     public var held: Int
     /// The devices it is for ("" : every device) and its maintenance window, if it sets one.
     public var selector: String?
     public var window: String?
-    public init(id: Int64, release: String, model: String, strategy: String, state: String, createdAt: Int64,
-                targeted: Int, committed: Int, failed: Int, held: Int, selector: String? = nil, window: String? = nil) {
+    public init(
+        id: Int64, release: String, model: String, strategy: String, state: String, createdAt: Int64,
+        targeted: Int, committed: Int, failed: Int, held: Int, selector: String? = nil, window: String? = nil
+    ) {
         self.id = id; self.release = release; self.model = model; self.strategy = strategy; self.state = state
         self.createdAt = createdAt; self.targeted = targeted; self.committed = committed; self.failed = failed; self.held = held
         self.selector = selector; self.window = window
@@ -222,9 +237,9 @@ public struct DeviceInfo: Codable, Equatable, Sendable {
     public var facts: DeviceFacts
     public var installed: [String: String]
     public var phase: String?
-    public var status: String          // last install outcome: committed, failed, rolled-back, installing, idle
+    public var status: String  // last install outcome: committed, failed, rolled-back, installing, idle
     public var statusDetail: String?
-    public var assigned: [String: String]   // model -> variant name assigned
+    public var assigned: [String: String]  // model -> variant name assigned
     public var held: [String: String]
     public var firstSeen: Int64
     public var lastSeen: Int64
@@ -233,9 +248,11 @@ public struct DeviceInfo: Codable, Equatable, Sendable {
     public var labels: [String: String]?
     public var labelSources: [String: String]?
 
-    public init(id: String, hardwareClass: String?, tier: String?, facts: DeviceFacts, installed: [String: String], phase: String?,
-                status: String, statusDetail: String?, assigned: [String: String], held: [String: String],
-                firstSeen: Int64, lastSeen: Int64, agentVersion: String?, labels: [String: String]? = nil, labelSources: [String: String]? = nil) {
+    public init(
+        id: String, hardwareClass: String?, tier: String?, facts: DeviceFacts, installed: [String: String], phase: String?,
+        status: String, statusDetail: String?, assigned: [String: String], held: [String: String],
+        firstSeen: Int64, lastSeen: Int64, agentVersion: String?, labels: [String: String]? = nil, labelSources: [String: String]? = nil
+    ) {
         self.id = id; self.hardwareClass = hardwareClass; self.tier = tier; self.facts = facts; self.installed = installed
         self.phase = phase; self.status = status; self.statusDetail = statusDetail; self.assigned = assigned; self.held = held
         self.firstSeen = firstSeen; self.lastSeen = lastSeen; self.agentVersion = agentVersion
@@ -270,8 +287,10 @@ public struct FleetStatus: Codable, Equatable, Sendable {
     public var activeRollouts: Int
     public var artifacts: Int
     public var artifactBytes: Int64
-    public init(devices: Int, byClass: [String: Int], byTier: [String: Int], byStatus: [String: Int], models: Int,
-                releases: Int, activeRollouts: Int, artifacts: Int, artifactBytes: Int64) {
+    public init(
+        devices: Int, byClass: [String: Int], byTier: [String: Int], byStatus: [String: Int], models: Int,
+        releases: Int, activeRollouts: Int, artifacts: Int, artifactBytes: Int64
+    ) {
         self.devices = devices; self.byClass = byClass; self.byTier = byTier; self.byStatus = byStatus; self.models = models
         self.releases = releases; self.activeRollouts = activeRollouts; self.artifacts = artifacts; self.artifactBytes = artifactBytes
     }
@@ -284,7 +303,9 @@ public struct APIErrorBody: Codable, Sendable {
         public var message: String
         /// Figures a client may act on (e.g. `devicesInCommon` of an overlapping rollout).
         public var counts: [String: Int]?
-        public init(code: String, message: String, counts: [String: Int]? = nil) { self.code = code; self.message = message; self.counts = counts }
+        public init(code: String, message: String, counts: [String: Int]? = nil) {
+            self.code = code; self.message = message; self.counts = counts
+        }
     }
     public var error: Detail
     public init(error: Detail) { self.error = error }
@@ -294,7 +315,6 @@ public struct APIErrorBody: Codable, Sendable {
         return String(decoding: body.prefix(300), as: UTF8.self)
     }
 }
-
 
 /// The packages of a release: per target variant the deltas built, and the bytes its assignments
 /// send compared with full downloads.
@@ -329,8 +349,10 @@ public struct ReleasePackages: Codable, Equatable, Sendable {
     /// Every device that installed the release, whichever rollout sent it, and how many by delta.
     public var received: Int?
     public var receivedViaDelta: Int?
-    public init(release: String, variants: [Variant], devices: Int, devicesViaDelta: Int, bytesSent: Int64, bytesFull: Int64,
-                received: Int? = nil, receivedViaDelta: Int? = nil) {
+    public init(
+        release: String, variants: [Variant], devices: Int, devicesViaDelta: Int, bytesSent: Int64, bytesFull: Int64,
+        received: Int? = nil, receivedViaDelta: Int? = nil
+    ) {
         self.release = release; self.variants = variants; self.devices = devices; self.devicesViaDelta = devicesViaDelta
         self.bytesSent = bytesSent; self.bytesFull = bytesFull; self.received = received; self.receivedViaDelta = receivedViaDelta
     }

@@ -10,7 +10,13 @@ public enum OperatorRole: String, Codable, Sendable, CaseIterable, Comparable {
     /// Also manage access: tokens, enrollment tokens, device approval and revocation, root rotation, audit log.
     case admin
 
-    private var rank: Int { switch self { case .viewer: 0; case .operator: 1; case .admin: 2 } }
+    private var rank: Int {
+        switch self {
+        case .viewer: 0;
+        case .operator: 1;
+        case .admin: 2
+        }
+    }
     public static func < (a: Self, b: Self) -> Bool { a.rank < b.rank }
 }
 
@@ -33,8 +39,10 @@ public struct APITokenInfo: Codable, Sendable, Equatable {
     public var expiresAt: Int64?
     public var revokedAt: Int64?
     public var lastUsedAt: Int64?
-    public init(id: String, name: String, role: OperatorRole, createdAt: Int64, createdBy: String, expiresAt: Int64? = nil,
-                revokedAt: Int64? = nil, lastUsedAt: Int64? = nil) {
+    public init(
+        id: String, name: String, role: OperatorRole, createdAt: Int64, createdBy: String, expiresAt: Int64? = nil,
+        revokedAt: Int64? = nil, lastUsedAt: Int64? = nil
+    ) {
         self.id = id; self.name = name; self.role = role; self.createdAt = createdAt; self.createdBy = createdBy
         self.expiresAt = expiresAt; self.revokedAt = revokedAt; self.lastUsedAt = lastUsedAt
     }
@@ -71,8 +79,10 @@ public struct EnrollmentTokenInfo: Codable, Sendable, Equatable {
     public var usedBy: String?
     /// Labels bound to the device that enrolls with it.
     public var labels: [String: String]?
-    public init(id: String, deviceId: String?, createdAt: Int64, createdBy: String, expiresAt: Int64, requireApproval: Bool,
-                usedAt: Int64? = nil, usedBy: String? = nil, labels: [String: String]? = nil) {
+    public init(
+        id: String, deviceId: String?, createdAt: Int64, createdBy: String, expiresAt: Int64, requireApproval: Bool,
+        usedAt: Int64? = nil, usedBy: String? = nil, labels: [String: String]? = nil
+    ) {
         self.id = id; self.deviceId = deviceId; self.createdAt = createdAt; self.createdBy = createdBy; self.expiresAt = expiresAt
         self.requireApproval = requireApproval; self.usedAt = usedAt; self.usedBy = usedBy; self.labels = labels
     }
@@ -115,8 +125,10 @@ public struct DeviceIdentityInfo: Codable, Sendable, Equatable {
     public var facts: DeviceFacts?
     public var decidedBy: String?
     public var decidedAt: Int64?
-    public init(deviceId: String, status: DeviceAccess, fingerprint: String?, enrolledAt: Int64, enrollmentToken: String,
-                facts: DeviceFacts?, decidedBy: String? = nil, decidedAt: Int64? = nil) {
+    public init(
+        deviceId: String, status: DeviceAccess, fingerprint: String?, enrolledAt: Int64, enrollmentToken: String,
+        facts: DeviceFacts?, decidedBy: String? = nil, decidedAt: Int64? = nil
+    ) {
         self.deviceId = deviceId; self.status = status; self.fingerprint = fingerprint; self.enrolledAt = enrolledAt
         self.enrollmentToken = enrollmentToken; self.facts = facts; self.decidedBy = decidedBy; self.decidedAt = decidedAt
     }
@@ -135,8 +147,10 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     /// ok, denied (401/403), rejected (other 4xx), failed (5xx).
     public var outcome: String
     public var detail: String?
-    public init(id: Int64 = 0, at: Int64, actor: String, role: String?, method: String, path: String, status: Int, outcome: String,
-                detail: String? = nil) {
+    public init(
+        id: Int64 = 0, at: Int64, actor: String, role: String?, method: String, path: String, status: Int, outcome: String,
+        detail: String? = nil
+    ) {
         self.id = id; self.at = at; self.actor = actor; self.role = role; self.method = method; self.path = path
         self.status = status; self.outcome = outcome; self.detail = detail
     }

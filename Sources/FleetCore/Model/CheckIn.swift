@@ -15,7 +15,7 @@ public struct CheckInRequest: Codable, Equatable, Sendable {
     public var installedSent = true
     /// nil: the one the controller stored with the facts (sent again whenever the facts are).
     public var agentVersion: String?
-    public var phase: String?                       // install phase, for the operator's view
+    public var phase: String?  // install phase, for the operator's view
     /// Models whose delta could not be applied here: send the whole artifact if the budget allows.
     public var fullPackages: [String]?
     /// `DeviceFacts.digest` of the facts left out.
@@ -31,9 +31,11 @@ public struct CheckInRequest: Codable, Equatable, Sendable {
     public var agentSha256: String?
     public var capabilities: [String]?
 
-    public init(facts: DeviceFacts?, installed: [String: String], agentVersion: String?, phase: String? = nil,
-                fullPackages: [String]? = nil, factsDigest: String? = nil, holds: [String: HeldMetadata]? = nil,
-                rootVersion: Int? = nil, timestampVersion: UInt64? = nil) {
+    public init(
+        facts: DeviceFacts?, installed: [String: String], agentVersion: String?, phase: String? = nil,
+        fullPackages: [String]? = nil, factsDigest: String? = nil, holds: [String: HeldMetadata]? = nil,
+        rootVersion: Int? = nil, timestampVersion: UInt64? = nil
+    ) {
         self.facts = facts; self.installed = installed; self.agentVersion = agentVersion; self.phase = phase
         self.fullPackages = fullPackages; self.factsDigest = factsDigest; self.holds = holds
         self.rootVersion = rootVersion; self.timestampVersion = timestampVersion
@@ -43,7 +45,8 @@ public struct CheckInRequest: Codable, Equatable, Sendable {
     public var isFrugal: Bool { timestampVersion != nil }
 
     enum CodingKeys: String, CodingKey {
-        case facts, installed, agentVersion, phase, fullPackages, factsDigest, holds, rootVersion, timestampVersion, agentSha256, capabilities
+        case facts, installed, agentVersion, phase, fullPackages, factsDigest, holds, rootVersion, timestampVersion, agentSha256,
+            capabilities
     }
 
     public init(from decoder: any Decoder) throws {
@@ -101,8 +104,8 @@ public struct ModelUpdate: Codable, Equatable, Sendable {
 /// Why a frugal check-in must be sent again whole (facts and installed models) before it can be
 /// answered. The agent does so once, in the same cycle.
 public enum ResendReason: String, Codable, Sendable {
-    case unknownFacts = "unknown-facts"          // a digest, and no facts stored for this device
-    case factsMismatch = "facts-mismatch"        // a digest that is not the one of the stored facts
+    case unknownFacts = "unknown-facts"  // a digest, and no facts stored for this device
+    case factsMismatch = "facts-mismatch"  // a digest that is not the one of the stored facts
     case unknownInstalled = "unknown-installed"  // `installed` left out, and none stored for this device
 }
 
@@ -110,11 +113,11 @@ public struct CheckInResponse: Codable, Equatable, Sendable {
     public var deviceId: String
     public var hardwareClass: String?
     public var tier: String?
-    public var rootChain: [Envelope]     // newer root versions, in order, for rotation
+    public var rootChain: [Envelope]  // newer root versions, in order, for rotation
     /// The fleet-wide timestamp (full check-ins).
     public var timestamp: Envelope?
     public var updates: [ModelUpdate]
-    public var held: [String: String]    // model -> why nothing is assigned (over-budget, no variant fits)
+    public var held: [String: String]  // model -> why nothing is assigned (over-budget, no variant fits)
     public var pollSeconds: Int
     /// How this device retries a failed assignment (its tier's policy); nil: the agent's default.
     /// A frugal answer carries it only with a new assignment.
@@ -130,10 +133,12 @@ public struct CheckInResponse: Codable, Equatable, Sendable {
     /// Encode as a frugal answer: leave out what is empty and what the agent does not use.
     public var compact = false
 
-    public init(deviceId: String, hardwareClass: String?, tier: String?, rootChain: [Envelope], timestamp: Envelope?,
-                updates: [ModelUpdate], held: [String: String], pollSeconds: Int, retry: RetryPolicy? = nil,
-                reassigned: [String: Envelope] = [:], unchanged: [String] = [], stamp: CompactEnvelope? = nil,
-                resend: ResendReason? = nil, compact: Bool = false) {
+    public init(
+        deviceId: String, hardwareClass: String?, tier: String?, rootChain: [Envelope], timestamp: Envelope?,
+        updates: [ModelUpdate], held: [String: String], pollSeconds: Int, retry: RetryPolicy? = nil,
+        reassigned: [String: Envelope] = [:], unchanged: [String] = [], stamp: CompactEnvelope? = nil,
+        resend: ResendReason? = nil, compact: Bool = false
+    ) {
         self.deviceId = deviceId; self.hardwareClass = hardwareClass; self.tier = tier; self.rootChain = rootChain
         self.timestamp = timestamp; self.updates = updates; self.held = held; self.pollSeconds = pollSeconds
         self.retry = retry; self.reassigned = reassigned; self.unchanged = unchanged; self.stamp = stamp
@@ -191,7 +196,9 @@ public struct CheckInResponse: Codable, Equatable, Sendable {
 /// the start, nothing a filesystem or a URL would read as structure.
 public enum Name {
     public static func isValid(_ s: String) -> Bool {
-        guard !s.isEmpty, s.utf8.count <= 128, let first = s.utf8.first, first != UInt8(ascii: ".") && first != UInt8(ascii: "-") else { return false }
+        guard !s.isEmpty, s.utf8.count <= 128, let first = s.utf8.first, first != UInt8(ascii: ".") && first != UInt8(ascii: "-") else {
+            return false
+        }
         return s.utf8.allSatisfy { c in
             (0x30...0x39).contains(c) || (0x41...0x5A).contains(c) || (0x61...0x7A).contains(c)
                 || c == UInt8(ascii: "-") || c == UInt8(ascii: "_") || c == UInt8(ascii: ".")

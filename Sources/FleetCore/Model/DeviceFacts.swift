@@ -1,14 +1,14 @@
 /// What the agent's probe found on a device (or what a facts file says, for tests and simulation).
 public struct DeviceFacts: Codable, Equatable, Sendable {
     public var deviceId: String?
-    public var arch: String                // uname machine: x86_64, aarch64, armv7l
+    public var arch: String  // uname machine: x86_64, aarch64, armv7l
     public var cpuFlags: [String]
     public var memoryBytes: Int64
     public var diskFreeBytes: Int64
-    public var accelerators: [String]      // device nodes: /dev/accel0, /dev/apex_0, …
+    public var accelerators: [String]  // device nodes: /dev/accel0, /dev/apex_0, …
     public var kernel: String?
     public var hostname: String?
-    public var downlinkMbps: Double?       // measured by the agent on its downloads
+    public var downlinkMbps: Double?  // measured by the agent on its downloads
     public var metered: Bool?
     /// Labels the device gives itself (agent configuration); nil when it has none.
     public var labels: [String: String]?
@@ -31,9 +31,11 @@ public struct DeviceFacts: Codable, Equatable, Sendable {
         return f
     }
 
-    public init(deviceId: String? = nil, arch: String, cpuFlags: [String], memoryBytes: Int64, diskFreeBytes: Int64,
-                accelerators: [String] = [], kernel: String? = nil, hostname: String? = nil,
-                downlinkMbps: Double? = nil, metered: Bool? = nil) {
+    public init(
+        deviceId: String? = nil, arch: String, cpuFlags: [String], memoryBytes: Int64, diskFreeBytes: Int64,
+        accelerators: [String] = [], kernel: String? = nil, hostname: String? = nil,
+        downlinkMbps: Double? = nil, metered: Bool? = nil
+    ) {
         self.deviceId = deviceId; self.arch = arch; self.cpuFlags = cpuFlags; self.memoryBytes = memoryBytes
         self.diskFreeBytes = diskFreeBytes; self.accelerators = accelerators; self.kernel = kernel
         self.hostname = hostname; self.downlinkMbps = downlinkMbps; self.metered = metered
@@ -55,9 +57,11 @@ public enum ByteCount {
     /// Parses "512", "64K", "1.5G", "200MB" (decimal units; KiB/MiB/GiB binary).
     public static func parse(_ text: String) -> Int64? {
         let t = text.trimmed.uppercased()
-        let table: [(String, Double)] = [("KIB", 1024), ("MIB", 1_048_576), ("GIB", 1_073_741_824), ("TIB", 1_099_511_627_776),
-                                         ("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12),
-                                         ("K", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12), ("B", 1)]
+        let table: [(String, Double)] = [
+            ("KIB", 1024), ("MIB", 1_048_576), ("GIB", 1_073_741_824), ("TIB", 1_099_511_627_776),
+            ("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12),
+            ("K", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12), ("B", 1)
+        ]
         for (suffix, factor) in table where t.hasSuffix(suffix) {
             guard let v = Double(t.dropLast(suffix.count).trimmed), v >= 0, v * factor < 9.2e18 else { return nil }
             return Int64(v * factor)

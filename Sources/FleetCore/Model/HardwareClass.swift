@@ -3,13 +3,15 @@
 public struct HardwareClass: Codable, Equatable, Sendable {
     public struct Match: Codable, Equatable, Sendable {
         public var arch: [String]?
-        public var cpuFlags: [String]?          // all of these
+        public var cpuFlags: [String]?  // all of these
         public var minMemoryBytes: Int64?
         public var maxMemoryBytes: Int64?
-        public var accelerators: [String]?      // any of these device-node prefixes
+        public var accelerators: [String]?  // any of these device-node prefixes
 
-        public init(arch: [String]? = nil, cpuFlags: [String]? = nil, minMemoryBytes: Int64? = nil,
-                    maxMemoryBytes: Int64? = nil, accelerators: [String]? = nil) {
+        public init(
+            arch: [String]? = nil, cpuFlags: [String]? = nil, minMemoryBytes: Int64? = nil,
+            maxMemoryBytes: Int64? = nil, accelerators: [String]? = nil
+        ) {
             self.arch = arch; self.cpuFlags = cpuFlags; self.minMemoryBytes = minMemoryBytes
             self.maxMemoryBytes = maxMemoryBytes; self.accelerators = accelerators
         }
@@ -32,8 +34,10 @@ public struct HardwareClass: Codable, Equatable, Sendable {
     /// What selection by measurement minimises on this class: `latency` (nil) or `energy`.
     public var optimize: String?
 
-    public init(name: String, description: String? = nil, match: Match, formats: [String], maxModelBytes: Int64? = nil,
-                optimize: String? = nil) {
+    public init(
+        name: String, description: String? = nil, match: Match, formats: [String], maxModelBytes: Int64? = nil,
+        optimize: String? = nil
+    ) {
         self.name = name; self.description = description; self.match = match; self.formats = formats
         self.maxModelBytes = maxModelBytes; self.optimize = optimize
     }
@@ -44,14 +48,16 @@ public struct HardwareClass: Codable, Equatable, Sendable {
 public struct BandwidthTier: Codable, Equatable, Sendable {
     public var name: String
     public var description: String?
-    public var metered: Bool?          // nil: either
+    public var metered: Bool?  // nil: either
     public var minMbps: Double?
     public var budgetBytes: Int64?
     /// How devices of this tier retry a failed assignment; nil: the controller's default.
     public var retry: RetryPolicy?
 
-    public init(name: String, description: String? = nil, metered: Bool? = nil, minMbps: Double? = nil, budgetBytes: Int64? = nil,
-                retry: RetryPolicy? = nil) {
+    public init(
+        name: String, description: String? = nil, metered: Bool? = nil, minMbps: Double? = nil, budgetBytes: Int64? = nil,
+        retry: RetryPolicy? = nil
+    ) {
         self.name = name; self.description = description; self.metered = metered; self.minMbps = minMbps
         self.budgetBytes = budgetBytes; self.retry = retry
     }

@@ -83,20 +83,25 @@ public enum SimulatedDevice {
         switch profile(index: index) {
         case .smallBoard:
             let arm64 = r & 1 == 0
-            facts = DeviceFacts(arch: arm64 ? "aarch64" : "armv7l", cpuFlags: arm64 ? ["fp", "asimd"] : ["half", "neon", "vfpv4"],
-                                memoryBytes: (r >> 1) & 1 == 0 ? gib : gib / 2, diskFreeBytes: 4_000_000_000)
+            facts = DeviceFacts(
+                arch: arm64 ? "aarch64" : "armv7l", cpuFlags: arm64 ? ["fp", "asimd"] : ["half", "neon", "vfpv4"],
+                memoryBytes: (r >> 1) & 1 == 0 ? gib : gib / 2, diskFreeBytes: 4_000_000_000)
         case .edgeTPU:
-            facts = DeviceFacts(arch: "aarch64", cpuFlags: ["fp", "asimd", "asimddp"], memoryBytes: 4 * gib,
-                                diskFreeBytes: 16_000_000_000, accelerators: ["/dev/apex_0"])
+            facts = DeviceFacts(
+                arch: "aarch64", cpuFlags: ["fp", "asimd", "asimddp"], memoryBytes: 4 * gib,
+                diskFreeBytes: 16_000_000_000, accelerators: ["/dev/apex_0"])
         case .x86VNNI:
-            facts = DeviceFacts(arch: "x86_64", cpuFlags: ["sse2", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni"],
-                                memoryBytes: Int64(8 << (r % 3)) * gib, diskFreeBytes: 100_000_000_000)
+            facts = DeviceFacts(
+                arch: "x86_64", cpuFlags: ["sse2", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni"],
+                memoryBytes: Int64(8 << (r % 3)) * gib, diskFreeBytes: 100_000_000_000)
         case .x86AVX2:
-            facts = DeviceFacts(arch: "x86_64", cpuFlags: ["sse2", "sse4_2", "avx", "avx2", "fma", "f16c"],
-                                memoryBytes: Int64(4 << (r % 3)) * gib, diskFreeBytes: 60_000_000_000)
+            facts = DeviceFacts(
+                arch: "x86_64", cpuFlags: ["sse2", "sse4_2", "avx", "avx2", "fma", "f16c"],
+                memoryBytes: Int64(4 << (r % 3)) * gib, diskFreeBytes: 60_000_000_000)
         case .arm64DotProd:
-            facts = DeviceFacts(arch: "aarch64", cpuFlags: ["fp", "asimd", "asimdhp", "asimdrdm", "asimddp"],
-                                memoryBytes: Int64(2 << (r % 3)) * gib, diskFreeBytes: 24_000_000_000)
+            facts = DeviceFacts(
+                arch: "aarch64", cpuFlags: ["fp", "asimd", "asimdhp", "asimdrdm", "asimddp"],
+                memoryBytes: Int64(2 << (r % 3)) * gib, diskFreeBytes: 24_000_000_000)
         case .armv7NEON:
             facts = DeviceFacts(arch: "armv7l", cpuFlags: ["half", "neon", "vfpv4"], memoryBytes: 2 * gib, diskFreeBytes: 8_000_000_000)
         case .x86Baseline:

@@ -4,7 +4,7 @@
 public struct VariantReport: Codable, Equatable, Sendable {
     public struct FileStats: Codable, Equatable, Sendable {
         public var path: String
-        public var format: String          // onnx, safetensors
+        public var format: String  // onnx, safetensors
         public var bytes: Int64
         /// The file as one zstd frame at `zstdLevel`: what a device downloads without a delta.
         public var zstdBytes: Int64?
@@ -17,22 +17,24 @@ public struct VariantReport: Codable, Equatable, Sendable {
     /// The error one tensor took, measured against the base tensor in fp32.
     public struct TensorQuality: Codable, Equatable, Sendable {
         public var name: String
-        public var dtype: String            // the base tensor's
+        public var dtype: String  // the base tensor's
         public var shape: [Int64]
         /// How it is stored in the variant ("int8 per-channel axis 1", "kept: integer", …).
         public var encoding: String
         public var changed: Bool
-        public var relativeL2: Double?      // ‖w − ŵ‖ / ‖w‖
+        public var relativeL2: Double?  // ‖w − ŵ‖ / ‖w‖
         /// 10·log10(‖w‖² / ‖w − ŵ‖²); nil when the tensor is reproduced exactly.
         public var snrDb: Double?
         public var maxAbsError: Double?
-        public var sparsity: Double?        // share of exact zeros in the variant's tensor
-        public var overflow: Int?           // fp16: finite values that became ±inf
+        public var sparsity: Double?  // share of exact zeros in the variant's tensor
+        public var overflow: Int?  // fp16: finite values that became ±inf
         public var bytesIn: Int64
         public var bytesOut: Int64
-        public init(name: String, dtype: String, shape: [Int64], encoding: String, changed: Bool, relativeL2: Double? = nil,
-                    snrDb: Double? = nil, maxAbsError: Double? = nil, sparsity: Double? = nil, overflow: Int? = nil,
-                    bytesIn: Int64, bytesOut: Int64) {
+        public init(
+            name: String, dtype: String, shape: [Int64], encoding: String, changed: Bool, relativeL2: Double? = nil,
+            snrDb: Double? = nil, maxAbsError: Double? = nil, sparsity: Double? = nil, overflow: Int? = nil,
+            bytesIn: Int64, bytesOut: Int64
+        ) {
             self.name = name; self.dtype = dtype; self.shape = shape; self.encoding = encoding; self.changed = changed
             self.relativeL2 = relativeL2; self.snrDb = snrDb; self.maxAbsError = maxAbsError; self.sparsity = sparsity
             self.overflow = overflow; self.bytesIn = bytesIn; self.bytesOut = bytesOut
@@ -49,8 +51,10 @@ public struct VariantReport: Codable, Equatable, Sendable {
         public var detail: [String: Double]?
         /// Inference speed of the variant next to its base, measured by the evaluator in the same run.
         public var speed: Speed?
-        public init(evaluator: String, samples: Int, meanCosine: Double, minCosine: Double, top1Agreement: Double?,
-                    detail: [String: Double]? = nil, speed: Speed? = nil) {
+        public init(
+            evaluator: String, samples: Int, meanCosine: Double, minCosine: Double, top1Agreement: Double?,
+            detail: [String: Double]? = nil, speed: Speed? = nil
+        ) {
             self.evaluator = evaluator; self.samples = samples; self.meanCosine = meanCosine; self.minCosine = minCosine
             self.top1Agreement = top1Agreement; self.detail = detail; self.speed = speed
         }
@@ -68,7 +72,9 @@ public struct VariantReport: Codable, Equatable, Sendable {
             public var variantP95Ms: Double
             /// base median / variant median: above 1, the variant is faster.
             public var speedup: Double
-            public init(threads: Int, baseMedianMs: Double, baseP95Ms: Double, variantMedianMs: Double, variantP95Ms: Double, speedup: Double) {
+            public init(
+                threads: Int, baseMedianMs: Double, baseP95Ms: Double, variantMedianMs: Double, variantP95Ms: Double, speedup: Double
+            ) {
                 self.threads = threads; self.baseMedianMs = baseMedianMs; self.baseP95Ms = baseP95Ms
                 self.variantMedianMs = variantMedianMs; self.variantP95Ms = variantP95Ms; self.speedup = speedup
             }
@@ -93,8 +99,10 @@ public struct VariantReport: Codable, Equatable, Sendable {
         public var variantPeakBytes: Int64?
         public var runtime: String?
         public var cpu: CPU?
-        public init(batch: Int, runs: Int, timings: [Timing], basePeakBytes: Int64? = nil, variantPeakBytes: Int64? = nil,
-                    runtime: String? = nil, cpu: CPU? = nil) {
+        public init(
+            batch: Int, runs: Int, timings: [Timing], basePeakBytes: Int64? = nil, variantPeakBytes: Int64? = nil,
+            runtime: String? = nil, cpu: CPU? = nil
+        ) {
             self.batch = batch; self.runs = runs; self.timings = timings; self.basePeakBytes = basePeakBytes
             self.variantPeakBytes = variantPeakBytes; self.runtime = runtime; self.cpu = cpu
         }
@@ -134,10 +142,12 @@ public struct VariantReport: Codable, Equatable, Sendable {
     /// The operators a compute form put in the graph (e.g. com.microsoft.MatMulNBits).
     public var operators: [String]?
 
-    public init(tool: String, toolVersion: String, recipe: String, steps: [String], technique: String, dtype: String,
-                input: FileStats, output: FileStats, zstdLevel: Int?, compressionRatio: Double, compressedRatio: Double?,
-                tensorsChanged: Int, tensorsKept: Int, worstRelativeL2: Double?, meanSnrDb: Double?, sparsity: Double?,
-                overflow: Int, tensors: [TensorQuality], evaluation: Evaluation?, notes: [String]) {
+    public init(
+        tool: String, toolVersion: String, recipe: String, steps: [String], technique: String, dtype: String,
+        input: FileStats, output: FileStats, zstdLevel: Int?, compressionRatio: Double, compressedRatio: Double?,
+        tensorsChanged: Int, tensorsKept: Int, worstRelativeL2: Double?, meanSnrDb: Double?, sparsity: Double?,
+        overflow: Int, tensors: [TensorQuality], evaluation: Evaluation?, notes: [String]
+    ) {
         self.tool = tool; self.toolVersion = toolVersion; self.recipe = recipe; self.steps = steps; self.technique = technique
         self.dtype = dtype; self.input = input; self.output = output; self.zstdLevel = zstdLevel
         self.compressionRatio = compressionRatio; self.compressedRatio = compressedRatio
@@ -164,8 +174,10 @@ public struct Lineage: Codable, Equatable, Sendable {
     public var meanCosine: Double?
     public var minCosine: Double?
 
-    public init(derivedFrom: String, derivedFromSha256: String? = nil, technique: String, recipe: String? = nil,
-                tool: String? = nil, toolVersion: String? = nil, meanCosine: Double? = nil, minCosine: Double? = nil) {
+    public init(
+        derivedFrom: String, derivedFromSha256: String? = nil, technique: String, recipe: String? = nil,
+        tool: String? = nil, toolVersion: String? = nil, meanCosine: Double? = nil, minCosine: Double? = nil
+    ) {
         self.derivedFrom = derivedFrom; self.derivedFromSha256 = derivedFromSha256; self.technique = technique
         self.recipe = recipe; self.tool = tool; self.toolVersion = toolVersion; self.meanCosine = meanCosine; self.minCosine = minCosine
     }

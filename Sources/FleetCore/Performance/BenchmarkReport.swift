@@ -12,8 +12,10 @@ public struct BenchmarkReport: Codable, Equatable, Sendable {
     public var energySource: String?
     public var energyUnavailable: String?
 
-    public init(latencyP50Ms: Double, latencyP95Ms: Double? = nil, iterations: Int? = nil, peakMemoryBytes: Int64? = nil,
-                joulesPerInference: Double? = nil, energySource: String? = nil, energyUnavailable: String? = nil) {
+    public init(
+        latencyP50Ms: Double, latencyP95Ms: Double? = nil, iterations: Int? = nil, peakMemoryBytes: Int64? = nil,
+        joulesPerInference: Double? = nil, energySource: String? = nil, energyUnavailable: String? = nil
+    ) {
         self.latencyP50Ms = latencyP50Ms; self.latencyP95Ms = latencyP95Ms; self.iterations = iterations
         self.peakMemoryBytes = peakMemoryBytes; self.joulesPerInference = joulesPerInference
         self.energySource = energySource; self.energyUnavailable = energyUnavailable
@@ -33,8 +35,9 @@ public struct BenchmarkReport: Codable, Equatable, Sendable {
         }
         func ok(_ v: Double?) -> Bool { v.map { $0.isFinite && $0 >= 0 && $0 < 86_400_000 } ?? true }
         guard ok(r.latencyP50Ms), ok(r.latencyP95Ms), ok(r.joulesPerInference),
-              (r.latencyP95Ms ?? r.latencyP50Ms) >= r.latencyP50Ms,
-              (r.iterations ?? 1) > 0, (r.peakMemoryBytes ?? 0) >= 0 else { throw .outOfRange }
+            (r.latencyP95Ms ?? r.latencyP50Ms) >= r.latencyP50Ms,
+            (r.iterations ?? 1) > 0, (r.peakMemoryBytes ?? 0) >= 0
+        else { throw .outOfRange }
         return r
     }
 }
@@ -52,8 +55,10 @@ public struct VariantMeasurement: Codable, Equatable, Sendable {
     public var joulesPerInference: Double?
     public var energyDevices: Int
 
-    public init(sha256: String, variant: String? = nil, hardwareClass: String, devices: Int, latencyP50Ms: Double? = nil,
-                latencyP95Ms: Double? = nil, peakMemoryBytes: Int64? = nil, joulesPerInference: Double? = nil, energyDevices: Int = 0) {
+    public init(
+        sha256: String, variant: String? = nil, hardwareClass: String, devices: Int, latencyP50Ms: Double? = nil,
+        latencyP95Ms: Double? = nil, peakMemoryBytes: Int64? = nil, joulesPerInference: Double? = nil, energyDevices: Int = 0
+    ) {
         self.sha256 = sha256; self.variant = variant; self.hardwareClass = hardwareClass; self.devices = devices
         self.latencyP50Ms = latencyP50Ms; self.latencyP95Ms = latencyP95Ms; self.peakMemoryBytes = peakMemoryBytes
         self.joulesPerInference = joulesPerInference; self.energyDevices = energyDevices
@@ -68,8 +73,10 @@ public struct VariantMeasurement: Codable, Equatable, Sendable {
         public var latencyP95Ms: Double?
         public var peakMemoryBytes: Int64?
         public var joulesPerInference: Double?
-        public init(device: String, hardwareClass: String, sha256: String, latencyP50Ms: Double?, latencyP95Ms: Double? = nil,
-                    peakMemoryBytes: Int64? = nil, joulesPerInference: Double? = nil) {
+        public init(
+            device: String, hardwareClass: String, sha256: String, latencyP50Ms: Double?, latencyP95Ms: Double? = nil,
+            peakMemoryBytes: Int64? = nil, joulesPerInference: Double? = nil
+        ) {
             self.device = device; self.hardwareClass = hardwareClass; self.sha256 = sha256; self.latencyP50Ms = latencyP50Ms
             self.latencyP95Ms = latencyP95Ms; self.peakMemoryBytes = peakMemoryBytes; self.joulesPerInference = joulesPerInference
         }
@@ -88,10 +95,11 @@ public struct VariantMeasurement: Codable, Equatable, Sendable {
             guard let first = g.first else { return nil }
             let joules = g.compactMap(\.joulesPerInference)
             let memory = median(g.compactMap { $0.peakMemoryBytes.map(Double.init) })
-            return VariantMeasurement(sha256: first.sha256, hardwareClass: first.hardwareClass,
-                                      devices: Set(g.map(\.device)).count, latencyP50Ms: median(g.compactMap(\.latencyP50Ms)),
-                                      latencyP95Ms: median(g.compactMap(\.latencyP95Ms)), peakMemoryBytes: memory.map { Int64($0) },
-                                      joulesPerInference: median(joules), energyDevices: joules.count)
+            return VariantMeasurement(
+                sha256: first.sha256, hardwareClass: first.hardwareClass,
+                devices: Set(g.map(\.device)).count, latencyP50Ms: median(g.compactMap(\.latencyP50Ms)),
+                latencyP95Ms: median(g.compactMap(\.latencyP95Ms)), peakMemoryBytes: memory.map { Int64($0) },
+                joulesPerInference: median(joules), energyDevices: joules.count)
         }.sorted { ($0.hardwareClass, $0.sha256) < ($1.hardwareClass, $1.sha256) }
     }
 }

@@ -14,8 +14,10 @@ public struct CellState: Codable, Equatable, Sendable {
     /// `unjudged: block`); nil when nothing blocks.
     public var blockedBy: [String]?
 
-    public init(phase: Int = 0, status: Status = .running, phaseStartedAt: Int64, bakeStartedAt: Int64? = nil,
-                failedGate: GateResult? = nil, gates: [GateResult] = [], blockedBy: [String]? = nil) {
+    public init(
+        phase: Int = 0, status: Status = .running, phaseStartedAt: Int64, bakeStartedAt: Int64? = nil,
+        failedGate: GateResult? = nil, gates: [GateResult] = [], blockedBy: [String]? = nil
+    ) {
         self.phase = phase; self.status = status; self.phaseStartedAt = phaseStartedAt; self.bakeStartedAt = bakeStartedAt
         self.failedGate = failedGate; self.gates = gates; self.blockedBy = blockedBy
     }
@@ -26,7 +28,7 @@ public struct CellState: Codable, Equatable, Sendable {
 
 public enum CellEvent: Equatable, Sendable {
     case tick(now: Int64, observation: CellObservation)
-    case promote(now: Int64)      // operator: next phase now, without waiting
+    case promote(now: Int64)  // operator: next phase now, without waiting
     case pause
     case resume(now: Int64)
     case abort
@@ -82,7 +84,9 @@ public enum CellStateMachine {
                 guard o.targeted > 0 ? o.finished >= o.targeted : true else { return (next, []) }
                 next.status = .baking
                 next.bakeStartedAt = now
-                if policy.phases[s.phase].bakeSeconds <= 0 { return advanceIfJudged(next, results, now: now, policy: policy, extra: [.startedBake]) }
+                if policy.phases[s.phase].bakeSeconds <= 0 {
+                    return advanceIfJudged(next, results, now: now, policy: policy, extra: [.startedBake])
+                }
                 return (next, [.startedBake])
             }
             guard let bake = s.bakeStartedAt, now - bake >= policy.phases[s.phase].bakeSeconds else { return (next, []) }
@@ -92,8 +96,10 @@ public enum CellStateMachine {
 
     /// The end of a phase's bake: the next phase, unless a gate has not judged and the policy
     /// blocks on that. The block is recorded once, when it starts or its gates change.
-    private static func advanceIfJudged(_ s: CellState, _ results: [GateResult], now: Int64, policy: RolloutPolicy,
-                                        extra: [CellAction] = []) -> (CellState, [CellAction]) {
+    private static func advanceIfJudged(
+        _ s: CellState, _ results: [GateResult], now: Int64, policy: RolloutPolicy,
+        extra: [CellAction] = []
+    ) -> (CellState, [CellAction]) {
         let unjudged = results.filter { $0.passed == nil }.map(\.metric)
         guard policy.gates.blocksUnjudged, !unjudged.isEmpty else {
             return advance(s, now: now, policy: policy, extra: extra)

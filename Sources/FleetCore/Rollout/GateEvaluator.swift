@@ -17,7 +17,7 @@ public struct CellObservation: Codable, Equatable, Sendable {
     public var targeted: Int
     public var committed: Int
     public var installFailed: Int
-    public var healthFailed: Int      // rolled back after a failed health check
+    public var healthFailed: Int  // rolled back after a failed health check
     public var timedOut: Int
     /// The new release on the cohort, and what it is compared with (`reference`): the control
     /// cohort (devices of the same cell still running what the treated devices ran before), or,
@@ -33,8 +33,10 @@ public struct CellObservation: Codable, Equatable, Sendable {
         case baseline
     }
 
-    public init(targeted: Int, committed: Int = 0, installFailed: Int = 0, healthFailed: Int = 0, timedOut: Int = 0,
-                treatment: RuntimeSample? = nil, control: RuntimeSample? = nil, reference: Reference? = nil) {
+    public init(
+        targeted: Int, committed: Int = 0, installFailed: Int = 0, healthFailed: Int = 0, timedOut: Int = 0,
+        treatment: RuntimeSample? = nil, control: RuntimeSample? = nil, reference: Reference? = nil
+    ) {
         self.targeted = targeted; self.committed = committed; self.installFailed = installFailed
         self.healthFailed = healthFailed; self.timedOut = timedOut; self.treatment = treatment; self.control = control
         self.reference = reference
@@ -72,8 +74,10 @@ public enum GateEvaluator {
         func rate(_ metric: String, _ limit: Double?, _ count: Int) {
             guard let limit else { return }
             let observed = o.finished > 0 ? Double(count) / Double(o.finished) : nil
-            out.append(GateResult(metric: metric, threshold: limit, observed: observed,
-                                  passed: enough ? (observed ?? 0) <= limit : nil))
+            out.append(
+                GateResult(
+                    metric: metric, threshold: limit, observed: observed,
+                    passed: enough ? (observed ?? 0) <= limit : nil))
         }
         rate("install-failure-rate", g.maxInstallFailureRate, o.installFailed)
         rate("health-failure-rate", g.maxHealthFailureRate, o.healthFailed)
@@ -85,22 +89,28 @@ public enum GateEvaluator {
             guard let limit else { return }
             var observed: Double? = nil
             if let new, let old, old > 0 { observed = new / old }
-            out.append(GateResult(metric: metric, threshold: limit, observed: observed,
-                                  passed: runtimeEnough && observed != nil ? observed! <= limit : nil))
+            out.append(
+                GateResult(
+                    metric: metric, threshold: limit, observed: observed,
+                    passed: runtimeEnough && observed != nil ? observed! <= limit : nil))
         }
         ratio("latency-p50-ratio", g.maxLatencyP50Ratio, t?.latencyP50Ms, c?.latencyP50Ms)
         ratio("latency-p95-ratio", g.maxLatencyP95Ratio, t?.latencyP95Ms, c?.latencyP95Ms)
         if let limit = g.maxErrorRateIncrease {
             var observed: Double? = nil
             if let new = t?.errorRate, let old = c?.errorRate { observed = new - old }
-            out.append(GateResult(metric: "error-rate-increase", threshold: limit, observed: observed,
-                                  passed: runtimeEnough && observed != nil ? observed! <= limit : nil))
+            out.append(
+                GateResult(
+                    metric: "error-rate-increase", threshold: limit, observed: observed,
+                    passed: runtimeEnough && observed != nil ? observed! <= limit : nil))
         }
         if let limit = g.maxCrashes {
             let crashes = Double(t?.crashes ?? 0)
             // Crashes past the limit fail at once: no sample is needed to see them.
-            out.append(GateResult(metric: "crashes", threshold: Double(limit), observed: crashes,
-                                  passed: crashes > Double(limit) ? false : (enough ? true : nil)))
+            out.append(
+                GateResult(
+                    metric: "crashes", threshold: Double(limit), observed: crashes,
+                    passed: crashes > Double(limit) ? false : (enough ? true : nil)))
         }
         return out
     }

@@ -31,9 +31,11 @@ public struct RolloutPolicy: Codable, Equatable, Sendable {
         /// default: an unjudged regression is never promoted) or let it pass.
         public var unjudged: UnjudgedAction?
 
-        public init(maxInstallFailureRate: Double? = nil, maxHealthFailureRate: Double? = nil, maxTimedOutRate: Double? = nil,
-                    maxLatencyP50Ratio: Double? = nil, maxLatencyP95Ratio: Double? = nil, maxErrorRateIncrease: Double? = nil,
-                    maxCrashes: Int? = nil, minSample: Int = 1, unjudged: UnjudgedAction? = nil) {
+        public init(
+            maxInstallFailureRate: Double? = nil, maxHealthFailureRate: Double? = nil, maxTimedOutRate: Double? = nil,
+            maxLatencyP50Ratio: Double? = nil, maxLatencyP95Ratio: Double? = nil, maxErrorRateIncrease: Double? = nil,
+            maxCrashes: Int? = nil, minSample: Int = 1, unjudged: UnjudgedAction? = nil
+        ) {
             self.maxInstallFailureRate = maxInstallFailureRate; self.maxHealthFailureRate = maxHealthFailureRate
             self.maxTimedOutRate = maxTimedOutRate; self.maxLatencyP50Ratio = maxLatencyP50Ratio
             self.maxLatencyP95Ratio = maxLatencyP95Ratio; self.maxErrorRateIncrease = maxErrorRateIncrease
@@ -72,15 +74,19 @@ public struct RolloutPolicy: Codable, Equatable, Sendable {
         public var onFailure: FailureAction?
         public var window: MaintenanceWindow?
 
-        public init(name: String, selector: LabelSelector, phases: [Phase]? = nil, gates: Gates? = nil, onFailure: FailureAction? = nil,
-                    window: MaintenanceWindow? = nil) {
+        public init(
+            name: String, selector: LabelSelector, phases: [Phase]? = nil, gates: Gates? = nil, onFailure: FailureAction? = nil,
+            window: MaintenanceWindow? = nil
+        ) {
             self.name = name; self.selector = selector; self.phases = phases; self.gates = gates; self.onFailure = onFailure
             self.window = window
         }
     }
 
-    public init(name: String, phases: [Phase], gates: Gates, onFailure: FailureAction = .pause, deviceTimeoutSeconds: Int64 = 3600,
-                holdBackPercent: Double? = nil, waves: [Wave]? = nil, window: MaintenanceWindow? = nil) {
+    public init(
+        name: String, phases: [Phase], gates: Gates, onFailure: FailureAction = .pause, deviceTimeoutSeconds: Int64 = 3600,
+        holdBackPercent: Double? = nil, waves: [Wave]? = nil, window: MaintenanceWindow? = nil
+    ) {
         self.name = name; self.phases = phases; self.gates = gates; self.onFailure = onFailure
         self.deviceTimeoutSeconds = deviceTimeoutSeconds; self.holdBackPercent = holdBackPercent
         self.waves = waves; self.window = window
@@ -126,9 +132,15 @@ public struct RolloutPolicy: Codable, Equatable, Sendable {
     public func scalingBakes(by factor: Double) -> RolloutPolicy {
         var p = self
         let f = factor.isFinite ? max(factor, 0) : 1
-        func scaled(_ ps: [Phase]) -> [Phase] { ps.map { var q = $0; q.bakeSeconds = Int64((Double($0.bakeSeconds) * f).rounded()); return q } }
+        func scaled(_ ps: [Phase]) -> [Phase] {
+            ps.map {
+                var q = $0; q.bakeSeconds = Int64((Double($0.bakeSeconds) * f).rounded()); return q
+            }
+        }
         p.phases = scaled(phases)
-        p.waves = waves?.map { var w = $0; w.phases = w.phases.map(scaled); return w }
+        p.waves = waves?.map {
+            var w = $0; w.phases = w.phases.map(scaled); return w
+        }
         return p
     }
 
@@ -169,9 +181,10 @@ public struct RolloutPolicy: Codable, Equatable, Sendable {
 
     /// Wave names appear in cell keys (`WAVE:CLASS/TIER`): no ':' or '/'.
     public static func isWaveName(_ s: String) -> Bool {
-        !s.isEmpty && s.utf8.count <= 63 && s.utf8.allSatisfy { c in
-            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2D || c == 0x5F || c == 0x2E
-        }
+        !s.isEmpty && s.utf8.count <= 63
+            && s.utf8.allSatisfy { c in
+                (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2D || c == 0x5F || c == 0x2E
+            }
     }
 }
 

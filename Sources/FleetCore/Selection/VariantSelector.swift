@@ -1,7 +1,7 @@
 /// Variant choice per device: a pure function with a reason for every candidate.
 public struct Candidate: Equatable, Sendable {
     public var variant: CatalogVariant
-    public var quality: Double?        // mean cosine vs the base, when measured
+    public var quality: Double?  // mean cosine vs the base, when measured
     /// Bytes the device would download: a delta against what it runs, when one is built.
     public var transferSize: Int64?
     /// What the fleet measured of this artifact on the device's hardware class.
@@ -71,9 +71,11 @@ public enum VariantSelector {
         return r == r.rounded() ? String(Int(r)) : String(r)
     }
 
-    public static func select(facts: DeviceFacts, hardwareClass: HardwareClass?, tier: BandwidthTier?,
-                              candidates: [Candidate], installedSha256: String? = nil,
-                              policy: SelectionPolicy = SelectionPolicy()) -> Selection {
+    public static func select(
+        facts: DeviceFacts, hardwareClass: HardwareClass?, tier: BandwidthTier?,
+        candidates: [Candidate], installedSha256: String? = nil,
+        policy: SelectionPolicy = SelectionPolicy()
+    ) -> Selection {
         var verdicts: [CandidateVerdict] = []
         var eligible: [(index: Int, rank: Int, c: Candidate)] = []
         var budgetBlocked: [(rank: Int, c: Candidate)] = []
@@ -117,22 +119,31 @@ public enum VariantSelector {
             }
             let memLimit = Int64(Double(facts.memoryBytes) * policy.maxMemoryFraction)
             if v.size > memLimit {
-                verdicts.append(verdict(false, "\(ByteCount.format(v.size)) does not fit in \(ByteCount.format(facts.memoryBytes)) memory")); continue
+                verdicts.append(
+                    verdict(false, "\(ByteCount.format(v.size)) does not fit in \(ByteCount.format(facts.memoryBytes)) memory"));
+                continue
             }
             let diskNeed = Int64(Double(v.size) * policy.diskFactor)
             if v.sha256 != installedSha256, diskNeed > facts.diskFreeBytes {
-                verdicts.append(verdict(false, "needs \(ByteCount.format(diskNeed)) free disk, device has \(ByteCount.format(facts.diskFreeBytes))")); continue
+                verdicts.append(
+                    verdict(false, "needs \(ByteCount.format(diskNeed)) free disk, device has \(ByteCount.format(facts.diskFreeBytes))"));
+                continue
             }
             let transfer = c.transferSize ?? v.size
             if let budget = tier?.budgetBytes, v.sha256 != installedSha256, transfer > budget {
-                verdicts.append(verdict(false, "\(ByteCount.format(transfer)) download exceeds the \(tier!.name) budget of \(ByteCount.format(budget))"))
+                verdicts.append(
+                    verdict(false, "\(ByteCount.format(transfer)) download exceeds the \(tier!.name) budget of \(ByteCount.format(budget))")
+                )
                 budgetBlocked.append((rank, c))
                 continue
             }
             let via = c.transferSize.map { " via a \(ByteCount.format($0)) delta" } ?? ""
             // Measured slower than fp32 on this class: never the class's choice, whatever its format.
             if let m = enough(c.measured), let mine = m.latencyP50Ms, let fp32 = fp32Figure, c.variant.dtype != "fp32", mine > fp32.p50 {
-                verdicts.append(verdict(false, "measured slower than fp32 on \(hw.name): " + Self.figure(v.name, m) + "; fp32 " + Self.figure(fp32.name, fp32.m)))
+                verdicts.append(
+                    verdict(
+                        false,
+                        "measured slower than fp32 on \(hw.name): " + Self.figure(v.name, m) + "; fp32 " + Self.figure(fp32.name, fp32.m)))
                 continue
             }
             let measuredText = enough(c.measured).map { "; " + Self.figure(v.name, $0) } ?? ""
@@ -173,7 +184,8 @@ public enum VariantSelector {
             }
         }
         let overBudget = best == nil && !budgetBlocked.isEmpty
-        return Selection(hardwareClass: hardwareClass?.name, tier: tier?.name, chosen: best?.c.variant.name,
-                         verdicts: verdicts, overBudget: overBudget)
+        return Selection(
+            hardwareClass: hardwareClass?.name, tier: tier?.name, chosen: best?.c.variant.name,
+            verdicts: verdicts, overBudget: overBudget)
     }
 }

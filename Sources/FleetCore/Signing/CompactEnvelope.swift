@@ -4,7 +4,7 @@
 /// re-serialised: the UTF-8 bytes of `payload` are both what is verified and what is parsed.
 public struct CompactEnvelope: Codable, Equatable, Sendable {
     public var payload: String
-    public var sigs: [String]          // base64 Ed25519 signatures over the DSSE pre-authentication encoding
+    public var sigs: [String]  // base64 Ed25519 signatures over the DSSE pre-authentication encoding
 
     /// More signatures than any threshold needs are not looked at.
     public static let maxSignatures = 8
@@ -15,8 +15,9 @@ public struct CompactEnvelope: Codable, Equatable, Sendable {
     public static func sign<T: Encodable>(_ value: T, type: String, keys: [SigningKey]) throws -> CompactEnvelope {
         let bytes = [UInt8](try FleetJSON.encode(value))
         let message = Envelope.preAuthEncoding(type: type, body: bytes)
-        return CompactEnvelope(payload: String(decoding: bytes, as: UTF8.self),
-                               sigs: keys.map { Data($0.sign(message)).base64EncodedString() })
+        return CompactEnvelope(
+            payload: String(decoding: bytes, as: UTF8.self),
+            sigs: keys.map { Data($0.sign(message)).base64EncodedString() })
     }
 
     /// The `Envelope` it stands for, each signature named after the key of `role` that made it.

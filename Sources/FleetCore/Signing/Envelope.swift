@@ -7,7 +7,7 @@ public struct Envelope: Codable, Equatable, Sendable {
     }
 
     public var payloadType: String
-    public var payload: String      // base64 of the exact signed bytes
+    public var payload: String  // base64 of the exact signed bytes
     public var signatures: [Signature]
 
     public init(payloadType: String, payloadBytes: [UInt8]) {
@@ -49,7 +49,8 @@ public struct Envelope: Codable, Equatable, Sendable {
     }
 
     public static func parse(_ data: Data) throws(TrustError) -> Envelope {
-        do { return try FleetJSON.decode(Envelope.self, from: data, limit: MetadataLimits.envelope) }
-        catch { throw TrustError(error, what: "envelope") }
+        do { return try FleetJSON.decode(Envelope.self, from: data, limit: MetadataLimits.envelope) } catch {
+            throw TrustError(error, what: "envelope")
+        }
     }
 }

@@ -43,8 +43,10 @@ public struct Requirements: Codable, Equatable, Sendable {
     /// absent from the JSON when nil, so older catalogs read the same.
     public var capabilities: [String]?
 
-    public init(arch: [String]? = nil, cpuFlags: [String]? = nil, minMemoryBytes: Int64? = nil, accelerators: [String]? = nil,
-                capabilities: [String]? = nil) {
+    public init(
+        arch: [String]? = nil, cpuFlags: [String]? = nil, minMemoryBytes: Int64? = nil, accelerators: [String]? = nil,
+        capabilities: [String]? = nil
+    ) {
         self.arch = arch
         self.cpuFlags = cpuFlags
         self.minMemoryBytes = minMemoryBytes
@@ -81,16 +83,18 @@ public struct CatalogVariant: Codable, Equatable, Sendable {
     public var sha256: String
     public var size: Int64
     public var fileName: String
-    public var format: String          // onnx, safetensors, …
-    public var dtype: String           // fp32, fp16, int8, int4, …
+    public var format: String  // onnx, safetensors, …
+    public var dtype: String  // fp32, fp16, int8, int4, …
     public var requires: Requirements
     public var attributes: [String: String]
     /// What it was derived from, by which technique, recipe and tool; nil for a model registered as
     /// itself (a reference). Absent from the JSON when nil, so older catalogs read the same.
     public var lineage: Lineage?
 
-    public init(name: String, sha256: String, size: Int64, fileName: String, format: String, dtype: String,
-                requires: Requirements = Requirements(), attributes: [String: String] = [:], lineage: Lineage? = nil) {
+    public init(
+        name: String, sha256: String, size: Int64, fileName: String, format: String, dtype: String,
+        requires: Requirements = Requirements(), attributes: [String: String] = [:], lineage: Lineage? = nil
+    ) {
         self.name = name; self.sha256 = sha256; self.size = size; self.fileName = fileName
         self.format = format; self.dtype = dtype; self.requires = requires; self.attributes = attributes
         self.lineage = lineage
@@ -103,15 +107,17 @@ public struct ReleaseCatalog: Codable, Equatable, Sendable {
     public var type = "catalog"
     public var model: String
     public var version: String
-    public var serial: Int              // strictly increasing per model
+    public var serial: Int  // strictly increasing per model
     public var expiresAt: Int64
     public var variants: [CatalogVariant]
     public var hardwareClasses: [HardwareClass]
     /// nil: a model release (and absent from the JSON, so model catalogs read as before).
     public var kind: ReleaseKind?
 
-    public init(model: String, version: String, serial: Int, expiresAt: Int64, variants: [CatalogVariant], hardwareClasses: [HardwareClass],
-                kind: ReleaseKind? = nil) {
+    public init(
+        model: String, version: String, serial: Int, expiresAt: Int64, variants: [CatalogVariant], hardwareClasses: [HardwareClass],
+        kind: ReleaseKind? = nil
+    ) {
         self.model = model; self.version = version; self.serial = serial; self.expiresAt = expiresAt
         self.variants = variants; self.hardwareClasses = hardwareClasses; self.kind = kind
     }
@@ -123,7 +129,7 @@ public struct ReleaseCatalog: Codable, Equatable, Sendable {
 public struct PackageRef: Codable, Equatable, Sendable {
     public static let full = "full"
     public static let delta = "delta"
-    public var kind: String            // "full" or "delta"
+    public var kind: String  // "full" or "delta"
     public var sha256: String
     public var size: Int64
     public var url: String
@@ -140,14 +146,14 @@ public struct Assignment: Codable, Equatable, Sendable {
     public var deviceId: String
     public var hardwareClass: String
     public var model: String
-    public var release: String         // "model@version"
+    public var release: String  // "model@version"
     public var variant: String
     public var sha256: String
     public var size: Int64
     public var package: PackageRef
-    public var counter: UInt64         // strictly increasing per (device, model)
+    public var counter: UInt64  // strictly increasing per (device, model)
     public var expiresAt: Int64
-    public var catalogSha256: String   // binds the assignment to one catalog version
+    public var catalogSha256: String  // binds the assignment to one catalog version
     /// Maintenance windows: the new model may be downloaded and staged at any time but goes live
     /// only inside one of these (Unix seconds, computed by the controller in the device's zone);
     /// nil: any time.
@@ -155,8 +161,10 @@ public struct Assignment: Codable, Equatable, Sendable {
     /// The catalog's kind, signed again by the director: nil for a model.
     public var kind: ReleaseKind?
 
-    public init(deviceId: String, hardwareClass: String, model: String, release: String, variant: String,
-                sha256: String, size: Int64, package: PackageRef, counter: UInt64, expiresAt: Int64, catalogSha256: String) {
+    public init(
+        deviceId: String, hardwareClass: String, model: String, release: String, variant: String,
+        sha256: String, size: Int64, package: PackageRef, counter: UInt64, expiresAt: Int64, catalogSha256: String
+    ) {
         self.deviceId = deviceId; self.hardwareClass = hardwareClass; self.model = model; self.release = release
         self.variant = variant; self.sha256 = sha256; self.size = size; self.package = package
         self.counter = counter; self.expiresAt = expiresAt; self.catalogSha256 = catalogSha256
@@ -175,7 +183,7 @@ public struct TimestampMetadata: Codable, Equatable, Sendable {
     public var type = "timestamp"
     public var version: UInt64
     public var expiresAt: Int64
-    public var catalogs: [String: String]   // release id "model@version" -> sha256 of the catalog payload
+    public var catalogs: [String: String]  // release id "model@version" -> sha256 of the catalog payload
     /// Per-device form: the snapshot digest; nil in the fleet-wide form.
     public var snapshot: String?
 
@@ -192,8 +200,11 @@ public struct TimestampMetadata: Codable, Equatable, Sendable {
         expiresAt = try c.decode(Int64.self, forKey: .expiresAt)
         snapshot = try c.decodeIfPresent(String.self, forKey: .snapshot)
         // The per-device form may leave the catalogs out (the snapshot binds them); the fleet-wide one may not.
-        if snapshot == nil { catalogs = try c.decode([String: String].self, forKey: .catalogs) }
-        else { catalogs = try c.decodeIfPresent([String: String].self, forKey: .catalogs) ?? [:] }
+        if snapshot == nil {
+            catalogs = try c.decode([String: String].self, forKey: .catalogs)
+        } else {
+            catalogs = try c.decodeIfPresent([String: String].self, forKey: .catalogs) ?? [:]
+        }
     }
 
     public func encode(to encoder: any Encoder) throws {

@@ -15,7 +15,8 @@ public enum MetadataVerifier {
         for signature in envelope.signatures where roleKeys.keyids.contains(signature.keyid) {
             roleSignatures += 1
             guard let key = root.keys[signature.keyid], key.keyID == signature.keyid,
-                  let sig = Data(base64Encoded: signature.sig) else { continue }
+                let sig = Data(base64Encoded: signature.sig)
+            else { continue }
             if key.verify(signature: [UInt8](sig), message: message) { validKeys.insert(signature.keyid) }
         }
         if roleSignatures == 0 {
@@ -31,8 +32,7 @@ public enum MetadataVerifier {
     }
 
     static func decode<T: Decodable>(_ type: T.Type, _ body: [UInt8], limit: Int, what: String) throws(TrustError) -> T {
-        do { return try FleetJSON.decode(type, from: Data(body), limit: limit) }
-        catch { throw TrustError(error, what: what) }
+        do { return try FleetJSON.decode(type, from: Data(body), limit: limit) } catch { throw TrustError(error, what: what) }
     }
 
     static func checkExpiry(_ expiresAt: Int64, now: Int64, what: String) throws(TrustError) {
@@ -51,15 +51,18 @@ public enum MetadataVerifier {
 
     /// Root rotation: version N+1 must be signed by the threshold of N and by its own threshold.
     /// Only the last root of a chain must be unexpired (`checkExpiry`), as in TUF.
-    public static func verifyRootUpdate(_ envelope: Envelope, trusted: RootMetadata, now: Int64, checkExpiry: Bool = true) throws(TrustError) -> RootMetadata {
+    public static func verifyRootUpdate(_ envelope: Envelope, trusted: RootMetadata, now: Int64, checkExpiry: Bool = true)
+        throws(TrustError) -> RootMetadata
+    {
         _ = try verify(envelope, type: PayloadType.root, role: .root, root: trusted)
         let body = envelope.payloadBytes ?? []
         let next = try decode(RootMetadata.self, body, limit: MetadataLimits.root, what: "root")
         guard next.type == "root" else { throw TrustError(.wrongPayloadType, "root: type is \(next.type)") }
         _ = try verify(envelope, type: PayloadType.root, role: .root, root: next)
         guard next.version == trusted.version + 1 else {
-            throw TrustError(next.version <= trusted.version ? .rollback : .malformed,
-                             "root version \(next.version) does not follow trusted version \(trusted.version)")
+            throw TrustError(
+                next.version <= trusted.version ? .rollback : .malformed,
+                "root version \(next.version) does not follow trusted version \(trusted.version)")
         }
         if checkExpiry { try Self.checkExpiry(next.expiresAt, now: now, what: "root") }
         return next

@@ -21,7 +21,9 @@ public enum ReleaseAcceptance {
         public var code: Code
         public var message: String
         public var trust: TrustError?
-        public init(_ code: Code, _ message: String, trust: TrustError? = nil) { self.code = code; self.message = message; self.trust = trust }
+        public init(_ code: Code, _ message: String, trust: TrustError? = nil) {
+            self.code = code; self.message = message; self.trust = trust
+        }
         public var description: String { "\(code.rawValue): \(message)" }
     }
 
@@ -40,18 +42,23 @@ public enum ReleaseAcceptance {
 
     /// The catalog inside `envelope`, decoded once, if the controller may serve it. `model` is
     /// asked for the catalog's model (after the signature checks).
-    public static func check(_ envelope: Envelope, root: RootMetadata, now: Int64,
-                             model: (String) async throws -> ModelState?) async throws -> Accepted {
+    public static func check(
+        _ envelope: Envelope, root: RootMetadata, now: Int64,
+        model: (String) async throws -> ModelState?
+    ) async throws -> Accepted {
         let body: [UInt8]
         let catalog: ReleaseCatalog
         do {
             body = try MetadataVerifier.verify(envelope, type: PayloadType.catalog, role: .release, root: root)
-            do { catalog = try FleetJSON.decode(ReleaseCatalog.self, from: Data(body), limit: MetadataLimits.catalog) }
-            catch { throw TrustError(error, what: "catalog") }
+            do { catalog = try FleetJSON.decode(ReleaseCatalog.self, from: Data(body), limit: MetadataLimits.catalog) } catch {
+                throw TrustError(error, what: "catalog")
+            }
         } catch let e as TrustError {
             throw Rejection(.trust, e.message, trust: e)
         }
-        guard catalog.expiresAt > now else { throw Rejection(.trust, "catalog is already expired", trust: TrustError(.expired, "catalog is already expired")) }
+        guard catalog.expiresAt > now else {
+            throw Rejection(.trust, "catalog is already expired", trust: TrustError(.expired, "catalog is already expired"))
+        }
         guard Name.isValid(catalog.version) else { throw Rejection(.invalidVersion, "'\(catalog.version)' is not a valid version") }
         guard let state = try await model(catalog.model) else { throw Rejection(.unknownModel, "no model \(catalog.model)") }
         guard !catalog.variants.isEmpty else { throw Rejection(.emptyRelease, "the catalog lists no variants") }
@@ -60,9 +67,14 @@ public enum ReleaseAcceptance {
         }
         if catalog.releaseKind == .agent {
             // Only agents that say they can update themselves, and only on their architecture.
-            for v in catalog.variants where v.requires.arch?.isEmpty ?? true || !(v.requires.capabilities ?? []).contains(ReleaseKind.selfUpdateCapability)
-                || v.format != ReleaseKind.agentFormat {
-                throw Rejection(.wrongKind, "agent binary \(v.name) must be format \(ReleaseKind.agentFormat) and require an arch and capability \(ReleaseKind.selfUpdateCapability)")
+            for v in catalog.variants
+            where v.requires.arch?.isEmpty ?? true || !(v.requires.capabilities ?? []).contains(ReleaseKind.selfUpdateCapability)
+                || v.format != ReleaseKind.agentFormat
+            {
+                throw Rejection(
+                    .wrongKind,
+                    "agent binary \(v.name) must be format \(ReleaseKind.agentFormat) and require an arch and capability \(ReleaseKind.selfUpdateCapability)"
+                )
             }
         }
         for v in catalog.variants {

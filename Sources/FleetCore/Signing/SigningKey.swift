@@ -65,7 +65,8 @@ public struct PublicKey: Codable, Hashable, Sendable {
 
     func verify(signature: [UInt8], message: [UInt8]) -> Bool {
         guard keytype == "ed25519", let raw = Hex.decode(`public`),
-              let key = try? Curve25519.Signing.PublicKey(rawRepresentation: raw) else { return false }
+            let key = try? Curve25519.Signing.PublicKey(rawRepresentation: raw)
+        else { return false }
         return key.isValidSignature(signature, for: message)
     }
 }

@@ -22,7 +22,8 @@ public struct TrustedState: Codable, Equatable, Sendable {
         var latest = rootEnvelope
         for envelope in chain {
             guard let body = envelope.payloadBytes,
-                  let peek = try? FleetJSON.decode(RootMetadata.self, from: Data(body), limit: MetadataLimits.root) else {
+                let peek = try? FleetJSON.decode(RootMetadata.self, from: Data(body), limit: MetadataLimits.root)
+            else {
                 throw TrustError(.malformed, "root chain entry is not root metadata")
             }
             if peek.version <= current.version { continue }
@@ -47,18 +48,21 @@ public struct VerifiedUpdate: Equatable, Sendable {
 
 /// The whole chain a device checks before it writes a byte into a model slot.
 public enum UpdateVerifier {
-    public static func verify(catalog catalogEnvelope: Envelope, assignment assignmentEnvelope: Envelope,
-                              timestamp timestampEnvelope: Envelope, state: TrustedState,
-                              deviceId: String, facts: DeviceFacts, now: Int64,
-                              snapshot: CheckInSnapshot? = nil) throws(TrustError) -> VerifiedUpdate {
+    public static func verify(
+        catalog catalogEnvelope: Envelope, assignment assignmentEnvelope: Envelope,
+        timestamp timestampEnvelope: Envelope, state: TrustedState,
+        deviceId: String, facts: DeviceFacts, now: Int64,
+        snapshot: CheckInSnapshot? = nil
+    ) throws(TrustError) -> VerifiedUpdate {
         var next = state
         let root = state.root
         // An expired root stops updates until a newer one arrives through rotation.
         try MetadataVerifier.checkExpiry(root.expiresAt, now: now, what: "trusted root")
 
         // Freshness first: a frozen or replayed view of the world stops here.
-        let (ts, bound) = try checkFreshness(timestampEnvelope, state: state, next: &next, deviceId: deviceId, now: now,
-                                             snapshot: snapshot)
+        let (ts, bound) = try checkFreshness(
+            timestampEnvelope, state: state, next: &next, deviceId: deviceId, now: now,
+            snapshot: snapshot)
 
         let catBody = try MetadataVerifier.verify(catalogEnvelope, type: PayloadType.catalog, role: .release, root: root)
         let catalog = try MetadataVerifier.decode(ReleaseCatalog.self, catBody, limit: MetadataLimits.catalog, what: "catalog")
@@ -83,12 +87,16 @@ public enum UpdateVerifier {
             throw TrustError(.wrongDevice, "assignment is for device \(assignment.deviceId), this is \(deviceId)")
         }
         guard assignment.catalogSha256 == catalogDigest, assignment.model == catalog.model,
-              assignment.release == "\(catalog.model)@\(catalog.version)" else {
+            assignment.release == "\(catalog.model)@\(catalog.version)"
+        else {
             throw TrustError(.mixAndMatch, "assignment refers to another catalog")
         }
         // An agent binary never goes into a model slot, nor a model into the agent's.
         guard (assignment.kind ?? .model) == catalog.releaseKind, catalog.releaseKind.allows(model: catalog.model) else {
-            throw TrustError(.wrongKind, "catalog \(catalog.model) of kind \(catalog.releaseKind.rawValue), assignment of kind \((assignment.kind ?? .model).rawValue)")
+            throw TrustError(
+                .wrongKind,
+                "catalog \(catalog.model) of kind \(catalog.releaseKind.rawValue), assignment of kind \((assignment.kind ?? .model).rawValue)"
+            )
         }
         let digest = Digest.sha256Hex(asBody)
         if let bound {
@@ -110,11 +118,14 @@ public enum UpdateVerifier {
 
         let ownClass = HardwareClassifier.classify(facts, classes: catalog.hardwareClasses)?.name
         guard ownClass == assignment.hardwareClass else {
-            throw TrustError(.wrongHardwareClass, "assignment is for class \(assignment.hardwareClass), device classifies as \(ownClass ?? "none")")
+            throw TrustError(
+                .wrongHardwareClass, "assignment is for class \(assignment.hardwareClass), device classifies as \(ownClass ?? "none")")
         }
 
         guard let variant = catalog.variants.first(where: { $0.name == assignment.variant && $0.sha256 == assignment.sha256 }) else {
-            throw TrustError(.notInCatalog, "variant \(assignment.variant) \(assignment.sha256.prefix(12)) is not in catalog \(catalog.model)@\(catalog.version)")
+            throw TrustError(
+                .notInCatalog,
+                "variant \(assignment.variant) \(assignment.sha256.prefix(12)) is not in catalog \(catalog.model)@\(catalog.version)")
         }
         guard Digest.isSHA256Hex(variant.sha256), Name.isValid(variant.fileName) else {
             throw TrustError(.malformed, "variant \(variant.name): its sha256 or its file name '\(variant.fileName)' is not plain")
@@ -148,8 +159,10 @@ public enum UpdateVerifier {
     /// A per-device timestamp that came with no catalog or assignment to check (an answer that
     /// covers no model): it must still bind exactly that, so that an answer stripped of every
     /// model under a genuine timestamp stops here. Returns what the device then trusts.
-    public static func verifyAlone(timestamp timestampEnvelope: Envelope, state: TrustedState, deviceId: String,
-                                   now: Int64) throws(TrustError) -> TrustedState {
+    public static func verifyAlone(
+        timestamp timestampEnvelope: Envelope, state: TrustedState, deviceId: String,
+        now: Int64
+    ) throws(TrustError) -> TrustedState {
         var next = state
         try MetadataVerifier.checkExpiry(state.root.expiresAt, now: now, what: "trusted root")
         let empty = CheckInSnapshot(deviceId: deviceId, models: [:])
@@ -163,8 +176,10 @@ public enum UpdateVerifier {
     /// Signature, expiry and version of the timestamp; for the per-device form, the snapshot it
     /// is to be checked against (the binding itself is checked once catalog and assignment are
     /// known to be signed, so that a changed byte stays a bad signature).
-    static func checkFreshness(_ envelope: Envelope, state: TrustedState, next: inout TrustedState, deviceId: String, now: Int64,
-                               snapshot: CheckInSnapshot?) throws(TrustError) -> (TimestampMetadata, CheckInSnapshot?) {
+    static func checkFreshness(
+        _ envelope: Envelope, state: TrustedState, next: inout TrustedState, deviceId: String, now: Int64,
+        snapshot: CheckInSnapshot?
+    ) throws(TrustError) -> (TimestampMetadata, CheckInSnapshot?) {
         let body = try MetadataVerifier.verify(envelope, type: PayloadType.timestamp, role: .timestamp, root: state.root)
         let ts = try MetadataVerifier.decode(TimestampMetadata.self, body, limit: MetadataLimits.timestamp, what: "timestamp")
         try MetadataVerifier.checkExpiry(ts.expiresAt, now: now, what: "timestamp")
@@ -189,4 +204,3 @@ public enum UpdateVerifier {
         return (ts, snapshot)
     }
 }
-

@@ -136,8 +136,10 @@ public struct LabelSelector: Sendable, Hashable, Codable, CustomStringConvertibl
         do {
             try self.init(parsing: text)
         } catch {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
-                                                    debugDescription: "selector '\(text)': \(error)"))
+            throw DecodingError.dataCorrupted(
+                .init(
+                    codingPath: decoder.codingPath,
+                    debugDescription: "selector '\(text)': \(error)"))
         }
     }
 

@@ -1,11 +1,11 @@
 /// Why a label key, value or set was refused.
 public struct LabelError: Error, Equatable, Sendable, CustomStringConvertible {
     public enum Code: String, Sendable {
-        case invalidKey     // empty, too long, bad characters, bad prefix
-        case invalidValue   // too long or bad characters
-        case reservedKey    // class, tier, arch: built in, cannot be set
-        case tooMany        // more than Labels.maxPerDevice
-        case malformed      // an assignment that is not "k=v"
+        case invalidKey  // empty, too long, bad characters, bad prefix
+        case invalidValue  // too long or bad characters
+        case reservedKey  // class, tier, arch: built in, cannot be set
+        case tooMany  // more than Labels.maxPerDevice
+        case malformed  // an assignment that is not "k=v"
     }
 
     public var code: Code
@@ -34,7 +34,8 @@ public enum Labels {
     /// An IANA zone name: 1-64 of letters, digits, `/`, `_`, `-`, `+`; no leading `/`, no `..`.
     public static func validate(zone: String) throws(LabelError) {
         let u = zone.utf8
-        let ok = !u.isEmpty && u.count <= 64 && u.first != UInt8(ascii: "/") && !zone.contains("..")
+        let ok =
+            !u.isEmpty && u.count <= 64 && u.first != UInt8(ascii: "/") && !zone.contains("..")
             && u.allSatisfy { c in
                 (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)
                     || c == UInt8(ascii: "/") || c == UInt8(ascii: "_") || c == UInt8(ascii: "-") || c == UInt8(ascii: "+")
@@ -85,8 +86,10 @@ public enum Labels {
     /// Precedence: operator over enrollment token over the device's own (agent) labels, key by key.
     /// Reserved keys are left out whatever their source, so that a device reporting `class=…` as a
     /// label cannot pose as another cell to a selector.
-    public static func effective(agent: [String: String], enrollment: [String: String],
-                                 operator: [String: String]) -> [String: String] {
+    public static func effective(
+        agent: [String: String], enrollment: [String: String],
+        operator: [String: String]
+    ) -> [String: String] {
         var result = agent
         result.merge(enrollment) { _, bound in bound }
         result.merge(`operator`) { _, set in set }
@@ -96,8 +99,10 @@ public enum Labels {
 
     /// What a selector sees: the labels plus the built-in keys class, tier, arch (nil values left
     /// out). A built-in value wins over a label of the same key, which validation never lets in.
-    public static func selectable(_ labels: [String: String], hardwareClass: String?, tier: String?,
-                                  arch: String?) -> [String: String] {
+    public static func selectable(
+        _ labels: [String: String], hardwareClass: String?, tier: String?,
+        arch: String?
+    ) -> [String: String] {
         var result = labels
         for key in reservedKeys { result.removeValue(forKey: key) }
         if let hardwareClass { result["class"] = hardwareClass }
@@ -148,7 +153,8 @@ public enum Labels {
         for part in prefix.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false) {
             let lowerAlnum: (UInt8) -> Bool = { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x7A) }
             guard let first = part.first, let last = part.last, lowerAlnum(first), lowerAlnum(last),
-                  part.allSatisfy({ lowerAlnum($0) || $0 == UInt8(ascii: "-") }) else {
+                part.allSatisfy({ lowerAlnum($0) || $0 == UInt8(ascii: "-") })
+            else {
                 return "must be a DNS subdomain (lower-case letters, digits, '-' and '.')"
             }
         }

@@ -183,7 +183,8 @@ public struct MaintenanceWindow: Codable, Equatable, Hashable, Sendable, CustomS
         if name.isEmpty || name.count > 64 { return "not a zone name" }
         let ok = name.utf8.allSatisfy { Labels.isAlphanumeric($0) || "_+-/".utf8.contains($0) }
         guard ok, let first = name.utf8.first, Labels.isAlphanumeric(first), !name.hasSuffix("/"),
-              !name.contains("//") else {
+            !name.contains("//")
+        else {
             return "not an IANA zone name (letters, digits, '_', '+', '-', '/')"
         }
         return nil
@@ -200,14 +201,17 @@ public struct MaintenanceWindow: Codable, Equatable, Hashable, Sendable, CustomS
     public init(from decoder: any Decoder) throws {
         if let single = try? decoder.singleValueContainer(), let text = try? single.decode(String.self) {
             do { try self.init(parsing: text) } catch {
-                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
-                                                        debugDescription: "window '\(text)': \(error)"))
+                throw DecodingError.dataCorrupted(
+                    .init(
+                        codingPath: decoder.codingPath,
+                        debugDescription: "window '\(text)': \(error)"))
             }
             return
         }
         let c = try decoder.container(keyedBy: AnyKey.self)
         if let unknown = c.allKeys.first(where: { CodingKeys(stringValue: $0.stringValue) == nil }) {
-            throw DecodingError.dataCorruptedError(forKey: unknown, in: c,
+            throw DecodingError.dataCorruptedError(
+                forKey: unknown, in: c,
                 debugDescription: "unknown key '\(unknown.stringValue)' (expected days, start, length, timezone)")
         }
         func corrupt(_ key: CodingKeys, _ message: String) -> DecodingError {
@@ -216,7 +220,9 @@ public struct MaintenanceWindow: Codable, Equatable, Hashable, Sendable, CustomS
         var days: [Weekday] = []
         if c.contains(AnyKey("days")) {
             let items: [String]
-            if let list = try? c.decode([String].self, forKey: AnyKey("days")) { items = list } else {
+            if let list = try? c.decode([String].self, forKey: AnyKey("days")) {
+                items = list
+            } else {
                 items = [try c.decode(String.self, forKey: AnyKey("days"))]
             }
             for item in items {
@@ -225,13 +231,17 @@ public struct MaintenanceWindow: Codable, Equatable, Hashable, Sendable, CustomS
             }
         }
         let startMinute: Int
-        if let minutes = try? c.decode(Int.self, forKey: AnyKey("start")) { startMinute = minutes } else {
+        if let minutes = try? c.decode(Int.self, forKey: AnyKey("start")) {
+            startMinute = minutes
+        } else {
             let text = try c.decode(String.self, forKey: AnyKey("start"))
             var p = WindowParser(text)
             do { startMinute = try p.parseClockOnly() } catch { throw corrupt(.start, "start '\(text)': \(error)") }
         }
         let length: Int64
-        if let seconds = try? c.decode(Int64.self, forKey: AnyKey("length")) { length = seconds } else {
+        if let seconds = try? c.decode(Int64.self, forKey: AnyKey("length")) {
+            length = seconds
+        } else {
             let text = try c.decode(String.self, forKey: AnyKey("length"))
             var p = WindowParser(text)
             do { length = try p.parseDurationOnly() } catch { throw corrupt(.length, "length '\(text)': \(error)") }

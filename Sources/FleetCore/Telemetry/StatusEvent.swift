@@ -14,8 +14,10 @@ public struct StatusEvent: Codable, Equatable, Sendable {
     /// On `retrying`: when the device will try again (its own clock).
     public var retryAt: Int64?
 
-    public init(seq: UInt64, time: Int64, kind: String, model: String? = nil, sha256: String? = nil,
-                release: String? = nil, detail: String? = nil, fault: String? = nil, retryAt: Int64? = nil) {
+    public init(
+        seq: UInt64, time: Int64, kind: String, model: String? = nil, sha256: String? = nil,
+        release: String? = nil, detail: String? = nil, fault: String? = nil, retryAt: Int64? = nil
+    ) {
         self.seq = seq; self.time = time; self.kind = kind; self.model = model; self.sha256 = sha256
         self.release = release; self.detail = detail; self.fault = fault; self.retryAt = retryAt
     }
@@ -48,7 +50,9 @@ public struct RuntimeMetrics: Codable, Equatable, Sendable {
     public var requests: Int?
     public var crashes: Int?
 
-    public init(latencyP50Ms: Double? = nil, latencyP95Ms: Double? = nil, errorRate: Double? = nil, requests: Int? = nil, crashes: Int? = nil) {
+    public init(
+        latencyP50Ms: Double? = nil, latencyP95Ms: Double? = nil, errorRate: Double? = nil, requests: Int? = nil, crashes: Int? = nil
+    ) {
         self.latencyP50Ms = latencyP50Ms; self.latencyP95Ms = latencyP95Ms; self.errorRate = errorRate
         self.requests = requests; self.crashes = crashes
     }

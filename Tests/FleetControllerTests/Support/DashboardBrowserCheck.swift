@@ -31,7 +31,8 @@ enum DashboardBrowserCheck {
         let image = try #require(FileManager.default.contents(atPath: png), "chromium wrote no screenshot")
         #expect(image.starts(with: [0x89, 0x50, 0x4E, 0x47]), "the screenshot is not a PNG")
         #expect(image.count > 20_000, "a screenshot of \(image.count) bytes is too small to show the page")
-        try? FileManager.default.createDirectory(atPath: (screenshotPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try? FileManager.default.createDirectory(
+            atPath: (screenshotPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         try? FileManager.default.removeItem(atPath: screenshotPath)
         try? FileManager.default.copyItem(atPath: png, toPath: screenshotPath)
 
@@ -43,14 +44,18 @@ enum DashboardBrowserCheck {
             for c in s.cells {
                 for g in c.gates {
                     let live = c.status == "running" || c.status == "baking"
-                    fromAPI.append(Gate(rollout: id, cell: c.cell, metric: g.metric,
-                                        state: g.passed.map { $0 ? "passing" : "failing" } ?? (live ? "waiting" : "unjudged")))
+                    fromAPI.append(
+                        Gate(
+                            rollout: id, cell: c.cell, metric: g.metric,
+                            state: g.passed.map { $0 ? "passing" : "failing" } ?? (live ? "waiting" : "unjudged")))
                 }
             }
         }
         #expect(!fromAPI.isEmpty)
         #expect(fromAPI.contains { $0.state == "failing" })
-        #expect(Set(onPage) == Set(fromAPI), "page: \(Set(onPage).subtracting(fromAPI).sorted().prefix(4)) API: \(Set(fromAPI).subtracting(onPage).sorted().prefix(4))")
+        #expect(
+            Set(onPage) == Set(fromAPI),
+            "page: \(Set(onPage).subtracting(fromAPI).sorted().prefix(4)) API: \(Set(fromAPI).subtracting(onPage).sorted().prefix(4))")
         #expect(onPage.count == fromAPI.count)
     }
 
@@ -72,8 +77,11 @@ enum DashboardBrowserCheck {
     static func browse(_ browser: String, work: String, _ args: [String]) async throws -> String {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: browser)
-        p.arguments = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                       "--hide-scrollbars", "--user-data-dir=\(work)/profile"] + args
+        p.arguments =
+            [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--hide-scrollbars", "--user-data-dir=\(work)/profile"
+            ] + args
         let out = Pipe()
         p.standardOutput = out
         p.standardError = FileHandle(forWritingAtPath: "/dev/null")

@@ -7,8 +7,9 @@ enum Fixture {
     static func baseTensors(seed: UInt64 = 1) -> [TestTensor] {
         var rng = SeededRNG(seed: seed)
         func t(_ name: String, _ dtype: String, _ shape: [Int]) -> TestTensor {
-            TestTensor(name: name, dtype: dtype, shape: shape,
-                       data: TensorData.random(dtype: dtype, count: shape.reduce(1, *), using: &rng))
+            TestTensor(
+                name: name, dtype: dtype, shape: shape,
+                data: TensorData.random(dtype: dtype, count: shape.reduce(1, *), using: &rng))
         }
         return [
             t("embeddings.weight", "F32", [64, 32]),
@@ -17,7 +18,7 @@ enum Fixture {
             t("layer.0.norm", "F16", [32]),
             t("layer.1.weight", "BF16", [32, 32]),
             t("layer.1.qweight", "I8", [32, 32]),
-            t("position_ids", "I64", [16]),
+            t("position_ids", "I64", [16])
         ]
     }
 
@@ -34,8 +35,10 @@ enum Fixture {
 }
 
 /// Encodes and applies in `dir`, returning the report and the decoded bytes.
-func roundTrip(_ dir: TempDir, base: [UInt8], target: [UInt8], methods: [DeltaMethod] = DeltaMethod.allCases,
-               level: Int = 19, tag: String = "x") throws -> (DeltaReport, [UInt8]) {
+func roundTrip(
+    _ dir: TempDir, base: [UInt8], target: [UInt8], methods: [DeltaMethod] = DeltaMethod.allCases,
+    level: Int = 19, tag: String = "x"
+) throws -> (DeltaReport, [UInt8]) {
     let b = try dir.write("\(tag).base", base)
     let t = try dir.write("\(tag).target", target)
     let report = try DeltaEncoder.encode(base: b, target: t, output: dir.file("\(tag).delta"), methods: methods, level: level)

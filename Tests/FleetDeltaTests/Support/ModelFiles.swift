@@ -31,8 +31,9 @@ enum SafetensorsWriter {
         }
         var offset = 0
         for t in tensors {
-            entries.append("\"\(t.name)\":{\"dtype\":\"\(t.dtype)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],"
-                           + "\"data_offsets\":[\(offset),\(offset + t.data.count)]}")
+            entries.append(
+                "\"\(t.name)\":{\"dtype\":\"\(t.dtype)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],"
+                    + "\"data_offsets\":[\(offset),\(offset + t.data.count)]}")
             offset += t.data.count
         }
         var header = Array("{\(entries.joined(separator: ","))}".utf8)
@@ -50,8 +51,10 @@ enum SafetensorsWriter {
 /// initializer* } } with TensorProto { dims (packed), data_type, name, raw_data }.
 enum ONNXWriter {
     static func dataType(_ dtype: String) -> UInt64 {
-        ["F32": 1, "U8": 2, "I8": 3, "U16": 4, "I16": 5, "I32": 6, "I64": 7, "BOOL": 9, "F16": 10, "F64": 11, "U32": 12,
-         "U64": 13, "BF16": 16][dtype] ?? 1
+        [
+            "F32": 1, "U8": 2, "I8": 3, "U16": 4, "I16": 5, "I32": 6, "I64": 7, "BOOL": 9, "F16": 10, "F64": 11, "U32": 12,
+            "U64": 13, "BF16": 16
+        ][dtype] ?? 1
     }
 
     static func write(_ tensors: [TestTensor], producer: String = "edgefleet-tests", packedDims: Bool = true) -> [UInt8] {

@@ -2,7 +2,7 @@ import FleetCore
 import Foundation
 import Testing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What the attack catalogue compares before and after an attempt: the device's trusted-state
@@ -79,7 +79,8 @@ final class AttackWorld: @unchecked Sendable {
         defer { fleet.stop() }
         try fleet.startController()
         for (dir, extra) in [("m1", [String]()), ("m2", ["--finetune"])] {
-            let r = try fleet.run("/usr/bin/env", ["python3", TestFleet.repoRoot + "/scripts/make-demo-model.py", fleet.dir + "/" + dir] + extra)
+            let r = try fleet.run(
+                "/usr/bin/env", ["python3", TestFleet.repoRoot + "/scripts/make-demo-model.py", fleet.dir + "/" + dir] + extra)
             guard r.status == 0 else { throw HarnessError("make-demo-model: \(r.stderr)") }
         }
         v1 = fleet.dir + "/m1/model-int8.safetensors"
@@ -120,8 +121,9 @@ final class AttackWorld: @unchecked Sendable {
         other.hostname = Self.otherDeviceId
         r2other = try Self.checkIn(fleet, facts: other, installed: ["m": v1Sha], fullPackages: ["m"])
         // This device's id with the facts of an arm64 board: a genuine assignment for another class.
-        var arm = try FleetJSON.decode(DeviceFacts.self, from: Data(contentsOf: URL(fileURLWithPath: TestFleet.demoFacts("edge-arm64-01.json"))),
-                                       limit: 1 << 20)
+        var arm = try FleetJSON.decode(
+            DeviceFacts.self, from: Data(contentsOf: URL(fileURLWithPath: TestFleet.demoFacts("edge-arm64-01.json"))),
+            limit: 1 << 20)
         arm.deviceId = Self.deviceId
         r2otherClass = try Self.checkIn(fleet, facts: arm, installed: ["m": v1Sha], fullPackages: ["m"])
         if let pkg = deltas.first(where: { $0.status == "ready" })?.packageSha256 {
@@ -146,12 +148,18 @@ final class AttackWorld: @unchecked Sendable {
     }
 
     /// A check-in as the device would make it, straight to the real controller.
-    static func checkIn(_ fleet: TestFleet, facts: DeviceFacts, installed: [String: String], fullPackages: [String]? = nil) throws -> CheckInResponse {
+    static func checkIn(_ fleet: TestFleet, facts: DeviceFacts, installed: [String: String], fullPackages: [String]? = nil) throws
+        -> CheckInResponse
+    {
         let request = CheckInRequest(facts: facts, installed: installed, agentVersion: "0.1.0", fullPackages: fullPackages)
         let body = fleet.dir + "/checkin-request-\(UUID().uuidString.prefix(8)).json"
         try FleetJSON.encode(request).write(to: URL(fileURLWithPath: body))
-        let r = try fleet.run("/usr/bin/env", ["curl", "-fsS", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + body,
-                                               "\(fleet.url)/v1/devices/\(facts.deviceId ?? "")/checkin"])
+        let r = try fleet.run(
+            "/usr/bin/env",
+            [
+                "curl", "-fsS", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" + body,
+                "\(fleet.url)/v1/devices/\(facts.deviceId ?? "")/checkin"
+            ])
         guard r.status == 0 else { throw HarnessError("check-in of \(facts.deviceId ?? ""): \(r.stderr)") }
         return try FleetJSON.decode(CheckInResponse.self, from: Data(r.stdout.utf8), limit: MetadataLimits.checkInResponse)
     }
@@ -172,10 +180,13 @@ final class AttackWorld: @unchecked Sendable {
     static func now() -> Int64 { Int64(Date().timeIntervalSince1970) }
 
     /// A check-in answer with one update.
-    static func response(timestamp: Envelope?, catalog: Envelope, assignment: Envelope, model: String = "m",
-                         deviceId: String = deviceId) -> CheckInResponse {
-        CheckInResponse(deviceId: deviceId, hardwareClass: "x86-avx512-vnni", tier: "fibre", rootChain: [], timestamp: timestamp,
-                        updates: [ModelUpdate(model: model, catalog: catalog, assignment: assignment)], held: [:], pollSeconds: 1)
+    static func response(
+        timestamp: Envelope?, catalog: Envelope, assignment: Envelope, model: String = "m",
+        deviceId: String = deviceId
+    ) -> CheckInResponse {
+        CheckInResponse(
+            deviceId: deviceId, hardwareClass: "x86-avx512-vnni", tier: "fibre", rootChain: [], timestamp: timestamp,
+            updates: [ModelUpdate(model: model, catalog: catalog, assignment: assignment)], held: [:], pollSeconds: 1)
     }
 
     /// The trust file bytes a device holding `before` writes after accepting `response`'s update:
@@ -183,8 +194,9 @@ final class AttackWorld: @unchecked Sendable {
     func trustAfterAccepting(_ response: CheckInResponse, before: Data) throws -> Data {
         let state = try FleetJSON.decode(TrustedState.self, from: before, limit: 4 << 20)
         let u = try #require(response.updates.first)
-        let verified = try UpdateVerifier.verify(catalog: u.catalog, assignment: u.assignment, timestamp: try #require(response.timestamp),
-                                                 state: state, deviceId: Self.deviceId, facts: deviceFacts, now: Self.now())
+        let verified = try UpdateVerifier.verify(
+            catalog: u.catalog, assignment: u.assignment, timestamp: try #require(response.timestamp),
+            state: state, deviceId: Self.deviceId, facts: deviceFacts, now: Self.now())
         return try FleetJSON.encode(verified.state)
     }
 }
@@ -206,8 +218,11 @@ final class AttackScene {
         let fleet = try TestFleet()
         let c = try fleet.run("/bin/cp", ["-a", world.fleet.dir + "/agents/" + base, fleet.dir + "/device"])
         guard c.status == 0 else { throw HarnessError("cp: \(c.stderr)") }
-        try self.init(world: world, agent: TestFleet.Agent(name: "device", state: fleet.dir + "/device/state",
-                                                           models: fleet.dir + "/device/models", facts: world.facts), in: fleet, host: host)
+        try self.init(
+            world: world,
+            agent: TestFleet.Agent(
+                name: "device", state: fleet.dir + "/device/state",
+                models: fleet.dir + "/device/models", facts: world.facts), in: fleet, host: host)
     }
 
     /// A scene on a template device in place (used while the template is built).
@@ -223,8 +238,12 @@ final class AttackScene {
         scenario = fleet.dir + "/evil-" + UUID().uuidString.prefix(6)
         try FileManager.default.createDirectory(atPath: scenario + "/artifacts", withIntermediateDirectories: true)
         port = try TestFleet.freePort()
-        _ = try fleet.start("/usr/bin/env", ["python3", TestFleet.repoRoot + "/Tests/IntegrationTests/Support/evil_controller.py",
-                                             "--listen", "\(port)", "--host", host, "--dir", scenario], log: scenario + ".out")
+        _ = try fleet.start(
+            "/usr/bin/env",
+            [
+                "python3", TestFleet.repoRoot + "/Tests/IntegrationTests/Support/evil_controller.py",
+                "--listen", "\(port)", "--host", host, "--dir", scenario
+            ], log: scenario + ".out")
         let health = "http://\(host):\(port)/healthz"
         try fleet.waitFor("malicious controller") { (try? fleet.run("/usr/bin/env", ["curl", "-fsS", health], timeout: 5).status) == 0 }
     }

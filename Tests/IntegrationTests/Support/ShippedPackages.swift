@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The Debian packages as `make package` builds them, made once per test run: the agent package
@@ -23,13 +23,18 @@ enum ShippedPackages {
     private static func build() throws -> Built {
         try requireFreshStaticAgent()
         let dir = NSTemporaryDirectory() + "edgefleet-packages-" + UUID().uuidString.prefix(8)
-        let r = try runTool("/usr/bin/env", ["bash", TestFleet.repoRoot + "/deploy/debian/build-packages.sh", "--agent", staticAgent,
-                                             "--controller", TestFleet.bin + "/fleet-controller", "--fleetctl", TestFleet.bin + "/fleetctl",
-                                             "--out", dir, "--compress", "none"], timeout: 600)
+        let r = try runTool(
+            "/usr/bin/env",
+            [
+                "bash", TestFleet.repoRoot + "/deploy/debian/build-packages.sh", "--agent", staticAgent,
+                "--controller", TestFleet.bin + "/fleet-controller", "--fleetctl", TestFleet.bin + "/fleetctl",
+                "--out", dir, "--compress", "none"
+            ], timeout: 600)
         guard r.status == 0 else { throw HarnessError("build-packages.sh failed: \(r.stderr)\(r.stdout)") }
         let debs = r.stdout.split(separator: "\n").map(String.init)
         guard let agent = debs.first(where: { $0.contains("/edgefleet-agent_") }),
-              let controller = debs.first(where: { $0.contains("/edgefleet-controller_") }) else {
+            let controller = debs.first(where: { $0.contains("/edgefleet-controller_") })
+        else {
             throw HarnessError("build-packages.sh named no packages: \(r.stdout)")
         }
         return Built(dir: dir, agent: agent, controller: controller)
@@ -121,7 +126,9 @@ enum ShippedPackages {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
         func kb(_ key: String) -> Int64? {
             status.split(separator: "\n").first { $0.hasPrefix(key + ":") }
-                .flatMap { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first }.flatMap { Int64($0) }.map { $0 * 1024 }
+                .flatMap { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first }.flatMap { Int64($0) }.map {
+                    $0 * 1024
+                }
         }
         guard let rss = kb("VmRSS"), let peak = kb("VmHWM"), let anon = kb("RssAnon"), let file = kb("RssFile") else { return nil }
         return (rss, peak, anon, file)

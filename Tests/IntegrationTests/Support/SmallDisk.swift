@@ -1,6 +1,6 @@
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A small tmpfs in a mount namespace of its own (`unshare -m`, or `unshare -rm` without root), held
@@ -35,8 +35,12 @@ final class SmallDisk {
         mountPoint = fleet.dir + "/small-disk"
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
         rootless = getuid() != 0
-        holder = try fleet.start("/usr/bin/unshare", (rootless ? ["-rm"] : ["-m"]) + ["--propagation", "private", "sh", "-c",
-            "mount -t tmpfs -o size=\(bytes) tmpfs '\(mountPoint)' && touch '\(mountPoint)/.ready' && exec sleep 3600"],
+        holder = try fleet.start(
+            "/usr/bin/unshare",
+            (rootless ? ["-rm"] : ["-m"]) + [
+                "--propagation", "private", "sh", "-c",
+                "mount -t tmpfs -o size=\(bytes) tmpfs '\(mountPoint)' && touch '\(mountPoint)/.ready' && exec sleep 3600"
+            ],
             log: fleet.dir + "/small-disk.log")
         let ready = "/proc/\(holder.processIdentifier)/root\(mountPoint)/.ready"
         try fleet.waitFor("the small disk") { FileManager.default.fileExists(atPath: ready) }

@@ -2,7 +2,7 @@ import FleetCore
 import Foundation
 import Testing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct CommandResult {
@@ -36,7 +36,8 @@ final class TestFleet: @unchecked Sendable {
         dir = NSTemporaryDirectory() + "edgefleet-it-" + UUID().uuidString.prefix(8)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         port = try Self.freePort()
-        for tool in ["fleet-controller", "fleet-agent", "fleetctl"] where !FileManager.default.isExecutableFile(atPath: "\(Self.bin)/\(tool)") {
+        for tool in ["fleet-controller", "fleet-agent", "fleetctl"]
+        where !FileManager.default.isExecutableFile(atPath: "\(Self.bin)/\(tool)") {
             throw HarnessError("\(Self.bin)/\(tool) is missing: run `swift build` first")
         }
     }
@@ -81,8 +82,10 @@ final class TestFleet: @unchecked Sendable {
 
     /// Runs `executable` to its end (killed after `timeout`), its output captured through files in
     /// `scratch` (pipes could fill and stall a chatty process).
-    static func runProcess(_ executable: String, _ args: [String], env: [String: String] = [:], timeout: Double = 120,
-                           scratch: String = NSTemporaryDirectory()) throws -> CommandResult {
+    static func runProcess(
+        _ executable: String, _ args: [String], env: [String: String] = [:], timeout: Double = 120,
+        scratch: String = NSTemporaryDirectory()
+    ) throws -> CommandResult {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = args
@@ -102,9 +105,10 @@ final class TestFleet: @unchecked Sendable {
             throw HarnessError("\(executable) \(args.joined(separator: " ")) did not finish in \(timeout) s")
         }
         p.waitUntilExit()
-        return CommandResult(status: p.terminationStatus, signalled: p.terminationReason == .uncaughtSignal,
-                             stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
-                             stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+        return CommandResult(
+            status: p.terminationStatus, signalled: p.terminationReason == .uncaughtSignal,
+            stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+            stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
     }
 
     func start(_ tool: String, _ args: [String], log: String, env: [String: String] = [:]) throws -> Process {
@@ -152,7 +156,9 @@ final class TestFleet: @unchecked Sendable {
 
     /// A device's events as the controller stored them, oldest first.
     func events(_ device: String, controller: String? = nil) throws -> [StatusEvent] {
-        try fleetctlJSON([StatusEvent].self, ["devices", "events", device, "--limit", "1000"], controller: controller).sorted { $0.seq < $1.seq }
+        try fleetctlJSON([StatusEvent].self, ["devices", "events", device, "--limit", "1000"], controller: controller).sorted {
+            $0.seq < $1.seq
+        }
     }
 
     func fleetctlJSON<T: Decodable>(_ t: T.Type, _ args: [String], controller: String? = nil) throws -> T {
@@ -169,9 +175,13 @@ final class TestFleet: @unchecked Sendable {
         }
         for attempt in 1...3 {
             let log = dir + "/controller.log"
-            let p = try start("fleet-controller", ["serve", "--data", dir + "/controller", "--listen", "127.0.0.1:\(port)",
-                                                   "--keys", dir + "/keys/online", "--config", config ?? Self.repoRoot + "/fleet",
-                                                   "--poll-seconds", "1"] + extra, log: log)
+            let p = try start(
+                "fleet-controller",
+                [
+                    "serve", "--data", dir + "/controller", "--listen", "127.0.0.1:\(port)",
+                    "--keys", dir + "/keys/online", "--config", config ?? Self.repoRoot + "/fleet",
+                    "--poll-seconds", "1"
+                ] + extra, log: log)
             controller = p
             var exited = false
             try waitFor("controller health") {
@@ -180,7 +190,9 @@ final class TestFleet: @unchecked Sendable {
             }
             guard exited else { return }
             let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-            guard attempt < 3, text.contains("ddress already in use") else { throw HarnessError("the controller exited at start: \(text.suffix(2000))") }
+            guard attempt < 3, text.contains("ddress already in use") else {
+                throw HarnessError("the controller exited at start: \(text.suffix(2000))")
+            }
             port = try Self.freePort()
         }
     }
@@ -199,14 +211,18 @@ final class TestFleet: @unchecked Sendable {
     }
 
     /// Registers a model's variants (name, dtype, file) and releases and rolls out `version`.
-    func publish(model: String, version: String, variants: [(String, String, String)], addModel: Bool = true,
-                 alsoRelease: [String] = []) throws {
+    func publish(
+        model: String, version: String, variants: [(String, String, String)], addModel: Bool = true,
+        alsoRelease: [String] = []
+    ) throws {
         if addModel { _ = try fleetctl(["model", "add", model]) }
         for (name, dtype, file) in variants {
             _ = try fleetctl(["variant", "add", model, file, "--name", name, "--dtype", dtype, "--format", "safetensors"])
         }
-        _ = try fleetctl(["release", "create", model, "--version", version, "--keys", dir + "/keys",
-                          "--variants", (variants.map(\.0) + alsoRelease).joined(separator: ",")])
+        _ = try fleetctl([
+            "release", "create", model, "--version", version, "--keys", dir + "/keys",
+            "--variants", (variants.map(\.0) + alsoRelease).joined(separator: ",")
+        ])
         _ = try fleetctl(["rollout", "start", "\(model)@\(version)", "--all"])
     }
 
@@ -224,8 +240,10 @@ final class TestFleet: @unchecked Sendable {
     static func demoFacts(_ file: String) -> String { repoRoot + "/fleet/demo/" + file }
 
     func agentArgs(_ a: Agent, controller: String? = nil, extra: [String] = []) -> [String] {
-        ["run", "--controller", controller ?? url, "--state", a.state, "--models", a.models, "--facts", a.facts,
-         "--root", dir + "/keys/root.json", "--poll-seconds", "1"] + extra
+        [
+            "run", "--controller", controller ?? url, "--state", a.state, "--models", a.models, "--facts", a.facts,
+            "--root", dir + "/keys/root.json", "--poll-seconds", "1"
+        ] + extra
     }
 
     @discardableResult
@@ -246,8 +264,9 @@ final class TestFleet: @unchecked Sendable {
 
     func journalPhase(_ a: Agent, model: String) -> String? {
         guard let data = FileManager.default.contents(atPath: a.state + "/journal.json"),
-              let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let installs = obj["installs"] as? [String: Any], let m = installs[model] as? [String: Any] else { return nil }
+            let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let installs = obj["installs"] as? [String: Any], let m = installs[model] as? [String: Any]
+        else { return nil }
         return m["phase"] as? String
     }
 
@@ -260,8 +279,12 @@ final class TestFleet: @unchecked Sendable {
         let p = try Self.freePort()
         let log = dir + "/proxy-\(p).jsonl"
         FileManager.default.createFile(atPath: log, contents: nil)
-        _ = try start("/usr/bin/env", ["python3", Self.repoRoot + "/Tests/IntegrationTests/Support/proxy.py", "--listen", "\(p)",
-                                       "--upstream", "\(port)", "--log", log] + extra, log: dir + "/proxy-\(p).out")
+        _ = try start(
+            "/usr/bin/env",
+            [
+                "python3", Self.repoRoot + "/Tests/IntegrationTests/Support/proxy.py", "--listen", "\(p)",
+                "--upstream", "\(port)", "--log", log
+            ] + extra, log: dir + "/proxy-\(p).out")
         try waitFor("proxy") { (try? run("/usr/bin/env", ["curl", "-fsS", "http://127.0.0.1:\(p)/healthz"], timeout: 5).status) == 0 }
         return (p, log)
     }
