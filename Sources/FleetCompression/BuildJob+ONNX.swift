@@ -90,6 +90,14 @@ extension BuildJob {
         var newNodes: [Onnx_NodeProto] = []
         var entries: [Entry] = []
         var owner: [Int?] = []  // the decision each entry belongs to
+        /// A tensor the rewrite adds (no decision of its own), written inline after the model's own.
+        func appendNew(_ t: Onnx_TensorProto) throws(CompressionError) {
+            var header = t
+            header.clearRawData()
+            owner.append(nil)
+            entries.append(
+                .inline(header: try serialize(header, t.name), payloadLength: Int64(t.rawData.count), payload: .bytes(Array(t.rawData))))
+        }
         for (di, d) in decisions.enumerated() {
             let ini = onnx.initializers[di]
             defer { while owner.count < entries.count { owner.append(di) } }
@@ -160,16 +168,7 @@ extension BuildJob {
             upgradeExtras.append(t)
             rewrite.smoothing[activation] = name
         }
-        for t in upgradeExtras {
-            owner.append(nil)
-            entries.append(
-                .inline(
-                    header: try serialize(
-                        {
-                            var h = t; h.clearRawData(); return h
-                        }(), t.name),
-                    payloadLength: Int64(t.rawData.count), payload: .bytes(Array(t.rawData))))
-        }
+        for t in upgradeExtras { try appendNew(t) }
         let replaced = Set(changed.filter { $0.encoding?.kind != .float32 }.map(\.name))
         // A weight that was also listed as a graph input (IR < 4 exporters do that) is now a node output.
         graph.input.removeAll { replaced.contains($0.name) }
@@ -183,16 +182,7 @@ extension BuildJob {
                 opset: model.opsetImport.first { $0.domain.isEmpty || $0.domain == "ai.onnx" }?.version ?? opset,
                 fresh: fresh)
             operators = ops
-            for t in added {
-                owner.append(nil)
-                entries.append(
-                    .inline(
-                        header: try serialize(
-                            {
-                                var h = t; h.clearRawData(); return h
-                            }(), t.name),
-                        payloadLength: Int64(t.rawData.count), payload: .bytes(Array(t.rawData))))
-            }
+            for t in added { try appendNew(t) }
             if operators.contains(where: { $0.hasPrefix("com.microsoft.") }),
                 !model.opsetImport.contains(where: { $0.domain == "com.microsoft" })
             {

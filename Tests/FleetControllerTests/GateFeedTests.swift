@@ -234,17 +234,7 @@ struct GateFeedTests {
             }
         }
         let now: Int64 = 1_800_000_000
-        try await store.createModel(ModelRecord(name: "m", minQuality: nil, createdAt: now))
-        let key = SigningKey(role: .release)
-        for (serial, version) in ["1", "2"].enumerated() {
-            let catalog = ReleaseCatalog(
-                model: "m", version: version, serial: serial + 1, expiresAt: now + 86_400, variants: [], hardwareClasses: [])
-            let env = try Envelope.sign(catalog, type: PayloadType.catalog, keys: [key])
-            try await store.createRelease(
-                ReleaseRecord(
-                    id: "m@\(version)", model: "m", version: version, serial: serial + 1, catalogEnvelope: env,
-                    catalogSha256: "s\(version)", catalog: catalog, createdAt: now))
-        }
+        try await RolloutBenchmark.publishTwoReleases(store, now: now)
         let policy = RolloutPolicy(
             name: "canary", phases: [.init(percent: 10, minDevices: 1), .init(percent: 50, minDevices: 1), .init(percent: 100)],
             gates: .init(

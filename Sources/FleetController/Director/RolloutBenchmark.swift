@@ -40,6 +40,22 @@ public enum RolloutBenchmark {
     static let tiers = ["fibre", "cellular", "satellite-metered"]
 
     /// `databaseURL`: a PostgreSQL database to fill instead of a scratch SQLite file (it must be empty).
+    /// Model `m` with releases `m@1` and `m@2` (empty catalogs signed by a fresh release key): what
+    /// a rollout of `m@2` over `m@1` needs in the store.
+    static func publishTwoReleases(_ store: any FleetStore, now: Int64) async throws {
+        try await store.createModel(ModelRecord(name: "m", minQuality: nil, createdAt: now))
+        let key = SigningKey(role: .release)
+        for (serial, version) in ["1", "2"].enumerated() {
+            let catalog = ReleaseCatalog(
+                model: "m", version: version, serial: serial + 1, expiresAt: now + 86_400, variants: [], hardwareClasses: [])
+            let env = try Envelope.sign(catalog, type: PayloadType.catalog, keys: [key])
+            try await store.createRelease(
+                ReleaseRecord(
+                    id: "m@\(version)", model: "m", version: version, serial: serial + 1, catalogEnvelope: env,
+                    catalogSha256: Digest.sha256Hex(Array(try FleetJSON.encode(env))), catalog: catalog, createdAt: now))
+        }
+    }
+
     public static func run(devices n: Int, directory: String, runs: Int, databaseURL: String? = nil) async throws -> Report {
         precondition(n > 0 && runs > 0)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -62,17 +78,7 @@ public enum RolloutBenchmark {
             onFailure: .pause, deviceTimeoutSeconds: 7200)
 
         let t0 = ContinuousClock.now
-        try await store.createModel(ModelRecord(name: "m", minQuality: nil, createdAt: now))
-        let key = SigningKey(role: .release)
-        for (serial, version) in ["1", "2"].enumerated() {
-            let catalog = ReleaseCatalog(
-                model: "m", version: version, serial: serial + 1, expiresAt: now + 86_400, variants: [], hardwareClasses: [])
-            let env = try Envelope.sign(catalog, type: PayloadType.catalog, keys: [key])
-            try await store.createRelease(
-                ReleaseRecord(
-                    id: "m@\(version)", model: "m", version: version, serial: serial + 1, catalogEnvelope: env,
-                    catalogSha256: Digest.sha256Hex(Array(try FleetJSON.encode(env))), catalog: catalog, createdAt: now))
-        }
+        try await publishTwoReleases(store, now: now)
         let rollout = try await store.createRollout(
             RolloutRecord(
                 id: 0, releaseId: "m@2", model: "m", strategy: policy.name, state: .active,
