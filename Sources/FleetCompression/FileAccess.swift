@@ -114,13 +114,8 @@ final class AtomicOutputFile {
 
     /// Flushes, fsyncs, renames onto `path` and fsyncs the folder.
     func commit() throws(CompressionError) {
-        do throws(FileIOError) {
-            try file.commit(sync: true)
-        } catch  where error.isAfterRename {
-            // The variant is in place; as before, a folder that cannot be fsynced does not fail the build.
-        } catch {
-            throw CompressionError(error)
-        }
+        // The variant in place, a folder that cannot be fsynced does not fail the build.
+        do throws(FileIOError) { try file.commit(sync: true, directory: .bestEffort) } catch { throw CompressionError(error) }
     }
 
     func abort() { file.abort() }

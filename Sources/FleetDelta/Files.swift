@@ -96,13 +96,8 @@ final class OutputFile {
 
     /// Flushes, optionally fsyncs, and renames the temporary file onto `path`.
     func commit(sync: Bool) throws(DeltaError) {
-        do throws(FileIOError) {
-            try file.commit(sync: sync)
-        } catch  where error.isAfterRename {
-            // The target is in place; as before, a directory that cannot be fsynced is not a failed decode.
-        } catch {
-            throw DeltaError(error)
-        }
+        // The target in place, a directory that cannot be fsynced is not a failed decode.
+        do throws(FileIOError) { try file.commit(sync: sync, directory: .bestEffort) } catch { throw DeltaError(error) }
     }
 
     func abort() { file.abort() }

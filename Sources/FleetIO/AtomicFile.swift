@@ -23,6 +23,8 @@ public final class AtomicFile {
     private var buffered = 0
     /// write(2) by default; tests inject a failing one (a full disk cannot be made on demand).
     private let writer: (Int32, UnsafeRawPointer, Int) -> Int
+    /// `syncDirectory` by default; tests inject a failing one.
+    private let directorySyncer: (String) throws(FileIOError) -> Void
 
     public convenience init(
         replacing path: String, temporary: Temporary = .unique(tag: ""), permissions: mode_t = 0o644,
@@ -35,10 +37,12 @@ public final class AtomicFile {
 
     init(
         replacing path: String, temporary: Temporary, permissions: mode_t, bufferSize: Int,
-        writer: @escaping (Int32, UnsafeRawPointer, Int) -> Int
+        writer: @escaping (Int32, UnsafeRawPointer, Int) -> Int,
+        directorySyncer: @escaping (String) throws(FileIOError) -> Void = { (dir) throws(FileIOError) in try AtomicFile.syncDirectory(dir) }
     ) throws(FileIOError) {
         self.path = path
         self.writer = writer
+        self.directorySyncer = directorySyncer
         switch temporary {
         case .fixed(let suffix):
             let candidate = path + suffix
@@ -107,10 +111,21 @@ public final class AtomicFile {
         guard fsync(fd) == 0 else { throw .errno(.fsync, tempPath) }
     }
 
+    /// What a failure to fsync the directory after the rename means to the caller.
+    public enum DirectorySync: Sendable {
+        /// It is an error (`isAfterRename`): the new contents are in place but the directory entry
+        /// may not survive a power cut, and the caller must know.
+        case required
+        /// It is ignored: the contents are in place and the caller's work is not undone by a
+        /// directory that cannot be fsynced (the delta decoder's and the variant builder's outputs).
+        case bestEffort
+    }
+
     /// Flushes, fsyncs (if `sync`), renames onto `path` and fsyncs the directory (if `sync`). A failure
     /// before the rename removes the temporary file and leaves `path` as it was; a failure after it
-    /// (`isAfterRename`) means the new contents are in place but the directory entry may not be durable.
-    public func commit(sync: Bool = true) throws(FileIOError) {
+    /// (`isAfterRename`) means the new contents are in place but the directory entry may not be durable,
+    /// and is thrown only when `directory` is `.required`.
+    public func commit(sync: Bool = true, directory: DirectorySync = .required) throws(FileIOError) {
         guard fd >= 0 else { throw FileIOError(.write, path: tempPath, systemError: EBADF) }
         do throws(FileIOError) {
             try flush()
@@ -123,7 +138,12 @@ public final class AtomicFile {
         fd = -1
         guard closed == 0 else { let e = FileIOError.errno(.close, tempPath); unlink(tempPath); throw e }
         guard rename(tempPath, path) == 0 else { let e = FileIOError.errno(.rename, path); unlink(tempPath); throw e }
-        if sync { try Self.syncDirectory(Self.directory(of: path)) }
+        guard sync else { return }
+        do throws(FileIOError) {
+            try directorySyncer(Self.directory(of: path))
+        } catch  where directory == .bestEffort {
+            return
+        }
     }
 
     /// Drops what was written; `path` is left as it was.

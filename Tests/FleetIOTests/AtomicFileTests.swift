@@ -76,6 +76,29 @@ struct AtomicFileTests {
         }
     }
 
+    /// A directory that cannot be fsynced after the rename: the new contents are in place either
+    /// way; `.required` says so with an after-rename error, `.bestEffort` does not fail.
+    @Test func aDirectorySyncFailureAfterTheRenameIsAnErrorOnlyWhenRequired() throws {
+        try withTemporaryDirectory { dir in
+            func failingSync(_ path: String) throws(FileIOError) { throw FileIOError(.syncDirectory, path: path, systemError: EIO) }
+            for policy in [AtomicFile.DirectorySync.required, .bestEffort] {
+                let file = try AtomicFile(
+                    replacing: dir + "/model", temporary: .unique(tag: ""), permissions: 0o644, bufferSize: 16,
+                    writer: { fd, p, n in Glibc.write(fd, p, n) }, directorySyncer: failingSync)
+                try file.write(Array("\(policy)".utf8))
+                if policy == .required {
+                    let error = #expect(throws: FileIOError.self) { try file.commit(directory: policy) }
+                    #expect(error?.isAfterRename == true)
+                    #expect(error?.systemError == EIO)
+                } else {
+                    try file.commit(directory: policy)
+                }
+                #expect(contents(dir + "/model") == Array("\(policy)".utf8))
+                #expect(entries(dir) == ["model"])
+            }
+        }
+    }
+
     @Test func droppingWithoutCommitLeavesTheTargetAsItWas() throws {
         try withTemporaryDirectory { dir in
             try AtomicFile.write(Array("old".utf8), to: dir + "/model")
