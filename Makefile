@@ -94,9 +94,13 @@ fuzz: deps
 		rc=$$?; tail -n 12 Fuzz/.findings/$$t.log; [ $$rc -eq 0 ] || { echo "fuzz: $$t failed (see Fuzz/.findings)"; exit 1; }; \
 	done
 
-# The device binary as it ships: release, Swift runtime linked in, symbols stripped.
+# The device binary as it ships: release, Swift runtime linked in, symbols stripped. Linked by lld
+# with packed relative relocations (DT_RELR, glibc >= 2.36) and no exported symbols: the dynamic
+# loader then reads 10 KB of relocations and no symbol table at start instead of 1.3 MB and 1.2 MB
+# (pages that stayed resident for the life of the process).
+AGENT_LINK := -Xswiftc -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs -Xlinker --no-export-dynamic -Xlinker -s
 agent: deps
-	$(SWIFT) build -c release --product fleet-agent --static-swift-stdlib -Xlinker -s
+	$(SWIFT) build -c release --product fleet-agent --static-swift-stdlib $(AGENT_LINK)
 	@bin="$$($(SWIFT) build -c release --show-bin-path)/fleet-agent"; \
 	ls -l "$$bin"; \
 	du -h "$$bin"

@@ -8,6 +8,11 @@
                                                 sample VmRSS until SIGTERM/SIGINT or until the
                                                 process exits; then write the largest sample, the
                                                 last VmHWM and the number of samples
+    procmem.py mappings PID [--top N] [--out RESULT.json]
+                                                RSS per mapped file (from /proc/PID/smaps): resident,
+                                                anonymous (written copies, e.g. relocated data) and
+                                                file-backed kB of the binary and each library
+    procmem.py faults PID                       minor and major page faults so far (/proc/PID/stat)
 
 Values are in kB as the kernel prints them (1 kB = 1024 bytes); the JSON also carries bytes.
 Standard library only.
@@ -106,6 +111,49 @@ def sample(args):
     return 0
 
 
+def read_mappings(pid):
+    """kB per mapped object: {name: {"Rss": .., "Anonymous": .., "Size": ..}}; [anon], [heap], [stack] as such."""
+    out = {}
+    name = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if not parts:
+                continue
+            if not parts[0].endswith(":") and "-" in parts[0]:
+                name = " ".join(parts[5:]) if len(parts) > 5 else "[anon]"
+                out.setdefault(name, {"Rss": 0, "Anonymous": 0, "Size": 0})
+            elif name is not None and parts[0][:-1] in ("Rss", "Anonymous", "Size"):
+                out[name][parts[0][:-1]] += int(parts[1])
+    return out
+
+
+def mappings(args):
+    try:
+        m = read_mappings(args.pid)
+    except OSError as e:
+        sys.exit(f"procmem: cannot read /proc/{args.pid}/smaps: {e}")
+    rows = sorted(m.items(), key=lambda kv: -kv[1]["Rss"])
+    total = {k: sum(v[k] for v in m.values()) for k in ("Rss", "Anonymous")}
+    print(f"    pid {args.pid}: {total['Rss']} kB resident, {total['Anonymous']} kB anonymous, "
+          f"{total['Rss'] - total['Anonymous']} kB file-backed")
+    for name, v in rows[: args.top]:
+        print(f"    {v['Rss']:8d} kB  (anonymous {v['Anonymous']:6d}, file {v['Rss'] - v['Anonymous']:6d})  {name}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"pid": args.pid, "total_kB": total, "mappings_kB": m}, f, indent=2)
+
+
+def faults(args):
+    try:
+        with open(f"/proc/{args.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError as e:
+        sys.exit(f"procmem: cannot read /proc/{args.pid}/stat: {e}")
+    # After the command name: field 3 is state; minflt is field 10, majflt field 12.
+    print(f"minflt {fields[7]} majflt {fields[9]}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -118,8 +166,14 @@ def main():
     p.add_argument("pid", type=int)
     p.add_argument("--out", required=True)
     p.add_argument("--interval", type=float, default=0.02)
+    p = sub.add_parser("mappings")
+    p.add_argument("pid", type=int)
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--out")
+    p = sub.add_parser("faults")
+    p.add_argument("pid", type=int)
     args = ap.parse_args()
-    return {"status": status, "reset-hwm": reset_hwm, "sample": sample}[args.what](args) or 0
+    return {"status": status, "reset-hwm": reset_hwm, "sample": sample, "mappings": mappings, "faults": faults}[args.what](args) or 0
 
 
 if __name__ == "__main__":

@@ -16,8 +16,15 @@ struct Doctor: ParsableCommand {
     @Option(help: "The agent's configuration file (default: \(AgentConfigFile.defaultPath)).")
     var configFile: String?
 
+    @Option(
+        help:
+            "The account the agent service runs as, whose rights the directory checks use when doctor runs as root (default: User= of the installed edgefleet-agent unit and its drop-ins)."
+    )
+    var user: String?
+
     func run() throws {
-        let findings = Self.findings(configFile: configFile ?? AgentConfigFile.defaultPath)
+        let serviceUser = user.map { ($0, "--user") } ?? ServiceUser.installedUnitUser().map { ($0.user, "User= in \($0.source)") }
+        let findings = Self.findings(configFile: configFile ?? AgentConfigFile.defaultPath, serviceUser: serviceUser)
         for finding in findings { print(finding) }
         let problems = findings.filter { $0.severity == .problem }.count
         let warnings = findings.filter { $0.severity == .warning }.count
@@ -25,7 +32,7 @@ struct Doctor: ParsableCommand {
         if problems > 0 { throw ExitCode(1) }
     }
 
-    static func findings(configFile path: String) -> [DoctorFinding] {
+    static func findings(configFile path: String, serviceUser: (name: String, source: String)? = nil) -> [DoctorFinding] {
         guard access(path, F_OK) == 0 else {
             return [
                 DoctorFinding(
@@ -67,10 +74,11 @@ struct Doctor: ParsableCommand {
         guard let controller = value("--controller"), let state = value("--state"), let models = value("--models") else {
             return findings
         }
-        let settings = DoctorSettings(
+        var settings = DoctorSettings(
             controllerURL: controller, stateDirectory: state, modelsDirectory: models, rootFile: value("--root"),
             tls: TLSOptions(caFile: value("--ca"), certFile: value("--cert"), keyFile: value("--key")),
             healthCommand: value("--health-command"))
+        settings.serviceUser = serviceUser
         return findings + AgentDoctor(settings: settings).check()
     }
 }

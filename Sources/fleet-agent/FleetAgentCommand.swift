@@ -147,13 +147,15 @@ struct Run: AsyncParsableCommand {
             logger.critical("agent cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(2)
         }
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(
+                service: AgentService(agent: agent, options: options, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup)
+        ]
+        // A daemon gives back, after start-up and after each install, the pages it no longer uses.
+        if !once { services.append(.init(service: IdlePageRelease(logger: logger), successTerminationBehavior: .ignore)) }
         let group = ServiceGroup(
             configuration: .init(
-                services: [
-                    .init(
-                        service: AgentService(agent: agent, options: options, logger: logger),
-                        successTerminationBehavior: .gracefullyShutdownGroup)
-                ],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         do {

@@ -2,11 +2,12 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 @testable import FleetAgent
 
 /// `fleet-agent doctor`'s checks with the device around them injected: the clock, the
 /// controller's answer, free space. Assertions are on finding codes, not on their wording.
-@Suite("Agent doctor")
+@Suite("Agent doctor", .ownThread)
 struct DoctorTests {
     /// A self-signed certificate valid from `notBefore` to `notAfter` (30 days).
     static let certificate = """
@@ -157,5 +158,66 @@ struct DoctorTests {
         #expect(doctor(Self.notAfter + 366 * 86400) == [.rootExpired])
         try "{".write(toFile: d.settings.stateDirectory + "/trust.json", atomically: true, encoding: .utf8)
         #expect(doctor(Self.notBefore) == [.rootInvalid])
+    }
+
+    /// Doctor as root for a service that runs as another account: the directories are probed with
+    /// that account's rights (root could write anywhere), and the finding says whose.
+    @Test func rootChecksTheDirectoriesAsTheServiceUser() throws {
+        var d = try device(); defer { d.cleanup() }
+        let now = Self.notBefore + 86400
+        d.settings.serviceUser = ("nobody", "--user")
+        d.settings.modelsDirectory = d.settings.stateDirectory + "/models"  // to be created under state
+        var env = environment(now: now)
+        guard geteuid() == 0 else {
+            // Not root: no switching; said plainly, with the service's account named.
+            env.lookupUser = { _ in ServiceUser(name: "nobody", uid: 65534, gid: 65534, groups: [65534]) }
+            let findings = AgentDoctor(settings: d.settings, environment: env).check()
+            #expect(findings.contains { $0.code == .checkedAsOtherUser && $0.severity == .warning })
+            return
+        }
+        let nobody = try #require(ServiceUser.lookup("nobody"))
+        #expect(chmod(d.dir, 0o755) == 0)
+        let asNobody = AgentDoctor(settings: d.settings, environment: env).check()
+        #expect(asNobody.contains { $0.code == .checkedAsServiceUser && $0.severity == .ok })
+        #expect(problems(asNobody) == [.stateNotWritable, .modelsNotWritable], "\(asNobody)")
+        // The same directories are writable for root itself: without a service user they pass.
+        var asRoot = d.settings
+        asRoot.serviceUser = nil
+        let mine = AgentDoctor(settings: asRoot, environment: env).check()
+        #expect(problems(mine).isEmpty && mine.contains { $0.code == .checkedAsDoctorUser }, "\(mine)")
+        // Given to the account, the state directory takes its files and the models one can be made.
+        #expect(chown(d.settings.stateDirectory, nobody.uid, nobody.gid) == 0)
+        let owned = AgentDoctor(settings: d.settings, environment: env).check()
+        #expect(problems(owned).isEmpty, "\(owned)")
+        #expect(Set(owned.map(\.code)).isSuperset(of: [.stateWritable, .modelsWritable]))
+        // The probe left nothing behind.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: d.settings.stateDirectory).isEmpty)
+    }
+
+    @Test func aServiceUserThatDoesNotExistOrCannotBeTakenOn() throws {
+        var d = try device(); defer { d.cleanup() }
+        var env = environment(now: Self.notBefore + 86400)
+        d.settings.serviceUser = ("edgefleet", "User= in /lib/systemd/system/edgefleet-agent.service")
+        env.lookupUser = { _ in nil }
+        #expect(problems(AgentDoctor(settings: d.settings, environment: env).check()) == [.serviceUserUnknown])
+        // Doctor as an ordinary user for a service that runs as another: checked as itself, warned.
+        env.lookupUser = { name in ServiceUser(name: name, uid: 998, gid: 998, groups: [998]) }
+        env.effectiveUID = geteuid() == 0 ? 1000 : geteuid()
+        let other = AgentDoctor(settings: d.settings, environment: env).check()
+        #expect(other.contains { $0.code == .checkedAsOtherUser && $0.severity == .warning })
+        // Doctor as the service's own account: no switch, no warning.
+        env.lookupUser = { name in ServiceUser(name: name, uid: geteuid(), gid: getegid(), groups: [getegid()]) }
+        env.effectiveUID = geteuid()
+        let same = AgentDoctor(settings: d.settings, environment: env).check()
+        #expect(same.contains { $0.code == .checkedAsServiceUser } && problems(same).isEmpty, "\(same)")
+    }
+
+    @Test func theUnitsUserWithItsDropIns() {
+        let unit = "[Unit]\nUser=not-this\n[Service]\nType=notify\nUser=edgefleet\nGroup=edgefleet\n"
+        #expect(ServiceUser.unitUser([unit]) == "edgefleet")
+        #expect(ServiceUser.unitUser([unit, "[Service]\nUser=edge-ops\n"]) == "edge-ops")
+        // An empty assignment resets it, as systemd does: the service then runs as root.
+        #expect(ServiceUser.unitUser([unit, "[Service]\nUser=\n"]) == nil)
+        #expect(ServiceUser.unitUser(["[Service]\nExecStart=/usr/bin/fleet-agent run\n"]) == nil)
     }
 }

@@ -48,7 +48,14 @@ depends() {
             [[ -n $p ]] && pkgs+="$p"$'\n'
         done
     done
-    printf '%s' "$pkgs" | sort -u | paste -sd, | sed 's/,/, /g'
+    # libc6 with the newest glibc the binaries need: their symbol versions, and 2.36 for packed
+    # relative relocations (GLIBC_ABI_DT_RELR, the agent as `make agent` links it).
+    local glibc
+    glibc=$(for b in "$@"; do
+        readelf -V "$b" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/^GLIBC_//'
+        if readelf -V "$b" | grep -q 'GLIBC_ABI_DT_RELR'; then echo 2.36; fi
+    done | sort -V | tail -n1)
+    printf '%s' "$pkgs" | sort -u | sed "s/^libc6\$/libc6 (>= ${glibc:-0})/" | paste -sd, | sed 's/,/, /g'
 }
 
 # A maintainer script from its template: name=value pairs replace @NAME@.

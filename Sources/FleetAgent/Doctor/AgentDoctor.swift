@@ -12,6 +12,9 @@ public struct DoctorSettings: Sendable {
     public var rootFile: String?
     public var tls: TLSOptions
     public var healthCommand: String?
+    /// The account the service runs as (the unit's `User=`, or doctor's --user) and where that
+    /// was read; nil: the directories are checked as the user doctor runs as.
+    public var serviceUser: (name: String, source: String)? = nil
 
     public init(
         controllerURL: String, stateDirectory: String, modelsDirectory: String, rootFile: String?, tls: TLSOptions, healthCommand: String?
@@ -32,6 +35,10 @@ public struct DoctorEnvironment: Sendable {
     public var freeBytes: @Sendable (String) -> Int64?
     /// Directories searched for a health command without a '/'.
     public var searchPath: [String]
+    /// The effective uid doctor runs with (root may check as the service's user).
+    public var effectiveUID: uid_t = geteuid()
+    /// Accounts by name (the user database).
+    public var lookupUser: @Sendable (String) -> ServiceUser? = { ServiceUser.lookup($0) }
 
     public init(
         now: @escaping @Sendable () -> Int64, get: @escaping @Sendable (String, TLSOptions) throws -> HTTPResponse,
@@ -76,8 +83,12 @@ public struct AgentDoctor: Sendable {
         findings += checkCertificates()
         findings += checkController()
         findings += checkDisk()
-        findings.append(checkWritable(settings.stateDirectory, ok: .stateWritable, bad: .stateNotWritable, what: "state directory"))
-        findings.append(checkWritable(settings.modelsDirectory, ok: .modelsWritable, bad: .modelsNotWritable, what: "models directory"))
+        let (account, who) = checkingAccount()
+        findings.append(who)
+        findings.append(
+            checkWritable(settings.stateDirectory, ok: .stateWritable, bad: .stateNotWritable, what: "state directory", as: account))
+        findings.append(
+            checkWritable(settings.modelsDirectory, ok: .modelsWritable, bad: .modelsNotWritable, what: "models directory", as: account))
         findings.append(checkHealthCommand())
         return findings
     }
@@ -285,27 +296,92 @@ public struct AgentDoctor: Sendable {
 
     // MARK: files
 
-    /// A directory the agent writes must exist and take a new file, or be creatable.
-    func checkWritable(_ dir: String, ok: DoctorFinding.Code, bad: DoctorFinding.Code, what: String) -> DoctorFinding {
+    /// Whom the directory checks run as, and the finding that says so: the service's account when
+    /// doctor runs as it or as root (root switches to it for the probes), else doctor's own user,
+    /// with a warning when that is not the service's.
+    func checkingAccount() -> (ServiceUser?, DoctorFinding) {
+        let me = environment.effectiveUID
+        let myName = ServiceUser.name(of: me)
+        guard let (name, source) = settings.serviceUser else {
+            return (
+                nil,
+                DoctorFinding(
+                    .checkedAsDoctorUser, .ok,
+                    "directories checked as \(myName) (uid \(me)), the user doctor runs as: no service user is known (no User= in the unit, no --user)"
+                )
+            )
+        }
+        guard let account = environment.lookupUser(name) else {
+            return (
+                nil,
+                DoctorFinding(
+                    .serviceUserUnknown, .problem, "the service user \(name) (\(source)) does not exist; directories checked as \(myName)",
+                    fix:
+                        "create the account (the package's postinst makes `edgefleet`), or correct User= with `systemctl edit edgefleet-agent`"
+                )
+            )
+        }
+        if account.uid == me {
+            return (
+                nil, DoctorFinding(.checkedAsServiceUser, .ok, "directories checked as the service user \(name) (uid \(me), \(source))")
+            )
+        }
+        if me == 0 {
+            return (
+                account,
+                DoctorFinding(
+                    .checkedAsServiceUser, .ok,
+                    "directories checked as the service user \(name) (uid \(account.uid), \(source)), not as root")
+            )
+        }
+        return (
+            nil,
+            DoctorFinding(
+                .checkedAsOtherUser, .warning,
+                "the service runs as \(name) (\(source)) but directories were checked as \(myName) (uid \(me))",
+                fix: "run doctor as root (sudo fleet-agent doctor) to check them as \(name)")
+        )
+    }
+
+    /// A directory the agent writes must exist and take a new file, or be creatable; checked as
+    /// `account` when one is given (see `checkingAccount`).
+    func checkWritable(_ dir: String, ok: DoctorFinding.Code, bad: DoctorFinding.Code, what: String, as account: ServiceUser? = nil)
+        -> DoctorFinding
+    {
         let fix = "create \(dir) owned by the agent's user (the package uses /var/lib/edgefleet), and list it in the unit's ReadWritePaths"
+        let by = account.map { " by \($0.name)" } ?? ""
+        func failure(_ code: Int32) -> String {
+            code == ServiceUser.switchFailed ? "doctor could not act as \(account?.name ?? "")" : String(cString: strerror(code))
+        }
         if FS.exists(dir) {
             guard FS.isDirectoryNoFollow(dir) else {
                 return DoctorFinding(bad, .problem, "the \(what) \(dir) is not a directory", fix: fix)
             }
             let probe = dir + "/.doctor-\(getpid())"
-            let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-            guard fd >= 0 else {
-                return DoctorFinding(bad, .problem, "the \(what) \(dir) is not writable: \(String(cString: strerror(errno)))", fix: fix)
+            let result: Int32
+            if let account {
+                result = account.probeWrite(create: probe, directory: dir)
+            } else {
+                let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+                result = fd >= 0 ? 0 : errno
+                if fd >= 0 {
+                    close(fd)
+                    unlink(probe)
+                }
             }
-            close(fd)
-            unlink(probe)
-            return DoctorFinding(ok, .ok, "the \(what) \(dir) is writable")
+            guard result == 0 else {
+                return DoctorFinding(bad, .problem, "the \(what) \(dir) is not writable\(by): \(failure(result))", fix: fix)
+            }
+            return DoctorFinding(ok, .ok, "the \(what) \(dir) is writable\(by)")
         }
         let parent = Self.existingAncestor(dir)
-        guard FS.isDirectoryNoFollow(parent), access(parent, W_OK) == 0 else {
-            return DoctorFinding(bad, .problem, "the \(what) \(dir) does not exist and cannot be created under \(parent)", fix: fix)
+        let writable =
+            FS.isDirectoryNoFollow(parent)
+            && (account.map { $0.probeWrite(create: nil, directory: parent) == 0 } ?? (access(parent, W_OK) == 0))
+        guard writable else {
+            return DoctorFinding(bad, .problem, "the \(what) \(dir) does not exist and cannot be created\(by) under \(parent)", fix: fix)
         }
-        return DoctorFinding(ok, .ok, "the \(what) \(dir) will be created")
+        return DoctorFinding(ok, .ok, "the \(what) \(dir) will be created\(by)")
     }
 
     func checkHealthCommand() -> DoctorFinding {

@@ -22,6 +22,8 @@ public struct DoctorFinding: Equatable, Sendable, CustomStringConvertible {
         case diskOK = "disk-ok", diskSpaceLow = "disk-space-low", diskUnknown = "disk-unknown"
         case stateWritable = "state-writable", stateNotWritable = "state-not-writable"
         case modelsWritable = "models-writable", modelsNotWritable = "models-not-writable"
+        case checkedAsServiceUser = "checked-as-service-user", checkedAsDoctorUser = "checked-as-doctor-user"
+        case checkedAsOtherUser = "checked-as-other-user", serviceUserUnknown = "service-user-unknown"
         case healthCommandFound = "health-command-found", healthCommandMissing = "health-command-missing"
         case healthCommandNone = "health-command-none"
     }
