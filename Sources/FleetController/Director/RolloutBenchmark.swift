@@ -100,8 +100,8 @@ public enum RolloutBenchmark {
             if inCohort {
                 cohort += 1
                 let roll = rng.next() % 1000
-                let kind = roll < 985 ? "committed" : (roll < 995 ? "failed" : "rolled-back")
-                eventRows.append([id, seq, now, kind, "m", nil as String?, "m@2", nil as String?, now])
+                let kind: EventKind = roll < 985 ? .committed : (roll < 995 ? .failed : .rolledBack)
+                eventRows.append([id, seq, now, kind.rawValue, "m", nil as String?, "m@2", nil as String?, now])
                 seq += 1
                 events += 1
             }
@@ -118,7 +118,7 @@ public enum RolloutBenchmark {
         try await store.insertRows(
             table: "devices", columns: ["id", "facts", "hardware_class", "tier", "first_seen", "last_seen", "agent_labels"],
             constants: [
-                "installed": "'{}'", "status": "'committed'", "held": "'{}'", "agent_version": "'bench'",
+                "installed": "'{}'", "status": SQLVocabulary.literal(DeviceStatus.committed), "held": "'{}'", "agent_version": "'bench'",
                 "arch": "'x86_64'"
             ],
             rows: deviceRows)
