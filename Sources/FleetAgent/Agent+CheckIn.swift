@@ -41,7 +41,7 @@ extension Agent {
         // sees what it runs. (Other devices' check-ins stay as they were.)
         let agentModel = ReleaseKind.agentModel
         if let agentSha256, options.selfUpdate,
-            memory.held[agentModel] != nil || installer.journal.installs[agentModel] != nil || installer.agentBinaries.committed() != nil
+            memory.held[agentModel] != nil || installer.records.installs[agentModel] != nil || installer.agentBinaries.committed() != nil
         {
             installed[agentModel] = agentSha256
         }
@@ -53,10 +53,10 @@ extension Agent {
             else { continue }
             holds[model] = HeldMetadata(catalog: h.catalog.payloadDigest, counter: a.counter)
         }
-        let fullOnly = installer.journal.deltaFailed.keys.sorted()
+        let fullOnly = installer.records.deltaFailed.keys.sorted()
         var request = CheckInRequest(
             facts: sendFacts ? facts : nil, installed: installed, agentVersion: sendFacts ? Self.version : nil,
-            phase: installer.journal.installs.values.first { !$0.phase.isTerminal }?.phase.rawValue,
+            phase: installer.records.installs.values.first { !$0.phase.isTerminal }?.phase.rawValue,
             fullPackages: fullOnly.isEmpty ? nil : fullOnly, factsDigest: sendFacts ? nil : facts.digest,
             holds: holds.isEmpty ? nil : holds, rootVersion: trust.root.version,
             timestampVersion: trust.timestampVersion)
@@ -179,9 +179,10 @@ extension Agent {
 
     func reject(model: String?, _ e: TrustError) {
         logger.error("update rejected", metadata: ["model": "\(model ?? "none")", "fault": "\(e.fault.rawValue)", "error": "\(e.message)"])
-        installer.outbox.append(kind: "rejected", time: Clock.wall(), model: model, detail: "\(e.fault.rawValue): \(e.message)")
-        do { try state.save("outbox.json", installer.outbox) } catch {
-            logger.warning("outbox not saved", metadata: ["error": "\(error)"])
+        do {
+            try installer.records.report(.rejected, time: Clock.wall(), model: model, detail: "\(e.fault.rawValue): \(e.message)")
+        } catch {
+            logger.warning("rejection not recorded in the outbox", metadata: ["error": "\(error)"])
         }
     }
 

@@ -136,13 +136,12 @@ public final class Agent: @unchecked Sendable {
         let http = HTTPClient()
         http.userAgent = "edgefleet-agent/\(Self.version)"
         http.tls = options.tls
+        let records = try AgentRecords(state: state, logger: logger)
         installer = Installer(
             slots: slots, state: state, http: http,
             health: HealthCheck(command: options.healthCommand, timeoutSeconds: options.healthTimeoutSeconds),
             controllerURL: options.controllerURL, rateLimit: options.rateLimitBytesPerSecond, logger: logger,
-            shouldStop: { stop.isSet },
-            journal: try state.load("journal.json", as: Journal.self) ?? Journal(),
-            outbox: try state.load("outbox.json", as: Outbox.self) ?? Outbox())
+            shouldStop: { stop.isSet }, records: records)
         installer.applyDelta = { base, patch, output, expected in
             // The decoder checks the base hash first and the target hash last; the target it makes
             // must also be the one the release signed.
@@ -185,7 +184,7 @@ public final class Agent: @unchecked Sendable {
         var models: [String: LocalStatus.Model] = [:]
         for (model, sha) in slots.installed() {
             models[model] = .init(
-                sha256: sha, release: installer.journal.releaseOf?[sha], path: "\(options.modelsDirectory)/\(model)/current")
+                sha256: sha, release: installer.records.release(ofArtifact: sha), path: "\(options.modelsDirectory)/\(model)/current")
         }
         let s = LocalStatus(
             deviceId: deviceId, agentVersion: Self.version, agentSha256: agentSha256, models: models,
@@ -201,13 +200,13 @@ public final class Agent: @unchecked Sendable {
         guard !windows.isEmpty else { return }
         for (model, m) in windows.sorted(by: { $0.key < $1.key }) {
             let sha = slots.current(model)
-            guard let detail = try? FleetJSON.encode(m) else { continue }
-            installer.outbox.append(
-                kind: "metrics", time: Clock.wall(), model: model, sha256: sha,
-                release: sha.flatMap { installer.journal.releaseOf?[$0] }, detail: String(decoding: detail, as: UTF8.self))
-        }
-        do { try state.save("outbox.json", installer.outbox) } catch {
-            logger.warning("runtime metrics not saved", metadata: ["error": "\(error)"])
+            do {
+                try installer.records.report(
+                    .metrics, time: Clock.wall(), model: model, sha256: sha, release: sha.flatMap(installer.records.release(ofArtifact:)),
+                    metrics: m)
+            } catch {
+                logger.warning("runtime metrics not saved", metadata: ["model": "\(model)", "error": "\(error)"])
+            }
         }
     }
 
@@ -257,7 +256,7 @@ public final class Agent: @unchecked Sendable {
         do {
             // After a start, every model's journal gets its recovery (clean-up included); later,
             // only installs a cut connection left unfinished.
-            for (model, s) in installer.journal.installs.sorted(by: { $0.key < $1.key }) where !recovered || !s.phase.isTerminal {
+            for (model, s) in installer.records.installs.sorted(by: { $0.key < $1.key }) where !recovered || !s.phase.isTerminal {
                 _ =
                     recovered
                     ? try installer.resume(model: model) : try installer.recoverAgentAfterStart(model: model, limit: options.maxRestarts)
@@ -322,18 +321,17 @@ public final class Agent: @unchecked Sendable {
         if running == a.sha256 { return true }
         // A failed assignment is tried again only when its retry time has come and its caps allow;
         // an operator's retry or a newer release comes as a new assignment (a higher counter).
-        if let r = installer.journal.retries?[a.model], !r.allows(counter: a.counter, now: Clock.wall()) { return true }
-        if installer.journal.failedCounters[a.model] == a.counter { return true }
+        let records = installer.records
+        if let r = records.retry(a.model), !r.allows(counter: a.counter, now: Clock.wall()) { return true }
+        if records.failedCounter(a.model) == a.counter { return true }
         if a.package.kind == PackageRef.delta, isAgent || a.package.baseSha256 != slots.current(a.model) {
-            installer.outbox.append(
-                kind: "rejected", time: Clock.wall(), model: a.model, sha256: a.sha256,
+            try records.recordDeltaFailed(model: a.model, target: a.sha256)
+            try records.report(
+                .rejected, time: Clock.wall(), model: a.model, sha256: a.sha256,
                 detail: "delta base \(a.package.baseSha256?.prefix(12) ?? "none") is not the installed model")
-            installer.journal.deltaFailed[a.model] = a.sha256
-            try state.save("journal.json", installer.journal)
-            try state.save("outbox.json", installer.outbox)
             return true
         }
-        if var s = installer.journal.installs[a.model], !s.phase.isTerminal {
+        if var s = records.installs[a.model], !s.phase.isTerminal {
             if s.job?.sha256 == a.sha256 {
                 // Resumed above; paused again. A staged job waiting for its window takes the newer
                 // assignment's windows (the controller renews them as they pass).
@@ -341,15 +339,14 @@ public final class Agent: @unchecked Sendable {
                     job.activation = a.activation
                     job.counter = a.counter
                     s.job = job
-                    installer.journal.installs[a.model] = s
-                    try state.save("journal.json", installer.journal)
+                    try records.recordInstall(model: a.model, s)
                     _ = try installer.resume(model: a.model)
                 }
                 return true
             }
             // A newer assignment replaces an unfinished download; the live model was not touched.
             guard !s.phase.touchesLiveModel else { return true }
-            installer.journal.installs[a.model] = .idle
+            records.noteSuperseded(model: a.model)
             if let old = s.job { unlink(state.downloadPath(old.sha256)) }
         }
         let job = InstallJob(
@@ -371,8 +368,7 @@ public final class Agent: @unchecked Sendable {
                 let ack = try installer.http.json(
                     "POST", "\(options.controllerURL)/v1/devices/\(deviceId)/events",
                     body: EventBatch(events: batch, droppedEvents: installer.outbox.dropped), as: EventAck.self)
-                installer.outbox.acknowledge(through: ack.ackedThrough)
-                try state.save("outbox.json", installer.outbox)
+                try installer.records.acknowledge(through: ack.ackedThrough)
                 if ack.ackedThrough < batch.last!.seq { break }
             } catch {
                 logger.debug("events not sent; kept for later", metadata: ["error": "\(error)"])

@@ -1,7 +1,8 @@
 import FleetCore
 
 /// The agent's state folder: identity, pinned trust, install journal, telemetry outbox, partial
-/// downloads. Every file is replaced atomically.
+/// downloads. Every file is replaced atomically, except the outbox, which is appended to
+/// (`OutboxFile`); the journal and the outbox are changed through `AgentRecords` alone.
 struct AgentState {
     let root: String
     var downloads: String { root + "/downloads" }
@@ -41,28 +42,46 @@ struct Journal: Codable, Equatable {
     var deltaFailed: [String: String] = [:]
     /// The release each installed artifact (by sha256) came with, so runtime metrics name it.
     var releaseOf: [String: String]? = nil
+    /// No status event had a seq at or above this when the outbox file was last compacted: where
+    /// numbering goes on if the file's header cannot be read.
+    var eventSeqFloor: UInt64? = nil
 }
 
 /// The link measurement the agent reports as its downlink.
 struct LinkStats: Codable, Equatable { var mbps: Double; var bytes: Int64 }
 
-/// Status events waiting to be acknowledged by the controller. Bounded: when it is full the
-/// oldest events are dropped and counted.
+/// Status events waiting to be acknowledged by the controller, in memory (`OutboxFile` keeps
+/// them on disk). Bounded: when it is full the oldest events are dropped and counted.
 struct Outbox: Codable, Equatable {
     var nextSeq: UInt64 = 1
     var pending: [StatusEvent] = []
     var dropped: UInt64 = 0
     static let capacity = 1000
 
+    /// A new event with the next seq; `detail` is cut to 1000 characters.
+    func event(
+        kind: EventKind, time: Int64, model: String? = nil, sha256: String? = nil, release: String? = nil, detail: String? = nil,
+        fault: InstallFault? = nil, retryAt: Int64? = nil, metrics: RuntimeMetrics? = nil
+    ) -> StatusEvent {
+        StatusEvent(
+            seq: nextSeq, time: time, kind: kind, model: model, sha256: sha256, release: release,
+            detail: detail.map { String($0.prefix(1000)) }, fault: fault?.rawValue, retryAt: retryAt, metrics: metrics)
+    }
+
     mutating func append(
-        kind: String, time: Int64, model: String? = nil, sha256: String? = nil, release: String? = nil, detail: String? = nil,
-        fault: InstallFault? = nil, retryAt: Int64? = nil
+        kind: EventKind, time: Int64, model: String? = nil, sha256: String? = nil, release: String? = nil, detail: String? = nil,
+        fault: InstallFault? = nil, retryAt: Int64? = nil, metrics: RuntimeMetrics? = nil
     ) {
-        pending.append(
-            StatusEvent(
-                seq: nextSeq, time: time, kind: kind, model: model, sha256: sha256, release: release,
-                detail: detail.map { String($0.prefix(1000)) }, fault: fault?.rawValue, retryAt: retryAt))
-        nextSeq += 1
+        append(
+            event(
+                kind: kind, time: time, model: model, sha256: sha256, release: release, detail: detail, fault: fault, retryAt: retryAt,
+                metrics: metrics))
+    }
+
+    /// Adds an event numbered already (a new one from `event`, or one replayed from the file).
+    mutating func append(_ e: StatusEvent) {
+        pending.append(e)
+        nextSeq = max(nextSeq, e.seq + 1)
         if pending.count > Self.capacity {
             dropped += UInt64(pending.count - Self.capacity)
             pending.removeFirst(pending.count - Self.capacity)

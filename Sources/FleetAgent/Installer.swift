@@ -19,8 +19,10 @@ final class Installer {
     let rateLimit: Int64?
     let logger: Logger
     let shouldStop: @Sendable () -> Bool
-    var journal: Journal
-    var outbox: Outbox
+    /// The journal and the outbox, changed only through their owner.
+    let records: AgentRecords
+    var journal: Journal { records.journal }
+    var outbox: Outbox { records.outbox }
     /// Measured on the last download big enough to say something about the link.
     var link: LinkStats?
     /// Applies a delta package: (base file, patch file, output file, expected target sha256).
@@ -46,10 +48,10 @@ final class Installer {
 
     init(
         slots: ModelSlots, state: AgentState, http: HTTPClient, health: HealthCheck, controllerURL: String, rateLimit: Int64?,
-        logger: Logger, shouldStop: @escaping @Sendable () -> Bool, journal: Journal, outbox: Outbox
+        logger: Logger, shouldStop: @escaping @Sendable () -> Bool, records: AgentRecords
     ) {
         self.slots = slots; self.state = state; self.http = http; self.health = health; self.controllerURL = controllerURL
-        self.rateLimit = rateLimit; self.logger = logger; self.shouldStop = shouldStop; self.journal = journal; self.outbox = outbox
+        self.rateLimit = rateLimit; self.logger = logger; self.shouldStop = shouldStop; self.records = records
         agentLauncher = AgentLauncher(stateDirectory: state.root, logger: logger)
     }
 
@@ -58,15 +60,14 @@ final class Installer {
     /// Starts a new job for a model.
     func start(_ job: InstallJob) throws -> Outcome {
         attemptBytes = 0
-        let current = journal.installs[job.model] ?? .idle
-        let (next, actions) = try InstallStateMachine.transition(current, .start(job))
+        let (next, actions) = try InstallStateMachine.transition(records.install(job.model), .start(job))
         try record(job.model, next)
         return try drive(model: job.model, actions: actions)
     }
 
     /// Continues a job a crash or a cut connection interrupted.
     func resume(model: String) throws -> Outcome {
-        let s = journal.installs[model] ?? .idle
+        let s = records.install(model)
         let actions = InstallStateMachine.recoveryActions(s)
         if actions.isEmpty { return .finished(s.phase) }
         if !s.phase.isTerminal { logger.info("resuming install", metadata: ["model": "\(model)", "phase": "\(s.phase.rawValue)"]) }
@@ -77,7 +78,7 @@ final class Installer {
     /// acting, so that a phase the agent keeps dying in ends after `limit` restarts (a crash loop)
     /// instead of being retried forever; the clean-up of a finished job runs again.
     func recoverAfterStart(model: String, limit: Int) throws -> Outcome {
-        let s = journal.installs[model] ?? .idle
+        let s = records.install(model)
         guard !s.phase.isTerminal else { return try resume(model: model) }
         let (next, actions) = try InstallStateMachine.transition(s, .restarted(limit: limit))
         if next.fault == .crashLoop {
@@ -92,48 +93,31 @@ final class Installer {
                 ])
         }
         // Journaled without the crash hook: the hook fires on the step's own first journal entry.
-        journal.installs[model] = next
-        noteGivingUp(model, next)
-        try state.save("journal.json", journal)
+        try records.recordInstall(model: model, next)
         return try drive(model: model, actions: actions)
     }
 
     private func record(_ model: String, _ s: InstallState) throws {
-        journal.installs[model] = s
-        noteGivingUp(model, s)
-        try state.save("journal.json", journal)
+        try records.recordInstall(model: model, s)
         crash(at: "journal:\(s.phase.rawValue)")
-    }
-
-    /// A job that ended for good (rolled back, or failed with no retry planned) is never started
-    /// again for the same assignment.
-    private func noteGivingUp(_ model: String, _ s: InstallState) {
-        guard let job = s.job, s.phase == .rolledBack || (s.phase == .failed && s.retryAt == nil) else { return }
-        var r =
-            journal.retries?[model].flatMap { $0.counter == job.counter ? $0 : nil }
-            ?? RetryRecord(counter: job.counter, sha256: job.sha256, attempts: 1)
-        r.gaveUp = true
-        r.nextAttemptAt = nil
-        r.lastFault = r.lastFault ?? s.fault
-        journal.retries = (journal.retries ?? [:]).merging([model: r]) { $1 }
     }
 
     /// Turns a failed step into a retry at a later time or a final failure, by the tier's policy.
     private func decideRetry(_ job: InstallJob, why: String, fault: InstallFault) -> InstallEvent {
         let now = Clock.wall()
-        if job.isDelta, journal.deltaFailed[job.model] == job.sha256 {
+        if job.isDelta, records.deltaFailed[job.model] == job.sha256 {
             // This delta assignment is done with; the next check-in asks for the whole artifact:
             // another assignment (a higher counter), with retries of its own.
             var r = RetryRecord(
                 counter: job.counter, sha256: job.sha256, attempts: 1, bytesSpent: attemptBytes, lastFault: fault, gaveUp: true)
-            if let old = journal.retries?[job.model], old.counter == job.counter { r.attempts = old.attempts + 1 }
-            journal.retries = (journal.retries ?? [:]).merging([job.model: r]) { $1 }
+            if let old = records.retry(job.model), old.counter == job.counter { r.attempts = old.attempts + 1 }
+            records.noteAttempt(model: job.model, r)
             return .failed(why + "; asking for the full artifact", fault: fault, retryAt: now)
         }
         let (r, decision) = RetryLedger.afterFailure(
-            journal.retries?[job.model], counter: job.counter, sha256: job.sha256, fault: fault,
+            records.retry(job.model), counter: job.counter, sha256: job.sha256, fault: fault,
             bytes: attemptBytes, policy: retryPolicy, now: now, jitter: Double.random(in: 0.5...1))
-        journal.retries = (journal.retries ?? [:]).merging([job.model: r]) { $1 }
+        records.noteAttempt(model: job.model, r)
         let p = retryPolicy.clamped()
         switch decision {
         case .retryAt(let t):
@@ -168,7 +152,7 @@ final class Installer {
 
     /// Journals the state `event` leads to and performs its actions.
     func apply(model: String, _ event: InstallEvent) throws -> Outcome {
-        let (next, actions) = try InstallStateMachine.transition(journal.installs[model] ?? .idle, event)
+        let (next, actions) = try InstallStateMachine.transition(records.install(model), event)
         try record(model, next)
         return try drive(model: model, actions: actions)
     }
@@ -183,15 +167,15 @@ final class Installer {
             case .none: continue
             case .pause(let why): return .paused(why)
             case .event(var event):
-                if case .failed(let why, let fault, nil) = event, let job = journal.installs[model]?.job {
+                if case .failed(let why, let fault, nil) = event, let job = records.install(model).job {
                     event = decideRetry(job, why: why, fault: fault ?? .writeFailed)
                 }
-                let (next, more) = try InstallStateMachine.transition(journal.installs[model] ?? .idle, event)
+                let (next, more) = try InstallStateMachine.transition(records.install(model), event)
                 try record(model, next)
                 queue = more + queue
             }
         }
-        return .finished(journal.installs[model]?.phase ?? .idle)
+        return .finished(records.install(model).phase)
     }
 
     enum StepResult { case none, event(InstallEvent), pause(String) }
@@ -213,19 +197,15 @@ final class Installer {
     private func perform(_ action: InstallAction) throws -> StepResult {
         switch action {
         case .report(let r):
-            outbox.append(
-                kind: r.kind, time: Clock.wall(), model: r.model, sha256: r.sha256, release: r.release, detail: r.detail,
-                fault: r.fault, retryAt: r.retryAt)
-            try state.save("outbox.json", outbox)
-            if r.kind == "committed" {
+            try records.report(
+                r.kind, time: Clock.wall(), model: r.model, sha256: r.sha256, release: r.release, detail: r.detail, fault: r.fault,
+                retryAt: r.retryAt)
+            if r.kind == .committed {
                 // Runtime metrics name the release of what runs; entries of removed slots go.
                 let models = Set(slots.installed().keys).union([r.model])
-                var known = (journal.releaseOf ?? [:]).filter { entry in
-                    models.contains { FS.isDirectoryNoFollow(slots.slotPath($0, entry.key)) }
+                try records.recordCommitted(model: r.model, sha256: r.sha256, release: r.release) { sha in
+                    models.contains { FS.isDirectoryNoFollow(slots.slotPath($0, sha)) }
                 }
-                known[r.sha256] = r.release
-                journal.releaseOf = known
-                try state.save("journal.json", journal)
             }
             logger.info(
                 "install \(r.kind)", metadata: ["model": "\(r.model)", "sha256": "\(r.sha256.prefix(12))", "detail": "\(r.detail ?? "")"])
@@ -252,7 +232,7 @@ final class Installer {
                 try measure(job)
                 return .event(.staged)
             } catch let e as DeltaApplyError {
-                journal.deltaFailed[job.model] = job.sha256
+                records.noteDeltaFailed(model: job.model, target: job.sha256)
                 return .event(.failed("delta could not be applied: \(e.message)", fault: .deltaFailed))
             } catch let e as AgentIOError where e.code == .noSpace {
                 return .event(.failed("staging failed: \(e)", fault: .noSpace))
@@ -296,7 +276,7 @@ final class Installer {
         case .commit(let job):
             slots.prune(model: job.model, keep: Set([job.sha256] + (job.previousSha256.map { [$0] } ?? [])))
             unlink(state.downloadPath(job.downloadSha256))
-            journal.deltaFailed[job.model] = nil
+            records.clearDeltaFailed(model: job.model)
             return .none
         case .rollback(let job):
             try slots.point(model: job.model, at: job.previousSha256)
@@ -314,12 +294,12 @@ final class Installer {
         guard let windows = job.activation else { return nil }
         let now = Clock.wall()
         guard !MaintenanceWindow.allows(windows, at: now) else { return nil }
-        guard var s = journal.installs[job.model], s.phase == .staged else { return nil }
+        var s = records.install(job.model)
+        guard s.phase == .staged else { return nil }
         let next = windows.filter { $0.end > now }.map(\.start).min()
         if s.awaitingWindow != true {
             s.awaitingWindow = true
-            journal.installs[job.model] = s
-            try state.save("journal.json", journal)
+            try records.recordInstall(model: job.model, s)
             logger.info(
                 "staged; waiting for the maintenance window",
                 metadata: [
@@ -342,9 +322,7 @@ final class Installer {
         switch outcome {
         case .measured(let report):
             let detail = String(decoding: try FleetJSON.encode(report), as: UTF8.self)
-            outbox.append(
-                kind: EventKind.benchmark.rawValue, time: Clock.wall(), model: job.model, sha256: job.sha256, release: job.release,
-                detail: detail)
+            try records.report(.benchmark, time: Clock.wall(), model: job.model, sha256: job.sha256, release: job.release, detail: detail)
             logger.info(
                 "benchmark",
                 metadata: [
@@ -352,12 +330,10 @@ final class Installer {
                     "joules_per_inference": "\(report.joulesPerInference.map { "\($0)" } ?? report.energyUnavailable ?? "-")"
                 ])
         case .failed(let why):
-            outbox.append(
-                kind: EventKind.benchmarkFailed.rawValue, time: Clock.wall(), model: job.model, sha256: job.sha256, release: job.release,
-                detail: why)
+            try records.report(
+                .benchmarkFailed, time: Clock.wall(), model: job.model, sha256: job.sha256, release: job.release, detail: why)
             logger.warning("benchmark failed", metadata: ["model": "\(job.model)", "error": "\(why)"])
         }
-        try state.save("outbox.json", outbox)
     }
 
     private func download(_ job: InstallJob) -> StepResult {
@@ -423,7 +399,7 @@ final class Installer {
             guard length == job.downloadSize, sha == job.downloadSha256 else {
                 unlink(path)
                 // A bad delta package: the next check-in asks for the whole artifact instead.
-                if job.isDelta { journal.deltaFailed[job.model] = job.sha256 }
+                if job.isDelta { records.noteDeltaFailed(model: job.model, target: job.sha256) }
                 return .event(
                     length != job.downloadSize
                         ? .failed("length \(length) differs from the signed \(job.downloadSize)", fault: .lengthMismatch)

@@ -98,7 +98,7 @@ extension DevicesCommand {
             if global.json { return events.map { String(decoding: (try? FleetJSON.encode($0)) ?? Data(), as: UTF8.self) + "\n" }.joined() }
             let rows = events.map { e in
                 [
-                    timeText(e.time), "\(e.seq)", e.kind, e.model ?? "-", e.release ?? "-", e.fault ?? "-",
+                    timeText(e.time), "\(e.seq)", e.kind.rawValue, e.model ?? "-", e.release ?? "-", e.fault ?? "-",
                     (e.retryAt.map { "retry at \(timeText($0)); " } ?? "") + (e.detail ?? "")
                 ]
             }

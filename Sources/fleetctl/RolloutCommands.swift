@@ -116,7 +116,7 @@ struct RolloutCommand: ParsableCommand {
                 let s = try calling { try api.get("/v1/rollouts/\(id)", as: RolloutStatus.self) }
                 if watch && !global.json { print("\u{1B}[2J\u{1B}[H", terminator: "") }
                 try global.emit(s) { render(s) }
-                if !watch || s.rollout.state != "active" { break }
+                if !watch || s.rollout.state != RolloutState.active.rawValue { break }
                 usleep(UInt32(interval * 1_000_000))
             } while true
         }

@@ -124,7 +124,7 @@ struct AgentFilesTests {
 
     @Test func outboxNumbersEventsAndDropsTheOldestWhenFull() {
         var box = Outbox()
-        for i in 0..<(Outbox.capacity + 5) { box.append(kind: "k\(i)", time: Int64(i)) }
+        for i in 0..<(Outbox.capacity + 5) { box.append(kind: .other("k\(i)"), time: Int64(i)) }
         #expect(box.pending.count == Outbox.capacity)
         #expect(box.dropped == 5)
         #expect(box.pending.first?.seq == 6)

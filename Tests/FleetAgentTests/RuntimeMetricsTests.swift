@@ -216,12 +216,13 @@ struct RuntimeMetricsTests {
             logger: .init(label: "test"))
         try agent.runtime.record(InferenceReport(model: "minilm", latenciesMs: [5, 7, 9]))
         #expect(!agent.cycle().ok)
-        let outbox = try #require(FileManager.default.contents(atPath: dir + "/state/outbox.json"))
-        let saved = try JSONDecoder().decode(Outbox.self, from: outbox)
+        // Read back from the file as the next start would.
+        let saved = try OutboxFile.open(dir + "/state/" + OutboxFile.name).outbox
         let event = try #require(saved.pending.last)
         #expect(event.kind == "metrics")
         #expect(event.model == "minilm")
-        let m = try JSONDecoder().decode(RuntimeMetrics.self, from: Data((event.detail ?? "").utf8))
+        let m = try #require(event.metrics)
+        #expect(event.detail == nil)
         #expect(m.latencyP50Ms == 7)
         #expect(m.requests == 3)
     }

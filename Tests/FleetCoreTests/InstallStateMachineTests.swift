@@ -8,7 +8,7 @@ import Testing
         url: "https://cdn.example/a/x", counter: 7, previousSha256: Fixture.fp16.sha256)
     private var job: InstallJob { Self.job }
 
-    private func report(_ kind: String, _ detail: String? = nil) -> InstallAction {
+    private func report(_ kind: EventKind, _ detail: String? = nil) -> InstallAction {
         .report(InstallReport(kind: kind, job: job, detail: detail))
     }
 

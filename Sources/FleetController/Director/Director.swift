@@ -268,7 +268,7 @@ actor Director {
         let failed = Set(try await store.failures(deviceId: deviceId).map { "\($0.model)\u{0}\($0.release)" })
         let record = DeviceRecord(
             id: deviceId, facts: facts, hardwareClass: hw?.name, tier: tier?.name, installed: request.installed,
-            phase: request.phase, status: existing?.status ?? "idle", statusDetail: existing?.statusDetail, held: [:],
+            phase: request.phase, status: existing?.status ?? DeviceStatus.idle.rawValue, statusDetail: existing?.statusDetail, held: [:],
             firstSeen: existing?.firstSeen ?? now, lastSeen: now, agentVersion: request.agentVersion ?? existing?.agentVersion,
             enrolledLabels: existing?.enrolledLabels ?? [:], operatorLabels: existing?.operatorLabels ?? [:])
         // Per model, the newest rollout in force that picks this device; none: it keeps what it runs.

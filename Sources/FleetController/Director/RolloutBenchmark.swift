@@ -100,8 +100,9 @@ public enum RolloutBenchmark {
             if inCohort {
                 cohort += 1
                 let roll = rng.next() % 1000
-                let kind = roll < 985 ? "committed" : (roll < 995 ? "failed" : "rolled-back")
-                eventRows.append([id, seq, now, kind, "m", nil as String?, "m@2", nil as String?, now])
+                let kind: EventKind = roll < 985 ? .committed : (roll < 995 ? .failed : .rolledBack)
+                eventRows.append(
+                    [id, seq, now, kind.rawValue, "m", nil as String?, "m@2", nil as String?, now] + RuntimeMetricsColumns.values(nil))
                 seq += 1
                 events += 1
             }
@@ -109,16 +110,15 @@ public enum RolloutBenchmark {
             let p50 = base + Double(rng.next() % 400) / 100
             let m = RuntimeMetrics(
                 latencyP50Ms: p50, latencyP95Ms: p50 * 2, errorRate: Double(rng.next() % 10) / 1000, requests: 500, crashes: 0)
-            eventRows.append([
-                id, seq, now, "metrics", "m", nil as String?, inCohort ? "m@2" : "m@1",
-                String(decoding: try FleetJSON.encode(m), as: UTF8.self), now
-            ])
+            eventRows.append(
+                [id, seq, now, EventKind.metrics.rawValue, "m", nil as String?, inCohort ? "m@2" : "m@1", nil as String?, now]
+                    + RuntimeMetricsColumns.values(m))
             events += 1
         }
         try await store.insertRows(
             table: "devices", columns: ["id", "facts", "hardware_class", "tier", "first_seen", "last_seen", "agent_labels"],
             constants: [
-                "installed": "'{}'", "status": "'committed'", "held": "'{}'", "agent_version": "'bench'",
+                "installed": "'{}'", "status": SQLVocabulary.literal(DeviceStatus.committed), "held": "'{}'", "agent_version": "'bench'",
                 "arch": "'x86_64'"
             ],
             rows: deviceRows)
@@ -126,7 +126,9 @@ public enum RolloutBenchmark {
             table: "device_labels", columns: ["device_id", "operator"],
             rows: stride(from: 0, to: n, by: 3).map { ["dev-\($0)", "{\"owner\":\"team-\($0 % 7)\"}"] })
         try await store.insertRows(
-            table: "events", columns: ["device_id", "seq", "time", "kind", "model", "sha256", "release", "detail", "received_at"],
+            table: "events",
+            columns: ["device_id", "seq", "time", "kind", "model", "sha256", "release", "detail", "received_at"]
+                + RuntimeMetricsColumns.names,
             rows: eventRows)
         // Bulk-loaded events bypass ingest: the latest-outcome and latest-metrics tables are filled as a migration fills them.
         try await store.backfillLatestTelemetry()
@@ -162,6 +164,7 @@ public enum RolloutBenchmark {
                 of: record, devices: try await store.deviceCellSnapshot(), inForce: try await store.activeRollouts())
             let outcomes = try await store.installOutcomes(release: record.releaseId)
             let runtime = try await store.latestRuntimeMetrics(model: "m", since: 0)
+            precondition(runtime.count == n, "the gates read every device's figures")
             let b = ContinuousClock.now
             var judged = 0
             for (_, cell) in byCell {

@@ -405,7 +405,7 @@ final class RolloutDriver: Service, Sendable {
         var o = CellObservation(targeted: cohort.count)
         let deadline = phaseStartedAt + policy.deviceTimeoutSeconds
         for d in cohort {
-            switch outcomes[d].flatMap(EventKind.init(rawValue:)) {
+            switch outcomes[d].map(EventKind.init(rawValue:)) {
             case .committed: o.committed += 1
             case .failed: o.installFailed += 1
             case .rolledBack: o.healthFailed += 1

@@ -58,9 +58,10 @@ struct ControllerMetrics: Sendable {
         let base = [("rollout", "\(rollout)"), ("release", release), ("hardware_class", cell.hardwareClass), ("tier", cell.tier)]
         registry.makeGauge(name: "edgefleet_cell_phase", labels: base, help: "Current phase of a rollout cell (1-based)").set(
             Int64(state.phase + 1))
-        for status in ["running", "baking", "paused", "rolledBack", "completed", "aborted"] {
-            registry.makeGauge(name: "edgefleet_cell_status", labels: base + [("status", status)], help: "1 for the cell's current status")
-                .set(Int64(state.status.rawValue == status ? 1 : 0))
+        for status in CellState.Status.allCases {
+            registry.makeGauge(
+                name: "edgefleet_cell_status", labels: base + [("status", status.rawValue)], help: "1 for the cell's current status"
+            ).set(Int64(state.status == status ? 1 : 0))
         }
         for (outcome, n) in [
             ("targeted", observation.targeted), ("committed", observation.committed), ("install_failed", observation.installFailed),

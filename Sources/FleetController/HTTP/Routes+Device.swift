@@ -46,7 +46,8 @@ struct DeviceRoutes: Sendable {
             guard batch.events.count <= EventBatch.maxEvents else {
                 throw APIError(.contentTooLarge, "too-many-events", "at most \(EventBatch.maxEvents) events per batch")
             }
-            guard batch.events.allSatisfy({ $0.seq > 0 && $0.kind.utf8.count <= 64 && ($0.detail?.utf8.count ?? 0) <= 4096 }) else {
+            guard batch.events.allSatisfy({ $0.seq > 0 && $0.kind.rawValue.utf8.count <= 64 && ($0.detail?.utf8.count ?? 0) <= 4096 })
+            else {
                 throw APIError(.badRequest, "invalid-event", "events need seq > 0, a kind of at most 64 bytes and detail of at most 4 KiB")
             }
             let ingest = try await store.appendEvents(deviceId: id, batch.events, receivedAt: clock())

@@ -433,7 +433,11 @@ struct OperatorRoutes: Sendable {
         var committed = 0, failed = 0
         for a in assigned {
             guard let d = devices[a.deviceId] else { continue }
-            if d.installed[r.model] == a.sha256 { committed += 1 } else if d.status == "failed" || d.status == "rolled-back" { failed += 1 }
+            if d.installed[r.model] == a.sha256 {
+                committed += 1
+            } else if d.status == DeviceStatus.failed.rawValue || d.status == DeviceStatus.rolledBack.rawValue {
+                failed += 1
+            }
         }
         let held = devices.values.filter { $0.held[r.model] != nil }.count
         return RolloutInfo(

@@ -16,8 +16,7 @@ import Foundation
 ///   which merging makes harmless, and none is missed.
 enum ChangeRevisions {
     /// The install event kinds whose latest one per (release, device) is the gates' outcome.
-    static let installKinds: Set<String> = ["started", "downloaded", "verified", "activated", "committed", "failed", "rolled-back"]
-    static let installKindsSQL = "('started','downloaded','verified','activated','committed','failed','rolled-back')"
+    static let installKindsSQL = SQLVocabulary.list(EventKind.installOutcomes)
 
     /// Where the next read of changes starts, taken before the read it follows.
     static func horizon(_ db: any SQLQuerying) async throws -> Int64 {
@@ -113,13 +112,19 @@ enum ChangeRevisions {
                     """)
             }
         }
-        try await backfillLatest(tx)
+        // The runtime metrics are carried over by migration 7, which gives them typed columns.
+        try await backfillLatestOutcomes(tx)
     }
 
     /// The latest install outcome per (release, device) and runtime metrics per (model, device),
     /// from the raw events: set-based, idempotent (a row moves only to a higher seq). Run by the
     /// migration over events stored by earlier builds, and after bulk loads that bypass ingest.
     static func backfillLatest(_ tx: any SQLQuerying) async throws {
+        try await backfillLatestOutcomes(tx)
+        try await backfillLatestMetrics(tx)
+    }
+
+    static func backfillLatestOutcomes(_ tx: any SQLQuerying) async throws {
         let rev = try await stamp(tx)
         try await tx.execute(
             """
@@ -132,16 +137,20 @@ enum ChangeRevisions {
             ON CONFLICT (release, device_id) DO UPDATE SET seq = excluded.seq, kind = excluded.kind, rev = excluded.rev
               WHERE excluded.seq > latest_install_outcomes.seq
             """)
+    }
+
+    static func backfillLatestMetrics(_ tx: any SQLQuerying) async throws {
+        let rev = try await stamp(tx)
         try await tx.execute(
             """
-            INSERT INTO latest_runtime_metrics (model, device_id, seq, release, detail, received_at, rev)
-            SELECT e.model, e.device_id, e.seq, e.release, e.detail, e.received_at, \(rev) FROM events e
-            JOIN (SELECT model, device_id, MAX(seq) AS seq FROM events WHERE model IS NOT NULL AND kind = 'metrics'
+            INSERT INTO latest_runtime_metrics (model, device_id, seq, release, received_at, rev, \(RuntimeMetricsColumns.list))
+            SELECT e.model, e.device_id, e.seq, e.release, e.received_at, \(rev), \(RuntimeMetricsColumns.list("e")) FROM events e
+            JOIN (SELECT model, device_id, MAX(seq) AS seq FROM events WHERE model IS NOT NULL AND kind = \(SQLVocabulary.literal(EventKind.metrics))
                   GROUP BY model, device_id) latest
               ON e.device_id = latest.device_id AND e.seq = latest.seq
             WHERE true
-            ON CONFLICT (model, device_id) DO UPDATE SET seq = excluded.seq, release = excluded.release, detail = excluded.detail,
-              received_at = excluded.received_at, rev = excluded.rev
+            ON CONFLICT (model, device_id) DO UPDATE SET seq = excluded.seq, release = excluded.release,
+              received_at = excluded.received_at, rev = excluded.rev, \(RuntimeMetricsColumns.excludedAssignments)
               WHERE excluded.seq > latest_runtime_metrics.seq
             """)
     }
@@ -152,10 +161,10 @@ enum ChangeRevisions {
     static func ingest(_ tx: any SQLQuerying, deviceId: String, stored: [StatusEvent], receivedAt: Int64) async throws {
         var outcomes: [String: StatusEvent] = [:], metrics: [String: StatusEvent] = [:]
         for e in stored {
-            if let release = e.release, installKinds.contains(e.kind), outcomes[release].map({ e.seq > $0.seq }) ?? true {
+            if let release = e.release, e.kind.isInstallOutcome, outcomes[release].map({ e.seq > $0.seq }) ?? true {
                 outcomes[release] = e
             }
-            if e.kind == "metrics", let model = e.model, metrics[model].map({ e.seq > $0.seq }) ?? true {
+            if e.kind == .metrics, let model = e.model, metrics[model].map({ e.seq > $0.seq }) ?? true {
                 metrics[model] = e
             }
         }
@@ -164,7 +173,7 @@ enum ChangeRevisions {
         if !outcomes.isEmpty {
             var params: [any SQLValueConvertible] = []
             for (release, e) in outcomes.sorted(by: { $0.key < $1.key }) {
-                params += [release, deviceId, e.seq, e.kind] as [any SQLValueConvertible]
+                params += [release, deviceId, e.seq, e.kind.rawValue] as [any SQLValueConvertible]
             }
             try await tx.execute(
                 """
@@ -177,14 +186,15 @@ enum ChangeRevisions {
         if !metrics.isEmpty {
             var params: [any SQLValueConvertible] = []
             for (model, e) in metrics.sorted(by: { $0.key < $1.key }) {
-                params += [model, deviceId, e.seq, e.release, e.detail, receivedAt] as [any SQLValueConvertible]
+                params += [model, deviceId, e.seq, e.release, receivedAt] as [any SQLValueConvertible]
+                params += RuntimeMetricsColumns.values(e.runtimeMetrics)
             }
             try await tx.execute(
                 """
-                INSERT INTO latest_runtime_metrics (model, device_id, seq, release, detail, received_at, rev)
-                VALUES \(Array(repeating: "(?,?,?,?,?,?,\(rev))", count: metrics.count).joined(separator: ","))
-                ON CONFLICT (model, device_id) DO UPDATE SET seq = excluded.seq, release = excluded.release, detail = excluded.detail,
-                  received_at = excluded.received_at, rev = excluded.rev
+                INSERT INTO latest_runtime_metrics (model, device_id, seq, release, received_at, \(RuntimeMetricsColumns.list), rev)
+                VALUES \(Array(repeating: "(?,?,?,?,?,?,?,?,?,?,?,\(rev))", count: metrics.count).joined(separator: ","))
+                ON CONFLICT (model, device_id) DO UPDATE SET seq = excluded.seq, release = excluded.release,
+                  received_at = excluded.received_at, rev = excluded.rev, \(RuntimeMetricsColumns.excludedAssignments)
                   WHERE excluded.seq > latest_runtime_metrics.seq
                 """, params)
         }

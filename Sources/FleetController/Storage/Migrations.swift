@@ -21,7 +21,8 @@ enum Migrations {
         Migration(version: 5, name: "labels, targeted rollouts, waves, maintenance windows", apply: targeting),
         Migration(
             version: 6, name: "change revisions of device cells and labels, latest install outcome and runtime metrics per device",
-            apply: ChangeRevisions.migrate)
+            apply: ChangeRevisions.migrate),
+        Migration(version: 7, name: "runtime metrics in typed columns", apply: RuntimeMetricsColumns.migrate)
     ]
     static var latest: Int { all.last!.version }
     /// Any number; the same in every replica.

@@ -6,7 +6,7 @@ import Foundation
 extension SQLStore {
     /// Inside `appendEvents`' transaction: a final failure of a release on a device.
     static func recordFailure(_ tx: any SQLQuerying, deviceId: String, _ e: StatusEvent, receivedAt: Int64) async throws {
-        guard e.kind == EventKind.failed.rawValue || e.kind == EventKind.rolledBack.rawValue,
+        guard e.kind == .failed || e.kind == .rolledBack,
             let model = e.model, let release = e.release, Name.isValid(model)
         else { return }
         try await tx.execute(
@@ -14,7 +14,7 @@ extension SQLStore {
             INSERT INTO device_failures (device_id, model, release, sha256, kind, fault, detail, at) VALUES (?,?,?,?,?,?,?,?)
             ON CONFLICT(device_id, model, release) DO UPDATE SET sha256 = excluded.sha256, kind = excluded.kind, fault = excluded.fault,
               detail = excluded.detail, at = excluded.at, retried_at = NULL, retried_by = NULL
-            """, [deviceId, model, release, e.sha256, e.kind, e.fault, e.detail.map { String($0.prefix(1000)) }, receivedAt])
+            """, [deviceId, model, release, e.sha256, e.kind.rawValue, e.fault, e.detail.map { String($0.prefix(1000)) }, receivedAt])
     }
 
     private static let failureColumns = "device_id, model, release, sha256, kind, fault, detail, at"
@@ -80,7 +80,7 @@ extension SQLStore {
             SELECT c.device_id,
                    (SELECT CASE WHEN d.package_sha256 != d.sha256 THEN 1 ELSE 0 END FROM deliveries d
                     WHERE d.device_id = c.device_id AND d.release_id = ? ORDER BY d.counter DESC LIMIT 1) AS via_delta
-            FROM (SELECT DISTINCT device_id FROM events WHERE release = ? AND kind = 'committed') c
+            FROM (SELECT DISTINCT device_id FROM events WHERE release = ? AND kind = \(SQLVocabulary.literal(EventKind.committed))) c
             """, [release, release])
         let viaDelta = try rows.filter { (try $0.optionalInt("via_delta") ?? 0) != 0 }.count
         let failed =

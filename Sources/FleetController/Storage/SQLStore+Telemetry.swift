@@ -81,7 +81,7 @@ extension SQLStore {
     func committedRelease(deviceId: String, model: String, sha256: String) async throws -> String? {
         try await db.query(
             """
-            SELECT release FROM events WHERE device_id = ? AND model = ? AND kind = 'committed' AND sha256 = ? AND release IS NOT NULL
+            SELECT release FROM events WHERE device_id = ? AND model = ? AND kind = \(SQLVocabulary.literal(EventKind.committed)) AND sha256 = ? AND release IS NOT NULL
             ORDER BY seq DESC LIMIT 1
             """, [deviceId, model, sha256]
         ).first.map { try $0.string("release") }
@@ -169,8 +169,9 @@ extension SQLStore {
     func runtimeMetrics(model: String, release: String, since: Int64) async throws -> [DeviceMetrics] {
         try await db.query(
             """
-            SELECT e.device_id, e.release, e.detail FROM events e
-            JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE model = ? AND kind = 'metrics' AND release = ? AND received_at >= ?
+            SELECT e.device_id, e.release, \(RuntimeMetricsColumns.list("e")) FROM events e
+            JOIN (SELECT device_id, MAX(seq) AS seq FROM events
+                  WHERE model = ? AND kind = \(SQLVocabulary.literal(EventKind.metrics)) AND release = ? AND received_at >= ?
                   GROUP BY device_id) latest
               ON e.device_id = latest.device_id AND e.seq = latest.seq
             """, [model, release, since]
@@ -193,9 +194,10 @@ extension SQLStore {
     func performanceSamples(model: String) async throws -> [VariantMeasurement.Sample] {
         let rows = try await db.query(
             """
-            SELECT e.device_id, d.hardware_class, e.sha256, e.kind, e.detail FROM events e
+            SELECT e.device_id, d.hardware_class, e.sha256, e.kind, e.detail, \(RuntimeMetricsColumns.list("e")) FROM events e
             JOIN (SELECT device_id, sha256, kind, MAX(seq) AS seq FROM events
-                  WHERE model = ? AND kind IN ('benchmark', 'metrics') AND sha256 IS NOT NULL GROUP BY device_id, sha256, kind) latest
+                  WHERE model = ? AND kind IN \(SQLVocabulary.list([EventKind.benchmark, .metrics])) AND sha256 IS NOT NULL
+                  GROUP BY device_id, sha256, kind) latest
               ON e.device_id = latest.device_id AND e.seq = latest.seq
             JOIN devices d ON d.id = e.device_id
             WHERE d.hardware_class IS NOT NULL
@@ -204,16 +206,13 @@ extension SQLStore {
         func bounded(_ v: Double?) -> Double? { v.flatMap { $0.isFinite && $0 >= 0 && $0 < 86_400_000 ? $0 : nil } }
         for r in rows {
             let device = try r.string("device_id"), cls = try r.string("hardware_class"), sha = try r.string("sha256"),
-                kind = try r.string("kind")
-            guard let detail = try r.optionalString("detail") else { continue }
+                kind = EventKind(rawValue: try r.string("kind"))
             let key = device + "\u{0}" + sha
-            if kind == "benchmark", let b = try? BenchmarkReport.parse(Array(detail.utf8)) {
+            if kind == .benchmark, let detail = try r.optionalString("detail"), let b = try? BenchmarkReport.parse(Array(detail.utf8)) {
                 bench[key] = .init(
                     device: device, hardwareClass: cls, sha256: sha, latencyP50Ms: b.latencyP50Ms, latencyP95Ms: b.latencyP95Ms,
                     peakMemoryBytes: b.peakMemoryBytes, joulesPerInference: b.joulesPerInference)
-            } else if kind == "metrics", let m = try? JSONDecoder().decode(RuntimeMetrics.self, from: Data(detail.utf8)),
-                let p50 = bounded(m.latencyP50Ms)
-            {
+            } else if kind == .metrics, let m = try RuntimeMetricsColumns.figures(r), let p50 = bounded(m.latencyP50Ms) {
                 runtime[key] = .init(
                     device: device, hardwareClass: cls, sha256: sha, latencyP50Ms: p50, latencyP95Ms: bounded(m.latencyP95Ms))
             }

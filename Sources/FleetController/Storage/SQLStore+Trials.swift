@@ -42,7 +42,7 @@ extension SQLStore {
         Set(
             try await db.query(
                 """
-                SELECT DISTINCT sha256 FROM events WHERE device_id = ? AND model = ? AND kind IN ('benchmark', 'metrics') AND sha256 IS NOT NULL
+                SELECT DISTINCT sha256 FROM events WHERE device_id = ? AND model = ? AND kind IN \(SQLVocabulary.list([EventKind.benchmark, .metrics])) AND sha256 IS NOT NULL
                 """, [deviceId, model]
             ).map { try $0.string("sha256") })
     }

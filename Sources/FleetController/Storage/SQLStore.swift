@@ -287,13 +287,13 @@ final class SQLStore: FleetStore {
         return try await write(announcing: [.rollouts]) { tx in
             for id in superseding {
                 try await tx.execute(
-                    "UPDATE rollouts SET state = 'superseded' WHERE id = ? AND model = ? AND state IN ('active', 'completed', 'aborted')",
+                    "UPDATE rollouts SET state = \(SQLVocabulary.literal(RolloutState.superseded)) WHERE id = ? AND model = ? AND state IN \(Self.inForceSQL)",
                     [id, r.model])
             }
             let rows = try await tx.query(
                 """
                 INSERT INTO rollouts (release_id, model, strategy, state, created_at, policy, previous_release, created_by, selector, activation_window)
-                VALUES (?,?,?,'active',?,?,?,?,?,?) RETURNING \(Self.rolloutColumns)
+                VALUES (?,?,?,\(SQLVocabulary.literal(RolloutState.active)),?,?,?,?,?,?) RETURNING \(Self.rolloutColumns)
                 """,
                 [r.releaseId, r.model, r.strategy, r.createdAt, policy, r.previousReleaseId, r.createdBy, r.selector.description, window])
             guard let row = rows.first else { throw StorageError(.database, "insert returned no row") }
@@ -312,7 +312,7 @@ final class SQLStore: FleetStore {
     func activeRollouts() async throws -> [RolloutRecord] {
         try await cache.value(.rollouts, "in-force") {
             try await db.query(
-                "SELECT \(Self.rolloutColumns) FROM rollouts WHERE state IN ('active', 'completed', 'aborted') ORDER BY id", []
+                "SELECT \(Self.rolloutColumns) FROM rollouts WHERE state IN \(Self.inForceSQL) ORDER BY id", []
             )
             .map(Self.rolloutRow)
         }
@@ -427,7 +427,8 @@ final class SQLStore: FleetStore {
             read: { (from: Int64?) -> [(String, DeviceMetrics?, Int64)] in
                 try await db.query(
                     """
-                    SELECT device_id, release, detail, received_at FROM latest_runtime_metrics WHERE model = ?\(from == nil ? "" : " AND rev >= ?")
+                    SELECT device_id, release, received_at, \(RuntimeMetricsColumns.list) FROM latest_runtime_metrics
+                    WHERE model = ?\(from == nil ? "" : " AND rev >= ?")
                     """, from.map { [model, $0] as [any SQLValueConvertible] } ?? [model]
                 ).map { (try $0.string("device_id"), try Self.metricsRow($0), try $0.int("received_at")) }
             }, merge: { $0.merge($1) }
@@ -454,8 +455,9 @@ final class SQLStore: FleetStore {
     func runtimeMetricsScanningEvents(model: String, since: Int64) async throws -> [DeviceMetrics] {
         try await db.query(
             """
-            SELECT e.device_id, e.release, e.detail FROM events e
-            JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE model = ? AND kind = 'metrics' AND received_at >= ? GROUP BY device_id) latest
+            SELECT e.device_id, e.release, \(RuntimeMetricsColumns.list("e")) FROM events e
+            JOIN (SELECT device_id, MAX(seq) AS seq FROM events WHERE model = ? AND kind = \(SQLVocabulary.literal(EventKind.metrics)) AND received_at >= ?
+                  GROUP BY device_id) latest
               ON e.device_id = latest.device_id AND e.seq = latest.seq
             """, [model, since]
         ).compactMap(Self.metricsRow)
@@ -467,12 +469,10 @@ final class SQLStore: FleetStore {
         try await write { tx in try await ChangeRevisions.backfillLatest(tx) }
     }
 
-    /// A metrics event row (device, release, detail) as bounded figures; nil when the device sent
-    /// figures that do not decode (its own fault, not the store's).
+    /// A metrics row (device, release, `RuntimeMetricsColumns`) as bounded figures; nil when the
+    /// device sent figures that do not decode (its own fault, not the store's).
     static func metricsRow(_ r: SQLRow) throws -> DeviceMetrics? {
-        guard let release = try r.optionalString("release"), let detail = try r.optionalString("detail"),
-            let m = try? JSONDecoder().decode(RuntimeMetrics.self, from: Data(detail.utf8))
-        else { return nil }
+        guard let release = try r.optionalString("release"), let m = try RuntimeMetricsColumns.figures(r) else { return nil }
         // Figures from devices are bounded here, so one bad device cannot upset the gates' arithmetic.
         func latency(_ v: Double?) -> Double? { v.flatMap { $0.isFinite && $0 >= 0 && $0 < 86_400_000 ? $0 : nil } }
         return DeviceMetrics(
@@ -594,16 +594,18 @@ final class SQLStore: FleetStore {
             var storedSeqs = Set<UInt64>()
             if !events.isEmpty {
                 var params: [any SQLValueConvertible] = []
-                params.reserveCapacity(events.count * 11)
+                params.reserveCapacity(events.count * 17)
                 for e in events {
                     params +=
-                        [deviceId, e.seq, e.time, e.kind, e.model, e.sha256, e.release, e.detail, receivedAt, e.fault, e.retryAt]
+                        [deviceId, e.seq, e.time, e.kind.rawValue, e.model, e.sha256, e.release, e.detail, receivedAt, e.fault, e.retryAt]
                         as [any SQLValueConvertible]
+                    params += RuntimeMetricsColumns.values(e.runtimeMetrics)
                 }
-                let rows = Array(repeating: "(?,?,?,?,?,?,?,?,?,?,?)", count: events.count).joined(separator: ",")
+                let rows = Array(repeating: "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", count: events.count).joined(separator: ",")
                 for r in try await tx.query(
                     """
-                    INSERT INTO events (device_id, seq, time, kind, model, sha256, release, detail, received_at, fault, retry_at)
+                    INSERT INTO events (device_id, seq, time, kind, model, sha256, release, detail, received_at, fault, retry_at,
+                      \(RuntimeMetricsColumns.list))
                     VALUES \(rows) ON CONFLICT(device_id, seq) DO NOTHING RETURNING seq
                     """, params)
                 {
@@ -615,13 +617,12 @@ final class SQLStore: FleetStore {
             let stored = events.filter { storedSeqs.contains($0.seq) && seen.insert($0.seq).inserted }
             for e in stored { try await Self.recordFailure(tx, deviceId: deviceId, e, receivedAt: receivedAt) }
             try await ChangeRevisions.ingest(tx, deviceId: deviceId, stored: stored, receivedAt: receivedAt)
-            if let last = stored.last(where: { DeviceStatus.from(eventKind: $0.kind) != nil }),
-                let status = DeviceStatus.from(eventKind: last.kind)
-            {
-                try await tx.execute("UPDATE devices SET status = ?, status_detail = ? WHERE id = ?", [status, last.detail, deviceId])
+            if let last = stored.last(where: { DeviceStatus(after: $0.kind) != nil }), let status = DeviceStatus(after: last.kind) {
+                try await tx.execute(
+                    "UPDATE devices SET status = ?, status_detail = ? WHERE id = ?", [status.rawValue, last.detail, deviceId])
             }
             // What the device runs is known from its commit, before its next check-in says so.
-            for e in stored where e.kind == "committed" {
+            for e in stored where e.kind == .committed {
                 guard let model = e.model, let sha = e.sha256, Name.isValid(model), Digest.isSHA256Hex(sha) else { continue }
                 try await tx.execute("UPDATE devices SET installed = \(dialect.jsonSet("installed")) WHERE id = ?", [model, sha, deviceId])
             }
@@ -631,7 +632,10 @@ final class SQLStore: FleetStore {
         }
     }
 
-    private static let eventColumns = "seq, time, kind, model, sha256, release, detail, fault, retry_at"
+    /// The rollout states still in force, as an SQL list.
+    private static let inForceSQL = SQLVocabulary.list(RolloutState.allCases.filter(\.inForce))
+
+    private static let eventColumns = "seq, time, kind, model, sha256, release, detail, fault, retry_at, \(RuntimeMetricsColumns.list)"
 
     func events(deviceId: String, limit: Int) async throws -> [StatusEvent] {
         try await db.query("SELECT \(Self.eventColumns) FROM events WHERE device_id = ? ORDER BY seq DESC LIMIT ?", [deviceId, limit])
@@ -647,9 +651,10 @@ final class SQLStore: FleetStore {
 
     private static func eventRow(_ r: SQLRow) throws -> StatusEvent {
         StatusEvent(
-            seq: UInt64(bitPattern: try r.int("seq")), time: try r.int("time"), kind: try r.string("kind"),
+            seq: UInt64(bitPattern: try r.int("seq")), time: try r.int("time"), kind: EventKind(rawValue: try r.string("kind")),
             model: try r.optionalString("model"), sha256: try r.optionalString("sha256"), release: try r.optionalString("release"),
-            detail: try r.optionalString("detail"), fault: try r.optionalString("fault"), retryAt: try r.optionalInt("retry_at"))
+            detail: try r.optionalString("detail"), fault: try r.optionalString("fault"), retryAt: try r.optionalInt("retry_at"),
+            metrics: try RuntimeMetricsColumns.figures(r))
     }
 
     // MARK: meta
@@ -661,21 +666,6 @@ final class SQLStore: FleetStore {
     func setMeta(_ key: String, _ value: String) async throws {
         try await db.execute(
             "INSERT INTO meta (key, value) VALUES (?,?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
-    }
-}
-
-/// The device status shown to operators, from the kind of its latest install event.
-enum DeviceStatus {
-    static func from(eventKind: String) -> String? {
-        switch eventKind {
-        case "started", "downloaded", "verified", "activated": return "installing"
-        case "committed": return "committed"
-        case "failed": return "failed"
-        case "rolled-back": return "rolled-back"
-        case "rejected": return "rejected"
-        case "retrying": return "retrying"
-        default: return nil
-        }
     }
 }
 

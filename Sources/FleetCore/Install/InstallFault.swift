@@ -40,21 +40,3 @@ public enum InstallFault: String, Codable, Sendable, CaseIterable {
         }
     }
 }
-
-/// The kinds of status events an agent sends. Raw values are the wire vocabulary.
-public enum EventKind: String, Codable, Sendable, CaseIterable {
-    case started, downloaded, verified, activated, committed
-    case rolledBack = "rolled-back"
-    /// The assignment failed and will not be tried again here until an operator retries it or a
-    /// newer assignment replaces it.
-    case failed
-    /// One attempt failed; the agent tries again at the event's `retryAt`.
-    case retrying
-    /// Signed metadata was refused before anything was downloaded.
-    case rejected
-    case metrics
-    /// The operator's benchmark on a staged model: a `BenchmarkReport` in the detail.
-    case benchmark
-    /// The benchmark command failed; the install goes on (the health check decides).
-    case benchmarkFailed = "benchmark-failed"
-}

@@ -105,7 +105,7 @@ public enum InstallAction: Equatable, Sendable {
 }
 
 public struct InstallReport: Codable, Equatable, Sendable {
-    public var kind: String  // an `EventKind` raw value
+    public var kind: EventKind
     public var model: String
     public var sha256: String
     public var release: String
@@ -113,7 +113,7 @@ public struct InstallReport: Codable, Equatable, Sendable {
     public var fault: InstallFault?
     public var retryAt: Int64?
 
-    public init(kind: String, job: InstallJob, detail: String? = nil, fault: InstallFault? = nil, retryAt: Int64? = nil) {
+    public init(kind: EventKind, job: InstallJob, detail: String? = nil, fault: InstallFault? = nil, retryAt: Int64? = nil) {
         self.kind = kind; self.model = job.model; self.sha256 = job.sha256; self.release = job.release; self.detail = detail
         self.fault = fault; self.retryAt = retryAt
     }
@@ -133,25 +133,25 @@ public enum InstallStateMachine {
         case (let p, .start(let job)) where p.isTerminal:
             return (
                 InstallState(phase: .downloading, job: job),
-                [.report(InstallReport(kind: "started", job: job)), .download(job)]
+                [.report(InstallReport(kind: .started, job: job)), .download(job)]
             )
         case (.downloading, .downloaded):
             guard let job = state.job else { throw bad }
-            return (InstallState(phase: .verifying, job: job), [.report(InstallReport(kind: "downloaded", job: job)), .verify(job)])
+            return (InstallState(phase: .verifying, job: job), [.report(InstallReport(kind: .downloaded, job: job)), .verify(job)])
         case (.verifying, .verified):
             guard let job = state.job else { throw bad }
-            return (InstallState(phase: .staged, job: job), [.report(InstallReport(kind: "verified", job: job)), .stage(job)])
+            return (InstallState(phase: .staged, job: job), [.report(InstallReport(kind: .verified, job: job)), .stage(job)])
         case (.staged, .staged):
             guard let job = state.job else { throw bad }
             return (InstallState(phase: .activating, job: job), [.activate(job)])
         case (.activating, .activated):
             guard let job = state.job else { throw bad }
             return (
-                InstallState(phase: .checkingHealth, job: job), [.report(InstallReport(kind: "activated", job: job)), .checkHealth(job)]
+                InstallState(phase: .checkingHealth, job: job), [.report(InstallReport(kind: .activated, job: job)), .checkHealth(job)]
             )
         case (.checkingHealth, .healthy):
             guard let job = state.job else { throw bad }
-            return (InstallState(phase: .committed, job: job), [.commit(job), .report(InstallReport(kind: "committed", job: job))])
+            return (InstallState(phase: .committed, job: job), [.commit(job), .report(InstallReport(kind: .committed, job: job))])
         case (.checkingHealth, .unhealthy(let why, let fault)), (.activating, .unhealthy(let why, let fault)):
             guard let job = state.job else { throw bad }
             return (InstallState(phase: .rollingBack, job: job, failure: why, fault: fault), [.rollback(job)])
@@ -159,7 +159,7 @@ public enum InstallStateMachine {
             guard let job = state.job else { throw bad }
             return (
                 InstallState(phase: .rolledBack, job: job, failure: state.failure, fault: state.fault),
-                [.discard(job), .report(InstallReport(kind: "rolled-back", job: job, detail: state.failure, fault: state.fault))]
+                [.discard(job), .report(InstallReport(kind: .rolledBack, job: job, detail: state.failure, fault: state.fault))]
             )
         case (.downloading, .failed(let why, let fault, let retryAt)), (.verifying, .failed(let why, let fault, let retryAt)),
             (.staged, .failed(let why, let fault, let retryAt)):
@@ -167,7 +167,7 @@ public enum InstallStateMachine {
             let kind = retryAt == nil ? EventKind.failed : EventKind.retrying
             return (
                 InstallState(phase: .failed, job: job, failure: why, fault: fault, retryAt: retryAt),
-                [.discard(job), .report(InstallReport(kind: kind.rawValue, job: job, detail: why, fault: fault, retryAt: retryAt))]
+                [.discard(job), .report(InstallReport(kind: kind, job: job, detail: why, fault: fault, retryAt: retryAt))]
             )
         case (.downloading, .restarted):
             // An agent that stops (a `--once` run, SIGTERM) leaves a cut download to resume: not a crash.
@@ -194,7 +194,7 @@ public enum InstallStateMachine {
             }
             return (
                 InstallState(phase: .failed, job: job, failure: why, fault: .crashLoop),
-                [.discard(job), .report(InstallReport(kind: EventKind.failed.rawValue, job: job, detail: why, fault: .crashLoop))]
+                [.discard(job), .report(InstallReport(kind: .failed, job: job, detail: why, fault: .crashLoop))]
             )
         case (let p, .restarted) where p.isTerminal:
             return (state, recoveryActions(state))

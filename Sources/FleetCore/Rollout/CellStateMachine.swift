@@ -2,7 +2,7 @@
 /// running (phase k installing) → baking (all of phase k finished, gates green, bake timer) →
 /// running (phase k+1) … → completed; a failing gate → paused or rolledBack, per the policy.
 public struct CellState: Codable, Equatable, Sendable {
-    public enum Status: String, Codable, Sendable { case running, baking, paused, rolledBack, completed, aborted }
+    public enum Status: String, Codable, Sendable, CaseIterable { case running, baking, paused, rolledBack, completed, aborted }
     public var phase: Int
     public var status: Status
     public var phaseStartedAt: Int64

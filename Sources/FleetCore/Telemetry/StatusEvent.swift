@@ -3,7 +3,8 @@
 public struct StatusEvent: Codable, Equatable, Sendable {
     public var seq: UInt64
     public var time: Int64
-    public var kind: String
+    /// What happened; a kind this build does not know is kept as `.other` with its raw value.
+    public var kind: EventKind
     public var model: String?
     public var sha256: String?
     public var release: String?
@@ -13,14 +14,42 @@ public struct StatusEvent: Codable, Equatable, Sendable {
     public var fault: String?
     /// On `retrying`: when the device will try again (its own clock).
     public var retryAt: Int64?
+    /// On `metrics`: the model's runtime figures. Agents before this field sent them as JSON in
+    /// `detail`; `runtimeMetrics` reads either.
+    public var metrics: RuntimeMetrics?
 
     public init(
-        seq: UInt64, time: Int64, kind: String, model: String? = nil, sha256: String? = nil,
-        release: String? = nil, detail: String? = nil, fault: String? = nil, retryAt: Int64? = nil
+        seq: UInt64, time: Int64, kind: EventKind, model: String? = nil, sha256: String? = nil,
+        release: String? = nil, detail: String? = nil, fault: String? = nil, retryAt: Int64? = nil, metrics: RuntimeMetrics? = nil
     ) {
         self.seq = seq; self.time = time; self.kind = kind; self.model = model; self.sha256 = sha256
-        self.release = release; self.detail = detail; self.fault = fault; self.retryAt = retryAt
+        self.release = release; self.detail = detail; self.fault = fault; self.retryAt = retryAt; self.metrics = metrics
     }
+
+    /// For callers that hold the kind as its raw wire string.
+    public init(
+        seq: UInt64, time: Int64, kind: String, model: String? = nil, sha256: String? = nil,
+        release: String? = nil, detail: String? = nil, fault: String? = nil, retryAt: Int64? = nil, metrics: RuntimeMetrics? = nil
+    ) {
+        self.init(
+            seq: seq, time: time, kind: EventKind(rawValue: kind), model: model, sha256: sha256, release: release, detail: detail,
+            fault: fault, retryAt: retryAt, metrics: metrics)
+    }
+
+    /// The runtime figures of a `metrics` event: the typed field, or from an older agent the JSON
+    /// in `detail`; nil on other kinds and when the figures do not decode.
+    public var runtimeMetrics: RuntimeMetrics? {
+        guard kind == .metrics else { return nil }
+        if let metrics { return metrics }
+        guard let detail else { return nil }
+        return try? JSONDecoder().decode(RuntimeMetrics.self, from: Data(detail.utf8))
+    }
+}
+
+extension EventKind {
+    /// Compares with a kind held as its raw wire string.
+    public static func == (lhs: EventKind, rhs: String) -> Bool { lhs.rawValue == rhs }
+    public static func != (lhs: EventKind, rhs: String) -> Bool { lhs.rawValue != rhs }
 }
 
 public struct EventBatch: Codable, Equatable, Sendable {
@@ -42,7 +71,7 @@ public struct EventAck: Codable, Equatable, Sendable {
 }
 
 /// Runtime metrics of a model as the local inference service reports them; carried in the
-/// `detail` of a `metrics` status event.
+/// `metrics` of a `metrics` status event (by agents before it, as JSON in its `detail`).
 public struct RuntimeMetrics: Codable, Equatable, Sendable {
     public var latencyP50Ms: Double?
     public var latencyP95Ms: Double?
