@@ -167,7 +167,8 @@ public enum Controller {
             configuration: .init(address: .hostname(options.host, port: options.port), serverName: "edgefleet-controller"),
             services: [
                 planner, driver, scrubber, PolicyReloadService(book: policies, logger: logger),
-                ServiceManager.notifier(host: options.host, port: options.port, logger: logger)
+                ServiceManager.notifier(host: options.host, port: options.port, logger: logger),
+                SeenFlusher(store: store, logger: logger)
             ] + (elector.map { [$0] } ?? [])
                 + (try options.databaseURL.flatMap { options.listensForChanges ? $0 : nil }.map {
                     [StoreCacheListener(location: try PostgresLocation(url: $0), cache: store.cache, logger: logger)]

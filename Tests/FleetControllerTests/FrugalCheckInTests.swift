@@ -4,6 +4,7 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import NIOCore
+import Synchronization
 import Testing
 @testable import FleetController
 
@@ -151,6 +152,32 @@ struct FrugalCheckInControllerTests {
             let (next, _, _) = try await checkIn(client, d, d.request(sendFacts: true, installed: ["m": assigned.sha256]))
             #expect(next.updates.count == 1 && next.unchanged.isEmpty)
             try d.read(next, now: f.now)
+        }
+    }
+
+    @Test func anIdleCheckInMovesOnlyTheTimeSeenAndAChangeIsStillWrittenAtOnce() async throws {
+        let f = try ControllerFixture(); defer { f.cleanup() }
+        let time = Mutex(f.now)
+        let (app, _) = try await f.parts(clock: { time.withLock { $0 } })
+        try await app.test(.router) { client in
+            var d = Device(
+                id: "dev-4", facts: ControllerFixture.vnniFacts, trust: try TrustedState(pinning: try f.rootEnvelope, now: f.now))
+            d.facts.deviceId = "dev-4"
+            _ = try await checkIn(client, d, d.request(sendFacts: true))
+            let first = try #require(try await device(client, "dev-4"))
+            #expect(first.lastSeen == f.now)
+            // Idle a minute later: the time seen moves, nothing else does.
+            time.withLock { $0 += 60 }
+            _ = try await checkIn(client, d, d.request(sendFacts: false, installed: nil))
+            var expected = first
+            expected.lastSeen = f.now + 60
+            #expect(try await device(client, "dev-4") == expected)
+            // What the device runs changed: written with the time.
+            time.withLock { $0 += 60 }
+            let sha = String(repeating: "c", count: 64)
+            _ = try await checkIn(client, d, d.request(sendFacts: false, installed: ["m": sha]))
+            let changed = try #require(try await device(client, "dev-4"))
+            #expect(changed.installed == ["m": sha] && changed.lastSeen == f.now + 120)
         }
     }
 

@@ -131,6 +131,28 @@ struct StoreBackendTests {
     }
 
     @Test(arguments: Backend.allCases)
+    func aRolloutsFirstSendIsRecordedWithItsAssignmentOrNotAtAll(_ backend: Backend) async throws {
+        let (store, _) = try await backend.store()
+        defer { Task { await store.db.close() } }
+        let env = Envelope(payloadType: "t", payloadBytes: Array("{}".utf8))
+        func record(_ counter: UInt64) -> AssignmentRecord {
+            AssignmentRecord(
+                deviceId: "dev-1", model: "m", counter: counter, releaseId: "m@2", variant: "fp32", sha256: "s", packageSha256: "s",
+                envelope: env, expiresAt: 100)
+        }
+        let reach = RolloutReach(rollout: 7, priorRelease: "m@1", priorSha256: "p", at: 40)
+        #expect(try await store.replaceAssignment(record(1), expectedCounter: nil, reaching: reach))
+        let reached = try #require(try await store.rolloutDevice(rollout: 7, deviceId: "dev-1"))
+        #expect(reached.priorRelease == "m@1" && reached.priorSha256 == "p" && reached.assignedAt == 40)
+        #expect(try await store.priorReleases(rollout: 7) == ["m@1"])
+        // An assignment that loses its race records nothing for the rollout.
+        let lost = RolloutReach(rollout: 8, priorRelease: "m@0", priorSha256: "q", at: 41)
+        #expect(try await store.replaceAssignment(record(5), expectedCounter: 3, reaching: lost) == false)
+        #expect(try await store.rolloutDevice(rollout: 8, deviceId: "dev-1") == nil)
+        #expect(try await store.priorReleases(rollout: 8).isEmpty)
+    }
+
+    @Test(arguments: Backend.allCases)
     func aCellIsReplacedOnlyAtTheRevisionItWasReadAt(_ backend: Backend) async throws {
         let (a, location) = try await backend.store()
         let b = try await backend.replica(of: location)
@@ -166,6 +188,9 @@ struct StoreBackendTests {
         let now = try #require(try await a.cells(rollout: rollout)[key])
         #expect(now.state.status == .paused && now.state.phase == 0)
         #expect(now.revision == read.revision + 1)
+        // One cell read past the cache, as a check-in about to send the release reads it.
+        #expect(try await b.freshCell(rollout: rollout, key) == now)
+        #expect(try await b.freshCell(rollout: rollout, CellKey(hardwareClass: "x86-avx2", tier: "cellular")) == nil)
     }
 
     @Test(arguments: Backend.allCases)
@@ -201,6 +226,80 @@ struct StoreBackendTests {
         let error2 = await #expect(throws: StorageError.self) { _ = try await backend.replica(of: location) }
         #expect(error2?.code == .schemaTooNew)
         #expect(try await store.db.scalar("SELECT COUNT(*) AS n FROM schema_migrations").int == Int64(Migrations.latest + 1))
+    }
+
+    @Test(arguments: Backend.allCases)
+    func idleCheckInTimesAreWrittenInBatchesAndNeverBackwards(_ backend: Backend) async throws {
+        let (store, location) = try await backend.store()
+        let other = try await backend.replica(of: location)
+        defer {
+            Task {
+                await store.db.close(); await other.db.close()
+            }
+        }
+        try await store.upsertDevice(device)
+        #expect(try await store.deviceExists("dev-1"))
+        #expect(try await !store.deviceExists("dev-2"))
+        // Pending: this process reads the new time, another replica the stored one.
+        try await store.touchDevice("dev-1", lastSeen: 50)
+        #expect(try await store.device("dev-1")?.lastSeen == 50)
+        #expect(try await other.device("dev-1")?.lastSeen == 1)
+        try await store.flushSeen()
+        #expect(try await other.device("dev-1")?.lastSeen == 50)
+        #expect(store.cache.seen.isEmpty)
+        // A later time written by another replica is not moved back by an earlier one.
+        try await other.touchDevice("dev-1", lastSeen: 70)
+        try await other.flushSeen()
+        try await store.touchDevice("dev-1", lastSeen: 60)
+        try await store.flushSeen()
+        #expect(try await store.device("dev-1")?.lastSeen == 70)
+        // Nothing else of the row changes; an unknown device is not created.
+        try await store.touchDevice("dev-2", lastSeen: 80)
+        try await store.flushSeen()
+        #expect(try await store.deviceExists("dev-2") == false)
+        var expected = device
+        expected.lastSeen = 70
+        #expect(try await other.device("dev-1") == expected)
+    }
+
+    @Test(arguments: Backend.allCases)
+    func aDueBatchIsWrittenByTheCheckInThatMakesItDue(_ backend: Backend) async throws {
+        let (base, location) = try await backend.store()
+        let store = SQLStore(db: base.db, cache: StoreCache(seen: SeenBatch(maxDevices: 2, maxDelay: .seconds(3600))))
+        let other = try await backend.replica(of: location)
+        defer {
+            Task {
+                await base.db.close(); await other.db.close()
+            }
+        }
+        for id in ["dev-1", "dev-2"] {
+            var d = device
+            d.id = id
+            try await store.upsertDevice(d)
+        }
+        try await store.touchDevice("dev-1", lastSeen: 20)
+        #expect(try await other.device("dev-1")?.lastSeen == 1)
+        try await store.touchDevice("dev-2", lastSeen: 30)
+        #expect(try await other.device("dev-1")?.lastSeen == 20)
+        #expect(try await other.device("dev-2")?.lastSeen == 30)
+        #expect(store.cache.seen.isEmpty)
+    }
+
+    @Test func aBatchIsDueByCountOrByAge() {
+        let batch = SeenBatch(maxDevices: 3, maxDelay: .seconds(1))
+        let t0 = ContinuousClock.now
+        #expect(!batch.add("a", at: 5, now: t0))
+        #expect(!batch.add("a", at: 4, now: t0 + .milliseconds(100)))  // the later time is kept
+        #expect(batch.pending("a") == 5)
+        #expect(!batch.add("b", at: 5, now: t0 + .milliseconds(200)))
+        #expect(batch.add("c", at: 5, now: t0 + .milliseconds(300)))
+        #expect(batch.take() == ["a": 5, "b": 5, "c": 5])
+        #expect(!batch.add("d", at: 6, now: t0 + .seconds(5)))
+        #expect(batch.add("e", at: 6, now: t0 + .seconds(6)))
+        let taken = batch.take()
+        batch.restore(taken, now: t0 + .seconds(7))
+        #expect(batch.add("d", at: 9, now: t0 + .seconds(7)) == false)
+        #expect(batch.take() == ["d": 9, "e": 6])
     }
 
     @Test func concurrentMigrationsOnOneDatabaseApplyEachStepOnce() async throws {

@@ -71,4 +71,30 @@ struct TrustedProxiesTests {
             proxies.certificate(headers: headers(cert: String(repeating: "A", count: 20_000), verify: "SUCCESS"), peer: "10.0.0.5") == nil)
         #expect(TrustedProxies.none.certificate(headers: headers(cert: escaped, verify: "SUCCESS"), peer: "127.0.0.1") == nil)
     }
+
+    @Test func aCertificateHeaderIsParsedOnceAndStillTakenOnlyFromATrustedProxy() throws {
+        let pem = try Self.certificatePEM()
+        let expected = try #require(PeerCertificate.fingerprint(of: try NIOSSLCertificate(bytes: Array(pem.utf8), format: .pem)))
+        let escaped = try #require(pem.addingPercentEncoding(withAllowedCharacters: .alphanumerics))
+        let parsed = ParsedCertificates(limit: 1)
+        #expect(parsed.fingerprint(escaped) == expected)
+        #expect(parsed.fingerprint(escaped) == expected)
+        #expect(parsed.count == 1)
+        // What does not parse is not kept; a full cache is emptied before it takes another.
+        #expect(parsed.fingerprint("not%20a%20certificate") == nil)
+        #expect(parsed.count == 1)
+        let other = try #require(pem.addingPercentEncoding(withAllowedCharacters: .letters))
+        #expect(other != escaped)
+        #expect(parsed.fingerprint(other) == expected)
+        #expect(parsed.count == 1)
+        // A header parsed before gives nothing to a connection that is not a trusted proxy's.
+        var h = HTTPFields()
+        h[TrustedProxies.certificateHeader] = escaped
+        h[TrustedProxies.verifyHeader] = "SUCCESS"
+        let proxies = try TrustedProxies(["10.0.0.5"])
+        #expect(proxies.certificate(headers: h, peer: "10.0.0.5") == expected)
+        #expect(proxies.certificate(headers: h, peer: "10.0.0.6") == nil)
+        h[TrustedProxies.verifyHeader] = "NONE"
+        #expect(proxies.certificate(headers: h, peer: "10.0.0.5") == nil)
+    }
 }

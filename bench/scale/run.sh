@@ -6,18 +6,24 @@
 #   2. The fleet: `fleet-controller seed-devices` writes SCALE_DEVICES devices (into PostgreSQL,
 #      or the SQLite file of the data directory); without that
 #      command, FALLBACK_DEVICES devices register by checking in once each (said in the output).
-#      A model is released to every device; the devices install it (and report it) at their first
-#      check-in, so the measured check-ins are idle ones.
-#   3. RATE check-ins/s (1M devices at a 15 min poll: 1,111/s) for DURATION s through nginx, then
+#      Devices carry labels (region, site: SimulatedDevice.labels) that the rollout's selector reads.
+#   3. A STAGED rollout in force while measuring (bench/scale/staged.yaml: a canary phase of 5% of
+#      each cell that bakes for a day, on the devices of SELECTOR): most check-ins are idle (held
+#      waiting for the phase, or not selected), about 5% of the selected ones are a device's first
+#      answer with a signed assignment, followed by its install events, as in a fleet mid-rollout.
+#   4. RATE check-ins/s (1M devices at a 15 min poll: 1,111/s) for DURATION s through nginx, then
 #      --find-max from FIND_MAX_START/s up and DURATION s at the highest rate that held (before the
 #      RATE run, which may overload the box). Reports achieved rate, latency quantiles (from the scheduled send), errors,
 #      CPU-seconds per check-in of each process (controller replicas, postgres, nginx, fleet-sim),
 #      database commits/s, and bytes on the wire per idle check-in.
+#   5. WORST_CASE=1: after the staged runs, a second release to every device at once (--all), so
+#      every measured check-in is the device's first (assignment signed, install events posted);
+#      reported separately, at WORST_RATE (RATE).
 #
 #   BIN=.build/release bash bench/scale/run.sh
 # Environment: SCALE_DEVICES (1000000), FALLBACK_DEVICES (20000), SEED_RATE (50), RATE (1111),
 #   DURATION (60), CONNECTIONS (64), FIND_MAX (1), FIND_MAX_START (25), STEP_SECONDS (15), P99_TARGET_MS (250),
-#   REPLICAS ("1 3"), KEEP_TMP=1 keeps the work directory.
+#   PROFILE=PREFIX (perf profile of the first replica per measured run), REPLICAS ("1 3"), STORE (postgres when the build has it; sqlite: the single box), SELECTOR ("region!=ap-east"), WORST_CASE (1), WORST_RATE (RATE), KEEP_TMP=1 keeps the work directory.
 set -euo pipefail
 
 ORIG_PWD=$PWD
@@ -36,8 +42,11 @@ STEP_SECONDS=${STEP_SECONDS:-15}
 FIND_MAX_START=${FIND_MAX_START:-25}
 P99_TARGET_MS=${P99_TARGET_MS:-250}
 REPLICAS=${REPLICAS:-"1 3"}
+SELECTOR=${SELECTOR:-"region!=ap-east"}
+WORST_CASE=${WORST_CASE:-1}
+WORST_RATE=${WORST_RATE:-$RATE}
 PREFIX=sim-
-for v in SCALE_DEVICES FALLBACK_DEVICES SEED_RATE RATE DURATION CONNECTIONS STEP_SECONDS FIND_MAX_START P99_TARGET_MS; do
+for v in SCALE_DEVICES FALLBACK_DEVICES SEED_RATE RATE WORST_RATE DURATION CONNECTIONS STEP_SECONDS FIND_MAX_START P99_TARGET_MS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: $v='${!v}' is not a positive whole number" >&2; exit 2; }
 done
 for exe in fleetctl fleet-controller fleet-sim; do
@@ -82,6 +91,11 @@ wait_http() { local i; for i in $(seq 1 300); do curl -fsS "$1" >/dev/null 2>&1 
 
 HAS_DB=0
 "$BIN/fleet-controller" serve --help 2>&1 | grep -q -- --database && HAS_DB=1
+case ${STORE:-} in
+    "" | postgres) ;;
+    sqlite) HAS_DB=0 ;;   # the single box: one replica on its SQLite file
+    *) echo "bench/scale: STORE='$STORE' is neither sqlite nor postgres" >&2; exit 2 ;;
+esac
 HAS_SEED=0
 # (`seed-devices --help` would not do: an unknown subcommand prints the top-level help, status 0.)
 "$BIN/fleet-controller" --help 2>&1 | grep -Eq '^[[:space:]]+seed-devices([[:space:]]|$)' && HAS_SEED=1
@@ -91,7 +105,11 @@ if ((HAS_DB)); then
     [[ -x $PGBIN/postgres ]] || fail "fleet-controller has --database but PostgreSQL is not installed (apt-get install postgresql)"
     note "fleet-controller serve has --database: PostgreSQL store, replicas: $REPLICAS"
 else
-    note "fleet-controller serve has no --database yet: one replica on SQLite (the 3-replica run needs PostgreSQL)"
+    if [[ ${STORE:-} == sqlite ]]; then
+        note "STORE=sqlite: the single box, one replica on its SQLite file"
+    else
+        note "fleet-controller serve has no --database yet: one replica on SQLite (the 3-replica run needs PostgreSQL)"
+    fi
     REPLICAS=1
 fi
 if ((HAS_SEED)); then
@@ -129,7 +147,7 @@ start_controllers() {
         port=$(free_port)
         local args=(serve --listen "127.0.0.1:$port" --keys "$T/keys/online" --config fleet --poll-seconds 900
                     --checkin-burst 1000000 --checkins-per-minute 1000000 --log-level warning --scrub-interval 0
-                    --artifact-accel-redirect /_artifacts/)
+                    --artifact-accel-redirect /_artifacts/ --view-label region)
         if ((HAS_DB)); then args+=(--data "$T/shared" --database "$DBURL"); else args+=(--data "$T/shared"); fi
         "$BIN/fleet-controller" "${args[@]}" >"$T/controller-$k.log" 2>&1 &
         CONTROLLERS+=("$!")
@@ -187,7 +205,7 @@ sim() { "$BIN/fleet-sim" --url "$URL" --devices "$DEVICES" --id-prefix "$PREFIX"
 # --- the fleet --------------------------------------------------------------------------------
 
 FIRST=$(echo "$REPLICAS" | awk '{print $1}')
-step "fleet: $DEVICES devices, one model released to all"
+step "fleet: $DEVICES devices, one model in a staged rollout (bench/scale/staged.yaml, selector '$SELECTOR')"
 start_controllers "$FIRST"
 export FLEET_CONTROLLER=$URL
 ctl() { "$BIN/fleetctl" "$@" >>"$T/fleetctl.log" 2>&1 || fail "fleetctl $* failed"; }
@@ -197,14 +215,15 @@ for d in fp32 fp16 int8 int4; do
     ctl variant add scale "$T/scale-$d.bin" --name "scale-$d" --dtype "$d" --format onnx
 done
 ctl release create scale --version 1 --keys "$T/keys" --variants scale-fp32,scale-fp16,scale-int8,scale-int4
-ctl rollout start scale@1 --all
+ctl rollout start scale@1 --policy "$REPO/bench/scale/staged.yaml" --selector "$SELECTOR"
 if ((HAS_SEED)); then
     started=$(date +%s.%N)
     SEEDARGS=(--count "$DEVICES" --id-prefix "$PREFIX" --data "$T/shared" --config fleet)
     ((HAS_DB)) && SEEDARGS+=(--database "$DBURL")
     "$BIN/fleet-controller" seed-devices "${SEEDARGS[@]}" >"$T/seed.log" 2>&1 || fail "fleet-controller seed-devices failed"
     note "seeded $DEVICES devices in $(python3 -c "import time; print(f'{time.time() - $started:.1f}')") s"
-    # Seeded devices run nothing yet: each installs at its first check-in below, then is idle.
+    # Seeded devices run nothing yet: those in the canary cohort install at their first check-in
+    # below; the others are held waiting for the phase (or not selected) and stay idle.
 else
     secs=$(((DEVICES + SEED_RATE - 1) / SEED_RATE))
     note "registering by check-in: $DEVICES devices at $SEED_RATE/s ($secs s); each installs the release and reports it"
@@ -259,13 +278,24 @@ PY
 # Lets a controller finish what the last run left queued before the next measurement.
 settle() { sleep 5; wait_http "$URL/healthz"; }
 
-measure() {   # $1 replicas, $2 rate, $3 label
-    local n=$1 r=$2 label=$3
-    step "$n replica(s): $r check-ins/s for $DURATION s through nginx ($DEVICES devices, $CONNECTIONS connections)"
+measure() {   # $1 replicas, $2 rate, $3 label, $4 what is in force
+    local n=$1 r=$2 label=$3 what=${4:-staged rollout in force}
+    step "$n replica(s), $what: $r check-ins/s for $DURATION s through nginx ($DEVICES devices, $CONNECTIONS connections)"
     snapshot >"$T/before-$n-$label"
+    local perf=""
+    if [[ -n ${PROFILE:-} ]]; then   # PROFILE=PREFIX: perf samples of the first replica, PREFIX-<label>-<n>.txt
+        perf record -F 499 -g -p "${CONTROLLERS[0]}" -o "$T/perf-$label-$n.data" >/dev/null 2>&1 &
+        perf=$!
+    fi
     cpu_mark "$n-$label-0"
     sim --rate "$r" --duration "$DURATION" --json >"$T/$label-$n.json" 2>"$T/$label-$n.log" || fail "fleet-sim failed"
     cpu_mark "$n-$label-1"
+    if [[ -n $perf ]]; then
+        kill -INT "$perf" 2>/dev/null || true; wait "$perf" 2>/dev/null || true
+        perf report -i "$T/perf-$label-$n.data" --no-children --percent-limit 0.7 --stdio -g none 2>/dev/null |
+            swift demangle --simplified >"$PROFILE-$label-$n.txt" || true
+        note "profile of controller-1: $PROFILE-$label-$n.txt"
+    fi
     snapshot >"$T/after-$n-$label"
     echo "fleet-sim=$(children_cpu "$n-$label-0")" >>"$T/before-$n-$label"
     echo "fleet-sim=$(children_cpu "$n-$label-1")" >>"$T/after-$n-$label"
@@ -299,7 +329,27 @@ PY
         settle
     fi
     measure "$n" "$RATE" "rate"
+    # Label views and selectors over the whole fleet, once per replica count (the devices by region
+    # in /metrics; the rollout's wave and cell counts).
+    started=$(date +%s.%N)
+    curl -fsS "$URL/metrics" | grep -c '^edgefleet_devices_by_label{' >"$T/by-label" || echo 0 >"$T/by-label"
+    note "label view (/metrics, devices by region): $(cat "$T/by-label") series in $(python3 -c "import time; print(f'{time.time() - $started:.2f}')") s"
+    started=$(date +%s.%N)
+    if "$BIN/fleetctl" rollout status 1 >>"$T/fleetctl.log" 2>&1; then
+        note "fleetctl rollout status 1 (selector and cells over $DEVICES devices): $(python3 -c "import time; print(f'{time.time() - $started:.2f}')") s"
+    else
+        note "fleetctl rollout status 1 failed (not timed): $(tail -n 1 "$T/fleetctl.log")"
+    fi
 done
+if ((WORST_CASE)); then
+    # The worst case, reported apart: every measured check-in is the device's first under a new
+    # rollout (assignment signed and stored, install events posted).
+    step "$n replica(s): release 2 to every device at once (worst case: every check-in a first one)"
+    ctl release create scale --version 2 --keys "$T/keys" --variants scale-fp32,scale-fp16,scale-int8,scale-int4
+    ctl rollout start scale@2 --all --supersede
+    settle
+    measure "$n" "$WORST_RATE" "worst" "WORST CASE (every check-in a device's first under a rollout to all)"
+fi
 step "notes"
 note "fleet-sim shares the machine's cores with everything it measures (its own CPU is listed above), so the"
 note "rates are a floor for the server side. Latency counts from each check-in's scheduled send time."

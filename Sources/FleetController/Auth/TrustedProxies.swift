@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOSSL
+import Synchronization
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -82,14 +83,43 @@ public struct TrustedProxies: Sendable, Equatable {
     /// not parse.
     func certificate(headers: HTTPFields, peer: String?) -> PeerCertificate? {
         guard trusts(peer), headers[Self.verifyHeader] == "SUCCESS", let escaped = headers[Self.certificateHeader],
-            escaped.utf8.count <= 16 << 10, let pem = escaped.removingPercentEncoding,
-            let certificate = try? NIOSSLCertificate(bytes: Array(pem.utf8), format: .pem)
+            escaped.utf8.count <= 16 << 10
         else { return nil }
-        return PeerCertificate.fingerprint(of: certificate)
+        return Self.parsed.fingerprint(escaped)
     }
+
+    /// Certificates already parsed, by the header's exact text (a device sends the same one at
+    /// every check-in); shared by every listener of the process.
+    static let parsed = ParsedCertificates()
 
     /// The source of device certificates behind these proxies.
     var source: PeerCertificate.Source {
         { request, context in certificate(headers: request.headers, peer: context.channel?.remoteAddress?.ipAddress) }
+    }
+}
+
+/// The key fingerprints of the certificates proxies passed on, by the exact header text: the same
+/// text is the same certificate, so its PEM is parsed and its key hashed once, not at every
+/// check-in. Whether the proxy is trusted and verified it is still decided per request. Bounded:
+/// emptied when full. A header that does not parse is not kept.
+final class ParsedCertificates: Sendable {
+    private let kept = Mutex<[String: PeerCertificate]>([:])
+    let limit: Int
+
+    init(limit: Int = 50_000) { self.limit = limit }
+
+    var count: Int { kept.withLock { $0.count } }
+
+    func fingerprint(_ escaped: String) -> PeerCertificate? {
+        if let hit = kept.withLock({ $0[escaped] }) { return hit }
+        guard let pem = escaped.removingPercentEncoding,
+            let certificate = try? NIOSSLCertificate(bytes: Array(pem.utf8), format: .pem),
+            let parsed = PeerCertificate.fingerprint(of: certificate)
+        else { return nil }
+        kept.withLock { kept in
+            if kept.count >= limit { kept.removeAll(keepingCapacity: true) }
+            kept[escaped] = parsed
+        }
+        return parsed
     }
 }

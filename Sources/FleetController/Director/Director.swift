@@ -71,7 +71,7 @@ actor Director {
         guard current.policy != nil else { return true }
         guard wave <= current.wave else { return false }
         let key = Targeting.cell(hardwareClass: device.hardwareClass, tier: device.tier, rollout: current, wave: wave)
-        guard let cell = try await store.freshCells(rollout: rollout.id)[key] else { return false }
+        guard let cell = try await store.freshCell(rollout: rollout.id, key) else { return false }
         return Self.sendsNewRelease(cell, rollout: rollout, device: device)
     }
 
@@ -80,19 +80,19 @@ actor Director {
         cell.state.sendsNewRelease && Cohort.position(rollout: "\(rollout.id)", device: device.id) < cell.cutoff
     }
 
-    /// Before a device is first sent a rollout's release: what it runs now, as its rollback target.
-    private func rememberPrior(_ device: DeviceRecord, rollout: RolloutRecord, now: Int64) async throws {
-        // Only the first time counts; later check-ins until the install finishes change nothing.
-        if try await store.rolloutDevice(rollout: rollout.id, deviceId: device.id) != nil { return }
+    /// Before a device is first sent a rollout's release: what it runs now, as its rollback target,
+    /// to be recorded with the assignment that sends it (one transaction). nil when recorded
+    /// already: only the first time counts; later check-ins until the install finishes change nothing.
+    private func reach(_ device: DeviceRecord, rollout: RolloutRecord, now: Int64) async throws -> RolloutReach? {
+        if try await store.rolloutDevice(rollout: rollout.id, deviceId: device.id) != nil { return nil }
         guard let installed = device.installed[rollout.model] else {
-            return try await store.recordRolloutDevice(
-                rollout: rollout.id, deviceId: device.id, priorRelease: nil, priorSha256: nil, at: now)
+            return RolloutReach(rollout: rollout.id, priorRelease: nil, priorSha256: nil, at: now)
         }
         var prior = try await store.committedRelease(deviceId: device.id, model: rollout.model, sha256: installed)
         if prior == nil, let a = try await store.assignment(deviceId: device.id, model: rollout.model), a.sha256 == installed {
             prior = a.releaseId
         }
-        try await store.recordRolloutDevice(rollout: rollout.id, deviceId: device.id, priorRelease: prior, priorSha256: installed, at: now)
+        return RolloutReach(rollout: rollout.id, priorRelease: prior, priorSha256: installed, at: now)
     }
 
     struct Plan {
@@ -109,7 +109,7 @@ actor Director {
     /// `requestDeltas: false` only reads (explain): no delta build is queued.
     func plan(
         facts: DeviceFacts, installed: [String: String], rollout: RolloutRecord, releaseId: String? = nil,
-        fullOnly: Bool = false, requestDeltas: Bool = true
+        fullOnly: Bool = false, requestDeltas: Bool = true, tier classified: BandwidthTier?? = nil
     ) async throws -> Plan? {
         // Agent binaries always travel whole.
         let fullOnly = fullOnly || rollout.model == ReleaseKind.agentModel
@@ -132,13 +132,14 @@ actor Director {
             }
             candidates.append(c)
         }
-        let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)
+        // A check-in passes the tier it classified already.
+        let tier = classified ?? TierClassifier.classify(facts, tiers: config.bandwidthTiers)
         var selection = VariantSelector.select(
             facts: facts, hardwareClass: hw, tier: tier, candidates: candidates,
             installedSha256: installed[rollout.model],
             policy: SelectionPolicy(minQuality: model?.minQuality, minMeasuredDevices: minMeasuredDevices))
         if let deviceId = facts.deviceId {
-            selection = try await trialSelection(selection, deviceId: deviceId, model: rollout.model, release: release.id)
+            selection = try await trialSelection(selection, deviceId: deviceId, model: rollout.model, release: release)
         }
         let chosen = selection.chosen.flatMap { name in release.catalog.variants.first { $0.name == name } }
         var package: PackageRef? = nil
@@ -160,17 +161,14 @@ actor Director {
 
     /// A device in a running trial of this release is sent, in turn, each trial variant it has not
     /// measured yet and that fits it; once it measured them all, selection goes back to normal.
-    func trialSelection(_ s: Selection, deviceId: String, model: String, release: String) async throws -> Selection {
+    func trialSelection(_ s: Selection, deviceId: String, model: String, release: ReleaseRecord) async throws -> Selection {
         guard
             let trial = try await store.trials(model: model).last(where: {
-                $0.state == "running" && $0.release == release && $0.devices.contains(deviceId)
+                $0.state == "running" && $0.release == release.id && $0.devices.contains(deviceId)
             })
         else { return s }
         let measured = try await store.measuredArtifacts(model: model, deviceId: deviceId)
-        let shas =
-            try await store.release(release).map {
-                Dictionary($0.catalog.variants.map { ($0.name, $0.sha256) }, uniquingKeysWith: { a, _ in a })
-            } ?? [:]
+        let shas = Dictionary(release.catalog.variants.map { ($0.name, $0.sha256) }, uniquingKeysWith: { a, _ in a })
         guard
             let next = trial.variants.first(where: { name in
                 guard let sha = shas[name], !measured.contains(sha) else { return false }
@@ -264,15 +262,18 @@ actor Director {
         var unchanged: [String] = []
         var snapshot = CheckInSnapshot(deviceId: deviceId, models: [:])
         var newAssignment = false
-        // Releases that failed here for good: not sent again until an operator retries them.
-        let failed = Set(try await store.failures(deviceId: deviceId).map { "\($0.model)\u{0}\($0.release)" })
+        // Releases that failed here for good: not sent again until an operator retries them. Read
+        // only when a release is about to be sent (a held or idle device needs none).
+        var failed: Set<String>? = nil
         let record = DeviceRecord(
             id: deviceId, facts: facts, hardwareClass: hw?.name, tier: tier?.name, installed: request.installed,
             phase: request.phase, status: existing?.status ?? DeviceStatus.idle.rawValue, statusDetail: existing?.statusDetail, held: [:],
             firstSeen: existing?.firstSeen ?? now, lastSeen: now, agentVersion: request.agentVersion ?? existing?.agentVersion,
             enrolledLabels: existing?.enrolledLabels ?? [:], operatorLabels: existing?.operatorLabels ?? [:])
         // Per model, the newest rollout in force that picks this device; none: it keeps what it runs.
-        for (_, rollouts) in Targeting.byModel(try await store.activeRollouts()).sorted(by: { $0.key < $1.key }) {
+        // Read once for the whole check-in (the timestamp below covers the same rollouts).
+        let inForce = try await store.activeRollouts()
+        for (_, rollouts) in Targeting.byModel(inForce).sorted(by: { $0.key < $1.key }) {
             guard let choice = Targeting.choice(for: record, among: rollouts) else { continue }
             let rollout = choice.rollout
             let fullOnly = request.fullPackages?.contains(rollout.model) ?? false
@@ -281,7 +282,10 @@ actor Director {
                     (rollout.state == .active && choice.wave > rollout.wave ? HeldReason.waitingForWave : .waitingForPhase).rawValue
                 continue
             }
-            if failed.contains("\(rollout.model)\u{0}\(releaseId)") {
+            if failed == nil {
+                failed = Set(try await store.failures(deviceId: deviceId).map { "\($0.model)\u{0}\($0.release)" })
+            }
+            if failed?.contains("\(rollout.model)\u{0}\(releaseId)") == true {
                 held[rollout.model] = HeldReason.failed.rawValue
                 continue
             }
@@ -295,7 +299,7 @@ actor Director {
             guard
                 let plan = try await plan(
                     facts: facts, installed: request.installed, rollout: rollout, releaseId: releaseId,
-                    fullOnly: fullOnly)
+                    fullOnly: fullOnly, tier: .some(tier))
             else { continue }
             guard plan.release.catalog.releaseKind.allows(model: rollout.model) else { continue }
             guard let variant = plan.variant, let hwClass = plan.hardwareClass else {
@@ -310,6 +314,7 @@ actor Director {
                 held[rollout.model] = HeldReason.artifactQuarantined.rawValue
                 continue
             }
+            var reaching: RolloutReach? = nil
             if releaseId == rollout.releaseId, request.installed[rollout.model] != variant.sha256 {
                 // About to send the new release: decided on the rollout and cell as stored now, not
                 // on this replica's cached copy (another replica may have paused it a moment ago).
@@ -317,7 +322,7 @@ actor Director {
                     held[rollout.model] = HeldReason.waitingForPhase.rawValue
                     continue
                 }
-                try await rememberPrior(record, rollout: rollout, now: now)
+                reaching = try await reach(record, rollout: rollout, now: now)
             }
             let window = Targeting.window(
                 rollout: rollout, wave: choice.wave, selectable: record.selectable, fleet: config.maintenanceWindows)
@@ -325,7 +330,7 @@ actor Director {
             let (envelope, counter) = try await assignment(
                 deviceId: deviceId, hardwareClass: hwClass.name, release: plan.release,
                 variant: variant, package: plan.package,
-                installed: request.installed[rollout.model], activation: activation, now: now)
+                installed: request.installed[rollout.model], activation: activation, reaching: reaching, now: now)
             // Only what changed since what the agent holds; the snapshot covers the model either way.
             let holds = request.isFrugal ? request.holds?[rollout.model] : nil
             let sameCatalog = holds?.catalog == plan.release.catalogSha256
@@ -343,7 +348,15 @@ actor Director {
 
         var stored = record
         stored.held = held
-        try await store.upsertDevice(stored)
+        var seenAgain = existing
+        seenAgain?.lastSeen = now
+        if let existing, seenAgain == stored {
+            // Nothing but the time seen changed (an idle device's check-in): that alone is
+            // written in batches, not one write per check-in.
+            if existing.lastSeen < now { try await store.touchDevice(deviceId, lastSeen: now) }
+        } else {
+            try await store.upsertDevice(stored)
+        }
         metrics.checkIns.increment()
         if existing == nil {
             logger.info(
@@ -353,7 +366,7 @@ actor Director {
         guard let trustedTimestamp = request.timestampVersion else {
             return CheckInResponse(
                 deviceId: deviceId, hardwareClass: hw?.name, tier: tier?.name, rootChain: keys.rootChain,
-                timestamp: try await timestamp(now: now), updates: updates, held: held, pollSeconds: pollSeconds,
+                timestamp: try await timestamp(now: now, inForce: inForce), updates: updates, held: held, pollSeconds: pollSeconds,
                 retry: tier?.retry ?? .default)
         }
         let stamp =
@@ -409,10 +422,11 @@ actor Director {
     }
 
     /// The stored assignment when it still says the same thing and is not near expiry; otherwise a
-    /// new one with the next counter.
+    /// new one with the next counter. `reaching`: the rollout's first send to the device, recorded
+    /// in the new assignment's transaction (or alone when the stored one is sent again).
     private func assignment(
         deviceId: String, hardwareClass: String, release: ReleaseRecord, variant: CatalogVariant,
-        package delta: PackageRef?, installed: String?, activation: [ActivationWindow]?,
+        package delta: PackageRef?, installed: String?, activation: [ActivationWindow]?, reaching: RolloutReach? = nil,
         now: Int64
     ) async throws -> (Envelope, UInt64) {
         let package =
@@ -424,6 +438,10 @@ actor Director {
                 p.packageSha256 == package.sha256 || installed == variant.sha256, p.expiresAt - now > assignmentTTL / 2,
                 p.activation == activation || installed == variant.sha256
             {
+                if let r = reaching {
+                    try await store.recordRolloutDevice(
+                        rollout: r.rollout, deviceId: deviceId, priorRelease: r.priorRelease, priorSha256: r.priorSha256, at: r.at)
+                }
                 return (p.envelope, p.counter)
             }
             let counter = (previous?.counter ?? 0) + 1
@@ -438,7 +456,7 @@ actor Director {
                 deviceId: deviceId, model: release.model, counter: counter, releaseId: release.id,
                 variant: variant.name, sha256: variant.sha256, packageSha256: package.sha256,
                 envelope: env, expiresAt: a.expiresAt, activation: activation)
-            if try await store.replaceAssignment(record, expectedCounter: previous?.counter) {
+            if try await store.replaceAssignment(record, expectedCounter: previous?.counter, reaching: reaching) {
                 metrics.assignmentsSigned.increment()
                 return (env, counter)
             }
@@ -454,10 +472,13 @@ actor Director {
     }
 
     /// The current timestamp: re-signed when the set of live catalogs changes or half its life is gone.
-    func timestamp(now: Int64) async throws -> Envelope? {
+    /// `inForce`: the rollouts in force, when the caller read them already.
+    func timestamp(now: Int64, inForce: [RolloutRecord]? = nil) async throws -> Envelope? {
         // Every release in force: a staged rollout keeps its control cohort on the previous one.
         var catalogs: [String: String] = [:]
-        for rollout in try await store.activeRollouts() {
+        let rollouts: [RolloutRecord]
+        if let inForce { rollouts = inForce } else { rollouts = try await store.activeRollouts() }
+        for rollout in rollouts {
             // Rollback targets too: a device goes back to what it ran, which may predate the previous release.
             let prior = try await store.priorReleases(rollout: rollout.id)
             for id in [rollout.releaseId, rollout.previousReleaseId].compactMap({ $0 }) + prior.sorted() {

@@ -39,7 +39,7 @@ struct DeviceRoutes: Sendable {
         }
         routes.devices.post("/v1/devices/:id/events") { request, context in
             let id = try deviceID(context)
-            guard try await store.device(id) != nil else {
+            guard try await store.deviceExists(id) else {
                 throw APIError(.notFound, "unknown-device", "device \(id) has not checked in")
             }
             let batch = try await JSON.decode(EventBatch.self, request, limit: Self.eventsLimit)

@@ -31,10 +31,15 @@ public enum DeviceSeeder {
                 let cls = HardwareClassifier.classify(facts, classes: config.hardwareClasses)?.name
                 let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)?.name
                 perCell["\(cls ?? "none")/\(tier ?? "none")", default: 0] += 1
-                rows.append([facts.deviceId!, try store.json(facts), cls, tier, now, now])
+                // The columns a check-in keeps beside the facts, for selectors and label views.
+                rows.append([
+                    facts.deviceId!, try store.json(facts), cls, tier, now, now, facts.arch, facts.timezone,
+                    try store.json(facts.labels ?? [:])
+                ])
             }
             try await store.insertRows(
-                table: "devices", columns: ["id", "facts", "hardware_class", "tier", "first_seen", "last_seen"],
+                table: "devices",
+                columns: ["id", "facts", "hardware_class", "tier", "first_seen", "last_seen", "arch", "timezone", "agent_labels"],
                 constants: ["installed": "'{}'", "status": "'idle'", "held": "'{}'", "agent_version": "'seeded'"],
                 rows: rows)
             start += batch

@@ -31,6 +31,15 @@ struct DeviceRecord: Sendable, Equatable {
     var timezoneLabel: String? { labels[Labels.timezoneKey] }
 }
 
+/// A rollout's first send of its release to a device: what the device ran before (its rollback
+/// target), and when.
+struct RolloutReach: Sendable, Equatable {
+    var rollout: Int64
+    var priorRelease: String?
+    var priorSha256: String?
+    var at: Int64
+}
+
 struct ModelRecord: Sendable, Equatable {
     var name: String
     var minQuality: Double?
@@ -225,6 +234,10 @@ struct EventIngest: Sendable, Equatable {
 protocol FleetStore: Sendable {
     func upsertDevice(_ device: DeviceRecord) async throws
     func device(_ id: String) async throws -> DeviceRecord?
+    /// Whether a device has checked in, without reading its row.
+    func deviceExists(_ id: String) async throws -> Bool
+    /// A check-in that changed nothing but the time the device was seen (written in batches).
+    func touchDevice(_ id: String, lastSeen: Int64) async throws
     func devices() async throws -> [DeviceRecord]
     /// The devices that run something of `model` (filtered in the database: a fleet where few run
     /// it is not read whole).
@@ -265,6 +278,8 @@ protocol FleetStore: Sendable {
     func cells(rollout: Int64) async throws -> [CellKey: StoredCell]
     /// The cells as stored now, past any cache: for a decision that must not act on a stale copy.
     func freshCells(rollout: Int64) async throws -> [CellKey: StoredCell]
+    /// One cell as stored now, past the cache.
+    func freshCell(rollout: Int64, _ key: CellKey) async throws -> StoredCell?
     func saveCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell) async throws
     /// Writes `cell` only if the stored one is still at `cell.revision` (or, for a cell read as
     /// absent, still absent): two writers that read the same copy cannot both win. Returns the
@@ -315,6 +330,9 @@ protocol FleetStore: Sendable {
 
     /// Remembers, once, that a rollout sent its release to a device and what the device ran before.
     func recordRolloutDevice(rollout: Int64, deviceId: String, priorRelease: String?, priorSha256: String?, at: Int64) async throws
+    /// `replaceAssignment` that also records, in the same transaction, that a rollout reached the
+    /// device (`recordRolloutDevice`), when `reaching` is given and the assignment is written.
+    func replaceAssignment(_ record: AssignmentRecord, expectedCounter: UInt64?, reaching: RolloutReach?) async throws -> Bool
     func rolloutDevice(rollout: Int64, deviceId: String) async throws -> RolloutDeviceRecord?
     /// Every release the rollout's devices ran before it reached them.
     func priorReleases(rollout: Int64) async throws -> Set<String>

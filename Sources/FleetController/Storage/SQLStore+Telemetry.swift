@@ -50,19 +50,8 @@ extension SQLStore {
 /// that device's rollback.
 extension SQLStore {
     func recordRolloutDevice(rollout: Int64, deviceId: String, priorRelease: String?, priorSha256: String?, at: Int64) async throws {
-        try await write { tx in
-            try await tx.execute(
-                """
-                INSERT INTO rollout_devices (rollout_id, device_id, prior_release, prior_sha256, assigned_at) VALUES (?,?,?,?,?)
-                ON CONFLICT(rollout_id, device_id) DO NOTHING
-                """, [rollout, deviceId, priorRelease, priorSha256, at])
-            guard let priorRelease else { return ((), []) }
-            let added = try await tx.query(
-                """
-                INSERT INTO rollout_prior_releases (rollout_id, release) VALUES (?,?) ON CONFLICT (rollout_id, release) DO NOTHING RETURNING release
-                """, [rollout, priorRelease])
-            return ((), added.isEmpty ? [] : [.priors])  // announced only when a release is new to the rollout
-        }
+        let reach = RolloutReach(rollout: rollout, priorRelease: priorRelease, priorSha256: priorSha256, at: at)
+        try await write { tx in ((), try await Self.recordReach(tx, reach, deviceId: deviceId)) }
     }
 
     private static func rolloutDeviceRow(_ r: SQLRow) throws -> RolloutDeviceRecord {

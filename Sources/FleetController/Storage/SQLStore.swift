@@ -114,6 +114,40 @@ final class SQLStore: FleetStore {
             ])
     }
 
+    /// An idle check-in: only the time the device was seen changes, written with others' in one
+    /// statement once the batch is due (see `SeenBatch`). A failed write puts the times back and
+    /// throws; the next due batch writes them.
+    func touchDevice(_ id: String, lastSeen: Int64) async throws {
+        guard cache.seen.add(id, at: lastSeen) else { return }
+        try await flushSeen()
+    }
+
+    /// Writes the pending last-seen times now (`SeenFlusher` calls it when no check-in does, and at shutdown).
+    func flushSeen() async throws {
+        let times = cache.seen.take()
+        guard !times.isEmpty else { return }
+        let rows = times.sorted { $0.key < $1.key }
+        do {
+            var start = 0
+            while start < rows.count {
+                let part = rows[start..<min(start + Self.seenPerStatement, rows.count)]
+                // Never moves a time back (another replica may have written a later one).
+                try await db.executeRelaxed(
+                    """
+                    WITH seen (id, t) AS (VALUES \(Array(repeating: "(?, CAST(? AS BIGINT))", count: part.count).joined(separator: ",")))
+                    UPDATE devices SET last_seen = seen.t FROM seen WHERE devices.id = seen.id AND devices.last_seen < seen.t
+                    """,
+                    part.flatMap { [$0.key, $0.value] as [any SQLValueConvertible] })
+                start += Self.seenPerStatement
+            }
+        } catch {
+            cache.seen.restore(times)
+            throw error
+        }
+    }
+
+    static let seenPerStatement = 500
+
     /// A JSON object of labels as stored; "{}" and NULL without decoding.
     static func labels(_ r: SQLRow, _ column: String) throws -> [String: String] {
         guard let text = try r.optionalString(column), text != "{}" else { return [:] }
@@ -131,11 +165,15 @@ final class SQLStore: FleetStore {
     }
 
     func device(_ id: String) async throws -> DeviceRecord? {
-        try await db.query("\(Self.deviceSelect) WHERE d.id = ?", [id]).first.map(Self.deviceRow)
+        try await db.query("\(Self.deviceSelect) WHERE d.id = ?", [id]).first.map(Self.deviceRow).map(cache.seen.overlay)
+    }
+
+    func deviceExists(_ id: String) async throws -> Bool {
+        !(try await db.query("SELECT 1 AS present FROM devices WHERE id = ?", [id]).isEmpty)
     }
 
     func devices() async throws -> [DeviceRecord] {
-        try await db.query("\(Self.deviceSelect) ORDER BY d.id", []).map(Self.deviceRow)
+        try await db.query("\(Self.deviceSelect) ORDER BY d.id", []).map(Self.deviceRow).map(cache.seen.overlay)
     }
 
     func devices(running model: String) async throws -> [DeviceRecord] {
@@ -143,7 +181,7 @@ final class SQLStore: FleetStore {
         return try await db.query(
             "\(Self.deviceSelect) WHERE \(db.dialect.jsonGet("d.installed")) IS NOT NULL ORDER BY d.id",
             [model]
-        ).map(Self.deviceRow)
+        ).map(Self.deviceRow).map(cache.seen.overlay)
     }
 
     func updateOperatorLabels(deviceId: String, set: [String: String], remove: [String]) async throws -> DeviceRecord? {
@@ -356,6 +394,19 @@ final class SQLStore: FleetStore {
         return out
     }
 
+    /// One cell as stored now, past the cache (a check-in about to send a rollout's release).
+    func freshCell(rollout: Int64, _ key: CellKey) async throws -> StoredCell? {
+        guard
+            let r = try await db.query(
+                "SELECT body, revision FROM rollout_cells WHERE rollout_id = ? AND cell = ?", [rollout, key.description]
+            )
+            .first
+        else { return nil }
+        var cell = try r.json(StoredCell.self, "body")
+        cell.revision = try r.int("revision")
+        return cell
+    }
+
     func saveCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell) async throws {
         let body = try json(cell)
         try await write(fenced: true, announcing: [.cells]) { tx in
@@ -507,9 +558,13 @@ final class SQLStore: FleetStore {
     /// win: the row is inserted only when none exists, or updated only while its counter is still
     /// the expected one.
     func replaceAssignment(_ a: AssignmentRecord, expectedCounter: UInt64?) async throws -> Bool {
+        try await replaceAssignment(a, expectedCounter: expectedCounter, reaching: nil)
+    }
+
+    func replaceAssignment(_ a: AssignmentRecord, expectedCounter: UInt64?, reaching: RolloutReach?) async throws -> Bool {
         let envelope = try json(a.envelope)
         let activation = try a.activation.map(json)
-        return try await write { tx in
+        return try await write { tx -> (Bool, [StoreCache.Topic]) in
             let values: [any SQLValueConvertible] = [
                 a.deviceId, a.model, a.counter, a.releaseId, a.variant, a.sha256, a.packageSha256, envelope,
                 a.expiresAt, activation
@@ -531,10 +586,26 @@ final class SQLStore: FleetStore {
             } else {
                 rows = try await tx.query(insert + " ON CONFLICT(device_id, model) DO NOTHING RETURNING counter", values)
             }
-            guard !rows.isEmpty else { return false }
+            guard !rows.isEmpty else { return (false, []) }
             try await Self.recordDelivery(tx, a)
-            return true
+            guard let reaching else { return (true, []) }
+            return (true, try await Self.recordReach(tx, reaching, deviceId: a.deviceId))
         }
+    }
+
+    /// Rows of `recordRolloutDevice`, inside a transaction; returns the topics to announce.
+    static func recordReach(_ tx: any SQLQuerying, _ r: RolloutReach, deviceId: String) async throws -> [StoreCache.Topic] {
+        try await tx.execute(
+            """
+            INSERT INTO rollout_devices (rollout_id, device_id, prior_release, prior_sha256, assigned_at) VALUES (?,?,?,?,?)
+            ON CONFLICT(rollout_id, device_id) DO NOTHING
+            """, [r.rollout, deviceId, r.priorRelease, r.priorSha256, r.at])
+        guard let priorRelease = r.priorRelease else { return [] }
+        let added = try await tx.query(
+            """
+            INSERT INTO rollout_prior_releases (rollout_id, release) VALUES (?,?) ON CONFLICT (rollout_id, release) DO NOTHING RETURNING release
+            """, [r.rollout, priorRelease])
+        return added.isEmpty ? [] : [.priors]  // announced only when a release is new to the rollout
     }
 
     // MARK: deltas

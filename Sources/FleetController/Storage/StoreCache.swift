@@ -31,10 +31,14 @@ final class StoreCache: Sendable {
     /// The device cells and gate telemetry, kept whole and read again only where changed.
     let feeds: ChangeFeeds
 
+    /// The times devices were last seen by check-ins that changed nothing else, not written yet.
+    let seen: SeenBatch
+
     /// `fullReadEvery`: how often the feeds read their tables whole anyway.
-    init(maxAge: Swift.Duration = .seconds(2), fullReadEvery: Swift.Duration = .seconds(600)) {
+    init(maxAge: Swift.Duration = .seconds(2), fullReadEvery: Swift.Duration = .seconds(600), seen: SeenBatch = SeenBatch()) {
         self.maxAge = maxAge
         feeds = ChangeFeeds(fullEvery: fullReadEvery)
+        self.seen = seen
     }
 
     func release(_ id: String) -> ReleaseRecord? { state.withLock { $0.releases[id] } }
@@ -78,6 +82,61 @@ final class StoreCache: Sendable {
     }
 }
 
+/// The last-seen times of idle check-ins, gathered and written together: one statement for many
+/// devices instead of a write per check-in. A batch is due once it holds `maxDevices` devices or
+/// its first entry is `maxDelay` old; until written, this process's reads see the pending times
+/// (other replicas see them after the write, `maxDelay` later at most while check-ins go on).
+/// Losing a pending batch (a crash) loses only times the devices' next check-ins write again.
+final class SeenBatch: Sendable {
+    private struct State {
+        var pending: [String: Int64] = [:]
+        var since: ContinuousClock.Instant? = nil
+    }
+    private let state = Mutex(State())
+    let maxDevices: Int
+    let maxDelay: Swift.Duration
+
+    init(maxDevices: Int = 2_000, maxDelay: Swift.Duration = .seconds(1)) {
+        self.maxDevices = maxDevices; self.maxDelay = maxDelay
+    }
+
+    /// Records that `id` was seen at `time`; true when the batch is due to be written.
+    func add(_ id: String, at time: Int64, now: ContinuousClock.Instant = .now) -> Bool {
+        state.withLock { s in
+            if s.pending.isEmpty { s.since = now }
+            s.pending[id] = max(s.pending[id] ?? time, time)
+            return s.pending.count >= maxDevices || s.since.map { now - $0 >= maxDelay } ?? false
+        }
+    }
+
+    /// The pending times, taken out (to be written by the caller).
+    func take() -> [String: Int64] {
+        state.withLock { s in
+            defer { s.pending = [:]; s.since = nil }
+            return s.pending
+        }
+    }
+
+    /// Puts back times whose write failed; a time recorded since wins if it is later.
+    func restore(_ times: [String: Int64], now: ContinuousClock.Instant = .now) {
+        state.withLock { s in
+            if s.pending.isEmpty { s.since = now }
+            s.pending.merge(times, uniquingKeysWith: max)
+        }
+    }
+
+    func pending(_ id: String) -> Int64? { state.withLock { $0.pending[id] } }
+    var isEmpty: Bool { state.withLock { $0.pending.isEmpty } }
+
+    /// `record` with its pending last-seen time, if later than the stored one.
+    func overlay(_ record: DeviceRecord) -> DeviceRecord {
+        guard let t = pending(record.id), t > record.lastSeen else { return record }
+        var r = record
+        r.lastSeen = t
+        return r
+    }
+}
+
 /// Listens for other replicas' announcements on a connection of its own and drops the cache
 /// entries they name; drops everything after a reconnect.
 final class StoreCacheListener: Service, Sendable {
@@ -106,6 +165,32 @@ final class StoreCacheListener: Service, Sendable {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Writes pending last-seen times once they are due even when no check-in comes to write them,
+/// and what is left at graceful shutdown.
+struct SeenFlusher: Service {
+    let store: SQLStore
+    let logger: Logger
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            do {
+                try await cancelWhenGracefulShutdown { try await Task.sleep(for: store.cache.seen.maxDelay) }
+            } catch {
+                break  // stopped or cancelled: write what is left below
+            }
+            await flush()
+        }
+        await flush()
+    }
+
+    private func flush() async {
+        do { try await store.flushSeen() } catch {
+            // Kept for the next attempt (`flushSeen` puts them back); the devices' next check-ins repeat them anyway.
+            logger.warning("cannot write last-seen times", metadata: ["error": "\(error)"])
         }
     }
 }

@@ -64,6 +64,20 @@ public enum SimulatedDevice {
         }
     }
 
+    /// The regions devices are labelled with (`region`), equally many in each.
+    public static let regions = ["eu-west", "eu-north", "us-east", "us-west", "ap-south", "ap-east"]
+    /// Sites per region (`site`: `<region>-<nn>`).
+    public static let sitesPerRegion = 40
+
+    /// The labels device `index` reports, spread over `regions` and their sites, so that selectors
+    /// and label views meet many values at scale.
+    public static func labels(index: Int) -> [String: String] {
+        let r = draw(index, salt: 4)
+        let region = regions[Int(r % UInt64(regions.count))]
+        let site = Int((r >> 16) % UInt64(sitesPerRegion))
+        return ["region": region, "site": "\(region)-\(site < 10 ? "0" : "")\(site)"]
+    }
+
     public static func profile(index: Int) -> Profile { pick(Profile.allCases, draw(index, salt: 1) % 1000, \.perMille) }
     public static func link(index: Int) -> Link { pick(Link.allCases, draw(index, salt: 2) % 1000, \.perMille) }
 
@@ -119,6 +133,7 @@ public enum SimulatedDevice {
             facts.metered = facts.downlinkMbps == nil ? nil : false
         }
         facts.kernel = facts.arch == "x86_64" ? "6.1.0-28-amd64" : "6.6.31+rpt-rpi-v8"
+        facts.labels = labels(index: index)
         return facts
     }
 
