@@ -21,7 +21,7 @@ struct SimDevice: Sendable {
     /// (`InstallStateMachine`: started → downloaded → verified → activated → committed).
     mutating func recordInstall(_ a: AssignmentSummary, at time: Int64) {
         for kind: EventKind in [.started, .downloaded, .verified, .activated, .committed] {
-            outbox.append(StatusEvent(seq: nextSeq, time: time, kind: kind.rawValue, model: a.model, sha256: a.sha256, release: a.release))
+            outbox.append(StatusEvent(seq: nextSeq, time: time, kind: kind, model: a.model, sha256: a.sha256, release: a.release))
             nextSeq += 1
         }
         installed[a.model] = a.sha256

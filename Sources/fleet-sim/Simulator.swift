@@ -159,7 +159,7 @@ final class Simulator: Sendable {
             let ack = try DeviceAPI.ack(answer)
             book.update(index) { $0.acknowledge(through: ack.ackedThrough) }
             recorder.eventPost(latencyMicros: latency, events: events.count, error: nil)
-            recorder.install(reported: events.filter { $0.kind == EventKind.committed.rawValue && $0.seq <= ack.ackedThrough }.count)
+            recorder.install(reported: events.filter { $0.kind == .committed && $0.seq <= ack.ackedThrough }.count)
         } catch {
             recorder.eventPost(latencyMicros: nil, events: 0, error: Self.kind(error))
         }

@@ -126,7 +126,7 @@ struct NginxTests {
         let cycle = try fleet.runOnce(a, controller: front.url)
         #expect(cycle.status == 0, "\(cycle.stderr)")
         #expect(fleet.current(a, model: "m").contentSha == sha)
-        #expect(try fleet.events("edge-x86-vnni-01").contains { $0.kind == EventKind.committed.rawValue && $0.sha256 == sha })
+        #expect(try fleet.events("edge-x86-vnni-01").contains { $0.kind == .committed && $0.sha256 == sha })
 
         // A revoked device is refused through nginx, and its agent changes nothing.
         _ = try fleet.fleetctl(["devices", "revoke", "edge-x86-vnni-01"])

@@ -108,7 +108,7 @@ struct SelfUpdateTests {
         #expect(!s.trialExists("dev-a"))
         #expect(s.phase("dev-a") == "committed")
         #expect(try s.reportedSha("dev-a") == goodSha)
-        #expect(try s.agentEvents("dev-a").contains { $0.kind == EventKind.committed.rawValue && $0.sha256 == goodSha })
+        #expect(try s.agentEvents("dev-a").contains { $0.kind == .committed && $0.sha256 == goodSha })
         // A fresh start of the packaged binary runs the committed one.
         #expect(try s.run("dev-a").status == 0)
         #expect(try s.reportedSha("dev-a") == goodSha)
@@ -136,12 +136,12 @@ struct SelfUpdateTests {
         #expect(s.phase("dev-a") == "rolledBack")
         #expect(!s.slotExists("dev-a", s.fleet.sha(exits)))
         #expect(try s.reportedSha("dev-a") == goodSha)
-        let rolledBack = try s.agentEvents("dev-a").filter { $0.kind == EventKind.rolledBack.rawValue }
+        let rolledBack = try s.agentEvents("dev-a").filter { $0.kind == .rolledBack }
         #expect(rolledBack.map(\.fault) == [InstallFault.agentExited.rawValue])
         // Not tried again: further runs stay on 0.2.0 and start nothing.
-        let started = try s.agentEvents("dev-a").filter { $0.kind == EventKind.started.rawValue }.count
+        let started = try s.agentEvents("dev-a").filter { $0.kind == .started }.count
         #expect(try s.run("dev-a").status == 0)
-        #expect(try s.agentEvents("dev-a").filter { $0.kind == EventKind.started.rawValue }.count == started)
+        #expect(try s.agentEvents("dev-a").filter { $0.kind == .started }.count == started)
         #expect(s.committed("dev-a") == goodSha)
 
         // Bad: never checks in. The alarm set at the hand-over ends it at the deadline.
@@ -152,7 +152,7 @@ struct SelfUpdateTests {
         #expect(try s.run("dev-a").status == 0)
         #expect(s.committed("dev-a") == goodSha && !s.trialExists("dev-a"))
         #expect(
-            try s.agentEvents("dev-a").filter { $0.kind == EventKind.rolledBack.rawValue }.map(\.fault)
+            try s.agentEvents("dev-a").filter { $0.kind == .rolledBack }.map(\.fault)
                 == [InstallFault.agentExited.rawValue, InstallFault.agentDeadline.rawValue])
         #expect(try s.reportedSha("dev-a") == goodSha)
     }
@@ -218,7 +218,7 @@ struct SelfUpdateTests {
             try s.agentEvents("dev-t").contains {
                 [InstallFault.hashMismatch.rawValue, InstallFault.downloadRefused.rawValue].contains($0.fault)
             })
-        #expect(try !s.agentEvents("dev-t").contains { $0.kind == EventKind.activated.rawValue })
+        #expect(try !s.agentEvents("dev-t").contains { $0.kind == .activated })
         #expect(try s.reportedSha("dev-t") == s.packagedSha)
     }
 }

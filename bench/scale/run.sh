@@ -90,7 +90,8 @@ wait_http() { local i; for i in $(seq 1 300); do curl -fsS "$1" >/dev/null 2>&1 
 # --- what this controller build can do ----------------------------------------------------------
 
 HAS_DB=0
-"$BIN/fleet-controller" serve --help 2>&1 | grep -q -- --database && HAS_DB=1
+# grep -q stops reading at the first match; under pipefail the writer's SIGPIPE would fail the test.
+grep -q -- --database <<<"$("$BIN/fleet-controller" serve --help 2>&1)" && HAS_DB=1
 case ${STORE:-} in
     "" | postgres) ;;
     sqlite) HAS_DB=0 ;;   # the single box: one replica on its SQLite file

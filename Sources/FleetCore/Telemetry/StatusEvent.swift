@@ -26,16 +26,6 @@ public struct StatusEvent: Codable, Equatable, Sendable {
         self.release = release; self.detail = detail; self.fault = fault; self.retryAt = retryAt; self.metrics = metrics
     }
 
-    /// For callers that hold the kind as its raw wire string.
-    public init(
-        seq: UInt64, time: Int64, kind: String, model: String? = nil, sha256: String? = nil,
-        release: String? = nil, detail: String? = nil, fault: String? = nil, retryAt: Int64? = nil, metrics: RuntimeMetrics? = nil
-    ) {
-        self.init(
-            seq: seq, time: time, kind: EventKind(rawValue: kind), model: model, sha256: sha256, release: release, detail: detail,
-            fault: fault, retryAt: retryAt, metrics: metrics)
-    }
-
     /// The runtime figures of a `metrics` event: the typed field, or from an older agent the JSON
     /// in `detail`; nil on other kinds and when the figures do not decode.
     public var runtimeMetrics: RuntimeMetrics? {
@@ -44,12 +34,6 @@ public struct StatusEvent: Codable, Equatable, Sendable {
         guard let detail else { return nil }
         return try? JSONDecoder().decode(RuntimeMetrics.self, from: Data(detail.utf8))
     }
-}
-
-extension EventKind {
-    /// Compares with a kind held as its raw wire string.
-    public static func == (lhs: EventKind, rhs: String) -> Bool { lhs.rawValue == rhs }
-    public static func != (lhs: EventKind, rhs: String) -> Bool { lhs.rawValue != rhs }
 }
 
 public struct EventBatch: Codable, Equatable, Sendable {
