@@ -25,8 +25,10 @@ final class Installer {
     var outbox: Outbox { records.outbox }
     /// Measured on the last download big enough to say something about the link.
     var link: LinkStats?
-    /// Applies a delta package: (base file, patch file, output file, expected target sha256).
-    var applyDelta: ((String, String, String, String) throws -> Void)?
+    /// Applies a delta package: (base file, patch file, output file, the release's signed target).
+    /// It must leave `output` only when it is exactly that target (`DeltaDecoder.apply(expecting:)`
+    /// checks it once, while writing), so staging does not read the result again.
+    var applyDelta: ((String, String, String, (sha256: String, size: Int64)) throws -> Void)?
     /// How failed attempts are retried: the device's tier policy from its last check-in.
     var retryPolicy = RetryPolicy.default
     /// Bytes downloaded by the current job's attempt, for the retry byte cap.
@@ -425,7 +427,9 @@ final class Installer {
         var deltaFailure: String?
         do {
             try slots.stage(model: job.model, sha256: job.sha256, fileName: job.fileName, size: job.size) { path throws(AgentIOError) in
-                do { try applyDelta(basePath, patch, path, job.sha256) } catch let e as AgentIOError where e.code == .noSpace {
+                do {
+                    try applyDelta(basePath, patch, path, (job.sha256, job.size))
+                } catch let e as AgentIOError where e.code == .noSpace {
                     throw e
                 } catch let e as DeltaError where e.systemError == ENOSPC {
                     // The package is fine; the disk is full. Tried again later, the same delta.
@@ -433,11 +437,6 @@ final class Installer {
                 } catch {
                     deltaFailure = "\(error)"
                     throw AgentIOError(.io, path, "delta: \(error)")
-                }
-                let (sha, size) = try FS.sha256(path)
-                guard sha == job.sha256, size == job.size else {
-                    deltaFailure = "delta produced \(sha.prefix(12)) (\(size) bytes), the release says \(job.sha256.prefix(12))"
-                    throw AgentIOError(.io, path, deltaFailure!)
                 }
             }
         } catch {

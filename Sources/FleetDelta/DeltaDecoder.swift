@@ -16,11 +16,32 @@ public enum DeltaDecoder {
         try DeltaHeader.parse(from: patch)
     }
 
+    /// The target a caller was promised by someone other than the package (a device: the release's
+    /// signed sha256 and size).
+    public struct ExpectedTarget: Equatable, Sendable {
+        public var sha256: String
+        public var size: Int64
+        public init(sha256: String, size: Int64) { self.sha256 = sha256; self.size = size }
+    }
+
     /// Decodes `patch` against `base` into `output`. `sync` fsyncs the result (and its directory)
     /// before returning; turn it off only where the caller makes the file durable itself.
+    ///
+    /// With `expecting`, a package whose header promises another target is refused
+    /// (`.targetMismatch`) before the base is read or anything written; the decoded bytes are then
+    /// hashed once, on the way out, against that same target, so a caller that passes it needs no
+    /// check of its own: `output` exists only if it is exactly the expected target.
     @discardableResult
-    public static func apply(base: String, patch: String, output: String, sync: Bool = true) throws(DeltaError) -> DeltaHeader {
+    public static func apply(
+        base: String, patch: String, output: String, expecting: ExpectedTarget? = nil, sync: Bool = true
+    ) throws(DeltaError) -> DeltaHeader {
         let header = try DeltaHeader.parse(from: patch)
+        if let expecting, expecting.sha256 != header.targetSha256 || expecting.size != header.targetSize {
+            throw DeltaError(
+                .targetMismatch,
+                "the package makes \(header.targetSha256) (\(header.targetSize) bytes), expected \(expecting.sha256) (\(expecting.size) bytes)",
+                path: patch)
+        }
         let package = try InputFile(patch)
         defer { package.close() }
         let baseFile = try InputFile(base)

@@ -163,6 +163,27 @@ import FleetCore
         }
     }
 
+    /// A package that promises another target than the caller was promised (a release's signed
+    /// hash and size) is refused before anything is written; the promised one decodes.
+    @Test(arguments: DeltaMethod.allCases)
+    func aPackageForAnotherTargetIsRefusedBeforeDecoding(_ method: DeltaMethod) throws {
+        let s = try Setup(method)
+        defer { s.dir.remove() }
+        let p = try s.dir.write("good.delta", s.patch)
+        let signed = DeltaDecoder.ExpectedTarget(sha256: Digest.sha256Hex(s.target), size: Int64(s.target.count))
+        let before = s.dir.listing()
+        for wrong in [
+            DeltaDecoder.ExpectedTarget(sha256: String(repeating: "0", count: 64), size: signed.size),
+            DeltaDecoder.ExpectedTarget(sha256: signed.sha256, size: signed.size + 1)
+        ] {
+            let code = deltaErrorCode { try DeltaDecoder.apply(base: s.base, patch: p, output: s.out, expecting: wrong, sync: false) }
+            #expect(code == .targetMismatch)
+            #expect(s.dir.listing() == before)
+        }
+        try DeltaDecoder.apply(base: s.base, patch: p, output: s.out, expecting: signed, sync: false)
+        #expect(try s.dir.read("out.safetensors") == s.target)
+    }
+
     @Test func aFailedApplyKeepsTheExistingOutput() throws {
         let s = try Setup(.tensor)
         defer { s.dir.remove() }
