@@ -171,20 +171,7 @@ struct GateFeedTests {
     /// over: the revision columns and latest tables are filled, and the copies match the tables.
     @Test(arguments: Backend.allCases)
     func aDatabaseFromTheBuildBeforeIsCarriedOver(_ backend: Backend) async throws {
-        let old: any SQLDatabase
-        let reopen: () async throws -> SQLStore
-        switch backend {
-        case .sqlite:
-            let dir = NSTemporaryDirectory() + "edgefleet-v5-" + UUID().uuidString
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            old = try SQLiteDatabase(path: dir + "/fleet.sqlite")
-            reopen = { try await SQLStore.sqlite(path: dir + "/fleet.sqlite") }
-        case .postgres:
-            let url = try SharedPostgres.database()
-            old = try await PostgresDatabase.connect(try PostgresLocation(url: url), logger: Logger(label: "test"))
-            reopen = { try await SQLStore.postgres(try PostgresLocation(url: url), migrate: true, logger: Logger(label: "test")) }
-        }
-        try await Migrations.run(old, through: 5)
+        let (old, reopen) = try await backend.database(atSchema: 5)
         #expect(try await Migrations.version(old) == 5)
         for i in 0..<5 {
             try await old.execute(

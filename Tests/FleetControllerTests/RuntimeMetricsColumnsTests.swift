@@ -59,20 +59,7 @@ struct RuntimeMetricsColumnsTests {
     /// carried over: valid figures into the columns, anything the decoder refused left without.
     @Test(arguments: Backend.allCases)
     func aDatabaseAtSchema6IsCarriedOver(_ backend: Backend) async throws {
-        let old: any SQLDatabase
-        let reopen: () async throws -> SQLStore
-        switch backend {
-        case .sqlite:
-            let dir = NSTemporaryDirectory() + "edgefleet-v6-" + UUID().uuidString
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            old = try SQLiteDatabase(path: dir + "/fleet.sqlite")
-            reopen = { try await SQLStore.sqlite(path: dir + "/fleet.sqlite") }
-        case .postgres:
-            let url = try SharedPostgres.database()
-            old = try await PostgresDatabase.connect(try PostgresLocation(url: url), logger: Logger(label: "test"))
-            reopen = { try await SQLStore.postgres(try PostgresLocation(url: url), migrate: true, logger: Logger(label: "test")) }
-        }
-        try await Migrations.run(old, through: 6)
+        let (old, reopen) = try await backend.database(atSchema: 6)
         let details: [(String, String)] = [
             ("good", #"{"latencyP50Ms":5,"latencyP95Ms":9,"errorRate":0.25,"requests":40,"crashes":2}"#),
             ("partial", #"{"latencyP50Ms":4.5}"#),

@@ -28,6 +28,26 @@ enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
         }
     }
 
+    /// A fresh database migrated only as far as `version` (as an earlier build left it), and how to
+    /// open it as today's store (which migrates it the rest of the way).
+    func database(atSchema version: Int) async throws -> (old: any SQLDatabase, reopen: () async throws -> SQLStore) {
+        let old: any SQLDatabase
+        let reopen: () async throws -> SQLStore
+        switch self {
+        case .sqlite:
+            let dir = NSTemporaryDirectory() + "edgefleet-v\(version)-" + UUID().uuidString
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            old = try SQLiteDatabase(path: dir + "/fleet.sqlite")
+            reopen = { try await SQLStore.sqlite(path: dir + "/fleet.sqlite") }
+        case .postgres:
+            let url = try SharedPostgres.database()
+            old = try await PostgresDatabase.connect(try PostgresLocation(url: url), logger: Logger(label: "test"))
+            reopen = { try await SQLStore.postgres(try PostgresLocation(url: url), migrate: true, logger: Logger(label: "test")) }
+        }
+        try await Migrations.run(old, through: version)
+        return (old, reopen)
+    }
+
     /// A second store on the same database: another replica.
     func replica(of location: String) async throws -> SQLStore {
         switch self {
