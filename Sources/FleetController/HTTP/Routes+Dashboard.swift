@@ -80,7 +80,7 @@ struct DashboardRoutes: Sendable {
         var rollouts: [DashboardData.Rollout] = []
         for r in try await store.rollouts().sorted(by: { $0.id > $1.id }).prefix(Self.rolloutsShown) {
             rollouts.append(
-                .init(status: try await operatorRoutes.rolloutStatus(r, fleet: fleet), history: try await store.history(rollout: r.id)))
+                .init(status: try await operatorRoutes.rolloutStatus(r), history: try await store.history(rollout: r.id)))
         }
         var perf: [String: [VariantMeasurement]] = [:]
         for m in try await store.models() {

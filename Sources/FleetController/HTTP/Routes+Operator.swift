@@ -132,7 +132,7 @@ struct OperatorRoutes: Sendable {
                     at: clock(), actor: r.createdBy, action: "started", cell: nil,
                     detail: detail))
             _ = try await director.planDeltas(for: r)
-            return try JSON.response(currentRolloutInfo(r, try await FleetSnapshot.load(store)), status: .created)
+            return try JSON.response(try await rolloutInfo(r), status: .created)
         }
         routes.viewers.get("/v1/rollouts/:rid") { _, context in
             try JSON.response(try await rolloutStatus(try await rolloutRecord(context)()))
@@ -167,9 +167,8 @@ struct OperatorRoutes: Sendable {
         registerRecovery(routes)
         registerPolicies(routes)
         routes.viewers.get("/v1/rollouts") { _, _ in
-            let fleet = try await FleetSnapshot.load(store)
             var out: [RolloutInfo] = []
-            for r in try await store.rollouts() { out.append(try await rolloutInfo(r, fleet)) }
+            for r in try await store.rollouts() { out.append(try await rolloutInfo(r)) }
             return try JSON.response(out)
         }
 
@@ -299,8 +298,9 @@ struct OperatorRoutes: Sendable {
         }
     }
 
-    /// `fleet`: devices and assignments already read (a caller showing several rollouts reads them once).
-    func rolloutStatus(_ r: RolloutRecord, fleet: FleetSnapshot? = nil) async throws -> RolloutStatus {
+    /// Read from the rollout's cells, its members and its release's assignments; never every
+    /// device's whole row (a fleet of a million answers in seconds).
+    func rolloutStatus(_ r: RolloutRecord) async throws -> RolloutStatus {
         let stored = try await store.cells(rollout: r.id)
         let membership = Targeting.members(of: r, devices: try await store.deviceCells(), inForce: try await store.activeRollouts())
         var cellOf: [String: CellKey] = [:]
@@ -333,9 +333,8 @@ struct OperatorRoutes: Sendable {
         let actions = try await store.actions(rollout: r.id).map {
             RolloutStatus.Action(at: $0.at, actor: $0.actor, action: $0.action, cell: $0.cell, detail: $0.detail)
         }
-        let snapshot: FleetSnapshot
-        if let fleet { snapshot = fleet } else { snapshot = try await FleetSnapshot.load(store) }
-        let info = try await rolloutInfo(r, snapshot)
+        let progress = try await store.releaseProgress(release: r.releaseId, model: r.model)
+        let info = try await rolloutInfo(r, progress: progress)
         var waves: [RolloutStatus.Wave]? = nil
         if let policyWaves = r.policy?.waves {
             waves = policyWaves.enumerated().map { i, w in
@@ -356,9 +355,9 @@ struct OperatorRoutes: Sendable {
             }
         }
         let now = clock()
-        let waiting = snapshot.assignments.filter { a in
-            guard a.releaseId == r.releaseId, let windows = a.activation, !MaintenanceWindow.allows(windows, at: now) else { return false }
-            return snapshot.devices[a.deviceId]?.installed[r.model] != a.sha256
+        let waiting = progress.notRunningWindows.filter { windows in
+            guard let windows else { return false }
+            return !MaintenanceWindow.allows(windows, at: now)
         }.count
         return RolloutStatus(
             rollout: info, policy: r.policy, previousRelease: r.previousReleaseId, cells: cells, actions: actions,
@@ -418,31 +417,20 @@ struct OperatorRoutes: Sendable {
     }
 
     /// Progress of a rollout. A superseded one keeps the counts of what it did, from the release's history.
-    func rolloutInfo(_ r: RolloutRecord, _ fleet: FleetSnapshot) async throws -> RolloutInfo {
-        guard r.state == .superseded else { return currentRolloutInfo(r, fleet) }
+    /// `progress`: the release's progress when the caller has read it already.
+    func rolloutInfo(_ r: RolloutRecord, progress: ReleaseProgress? = nil) async throws -> RolloutInfo {
+        guard r.state == .superseded else {
+            let p: ReleaseProgress
+            if let progress { p = progress } else { p = try await store.releaseProgress(release: r.releaseId, model: r.model) }
+            return RolloutInfo(
+                id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state.rawValue, createdAt: r.createdAt,
+                targeted: p.targeted, committed: p.committed, failed: p.failed, held: try await store.devicesHolding(model: r.model),
+                selector: r.selector.description, window: r.window?.description)
+        }
         let h = try await store.releaseHistory(release: r.releaseId)
         return RolloutInfo(
             id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state.rawValue, createdAt: r.createdAt,
             targeted: h.targeted, committed: h.received, failed: h.failed, held: 0,
-            selector: r.selector.description, window: r.window?.description)
-    }
-
-    private func currentRolloutInfo(_ r: RolloutRecord, _ fleet: FleetSnapshot) -> RolloutInfo {
-        let assigned = fleet.assignments.filter { $0.releaseId == r.releaseId }
-        let devices = fleet.devices
-        var committed = 0, failed = 0
-        for a in assigned {
-            guard let d = devices[a.deviceId] else { continue }
-            if d.installed[r.model] == a.sha256 {
-                committed += 1
-            } else if d.status == DeviceStatus.failed.rawValue || d.status == DeviceStatus.rolledBack.rawValue {
-                failed += 1
-            }
-        }
-        let held = devices.values.filter { $0.held[r.model] != nil }.count
-        return RolloutInfo(
-            id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state.rawValue, createdAt: r.createdAt,
-            targeted: assigned.count, committed: committed, failed: failed, held: held,
             selector: r.selector.description, window: r.window?.description)
     }
 

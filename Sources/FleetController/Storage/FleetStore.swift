@@ -213,6 +213,20 @@ struct TrialRecord: Sendable, Equatable {
 }
 
 /// What became of a release across every rollout that sent it.
+/// Where a release stands on the devices it was sent to, read from its assignments alone (never
+/// the whole fleet's rows): what `rollout status` and `rollout list` show of a rollout in force.
+struct ReleaseProgress: Sendable, Equatable {
+    /// Devices holding an assignment of the release.
+    var targeted: Int
+    /// Of those, devices that run the assigned artifact.
+    var committed: Int
+    /// Of the others, devices whose status is failed or rolled back.
+    var failed: Int
+    /// The activation windows of the assignments whose device does not run the artifact yet (nil:
+    /// any time), for counting devices that wait for a window.
+    var notRunningWindows: [[ActivationWindow]?]
+}
+
 struct ReleaseHistory: Sendable, Equatable {
     /// Devices ever sent an assignment of the release.
     var targeted: Int
@@ -318,6 +332,10 @@ protocol FleetStore: Sendable {
     /// The devices a release failed on and that were not retried.
     func failures(release: String) async throws -> [DeviceFailure]
     func releaseHistory(release: String) async throws -> ReleaseHistory
+    /// The release's assignments against what their devices run (`model`'s artifact).
+    func releaseProgress(release: String, model: String) async throws -> ReleaseProgress
+    /// Devices that hold `model` back (a held reason for it), counted in the store.
+    func devicesHolding(model: String) async throws -> Int
 
     func createTrial(_ t: TrialRecord) async throws -> TrialRecord
     func trials(model: String) async throws -> [TrialRecord]
