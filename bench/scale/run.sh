@@ -308,6 +308,7 @@ for n in $REPLICAS; do
         step "restarting with $n replicas"
         stop_nginx; stop_controllers
         start_controllers "$n"
+        export FLEET_CONTROLLER=$URL   # the new nginx's port, for fleetctl
     fi
     # Low to high: --find-max first, then the highest rate that held, then RATE (which may be far
     # past what the box holds: an overloaded controller goes on with queued check-ins for a while).
