@@ -168,7 +168,13 @@ struct OperatorRoutes: Sendable {
         registerPolicies(routes)
         routes.viewers.get("/v1/rollouts") { _, _ in
             var out: [RolloutInfo] = []
-            for r in try await store.rollouts() { out.append(try await rolloutInfo(r)) }
+            // Devices holding a model back are counted once per model, not once per rollout (and
+            // not for a superseded one, which shows its release's history).
+            var holding: [String: Int] = [:]
+            for r in try await store.rollouts() {
+                if r.state != .superseded, holding[r.model] == nil { holding[r.model] = try await store.devicesHolding(model: r.model) }
+                out.append(try await rolloutInfo(r, held: holding[r.model]))
+            }
             return try JSON.response(out)
         }
 
@@ -417,14 +423,16 @@ struct OperatorRoutes: Sendable {
     }
 
     /// Progress of a rollout. A superseded one keeps the counts of what it did, from the release's history.
-    /// `progress`: the release's progress when the caller has read it already.
-    func rolloutInfo(_ r: RolloutRecord, progress: ReleaseProgress? = nil) async throws -> RolloutInfo {
+    /// `progress` and `held` (devices holding the model back): when the caller has read them already.
+    func rolloutInfo(_ r: RolloutRecord, progress: ReleaseProgress? = nil, held: Int? = nil) async throws -> RolloutInfo {
         guard r.state == .superseded else {
             let p: ReleaseProgress
             if let progress { p = progress } else { p = try await store.releaseProgress(release: r.releaseId, model: r.model) }
+            let holding: Int
+            if let held { holding = held } else { holding = try await store.devicesHolding(model: r.model) }
             return RolloutInfo(
                 id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state.rawValue, createdAt: r.createdAt,
-                targeted: p.targeted, committed: p.committed, failed: p.failed, held: try await store.devicesHolding(model: r.model),
+                targeted: p.targeted, committed: p.committed, failed: p.failed, held: holding,
                 selector: r.selector.description, window: r.window?.description)
         }
         let h = try await store.releaseHistory(release: r.releaseId)
