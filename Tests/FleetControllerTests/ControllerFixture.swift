@@ -119,6 +119,25 @@ extension TestClientProtocol {
     }
 }
 
+extension ControllerFixture {
+    /// Signs and posts releases `model`@1, @2, … in order, release K carrying `variants[K-1]`, for
+    /// the controller's hardware classes and valid `days` from `from` (the fixture's time if nil);
+    /// each must be accepted.
+    func postReleases(
+        _ client: some TestClientProtocol, model: String, _ variants: [[CatalogVariant]], days: Int64 = 30, from: Int64? = nil
+    ) async throws {
+        let start = from ?? now
+        let classes = try decode([HardwareClass].self, try await client.execute(uri: "/v1/config/hardware-classes", method: .get))
+        for (i, vs) in variants.enumerated() {
+            let c = ReleaseCatalog(
+                model: model, version: "\(i + 1)", serial: i + 1, expiresAt: start + 86_400 * days, variants: vs, hardwareClasses: classes)
+            let r = try await client.json(
+                .post, "/v1/releases", NewRelease(catalog: try Envelope.sign(c, type: PayloadType.catalog, keys: [keys[.release]!])))
+            #expect(r.status == .created)
+        }
+    }
+}
+
 func decode<T: Decodable>(_ t: T.Type, _ r: TestResponse) throws -> T {
     try JSONDecoder().decode(t, from: Data(r.body.readableBytesView))
 }

@@ -111,17 +111,7 @@ extension StagedRolloutTests {
                     ("m2-int8", "int8", [2, 1]), ("m2-fp32", "fp32", [2, 2]),
                     ("m3-int8", "int8", [3, 1]), ("m3-fp32", "fp32", [3, 2])
                 ])
-            let classes = try decode([HardwareClass].self, try await client.execute(uri: "/v1/config/hardware-classes", method: .get))
-            for (i, version) in ["1", "2", "3"].enumerated() {
-                let c = ReleaseCatalog(
-                    model: "m", version: version, serial: i + 1, expiresAt: f.now + 86_400 * 30,
-                    variants: [v[2 * i], v[2 * i + 1]], hardwareClasses: classes)
-                #expect(
-                    try await client.json(
-                        .post, "/v1/releases",
-                        NewRelease(catalog: try Envelope.sign(c, type: PayloadType.catalog, keys: [f.keys[.release]!]))
-                    ).status == .created)
-            }
+            try await f.postReleases(client, model: "m", (0..<3).map { [v[2 * $0], v[2 * $0 + 1]] })
             #expect(try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@1", strategy: "all")).status == .created)
             for i in devices.indices { try await checkIn(client, &devices[i], clock: clock) }
 
@@ -199,17 +189,7 @@ extension StagedRolloutTests {
                     ("m1-int8", "int8", [1, 1]), ("m1-fp32", "fp32", [1, 2]),
                     ("m2-int8", "int8", [2, 1]), ("m2-fp32", "fp32", [2, 2])
                 ])
-            let classes = try decode([HardwareClass].self, try await client.execute(uri: "/v1/config/hardware-classes", method: .get))
-            for (i, version) in ["1", "2"].enumerated() {
-                let c = ReleaseCatalog(
-                    model: "m", version: version, serial: i + 1, expiresAt: f.now + 86_400 * 30,
-                    variants: [v[2 * i], v[2 * i + 1]], hardwareClasses: classes)
-                #expect(
-                    try await client.json(
-                        .post, "/v1/releases",
-                        NewRelease(catalog: try Envelope.sign(c, type: PayloadType.catalog, keys: [f.keys[.release]!]))
-                    ).status == .created)
-            }
+            try await f.postReleases(client, model: "m", (0..<2).map { [v[2 * $0], v[2 * $0 + 1]] })
             #expect(try await client.json(.post, "/v1/rollouts", NewRollout(release: "m@1", strategy: "all")).status == .created)
             for i in devices.indices {
                 try await checkIn(client, &devices[i], clock: clock)

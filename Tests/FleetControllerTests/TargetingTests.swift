@@ -68,14 +68,7 @@ struct TargetingTests {
     /// Publishes releases m@1 … m@n (one int8 variant each) and returns nothing: ids are "m@K".
     func publish(_ client: some TestClientProtocol, _ f: ControllerFixture, releases n: Int, now: Int64) async throws {
         let variants = try await client.publish(model: "m", variants: (1...n).map { ("m\($0)-int8", "int8", [UInt8($0), 7]) })
-        let classes = try decode([HardwareClass].self, try await client.execute(uri: "/v1/config/hardware-classes", method: .get))
-        for (i, v) in variants.enumerated() {
-            let c = ReleaseCatalog(
-                model: "m", version: "\(i + 1)", serial: i + 1, expiresAt: now + 86_400 * 60, variants: [v], hardwareClasses: classes)
-            let r = try await client.json(
-                .post, "/v1/releases", NewRelease(catalog: try Envelope.sign(c, type: PayloadType.catalog, keys: [f.keys[.release]!])))
-            #expect(r.status == .created)
-        }
+        try await f.postReleases(client, model: "m", variants.map { [$0] }, days: 60, from: now)
     }
 
     /// One full check-in; the device installs what it is assigned and reports `outcome` (nil: it
