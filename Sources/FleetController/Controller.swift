@@ -119,7 +119,10 @@ public enum Controller {
         // Which replica does the once-only work, for operators and load balancers' checks.
         let replicaName = options.replicaName, database = store.dialect.rawValue
         routes.anyone.get("/healthz") { _, _ in
-            try JSON.response(["status": "ok", "leader": fence.isLeader ? "true" : "false", "replica": replicaName, "database": database])
+            try JSON.response([
+                "status": "ok", "leader": fence.isLeader ? "true" : "false", "replica": replicaName, "database": database,
+                "gateTicks": "\(driver.completedTicks.load(ordering: .relaxed))"
+            ])
         }
         let performanceRoutes = PerformanceRoutes(store: store, performance: performance, metrics: metrics, clock: clock)
         let viewLabel = options.viewLabel, labelGauges = LabelViewGauges()

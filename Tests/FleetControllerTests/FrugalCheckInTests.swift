@@ -181,6 +181,44 @@ struct FrugalCheckInControllerTests {
         }
     }
 
+    /// The digest a frugal check-in is compared with is the one stored with the facts; a row
+    /// stored without one (before the column existed) is worked out from its facts, and the
+    /// digest is stored at the device's next write.
+    @Test func theFactsDigestIsStoredWithTheFactsAndWorkedOutForOlderRows() async throws {
+        let f = try ControllerFixture(); defer { f.cleanup() }
+        let (app, driver) = try await f.parts()
+        let store = try #require(driver.store as? SQLStore)
+        @Sendable func stored() async throws -> String? {
+            try await store.db.scalar("SELECT facts_digest AS d FROM devices WHERE id = ?", ["dev-5"]).text
+        }
+        try await app.test(.router) { client in
+            var d = Device(
+                id: "dev-5", facts: ControllerFixture.vnniFacts, trust: try TrustedState(pinning: try f.rootEnvelope, now: f.now))
+            d.facts.deviceId = "dev-5"
+            _ = try await checkIn(client, d, d.request(sendFacts: true))
+            #expect(try await stored() == d.facts.digest)
+
+            // Stored before digests were kept: worked out from the facts.
+            try await store.db.execute("UPDATE devices SET facts_digest = NULL WHERE id = ?", ["dev-5"])
+            let (older, _, _) = try await checkIn(client, d, d.request(sendFacts: false))
+            #expect(older.resend == nil)
+
+            // The stored digest is the one compared (a wrong one asks for the facts again).
+            try await store.db.execute("UPDATE devices SET facts_digest = ? WHERE id = ?", [String(repeating: "0", count: 64), "dev-5"])
+            let (wrong, _, _) = try await checkIn(client, d, d.request(sendFacts: false))
+            #expect(wrong.resend == .factsMismatch)
+
+            // New facts: their digest is stored with them.
+            var board = d
+            board.facts = ControllerFixture.boardFacts
+            board.facts.deviceId = "dev-5"
+            _ = try await checkIn(client, board, board.request(sendFacts: true))
+            #expect(try await stored() == board.facts.digest)
+            let (frugal, _, _) = try await checkIn(client, board, board.request(sendFacts: false))
+            #expect(frugal.resend == nil)
+        }
+    }
+
     @Test func unknownFactsOrInstalledAskForTheWholeCheckIn() async throws {
         let f = try ControllerFixture(); defer { f.cleanup() }
         try await f.app().test(.router) { client in

@@ -279,7 +279,46 @@ struct StoreBackendTests {
         #expect(try await store.deviceExists("dev-2") == false)
         var expected = device
         expected.lastSeen = 70
+        expected.factsDigest = device.facts.probed.digest  // stored with the facts
         #expect(try await other.device("dev-1") == expected)
+    }
+
+    /// Held-back models batched with the time: this process reads them at once, another replica
+    /// after the write; never written over a later check-in's row, nor over a whole-row write
+    /// made after them.
+    @Test(arguments: Backend.allCases)
+    func heldModelsAreWrittenInBatchesAndNeverOverALaterCheckIn(_ backend: Backend) async throws {
+        let (store, location) = try await backend.store()
+        let other = try await backend.replica(of: location)
+        defer {
+            Task {
+                await store.db.close(); await other.db.close()
+            }
+        }
+        let phase = ["m": HeldReason.waitingForPhase.rawValue], wave = ["m": HeldReason.waitingForWave.rawValue]
+        try await store.upsertDevice(device)
+        try await store.touchDevice("dev-1", lastSeen: 50, held: phase)
+        #expect(try await store.device("dev-1")?.held == phase)
+        #expect(try await other.device("dev-1")?.held == [:])
+        try await store.flushSeen()
+        let written = try #require(try await other.device("dev-1"))
+        #expect(written.held == phase && written.lastSeen == 50)
+        // Another replica's later check-in (a whole row) is not overwritten by an earlier batch.
+        var later = written
+        later.lastSeen = 70
+        later.held = wave
+        try await other.upsertDevice(later)
+        try await store.touchDevice("dev-1", lastSeen: 60, held: [:])
+        try await store.flushSeen()
+        #expect(try await other.device("dev-1")?.held == wave)
+        // A whole-row write in this process drops what was pending for the device.
+        try await store.touchDevice("dev-1", lastSeen: 80, held: [:])
+        later.lastSeen = 80
+        later.installed = ["m": String(repeating: "a", count: 64)]
+        try await store.upsertDevice(later)
+        try await store.flushSeen()
+        let final = try #require(try await other.device("dev-1"))
+        #expect(final.held == wave && final.installed == later.installed)
     }
 
     @Test(arguments: Backend.allCases)
@@ -310,16 +349,35 @@ struct StoreBackendTests {
         let t0 = ContinuousClock.now
         #expect(!batch.add("a", at: 5, now: t0))
         #expect(!batch.add("a", at: 4, now: t0 + .milliseconds(100)))  // the later time is kept
-        #expect(batch.pending("a") == 5)
+        #expect(batch.pending("a") == .init(at: 5))
         #expect(!batch.add("b", at: 5, now: t0 + .milliseconds(200)))
         #expect(batch.add("c", at: 5, now: t0 + .milliseconds(300)))
-        #expect(batch.take() == ["a": 5, "b": 5, "c": 5])
+        #expect(batch.take() == ["a": .init(at: 5), "b": .init(at: 5), "c": .init(at: 5)])
         #expect(!batch.add("d", at: 6, now: t0 + .seconds(5)))
         #expect(batch.add("e", at: 6, now: t0 + .seconds(6)))
         let taken = batch.take()
         batch.restore(taken, now: t0 + .seconds(7))
         #expect(batch.add("d", at: 9, now: t0 + .seconds(7)) == false)
-        #expect(batch.take() == ["d": 9, "e": 6])
+        #expect(batch.take() == ["d": .init(at: 9), "e": .init(at: 6)])
+    }
+
+    /// Held-back models ride with the time: a later check-in's replace an earlier one's, an idle
+    /// check-in after them keeps them, an earlier one (put back after a failed write) does not win.
+    @Test func heldModelsInABatchFollowTheLatestCheckIn() {
+        let batch = SeenBatch(maxDevices: 100, maxDelay: .seconds(60))
+        let phase = ["m": HeldReason.waitingForPhase.rawValue], window = ["m": HeldReason.waitingForWave.rawValue]
+        _ = batch.add("a", at: 5, held: phase)
+        _ = batch.add("a", at: 7)
+        #expect(batch.pending("a") == .init(at: 7, held: phase))
+        _ = batch.add("a", at: 8, held: window)
+        _ = batch.add("a", at: 6, held: [:])
+        #expect(batch.pending("a") == .init(at: 8, held: window))
+        let taken = batch.take()
+        _ = batch.add("a", at: 9, held: [:])
+        batch.restore(taken)
+        #expect(batch.pending("a") == .init(at: 9, held: [:]))
+        batch.discard("a")
+        #expect(batch.isEmpty)
     }
 
     @Test func concurrentMigrationsOnOneDatabaseApplyEachStepOnce() async throws {

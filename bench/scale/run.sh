@@ -23,7 +23,7 @@
 #   BIN=.build/release bash bench/scale/run.sh
 # Environment: SCALE_DEVICES (1000000), FALLBACK_DEVICES (20000), SEED_RATE (50), RATE (1111),
 #   DURATION (60), CONNECTIONS (64), FIND_MAX (1), FIND_MAX_START (25), STEP_SECONDS (15), P99_TARGET_MS (250),
-#   PROFILE=PREFIX (perf profile of the first replica per measured run), REPLICAS ("1 3"), STORE (postgres when the build has it; sqlite: the single box), SELECTOR ("region!=ap-east"), WORST_CASE (1), WORST_RATE (RATE), KEEP_TMP=1 keeps the work directory.
+#   PROFILE=PREFIX (perf profile of the first replica per measured run), PG_STATEMENTS=1 (the statements per check-in), REPLICAS ("1 3"), STORE (postgres when the build has it; sqlite: the single box), SELECTOR ("region!=ap-east"), WORST_CASE (1), WORST_RATE (RATE), KEEP_TMP=1 keeps the work directory.
 set -euo pipefail
 
 ORIG_PWD=$PWD
@@ -45,6 +45,7 @@ REPLICAS=${REPLICAS:-"1 3"}
 SELECTOR=${SELECTOR:-"region!=ap-east"}
 WORST_CASE=${WORST_CASE:-1}
 WORST_RATE=${WORST_RATE:-$RATE}
+PG_STATEMENTS=${PG_STATEMENTS:-0}
 PREFIX=sim-
 for v in SCALE_DEVICES FALLBACK_DEVICES SEED_RATE RATE WORST_RATE DURATION CONNECTIONS STEP_SECONDS FIND_MAX_START P99_TARGET_MS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: $v='${!v}' is not a positive whole number" >&2; exit 2; }
@@ -130,13 +131,16 @@ if ((HAS_DB)); then
     PGPORT=$(free_port)
     mkdir "$T/pg" && chown postgres "$T/pg"
     runuser -u postgres -- "$PGBIN/initdb" -D "$T/pg/data" -U fleet --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >"$T/initdb.log" 2>&1
+    PGSTAT=()
+    ((PG_STATEMENTS)) && PGSTAT=(-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all)
     runuser -u postgres -- "$PGBIN/postgres" -D "$T/pg/data" -p "$PGPORT" -k "$T/pg" -c listen_addresses=127.0.0.1 \
-        -c max_connections=200 >"$T/postgres.log" 2>&1 &
+        -c max_connections=200 "${PGSTAT[@]}" >"$T/postgres.log" 2>&1 &
     PG=$!   # runuser, which does not pass signals on: the postmaster is its child (PGPID)
     for _ in $(seq 1 200); do pg_isready -q -h 127.0.0.1 -p "$PGPORT" && break; sleep 0.05; done
     pg_isready -q -h 127.0.0.1 -p "$PGPORT" || fail "PostgreSQL did not start"
     PGPID=$(head -n 1 "$T/pg/data/postmaster.pid")
     DBURL="postgres://fleet@127.0.0.1:$PGPORT/postgres"
+    ((PG_STATEMENTS)) && psql -h 127.0.0.1 -p "$PGPORT" -U fleet -d postgres -qAtc 'CREATE EXTENSION pg_stat_statements' >/dev/null
     note "PostgreSQL on 127.0.0.1:$PGPORT (postmaster pid $PGPID)"
 fi
 
@@ -279,6 +283,37 @@ PY
 # Lets a controller finish what the last run left queued before the next measurement.
 settle() { sleep 5; wait_http "$URL/healthz"; }
 
+# Gate ticks the replicas have run to the end (/healthz of each; only the leader ticks).
+gate_ticks() {
+    local port sum=0 n
+    for port in "${PORTS[@]}"; do
+        n=$(curl -fsS --max-time 5 "http://127.0.0.1:$port/healthz" 2>/dev/null |
+            python3 -c 'import json, sys; print(int(json.load(sys.stdin).get("gateTicks", -1)))' 2>/dev/null || echo -1)
+        ((n < 0)) && { echo -1; return; }
+        sum=$((sum + n))
+    done
+    echo "$sum"
+}
+
+# Waits until $1 more gate ticks have ended, so that the measurement does not include the
+# leader's one-off reading and grouping of the whole fleet after a start or a new rollout (its
+# first tick over 1,000,000 devices takes seconds; later ticks reuse what it grouped).
+await_gate_ticks() {
+    local more=$1 base now started
+    base=$(gate_ticks)
+    if ((base < 0)); then note "the replicas do not report gate ticks in /healthz: measuring without waiting for one"; return; fi
+    started=$(date +%s.%N)
+    for _ in $(seq 1 600); do
+        now=$(gate_ticks)
+        if ((now >= base + more)); then
+            note "waited $(python3 -c "import time; print(f'{time.time() - $started:.1f}')") s for $more gate tick(s) over the fleet to end"
+            return
+        fi
+        sleep 0.5
+    done
+    note "no gate tick ended within 300 s: measuring anyway"
+}
+
 measure() {   # $1 replicas, $2 rate, $3 label, $4 what is in force
     local n=$1 r=$2 label=$3 what=${4:-staged rollout in force}
     step "$n replica(s), $what: $r check-ins/s for $DURATION s through nginx ($DEVICES devices, $CONNECTIONS connections)"
@@ -288,6 +323,7 @@ measure() {   # $1 replicas, $2 rate, $3 label, $4 what is in force
         perf record -F 499 -g -p "${CONTROLLERS[0]}" -o "$T/perf-$label-$n.data" >/dev/null 2>&1 &
         perf=$!
     fi
+    pg_statements reset
     cpu_mark "$n-$label-0"
     sim --rate "$r" --duration "$DURATION" --json >"$T/$label-$n.json" 2>"$T/$label-$n.log" || fail "fleet-sim failed"
     cpu_mark "$n-$label-1"
@@ -301,6 +337,22 @@ measure() {   # $1 replicas, $2 rate, $3 label, $4 what is in force
     echo "fleet-sim=$(children_cpu "$n-$label-0")" >>"$T/before-$n-$label"
     echo "fleet-sim=$(children_cpu "$n-$label-1")" >>"$T/after-$n-$label"
     report "$T/$label-$n.json" "$T/before-$n-$label" "$T/after-$n-$label" "$n"
+    pg_statements show "$T/$label-$n.json"
+}
+
+# PG_STATEMENTS=1: the statements PostgreSQL ran during a measured run, most frequent first, per
+# check-in answered (pg_stat_statements; reads included).
+pg_statements() {
+    ((PG_STATEMENTS)) && [[ -n $PGPID ]] || return 0
+    local q=(psql -h 127.0.0.1 -p "$PGPORT" -U fleet -d postgres -qAt)
+    if [[ $1 == reset ]]; then "${q[@]}" -c 'SELECT pg_stat_statements_reset()' >/dev/null; return 0; fi
+    local ok
+    ok=$(python3 -c 'import json, sys; print(max(json.load(open(sys.argv[1]))["ok"], 1))' "$2")
+    echo "    statements per check-in (pg_stat_statements, top 12 by calls; calls, ms total, statement):"
+    "${q[@]}" -F $'\t' -c "SELECT round(calls::numeric / $ok, 3), round(total_exec_time::numeric, 1),
+        left(regexp_replace(query, '\s+', ' ', 'g'), 110) FROM pg_stat_statements
+        WHERE query NOT LIKE '%pg_stat_statements%' ORDER BY calls DESC LIMIT 12" |
+        awk -F '\t' '{ printf "      %7s %9s  %s\n", $1, $2, $3 }'
 }
 
 for n in $REPLICAS; do
@@ -309,6 +361,9 @@ for n in $REPLICAS; do
         stop_nginx; stop_controllers
         start_controllers "$n"
         export FLEET_CONTROLLER=$URL   # the new nginx's port, for fleetctl
+        await_gate_ticks 1
+    else
+        await_gate_ticks 2   # one may have begun before the seeding ended
     fi
     # Low to high: --find-max first, then the highest rate that held, then RATE (which may be far
     # past what the box holds: an overloaded controller goes on with queued check-ins for a while).
@@ -350,6 +405,7 @@ if ((WORST_CASE)); then
     ctl release create scale --version 2 --keys "$T/keys" --variants scale-fp32,scale-fp16,scale-int8,scale-int4
     ctl rollout start scale@2 --all --supersede
     settle
+    await_gate_ticks 2
     measure "$n" "$WORST_RATE" "worst" "WORST CASE (every check-in a device's first under a rollout to all)"
 fi
 step "notes"

@@ -269,7 +269,9 @@ actor Director {
             id: deviceId, facts: facts, hardwareClass: hw?.name, tier: tier?.name, installed: request.installed,
             phase: request.phase, status: existing?.status ?? DeviceStatus.idle.rawValue, statusDetail: existing?.statusDetail, held: [:],
             firstSeen: existing?.firstSeen ?? now, lastSeen: now, agentVersion: request.agentVersion ?? existing?.agentVersion,
-            enrolledLabels: existing?.enrolledLabels ?? [:], operatorLabels: existing?.operatorLabels ?? [:])
+            enrolledLabels: existing?.enrolledLabels ?? [:], operatorLabels: existing?.operatorLabels ?? [:],
+            // The stored digest still names these facts when they are the stored ones.
+            factsDigest: existing.flatMap { $0.facts == facts ? $0.factsDigest : nil })
         // Per model, the newest rollout in force that picks this device; none: it keeps what it runs.
         // Read once for the whole check-in (the timestamp below covers the same rollouts).
         let inForce = try await store.activeRollouts()
@@ -350,10 +352,16 @@ actor Director {
         stored.held = held
         var seenAgain = existing
         seenAgain?.lastSeen = now
+        var heldAgain = stored
+        heldAgain.held = existing?.held ?? [:]
         if let existing, seenAgain == stored {
             // Nothing but the time seen changed (an idle device's check-in): that alone is
             // written in batches, not one write per check-in.
             if existing.lastSeen < now { try await store.touchDevice(deviceId, lastSeen: now) }
+        } else if existing != nil, seenAgain == heldAgain {
+            // Only why models are held back changed (a phase that does not reach the device yet,
+            // a window it waits for): as idle, written in batches.
+            try await store.touchDevice(deviceId, lastSeen: now, held: held)
         } else {
             try await store.upsertDevice(stored)
         }
@@ -385,10 +393,11 @@ actor Director {
     /// could; otherwise why the agent must send the check-in again with facts and installed.
     private func restore(_ request: inout CheckInRequest, deviceId: String, existing: DeviceRecord?) -> ResendReason? {
         if request.facts == nil {
-            guard let stored = existing?.facts else { return .unknownFacts }
-            var facts = stored
+            guard let existing else { return .unknownFacts }
+            var facts = existing.facts
             facts.deviceId = deviceId
-            guard request.factsDigest == facts.probed.digest else { return .factsMismatch }
+            let digest = facts == existing.facts ? existing.probedFactsDigest : facts.probed.digest
+            guard request.factsDigest == digest else { return .factsMismatch }
             request.facts = facts
         }
         if !request.installedSent {

@@ -187,6 +187,7 @@ final class RolloutDriver: Service, Sendable {
             stages.total = Self.seconds(since: start)
             lastStages.withLock { $0 = stages }
         }
+        completedTicks.add(1, ordering: .relaxed)
         metrics.rolloutTicks.increment()
         metrics.recordRollouts(try await store.rollouts())
     }
@@ -528,6 +529,9 @@ final class RolloutDriver: Service, Sendable {
 
     /// Where the last tick's time went.
     let lastStages = Mutex(GateTickStages())
+    /// Ticks this process ran to the end as the leader (`/healthz` says it: the first one after a
+    /// start reads the whole fleet).
+    let completedTicks = Atomic<Int>(0)
 
     static func seconds(since start: ContinuousClock.Instant) -> Double { seconds(ContinuousClock.now - start) }
     static func seconds(_ d: Swift.Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }

@@ -31,15 +31,19 @@ public enum DeviceSeeder {
                 let cls = HardwareClassifier.classify(facts, classes: config.hardwareClasses)?.name
                 let tier = TierClassifier.classify(facts, tiers: config.bandwidthTiers)?.name
                 perCell["\(cls ?? "none")/\(tier ?? "none")", default: 0] += 1
-                // The columns a check-in keeps beside the facts, for selectors and label views.
+                // The columns a check-in keeps beside the facts, for selectors, label views and
+                // frugal check-ins (the digest: of the same encoding when the facts are all probed).
+                let text = try store.json(facts)
+                let digest = facts.probed == facts ? Digest.sha256Hex(Array(text.utf8)) : facts.probed.digest
                 rows.append([
-                    facts.deviceId!, try store.json(facts), cls, tier, now, now, facts.arch, facts.timezone,
-                    try store.json(facts.labels ?? [:])
+                    facts.deviceId!, text, cls, tier, now, now, facts.arch, facts.timezone, try store.json(facts.labels ?? [:]), digest
                 ])
             }
             try await store.insertRows(
                 table: "devices",
-                columns: ["id", "facts", "hardware_class", "tier", "first_seen", "last_seen", "arch", "timezone", "agent_labels"],
+                columns: [
+                    "id", "facts", "hardware_class", "tier", "first_seen", "last_seen", "arch", "timezone", "agent_labels", "facts_digest"
+                ],
                 constants: ["installed": "'{}'", "status": "'idle'", "held": "'{}'", "agent_version": "'seeded'"],
                 rows: rows)
             start += batch

@@ -16,6 +16,12 @@ struct DeviceRecord: Sendable, Equatable {
     /// Labels bound by the enrollment token and set by the operator (the device's own are in its facts).
     var enrolledLabels: [String: String] = [:]
     var operatorLabels: [String: String] = [:]
+    /// `facts.probed.digest` when known (stored with the facts, so a frugal check-in is compared
+    /// without encoding and hashing them again); nil: not known, worked out where needed.
+    var factsDigest: String? = nil
+
+    /// The digest a frugal check-in names these facts by.
+    var probedFactsDigest: String { factsDigest ?? facts.probed.digest }
 
     /// Its labels after precedence: operator over enrollment token over the device's own.
     var labels: [String: String] {
@@ -250,8 +256,9 @@ protocol FleetStore: Sendable {
     func device(_ id: String) async throws -> DeviceRecord?
     /// Whether a device has checked in, without reading its row.
     func deviceExists(_ id: String) async throws -> Bool
-    /// A check-in that changed nothing but the time the device was seen (written in batches).
-    func touchDevice(_ id: String, lastSeen: Int64) async throws
+    /// A check-in that changed nothing but the time the device was seen and (non-nil) the models
+    /// it is held back on (written in batches).
+    func touchDevice(_ id: String, lastSeen: Int64, held: [String: String]?) async throws
     func devices() async throws -> [DeviceRecord]
     /// The devices that run something of `model` (filtered in the database: a fleet where few run
     /// it is not read whole).
@@ -374,4 +381,9 @@ protocol FleetStore: Sendable {
 
     func meta(_ key: String) async throws -> String?
     func setMeta(_ key: String, _ value: String) async throws
+}
+
+extension FleetStore {
+    /// A check-in that changed nothing but the time the device was seen.
+    func touchDevice(_ id: String, lastSeen: Int64) async throws { try await touchDevice(id, lastSeen: lastSeen, held: nil) }
 }

@@ -22,7 +22,8 @@ enum Migrations {
         Migration(
             version: 6, name: "change revisions of device cells and labels, latest install outcome and runtime metrics per device",
             apply: ChangeRevisions.migrate),
-        Migration(version: 7, name: "runtime metrics in typed columns", apply: RuntimeMetricsColumns.migrate)
+        Migration(version: 7, name: "runtime metrics in typed columns", apply: RuntimeMetricsColumns.migrate),
+        Migration(version: 8, name: "digest of each device's facts", apply: factsDigest)
     ]
     static var latest: Int { all.last!.version }
     /// Any number; the same in every replica.
@@ -316,5 +317,11 @@ enum Migrations {
                 CREATE TABLE IF NOT EXISTS leases (
                     name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch INTEGER NOT NULL, acquired_at INTEGER NOT NULL)
                 """))
+    }
+
+    /// The digest a frugal check-in names a device's facts by, kept beside them (NULL for rows
+    /// written before: worked out from the facts when read, and stored at the next write).
+    private static func factsDigest(_ tx: any SQLQuerying) async throws {
+        try await tx.execute(tx.dialect.ddl("ALTER TABLE devices ADD COLUMN facts_digest TEXT"))
     }
 }

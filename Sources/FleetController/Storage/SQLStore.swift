@@ -92,56 +92,69 @@ final class SQLStore: FleetStore {
     /// A device row with the labels the enrollment token bound and the operator set.
     private static let deviceSelect = """
         SELECT d.id, d.facts, d.hardware_class, d.tier, d.installed, d.phase, d.status, d.status_detail, d.held, d.first_seen,
-          d.last_seen, d.agent_version, l.enrolled AS enrolled_labels, l.operator AS operator_labels
+          d.last_seen, d.agent_version, d.facts_digest, l.enrolled AS enrolled_labels, l.operator AS operator_labels
         FROM devices d LEFT JOIN device_labels l ON l.device_id = d.id
         """
 
     func upsertDevice(_ d: DeviceRecord) async throws {
+        cache.seen.discard(d.id)  // the whole row is written: what was pending for it is older
         // A check-in's facts and time are repeated by the next check-in: not worth an fsync each.
         // The enrollment's and operator's labels are not written here: only their own commands do.
         try await db.executeRelaxed(
             """
             INSERT INTO devices (id, facts, hardware_class, tier, installed, phase, status, status_detail, held, first_seen, last_seen,
-              agent_version, arch, timezone, agent_labels)
-            VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+              agent_version, arch, timezone, agent_labels, facts_digest)
+            VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
             ON CONFLICT(id) DO UPDATE SET facts=excluded.facts, hardware_class=excluded.hardware_class, tier=excluded.tier,
               installed=excluded.installed, phase=excluded.phase, held=excluded.held, last_seen=excluded.last_seen,
-              agent_version=excluded.agent_version, arch=excluded.arch, timezone=excluded.timezone, agent_labels=excluded.agent_labels
+              agent_version=excluded.agent_version, arch=excluded.arch, timezone=excluded.timezone, agent_labels=excluded.agent_labels,
+              facts_digest=excluded.facts_digest
             """,
             [
                 d.id, try json(d.facts), d.hardwareClass, d.tier, try json(d.installed), d.phase, d.status, d.statusDetail,
-                try json(d.held), d.firstSeen, d.lastSeen, d.agentVersion, d.facts.arch, d.facts.timezone, try json(d.facts.labels ?? [:])
+                try json(d.held), d.firstSeen, d.lastSeen, d.agentVersion, d.facts.arch, d.facts.timezone, try json(d.facts.labels ?? [:]),
+                d.probedFactsDigest
             ])
     }
 
     /// An idle check-in: only the time the device was seen changes, written with others' in one
     /// statement once the batch is due (see `SeenBatch`). A failed write puts the times back and
     /// throws; the next due batch writes them.
-    func touchDevice(_ id: String, lastSeen: Int64) async throws {
-        guard cache.seen.add(id, at: lastSeen) else { return }
+    func touchDevice(_ id: String, lastSeen: Int64, held: [String: String]?) async throws {
+        guard cache.seen.add(id, at: lastSeen, held: held) else { return }
         try await flushSeen()
     }
 
-    /// Writes the pending last-seen times now (`SeenFlusher` calls it when no check-in does, and at shutdown).
+    /// Writes what is pending now (`SeenFlusher` calls it when no check-in does, and at shutdown).
     func flushSeen() async throws {
-        let times = cache.seen.take()
-        guard !times.isEmpty else { return }
-        let rows = times.sorted { $0.key < $1.key }
+        let pending = cache.seen.take()
+        guard !pending.isEmpty else { return }
+        let rows = pending.sorted { $0.key < $1.key }
         do {
-            var start = 0
-            while start < rows.count {
-                let part = rows[start..<min(start + Self.seenPerStatement, rows.count)]
-                // Never moves a time back (another replica may have written a later one).
+            // Never moves a time back, nor writes held-back models over a later check-in's
+            // (another replica may have written one).
+            let times = rows.filter { $0.value.held == nil }
+            for part in times.chunks(of: Self.seenPerStatement) {
                 try await db.executeRelaxed(
                     """
                     WITH seen (id, t) AS (VALUES \(Array(repeating: "(?, CAST(? AS BIGINT))", count: part.count).joined(separator: ",")))
                     UPDATE devices SET last_seen = seen.t FROM seen WHERE devices.id = seen.id AND devices.last_seen < seen.t
                     """,
-                    part.flatMap { [$0.key, $0.value] as [any SQLValueConvertible] })
-                start += Self.seenPerStatement
+                    part.flatMap { [$0.key, $0.value.at] as [any SQLValueConvertible] })
+            }
+            let held = rows.compactMap { row in row.value.held.map { (row.key, row.value.at, $0) } }
+            for part in held.chunks(of: Self.seenPerStatement) {
+                var values: [any SQLValueConvertible] = []
+                for (id, at, models) in part { values += [id, at, try json(models)] }
+                try await db.executeRelaxed(
+                    """
+                    WITH seen (id, t, held) AS (VALUES \(Array(repeating: "(?, CAST(? AS BIGINT), ?)", count: part.count).joined(separator: ",")))
+                    UPDATE devices SET last_seen = seen.t, held = seen.held FROM seen WHERE devices.id = seen.id AND devices.last_seen <= seen.t
+                    """,
+                    values)
             }
         } catch {
-            cache.seen.restore(times)
+            cache.seen.restore(pending)
             throw error
         }
     }
@@ -161,7 +174,7 @@ final class SQLStore: FleetStore {
             phase: try r.optionalString("phase"), status: try r.string("status"), statusDetail: try r.optionalString("status_detail"),
             held: try r.json([String: String].self, "held"), firstSeen: try r.int("first_seen"), lastSeen: try r.int("last_seen"),
             agentVersion: try r.optionalString("agent_version"), enrolledLabels: try labels(r, "enrolled_labels"),
-            operatorLabels: try labels(r, "operator_labels"))
+            operatorLabels: try labels(r, "operator_labels"), factsDigest: try r.optionalString("facts_digest"))
     }
 
     func device(_ id: String) async throws -> DeviceRecord? {
@@ -772,4 +785,11 @@ extension SQLStore {
 extension Dictionary {
     /// nil for an empty dictionary (an optional field left out of JSON).
     var nilIfEmpty: Self? { isEmpty ? nil : self }
+}
+
+extension Array {
+    /// Consecutive slices of at most `size` elements (one statement each).
+    func chunks(of size: Int) -> [ArraySlice<Element>] {
+        stride(from: 0, to: count, by: size).map { self[$0..<Swift.min($0 + size, count)] }
+    }
 }

@@ -82,14 +82,28 @@ final class StoreCache: Sendable {
     }
 }
 
-/// The last-seen times of idle check-ins, gathered and written together: one statement for many
-/// devices instead of a write per check-in. A batch is due once it holds `maxDevices` devices or
-/// its first entry is `maxDelay` old; until written, this process's reads see the pending times
-/// (other replicas see them after the write, `maxDelay` later at most while check-ins go on).
-/// Losing a pending batch (a crash) loses only times the devices' next check-ins write again.
+/// The last-seen times of idle check-ins, and the held-back models of check-ins that changed
+/// nothing else (a rollout's phase reached a device's cell, or not yet), gathered and written
+/// together: one statement for many devices instead of a write per check-in. A batch is due once
+/// it holds `maxDevices` devices or its first entry is `maxDelay` old; until written, this
+/// process's reads see what is pending (other replicas see it after the write, `maxDelay` later
+/// at most while check-ins go on). Losing a pending batch (a crash) loses only what the devices'
+/// next check-ins work out and write again.
 final class SeenBatch: Sendable {
+    /// When a device was last seen and, if its check-in changed them, the models it is held back
+    /// on (nil: unchanged by the check-ins batched here).
+    struct Seen: Sendable, Equatable {
+        var at: Int64
+        var held: [String: String]? = nil
+
+        /// The later of two; a held set recorded earlier stays unless a later one replaces it.
+        func merged(_ other: Seen) -> Seen {
+            let (older, newer) = other.at >= at ? (self, other) : (other, self)
+            return Seen(at: newer.at, held: newer.held ?? older.held)
+        }
+    }
     private struct State {
-        var pending: [String: Int64] = [:]
+        var pending: [String: Seen] = [:]
         var since: ContinuousClock.Instant? = nil
     }
     private let state = Mutex(State())
@@ -100,39 +114,45 @@ final class SeenBatch: Sendable {
         self.maxDevices = maxDevices; self.maxDelay = maxDelay
     }
 
-    /// Records that `id` was seen at `time`; true when the batch is due to be written.
-    func add(_ id: String, at time: Int64, now: ContinuousClock.Instant = .now) -> Bool {
+    /// Records that `id` was seen at `time` (and held back on `held`, if given); true when the
+    /// batch is due to be written.
+    func add(_ id: String, at time: Int64, held: [String: String]? = nil, now: ContinuousClock.Instant = .now) -> Bool {
         state.withLock { s in
             if s.pending.isEmpty { s.since = now }
-            s.pending[id] = max(s.pending[id] ?? time, time)
+            let seen = Seen(at: time, held: held)
+            s.pending[id] = s.pending[id].map { $0.merged(seen) } ?? seen
             return s.pending.count >= maxDevices || s.since.map { now - $0 >= maxDelay } ?? false
         }
     }
 
-    /// The pending times, taken out (to be written by the caller).
-    func take() -> [String: Int64] {
+    /// The pending entries, taken out (to be written by the caller).
+    func take() -> [String: Seen] {
         state.withLock { s in
             defer { s.pending = [:]; s.since = nil }
             return s.pending
         }
     }
 
-    /// Puts back times whose write failed; a time recorded since wins if it is later.
-    func restore(_ times: [String: Int64], now: ContinuousClock.Instant = .now) {
+    /// Puts back entries whose write failed; what was recorded since wins where it is later.
+    func restore(_ entries: [String: Seen], now: ContinuousClock.Instant = .now) {
         state.withLock { s in
             if s.pending.isEmpty { s.since = now }
-            s.pending.merge(times, uniquingKeysWith: max)
+            s.pending.merge(entries) { current, failed in current.merged(failed) }
         }
     }
 
-    func pending(_ id: String) -> Int64? { state.withLock { $0.pending[id] } }
+    /// Forgets what is pending for `id`: its whole row is being written now.
+    func discard(_ id: String) { state.withLock { _ = $0.pending.removeValue(forKey: id) } }
+
+    func pending(_ id: String) -> Seen? { state.withLock { $0.pending[id] } }
     var isEmpty: Bool { state.withLock { $0.pending.isEmpty } }
 
-    /// `record` with its pending last-seen time, if later than the stored one.
+    /// `record` with what is pending for it, where that is later than the stored row.
     func overlay(_ record: DeviceRecord) -> DeviceRecord {
-        guard let t = pending(record.id), t > record.lastSeen else { return record }
+        guard let p = pending(record.id), p.at >= record.lastSeen, p.at > record.lastSeen || p.held != nil else { return record }
         var r = record
-        r.lastSeen = t
+        r.lastSeen = p.at
+        if let held = p.held { r.held = held }
         return r
     }
 }
