@@ -531,3 +531,61 @@ struct StoreCacheTests {
         try await waitUntil("the reader sees it aborted") { try await reader.activeRollouts().first?.state == .aborted }
     }
 }
+
+@Suite("Replica caches: what this process writes")
+struct StoreCacheOwnWritesTests {
+    /// A cell this process writes goes into its cached copy of the rollout's cells: the next read
+    /// answers from the copy (a row changed behind the cache's back is not seen), with the
+    /// written cell and its new revision.
+    @Test(arguments: Backend.allCases)
+    func aCellThisProcessWritesIsPutIntoItsCachedCopy(_ backend: Backend) async throws {
+        let (base, _) = try await backend.store()
+        let store = SQLStore(db: base.db, cache: StoreCache(maxAge: .seconds(3600)))
+        defer { Task { await store.db.close() } }
+        try await store.createModel(ModelRecord(name: "m", minQuality: nil, createdAt: 1))
+        try await store.createRelease(
+            ReleaseRecord(
+                id: "m@1", model: "m", version: "1", serial: 1,
+                catalogEnvelope: Envelope(payloadType: "t", payloadBytes: Array("{}".utf8)), catalogSha256: "s",
+                catalog: ReleaseCatalog(model: "m", version: "1", serial: 1, expiresAt: 2, variants: [], hardwareClasses: []),
+                createdAt: 1))
+        let rollout = try await store.createRollout(
+            RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "all", state: .active, createdAt: 1), superseding: []
+        ).id
+        let a = CellKey(hardwareClass: "x86-avx2", tier: "fibre", wave: nil)
+        let b = CellKey(hardwareClass: "arm-dotprod", tier: "fibre", wave: nil)
+        let first = StoredCell(state: CellState(phaseStartedAt: 1), cutoff: 0.05)
+        try await store.saveCell(rollout: rollout, a, first)
+        try await store.saveCell(rollout: rollout, b, first)
+        let cached = try await store.cells(rollout: rollout)  // read once, cached for an hour
+        #expect(cached.count == 2)
+        // Changed behind the cache (no announcement): the copy still answers.
+        var behind = first
+        behind.cutoff = 0.9
+        try await store.db.execute(
+            "UPDATE rollout_cells SET body = ? WHERE rollout_id = ? AND cell = ?", [try store.json(behind), rollout, b.description])
+        var next = try #require(cached[a])
+        next.cutoff = 0.25
+        let written = try #require(try await store.replaceCell(rollout: rollout, a, next, existed: true))
+        let after = try await store.cells(rollout: rollout)
+        #expect(after[a] == written && after[a]?.cutoff == 0.25 && after[a]?.revision == cached[a]!.revision + 1)
+        #expect(after[b] == cached[b])
+        // A write that lost (its revision is stale) drops the copy: the next read is the database's.
+        var stale = next
+        stale.cutoff = 0.5
+        #expect(try await store.replaceCell(rollout: rollout, a, stale, existed: true) == nil)
+        let reread = try await store.cells(rollout: rollout)
+        #expect(reread[a]?.cutoff == 0.25 && reread[b]?.cutoff == 0.9)
+    }
+
+    /// Announcements name their sender: a listener passes over its own process's, acts on
+    /// another's, and reads everything again on one it cannot read.
+    @Test func announcementsFromThisProcessArePassedOver() {
+        let mine = StoreCache(), theirs = StoreCache()
+        #expect(mine.origin != theirs.origin)
+        #expect(mine.topic(announced: mine.announcement(.cells)) == nil)
+        #expect(mine.topic(announced: theirs.announcement(.cells)) == .some(.cells))
+        #expect(mine.topic(announced: "rollouts") == .some(.rollouts))  // an older replica's
+        #expect(mine.topic(announced: "something-new@x") == .some(nil))
+    }
+}

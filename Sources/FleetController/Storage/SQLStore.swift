@@ -62,28 +62,30 @@ final class SQLStore: FleetStore {
     /// Runs `body` in one transaction; with a fence, only while this replica holds its lease.
     /// `announcing`: the cached topics it changes, dropped here after the commit and announced to
     /// the other replicas by a NOTIFY that the commit delivers.
+    /// `cachedHere: false`: the caller brings this process's cache up to date itself (`patch`).
     func write<T: Sendable>(
-        fenced: Bool = false, announcing topics: [StoreCache.Topic] = [],
+        fenced: Bool = false, announcing topics: [StoreCache.Topic] = [], cachedHere: Bool = true,
         _ body: @Sendable @escaping (any SQLQuerying) async throws -> T
     ) async throws -> T {
-        try await write(fenced: fenced) { tx in (try await body(tx), topics) }
+        try await write(fenced: fenced, cachedHere: cachedHere) { tx in (try await body(tx), topics) }
     }
 
     /// `write` for a body that finds out what it changed: it returns the topics to announce.
     func write<T: Sendable>(
-        fenced: Bool = false,
+        fenced: Bool = false, cachedHere: Bool = true,
         _ body: @Sendable @escaping (any SQLQuerying) async throws -> (T, [StoreCache.Topic])
     ) async throws -> T {
         let fence = fenced ? self.fence : nil
+        let cache = self.cache
         let (result, topics) = try await db.transaction { tx in
             if let fence { try await fence.check(tx) }
             let (result, topics) = try await body(tx)
             if tx.dialect == .postgres {
-                for t in topics { try await tx.execute("SELECT pg_notify(?, ?)", [StoreCache.channel, t.rawValue]) }
+                for t in topics { try await tx.execute("SELECT pg_notify(?, ?)", [StoreCache.channel, cache.announcement(t)]) }
             }
             return (result, topics)
         }
-        for t in topics { cache.invalidate(t) }
+        if cachedHere { for t in topics { cache.invalidate(t) } }
         return result
     }
 
@@ -422,18 +424,29 @@ final class SQLStore: FleetStore {
 
     func saveCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell) async throws {
         let body = try json(cell)
-        try await write(fenced: true, announcing: [.cells]) { tx in
-            try await tx.execute(
+        let rows = try await write(fenced: true, announcing: [.cells], cachedHere: false) { tx in
+            try await tx.query(
                 """
                 INSERT INTO rollout_cells (rollout_id, cell, body) VALUES (?,?,?)
                 ON CONFLICT(rollout_id, cell) DO UPDATE SET body = excluded.body, revision = rollout_cells.revision + 1
+                RETURNING revision
                 """, [rollout, key.description, body])
         }
+        guard let row = rows.first else { return cache.invalidate(.cells) }
+        keepWritten(rollout: rollout, key, cell, revision: try row.int("revision"))
+    }
+
+    /// A cell this process wrote, put into its cached copy of the rollout's cells (the tick writes
+    /// each cell in turn: dropping the copy at each write had check-ins read them all again).
+    private func keepWritten(rollout: Int64, _ key: CellKey, _ cell: StoredCell, revision: Int64) {
+        var stored = cell
+        stored.revision = revision
+        cache.patch(.cells, "\(rollout)") { (cells: inout [CellKey: StoredCell]) in cells[key] = stored }
     }
 
     func replaceCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell, existed: Bool) async throws -> StoredCell? {
         let body = try json(cell)
-        let rows = try await write(fenced: true, announcing: [.cells]) { tx in
+        let rows = try await write(fenced: true, announcing: [.cells], cachedHere: false) { tx in
             if existed {
                 return try await tx.query(
                     """
@@ -449,8 +462,10 @@ final class SQLStore: FleetStore {
             cache.invalidate(.cells)  // the copy it was read from is stale: the next read goes to the database
             return nil
         }
+        let revision = try row.int("revision")
+        keepWritten(rollout: rollout, key, cell, revision: revision)
         var stored = cell
-        stored.revision = try row.int("revision")
+        stored.revision = revision
         return stored
     }
 

@@ -1,3 +1,4 @@
+import FleetCore
 import Foundation
 import Logging
 import PostgresNIO
@@ -17,6 +18,21 @@ final class StoreCache: Sendable {
     }
 
     static let channel = "edgefleet_changes"
+
+    /// Names this process in the announcements it sends ("TOPIC@ORIGIN"), so that its listener
+    /// passes over its own: what this process wrote, it dealt with in its cache at the commit.
+    let origin: String = Digest.sha256Hex(Array("\(ProcessInfo.processInfo.processIdentifier) \(ContinuousClock.now)".utf8)).prefix(16)
+        .description
+
+    func announcement(_ topic: Topic) -> String { topic.rawValue + "@" + origin }
+
+    /// The topic an announcement names, nil when this process sent it; `.some(nil)`: not one this
+    /// build knows (everything is read again).
+    func topic(announced payload: String) -> Topic?? {
+        let parts = payload.split(separator: "@", maxSplits: 1)
+        if parts.count == 2, parts[1] == origin { return nil }
+        return .some(parts.first.flatMap { Topic(rawValue: String($0)) })
+    }
 
     private struct Entry { var value: any Sendable; var at: ContinuousClock.Instant }
     private struct State {
@@ -65,6 +81,22 @@ final class StoreCache: Sendable {
             s.entries[full] = Entry(value: fresh, at: now)
         }
         return fresh
+    }
+
+    /// After this process wrote part of `key`'s value: the cached copy, if any, changed by
+    /// `change` instead of dropped (the next read need not go to the database); a read that raced
+    /// the write is kept out, and the topic's other entries are dropped as by `invalidate`.
+    func patch<T: Sendable>(_ topic: Topic, _ key: String, _ change: (inout T) -> Void) {
+        state.withLock { s in
+            s.generation[topic, default: 0] &+= 1
+            let full = topic.rawValue + "/" + key, prefix = topic.rawValue + "/"
+            let kept = s.entries[full]
+            s.entries = s.entries.filter { !$0.key.hasPrefix(prefix) }
+            guard var entry = kept, var value = entry.value as? T else { return }
+            change(&value)
+            entry.value = value
+            s.entries[full] = entry
+        }
     }
 
     func invalidate(_ topic: Topic) {
@@ -177,10 +209,10 @@ final class StoreCacheListener: Service, Sendable {
                     // LISTEN is in force from here: what was missed before is read again.
                     self.cache.invalidateAll()
                     for try await n in notifications {
-                        if let topic = StoreCache.Topic(rawValue: n.payload) {
-                            self.cache.invalidate(topic)
-                        } else {
-                            self.cache.invalidateAll()
+                        switch self.cache.topic(announced: n.payload) {
+                        case .some(.some(let topic)): self.cache.invalidate(topic)
+                        case .some(.none): self.cache.invalidateAll()
+                        case .none: break  // this process's own write
                         }
                     }
                 }
