@@ -41,7 +41,7 @@ struct AccessChecker: Sendable {
         var context = context
         let audited = AccessPolicy.audited(requirement, method: request.method)
         do {
-            context.principal = try await authenticate(requirement, request, context)
+            context.principal = try await authenticate(requirement, request, &context)
             try authorise(requirement, context.principal)
         } catch {
             if audited || (isOperatorRoute(requirement) && isRefusal(error)) {
@@ -76,7 +76,9 @@ struct AccessChecker: Sendable {
         }
     }
 
-    private func authenticate(_ requirement: AccessPolicy.Requirement, _ request: Request, _ context: Context) async throws -> Principal? {
+    private func authenticate(_ requirement: AccessPolicy.Requirement, _ request: Request, _ context: inout Context) async throws
+        -> Principal?
+    {
         switch requirement {
         case .open, .enrollment:
             return nil
@@ -85,7 +87,14 @@ struct AccessChecker: Sendable {
         case .device, .checkIn:
             // The device the route names; a malformed name is the route's to answer (invalid-device-id).
             guard let id = context.parameters.get("id"), Name.isValid(id) else { return nil }
-            let identity = try await store.deviceIdentity(id)
+            let identity: DeviceAccessCheck?
+            if requirement == .checkIn {
+                let records = try await store.checkInRecords(id)
+                identity = records.access
+                context.checkInDevice = .some(records.device)
+            } else {
+                identity = try await store.deviceAccess(id)
+            }
             if options.mode == .enforced {
                 guard let peer = await options.peerCertificates(request, context) else {
                     throw AccessError(.clientCertificateRequired, "devices must present their client certificate")

@@ -8,11 +8,15 @@ struct FleetRequestContext: RequestContext {
     var coreContext: CoreRequestContextStorage
     let channel: (any Channel)?
     var principal: Principal?
+    /// A check-in's stored device row, read by the guard with the device's access (one round
+    /// trip); `.some(nil)`: the device never checked in; nil: not read.
+    var checkInDevice: DeviceRecord??
 
     init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         channel = source.channel
         principal = nil
+        checkInDevice = nil
     }
 }
 

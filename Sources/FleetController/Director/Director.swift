@@ -233,8 +233,12 @@ actor Director {
     /// One check-in. A frugal one (the agent sends `timestampVersion`) is answered with what changed
     /// since what the agent says it holds, and a per-device timestamp whose snapshot binds every
     /// model the answer covers, sent or left out; see README, "Check-in protocol".
-    func checkIn(deviceId: String, request original: CheckInRequest, now: Int64) async throws -> CheckInResponse {
-        let existing = try await store.device(deviceId)
+    /// `row`: the device's row as the access guard read it (`.some(nil)`: none); nil: read here.
+    func checkIn(deviceId: String, request original: CheckInRequest, now: Int64, row: DeviceRecord?? = nil) async throws
+        -> CheckInResponse
+    {
+        let existing: DeviceRecord?
+        if let row { existing = row } else { existing = try await store.device(deviceId) }
         var request = original
         if request.isFrugal, let reason = restore(&request, deviceId: deviceId, existing: existing) {
             logger.debug("frugal check-in sent again whole", metadata: ["device": "\(deviceId)", "reason": "\(reason.rawValue)"])

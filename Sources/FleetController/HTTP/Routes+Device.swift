@@ -34,7 +34,7 @@ struct DeviceRoutes: Sendable {
             if let digest = body.factsDigest, !Digest.isSHA256Hex(digest) {
                 throw APIError(.badRequest, "invalid-facts-digest", "factsDigest must be a sha256 digest")
             }
-            let response = try await director.checkIn(deviceId: id, request: body, now: clock())
+            let response = try await director.checkIn(deviceId: id, request: body, now: clock(), row: context.checkInDevice)
             return try JSON.response(response)
         }
         routes.devices.post("/v1/devices/:id/events") { request, context in

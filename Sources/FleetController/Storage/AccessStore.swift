@@ -22,6 +22,10 @@ protocol AccessStore: Sendable {
         -> DeviceIdentityInfo
 
     func deviceIdentity(_ id: String) async throws -> DeviceIdentityInfo?
+    /// What a device route's guard checks: the identity's status and certificate, nothing more.
+    func deviceAccess(_ id: String) async throws -> DeviceAccessCheck?
+    /// A check-in's reads in one: the device's access and its stored row (either may be missing).
+    func checkInRecords(_ id: String) async throws -> (access: DeviceAccessCheck?, device: DeviceRecord?)
     func deviceIdentity(fingerprint: String) async throws -> DeviceIdentityInfo?
     func deviceIdentities() async throws -> [DeviceIdentityInfo]
     /// Moves an identity to `status`; nil when the device never enrolled. Revoking a device that
@@ -35,4 +39,10 @@ protocol AccessStore: Sendable {
     /// Root versions after the first, oldest first.
     func rootVersions() async throws -> [Envelope]
     func appendRootVersion(_ version: Int, _ envelope: Envelope, at: Int64) async throws
+}
+
+/// The part of a device's identity its requests are checked against.
+struct DeviceAccessCheck: Sendable, Equatable {
+    var status: DeviceAccess
+    var fingerprint: String?
 }

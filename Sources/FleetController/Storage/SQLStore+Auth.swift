@@ -141,6 +141,20 @@ extension SQLStore: AccessStore {
 
     func deviceIdentity(_ id: String) async throws -> DeviceIdentityInfo? { try await Self.identity(db, id) }
 
+    func deviceAccess(_ id: String) async throws -> DeviceAccessCheck? {
+        try await db.query(
+            "SELECT status AS access_status, fingerprint AS access_fingerprint FROM device_identities WHERE device_id = ?", [id]
+        )
+        .first.flatMap(Self.accessCheck)
+    }
+
+    /// The access columns of a row (`access_status`, `access_fingerprint`); nil when the device never enrolled.
+    static func accessCheck(_ r: SQLRow) throws -> DeviceAccessCheck? {
+        guard let raw = try r.optionalString("access_status") else { return nil }
+        guard let status = DeviceAccess(rawValue: raw) else { throw StorageError(.corrupt, "identity with an unknown status") }
+        return DeviceAccessCheck(status: status, fingerprint: try r.optionalString("access_fingerprint"))
+    }
+
     func deviceIdentity(fingerprint: String) async throws -> DeviceIdentityInfo? {
         try await db.query(
             "SELECT \(Self.identityColumns) FROM device_identities WHERE fingerprint = ? ORDER BY enrolled_at DESC LIMIT 1",
