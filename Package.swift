@@ -63,6 +63,10 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
+        // The start shared by the agent and controller executables: configuration file, then arguments.
+        .target(name: "FleetCommandLine", dependencies: [
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .target(name: "FleetController", dependencies: [
             "FleetCore", "FleetDelta", "FleetCompression", "CSQLite", "ServiceNotify",
             .product(name: "Hummingbird", package: "hummingbird"),
@@ -77,11 +81,11 @@ let package = Package(
             .product(name: "PostgresNIO", package: "postgres-nio"),
         ]),
         .executableTarget(name: "fleet-controller", dependencies: [
-            "FleetController", "FleetCore",
+            "FleetController", "FleetCore", "FleetCommandLine",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "fleet-agent", dependencies: [
-            "FleetAgent", "FleetClient",
+            "FleetAgent", "FleetClient", "FleetCommandLine",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "fleetctl", dependencies: [

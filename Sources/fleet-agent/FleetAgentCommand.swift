@@ -1,11 +1,9 @@
 import ArgumentParser
 import FleetAgent
+import FleetCommandLine
 import FleetCore
 import Logging
 import ServiceLifecycle
-#if canImport(Glibc)
-    import Glibc
-#endif
 
 @main
 struct FleetAgentCommand: AsyncParsableCommand {
@@ -16,26 +14,7 @@ struct FleetAgentCommand: AsyncParsableCommand {
 
     /// `run` reads its configuration file first: its keys become flags placed before the ones
     /// given by hand, which therefore win.
-    static func main() async {
-        let argv: [String]
-        do {
-            argv = try AgentConfigFile.expand(Array(CommandLine.arguments.dropFirst()))
-        } catch {
-            let line = Array("fleet-agent: \(error)\n".utf8)
-            _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-            Glibc.exit(78)  // EX_CONFIG
-        }
-        do {
-            var command = try parseAsRoot(argv)
-            if var command = command as? AsyncParsableCommand {
-                try await command.run()
-            } else {
-                try command.run()
-            }
-        } catch {
-            exit(withError: error)
-        }
-    }
+    static func main() async { await main(expandingConfigFile: AgentConfigFile.expand) }
 }
 
 struct Run: AsyncParsableCommand {

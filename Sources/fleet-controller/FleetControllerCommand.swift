@@ -1,4 +1,5 @@
 import ArgumentParser
+import FleetCommandLine
 import FleetController
 import Foundation
 import Logging
@@ -12,25 +13,7 @@ struct FleetControllerCommand: AsyncParsableCommand {
 
     /// `serve` reads its configuration file first: its keys become flags placed before the ones
     /// given by hand, which therefore win.
-    static func main() async {
-        let argv: [String]
-        do {
-            argv = try ControllerConfigFile.expand(Array(CommandLine.arguments.dropFirst()))
-        } catch {
-            FileHandle.standardError.write(Data("fleet-controller: \(error)\n".utf8))
-            Foundation.exit(78)  // EX_CONFIG
-        }
-        do {
-            var command = try parseAsRoot(argv)
-            if var command = command as? AsyncParsableCommand {
-                try await command.run()
-            } else {
-                try command.run()
-            }
-        } catch {
-            exit(withError: error)
-        }
-    }
+    static func main() async { await main(expandingConfigFile: ControllerConfigFile.expand) }
 }
 
 struct Serve: AsyncParsableCommand {

@@ -25,7 +25,7 @@ struct DevicesCommand: ParsableCommand {
                         [
                             d.id, d.hardwareClass ?? "-", d.tier ?? "-",
                             (d.labels ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",").nonEmpty,
-                            d.status,
+                            d.status.rawValue,
                             d.assigned.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",").nonEmpty,
                             d.installed.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value.prefix(12))" }.joined(separator: ",")
                                 .nonEmpty,

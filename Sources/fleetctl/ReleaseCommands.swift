@@ -83,7 +83,7 @@ struct ReleaseCommand: ParsableCommand {
                 let rows = p.variants.flatMap { v in
                     v.deltas.map { d in
                         [
-                            v.variant, String(d.baseSha256.prefix(12)), d.status, d.method ?? "-",
+                            v.variant, String(d.baseSha256.prefix(12)), d.status.rawValue, d.method ?? "-",
                             d.size.map(ByteCount.format) ?? "-",
                             d.size.map { String(format: "%.1f%%", Double($0) * 100 / Double(max(v.size, 1))) } ?? "-"
                         ]

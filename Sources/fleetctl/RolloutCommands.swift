@@ -94,7 +94,7 @@ struct RolloutCommand: ParsableCommand {
                     ["ID", "RELEASE", "STRATEGY", "STATE", "SELECTOR", "TARGETED", "COMMITTED", "FAILED", "HELD"],
                     list.map {
                         [
-                            "\($0.id)", $0.release, $0.strategy, $0.state, ($0.selector ?? "").nonEmpty, "\($0.targeted)",
+                            "\($0.id)", $0.release, $0.strategy, $0.state.rawValue, ($0.selector ?? "").nonEmpty, "\($0.targeted)",
                             "\($0.committed)",
                             "\($0.failed)", "\($0.held)"
                         ]
@@ -116,13 +116,13 @@ struct RolloutCommand: ParsableCommand {
                 let s = try calling { try api.get("/v1/rollouts/\(id)", as: RolloutStatus.self) }
                 if watch && !global.json { print("\u{1B}[2J\u{1B}[H", terminator: "") }
                 try global.emit(s) { render(s) }
-                if !watch || s.rollout.state != RolloutState.active.rawValue { break }
+                if !watch || s.rollout.state != .active { break }
                 usleep(UInt32(interval * 1_000_000))
             } while true
         }
 
         func render(_ s: RolloutStatus) -> String {
-            var out = "rollout \(s.rollout.id): \(s.rollout.release) \(s.rollout.state)"
+            var out = "rollout \(s.rollout.id): \(s.rollout.release) \(s.rollout.state.rawValue)"
             out += s.previousRelease.map { " (control: \($0))" } ?? ""
             out += s.policy.map { ", policy \($0.name)" } ?? ", all devices at once"
             if let sel = s.rollout.selector, !sel.isEmpty { out += ", devices \(sel)" }
@@ -132,7 +132,7 @@ struct RolloutCommand: ParsableCommand {
                 out += Table.render(
                     ["WAVE", "SELECTOR", "STATUS", "DEVICES", "CELLS"],
                     waves.map {
-                        [$0.name, $0.selector.nonEmpty, $0.status, "\($0.devices)", "\($0.cells)"]
+                        [$0.name, $0.selector.nonEmpty, $0.status.rawValue, "\($0.devices)", "\($0.cells)"]
                     })
             }
             if let n = s.waitingForWindow, n > 0 { out += "\(n) device(s) staged and waiting for their maintenance window\n" }
@@ -146,12 +146,12 @@ struct RolloutCommand: ParsableCommand {
                             let p = CellKey(parsing: c.cell).map(whole.forCell) ?? whole
                             return c.phase <= p.phases.count ? String(format: "%g%%", p.phases[c.phase - 1].percent) : "-"
                         } ?? "100%"
-                    let status = c.blockedBy == nil ? c.status : c.status + " (blocked)"
+                    let status = c.blockedBy == nil ? c.status.rawValue : c.status.rawValue + " (blocked)"
                     let reference = o?.reference.map { "\($0.rawValue) (\(o?.control?.devices ?? 0))" } ?? "-"
                     return [
                         c.cell, status, "\(c.phase)/\(c.phases)", share, bar(done, total) + " \(done)/\(total)",
                         "\(c.failedNotRetried ?? 0)", reference,
-                        c.gates.map { gateText($0, final: c.status != "running" && c.status != "baking") }.joined(separator: " ")
+                        c.gates.map { gateText($0, final: c.status != .running && c.status != .baking) }.joined(separator: " ")
                     ]
                 })
             for c in s.cells {
@@ -241,8 +241,8 @@ struct RolloutCommand: ParsableCommand {
                 try global.client().post("/v1/rollouts/\(id)/\(verb)", RolloutActionRequest(cell: cell), as: RolloutStatus.self)
             }
             try global.emit(s) {
-                "rollout \(s.rollout.id): \(verb) done; state \(s.rollout.state); cells: "
-                    + s.cells.map { "\($0.cell)=\($0.status)" }.joined(separator: " ") + "\n"
+                "rollout \(s.rollout.id): \(verb) done; state \(s.rollout.state.rawValue); cells: "
+                    + s.cells.map { "\($0.cell)=\($0.status.rawValue)" }.joined(separator: " ") + "\n"
             }
         }
     }

@@ -72,17 +72,18 @@ extension VariantCommand {
                     as: TrialInfo.self)
             }
             let deadline = Date().addingTimeInterval(wait)
-            while wait > 0, t.state == "running", Date() < deadline {
+            while wait > 0, t.state == .running, Date() < deadline {
                 usleep(1_000_000)
                 t = try calling { try api.get("/v1/models/\(model)/trials", as: [TrialInfo].self) }.first { $0.id == t.id } ?? t
             }
             try global.emit(t) {
-                var out = "trial \(t.id) of \(t.release) on \(t.hardwareClass): \(t.state); devices: \(t.devices.joined(separator: ", "))\n"
+                var out =
+                    "trial \(t.id) of \(t.release) on \(t.hardwareClass): \(t.state.rawValue); devices: \(t.devices.joined(separator: ", "))\n"
                 for d in t.devices {
                     out +=
                         "  \(d): measured \((t.measured[d] ?? []).joined(separator: ", ").nonEmpty) of \(t.variants.joined(separator: ", "))\n"
                 }
-                if t.state == "done" { out += "figures: fleetctl variant perf \(t.model)\n" }
+                if t.state == .done { out += "figures: fleetctl variant perf \(t.model)\n" }
                 return out
             }
         }

@@ -90,7 +90,7 @@ struct ControllerAPITests {
             let stored = try decode([StatusEvent].self, try await client.execute(uri: "/v1/devices/d1/events", method: .get))
             #expect(stored.map(\.seq) == [4, 3, 2, 1])
             let device = try decode(DeviceInfo.self, try await client.execute(uri: "/v1/devices/d1", method: .get))
-            #expect(device.status == "committed")
+            #expect(device.status == .committed)
         }
     }
 

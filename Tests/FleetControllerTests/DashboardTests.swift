@@ -9,14 +9,14 @@ import Testing
 struct DashboardTests {
     static func status(release: String, cell: String, gates: [GateResult]) -> RolloutStatus {
         let info = RolloutInfo(
-            id: 7, release: release, model: "m", strategy: "canary", state: "active", createdAt: 1_800_000_000,
+            id: 7, release: release, model: "m", strategy: "canary", state: .active, createdAt: 1_800_000_000,
             targeted: 3, committed: 2, failed: 1, held: 0)
         let o = CellObservation(targeted: 3, committed: 2, installFailed: 0, healthFailed: 1)
         return RolloutStatus(
             rollout: info, policy: nil, previousRelease: "m@1",
             cells: [
                 .init(
-                    cell: cell, status: "paused", phase: 1, phases: 3, cohortShare: 0.1, observation: o,
+                    cell: cell, status: .paused, phase: 1, phases: 3, cohortShare: 0.1, observation: o,
                     gates: gates, failedGate: gates.first { $0.passed == false })
             ],
             actions: [.init(at: 1_800_000_100, actor: "<b>mallory</b>", action: "pause", cell: nil, detail: "\"quoted\" & more")])
@@ -73,7 +73,7 @@ struct DashboardTests {
     @Test func chartsDrawOneLinePerCellAndSeries() {
         let points = (0..<5).map { i in
             CellHistoryPoint(
-                at: 1_800_000_000 + Int64(i) * 60, phase: 0, status: "running", targeted: 4, committed: i,
+                at: 1_800_000_000 + Int64(i) * 60, phase: 0, status: .running, targeted: 4, committed: i,
                 failed: 0, treatmentP50: 20, controlP50: 10, treatmentP95: nil, controlP95: nil)
         }
         let html = Dashboard.render(
@@ -99,7 +99,7 @@ struct DashboardTests {
             try await store.appendHistory(
                 rollout: 1, cell: key,
                 CellHistoryPoint(
-                    at: Int64(i), phase: 0, status: "running", targeted: 1,
+                    at: Int64(i), phase: 0, status: .running, targeted: 1,
                     committed: i, failed: 0))
         }
         let h = try await store.history(rollout: 1)["c/t"] ?? []

@@ -53,10 +53,10 @@ extension StagedRolloutTests {
             let canary = try #require(assignmentsOfV2.keys.sorted().first)
             let device = try decode(DeviceInfo.self, try await client.execute(uri: "/v1/devices/\(canary)", method: .get))
             #expect(device.held["m"] == "failed")
-            #expect(device.status == "rolled-back")
+            #expect(device.status == .rolledBack)
             let s = try await status(client, rid)
             let sickCells = s.cells.filter { $0.cell.hasPrefix(sick) }
-            #expect(sickCells.count == 2 && sickCells.allSatisfy { $0.failedNotRetried == 1 && $0.status == "paused" })
+            #expect(sickCells.count == 2 && sickCells.allSatisfy { $0.failedNotRetried == 1 && $0.status == .paused })
             #expect(s.cells.filter { !$0.cell.hasPrefix(sick) }.allSatisfy { $0.failedNotRetried == 0 })
 
             // Retry one device: only it is sent the release again, with a new counter.
@@ -129,7 +129,7 @@ extension StagedRolloutTests {
                 clock.advance(60)
             }
             let s2 = try await status(client, r2)
-            #expect(s2.cells.map(\.status) == ["rolledBack"])
+            #expect(s2.cells.map(\.status) == [.rolledBack])
             let frozen = s2.cells[0]
             #expect(devices.allSatisfy { Self.v1Shas.contains($0.installed["m"] ?? "") })
 
@@ -157,14 +157,14 @@ extension StagedRolloutTests {
             let s3 = try await status(client, r3)
             #expect(s3.cells.count == 1)
             let cell = s3.cells[0]
-            #expect(cell.status == "rolledBack")
+            #expect(cell.status == .rolledBack)
             #expect(cell.failedGate?.metric == "latency-p95-ratio")
             #expect(cell.failedGate?.observed == 3)
             #expect(cell.observation?.reference == .controlCohort)
             // The superseded m@2 rollout keeps what it did: one device targeted, one failure.
             let list = try decode([RolloutInfo].self, try await client.execute(uri: "/v1/rollouts", method: .get))
             let old = try #require(list.first { $0.id == r2 })
-            #expect(old.state == "superseded" && old.targeted == 1 && old.failed == 1)
+            #expect(old.state == .superseded && old.targeted == 1 && old.failed == 1)
         }
     }
 
@@ -208,7 +208,7 @@ extension StagedRolloutTests {
             #expect(cell.observation?.reference == .baseline)
             #expect(cell.observation?.control?.devices == 3)
             #expect(cell.gates.first { $0.metric == "latency-p95-ratio" }?.passed == true)
-            #expect(cell.status == "baking")
+            #expect(cell.status == .baking)
         }
     }
 
@@ -228,7 +228,7 @@ extension StagedRolloutTests {
                 clock.advance(700)
             }
             var cell = try #require(try await status(client, rid).cells.first)
-            #expect(cell.phase == 1 && cell.status == "baking")
+            #expect(cell.phase == 1 && cell.status == .baking)
             #expect(cell.blockedBy == ["latency-p95-ratio"])
             let actions = try await status(client, rid).actions
             #expect(actions.filter { $0.action == "blocked" }.count == 1)

@@ -193,13 +193,13 @@ struct FleetSimulationTests {
             #expect(s2.cells.count == 6)
             for cell in s2.cells {
                 if cell.cell.hasPrefix(Self.armClass) {
-                    #expect(cell.status == "paused", "\(cell.cell) is \(cell.status)")
+                    #expect(cell.status == .paused, "\(cell.cell) is \(cell.status)")
                     #expect(cell.phase == 1)
                     #expect(cell.failedGate?.metric == "health-failure-rate")
                     #expect(cell.failedGate?.observed == 1.0)
                     #expect(cell.failedGate?.threshold == 0.2)
                 } else {
-                    #expect(cell.status == "completed", "\(cell.cell) is \(cell.status)")
+                    #expect(cell.status == .completed, "\(cell.cell) is \(cell.status)")
                 }
             }
             // Not one ARM device outside its cell's canary cohort ever heard of m@2.
@@ -240,12 +240,12 @@ struct FleetSimulationTests {
             for cell in s3.cells {
                 if cell.cell.hasPrefix(Self.slowClass) {
                     #expect(
-                        cell.status == "paused", "\(cell.cell) is \(cell.status): \(String(describing: cell.observation)) \(cell.gates)")
+                        cell.status == .paused, "\(cell.cell) is \(cell.status): \(String(describing: cell.observation)) \(cell.gates)")
                     #expect(cell.failedGate?.metric == "latency-p50-ratio")
                     #expect(cell.failedGate?.observed == 2.0)
                     #expect(cell.failedGate?.threshold == 1.5)
                 } else {
-                    #expect(cell.status != "paused" && cell.status != "rolledBack", "\(cell.cell) is \(cell.status)")
+                    #expect(cell.status != .paused && cell.status != .rolledBack, "\(cell.cell) is \(cell.status)")
                 }
             }
             let metricsText = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
@@ -268,7 +268,7 @@ struct FleetSimulationTests {
             // ARM canaries of m@3 ran m@1 before it (m@2 had failed there), so that is what they got back.
             for d in updated where d.cls == Self.armClass { #expect(d.runningSha == shas["m@1"]!["int8"]) }
             let s3after = try await rolloutStatus(client, r3)
-            #expect(s3after.rollout.state == "aborted")
+            #expect(s3after.rollout.state == .aborted)
             #expect(s3after.actions.contains { $0.actor == "bob" && $0.action == "abort" })
         }
     }

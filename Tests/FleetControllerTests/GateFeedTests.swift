@@ -16,7 +16,7 @@ struct GateFeedTests {
         var facts = DeviceFacts(arch: "x86_64", cpuFlags: ["avx2"], memoryBytes: 1 << 30, diskFreeBytes: 1 << 30)
         facts.labels = labels
         return DeviceRecord(
-            id: id, facts: facts, hardwareClass: cls, tier: tier, installed: [:], phase: nil, status: "idle", statusDetail: nil,
+            id: id, facts: facts, hardwareClass: cls, tier: tier, installed: [:], phase: nil, status: .idle, statusDetail: nil,
             held: [:], firstSeen: 1, lastSeen: lastSeen, agentVersion: "t")
     }
 

@@ -103,7 +103,7 @@ struct ReleaseAndCheckInTests {
             #expect(a.counter == 2)
             #expect(a.variant == "b")
             let rollouts = try decode([RolloutInfo].self, try await client.execute(uri: "/v1/rollouts", method: .get))
-            #expect(rollouts.map(\.state) == ["superseded", "active"])
+            #expect(rollouts.map(\.state) == [.superseded, .active])
         }
     }
 

@@ -54,7 +54,7 @@ struct RolloutHardeningTests {
             try await driver.tick(now: clock.now)  // used to trap on the sum of crashes
             let s = try decode(RolloutStatus.self, try await client.execute(uri: "/v1/rollouts/\(rid)", method: .get))
             let c = try #require(s.cells.first { $0.cell == "x86-avx2/fibre" })
-            #expect(c.status == "paused")
+            #expect(c.status == .paused)
             #expect(c.failedGate?.metric == "crashes")
         }
     }
@@ -70,7 +70,7 @@ struct RolloutHardeningTests {
             policy: policy, previousReleaseId: "m@1")
         let device = DeviceRecord(
             id: "late-1", facts: ControllerFixture.boardFacts, hardwareClass: "brand-new-class", tier: "fibre",
-            installed: [:], phase: nil, status: "idle", statusDetail: nil, held: [:], firstSeen: f.now, lastSeen: f.now,
+            installed: [:], phase: nil, status: .idle, statusDetail: nil, held: [:], firstSeen: f.now, lastSeen: f.now,
             agentVersion: nil)
         let cell = try await driver.cell(for: device, rollout: rollout, policy: policy, now: f.now)
         #expect(cell.state.status == .completed)

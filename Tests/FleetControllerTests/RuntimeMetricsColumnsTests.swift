@@ -52,7 +52,7 @@ struct RuntimeMetricsColumnsTests {
         let ingest = try await store.appendEvents(deviceId: "d", batch.events, receivedAt: 5)
         #expect(ingest.stored == 2 && ingest.ackedThrough == 2)
         #expect(try await store.events(deviceId: "d", limit: 1).first?.kind == .other("quantum-leap"))
-        #expect(try await store.device("d")?.status == DeviceStatus.committed.rawValue)
+        #expect(try await store.device("d")?.status == .committed)
     }
 
     /// A database at schema 6 (figures as JSON in `detail`, in events and in the latest table) is

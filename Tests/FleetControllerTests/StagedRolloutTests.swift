@@ -194,13 +194,13 @@ struct StagedRolloutTests {
             #expect(status.cells.count == 6)
             for cell in status.cells {
                 if cell.cell.hasPrefix(sick) {
-                    #expect(cell.status == "paused", "\(cell.cell)")
+                    #expect(cell.status == .paused, "\(cell.cell)")
                     #expect(cell.phase == 1)
                     #expect(cell.failedGate?.metric == "health-failure-rate")
                     #expect(cell.failedGate?.threshold == 0.2)
                     #expect(cell.failedGate?.observed == 1.0)
                 } else {
-                    #expect(cell.status == "completed", "\(cell.cell) is \(cell.status)")
+                    #expect(cell.status == .completed, "\(cell.cell) is \(cell.status)")
                 }
             }
             // No device of the failing class outside its canary cohort was ever assigned the new release.
@@ -238,11 +238,11 @@ struct StagedRolloutTests {
             let status = try decode(RolloutStatus.self, try await client.execute(uri: "/v1/rollouts/\(rid)", method: .get))
             for cell in status.cells {
                 if cell.cell.hasPrefix(slow) {
-                    #expect(cell.status == "paused")
+                    #expect(cell.status == .paused)
                     #expect(cell.failedGate?.metric == "latency-p95-ratio")
                     #expect(cell.failedGate?.observed == 2.0)
                 } else {
-                    #expect(cell.status == "baking", "\(cell.cell) is \(cell.status)")
+                    #expect(cell.status == .baking, "\(cell.cell) is \(cell.status)")
                 }
             }
         }
@@ -268,7 +268,7 @@ struct StagedRolloutTests {
             #expect(updated >= 6)  // at least one canary per cell
             let abort = try await client.json(.post, "/v1/rollouts/\(rid)/abort", RolloutActionRequest())
             #expect(abort.status == .ok)
-            #expect(try decode(RolloutStatus.self, abort).rollout.state == "aborted")
+            #expect(try decode(RolloutStatus.self, abort).rollout.state == .aborted)
             let v1IDs = Set(v1.map(\.id))
             for i in devices.indices {
                 let a = try await checkIn(client, &devices[i], clock: clock)

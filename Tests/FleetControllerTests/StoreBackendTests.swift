@@ -67,7 +67,7 @@ private func event(
 
 private let device = DeviceRecord(
     id: "dev-1", facts: DeviceFacts(arch: "x86_64", cpuFlags: ["avx2"], memoryBytes: 1 << 30, diskFreeBytes: 1 << 30),
-    hardwareClass: "x86-avx2", tier: "fibre", installed: [:], phase: nil, status: "idle", statusDetail: nil,
+    hardwareClass: "x86-avx2", tier: "fibre", installed: [:], phase: nil, status: .idle, statusDetail: nil,
     held: [:], firstSeen: 1, lastSeen: 1, agentVersion: "t")
 
 @Suite("Store on both back ends")
@@ -90,7 +90,7 @@ struct StoreBackendTests {
         // The commit set what the device runs; the failure is held; the status is the latest install event's.
         let stored = try #require(try await store.device("dev-1"))
         #expect(stored.installed == ["m": sha])
-        #expect(stored.status == "failed")
+        #expect(stored.status == .failed)
         #expect(try await store.installed(model: "m") == ["dev-1": sha])
         #expect(try await store.failures(deviceId: "dev-1").map(\.release) == ["m@1"])
     }
@@ -417,7 +417,7 @@ struct StoreBackendTests {
         try await old.execute("INSERT INTO events VALUES ('dev-1', 1, 5, 'metrics', 'm', NULL, 'm@1', '{}', 5)")
         try await old.execute(
             "CREATE TABLE rollout_history (rollout_id INTEGER NOT NULL, cell TEXT NOT NULL, at INTEGER NOT NULL, body TEXT NOT NULL)")
-        let point = CellHistoryPoint(at: 7, phase: 0, status: "running", targeted: 1, committed: 0, failed: 0)
+        let point = CellHistoryPoint(at: 7, phase: 0, status: .running, targeted: 1, committed: 0, failed: 0)
         try await old.execute(
             "INSERT INTO rollout_history VALUES (1, 'c/t', 7, ?)", [String(decoding: try FleetJSON.encode(point), as: UTF8.self)])
         let store = try await SQLStore.sqlite(path: dir + "/fleet.sqlite")

@@ -193,7 +193,7 @@ struct TargetingTests {
             }
             // The first rollout is still in force for the devices the second does not pick.
             let rollouts = try decode([RolloutInfo].self, try await client.execute(uri: "/v1/rollouts", method: .get))
-            #expect(rollouts.map(\.state) == ["active", "active"])
+            #expect(rollouts.map(\.state) == [.active, .active])
 
             let eu = try decode([DeviceInfo].self, try await client.execute(uri: "/v1/devices?selector=region%3Deu-west", method: .get))
             #expect(eu.map(\.id).sorted() == ["eu-0", "eu-1", "eu-2", "eu-3"])
@@ -298,7 +298,7 @@ struct TargetingTests {
             #expect(sentV2 == ["lab-0", "lab-1"])
             try await driver.tick(now: f.now + 10)
             var s = try await status(client, rid)
-            #expect(s.waves?.map(\.status) == ["completed", "running", "pending"])
+            #expect(s.waves?.map(\.status) == [.completed, .running, .pending])
             #expect(s.waves?.map(\.devices) == [2, 6, 3])
 
             // Wave 2 (europe): the boards fail their health check; the gate pauses their cell, and
@@ -315,10 +315,10 @@ struct TargetingTests {
                 try await driver.tick(now: f.now + 30)
             }
             s = try await status(client, rid)
-            #expect(s.waves?.map(\.status) == ["completed", "stopped", "pending"])
+            #expect(s.waves?.map(\.status) == [.completed, .stopped, .pending])
             let europe = s.cells.filter { $0.cell.hasPrefix("europe:") }
             #expect(europe.count == 2)
-            #expect(europe.allSatisfy { $0.status == "paused" })
+            #expect(europe.allSatisfy { $0.status == .paused })
             #expect(s.actions.contains { $0.action == "paused" && $0.detail?.hasPrefix("wave europe stopped") == true })
             #expect(!sentV2.contains { $0.hasPrefix("us") })
             for i in devices.indices where devices[i].id.hasPrefix("us") {
@@ -350,8 +350,8 @@ struct TargetingTests {
             }
             #expect(order == ["lab-0", "eu-0", "us-0"])
             let s = try await status(client, rid)
-            #expect(s.rollout.state == "completed")
-            #expect(s.waves?.map(\.status) == ["completed", "completed", "completed"])
+            #expect(s.rollout.state == .completed)
+            #expect(s.waves?.map(\.status) == [.completed, .completed, .completed])
             #expect(s.actions.filter { $0.action == "wave-started" }.count == 2)
         }
     }

@@ -36,7 +36,7 @@ extension StagedRolloutTests {
                 .post, "/v1/models/m/trials", NewTrial(hardwareClass: "x86-avx512-vnni", variants: ["m1-fp32"], devices: 2))
             #expect(started.status == .created)
             let trial = try decode(TrialInfo.self, started)
-            #expect(trial.devices.count == 2 && trial.state == "running")
+            #expect(trial.devices.count == 2 && trial.state == .running)
             #expect(
                 errorCode(
                     try await client.json(
@@ -73,7 +73,7 @@ extension StagedRolloutTests {
                 #expect(a?.sha256 == int8)
             }
             let after = try decode([TrialInfo].self, try await client.execute(uri: "/v1/models/m/trials", method: .get))
-            #expect(after.first?.state == "done")
+            #expect(after.first?.state == .done)
             #expect(after.first?.measured.values.allSatisfy { $0 == ["m1-fp32"] } == true)
             clock.advance(11)  // the performance table is kept for 10 s
             let perf = try decode([VariantMeasurement].self, try await client.execute(uri: "/v1/models/m/perf", method: .get))

@@ -31,7 +31,7 @@ struct EndToEndTests {
         }
         let devices = try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"])
         #expect(devices.count == 3)
-        #expect(devices.allSatisfy { $0.status == "committed" })
+        #expect(devices.allSatisfy { $0.status == .committed })
         #expect(Set(devices.compactMap(\.hardwareClass)) == ["x86-avx512-vnni", "x86-avx2", "small-board-1gb"])
     }
 
@@ -61,7 +61,7 @@ struct EndToEndTests {
         // Bytes that do not hash as signed may have been corrupted on the way: the device will try
         // again after the tier's backoff (a bounded number of times), and says when.
         let device = try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).first
-        #expect(device?.status == "retrying")
+        #expect(device?.status == .retrying)
         #expect(device?.statusDetail?.contains("sha256") == true)
         let last = try fleet.events("edge-x86-vnni-01").last
         #expect(last?.kind == "retrying" && last?.fault == InstallFault.hashMismatch.rawValue && last?.retryAt != nil)
@@ -95,7 +95,7 @@ struct EndToEndTests {
         #expect(log.contains { $0["tampered"] as? Bool == true })
         #expect(!log.contains { ($0["path"] as? String)?.hasPrefix("/v1/artifacts/") == true })
         let device = try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).first
-        #expect(device?.status == "rejected")
+        #expect(device?.status == .rejected)
     }
 
     @Test func downloadCutInTheMiddleResumesWithRange() throws {
@@ -170,7 +170,7 @@ struct EndToEndTests {
         #expect(fleet.journalPhase(a, model: "m") == "rolledBack")
         #expect(!FileManager.default.fileExists(atPath: "\(a.models)/m/\(fleet.sha(v2))"))
         let device = try fleet.fleetctlJSON([DeviceInfo].self, ["devices", "list"]).first
-        #expect(device?.status == "rolled-back")
+        #expect(device?.status == .rolledBack)
         #expect(device?.statusDetail?.contains("timed out") == true)
     }
 
@@ -206,7 +206,7 @@ struct DeltaEndToEndTests {
         try fleet.waitFor("delta packages of \(release)", timeout: 120) {
             struct Shown: Decodable { var packages: ReleasePackages }
             deltas = try fleet.fleetctlJSON(Shown.self, ["release", "show", release]).packages.variants.flatMap(\.deltas)
-            return !deltas.isEmpty && deltas.allSatisfy { $0.status != "building" }
+            return !deltas.isEmpty && deltas.allSatisfy { $0.status != .building }
         }
         return deltas
     }
@@ -224,7 +224,7 @@ struct DeltaEndToEndTests {
         _ = try fleet.fleetctl(["release", "create", "m", "--version", "2", "--keys", fleet.dir + "/keys", "--variants", "m-v2"])
         let deltas = try waitForDeltas(fleet, release: "m@2")
         let delta = try #require(deltas.first)
-        #expect(delta.status == "ready")
+        #expect(delta.status == .ready)
         #expect(delta.baseSha256 == fleet.sha(v1))
         let size = try #require(delta.size)
         #expect(size < 2_118_552 / 4, "a last-layer fine-tune should need well under a quarter of the model")

@@ -71,7 +71,7 @@ struct FailureHandlingTests {
         try fleet.waitFor("the healthy class on v2 and the sick cell paused", timeout: 90) {
             let s = try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(started.id)"])
             let healthyDone = agents.filter { !$0.1 }.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(v2) }
-            return healthyDone && s.cells.contains { $0.cell.hasPrefix("arm64") && $0.status == "paused" }
+            return healthyDone && s.cells.contains { $0.cell.hasPrefix("arm64") && $0.status == .paused }
         }
         // Every agent keeps checking in for a while: at least five more check-ins each.
         let seen = Dictionary(
@@ -286,7 +286,7 @@ struct CellGateTests {
         let r2 = try fleet.fleetctlJSON(RolloutInfo.self, ["rollout", "start", "m@2", "--policy", policy]).id
         try fleet.waitFor("the m@2 cell rolled back", timeout: 90) {
             try feed(fleet, agents, slowSha: fleet.sha(v3), slow: 60)
-            return try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(r2)"]).cells.first?.status == "rolledBack"
+            return try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(r2)"]).cells.first?.status == .rolledBack
         }
         try fleet.waitFor("every agent on v1 again", timeout: 60) {
             agents.allSatisfy { fleet.current($0.0, model: "m").contentSha == fleet.sha(v1) }
@@ -298,7 +298,7 @@ struct CellGateTests {
         try fleet.waitFor("the m@3 cell stopped by its latency gate", timeout: 120) {
             try feed(fleet, agents, slowSha: fleet.sha(v3), slow: 60)
             cell = try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(r3)"]).cells.first
-            return cell?.status == "rolledBack"
+            return cell?.status == .rolledBack
         }
         let stopped = try #require(cell)
         #expect(stopped.failedGate?.metric == "latency-p95-ratio")

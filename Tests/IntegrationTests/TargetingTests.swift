@@ -113,7 +113,7 @@ struct TargetingIntegrationTests {
 
         try fleet.waitFor("the lab done, Europe stopped by its health gate", timeout: 90) {
             let s = try fleet.fleetctlJSON(RolloutStatus.self, ["rollout", "status", "\(r.id)"])
-            return s.waves?.map(\.status) == ["completed", "stopped", "pending"]
+            return s.waves?.map(\.status) == [.completed, .stopped, .pending]
         }
         #expect(fleet.current(agents[0], model: "m").contentSha == fleet.sha(v2))
         #expect(fleet.current(agents[1], model: "m").contentSha == fleet.sha(v1))  // rolled back on the device

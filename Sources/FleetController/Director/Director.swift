@@ -164,7 +164,7 @@ actor Director {
     func trialSelection(_ s: Selection, deviceId: String, model: String, release: ReleaseRecord) async throws -> Selection {
         guard
             let trial = try await store.trials(model: model).last(where: {
-                $0.state == "running" && $0.release == release.id && $0.devices.contains(deviceId)
+                $0.state == .running && $0.release == release.id && $0.devices.contains(deviceId)
             })
         else { return s }
         let measured = try await store.measuredArtifacts(model: model, deviceId: deviceId)
@@ -271,7 +271,7 @@ actor Director {
         var failed: Set<String>? = nil
         let record = DeviceRecord(
             id: deviceId, facts: facts, hardwareClass: hw?.name, tier: tier?.name, installed: request.installed,
-            phase: request.phase, status: existing?.status ?? DeviceStatus.idle.rawValue, statusDetail: existing?.statusDetail, held: [:],
+            phase: request.phase, status: existing?.status ?? .idle, statusDetail: existing?.statusDetail, held: [:],
             firstSeen: existing?.firstSeen ?? now, lastSeen: now, agentVersion: request.agentVersion ?? existing?.agentVersion,
             enrolledLabels: existing?.enrolledLabels ?? [:], operatorLabels: existing?.operatorLabels ?? [:],
             // The stored digest still names these facts when they are the stored ones.

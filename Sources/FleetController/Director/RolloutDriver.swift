@@ -195,7 +195,7 @@ final class RolloutDriver: Service, Sendable {
     static func historyPoint(_ cell: StoredCell, at now: Int64) -> CellHistoryPoint {
         let o = cell.observation ?? CellObservation(targeted: 0)
         return CellHistoryPoint(
-            at: now, phase: cell.state.phase, status: cell.state.status.rawValue, targeted: o.targeted,
+            at: now, phase: cell.state.phase, status: cell.state.status, targeted: o.targeted,
             committed: o.committed, failed: o.installFailed + o.healthFailed + o.timedOut,
             treatmentP50: o.treatment?.latencyP50Ms, controlP50: o.control?.latencyP50Ms,
             treatmentP95: o.treatment?.latencyP95Ms, controlP95: o.control?.latencyP95Ms)

@@ -110,7 +110,7 @@ enum Dashboard {
             let c = dev.hardwareClass ?? "none", t = dev.tier ?? "none"
             classes.insert(c); tiers.insert(t)
             counts["\(c)\u{0}\(t)", default: 0] += 1
-            byStatus[dev.status, default: 0] += 1
+            byStatus[dev.status.rawValue, default: 0] += 1
         }
         let tierList = tiers.sorted()
         var h = "<section id=\"fleet\"><h2>Devices <span class=\"muted\">\(d.devices.count)</span></h2>"
@@ -155,8 +155,9 @@ enum Dashboard {
 
     static func rollout(_ r: DashboardData.Rollout, now: Int64) -> String {
         let s = r.status, info = s.rollout
-        var h = "<section class=\"rollout\" data-rollout=\"\(info.id)\" data-state=\"\(esc(info.state))\">"
-        h += "<h2>Rollout \(info.id): \(esc(info.release)) <span class=\"badge s-\(esc(info.state))\">\(esc(info.state))</span></h2>"
+        var h = "<section class=\"rollout\" data-rollout=\"\(info.id)\" data-state=\"\(esc(info.state.rawValue))\">"
+        h +=
+            "<h2>Rollout \(info.id): \(esc(info.release)) <span class=\"badge s-\(esc(info.state.rawValue))\">\(esc(info.state.rawValue))</span></h2>"
         h += "<p class=\"muted\">policy \(esc(s.policy?.name ?? info.strategy))"
         if let prev = s.previousRelease { h += " · previous release \(esc(prev))" }
         h +=
@@ -172,9 +173,9 @@ enum Dashboard {
                 "<table class=\"cells\"><thead><tr><th>wave</th><th>selector</th><th>status</th><th>devices</th><th>cells</th></tr></thead><tbody>"
             for w in waves {
                 h +=
-                    "<tr data-wave=\"\(esc(w.name))\" data-status=\"\(esc(w.status))\"><td><b>\(esc(w.name))</b></td><td><code>\(esc(w.selector.isEmpty ? "everything" : w.selector))</code></td>"
+                    "<tr data-wave=\"\(esc(w.name))\" data-status=\"\(esc(w.status.rawValue))\"><td><b>\(esc(w.name))</b></td><td><code>\(esc(w.selector.isEmpty ? "everything" : w.selector))</code></td>"
                 h +=
-                    "<td><span class=\"badge s-\(esc(w.status))\">\(esc(w.status))</span></td><td>\(w.devices)</td><td>\(w.cells)</td></tr>"
+                    "<td><span class=\"badge s-\(esc(w.status.rawValue))\">\(esc(w.status.rawValue))</span></td><td>\(w.devices)</td><td>\(w.cells)</td></tr>"
             }
             h += "</tbody></table>"
         }
@@ -201,11 +202,11 @@ enum Dashboard {
 
     static func cell(_ c: RolloutStatus.Cell, rollout: Int64) -> String {
         let o = c.observation
-        var h = "<tr data-cell=\"\(esc(c.cell))\" data-status=\"\(esc(c.status))\"><td><code>\(esc(c.cell))</code></td>"
+        var h = "<tr data-cell=\"\(esc(c.cell))\" data-status=\"\(esc(c.status.rawValue))\"><td><code>\(esc(c.cell))</code></td>"
         h += "<td>\(c.phase)/\(c.phases) <span class=\"muted\">(\(Int((c.cohortShare * 100).rounded()))%)</span></td>"
-        h += "<td><span class=\"badge s-\(esc(c.status))\">\(esc(c.status))</span></td>"
+        h += "<td><span class=\"badge s-\(esc(c.status.rawValue))\">\(esc(c.status.rawValue))</span></td>"
         h += "<td>\(progressBar(o))</td><td>"
-        let stopped = c.status != "running" && c.status != "baking"
+        let stopped = c.status != .running && c.status != .baking
         for g in c.gates {
             let state = g.passed.map { $0 ? "passing" : "failing" } ?? (stopped ? "unjudged" : "waiting")
             let observed = g.observed.map { fmt($0) } ?? "n/a"

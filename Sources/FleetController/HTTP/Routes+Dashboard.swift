@@ -88,7 +88,8 @@ struct DashboardRoutes: Sendable {
             if !t.isEmpty { perf[m.name] = t }
         }
         let devices = fleet.devices.values.sorted { $0.id < $1.id }
-        let view = viewLabel.map { key in LabelView.breakdown(key: key, devices: devices.map { (labels: $0.selectable, status: $0.status) })
+        let view = viewLabel.map { key in
+            LabelView.breakdown(key: key, devices: devices.map { (labels: $0.selectable, status: $0.status.rawValue) })
         }
         return DashboardData(
             now: clock(), devices: devices, eventsDropped: try await store.eventsDropped(),

@@ -248,7 +248,7 @@ struct OperatorRoutes: Sendable {
         for v in r.catalog.variants {
             let deltas = try await store.deltas(target: v.sha256).map {
                 ReleasePackages.Delta(
-                    baseSha256: $0.baseSha256, status: $0.status.rawValue, method: $0.method,
+                    baseSha256: $0.baseSha256, status: $0.status, method: $0.method,
                     packageSha256: $0.packageSha256, size: $0.packageSize, detail: $0.detail)
             }
             variants.append(.init(variant: v.name, sha256: v.sha256, size: v.size, deltas: deltas))
@@ -331,7 +331,7 @@ struct OperatorRoutes: Sendable {
         }
         let cells = stored.sorted { $0.key < $1.key }.map { key, c in
             RolloutStatus.Cell(
-                cell: key.description, status: c.state.status.rawValue, phase: c.state.phase + 1,
+                cell: key.description, status: c.state.status, phase: c.state.phase + 1,
                 phases: r.policy?.forCell(key).phases.count ?? 1, cohortShare: min(c.cutoff, 1), observation: c.observation,
                 gates: c.state.gates, failedGate: c.state.failedGate, blockedBy: c.state.blockedBy,
                 failedNotRetried: failed[key] ?? 0, afterStop: afterStop[key])
@@ -346,15 +346,15 @@ struct OperatorRoutes: Sendable {
             waves = policyWaves.enumerated().map { i, w in
                 let mine = stored.filter { $0.key.wave == w.name }
                 let devices = membership.filter { $0.key.wave == w.name }.values.reduce(0) { $0 + $1.count }
-                let status: String
+                let status: WaveStatus
                 if mine.values.contains(where: { [.paused, .rolledBack, .aborted].contains($0.state.status) }) {
-                    status = "stopped"
+                    status = .stopped
                 } else if i < r.wave || r.state == .completed {
-                    status = "completed"
+                    status = .completed
                 } else if i > r.wave {
-                    status = r.state == .active ? "pending" : r.state.rawValue
+                    status = WaveStatus(notBegunIn: r.state)
                 } else {
-                    status = !mine.isEmpty && mine.values.allSatisfy { $0.state.status == .completed } ? "completed" : "running"
+                    status = !mine.isEmpty && mine.values.allSatisfy { $0.state.status == .completed } ? .completed : .running
                 }
                 return RolloutStatus.Wave(
                     name: w.name, selector: w.selector.description, status: status, devices: devices, cells: mine.count)
@@ -431,13 +431,13 @@ struct OperatorRoutes: Sendable {
             let holding: Int
             if let held { holding = held } else { holding = try await store.devicesHolding(model: r.model) }
             return RolloutInfo(
-                id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state.rawValue, createdAt: r.createdAt,
+                id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state, createdAt: r.createdAt,
                 targeted: p.targeted, committed: p.committed, failed: p.failed, held: holding,
                 selector: r.selector.description, window: r.window?.description)
         }
         let h = try await store.releaseHistory(release: r.releaseId)
         return RolloutInfo(
-            id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state.rawValue, createdAt: r.createdAt,
+            id: r.id, release: r.releaseId, model: r.model, strategy: r.strategy, state: r.state, createdAt: r.createdAt,
             targeted: h.targeted, committed: h.received, failed: h.failed, held: 0,
             selector: r.selector.description, window: r.window?.description)
     }
@@ -458,7 +458,7 @@ struct OperatorRoutes: Sendable {
         for d in devices {
             byClass[d.hardwareClass ?? "none", default: 0] += 1
             byTier[d.tier ?? "none", default: 0] += 1
-            byStatus[d.status, default: 0] += 1
+            byStatus[d.status.rawValue, default: 0] += 1
         }
         let stats = artifacts.stats()
         return FleetStatus(

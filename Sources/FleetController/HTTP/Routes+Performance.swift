@@ -57,7 +57,7 @@ struct PerformanceRoutes: Sendable {
         let t = try await store.createTrial(
             TrialRecord(
                 id: 0, model: model, release: release.id, hardwareClass: body.hardwareClass,
-                variants: body.variants, devices: Array(chosen), state: "running",
+                variants: body.variants, devices: Array(chosen), state: .running,
                 createdAt: clock(), createdBy: actor))
         return try await info(t)
     }
@@ -76,9 +76,9 @@ struct PerformanceRoutes: Sendable {
             measured[d] = t.variants.filter { shas[$0].map(have.contains) ?? false }
         }
         var state = t.state
-        if state == "running", measured.values.allSatisfy({ $0.count == t.variants.count }) {
-            state = "done"
-            try await store.setTrialState(t.id, state)
+        if state == .running, measured.values.allSatisfy({ $0.count == t.variants.count }) {
+            state = .done
+            try await store.setTrialState(t.id, state.rawValue)
         }
         return TrialInfo(
             id: t.id, model: t.model, release: t.release, hardwareClass: t.hardwareClass, variants: t.variants,

@@ -44,7 +44,9 @@ public enum DeviceSeeder {
                 columns: [
                     "id", "facts", "hardware_class", "tier", "first_seen", "last_seen", "arch", "timezone", "agent_labels", "facts_digest"
                 ],
-                constants: ["installed": "'{}'", "status": "'idle'", "held": "'{}'", "agent_version": "'seeded'"],
+                constants: [
+                    "installed": "'{}'", "status": SQLVocabulary.literal(DeviceStatus.idle), "held": "'{}'", "agent_version": "'seeded'"
+                ],
                 rows: rows)
             start += batch
             logger.info("seeded", metadata: ["devices": "\(min(start, count))", "of": "\(count)"])

@@ -7,7 +7,7 @@ struct DeviceRecord: Sendable, Equatable {
     var tier: String?
     var installed: [String: String]
     var phase: String?
-    var status: String
+    var status: DeviceStatus
     var statusDetail: String?
     var held: [String: String]
     var firstSeen: Int64
@@ -137,7 +137,7 @@ struct RolloutDeviceRecord: Sendable, Equatable {
 struct CellHistoryPoint: Codable, Sendable, Equatable {
     var at: Int64
     var phase: Int
-    var status: String
+    var status: CellState.Status
     var targeted: Int
     var committed: Int
     var failed: Int
@@ -182,7 +182,7 @@ struct AssignmentRecord: Sendable, Equatable {
 
 /// A delta package from one exact base artifact to one target artifact.
 struct DeltaRecord: Sendable, Equatable {
-    enum Status: String, Sendable { case building, ready, failed }
+    typealias Status = DeltaStatus
     var baseSha256: String
     var targetSha256: String
     var status: Status
@@ -213,7 +213,7 @@ struct TrialRecord: Sendable, Equatable {
     var hardwareClass: String
     var variants: [String]
     var devices: [String]
-    var state: String  // running, done
+    var state: TrialState
     var createdAt: Int64
     var createdBy: String
 }

@@ -8,7 +8,8 @@ extension SQLStore {
         TrialRecord(
             id: try r.int("id"), model: try r.string("model"), release: try r.string("release"),
             hardwareClass: try r.string("hardware_class"), variants: try r.json([String].self, "variants"),
-            devices: try r.json([String].self, "devices"), state: try r.string("state"), createdAt: try r.int("created_at"),
+            devices: try r.json([String].self, "devices"), state: try r.vocabulary(TrialState.self, "state"),
+            createdAt: try r.int("created_at"),
             createdBy: try r.string("created_by"))
     }
 
@@ -21,7 +22,7 @@ extension SQLStore {
                 """
                 INSERT INTO trials (model, release, hardware_class, variants, devices, state, created_at, created_by) VALUES (?,?,?,?,?,?,?,?)
                 RETURNING \(Self.trialColumns)
-                """, [t.model, t.release, t.hardwareClass, variants, devices, t.state, t.createdAt, t.createdBy])
+                """, [t.model, t.release, t.hardwareClass, variants, devices, t.state.rawValue, t.createdAt, t.createdBy])
         }
         guard let row = rows.first else { throw StorageError(.database, "insert returned no row") }
         return try Self.trialRow(row)

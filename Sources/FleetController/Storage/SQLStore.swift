@@ -113,7 +113,7 @@ final class SQLStore: FleetStore {
               facts_digest=excluded.facts_digest
             """,
             [
-                d.id, try json(d.facts), d.hardwareClass, d.tier, try json(d.installed), d.phase, d.status, d.statusDetail,
+                d.id, try json(d.facts), d.hardwareClass, d.tier, try json(d.installed), d.phase, d.status.rawValue, d.statusDetail,
                 try json(d.held), d.firstSeen, d.lastSeen, d.agentVersion, d.facts.arch, d.facts.timezone, try json(d.facts.labels ?? [:]),
                 d.probedFactsDigest
             ])
@@ -173,7 +173,8 @@ final class SQLStore: FleetStore {
         DeviceRecord(
             id: try r.string("id"), facts: try r.json(DeviceFacts.self, "facts"), hardwareClass: try r.optionalString("hardware_class"),
             tier: try r.optionalString("tier"), installed: try r.json([String: String].self, "installed"),
-            phase: try r.optionalString("phase"), status: try r.string("status"), statusDetail: try r.optionalString("status_detail"),
+            phase: try r.optionalString("phase"), status: try r.vocabulary(DeviceStatus.self, "status"),
+            statusDetail: try r.optionalString("status_detail"),
             held: try r.json([String: String].self, "held"), firstSeen: try r.int("first_seen"), lastSeen: try r.int("last_seen"),
             agentVersion: try r.optionalString("agent_version"), enrolledLabels: try labels(r, "enrolled_labels"),
             operatorLabels: try labels(r, "operator_labels"), factsDigest: try r.optionalString("facts_digest"))

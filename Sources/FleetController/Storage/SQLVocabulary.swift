@@ -15,3 +15,13 @@ enum SQLVocabulary {
         "(" + values.map(literal).joined(separator: ",") + ")"
     }
 }
+
+extension SQLRow {
+    /// A column holding a vocabulary word (a device status, a trial state): a word this build
+    /// does not know is a `corrupt` error naming the column and the word, never a default.
+    func vocabulary<T: RawRepresentable>(_ type: T.Type, _ name: String) throws -> T where T.RawValue == String {
+        let text = try string(name)
+        guard let value = T(rawValue: text) else { throw StorageError(.corrupt, "column \(name) holds '\(text)', not a \(T.self)") }
+        return value
+    }
+}

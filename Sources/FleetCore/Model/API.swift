@@ -105,11 +105,11 @@ public struct TrialInfo: Codable, Equatable, Sendable {
     public var variants: [String]
     public var devices: [String]
     /// `running` until every device measured every variant (or could not run it), then `done`.
-    public var state: String
+    public var state: TrialState
     /// Per device, the variants it has measured.
     public var measured: [String: [String]]
     public init(
-        id: Int64, model: String, release: String, hardwareClass: String, variants: [String], devices: [String], state: String,
+        id: Int64, model: String, release: String, hardwareClass: String, variants: [String], devices: [String], state: TrialState,
         measured: [String: [String]]
     ) {
         self.id = id; self.model = model; self.release = release; self.hardwareClass = hardwareClass; self.variants = variants
@@ -142,7 +142,7 @@ public struct RolloutActionRequest: Codable, Sendable {
 public struct RolloutStatus: Codable, Equatable, Sendable {
     public struct Cell: Codable, Equatable, Sendable {
         public var cell: String
-        public var status: String
+        public var status: CellState.Status
         public var phase: Int  // 1-based
         public var phases: Int
         public var cohortShare: Double
@@ -156,7 +156,7 @@ public struct RolloutStatus: Codable, Equatable, Sendable {
         /// For a rolled-back or aborted cell: how many devices it reached are off the new release again.
         public var afterStop: CellAfterStop?
         public init(
-            cell: String, status: String, phase: Int, phases: Int, cohortShare: Double, observation: CellObservation?,
+            cell: String, status: CellState.Status, phase: Int, phases: Int, cohortShare: Double, observation: CellObservation?,
             gates: [GateResult], failedGate: GateResult?, blockedBy: [String]? = nil, failedNotRetried: Int? = nil,
             afterStop: CellAfterStop? = nil
         ) {
@@ -188,11 +188,10 @@ public struct RolloutStatus: Codable, Equatable, Sendable {
     public struct Wave: Codable, Equatable, Sendable {
         public var name: String
         public var selector: String
-        /// pending (an earlier wave runs), running, stopped (a cell paused, rolled back or aborted), completed.
-        public var status: String
+        public var status: WaveStatus
         public var devices: Int
         public var cells: Int
-        public init(name: String, selector: String, status: String, devices: Int, cells: Int) {
+        public init(name: String, selector: String, status: WaveStatus, devices: Int, cells: Int) {
             self.name = name; self.selector = selector; self.status = status; self.devices = devices; self.cells = cells
         }
     }
@@ -211,7 +210,7 @@ public struct RolloutInfo: Codable, Equatable, Sendable {
     public var release: String
     public var model: String
     public var strategy: String
-    public var state: String
+    public var state: RolloutState
     public var createdAt: Int64
     public var targeted: Int  // devices with an assignment of this release
     public var committed: Int
@@ -221,7 +220,7 @@ public struct RolloutInfo: Codable, Equatable, Sendable {
     public var selector: String?
     public var window: String?
     public init(
-        id: Int64, release: String, model: String, strategy: String, state: String, createdAt: Int64,
+        id: Int64, release: String, model: String, strategy: String, state: RolloutState, createdAt: Int64,
         targeted: Int, committed: Int, failed: Int, held: Int, selector: String? = nil, window: String? = nil
     ) {
         self.id = id; self.release = release; self.model = model; self.strategy = strategy; self.state = state
@@ -237,7 +236,8 @@ public struct DeviceInfo: Codable, Equatable, Sendable {
     public var facts: DeviceFacts
     public var installed: [String: String]
     public var phase: String?
-    public var status: String  // last install outcome: committed, failed, rolled-back, installing, idle
+    /// From the last install outcome (`idle` before any).
+    public var status: DeviceStatus
     public var statusDetail: String?
     public var assigned: [String: String]  // model -> variant name assigned
     public var held: [String: String]
@@ -250,7 +250,7 @@ public struct DeviceInfo: Codable, Equatable, Sendable {
 
     public init(
         id: String, hardwareClass: String?, tier: String?, facts: DeviceFacts, installed: [String: String], phase: String?,
-        status: String, statusDetail: String?, assigned: [String: String], held: [String: String],
+        status: DeviceStatus, statusDetail: String?, assigned: [String: String], held: [String: String],
         firstSeen: Int64, lastSeen: Int64, agentVersion: String?, labels: [String: String]? = nil, labelSources: [String: String]? = nil
     ) {
         self.id = id; self.hardwareClass = hardwareClass; self.tier = tier; self.facts = facts; self.installed = installed
@@ -321,12 +321,12 @@ public struct APIErrorBody: Codable, Sendable {
 public struct ReleasePackages: Codable, Equatable, Sendable {
     public struct Delta: Codable, Equatable, Sendable {
         public var baseSha256: String
-        public var status: String
+        public var status: DeltaStatus
         public var method: String?
         public var packageSha256: String?
         public var size: Int64?
         public var detail: String?
-        public init(baseSha256: String, status: String, method: String?, packageSha256: String?, size: Int64?, detail: String?) {
+        public init(baseSha256: String, status: DeltaStatus, method: String?, packageSha256: String?, size: Int64?, detail: String?) {
             self.baseSha256 = baseSha256; self.status = status; self.method = method; self.packageSha256 = packageSha256
             self.size = size; self.detail = detail
         }

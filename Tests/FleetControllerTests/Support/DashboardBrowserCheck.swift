@@ -43,7 +43,7 @@ enum DashboardBrowserCheck {
             let s = try decode(RolloutStatus.self, try await client.execute(uri: "/v1/rollouts/\(id)", method: .get))
             for c in s.cells {
                 for g in c.gates {
-                    let live = c.status == "running" || c.status == "baking"
+                    let live = c.status == .running || c.status == .baking
                     fromAPI.append(
                         Gate(
                             rollout: id, cell: c.cell, metric: g.metric,

@@ -110,7 +110,7 @@ final class AttackWorld: @unchecked Sendable {
         var deltas: [ReleasePackages.Delta] = []
         try fleet.waitFor("delta packages of m@2", timeout: 120) {
             deltas = try fleet.fleetctlJSON(Shown.self, ["release", "show", "m@2"]).packages.variants.flatMap(\.deltas)
-            return !deltas.isEmpty && deltas.allSatisfy { $0.status != "building" }
+            return !deltas.isEmpty && deltas.allSatisfy { $0.status != .building }
         }
         _ = try fleet.fleetctl(["rollout", "start", "m@2", "--all"])
         let v1Sha = fleet.sha(v1)
@@ -126,7 +126,7 @@ final class AttackWorld: @unchecked Sendable {
             limit: 1 << 20)
         arm.deviceId = Self.deviceId
         r2otherClass = try Self.checkIn(fleet, facts: arm, installed: ["m": v1Sha], fullPackages: ["m"])
-        if let pkg = deltas.first(where: { $0.status == "ready" })?.packageSha256 {
+        if let pkg = deltas.first(where: { $0.status == .ready })?.packageSha256 {
             deltaPackage = fleet.dir + "/v1-to-v2.efdelta"
             try FileManager.default.copyItem(atPath: fleet.artifactPath(pkg), toPath: deltaPackage!)
         } else {
