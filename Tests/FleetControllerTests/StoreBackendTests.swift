@@ -283,6 +283,33 @@ struct StoreBackendTests {
         #expect(try await other.device("dev-1") == expected)
     }
 
+    /// A check-in's one read: the device's row and its access, each missing on its own, the
+    /// same from the prepared statement every time it runs (PostgreSQL prepares it per connection).
+    @Test(arguments: Backend.allCases)
+    func aCheckInReadsTheRowAndTheAccessTogether(_ backend: Backend) async throws {
+        let (store, _) = try await backend.store()
+        defer { Task { await store.db.close() } }
+        let none = try await store.checkInRecords("dev-1")
+        #expect(none.access == nil && none.device == nil)
+        try await store.upsertDevice(device)
+        for _ in 0..<3 {
+            let rowOnly = try await store.checkInRecords("dev-1")
+            let row = try await store.device("dev-1")
+            #expect(rowOnly.access == nil && rowOnly.device == row && row != nil)
+        }
+        // Revoked without ever enrolling (open mode): an identity with no certificate.
+        _ = try await store.setDeviceAccess("dev-1", .revoked, by: "t", at: 5)
+        _ = try await store.setDeviceAccess("dev-9", .revoked, by: "t", at: 5)
+        let both = try await store.checkInRecords("dev-1")
+        #expect(both.access == DeviceAccessCheck(status: .revoked, fingerprint: nil) && both.device?.id == "dev-1")
+        #expect(try await store.deviceAccess("dev-1") == both.access)
+        let accessOnly = try await store.checkInRecords("dev-9")
+        #expect(accessOnly.access?.status == .revoked && accessOnly.device == nil)
+        // Pending last-seen times show, as in `device`.
+        try await store.touchDevice("dev-1", lastSeen: 40)
+        #expect(try await store.checkInRecords("dev-1").device?.lastSeen == 40)
+    }
+
     /// Held-back models batched with the time: this process reads them at once, another replica
     /// after the write; never written over a later check-in's row, nor over a whole-row write
     /// made after them.

@@ -89,6 +89,23 @@ final class PostgresDatabase: SQLDatabase {
         try await Self.run(sql, params) { q in try await self.client.query(q, logger: self.logger) }
     }
 
+    func query<S: HotStatement>(_ statement: S.Type, _ params: [any SQLValueConvertible]) async throws -> [SQLRow] {
+        do {
+            return try await Self.rows(try await client.execute(Prepared<S>(binds: Self.bindings(params)), logger: logger))
+        } catch let e as PSQLError {
+            throw Self.mapped(e)
+        }
+    }
+
+    /// A hot statement as postgres-nio prepares it: once per pooled connection, by name.
+    private struct Prepared<S: HotStatement>: PostgresPreparedStatement {
+        static var name: String { "edgefleet." + String(describing: S.self) }
+        static var sql: String { PostgresDatabase.rewrites.numbered(S.sql) }
+        let binds: PostgresBindings
+        func makeBindings() throws -> PostgresBindings { binds }
+        func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
+    }
+
     func executeRelaxed(_ sql: String, _ params: [any SQLValueConvertible]) async throws {
         // One statement on a pooled connection commits by itself; waiting for the WAL flush is
         // what `synchronous_commit = off` would save, at the price of a round trip to set it.
@@ -130,6 +147,15 @@ final class PostgresDatabase: SQLDatabase {
         _ sql: String, _ params: [any SQLValueConvertible],
         _ send: (PostgresQuery) async throws -> PostgresRowSequence
     ) async throws -> [SQLRow] {
+        let query = PostgresQuery(unsafeSQL: rewrites.numbered(sql), binds: bindings(params))
+        do {
+            return try await rows(try await send(query))
+        } catch let e as PSQLError {
+            throw mapped(e)
+        }
+    }
+
+    private static func bindings(_ params: [any SQLValueConvertible]) -> PostgresBindings {
         var binds = PostgresBindings(capacity: params.count)
         for p in params {
             switch p.sqlValue {
@@ -139,26 +165,24 @@ final class PostgresDatabase: SQLDatabase {
             case .text(let v): binds.append(v)
             }
         }
-        let query = PostgresQuery(unsafeSQL: rewrites.numbered(sql), binds: binds)
-        do {
-            let sequence = try await send(query)
-            var rows: [SQLRow] = []
-            var columns: SQLColumns?
-            for try await row in sequence {
-                var values: [SQLValue] = []
-                values.reserveCapacity(row.count)
-                var names: [String] = []
-                for cell in row {
-                    if columns == nil { names.append(cell.columnName) }
-                    values.append(try value(cell))
-                }
-                if columns == nil { columns = SQLColumns(names) }
-                rows.append(SQLRow(columns: columns!, values: values))
+        return binds
+    }
+
+    private static func rows<Rows: AsyncSequence>(_ sequence: Rows) async throws -> [SQLRow] where Rows.Element == PostgresRow {
+        var rows: [SQLRow] = []
+        var columns: SQLColumns?
+        for try await row in sequence {
+            var values: [SQLValue] = []
+            values.reserveCapacity(row.count)
+            var names: [String] = []
+            for cell in row {
+                if columns == nil { names.append(cell.columnName) }
+                values.append(try value(cell))
             }
-            return rows
-        } catch let e as PSQLError {
-            throw mapped(e)
+            if columns == nil { columns = SQLColumns(names) }
+            rows.append(SQLRow(columns: columns!, values: values))
         }
+        return rows
     }
 
     private static func value(_ cell: PostgresCell) throws -> SQLValue {

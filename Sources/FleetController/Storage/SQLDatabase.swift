@@ -173,7 +173,16 @@ extension SQLQuerying {
 }
 
 /// A SQL database the store runs on: SQLite in one file (one box), or PostgreSQL shared by replicas.
+/// A statement run on nearly every request (a check-in's read): worth preparing once per
+/// connection, so that PostgreSQL parses and plans it once, not at every call. SQLite's
+/// connections keep every statement prepared anyway.
+protocol HotStatement {
+    static var sql: String { get }
+}
+
 protocol SQLDatabase: SQLQuerying {
+    /// `statement`'s SQL with `params`, prepared once per connection where that helps.
+    func query<S: HotStatement>(_ statement: S.Type, _ params: [any SQLValueConvertible]) async throws -> [SQLRow]
     /// Runs `body` in one transaction: all of its statements are stored, or none. Errors thrown
     /// by `body` roll back and come out unchanged.
     func transaction<T: Sendable>(_ body: @Sendable (any SQLQuerying) async throws -> T) async throws -> T
@@ -183,6 +192,12 @@ protocol SQLDatabase: SQLQuerying {
     func executeRelaxed(_ sql: String, _ params: [any SQLValueConvertible]) async throws
     /// Closes connections; the database is unusable afterwards.
     func close() async
+}
+
+extension SQLDatabase {
+    func query<S: HotStatement>(_ statement: S.Type, _ params: [any SQLValueConvertible]) async throws -> [SQLRow] {
+        try await query(S.sql, params)
+    }
 }
 
 enum SQLPlaceholders {

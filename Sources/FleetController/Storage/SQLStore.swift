@@ -182,16 +182,18 @@ final class SQLStore: FleetStore {
 
     /// One round trip for a check-in: the key row always comes back, the device's columns NULL
     /// when it never checked in, the access columns NULL when it never enrolled.
-    private static let checkInSelect = """
-        SELECT d.id, d.facts, d.hardware_class, d.tier, d.installed, d.phase, d.status, d.status_detail, d.held, d.first_seen,
-          d.last_seen, d.agent_version, d.facts_digest, l.enrolled AS enrolled_labels, l.operator AS operator_labels,
-          i.status AS access_status, i.fingerprint AS access_fingerprint
-        FROM (SELECT CAST(? AS TEXT) AS id) k LEFT JOIN devices d ON d.id = k.id LEFT JOIN device_labels l ON l.device_id = k.id
-          LEFT JOIN device_identities i ON i.device_id = k.id
-        """
+    private enum CheckInSelect: HotStatement {
+        static let sql = """
+            SELECT d.id, d.facts, d.hardware_class, d.tier, d.installed, d.phase, d.status, d.status_detail, d.held, d.first_seen,
+              d.last_seen, d.agent_version, d.facts_digest, l.enrolled AS enrolled_labels, l.operator AS operator_labels,
+              i.status AS access_status, i.fingerprint AS access_fingerprint
+            FROM (SELECT CAST(? AS TEXT) AS id) k LEFT JOIN devices d ON d.id = k.id LEFT JOIN device_labels l ON l.device_id = k.id
+              LEFT JOIN device_identities i ON i.device_id = k.id
+            """
+    }
 
     func checkInRecords(_ id: String) async throws -> (access: DeviceAccessCheck?, device: DeviceRecord?) {
-        guard let r = try await db.query(Self.checkInSelect, [id]).first else { return (nil, nil) }
+        guard let r = try await db.query(CheckInSelect.self, [id]).first else { return (nil, nil) }
         let device = try r.optionalString("id") == nil ? nil : cache.seen.overlay(try Self.deviceRow(r))
         return (try Self.accessCheck(r), device)
     }
