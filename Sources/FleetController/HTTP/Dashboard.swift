@@ -8,7 +8,8 @@ struct DashboardData: Sendable {
         var history: [String: [CellHistoryPoint]]
     }
     var now: Int64
-    var devices: [DeviceRecord]
+    /// The fleet counted by class, tier and status (not read device by device).
+    var devices: [DeviceCount]
     var eventsDropped: [String: UInt64]
     var rollouts: [Rollout]
     /// Per model, what devices measured of each variant per hardware class.
@@ -106,14 +107,15 @@ enum Dashboard {
     static func fleet(_ d: DashboardData) -> String {
         var classes = Set<String>(), tiers = Set<String>()
         var counts: [String: Int] = [:], byStatus: [String: Int] = [:]
-        for dev in d.devices {
-            let c = dev.hardwareClass ?? "none", t = dev.tier ?? "none"
+        for group in d.devices {
+            let c = group.hardwareClass ?? "none", t = group.tier ?? "none"
             classes.insert(c); tiers.insert(t)
-            counts["\(c)\u{0}\(t)", default: 0] += 1
-            byStatus[dev.status.rawValue, default: 0] += 1
+            counts["\(c)\u{0}\(t)", default: 0] += group.devices
+            byStatus[group.status.rawValue, default: 0] += group.devices
         }
         let tierList = tiers.sorted()
-        var h = "<section id=\"fleet\"><h2>Devices <span class=\"muted\">\(d.devices.count)</span></h2>"
+        let total = d.devices.reduce(0) { $0 + $1.devices }
+        var h = "<section id=\"fleet\"><h2>Devices <span class=\"muted\">\(total)</span></h2>"
         h += "<table class=\"matrix\"><thead><tr><th>hardware class \\ tier</th>"
         for t in tierList { h += "<th>\(esc(t))</th>" }
         h += "<th>total</th></tr></thead><tbody>"

@@ -76,7 +76,6 @@ struct DashboardRoutes: Sendable {
     }
 
     func data() async throws -> DashboardData {
-        let fleet = try await FleetSnapshot.load(store)
         var rollouts: [DashboardData.Rollout] = []
         for r in try await store.rollouts().sorted(by: { $0.id > $1.id }).prefix(Self.rolloutsShown) {
             rollouts.append(
@@ -87,12 +86,16 @@ struct DashboardRoutes: Sendable {
             let t = try await performance.table(model: m.name)
             if !t.isEmpty { perf[m.name] = t }
         }
-        let devices = fleet.devices.values.sorted { $0.id < $1.id }
-        let view = viewLabel.map { key in
-            LabelView.breakdown(key: key, devices: devices.map { (labels: $0.selectable, status: $0.status.rawValue) })
+        var view: LabelView? = nil
+        if let key = viewLabel {
+            // The labels from the replica's copy of the device cells, the statuses in two columns.
+            let statuses = try await store.deviceStatuses()
+            view = LabelView.breakdown(
+                key: key,
+                devices: try await store.deviceCells().map { ($0.selectable, statuses[$0.id]?.rawValue ?? DeviceStatus.idle.rawValue) })
         }
         return DashboardData(
-            now: clock(), devices: devices, eventsDropped: try await store.eventsDropped(),
+            now: clock(), devices: try await store.deviceCounts(), eventsDropped: try await store.eventsDropped(),
             rollouts: rollouts, performance: perf, quarantined: try await quarantine.quarantinedArtifacts(), labelView: view)
     }
 }

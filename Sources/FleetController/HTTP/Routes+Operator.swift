@@ -452,30 +452,29 @@ struct OperatorRoutes: Sendable {
             labels: d.labels.nilIfEmpty, labelSources: Self.labelSources(d).nilIfEmpty)
     }
 
+    /// Counted without reading any device's row whole: by the database for the whole fleet, over
+    /// the replica's copy of the device cells (labels, class, tier) and the statuses otherwise.
     private func status(_ selector: LabelSelector) async throws -> FleetStatus {
-        let devices = try await store.devices().filter { selector.matches($0.selectable) }
-        var byClass: [String: Int] = [:], byTier: [String: Int] = [:], byStatus: [String: Int] = [:]
-        for d in devices {
-            byClass[d.hardwareClass ?? "none", default: 0] += 1
-            byTier[d.tier ?? "none", default: 0] += 1
-            byStatus[d.status.rawValue, default: 0] += 1
+        var groups: [DeviceCount] = []
+        if selector.isEverything {
+            groups = try await store.deviceCounts()
+        } else {
+            let statuses = try await store.deviceStatuses()
+            for d in try await store.deviceCells() where selector.matches(d.selectable) {
+                groups.append(DeviceCount(hardwareClass: d.hardwareClass, tier: d.tier, status: statuses[d.id] ?? .idle, devices: 1))
+            }
+        }
+        var byClass: [String: Int] = [:], byTier: [String: Int] = [:], byStatus: [String: Int] = [:], total = 0
+        for g in groups {
+            byClass[g.hardwareClass ?? "none", default: 0] += g.devices
+            byTier[g.tier ?? "none", default: 0] += g.devices
+            byStatus[g.status.rawValue, default: 0] += g.devices
+            total += g.devices
         }
         let stats = artifacts.stats()
         return FleetStatus(
-            devices: devices.count, byClass: byClass, byTier: byTier, byStatus: byStatus,
+            devices: total, byClass: byClass, byTier: byTier, byStatus: byStatus,
             models: try await store.models().count, releases: try await store.releases().count,
             activeRollouts: try await store.activeRollouts().count, artifacts: stats.count, artifactBytes: stats.bytes)
-    }
-}
-
-/// Every device and assignment, read once for views that summarise several rollouts.
-struct FleetSnapshot: Sendable {
-    var devices: [String: DeviceRecord]
-    var assignments: [AssignmentRecord]
-
-    static func load(_ store: any FleetStore) async throws -> FleetSnapshot {
-        FleetSnapshot(
-            devices: Dictionary(try await store.devices().map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a }),
-            assignments: try await store.assignments())
     }
 }

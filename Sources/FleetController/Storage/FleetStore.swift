@@ -121,6 +121,14 @@ struct DeviceCellRecord: Sendable, Equatable {
     var timezoneLabel: String? { labels[Labels.timezoneKey] }
 }
 
+/// How many devices are of one class and tier, in one status.
+struct DeviceCount: Sendable, Equatable {
+    var hardwareClass: String?
+    var tier: String?
+    var status: DeviceStatus
+    var devices: Int
+}
+
 struct DeviceCellSnapshot: Sendable {
     var records: [DeviceCellRecord]
     var version: UInt64
@@ -263,6 +271,10 @@ protocol FleetStore: Sendable {
     /// The devices that run something of `model` (filtered in the database: a fleet where few run
     /// it is not read whole).
     func devices(running model: String) async throws -> [DeviceRecord]
+    /// Devices counted by class, tier and status (in the database: no row is read whole).
+    func deviceCounts() async throws -> [DeviceCount]
+    /// Each device's status, by id (two short columns per device).
+    func deviceStatuses() async throws -> [String: DeviceStatus]
     /// Every device's id, class and tier only: what the rollout driver needs, cheap to read.
     func deviceCells() async throws -> [DeviceCellRecord]
     /// The same, with a version that changes whenever any device's cell or labels do (work

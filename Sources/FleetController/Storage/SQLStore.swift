@@ -243,6 +243,23 @@ final class SQLStore: FleetStore {
         Int(try await db.scalar("SELECT COUNT(*) AS n FROM devices").int ?? 0)
     }
 
+    func deviceCounts() async throws -> [DeviceCount] {
+        try await db.query("SELECT hardware_class, tier, status, COUNT(*) AS n FROM devices GROUP BY hardware_class, tier, status", [])
+            .map { r in
+                DeviceCount(
+                    hardwareClass: try r.optionalString("hardware_class"), tier: try r.optionalString("tier"),
+                    status: try r.vocabulary(DeviceStatus.self, "status"), devices: Int(try r.int("n")))
+            }
+    }
+
+    func deviceStatuses() async throws -> [String: DeviceStatus] {
+        var out: [String: DeviceStatus] = [:]
+        for r in try await db.query("SELECT id, status FROM devices", []) {
+            out[try r.string("id")] = try r.vocabulary(DeviceStatus.self, "status")
+        }
+        return out
+    }
+
     // MARK: models and variants
 
     func createModel(_ m: ModelRecord) async throws {
