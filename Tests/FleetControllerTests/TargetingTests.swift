@@ -203,6 +203,17 @@ struct TargetingTests {
             let status = try decode(
                 FleetStatus.self, try await client.execute(uri: "/v1/status?selector=region%20in%20(us-east)", method: .get))
             #expect(status.devices == 4)
+            // Counted by the database (whole fleet) and over the device cells (a selector), they
+            // agree with the devices listed one by one.
+            let all = try decode([DeviceInfo].self, try await client.execute(uri: "/v1/devices", method: .get))
+            let whole = try decode(FleetStatus.self, try await client.execute(uri: "/v1/status", method: .get))
+            #expect(whole.devices == devices.count && all.count == devices.count)
+            #expect(whole.byClass == Dictionary(grouping: all) { $0.hardwareClass ?? "none" }.mapValues(\.count))
+            #expect(whole.byTier == Dictionary(grouping: all) { $0.tier ?? "none" }.mapValues(\.count))
+            #expect(whole.byStatus == Dictionary(grouping: all) { $0.status.rawValue }.mapValues(\.count))
+            let usEast = all.filter { $0.labels?["region"] == "us-east" }
+            #expect(status.byClass == Dictionary(grouping: usEast) { $0.hardwareClass ?? "none" }.mapValues(\.count))
+            #expect(status.byStatus == Dictionary(grouping: usEast) { $0.status.rawValue }.mapValues(\.count))
 
             // A malformed selector names where it went wrong, and starts nothing.
             let bad = try await start(client, NewRollout(release: "m@2", strategy: "all", selector: "region in (eu-west"))
