@@ -23,7 +23,7 @@ enum Migrations {
             version: 6, name: "change revisions of device cells and labels, latest install outcome and runtime metrics per device",
             apply: ChangeRevisions.migrate),
         Migration(version: 7, name: "runtime metrics in typed columns", apply: RuntimeMetricsColumns.migrate),
-        Migration(version: 8, name: "digest of each device's facts", apply: factsDigest)
+        Migration(version: 8, name: "digest of each device's facts, assignments by release", apply: checkInReads)
     ]
     static var latest: Int { all.last!.version }
     /// Any number; the same in every replica.
@@ -320,8 +320,10 @@ enum Migrations {
     }
 
     /// The digest a frugal check-in names a device's facts by, kept beside them (NULL for rows
-    /// written before: worked out from the facts when read, and stored at the next write).
-    private static func factsDigest(_ tx: any SQLQuerying) async throws {
+    /// written before: worked out from the facts when read, and stored at the next write); a
+    /// release's assignments found without reading every assignment (rollout status and list).
+    private static func checkInReads(_ tx: any SQLQuerying) async throws {
         try await tx.execute(tx.dialect.ddl("ALTER TABLE devices ADD COLUMN facts_digest TEXT"))
+        try await tx.execute("CREATE INDEX IF NOT EXISTS assignments_release ON assignments (release_id)")
     }
 }
