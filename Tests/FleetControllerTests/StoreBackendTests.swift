@@ -181,16 +181,7 @@ struct StoreBackendTests {
                 await a.db.close(); await b.db.close()
             }
         }
-        try await a.createModel(ModelRecord(name: "m", minQuality: nil, createdAt: 1))
-        try await a.createRelease(
-            ReleaseRecord(
-                id: "m@1", model: "m", version: "1", serial: 1,
-                catalogEnvelope: Envelope(payloadType: "t", payloadBytes: Array("{}".utf8)), catalogSha256: "s",
-                catalog: ReleaseCatalog(model: "m", version: "1", serial: 1, expiresAt: 2, variants: [], hardwareClasses: []),
-                createdAt: 1))
-        let rollout = try await a.createRollout(
-            RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "fast", state: .active, createdAt: 1), superseding: []
-        ).id
+        let rollout = try await activeRollout(a, strategy: "fast")
         let key = CellKey(hardwareClass: "x86-avx2", tier: "fibre")
         let fresh = StoredCell(state: CellState(phaseStartedAt: 1), cutoff: 0.1)
         // Two replicas open the same cell: one wins, the other reads the winner's.
@@ -509,6 +500,20 @@ struct LeaderElectionTests {
     }
 }
 
+/// Model m, its release m@1 and an active rollout of it (what a rollout's cells belong to); the rollout's id.
+func activeRollout(_ store: SQLStore, strategy: String = "all") async throws -> Int64 {
+    try await store.createModel(ModelRecord(name: "m", minQuality: nil, createdAt: 1))
+    try await store.createRelease(
+        ReleaseRecord(
+            id: "m@1", model: "m", version: "1", serial: 1,
+            catalogEnvelope: Envelope(payloadType: "t", payloadBytes: Array("{}".utf8)), catalogSha256: "s",
+            catalog: ReleaseCatalog(model: "m", version: "1", serial: 1, expiresAt: 2, variants: [], hardwareClasses: []),
+            createdAt: 1))
+    return try await store.createRollout(
+        RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: strategy, state: .active, createdAt: 1), superseding: []
+    ).id
+}
+
 /// Polls `condition` every 20 ms until it holds or `seconds` pass.
 func waitUntil(_ what: String, seconds: Double = 20, _ condition: @Sendable () async throws -> Bool) async throws {
     let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
@@ -569,16 +574,7 @@ struct StoreCacheOwnWritesTests {
         let (base, _) = try await backend.store()
         let store = SQLStore(db: base.db, cache: StoreCache(maxAge: .seconds(3600)))
         defer { Task { await store.db.close() } }
-        try await store.createModel(ModelRecord(name: "m", minQuality: nil, createdAt: 1))
-        try await store.createRelease(
-            ReleaseRecord(
-                id: "m@1", model: "m", version: "1", serial: 1,
-                catalogEnvelope: Envelope(payloadType: "t", payloadBytes: Array("{}".utf8)), catalogSha256: "s",
-                catalog: ReleaseCatalog(model: "m", version: "1", serial: 1, expiresAt: 2, variants: [], hardwareClasses: []),
-                createdAt: 1))
-        let rollout = try await store.createRollout(
-            RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "all", state: .active, createdAt: 1), superseding: []
-        ).id
+        let rollout = try await activeRollout(store)
         let a = CellKey(hardwareClass: "x86-avx2", tier: "fibre", wave: nil)
         let b = CellKey(hardwareClass: "arm-dotprod", tier: "fibre", wave: nil)
         let first = StoredCell(state: CellState(phaseStartedAt: 1), cutoff: 0.05)
