@@ -3,8 +3,10 @@ import Foundation
 import Logging
 
 /// Decides, per device, which variant of each model under an active rollout it should run, and
-/// signs that decision (the online director role) together with a fresh timestamp.
-actor Director {
+/// signs that decision (the online director role) together with a fresh timestamp. Holds nothing
+/// that changes: check-ins run side by side (as they do on several replicas; what they write is
+/// conditional in the store), not one at a time.
+final class Director: Sendable {
     let store: any FleetStore
     let keys: OnlineKeys
     let config: FleetConfig

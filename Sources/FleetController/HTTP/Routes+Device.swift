@@ -16,7 +16,7 @@ struct DeviceRoutes: Sendable {
 
     func register(_ routes: Audiences) {
         routes.anyone.get("/v1/root") { _, _ in
-            try JSON.response(await director.keys.rootEnvelope)
+            try JSON.response(director.keys.rootEnvelope)
         }
         routes.checkIns.post("/v1/devices/:id/checkin") { request, context in
             let id = try deviceID(context)
