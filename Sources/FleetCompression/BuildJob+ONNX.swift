@@ -36,21 +36,10 @@ extension BuildJob {
             return name
         }
 
-        // The last weight layer: among tensors the recipe could touch, the one read latest in the graph.
-        let lastName = onnx.initializers.filter { ($0.source?.shape.count ?? 0) >= 2 && $0.source?.dtype == .f32 }
-            .max { facts.lastUse($0.name) < facts.lastUse($1.name) }?.name
         let computes = recipe.storage?.computes == true
-        var decisions = onnx.initializers.map { i -> TensorDecision in
-            let rank = i.source?.shape.count ?? 0
-            // Compute forms read embeddings too (GatherBlockQuantized); only `protect` keeps them.
-            let prot = protection(
-                name: i.name, isEmbedding: facts.isEmbedding(i.name), isNorm: facts.isNorm(i.name), isLast: i.name == lastName)
-            let site = computes ? i.source.flatMap { facts.computeSite(i.name, shape: $0.shape, storage: recipe.storage) } : nil
-            return decide(
-                i.source, name: i.name, axes: (facts.channelAxis(i.name, rank: rank), facts.blockAxis(i.name, rank: rank)),
-                protectedBy: prot, site: site)
-        }
-        let smoothing = try planSmoothing(&decisions, graph: graph, fresh: fresh)
+        var decisions = decisions(onnx, facts: facts)
+        let mixed = try applyMixedPlan(&decisions, graph: &graph, initializers: onnx.initializers, fresh: fresh)
+        let smoothing = try planSmoothing(&decisions, graph: graph, fresh: fresh) + mixed.smoothing
         try planStructuredPruning(&decisions, graph: &graph)
 
         // Opset: per-channel DequantizeLinear needs 13, block-wise needs 21; DynamicQuantizeLinear 11.
@@ -101,6 +90,7 @@ extension BuildJob {
         for (di, d) in decisions.enumerated() {
             let ini = onnx.initializers[di]
             defer { while owner.count < entries.count { owner.append(di) } }
+            if mixed.dropped.contains(d.name) { continue }  // a bias replaced by its folded copy, read nowhere else
             guard let enc = d.encoding, let s = d.source else {
                 if ini.isExternal, let s = ini.source {
                     var h = ini.header
@@ -168,7 +158,7 @@ extension BuildJob {
             upgradeExtras.append(t)
             rewrite.smoothing[activation] = name
         }
-        for t in upgradeExtras { try appendNew(t) }
+        for t in upgradeExtras + mixed.tensors { try appendNew(t) }
         let replaced = Set(changed.filter { $0.encoding?.kind != .float32 }.map(\.name))
         // A weight that was also listed as a graph input (IR < 4 exporters do that) is now a node output.
         graph.input.removeAll { replaced.contains($0.name) }
@@ -177,6 +167,7 @@ extension BuildJob {
             var floatShapes: [String: [Int64]] = [:]
             for i in onnx.initializers where i.header.dataType == TensorDType.f32.onnxCode { floatShapes[i.name] = i.header.dims }
             for d in decisions where d.keep != nil { floatShapes[d.name] = d.shape }  // structurally pruned biases
+            for t in mixed.tensors { floatShapes[t.name] = t.dims }  // biases with a folded affine map
             let (ops, added) = rewrite.apply(
                 &graph, floatShapes: floatShapes,
                 opset: model.opsetImport.first { $0.domain.isEmpty || $0.domain == "ai.onnx" }?.version ?? opset,
@@ -255,6 +246,24 @@ extension BuildJob {
         }
         guard out.written == total else {
             throw CompressionError(.io, "internal: wrote \(out.written) bytes, planned \(total)", path: options.output)
+        }
+    }
+
+    /// How the recipe treats each initializer of the model, in file order.
+    func decisions(_ onnx: ONNXModel, facts: ONNXGraphFacts) -> [TensorDecision] {
+        // The last weight layer: among tensors the recipe could touch, the one read latest in the graph.
+        let lastName = onnx.initializers.filter { ($0.source?.shape.count ?? 0) >= 2 && $0.source?.dtype == .f32 }
+            .max { facts.lastUse($0.name) < facts.lastUse($1.name) }?.name
+        let computes = recipe.storage?.computes == true
+        return onnx.initializers.map { i -> TensorDecision in
+            let rank = i.source?.shape.count ?? 0
+            // Compute forms read embeddings too (GatherBlockQuantized); only `protect` keeps them.
+            let prot = protection(
+                name: i.name, isEmbedding: facts.isEmbedding(i.name), isNorm: facts.isNorm(i.name), isLast: i.name == lastName)
+            let site = computes ? i.source.flatMap { facts.computeSite(i.name, shape: $0.shape, storage: recipe.storage) } : nil
+            return decide(
+                i.source, name: i.name, axes: (facts.channelAxis(i.name, rank: rank), facts.blockAxis(i.name, rank: rank)),
+                protectedBy: prot, site: site)
         }
     }
 
