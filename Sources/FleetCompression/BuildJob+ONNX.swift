@@ -41,6 +41,13 @@ extension BuildJob {
         let mixed = try applyMixedPlan(&decisions, graph: &graph, initializers: onnx.initializers, fresh: fresh)
         let smoothing = try planSmoothing(&decisions, graph: graph, fresh: fresh) + mixed.smoothing
         try planStructuredPruning(&decisions, graph: &graph)
+        let fusedNorms = fuseLayerNorms(&graph, decisions: decisions, opset: onnx.defaultOpset, fresh: fresh)
+        if fusedNorms.count > 0, onnx.defaultOpset < 17 {
+            for i in model.opsetImport.indices where model.opsetImport[i].domain.isEmpty || model.opsetImport[i].domain == "ai.onnx" {
+                model.opsetImport[i].version = 17
+            }
+            notes.append("opset raised from \(onnx.defaultOpset) to 17 for LayerNormalization")
+        }
 
         // Opset: per-channel DequantizeLinear needs 13, block-wise needs 21; DynamicQuantizeLinear 11.
         let opset = onnx.defaultOpset
@@ -158,7 +165,7 @@ extension BuildJob {
             upgradeExtras.append(t)
             rewrite.smoothing[activation] = name
         }
-        for t in upgradeExtras + mixed.tensors { try appendNew(t) }
+        for t in upgradeExtras + mixed.tensors + fusedNorms.initializers { try appendNew(t) }
         let replaced = Set(changed.filter { $0.encoding?.kind != .float32 }.map(\.name))
         // A weight that was also listed as a graph input (IR < 4 exporters do that) is now a node output.
         graph.input.removeAll { replaced.contains($0.name) }
@@ -172,7 +179,7 @@ extension BuildJob {
                 &graph, floatShapes: floatShapes,
                 opset: model.opsetImport.first { $0.domain.isEmpty || $0.domain == "ai.onnx" }?.version ?? opset,
                 fresh: fresh)
-            operators = ops
+            operators = (ops + (fusedNorms.count > 0 ? ["LayerNormalization", "Sum"] : [])).sorted()
             for t in added { try appendNew(t) }
             if operators.contains(where: { $0.hasPrefix("com.microsoft.") }),
                 !model.opsetImport.contains(where: { $0.domain == "com.microsoft" })
@@ -247,6 +254,27 @@ extension BuildJob {
         guard out.written == total else {
             throw CompressionError(.io, "internal: wrote \(out.written) bytes, planned \(total)", path: options.output)
         }
+    }
+
+    /// The `fuse-layernorm` step: spelled-out LayerNorms as LayerNormalization, when the model's opset
+    /// is 17 or can be raised to it.
+    mutating func fuseLayerNorms(_ graph: inout Onnx_GraphProto, decisions: [TensorDecision], opset: Int64, fresh: (String) -> String)
+        -> (initializers: [Onnx_TensorProto], count: Int)
+    {
+        guard recipe.steps.contains(.fuseLayerNorm) else { return ([], 0) }
+        guard LayerNormFusion.canRaise(graph, from: opset) else {
+            notes.append("LayerNorms not fused: opset \(opset) cannot be raised to 17 safely")
+            return ([], 0)
+        }
+        var vectors: [String: Int64] = [:], scalars: [String: Float] = [:]
+        for d in decisions {
+            guard let s = d.source, s.dtype == .f32 else { continue }
+            if s.shape.count == 1 { vectors[d.name] = s.shape[0] }
+            if s.elements == 1, let v = try? s.readFloats().first { scalars[d.name] = v }
+        }
+        let r = LayerNormFusion.apply(&graph, vectors: vectors, scalars: scalars, fresh: fresh)
+        if r.fused > 0 { notes.append("\(r.fused) spelled-out LayerNorms fused into LayerNormalization (residual Add before each as Sum)") }
+        return (r.initializers, r.fused)
     }
 
     /// How the recipe treats each initializer of the model, in file order.

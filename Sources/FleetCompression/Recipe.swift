@@ -27,6 +27,9 @@ public struct Recipe: Equatable, Sendable {
         /// the map folded into its weight and bias), then the costly ones (a smoothing Mul, alpha
         /// `alpha`; fp32) only where it takes them to reach `minCosine`.
         case mixed(minCosine: Double, alpha: Double)
+        /// Spelled-out LayerNorms as one LayerNormalization operator (opset 17, raised when safe), the
+        /// residual Add before each as a Sum (see `LayerNormFusion`): fewer operators at run time.
+        case fuseLayerNorm
         case fp16
         case int8(Granularity)
         case int4(blockSize: Int)
@@ -43,7 +46,7 @@ public struct Recipe: Equatable, Sendable {
 
         public var isStorage: Bool {
             switch self {
-            case .prune, .smooth, .mixed: false
+            case .prune, .smooth, .mixed, .fuseLayerNorm: false
             default: true
             }
         }
@@ -60,6 +63,7 @@ public struct Recipe: Equatable, Sendable {
             switch self {
             case .prune(let s, let scope): "prune \(Int((s * 100).rounded()))% \(scope.rawValue)"
             case .smooth(let a, let g): "smooth activations alpha \(a)" + (g > 1 ? " where the estimated error drops \(g)x" : "")
+            case .fuseLayerNorm: "LayerNorms fused into LayerNormalization"
             case .mixed(let c, let a): "mixed precision by measurement to mean cosine \(c) (smoothing alpha \(a))"
             case .fp16: "fp16"
             case .int8(let g): "int8 \(g.rawValue) symmetric (storage-only)"
@@ -129,6 +133,8 @@ public struct Recipe: Equatable, Sendable {
             case .mixed where steps.contains(where: { if case .smooth = $0 { true } else if case .prune = $0 { true } else { false } }):
                 throw CompressionError(
                     .recipe, "recipe '\(name)': mixed chooses its own smoothing; it combines with no smooth or prune step")
+            case .fuseLayerNorm where !steps.contains(where: \.computes):
+                throw CompressionError(.recipe, "recipe '\(name)': fuse-layernorm goes with a compute form")
             case .smooth where !steps.contains(where: \.computes):
                 throw CompressionError(
                     .recipe,
@@ -281,6 +287,7 @@ private struct RecipeFile: Decodable {
         func step(recipe: String) throws(CompressionError) -> Recipe.Step {
             switch kind {
             case "fp16": return .fp16
+            case "fuse-layernorm": return .fuseLayerNorm
             case "int8":
                 switch options.compute ?? "storage" {
                 case "storage": return .int8(options.granularity ?? .perChannel)
@@ -309,7 +316,8 @@ private struct RecipeFile: Decodable {
                 return .prune(sparsity: s, scope: options.scope ?? .perLayer)
             default:
                 throw CompressionError(
-                    .recipe, "recipe '\(recipe)': unknown step '\(kind)' (fp16, int8, int4, binary, ternary, prune, smooth, mixed)")
+                    .recipe,
+                    "recipe '\(recipe)': unknown step '\(kind)' (fp16, int8, int4, binary, ternary, prune, smooth, mixed, fuse-layernorm)")
             }
         }
     }
