@@ -3,6 +3,7 @@
 moves into the weights.
 
     calibrate-variant.py [--inputs SAMPLES.npz] MODEL.onnx
+    calibrate-variant.py [--inputs SAMPLES.npz] --agreement BASE.onnx VARIANT.onnx [VARIANT.onnx …]
 
 Runs MODEL under onnxruntime, one sample at a time, and prints one JSON line:
 {"samples": N, "activations": {"tensor": [largest |x| per channel (last axis)], …},
@@ -11,6 +12,11 @@ by an initializer. Inputs: SAMPLES.npz (also from
 $EDGEFLEET_CALIBRATION_INPUTS) — calibrate on inputs like the ones the model will serve, and keep
 them apart from the evaluator's golden inputs — else synthetic inputs that respect each input's
 vocabulary (variant_inputs.py), 32 samples. Errors: one plain line on standard error, exit 1.
+
+With --agreement (the `mixed` recipe step's measurement of its candidate variants), runs BASE and
+each VARIANT on the same calibration inputs, one sample at a time, and prints
+{"samples": N, "mean_cosine": [one per VARIANT, in order]}: the mean over samples and outputs of the
+cosine with BASE's output, as scripts/evaluate-variant.py measures agreement.
 """
 import argparse
 import json
@@ -29,8 +35,12 @@ def main():
     import onnxruntime as ort
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", default=os.environ.get("EDGEFLEET_CALIBRATION_INPUTS"))
+    ap.add_argument("--agreement", action="store_true")
     ap.add_argument("model")
+    ap.add_argument("variants", nargs="*")
     a = ap.parse_args()
+    if a.agreement:
+        return agreement(a.model, a.variants, a.inputs)
     m = onnx.load(a.model)
     g = m.graph
     inits = {i.name for i in g.initializer}
@@ -59,6 +69,30 @@ def main():
             rows[x] = rows.get(x, 0) + v.shape[0]
     print(json.dumps({"samples": len(samples), "activations": {k: [float(f) for f in v] for k, v in ranges.items()},
                       "mean_squares": {k: [float(f) for f in squares[k] / max(rows[k], 1)] for k in ranges}}))
+
+
+def agreement(base_path, variants, inputs):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("evaluate_variant", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                                   "evaluate-variant.py"))
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    base = ev.session(base_path, "")
+    if inputs:
+        feed = variant_inputs.load_inputs(inputs, base, variant_inputs.index_bounds(base_path))
+    else:
+        feed = variant_inputs.synthetic(base, variant_inputs.index_bounds(base_path), batch=32, seq=24, seed=7)
+    samples = variant_inputs.split_samples(feed, base) or [feed]
+    refs = [base.run(None, s) for s in samples]
+    means = []
+    for path in variants:
+        v = ev.session(path, "")
+        every = []
+        for s, ref in zip(samples, refs):
+            for r, y in zip(ref, v.run(None, s)):
+                every.extend(ev.cosine_rows(r, y).tolist())
+        means.append(float(np.mean(every)))
+    print(json.dumps({"samples": len(samples), "mean_cosine": means}))
 
 
 if __name__ == "__main__":

@@ -36,22 +36,18 @@ extension BuildJob {
             return name
         }
 
-        // The last weight layer: among tensors the recipe could touch, the one read latest in the graph.
-        let lastName = onnx.initializers.filter { ($0.source?.shape.count ?? 0) >= 2 && $0.source?.dtype == .f32 }
-            .max { facts.lastUse($0.name) < facts.lastUse($1.name) }?.name
         let computes = recipe.storage?.computes == true
-        var decisions = onnx.initializers.map { i -> TensorDecision in
-            let rank = i.source?.shape.count ?? 0
-            // Compute forms read embeddings too (GatherBlockQuantized); only `protect` keeps them.
-            let prot = protection(
-                name: i.name, isEmbedding: facts.isEmbedding(i.name), isNorm: facts.isNorm(i.name), isLast: i.name == lastName)
-            let site = computes ? i.source.flatMap { facts.computeSite(i.name, shape: $0.shape, storage: recipe.storage) } : nil
-            return decide(
-                i.source, name: i.name, axes: (facts.channelAxis(i.name, rank: rank), facts.blockAxis(i.name, rank: rank)),
-                protectedBy: prot, site: site)
-        }
-        let smoothing = try planSmoothing(&decisions, graph: graph, fresh: fresh)
+        var decisions = decisions(onnx, facts: facts)
+        let mixed = try applyMixedPlan(&decisions, graph: &graph, initializers: onnx.initializers, fresh: fresh)
+        let smoothing = try planSmoothing(&decisions, graph: graph, fresh: fresh) + mixed.smoothing
         try planStructuredPruning(&decisions, graph: &graph)
+        let fusedNorms = fuseLayerNorms(&graph, decisions: decisions, opset: onnx.defaultOpset, fresh: fresh)
+        if fusedNorms.count > 0, onnx.defaultOpset < 17 {
+            for i in model.opsetImport.indices where model.opsetImport[i].domain.isEmpty || model.opsetImport[i].domain == "ai.onnx" {
+                model.opsetImport[i].version = 17
+            }
+            notes.append("opset raised from \(onnx.defaultOpset) to 17 for LayerNormalization")
+        }
 
         // Opset: per-channel DequantizeLinear needs 13, block-wise needs 21; DynamicQuantizeLinear 11.
         let opset = onnx.defaultOpset
@@ -101,6 +97,7 @@ extension BuildJob {
         for (di, d) in decisions.enumerated() {
             let ini = onnx.initializers[di]
             defer { while owner.count < entries.count { owner.append(di) } }
+            if mixed.dropped.contains(d.name) { continue }  // a bias replaced by its folded copy, read nowhere else
             guard let enc = d.encoding, let s = d.source else {
                 if ini.isExternal, let s = ini.source {
                     var h = ini.header
@@ -168,7 +165,7 @@ extension BuildJob {
             upgradeExtras.append(t)
             rewrite.smoothing[activation] = name
         }
-        for t in upgradeExtras { try appendNew(t) }
+        for t in upgradeExtras + mixed.tensors + fusedNorms.initializers { try appendNew(t) }
         let replaced = Set(changed.filter { $0.encoding?.kind != .float32 }.map(\.name))
         // A weight that was also listed as a graph input (IR < 4 exporters do that) is now a node output.
         graph.input.removeAll { replaced.contains($0.name) }
@@ -177,11 +174,12 @@ extension BuildJob {
             var floatShapes: [String: [Int64]] = [:]
             for i in onnx.initializers where i.header.dataType == TensorDType.f32.onnxCode { floatShapes[i.name] = i.header.dims }
             for d in decisions where d.keep != nil { floatShapes[d.name] = d.shape }  // structurally pruned biases
+            for t in mixed.tensors { floatShapes[t.name] = t.dims }  // biases with a folded affine map
             let (ops, added) = rewrite.apply(
                 &graph, floatShapes: floatShapes,
                 opset: model.opsetImport.first { $0.domain.isEmpty || $0.domain == "ai.onnx" }?.version ?? opset,
                 fresh: fresh)
-            operators = ops
+            operators = (ops + (fusedNorms.count > 0 ? ["LayerNormalization", "Sum"] : [])).sorted()
             for t in added { try appendNew(t) }
             if operators.contains(where: { $0.hasPrefix("com.microsoft.") }),
                 !model.opsetImport.contains(where: { $0.domain == "com.microsoft" })
@@ -255,6 +253,45 @@ extension BuildJob {
         }
         guard out.written == total else {
             throw CompressionError(.io, "internal: wrote \(out.written) bytes, planned \(total)", path: options.output)
+        }
+    }
+
+    /// The `fuse-layernorm` step: spelled-out LayerNorms as LayerNormalization, when the model's opset
+    /// is 17 or can be raised to it.
+    mutating func fuseLayerNorms(_ graph: inout Onnx_GraphProto, decisions: [TensorDecision], opset: Int64, fresh: (String) -> String)
+        -> (initializers: [Onnx_TensorProto], count: Int)
+    {
+        guard recipe.steps.contains(.fuseLayerNorm) else { return ([], 0) }
+        guard LayerNormFusion.canRaise(graph, from: opset) else {
+            notes.append("LayerNorms not fused: opset \(opset) cannot be raised to 17 safely")
+            return ([], 0)
+        }
+        var vectors: [String: Int64] = [:], scalars: [String: Float] = [:]
+        for d in decisions {
+            guard let s = d.source, s.dtype == .f32 else { continue }
+            if s.shape.count == 1 { vectors[d.name] = s.shape[0] }
+            if s.elements == 1, let v = try? s.readFloats().first { scalars[d.name] = v }
+        }
+        let r = LayerNormFusion.apply(&graph, vectors: vectors, scalars: scalars, fresh: fresh)
+        if r.fused > 0 { notes.append("\(r.fused) spelled-out LayerNorms fused into LayerNormalization (residual Add before each as Sum)") }
+        return (r.initializers, r.fused)
+    }
+
+    /// How the recipe treats each initializer of the model, in file order.
+    func decisions(_ onnx: ONNXModel, facts: ONNXGraphFacts) -> [TensorDecision] {
+        // The last weight layer: among tensors the recipe could touch, the one read latest in the graph.
+        let lastName = onnx.initializers.filter { ($0.source?.shape.count ?? 0) >= 2 && $0.source?.dtype == .f32 }
+            .max { facts.lastUse($0.name) < facts.lastUse($1.name) }?.name
+        let computes = recipe.storage?.computes == true
+        return onnx.initializers.map { i -> TensorDecision in
+            let rank = i.source?.shape.count ?? 0
+            // Compute forms read embeddings too (GatherBlockQuantized); only `protect` keeps them.
+            let prot = protection(
+                name: i.name, isEmbedding: facts.isEmbedding(i.name), isNorm: facts.isNorm(i.name), isLast: i.name == lastName)
+            let site = computes ? i.source.flatMap { facts.computeSite(i.name, shape: $0.shape, storage: recipe.storage) } : nil
+            return decide(
+                i.source, name: i.name, axes: (facts.channelAxis(i.name, rank: rank), facts.blockAxis(i.name, rank: rank)),
+                protectedBy: prot, site: site)
         }
     }
 

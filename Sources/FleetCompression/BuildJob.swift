@@ -149,7 +149,7 @@ struct BuildJob {
         }
         var encoding = enc.summary
         if d.prune, let step = pruneStep { encoding = "pruned \(step.scope.rawValue), " + encoding }
-        if d.rowScales != nil { encoding = "smoothed, " + encoding }
+        if d.rowScales != nil { encoding = d.rowScalesAre + ", " + encoding }
         if let k = d.keep {
             encoding = "structured: kept \(k.indices.count) of \(s.shape[k.axis]) FFN neurons (axis \(k.axis)), " + encoding
         }

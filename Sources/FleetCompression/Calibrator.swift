@@ -15,6 +15,28 @@ public enum Calibrator {
         return try parse(Data(line.utf8))
     }
 
+    /// Agreement of each variant with the base on the calibration inputs, as the calibrator measures
+    /// it when run as `CMD --agreement BASE VARIANT…`: the last line of its output is
+    /// {"samples": N, "mean_cosine": [one per variant, in order]}.
+    public static func agreement(command: String, base: String, variants: [String]) throws(CompressionError) -> [Double] {
+        let r = try ExternalCommand.run(
+            command, arguments: ["--agreement", base] + variants, environment: ["EDGEFLEET_BASE": base], what: "calibrator")
+        guard r.status == 0 else { throw CompressionError(.evaluator, "calibrator '\(command)' exited with \(r.status): \(r.stderr)") }
+        guard let line = r.jsonLine, let obj = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
+            let list = obj["mean_cosine"] as? [Any]
+        else {
+            throw CompressionError(.evaluator, "calibrator '\(command)' printed no agreement result line; stderr: \(r.stderr)")
+        }
+        let values = list.compactMap { ($0 as? NSNumber)?.doubleValue }
+        guard values.count == variants.count, values.allSatisfy({ $0.isFinite && (-1.0...1.0001).contains($0) }) else {
+            throw CompressionError(.evaluator, "calibrator '\(command)' gave \(list.count) agreements for \(variants.count) variants")
+        }
+        guard ((obj["samples"] as? NSNumber)?.intValue ?? 0) > 0 else {
+            throw CompressionError(.evaluator, "calibrator '\(command)' says it measured no samples")
+        }
+        return values
+    }
+
     static func parse(_ data: Data) throws(CompressionError) -> ActivationRanges {
         guard let obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any],
             let acts = obj["activations"] as? [String: Any]

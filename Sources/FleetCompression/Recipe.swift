@@ -21,6 +21,15 @@ public struct Recipe: Equatable, Sendable {
         /// from calibration ranges (a per-channel Mul on the activation, the inverse on the weight rows).
         /// `minGain`: smooth an activation only when its MatMuls' estimated output error drops that many times.
         case smooth(alpha: Double, minGain: Double)
+        /// Mixed precision guided by measurement (int8 compute): on the calibration inputs, the builder
+        /// measures each MatMul group's agreement with the base in its candidate forms and takes, per
+        /// group, the free form that measures best (a MatMul reading a per-channel affine map's input,
+        /// the map folded into its weight and bias), then the costly ones (a smoothing Mul, alpha
+        /// `alpha`; fp32) only where it takes them to reach `minCosine`.
+        case mixed(minCosine: Double, alpha: Double)
+        /// Spelled-out LayerNorms as one LayerNormalization operator (opset 17, raised when safe), the
+        /// residual Add before each as a Sum (see `LayerNormFusion`): fewer operators at run time.
+        case fuseLayerNorm
         case fp16
         case int8(Granularity)
         case int4(blockSize: Int)
@@ -37,7 +46,7 @@ public struct Recipe: Equatable, Sendable {
 
         public var isStorage: Bool {
             switch self {
-            case .prune, .smooth: false
+            case .prune, .smooth, .mixed, .fuseLayerNorm: false
             default: true
             }
         }
@@ -54,6 +63,8 @@ public struct Recipe: Equatable, Sendable {
             switch self {
             case .prune(let s, let scope): "prune \(Int((s * 100).rounded()))% \(scope.rawValue)"
             case .smooth(let a, let g): "smooth activations alpha \(a)" + (g > 1 ? " where the estimated error drops \(g)x" : "")
+            case .fuseLayerNorm: "LayerNorms fused into LayerNormalization"
+            case .mixed(let c, let a): "mixed precision by measurement to mean cosine \(c) (smoothing alpha \(a))"
             case .fp16: "fp16"
             case .int8(let g): "int8 \(g.rawValue) symmetric (storage-only)"
             case .int4(let b): "int4 block \(b) (storage-only)"
@@ -113,6 +124,17 @@ public struct Recipe: Equatable, Sendable {
                 throw CompressionError(
                     .recipe,
                     "recipe '\(name)': structured pruning (ffn-neurons) combines with int8 compute (dynamic) or with no storage step")
+            case .mixed(let c, _) where !(c > 0 && c <= 1):
+                throw CompressionError(.recipe, "recipe '\(name)': mixed min_cosine must be in (0, 1], got \(c)")
+            case .mixed(_, let a) where !(a > 0 && a < 1):
+                throw CompressionError(.recipe, "recipe '\(name)': mixed alpha must be between 0 and 1, got \(a)")
+            case .mixed where storage != .int8Dynamic(.onnxruntime):
+                throw CompressionError(.recipe, "recipe '\(name)': mixed combines with int8 compute (dynamic, ops: onnxruntime)")
+            case .mixed where steps.contains(where: { if case .smooth = $0 { true } else if case .prune = $0 { true } else { false } }):
+                throw CompressionError(
+                    .recipe, "recipe '\(name)': mixed chooses its own smoothing; it combines with no smooth or prune step")
+            case .fuseLayerNorm where !steps.contains(where: \.computes):
+                throw CompressionError(.recipe, "recipe '\(name)': fuse-layernorm goes with a compute form")
             case .smooth where !steps.contains(where: \.computes):
                 throw CompressionError(
                     .recipe,
@@ -154,7 +176,13 @@ public struct Recipe: Equatable, Sendable {
         return nil
     }
 
-    public var needsCalibration: Bool { steps.contains { if case .smooth = $0 { true } else { false } } }
+    public var needsCalibration: Bool { mixedStep != nil || steps.contains { if case .smooth = $0 { true } else { false } } }
+
+    /// The `mixed` step's floor and smoothing strength, when the recipe has one.
+    public var mixedStep: (minCosine: Double, alpha: Double)? {
+        for s in steps { if case .mixed(let c, let a) = s { return (c, a) } }
+        return nil
+    }
 
     public var technique: String {
         let prunes = steps.contains { if case .prune = $0 { true } else { false } }
@@ -231,6 +259,7 @@ private struct RecipeFile: Decodable {
             var accuracy_level: Int?
             var alpha: Double?
             var min_gain: Double?
+            var min_cosine: Double?
         }
 
         struct Key: CodingKey {
@@ -258,6 +287,7 @@ private struct RecipeFile: Decodable {
         func step(recipe: String) throws(CompressionError) -> Recipe.Step {
             switch kind {
             case "fp16": return .fp16
+            case "fuse-layernorm": return .fuseLayerNorm
             case "int8":
                 switch options.compute ?? "storage" {
                 case "storage": return .int8(options.granularity ?? .perChannel)
@@ -276,6 +306,9 @@ private struct RecipeFile: Decodable {
                 default: throw CompressionError(.recipe, "recipe '\(recipe)': int4 compute must be storage, matmulnbits or mixed")
                 }
             case "smooth": return .smooth(alpha: options.alpha ?? 0.5, minGain: options.min_gain ?? 1)
+            case "mixed":
+                guard let c = options.min_cosine else { throw CompressionError(.recipe, "recipe '\(recipe)': mixed needs a min_cosine") }
+                return .mixed(minCosine: c, alpha: options.alpha ?? 0.7)
             case "binary": return .binary
             case "ternary": return .ternary
             case "prune":
@@ -283,7 +316,8 @@ private struct RecipeFile: Decodable {
                 return .prune(sparsity: s, scope: options.scope ?? .perLayer)
             default:
                 throw CompressionError(
-                    .recipe, "recipe '\(recipe)': unknown step '\(kind)' (fp16, int8, int4, binary, ternary, prune, smooth)")
+                    .recipe,
+                    "recipe '\(recipe)': unknown step '\(kind)' (fp16, int8, int4, binary, ternary, prune, smooth, mixed, fuse-layernorm)")
             }
         }
     }

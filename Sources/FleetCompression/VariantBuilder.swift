@@ -23,6 +23,8 @@ public enum VariantBuilder {
         public var calibration: ActivationRanges?
         public var calibrator: String?
         public var progress: ((Progress) -> Void)?
+        /// The measured plan of a `mixed` recipe (set by the search; candidates are built with one).
+        var mixedPlan: MixedPlan?
 
         public init(
             input: String, output: String, recipe: Recipe, zstdLevel: Int? = 3, evaluator: String? = nil,
@@ -61,6 +63,9 @@ public enum VariantBuilder {
         let format = try format(of: options.input)
         if options.recipe.needsCalibration, options.calibration == nil, format == .onnx, let cmd = options.calibrator {
             options.calibration = try Calibrator.run(command: cmd, model: options.input)
+        }
+        if let step = options.recipe.mixedStep, format == .onnx, options.mixedPlan == nil {
+            options.mixedPlan = try MixedPrecision.search(options, floor: step.minCosine)
         }
         if options.output.hasSuffix(".onnx") != (format == .onnx) || options.output.hasSuffix(".safetensors") != (format == .safetensors) {
             if options.output.hasSuffix(".onnx") || options.output.hasSuffix(".safetensors") {
@@ -112,6 +117,8 @@ struct TensorDecision {
     var site: ComputeSite?
     /// Activation smoothing: row k of a MatMul weight [K, N] is multiplied by rowScales[k] before encoding.
     var rowScales: [Float]?
+    /// What the row scales are, for the report: a smoothing, or a folded affine map's γ.
+    var rowScalesAre = "smoothed"
     /// Structured pruning: the slices of `axis` that stay (the others are removed, the tensor shrinks).
     var keep: Selection?
 

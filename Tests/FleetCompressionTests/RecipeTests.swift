@@ -26,6 +26,9 @@ import Testing
         #expect(try book.recipe("int8-dyn-pruned-ffn25").steps == [.prune(sparsity: 0.25, scope: .ffnNeurons), .int8Dynamic(.onnxruntime)])
         #expect(try book.recipe("int8").form == "storage-only")
         #expect(try book.recipe("int8-dyn-smooth").needsCalibration)
+        #expect(try book.recipe("int8-mixed").steps == [.mixed(minCosine: 0.996, alpha: 0.7), .fuseLayerNorm, .int8Dynamic(.onnxruntime)])
+        #expect(try book.recipe("int8-mixed").needsCalibration)
+        #expect(try book.recipe("int8-mixed").form == "compute")
         // Names start with their number format.
         for name in book.names where try book.recipe(name).technique == "quantization" {
             let dtype = try book.recipe(name).dtype(base: "fp32")
@@ -78,6 +81,14 @@ import Testing
             "recipes: [{name: a, steps: [{smooth: {alpha: 1.5}}, {int8: {compute: dynamic}}]}]",
             "recipes: [{name: a, steps: [{smooth: {alpha: 0.5, min_gain: 0.5}}, {int8: {compute: dynamic}}]}]",
             "recipes: [{name: a, steps: [{int8: {compute: dynamic}}, {smooth: {alpha: 0.5}}]}]",
+            "recipes: [{name: a, steps: [{mixed: {}}, {int8: {compute: dynamic}}]}]",
+            "recipes: [{name: a, steps: [fuse-layernorm, int8]}]",
+            "recipes: [{name: a, steps: [{int8: {compute: dynamic}}, fuse-layernorm]}]",
+            "recipes: [{name: a, steps: [{mixed: {min_cosine: 1.5}}, {int8: {compute: dynamic}}]}]",
+            "recipes: [{name: a, steps: [{mixed: {min_cosine: 0.99, alpha: 1}}, {int8: {compute: dynamic}}]}]",
+            "recipes: [{name: a, steps: [{mixed: {min_cosine: 0.99}}, {int8: {compute: dynamic, ops: standard}}]}]",
+            "recipes: [{name: a, steps: [{mixed: {min_cosine: 0.99}}, {int4: {compute: matmulnbits}}]}]",
+            "recipes: [{name: a, steps: [{smooth: {alpha: 0.5}}, {mixed: {min_cosine: 0.99}}, {int8: {compute: dynamic}}]}]",
             "not yaml: ["
         ] {
             #expect(compressionErrorCode { _ = try RecipeBook.parse(yaml) } == .recipe, "\(yaml)")

@@ -84,7 +84,7 @@ CALIBRATION = [
     "Snow closed the mountain pass for most of the week.",
 ]
 
-INT8_RECIPES = ["int8", "int8-dyn", "int8-dyn-std", "int8-dyn-smooth"]
+INT8_RECIPES = ["int8", "int8-dyn", "int8-dyn-std", "int8-dyn-smooth", "int8-mixed"]
 INT4_RECIPES = ["int4-b32", "int4-nbits-b32", "int4-nbits-b32-smooth", "int4-nbits-b64", "int4-nbits-b128", "int4-mixed-b64"]
 # Structured pruning (no retraining): measured for its speed; its agreement is reported, not a goal.
 PRUNED_RECIPES = ["fp32-pruned-ffn25", "int8-dyn-pruned-ffn25"]

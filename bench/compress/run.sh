@@ -18,8 +18,9 @@ REPO=$PWD
 [[ -x $BIN/fleetctl ]] || { echo "bench/compress: no fleetctl in $BIN; build it with: swift build -c release --product fleetctl" >&2; exit 1; }
 command -v /usr/bin/time >/dev/null || { echo "bench/compress: needs /usr/bin/time (Debian package time)" >&2; exit 1; }
 make -s venv >&2
-# onnxruntime's MatMulNBitsQuantizer imports onnx_ir, which its wheel does not pull in.
-"$REPO/.venv/bin/python" -c 'import onnx_ir' 2>/dev/null || "$REPO/.venv/bin/pip" install -q onnx-ir >&2
+# onnxruntime's MatMulNBitsQuantizer imports onnx_ir, which its wheel does not pull in; `python -m pip` installs into
+# this venv even when it was copied from another (its pip script would name the original's python).
+"$REPO/.venv/bin/python" -c 'import onnx_ir' 2>/dev/null || "$REPO/.venv/bin/python" -m pip install -q onnx-ir >&2
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/efcompress.XXXXXX")
 [[ ${KEEP_TMP:-0} == 1 ]] && echo "bench/compress: keeping $WORK" >&2 || trap 'rm -rf "$WORK"' EXIT
 "$REPO/.venv/bin/python" "$REPO/bench/compress/bench.py" --fleetctl "$BIN/fleetctl" --workdir "$WORK" --runs "${RUNS:-3}" --rounds "${ROUNDS:-20}"
