@@ -37,13 +37,7 @@ import FleetCore
         ]
         g.input = [ONNXFixture.valueInfo("x", 1, [2, 64]), ONNXFixture.valueInfo("r", 1, [2, 64])]
         g.output = [ONNXFixture.valueInfo("y", 1, [2, 64])]
-        var m = Onnx_ModelProto()
-        m.irVersion = 8
-        var op = Onnx_OperatorSetIdProto()
-        op.version = opset
-        m.opsetImport = [op]
-        m.graph = g
-        return m
+        return ONNXFixture.model(g, opset: opset)
     }
 
     func load(_ path: String) throws -> Onnx_ModelProto {

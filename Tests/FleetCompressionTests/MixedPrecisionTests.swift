@@ -41,13 +41,7 @@ import FleetCore
         ]
         g.input = [ONNXFixture.valueInfo("x", 1, [2, 64])]
         g.output = [ONNXFixture.valueInfo("y", 1, [2, 32]), ONNXFixture.valueInfo("k", 1, [2, 64])]
-        var m = Onnx_ModelProto()
-        m.irVersion = 8
-        var op = Onnx_OperatorSetIdProto()
-        op.version = 14
-        m.opsetImport = [op]
-        m.graph = g
-        return m
+        return ONNXFixture.model(g)
     }
 
     func load(_ path: String) throws -> Onnx_ModelProto {

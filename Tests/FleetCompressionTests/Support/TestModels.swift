@@ -49,6 +49,18 @@ func bytes(_ f: [Float]) -> [UInt8] { f.withUnsafeBytes { Array($0) } }
 
 /// Small ONNX graphs written with the generated protobuf types.
 enum ONNXFixture {
+    /// A model around `graph`: IR version 8, the default domain at `opset`.
+    static func model(_ graph: Onnx_GraphProto, opset: Int64 = 14, producer: String = "") -> Onnx_ModelProto {
+        var m = Onnx_ModelProto()
+        m.irVersion = 8
+        m.producerName = producer
+        var op = Onnx_OperatorSetIdProto()
+        op.version = opset
+        m.opsetImport = [op]
+        m.graph = graph
+        return m
+    }
+
     static func tensor(_ name: String, _ dims: [Int64], _ values: [Float]) -> Onnx_TensorProto {
         var t = Onnx_TensorProto()
         t.name = name
@@ -124,15 +136,7 @@ enum ONNXFixture {
         ]
         g.input = [valueInfo("x", 1, [2, 64])]
         g.output = [valueInfo("y", 1, [2, 1]), valueInfo("head", 1, [2, 16]), valueInfo("e", 1, [2, 64])]
-        var m = Onnx_ModelProto()
-        m.irVersion = 8
-        m.producerName = "fleetcompress-tests"
-        var op = Onnx_OperatorSetIdProto()
-        op.domain = ""
-        op.version = opset
-        m.opsetImport = [op]
-        m.graph = g
-        return m
+        return model(g, opset: opset, producer: "fleetcompress-tests")
     }
 
     /// A value info with named (dynamic) dimensions where `dims` holds nil.
@@ -173,13 +177,7 @@ enum ONNXFixture {
         ]
         g.input = ["input_ids", "token_type_ids", "attention_mask"].map { dynamicValueInfo($0, 7, ["batch", "seq"]) }
         g.output = [dynamicValueInfo("hidden", 1, ["batch", "seq", 64])]
-        var m = Onnx_ModelProto()
-        m.irVersion = 8
-        var op = Onnx_OperatorSetIdProto()
-        op.version = 14
-        m.opsetImport = [op]
-        m.graph = g
-        return m
+        return model(g)
     }
 
     static func write(_ m: Onnx_ModelProto, to dir: TempDir, _ name: String) throws -> String {
