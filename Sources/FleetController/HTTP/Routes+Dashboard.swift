@@ -88,11 +88,8 @@ struct DashboardRoutes: Sendable {
         }
         var view: LabelView? = nil
         if let key = viewLabel {
-            // The labels from the replica's copy of the device cells, the statuses in two columns.
-            let statuses = try await store.deviceStatuses()
             view = LabelView.breakdown(
-                key: key,
-                devices: try await store.deviceCells().map { ($0.selectable, statuses[$0.id]?.rawValue ?? DeviceStatus.idle.rawValue) })
+                key: key, devices: try await store.deviceCellsWithStatus().map { ($0.cell.selectable, $0.status.rawValue) })
         }
         return DashboardData(
             now: clock(), devices: try await store.deviceCounts(), eventsDropped: try await store.eventsDropped(),

@@ -459,9 +459,8 @@ struct OperatorRoutes: Sendable {
         if selector.isEverything {
             groups = try await store.deviceCounts()
         } else {
-            let statuses = try await store.deviceStatuses()
-            for d in try await store.deviceCells() where selector.matches(d.selectable) {
-                groups.append(DeviceCount(hardwareClass: d.hardwareClass, tier: d.tier, status: statuses[d.id] ?? .idle, devices: 1))
+            for (d, status) in try await store.deviceCellsWithStatus() where selector.matches(d.selectable) {
+                groups.append(DeviceCount(hardwareClass: d.hardwareClass, tier: d.tier, status: status, devices: 1))
             }
         }
         var byClass: [String: Int] = [:], byTier: [String: Int] = [:], byStatus: [String: Int] = [:], total = 0

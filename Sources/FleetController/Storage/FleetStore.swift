@@ -398,4 +398,12 @@ protocol FleetStore: Sendable {
 extension FleetStore {
     /// A check-in that changed nothing but the time the device was seen.
     func touchDevice(_ id: String, lastSeen: Int64) async throws { try await touchDevice(id, lastSeen: lastSeen, held: nil) }
+
+    /// Every device's cell and labels (the replica's copy) with its status (two columns per
+    /// device): what views that group or select devices read, without any device's row whole. A
+    /// device registered between the two reads counts as idle.
+    func deviceCellsWithStatus() async throws -> [(cell: DeviceCellRecord, status: DeviceStatus)] {
+        let statuses = try await deviceStatuses()
+        return try await deviceCells().map { ($0, statuses[$0.id] ?? .idle) }
+    }
 }
