@@ -1,12 +1,11 @@
 import FleetCore
 import Foundation
 import Testing
+import TestSupport
 @testable import FleetAgent
 
 func tempDir() throws -> String {
-    let d = NSTemporaryDirectory() + "edgefleet-agent-" + UUID().uuidString
-    try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-    return d
+    try TestScratch.directory("agent")
 }
 
 @Suite("Model slots")

@@ -6,6 +6,7 @@ import HummingbirdTesting
 import Logging
 import NIOCore
 import Testing
+import TestSupport
 @testable import FleetController
 
 /// A controller on a temporary data directory with fresh keys and a fixed clock; requests go
@@ -23,7 +24,7 @@ struct ControllerFixture {
 
     /// `tiers` replaces fleet/bandwidth-tiers.yaml when given.
     init(tiers: String? = nil) throws {
-        dir = NSTemporaryDirectory() + "edgefleet-ctl-" + UUID().uuidString
+        dir = try TestScratch.directory("ctl")
         try FileManager.default.createDirectory(atPath: dir + "/keys", withIntermediateDirectories: true)
         var k: [Role: SigningKey] = [:]
         for role in Role.allCases { k[role] = SigningKey(role: role) }

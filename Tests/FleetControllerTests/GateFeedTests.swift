@@ -303,4 +303,46 @@ struct GateFeedTests {
         try await fill(other, devices: 100..<220, receivedAt: now - 50)
         try await compare()
     }
+
+    /// A tick writes a cell only when something in it changed: a second tick that finds the same
+    /// observation writes nothing (the revisions stay); installs the tick counts are written.
+    @Test(arguments: Backend.allCases)
+    func aTickThatFindsNothingNewWritesNoCell(_ backend: Backend) async throws {
+        let (store, _) = try await backend.store()
+        defer { Task { await store.db.close() } }
+        let now: Int64 = 1_800_000_000
+        try await RolloutBenchmark.publishTwoReleases(store, now: now)
+        let policy = RolloutPolicy(
+            name: "canary", phases: [.init(percent: 50, minDevices: 1), .init(percent: 100)],
+            gates: .init(maxInstallFailureRate: 0.5, minSample: 100), onFailure: .pause, deviceTimeoutSeconds: 7200)
+        let rollout = try await store.createRollout(
+            RolloutRecord(
+                id: 0, releaseId: "m@2", model: "m", strategy: policy.name, state: .active, createdAt: now, policy: policy,
+                previousReleaseId: "m@1"),
+            superseding: [])
+        let ids = (0..<12).map { "dev-\($0)" }
+        for (i, id) in ids.enumerated() {
+            try await store.upsertDevice(Self.device(id, class: i % 2 == 0 ? "x86-avx2" : "arm64-dotprod"))
+        }
+        let driver = RolloutDriver(
+            store: store, logger: Logger(label: "test"), clock: { now }, tickSeconds: nil, metrics: ControllerMetrics())
+        try await driver.tick(now: now)
+        let first = try await store.freshCells(rollout: rollout.id)
+        #expect(first.count == 2)
+        try await driver.tick(now: now + 1)
+        let second = try await store.freshCells(rollout: rollout.id)
+        #expect(second.mapValues(\.revision) == first.mapValues(\.revision))
+        #expect(second == first)
+        for id in ids {
+            _ = try await store.appendEvents(
+                deviceId: id, [StatusEvent(seq: 1, time: now, kind: .committed, model: "m", release: "m@2")], receivedAt: now + 2)
+        }
+        try await driver.tick(now: now + 2)
+        let third = try await store.freshCells(rollout: rollout.id)
+        for (key, cell) in third {
+            let before = try #require(first[key])
+            #expect(cell.revision == before.revision + 1, "cell \(key)")
+            #expect((cell.observation?.committed ?? 0) > (before.observation?.committed ?? 0), "cell \(key)")
+        }
+    }
 }

@@ -5,9 +5,15 @@ import TestSupport
 import Testing
 @testable import FleetController
 
-/// One PostgreSQL server for the store tests of this process, started on first use.
+/// One PostgreSQL server for the store tests of this process, started on first use and stopped
+/// (its folder removed) when the process exits: a static is never deinitialised.
 enum SharedPostgres {
-    static let server: Result<PostgresServer, any Error> = Result { try PostgresServer.start() }
+    static let server: Result<PostgresServer, any Error> = {
+        let started = Result { try PostgresServer.start() }
+        if case .success = started { atexit { SharedPostgres.stopAtExit() } }
+        return started
+    }()
+    private static func stopAtExit() { if case .success(let s) = server { s.stopAtExit() } }
     static func database() throws -> String { try server.get().createDatabase() }
 }
 
@@ -19,8 +25,7 @@ enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
     func store() async throws -> (SQLStore, location: String) {
         switch self {
         case .sqlite:
-            let dir = NSTemporaryDirectory() + "edgefleet-store-" + UUID().uuidString
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let dir = try TestScratch.directory("store")
             return (try await SQLStore.sqlite(path: dir + "/fleet.sqlite"), dir + "/fleet.sqlite")
         case .postgres:
             let url = try SharedPostgres.database()
@@ -35,8 +40,7 @@ enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
         let reopen: () async throws -> SQLStore
         switch self {
         case .sqlite:
-            let dir = NSTemporaryDirectory() + "edgefleet-v\(version)-" + UUID().uuidString
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let dir = try TestScratch.directory("schema-v\(version)")
             old = try SQLiteDatabase(path: dir + "/fleet.sqlite")
             reopen = { try await SQLStore.sqlite(path: dir + "/fleet.sqlite") }
         case .postgres:
@@ -237,6 +241,28 @@ struct StoreBackendTests {
         let error2 = await #expect(throws: StorageError.self) { _ = try await backend.replica(of: location) }
         #expect(error2?.code == .schemaTooNew)
         #expect(try await store.db.scalar("SELECT COUNT(*) AS n FROM schema_migrations").int == Int64(Migrations.latest + 1))
+    }
+
+    /// PostgreSQL (schema 9): a device row written again stays on its page (an update in place,
+    /// no new index entries) even when inserts filled the table, as a seeded fleet's are.
+    @Test func aDeviceSeenAgainIsUpdatedOnItsOwnPage() async throws {
+        let (store, _) = try await Backend.postgres.store()
+        defer { Task { await store.db.close() } }
+        let ids = (0..<200).map { "dev-" + String(1000 + $0) }
+        for id in ids { try await store.upsertDevice(GateFeedTests.device(id)) }
+        func page(_ id: String) async throws -> String {
+            let ctid = try await store.db.scalar("SELECT ctid::text AS c FROM devices WHERE id = ?", [id]).text ?? ""
+            return String(ctid.dropFirst().prefix { $0 != "," })
+        }
+        var pages: [String] = []
+        for id in ids { pages.append(try await page(id)) }
+        #expect(Set(pages).count > 2)  // the rows fill several pages
+        for id in ids.prefix(5) { try await store.touchDevice(id, lastSeen: 50) }
+        try await store.flushSeen()
+        for (id, before) in zip(ids.prefix(5), pages) {
+            #expect(try await page(id) == before, "\(id)")
+            #expect(try await store.db.scalar("SELECT last_seen AS t FROM devices WHERE id = ?", [id]).int == 50)
+        }
     }
 
     @Test(arguments: Backend.allCases)
@@ -561,6 +587,48 @@ struct StoreCacheTests {
         try await waitUntil("the reader sees the new rollout") { try await reader.activeRollouts().map(\.id) == [rollout.id] }
         try await writer.setRolloutState(rollout.id, .aborted)
         try await waitUntil("the reader sees it aborted") { try await reader.activeRollouts().first?.state == .aborted }
+    }
+
+    /// A cell write made with `announce: false` (a tick that only counted installs) leaves the
+    /// other replicas' copies alone; one that changes what check-ins decide by drops them.
+    @Test func cellWritesThatCheckInsDoNotDecideByAreNotAnnounced() async throws {
+        let url = try SharedPostgres.database()
+        let location = try PostgresLocation(url: url)
+        let writer = try await SQLStore.postgres(location, migrate: true, logger: Logger(label: "b"))
+        let cache = StoreCache(maxAge: .seconds(3600))
+        let reader = SQLStore(db: try await PostgresDatabase.connect(location, logger: Logger(label: "a")), cache: cache)
+        defer {
+            Task {
+                await writer.db.close(); await reader.db.close()
+            }
+        }
+        let listener = StoreCacheListener(location: location, cache: cache, logger: Logger(label: "a"))
+        let task = Task { try await listener.run() }
+        defer { task.cancel() }
+        let rollout = try await activeRollout(writer)
+        let key = CellKey(hardwareClass: "x86-avx2", tier: "fibre", wave: nil)
+        #expect(try await reader.model("probe-1") == nil)
+        try await writer.createModel(ModelRecord(name: "probe-1", minQuality: nil, createdAt: 1))
+        try await waitUntil("the listener is up") { try await reader.model("probe-1") != nil }
+        try await writer.saveCell(rollout: rollout, key, StoredCell(state: CellState(phaseStartedAt: 1), cutoff: 0.05))
+        try await waitUntil("the reader sees the new cell") { try await reader.cells(rollout: rollout)[key] != nil }
+        let copy = try #require(try await reader.cells(rollout: rollout)[key])
+        // Counted installs only: written, not announced.
+        var counted = try #require(try await writer.freshCell(rollout: rollout, key))
+        counted.observation = CellObservation(targeted: 3, committed: 2)
+        let saved = try #require(try await writer.replaceCell(rollout: rollout, key, counted, existed: true, announce: false))
+        // Announcements arrive in commit order: once a later one is in, an announced cell write would have been too.
+        #expect(try await reader.model("probe-2") == nil)
+        try await writer.createModel(ModelRecord(name: "probe-2", minQuality: nil, createdAt: 1))
+        try await waitUntil("a later announcement arrived") { try await reader.model("probe-2") != nil }
+        #expect(try await reader.cells(rollout: rollout)[key] == copy)
+        #expect(try await reader.freshCell(rollout: rollout, key)?.observation == counted.observation)
+        // The next phase: announced, the copy is dropped.
+        var next = saved
+        next.state = CellState(phase: 1, phaseStartedAt: 2)
+        next.cutoff = 1
+        _ = try #require(try await writer.replaceCell(rollout: rollout, key, next, existed: true, announce: true))
+        try await waitUntil("the reader sees the next phase") { try await reader.cells(rollout: rollout)[key]?.state.phase == 1 }
     }
 }
 

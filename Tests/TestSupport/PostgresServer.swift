@@ -124,5 +124,16 @@ public final class PostgresServer: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
+    /// `stop()` for a process on its way out (an `atexit` handler), where waiting through
+    /// Foundation's `Process` may not return: SIGINT, then up to `seconds` for the server to remove
+    /// its pid file, then the folder goes.
+    public func stopAtExit(seconds: Int = 10) {
+        kill(process.processIdentifier, SIGINT)
+        for _ in 0..<(seconds * 20) where FileManager.default.fileExists(atPath: directory + "/data/postmaster.pid") {
+            usleep(50_000)
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
     deinit { stop() }
 }

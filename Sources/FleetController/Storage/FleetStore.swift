@@ -317,7 +317,10 @@ protocol FleetStore: Sendable {
     /// Writes `cell` only if the stored one is still at `cell.revision` (or, for a cell read as
     /// absent, still absent): two writers that read the same copy cannot both win. Returns the
     /// stored cell (at its new revision), or nil when another write came first.
-    func replaceCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell, existed: Bool) async throws -> StoredCell?
+    /// `announce: false`: a change to what only views and the next tick read (the observation, the
+    /// history time), not to what check-ins decide by (state and cut-off): the other replicas'
+    /// copies are not dropped for it and take it at their next re-read (`StoreCache.maxAge`).
+    func replaceCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell, existed: Bool, announce: Bool) async throws -> StoredCell?
     func recordAction(rollout: Int64, _ a: RolloutActionRecord) async throws
     func actions(rollout: Int64) async throws -> [RolloutActionRecord]
     /// The latest install event of each device for a release: device → kind.
@@ -398,6 +401,11 @@ protocol FleetStore: Sendable {
 extension FleetStore {
     /// A check-in that changed nothing but the time the device was seen.
     func touchDevice(_ id: String, lastSeen: Int64) async throws { try await touchDevice(id, lastSeen: lastSeen, held: nil) }
+
+    /// A cell write the other replicas hear of (a new cell, an operator's action, a state change).
+    func replaceCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell, existed: Bool) async throws -> StoredCell? {
+        try await replaceCell(rollout: rollout, key, cell, existed: existed, announce: true)
+    }
 
     /// Every device's cell and labels (the replica's copy) with its status (two columns per
     /// device): what views that group or select devices read, without any device's row whole. A

@@ -480,9 +480,9 @@ final class SQLStore: FleetStore {
         cache.patch(.cells, "\(rollout)") { (cells: inout [CellKey: StoredCell]) in cells[key] = stored }
     }
 
-    func replaceCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell, existed: Bool) async throws -> StoredCell? {
+    func replaceCell(rollout: Int64, _ key: CellKey, _ cell: StoredCell, existed: Bool, announce: Bool) async throws -> StoredCell? {
         let body = try json(cell)
-        let rows = try await write(fenced: true, announcing: [.cells], cachedHere: false) { tx in
+        let rows = try await write(fenced: true, announcing: announce ? [.cells] : [], cachedHere: false) { tx in
             if existed {
                 return try await tx.query(
                     """

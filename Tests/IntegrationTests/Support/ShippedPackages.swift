@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -22,7 +23,7 @@ enum ShippedPackages {
 
     private static func build() throws -> Built {
         try requireFreshStaticAgent()
-        let dir = NSTemporaryDirectory() + "edgefleet-packages-" + UUID().uuidString.prefix(8)
+        let dir = try TestScratch.directory("packages")
         let r = try runTool(
             "/usr/bin/env",
             [
