@@ -22,8 +22,9 @@
 #
 #   BIN=.build/release bash bench/scale/run.sh
 # Environment: SCALE_DEVICES (1000000), FALLBACK_DEVICES (20000), SEED_RATE (50), RATE (1111),
-#   DURATION (60), CONNECTIONS (64), FIND_MAX (1), FIND_MAX_START (25), STEP_SECONDS (15), P99_TARGET_MS (250),
-#   PROFILE=PREFIX (perf profile of the first replica per measured run), PG_STATEMENTS=1 (the statements per check-in), REPLICAS ("1 3"), STORE (postgres when the build has it; sqlite: the single box), SELECTOR ("region!=ap-east"), WORST_CASE (1), WORST_RATE (RATE), KEEP_TMP=1 keeps the work directory.
+#   DURATION (60), CONNECTIONS (64), FIND_MAX (1), FIND_MAX_START (25), STEP_SECONDS (15), STEP_FACTOR (1.5), P99_TARGET_MS (250),
+#   TICKLESS_WAIT (0: seconds to wait before measuring a build whose /healthz does not count gate ticks),
+#   PROFILE=PREFIX (perf profile of the first replica per measured run), PG_STATEMENTS=1 (the statements per check-in), REPLICAS ("1 3"), STORE (postgres when the build has it; sqlite: the single box), SELECTOR ("region!=ap-east"), PG_POOL (connections per replica; the controller's default 12), WORST_CASE (1), WORST_RATE (RATE), KEEP_TMP=1 keeps the work directory.
 set -euo pipefail
 
 ORIG_PWD=$PWD
@@ -40,6 +41,8 @@ CONNECTIONS=${CONNECTIONS:-64}
 FIND_MAX=${FIND_MAX:-1}
 STEP_SECONDS=${STEP_SECONDS:-15}
 FIND_MAX_START=${FIND_MAX_START:-25}
+STEP_FACTOR=${STEP_FACTOR:-1.5}
+TICKLESS_WAIT=${TICKLESS_WAIT:-0}
 P99_TARGET_MS=${P99_TARGET_MS:-250}
 REPLICAS=${REPLICAS:-"1 3"}
 SELECTOR=${SELECTOR:-"region!=ap-east"}
@@ -50,6 +53,10 @@ PREFIX=sim-
 for v in SCALE_DEVICES FALLBACK_DEVICES SEED_RATE RATE WORST_RATE DURATION CONNECTIONS STEP_SECONDS FIND_MAX_START P99_TARGET_MS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: $v='${!v}' is not a positive whole number" >&2; exit 2; }
 done
+[[ -z ${PG_POOL:-} || $PG_POOL =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: PG_POOL='$PG_POOL' is not a positive whole number" >&2; exit 2; }
+[[ $TICKLESS_WAIT =~ ^[0-9]+$ ]] || { echo "bench/scale: TICKLESS_WAIT='$TICKLESS_WAIT' is not a whole number" >&2; exit 2; }
+[[ $STEP_FACTOR =~ ^[1-9][0-9]*(\.[0-9]+)?$ ]] && python3 -c "import sys; sys.exit(float('$STEP_FACTOR') <= 1)" ||
+    { echo "bench/scale: STEP_FACTOR='$STEP_FACTOR' is not a number above 1" >&2; exit 2; }
 for exe in fleetctl fleet-controller fleet-sim; do
     [[ -x $BIN/$exe ]] || { echo "bench/scale: $BIN/$exe is missing (swift build -c release)" >&2; exit 1; }
 done
@@ -153,7 +160,7 @@ start_controllers() {
         local args=(serve --listen "127.0.0.1:$port" --keys "$T/keys/online" --config fleet --poll-seconds 900
                     --checkin-burst 1000000 --checkins-per-minute 1000000 --log-level warning --scrub-interval 0
                     --artifact-accel-redirect /_artifacts/ --view-label region)
-        if ((HAS_DB)); then args+=(--data "$T/shared" --database "$DBURL"); else args+=(--data "$T/shared"); fi
+        if ((HAS_DB)); then args+=(--data "$T/shared" --database "$DBURL${PG_POOL:+?pool=$PG_POOL}"); else args+=(--data "$T/shared"); fi
         "$BIN/fleet-controller" "${args[@]}" >"$T/controller-$k.log" 2>&1 &
         CONTROLLERS+=("$!")
         PORTS+=("$port")
@@ -189,7 +196,12 @@ snapshot() {   # name=seconds lines for every process measured
     [[ -n $PGPID ]] && echo "postgres=$(cpu_seconds "$PGPID" tree)"
     if [[ -n $PGPID ]]; then
         echo "commits=$(psql -h 127.0.0.1 -p "$PGPORT" -U fleet -d postgres -Atc 'SELECT sum(xact_commit) FROM pg_stat_database')"
+        psql -h 127.0.0.1 -p "$PGPORT" -U fleet -d postgres -Atc \
+            "SELECT 'device_updates=' || n_tup_upd || E'\ndevice_hot_updates=' || n_tup_hot_upd || E'\ndevice_autovacuums=' || autovacuum_count
+             FROM pg_stat_user_tables WHERE relname = 'devices'"
     fi
+    # The whole machine (/proc/stat, in clock ticks): what was left idle, and stolen by the host.
+    awk '/^cpu / { print "machine_busy=" ($2 + $3 + $4 + $7 + $8) "\nmachine_idle=" ($5 + $6) "\nmachine_steal=" $9 }' /proc/stat
     return 0
 }
 
@@ -264,7 +276,7 @@ print("    CPU per check-in (utime+stime over the run ÷ check-ins answered):" i
       "    CPU over the run (no check-in answered, so none per check-in):")
 total = 0.0
 for k in sorted(after):
-    if k == "commits" or k not in before: continue
+    if k in ("commits", "device_updates", "device_hot_updates", "device_autovacuums") or k.startswith("machine_") or k not in before: continue
     d = after[k] - before[k]; total += d
     per = f"{d / ok * 1e6:8.0f} µs/check-in" if answered else " " * 19
     print(f"      {k:<14} {d:7.2f} CPU-s  {per}  ({d / duration * 100:5.1f}% of a core)")
@@ -274,6 +286,13 @@ if "commits" in after:
     print(f"    database commits: {c / duration:,.0f}/s ({c / ok:.2f} per check-in)")
 else:
     print("    database commits: n/a (SQLite store)")
+if "device_updates" in after:
+    u = after["device_updates"] - before["device_updates"]
+    hot = after["device_hot_updates"] - before["device_hot_updates"]
+    print(f"    device row updates: {u:,.0f} ({hot / max(u, 1) * 100:.0f}% HOT, in place); autovacuums of devices: {after['device_autovacuums'] - before['device_autovacuums']:.0f}")
+m = {k: after[f"machine_{k}"] - before[f"machine_{k}"] for k in ("busy", "idle", "steal")}
+span = max(sum(m.values()), 1)
+print(f"    machine: {m['busy'] / span * 100:.0f}% busy, {m['idle'] / span * 100:.0f}% idle, {m['steal'] / span * 100:.1f}% stolen by the host (all cores, /proc/stat)")
 b = r["bytesPerIdleCheckIn"]
 print(f"    bytes on the wire per idle check-in ({b['checkIns']:,} idle): HTTP request {b['requestHTTP']:.0f} "
       f"(body {b['requestBody']:.0f}) + response {b['responseHTTP']:.0f} (body {b['responseBody']:.0f}) = {b['requestHTTP'] + b['responseHTTP']:.0f} B")
@@ -301,7 +320,11 @@ gate_ticks() {
 await_gate_ticks() {
     local more=$1 base now started
     base=$(gate_ticks)
-    if ((base < 0)); then note "the replicas do not report gate ticks in /healthz: measuring without waiting for one"; return; fi
+    if ((base < 0)); then
+        note "the replicas do not report gate ticks in /healthz: waiting TICKLESS_WAIT=$TICKLESS_WAIT s instead"
+        sleep "$TICKLESS_WAIT"
+        return
+    fi
     started=$(date +%s.%N)
     for _ in $(seq 1 600); do
         now=$(gate_ticks)
@@ -348,10 +371,10 @@ pg_statements() {
     if [[ $1 == reset ]]; then "${q[@]}" -c 'SELECT pg_stat_statements_reset()' >/dev/null; return 0; fi
     local ok
     ok=$(python3 -c 'import json, sys; print(max(json.load(open(sys.argv[1]))["ok"], 1))' "$2")
-    echo "    statements per check-in (pg_stat_statements, top 12 by calls; calls, ms total, statement):"
+    echo "    statements per check-in (pg_stat_statements, top 12 by time; calls per check-in, ms total, statement):"
     "${q[@]}" -F $'\t' -c "SELECT round(calls::numeric / $ok, 3), round(total_exec_time::numeric, 1),
         left(regexp_replace(query, '\s+', ' ', 'g'), 110) FROM pg_stat_statements
-        WHERE query NOT LIKE '%pg_stat_statements%' ORDER BY calls DESC LIMIT 12" |
+        WHERE query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT 12" |
         awk -F '\t' '{ printf "      %7s %9s  %s\n", $1, $2, $3 }'
 }
 
@@ -370,7 +393,7 @@ for n in $REPLICAS; do
     BEST=0
     if ((FIND_MAX)); then
         step "$n replica(s): --find-max from $FIND_MAX_START/s, $STEP_SECONDS s steps, p99 ≤ $P99_TARGET_MS ms, no errors"
-        sim --rate "$FIND_MAX_START" --find-max --step-duration "$STEP_SECONDS" --p99-target-ms "$P99_TARGET_MS" --json \
+        sim --rate "$FIND_MAX_START" --find-max --step-duration "$STEP_SECONDS" --step-factor "$STEP_FACTOR" --p99-target-ms "$P99_TARGET_MS" --json \
             >"$T/findmax-$n.json" 2>"$T/findmax-$n.log" || fail "fleet-sim --find-max failed"
         sed 's/^fleet-sim: /    /' "$T/findmax-$n.log"
         BEST=$(python3 - "$T/findmax-$n.json" <<'PY'
