@@ -53,9 +53,16 @@ struct RunSummary: Codable, Sendable {
     /// How late the generator itself launched a request, at worst: a large figure means this
     /// machine could not keep up with the offered rate (latencies still count from the schedule).
     var maxSchedulerLagMs: Double
+    /// The simulator's own CPU time (user + system, every thread) from the first send to the last
+    /// answer: its cost per check-in without loading and saving `--state` around the run.
+    var cpuSeconds: Double
 
-    init(url: String, devices: Int, connections: Int, rate: Double, duration: Double, elapsed: Double, state s: Recorder.State) {
+    init(
+        url: String, devices: Int, connections: Int, rate: Double, duration: Double, elapsed: Double, cpuSeconds: Double,
+        state s: Recorder.State
+    ) {
         self.url = url; self.devices = devices; self.connections = connections; offeredRate = rate; durationSeconds = duration
+        self.cpuSeconds = (cpuSeconds * 1000).rounded() / 1000
         elapsedSeconds = (elapsed * 1000).rounded() / 1000
         scheduled = s.scheduled; ok = s.ok
         achievedRate = (Double(s.ok) / Swift.max(elapsed, 0.001) * 10).rounded() / 10
@@ -100,7 +107,9 @@ struct RunSummary: Codable, Sendable {
             )
         }
         if downloads > 0 { lines.append("downloads   \(downloads), \(downloadBytes) bytes") }
-        lines.append("generator   worst launch lag \(maxSchedulerLagMs) ms, \(connections) connections, \(devices) devices")
+        lines.append(
+            "generator   worst launch lag \(maxSchedulerLagMs) ms, \(connections) connections, \(devices) devices; \(fmt(cpuSeconds)) CPU-s over the run"
+        )
         return lines.joined(separator: "\n")
     }
 }

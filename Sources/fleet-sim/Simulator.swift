@@ -64,6 +64,7 @@ final class Simulator: Sendable {
         let first = nextSlot.withLock { s in
             defer { s += total }; return s
         }
+        let cpuBefore = processCPUSeconds()
         let start = clock.now.advanced(by: .milliseconds(20))
         func slotTime(_ i: Int) -> ContinuousClock.Instant { start.advanced(by: .nanoseconds(Int64(Double(i) * 1e9 / rate))) }
         await withDiscardingTaskGroup { group in
@@ -88,7 +89,7 @@ final class Simulator: Sendable {
         let elapsed = max(duration, s.lastCompletion.map { seconds($0 - start) } ?? 0)
         return RunSummary(
             url: options.url, devices: options.devices, connections: options.connections, rate: rate,
-            duration: duration, elapsed: elapsed, state: s)
+            duration: duration, elapsed: elapsed, cpuSeconds: processCPUSeconds() - cpuBefore, state: s)
     }
 
     private func checkIn(_ index: Int, scheduled: ContinuousClock.Instant, _ recorder: Recorder) async {
@@ -221,6 +222,14 @@ func micros(_ d: Duration) -> UInt64 {
     let (s, atto) = d.components
     guard s >= 0 else { return 0 }
     return UInt64(s) * 1_000_000 + UInt64(atto / 1_000_000_000_000)
+}
+
+/// User and system CPU time of this process so far, every thread.
+func processCPUSeconds() -> Double {
+    var usage = rusage()
+    guard getrusage(RUSAGE_SELF.rawValue, &usage) == 0 else { return 0 }
+    func s(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
+    return s(usage.ru_utime) + s(usage.ru_stime)
 }
 
 func seconds(_ d: Duration) -> Double {

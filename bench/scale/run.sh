@@ -24,7 +24,7 @@
 # Environment: SCALE_DEVICES (1000000), FALLBACK_DEVICES (20000), SEED_RATE (50), RATE (1111),
 #   DURATION (60), CONNECTIONS (64), FIND_MAX (1), FIND_MAX_START (25), STEP_SECONDS (15), STEP_FACTOR (1.5), P99_TARGET_MS (250),
 #   TICKLESS_WAIT (0: seconds to wait before measuring a build whose /healthz does not count gate ticks),
-#   PROFILE=PREFIX (perf profile of the first replica per measured run), PG_STATEMENTS=1 (the statements per check-in), REPLICAS ("1 3"), STORE (postgres when the build has it; sqlite: the single box), SELECTOR ("region!=ap-east"), PG_POOL (connections per replica; the controller's default 12), WORST_CASE (1), WORST_RATE (RATE), KEEP_TMP=1 keeps the work directory.
+#   PROFILE=PREFIX (perf profile of the first replica per measured run), PG_STATEMENTS=1 (the statements per check-in), REPLICAS ("1 3"), STORE (postgres when the build has it; sqlite: the single box), SELECTOR ("region!=ap-east"), PG_POOL (4: connections per replica; the controller's default is 12), WORST_CASE (1), WORST_RATE (RATE), KEEP_TMP=1 keeps the work directory.
 set -euo pipefail
 
 ORIG_PWD=$PWD
@@ -43,6 +43,8 @@ STEP_SECONDS=${STEP_SECONDS:-15}
 FIND_MAX_START=${FIND_MAX_START:-25}
 STEP_FACTOR=${STEP_FACTOR:-1.5}
 TICKLESS_WAIT=${TICKLESS_WAIT:-0}
+# Connections per replica: the replicas share PostgreSQL's two cores here (README, "Connections").
+PG_POOL=${PG_POOL:-4}
 P99_TARGET_MS=${P99_TARGET_MS:-250}
 REPLICAS=${REPLICAS:-"1 3"}
 SELECTOR=${SELECTOR:-"region!=ap-east"}
@@ -53,7 +55,7 @@ PREFIX=sim-
 for v in SCALE_DEVICES FALLBACK_DEVICES SEED_RATE RATE WORST_RATE DURATION CONNECTIONS STEP_SECONDS FIND_MAX_START P99_TARGET_MS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: $v='${!v}' is not a positive whole number" >&2; exit 2; }
 done
-[[ -z ${PG_POOL:-} || $PG_POOL =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: PG_POOL='$PG_POOL' is not a positive whole number" >&2; exit 2; }
+[[ $PG_POOL =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: PG_POOL='$PG_POOL' is not a positive whole number" >&2; exit 2; }
 [[ $TICKLESS_WAIT =~ ^[0-9]+$ ]] || { echo "bench/scale: TICKLESS_WAIT='$TICKLESS_WAIT' is not a whole number" >&2; exit 2; }
 [[ $STEP_FACTOR =~ ^[1-9][0-9]*(\.[0-9]+)?$ ]] && python3 -c "import sys; sys.exit(float('$STEP_FACTOR') <= 1)" ||
     { echo "bench/scale: STEP_FACTOR='$STEP_FACTOR' is not a number above 1" >&2; exit 2; }
@@ -160,7 +162,7 @@ start_controllers() {
         local args=(serve --listen "127.0.0.1:$port" --keys "$T/keys/online" --config fleet --poll-seconds 900
                     --checkin-burst 1000000 --checkins-per-minute 1000000 --log-level warning --scrub-interval 0
                     --artifact-accel-redirect /_artifacts/ --view-label region)
-        if ((HAS_DB)); then args+=(--data "$T/shared" --database "$DBURL${PG_POOL:+?pool=$PG_POOL}"); else args+=(--data "$T/shared"); fi
+        if ((HAS_DB)); then args+=(--data "$T/shared" --database "$DBURL?pool=$PG_POOL"); else args+=(--data "$T/shared"); fi
         "$BIN/fleet-controller" "${args[@]}" >"$T/controller-$k.log" 2>&1 &
         CONTROLLERS+=("$!")
         PORTS+=("$port")
@@ -268,6 +270,9 @@ def kv(path):
 before, after, replicas, duration = kv(sys.argv[2]), kv(sys.argv[3]), sys.argv[4], float(sys.argv[5])
 ok = max(r["ok"], 1)
 l = r["latencyMs"]
+# fleet-sim counts its own CPU over the run (without loading and saving its state around it).
+if "cpuSeconds" in r and "fleet-sim" in before:
+    after["fleet-sim"] = before["fleet-sim"] + r["cpuSeconds"]
 answered = r["ok"] > 0
 print(f"    offered {r['offeredRate']:,.0f}/s, achieved {r['achievedRate']:,.1f}/s; {r['ok']:,} of {r['scheduled']:,} check-ins answered 2xx")
 print(f"    latency from the scheduled send: p50 {l['p50']} ms, p99 {l['p99']} ms, p99.9 {l['p999']} ms, max {l['max']} ms")
