@@ -3,6 +3,7 @@ import FleetCommandLine
 import FleetController
 import Foundation
 import Logging
+import NIOCore
 
 @main
 struct FleetControllerCommand: AsyncParsableCommand {
@@ -85,6 +86,12 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         help:
+            "Threads that carry HTTP and PostgreSQL connections (event loops; default: one per core). Replicas that share a machine's cores may do better with fewer each."
+    )
+    var eventLoops: Int?
+
+    @Option(
+        help:
             "YAML file with any of these options by their flag names; flags given here override it. Default: \(ControllerConfigFile.defaultPath) when it exists."
     )
     var configFile: String?
@@ -98,6 +105,7 @@ struct Serve: AsyncParsableCommand {
             }
         }
         try database.validate()
+        if let eventLoops, !(1...256).contains(eventLoops) { throw ValidationError("--event-loops must be 1…256, got \(eventLoops)") }
         guard parseListen() != nil else { throw ValidationError("--listen must be HOST:PORT with a port from 1 to 65535, got '\(listen)'") }
         try security.validate(host: parseListen()!.0)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level '\(logLevel)' is not a log level") }
@@ -131,6 +139,8 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Before anything opens a connection: the shared event loops are made at first use.
+        if let eventLoops { NIOSingletons.groupLoopCountSuggestion = eventLoops }
         var logger = Logger(label: "edgefleet.controller")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         let (host, port) = parseListen()!

@@ -23,6 +23,8 @@ final class Simulator: Sendable {
 
     let options: Options
     private let client: HTTPClient
+    /// Check-ins and event posts over plain HTTP (nil for https: they go through `client`).
+    private let connections: DeviceConnections?
     private let book = DeviceBook()
     private let order: [Int32]
     private let hostHeader: String
@@ -44,10 +46,19 @@ final class Simulator: Sendable {
         var o = (0..<options.devices).map { Int32($0) }
         o.shuffle(using: &rng)
         order = o
-        hostHeader = URL(string: options.url).map { u in (u.host ?? "") + (u.port.map { ":\($0)" } ?? "") } ?? ""
+        let url = URL(string: options.url)
+        hostHeader = url.map { u in (u.host ?? "") + (u.port.map { ":\($0)" } ?? "") } ?? ""
+        if let url, url.scheme == "http", let host = url.host {
+            connections = DeviceConnections(host: host, port: url.port ?? 80, connections: options.connections)
+        } else {
+            connections = nil
+        }
     }
 
-    func shutdown() async { try? await client.shutdown() }
+    func shutdown() async {
+        connections?.shutdown()
+        try? await client.shutdown()
+    }
 
     func load(state path: String) throws {
         let slot = try book.load(from: path)
@@ -168,6 +179,11 @@ final class Simulator: Sendable {
 
     /// POSTs JSON; returns the status, the body and the size of the whole HTTP response message.
     private func post(_ path: String, _ body: Data) async throws -> (UInt, Data, Int) {
+        if let connections {
+            let r = try await connections.post(
+                path, body: ByteBuffer(bytes: body), timeout: .milliseconds(Int64(options.timeoutSeconds * 1000)))
+            return (r.status, Data(r.body.readableBytesView), r.headerBytes + r.body.readableBytes)
+        }
         var request = HTTPClientRequest(url: options.url + path)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/json")
@@ -210,6 +226,7 @@ final class Simulator: Sendable {
             }
         }
         if let e = error as? DownloadStatus { return "http-\(e.code)" }
+        if let e = error as? DeviceConnections.Failure { return e == .timeout ? "timeout" : "connection-closed" }
         if error is DecodingError || error is SimError { return "bad-answer" }
         if let e = error as? IOError { return "io: " + String(cString: strerror(e.errnoCode)) }
         if error is NIOConnectionError { return "connect" }

@@ -553,23 +553,45 @@ func waitUntil(_ what: String, seconds: Double = 20, _ condition: @Sendable () a
     throw CancellationError()
 }
 
+/// Two replicas on one database: a writer, and a reader whose cached entries would otherwise
+/// live for an hour, so that only its listener (NOTIFY) refreshes them.
+private struct ListeningReplicas {
+    let writer: SQLStore
+    let reader: SQLStore
+    let listening: Task<Void, any Error>
+
+    static func start() async throws -> ListeningReplicas {
+        let location = try PostgresLocation(url: try SharedPostgres.database())
+        let writer = try await SQLStore.postgres(location, migrate: true, logger: Logger(label: "b"))
+        let cache = StoreCache(maxAge: .seconds(3600))
+        let reader = SQLStore(db: try await PostgresDatabase.connect(location, logger: Logger(label: "a")), cache: cache)
+        let listener = StoreCacheListener(location: location, cache: cache, logger: Logger(label: "a"))
+        return ListeningReplicas(writer: writer, reader: reader, listening: Task { try await listener.run() })
+    }
+
+    func stop() {
+        listening.cancel()
+        Task {
+            await writer.db.close(); await reader.db.close()
+        }
+    }
+
+    /// Waits until the reader sees a model the writer makes now, after it cached its absence:
+    /// the listener is up, and every announcement committed before has arrived (they arrive in
+    /// commit order).
+    func announcementsArrived(probe: String) async throws {
+        #expect(try await reader.model(probe) == nil)
+        try await writer.createModel(ModelRecord(name: probe, minQuality: nil, createdAt: 1))
+        try await waitUntil("the reader sees model \(probe)") { try await reader.model(probe) != nil }
+    }
+}
+
 @Suite("Replica caches on PostgreSQL")
 struct StoreCacheTests {
     @Test func anotherReplicasWriteDropsTheCachedCopyThroughNotify() async throws {
-        let url = try SharedPostgres.database()
-        let location = try PostgresLocation(url: url)
-        let writer = try await SQLStore.postgres(location, migrate: true, logger: Logger(label: "b"))
-        // A reader whose entries would otherwise live for an hour: only NOTIFY can refresh it.
-        let cache = StoreCache(maxAge: .seconds(3600))
-        let reader = SQLStore(db: try await PostgresDatabase.connect(location, logger: Logger(label: "a")), cache: cache)
-        defer {
-            Task {
-                await writer.db.close(); await reader.db.close()
-            }
-        }
-        let listener = StoreCacheListener(location: location, cache: cache, logger: Logger(label: "a"))
-        let task = Task { try await listener.run() }
-        defer { task.cancel() }
+        let replicas = try await ListeningReplicas.start()
+        defer { replicas.stop() }
+        let (writer, reader) = (replicas.writer, replicas.reader)
         try await writer.createModel(ModelRecord(name: "m", minQuality: nil, createdAt: 1))
         try await writer.createRelease(
             ReleaseRecord(
@@ -578,10 +600,7 @@ struct StoreCacheTests {
                 catalog: ReleaseCatalog(model: "m", version: "1", serial: 1, expiresAt: 2, variants: [], hardwareClasses: []),
                 createdAt: 1))
         #expect(try await reader.activeRollouts().isEmpty)  // cached now
-        // The listener is up (LISTEN in force) once the reader sees a model made after it cached its absence.
-        #expect(try await reader.model("probe") == nil)
-        try await writer.createModel(ModelRecord(name: "probe", minQuality: nil, createdAt: 1))
-        try await waitUntil("the listener is up") { try await reader.model("probe") != nil }
+        try await replicas.announcementsArrived(probe: "probe")
         let rollout = try await writer.createRollout(
             RolloutRecord(id: 0, releaseId: "m@1", model: "m", strategy: "all", state: .active, createdAt: 1), superseding: [])
         try await waitUntil("the reader sees the new rollout") { try await reader.activeRollouts().map(\.id) == [rollout.id] }
@@ -592,24 +611,12 @@ struct StoreCacheTests {
     /// A cell write made with `announce: false` (a tick that only counted installs) leaves the
     /// other replicas' copies alone; one that changes what check-ins decide by drops them.
     @Test func cellWritesThatCheckInsDoNotDecideByAreNotAnnounced() async throws {
-        let url = try SharedPostgres.database()
-        let location = try PostgresLocation(url: url)
-        let writer = try await SQLStore.postgres(location, migrate: true, logger: Logger(label: "b"))
-        let cache = StoreCache(maxAge: .seconds(3600))
-        let reader = SQLStore(db: try await PostgresDatabase.connect(location, logger: Logger(label: "a")), cache: cache)
-        defer {
-            Task {
-                await writer.db.close(); await reader.db.close()
-            }
-        }
-        let listener = StoreCacheListener(location: location, cache: cache, logger: Logger(label: "a"))
-        let task = Task { try await listener.run() }
-        defer { task.cancel() }
+        let replicas = try await ListeningReplicas.start()
+        defer { replicas.stop() }
+        let (writer, reader) = (replicas.writer, replicas.reader)
         let rollout = try await activeRollout(writer)
         let key = CellKey(hardwareClass: "x86-avx2", tier: "fibre", wave: nil)
-        #expect(try await reader.model("probe-1") == nil)
-        try await writer.createModel(ModelRecord(name: "probe-1", minQuality: nil, createdAt: 1))
-        try await waitUntil("the listener is up") { try await reader.model("probe-1") != nil }
+        try await replicas.announcementsArrived(probe: "probe-1")
         try await writer.saveCell(rollout: rollout, key, StoredCell(state: CellState(phaseStartedAt: 1), cutoff: 0.05))
         try await waitUntil("the reader sees the new cell") { try await reader.cells(rollout: rollout)[key] != nil }
         let copy = try #require(try await reader.cells(rollout: rollout)[key])
@@ -617,10 +624,8 @@ struct StoreCacheTests {
         var counted = try #require(try await writer.freshCell(rollout: rollout, key))
         counted.observation = CellObservation(targeted: 3, committed: 2)
         let saved = try #require(try await writer.replaceCell(rollout: rollout, key, counted, existed: true, announce: false))
-        // Announcements arrive in commit order: once a later one is in, an announced cell write would have been too.
-        #expect(try await reader.model("probe-2") == nil)
-        try await writer.createModel(ModelRecord(name: "probe-2", minQuality: nil, createdAt: 1))
-        try await waitUntil("a later announcement arrived") { try await reader.model("probe-2") != nil }
+        // Had the cell write been announced, it would have arrived before this later one.
+        try await replicas.announcementsArrived(probe: "probe-2")
         #expect(try await reader.cells(rollout: rollout)[key] == copy)
         #expect(try await reader.freshCell(rollout: rollout, key)?.observation == counted.observation)
         // The next phase: announced, the copy is dropped.

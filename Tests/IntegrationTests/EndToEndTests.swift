@@ -174,6 +174,22 @@ struct EndToEndTests {
         #expect(device?.statusDetail?.contains("timed out") == true)
     }
 
+    /// `serve --event-loops N`: the controller carries its connections on N threads (replicas that
+    /// share a machine's cores use fewer); a count out of range is a usage error, nothing started.
+    @Test func controllerServesOnTheEventLoopsItIsGiven() throws {
+        let fleet = try TestFleet(); defer { fleet.cleanup() }
+        let refused = try fleet.run(
+            "fleet-controller", ["serve", "--data", fleet.dir + "/never", "--keys", fleet.dir + "/keys/online", "--event-loops", "0"])
+        #expect(refused.status == 64, "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: fleet.dir + "/never"))
+        try fleet.startController(extra: ["--event-loops", "3"])  // not this machine's core count
+        let pid = try #require(fleet.controller?.processIdentifier)
+        let threads = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task").map { task in
+            ((try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/comm", encoding: .utf8)) ?? "")
+        }
+        #expect(threads.filter { $0.hasPrefix("NIO-SGLTN") }.count == 3, "\(threads)")
+    }
+
     @Test func agentRefusesToStartWithoutAPinnedRoot() throws {
         let fleet = try TestFleet(); defer { fleet.cleanup() }
         let a = fleet.agent("x", facts: TestFleet.demoFacts("edge-arm64-01.json"))

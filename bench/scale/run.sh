@@ -24,7 +24,7 @@
 # Environment: SCALE_DEVICES (1000000), FALLBACK_DEVICES (20000), SEED_RATE (50), RATE (1111),
 #   DURATION (60), CONNECTIONS (64), FIND_MAX (1), FIND_MAX_START (25), STEP_SECONDS (15), STEP_FACTOR (1.5), P99_TARGET_MS (250),
 #   TICKLESS_WAIT (0: seconds to wait before measuring a build whose /healthz does not count gate ticks),
-#   PROFILE=PREFIX (perf profile of the first replica per measured run), PG_STATEMENTS=1 (the statements per check-in), REPLICAS ("1 3"), STORE (postgres when the build has it; sqlite: the single box), SELECTOR ("region!=ap-east"), PG_POOL (4: connections per replica; the controller's default is 12), WORST_CASE (1), WORST_RATE (RATE), KEEP_TMP=1 keeps the work directory.
+#   PROFILE=PREFIX (perf profile of the first replica per measured run), PG_STATEMENTS=1 (the statements per check-in), REPLICAS ("1 3"), STORE (postgres when the build has it; sqlite: the single box), SELECTOR ("region!=ap-east"), PG_POOL (4: connections per replica; the controller's default is 12), EVENT_LOOPS (each replica's --event-loops; default: cores ÷ replicas, at least 1, with more than one replica), WORST_CASE (1), WORST_RATE (RATE), KEEP_TMP=1 keeps the work directory.
 set -euo pipefail
 
 ORIG_PWD=$PWD
@@ -55,6 +55,7 @@ PREFIX=sim-
 for v in SCALE_DEVICES FALLBACK_DEVICES SEED_RATE RATE WORST_RATE DURATION CONNECTIONS STEP_SECONDS FIND_MAX_START P99_TARGET_MS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: $v='${!v}' is not a positive whole number" >&2; exit 2; }
 done
+[[ -z ${EVENT_LOOPS:-} || $EVENT_LOOPS =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: EVENT_LOOPS='$EVENT_LOOPS' is not a positive whole number" >&2; exit 2; }
 [[ $PG_POOL =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: PG_POOL='$PG_POOL' is not a positive whole number" >&2; exit 2; }
 [[ $TICKLESS_WAIT =~ ^[0-9]+$ ]] || { echo "bench/scale: TICKLESS_WAIT='$TICKLESS_WAIT' is not a whole number" >&2; exit 2; }
 [[ $STEP_FACTOR =~ ^[1-9][0-9]*(\.[0-9]+)?$ ]] && python3 -c "import sys; sys.exit(float('$STEP_FACTOR') <= 1)" ||
@@ -163,6 +164,10 @@ start_controllers() {
                     --checkin-burst 1000000 --checkins-per-minute 1000000 --log-level warning --scrub-interval 0
                     --artifact-accel-redirect /_artifacts/ --view-label region)
         if ((HAS_DB)); then args+=(--data "$T/shared" --database "$DBURL?pool=$PG_POOL"); else args+=(--data "$T/shared"); fi
+        # Replicas that share the machine's cores get a share of them each (one per core otherwise).
+        local loops=${EVENT_LOOPS:-}
+        [[ -z $loops ]] && ((n > 1)) && loops=$(( $(nproc) / n > 0 ? $(nproc) / n : 1 ))
+        [[ -n $loops ]] && args+=(--event-loops "$loops")
         "$BIN/fleet-controller" "${args[@]}" >"$T/controller-$k.log" 2>&1 &
         CONTROLLERS+=("$!")
         PORTS+=("$port")
@@ -178,7 +183,7 @@ start_controllers() {
     NGX=$!
     URL="http://127.0.0.1:$NPORT"
     wait_http "$URL/healthz"
-    note "$n controller replica(s) (pids ${CONTROLLERS[*]}) behind nginx at $URL (pid $NGX)"
+    note "$n controller replica(s) (pids ${CONTROLLERS[*]}) behind nginx at $URL (pid $NGX)${loops:+; $loops event loop(s) each}"
 }
 
 # utime+stime of a process and, with "tree", its children (postgres backends, nginx workers), in seconds.
