@@ -12,7 +12,7 @@ enum ControllerConfigFile {
         "evaluator": .string, "scrub-interval": .string, "database": .string, "no-migrate": .flag, "replica": .string,
         "artifact-accel-redirect": .string, "tls-cert": .string, "tls-key": .string, "client-ca": .string,
         "insecure-dev": .flag, "checkin-burst": .integer, "checkins-per-minute": .integer, "view-label": .string,
-        "trusted-proxy": .list
+        "trusted-proxy": .list, "event-loops": .integer
     ])
 
     static func expand(_ argv: [String]) throws(ConfigFileError) -> [String] {
