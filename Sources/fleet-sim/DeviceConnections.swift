@@ -40,9 +40,17 @@ final class DeviceConnections: Sendable {
     }
     private let state = Mutex(State())
 
-    init(host: String, port: Int, connections: Int, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
-        self.host = host; self.port = port; self.maxConnections = connections; self.group = group
-        hostHeader = "\(host):\(port)"
+    /// `hostHeader`: the Host header sent, as the simulator counts it in its request bytes.
+    init(
+        host: String, port: Int, hostHeader: String, connections: Int, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) {
+        self.host = host; self.port = port; self.hostHeader = hostHeader; self.maxConnections = connections; self.group = group
+    }
+
+    /// The bytes of a response's start line and headers, with the empty line that ends them.
+    static func headBytes(_ status: HTTPResponseStatus, _ headers: HTTPHeaders) -> Int {
+        "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\n".utf8.count
+            + headers.reduce(2) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
     }
 
     /// POSTs `body` as JSON to `path`; the whole answer, or `Failure.timeout` after `timeout`.
@@ -184,10 +192,8 @@ private final class ResponseCollector: ChannelInboundHandler, @unchecked Sendabl
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
-            let startLine = "HTTP/\(head.version.major).\(head.version.minor) \(head.status.code) \(head.status.reasonPhrase)\r\n"
             response = DeviceConnections.Response(
-                status: head.status.code, body: ByteBuffer(),
-                headerBytes: startLine.utf8.count + head.headers.reduce(2) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 },
+                status: head.status.code, body: ByteBuffer(), headerBytes: DeviceConnections.headBytes(head.status, head.headers),
                 keepAlive: head.isKeepAlive)
         case .body(var part):
             response.body.writeBuffer(&part)

@@ -49,7 +49,7 @@ final class Simulator: Sendable {
         let url = URL(string: options.url)
         hostHeader = url.map { u in (u.host ?? "") + (u.port.map { ":\($0)" } ?? "") } ?? ""
         if let url, url.scheme == "http", let host = url.host {
-            connections = DeviceConnections(host: host, port: url.port ?? 80, connections: options.connections)
+            connections = DeviceConnections(host: host, port: url.port ?? 80, hostHeader: hostHeader, connections: options.connections)
         } else {
             connections = nil
         }
@@ -190,9 +190,10 @@ final class Simulator: Sendable {
         request.body = .bytes(ByteBuffer(bytes: body))
         let response = try await client.execute(request, timeout: .milliseconds(Int64(options.timeoutSeconds * 1000)))
         let buffer = try await response.body.collect(upTo: 16 << 20)
-        let headerBytes = response.headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
-        let startLine = "HTTP/1.1 \(response.status.code) \(response.status.reasonPhrase)\r\n".utf8.count
-        return (response.status.code, Data(buffer.readableBytesView), startLine + headerBytes + 2 + buffer.readableBytes)
+        return (
+            response.status.code, Data(buffer.readableBytesView),
+            DeviceConnections.headBytes(response.status, response.headers) + buffer.readableBytes
+        )
     }
 
     /// The request as it goes on the wire: start line, the headers this client sends, the body.

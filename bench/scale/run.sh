@@ -52,11 +52,10 @@ WORST_CASE=${WORST_CASE:-1}
 WORST_RATE=${WORST_RATE:-$RATE}
 PG_STATEMENTS=${PG_STATEMENTS:-0}
 PREFIX=sim-
-for v in SCALE_DEVICES FALLBACK_DEVICES SEED_RATE RATE WORST_RATE DURATION CONNECTIONS STEP_SECONDS FIND_MAX_START P99_TARGET_MS; do
+for v in SCALE_DEVICES FALLBACK_DEVICES SEED_RATE RATE WORST_RATE DURATION CONNECTIONS STEP_SECONDS FIND_MAX_START P99_TARGET_MS PG_POOL; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: $v='${!v}' is not a positive whole number" >&2; exit 2; }
 done
 [[ -z ${EVENT_LOOPS:-} || $EVENT_LOOPS =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: EVENT_LOOPS='$EVENT_LOOPS' is not a positive whole number" >&2; exit 2; }
-[[ $PG_POOL =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: PG_POOL='$PG_POOL' is not a positive whole number" >&2; exit 2; }
 [[ $TICKLESS_WAIT =~ ^[0-9]+$ ]] || { echo "bench/scale: TICKLESS_WAIT='$TICKLESS_WAIT' is not a whole number" >&2; exit 2; }
 [[ $STEP_FACTOR =~ ^[1-9][0-9]*(\.[0-9]+)?$ ]] && python3 -c "import sys; sys.exit(float('$STEP_FACTOR') <= 1)" ||
     { echo "bench/scale: STEP_FACTOR='$STEP_FACTOR' is not a number above 1" >&2; exit 2; }
@@ -157,6 +156,9 @@ fi
 # Replica k: its own port; all share keys, the artifact directory and (with PostgreSQL) the database.
 start_controllers() {
     local n=$1 k port
+    # Replicas that share the machine's cores get a share of them each (one per core otherwise).
+    local loops=${EVENT_LOOPS:-}
+    if [[ -z $loops ]] && ((n > 1)); then loops=$(($(nproc) / n)); ((loops >= 1)) || loops=1; fi
     PORTS=()
     for ((k = 1; k <= n; k++)); do
         port=$(free_port)
@@ -164,9 +166,6 @@ start_controllers() {
                     --checkin-burst 1000000 --checkins-per-minute 1000000 --log-level warning --scrub-interval 0
                     --artifact-accel-redirect /_artifacts/ --view-label region)
         if ((HAS_DB)); then args+=(--data "$T/shared" --database "$DBURL?pool=$PG_POOL"); else args+=(--data "$T/shared"); fi
-        # Replicas that share the machine's cores get a share of them each (one per core otherwise).
-        local loops=${EVENT_LOOPS:-}
-        [[ -z $loops ]] && ((n > 1)) && loops=$(( $(nproc) / n > 0 ? $(nproc) / n : 1 ))
         [[ -n $loops ]] && args+=(--event-loops "$loops")
         "$BIN/fleet-controller" "${args[@]}" >"$T/controller-$k.log" 2>&1 &
         CONTROLLERS+=("$!")

@@ -278,27 +278,27 @@ final class RolloutDriver: Service, Sendable {
                 || now - (before.historyAt ?? .min / 2) >= historyEverySeconds
             if addHistory { stored.historyAt = now }
             evaluated = .now
-            if cells[key] != nil, stored == before {
-                // Nothing to write: the same observation and state, no history point due.
-                metrics.recordCell(rollout: rollout.id, release: rollout.releaseId, cell: key, state: next, observation: observation)
-                continue
+            let existed = cells[key] != nil
+            let saved: StoredCell
+            if existed, stored == before {
+                saved = before  // nothing to write: the same observation and state, no history point due
+            } else {
+                // Only over the copy this tick read: an operator's action saved meanwhile (here or on
+                // another replica) wins, and this cell waits for the next tick. Other replicas drop
+                // their copies only for what check-ins decide by: a new cell, its state, its cut-off
+                // (a tick that only counted installs would otherwise have every replica read all the
+                // cells again at each cell written).
+                let decides = !existed || before.state != stored.state || before.cutoff != stored.cutoff
+                guard let written = try await tickStore.replaceCell(rollout: rollout.id, key, stored, existed: existed, announce: decides)
+                else {
+                    logger.info(
+                        "cell changed during the tick; judged again next tick", metadata: ["rollout": "\(rollout.id)", "cell": "\(key)"])
+                    skipped = true
+                    continue
+                }
+                if addHistory { try await tickStore.appendHistory(rollout: rollout.id, cell: key, Self.historyPoint(written, at: now)) }
+                saved = written
             }
-            // Only over the copy this tick read: an operator's action saved meanwhile (here or on
-            // another replica) wins, and this cell waits for the next tick. Other replicas drop
-            // their copies only for what check-ins decide by: a new cell, its state, its cut-off
-            // (a tick that only counted installs would otherwise have every replica read all the
-            // cells again at each cell written).
-            let decides = cells[key] == nil || before.state != stored.state || before.cutoff != stored.cutoff
-            guard
-                let saved = try await tickStore.replaceCell(
-                    rollout: rollout.id, key, stored, existed: cells[key] != nil, announce: decides)
-            else {
-                logger.info(
-                    "cell changed during the tick; judged again next tick", metadata: ["rollout": "\(rollout.id)", "cell": "\(key)"])
-                skipped = true
-                continue
-            }
-            if addHistory { try await tickStore.appendHistory(rollout: rollout.id, cell: key, Self.historyPoint(saved, at: now)) }
             metrics.recordCell(rollout: rollout.id, release: rollout.releaseId, cell: key, state: next, observation: observation)
             for a in actions {
                 switch a {
