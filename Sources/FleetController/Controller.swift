@@ -163,7 +163,7 @@ public enum Controller {
             enrollments: RateLimiter(burst: options.access.enrollBurst, perMinute: options.access.enrollPerMinute, clock: clock),
             clock: clock
         ).register(routes)
-        let server: HTTPServerBuilder = try options.tls.map { try .tls(.http1(), tlsConfiguration: try $0.configuration()) } ?? .http1()
+        let server = HTTPServerBuilder.controller(tls: try options.tls?.configuration())
         let app = Application(
             router: router,
             server: server,

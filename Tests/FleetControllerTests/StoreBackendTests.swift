@@ -14,7 +14,11 @@ enum SharedPostgres {
         return started
     }()
     private static func stopAtExit() { if case .success(let s) = server { s.stopAtExit() } }
-    static func database() throws -> String { try server.get().createDatabase() }
+    /// A new database; stores opened on its URL keep `pool` connections open each (the server
+    /// takes 200 in all, and a test process opens many stores).
+    static func database(pool: Int = 4) throws -> String { try server.get().createDatabase() + "?pool=\(pool)" }
+    /// The database a URL of `database()` names.
+    static func name(_ url: String) -> String { String(url.split(separator: "/").last!.split(separator: "?").first!) }
 }
 
 enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
@@ -442,7 +446,7 @@ struct StoreBackendTests {
         #expect(outcomes.filter { !$0.applied.isEmpty }.count == 1)
         #expect(outcomes.allSatisfy { $0.to == Migrations.latest })
         #expect(
-            try SharedPostgres.server.get().psql(String(url.split(separator: "/").last!), "SELECT COUNT(*) FROM schema_migrations")
+            try SharedPostgres.server.get().psql(SharedPostgres.name(url), "SELECT COUNT(*) FROM schema_migrations")
                 == "\(Migrations.latest)")
     }
 
@@ -683,5 +687,47 @@ struct StoreCacheOwnWritesTests {
         #expect(mine.topic(announced: theirs.announcement(.cells)) == .some(.cells))
         #expect(mine.topic(announced: "rollouts") == .some(.rollouts))  // an older replica's
         #expect(mine.topic(announced: "something-new@x") == .some(nil))
+    }
+}
+
+@Suite("Connection pool on PostgreSQL")
+struct PostgresPoolTests {
+    /// The pool's connections to this database, as PostgreSQL counts them (psql's own left out).
+    private func connections(_ url: String) throws -> Int {
+        return Int(
+            try SharedPostgres.server.get().psql(
+                SharedPostgres.name(url),
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")) ?? -1
+    }
+
+    /// Every connection stays open (no idle timer, no keep-alive ping armed at each release); one
+    /// that PostgreSQL drops is opened again, and a statement after the drop still runs.
+    @Test func thePoolKeepsItsConnectionsOpenAndReplacesDroppedOnes() async throws {
+        let url = try SharedPostgres.database(pool: 3)
+        let db = try await PostgresDatabase.connect(try PostgresLocation(url: url), logger: Logger(label: "test"))
+        defer { Task { await db.close() } }
+        try await waitUntil("the pool holds its 3 connections") { try connections(url) == 3 }
+
+        let ended = try SharedPostgres.server.get().psql(
+            SharedPostgres.name(url),
+            "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()) t"
+        )
+        #expect(ended == "3")
+        // A statement on a dropped connection fails as a database error, at most once per
+        // connection; then the pool's new connections answer.
+        var failures = 0, answered = false
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !answered, ContinuousClock.now < deadline {
+            do {
+                answered = try await db.query("SELECT 1 AS one", []).first?.int("one") == 1
+            } catch let e as StorageError {
+                #expect(e.code == .database)
+                failures += 1
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        #expect(answered)
+        #expect(failures <= 3)
+        try await waitUntil("the pool holds 3 connections again") { try connections(url) == 3 }
     }
 }

@@ -24,7 +24,7 @@
 # Environment: SCALE_DEVICES (1000000), FALLBACK_DEVICES (20000), SEED_RATE (50), RATE (1111),
 #   DURATION (60), CONNECTIONS (64), FIND_MAX (1), FIND_MAX_START (25), STEP_SECONDS (15), STEP_FACTOR (1.5), P99_TARGET_MS (250),
 #   TICKLESS_WAIT (0: seconds to wait before measuring a build whose /healthz does not count gate ticks),
-#   PROFILE=PREFIX (perf profile of the first replica per measured run), PG_STATEMENTS=1 (the statements per check-in), REPLICAS ("1 3"), STORE (postgres when the build has it; sqlite: the single box), SELECTOR ("region!=ap-east"), PG_POOL (4: connections per replica; the controller's default is 12), EVENT_LOOPS (each replica's --event-loops; default: cores ÷ replicas, at least 1, with more than one replica), WORST_CASE (1), WORST_RATE (RATE), KEEP_TMP=1 keeps the work directory.
+#   PROFILE=PREFIX (perf profile of the first replica per measured run), PG_STATEMENTS=1 (the statements per check-in), REPLICAS ("1 3"), STORE (postgres when the build has it; sqlite: the single box), SELECTOR ("region!=ap-east"), PG_POOL (4: connections per replica; the controller's default is 12), EVENT_LOOPS (each replica's --event-loops; default: cores ÷ replicas, at least 1, with more than one replica), WORST_CASE (1), WORST_RATE (RATE), IDLE_SECONDS (10: the replicas' CPU with no check-ins, before the runs), KEEP_TMP=1 keeps the work directory.
 set -euo pipefail
 
 ORIG_PWD=$PWD
@@ -51,11 +51,13 @@ SELECTOR=${SELECTOR:-"region!=ap-east"}
 WORST_CASE=${WORST_CASE:-1}
 WORST_RATE=${WORST_RATE:-$RATE}
 PG_STATEMENTS=${PG_STATEMENTS:-0}
+IDLE_SECONDS=${IDLE_SECONDS:-10}
 PREFIX=sim-
 for v in SCALE_DEVICES FALLBACK_DEVICES SEED_RATE RATE WORST_RATE DURATION CONNECTIONS STEP_SECONDS FIND_MAX_START P99_TARGET_MS PG_POOL; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: $v='${!v}' is not a positive whole number" >&2; exit 2; }
 done
 [[ -z ${EVENT_LOOPS:-} || $EVENT_LOOPS =~ ^[1-9][0-9]*$ ]] || { echo "bench/scale: EVENT_LOOPS='$EVENT_LOOPS' is not a positive whole number" >&2; exit 2; }
+[[ $IDLE_SECONDS =~ ^[0-9]+$ ]] || { echo "bench/scale: IDLE_SECONDS='$IDLE_SECONDS' is not a whole number" >&2; exit 2; }
 [[ $TICKLESS_WAIT =~ ^[0-9]+$ ]] || { echo "bench/scale: TICKLESS_WAIT='$TICKLESS_WAIT' is not a whole number" >&2; exit 2; }
 [[ $STEP_FACTOR =~ ^[1-9][0-9]*(\.[0-9]+)?$ ]] && python3 -c "import sys; sys.exit(float('$STEP_FACTOR') <= 1)" ||
     { echo "bench/scale: STEP_FACTOR='$STEP_FACTOR' is not a number above 1" >&2; exit 2; }
@@ -195,9 +197,16 @@ cpu_seconds() {
     done
     python3 -c "print($total / $CLK_TCK)"
 }
+# Context switches (voluntary and not) of every thread of a process: a request that hops between
+# threads (event loop, task pool) wakes one up at every hop.
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { n += $2 } END { print n + 0 }'; }
 snapshot() {   # name=seconds lines for every process measured
     local k=1 p
-    for p in "${CONTROLLERS[@]}"; do echo "controller-$k=$(cpu_seconds "$p")"; k=$((k + 1)); done
+    for p in "${CONTROLLERS[@]}"; do
+        echo "controller-$k=$(cpu_seconds "$p")"
+        echo "switches_controller-$k=$(switches "$p")"
+        k=$((k + 1))
+    done
     echo "nginx=$(cpu_seconds "$NGX" tree)"
     [[ -n $PGPID ]] && echo "postgres=$(cpu_seconds "$PGPID" tree)"
     if [[ -n $PGPID ]]; then
@@ -285,11 +294,14 @@ print("    CPU per check-in (utime+stime over the run ÷ check-ins answered):" i
       "    CPU over the run (no check-in answered, so none per check-in):")
 total = 0.0
 for k in sorted(after):
-    if k in ("commits", "device_updates", "device_hot_updates", "device_autovacuums") or k.startswith("machine_") or k not in before: continue
+    if k in ("commits", "device_updates", "device_hot_updates", "device_autovacuums") or k.startswith(("machine_", "switches_")) or k not in before: continue
     d = after[k] - before[k]; total += d
     per = f"{d / ok * 1e6:8.0f} µs/check-in" if answered else " " * 19
     print(f"      {k:<14} {d:7.2f} CPU-s  {per}  ({d / duration * 100:5.1f}% of a core)")
 print(f"      {'all of them':<14} {total:7.2f} CPU-s  " + (f"{total / ok * 1e6:8.0f} µs/check-in" if answered else ""))
+sw = sum(after[k] - before[k] for k in after if k.startswith("switches_") and k in before)
+if answered:
+    print(f"    controller threads' context switches: {sw / ok:.1f} per check-in (all replicas, /proc/PID/task/*/status)")
 if "commits" in after:
     c = after["commits"] - before["commits"]
     print(f"    database commits: {c / duration:,.0f}/s ({c / ok:.2f} per check-in)")
@@ -346,6 +358,23 @@ await_gate_ticks() {
     note "no gate tick ended within 300 s: measuring anyway"
 }
 
+# What the replicas cost with no check-in at all over IDLE_SECONDS: their background work (the
+# leader's gate ticks and lease, the others' elections, change listeners, flushers), which every
+# added replica brings whatever the rate.
+idle_cost() {
+    ((IDLE_SECONDS)) || return 0
+    local n=$1 before after
+    before=$(for p in "${CONTROLLERS[@]}"; do cpu_seconds "$p"; done)
+    sleep "$IDLE_SECONDS"
+    after=$(for p in "${CONTROLLERS[@]}"; do cpu_seconds "$p"; done)
+    python3 - "$IDLE_SECONDS" "$before" "$after" <<'PY'
+import sys
+secs, before, after = float(sys.argv[1]), sys.argv[2].split(), sys.argv[3].split()
+each = [(float(a) - float(b)) / secs * 100 for a, b in zip(after, before)]
+print(f"    idle for {secs:.0f} s (no check-ins): replicas' CPU " + ", ".join(f"{e:.2f}%" for e in each) + " of a core")
+PY
+}
+
 measure() {   # $1 replicas, $2 rate, $3 label, $4 what is in force
     local n=$1 r=$2 label=$3 what=${4:-staged rollout in force}
     step "$n replica(s), $what: $r check-ins/s for $DURATION s through nginx ($DEVICES devices, $CONNECTIONS connections)"
@@ -397,6 +426,7 @@ for n in $REPLICAS; do
     else
         await_gate_ticks 2   # one may have begun before the seeding ended
     fi
+    idle_cost "$n"
     # Low to high: --find-max first, then the highest rate that held, then RATE (which may be far
     # past what the box holds: an overloaded controller goes on with queued check-ins for a while).
     BEST=0

@@ -26,14 +26,19 @@ struct Audiences: Sendable {
 
     init(router: Router<FleetRequestContext>, checker: AccessChecker) {
         let table = RouteTable()
-        func audience(_ r: AccessPolicy.Requirement) -> Audience {
-            Audience(requirement: r, group: router.group().add(middleware: AccessGuard(requirement: r, checker: checker)), table: table)
+        // Devices' routes (many short requests) run on their connection's event loop when the
+        // server handles connections there (`EventLoopBoundChannel`); the others, some long on
+        // the CPU (reports over the whole fleet, the dashboard, uploads), on the task pool.
+        func audience(_ r: AccessPolicy.Requirement, onEventLoop: Bool = false) -> Audience {
+            let group = router.group()
+            if !onEventLoop { group.add(middleware: OffTheEventLoop()) }
+            return Audience(requirement: r, group: group.add(middleware: AccessGuard(requirement: r, checker: checker)), table: table)
         }
         anyone = audience(.open)
         enrolling = audience(.enrollment)
-        devices = audience(.device)
-        checkIns = audience(.checkIn)
-        artifactReaders = audience(.artifact)
+        devices = audience(.device, onEventLoop: true)
+        checkIns = audience(.checkIn, onEventLoop: true)
+        artifactReaders = audience(.artifact, onEventLoop: true)
         viewers = audience(.role(.viewer))
         operators = audience(.role(.operator))
         admins = audience(.role(.admin))

@@ -10,8 +10,9 @@ struct PostgresLocation: Sendable, Equatable {
     var user: String
     var password: String?
     var database: String
-    /// Connections this process keeps at most (replicas × pool + listeners must stay under the
-    /// server's max_connections, 100 by default).
+    /// Connections this process's pool keeps open, all the time (replicas × (pool + 2 sessions:
+    /// the cache listener and the leader election) must stay under the server's max_connections,
+    /// 100 by default).
     var pool: Int
 
     static func isPostgresURL(_ s: String) -> Bool { s.hasPrefix("postgres://") || s.hasPrefix("postgresql://") }
@@ -63,8 +64,15 @@ final class PostgresDatabase: SQLDatabase {
         var config = PostgresClient.Configuration(
             host: location.host, port: location.port, username: location.user,
             password: location.password, database: location.database, tls: .disable)
+        // Every connection kept open, and none pinged while idle: postgres-nio arms an idle
+        // timer (connections above the minimum) and a keep-alive timer at every release of a
+        // connection to the pool, each a few tasks and a clock sleep, cancelled again at the next
+        // lease; at one lease per check-in that was most of the task switching of a replica. A
+        // connection that breaks is found by the statement that uses it (an error, as for any
+        // lost connection) and the pool opens another.
         config.options.maximumConnections = location.pool
-        config.options.minimumConnections = 0
+        config.options.minimumConnections = location.pool
+        config.options.keepAliveBehavior = nil
         config.options.connectTimeout = .seconds(5)
         let client = PostgresClient(configuration: config, backgroundLogger: logger)
         self.client = client
