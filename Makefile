@@ -72,11 +72,14 @@ lint:
 	$(SWIFT) format lint --strict -r --configuration .swift-format $(SWIFT_SOURCES)
 
 # The IntegrationTests run the real binaries, which `swift build` (in build) has just built; the
-# package and footprint tests run the static agent as it ships (make agent).
+# package and footprint tests run the static agent as it ships (make agent). scripts/run-tests.sh
+# runs `swift test` line-buffered under a watchdog: tests running for over 5 minutes are named as
+# they run, and after TEST_TIMEOUT seconds (default 45 minutes) the run is stopped with the tests
+# and processes still running listed.
 test: lint build venv
 	$(MAKE) --no-print-directory agent
 	$(SWIFT) build --build-tests
-	$(SWIFT) test
+	SWIFT=$(SWIFT) bash scripts/run-tests.sh
 
 # libFuzzer over the parsers of untrusted bytes (Fuzz/, a package of its own so that the flags stay
 # out of the main build): FUZZ_SECONDS per target from the seeds in Fuzz/Corpus; any crash, hang
@@ -101,7 +104,10 @@ fuzz: deps
 AGENT_LINK := -Xswiftc -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs -Xlinker --no-export-dynamic -Xlinker -s
 agent: deps
 	$(SWIFT) build -c release --product fleet-agent --static-swift-stdlib $(AGENT_LINK)
+	@# Up to date with every source now (the build relinks only when the agent's own inputs
+	@# changed); the package tests compare its time with the newest source's.
 	@bin="$$($(SWIFT) build -c release --show-bin-path)/fleet-agent"; \
+	touch "$$bin"; \
 	ls -l "$$bin"; \
 	du -h "$$bin"
 

@@ -1,6 +1,7 @@
 import FleetCore
 import Foundation
 import Logging
+import PostgresNIO
 import TestSupport
 import Testing
 @testable import FleetController
@@ -729,5 +730,51 @@ struct PostgresPoolTests {
         #expect(answered)
         #expect(failures <= 3)
         try await waitUntil("the pool holds 3 connections again") { try connections(url) == 3 }
+    }
+
+    /// A statement whose answer can never come (as when postgres-nio drops a statement written to a
+    /// channel that has just closed) fails with a `database` error once its connection is closed,
+    /// and a statement on an open connection runs as long as it takes.
+    @Test func aStatementOnAConnectionThatClosesFailsAndALongOneOnAnOpenConnectionFinishes() async throws {
+        let location = try PostgresLocation(url: try SharedPostgres.database())
+        let connection = try await PostgresConnection.connect(
+            configuration: location.connectionConfiguration, id: 7, logger: Logger(label: "test"))
+        let statements = PostgresStatements(period: .milliseconds(100))
+
+        // Longer than ten sweeps, on an open connection: not cut short.
+        let slept = try await statements.run(on: connection) {
+            var n = 0
+            for try await _ in try await connection.query("SELECT pg_sleep(1.2)", logger: Logger(label: "test")) { n += 1 }
+            return n
+        }
+        #expect(slept == 1)
+        #expect(statements.inFlight == 0)
+
+        // A body that never returns, as a dropped statement's: the server ends the connection.
+        let never = AsyncStream<Int>.makeStream()
+        defer { never.continuation.finish() }  // lets the body end (with -1) whatever happened
+        let waiting = Task {
+            try await statements.run(on: connection) { () async throws -> Int in
+                for await v in never.stream { return v }
+                return -1
+            }
+        }
+        try await waitUntil("the statement is in flight") { statements.inFlight == 1 }
+        let ended = try SharedPostgres.server.get().psql(
+            location.database,
+            "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()) t"
+        )
+        #expect(ended == "1")
+        try await waitUntil("the statement fails") { statements.inFlight == 0 }
+        never.continuation.finish()
+        let outcome = await waiting.result
+        #expect(throws: StorageError.self) { try outcome.get() }
+        if case .failure(let e as StorageError) = outcome { #expect(e.code == .database) }
+        #expect(statements.inFlight == 0)
+
+        // A statement on the closed connection fails at once.
+        await #expect(throws: StorageError.self) {
+            try await statements.run(on: connection) { 1 }
+        }
     }
 }

@@ -68,7 +68,7 @@ final class LeaderElector: Service, Sendable {
     private func hold(_ connection: PostgresConnection) async throws {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             if !fence.isLeader {
-                let rows = try await connection.query(
+                let rows = try await connection.guardedQuery(
                     "SELECT pg_try_advisory_lock(\(Migrations.advisoryLockKey + 1)) AS got", logger: logger)
                 var got = false
                 for try await row in rows { got = try row.decode(Bool.self) }
@@ -79,7 +79,7 @@ final class LeaderElector: Service, Sendable {
                     await onChange(true)
                 }
             } else {
-                try await connection.query("SELECT 1", logger: logger)
+                _ = try await connection.guardedQuery("SELECT 1", logger: logger)
                 let holder = try await store.db.query("SELECT holder, epoch FROM leases WHERE name = ?", [LeaseFence.leaderLease]).first
                 if try holder?.int("epoch") != fence.epoch {
                     logger.warning("the leader lease moved to another replica", metadata: ["replica": "\(replica)"])

@@ -93,13 +93,30 @@ final class PostgresDatabase: SQLDatabase {
 
     func close() async { runner.cancel() }
 
+    // Every statement goes through `PostgresStatements` (one on a connection that closes under it
+    // fails instead of waiting for good).
     func query(_ sql: String, _ params: [any SQLValueConvertible]) async throws -> [SQLRow] {
-        try await Self.run(sql, params) { q in try await self.client.query(q, logger: self.logger) }
+        let query = Self.statement(sql, params)
+        let logger = logger
+        do {
+            return try await client.withConnection { connection in
+                try await Self.rows(try await connection.guardedQuery(query, logger: logger))
+            }
+        } catch let e as PSQLError {
+            throw Self.mapped(e)
+        }
     }
 
     func query<S: HotStatement>(_ statement: S.Type, _ params: [any SQLValueConvertible]) async throws -> [SQLRow] {
+        let binds = Self.bindings(params)
+        let logger = logger
         do {
-            return try await Self.rows(try await client.execute(Prepared<S>(binds: Self.bindings(params)), logger: logger))
+            return try await client.withConnection { connection in
+                // A hot statement's few rows are read on the connection's event loop too.
+                try await PostgresStatements.shared.run(on: connection) {
+                    try await Self.rows(try await connection.execute(Prepared<S>(binds: binds), logger: logger))
+                }
+            }
         } catch let e as PSQLError {
             throw Self.mapped(e)
         }
@@ -145,7 +162,7 @@ final class PostgresDatabase: SQLDatabase {
         let logger: Logger
         var dialect: SQLDialect { .postgres }
         func query(_ sql: String, _ params: [any SQLValueConvertible]) async throws -> [SQLRow] {
-            try await PostgresDatabase.run(sql, params) { q in try await connection.query(q, logger: logger) }
+            try await PostgresDatabase.run(sql, params) { q in try await connection.guardedQuery(q, logger: logger) }
         }
     }
 
@@ -155,12 +172,15 @@ final class PostgresDatabase: SQLDatabase {
         _ sql: String, _ params: [any SQLValueConvertible],
         _ send: (PostgresQuery) async throws -> PostgresRowSequence
     ) async throws -> [SQLRow] {
-        let query = PostgresQuery(unsafeSQL: rewrites.numbered(sql), binds: bindings(params))
         do {
-            return try await rows(try await send(query))
+            return try await rows(try await send(statement(sql, params)))
         } catch let e as PSQLError {
             throw mapped(e)
         }
+    }
+
+    private static func statement(_ sql: String, _ params: [any SQLValueConvertible]) -> PostgresQuery {
+        PostgresQuery(unsafeSQL: rewrites.numbered(sql), binds: bindings(params))
     }
 
     private static func bindings(_ params: [any SQLValueConvertible]) -> PostgresBindings {
