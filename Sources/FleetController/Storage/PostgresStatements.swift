@@ -103,6 +103,10 @@ final class PostgresStatements: Sendable {
                 if s.entries.isEmpty { s.sweeping = false }
                 return (failing, s.entries.isEmpty)
             }
+            if !failing.isEmpty {
+                Logger(label: "edgefleet.postgres").warning(
+                    "statements failed: their connection closed before the answer came", metadata: ["statements": "\(failing.count)"])
+            }
             for fail in failing { fail() }
             if done { return }
         }
