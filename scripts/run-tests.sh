@@ -67,7 +67,7 @@ children() {
 descendants() {
     local pid
     for pid in $(children "$1"); do
-        printf '%s %s\n' "$pid" "$(tr '\0' ' ' < /proc/"$pid"/cmdline 2>/dev/null | cut -c1-300)"
+        printf '%s %s\n' "$pid" "$(tr '\0' ' ' 2>/dev/null < /proc/"$pid"/cmdline | cut -c1-300)"
         descendants "$pid"
     done
 }
@@ -84,8 +84,9 @@ while kill -0 "$run" 2>/dev/null; do
         echo "run-tests: tests still running:"
         running_tests 0
         echo "run-tests: processes of the run:"
-        descendants "$run"
-        for pid in $(descendants "$run" | cut -d' ' -f1); do kill -KILL "$pid" 2>/dev/null; done
+        procs=$(descendants "$run")
+        echo "$procs"
+        for pid in $(cut -d' ' -f1 <<< "$procs"); do kill -KILL "$pid" 2>/dev/null; done
         kill -KILL "$run" 2>/dev/null
         wait "$run" 2>/dev/null
         exit 1
